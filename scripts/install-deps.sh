@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Bulkhead needs to build, run and test. Idempotent; run as root.
+set -euo pipefail
+
+PACKAGES=(
+    mmdebstrap          # builds domain templates from Debian packages
+    bubblewrap          # the peer the sandbox-start benchmark compares against
+    dbus                # dbus-daemon: the system bus, and private buses in tests
+    iproute2            # ip: loopback inside domains, later veth links
+    pkg-config gcc      # -sys crates
+    util-linux          # unshare/nsenter for tests and debugging
+    procps psmisc       # ps/pkill used by tests to look for orphans
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command (README and .ci/run). Run as root on Debian 12: the sandbox tests need
+# namespaces, idmapped mounts and cgroups; the D-Bus tests start private dbus-daemons themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Debian packages"
+scripts/install-deps.sh
+
+# The debian-12 template is built once by mmdebstrap and cached by recipe content here;
+# every test that needs a real domain root uses it.
+export BULKHEAD_TEST_TEMPLATE_CACHE=${BULKHEAD_TEST_TEMPLATE_CACHE:-/var/cache/bulkhead-test/templates}
+mkdir -p "$BULKHEAD_TEST_TEMPLATE_CACHE"
+
+step "Format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Build"
+cargo build --workspace --bins
+
+step "Template debian-12 (cached by recipe content)"
+target/debug/bulkhead-template build --store "$BULKHEAD_TEST_TEMPLATE_CACHE" templates/recipes/debian-12.toml
+
+step "Tests"
+cargo test --workspace -- --test-threads=2
+
+step "Fuzz targets, short runs"
+fuzz/run-short.sh "${FUZZ_SECONDS:-20}"
