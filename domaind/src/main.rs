@@ -1,1 +1,2 @@
+//! domaind binary (being written; see lib.rs).
 fn main() {}

@@ -1,0 +1,223 @@
+//! The D-Bus contract of domaind, shared by the daemon and its clients (the `bulkhead` CLI,
+//! tests, the bench).
+//!
+//! Bus name, object path and interface are all `org.bulkhead.Domaind1`
+//! (object `/org/bulkhead/Domaind1`). Errors are D-Bus errors named `org.bulkhead.Error.<Kind>`
+//! whose message is a sentence a person can act on; [`Error`] maps them back on the client
+//! side, so `proxy.start("work").await` returns `Err(Error::InvalidState(msg))` and so on.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), domaind::api::Error> {
+//! let conn = domaind::api::connect(None).await?;
+//! let proxy = domaind::api::Domaind1Proxy::new(&conn).await?;
+//! for d in proxy.list().await? {
+//!     println!("{} {} {}", d.name, d.class, d.state);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use zbus::zvariant::{Fd, Type};
+
+/// Well-known bus name of domaind.
+pub const BUS_NAME: &str = "org.bulkhead.Domaind1";
+/// Object path of the single domaind object.
+pub const OBJECT_PATH: &str = "/org/bulkhead/Domaind1";
+/// Interface name.
+pub const INTERFACE: &str = "org.bulkhead.Domaind1";
+/// Environment variable naming a private bus address (tests); otherwise the system bus is used.
+pub const BUS_ADDRESS_ENV: &str = "BULKHEAD_BUS_ADDRESS";
+/// Prefix of every error name domaind returns.
+pub const ERROR_PREFIX: &str = "org.bulkhead.Error";
+
+/// Domain states as reported by `List` and `StateChanged`.
+pub mod state {
+    pub const HALTED: &str = "halted";
+    pub const STARTING: &str = "starting";
+    pub const RUNNING: &str = "running";
+    pub const PAUSED: &str = "paused";
+    pub const STOPPING: &str = "stopping";
+    pub const DYING: &str = "dying";
+    /// The domain's config file could not be read; `GetProperties` returns the file error.
+    pub const BROKEN: &str = "broken";
+}
+
+/// One row of `List()`; D-Bus signature `(sssssuuss)`.
+///
+/// `template` and `netvm` are `""` when unset.
+#[derive(Serialize, Deserialize, Type, Debug, Clone, PartialEq, Eq)]
+pub struct DomainInfo {
+    pub name: String,
+    pub class: String,
+    pub state: String,
+    pub label: String,
+    pub isolation: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub template: String,
+    pub netvm: String,
+}
+
+/// Errors of the domaind API. On the wire each variant is `org.bulkhead.Error.<Variant>` with
+/// the message as its only argument.
+#[derive(zbus::DBusError, Debug)]
+#[zbus(prefix = "org.bulkhead.Error")]
+pub enum Error {
+    /// Transport or protocol error of the bus itself (or an error name we do not know).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    NoSuchDomain(String),
+    AlreadyExists(String),
+    InvalidName(String),
+    InvalidProperty(String),
+    InvalidState(String),
+    TemplateMissing(String),
+    Backend(String),
+    Agent(String),
+    AccessDenied(String),
+    Io(String),
+}
+
+impl Error {
+    /// Stable exit code for scripts (the CLI uses these): 2 usage-ish errors, 3 no such domain,
+    /// 4 state conflicts, 5 backend/agent failures, 6 access denied, 1 everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidName(_) | Error::InvalidProperty(_) | Error::AlreadyExists(_) => 2,
+            Error::NoSuchDomain(_) => 3,
+            Error::InvalidState(_) | Error::TemplateMissing(_) => 4,
+            Error::Backend(_) | Error::Agent(_) | Error::Io(_) => 5,
+            Error::AccessDenied(_) => 6,
+            Error::ZBus(_) => 1,
+        }
+    }
+
+    /// The human message (without the D-Bus error name).
+    pub fn message(&self) -> String {
+        match self {
+            Error::ZBus(e) => e.to_string(),
+            Error::NoSuchDomain(m)
+            | Error::AlreadyExists(m)
+            | Error::InvalidName(m)
+            | Error::InvalidProperty(m)
+            | Error::InvalidState(m)
+            | Error::TemplateMissing(m)
+            | Error::Backend(m)
+            | Error::Agent(m)
+            | Error::AccessDenied(m)
+            | Error::Io(m) => m.clone(),
+        }
+    }
+}
+
+/// Client proxy for `org.bulkhead.Domaind1`.
+///
+/// Method calls have no timeout of their own (a `Run` lasts as long as the command).
+#[zbus::proxy(
+    interface = "org.bulkhead.Domaind1",
+    default_service = "org.bulkhead.Domaind1",
+    default_path = "/org/bulkhead/Domaind1"
+)]
+pub trait Domaind1 {
+    /// Every domain with its state; broken config files are listed with state "broken".
+    fn list(&self) -> Result<Vec<DomainInfo>, Error>;
+
+    /// Every property as text (`features.KEY` for features), plus `state`.
+    fn get_properties(&self, name: &str) -> Result<HashMap<String, String>, Error>;
+
+    /// `value` "" with `netvm`/`template`/`default_dispvm` clears it.
+    fn set_property(&self, name: &str, prop: &str, value: &str) -> Result<(), Error>;
+
+    /// Create a domain. `template` "" = none; `label` "" = default ("red"); `props` as in
+    /// `SetProperty`.
+    fn create(
+        &self,
+        name: &str,
+        class: &str,
+        template: &str,
+        label: &str,
+        props: HashMap<&str, &str>,
+    ) -> Result<(), Error>;
+
+    /// Copy config and private volume of `source` to a new domain `dest`.
+    #[zbus(name = "Clone")]
+    fn clone_domain(&self, source: &str, dest: &str) -> Result<(), Error>;
+
+    /// Remove a halted domain with its data.
+    fn remove(&self, name: &str) -> Result<(), Error>;
+
+    /// Start; returns when the domain's agent has connected.
+    fn start(&self, name: &str) -> Result<(), Error>;
+
+    /// Graceful shutdown through init; kill after `timeout_secs` (0 = 20 s). Returns when halted.
+    fn shutdown(&self, name: &str, timeout_secs: u32) -> Result<(), Error>;
+
+    fn kill(&self, name: &str) -> Result<(), Error>;
+    fn pause(&self, name: &str) -> Result<(), Error>;
+    fn unpause(&self, name: &str) -> Result<(), Error>;
+
+    /// Run `argv` in the domain (started if halted) with the given fds; returns the exit code
+    /// (128+signal when killed by a signal). `user` "" = the default user.
+    fn run(
+        &self,
+        name: &str,
+        argv: &[&str],
+        user: &str,
+        stdin: Fd<'_>,
+        stdout: Fd<'_>,
+        stderr: Fd<'_>,
+    ) -> Result<i32, Error>;
+
+    /// Create a disposable from `base`, run `argv` in it, remove it. Returns (name, exit code).
+    fn run_disposable(
+        &self,
+        base: &str,
+        argv: &[&str],
+        user: &str,
+        stdin: Fd<'_>,
+        stdout: Fd<'_>,
+        stderr: Fd<'_>,
+    ) -> Result<(String, i32), Error>;
+
+    /// Build template recipe `name`, writing progress lines to `progress`; returns the root path.
+    fn build_template(&self, name: &str, progress: Fd<'_>) -> Result<String, Error>;
+
+    /// Path of the domain's log file.
+    fn log_path(&self, name: &str) -> Result<String, Error>;
+
+    #[zbus(signal)]
+    fn state_changed(&self, name: String, state: String) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn progress(&self, name: String, step: String, done: u32, total: u32) -> zbus::Result<()>;
+}
+
+/// Connect to the bus domaind serves on: `address` if given, else `$BULKHEAD_BUS_ADDRESS`,
+/// else the system bus.
+pub async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
+    let from_env = std::env::var(BUS_ADDRESS_ENV).ok().filter(|s| !s.is_empty());
+    match address.map(str::to_owned).or(from_env) {
+        Some(addr) => zbus::connection::Builder::address(addr.as_str())?.build().await,
+        None => zbus::Connection::system().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_info_signature_matches_contract() {
+        assert_eq!(DomainInfo::SIGNATURE.to_string(), "(sssssuuss)");
+    }
+
+    #[test]
+    fn error_names_have_prefix() {
+        use zbus::DBusError as _;
+        let e = Error::NoSuchDomain("no domain 'x'".into());
+        assert_eq!(e.name().as_str(), "org.bulkhead.Error.NoSuchDomain");
+        assert_eq!(e.exit_code(), 3);
+    }
+}
