@@ -1,1 +1,58 @@
-//! (being written)
+//! # bulkhead-wire: the domain channel protocol
+//!
+//! One connection per domain, between `domaind` (the *client* role) and the domain's
+//! `bulkhead-agent` (the *server* role), over a unix socket today and vsock later. Anything
+//! `AsyncRead + AsyncWrite` works.
+//!
+//! ## Layers
+//! 1. **Frames** ([`frame`]): a fixed 12-byte header (version, kind, flags, stream id,
+//!    payload length) and a payload of at most [`Limits::max_frame_payload`]
+//!    (hard cap [`MAX_FRAME_PAYLOAD`]). The decoder ([`FrameDecoder`], pure and synchronous)
+//!    checks the header before it buffers the payload, so a length is never trusted for
+//!    allocation beyond the limit.
+//! 2. **Handshake** ([`handshake`]): the client sends `Hello{min,max version, its frame
+//!    limit, its per-stream window}`; the server answers `HelloAck{version, ...}` or
+//!    `HelloReject{its range}`. Handshake frames carry version byte 0; every later frame
+//!    must carry the negotiated version, anything else is a violation.
+//! 3. **Streams**: either side opens streams (client odd ids, server even ids, strictly
+//!    increasing, never reused) with an `Open` frame carrying an [`OpenRequest`]. A stream
+//!    has 256 byte channels (Data/Eof per channel), typed Messages, a `Fin` per direction and
+//!    `Reset`. Data and Message frames consume **credit**: each side grants the other
+//!    `initial_window` bytes per stream and more with `Window` frames as the application
+//!    consumes data; a frame beyond the granted credit is a violation.
+//! 4. **Controls** on stream 0: [`Control::Shutdown`], `Ping`/`Pong` (answered by the
+//!    connection itself; see [`Connection::ping`]).
+//! 5. **Exec** ([`exec`]): `Open(Exec(ExecRequest))`, stdin on channel 0 from the client,
+//!    stdout/stderr on channels 1/2 from the server, EOF per channel, then
+//!    `Message(ExecMessage::Exit(status))` and `Fin`.
+//!
+//! ## Version mismatch
+//! Each build speaks a range `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`. The server picks the
+//! highest version in both ranges. If there is none it sends `HelloReject` with its own
+//! range and closes; both sides then fail with [`WireError::VersionMismatch`] naming both
+//! ranges, and domaind reports that the domain's guest tools and domaind must be updated
+//! together. Nothing is sent before a version is agreed. New features (service calls, GUI
+//! streams) come as new [`OpenRequest`]/[`Control`] variants in a new version, sent only when
+//! that version was negotiated; a variant unknown to the receiver is a violation.
+//!
+//! ## Faults
+//! Any violation (bad header, oversize, unknown kind, credit exceeded, stream id reuse,
+//! malformed payload, flooding) is logged with `tracing`, the connection is dropped, every
+//! stream fails with an error and [`Connection::closed`] resolves.
+
+pub mod error;
+pub mod exec;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+
+mod conn;
+
+pub use conn::{
+    Connection, Incoming, IncomingEvent, IncomingStream, Limits, Stream, StreamEvent,
+    StreamReceiver, StreamSender, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RESET_CANCEL,
+    RESET_PROTOCOL, RESET_REFUSED,
+};
+pub use error::{Violation, WireError};
+pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, MAX_FRAME_PAYLOAD};
+pub use message::{Control, ExecMessage, ExecRequest, ExitStatus, MessageError, OpenRequest};

@@ -1,0 +1,251 @@
+//! The exec protocol on top of streams.
+//!
+//! Client (domaind) opens a stream with `OpenRequest::Exec`. Channel [`STDIN`] carries the
+//! client's input (then Eof); the server sends [`STDOUT`] and [`STDERR`] (each then Eof),
+//! then one `ExecMessage::Exit` (or `ExecMessage::Failed` if the command could not start)
+//! and Fin. The client answers with Fin. Anything else on an exec stream is a violation
+//! and drops the connection.
+
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::conn::{Connection, Stream, StreamEvent, StreamReceiver, StreamSender};
+use crate::error::WireError;
+use crate::message::{ExecMessage, ExecRequest, ExitStatus, OpenRequest};
+
+/// Channel of the command's standard input (client -> server).
+pub const STDIN: u8 = 0;
+/// Channel of the command's standard output (server -> client).
+pub const STDOUT: u8 = 1;
+/// Channel of the command's standard error (server -> client).
+pub const STDERR: u8 = 2;
+
+const CHUNK: usize = 32 * 1024;
+
+/// domaind side: runs `req` in the domain, pumps stdin/stdout/stderr, returns the exit status.
+///
+/// Stdin is read until EOF or until the command has ended (whichever first); a local stdin
+/// read error ends stdin with EOF. Output write errors abort the command (the stream is reset).
+pub async fn run<I, O, E>(
+    conn: &Connection,
+    req: ExecRequest,
+    mut stdin: I,
+    mut stdout: O,
+    mut stderr: E,
+) -> Result<ExitStatus, WireError>
+where
+    I: AsyncRead + Unpin + Send,
+    O: AsyncWrite + Unpin + Send,
+    E: AsyncWrite + Unpin + Send,
+{
+    let stream = conn.open(OpenRequest::Exec(req)).await?;
+    let (tx, mut rx) = stream.split();
+
+    let stdin_pump = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match stdin.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading stdin for exec; sending EOF");
+                    0
+                }
+            };
+            if n == 0 {
+                return tx.send_eof(STDIN);
+            }
+            tx.send_data(STDIN, &buf[..n]).await?;
+        }
+    };
+
+    let output = async {
+        let mut exit = None;
+        let mut eof = [false; 3];
+        loop {
+            match rx.recv().await? {
+                StreamEvent::Data { channel, data } => {
+                    let res = match channel {
+                        STDOUT => stdout.write_all(&data).await,
+                        STDERR => stderr.write_all(&data).await,
+                        other => return Err(rx.violation(format!("exec data on channel {other}"))),
+                    };
+                    res.map_err(WireError::io("writing exec output"))?;
+                }
+                StreamEvent::Eof { channel } => match channel {
+                    STDOUT => {
+                        eof[1] = true;
+                        stdout
+                            .flush()
+                            .await
+                            .map_err(WireError::io("writing exec stdout"))?;
+                    }
+                    STDERR => {
+                        eof[2] = true;
+                        stderr
+                            .flush()
+                            .await
+                            .map_err(WireError::io("writing exec stderr"))?;
+                    }
+                    other => return Err(rx.violation(format!("exec EOF on channel {other}"))),
+                },
+                StreamEvent::Message(m) => {
+                    if exit.is_some() {
+                        return Err(rx.violation("second exec result"));
+                    }
+                    match ExecMessage::decode(&m) {
+                        Ok(ExecMessage::Exit(s)) => exit = Some(s),
+                        Ok(ExecMessage::Failed { reason }) => {
+                            return Err(WireError::ExecFailed { reason })
+                        }
+                        Err(e) => return Err(rx.violation(e.to_string())),
+                    }
+                }
+                StreamEvent::Finished => {
+                    return exit
+                        .ok_or_else(|| rx.violation("exec stream finished without exit status"));
+                }
+            }
+        }
+    };
+
+    let mut output = std::pin::pin!(output);
+    let mut stdin_pump = std::pin::pin!(stdin_pump);
+    let mut stdin_done = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut output => break r,
+            r = &mut stdin_pump, if !stdin_done => {
+                stdin_done = true;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "exec stdin ended early");
+                }
+            }
+        }
+    };
+    match &result {
+        Ok(_) => {
+            // Our half: nothing more to send. Ignore "already finished" races.
+            let _ = tx.finish();
+        }
+        Err(_) => tx.reset("exec aborted by client"),
+    }
+    result
+}
+
+/// Agent side: serves one accepted exec stream for an already spawned command.
+///
+/// `stdin` receives the client's input (dropped, i.e. closed, on EOF; write errors such as
+/// EPIPE make the rest be discarded), `stdout`/`stderr` are read to EOF and forwarded, then
+/// `wait` gives the exit status which is sent before Fin. Returns after the client finished.
+pub async fn serve<W, O, E, F>(
+    stream: Stream,
+    stdin: Option<W>,
+    stdout: O,
+    stderr: E,
+    wait: F,
+) -> Result<ExitStatus, WireError>
+where
+    W: AsyncWrite + Unpin + Send,
+    O: AsyncRead + Unpin + Send,
+    E: AsyncRead + Unpin + Send,
+    F: Future<Output = std::io::Result<ExitStatus>> + Send,
+{
+    let (tx, mut rx) = stream.split();
+    let input = pump_stdin(&mut rx, stdin);
+    let output = async {
+        let (a, b) = tokio::join!(pump_out(&tx, STDOUT, stdout), pump_out(&tx, STDERR, stderr));
+        a?;
+        b?;
+        let status = wait
+            .await
+            .map_err(WireError::io("waiting for the command"))?;
+        tx.send_message(&ExecMessage::Exit(status).encode()).await?;
+        tx.finish()?;
+        Ok::<_, WireError>(status)
+    };
+    let (inp, out) = tokio::join!(input, output);
+    let status = match out {
+        Ok(s) => s,
+        Err(e) => {
+            tx.reset("exec failed in the agent");
+            return Err(e);
+        }
+    };
+    inp?;
+    Ok(status)
+}
+
+/// Agent side: tells the client the command could not be started, then finishes.
+pub async fn reject(stream: Stream, reason: &str) -> Result<(), WireError> {
+    let mut reason = reason.to_string();
+    if reason.len() > crate::message::MAX_REASON_LEN {
+        let mut end = crate::message::MAX_REASON_LEN;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    let (tx, mut rx) = stream.split();
+    tx.send_message(&ExecMessage::Failed { reason }.encode())
+        .await?;
+    tx.finish()?;
+    // Wait for the client's Fin (it sends it when it sees our result), discarding stdin.
+    pump_stdin::<tokio::io::Sink>(&mut rx, None).await
+}
+
+async fn pump_stdin<W: AsyncWrite + Unpin>(
+    rx: &mut StreamReceiver,
+    mut stdin: Option<W>,
+) -> Result<(), WireError> {
+    loop {
+        match rx.recv().await? {
+            StreamEvent::Data {
+                channel: STDIN,
+                data,
+            } => {
+                if let Some(w) = stdin.as_mut() {
+                    let res = async {
+                        w.write_all(&data).await?;
+                        w.flush().await
+                    }
+                    .await;
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, stream = rx.id(), "command stdin closed; discarding input");
+                        stdin = None;
+                    }
+                }
+            }
+            StreamEvent::Eof { channel: STDIN } => {
+                if let Some(mut w) = stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            StreamEvent::Finished => return Ok(()),
+            StreamEvent::Data { channel, .. } | StreamEvent::Eof { channel } => {
+                return Err(rx.violation(format!("exec client used channel {channel}")))
+            }
+            StreamEvent::Message(_) => {
+                return Err(rx.violation("exec client sent a message"));
+            }
+        }
+    }
+}
+
+async fn pump_out<R: AsyncRead + Unpin>(
+    tx: &StreamSender,
+    channel: u8,
+    mut r: R,
+) -> Result<(), WireError> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = r
+            .read(&mut buf)
+            .await
+            .map_err(WireError::io("reading command output"))?;
+        if n == 0 {
+            return tx.send_eof(channel);
+        }
+        tx.send_data(channel, &buf[..n]).await?;
+    }
+}

@@ -1,0 +1,366 @@
+//! Typed payloads of Open, Control and exec Message frames, encoded with postcard.
+//!
+//! Decoders are pure functions over a byte slice (already bounded by the frame limit);
+//! after decoding, every value is checked against the explicit limits below and trailing
+//! bytes are refused.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Most argv entries in an exec request.
+pub const MAX_ARGV: usize = 4096;
+/// Most environment entries in an exec request.
+pub const MAX_ENV: usize = 1024;
+/// Longest single argv/env string.
+pub const MAX_ARG_LEN: usize = 128 * 1024;
+/// Longest user name.
+pub const MAX_USER_LEN: usize = 32;
+/// Longest working directory.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest failure reason text in an exec message.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// A payload that does not decode or breaks a limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// postcard could not decode the bytes.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// Message name.
+        what: &'static str,
+        /// Decoder detail.
+        detail: String,
+    },
+    /// Bytes left after the message.
+    #[error("{what} has {extra} trailing bytes")]
+    TrailingBytes {
+        /// Message name.
+        what: &'static str,
+        /// Number of extra bytes.
+        extra: usize,
+    },
+    /// A field breaks a limit or a syntax rule.
+    #[error("invalid {what}: {problem}")]
+    Invalid {
+        /// Field name.
+        what: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn decode_exact<T: DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, MessageError> {
+    let (v, rest) = postcard::take_from_bytes::<T>(b).map_err(|e| MessageError::Malformed {
+        what,
+        detail: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(MessageError::TrailingBytes {
+            what,
+            extra: rest.len(),
+        });
+    }
+    Ok(v)
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain enums/structs into a Vec cannot fail.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn invalid(what: &'static str, problem: impl Into<String>) -> MessageError {
+    MessageError::Invalid {
+        what,
+        problem: problem.into(),
+    }
+}
+
+/// Connection-level control messages (stream 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Ask the domain to shut down gracefully; its init kills what is left after `timeout_secs`.
+    Shutdown {
+        /// Grace period before SIGKILL inside the domain.
+        timeout_secs: u32,
+    },
+    /// Liveness probe; the connection layer answers it with a Pong automatically.
+    Ping {
+        /// Echoed in the Pong.
+        nonce: u64,
+    },
+    /// Answer to a Ping (consumed by the connection layer, never yielded by `Incoming`).
+    Pong {
+        /// The Ping's nonce.
+        nonce: u64,
+    },
+}
+
+impl Control {
+    /// Encodes the control message.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes a control message.
+    pub fn decode(b: &[u8]) -> Result<Control, MessageError> {
+        decode_exact("control message", b)
+    }
+}
+
+/// What a new stream is for. Later versions add service calls (policy RPC) and a GUI stream;
+/// a peer only sends variants that exist in the negotiated version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpenRequest {
+    /// Run a command (see [`crate::exec`]).
+    Exec(ExecRequest),
+}
+
+impl OpenRequest {
+    /// Encodes the request.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes and validates a request.
+    pub fn decode(b: &[u8]) -> Result<OpenRequest, MessageError> {
+        let r: OpenRequest = decode_exact("open request", b)?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            OpenRequest::Exec(e) => e.validate(),
+        }
+    }
+}
+
+/// A command to run in the domain.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Program and arguments; `argv[0]` is looked up in PATH.
+    pub argv: Vec<String>,
+    /// User to run as; `None` means the domain's default user `user`.
+    pub user: Option<String>,
+    /// Extra environment on top of HOME/USER/LOGNAME/SHELL/PATH.
+    pub env: Vec<(String, String)>,
+    /// Working directory; `None` means the user's home.
+    pub cwd: Option<String>,
+}
+
+fn check_str(what: &'static str, s: &str, max: usize) -> Result<(), MessageError> {
+    if s.len() > max {
+        return Err(invalid(what, format!("{} bytes, limit {max}", s.len())));
+    }
+    if s.contains('\0') {
+        return Err(invalid(what, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Whether `name` is an acceptable user name (`[a-z_][a-z0-9_-]*`, at most 32 bytes).
+pub fn valid_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    name.len() <= MAX_USER_LEN
+        && (first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+impl ExecRequest {
+    /// A request for `argv` as the default user.
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> ExecRequest {
+        ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..ExecRequest::default()
+        }
+    }
+
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        if self.argv.is_empty() {
+            return Err(invalid("argv", "empty"));
+        }
+        if self.argv.len() > MAX_ARGV {
+            return Err(invalid(
+                "argv",
+                format!("{} entries, limit {MAX_ARGV}", self.argv.len()),
+            ));
+        }
+        if self.argv[0].is_empty() {
+            return Err(invalid("argv[0]", "empty program name"));
+        }
+        for a in &self.argv {
+            check_str("argv entry", a, MAX_ARG_LEN)?;
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(invalid(
+                "env",
+                format!("{} entries, limit {MAX_ENV}", self.env.len()),
+            ));
+        }
+        for (k, v) in &self.env {
+            check_str("env name", k, MAX_ARG_LEN)?;
+            check_str("env value", v, MAX_ARG_LEN)?;
+            if k.is_empty() || k.contains('=') {
+                return Err(invalid(
+                    "env name",
+                    format!("{k:?} is empty or contains '='"),
+                ));
+            }
+        }
+        if let Some(u) = &self.user {
+            if !valid_user_name(u) {
+                return Err(invalid("user", format!("{u:?} is not a valid user name")));
+            }
+        }
+        if let Some(c) = &self.cwd {
+            check_str("cwd", c, MAX_PATH_LEN)?;
+            if !c.starts_with('/') {
+                return Err(invalid("cwd", format!("{c:?} is not absolute")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal number.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Shell convention: the code, or 128 + signal.
+    pub fn as_shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Messages the serving side sends on an exec stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecMessage {
+    /// The command ended (sent after stdout and stderr reached EOF).
+    Exit(ExitStatus),
+    /// The command could not be started.
+    Failed {
+        /// Human-readable reason, e.g. "no such file: foo".
+        reason: String,
+    },
+}
+
+impl ExecMessage {
+    /// Encodes the message.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes and validates the message.
+    pub fn decode(b: &[u8]) -> Result<ExecMessage, MessageError> {
+        let m: ExecMessage = decode_exact("exec message", b)?;
+        if let ExecMessage::Failed { reason } = &m {
+            if reason.len() > MAX_REASON_LEN {
+                return Err(invalid(
+                    "exec failure reason",
+                    format!("{} bytes, limit {MAX_REASON_LEN}", reason.len()),
+                ));
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_request_round_trip() {
+        let r = OpenRequest::Exec(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            user: Some("root".into()),
+            env: vec![("LANG".into(), "C.UTF-8".into())],
+            cwd: Some("/tmp".into()),
+        });
+        assert_eq!(OpenRequest::decode(&r.encode()), Ok(r));
+    }
+
+    #[test]
+    fn exec_request_limits() {
+        let bad = [
+            ExecRequest::new(Vec::<String>::new()),
+            ExecRequest::new([""]),
+            ExecRequest::new(["a\0b"]),
+            ExecRequest {
+                user: Some("Root!".into()),
+                ..ExecRequest::new(["true"])
+            },
+            ExecRequest {
+                env: vec![("A=B".into(), "c".into())],
+                ..ExecRequest::new(["true"])
+            },
+            ExecRequest {
+                cwd: Some("relative".into()),
+                ..ExecRequest::new(["true"])
+            },
+            ExecRequest::new(vec!["x"; MAX_ARGV + 1]),
+        ];
+        for r in bad {
+            let enc = OpenRequest::Exec(r.clone()).encode();
+            assert!(
+                matches!(OpenRequest::decode(&enc), Err(MessageError::Invalid { .. })),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_and_truncated() {
+        let mut enc = Control::Shutdown { timeout_secs: 5 }.encode();
+        enc.push(0);
+        assert!(matches!(
+            Control::decode(&enc),
+            Err(MessageError::TrailingBytes { extra: 1, .. })
+        ));
+        let enc = ExecMessage::Exit(ExitStatus::Code(3)).encode();
+        assert!(matches!(
+            ExecMessage::decode(&enc[..enc.len() - 1]),
+            Err(MessageError::Malformed { .. })
+        ));
+        // unknown variant
+        assert!(matches!(
+            Control::decode(&[9]),
+            Err(MessageError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // Exec variant, argv with a claimed 2^32 entries but no data.
+        let b = [0u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(OpenRequest::decode(&b).is_err());
+    }
+
+    #[test]
+    fn shell_codes() {
+        assert_eq!(ExitStatus::Code(3).as_shell_code(), 3);
+        assert_eq!(ExitStatus::Signal(9).as_shell_code(), 137);
+    }
+
+    #[test]
+    fn user_names() {
+        assert!(valid_user_name("user"));
+        assert!(valid_user_name("_apt"));
+        assert!(!valid_user_name(""));
+        assert!(!valid_user_name("../x"));
+        assert!(!valid_user_name(&"a".repeat(33)));
+    }
+}
