@@ -1,0 +1,108 @@
+//! The agent's connection loop.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bulkhead_wire::{Connection, Control, IncomingEvent, Limits, OpenRequest};
+use tokio::net::UnixStream;
+
+/// First reconnect delay.
+const BACKOFF_START: Duration = Duration::from_millis(50);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What to do when domaind asks the domain to shut down.
+#[derive(Debug, Clone, Copy)]
+pub enum ShutdownTarget {
+    /// Signal this pid (bulkhead-init) with SIGTERM carrying the timeout.
+    Init(i32),
+    /// No init to signal (agent started by hand): log and ignore.
+    None,
+}
+
+/// Reads the shutdown target from the environment set by bulkhead-init.
+pub fn shutdown_target_from_env() -> ShutdownTarget {
+    match std::env::var(crate::ENV_INIT_PID)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        Some(pid) if pid > 0 => ShutdownTarget::Init(pid),
+        _ => ShutdownTarget::None,
+    }
+}
+
+/// Sends SIGTERM to init with the grace period as the queued signal value.
+pub fn request_shutdown(target: ShutdownTarget, timeout_secs: u32) {
+    let ShutdownTarget::Init(pid) = target else {
+        tracing::warn!("shutdown requested but no init pid is known; ignoring");
+        return;
+    };
+    let value = libc::sigval {
+        sival_ptr: timeout_secs as usize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue only reads its integer arguments and the by-value sigval; nix has no
+    // wrapper for it. The pointer is never dereferenced: it carries the timeout as a number.
+    let rc = unsafe { libc::sigqueue(pid, libc::SIGTERM, value) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::error!(pid, error = %err, "signalling init for shutdown failed");
+    } else {
+        tracing::info!(pid, timeout_secs, "asked init to shut the domain down");
+    }
+}
+
+/// Serves one established connection until it ends.
+pub async fn serve(
+    conn: Connection,
+    mut incoming: bulkhead_wire::Incoming,
+    target: ShutdownTarget,
+) {
+    while let Some(ev) = incoming.next().await {
+        match ev {
+            IncomingEvent::Stream(s) => match s.request {
+                OpenRequest::Exec(req) => {
+                    tokio::spawn(crate::spawn::run_exec(req, s.stream));
+                }
+            },
+            IncomingEvent::Control(Control::Shutdown { timeout_secs }) => {
+                request_shutdown(target, timeout_secs);
+            }
+            IncomingEvent::Control(other) => {
+                tracing::debug!(?other, "ignoring control message");
+            }
+        }
+    }
+    tracing::warn!(
+        reason = conn.close_reason().as_deref().unwrap_or("unknown"),
+        "channel connection ended"
+    );
+}
+
+/// Connects to `socket` and serves it, reconnecting with backoff forever.
+pub async fn run_forever(socket: &Path, limits: Limits, target: ShutdownTarget) -> ! {
+    let mut backoff = BACKOFF_START;
+    let mut failures: u64 = 0;
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(io) => match Connection::server(io, limits.clone()).await {
+                Ok((conn, incoming)) => {
+                    tracing::info!(socket = %socket.display(), "connected to domaind");
+                    backoff = BACKOFF_START;
+                    failures = 0;
+                    serve(conn, incoming, target).await;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "channel handshake failed"),
+            },
+            Err(e) => {
+                // Log the first failure and then sparsely: domaind may be down for a while.
+                if failures.is_power_of_two() || failures == 0 {
+                    tracing::warn!(socket = %socket.display(), error = %e, failures, "cannot reach domaind; retrying");
+                }
+            }
+        }
+        failures += 1;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,118 @@
+//! Starting an exec request's process and serving its stream.
+
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::Path;
+use std::process::Stdio;
+
+use bulkhead_wire::{exec, ExecRequest, ExitStatus, Stream};
+use nix::unistd::Uid;
+
+use crate::account::{self, Account, AccountError};
+
+/// Why a process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The requested user does not resolve.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// fork/exec failed (program missing, not executable, cwd missing, ...).
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        /// argv[0].
+        program: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Builds the command for `req` running as `acct`: clean environment (HOME, USER, LOGNAME,
+/// SHELL, PATH plus the request's env), cwd = request cwd or home (or / if home is missing),
+/// a new session, supplementary groups, gid and uid (uid change skipped when it already
+/// matches ours), pipes for stdin/stdout/stderr.
+pub fn command(req: &ExecRequest, acct: &Account) -> tokio::process::Command {
+    let mut cmd = std::process::Command::new(&req.argv[0]);
+    cmd.args(&req.argv[1..])
+        .env_clear()
+        .env("HOME", &acct.home)
+        .env("USER", &acct.name)
+        .env("LOGNAME", &acct.name)
+        .env("SHELL", &acct.shell)
+        .env("PATH", acct.path_env())
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let cwd = match &req.cwd {
+        Some(c) => Path::new(c).to_path_buf(),
+        None if acct.home.is_dir() => acct.home.clone(),
+        None => Path::new("/").to_path_buf(),
+    };
+    cmd.current_dir(cwd);
+
+    let switch = acct.uid != Uid::effective();
+    let (uid, gid, groups) = (acct.uid, acct.gid, acct.groups.clone());
+    let pre_exec = move || -> std::io::Result<()> {
+        nix::unistd::setsid()?;
+        if switch {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec. It only calls setsid,
+    // setgroups, setgid and setuid (thin syscall wrappers, async-signal-safe in a
+    // single-threaded child) on values computed before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(pre_exec);
+    }
+    tokio::process::Command::from(cmd)
+}
+
+fn convert(st: std::process::ExitStatus) -> ExitStatus {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => ExitStatus::Code(c),
+        (None, Some(s)) => ExitStatus::Signal(s),
+        (None, None) => ExitStatus::Code(255),
+    }
+}
+
+/// Spawns the process for `req` and serves the exec stream until the command has ended and
+/// the client finished. Spawn failures are reported to the client as `ExecMessage::Failed`.
+pub async fn run_exec(req: ExecRequest, stream: Stream) {
+    let id = stream.id();
+    let started = account::lookup(req.user.as_deref())
+        .map_err(SpawnError::from)
+        .and_then(|acct| {
+            command(&req, &acct)
+                .spawn()
+                .map_err(|source| SpawnError::Spawn {
+                    program: req.argv[0].clone(),
+                    source,
+                })
+        });
+    let mut child = match started {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(stream = id, error = %e, "exec refused");
+            if let Err(e) = exec::reject(stream, &e.to_string()).await {
+                tracing::debug!(stream = id, error = %e, "reporting exec failure");
+            }
+            return;
+        }
+    };
+    let pid = child.id();
+    tracing::info!(stream = id, ?pid, argv0 = %req.argv[0], user = ?req.user, "exec started");
+    let stdin = child.stdin.take();
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        // Cannot happen: both were configured as pipes.
+        let _ = exec::reject(stream, "internal error: missing output pipes").await;
+        return;
+    };
+    let wait = async move { child.wait().await.map(convert) };
+    match exec::serve(stream, stdin, stdout, stderr, wait).await {
+        Ok(status) => tracing::info!(stream = id, ?pid, ?status, "exec finished"),
+        Err(e) => tracing::warn!(stream = id, ?pid, error = %e, "exec stream failed"),
+    }
+}

@@ -1,0 +1,204 @@
+//! Drives the real bulkhead-agent binary over a real unix socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use bulkhead_wire::{exec, Connection, ExecRequest, ExitStatus, Incoming, Limits};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+
+const HANG: Duration = Duration::from_secs(60);
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(sock: &Path) -> Kill {
+    Kill(
+        Command::new(env!("CARGO_BIN_EXE_bulkhead-agent"))
+            .env("BULKHEAD_AGENT_SOCKET", sock)
+            .env_remove("BULKHEAD_INIT_PID")
+            .spawn()
+            .expect("starting bulkhead-agent"),
+    )
+}
+
+async fn accept(l: &UnixListener) -> (Connection, Incoming) {
+    let (io, _) = tokio::time::timeout(HANG, l.accept())
+        .await
+        .expect("agent did not connect")
+        .unwrap();
+    Connection::client(io, Limits::default()).await.unwrap()
+}
+
+async fn run(
+    c: &Connection,
+    argv: &[&str],
+    user: Option<&str>,
+    stdin: &[u8],
+) -> (ExitStatus, Vec<u8>, Vec<u8>) {
+    let req = ExecRequest {
+        user: user.map(str::to_string),
+        ..ExecRequest::new(argv.iter().copied())
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let st = tokio::time::timeout(HANG, exec::run(c, req, stdin, &mut out, &mut err))
+        .await
+        .expect("exec hung")
+        .unwrap();
+    (st, out, err)
+}
+
+fn socket_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("agent.sock")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_through_real_agent_and_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = socket_path(&dir);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let _agent = start_agent(&sock);
+    let (c, _inc) = accept(&listener).await;
+
+    let (st, out, err) = run(
+        &c,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+        Some("root"),
+        b"",
+    )
+    .await;
+    assert_eq!(st, ExitStatus::Code(3));
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+
+    // Clean environment, HOME and cwd of the account.
+    let (_, out, _) = run(
+        &c,
+        &["sh", "-c", "echo $USER:$HOME:$(pwd); env | wc -l"],
+        Some("root"),
+        b"",
+    )
+    .await;
+    let text = String::from_utf8(out).unwrap();
+    let root_home = nix::unistd::User::from_name("root").unwrap().unwrap().dir;
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        format!("root:{}:{}", root_home.display(), root_home.display())
+    );
+    let nenv: usize = lines.next().unwrap().trim().parse().unwrap();
+    assert!(nenv < 10, "environment not cleaned: {nenv} variables");
+
+    // stdin passthrough
+    let input: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let (st, out, _) = run(&c, &["cat"], Some("root"), &input).await;
+    assert_eq!(st, ExitStatus::Code(0));
+    assert!(out == input, "cat returned {} bytes", out.len());
+
+    // large output
+    let (st, out, _) = run(
+        &c,
+        &["head", "-c", "5000000", "/dev/zero"],
+        Some("root"),
+        b"",
+    )
+    .await;
+    assert_eq!((st, out.len()), (ExitStatus::Code(0), 5_000_000));
+
+    // signal exit, missing program, unknown user
+    let (st, _, _) = run(&c, &["sh", "-c", "kill -TERM $$"], Some("root"), b"").await;
+    assert_eq!(st, ExitStatus::Signal(15));
+    let r = exec::run(
+        &c,
+        ExecRequest::new(["/no/such/program"]),
+        &b""[..],
+        tokio::io::sink(),
+        tokio::io::sink(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(bulkhead_wire::WireError::ExecFailed { .. })),
+        "{r:?}"
+    );
+    let req = ExecRequest {
+        user: Some("no-such-user-bh".into()),
+        ..ExecRequest::new(["true"])
+    };
+    let r = exec::run(&c, req, &b""[..], tokio::io::sink(), tokio::io::sink()).await;
+    assert!(
+        matches!(r, Err(bulkhead_wire::WireError::ExecFailed { .. })),
+        "{r:?}"
+    );
+
+    // Reconnection: domaind goes away (listener and connection dropped, socket removed)
+    // and comes back on the same path.
+    drop(c);
+    drop(_inc);
+    drop(listener);
+    std::fs::remove_file(&sock).unwrap();
+    let listener = UnixListener::bind(&sock).unwrap();
+    let (c, _inc) = accept(&listener).await;
+    let (st, out, _) = run(&c, &["echo", "again"], Some("root"), b"").await;
+    assert_eq!((st, out.as_slice()), (ExitStatus::Code(0), &b"again\n"[..]));
+
+    // Garbage from the channel: the agent drops the connection and reconnects.
+    drop(c);
+    drop(_inc);
+    let (mut io, _) = tokio::time::timeout(HANG, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    io.write_all(b"this is not a bulkhead hello frame at all")
+        .await
+        .unwrap();
+    let (c, _inc) = accept(&listener).await;
+    let (st, _, _) = run(&c, &["true"], Some("root"), b"").await;
+    assert_eq!(st, ExitStatus::Code(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_user_is_not_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipping: switching users needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = socket_path(&dir);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let _agent = start_agent(&sock);
+    let (c, _inc) = accept(&listener).await;
+    let expected = match nix::unistd::User::from_name("user").unwrap() {
+        Some(u) => (u.uid.as_raw(), u.gid.as_raw()),
+        None => (1000, 1000),
+    };
+    let (st, out, _) = run(
+        &c,
+        &["sh", "-c", "id -u; id -g; id -G; echo $USER"],
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(st, ExitStatus::Code(0));
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], expected.0.to_string(), "{text}");
+    assert_eq!(lines[1], expected.1.to_string(), "{text}");
+    assert!(
+        !lines[2].split(' ').any(|g| g == "0"),
+        "kept root's groups: {text}"
+    );
+    assert_eq!(lines[3], "user");
+    // The process runs in its own session.
+    let (_, out, _) = run(&c, &["sh", "-c", "ps -o sid= -p $$; echo $$"], None, b"").await;
+    let text = String::from_utf8(out).unwrap();
+    let v: Vec<&str> = text.split_whitespace().collect();
+    if v.len() == 2 {
+        assert_eq!(v[0], v[1], "not a session leader: {text}");
+    }
+}
