@@ -1,0 +1,640 @@
+//! cgroups for sandboxes: `bulkhead/<domain>` under the cgroup2 hierarchy when it has the
+//! memory, cpu and pids controllers, else under each cgroup v1 hierarchy (memory, cpu, pids,
+//! freezer).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::{read_small, SandboxError};
+
+/// Parent directory of every domain cgroup, under each hierarchy.
+pub const PARENT: &str = "bulkhead";
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
+const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+const CFS_PERIOD_US: u64 = 100_000;
+/// How long freeze/kill/remove wait for the kernel before giving up.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The cgroup directories of one sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "version", rename_all = "lowercase")]
+pub enum CgroupPaths {
+    V2 {
+        dir: PathBuf,
+    },
+    V1 {
+        memory: PathBuf,
+        cpu: PathBuf,
+        pids: PathBuf,
+        freezer: PathBuf,
+    },
+}
+
+/// The hierarchy (mount points) the host offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hierarchy {
+    V2 {
+        root: PathBuf,
+    },
+    V1 {
+        memory: PathBuf,
+        cpu: PathBuf,
+        pids: PathBuf,
+        freezer: PathBuf,
+    },
+}
+
+/// Limits written into a new cgroup.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub vcpus: u32,
+    pub pids_max: u64,
+}
+
+struct MountEntry {
+    mount_point: PathBuf,
+    fstype: String,
+    super_opts: String,
+}
+
+/// Undoes the octal escapes of /proc/self/mountinfo (`\040` for space etc.).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let lf: Vec<&str> = left.split(' ').collect();
+            let rf: Vec<&str> = right.split(' ').collect();
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(lf.get(4)?)),
+                fstype: rf.first()?.to_string(),
+                super_opts: rf.get(2).map(|s| s.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn mounts() -> Result<Vec<MountEntry>, SandboxError> {
+    let text =
+        read_small(Path::new("/proc/self/mountinfo")).map_err(|source| SandboxError::Io {
+            action: "read",
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
+    Ok(parse_mountinfo(&text))
+}
+
+fn v2_controllers(root: &Path) -> Vec<String> {
+    read_small(&root.join("cgroup.controllers"))
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn v1_mount<'a>(entries: &'a [MountEntry], ctrl: &str) -> Option<&'a MountEntry> {
+    entries
+        .iter()
+        .find(|m| m.fstype == "cgroup" && m.super_opts.split(',').any(|o| o == ctrl))
+}
+
+/// Per controller: which cgroup version serves it on this host.
+pub fn controller_versions() -> Vec<(String, &'static str)> {
+    let entries = mounts().unwrap_or_default();
+    let v2: Vec<String> = entries
+        .iter()
+        .filter(|m| m.fstype == "cgroup2")
+        .flat_map(|m| v2_controllers(&m.mount_point))
+        .collect();
+    V1_CONTROLLERS
+        .iter()
+        .map(|c| {
+            // the v2 freezer is core (cgroup.freeze): usable when the v2 hierarchy is the one in use
+            let v2_in_use = V2_CONTROLLERS.iter().all(|k| v2.iter().any(|x| x == k));
+            let in_v2 = v2.iter().any(|x| x == c) || (*c == "freezer" && v2_in_use);
+            let version = if in_v2 {
+                "v2"
+            } else if v1_mount(&entries, c).is_some() {
+                "v1"
+            } else {
+                "none"
+            };
+            (c.to_string(), version)
+        })
+        .collect()
+}
+
+impl Hierarchy {
+    /// v2 when a cgroup2 mount has memory, cpu and pids; else v1 when all four v1 controllers
+    /// are mounted.
+    pub fn detect() -> Result<Hierarchy, SandboxError> {
+        let entries = mounts()?;
+        let mut v2: Vec<&MountEntry> = entries.iter().filter(|m| m.fstype == "cgroup2").collect();
+        // prefer the conventional location
+        v2.sort_by_key(|m| m.mount_point != Path::new("/sys/fs/cgroup"));
+        for m in v2 {
+            let have = v2_controllers(&m.mount_point);
+            if V2_CONTROLLERS.iter().all(|c| have.iter().any(|h| h == c)) {
+                return Ok(Hierarchy::V2 {
+                    root: m.mount_point.clone(),
+                });
+            }
+        }
+        let find = |c: &str| {
+            v1_mount(&entries, c)
+                .map(|m| m.mount_point.clone())
+                .ok_or_else(|| {
+                    SandboxError::NoCgroups(format!(
+                        "no cgroup2 mount with memory, cpu and pids, and no cgroup v1 `{c}` hierarchy"
+                    ))
+                })
+        };
+        Ok(Hierarchy::V1 {
+            memory: find("memory")?,
+            cpu: find("cpu")?,
+            pids: find("pids")?,
+            freezer: find("freezer")?,
+        })
+    }
+
+    /// Paths a domain's cgroup has (or would have) in this hierarchy.
+    pub fn paths_for(&self, name: &str) -> CgroupPaths {
+        match self {
+            Hierarchy::V2 { root } => CgroupPaths::V2 {
+                dir: root.join(PARENT).join(name),
+            },
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => CgroupPaths::V1 {
+                memory: memory.join(PARENT).join(name),
+                cpu: cpu.join(PARENT).join(name),
+                pids: pids.join(PARENT).join(name),
+                freezer: freezer.join(PARENT).join(name),
+            },
+        }
+    }
+
+    /// Creates `bulkhead/<name>` with the limits. A leftover empty cgroup of the same name is
+    /// reused; one that still has processes is an error (the domain is running).
+    pub fn create(&self, name: &str, limits: Limits) -> Result<CgroupPaths, SandboxError> {
+        let paths = self.paths_for(name);
+        if let Some(pid) = paths.procs()?.first() {
+            return Err(SandboxError::Cgroup {
+                path: paths.dirs()[0].clone(),
+                action: "create: cgroup still has processes (is the domain running?)",
+                source: io::Error::other(format!("pid {pid} present")),
+            });
+        }
+        match self {
+            Hierarchy::V2 { root } => {
+                let parent = root.join(PARENT);
+                mkdir(&parent)?;
+                let enable = "+memory +cpu +pids";
+                write(&root.join("cgroup.subtree_control"), enable)?;
+                write(&parent.join("cgroup.subtree_control"), enable)?;
+            }
+            Hierarchy::V1 { .. } => {
+                for d in paths.dirs() {
+                    if let Some(p) = d.parent() {
+                        mkdir(p)?;
+                    }
+                }
+            }
+        }
+        for d in paths.dirs() {
+            mkdir(d)?;
+        }
+        let quota = u64::from(limits.vcpus) * CFS_PERIOD_US;
+        match &paths {
+            CgroupPaths::V2 { dir } => {
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                // no swap: the memory limit is the limit
+                if dir.join("memory.swap.max").exists() {
+                    write(&dir.join("memory.swap.max"), "0")?;
+                }
+                write(&dir.join("cpu.max"), &format!("{quota} {CFS_PERIOD_US}"))?;
+                write(&dir.join("pids.max"), &limits.pids_max.to_string())?;
+            }
+            CgroupPaths::V1 {
+                memory, cpu, pids, ..
+            } => {
+                write(
+                    &memory.join("memory.limit_in_bytes"),
+                    &limits.memory_bytes.to_string(),
+                )?;
+                // memory+swap to the same value (only exists with swap accounting)
+                let memsw = memory.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &limits.memory_bytes.to_string())?;
+                }
+                write(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                write(&pids.join("pids.max"), &limits.pids_max.to_string())?;
+            }
+        }
+        Ok(paths)
+    }
+
+    fn parents(&self) -> Vec<PathBuf> {
+        match self {
+            Hierarchy::V2 { root } => vec![root.join(PARENT)],
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => [memory, cpu, pids, freezer]
+                .iter()
+                .map(|p| p.join(PARENT))
+                .collect(),
+        }
+    }
+}
+
+/// Names of the domain cgroups present on the host (any hierarchy).
+pub fn list_domains() -> Result<Vec<String>, SandboxError> {
+    let hier = Hierarchy::detect()?;
+    let mut names = Vec::new();
+    for parent in hier.parents() {
+        let entries = match fs::read_dir(&parent) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(SandboxError::Cgroup {
+                    path: parent,
+                    action: "list",
+                    source,
+                })
+            }
+        };
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if let Some(n) = e.file_name().to_str() {
+                    if crate::valid_name(n) && !names.iter().any(|x| x == n) {
+                        names.push(n.to_string());
+                    }
+                }
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn mkdir(p: &Path) -> Result<(), SandboxError> {
+    match fs::create_dir(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(SandboxError::Cgroup {
+            path: p.to_path_buf(),
+            action: "mkdir",
+            source,
+        }),
+    }
+}
+
+fn write(p: &Path, value: &str) -> Result<(), SandboxError> {
+    fs::write(p, value).map_err(|source| SandboxError::Cgroup {
+        path: p.to_path_buf(),
+        action: "write",
+        source,
+    })
+}
+
+fn read(p: &Path) -> Result<String, SandboxError> {
+    read_small(p).map_err(|source| SandboxError::Cgroup {
+        path: p.to_path_buf(),
+        action: "read",
+        source,
+    })
+}
+
+impl CgroupPaths {
+    /// Every directory of this cgroup (one for v2, one per controller for v1).
+    pub fn dirs(&self) -> Vec<&PathBuf> {
+        match self {
+            CgroupPaths::V2 { dir } => vec![dir],
+            CgroupPaths::V1 {
+                memory,
+                cpu,
+                pids,
+                freezer,
+            } => vec![memory, cpu, pids, freezer],
+        }
+    }
+
+    /// The directory whose cgroup.procs lists every process of the sandbox.
+    fn procs_dir(&self) -> &Path {
+        match self {
+            CgroupPaths::V2 { dir } => dir,
+            CgroupPaths::V1 { pids, .. } => pids,
+        }
+    }
+
+    /// Pids in the cgroup (empty if it does not exist).
+    pub fn procs(&self) -> Result<Vec<i32>, SandboxError> {
+        let p = self.procs_dir().join("cgroup.procs");
+        match read_small(&p) {
+            Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(SandboxError::Cgroup {
+                path: p,
+                action: "read",
+                source,
+            }),
+        }
+    }
+
+    /// Moves a process into the cgroup (every hierarchy).
+    pub fn join(&self, pid: i32) -> Result<(), SandboxError> {
+        for d in self.dirs() {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dirs().iter().any(|d| d.exists())
+    }
+
+    pub fn freeze(&self) -> Result<(), SandboxError> {
+        match self {
+            CgroupPaths::V2 { dir } => {
+                write(&dir.join("cgroup.freeze"), "1")?;
+                wait_until("cgroup frozen", || self.is_frozen())
+            }
+            CgroupPaths::V1 { freezer, .. } => {
+                let state = freezer.join("freezer.state");
+                wait_until("cgroup frozen", || {
+                    // writing FROZEN again retries a freeze that is still FREEZING
+                    write(&state, "FROZEN")?;
+                    self.is_frozen()
+                })
+            }
+        }
+    }
+
+    pub fn thaw(&self) -> Result<(), SandboxError> {
+        match self {
+            CgroupPaths::V2 { dir } => write(&dir.join("cgroup.freeze"), "0"),
+            CgroupPaths::V1 { freezer, .. } => write(&freezer.join("freezer.state"), "THAWED"),
+        }
+    }
+
+    pub fn is_frozen(&self) -> Result<bool, SandboxError> {
+        match self {
+            CgroupPaths::V2 { dir } => Ok(read(&dir.join("cgroup.events"))?
+                .lines()
+                .any(|l| l.trim() == "frozen 1")),
+            CgroupPaths::V1 { freezer, .. } => {
+                Ok(read(&freezer.join("freezer.state"))?.trim() == "FROZEN")
+            }
+        }
+    }
+
+    /// SIGKILLs every process and waits until the cgroup is empty. Works while frozen.
+    pub fn kill_all(&self) -> Result<(), SandboxError> {
+        if !self.exists() {
+            return Ok(());
+        }
+        match self {
+            CgroupPaths::V2 { dir } if dir.join("cgroup.kill").exists() => {
+                write(&dir.join("cgroup.kill"), "1")?;
+            }
+            CgroupPaths::V2 { .. } => self.signal_all(Signal::SIGKILL)?,
+            CgroupPaths::V1 { freezer, .. } => {
+                // Freeze so nothing forks while we kill, kill everything listed, then thaw so
+                // the frozen tasks can act on their pending SIGKILL.
+                let frozen = self.freeze();
+                if let Err(e) = &frozen {
+                    tracing::warn!(cgroup = %freezer.display(), error = %e, "freeze before kill failed; killing anyway");
+                }
+                self.signal_all(Signal::SIGKILL)?;
+                self.thaw()?;
+            }
+        }
+        wait_until("cgroup empty after SIGKILL", || {
+            let left = self.procs()?;
+            if left.is_empty() {
+                return Ok(true);
+            }
+            // v1 without cgroup.kill: catch anything forked in between
+            self.signal_all(Signal::SIGKILL)?;
+            Ok(false)
+        })
+    }
+
+    fn signal_all(&self, sig: Signal) -> Result<(), SandboxError> {
+        for pid in self.procs()? {
+            // ESRCH: already gone, fine
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+        Ok(())
+    }
+
+    /// Kills what is left and removes every directory; idempotent.
+    pub fn remove(&self) -> Result<(), SandboxError> {
+        if !self.exists() {
+            return Ok(());
+        }
+        // a frozen v2 cgroup keeps killed tasks from exiting on old kernels; thaw first
+        if self.is_frozen().unwrap_or(false) {
+            self.thaw()?;
+        }
+        self.kill_all()?;
+        for d in self.dirs() {
+            wait_until("cgroup rmdir", || match fs::remove_dir(d) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+                // EBUSY while the last task finishes exiting
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+                Err(source) => Err(SandboxError::Cgroup {
+                    path: d.clone(),
+                    action: "rmdir",
+                    source,
+                }),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Memory charged to the cgroup, bytes.
+    pub fn memory_usage(&self) -> Option<u64> {
+        let p = match self {
+            CgroupPaths::V2 { dir } => dir.join("memory.current"),
+            CgroupPaths::V1 { memory, .. } => memory.join("memory.usage_in_bytes"),
+        };
+        read_small(&p).ok()?.trim().parse().ok()
+    }
+
+    /// The memory limit in bytes as the kernel reports it.
+    pub fn memory_limit(&self) -> Option<u64> {
+        let p = match self {
+            CgroupPaths::V2 { dir } => dir.join("memory.max"),
+            CgroupPaths::V1 { memory, .. } => memory.join("memory.limit_in_bytes"),
+        };
+        read_small(&p).ok()?.trim().parse().ok()
+    }
+
+    /// The pids limit as the kernel reports it.
+    pub fn pids_limit(&self) -> Option<u64> {
+        let p = match self {
+            CgroupPaths::V2 { dir } => dir.join("pids.max"),
+            CgroupPaths::V1 { pids, .. } => pids.join("pids.max"),
+        };
+        read_small(&p).ok()?.trim().parse().ok()
+    }
+}
+
+fn wait_until(
+    what: &str,
+    mut f: impl FnMut() -> Result<bool, SandboxError>,
+) -> Result<(), SandboxError> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if start.elapsed() > WAIT {
+            return Err(SandboxError::Timeout {
+                what: what.to_string(),
+                secs: WAIT.as_secs(),
+            });
+        }
+        sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// The process's own cgroup path per hierarchy directory, so the launcher can step into the
+/// domain cgroup (to clone the child there) and back out.
+pub(crate) fn own_cgroups(hier: &Hierarchy) -> Result<Vec<PathBuf>, SandboxError> {
+    let text = read_small(Path::new("/proc/self/cgroup")).map_err(|source| SandboxError::Io {
+        action: "read",
+        path: "/proc/self/cgroup".into(),
+        source,
+    })?;
+    let lookup = |ctrl: Option<&str>| -> Result<String, SandboxError> {
+        text.lines()
+            .find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let _id = parts.next()?;
+                let ctrls = parts.next()?;
+                let path = parts.next()?;
+                let hit = match ctrl {
+                    None => ctrls.is_empty(),
+                    Some(c) => ctrls.split(',').any(|x| x == c),
+                };
+                hit.then(|| path.to_string())
+            })
+            .ok_or_else(|| {
+                SandboxError::NoCgroups(format!("/proc/self/cgroup has no entry for {ctrl:?}"))
+            })
+    };
+    let rel = |root: &Path, p: String| root.join(p.trim_start_matches('/'));
+    Ok(match hier {
+        Hierarchy::V2 { root } => vec![rel(root, lookup(None)?)],
+        Hierarchy::V1 {
+            memory,
+            cpu,
+            pids,
+            freezer,
+        } => vec![
+            rel(memory, lookup(Some("memory"))?),
+            rel(cpu, lookup(Some("cpu"))?),
+            rel(pids, lookup(Some("pids"))?),
+            rel(freezer, lookup(Some("freezer"))?),
+        ],
+    })
+}
+
+/// Moves the calling process into the given directories (as returned by [`own_cgroups`]).
+pub(crate) fn move_self(dirs: &[PathBuf]) -> Result<(), SandboxError> {
+    for d in dirs {
+        write(&d.join("cgroup.procs"), "0")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_parsing() {
+        let text =
+            "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                    50 27 0:40 / /mnt/with\\040space rw - tmpfs tmpfs rw\n\
+                    garbage line\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].mount_point, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(
+            v1_mount(&m, "cpu").map(|e| e.mount_point.clone()),
+            Some(m[0].mount_point.clone())
+        );
+        assert!(v1_mount(&m, "cpuacct").is_some());
+        assert!(v1_mount(&m, "cpuset").is_none());
+        assert_eq!(m[1].fstype, "cgroup2");
+        assert_eq!(m[2].mount_point, Path::new("/mnt/with space"));
+    }
+
+    #[test]
+    fn paths_layout() {
+        let h = Hierarchy::V2 {
+            root: "/sys/fs/cgroup".into(),
+        };
+        assert_eq!(
+            h.paths_for("work"),
+            CgroupPaths::V2 {
+                dir: "/sys/fs/cgroup/bulkhead/work".into()
+            }
+        );
+        let json = serde_json::to_string(&h.paths_for("work")).expect("json");
+        assert!(json.contains("\"version\":\"v2\""), "{json}");
+    }
+
+    #[test]
+    fn detect_on_this_host() {
+        // every supported host has one of the two layouts; this one must be recognised
+        match Hierarchy::detect() {
+            Ok(h) => {
+                let p = h.paths_for("x");
+                assert!(p.dirs().iter().all(|d| d.ends_with("bulkhead/x")));
+            }
+            Err(e) => {
+                println!("skipped: no usable cgroup hierarchy on this host: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The launcher: runs in the `bulkhead-sandbox launch` process, which must be single-threaded
+//! (it forks with a raw clone and calls setns on its mount namespace).
+//!
+//! Order of work:
+//! 1. validate the spec, wipe and prepare scratch (upper/work owned by the domain's root);
+//! 2. create the cgroup with its limits and step into it, so the child is born there (and its
+//!    cgroup namespace is rooted there), then step back out;
+//! 3. clone the child into new user, mount, pid, net, uts, ipc and cgroup namespaces; it waits
+//!    on a pipe;
+//! 4. write its uid/gid maps (0 -> uid_base, 65536 ids);
+//! 5. setns into its mount namespace, make everything private, assemble the root
+//!    (see [`crate::mounts`]), setns back;
+//! 6. release the child, which switches to root-in-namespace, mounts /proc, pivots into the new
+//!    root and detaches the old one, sets hostname and loopback, redirects output to the log,
+//!    sets no_new_privs, drops capabilities, installs the seccomp filter and execs the init;
+//!    a close-on-exec pipe tells the launcher whether the exec happened.
+//!
+//! Any failure kills the child, removes the cgroup and wipes scratch, and names the step.
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::{chown, pipe2, Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{self, CgroupPaths, Hierarchy, Limits};
+use crate::mounts::{self, Layout};
+use crate::{proc_stat, seccomp, wipe_dir, SandboxRecord, SandboxSpec, UID_RANGE};
+
+/// A failed launch step. `step` is a short stable name ("cgroup", "mount:home", "child:exec", ...).
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("step `{step}`: {message}")]
+pub struct LaunchError {
+    pub step: String,
+    pub message: String,
+}
+
+impl LaunchError {
+    pub fn new(step: &str, message: impl Into<String>) -> LaunchError {
+        LaunchError {
+            step: step.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type StepResult<T> = Result<T, LaunchError>;
+
+/// Capabilities the domain init keeps, in the domain's user namespace only: switching to the
+/// domain user for commands, and signalling the domain's processes.
+pub const KEPT_CAPS: [caps::Capability; 3] = [
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_KILL,
+];
+
+/// Environment of the init: nothing from the host.
+const INIT_ENV: [&str; 4] = [
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+    "container=bulkhead",
+    "LANG=C.UTF-8",
+];
+
+fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> StepResult<T> {
+    r.map_err(|e| LaunchError::new(name, e.to_string()))
+}
+
+/// Undo list for a failed launch.
+struct Rollback {
+    child: Option<Pid>,
+    cgroup: Option<CgroupPaths>,
+    scratch: std::path::PathBuf,
+}
+
+impl Rollback {
+    fn run(&mut self) {
+        if let Some(pid) = self.child.take() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.remove() {
+                tracing::error!(error = %e, "rollback: removing the cgroup failed");
+            }
+        }
+        if let Err(e) = wipe_dir(&self.scratch) {
+            tracing::error!(error = %e, "rollback: wiping scratch failed");
+        }
+    }
+}
+
+/// Runs a whole launch. Call only from a single-threaded process.
+pub fn launch(spec: &SandboxSpec) -> StepResult<SandboxRecord> {
+    step("validate", spec.validate())?;
+    let mut rb = Rollback {
+        child: None,
+        cgroup: None,
+        scratch: spec.scratch_dir.clone(),
+    };
+    match launch_inner(spec, &mut rb) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            tracing::error!(step = %e.step, message = %e.message, "launch failed, rolling back");
+            rb.run();
+            Err(e)
+        }
+    }
+}
+
+fn prepare_scratch(spec: &SandboxSpec, layout: &Layout) -> StepResult<()> {
+    let s = "scratch";
+    step(s, fs::create_dir_all(&spec.scratch_dir))?;
+    step(
+        s,
+        fs::set_permissions(&spec.scratch_dir, fs::Permissions::from_mode(0o700)),
+    )?;
+    step(s, wipe_dir(&spec.scratch_dir))?;
+    let base = spec.uid_base();
+    for (d, mode) in [
+        (&layout.upper, 0o755),
+        (&layout.work, 0o700),
+        (&layout.staging, 0o700),
+    ] {
+        step(s, fs::create_dir(d))?;
+        step(s, fs::set_permissions(d, fs::Permissions::from_mode(mode)))?;
+    }
+    for d in [&layout.upper, &layout.work] {
+        step(
+            s,
+            chown(d, Some(Uid::from_raw(base)), Some(Gid::from_raw(base))),
+        )?;
+    }
+    Ok(())
+}
+
+fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxRecord> {
+    let layout = Layout::new(&spec.scratch_dir);
+    prepare_scratch(spec, &layout)?;
+
+    let hier = step("cgroup", Hierarchy::detect())?;
+    let own = step("cgroup", cgroup::own_cgroups(&hier))?;
+    let cg = step(
+        "cgroup",
+        hier.create(
+            &spec.name,
+            Limits {
+                memory_bytes: spec.memory_mib << 20,
+                vcpus: spec.vcpus,
+                pids_max: spec.pids_max,
+            },
+        ),
+    )?;
+    rb.cgroup = Some(cg.clone());
+
+    if let Some(parent) = spec.log_file.parent() {
+        step("log", fs::create_dir_all(parent))?;
+    }
+    let log = step(
+        "log",
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&spec.log_file),
+    )
+    .map_err(|e| LaunchError::new("log", format!("{}: {}", spec.log_file.display(), e.message)))?;
+
+    // go: launcher -> child ("assembled, continue"); report: child -> launcher (error text, or
+    // EOF at exec). Both close-on-exec.
+    let (go_r, go_w) = step("pipes", pipe2(OFlag::O_CLOEXEC))?;
+    let (rep_r, rep_w) = step("pipes", pipe2(OFlag::O_CLOEXEC))?;
+
+    // Everything the child needs, computed before the clone.
+    let child_plan = ChildPlan::new(spec, &layout)?;
+
+    // Be in the domain cgroup while cloning, so the child is born there.
+    step("cgroup:enter", cg.join(0))?;
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP;
+    // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like fork(): the child
+    // gets a copy-on-write copy of this single-threaded process and continues from here.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if ret == 0 {
+        // child
+        drop(go_w);
+        drop(rep_r);
+        let code = match child_main(&child_plan, go_r, log) {
+            Ok(never) => match never {},
+            Err(e) => {
+                let msg = format!("{}\t{}", e.step, e.message);
+                let mut f = fs::File::from(rep_w);
+                let _ = f.write_all(msg.as_bytes());
+                1
+            }
+        };
+        // SAFETY: _exit ends the child without running the parent's atexit handlers or
+        // destructors twice.
+        unsafe { libc::_exit(code) }
+    }
+    let clone_err = nix::Error::last();
+    // Back to our own cgroups (before any error return, so rollback can rmdir).
+    let back = cgroup::move_self(&own);
+    if ret < 0 {
+        return Err(LaunchError::new(
+            "clone",
+            format!("clone(new user/mnt/pid/net/uts/ipc/cgroup namespaces): {clone_err}"),
+        ));
+    }
+    let pid = Pid::from_raw(ret as i32);
+    rb.child = Some(pid);
+    step("cgroup:leave", back)?;
+    drop(go_r);
+    drop(rep_w);
+    drop(log);
+
+    write_id_maps(pid, spec.uid_base())?;
+
+    let userns = step("userns", open_ns(pid, "user"))?;
+    let child_mnt = step("mount-ns", open_ns(pid, "mnt"))?;
+    let own_mnt = step(
+        "mount-ns",
+        open(
+            Path::new("/proc/self/ns/mnt"),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+    )?;
+    // SAFETY: open returned a fresh fd that nothing else owns.
+    let own_mnt = unsafe { OwnedFd::from_raw_fd(own_mnt) };
+    step(
+        "mount-ns",
+        setns(child_mnt.as_fd(), CloneFlags::CLONE_NEWNS),
+    )?;
+    let assembled = mounts::assemble(spec, &layout, userns.as_fd());
+    // Always return to the host mount namespace, even after a failure.
+    step("mount-ns", setns(own_mnt.as_fd(), CloneFlags::CLONE_NEWNS))?;
+    assembled?;
+
+    // Release the child and wait for exec (EOF) or an error report.
+    let mut go = fs::File::from(go_w);
+    step("release", go.write_all(b"g"))?;
+    drop(go);
+    let mut report = String::new();
+    step(
+        "child",
+        fs::File::from(rep_r)
+            .take(64 * 1024)
+            .read_to_string(&mut report),
+    )?;
+    if !report.is_empty() {
+        let (s, m) = report
+            .split_once('\t')
+            .unwrap_or(("unknown", report.as_str()));
+        return Err(LaunchError::new(&format!("child:{s}"), m));
+    }
+    let (start, _) = proc_stat(pid.as_raw()).ok_or_else(|| {
+        LaunchError::new(
+            "child:exec",
+            "init exited right after exec (no /proc entry)",
+        )
+    })?;
+    rb.child = None;
+    rb.cgroup = None;
+    Ok(SandboxRecord {
+        name: spec.name.clone(),
+        init_pid: pid.as_raw(),
+        init_start_time: start,
+        uid_base: spec.uid_base(),
+        cgroup: cg,
+        scratch_dir: spec.scratch_dir.clone(),
+    })
+}
+
+fn open_ns(pid: Pid, kind: &str) -> nix::Result<OwnedFd> {
+    let p = format!("/proc/{pid}/ns/{kind}");
+    let fd = open(
+        Path::new(&p),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: open returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Root inside = uid_base outside, 65536 ids. setgroups stays "allow": the map is written by
+/// host root, the child drops every host supplementary group before anything runs, and the init
+/// needs setgroups to give the domain user its groups. Negative-ACL bypass (the reason for
+/// "deny") cannot happen: every gid the domain can hold is inside its own range.
+fn write_id_maps(pid: Pid, base: u32) -> StepResult<()> {
+    let line = format!("0 {base} {UID_RANGE}\n");
+    for f in ["uid_map", "gid_map"] {
+        let p = format!("/proc/{pid}/{f}");
+        step("uid-map", fs::write(&p, &line))
+            .map_err(|e| LaunchError::new("uid-map", format!("{p}: {}", e.message)))?;
+    }
+    Ok(())
+}
+
+/// What the child does, prepared (allocated) before the clone.
+struct ChildPlan {
+    hostname: String,
+    new_root: CString,
+    proc_dir: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    seccomp: Vec<seccompiler::BpfProgram>,
+}
+
+impl ChildPlan {
+    fn new(spec: &SandboxSpec, layout: &Layout) -> StepResult<ChildPlan> {
+        let cs = |s: &str| {
+            CString::new(s).map_err(|_| LaunchError::new("validate", format!("NUL in {s:?}")))
+        };
+        let root = layout.root();
+        let root_s = root
+            .to_str()
+            .ok_or_else(|| LaunchError::new("validate", "scratch path not UTF-8"))?;
+        Ok(ChildPlan {
+            hostname: spec.name.clone(),
+            new_root: cs(root_s)?,
+            proc_dir: cs(&format!("{root_s}/proc"))?,
+            argv: spec.init.iter().map(|a| cs(a)).collect::<StepResult<_>>()?,
+            env: INIT_ENV.iter().map(|a| cs(a)).collect::<StepResult<_>>()?,
+            seccomp: seccomp::programs().map_err(|e| LaunchError::new("seccomp", e))?,
+        })
+    }
+}
+
+enum Never {}
+
+fn child_main(plan: &ChildPlan, go_r: OwnedFd, log: fs::File) -> StepResult<Never> {
+    // Wait for the launcher. EOF without a byte: the launcher gave up.
+    let mut b = [0u8; 1];
+    let n = step("wait", fs::File::from(go_r).read(&mut b))?;
+    if n != 1 {
+        return Err(LaunchError::new("wait", "launcher went away"));
+    }
+
+    // /proc of the new pid namespace, mounted while the host's /proc is still visible (the
+    // kernel requires a fully visible proc mount to allow a new one in a user namespace).
+    step(
+        "proc",
+        mount(
+            Some("proc"),
+            plan.proc_dir.as_c_str(),
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ),
+    )?;
+
+    // pivot_root into the assembled root and detach the old one.
+    let old_root = step(
+        "pivot_root",
+        open(
+            "/",
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+    )?;
+    // SAFETY: fresh fd from open.
+    let old_root = unsafe { OwnedFd::from_raw_fd(old_root) };
+    step("pivot_root", nix::unistd::chdir(plan.new_root.as_c_str()))?;
+    step("pivot_root", nix::unistd::pivot_root(".", "."))?;
+    step("pivot_root", nix::unistd::fchdir(old_root.as_raw_fd()))?;
+    step("pivot_root", umount2(".", MntFlags::MNT_DETACH))?;
+    drop(old_root);
+    step("pivot_root", nix::unistd::chdir("/"))?;
+
+    // Become root of the new user namespace (until now the child ran with host uid 0, unmapped
+    // here, which let it traverse the root-only scratch dir); drop the host's supplementary groups.
+    step("credentials", nix::unistd::setgroups(&[]))?;
+    step(
+        "credentials",
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
+    )?;
+    step(
+        "credentials",
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
+    )?;
+    step("setsid", nix::unistd::setsid())?;
+
+    step("hostname", nix::unistd::sethostname(&plan.hostname))?;
+    step("loopback", loopback_up())?;
+
+    // stdio: stdin /dev/null, stdout/stderr the log.
+    let null = step(
+        "stdio",
+        open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()),
+    )?;
+    step("stdio", dup_to(null, 0))?;
+    step("stdio", dup_to(log.as_raw_fd(), 1))?;
+    step("stdio", dup_to(log.as_raw_fd(), 2))?;
+    // Nothing else of the launcher may leak into the domain.
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks fds; no memory involved.
+    if unsafe {
+        libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        )
+    } != 0
+    {
+        return Err(LaunchError::new(
+            "stdio",
+            format!("close_range: {}", nix::Error::last()),
+        ));
+    }
+
+    // SAFETY: prctl with constant integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(LaunchError::new(
+            "no_new_privs",
+            nix::Error::last().to_string(),
+        ));
+    }
+    drop_capabilities()?;
+    // The Rust runtime ignores SIGPIPE; ignored dispositions survive exec, so restore it.
+    // SAFETY: setting a signal to its default disposition installs no handler code.
+    step("signals", unsafe {
+        nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+    })?;
+    step(
+        "signals",
+        nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        ),
+    )?;
+    seccomp::install(&plan.seccomp).map_err(|e| LaunchError::new("seccomp", e))?;
+
+    let e = nix::unistd::execve(&plan.argv[0], &plan.argv, &plan.env).unwrap_err();
+    Err(LaunchError::new(
+        "exec",
+        format!("{}: {e}", plan.argv[0].to_string_lossy()),
+    ))
+}
+
+fn dup_to(fd: RawFd, target: RawFd) -> nix::Result<()> {
+    // SAFETY: dup2 on fds we own; the target is a standard stream slot.
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// Keeps only [`KEPT_CAPS`] in the bounding, permitted and effective sets; inheritable and
+/// ambient empty. With no_new_privs, exec cannot add to the permitted set.
+fn drop_capabilities() -> StepResult<()> {
+    let s = "capabilities";
+    let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(63);
+    let keep: Vec<u32> = KEPT_CAPS.iter().map(|c| c.index() as u32).collect();
+    for cap in 0..=last {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments; EINVAL for caps the kernel does not know.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if r != 0 && nix::Error::last() != nix::Error::EINVAL {
+            return Err(LaunchError::new(
+                s,
+                format!("drop cap {cap} from bounding set: {}", nix::Error::last()),
+            ));
+        }
+    }
+    let set: caps::CapsHashSet = KEPT_CAPS.iter().copied().collect();
+    step(s, caps::clear(None, caps::CapSet::Ambient))?;
+    step(s, caps::clear(None, caps::CapSet::Inheritable))?;
+    step(s, caps::set(None, caps::CapSet::Effective, &set))?;
+    step(s, caps::set(None, caps::CapSet::Permitted, &set))?;
+    Ok(())
+}
+
+/// Brings up `lo` in the new network namespace (the only interface it has).
+fn loopback_up() -> nix::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags inside `req`, which is valid.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the union member written by SIOCGIFFLAGS is ifru_flags.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// The launcher's whole job for `bulkhead-sandbox launch`: a reply for stdout.
+pub fn run_to_reply(spec_json: &[u8]) -> crate::LauncherReply {
+    let spec: SandboxSpec = match serde_json::from_slice(spec_json) {
+        Ok(s) => s,
+        Err(e) => {
+            return crate::LauncherReply::Error {
+                step: "parse-spec".into(),
+                message: e.to_string(),
+            }
+        }
+    };
+    match launch(&spec) {
+        Ok(r) => crate::LauncherReply::Ok(r),
+        Err(e) => crate::LauncherReply::Error {
+            step: e.step,
+            message: e.message,
+        },
+    }
+}

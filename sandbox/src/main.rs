@@ -1,0 +1,84 @@
+//! `bulkhead-sandbox`: the sandbox launcher run by domaind (and a host probe).
+//!
+//! `bulkhead-sandbox launch [--spec FILE]` reads a SandboxSpec as JSON (stdin by default),
+//! starts the sandbox and prints one JSON reply on stdout: `{"ok": record}` or
+//! `{"error": {"step": ..., "message": ...}}` (exit status 1). Logs go to stderr.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bulkhead-sandbox", about = "Bulkhead sandbox launcher")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a sandbox from a JSON SandboxSpec and print its SandboxRecord.
+    Launch {
+        /// Read the spec from this file instead of stdin.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+    /// Print what the host offers (cgroups, idmapped mounts, seccomp) as JSON.
+    Probe,
+    /// Kill everything in a domain's cgroup and remove it.
+    RemoveCgroup { name: String },
+}
+
+/// Largest spec accepted (a spec is a few hundred bytes).
+const MAX_SPEC: u64 = 1 << 20;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Launch { spec } => {
+            let mut buf = Vec::new();
+            match spec {
+                Some(p) => {
+                    std::fs::File::open(&p)
+                        .with_context(|| format!("open spec {}", p.display()))?
+                        .take(MAX_SPEC)
+                        .read_to_end(&mut buf)
+                        .with_context(|| format!("read spec {}", p.display()))?;
+                }
+                None => {
+                    std::io::stdin()
+                        .take(MAX_SPEC)
+                        .read_to_end(&mut buf)
+                        .context("read spec from stdin")?;
+                }
+            }
+            let reply = bulkhead_sandbox::launch::run_to_reply(&buf);
+            let failed = matches!(reply, bulkhead_sandbox::LauncherReply::Error { .. });
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer(&mut out, &reply).context("write reply")?;
+            out.write_all(b"\n").context("write reply")?;
+            out.flush().context("write reply")?;
+            if failed {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Probe => {
+            let caps = bulkhead_sandbox::probe();
+            println!("{}", serde_json::to_string_pretty(&caps)?);
+        }
+        Cmd::RemoveCgroup { name } => {
+            bulkhead_sandbox::remove_cgroup(&name)
+                .with_context(|| format!("remove cgroup of {name}"))?;
+        }
+    }
+    Ok(())
+}
