@@ -197,9 +197,15 @@ pub trait Domaind1 {
 /// Connect to the bus domaind serves on: `address` if given, else `$BULKHEAD_BUS_ADDRESS`,
 /// else the system bus.
 pub async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
-    let from_env = std::env::var(BUS_ADDRESS_ENV).ok().filter(|s| !s.is_empty());
+    let from_env = std::env::var(BUS_ADDRESS_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
     match address.map(str::to_owned).or(from_env) {
-        Some(addr) => zbus::connection::Builder::address(addr.as_str())?.build().await,
+        Some(addr) => {
+            zbus::connection::Builder::address(addr.as_str())?
+                .build()
+                .await
+        }
         None => zbus::Connection::system().await,
     }
 }

@@ -1,4 +1,26 @@
-//! domaind: the Bulkhead controller daemon (library part).
+//! domaind: the Bulkhead controller daemon.
 //!
-//! [`api`] is the D-Bus contract shared with clients.
+//! - [`api`]: the D-Bus contract shared with clients ([`api::Domaind1Proxy`],
+//!   [`api::DomainInfo`], [`api::Error`]).
+//! - [`daemon`]: running the daemon (bus connection, recovery, signals; stopping domaind
+//!   leaves domains running, see there).
+//! - [`manager`]: domain lifecycle and state; [`state`]: the state machine.
+//! - [`service`]: the D-Bus object; [`access`]: who may call it.
+//! - [`instance`]: the recovery record; [`stdio`]: caller fds as async streams;
+//!   [`fsutil`]: volume copies and log tails; [`tmpl`]: template store adapter.
+//! - `testing` (feature `testing`): private dbus-daemon + real domaind for integration tests.
+
+pub mod access;
 pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod fsutil;
+pub mod instance;
+pub mod manager;
+pub mod service;
+pub mod state;
+pub mod stdio;
+pub mod tmpl;
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,2 +1,74 @@
-//! domaind binary (being written; see lib.rs).
-fn main() {}
+//! `domaind`: the Bulkhead controller daemon. See the library docs (`domaind::daemon`).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use domaind::config::{DaemonConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_RECIPES_DIR};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "domaind",
+    version,
+    about = "Bulkhead domain controller (D-Bus org.bulkhead.Domaind1)"
+)]
+struct Args {
+    /// Domain config files live in <DIR>/domains/<name>.toml.
+    #[arg(long, env = "BULKHEAD_CONFIG_DIR", default_value = bulkhead_domain::DEFAULT_CONFIG_DIR)]
+    config_dir: PathBuf,
+    /// Templates, private and scratch volumes, logs.
+    #[arg(long, env = "BULKHEAD_STATE_DIR", default_value = bulkhead_domain::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Channel sockets and instance records of running domains.
+    #[arg(long, env = "BULKHEAD_RUNTIME_DIR", default_value = bulkhead_domain::DEFAULT_RUNTIME_DIR)]
+    runtime_dir: PathBuf,
+    /// bulkhead-init and bulkhead-agent, mounted into every domain.
+    #[arg(long, env = "BULKHEAD_GUEST_TOOLS_DIR", default_value = bulkhead_domain::DEFAULT_GUEST_TOOLS_DIR)]
+    guest_tools_dir: PathBuf,
+    /// Template recipes (<DIR>/<name>.toml).
+    #[arg(long, env = "BULKHEAD_RECIPES_DIR", default_value = DEFAULT_RECIPES_DIR)]
+    recipes_dir: PathBuf,
+    /// Serve on this bus address instead of the system bus (tests).
+    #[arg(long, env = "BULKHEAD_BUS_ADDRESS", conflicts_with = "system")]
+    bus_address: Option<String>,
+    /// Serve on the system bus (the default).
+    #[arg(long)]
+    system: bool,
+    /// Seconds a start waits for the domain's agent.
+    #[arg(long, default_value_t = DEFAULT_AGENT_TIMEOUT.as_secs())]
+    agent_timeout: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let exe = std::env::current_exe().ok();
+    let cfg = DaemonConfig {
+        paths: bulkhead_domain::Paths {
+            config_dir: args.config_dir,
+            state_dir: args.state_dir,
+            runtime_dir: args.runtime_dir,
+        },
+        guest_tools_dir: args.guest_tools_dir,
+        recipes_dir: args.recipes_dir,
+        launcher: domaind::config::find_launcher(exe.as_deref()),
+        agent_timeout: std::time::Duration::from_secs(args.agent_timeout.max(1)),
+    };
+    let bus = if args.system {
+        None
+    } else {
+        args.bus_address.filter(|a| !a.is_empty())
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(domaind::daemon::run(cfg, bus))?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The daemon's directories and tunables. Paths below the three roots come from
+//! [`bulkhead_domain::Paths`] so that domaind, the CLI and the tests agree on them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulkhead_domain::Paths;
+
+/// Default for `--recipes-dir`.
+pub const DEFAULT_RECIPES_DIR: &str = "/usr/local/share/bulkhead/templates/recipes";
+/// Environment variable for `--recipes-dir`.
+pub const ENV_RECIPES_DIR: &str = "BULKHEAD_RECIPES_DIR";
+/// How long a start waits for the domain's agent to connect.
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Graceful shutdown timeout when the caller passes 0.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub paths: Paths,
+    pub guest_tools_dir: PathBuf,
+    pub recipes_dir: PathBuf,
+    /// The `bulkhead-sandbox` launcher binary.
+    pub launcher: PathBuf,
+    pub agent_timeout: Duration,
+}
+
+/// Find the launcher: `$BULKHEAD_LIBEXEC_DIR/bulkhead-sandbox`, else next to our executable.
+pub fn find_launcher(own_exe: Option<&Path>) -> PathBuf {
+    if let Some(dir) = std::env::var_os("BULKHEAD_LIBEXEC_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("bulkhead-sandbox");
+    }
+    own_exe
+        .and_then(Path::parent)
+        .map(|d| d.join("bulkhead-sandbox"))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/bulkhead/bulkhead-sandbox"))
+}

@@ -1,0 +1,95 @@
+//! Running the daemon: connect to the bus, recover domains, serve, stop on SIGTERM/SIGINT.
+//!
+//! # Stopping domaind leaves domains running
+//! On SIGTERM or SIGINT domaind releases its bus name and exits **without** stopping any
+//! domain. Every running domain keeps its `instance.json` in the runtime dir, and its agent
+//! keeps trying to reconnect; the next domaind adopts it (re-binds the channel socket, watches
+//! the init's pidfd) or, if it died meanwhile, cleans up its cgroup, scratch and socket. This
+//! is why the systemd unit uses `KillMode=process`: a domaind restart or upgrade must not take
+//! the user's domains down. To stop the domains, shut them down through the API first.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::api::{BUS_NAME, OBJECT_PATH};
+use crate::config::DaemonConfig;
+use crate::manager::Manager;
+use crate::service::{forward_events, Service};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot connect to the bus{}: {source}", address.as_ref().map(|a| format!(" at {a}")).unwrap_or_else(|| " (system bus)".into()))]
+    Connect {
+        address: Option<String>,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("cannot serve {BUS_NAME}: {0}")]
+    Serve(#[source] zbus::Error),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install a signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Serve until SIGTERM/SIGINT. `bus_address` None = the system bus.
+pub async fn run(cfg: DaemonConfig, bus_address: Option<String>) -> Result<(), DaemonError> {
+    for dir in [
+        &cfg.paths.config_dir,
+        &cfg.paths.state_dir,
+        &cfg.paths.runtime_dir,
+    ] {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mgr = Manager::new(cfg, tx);
+    info!(caps = ?bulkhead_sandbox::probe(), "host capabilities");
+    // Recover before taking the name so that clients never see a half-known state.
+    mgr.recover().await;
+
+    let builder = match &bus_address {
+        Some(a) => zbus::connection::Builder::address(a.as_str()),
+        None => zbus::connection::Builder::system(),
+    }
+    .map_err(|source| DaemonError::Connect {
+        address: bus_address.clone(),
+        source,
+    })?;
+    let conn = builder
+        .serve_at(OBJECT_PATH, Service::new(Arc::clone(&mgr)))
+        .and_then(|b| b.name(BUS_NAME))
+        .map_err(DaemonError::Serve)?
+        .build()
+        .await
+        .map_err(|source| DaemonError::Connect {
+            address: bus_address.clone(),
+            source,
+        })?;
+    tokio::spawn(forward_events(conn.clone(), rx));
+    info!(
+        bus = bus_address.as_deref().unwrap_or("system"),
+        "serving {BUS_NAME}"
+    );
+
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping (domains keep running)"),
+        _ = int.recv() => info!("SIGINT: stopping (domains keep running)"),
+    }
+    if let Err(e) = conn.release_name(BUS_NAME).await {
+        warn!(error = %e, "cannot release the bus name");
+    }
+    Ok(())
+}

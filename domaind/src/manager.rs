@@ -1,0 +1,1499 @@
+//! Domain lifecycle: the state of every domain, start/stop/pause, runs, disposables, config
+//! changes and recovery after a domaind restart.
+//!
+//! Locking: each domain has a lifecycle lock (`Runtime::op`, a tokio mutex) held for the whole
+//! of a start, shutdown, kill, pause or unpause, so two lifecycle operations on one domain never
+//! interleave; a `Run` holds it only while it makes sure the domain is running and then works
+//! on a clone of the agent connection, so many runs proceed at once. Config changes (create,
+//! clone, remove, set property, disposable creation) are serialized by `config_lock`, taken
+//! before any domain's lifecycle lock when both are needed.
+//!
+//! Every running domain has two tasks: the exit watcher (polls the init's pidfd and cleans up a
+//! domain whose init dies on its own) and the agent link (owns the listening socket, accepts
+//! the agent, re-accepts it after a reconnect, publishes the connection in a watch channel).
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use bulkhead_domain::{
+    DomainClass, DomainConfig, DomainName, DomainStore, Isolation, Label, StoreError,
+};
+use bulkhead_sandbox::{Launcher, SandboxRecord, SandboxSpec};
+use bulkhead_wire::{Connection, ExecRequest};
+use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
+use tracing::{debug, error, info, warn};
+
+use crate::api::{DomainInfo, Error};
+use crate::config::{DaemonConfig, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::instance::{now_secs, InstanceFile, INSTANCE_VERSION};
+use crate::state::{DomainState, Op};
+use crate::{fsutil, stdio, tmpl};
+
+/// Limit on the number of processes in a sandbox domain.
+pub const DOMAIN_PIDS_MAX: u64 = 4096;
+/// How long to wait for the init to be gone after a kill.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Uid/gid of the default user inside a domain (created by the template recipe).
+const DOMAIN_USER_ID: u32 = 1000;
+
+/// Something the D-Bus layer turns into a signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    StateChanged {
+        name: String,
+        state: &'static str,
+    },
+    Progress {
+        name: String,
+        step: String,
+        done: u32,
+        total: u32,
+    },
+}
+
+/// A future that resolves when the D-Bus caller of a long call has gone away.
+pub type CallerGone = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The caller's stdio for a run.
+pub struct Stdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// A running sandbox as domaind tracks it.
+struct Instance {
+    record: SandboxRecord,
+    uid_slot: u32,
+    class: DomainClass,
+    generation: u64,
+    agent: watch::Receiver<Option<Connection>>,
+    exited: watch::Receiver<bool>,
+    tasks: StdMutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Instance {
+    fn abort_tasks(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct RtState {
+    state: DomainState,
+    inst: Option<Arc<Instance>>,
+}
+
+/// Runtime side of one domain.
+struct Runtime {
+    name: String,
+    op: AsyncMutex<()>,
+    st: StdMutex<RtState>,
+}
+
+impl Runtime {
+    fn state(&self) -> DomainState {
+        lock(&self.st).state
+    }
+    fn instance(&self) -> Option<Arc<Instance>> {
+        lock(&self.st).inst.clone()
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves consistent data behind.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Map a domain-store error to an API error that names the domain.
+fn store_err(name: &str, e: StoreError) -> Error {
+    match e {
+        StoreError::NotFound { .. } => Error::NoSuchDomain(format!(
+            "no domain named '{name}' (see bulkhead ls)"
+        )),
+        StoreError::Io { .. } => Error::Io(e.to_string()),
+        other => Error::InvalidProperty(format!(
+            "the config file of domain '{name}' is broken: {other}; fix the file or remove the domain (bulkhead rm {name})"
+        )),
+    }
+}
+
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Io(format!("{what}: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(format!("internal task failed: {e}")))
+}
+
+pub struct Manager {
+    cfg: DaemonConfig,
+    store: DomainStore,
+    config_lock: AsyncMutex<()>,
+    domains: StdMutex<HashMap<String, Arc<Runtime>>>,
+    slots: StdMutex<BTreeSet<u32>>,
+    events: mpsc::UnboundedSender<Event>,
+    generation: AtomicU64,
+}
+
+impl Manager {
+    /// A manager for `cfg`; events go to `events`.
+    pub fn new(cfg: DaemonConfig, events: mpsc::UnboundedSender<Event>) -> Arc<Self> {
+        let store = cfg.paths.domain_store();
+        Arc::new(Self {
+            cfg,
+            store,
+            config_lock: AsyncMutex::new(()),
+            domains: StdMutex::new(HashMap::new()),
+            slots: StdMutex::new(BTreeSet::new()),
+            events,
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    pub fn config(&self) -> &DaemonConfig {
+        &self.cfg
+    }
+
+    // ----- small helpers -------------------------------------------------------------------
+
+    fn name(&self, s: &str) -> Result<DomainName, Error> {
+        DomainName::new(s).map_err(|e| Error::InvalidName(e.to_string()))
+    }
+
+    fn runtime(&self, name: &str) -> Arc<Runtime> {
+        lock(&self.domains)
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Runtime {
+                    name: name.to_owned(),
+                    op: AsyncMutex::new(()),
+                    st: StdMutex::new(RtState::default()),
+                })
+            })
+            .clone()
+    }
+
+    fn state_of(&self, name: &str) -> DomainState {
+        lock(&self.domains)
+            .get(name)
+            .map(|r| r.state())
+            .unwrap_or_default()
+    }
+
+    fn set_state(&self, rt: &Runtime, state: DomainState) {
+        let changed = {
+            let mut st = lock(&rt.st);
+            let changed = st.state != state;
+            st.state = state;
+            changed
+        };
+        if changed {
+            info!(domain = %rt.name, state = state.as_str(), "state changed");
+            let _ = self.events.send(Event::StateChanged {
+                name: rt.name.clone(),
+                state: state.as_str(),
+            });
+        }
+    }
+
+    fn progress(&self, name: &str, done: u32, total: u32, step: &str) {
+        debug!(domain = name, done, total, step, "start progress");
+        let _ = self.events.send(Event::Progress {
+            name: name.to_owned(),
+            step: step.to_owned(),
+            done,
+            total,
+        });
+    }
+
+    fn load(&self, name: &DomainName) -> Result<DomainConfig, Error> {
+        self.store
+            .load(name)
+            .map_err(|e| store_err(name.as_str(), e))
+    }
+
+    fn alloc_slot(&self) -> Result<u32, Error> {
+        let mut slots = lock(&self.slots);
+        let free = (0..bulkhead_sandbox::MAX_SLOTS)
+            .find(|s| !slots.contains(s))
+            .ok_or_else(|| {
+                Error::Backend(format!(
+                    "all {} uid ranges are in use; shut a domain down first",
+                    bulkhead_sandbox::MAX_SLOTS
+                ))
+            })?;
+        slots.insert(free);
+        Ok(free)
+    }
+
+    fn release_slot(&self, slot: u32) {
+        lock(&self.slots).remove(&slot);
+    }
+
+    // ----- queries -------------------------------------------------------------------------
+
+    /// Every domain with its state; broken files are listed with state "broken".
+    pub fn list(&self) -> Vec<DomainInfo> {
+        let (good, bad) = self.store.load_all();
+        let mut out: Vec<DomainInfo> = good
+            .iter()
+            .map(|c| DomainInfo {
+                name: c.name.to_string(),
+                class: c.class.to_string(),
+                state: self.state_of(c.name.as_str()).as_str().to_owned(),
+                label: c.label.to_string(),
+                isolation: c.isolation.to_string(),
+                memory_mib: u32::try_from(c.memory).unwrap_or(u32::MAX),
+                vcpus: c.vcpus,
+                template: c
+                    .template
+                    .as_ref()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                netvm: c.netvm.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        for e in bad {
+            let Some(stem) = e
+                .path()
+                .and_then(|p| p.file_stem())
+                .and_then(|s| s.to_str())
+                .filter(|s| bulkhead_domain::validate_name(s).is_ok())
+            else {
+                continue;
+            };
+            out.push(DomainInfo {
+                name: stem.to_owned(),
+                class: String::new(),
+                state: crate::api::state::BROKEN.to_owned(),
+                label: String::new(),
+                isolation: String::new(),
+                memory_mib: 0,
+                vcpus: 0,
+                template: String::new(),
+                netvm: String::new(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn get_properties(&self, name: &str) -> Result<HashMap<String, String>, Error> {
+        let dn = self.name(name)?;
+        let cfg = self.load(&dn)?;
+        let mut props: HashMap<String, String> = cfg.properties().into_iter().collect();
+        props.insert("state".into(), self.state_of(name).as_str().into());
+        Ok(props)
+    }
+
+    pub fn log_path(&self, name: &str) -> Result<String, Error> {
+        let dn = self.name(name)?;
+        if !self.store.exists(&dn) {
+            return Err(store_err(
+                name,
+                StoreError::NotFound {
+                    name: name.into(),
+                    path: self.store.path_for(&dn),
+                },
+            ));
+        }
+        Ok(self.cfg.paths.log_file(&dn).display().to_string())
+    }
+
+    // ----- configuration -------------------------------------------------------------------
+
+    /// Check that `value` names a domain that may be used as `prop` of a domain of `class`.
+    fn check_reference(&self, class: DomainClass, prop: &str, value: &str) -> Result<(), Error> {
+        let dn = self
+            .name(value)
+            .map_err(|e| Error::InvalidProperty(format!("{prop}: {}", e.message())))?;
+        let target = match self.store.load(&dn) {
+            Ok(c) => c,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(Error::InvalidProperty(format!(
+                    "{prop} '{value}' does not exist (see bulkhead ls)"
+                )))
+            }
+            Err(e) => return Err(store_err(value, e)),
+        };
+        let ok = match prop {
+            "template" if class == DomainClass::Disposable => {
+                target.class == DomainClass::DisposableTemplate
+            }
+            "template" => target.class == DomainClass::Template,
+            "default_dispvm" => matches!(
+                target.class,
+                DomainClass::DisposableTemplate | DomainClass::Template
+            ),
+            _ => true,
+        };
+        if !ok {
+            let want = match (prop, class) {
+                ("template", DomainClass::Disposable) => "a disposable-template",
+                ("template", _) => "a template",
+                _ => "a disposable-template or template",
+            };
+            return Err(Error::InvalidProperty(format!(
+                "{prop} '{value}' is of class {}; it must be {want}",
+                target.class
+            )));
+        }
+        Ok(())
+    }
+
+    fn prop_err(name: &str, e: bulkhead_domain::PropertyError) -> Error {
+        Error::InvalidProperty(format!("domain '{name}': {e}"))
+    }
+
+    /// Make the private volume of a new domain: `/home` with `/home/user` owned by the
+    /// domain's default user (canonical ids).
+    fn make_private(path: &Path) -> Result<(), Error> {
+        let user = path.join("user");
+        std::fs::create_dir_all(&user).map_err(io_err(&format!("{}", user.display())))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err(&format!("{}", path.display())))?;
+        std::os::unix::fs::chown(&user, Some(DOMAIN_USER_ID), Some(DOMAIN_USER_ID))
+            .map_err(io_err(&format!("{}", user.display())))?;
+        std::fs::set_permissions(&user, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&format!("{}", user.display())))?;
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        class: &str,
+        template: &str,
+        label: &str,
+        props: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let dn = self.name(name)?;
+        let class: DomainClass = class
+            .parse()
+            .map_err(|e: bulkhead_domain::ParseEnumError| Error::InvalidProperty(e.to_string()))?;
+        let label: Label = if label.is_empty() {
+            Label::Red
+        } else {
+            label
+                .parse()
+                .map_err(|e: bulkhead_domain::ParseEnumError| {
+                    Error::InvalidProperty(e.to_string())
+                })?
+        };
+        let _cl = self.config_lock.lock().await;
+        if self.store.exists(&dn) {
+            return Err(Error::AlreadyExists(format!(
+                "a domain named '{name}' already exists"
+            )));
+        }
+        let template = if template.is_empty() {
+            None
+        } else {
+            self.check_reference(class, "template", template)?;
+            Some(self.name(template)?)
+        };
+        let mut cfg = DomainConfig::new(dn.clone(), class, label, template)
+            .map_err(|e| Error::InvalidProperty(format!("domain '{name}': {e}")))?;
+        let mut keys: Vec<_> = props.keys().cloned().collect();
+        keys.sort();
+        for k in keys {
+            let v = &props[&k];
+            if matches!(k.as_str(), "netvm" | "template" | "default_dispvm") && !v.is_empty() {
+                self.check_reference(class, &k, v)?;
+            }
+            cfg.set_property(&k, v)
+                .map_err(|e| Self::prop_err(name, e))?;
+        }
+        let private = self.cfg.paths.private_dir(&dn);
+        let store = self.store.clone();
+        blocking(move || -> Result<(), Error> {
+            if !private.exists() {
+                Self::make_private(&private)?;
+            }
+            store
+                .save(&cfg)
+                .map_err(|e| store_err(cfg.name.as_str(), e))
+        })
+        .await??;
+        info!(domain = name, "created");
+        Ok(())
+    }
+
+    pub async fn set_property(&self, name: &str, prop: &str, value: &str) -> Result<(), Error> {
+        let dn = self.name(name)?;
+        let _cl = self.config_lock.lock().await;
+        let mut cfg = self.load(&dn)?;
+        if matches!(prop, "template" | "isolation") {
+            self.state_of(name)
+                .check(name, Op::ChangeStaticProperty)
+                .map_err(Error::InvalidState)?;
+        }
+        if matches!(prop, "netvm" | "template" | "default_dispvm") && !value.is_empty() {
+            self.check_reference(cfg.class, prop, value)?;
+        }
+        cfg.set_property(prop, value)
+            .map_err(|e| Self::prop_err(name, e))?;
+        let store = self.store.clone();
+        blocking(move || {
+            store
+                .save(&cfg)
+                .map_err(|e| store_err(cfg.name.as_str(), e))
+        })
+        .await??;
+        info!(domain = name, prop, value, "property set");
+        Ok(())
+    }
+
+    pub async fn clone_domain(&self, source: &str, dest: &str) -> Result<(), Error> {
+        let src = self.name(source)?;
+        let dst = self.name(dest)?;
+        let _cl = self.config_lock.lock().await;
+        let mut cfg = self.load(&src)?;
+        self.state_of(source)
+            .check(source, Op::ChangeStaticProperty)
+            .map_err(|_| {
+                Error::InvalidState(format!(
+                    "domain '{source}' is {}; shut it down before cloning it (bulkhead shutdown {source})",
+                    self.state_of(source).as_str()
+                ))
+            })?;
+        if self.store.exists(&dst) {
+            return Err(Error::AlreadyExists(format!(
+                "a domain named '{dest}' already exists"
+            )));
+        }
+        cfg.name = dst.clone();
+        let from = self.cfg.paths.private_dir(&src);
+        let to = self.cfg.paths.private_dir(&dst);
+        let store = self.store.clone();
+        blocking(move || -> Result<(), Error> {
+            fsutil::remove_tree(&to).map_err(io_err(&to.display().to_string()))?;
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
+            }
+            if from.exists() {
+                if let Err(e) = fsutil::copy_tree(&from, &to) {
+                    let _ = fsutil::remove_tree(&to);
+                    return Err(Error::Io(format!("copying the private volume: {e}")));
+                }
+            } else {
+                Self::make_private(&to)?;
+            }
+            store.save(&cfg).map_err(|e| {
+                let _ = fsutil::remove_tree(&to);
+                store_err(cfg.name.as_str(), e)
+            })
+        })
+        .await??;
+        info!(source, dest, "cloned");
+        Ok(())
+    }
+
+    /// Domains that name `name` as template, default_dispvm or netvm.
+    fn users_of(&self, name: &str) -> Vec<String> {
+        let (good, _) = self.store.load_all();
+        let mut out = Vec::new();
+        for c in good {
+            let is = |o: &Option<DomainName>| o.as_ref().is_some_and(|n| n.as_str() == name);
+            for (prop, v) in [
+                ("template", &c.template),
+                ("default_dispvm", &c.default_dispvm),
+                ("netvm", &c.netvm),
+            ] {
+                if is(v) {
+                    out.push(format!("{} ({prop})", c.name));
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+        let dn = self.name(name)?;
+        let _cl = self.config_lock.lock().await;
+        if !self.store.exists(&dn) {
+            return Err(store_err(
+                name,
+                StoreError::NotFound {
+                    name: name.into(),
+                    path: self.store.path_for(&dn),
+                },
+            ));
+        }
+        let rt = self.runtime(name);
+        let _op = rt.op.lock().await;
+        rt.state()
+            .check(name, Op::Remove)
+            .map_err(Error::InvalidState)?;
+        let users = self.users_of(name);
+        if !users.is_empty() {
+            return Err(Error::InvalidState(format!(
+                "domain '{name}' is still used by: {}; change those properties first (bulkhead prefs DOMAIN PROPERTY VALUE)",
+                users.join(", ")
+            )));
+        }
+        self.remove_data(&dn).await?;
+        lock(&self.domains).remove(name);
+        info!(domain = name, "removed");
+        Ok(())
+    }
+
+    /// Remove a domain's config file and every file it owns (private, scratch, log, runtime).
+    async fn remove_data(&self, dn: &DomainName) -> Result<(), Error> {
+        let store = self.store.clone();
+        let paths = self.cfg.paths.clone();
+        let dn = dn.clone();
+        blocking(move || -> Result<(), Error> {
+            match store.remove(&dn) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(dn.as_str(), e)),
+            }
+            for dir in [paths.domain_state_dir(&dn), paths.runtime_domain_dir(&dn)] {
+                fsutil::remove_tree(&dir).map_err(io_err(&dir.display().to_string()))?;
+            }
+            let log = paths.log_file(&dn);
+            fsutil::remove_file(&log).map_err(io_err(&log.display().to_string()))?;
+            Ok(())
+        })
+        .await?
+    }
+
+    // ----- lifecycle -----------------------------------------------------------------------
+
+    /// The template root a domain starts from (follows disposable -> disposable-template ->
+    /// template).
+    fn template_root_for(&self, cfg: &DomainConfig) -> Result<PathBuf, Error> {
+        let mut cur = cfg.clone();
+        for _ in 0..4 {
+            match cur.class {
+                DomainClass::Template => {
+                    return tmpl::ready_root(&self.cfg.paths.templates_dir(), cur.name.as_str())
+                }
+                DomainClass::Standalone => return Err(Error::Backend(format!(
+                    "domain '{}' is standalone; standalone sandbox domains are not supported yet",
+                    cfg.name
+                ))),
+                _ => {}
+            }
+            let Some(t) = cur.template.clone() else {
+                return Err(Error::TemplateMissing(format!(
+                    "domain '{}' has no template; set one (bulkhead prefs {} template TEMPLATE)",
+                    cur.name, cur.name
+                )));
+            };
+            cur = match self.store.load(&t) {
+                Ok(c) => c,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(Error::TemplateMissing(format!(
+                        "template '{t}' of domain '{}' does not exist; build it (bulkhead template build {t}) or set another template",
+                        cur.name
+                    )))
+                }
+                Err(e) => return Err(store_err(t.as_str(), e)),
+            };
+        }
+        Err(Error::TemplateMissing(format!(
+            "the template chain of domain '{}' is too long",
+            cfg.name
+        )))
+    }
+
+    /// Start a halted domain; returns when its agent has connected.
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        let dn = self.name(name)?;
+        let rt = self.runtime(name);
+        let _op = rt.op.lock().await;
+        rt.state()
+            .check(name, Op::Start)
+            .map_err(Error::InvalidState)?;
+        let cfg = self.load(&dn)?;
+        self.start_locked(&rt, &cfg).await.map(|_| ())
+    }
+
+    async fn start_locked(
+        self: &Arc<Self>,
+        rt: &Arc<Runtime>,
+        cfg: &DomainConfig,
+    ) -> Result<Arc<Instance>, Error> {
+        let name = cfg.name.as_str();
+        if cfg.isolation == Isolation::Vm {
+            return Err(Error::Backend(format!(
+                "domain '{name}' has isolation=vm: VM domains need the KVM monitor (not built yet); use a sandbox (bulkhead prefs {name} isolation sandbox)"
+            )));
+        }
+        self.set_state(rt, DomainState::Starting);
+        match self.start_steps(rt, cfg).await {
+            Ok(inst) => {
+                self.set_state(rt, DomainState::Running);
+                info!(domain = name, pid = inst.record.init_pid, "running");
+                Ok(inst)
+            }
+            Err(e) => {
+                warn!(domain = name, error = %e.message(), "start failed");
+                self.set_state(rt, DomainState::Halted);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_steps(
+        self: &Arc<Self>,
+        rt: &Arc<Runtime>,
+        cfg: &DomainConfig,
+    ) -> Result<Arc<Instance>, Error> {
+        const TOTAL: u32 = 6;
+        let name = cfg.name.as_str();
+        let paths = &self.cfg.paths;
+
+        self.progress(name, 0, TOTAL, "checking template");
+        let template_root = self.template_root_for(cfg)?;
+
+        self.progress(name, 1, TOTAL, "preparing volumes");
+        let private = paths.private_dir(&cfg.name);
+        let scratch = paths.scratch_dir(&cfg.name);
+        let log_file = paths.log_file(&cfg.name);
+        let channel_dir = paths.channel_dir(&cfg.name);
+        {
+            let (private, scratch, log_file, channel_dir) = (
+                private.clone(),
+                scratch.clone(),
+                log_file.clone(),
+                channel_dir.clone(),
+            );
+            blocking(move || -> Result<(), Error> {
+                if !private.exists() {
+                    Self::make_private(&private)?;
+                }
+                fsutil::remove_tree(&scratch).map_err(io_err(&scratch.display().to_string()))?;
+                std::fs::create_dir_all(&scratch)
+                    .map_err(io_err(&scratch.display().to_string()))?;
+                if let Some(d) = log_file.parent() {
+                    std::fs::create_dir_all(d).map_err(io_err(&d.display().to_string()))?;
+                }
+                std::fs::create_dir_all(&channel_dir)
+                    .map_err(io_err(&channel_dir.display().to_string()))?;
+                Ok(())
+            })
+            .await??;
+        }
+
+        self.progress(name, 2, TOTAL, "allocating uid range");
+        let slot = self.alloc_slot()?;
+        let uid_base = bulkhead_sandbox::UID_BASE + slot * bulkhead_sandbox::UID_RANGE;
+
+        self.progress(name, 3, TOTAL, "binding channel");
+        let listener = match bind_channel(&channel_dir, &paths.agent_socket(&cfg.name), uid_base) {
+            Ok(l) => l,
+            Err(e) => {
+                self.release_slot(slot);
+                return Err(e);
+            }
+        };
+
+        self.progress(name, 4, TOTAL, "launching sandbox");
+        let spec = SandboxSpec {
+            name: name.to_owned(),
+            template_root,
+            private_dir: private,
+            scratch_dir: scratch,
+            channel_dir,
+            guest_tools_dir: self.cfg.guest_tools_dir.clone(),
+            init: vec![bulkhead_domain::GUEST_INIT_PATH.to_owned()],
+            log_file: log_file.clone(),
+            memory_mib: cfg.memory,
+            vcpus: cfg.vcpus,
+            pids_max: DOMAIN_PIDS_MAX,
+            uid_slot: slot,
+        };
+        let launcher = Launcher {
+            path: self.cfg.launcher.clone(),
+        };
+        let record = match blocking(move || bulkhead_sandbox::start(&spec, &launcher)).await? {
+            Ok(r) => r,
+            Err(e) => {
+                self.release_slot(slot);
+                let _ = fsutil::remove_file(&paths.agent_socket(&cfg.name));
+                let tail = fsutil::log_tail(&log_file, 10);
+                return Err(Error::Backend(format!(
+                    "cannot start domain '{name}': {e}{}",
+                    if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\nlast lines of {}:\n{tail}", log_file.display())
+                    }
+                )));
+            }
+        };
+        // Persist at once: from here on a domaind crash must find this domain again.
+        let file = InstanceFile {
+            version: INSTANCE_VERSION,
+            name: name.to_owned(),
+            uid_slot: slot,
+            class: cfg.class.to_string(),
+            started_at: now_secs(),
+            domaind_pid: std::process::id(),
+            record: record.clone(),
+        };
+        let ipath = paths.instance_file(&cfg.name);
+        let written = blocking(move || file.write(&ipath)).await?;
+        let inst = self.activate(rt, record, slot, cfg.class, listener)?;
+        if let Err(e) = written {
+            self.teardown(rt, &inst).await;
+            return Err(Error::Io(format!("cannot record domain '{name}': {e}")));
+        }
+
+        self.progress(name, 5, TOTAL, "waiting for agent");
+        if let Err(e) = self.wait_agent(&inst, name, &log_file).await {
+            self.teardown(rt, &inst).await;
+            return Err(e);
+        }
+        self.progress(name, TOTAL, TOTAL, "running");
+        Ok(inst)
+    }
+
+    /// Track a live sandbox: install it in the runtime and start its watcher and agent link.
+    fn activate(
+        self: &Arc<Self>,
+        rt: &Arc<Runtime>,
+        record: SandboxRecord,
+        slot: u32,
+        class: DomainClass,
+        listener: UnixListener,
+    ) -> Result<Arc<Instance>, Error> {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let (agent_tx, agent_rx) = watch::channel(None);
+        let (exit_tx, exit_rx) = watch::channel(false);
+        let pidfd = record.pidfd();
+        let inst = Arc::new(Instance {
+            record,
+            uid_slot: slot,
+            class,
+            generation,
+            agent: agent_rx,
+            exited: exit_rx,
+            tasks: StdMutex::new(Vec::new()),
+        });
+        lock(&rt.st).inst = Some(inst.clone());
+        let link = tokio::spawn(agent_link(
+            rt.name.clone(),
+            listener,
+            inst.record.uid_base,
+            agent_tx,
+        ));
+        lock(&inst.tasks).push(link.abort_handle());
+        match pidfd {
+            Ok(fd) => {
+                let me = Arc::downgrade(self);
+                let rt2 = rt.clone();
+                tokio::spawn(async move {
+                    wait_pidfd(fd).await;
+                    let _ = exit_tx.send(true);
+                    if let Some(me) = me.upgrade() {
+                        me.on_init_exit(&rt2, generation).await;
+                    }
+                });
+            }
+            Err(e) => {
+                // The init is already gone (or pidfds are unavailable): treat it as dead.
+                warn!(domain = %rt.name, error = %e, "cannot watch the domain init");
+                let _ = exit_tx.send(true);
+            }
+        }
+        Ok(inst)
+    }
+
+    async fn wait_agent(&self, inst: &Instance, name: &str, log: &Path) -> Result<(), Error> {
+        let mut agent = inst.agent.clone();
+        let mut exited = inst.exited.clone();
+        let tail = || {
+            let t = fsutil::log_tail(log, 10);
+            if t.is_empty() {
+                format!("(the log {} is empty)", log.display())
+            } else {
+                format!("last lines of {}:\n{t}", log.display())
+            }
+        };
+        tokio::select! {
+            r = agent.wait_for(|c| c.is_some()) => r.map(|_| ()).map_err(|_| {
+                Error::Agent(format!("domain '{name}': the agent link stopped"))
+            }),
+            _ = exited.wait_for(|e| *e) => Err(Error::Agent(format!(
+                "domain '{name}' stopped while starting (its init exited); {}", tail()
+            ))),
+            _ = tokio::time::sleep(self.cfg.agent_timeout) => Err(Error::Agent(format!(
+                "the agent of domain '{name}' did not connect within {} s; {}",
+                self.cfg.agent_timeout.as_secs(), tail()
+            ))),
+        }
+    }
+
+    /// Stop tracking an instance and remove everything it left: processes, cgroups, scratch,
+    /// socket, instance.json, uid slot. Idempotent.
+    async fn teardown(&self, rt: &Runtime, inst: &Arc<Instance>) {
+        inst.abort_tasks();
+        let record = inst.record.clone();
+        let paths = self.cfg.paths.clone();
+        let name = rt.name.clone();
+        let mut exited = inst.exited.clone();
+        // Thaw first so that the processes can die, then kill everything.
+        let rec = record.clone();
+        let _ = blocking(move || {
+            let _ = rec.thaw();
+            rec.kill_all()
+        })
+        .await
+        .map(|r| r.map_err(|e| debug!(domain = %name, error = %e, "kill_all")));
+        let _ = tokio::time::timeout(KILL_WAIT, exited.wait_for(|e| *e)).await;
+        let name2 = rt.name.clone();
+        let res = blocking(move || -> Result<(), String> {
+            record.cleanup().map_err(|e| e.to_string())?;
+            if let Ok(dn) = DomainName::new(&name2) {
+                let _ = fsutil::remove_tree(&paths.runtime_domain_dir(&dn));
+                let _ = fsutil::remove_tree(&paths.scratch_dir(&dn));
+            }
+            Ok(())
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(domain = %rt.name, error = %e, "cleanup failed"),
+            Err(e) => error!(domain = %rt.name, error = %e.message(), "cleanup failed"),
+        }
+        self.release_slot(inst.uid_slot);
+        let mut st = lock(&rt.st);
+        if st
+            .inst
+            .as_ref()
+            .is_some_and(|i| i.generation == inst.generation)
+        {
+            st.inst = None;
+        }
+    }
+
+    /// The exit watcher saw the init exit.
+    async fn on_init_exit(self: &Arc<Self>, rt: &Arc<Runtime>, generation: u64) {
+        let _op = rt.op.lock().await;
+        let Some(inst) = rt.instance().filter(|i| i.generation == generation) else {
+            return; // a shutdown/kill/failed start already handled it
+        };
+        warn!(domain = %rt.name, "the domain's init exited on its own");
+        self.set_state(rt, DomainState::Dying);
+        self.teardown(rt, &inst).await;
+        self.set_state(rt, DomainState::Halted);
+        if inst.class == DomainClass::Disposable {
+            self.discard_disposable(&rt.name).await;
+        }
+    }
+
+    async fn discard_disposable(&self, name: &str) {
+        let Ok(dn) = DomainName::new(name) else {
+            return;
+        };
+        if let Err(e) = self.remove_data(&dn).await {
+            error!(domain = name, error = %e.message(), "cannot remove disposable");
+        } else {
+            info!(domain = name, "disposable removed");
+        }
+        lock(&self.domains).remove(name);
+    }
+
+    pub async fn shutdown(self: &Arc<Self>, name: &str, timeout_secs: u32) -> Result<(), Error> {
+        let _ = self.name(name)?;
+        let rt = self.runtime(name);
+        let _op = rt.op.lock().await;
+        rt.state()
+            .check(name, Op::Shutdown)
+            .map_err(Error::InvalidState)?;
+        let Some(inst) = rt.instance() else {
+            self.set_state(&rt, DomainState::Halted);
+            return Ok(());
+        };
+        let timeout = if timeout_secs == 0 {
+            DEFAULT_SHUTDOWN_TIMEOUT
+        } else {
+            Duration::from_secs(u64::from(timeout_secs))
+        };
+        if rt.state() == DomainState::Paused {
+            let rec = inst.record.clone();
+            blocking(move || rec.thaw())
+                .await?
+                .map_err(|e| Error::Backend(format!("cannot unpause '{name}': {e}")))?;
+        }
+        self.set_state(&rt, DomainState::Stopping);
+        let conn = inst.agent.borrow().clone();
+        let asked = match conn {
+            Some(c) => c
+                .send_control(bulkhead_wire::Control::Shutdown {
+                    timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+                })
+                .await
+                .map_err(|e| debug!(domain = name, error = %e, "shutdown over the channel"))
+                .is_ok(),
+            None => false,
+        };
+        if !asked {
+            let rec = inst.record.clone();
+            let _ = blocking(move || rec.signal_init(Signal::SIGTERM)).await;
+        }
+        let mut exited = inst.exited.clone();
+        if tokio::time::timeout(timeout, exited.wait_for(|e| *e))
+            .await
+            .is_err()
+        {
+            warn!(
+                domain = name,
+                secs = timeout.as_secs(),
+                "did not stop in time; killing it"
+            );
+        }
+        self.teardown(&rt, &inst).await;
+        self.set_state(&rt, DomainState::Halted);
+        if inst.class == DomainClass::Disposable {
+            self.discard_disposable(name).await;
+        }
+        Ok(())
+    }
+
+    pub async fn kill(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        let _ = self.name(name)?;
+        let rt = self.runtime(name);
+        let _op = rt.op.lock().await;
+        rt.state()
+            .check(name, Op::Kill)
+            .map_err(Error::InvalidState)?;
+        if let Some(inst) = rt.instance() {
+            self.set_state(&rt, DomainState::Dying);
+            self.teardown(&rt, &inst).await;
+            if inst.class == DomainClass::Disposable {
+                self.set_state(&rt, DomainState::Halted);
+                self.discard_disposable(name).await;
+                return Ok(());
+            }
+        }
+        self.set_state(&rt, DomainState::Halted);
+        Ok(())
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<(), Error> {
+        self.freeze(name, true).await
+    }
+
+    pub async fn unpause(&self, name: &str) -> Result<(), Error> {
+        self.freeze(name, false).await
+    }
+
+    async fn freeze(&self, name: &str, freeze: bool) -> Result<(), Error> {
+        let _ = self.name(name)?;
+        let rt = self.runtime(name);
+        let _op = rt.op.lock().await;
+        let op = if freeze { Op::Pause } else { Op::Unpause };
+        rt.state().check(name, op).map_err(Error::InvalidState)?;
+        let inst = rt
+            .instance()
+            .ok_or_else(|| Error::InvalidState(format!("domain '{name}' is not running")))?;
+        let rec = inst.record.clone();
+        blocking(move || if freeze { rec.freeze() } else { rec.thaw() })
+            .await?
+            .map_err(|e| Error::Backend(format!("cannot change freezer state of '{name}': {e}")))?;
+        self.set_state(
+            &rt,
+            if freeze {
+                DomainState::Paused
+            } else {
+                DomainState::Running
+            },
+        );
+        Ok(())
+    }
+
+    /// The running instance of `name`, starting the domain if it is halted.
+    async fn ensure_running(self: &Arc<Self>, name: &str) -> Result<Arc<Instance>, Error> {
+        let dn = self.name(name)?;
+        let rt = self.runtime(name);
+        let _op = rt.op.lock().await;
+        let st = rt.state();
+        st.check(name, Op::Run).map_err(Error::InvalidState)?;
+        if st == DomainState::Running {
+            if let Some(i) = rt.instance() {
+                return Ok(i);
+            }
+        }
+        let cfg = self.load(&dn)?;
+        self.start_locked(&rt, &cfg).await
+    }
+
+    /// The agent connection of a running instance (waits for a reconnect, e.g. after a
+    /// domaind restart).
+    async fn agent_conn(&self, inst: &Instance, name: &str) -> Result<Connection, Error> {
+        let mut agent = inst.agent.clone();
+        let mut exited = inst.exited.clone();
+        tokio::select! {
+            r = agent.wait_for(|c| c.is_some()) => r
+                .map(|c| c.clone().unwrap_or_else(|| unreachable!()))
+                .map_err(|_| Error::Agent(format!("domain '{name}' stopped"))),
+            _ = exited.wait_for(|e| *e) => Err(Error::Agent(format!("domain '{name}' stopped"))),
+            _ = tokio::time::sleep(self.cfg.agent_timeout) => Err(Error::Agent(format!(
+                "the agent of domain '{name}' is not connected (waited {} s); see bulkhead log or restart the domain",
+                self.cfg.agent_timeout.as_secs()
+            ))),
+        }
+    }
+
+    async fn exec_in(
+        &self,
+        inst: &Instance,
+        name: &str,
+        argv: Vec<String>,
+        user: &str,
+        io: Stdio,
+    ) -> Result<i32, Error> {
+        if argv.is_empty() {
+            return Err(Error::InvalidProperty("no command given".into()));
+        }
+        let conn = self.agent_conn(inst, name).await?;
+        let req = ExecRequest {
+            argv,
+            user: (!user.is_empty()).then(|| user.to_owned()),
+            env: Vec::new(),
+            cwd: None,
+        };
+        let stdin = stdio::reader(io.stdin);
+        let stdout = stdio::writer(io.stdout);
+        let stderr = stdio::writer(io.stderr);
+        let status = bulkhead_wire::exec::run(&conn, req, stdin, stdout, stderr)
+            .await
+            .map_err(|e| Error::Agent(format!("running the command in '{name}' failed: {e}")))?;
+        Ok(exit_code(status))
+    }
+
+    /// `Run`: start if halted, run, return the exit code.
+    pub async fn run(
+        self: &Arc<Self>,
+        name: &str,
+        argv: Vec<String>,
+        user: &str,
+        io: Stdio,
+        caller_gone: CallerGone,
+    ) -> Result<i32, Error> {
+        let inst = self.ensure_running(name).await?;
+        tokio::select! {
+            r = self.exec_in(&inst, name, argv, user, io) => r,
+            _ = caller_gone => {
+                info!(domain = name, "caller went away; run abandoned");
+                Err(Error::Agent("the caller disconnected".into()))
+            }
+        }
+    }
+
+    /// Create a disposable from `base` (a disposable-template or a template).
+    async fn create_disposable(&self, base: &str) -> Result<DomainName, Error> {
+        let bn = self.name(base)?;
+        let _cl = self.config_lock.lock().await;
+        let bcfg = self.load(&bn)?;
+        let template = match bcfg.class {
+            DomainClass::DisposableTemplate | DomainClass::Template => bn.clone(),
+            other => {
+                return Err(Error::InvalidProperty(format!(
+                    "domain '{base}' is of class {other}; a disposable needs a disposable-template or a template"
+                )))
+            }
+        };
+        let running: Vec<String> = lock(&self.domains).keys().cloned().collect();
+        let store = self.store.clone();
+        let dn = bulkhead_domain::new_disposable_name(&|n: &str| {
+            running.iter().any(|r| r == n)
+                || DomainName::new(n).map(|d| store.exists(&d)).unwrap_or(true)
+        })
+        .map_err(|e| Error::Backend(e.to_string()))?;
+        // The disposable's template is its base: a disposable-template (whose private volume
+        // seeds it) or directly a template.
+        let mut cfg = DomainConfig::new(
+            dn.clone(),
+            DomainClass::Disposable,
+            bcfg.label,
+            Some(template),
+        )
+        .map_err(|e| Error::InvalidProperty(format!("disposable of '{base}': {e}")))?;
+        cfg.memory = bcfg.memory;
+        cfg.vcpus = bcfg.vcpus;
+        cfg.isolation = bcfg.isolation;
+        cfg.netvm = bcfg.netvm.clone();
+        let src_private = self.cfg.paths.private_dir(&bn);
+        let dst_private = self.cfg.paths.private_dir(&dn);
+        let store = self.store.clone();
+        blocking(move || -> Result<(), Error> {
+            if let Some(parent) = dst_private.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
+            }
+            if src_private.exists() {
+                fsutil::copy_tree(&src_private, &dst_private).map_err(|e| {
+                    Error::Io(format!("seeding the disposable's private volume: {e}"))
+                })?;
+            } else {
+                Self::make_private(&dst_private)?;
+            }
+            store
+                .save(&cfg)
+                .map_err(|e| store_err(cfg.name.as_str(), e))
+        })
+        .await??;
+        info!(domain = %dn, base, "disposable created");
+        Ok(dn)
+    }
+
+    /// Kill a disposable (if running) and remove it with all its data.
+    async fn destroy_disposable(self: &Arc<Self>, name: &str) {
+        let rt = self.runtime(name);
+        {
+            let _op = rt.op.lock().await;
+            if let Some(inst) = rt.instance() {
+                self.set_state(&rt, DomainState::Dying);
+                self.teardown(&rt, &inst).await;
+            }
+            self.set_state(&rt, DomainState::Halted);
+        }
+        let _cl = self.config_lock.lock().await;
+        self.discard_disposable(name).await;
+    }
+
+    /// `RunDisposable`: returns (disposable name, exit code).
+    pub async fn run_disposable(
+        self: &Arc<Self>,
+        base: &str,
+        argv: Vec<String>,
+        user: &str,
+        io: Stdio,
+        caller_gone: CallerGone,
+    ) -> Result<(String, i32), Error> {
+        if argv.is_empty() {
+            return Err(Error::InvalidProperty("no command given".into()));
+        }
+        let dn = self.create_disposable(base).await?;
+        let name = dn.to_string();
+        let work = async {
+            let inst = self.ensure_running(&name).await?;
+            self.exec_in(&inst, &name, argv, user, io).await
+        };
+        let res = tokio::select! {
+            r = work => r,
+            _ = caller_gone => {
+                info!(domain = %name, "caller went away; discarding the disposable");
+                Err(Error::Agent("the caller disconnected".into()))
+            }
+        };
+        self.destroy_disposable(&name).await;
+        res.map(|code| (name, code))
+    }
+
+    // ----- templates -----------------------------------------------------------------------
+
+    /// `BuildTemplate`: build recipe `name`, report progress on `progress`, register the
+    /// template domain. Returns the root path.
+    pub async fn build_template(&self, name: &str, progress: OwnedFd) -> Result<String, Error> {
+        let dn = self.name(name)?;
+        let recipes = self.cfg.recipes_dir.clone();
+        let templates = self.cfg.paths.templates_dir();
+        let n = name.to_owned();
+        let root = blocking(move || tmpl::build(&recipes, &templates, &n, progress)).await??;
+        let _cl = self.config_lock.lock().await;
+        match self.store.load(&dn) {
+            Ok(c) if c.class == DomainClass::Template => {}
+            Ok(c) => {
+                return Err(Error::AlreadyExists(format!(
+                    "template '{name}' was built at {} but a domain of class {} has that name; remove or rename it to register the template",
+                    root.display(),
+                    c.class
+                )))
+            }
+            Err(StoreError::NotFound { .. }) => {
+                let cfg = DomainConfig::new(dn.clone(), DomainClass::Template, Label::Black, None)
+                    .map_err(|e| Error::InvalidProperty(e.to_string()))?;
+                let private = self.cfg.paths.private_dir(&dn);
+                let store = self.store.clone();
+                blocking(move || -> Result<(), Error> {
+                    if !private.exists() {
+                        Self::make_private(&private)?;
+                    }
+                    store.save(&cfg).map_err(|e| store_err(cfg.name.as_str(), e))
+                })
+                .await??;
+                info!(template = name, "template domain registered");
+            }
+            Err(e) => return Err(store_err(name, e)),
+        }
+        Ok(root.display().to_string())
+    }
+
+    // ----- start-up ------------------------------------------------------------------------
+
+    /// Find domains that survived a domaind restart, clean up what did not, remove orphan
+    /// cgroups and halted disposables, then start autostart domains.
+    pub async fn recover(self: &Arc<Self>) {
+        match self.store.sweep_temp_files() {
+            Ok(v) if !v.is_empty() => info!(count = v.len(), "removed interrupted domain saves"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot sweep temporary domain files"),
+        }
+        let (good, bad) = self.store.load_all();
+        for e in &bad {
+            error!(error = %e, "domain file not loaded; that domain is unavailable until the file is fixed");
+        }
+        let mut adopted: BTreeSet<String> = BTreeSet::new();
+        let run_domains = self.cfg.paths.runtime_dir.join("domains");
+        let entries = match std::fs::read_dir(&run_domains) {
+            Ok(e) => e.flatten().collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                error!(dir = %run_domains.display(), error = %e, "cannot list runtime dir");
+                Vec::new()
+            }
+        };
+        for entry in entries {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(dn) = DomainName::new(&name) else {
+                warn!(path = %entry.path().display(), "unexpected entry in the runtime dir");
+                continue;
+            };
+            if self.recover_one(&dn).await {
+                adopted.insert(name);
+            }
+        }
+        // Cgroups without a record: a start interrupted before instance.json was written.
+        match blocking(bulkhead_sandbox::list_orphan_cgroups).await {
+            Ok(Ok(names)) => {
+                for n in names.into_iter().filter(|n| !adopted.contains(n)) {
+                    warn!(cgroup = %n, "orphan domain cgroup (no instance record); killing and removing it");
+                    let n2 = n.clone();
+                    match blocking(move || bulkhead_sandbox::remove_cgroup(&n2)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error!(cgroup = %n, error = %e, "cannot remove orphan cgroup")
+                        }
+                        Err(e) => {
+                            error!(cgroup = %n, error = %e.message(), "cannot remove orphan cgroup")
+                        }
+                    }
+                    if let Ok(dn) = DomainName::new(&n) {
+                        let _ = fsutil::remove_tree(&self.cfg.paths.scratch_dir(&dn));
+                        let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(&dn));
+                    }
+                }
+            }
+            Ok(Err(e)) => error!(error = %e, "cannot list domain cgroups"),
+            Err(e) => error!(error = %e.message(), "cannot list domain cgroups"),
+        }
+        // Disposables that are not running are leftovers.
+        for c in &good {
+            if c.class == DomainClass::Disposable && !adopted.contains(c.name.as_str()) {
+                info!(domain = %c.name, "removing a halted disposable left from before");
+                self.discard_disposable(c.name.as_str()).await;
+            }
+        }
+        for c in good.into_iter().filter(|c| c.autostart) {
+            if adopted.contains(c.name.as_str()) {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                info!(domain = %c.name, "autostart");
+                if let Err(e) = me.start(c.name.as_str()).await {
+                    error!(domain = %c.name, error = %e.message(), "autostart failed");
+                }
+            });
+        }
+    }
+
+    /// Adopt or clean up one domain found in the runtime dir; true if it is running.
+    async fn recover_one(self: &Arc<Self>, dn: &DomainName) -> bool {
+        let name = dn.as_str();
+        let ipath = self.cfg.paths.instance_file(dn);
+        let file = match InstanceFile::<SandboxRecord>::read(&ipath) {
+            Ok(f) => f,
+            Err(e) => {
+                if ipath.exists() {
+                    error!(error = %e, "unreadable instance record; removing the domain's cgroup");
+                    let n = name.to_owned();
+                    let _ = blocking(move || bulkhead_sandbox::remove_cgroup(&n)).await;
+                }
+                let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(dn));
+                return false;
+            }
+        };
+        let record = file.record;
+        let rec = record.clone();
+        let alive = blocking(move || rec.is_alive()).await.unwrap_or(false);
+        let rt = self.runtime(name);
+        if !alive {
+            info!(domain = name, "found dead after a restart; cleaning up");
+            let rec = record.clone();
+            let paths = self.cfg.paths.clone();
+            let dn2 = dn.clone();
+            let _ = blocking(move || {
+                let _ = rec.kill_all();
+                if let Err(e) = rec.cleanup() {
+                    error!(domain = %dn2, error = %e, "cleanup failed");
+                }
+                let _ = fsutil::remove_tree(&paths.runtime_domain_dir(&dn2));
+                let _ = fsutil::remove_tree(&paths.scratch_dir(&dn2));
+            })
+            .await;
+            if file.class == DomainClass::Disposable.as_str() {
+                self.discard_disposable(name).await;
+            }
+            return false;
+        }
+        let class: DomainClass = file.class.parse().unwrap_or(DomainClass::App);
+        lock(&self.slots).insert(file.uid_slot);
+        let sock = self.cfg.paths.agent_socket(dn);
+        let listener = match bind_channel(&self.cfg.paths.channel_dir(dn), &sock, record.uid_base) {
+            Ok(l) => l,
+            Err(e) => {
+                error!(domain = name, error = %e.message(), "cannot re-bind the channel; stopping the domain");
+                let rec = record.clone();
+                let _ = blocking(move || {
+                    let _ = rec.kill_all();
+                    rec.cleanup()
+                })
+                .await;
+                self.release_slot(file.uid_slot);
+                let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(dn));
+                return false;
+            }
+        };
+        let frozen = {
+            let rec = record.clone();
+            blocking(move || rec.is_frozen().unwrap_or(false))
+                .await
+                .unwrap_or(false)
+        };
+        let _op = rt.op.lock().await;
+        match self.activate(&rt, record, file.uid_slot, class, listener) {
+            Ok(inst) => {
+                info!(
+                    domain = name,
+                    pid = inst.record.init_pid,
+                    "adopted a running domain"
+                );
+                self.set_state(
+                    &rt,
+                    if frozen {
+                        DomainState::Paused
+                    } else {
+                        DomainState::Running
+                    },
+                );
+                true
+            }
+            Err(e) => {
+                error!(domain = name, error = %e.message(), "cannot adopt");
+                false
+            }
+        }
+    }
+}
+
+/// Exit code of a finished command: the code, or 128 + signal.
+pub fn exit_code(status: bulkhead_wire::ExitStatus) -> i32 {
+    match status {
+        bulkhead_wire::ExitStatus::Code(c) => c,
+        bulkhead_wire::ExitStatus::Signal(s) => 128 + s,
+    }
+}
+
+/// Bind the listening socket of a domain's channel (removing a stale one), owned by the
+/// domain's root uid, mode 0600; the channel dir is 0700 and owned by the same uid.
+fn bind_channel(dir: &Path, sock: &Path, uid_base: u32) -> Result<UnixListener, Error> {
+    std::fs::create_dir_all(dir).map_err(io_err(&dir.display().to_string()))?;
+    fsutil::remove_file(sock).map_err(io_err(&sock.display().to_string()))?;
+    let l = std::os::unix::net::UnixListener::bind(sock)
+        .map_err(io_err(&format!("cannot bind {}", sock.display())))?;
+    for (p, mode) in [(sock, 0o600), (dir, 0o700)] {
+        std::os::unix::fs::chown(p, Some(uid_base), Some(uid_base))
+            .map_err(io_err(&format!("chown {}", p.display())))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(&format!("chmod {}", p.display())))?;
+    }
+    l.set_nonblocking(true)
+        .map_err(io_err(&sock.display().to_string()))?;
+    UnixListener::from_std(l).map_err(io_err(&sock.display().to_string()))
+}
+
+/// Wait until a pidfd is readable (the process exited).
+async fn wait_pidfd(fd: OwnedFd) {
+    // SAFETY: the pidfd is an OwnedFd moved into the AsyncFd, open and unchanged until the
+    // AsyncFd drops it; `as_raw_fd` always returns it.
+    match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot poll a pidfd; assuming the process is gone");
+        }
+    }
+}
+
+/// Accept the domain's agent on `listener`, hand out the connection, accept it again after it
+/// drops (the agent reconnects forever). Peers whose uid is outside the domain's range are
+/// refused.
+async fn agent_link(
+    name: String,
+    listener: UnixListener,
+    uid_base: u32,
+    tx: watch::Sender<Option<Connection>>,
+) {
+    let range = uid_base..uid_base.saturating_add(bulkhead_sandbox::UID_RANGE);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(domain = %name, error = %e, "accept on the channel failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(c) if range.contains(&c.uid()) => {}
+            Ok(c) => {
+                warn!(domain = %name, uid = c.uid(), "refused a channel peer outside the domain's uid range");
+                continue;
+            }
+            Err(e) => {
+                warn!(domain = %name, error = %e, "cannot read channel peer credentials");
+                continue;
+            }
+        }
+        let (conn, incoming) =
+            match Connection::client(stream, bulkhead_wire::Limits::default()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(domain = %name, error = %e, "agent handshake failed; dropping the peer");
+                    continue;
+                }
+            };
+        info!(domain = %name, "agent connected");
+        // Requests the agent opens towards dom0 (policy calls) are not served yet.
+        drop(incoming);
+        let _ = tx.send(Some(conn.clone()));
+        conn.closed().await;
+        info!(domain = %name, "agent disconnected");
+        let _ = tx.send(None);
+    }
+}

@@ -1,0 +1,303 @@
+//! The D-Bus object `/org/bulkhead/Domaind1` (interface `org.bulkhead.Domaind1`).
+//!
+//! Every method first checks the caller ([`crate::access`]), then hands over to the
+//! [`Manager`]. zbus runs each call in its own task, so a long `Run` does not hold up others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use zbus::message::Header;
+use zbus::names::BusName;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedFd;
+
+use crate::access::check_caller;
+use crate::api::{DomainInfo, Error, OBJECT_PATH};
+use crate::manager::{CallerGone, Event, Manager, Stdio};
+
+pub struct Service {
+    mgr: Arc<Manager>,
+}
+
+impl Service {
+    pub fn new(mgr: Arc<Manager>) -> Self {
+        Self { mgr }
+    }
+}
+
+/// A future that resolves when the bus name that sent `hdr` loses its owner (the caller
+/// exited or disconnected).
+async fn caller_gone(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<CallerGone, Error> {
+    let Some(sender) = hdr.sender().map(|s| s.to_owned()) else {
+        return Ok(Box::pin(std::future::pending()));
+    };
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let fdo = |e: zbus::fdo::Error| Error::ZBus(e.into());
+    let mut changes = dbus
+        .receive_name_owner_changed_with_args(&[(0, sender.as_str())])
+        .await?;
+    // Subscribed; now make sure it did not leave before that.
+    let present = dbus
+        .name_has_owner(BusName::Unique(sender.clone()))
+        .await
+        .map_err(fdo)?;
+    Ok(Box::pin(async move {
+        if !present {
+            return;
+        }
+        while let Some(sig) = changes.next().await {
+            match sig.args() {
+                Ok(a) if a.new_owner().is_none() => return,
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "bad NameOwnerChanged"),
+            }
+        }
+        std::future::pending::<()>().await
+    }))
+}
+
+fn argv(v: Vec<String>) -> Result<Vec<String>, Error> {
+    if v.is_empty() {
+        return Err(Error::InvalidProperty(
+            "no command given (argv is empty)".into(),
+        ));
+    }
+    Ok(v)
+}
+
+#[zbus::interface(name = "org.bulkhead.Domaind1")]
+impl Service {
+    async fn list(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Vec<DomainInfo>, Error> {
+        check_caller(conn, &hdr).await?;
+        Ok(self.mgr.list())
+    }
+
+    async fn get_properties(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<HashMap<String, String>, Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.get_properties(&name)
+    }
+
+    async fn set_property(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        prop: String,
+        value: String,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.set_property(&name, &prop, &value).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        class: String,
+        template: String,
+        label: String,
+        props: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr
+            .create(&name, &class, &template, &label, props)
+            .await
+    }
+
+    #[zbus(name = "Clone")]
+    async fn clone_domain(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        source: String,
+        dest: String,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.clone_domain(&source, &dest).await
+    }
+
+    async fn remove(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.remove(&name).await
+    }
+
+    async fn start(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.start(&name).await
+    }
+
+    async fn shutdown(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        timeout_secs: u32,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.shutdown(&name, timeout_secs).await
+    }
+
+    async fn kill(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.kill(&name).await
+    }
+
+    async fn pause(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.pause(&name).await
+    }
+
+    async fn unpause(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<(), Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.unpause(&name).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        argv_in: Vec<String>,
+        user: String,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<i32, Error> {
+        check_caller(conn, &hdr).await?;
+        let argv = argv(argv_in)?;
+        let gone = caller_gone(conn, &hdr).await?;
+        let io = Stdio {
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        self.mgr.run(&name, argv, &user, io, gone).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_disposable(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        base: String,
+        argv_in: Vec<String>,
+        user: String,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<(String, i32), Error> {
+        check_caller(conn, &hdr).await?;
+        let argv = argv(argv_in)?;
+        let gone = caller_gone(conn, &hdr).await?;
+        let io = Stdio {
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        self.mgr.run_disposable(&base, argv, &user, io, gone).await
+    }
+
+    async fn build_template(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        progress: OwnedFd,
+    ) -> Result<String, Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.build_template(&name, progress.into()).await
+    }
+
+    async fn log_path(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<String, Error> {
+        check_caller(conn, &hdr).await?;
+        self.mgr.log_path(&name)
+    }
+
+    #[zbus(signal)]
+    async fn state_changed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        state: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn progress(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        step: &str,
+        done: u32,
+        total: u32,
+    ) -> zbus::Result<()>;
+}
+
+/// Forward manager events to the bus as signals until the channel closes.
+pub async fn forward_events(conn: zbus::Connection, mut rx: mpsc::UnboundedReceiver<Event>) {
+    let emitter = match SignalEmitter::new(&conn, OBJECT_PATH) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot emit signals");
+            return;
+        }
+    };
+    while let Some(ev) = rx.recv().await {
+        let r = match &ev {
+            Event::StateChanged { name, state } => {
+                Service::state_changed(&emitter, name, state).await
+            }
+            Event::Progress {
+                name,
+                step,
+                done,
+                total,
+            } => Service::progress(&emitter, name, step, *done, *total).await,
+        };
+        if let Err(e) = r {
+            debug!(error = %e, "signal not sent");
+        }
+    }
+}

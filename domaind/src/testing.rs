@@ -1,0 +1,440 @@
+//! Test support shared by domaind's and the CLI's integration tests (feature `testing`).
+//!
+//! Everything here starts real programs: a private `dbus-daemon` per test and the real
+//! `domaind` binary with temporary config/state/runtime dirs.
+//!
+//! ```no_run
+//! # async fn t() {
+//! use domaind::testing::*;
+//! let bus = TestBus::start().unwrap();
+//! let d = TestDomaind::start(&bus, DomaindOptions::default()).await.unwrap();
+//! let (_conn, proxy) = d.client().await.unwrap();
+//! proxy.list().await.unwrap();
+//! # }
+//! ```
+//!
+//! Binaries: `domaind` from `$BULKHEAD_TEST_DOMAIND` (or the caller passes the path, e.g.
+//! `env!("CARGO_BIN_EXE_domaind")`), else built with cargo. The launcher and guest tools from
+//! `$BULKHEAD_TEST_LIBEXEC` / `$BULKHEAD_TEST_GUEST_TOOLS`, else built with cargo into
+//! `<target>/domaind-test-helpers` (a separate target dir, so it never waits on the lock of
+//! the `cargo test` that runs us).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bulkhead_domain::Paths;
+
+use crate::api::{Domaind1Proxy, BUS_NAME};
+
+/// Environment variable with a pre-built template cache (state dir `templates/`).
+pub const ENV_TEMPLATE_CACHE: &str = "BULKHEAD_TEST_TEMPLATE_CACHE";
+/// Environment variable with a dir holding bulkhead-init and bulkhead-agent.
+pub const ENV_GUEST_TOOLS: &str = "BULKHEAD_TEST_GUEST_TOOLS";
+/// Environment variable with a dir holding the bulkhead-sandbox launcher.
+pub const ENV_LIBEXEC: &str = "BULKHEAD_TEST_LIBEXEC";
+/// Environment variable with the domaind binary.
+pub const ENV_DOMAIND: &str = "BULKHEAD_TEST_DOMAIND";
+
+pub type TestResult<T> = Result<T, String>;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn helper_target_dir() -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    base.join("domaind-test-helpers")
+}
+
+/// `cargo build -p <pkg>` into the helper target dir; returns `<target>/debug`.
+fn cargo_build(pkg: &str) -> TestResult<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = helper_target_dir();
+    let status = Command::new(cargo)
+        .args(["build", "-p", pkg])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot run cargo build -p {pkg}: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build -p {pkg} failed ({status})"));
+    }
+    Ok(target.join("debug"))
+}
+
+static BUILT_AGENT: OnceLock<TestResult<PathBuf>> = OnceLock::new();
+static BUILT_SANDBOX: OnceLock<TestResult<PathBuf>> = OnceLock::new();
+static BUILT_DOMAIND: OnceLock<TestResult<PathBuf>> = OnceLock::new();
+
+/// The domaind binary: `$BULKHEAD_TEST_DOMAIND`, else built with cargo.
+pub fn domaind_bin() -> TestResult<PathBuf> {
+    if let Some(p) = std::env::var_os(ENV_DOMAIND).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    BUILT_DOMAIND
+        .get_or_init(|| cargo_build("domaind").map(|d| d.join("domaind")))
+        .clone()
+}
+
+/// Dir with the `bulkhead-sandbox` launcher.
+pub fn libexec_dir() -> TestResult<PathBuf> {
+    if let Some(p) = std::env::var_os(ENV_LIBEXEC).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    BUILT_SANDBOX
+        .get_or_init(|| cargo_build("bulkhead-sandbox"))
+        .clone()
+}
+
+/// Dir with `bulkhead-init` and `bulkhead-agent`.
+pub fn guest_tools_source() -> TestResult<PathBuf> {
+    if let Some(p) = std::env::var_os(ENV_GUEST_TOOLS).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    BUILT_AGENT
+        .get_or_init(|| cargo_build("bulkhead-agent"))
+        .clone()
+}
+
+/// The template cache from `$BULKHEAD_TEST_TEMPLATE_CACHE`, or None with the reason printed.
+pub fn template_cache() -> Option<PathBuf> {
+    match std::env::var_os(ENV_TEMPLATE_CACHE).filter(|p| !p.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            eprintln!(
+                "SKIP: {ENV_TEMPLATE_CACHE} is not set (a state dir whose templates/ holds a built debian-12 template)"
+            );
+            None
+        }
+    }
+}
+
+/// A private dbus-daemon that lets any local user connect and own any name.
+pub struct TestBus {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestBus {
+    pub fn start() -> TestResult<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bulkhead-bus-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        // World-searchable so that tests can connect as an unprivileged uid.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod: {e}"))?;
+        let conf = dir.path().join("bus.conf");
+        let sock = dir.path().join("bus.sock");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+                sock.display()
+            ),
+        )
+        .map_err(|e| format!("write bus config: {e}"))?;
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run dbus-daemon (apt-get install dbus): {e}"))?;
+        let stdout = child.stdout.take().ok_or("no dbus-daemon stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the dbus-daemon address: {e}"))?;
+        let address = line.trim().to_owned();
+        if address.is_empty() {
+            let _ = child.kill();
+            return Err("dbus-daemon printed no address".into());
+        }
+        Ok(Self {
+            child,
+            address,
+            _dir: dir,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start a test domaind.
+#[derive(Debug, Clone, Default)]
+pub struct DomaindOptions {
+    /// The domaind binary (default: [`domaind_bin`]).
+    pub binary: Option<PathBuf>,
+    /// Reuse these directories (e.g. to restart domaind on the same state).
+    pub paths: Option<Paths>,
+    /// Guest tools dir (default: a temp dir that gets bulkhead-init and bulkhead-agent
+    /// copied in, only if `with_guest_tools`).
+    pub guest_tools_dir: Option<PathBuf>,
+    /// Copy freshly built guest tools into a temp dir (needs the agent crate to build).
+    pub with_guest_tools: bool,
+    /// Symlink `<template cache>/templates/*` into the state dir.
+    pub template_cache: Option<PathBuf>,
+    pub recipes_dir: Option<PathBuf>,
+    /// Extra environment (e.g. RUST_LOG).
+    pub env: Vec<(String, String)>,
+}
+
+/// A running domaind on a test bus, with its own directories (kept until drop).
+pub struct TestDomaind {
+    child: Option<Child>,
+    address: String,
+    pub paths: Paths,
+    pub guest_tools_dir: PathBuf,
+    pub log_file: PathBuf,
+    root: Option<tempfile::TempDir>,
+    options: DomaindOptions,
+}
+
+impl TestDomaind {
+    /// Start domaind on `bus` and wait until it owns its name.
+    pub async fn start(bus: &TestBus, opts: DomaindOptions) -> TestResult<Self> {
+        let root = tempfile::Builder::new()
+            .prefix("bulkhead-domaind-")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod: {e}"))?;
+        let paths = opts
+            .paths
+            .clone()
+            .unwrap_or_else(|| Paths::under(root.path()));
+        let guest = match (&opts.guest_tools_dir, opts.with_guest_tools) {
+            (Some(g), _) => g.clone(),
+            (None, true) => {
+                let src = guest_tools_source()?;
+                let dst = root.path().join("guest");
+                std::fs::create_dir_all(&dst).map_err(|e| format!("mkdir guest: {e}"))?;
+                for bin in ["bulkhead-init", "bulkhead-agent"] {
+                    std::fs::copy(src.join(bin), dst.join(bin))
+                        .map_err(|e| format!("copy {bin} from {}: {e}", src.display()))?;
+                }
+                if src.join("escape-probe").exists() {
+                    let _ = std::fs::copy(src.join("escape-probe"), dst.join("escape-probe"));
+                }
+                dst
+            }
+            (None, false) => {
+                let g = root.path().join("guest");
+                std::fs::create_dir_all(&g).map_err(|e| format!("mkdir guest: {e}"))?;
+                g
+            }
+        };
+        if let Some(cache) = &opts.template_cache {
+            link_templates(cache, &paths.templates_dir())?;
+        }
+        let log_file = root.path().join("domaind.log");
+        let mut me = Self {
+            child: None,
+            address: bus.address().to_owned(),
+            paths,
+            guest_tools_dir: guest,
+            log_file,
+            root: Some(root),
+            options: opts,
+        };
+        me.spawn()?;
+        me.wait_ready().await?;
+        Ok(me)
+    }
+
+    fn spawn(&mut self) -> TestResult<()> {
+        let bin = match &self.options.binary {
+            Some(b) => b.clone(),
+            None => domaind_bin()?,
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(|e| format!("open {}: {e}", self.log_file.display()))?;
+        let log2 = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--bus-address")
+            .arg(&self.address)
+            .arg("--config-dir")
+            .arg(&self.paths.config_dir)
+            .arg("--state-dir")
+            .arg(&self.paths.state_dir)
+            .arg("--runtime-dir")
+            .arg(&self.paths.runtime_dir)
+            .arg("--guest-tools-dir")
+            .arg(&self.guest_tools_dir)
+            .env("RUST_LOG", "debug,zbus=info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        if let Some(r) = &self.options.recipes_dir {
+            cmd.arg("--recipes-dir").arg(r);
+        }
+        if self.options.with_guest_tools || self.options.template_cache.is_some() {
+            if let Ok(dir) = libexec_dir() {
+                cmd.env("BULKHEAD_LIBEXEC_DIR", dir);
+            }
+        }
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Wait until domaind owns its bus name (or fail with its log if it exited).
+    pub async fn wait_ready(&mut self) -> TestResult<()> {
+        let conn = self.connect().await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = zbus::names::BusName::try_from(BUS_NAME).map_err(|e| e.to_string())?;
+        for _ in 0..1200 {
+            if dbus.name_has_owner(name.clone()).await.unwrap_or(false) {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    return Err(format!(
+                        "domaind exited ({st}) before serving:\n{}",
+                        self.log()
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "domaind did not take its bus name within 60 s:\n{}",
+            self.log()
+        ))
+    }
+
+    pub async fn connect(&self) -> TestResult<zbus::Connection> {
+        zbus::connection::Builder::address(self.address.as_str())
+            .map_err(|e| e.to_string())?
+            .build()
+            .await
+            .map_err(|e| format!("connect to the test bus: {e}"))
+    }
+
+    /// A client connection and proxy.
+    pub async fn client(&self) -> TestResult<(zbus::Connection, Domaind1Proxy<'static>)> {
+        let conn = self.connect().await?;
+        let proxy = Domaind1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+        Ok((conn, proxy))
+    }
+
+    /// The bus address (for `BULKHEAD_BUS_ADDRESS` of a CLI under test).
+    pub fn bus_address(&self) -> &str {
+        &self.address
+    }
+
+    /// domaind's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL domaind (domains keep running) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM domaind and wait for it.
+    pub fn terminate(&mut self) -> TestResult<std::process::ExitStatus> {
+        let mut c = self.child.take().ok_or("domaind is not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).map_err(|e| e.to_string())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .map_err(|e| e.to_string())?;
+        c.wait().map_err(|e| e.to_string())
+    }
+
+    /// Start domaind again on the same bus and directories.
+    pub async fn restart(&mut self) -> TestResult<()> {
+        self.kill9();
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// The temporary root (config/state/run live below unless `paths` was given).
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_ref().map(|r| r.path())
+    }
+}
+
+impl Drop for TestDomaind {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Domains a failed test left running: kill their cgroups so that nothing is orphaned.
+        if let Ok(names) = bulkhead_sandbox::list_orphan_cgroups() {
+            let run = self.paths.runtime_dir.join("domains");
+            for n in names {
+                if run.join(&n).exists() {
+                    let _ = bulkhead_sandbox::remove_cgroup(&n);
+                }
+            }
+        }
+    }
+}
+
+/// Symlink every template of `cache/templates` into `dest`.
+fn link_templates(cache: &Path, dest: &Path) -> TestResult<()> {
+    let src = cache.join("templates");
+    let src = if src.is_dir() { src } else { cache.to_owned() };
+    std::fs::create_dir_all(dest).map_err(|e| format!("mkdir {}: {e}", dest.display()))?;
+    let entries = std::fs::read_dir(&src).map_err(|e| format!("read {}: {e}", src.display()))?;
+    for e in entries.flatten() {
+        let to = dest.join(e.file_name());
+        if !to.exists() {
+            std::os::unix::fs::symlink(e.path(), &to)
+                .map_err(|err| format!("symlink {}: {err}", to.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! D-Bus API tests that need no running domain: the real domaind binary on a private
+//! dbus-daemon, driven through the same proxy the CLI uses.
+
+use std::collections::HashMap;
+
+use domaind::api::{Domaind1Proxy, Error};
+use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
+
+async fn start() -> (
+    TestBus,
+    TestDomaind,
+    zbus::Connection,
+    Domaind1Proxy<'static>,
+) {
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let (conn, proxy) = d.client().await.expect("client");
+    (bus, d, conn, proxy)
+}
+
+fn no_props() -> HashMap<&'static str, &'static str> {
+    HashMap::new()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_list_prefs_clone_remove() {
+    let (_bus, d, _c, p) = start().await;
+    assert!(p.list().await.unwrap().is_empty());
+
+    p.create("debian-12", "template", "", "black", no_props())
+        .await
+        .unwrap();
+    let mut props = HashMap::new();
+    props.insert("memory", "512");
+    props.insert("features.gui", "1");
+    p.create("work", "app", "debian-12", "blue", props)
+        .await
+        .unwrap();
+
+    let list = p.list().await.unwrap();
+    let names: Vec<_> = list.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["debian-12", "work"]);
+    let work = &list[1];
+    assert_eq!(work.class, "app");
+    assert_eq!(work.state, "halted");
+    assert_eq!(work.label, "blue");
+    assert_eq!(work.memory_mib, 512);
+    assert_eq!(work.template, "debian-12");
+    assert_eq!(work.isolation, "sandbox");
+
+    let props = p.get_properties("work").await.unwrap();
+    assert_eq!(props["features.gui"], "1");
+    assert_eq!(props["state"], "halted");
+
+    p.set_property("work", "vcpus", "4").await.unwrap();
+    p.set_property("work", "label", "green").await.unwrap();
+    let props = p.get_properties("work").await.unwrap();
+    assert_eq!(props["vcpus"], "4");
+    assert_eq!(props["label"], "green");
+    // the file on disk says so too
+    let text = std::fs::read_to_string(d.paths.config_dir.join("domains/work.toml")).unwrap();
+    assert!(text.contains("vcpus = 4"), "{text}");
+
+    // private volume exists with /home/user owned by the domain user
+    let user = d.paths.state_dir.join("domains/work/private/user");
+    assert!(user.is_dir());
+    std::fs::write(user.join("note"), b"hello").unwrap();
+
+    p.clone_domain("work", "work2").await.unwrap();
+    let props = p.get_properties("work2").await.unwrap();
+    assert_eq!(props["vcpus"], "4");
+    assert_eq!(
+        std::fs::read(d.paths.state_dir.join("domains/work2/private/user/note")).unwrap(),
+        b"hello"
+    );
+
+    // the template is in use: refused, naming the users
+    match p.remove("debian-12").await {
+        Err(Error::InvalidState(m)) => {
+            assert!(
+                m.contains("work (template)") && m.contains("work2 (template)"),
+                "{m}"
+            )
+        }
+        other => panic!("expected InvalidState, got {other:?}"),
+    }
+    p.remove("work2").await.unwrap();
+    assert!(!d.paths.state_dir.join("domains/work2").exists());
+    assert!(!d.paths.config_dir.join("domains/work2.toml").exists());
+    p.remove("work").await.unwrap();
+    p.remove("debian-12").await.unwrap();
+    assert!(p.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validation_errors_are_typed_and_actionable() {
+    let (_bus, _d, _c, p) = start().await;
+    match p.create("0bad", "app", "", "red", no_props()).await {
+        Err(Error::InvalidName(m)) => assert!(m.contains("must start with a letter"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.create("x", "wizard", "", "red", no_props()).await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("app"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.create("x", "app", "nope", "red", no_props()).await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("'nope' does not exist"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.create("x", "app", "", "red", no_props()).await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("template"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    p.create("t", "template", "", "black", no_props())
+        .await
+        .unwrap();
+    match p.create("t", "template", "", "black", no_props()).await {
+        Err(Error::AlreadyExists(m)) => assert!(m.contains("'t'"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    p.create("a", "app", "t", "red", no_props()).await.unwrap();
+    match p.set_property("a", "memory", "8").await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("memory"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.set_property("a", "colour", "red").await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("unknown property"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.set_property("a", "template", "a").await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("must be a template"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.get_properties("ghost").await {
+        Err(Error::NoSuchDomain(m)) => assert!(m.contains("'ghost'"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.shutdown("a", 0).await {
+        Err(Error::InvalidState(m)) => assert!(m.contains("not running"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.pause("a").await {
+        Err(Error::InvalidState(m)) => assert!(m.contains("halted"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // vm isolation: a clear error, nothing left half-started
+    p.set_property("a", "isolation", "vm").await.unwrap();
+    match p.start("a").await {
+        Err(Error::Backend(m)) => assert!(m.contains("KVM monitor"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.get_properties("a").await.unwrap()["state"], "halted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_file_is_reported_and_others_work() {
+    let bus = TestBus::start().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let paths = bulkhead_domain::Paths::under(root.path());
+    let dir = paths.config_dir.join("domains");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("good.toml"),
+        "name = \"good\"\nlabel = \"red\"\nclass = \"template\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        "name = \"bad\"\nlabel = \"red\"\nclass = \"app\"\ntemplate = \"good\"\nmemory = \"lots\"\n",
+    )
+    .unwrap();
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            paths: Some(paths.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (_c, p) = d.client().await.unwrap();
+    let list = p.list().await.unwrap();
+    let good = list.iter().find(|d| d.name == "good").unwrap();
+    assert_eq!(good.state, "halted");
+    let bad = list.iter().find(|d| d.name == "bad").unwrap();
+    assert_eq!(bad.state, "broken");
+    match p.get_properties("bad").await {
+        Err(Error::InvalidProperty(m)) => {
+            assert!(m.contains("bad.toml") && m.contains("memory"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match p.start("bad").await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("bad.toml"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // the log names the file
+    assert!(d.log().contains("bad.toml"), "{}", d.log());
+    // a broken domain can be removed to get rid of it
+    p.remove("bad").await.unwrap();
+    assert!(!dir.join("bad.toml").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unprivileged_caller_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root to run a client as another uid");
+        return;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+        || std::process::Command::new("dbus-send")
+            .arg("--help")
+            .output()
+            .is_err()
+    {
+        eprintln!("SKIP: setpriv or dbus-send missing");
+        return;
+    }
+    let (_bus, d, _c, _p) = start().await;
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "dbus-send",
+        ])
+        .arg(format!("--bus={}", d.bus_address()))
+        .args([
+            "--print-reply",
+            "--dest=org.bulkhead.Domaind1",
+            "/org/bulkhead/Domaind1",
+            "org.bulkhead.Domaind1.List",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("org.bulkhead.Error.AccessDenied"), "{err}");
+    assert!(err.contains("bulkhead-admin"), "{err}");
+}
