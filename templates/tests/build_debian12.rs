@@ -1,0 +1,106 @@
+//! Really builds the shipped debian-12 template with mmdebstrap.
+//!
+//! Opt-in: set BULKHEAD_TEST_TEMPLATE_CACHE to a directory used as the template store (a
+//! second run with the same directory exercises the cache and takes no time). Needs root
+//! (mmdebstrap mode root) and the host's apt sources for bookworm.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bulkhead_domain::DomainName;
+use bulkhead_templates::{
+    source_recipes_dir, BuildProgress, Recipe, Stage, TemplateStatus, TemplateStore,
+};
+
+#[test]
+fn build_debian_12_template_for_real() {
+    let Some(cache) = std::env::var_os("BULKHEAD_TEST_TEMPLATE_CACHE") else {
+        println!("skipped: set BULKHEAD_TEST_TEMPLATE_CACHE=<dir> to build the debian-12 template for real");
+        return;
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: building a template needs root (mmdebstrap --mode=root)");
+        return;
+    }
+    let store = TemplateStore::new(PathBuf::from(cache));
+    let name = DomainName::new("debian-12").unwrap();
+    let recipe = Recipe::load_named(&source_recipes_dir(), &name).unwrap();
+    let was_ready = matches!(store.status_for(&recipe), TemplateStatus::Ready { .. });
+
+    let started = Instant::now();
+    let mut events = Vec::new();
+    let root = store
+        .build(&recipe, &mut |e| {
+            println!("{e}");
+            events.push(e);
+        })
+        .unwrap_or_else(|e| panic!("template build failed: {e}"));
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "debian-12 template: {} in {secs:.1} s (cached before: {was_ready})",
+        root.display()
+    );
+
+    if was_ready {
+        assert_eq!(events, vec![BuildProgress::Cached { root: root.clone() }]);
+    } else {
+        let stages: Vec<Stage> = events
+            .iter()
+            .filter_map(|e| match e {
+                BuildProgress::Stage { stage, .. } => Some(*stage),
+                _ => None,
+            })
+            .collect();
+        for s in [
+            Stage::Update,
+            Stage::Download,
+            Stage::InstallRemaining,
+            Stage::Customize,
+            Stage::Finalize,
+        ] {
+            assert!(stages.contains(&s), "no {s} stage in {stages:?}");
+        }
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, BuildProgress::Percent { .. })),
+            "no percent progress parsed"
+        );
+        let log = std::fs::read_to_string(store.log_path(&name)).unwrap();
+        assert!(log.contains("I: success"), "build log incomplete");
+    }
+
+    let os_release = std::fs::read_to_string(root.join("usr/lib/os-release")).unwrap();
+    assert!(os_release.contains("VERSION_ID=\"12\""), "{os_release}");
+    assert!(os_release.contains("Debian"), "{os_release}");
+    assert!(root.join("etc/os-release").symlink_metadata().is_ok());
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(
+        passwd.lines().any(|l| l.starts_with("user:x:1000:1000:")),
+        "{passwd}"
+    );
+    let home = std::fs::metadata(root.join("home/user")).unwrap();
+    assert_eq!((home.uid(), home.gid()), (1000, 1000));
+    let top = std::fs::metadata(&root).unwrap();
+    assert_eq!((top.uid(), top.gid()), (0, 0));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "localhost\n"
+    );
+    // No package caches shipped in the shared tree.
+    let lists: Vec<_> = std::fs::read_dir(root.join("var/lib/apt/lists"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        lists
+            .iter()
+            .all(|n| n == "lock" || n == "partial" || n == "auxfiles"),
+        "{lists:?}"
+    );
+    assert!(matches!(
+        store.status_for(&recipe),
+        TemplateStatus::Ready { .. }
+    ));
+    assert_eq!(store.root_path(&name).unwrap(), root);
+}
