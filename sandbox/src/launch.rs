@@ -2,9 +2,11 @@
 //! (it forks with a raw clone and calls setns on its mount namespace).
 //!
 //! Order of work:
-//! 1. validate the spec, wipe and prepare scratch (upper/work owned by the domain's root);
-//! 2. create the cgroup with its limits and step into it, so the child is born there (and its
-//!    cgroup namespace is rooted there), then step back out;
+//! 1. validate the spec; create the cgroup with its limits (this fails if the domain is
+//!    running, before anything else is touched); wipe and prepare scratch (upper/work owned by
+//!    the domain's root);
+//! 2. step into the cgroup, so the child is born there (and its cgroup namespace is rooted
+//!    there), then step back out;
 //! 3. clone the child into new user, mount, pid, net, uts, ipc and cgroup namespaces; it waits
 //!    on a pipe;
 //! 4. write its uid/gid maps (0 -> uid_base, 65536 ids);
@@ -80,7 +82,9 @@ fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> StepResult<T> {
 struct Rollback {
     child: Option<Pid>,
     cgroup: Option<CgroupPaths>,
-    scratch: std::path::PathBuf,
+    /// Set once this launch owns the scratch dir (after its cgroup was created: a running
+    /// instance of the same domain makes cgroup creation fail before scratch is touched).
+    scratch: Option<std::path::PathBuf>,
 }
 
 impl Rollback {
@@ -94,8 +98,10 @@ impl Rollback {
                 tracing::error!(error = %e, "rollback: removing the cgroup failed");
             }
         }
-        if let Err(e) = wipe_dir(&self.scratch) {
-            tracing::error!(error = %e, "rollback: wiping scratch failed");
+        if let Some(scratch) = self.scratch.take() {
+            if let Err(e) = wipe_dir(&scratch) {
+                tracing::error!(error = %e, "rollback: wiping scratch failed");
+            }
         }
     }
 }
@@ -106,7 +112,7 @@ pub fn launch(spec: &SandboxSpec) -> StepResult<SandboxRecord> {
     let mut rb = Rollback {
         child: None,
         cgroup: None,
-        scratch: spec.scratch_dir.clone(),
+        scratch: None,
     };
     match launch_inner(spec, &mut rb) {
         Ok(r) => Ok(r),
@@ -145,9 +151,6 @@ fn prepare_scratch(spec: &SandboxSpec, layout: &Layout) -> StepResult<()> {
 }
 
 fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxRecord> {
-    let layout = Layout::new(&spec.scratch_dir);
-    prepare_scratch(spec, &layout)?;
-
     let hier = step("cgroup", Hierarchy::detect())?;
     let own = step("cgroup", cgroup::own_cgroups(&hier))?;
     let cg = step(
@@ -162,6 +165,9 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
         ),
     )?;
     rb.cgroup = Some(cg.clone());
+    rb.scratch = Some(spec.scratch_dir.clone());
+    let layout = Layout::new(&spec.scratch_dir);
+    prepare_scratch(spec, &layout)?;
 
     if let Some(parent) = spec.log_file.parent() {
         step("log", fs::create_dir_all(parent))?;

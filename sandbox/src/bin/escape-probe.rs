@@ -6,6 +6,8 @@
 //! It depends on nothing in the domain (no shell, no tools), so it runs the same as the init
 //! of a bare test root or as a command inside the Debian template.
 //!
+//! It refuses to run where uid 0 is the host's root: succeeding attempts would act on the host.
+//!
 //! Helper modes used by the tests: `whoami` (prints the effective uid, used for the setuid
 //! checks), `idle` (a minimal init: writes test files, then reaps children until SIGTERM).
 
@@ -214,7 +216,22 @@ fn in_child(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<WaitStatus
     }
 }
 
+/// True when this process runs in the host's user namespace (uid 0 maps to host uid 0): the
+/// battery's mount and sysctl attempts would then act on the host itself.
+fn on_host() -> bool {
+    let map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    map.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 3 && f[0] == "0" && f[1] == "0"
+    })
+}
+
 fn battery(a: &BatteryArgs) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        !on_host(),
+        "refusing to run: uid 0 here is the host's root (not inside a sandbox domain); \
+         the attempts would change the host"
+    );
     if let Some(uid) = a.as_user {
         drop_to(uid)?;
     }
@@ -717,16 +734,18 @@ fn secrets(r: &mut Report, a: &BatteryArgs) {
 }
 
 fn proc_writes(r: &mut Report) {
-    for (name, path, value) in [
-        ("proc-sysrq-trigger", "/proc/sysrq-trigger", "h"),
-        (
-            "proc-core-pattern",
-            "/proc/sys/kernel/core_pattern",
-            "|/tmp/x",
-        ),
-        ("proc-drop-caches", "/proc/sys/vm/drop_caches", "3"),
-        ("proc-modprobe-path", "/proc/sys/kernel/modprobe", "/tmp/x"),
+    // Each write is harmless if it succeeds: the current value is written back (sysrq "h" only
+    // prints help, drop_caches "1" only drops clean page cache).
+    for (name, path, fixed) in [
+        ("proc-sysrq-trigger", "/proc/sysrq-trigger", Some("h")),
+        ("proc-core-pattern", "/proc/sys/kernel/core_pattern", None),
+        ("proc-drop-caches", "/proc/sys/vm/drop_caches", Some("1")),
+        ("proc-modprobe-path", "/proc/sys/kernel/modprobe", None),
     ] {
+        let value = match fixed {
+            Some(v) => v.to_string(),
+            None => fs::read_to_string(path).unwrap_or_default(),
+        };
         let res = fs::OpenOptions::new()
             .write(true)
             .open(path)

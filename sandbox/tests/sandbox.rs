@@ -1,0 +1,645 @@
+//! Integration tests: real launcher, real namespaces, idmapped mounts, overlayfs and cgroups.
+//! They need root, user namespaces, overlayfs and idmapped mounts on the filesystem of the
+//! temp dir; without those they print why and skip.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bulkhead_sandbox::{
+    list_orphan_cgroups, probe, start, Launcher, SandboxError, SandboxRecord, SandboxSpec,
+    UID_BASE, UID_RANGE,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+const LAUNCHER: &str = env!("CARGO_BIN_EXE_bulkhead-sandbox");
+const PROBE: &str = env!("CARGO_BIN_EXE_escape-probe");
+
+/// Every attempt the battery makes; each must be reported, and blocked.
+const BATTERY: &[&str] = &[
+    "no-new-privs",
+    "seccomp-active",
+    "caps-capeff",
+    "caps-capprm",
+    "caps-capbnd",
+    "caps-capamb",
+    "caps-capinh",
+    "uid-map-unprivileged",
+    "chroot-fchdir-walk",
+    "proc-1-root",
+    "proc-host-pid",
+    "mount-tmpfs",
+    "mount-proc",
+    "mount-bind-root",
+    "remount-guest-tools-rw",
+    "remount-tmp-exec",
+    "umount-root",
+    "umount-proc",
+    "fsopen",
+    "open-tree-clone",
+    "pivot-root",
+    "template-layer-write",
+    "ptrace-host-pid",
+    "process-vm-readv-host",
+    "kill-host-pid",
+    "pidfd-open-host",
+    "raw-socket-packet",
+    "raw-socket-inet",
+    "raw-socket-inet6",
+    "network-namespace",
+    "host-abstract-socket",
+    "mknod-char-tmp",
+    "mknod-block-tmp",
+    "mknod-char-dev",
+    "mknod-block-dev",
+    "mknod-char-home",
+    "mknod-block-home",
+    "mknod-char-root",
+    "mknod-block-root",
+    "host-devices",
+    "secret-files",
+    "proc-sysrq-trigger",
+    "proc-core-pattern",
+    "proc-drop-caches",
+    "proc-modprobe-path",
+    "setuid-tmp",
+    "setuid-home",
+    "setuid-shm",
+    "keyring-add-key",
+    "keyring-keyctl",
+    "keyring-request-key",
+    "init-module",
+    "finit-module",
+    "delete-module",
+    "kexec-load",
+    "kexec-file-load",
+    "bpf-map-create",
+    "perf-event-open",
+    "userfaultfd",
+    "io-uring-setup",
+    "personality-read-implies-exec",
+    "reboot",
+    "swapoff",
+    "settimeofday",
+    "name-to-handle-at",
+    "open-by-handle-at",
+    "unshare-user",
+    "unshare-mount",
+    "unshare-net",
+    "clone-newuser",
+    "clone3-newuser",
+    "setns-mnt",
+];
+
+/// Returns a reason to skip, or None when the host can run sandboxes.
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not root".into());
+    }
+    let caps = probe();
+    if !caps.user_namespaces {
+        return Some("user namespaces disabled".into());
+    }
+    if !caps.overlayfs {
+        return Some("no overlayfs".into());
+    }
+    if !caps.idmapped_mounts {
+        return Some("kernel lacks mount_setattr (idmapped mounts)".into());
+    }
+    if caps.cgroup_mode.starts_with("unusable") {
+        return Some(format!("cgroups: {}", caps.cgroup_mode));
+    }
+    None
+}
+
+macro_rules! require_host {
+    () => {
+        if let Some(why) = skip_reason() {
+            println!("skipped: {why}");
+            return;
+        }
+        become_subreaper();
+    };
+}
+
+/// Orphaned inits (their launcher exits) are reparented to us, so we can reap them and read
+/// their exit status.
+fn become_subreaper() {
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+}
+
+fn copy_with_libs(bin: &Path, root: &Path) {
+    let dest = root.join(bin.strip_prefix("/").unwrap_or(bin));
+    fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+    fs::copy(bin, &dest).expect("copy binary");
+    let out = Command::new("ldd").arg(bin).output().expect("ldd");
+    for word in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if word.starts_with('/') {
+            let lib = Path::new(word);
+            let d = root.join(word.trim_start_matches('/'));
+            if !d.exists() {
+                fs::create_dir_all(d.parent().expect("parent")).expect("mkdir lib");
+                fs::copy(lib, &d).expect("copy lib");
+            }
+        }
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    name: String,
+    slot: u32,
+}
+
+impl Fixture {
+    /// A tiny root tree from host files (canonical ids: owned by root), a private volume with
+    /// /home/user owned by 1000, a channel dir and guest tools holding the escape probe.
+    fn new(name: &str, slot: u32) -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("bh-sandbox-test-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        for d in [
+            "bin", "etc", "home", "proc", "dev", "tmp", "run", "usr/lib", "root",
+        ] {
+            fs::create_dir_all(root.join(d)).expect("mkdir root dirs");
+        }
+        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("chmod");
+        for bin in ["/bin/sh", "/bin/cat"] {
+            copy_with_libs(Path::new(bin), &root);
+        }
+        // the probe's libraries (it runs from /usr/lib/bulkhead inside)
+        let libs_only = dir.path().join("probe-libs");
+        copy_with_libs(Path::new(PROBE), &libs_only);
+        copy_tree_libs(&libs_only, &root);
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+        )
+        .expect("passwd");
+        fs::write(
+            root.join("etc/group"),
+            "root:x:0:\ntty:x:5:\nuser:x:1000:\n",
+        )
+        .expect("group");
+        fs::write(root.join("etc/template-marker"), "original\n").expect("marker");
+
+        let private = dir.path().join("private");
+        fs::create_dir_all(private.join("user")).expect("private");
+        nix::unistd::chown(
+            &private.join("user"),
+            Some(nix::unistd::Uid::from_raw(1000)),
+            Some(nix::unistd::Gid::from_raw(1000)),
+        )
+        .expect("chown user home");
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let tools = dir.path().join("tools");
+        fs::create_dir_all(&tools).expect("tools");
+        fs::copy(PROBE, tools.join("escape-probe")).expect("copy probe");
+        fs::create_dir_all(dir.path().join("channel")).expect("channel");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        Fixture {
+            dir,
+            name: name.to_string(),
+            slot,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn spec(&self, init: &[&str]) -> SandboxSpec {
+        SandboxSpec {
+            name: self.name.clone(),
+            template_root: self.path("root"),
+            private_dir: self.path("private"),
+            scratch_dir: self.path("scratch"),
+            channel_dir: self.path("channel"),
+            guest_tools_dir: self.path("tools"),
+            init: init.iter().map(|s| s.to_string()).collect(),
+            log_file: self.path("log/init.log"),
+            memory_mib: 128,
+            vcpus: 1,
+            pids_max: 64,
+            uid_slot: self.slot,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path("log/init.log")).unwrap_or_default()
+    }
+
+    /// Host mounts that mention this fixture: there must never be any.
+    fn host_mounts(&self) -> Vec<String> {
+        let me = self.dir.path().to_string_lossy().into_owned();
+        fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .filter(|l| l.contains(&me))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn copy_tree_libs(from: &Path, to: &Path) {
+    for e in fs::read_dir(from).expect("read").flatten() {
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            fs::create_dir_all(&dst).expect("mkdir");
+            copy_tree_libs(&src, &dst);
+        } else if !dst.exists() && src.to_string_lossy().contains("lib") {
+            fs::copy(&src, &dst).expect("copy");
+        }
+    }
+}
+
+fn launcher() -> Launcher {
+    Launcher {
+        path: PathBuf::from(LAUNCHER),
+    }
+}
+
+/// Waits (bounded) until the init exits and reaps it (it is our child: we are a subreaper).
+fn wait_exit(rec: &SandboxRecord, limit: Duration) -> WaitStatus {
+    let fd = match rec.pidfd() {
+        Ok(fd) => fd,
+        // already exited (a zombie waiting for us)
+        Err(SandboxError::Gone { .. }) => {
+            return waitpid(Pid::from_raw(rec.init_pid), None).expect("reap init")
+        }
+        Err(e) => panic!("pidfd: {e}"),
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(1000u16)).expect("poll");
+        if n > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "init still running after {limit:?}"
+        );
+    }
+    waitpid(Pid::from_raw(rec.init_pid), None).expect("reap init")
+}
+
+fn wait_for_log(fx: &Fixture, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fx.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the init log: {}",
+            fx.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scratch_is_empty(fx: &Fixture) -> bool {
+    fs::read_dir(fx.path("scratch"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+fn run_battery(fx: &Fixture, extra: &[&str], expect: &[&str]) -> String {
+    // secrets the domain must not reach: a host file, another domain's private file
+    let host_secret = fx.path("host-secret");
+    fs::write(&host_secret, "BULKHEAD-SECRET host file\n").expect("secret");
+    let other = fx.path("other-domain/private/user");
+    fs::create_dir_all(&other).expect("other domain");
+    let other_secret = other.join("secret");
+    fs::write(&other_secret, "BULKHEAD-SECRET other domain\n").expect("secret");
+    // an abstract unix socket in the host network namespace
+    let abstract_name = format!("bulkhead-test-{}-{}", std::process::id(), fx.name);
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            abstract_name.as_bytes(),
+        )
+        .expect("abstract addr");
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).expect("bind abstract");
+
+    let host_pid = std::process::id().to_string();
+    let hs = host_secret.to_string_lossy().into_owned();
+    let os = other_secret.to_string_lossy().into_owned();
+    let mut init = vec![
+        "/usr/lib/bulkhead/escape-probe",
+        "battery",
+        "--host-pid",
+        &host_pid,
+        "--secret",
+        &hs,
+        "--secret",
+        &os,
+        "--secret",
+        "/etc/shadow-of-the-host-does-not-exist",
+        "--host-abstract",
+        &abstract_name,
+    ];
+    init.extend_from_slice(extra);
+    let mounts_before = fx.host_mounts();
+    let rec = start(&fx.spec(&init), &launcher()).expect("start battery sandbox");
+    assert!(fx.host_mounts().is_empty(), "host sees sandbox mounts");
+    let status = wait_exit(&rec, Duration::from_secs(300));
+    let log = fx.log();
+    let mut failures = Vec::new();
+    for name in expect {
+        let line = log
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name));
+        match line {
+            None => failures.push(format!("{name}: not reported")),
+            Some(l) if l.split_whitespace().nth(2) != Some("blocked") => {
+                failures.push(format!("{name}: {l}"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "escapes that worked or were not tried:\n{}\nfull log:\n{log}",
+        failures.join("\n")
+    );
+    assert!(log.contains("escaped=0"), "{log}");
+    assert_eq!(
+        status,
+        WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0),
+        "{log}"
+    );
+    rec.cleanup().expect("cleanup");
+    assert!(!rec.cgroup.exists(), "cgroup left behind");
+    assert!(scratch_is_empty(fx), "scratch left behind");
+    assert_eq!(fx.host_mounts(), mounts_before);
+    log
+}
+
+#[test]
+fn escape_battery_as_domain_root() {
+    require_host!();
+    let fx = Fixture::new("bh-test-escape", 4001);
+    let mut expect: Vec<&str> = BATTERY.to_vec();
+    expect.extend(["fork-bomb", "memory-bomb"]);
+    let log = run_battery(&fx, &["--pids-max", "64", "--memory-mib", "128"], &expect);
+    // the host is fine after the fork bomb
+    assert!(Command::new("true")
+        .status()
+        .expect("spawn on host")
+        .success());
+    println!("{log}");
+}
+
+#[test]
+fn escape_battery_as_domain_user() {
+    require_host!();
+    let fx = Fixture::new("bh-test-escape-user", 4002);
+    // setuid planting needs root, so those attempts report "cannot plant" (still blocked)
+    run_battery(&fx, &["--as-user", "1000"], BATTERY);
+}
+
+#[test]
+fn lifecycle_limits_uid_map_freeze_kill_cleanup() {
+    require_host!();
+    let fx = Fixture::new("bh-test-life", 4003);
+    let init = [
+        "/usr/lib/bulkhead/escape-probe",
+        "idle",
+        "--root-file",
+        "/etc/written-inside",
+        "--user-file",
+        "/home/user/created-inside",
+    ];
+    let rec = start(&fx.spec(&init), &launcher()).expect("start");
+    wait_for_log(&fx, "READY");
+
+    // record
+    assert_eq!(rec.uid_base, UID_BASE + 4003 * UID_RANGE);
+    assert!(rec.is_alive());
+    assert!(rec.init_start_time > 0);
+    assert!(
+        fx.host_mounts().is_empty(),
+        "host sees: {:?}",
+        fx.host_mounts()
+    );
+
+    // credentials of the init as the host sees them
+    let status = fs::read_to_string(format!("/proc/{}/status", rec.init_pid)).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    assert!(
+        field("Uid:").starts_with(&rec.uid_base.to_string()),
+        "{status}"
+    );
+    assert_eq!(field("CapEff:"), "00000000000000e0");
+    assert_eq!(field("CapBnd:"), "00000000000000e0");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+
+    // uid map: a file created as user 1000 inside is canonical 1000 on disk
+    let made = fs::metadata(fx.path("private/user/created-inside")).expect("file from inside");
+    assert_eq!((made.uid(), made.gid()), (1000, 1000));
+    // template unchanged; the write went to the overlay upper layer as the domain's root
+    assert!(
+        !fx.path("root/etc/written-inside").exists(),
+        "template modified"
+    );
+    assert_eq!(
+        fs::read_to_string(fx.path("root/etc/template-marker")).expect("marker"),
+        "original\n"
+    );
+    let upper = fs::metadata(fx.path("scratch/upper/etc/written-inside")).expect("upper file");
+    assert_eq!(upper.uid(), rec.uid_base);
+
+    // limits
+    assert_eq!(rec.cgroup.memory_limit(), Some(128 << 20));
+    assert_eq!(rec.cgroup.pids_limit(), Some(64));
+    assert!(rec.memory_usage().is_some_and(|m| m > 0));
+    assert!(list_orphan_cgroups().expect("list").contains(&fx.name));
+
+    // freeze / thaw
+    rec.freeze().expect("freeze");
+    assert!(rec.is_frozen().expect("is_frozen"));
+    let state = proc_state(rec.init_pid);
+    assert_eq!(state, 'D', "a frozen task reports D");
+    rec.thaw().expect("thaw");
+    assert!(!rec.is_frozen().expect("is_frozen"));
+    assert_eq!(proc_state(rec.init_pid), 'S');
+
+    // a second start of the same domain while it runs is refused and harms nothing
+    let err = start(&fx.spec(&init), &launcher()).expect_err("double start");
+    match &err {
+        SandboxError::Launch { step, .. } => assert_eq!(step, "cgroup", "{err}"),
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(
+        rec.is_alive(),
+        "first instance harmed by the refused second start"
+    );
+    assert!(
+        fx.path("scratch/upper/etc/written-inside").exists(),
+        "the refused second start touched the running instance's scratch"
+    );
+
+    // kill everything while frozen
+    rec.freeze().expect("freeze");
+    rec.kill_all().expect("kill_all");
+    let st = wait_exit(&rec, Duration::from_secs(30));
+    assert!(
+        matches!(st, WaitStatus::Signaled(_, Signal::SIGKILL, _)),
+        "{st:?}"
+    );
+    assert!(!rec.is_alive());
+    assert!(
+        rec.signal_init(Signal::SIGTERM).is_err(),
+        "signal to a dead init"
+    );
+
+    rec.cleanup().expect("cleanup");
+    rec.cleanup().expect("cleanup is idempotent");
+    assert!(!rec.cgroup.exists());
+    assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
+    assert!(scratch_is_empty(&fx));
+    assert!(
+        fx.path("private/user/created-inside").exists(),
+        "private data lost"
+    );
+    assert!(fx.host_mounts().is_empty());
+}
+
+fn proc_state(pid: i32) -> char {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &s[s.rfind(')').expect(")") + 2..];
+    rest.chars().next().expect("state")
+}
+
+#[test]
+fn signal_init_and_clean_exit() {
+    require_host!();
+    let fx = Fixture::new("bh-test-signal", 4004);
+    let rec = start(
+        &fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]),
+        &launcher(),
+    )
+    .expect("start");
+    wait_for_log(&fx, "READY");
+    rec.signal_init(Signal::SIGTERM).expect("SIGTERM");
+    let st = wait_exit(&rec, Duration::from_secs(30));
+    assert_eq!(st, WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0));
+    rec.cleanup().expect("cleanup");
+    assert!(!rec.cgroup.exists());
+    assert!(scratch_is_empty(&fx));
+}
+
+#[test]
+fn failed_exec_names_the_step_and_leaves_nothing() {
+    require_host!();
+    let fx = Fixture::new("bh-test-badinit", 4005);
+    let before = fx.host_mounts();
+    let err =
+        start(&fx.spec(&["/usr/lib/bulkhead/no-such-init"]), &launcher()).expect_err("must fail");
+    match &err {
+        SandboxError::Launch {
+            step,
+            message,
+            name,
+        } => {
+            assert_eq!(step, "child:exec", "{err}");
+            assert!(message.contains("no-such-init"), "{message}");
+            assert_eq!(name, &fx.name);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(
+        !list_orphan_cgroups().expect("list").contains(&fx.name),
+        "cgroup left"
+    );
+    assert!(scratch_is_empty(&fx), "scratch left");
+    assert_eq!(fx.host_mounts(), before);
+}
+
+#[test]
+fn launcher_rejects_bad_specs_with_the_step() {
+    require_host!();
+    let fx = Fixture::new("bh-test-badspec", 4006);
+    // a half-built template: missing root
+    let mut spec = fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]);
+    spec.template_root = fx.path("missing-template");
+    let err = start(&spec, &launcher()).expect_err("missing template");
+    assert!(
+        matches!(err, SandboxError::InvalidSpec(ref m) if m.contains("template_root")),
+        "{err}"
+    );
+
+    // the launcher itself checks too (domaind-independent), and answers with a JSON error
+    let json = serde_json::to_string(&spec).expect("json");
+    let out = run_launcher(json.as_bytes());
+    assert!(!out.status.success());
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json reply");
+    assert_eq!(reply["error"]["step"], "validate", "{reply}");
+
+    // garbage on stdin
+    let out = run_launcher(b"{not json");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json reply");
+    assert_eq!(reply["error"]["step"], "parse-spec", "{reply}");
+
+    // a template that is a file, not a tree
+    fs::write(fx.path("file-template"), "x").expect("write");
+    spec.template_root = fx.path("file-template");
+    assert!(start(&spec, &launcher()).is_err());
+    assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
+}
+
+fn run_launcher(stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(LAUNCHER)
+        .arg("launch")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn launcher");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn probe_reports_this_host() {
+    let caps = probe();
+    println!("{}", serde_json::to_string_pretty(&caps).expect("json"));
+    assert!(!caps.kernel.is_empty());
+    for v in [
+        &caps.cgroup_memory,
+        &caps.cgroup_cpu,
+        &caps.cgroup_pids,
+        &caps.cgroup_freezer,
+    ] {
+        assert!(["v1", "v2", "none"].contains(&v.as_str()), "{v}");
+    }
+    // reading a knob of our own cgroup works through the same parser
+    let mut s = String::new();
+    fs::File::open("/proc/self/cgroup")
+        .expect("cgroup")
+        .read_to_string(&mut s)
+        .expect("read");
+    assert!(!s.is_empty());
+}
