@@ -1,1 +1,330 @@
-fn main() {}
+//! `bulkhead`: the admin CLI. Every command is a call on domaind's D-Bus API
+//! (`org.bulkhead.Domaind1`); this binary holds no state of its own.
+
+mod cli;
+mod failure;
+mod progress;
+
+use clap::Parser;
+use cli::{Cli, Command, CreateArgs, LsArgs, PrefsArgs, RunArgs, TemplateCommand};
+use domaind::api::{DomainInfo, Domaind1Proxy};
+use failure::{Code, Failure};
+use futures_util::StreamExt;
+use progress::Progress;
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use zbus::zvariant::Fd;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bulkhead: cannot start: {e}");
+            return ExitCode::from(Code::Failure as u8);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("bulkhead: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+async fn connect(address: Option<&str>) -> Result<Domaind1Proxy<'static>, Failure> {
+    let connection = domaind::api::connect(address).await.map_err(|e| {
+        Failure::new(
+            Code::Unreachable,
+            format!(
+                "cannot connect to {}: {e} (is dbus running? for a private bus set BULKHEAD_BUS_ADDRESS)",
+                address.unwrap_or("the system bus")
+            ),
+        )
+    })?;
+    Ok(Domaind1Proxy::new(&connection).await?)
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    let proxy = connect(cli.bus_address.as_deref()).await;
+    // `run` reports its own failures with Qubes' codes (125/126), so scripts can tell them
+    // apart from the command's own exit status.
+    if let Command::Run(args) = cli.command {
+        let proxy = proxy.map_err(Failure::for_run)?;
+        return run(&proxy, args).await.map_err(Failure::for_run);
+    }
+    let proxy = proxy?;
+    match cli.command {
+        Command::Ls(args) => ls(&proxy, args).await?,
+        Command::Create(args) => create(&proxy, args).await?,
+        Command::Clone { source, dest } => proxy.clone_domain(&source, &dest).await?,
+        Command::Rm { names } => {
+            for name in names {
+                proxy.remove(&name).await?;
+            }
+        }
+        Command::Start { names } => {
+            for name in names {
+                start(&proxy, &name).await?;
+            }
+        }
+        Command::Shutdown { names, timeout } => {
+            for name in names {
+                proxy.shutdown(&name, timeout).await?;
+            }
+        }
+        Command::Kill { names } => {
+            for name in names {
+                proxy.kill(&name).await?;
+            }
+        }
+        Command::Pause { names } => {
+            for name in names {
+                proxy.pause(&name).await?;
+            }
+        }
+        Command::Unpause { names } => {
+            for name in names {
+                proxy.unpause(&name).await?;
+            }
+        }
+        Command::Prefs(args) => prefs(&proxy, args).await?,
+        Command::Log { name } => log(&proxy, &name).await?,
+        Command::Template(TemplateCommand::Build { name }) => template_build(&proxy, &name).await?,
+        Command::Run(_) => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    name: &'a str,
+    class: &'a str,
+    state: &'a str,
+    label: &'a str,
+    isolation: &'a str,
+    memory_mib: u32,
+    vcpus: u32,
+    template: &'a str,
+    netvm: &'a str,
+}
+
+impl<'a> From<&'a DomainInfo> for Row<'a> {
+    fn from(d: &'a DomainInfo) -> Self {
+        Row {
+            name: &d.name,
+            class: &d.class,
+            state: &d.state,
+            label: &d.label,
+            isolation: &d.isolation,
+            memory_mib: d.memory_mib,
+            vcpus: d.vcpus,
+            template: &d.template,
+            netvm: &d.netvm,
+        }
+    }
+}
+
+async fn ls(proxy: &Domaind1Proxy<'_>, args: LsArgs) -> Result<(), Failure> {
+    let mut domains = proxy.list().await?;
+    domains.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows: Vec<Row<'_>> = domains.iter().map(Row::from).collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)
+            .map_err(|e| Failure::new(Code::Failure, format!("cannot write JSON: {e}")))?;
+        writeln!(out).ok();
+        return Ok(());
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    writeln!(
+        out,
+        "{:width$}  {:19}  {:8}  {:7}  {:>8}  ISOLATION",
+        "NAME", "CLASS", "STATE", "LABEL", "MEMORY"
+    )
+    .ok();
+    for r in &rows {
+        writeln!(
+            out,
+            "{:width$}  {:19}  {:8}  {:7}  {:>5} MiB  {}",
+            r.name, r.class, r.state, r.label, r.memory_mib, r.isolation
+        )
+        .ok();
+    }
+    Ok(())
+}
+
+async fn create(proxy: &Domaind1Proxy<'_>, args: CreateArgs) -> Result<(), Failure> {
+    let mut props: HashMap<&str, &str> = HashMap::new();
+    for kv in &args.properties {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Failure::new(
+                Code::InvalidInput,
+                format!("property '{kv}' is not KEY=VALUE"),
+            )
+        })?;
+        props.insert(k, v);
+    }
+    proxy
+        .create(&args.name, &args.class, &args.template, &args.label, props)
+        .await?;
+    Ok(())
+}
+
+async fn prefs(proxy: &Domaind1Proxy<'_>, args: PrefsArgs) -> Result<(), Failure> {
+    match (args.property, args.value) {
+        (Some(prop), Some(value)) => proxy.set_property(&args.name, &prop, &value).await?,
+        (Some(prop), None) => {
+            let all = proxy.get_properties(&args.name).await?;
+            let value = all.get(&prop).ok_or_else(|| {
+                let known: Vec<&str> = all.keys().map(String::as_str).collect();
+                Failure::new(
+                    Code::InvalidInput,
+                    format!("no property '{prop}' (known: {})", known.join(", ")),
+                )
+            })?;
+            println!("{value}");
+        }
+        (None, _) => {
+            let all = proxy.get_properties(&args.name).await?;
+            let sorted: std::collections::BTreeMap<_, _> = all.into_iter().collect();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sorted).map_err(|e| Failure::new(
+                        Code::Failure,
+                        format!("cannot write JSON: {e}")
+                    ))?
+                );
+            } else {
+                let width = sorted.keys().map(String::len).max().unwrap_or(0);
+                for (k, v) in sorted {
+                    println!("{k:width$}  {v}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a domain while showing domaind's progress signals for it.
+async fn start(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
+    let mut signals = proxy.receive_progress().await?;
+    let progress = Progress::new(&format!("start {name}"));
+    let call = proxy.start(name);
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            result = &mut call => {
+                return match result {
+                    Ok(()) => { progress.finish("running"); Ok(()) }
+                    Err(e) => { progress.abandon(); Err(e.into()) }
+                };
+            }
+            Some(signal) = signals.next() => {
+                if let Ok(args) = signal.args() {
+                    if args.name == name {
+                        progress.step(&args.step, args.done, args.total);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run(proxy: &Domaind1Proxy<'_>, args: RunArgs) -> Result<ExitCode, Failure> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let (i, o, e) = (
+        Fd::from(stdin.as_fd()),
+        Fd::from(stdout.as_fd()),
+        Fd::from(stderr.as_fd()),
+    );
+    let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
+    let status = match (&args.dispvm, &args.name) {
+        (Some(base), _) => {
+            let (_disposable, status) = proxy
+                .run_disposable(base, &argv, &args.user, i, o, e)
+                .await?;
+            status
+        }
+        (None, Some(name)) => proxy.run(name, &argv, &args.user, i, o, e).await?,
+        (None, None) => {
+            return Err(Failure::new(
+                Code::InvalidInput,
+                "give a domain or --dispvm TEMPLATE",
+            ))
+        }
+    };
+    Ok(ExitCode::from(
+        u8::try_from(status.clamp(0, 255)).unwrap_or(255),
+    ))
+}
+
+async fn log(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
+    let path = proxy.log_path(name).await?;
+    let file = std::fs::File::open(&path).map_err(|e| {
+        Failure::new(
+            Code::Failure,
+            format!("cannot read the log of '{name}' at {path}: {e}"),
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    std::io::copy(&mut std::io::BufReader::new(file), &mut out)
+        .map_err(|e| Failure::new(Code::Failure, format!("cannot print {path}: {e}")))?;
+    Ok(())
+}
+
+/// Builds a template; domaind writes human progress lines into a pipe we hand it.
+async fn template_build(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
+    let (reader, writer) = nix::unistd::pipe()
+        .map_err(|e| Failure::new(Code::Failure, format!("cannot create a pipe: {e}")))?;
+    let progress = Progress::new(&format!("template {name}"));
+    let show = std::io::stderr().is_terminal();
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The pipe is read on a thread: the lines are few and a blocking read is simplest.
+    let reader_thread = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(std::fs::File::from(reader)).lines() {
+            match line {
+                Ok(line) => {
+                    if lines_tx.send(line).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let call = proxy.build_template(name, Fd::from(writer));
+    tokio::pin!(call);
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break result,
+            Some(line) = lines_rx.recv() => progress.line(&line),
+        }
+    };
+    while let Ok(line) = lines_rx.try_recv() {
+        progress.line(&line);
+    }
+    drop(reader_thread);
+    match result {
+        Ok(root) => {
+            progress.finish(&format!("ready: {root}"));
+            if !show {
+                println!("{root}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            progress.abandon();
+            Err(e.into())
+        }
+    }
+}

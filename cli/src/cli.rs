@@ -1,0 +1,137 @@
+//! The command line: `bulkhead <command>`, in the spirit of Qubes' `qvm-*` tools.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Manage Bulkhead domains through domaind",
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 no such domain, 4 wrong domain state, \
+5 invalid name/property/value, 6 domaind unreachable, 7 access denied, 8 already exists, \
+9 template missing. `run` exits with the command's own status (128+N for signal N), \
+125 when the command could not be run, 126 when it was refused."
+)]
+pub struct Cli {
+    /// D-Bus address of domaind's bus (default: the system bus).
+    #[arg(
+        long,
+        global = true,
+        env = "BULKHEAD_BUS_ADDRESS",
+        value_name = "ADDRESS"
+    )]
+    pub bus_address: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List domains: name, class, state, label, memory.
+    Ls(LsArgs),
+    /// Create a domain.
+    Create(CreateArgs),
+    /// Copy a domain (its settings and private volume) under a new name.
+    Clone { source: String, dest: String },
+    /// Remove halted domains with all their data.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Start domains, showing progress.
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Shut domains down gracefully (through their init), killing them after the timeout.
+    Shutdown {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Seconds to wait before killing (default: domaind's, 20 s).
+        #[arg(long, default_value_t = 0)]
+        timeout: u32,
+    },
+    /// Kill domains at once.
+    Kill {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Freeze every process of domains.
+    Pause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Thaw paused domains.
+    Unpause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show or change a domain's properties.
+    Prefs(PrefsArgs),
+    /// Run a command in a domain (or in a new disposable), with stdin/stdout/stderr passed through.
+    Run(RunArgs),
+    /// Show a domain's log (its init and agent).
+    Log { name: String },
+    /// Templates: root file systems built from Debian packages.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON (an array of objects) for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// app, template, standalone, disposable-template, disposable or service.
+    #[arg(long, short = 'C', default_value = "app")]
+    pub class: String,
+    /// The template that provides the root file system.
+    #[arg(long, short = 't', default_value = "")]
+    pub template: String,
+    /// Colour: red, orange, yellow, green, gray, blue, purple, black.
+    #[arg(long, short = 'l')]
+    pub label: String,
+    /// Further properties, KEY=VALUE (memory, vcpus, netvm, isolation, default_dispvm, autostart, features.X).
+    #[arg(long = "property", short = 'P', value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PrefsArgs {
+    pub name: String,
+    /// The property to show or set.
+    pub property: Option<String>,
+    /// The new value ("" clears netvm, template or default_dispvm).
+    pub value: Option<String>,
+    /// Print JSON when listing all properties.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The domain to run in (omit with --dispvm).
+    #[arg(required_unless_present = "dispvm")]
+    pub name: Option<String>,
+    /// Run in a new disposable made from this disposable template; it is removed when the command ends.
+    #[arg(long, value_name = "TEMPLATE", conflicts_with = "name")]
+    pub dispvm: Option<String>,
+    /// User inside the domain (default: the domain's default user).
+    #[arg(long, short = 'u', default_value = "")]
+    pub user: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Build (or reuse, when the recipe is unchanged) a template from its recipe.
+    Build { name: String },
+}
