@@ -585,10 +585,12 @@ impl Manager {
                 DomainClass::Template => {
                     return tmpl::ready_root(&self.cfg.paths.templates_dir(), cur.name.as_str())
                 }
-                DomainClass::Standalone => return Err(Error::Backend(format!(
+                DomainClass::Standalone => {
+                    return Err(Error::Backend(format!(
                     "domain '{}' is standalone; standalone sandbox domains are not supported yet",
                     cfg.name
-                ))),
+                )))
+                }
                 _ => {}
             }
             let Some(t) = cur.template.clone() else {
@@ -1277,9 +1279,26 @@ impl Manager {
             }
         }
         // Cgroups without a record: a start interrupted before instance.json was written.
+        // Only cgroups of domains this domaind knows (a config file, good or broken) are
+        // touched: a start needs the config file, and a disposable's file goes only after
+        // its teardown, so every cgroup this daemon created is covered, and cgroups of
+        // another domaind instance (tests on the same host) are left alone.
+        let known: BTreeSet<String> = good
+            .iter()
+            .map(|c| c.name.to_string())
+            .chain(bad.iter().filter_map(|e| {
+                e.path()
+                    .and_then(|p| p.file_stem())
+                    .and_then(|s| s.to_str())
+                    .map(str::to_owned)
+            }))
+            .collect();
         match blocking(bulkhead_sandbox::list_orphan_cgroups).await {
             Ok(Ok(names)) => {
-                for n in names.into_iter().filter(|n| !adopted.contains(n)) {
+                for n in names
+                    .into_iter()
+                    .filter(|n| !adopted.contains(n) && known.contains(n))
+                {
                     warn!(cgroup = %n, "orphan domain cgroup (no instance record); killing and removing it");
                     let n2 = n.clone();
                     match blocking(move || bulkhead_sandbox::remove_cgroup(&n2)).await {

@@ -1,30 +1,64 @@
 //! Adapter to the template store and builder (crate bulkhead-templates).
-//!
-//! Filled in against the real API once bulkhead-templates lands; until then both calls
-//! report that templates are unavailable.
 
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use bulkhead_domain::DomainName;
+use bulkhead_templates::{Recipe, TemplateError, TemplateStore};
+use tracing::info;
+
 use crate::api::Error;
 
-/// The root tree of a built, ready template.
-pub fn ready_root(templates_dir: &Path, name: &str) -> Result<PathBuf, Error> {
-    let _ = templates_dir;
-    Err(Error::TemplateMissing(format!(
-        "template '{name}' is not available (template store not built into this domaind yet)"
-    )))
+fn template_err(e: TemplateError) -> Error {
+    match e {
+        TemplateError::NotBuilt { .. } | TemplateError::Broken { .. } => {
+            Error::TemplateMissing(e.to_string())
+        }
+        TemplateError::Recipe(_) => Error::InvalidProperty(e.to_string()),
+        TemplateError::BuildInProgress { .. } | TemplateError::InUse { .. } => {
+            Error::InvalidState(e.to_string())
+        }
+        TemplateError::Io { .. } => Error::Io(e.to_string()),
+        other => Error::Backend(other.to_string()),
+    }
 }
 
-/// Build recipe `name`, writing progress lines to `progress`; returns the root path.
+fn dn(name: &str) -> Result<DomainName, Error> {
+    DomainName::new(name).map_err(|e| Error::InvalidName(e.to_string()))
+}
+
+/// The root tree of a built template (the resolved `root-<hash>`, so a rebuild does not
+/// change it under a running domain).
+pub fn ready_root(templates_dir: &Path, name: &str) -> Result<PathBuf, Error> {
+    TemplateStore::new(templates_dir)
+        .root_path(&dn(name)?)
+        .map_err(template_err)
+}
+
+/// Build recipe `<recipes_dir>/<name>.toml` into the store, writing one human line per
+/// progress event to `progress` (write errors are ignored: the caller may have gone).
+/// Returns the root path.
 pub fn build(
     recipes_dir: &Path,
     templates_dir: &Path,
     name: &str,
     progress: OwnedFd,
 ) -> Result<PathBuf, Error> {
-    let _ = (recipes_dir, templates_dir, progress);
-    Err(Error::Backend(format!(
-        "cannot build template '{name}': the template builder is not built into this domaind yet"
-    )))
+    let name = dn(name)?;
+    let recipe = Recipe::load_named(recipes_dir, &name).map_err(|e| {
+        Error::InvalidProperty(format!(
+            "{e} (recipes are read from {})",
+            recipes_dir.display()
+        ))
+    })?;
+    let mut out = std::fs::File::from(progress);
+    let store = TemplateStore::new(templates_dir);
+    info!(template = %name, "building template");
+    let root = store
+        .build(&recipe, &mut |p| {
+            let _ = writeln!(out, "{p}");
+        })
+        .map_err(template_err)?;
+    Ok(root)
 }

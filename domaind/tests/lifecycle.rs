@@ -1,0 +1,583 @@
+//! Domains that really run: the real domaind binary, the real sandbox launcher, the real
+//! bulkhead-init and bulkhead-agent, on a tiny template root built through the real template
+//! store (see `domaind::testing::build_mini_template`).
+//!
+//! Needs root, user namespaces, idmapped mounts, overlayfs and cgroups; skips with the reason
+//! otherwise. Guest tools and launcher come from BULKHEAD_TEST_GUEST_TOOLS /
+//! BULKHEAD_TEST_LIBEXEC or are built with cargo.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use domaind::api::{Domaind1Proxy, Error};
+use domaind::testing::{
+    build_mini_template, sandbox_available, DomaindOptions, TestBus, TestDomaind,
+};
+use futures_util::StreamExt;
+use zbus::zvariant::Fd;
+
+struct Env {
+    _bus: TestBus,
+    d: TestDomaind,
+    _conn: zbus::Connection,
+    p: Domaind1Proxy<'static>,
+    /// Unique per test (cgroups are host-global): domain names start with it.
+    pre: String,
+}
+
+impl Env {
+    fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.pre)
+    }
+}
+
+async fn setup(tag: &str) -> Option<Env> {
+    if !sandbox_available() {
+        return None;
+    }
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            with_guest_tools: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let pre = format!("{tag}{}-", std::process::id() % 100_000);
+    let tmpl = format!("{pre}tmpl");
+    let recipes = d.root().expect("root").join("recipes");
+    build_mini_template(
+        &d.paths.templates_dir(),
+        &recipes,
+        &tmpl,
+        &d.guest_tools_dir,
+    )
+    .expect("mini template");
+    let (conn, p) = d.client().await.expect("client");
+    p.create(&tmpl, "template", "", "black", HashMap::new())
+        .await
+        .expect("register template");
+    Some(Env {
+        _bus: bus,
+        d,
+        _conn: conn,
+        p,
+        pre,
+    })
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe().expect("pipe")
+}
+
+fn reader(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut v = Vec::new();
+        let _ = f.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Run through D-Bus with pipes; returns (exit code, stdout, stderr).
+async fn run(
+    p: &Domaind1Proxy<'_>,
+    disposable_base: Option<&str>,
+    name: &str,
+    argv: &[&str],
+    user: &str,
+    input: &[u8],
+) -> Result<(i32, String, String, String), Error> {
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(in_w);
+        let _ = f.write_all(&input);
+    });
+    let out = reader(out_r);
+    let err = reader(err_r);
+    let res = match disposable_base {
+        None => p
+            .run(
+                name,
+                argv,
+                user,
+                Fd::from(&in_r),
+                Fd::from(&out_w),
+                Fd::from(&err_w),
+            )
+            .await
+            .map(|c| (String::new(), c)),
+        Some(base) => {
+            p.run_disposable(
+                base,
+                argv,
+                user,
+                Fd::from(&in_r),
+                Fd::from(&out_w),
+                Fd::from(&err_w),
+            )
+            .await
+        }
+    };
+    drop((in_r, out_w, err_w));
+    let _ = writer.join();
+    let out = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    res.map(|(disp, code)| (code, out, err, disp))
+}
+
+fn state(list: &[domaind::api::DomainInfo], name: &str) -> Option<String> {
+    list.iter()
+        .find(|d| d.name == name)
+        .map(|d| d.state.clone())
+}
+
+fn instance_pid(d: &TestDomaind, name: &str) -> i32 {
+    let text = std::fs::read_to_string(
+        d.paths
+            .runtime_dir
+            .join("domains")
+            .join(name)
+            .join("instance.json"),
+    )
+    .expect("instance.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["record"]["init_pid"].as_i64().expect("pid") as i32
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is not alive: read the state from /proc.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn cgroup_exists(name: &str) -> bool {
+    bulkhead_sandbox::list_orphan_cgroups()
+        .map(|v| v.iter().any(|n| n == name))
+        .unwrap_or(false)
+}
+
+/// Everything a halted domain must not leave behind.
+fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
+    assert!(!alive(pid), "init {pid} of {name} still alive");
+    assert!(!cgroup_exists(name), "cgroup of {name} left behind");
+    let rt = d.paths.runtime_dir.join("domains").join(name);
+    assert!(!rt.join("instance.json").exists(), "instance.json left");
+    assert!(!rt.join("channel/agent.sock").exists(), "socket left");
+    let scratch = d.paths.state_dir.join("domains").join(name).join("scratch");
+    assert!(
+        !scratch.exists()
+            || std::fs::read_dir(&scratch)
+                .map(|mut r| r.next().is_none())
+                .unwrap_or(true),
+        "scratch not wiped"
+    );
+}
+
+async fn wait_state(p: &Domaind1Proxy<'_>, name: &str, want: &str) {
+    for _ in 0..600 {
+        if state(&p.list().await.unwrap(), name).as_deref() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never reached state {want}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_run_pause_shutdown() {
+    let Some(env) = setup("lc").await else { return };
+    let p = &env.p;
+    let work = env.name("work");
+    p.create(&work, "app", &env.name("tmpl"), "blue", HashMap::new())
+        .await
+        .unwrap();
+
+    let mut states = p.receive_state_changed().await.unwrap();
+    let mut progress = p.receive_progress().await.unwrap();
+    p.start(&work)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}\n{}", env.d.log()));
+    assert_eq!(
+        state(&p.list().await.unwrap(), &work).as_deref(),
+        Some("running")
+    );
+    let s1 = states.next().await.unwrap();
+    assert_eq!(s1.args().unwrap().state(), "starting");
+    let s2 = states.next().await.unwrap();
+    assert_eq!(s2.args().unwrap().state(), "running");
+    let first = progress.next().await.unwrap();
+    assert_eq!(first.args().unwrap().done, 0);
+    assert!(first.args().unwrap().total > 0);
+
+    match p.start(&work).await {
+        Err(Error::InvalidState(m)) => assert!(m.contains("already running"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    let (code, out, _, _) = run(p, None, &work, &["echo", "hello"], "", b"")
+        .await
+        .unwrap();
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    let (code, out, _, _) = run(p, None, &work, &["cat"], "", b"piped input")
+        .await
+        .unwrap();
+    assert_eq!((code, out.as_str()), (0, "piped input"));
+    let (code, _, err, _) = run(
+        p,
+        None,
+        &work,
+        &["sh", "-c", "echo oops >&2; exit 3"],
+        "",
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!((code, err.as_str()), (3, "oops\n"));
+    let (code, _, _, _) = run(p, None, &work, &["sh", "-c", "kill -9 $$"], "", b"")
+        .await
+        .unwrap();
+    assert_eq!(code, 128 + 9);
+    let (_, out, _, _) = run(p, None, &work, &["id", "-u"], "", b"").await.unwrap();
+    assert_eq!(out, "1000\n", "default user is not root");
+    let (_, out, _, _) = run(p, None, &work, &["id", "-u"], "root", b"")
+        .await
+        .unwrap();
+    assert_eq!(out, "0\n");
+    // the private volume is /home, writable by the user, and persists
+    let (code, _, err, _) = run(
+        p,
+        None,
+        &work,
+        &["sh", "-c", "echo kept > /home/user/f"],
+        "",
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+
+    // many concurrent runs
+    let runs = (0..6).map(|i| {
+        let w = work.clone();
+        async move {
+            let s = i.to_string();
+            run(p, None, &w, &["echo", s.as_str()], "", b"").await
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let (code, out, _, _) = r.unwrap();
+        assert_eq!((code, out), (0, format!("{i}\n")));
+    }
+
+    // pause / unpause
+    p.pause(&work).await.unwrap();
+    assert_eq!(
+        state(&p.list().await.unwrap(), &work).as_deref(),
+        Some("paused")
+    );
+    match run(p, None, &work, &["true"], "", b"").await {
+        Err(Error::InvalidState(m)) => assert!(m.contains("unpause"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.remove(&work).await {
+        Err(Error::InvalidState(m)) => assert!(m.contains("shut it down first"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    p.unpause(&work).await.unwrap();
+    let (code, _, _, _) = run(p, None, &work, &["true"], "", b"").await.unwrap();
+    assert_eq!(code, 0);
+
+    let pid = instance_pid(&env.d, &work);
+    p.shutdown(&work, 10).await.unwrap();
+    assert_eq!(
+        state(&p.list().await.unwrap(), &work).as_deref(),
+        Some("halted")
+    );
+    assert_clean(&env.d, &work, pid);
+    let home = env
+        .d
+        .paths
+        .state_dir
+        .join("domains")
+        .join(&work)
+        .join("private/user/f");
+    assert_eq!(std::fs::read_to_string(home).unwrap(), "kept\n");
+
+    // run on a halted domain starts it
+    let (code, out, _, _) = run(p, None, &work, &["cat", "/home/user/f"], "", b"")
+        .await
+        .unwrap();
+    assert_eq!((code, out.as_str()), (0, "kept\n"));
+    let pid = instance_pid(&env.d, &work);
+    p.kill(&work).await.unwrap();
+    assert_clean(&env.d, &work, pid);
+    p.remove(&work).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_death_is_noticed_and_disposable_removed() {
+    let Some(env) = setup("dd").await else { return };
+    let p = &env.p;
+    let a = env.name("a");
+    p.create(&a, "app", &env.name("tmpl"), "red", HashMap::new())
+        .await
+        .unwrap();
+    p.start(&a)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}\n{}", env.d.log()));
+    let pid = instance_pid(&env.d, &a);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_state(p, &a, "halted").await;
+    assert_clean(&env.d, &a, pid);
+
+    // a disposable-template with a seed file in its private volume
+    let dvm = env.name("dvm");
+    p.create(
+        &dvm,
+        "disposable-template",
+        &env.name("tmpl"),
+        "purple",
+        HashMap::new(),
+    )
+    .await
+    .unwrap();
+    let seed = env
+        .d
+        .paths
+        .state_dir
+        .join("domains")
+        .join(&dvm)
+        .join("private/user/seed");
+    std::fs::write(&seed, "from the dvm\n").unwrap();
+    std::os::unix::fs::chown(&seed, Some(1000), Some(1000)).unwrap();
+    let (code, out, _, disp) = run(p, Some(&dvm), "", &["cat", "/home/user/seed"], "", b"")
+        .await
+        .unwrap_or_else(|e| panic!("run_disposable: {e}\n{}", env.d.log()));
+    assert_eq!((code, out.as_str()), (0, "from the dvm\n"));
+    assert!(disp.starts_with("disp"), "{disp}");
+    assert!(
+        state(&p.list().await.unwrap(), &disp).is_none(),
+        "disposable still listed"
+    );
+    assert!(!env
+        .d
+        .paths
+        .config_dir
+        .join(format!("domains/{disp}.toml"))
+        .exists());
+    assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
+    assert!(!cgroup_exists(&disp));
+    // the dvm's own volume is untouched
+    assert_eq!(std::fs::read_to_string(&seed).unwrap(), "from the dvm\n");
+
+    // a disposable straight from a template, whose command fails: still removed
+    let (code, _, _, disp) = run(p, Some(&env.name("tmpl")), "", &["false"], "", b"")
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(state(&p.list().await.unwrap(), &disp).is_none());
+
+    // a disposable whose command cannot start: the error comes back, nothing is left
+    let before = p.list().await.unwrap().len();
+    let r = run(p, Some(&dvm), "", &["/no/such/program"], "", b"").await;
+    match r {
+        Ok((code, ..)) => assert_ne!(code, 0),
+        Err(e) => assert!(matches!(e, Error::Agent(_)), "{e:?}"),
+    }
+    assert_eq!(p.list().await.unwrap().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_missing_and_init_failure_are_reported() {
+    let Some(env) = setup("tm").await else { return };
+    let p = &env.p;
+    // a template domain that was never built
+    let ghost = env.name("ghost");
+    p.create(&ghost, "template", "", "black", HashMap::new())
+        .await
+        .unwrap();
+    let app = env.name("app");
+    p.create(&app, "app", &ghost, "red", HashMap::new())
+        .await
+        .unwrap();
+    match p.start(&app).await {
+        Err(Error::TemplateMissing(m)) => assert!(m.contains("not built"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        state(&p.list().await.unwrap(), &app).as_deref(),
+        Some("halted")
+    );
+
+    // guest tools without a working init: start fails with the log's last lines, and nothing
+    // is left behind
+    let init = env.d.guest_tools_dir.join("bulkhead-init");
+    let saved = std::fs::read(&init).unwrap();
+    std::fs::write(
+        &init,
+        "#!/bin/sh\necho init is broken on purpose >&2\nexit 7\n",
+    )
+    .unwrap();
+    let b = env.name("b");
+    p.create(&b, "app", &env.name("tmpl"), "red", HashMap::new())
+        .await
+        .unwrap();
+    let r = p.start(&b).await;
+    std::fs::write(&init, saved).unwrap();
+    match r {
+        Err(Error::Agent(m)) | Err(Error::Backend(m)) => {
+            assert!(m.contains("broken on purpose"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        state(&p.list().await.unwrap(), &b).as_deref(),
+        Some("halted")
+    );
+    assert!(!cgroup_exists(&b));
+    // and it starts once the init is back
+    p.start(&b).await.unwrap();
+    p.kill(&b).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domaind_restart_adopts_running_domains() {
+    let Some(mut env) = setup("rr").await else {
+        return;
+    };
+    let w = env.name("w");
+    let paused = env.name("p");
+    for n in [&w, &paused] {
+        env.p
+            .create(n, "app", &env.name("tmpl"), "green", HashMap::new())
+            .await
+            .unwrap();
+        env.p
+            .start(n)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}\n{}", env.d.log()));
+    }
+    env.p.pause(&paused).await.unwrap();
+    let pid = instance_pid(&env.d, &w);
+
+    env.d.kill9();
+    assert!(alive(pid), "the domain must survive domaind");
+    env.d.restart().await.unwrap();
+    let (conn, p) = env.d.client().await.unwrap();
+    env._conn = conn;
+    let list = p.list().await.unwrap();
+    assert_eq!(state(&list, &w).as_deref(), Some("running"));
+    assert_eq!(state(&list, &paused).as_deref(), Some("paused"));
+    let (code, out, _, _) = run(&p, None, &w, &["echo", "still here"], "", b"")
+        .await
+        .unwrap_or_else(|e| panic!("run after restart: {e}\n{}", env.d.log()));
+    assert_eq!((code, out.as_str()), (0, "still here\n"));
+    assert_eq!(instance_pid(&env.d, &w), pid);
+
+    // SIGTERM leaves domains running as well
+    env.d.terminate().unwrap();
+    assert!(alive(pid));
+    env.d.restart().await.unwrap();
+    let (conn, p) = env.d.client().await.unwrap();
+    env._conn = conn;
+    p.unpause(&paused).await.unwrap();
+    p.shutdown(&w, 10).await.unwrap();
+    p.kill(&paused).await.unwrap();
+    assert_clean(&env.d, &w, pid);
+
+    // a domain that died while domaind was away is cleaned up at the next start
+    p.start(&w).await.unwrap();
+    let pid = instance_pid(&env.d, &w);
+    env.d.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if !alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.d.restart().await.unwrap();
+    let (conn, p) = env.d.client().await.unwrap();
+    env._conn = conn;
+    assert_eq!(
+        state(&p.list().await.unwrap(), &w).as_deref(),
+        Some("halted")
+    );
+    assert_clean(&env.d, &w, pid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domaind_killed_during_start_leaves_no_orphan() {
+    let Some(mut env) = setup("ks").await else {
+        return;
+    };
+    let w = env.name("w");
+    env.p
+        .create(&w, "app", &env.name("tmpl"), "green", HashMap::new())
+        .await
+        .unwrap();
+    let mut progress = env.p.receive_progress().await.unwrap();
+    let p2 = env.p.clone();
+    let w2 = w.clone();
+    let start = tokio::spawn(async move { p2.start(&w2).await });
+    // kill domaind as soon as it launches the sandbox
+    while let Some(sig) = progress.next().await {
+        if sig.args().unwrap().step() == "launching sandbox" {
+            break;
+        }
+    }
+    env.d.kill9();
+    assert!(start.await.unwrap().is_err());
+    // let a launcher that was still running finish on its own
+    std::thread::sleep(Duration::from_millis(500));
+    env.d.restart().await.unwrap();
+    let (conn, p) = env.d.client().await.unwrap();
+    env._conn = conn;
+    let st = state(&p.list().await.unwrap(), &w).unwrap();
+    match st.as_str() {
+        // the record was written before the kill: adopted, and it works
+        "running" => {
+            let (code, ..) = run(&p, None, &w, &["true"], "", b"").await.unwrap();
+            assert_eq!(code, 0);
+            let pid = instance_pid(&env.d, &w);
+            p.kill(&w).await.unwrap();
+            assert_clean(&env.d, &w, pid);
+        }
+        "halted" => {
+            assert!(
+                !cgroup_exists(&w),
+                "orphan cgroup of {w} left\n{}",
+                env.d.log()
+            );
+        }
+        other => panic!("unexpected state {other}"),
+    }
+    // either way it starts again
+    p.start(&w).await.unwrap();
+    p.kill(&w).await.unwrap();
+    let _ = Path::new("");
+}
