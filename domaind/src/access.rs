@@ -34,23 +34,71 @@ pub fn uid_allowed(uid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Check the sender of `hdr` on `conn`; returns its uid.
-pub async fn check_caller(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<u32, Error> {
-    let sender = hdr
-        .sender()
-        .ok_or_else(|| Error::AccessDenied("the call carries no sender name".into()))?;
-    let dbus = zbus::fdo::DBusProxy::new(conn).await.map_err(Error::ZBus)?;
-    let uid = dbus
-        .get_connection_unix_user(BusName::Unique(sender.to_owned()))
-        .await
-        .map_err(|e| Error::AccessDenied(format!("cannot identify the caller {sender}: {e}")))?;
-    if uid_allowed(uid) {
-        Ok(uid)
-    } else {
-        tracing::warn!(uid, %sender, "refused a call from a user outside {ADMIN_GROUP}");
-        Err(Error::AccessDenied(format!(
-            "uid {uid} may not manage domains; only root and members of the '{ADMIN_GROUP}' group may"
-        )))
+/// Most callers remembered; the cache is emptied when it is full.
+const MAX_CACHED_CALLERS: usize = 4096;
+
+/// Checks callers, remembering each unique bus name's uid (unique names are never reused on
+/// a bus, so the answer cannot go stale).
+#[derive(Default)]
+pub struct CallerCheck {
+    proxy: tokio::sync::OnceCell<zbus::fdo::DBusProxy<'static>>,
+    known: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl CallerCheck {
+    async fn proxy(
+        &self,
+        conn: &zbus::Connection,
+    ) -> Result<&zbus::fdo::DBusProxy<'static>, Error> {
+        self.proxy
+            .get_or_try_init(|| async {
+                zbus::fdo::DBusProxy::builder(conn)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await
+            })
+            .await
+            .map_err(Error::ZBus)
+    }
+
+    /// Check the sender of `hdr` on `conn`; returns its uid.
+    pub async fn check(&self, conn: &zbus::Connection, hdr: &Header<'_>) -> Result<u32, Error> {
+        let sender = hdr
+            .sender()
+            .ok_or_else(|| Error::AccessDenied("the call carries no sender name".into()))?;
+        let cached = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sender.as_str())
+            .copied();
+        let uid = match cached {
+            Some(uid) => uid,
+            None => {
+                let uid = self
+                    .proxy(conn)
+                    .await?
+                    .get_connection_unix_user(BusName::Unique(sender.to_owned()))
+                    .await
+                    .map_err(|e| {
+                        Error::AccessDenied(format!("cannot identify the caller {sender}: {e}"))
+                    })?;
+                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                if known.len() >= MAX_CACHED_CALLERS {
+                    known.clear();
+                }
+                known.insert(sender.to_string(), uid);
+                uid
+            }
+        };
+        if uid_allowed(uid) {
+            Ok(uid)
+        } else {
+            tracing::warn!(uid, %sender, "refused a call from a user outside {ADMIN_GROUP}");
+            Err(Error::AccessDenied(format!(
+                "uid {uid} may not manage domains; only root and members of the '{ADMIN_GROUP}' group may"
+            )))
+        }
     }
 }
 

@@ -14,17 +14,21 @@ use zbus::names::BusName;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 
-use crate::access::check_caller;
+use crate::access::CallerCheck;
 use crate::api::{DomainInfo, Error, OBJECT_PATH};
 use crate::manager::{CallerGone, Event, Manager, Stdio};
 
 pub struct Service {
     mgr: Arc<Manager>,
+    callers: CallerCheck,
 }
 
 impl Service {
     pub fn new(mgr: Arc<Manager>) -> Self {
-        Self { mgr }
+        Self {
+            mgr,
+            callers: CallerCheck::default(),
+        }
     }
 }
 
@@ -75,7 +79,7 @@ impl Service {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &zbus::Connection,
     ) -> Result<Vec<DomainInfo>, Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         Ok(self.mgr.list())
     }
 
@@ -85,7 +89,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<HashMap<String, String>, Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.get_properties(&name)
     }
 
@@ -97,7 +101,7 @@ impl Service {
         prop: String,
         value: String,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.set_property(&name, &prop, &value).await
     }
 
@@ -112,7 +116,7 @@ impl Service {
         label: String,
         props: HashMap<String, String>,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr
             .create(&name, &class, &template, &label, props)
             .await
@@ -126,7 +130,7 @@ impl Service {
         source: String,
         dest: String,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.clone_domain(&source, &dest).await
     }
 
@@ -136,7 +140,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.remove(&name).await
     }
 
@@ -146,7 +150,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.start(&name).await
     }
 
@@ -157,7 +161,7 @@ impl Service {
         name: String,
         timeout_secs: u32,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.shutdown(&name, timeout_secs).await
     }
 
@@ -167,7 +171,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.kill(&name).await
     }
 
@@ -177,7 +181,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.pause(&name).await
     }
 
@@ -187,7 +191,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.unpause(&name).await
     }
 
@@ -203,7 +207,7 @@ impl Service {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<i32, Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         let argv = argv(argv_in)?;
         let gone = caller_gone(conn, &hdr).await?;
         let io = Stdio {
@@ -226,7 +230,7 @@ impl Service {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<(String, i32), Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         let argv = argv(argv_in)?;
         let gone = caller_gone(conn, &hdr).await?;
         let io = Stdio {
@@ -244,7 +248,7 @@ impl Service {
         name: String,
         progress: OwnedFd,
     ) -> Result<String, Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.build_template(&name, progress.into()).await
     }
 
@@ -254,7 +258,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<String, Error> {
-        check_caller(conn, &hdr).await?;
+        self.callers.check(conn, &hdr).await?;
         self.mgr.log_path(&name)
     }
 

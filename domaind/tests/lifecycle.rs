@@ -579,5 +579,141 @@ async fn domaind_killed_during_start_leaves_no_orphan() {
     // either way it starts again
     p.start(&w).await.unwrap();
     p.kill(&w).await.unwrap();
-    let _ = Path::new("");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disposable_removed_when_caller_disconnects() {
+    let Some(env) = setup("cd").await else { return };
+    let conn2 = env.d.connect().await.unwrap();
+    let p2 = Domaind1Proxy::new(&conn2).await.unwrap();
+    let tmpl = env.name("tmpl");
+    let task = tokio::spawn(async move {
+        let _ = run(&p2, Some(&tmpl), "", &["sleep", "1000"], "", b"").await;
+    });
+    // wait for the disposable to run
+    let mut disp = None;
+    for _ in 0..300 {
+        disp = env
+            .p
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.name.starts_with("disp") && d.state == "running")
+            .map(|d| d.name);
+        if disp.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let disp = disp.unwrap_or_else(|| panic!("no disposable started\n{}", env.d.log()));
+    task.abort();
+    let _ = task.await;
+    conn2.graceful_shutdown().await;
+    for _ in 0..300 {
+        if state(&env.p.list().await.unwrap(), &disp).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        state(&env.p.list().await.unwrap(), &disp).is_none(),
+        "disposable {disp} outlived its caller\n{}",
+        env.d.log()
+    );
+    assert!(!cgroup_exists(&disp));
+    assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autostart_domains_start_with_domaind() {
+    let Some(mut env) = setup("as").await else {
+        return;
+    };
+    let a = env.name("auto");
+    let mut props = HashMap::new();
+    props.insert("autostart", "true");
+    env.p
+        .create(&a, "app", &env.name("tmpl"), "yellow", props)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&env.p.list().await.unwrap(), &a).as_deref(),
+        Some("halted")
+    );
+    env.d.restart().await.unwrap();
+    let (conn, p) = env.d.client().await.unwrap();
+    env._conn = conn;
+    wait_state(&p, &a, "running").await;
+    let (code, out, _, _) = run(&p, None, &a, &["echo", "auto"], "", b"").await.unwrap();
+    assert_eq!((code, out.as_str()), (0, "auto\n"));
+    p.kill(&a).await.unwrap();
+}
+
+/// The real Debian 12 template from the template cache: BuildTemplate finds it up to date and
+/// registers it, and a disposable prints Debian's release file.
+#[tokio::test(flavor = "multi_thread")]
+async fn debian12_disposable_from_template_cache() {
+    if !sandbox_available() {
+        return;
+    }
+    let Some(cache) = domaind::testing::template_cache() else {
+        return;
+    };
+    if !cache.join("debian-12/current").exists() {
+        eprintln!("SKIP: {} has no built debian-12 template", cache.display());
+        return;
+    }
+    let bus = TestBus::start().unwrap();
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            with_guest_tools: true,
+            template_cache: Some(cache),
+            recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (_c, p) = d.client().await.unwrap();
+    let (r, w) = pipe();
+    let out = reader(r);
+    let root = p
+        .build_template("debian-12", Fd::from(&w))
+        .await
+        .unwrap_or_else(|e| panic!("build_template: {e}\n{}", d.log()));
+    drop(w);
+    let progress = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+    assert!(progress.contains("up to date"), "{progress}");
+    assert!(Path::new(&root).join("etc/os-release").exists());
+    let list = p.list().await.unwrap();
+    assert_eq!(
+        list.iter()
+            .find(|d| d.name == "debian-12")
+            .map(|d| d.class.as_str()),
+        Some("template")
+    );
+    let started = std::time::Instant::now();
+    let (code, out, err, _) = run(
+        &p,
+        Some("debian-12"),
+        "",
+        &["cat", "/etc/os-release"],
+        "",
+        b"",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("run_disposable: {e}\n{}", d.log()));
+    eprintln!(
+        "disposable cat /etc/os-release took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Debian GNU/Linux 12"), "{out}");
+    let (_, out, _, _) = run(&p, Some("debian-12"), "", &["id", "-un"], "", b"")
+        .await
+        .unwrap();
+    assert_eq!(out, "user\n");
 }
