@@ -266,9 +266,11 @@ pub fn decode_one(
         })?;
     let (kind, stream, len) = check_header(header, expected_version, max_payload)?;
     let total = HEADER_LEN + len as usize;
-    let body = input.get(HEADER_LEN..total).ok_or(FrameError::Truncated {
-        needed: total - input.len(),
-    })?;
+    let body = input
+        .get(HEADER_LEN..total)
+        .ok_or_else(|| FrameError::Truncated {
+            needed: total.saturating_sub(input.len()),
+        })?;
     Ok((
         Frame::new(header[0], kind, stream, Bytes::copy_from_slice(body)),
         total,
@@ -381,6 +383,17 @@ mod tests {
         assert_eq!(d.buffered(), 0);
         let (g, used) = decode_one(&enc, 1, 1024).unwrap();
         assert_eq!((g, used), (f, enc.len()));
+    }
+
+    #[test]
+    fn complete_frame_with_trailing_bytes() {
+        // Found by the frame_decoder fuzz target: the "needed" count was computed eagerly.
+        let mut enc = Frame::new(1, FrameKind::Fin, 3, Bytes::new())
+            .encode()
+            .to_vec();
+        enc.extend_from_slice(b"next");
+        let (f, used) = decode_one(&enc, 1, 1024).unwrap();
+        assert_eq!((f.kind, used), (FrameKind::Fin, HEADER_LEN));
     }
 
     #[test]
