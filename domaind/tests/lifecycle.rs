@@ -397,6 +397,20 @@ async fn init_death_is_noticed_and_disposable_removed() {
     assert_eq!(code, 1);
     assert!(state(&p.list().await.unwrap(), &disp).is_none());
 
+    // how long a disposable `true` takes end to end (printed, not asserted)
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let (code, ..) = run(p, Some(&dvm), "", &["true"], "", b"").await.unwrap();
+        assert_eq!(code, 0);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "disposable `true` on the mini template: median {:?}",
+        times[2]
+    );
+
     // a disposable whose command cannot start: the error comes back, nothing is left
     let before = p.list().await.unwrap().len();
     let r = run(p, Some(&dvm), "", &["/no/such/program"], "", b"").await;
