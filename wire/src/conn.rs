@@ -1130,7 +1130,7 @@ impl StreamSender {
 
     /// Sends a typed message (consumes credit like data).
     pub async fn send_message(&self, msg: &[u8]) -> Result<(), WireError> {
-        let max = self.g.inner.send_max_payload;
+        let max = crate::frame::MAX_MESSAGE_PAYLOAD.min(self.g.inner.send_max_payload);
         if msg.is_empty() || msg.len() > max {
             return Err(WireError::MessageTooLarge {
                 len: msg.len(),
@@ -1138,7 +1138,8 @@ impl StreamSender {
             });
         }
         let len = u32::try_from(msg.len()).unwrap_or(u32::MAX);
-        // The peer's window is at least MIN_WINDOW >= any message we allow, so this completes.
+        // The receiver keeps granting credit until less than half its window (>= MIN_WINDOW/2
+        // = MAX_MESSAGE_PAYLOAD) is outstanding, so this wait always ends.
         self.take_credit(len, len).await?;
         self.g
             .inner

@@ -24,6 +24,10 @@ pub const MAX_FRAME_PAYLOAD: u32 = 256 * 1024;
 /// Version byte carried by handshake frames (before a version has been negotiated).
 pub const HANDSHAKE_FRAME_VERSION: u8 = 0;
 
+/// Largest [`FrameKind::Message`] payload. Kept at half the smallest window so a message
+/// always fits into the credit a receiver keeps granting; bulk data goes on channels.
+pub const MAX_MESSAGE_PAYLOAD: usize = 2048;
+
 /// Longest reason text in a [`FrameKind::Reset`] payload.
 pub const MAX_RESET_REASON: usize = 512;
 
@@ -237,7 +241,8 @@ fn check_header(
         FrameKind::Window => len == 4,
         FrameKind::Fin => len == 0,
         FrameKind::Reset => (4..=4 + MAX_RESET_REASON as u32).contains(&len),
-        FrameKind::Message | FrameKind::Control | FrameKind::Open => len >= 1,
+        FrameKind::Message => (1..=MAX_MESSAGE_PAYLOAD as u32).contains(&len),
+        FrameKind::Control | FrameKind::Open => len >= 1,
         FrameKind::Hello | FrameKind::HelloAck | FrameKind::HelloReject => true,
     };
     if !len_ok {
@@ -485,11 +490,12 @@ mod tests {
             (17, b"\x01"),
             (22, b"\0\0"),
             (19, b""),
+            (19, &[0u8; MAX_MESSAGE_PAYLOAD + 1][..]),
         ] {
             let len = body.len() as u32;
             assert!(
                 matches!(
-                    decode_one(&raw(1, kind, 0, 1, len, body), 1, 1024),
+                    decode_one(&raw(1, kind, 0, 1, len, body), 1, 65536),
                     Err(FrameError::BadPayloadSize { .. })
                 ),
                 "kind {kind} len {len}"

@@ -16,7 +16,7 @@ pub const MAX_ARG_LEN: usize = 128 * 1024;
 pub const MAX_USER_LEN: usize = 32;
 /// Longest working directory.
 pub const MAX_PATH_LEN: usize = 4096;
-/// Longest failure reason text in an exec message.
+/// Longest failure reason text in an exec message (fits a Message frame).
 pub const MAX_REASON_LEN: usize = 1024;
 
 /// A payload that does not decode or breaks a limit.
