@@ -178,6 +178,18 @@ impl Manager {
         DomainName::new(s).map_err(|e| Error::InvalidName(e.to_string()))
     }
 
+    /// A valid name of a domain that has a config file or a live instance.
+    fn known(&self, name: &str) -> Result<DomainName, Error> {
+        let dn = self.name(name)?;
+        if self.store.exists(&dn) || self.state_of(name).is_active() {
+            Ok(dn)
+        } else {
+            Err(Error::NoSuchDomain(format!(
+                "no domain named '{name}' (see bulkhead ls)"
+            )))
+        }
+    }
+
     fn runtime(&self, name: &str) -> Arc<Runtime> {
         lock(&self.domains)
             .entry(name.to_owned())
@@ -626,7 +638,7 @@ impl Manager {
 
     /// Start a halted domain; returns when its agent has connected.
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<(), Error> {
-        let dn = self.name(name)?;
+        let dn = self.known(name)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
@@ -925,7 +937,7 @@ impl Manager {
     }
 
     pub async fn shutdown(self: &Arc<Self>, name: &str, timeout_secs: u32) -> Result<(), Error> {
-        let _ = self.name(name)?;
+        self.known(name)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
@@ -982,7 +994,7 @@ impl Manager {
     }
 
     pub async fn kill(self: &Arc<Self>, name: &str) -> Result<(), Error> {
-        let _ = self.name(name)?;
+        self.known(name)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
@@ -1010,7 +1022,7 @@ impl Manager {
     }
 
     async fn freeze(&self, name: &str, freeze: bool) -> Result<(), Error> {
-        let _ = self.name(name)?;
+        self.known(name)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         let op = if freeze { Op::Pause } else { Op::Unpause };
@@ -1035,7 +1047,7 @@ impl Manager {
 
     /// The running instance of `name`, starting the domain if it is halted.
     async fn ensure_running(self: &Arc<Self>, name: &str) -> Result<Arc<Instance>, Error> {
-        let dn = self.name(name)?;
+        let dn = self.known(name)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         let st = rt.state();

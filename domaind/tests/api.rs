@@ -143,6 +143,14 @@ async fn validation_errors_are_typed_and_actionable() {
         Err(Error::NoSuchDomain(m)) => assert!(m.contains("'ghost'"), "{m}"),
         other => panic!("{other:?}"),
     }
+    match p.kill("ghost").await {
+        Err(Error::NoSuchDomain(m)) => assert!(m.contains("'ghost'"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match p.start("ghost").await {
+        Err(Error::NoSuchDomain(m)) => assert!(m.contains("'ghost'"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     match p.shutdown("a", 0).await {
         Err(Error::InvalidState(m)) => assert!(m.contains("not running"), "{m}"),
         other => panic!("{other:?}"),
@@ -151,6 +159,13 @@ async fn validation_errors_are_typed_and_actionable() {
         Err(Error::InvalidState(m)) => assert!(m.contains("halted"), "{m}"),
         other => panic!("{other:?}"),
     }
+    // a recipe that does not exist
+    let (r, w) = nix::unistd::pipe().unwrap();
+    match p.build_template("nope", zbus::zvariant::Fd::from(&w)).await {
+        Err(Error::InvalidProperty(m)) => assert!(m.contains("recipes are read from"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    drop((r, w));
     // vm isolation: a clear error, nothing left half-started
     p.set_property("a", "isolation", "vm").await.unwrap();
     match p.start("a").await {
