@@ -14,10 +14,11 @@
 //! ```
 //!
 //! Binaries: `domaind` from `$BULKHEAD_TEST_DOMAIND` (or the caller passes the path, e.g.
-//! `env!("CARGO_BIN_EXE_domaind")`), else built with cargo. The launcher and guest tools from
-//! `$BULKHEAD_TEST_LIBEXEC` / `$BULKHEAD_TEST_GUEST_TOOLS`, else built with cargo into
-//! `<target>/domaind-test-helpers` (a separate target dir, so it never waits on the lock of
-//! the `cargo test` that runs us).
+//! `env!("CARGO_BIN_EXE_domaind")`), the launcher from `$BULKHEAD_TEST_LIBEXEC`, the guest
+//! tools from `$BULKHEAD_TEST_GUEST_TOOLS`; else the test executable's own `<target>/debug`
+//! when they are there (`cargo build --workspace --bins` first, as scripts/test.sh does);
+//! else built with cargo into `<target>/domaind-test-helpers` (a separate target dir, so it
+//! never waits on the lock of the `cargo test` that runs us).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -71,6 +72,14 @@ fn cargo_build(pkg: &str) -> TestResult<PathBuf> {
     Ok(target.join("debug"))
 }
 
+/// `<target>/debug` of the running test executable (`<target>/debug/deps/<test>`), if the
+/// named binaries are all there (e.g. after `cargo build --workspace --bins`).
+fn sibling_bins(names: &[&str]) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.to_owned();
+    names.iter().all(|n| dir.join(n).is_file()).then_some(dir)
+}
+
 static BUILT_AGENT: OnceLock<TestResult<PathBuf>> = OnceLock::new();
 static BUILT_SANDBOX: OnceLock<TestResult<PathBuf>> = OnceLock::new();
 static BUILT_DOMAIND: OnceLock<TestResult<PathBuf>> = OnceLock::new();
@@ -79,6 +88,9 @@ static BUILT_DOMAIND: OnceLock<TestResult<PathBuf>> = OnceLock::new();
 pub fn domaind_bin() -> TestResult<PathBuf> {
     if let Some(p) = std::env::var_os(ENV_DOMAIND).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
+    }
+    if let Some(dir) = sibling_bins(&["domaind"]) {
+        return Ok(dir.join("domaind"));
     }
     BUILT_DOMAIND
         .get_or_init(|| cargo_build("domaind").map(|d| d.join("domaind")))
@@ -90,6 +102,9 @@ pub fn libexec_dir() -> TestResult<PathBuf> {
     if let Some(p) = std::env::var_os(ENV_LIBEXEC).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
+    if let Some(dir) = sibling_bins(&["bulkhead-sandbox"]) {
+        return Ok(dir);
+    }
     BUILT_SANDBOX
         .get_or_init(|| cargo_build("bulkhead-sandbox"))
         .clone()
@@ -99,6 +114,9 @@ pub fn libexec_dir() -> TestResult<PathBuf> {
 pub fn guest_tools_source() -> TestResult<PathBuf> {
     if let Some(p) = std::env::var_os(ENV_GUEST_TOOLS).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
+    }
+    if let Some(dir) = sibling_bins(&["bulkhead-init", "bulkhead-agent"]) {
+        return Ok(dir);
     }
     BUILT_AGENT
         .get_or_init(|| cargo_build("bulkhead-agent"))
