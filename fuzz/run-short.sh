@@ -32,7 +32,11 @@ for t in $targets; do
     corpus="$here/corpus/$t"
     mkdir -p "$corpus"
     echo "run-short: fuzzing $t for ${secs}s" >&2
-    if ! cargo "${toolchain[@]}" fuzz run --fuzz-dir "$here" "$t" "$corpus" -- \
+    # The corpus dir collects what the fuzzer finds (not committed); seeds/ holds
+    # hand-made valid inputs that are committed.
+    seeds=()
+    [[ -d "$here/seeds/$t" ]] && seeds=("$here/seeds/$t")
+    if ! cargo "${toolchain[@]}" fuzz run --fuzz-dir "$here" "$t" "$corpus" "${seeds[@]}" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1; then
         echo "run-short: $t FAILED (crash artifacts in $here/artifacts/$t)" >&2
         status=1

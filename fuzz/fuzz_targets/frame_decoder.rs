@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(f)) => frames.push(f),
                 Ok(None) => break,
                 Err(_) => {
-                    assert!(dec.next_frame().is_err(), "decoder recovered after an error");
+                    assert!(
+                        dec.next_frame().is_err(),
+                        "decoder recovered after an error"
+                    );
                     break 'outer;
                 }
             }
