@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+use zbus::fdo::RequestNameFlags;
 
 use crate::api::{BUS_NAME, OBJECT_PATH};
 use crate::config::DaemonConfig;
@@ -35,6 +36,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("another domaind already serves {BUS_NAME} on this bus")]
+    AlreadyRunning,
     #[error("cannot install a signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -57,9 +60,9 @@ pub async fn run(cfg: DaemonConfig, bus_address: Option<String>) -> Result<(), D
     let (tx, rx) = mpsc::unbounded_channel();
     let mgr = Manager::new(cfg, tx);
     info!(caps = ?bulkhead_sandbox::probe(), "host capabilities");
-    // Recover before taking the name so that clients never see a half-known state.
-    mgr.recover().await;
 
+    // Serve the object first (calls wait until recovery is done), then take the name without
+    // queueing: a second domaind must stop here, before it touches any domain.
     let builder = match &bus_address {
         Some(a) => zbus::connection::Builder::address(a.as_str()),
         None => zbus::connection::Builder::system(),
@@ -70,7 +73,6 @@ pub async fn run(cfg: DaemonConfig, bus_address: Option<String>) -> Result<(), D
     })?;
     let conn = builder
         .serve_at(OBJECT_PATH, Service::new(Arc::clone(&mgr)))
-        .and_then(|b| b.name(BUS_NAME))
         .map_err(DaemonError::Serve)?
         .build()
         .await
@@ -79,6 +81,13 @@ pub async fn run(cfg: DaemonConfig, bus_address: Option<String>) -> Result<(), D
             source,
         })?;
     tokio::spawn(forward_events(conn.clone(), rx));
+    conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
+        .await
+        .map_err(|e| match e {
+            zbus::Error::NameTaken => DaemonError::AlreadyRunning,
+            other => DaemonError::Serve(other),
+        })?;
+    mgr.recover().await;
     info!(
         bus = bus_address.as_deref().unwrap_or("system"),
         "serving {BUS_NAME}"

@@ -151,6 +151,8 @@ pub struct Manager {
     slots: StdMutex<BTreeSet<u32>>,
     events: mpsc::UnboundedSender<Event>,
     generation: AtomicU64,
+    /// False until start-up recovery is done; calls wait for it.
+    ready: watch::Sender<bool>,
 }
 
 impl Manager {
@@ -165,7 +167,14 @@ impl Manager {
             slots: StdMutex::new(BTreeSet::new()),
             events,
             generation: AtomicU64::new(1),
+            ready: watch::Sender::new(false),
         })
+    }
+
+    /// Wait until [`recover`](Self::recover) has finished.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     pub fn config(&self) -> &DaemonConfig {
@@ -1347,6 +1356,7 @@ impl Manager {
                 self.discard_disposable(c.name.as_str()).await;
             }
         }
+        self.ready.send_replace(true);
         for c in good.into_iter().filter(|c| c.autostart) {
             if adopted.contains(c.name.as_str()) {
                 continue;

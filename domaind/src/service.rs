@@ -32,6 +32,15 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Every call: check the caller, then wait until start-up recovery is done.
+    async fn enter(&self, conn: &zbus::Connection, hdr: &Header<'_>) -> Result<(), Error> {
+        self.callers.check(conn, hdr).await?;
+        self.mgr.wait_ready().await;
+        Ok(())
+    }
+}
+
 /// A future that resolves when the bus name that sent `hdr` loses its owner (the caller
 /// exited or disconnected).
 async fn caller_gone(conn: &zbus::Connection, hdr: &Header<'_>) -> Result<CallerGone, Error> {
@@ -79,7 +88,7 @@ impl Service {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &zbus::Connection,
     ) -> Result<Vec<DomainInfo>, Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         Ok(self.mgr.list())
     }
 
@@ -89,7 +98,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<HashMap<String, String>, Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.get_properties(&name)
     }
 
@@ -101,7 +110,7 @@ impl Service {
         prop: String,
         value: String,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.set_property(&name, &prop, &value).await
     }
 
@@ -116,7 +125,7 @@ impl Service {
         label: String,
         props: HashMap<String, String>,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr
             .create(&name, &class, &template, &label, props)
             .await
@@ -130,7 +139,7 @@ impl Service {
         source: String,
         dest: String,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.clone_domain(&source, &dest).await
     }
 
@@ -140,7 +149,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.remove(&name).await
     }
 
@@ -150,7 +159,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.start(&name).await
     }
 
@@ -161,7 +170,7 @@ impl Service {
         name: String,
         timeout_secs: u32,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.shutdown(&name, timeout_secs).await
     }
 
@@ -171,7 +180,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.kill(&name).await
     }
 
@@ -181,7 +190,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.pause(&name).await
     }
 
@@ -191,7 +200,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<(), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.unpause(&name).await
     }
 
@@ -207,7 +216,7 @@ impl Service {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<i32, Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         let argv = argv(argv_in)?;
         let gone = caller_gone(conn, &hdr).await?;
         let io = Stdio {
@@ -230,7 +239,7 @@ impl Service {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<(String, i32), Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         let argv = argv(argv_in)?;
         let gone = caller_gone(conn, &hdr).await?;
         let io = Stdio {
@@ -248,7 +257,7 @@ impl Service {
         name: String,
         progress: OwnedFd,
     ) -> Result<String, Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.build_template(&name, progress.into()).await
     }
 
@@ -258,7 +267,7 @@ impl Service {
         #[zbus(connection)] conn: &zbus::Connection,
         name: String,
     ) -> Result<String, Error> {
-        self.callers.check(conn, &hdr).await?;
+        self.enter(conn, &hdr).await?;
         self.mgr.log_path(&name)
     }
 

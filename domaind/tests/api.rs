@@ -265,3 +265,27 @@ async fn unprivileged_caller_is_refused() {
     assert!(err.contains("org.bulkhead.Error.AccessDenied"), "{err}");
     assert!(err.contains("bulkhead-admin"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_domaind_refuses_to_start() {
+    let (_bus, d, _c, p) = start().await;
+    p.create("t", "template", "", "black", no_props())
+        .await
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_domaind"))
+        .arg("--bus-address")
+        .arg(d.bus_address())
+        .arg("--config-dir")
+        .arg(&d.paths.config_dir)
+        .arg("--state-dir")
+        .arg(&d.paths.state_dir)
+        .arg("--runtime-dir")
+        .arg(&d.paths.runtime_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another domaind already serves"), "{err}");
+    // the first one still works
+    assert_eq!(p.list().await.unwrap().len(), 1);
+}
