@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use bulkhead_wire::{exec, ExecRequest, ExitStatus, Stream};
+use nix::sys::signal::Signal;
 use nix::unistd::Uid;
 
 use crate::account::{self, Account, AccountError};
@@ -110,9 +111,25 @@ pub async fn run_exec(req: ExecRequest, stream: Stream) {
         let _ = exec::reject(stream, "internal error: missing output pipes").await;
         return;
     };
-    let wait = async move { child.wait().await.map(convert) };
+    let wait = async { child.wait().await.map(convert) };
     match exec::serve(stream, stdin, stdout, stderr, wait).await {
         Ok(status) => tracing::info!(stream = id, ?pid, ?status, "exec finished"),
-        Err(e) => tracing::warn!(stream = id, ?pid, error = %e, "exec stream failed"),
+        Err(e) => {
+            tracing::warn!(stream = id, ?pid, error = %e, "exec stream failed");
+            hang_up(child, pid).await;
+        }
+    }
+}
+
+/// The client went away (stream reset or connection lost): like a terminal hangup, send
+/// SIGHUP to the command's session (it is a session and process group leader), then reap it.
+async fn hang_up(mut child: tokio::process::Child, pid: Option<u32>) {
+    // Only while it is unreaped: a zombie still owns its pid, so the group cannot be reused.
+    if let (Ok(None), Some(pid)) = (child.try_wait(), pid.and_then(|p| i32::try_from(p).ok())) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
+    }
+    match child.wait().await {
+        Ok(st) => tracing::debug!(?pid, status = ?st, "abandoned command ended"),
+        Err(e) => tracing::debug!(?pid, error = %e, "waiting for abandoned command"),
     }
 }

@@ -202,3 +202,47 @@ async fn default_user_is_not_root() {
         assert_eq!(v[0], v[1], "not a session leader: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_command_gets_hangup() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = socket_path(&dir);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let _agent = start_agent(&sock);
+    let (c, _inc) = accept(&listener).await;
+    let marker = dir.path().join("hup");
+    // Prints its pid, then waits silently; records SIGHUP in a file. (stderr goes to
+    // /dev/null: sh reports the killed `sleep` there, and the pipe to the agent is gone.)
+    let script = format!(
+        "exec 2>/dev/null; trap 'echo hup > {}; exit 1' HUP; echo $$; while :; do sleep 0.1; done",
+        marker.display()
+    );
+    let req = ExecRequest {
+        user: Some("root".into()),
+        ..ExecRequest::new(["sh", "-c", script.as_str()])
+    };
+    let (mut rd, wr) = tokio::io::duplex(1024);
+    let run = tokio::spawn({
+        let c = c.clone();
+        async move { exec::run(&c, req, tokio::io::empty(), wr, tokio::io::sink()).await }
+    });
+    // Wait until the command is running (it printed its pid).
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(HANG, tokio::io::AsyncReadExt::read(&mut rd, &mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(n > 0);
+    // domaind goes away mid-command.
+    run.abort();
+    drop(c);
+    drop(_inc);
+    let deadline = tokio::time::Instant::now() + HANG;
+    while !marker.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "command never got SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

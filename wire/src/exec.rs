@@ -124,8 +124,8 @@ where
         }
     };
     match &result {
-        Ok(_) => {
-            // Our half: nothing more to send. Ignore "already finished" races.
+        // The exchange completed (with a status or a start failure): finish our half.
+        Ok(_) | Err(WireError::ExecFailed { .. }) => {
             let _ = tx.finish();
         }
         Err(_) => tx.reset("exec aborted by client"),
@@ -138,6 +138,8 @@ where
 /// `stdin` receives the client's input (dropped, i.e. closed, on EOF; write errors such as
 /// EPIPE make the rest be discarded), `stdout`/`stderr` are read to EOF and forwarded, then
 /// `wait` gives the exit status which is sent before Fin. Returns after the client finished.
+/// If the client resets the stream or the connection is lost, returns the error at once
+/// (dropping the pipes and `wait`); the caller decides what happens to the process.
 pub async fn serve<W, O, E, F>(
     stream: Stream,
     stdin: Option<W>,
@@ -164,16 +166,33 @@ where
         tx.finish()?;
         Ok::<_, WireError>(status)
     };
-    let (inp, out) = tokio::join!(input, output);
-    let status = match out {
-        Ok(s) => s,
-        Err(e) => {
-            tx.reset("exec failed in the agent");
-            return Err(e);
+    let mut input = std::pin::pin!(input);
+    let mut output = std::pin::pin!(output);
+    let mut input_done = false;
+    loop {
+        tokio::select! {
+            out = &mut output => {
+                let status = match out {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tx.reset("exec failed in the agent");
+                        return Err(e);
+                    }
+                };
+                if !input_done {
+                    // Wait for the client's Fin so the stream closes cleanly.
+                    input.await?;
+                }
+                return Ok(status);
+            }
+            inp = &mut input, if !input_done => {
+                // An error here (reset, connection lost, violation) abandons the command at
+                // once instead of waiting for output that has nowhere to go.
+                inp?;
+                input_done = true;
+            }
         }
-    };
-    inp?;
-    Ok(status)
+    }
 }
 
 /// Agent side: tells the client the command could not be started, then finishes.
