@@ -149,3 +149,42 @@ async fn pid1_in_namespace_reaps_restarts_and_shuts_down() {
     let st = wait_exit(&mut init).await;
     assert_eq!(st.code(), Some(0), "{st:?}");
 }
+
+/// domaind's path: SIGTERM sent from the host (an ancestor pid namespace) to the domain's
+/// init shuts it down, although a namespace init ignores signals it does not handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid1_shuts_down_on_sigterm_from_the_host() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status();
+    if !probe.map(|s| s.success()).unwrap_or(false) {
+        println!("skipping: cannot create pid namespaces here (unshare --pid failed)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_bulkhead-init"))
+        .env("BULKHEAD_AGENT_SOCKET", &sock)
+        .env("BULKHEAD_AGENT", env!("CARGO_BIN_EXE_bulkhead-agent"))
+        .stdin(Stdio::null());
+    let mut unshare = Kill(cmd.spawn().unwrap());
+    let (c, _inc) = accept(&listener).await;
+    let (_, out) = run(&c, "cat /proc/1/comm").await;
+    assert_eq!(out.trim(), "bulkhead-init");
+
+    // init's pid on the host is the only child of unshare.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.0.id())).unwrap();
+    let init_pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = wait_exit(&mut unshare).await;
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    tokio::time::timeout(HANG, c.closed()).await.unwrap();
+}
