@@ -26,6 +26,35 @@
 //!    stdout/stderr on channels 1/2 from the server, EOF per channel, then
 //!    `Message(ExecMessage::Exit(status))` and `Fin`.
 //!
+//! ## Use
+//! ```no_run
+//! # async fn demo(domaind_side: tokio::net::UnixStream, agent_side: tokio::net::UnixStream)
+//! #     -> Result<(), bulkhead_wire::WireError> {
+//! use bulkhead_wire::{exec, Connection, Control, ExecRequest, IncomingEvent, Limits, OpenRequest};
+//!
+//! // domaind (client role): run a command, stream its output, get the status.
+//! let (conn, _incoming) = Connection::client(domaind_side, Limits::default()).await?;
+//! let req = ExecRequest { user: Some("root".into()), ..ExecRequest::new(["cat", "/etc/os-release"]) };
+//! let (mut out, mut err) = (Vec::new(), Vec::new());
+//! let status = exec::run(&conn, req, tokio::io::empty(), &mut out, &mut err).await?;
+//! println!("exit code {}: {}", status.as_shell_code(), String::from_utf8_lossy(&out));
+//! conn.send_control(Control::Shutdown { timeout_secs: 10 }).await?;
+//! conn.closed().await;
+//!
+//! // agent (server role): accept what domaind asks for.
+//! let (_conn, mut incoming) = Connection::server(agent_side, Limits::default()).await?;
+//! while let Some(ev) = incoming.next().await {
+//!     match ev {
+//!         IncomingEvent::Stream(s) => match s.request {
+//!             // spawn the process, then exec::serve(s.stream, stdin, stdout, stderr, wait)
+//!             OpenRequest::Exec(req) => exec::reject(s.stream, "not implemented here").await?,
+//!         },
+//!         IncomingEvent::Control(c) => println!("control {c:?}"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! ## Version mismatch
 //! Each build speaks a range `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`. The server picks the
 //! highest version in both ranges. If there is none it sends `HelloReject` with its own
