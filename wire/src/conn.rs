@@ -44,6 +44,7 @@ pub struct Limits {
     /// Credit we grant the peer on every stream, 4 KiB..=16 MiB. Bounds our buffer per stream.
     pub initial_window: u32,
     /// Most concurrent streams the peer may have open towards us; more are refused.
+    /// Worst-case buffering for peer data is `max_streams * initial_window` (16 MiB by default).
     pub max_streams: usize,
     /// Most control messages queued for the application before the peer counts as flooding.
     pub max_pending_controls: usize,
@@ -60,7 +61,7 @@ impl Default for Limits {
         Limits {
             max_frame_payload: 64 * 1024,
             initial_window: 256 * 1024,
-            max_streams: 256,
+            max_streams: 64,
             max_pending_controls: 64,
             handshake_timeout: Duration::from_secs(10),
             min_version: MIN_PROTOCOL_VERSION,
