@@ -165,6 +165,7 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
         ),
     )?;
     rb.cgroup = Some(cg.clone());
+    tracing::debug!(name = %spec.name, cgroup = ?cg, "cgroup created");
     rb.scratch = Some(spec.scratch_dir.clone());
     let layout = Layout::new(&spec.scratch_dir);
     prepare_scratch(spec, &layout)?;
@@ -244,6 +245,7 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     drop(rep_w);
     drop(log);
 
+    tracing::debug!(pid = pid.as_raw(), "child cloned");
     write_id_maps(pid, spec.uid_base())?;
 
     let userns = step("userns", open_ns(pid, "user"))?;
@@ -266,6 +268,7 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     // Always return to the host mount namespace, even after a failure.
     step("mount-ns", setns(own_mnt.as_fd(), CloneFlags::CLONE_NEWNS))?;
     assembled?;
+    tracing::debug!(root = %layout.root().display(), "root assembled in the child's mount namespace");
 
     // Release the child and wait for exec (EOF) or an error report.
     let mut go = fs::File::from(go_w);
@@ -292,6 +295,7 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     })?;
     rb.child = None;
     rb.cgroup = None;
+    tracing::info!(name = %spec.name, pid = pid.as_raw(), uid_base = spec.uid_base(), "init running");
     Ok(SandboxRecord {
         name: spec.name.clone(),
         init_pid: pid.as_raw(),

@@ -15,7 +15,28 @@
 //! Capabilities left to the domain init (CAP_SETUID, CAP_SETGID, CAP_KILL) are capabilities in
 //! the domain's own user namespace: they let the init switch to the domain user and signal the
 //! domain's processes; they give nothing over host objects, which are owned by uids outside
-//! the domain's range.
+//! the domain's range. The bounding set holds only these three, so nothing run in the domain
+//! (even as its root) gets more; root inside has no CAP_DAC_OVERRIDE, CAP_SYS_ADMIN, etc.
+//!
+//! Decisions and host notes:
+//! - `/proc/<pid>/setgroups` stays "allow": the map is written by host root, the child drops
+//!   every host supplementary group before anything runs, and the init needs setgroups(2) to
+//!   give the domain user its groups. The negative-ACL bypass that "deny" prevents cannot occur:
+//!   every gid a domain can hold lies in its own range.
+//! - cgroups: v2 when a cgroup2 mount has memory, cpu and pids (the v2 path is not exercised on
+//!   the build hosts, whose controllers are all on v1), else v1 memory/cpu/pids/freezer.
+//!   Memory+swap is limited too where swap accounting exists.
+//! - The launcher exits once the init has exec'd; the init is reparented to the nearest
+//!   subreaper (or pid 1). domaind watches it with [`SandboxRecord::pidfd`]; if domaind wants
+//!   exit statuses it should be a subreaper (PR_SET_CHILD_SUBREAPER) and reap inits itself.
+//! - [`start`] blocks for the launch (tens of ms); call it from a blocking thread in async code.
+//! - The init's stdout/stderr are the log file itself (O_APPEND): bounding its size is up to
+//!   domaind (rotate/truncate). Overlay upper (scratch) and the private volume have no quota.
+//! - Host directories holding private volumes and scratch must be root-only (0700) on the
+//!   path: the domain's root can create setuid files in /home, inert inside (nosuid,
+//!   no_new_privs) but stored with canonical ids, i.e. as setuid-root files on the host disk.
+//!   No host user other than root may reach them, and host tools must not execute them.
+//! - 32-bit (i386) syscalls kill the calling process (seccomp arch check).
 
 pub mod cgroup;
 pub mod launch;
@@ -253,12 +274,10 @@ pub fn start(spec: &SandboxSpec, launcher: &Launcher) -> Result<SandboxRecord, S
             source,
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(&json)
-            .map_err(|source| SandboxError::LauncherSpawn {
-                path: launcher.path.clone(),
-                source,
-            })?;
+        // A launcher that dies early closes its stdin; its reply or exit status says why.
+        if let Err(e) = stdin.write_all(&json) {
+            tracing::warn!(error = %e, "writing the spec to the launcher failed");
+        }
     }
     let out = child
         .wait_with_output()

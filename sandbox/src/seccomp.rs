@@ -130,6 +130,14 @@ pub(crate) fn programs() -> Result<Vec<BpfProgram>, String> {
             libc::AF_PACKET as u64,
         ))?])?],
     );
+    // terminal injection: TIOCSTI pushes input into a terminal, TIOCLINUX can too (selection paste)
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![
+            r(vec![c(cond32(1, SeccompCmpOp::Eq, libc::TIOCSTI))?])?,
+            r(vec![c(cond32(1, SeccompCmpOp::Eq, libc::TIOCLINUX))?])?,
+        ],
+    );
     let main = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

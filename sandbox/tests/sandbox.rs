@@ -85,6 +85,7 @@ const BATTERY: &[&str] = &[
     "userfaultfd",
     "io-uring-setup",
     "personality-read-implies-exec",
+    "ioctl-tiocsti",
     "reboot",
     "swapoff",
     "settimeofday",

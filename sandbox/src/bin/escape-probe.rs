@@ -954,6 +954,19 @@ fn kernel_interfaces(r: &mut Report) {
         unsafe { libc::personality(0) };
     }
     r.call("personality-read-implies-exec", pers);
+    // TIOCSTI: typing into a terminal (the classic sandbox-to-parent-shell injection); tried on
+    // a pty of our own, which is harmless if it worked.
+    let tiocsti = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ptmx")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|f| {
+            let ch: libc::c_char = b'x' as libc::c_char;
+            // SAFETY: TIOCSTI reads one byte from `ch`, which is valid for the call.
+            sys(unsafe { libc::ioctl(f.as_raw_fd(), libc::TIOCSTI, &ch) } as libc::c_long)
+        });
+    r.call("ioctl-tiocsti", tiocsti);
     // SAFETY: reboot with the CAD_OFF command (harmless even if allowed in a pid namespace).
     r.call(
         "reboot",
