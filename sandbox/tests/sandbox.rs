@@ -159,6 +159,8 @@ struct Fixture {
     dir: tempfile::TempDir,
     name: String,
     slot: u32,
+    /// A real template root to use instead of the tiny test root.
+    template: Option<PathBuf>,
 }
 
 impl Fixture {
@@ -213,6 +215,7 @@ impl Fixture {
             dir,
             name: name.to_string(),
             slot,
+            template: None,
         }
     }
 
@@ -223,7 +226,7 @@ impl Fixture {
     fn spec(&self, init: &[&str]) -> SandboxSpec {
         SandboxSpec {
             name: self.name.clone(),
-            template_root: self.path("root"),
+            template_root: self.template.clone().unwrap_or_else(|| self.path("root")),
             private_dir: self.path("private"),
             scratch_dir: self.path("scratch"),
             channel_dir: self.path("channel"),
@@ -399,6 +402,30 @@ fn escape_battery_as_domain_root() {
         .expect("spawn on host")
         .success());
     println!("{log}");
+}
+
+/// The battery inside a real template (the Debian 12 tree built by `templates/`), when one is
+/// available: BULKHEAD_TEST_TEMPLATE, else the templates crate's test cache.
+#[test]
+fn escape_battery_in_real_template() {
+    require_host!();
+    let template = std::env::var_os("BULKHEAD_TEST_TEMPLATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/bulkhead-test/templates/debian-12/current"));
+    if !template.join("etc/os-release").exists() {
+        println!(
+            "skipped: no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
+            template.display()
+        );
+        return;
+    }
+    let mut fx = Fixture::new("bh-test-escape-tmpl", 4007);
+    fx.template = Some(template.clone());
+    let before = fs::read_dir(&template).expect("template").count();
+    let mut expect: Vec<&str> = BATTERY.to_vec();
+    expect.extend(["fork-bomb", "memory-bomb"]);
+    run_battery(&fx, &["--pids-max", "64", "--memory-mib", "128"], &expect);
+    assert_eq!(fs::read_dir(&template).expect("template").count(), before);
 }
 
 #[test]
