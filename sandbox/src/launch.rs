@@ -58,6 +58,10 @@ impl LaunchError {
 
 pub type StepResult<T> = Result<T, LaunchError>;
 
+/// Test hook: when set in the launcher's environment, it stops itself (SIGSTOP) after the root
+/// is assembled and before the child is released.
+pub const PAUSE_ENV: &str = "BULKHEAD_SANDBOX_TEST_PAUSE_BEFORE_RELEASE";
+
 /// Capabilities the domain init keeps, in the domain's user namespace only: switching to the
 /// domain user for commands, and signalling the domain's processes.
 pub const KEPT_CAPS: [caps::Capability; 3] = [
@@ -269,6 +273,13 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     step("mount-ns", setns(own_mnt.as_fd(), CloneFlags::CLONE_NEWNS))?;
     assembled?;
     tracing::debug!(root = %layout.root().display(), "root assembled in the child's mount namespace");
+
+    // Fault-injection hook for tests: stop here, with the child cloned and its root assembled,
+    // so a test can SIGKILL the launcher at its worst moment.
+    if std::env::var_os(PAUSE_ENV).is_some() {
+        tracing::warn!("{PAUSE_ENV} set: stopping before releasing the child");
+        step("release", nix::sys::signal::raise(Signal::SIGSTOP))?;
+    }
 
     // Release the child and wait for exec (EOF) or an error report.
     let mut go = fs::File::from(go_w);

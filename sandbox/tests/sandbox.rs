@@ -671,3 +671,55 @@ fn probe_reports_this_host() {
         .expect("read");
     assert!(!s.is_empty());
 }
+
+/// The launcher killed at its worst moment (child cloned, root assembled, not released): the
+/// child goes away by itself, the host sees no mount, and the leftover cgroup is found and
+/// removed like domaind's recovery does; the domain then starts normally.
+#[test]
+fn launcher_killed_mid_start_leaves_recoverable_state() {
+    require_host!();
+    let fx = Fixture::new("bh-test-killed", 4008);
+    let spec = fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]);
+    let mut child = Command::new(LAUNCHER)
+        .arg("launch")
+        .env(bulkhead_sandbox::launch::PAUSE_ENV, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn launcher");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(&serde_json::to_vec(&spec).expect("json"))
+            .expect("write spec");
+    }
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proc_state(pid) != 'T' {
+        assert!(
+            Instant::now() < deadline,
+            "launcher never reached the pause point"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // the sandbox child exists now, in the domain's cgroup
+    assert!(list_orphan_cgroups().expect("list").contains(&fx.name));
+    assert!(fx.host_mounts().is_empty(), "assembly leaked into the host");
+    child.kill().expect("SIGKILL launcher");
+    let _ = child.wait();
+
+    // the child sees EOF on its go pipe and exits; recovery removes the cgroup
+    bulkhead_sandbox::remove_cgroup(&fx.name).expect("remove leftover cgroup");
+    assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
+    assert!(fx.host_mounts().is_empty());
+
+    // and the domain starts again from the leftover scratch
+    let rec = start(&spec, &launcher()).expect("start after a killed launcher");
+    wait_for_log(&fx, "READY");
+    rec.kill_all().expect("kill");
+    let _ = wait_exit(&rec, Duration::from_secs(30));
+    rec.cleanup().expect("cleanup");
+    assert!(scratch_is_empty(&fx));
+}
