@@ -624,6 +624,73 @@ mod tests {
         assert!(json.contains("\"version\":\"v2\""), "{json}");
     }
 
+    /// The knob values written for each layout. Plain directories stand in for cgroupfs here
+    /// because the build hosts cannot mount a v2 hierarchy with controllers; the real v1 path
+    /// is exercised by the integration tests.
+    #[test]
+    fn knobs_written_v2_and_v1() {
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            vcpus: 2,
+            pids_max: 500,
+        };
+        let t = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy::V2 {
+            root: t.path().to_path_buf(),
+        };
+        let p = h.create("dom", limits).expect("create v2");
+        let dir = t.path().join("bulkhead/dom");
+        assert_eq!(p, CgroupPaths::V2 { dir: dir.clone() });
+        let rd = |f: &Path| fs::read_to_string(f).expect("read knob");
+        assert_eq!(
+            rd(&t.path().join("cgroup.subtree_control")),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            rd(&t.path().join("bulkhead/cgroup.subtree_control")),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(rd(&dir.join("memory.max")), (256u64 << 20).to_string());
+        assert_eq!(rd(&dir.join("cpu.max")), "200000 100000");
+        assert_eq!(rd(&dir.join("pids.max")), "500");
+        assert_eq!(p.memory_limit(), Some(256 << 20));
+        assert_eq!(p.pids_limit(), Some(500));
+
+        let t = tempfile::tempdir().expect("tempdir");
+        let sub = |n: &str| t.path().join(n);
+        for c in V1_CONTROLLERS {
+            fs::create_dir(sub(c)).expect("hierarchy mount point");
+        }
+        let h = Hierarchy::V1 {
+            memory: sub("memory"),
+            cpu: sub("cpu"),
+            pids: sub("pids"),
+            freezer: sub("freezer"),
+        };
+        let p = h.create("dom", limits).expect("create v1");
+        assert_eq!(
+            rd(&sub("memory/bulkhead/dom/memory.limit_in_bytes")),
+            (256u64 << 20).to_string()
+        );
+        assert_eq!(rd(&sub("cpu/bulkhead/dom/cpu.cfs_quota_us")), "200000");
+        assert_eq!(rd(&sub("cpu/bulkhead/dom/cpu.cfs_period_us")), "100000");
+        assert_eq!(rd(&sub("pids/bulkhead/dom/pids.max")), "500");
+        assert!(sub("freezer/bulkhead/dom").is_dir());
+        assert_eq!(p.dirs().len(), 4);
+    }
+
+    #[test]
+    fn own_cgroup_lines() {
+        // whatever the layout, the launcher must find its own cgroup in each hierarchy it uses
+        if let Ok(h) = Hierarchy::detect() {
+            let own = own_cgroups(&h).expect("own cgroups");
+            assert!(
+                own.iter().all(|d| d.join("cgroup.procs").exists()),
+                "{own:?}"
+            );
+        }
+    }
+
     #[test]
     fn detect_on_this_host() {
         // every supported host has one of the two layouts; this one must be recognised
