@@ -1,7 +1,7 @@
 //! Starting an exec request's process and serving its stream.
 
+use std::ffi::CString;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::path::Path;
 use std::process::Stdio;
 
 use bulkhead_wire::{exec, ExecRequest, ExitStatus, Stream};
@@ -28,7 +28,8 @@ pub enum SpawnError {
 }
 
 /// Builds the command for `req` running as `acct`: clean environment (HOME, USER, LOGNAME,
-/// SHELL, PATH plus the request's env), cwd = request cwd or home (or / if home is missing),
+/// SHELL, PATH plus the request's env), cwd = request cwd or home (or / if the home cannot be
+/// entered), changed after the uid switch,
 /// a new session, supplementary groups, gid and uid (uid change skipped when it already
 /// matches ours), pipes for stdin/stdout/stderr.
 pub fn command(req: &ExecRequest, acct: &Account) -> tokio::process::Command {
@@ -44,12 +45,16 @@ pub fn command(req: &ExecRequest, acct: &Account) -> tokio::process::Command {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let cwd = match &req.cwd {
-        Some(c) => Path::new(c).to_path_buf(),
-        None if acct.home.is_dir() => acct.home.clone(),
-        None => Path::new("/").to_path_buf(),
+    // The directory change happens in the child after the uid switch: the domain's root
+    // has no CAP_DAC_OVERRIDE, so only the user may enter a 0700 home.
+    let (cwd, cwd_required) = match &req.cwd {
+        Some(c) => (c.clone(), true),
+        None => (acct.home.to_string_lossy().into_owned(), false),
     };
-    cmd.current_dir(cwd);
+    // Request paths never contain NUL (validated by the wire decoder); a home with one
+    // (broken passwd) falls back to "/".
+    let cwd = CString::new(cwd).unwrap_or_else(|_| CString::from(c"/"));
+    let root = CString::from(c"/");
 
     let switch = acct.uid != Uid::effective();
     let (uid, gid, groups) = (acct.uid, acct.gid, acct.groups.clone());
@@ -60,11 +65,15 @@ pub fn command(req: &ExecRequest, acct: &Account) -> tokio::process::Command {
             nix::unistd::setgid(gid)?;
             nix::unistd::setuid(uid)?;
         }
-        Ok(())
+        match nix::unistd::chdir(cwd.as_c_str()) {
+            Ok(()) => Ok(()),
+            Err(e) if cwd_required => Err(e.into()),
+            Err(_) => Ok(nix::unistd::chdir(root.as_c_str())?),
+        }
     };
     // SAFETY: the closure runs in the forked child before exec. It only calls setsid,
-    // setgroups, setgid and setuid (thin syscall wrappers, async-signal-safe in a
-    // single-threaded child) on values computed before the fork; it allocates nothing.
+    // setgroups, setgid, setuid and chdir (thin syscall wrappers, async-signal-safe in a
+    // single-threaded child) on values computed before the fork (C strings, no allocation).
     unsafe {
         cmd.pre_exec(pre_exec);
     }

@@ -246,3 +246,70 @@ async fn abandoned_command_gets_hangup() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// As in a sandbox, the agent's root has no CAP_DAC_OVERRIDE: it must switch to the user
+/// before entering a 0700 directory that only the user may enter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cwd_is_entered_as_the_user() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipping: switching users needs root");
+        return;
+    }
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_setpriv {
+        println!("skipping: setpriv (util-linux) not installed");
+        return;
+    }
+    let expected_uid = match nix::unistd::User::from_name("user").unwrap() {
+        Some(u) => u.uid.as_raw(),
+        None => 1000,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::os::unix::fs::chown(&private, Some(expected_uid), Some(expected_uid)).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let sock = socket_path(&dir);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let _agent = Kill(
+        Command::new("setpriv")
+            .args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+            .arg(env!("CARGO_BIN_EXE_bulkhead-agent"))
+            .env("BULKHEAD_AGENT_SOCKET", &sock)
+            .spawn()
+            .unwrap(),
+    );
+    let (c, _inc) = accept(&listener).await;
+
+    // The agent's own root cannot enter it...
+    let req = ExecRequest {
+        user: Some("root".into()),
+        cwd: Some(private.to_string_lossy().into_owned()),
+        ..ExecRequest::new(["pwd"])
+    };
+    let r = exec::run(&c, req, &b""[..], tokio::io::sink(), tokio::io::sink()).await;
+    assert!(
+        matches!(r, Err(bulkhead_wire::WireError::ExecFailed { .. })),
+        "{r:?}"
+    );
+    // ...the user can.
+    let req = ExecRequest {
+        cwd: Some(private.to_string_lossy().into_owned()),
+        ..ExecRequest::new(["pwd"])
+    };
+    let mut out = Vec::new();
+    let st = exec::run(&c, req, &b""[..], &mut out, tokio::io::sink())
+        .await
+        .unwrap();
+    assert_eq!(st, ExitStatus::Code(0));
+    assert_eq!(
+        String::from_utf8(out).unwrap().trim(),
+        private.to_str().unwrap()
+    );
+}
