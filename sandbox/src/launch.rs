@@ -269,8 +269,16 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
         setns(child_mnt.as_fd(), CloneFlags::CLONE_NEWNS),
     )?;
     let assembled = mounts::assemble(spec, &layout, userns.as_fd());
-    // Always return to the host mount namespace, even after a failure.
-    step("mount-ns", setns(own_mnt.as_fd(), CloneFlags::CLONE_NEWNS))?;
+    // Always return to the host mount namespace, even after a failure. Should that fail, do
+    // not wipe scratch from in here: inside the child's namespace the staging mounts (the
+    // private volume among them) are reachable below scratch.
+    if let Err(e) = setns(own_mnt.as_fd(), CloneFlags::CLONE_NEWNS) {
+        rb.scratch = None;
+        return Err(LaunchError::new(
+            "mount-ns",
+            format!("returning to the host mount namespace: {e}"),
+        ));
+    }
     assembled?;
     tracing::debug!(root = %layout.root().display(), "root assembled in the child's mount namespace");
 
@@ -476,7 +484,7 @@ fn child_main(plan: &ChildPlan, go_r: OwnedFd, log: fs::File) -> StepResult<Neve
     )?;
     seccomp::install(&plan.seccomp).map_err(|e| LaunchError::new("seccomp", e))?;
 
-    let e = nix::unistd::execve(&plan.argv[0], &plan.argv, &plan.env).unwrap_err();
+    let Err(e) = nix::unistd::execve(&plan.argv[0], &plan.argv, &plan.env);
     Err(LaunchError::new(
         "exec",
         format!("{}: {e}", plan.argv[0].to_string_lossy()),

@@ -807,7 +807,7 @@ fn run_as_user_capture(bin: &Path, uid: u32) -> anyhow::Result<String> {
             // SAFETY: dup2 onto stdout of the child.
             unsafe { libc::dup2(wr.as_raw_fd(), 1) };
             if ok {
-                let e = nix::unistd::execv(&cbin, &[cbin.clone(), arg]).unwrap_err();
+                let Err(e) = nix::unistd::execv(&cbin, &[cbin.clone(), arg]);
                 println!("exec failed: {e}");
             } else {
                 println!("could not drop to uid {uid}");
