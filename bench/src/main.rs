@@ -1,1 +1,191 @@
-fn main() {}
+//! `bulkhead-bench`: measurements printed next to a peer measured in the same run.
+//!
+//! `bulkhead-bench disposable` times a disposable sandbox domain running `true`, from the
+//! request to its removal (one `RunDisposable` call on domaind's D-Bus API), and bubblewrap
+//! running `/bin/true` in the same template root with comparable namespaces (user, pid, net,
+//! uts, ipc, cgroup, mount). It prints both medians and their ratio. By default it starts its
+//! own private dbus-daemon and domaind over the template store in `--template-cache`; with
+//! `--bus-address` (or `--system`) it measures an installed domaind instead.
+
+use anyhow::{bail, Context, Result};
+use bulkhead_templates::TemplateStore;
+use clap::{Parser, Subcommand};
+use domaind::api::Domaind1Proxy;
+use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use zbus::zvariant::Fd;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Bulkhead benchmarks, each against a peer measured in the same run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Disposable sandbox doing `true` (request to removal) vs `bwrap ... /bin/true`.
+    Disposable {
+        /// Measured runs of each (after one warm-up run of each).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Template store holding a built template (as `bulkhead-template build --store` makes).
+        #[arg(
+            long,
+            env = "BULKHEAD_TEST_TEMPLATE_CACHE",
+            default_value = "/var/lib/bulkhead/templates"
+        )]
+        template_cache: PathBuf,
+        /// The template the disposables (and bwrap) use.
+        #[arg(long, default_value = "debian-12")]
+        template: String,
+        /// Measure the domaind on this bus instead of starting a private one.
+        #[arg(long)]
+        bus_address: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match Cli::parse().command {
+        Bench::Disposable {
+            runs,
+            template_cache,
+            template,
+            bus_address,
+        } => runtime.block_on(disposable(runs, template_cache, template, bus_address)),
+    }
+}
+
+async fn disposable(
+    runs: usize,
+    cache: PathBuf,
+    template: String,
+    bus_address: Option<String>,
+) -> Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let name = bulkhead_domain::DomainName::new(&template)
+        .with_context(|| format!("'{template}' is not a template name"))?;
+    let root = TemplateStore::new(cache.clone())
+        .root_path(&name)
+        .with_context(|| format!("template '{template}' in {}", cache.display()))?;
+
+    // Our side: a private bus and domaind unless told to use an installed one.
+    let mut _private = None;
+    let connection = match bus_address {
+        Some(address) => domaind::api::connect(Some(&address)).await?,
+        None => {
+            let bus = TestBus::start().map_err(anyhow::Error::msg)?;
+            let daemon = TestDomaind::start(
+                &bus,
+                DomaindOptions {
+                    with_guest_tools: true,
+                    template_cache: Some(cache.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            let connection = daemon.connect().await.map_err(anyhow::Error::msg)?;
+            _private = Some((bus, daemon));
+            connection
+        }
+    };
+    let proxy = Domaind1Proxy::new(&connection).await?;
+
+    let ours = measure(runs, || async {
+        let null = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        let (_, status) = proxy
+            .run_disposable(
+                &template,
+                &["true"],
+                "",
+                Fd::from(&null),
+                Fd::from(&null),
+                Fd::from(&null),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("RunDisposable: {}", e.message()))?;
+        if status != 0 {
+            bail!("`true` in a disposable exited {status}");
+        }
+        Ok(())
+    })
+    .await?;
+
+    let bwrap = measure(runs, || async {
+        let status = Command::new("bwrap")
+            .args(["--unshare-user", "--uid", "0", "--gid", "0"])
+            .args(["--unshare-pid", "--unshare-net", "--unshare-uts"])
+            .args(["--unshare-ipc", "--unshare-cgroup", "--die-with-parent"])
+            .arg("--ro-bind")
+            .arg(&root)
+            .arg("/")
+            .args([
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "/bin/true",
+            ])
+            .stdin(Stdio::null())
+            .status()
+            .context("cannot run bwrap (apt-get install bubblewrap)")?;
+        if !status.success() {
+            bail!("bwrap /bin/true failed: {status}");
+        }
+        Ok(())
+    })
+    .await?;
+
+    let (ours_median, bwrap_median) = (median(&ours), median(&bwrap));
+    println!("disposable sandbox `true`, request to removal ({runs} runs): median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        ms(ours_median), ms(ours[0]), ms(ours[ours.len() - 1]));
+    println!("bwrap /bin/true, same root, same namespaces ({runs} runs):  median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        ms(bwrap_median), ms(bwrap[0]), ms(bwrap[bwrap.len() - 1]));
+    println!(
+        "ratio disposable/bwrap: {:.2} (target: disposable under 100 ms; Qubes: 5.8 s cold)",
+        ours_median.as_secs_f64() / bwrap_median.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One warm-up run, then `runs` timed runs, sorted.
+async fn measure<F, Fut>(runs: usize, mut f: F) -> Result<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    f().await?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        f().await?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn median(sorted: &[Duration]) -> Duration {
+    sorted[sorted.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
