@@ -1,0 +1,317 @@
+//! The `bulkhead` binary against a real domaind on a private bus: what a person or a script
+//! sees (output, JSON, exit codes), not just what the D-Bus API returns.
+
+use domaind::testing::{template_cache, DomaindOptions, TestBus, TestDomaind};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+struct Cli<'a> {
+    daemon: &'a TestDomaind,
+}
+
+impl Cli<'_> {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        cmd.args(args)
+            .env("BULKHEAD_BUS_ADDRESS", self.daemon.bus_address())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self
+            .command(args)
+            .output()
+            .expect("the bulkhead binary runs");
+        eprintln!(
+            "$ bulkhead {}\n-> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "bulkhead {args:?} failed");
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// Runs and checks the documented exit code and that stderr says something useful.
+    fn fails(&self, args: &[&str], code: i32, stderr_has: &str) {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "exit code of bulkhead {args:?}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(stderr_has),
+            "stderr of bulkhead {args:?} should mention {stderr_has:?}: {stderr}"
+        );
+    }
+}
+
+fn json_names(json: &str) -> Vec<String> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(json).expect("ls --json is JSON");
+    rows.iter()
+        .map(|r| r["name"].as_str().expect("name is a string").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manage_domains_with_exit_codes_scripts_can_rely_on() {
+    let bus = TestBus::start().expect("dbus-daemon starts");
+    let daemon = TestDomaind::start(&bus, DomaindOptions::default())
+        .await
+        .expect("domaind starts");
+    let cli = Cli { daemon: &daemon };
+
+    assert_eq!(json_names(&cli.ok(&["ls", "--json"])), Vec::<String>::new());
+
+    // A standalone needs no template, so this runs without one.
+    cli.ok(&["create", "--class", "standalone", "--label", "blue", "work"]);
+    cli.ok(&[
+        "create",
+        "-C",
+        "standalone",
+        "-l",
+        "green",
+        "-P",
+        "memory=800",
+        "-P",
+        "vcpus=1",
+        "home",
+    ]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&cli.ok(&["ls", "--json"])).expect("JSON");
+    assert_eq!(rows.len(), 2);
+    let home = rows
+        .iter()
+        .find(|r| r["name"] == "home")
+        .expect("home listed");
+    assert_eq!(home["label"], "green");
+    assert_eq!(home["memory_mib"], 800);
+    assert_eq!(home["vcpus"], 1);
+    assert_eq!(home["state"], "halted");
+    assert_eq!(home["class"], "standalone");
+
+    let table = cli.ok(&["ls"]);
+    assert!(table.starts_with("NAME"), "a header line: {table}");
+    assert!(table.contains("work") && table.contains("blue") && table.contains("800 MiB"));
+
+    // prefs: one, all, set, JSON.
+    assert_eq!(cli.ok(&["prefs", "work", "label"]).trim(), "blue");
+    cli.ok(&["prefs", "work", "label", "purple"]);
+    assert_eq!(cli.ok(&["prefs", "work", "label"]).trim(), "purple");
+    let all: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["prefs", "--json", "work"])).expect("JSON");
+    assert_eq!(all["label"], "purple");
+    assert!(cli.ok(&["prefs", "work"]).contains("memory"));
+
+    // Errors: the documented codes, and a message naming what was wrong.
+    cli.fails(
+        &["create", "-C", "standalone", "-l", "red", "9lives"],
+        5,
+        "9lives",
+    );
+    cli.fails(
+        &["create", "-C", "standalone", "-l", "red", "x-dm"],
+        5,
+        "x-dm",
+    );
+    cli.fails(
+        &["create", "-C", "standalone", "-l", "pink", "ok"],
+        5,
+        "pink",
+    );
+    cli.fails(
+        &["create", "-C", "standalone", "-l", "red", "work"],
+        8,
+        "work",
+    );
+    cli.fails(
+        &["create", "-C", "app", "-l", "red", "needs-template"],
+        5,
+        "template",
+    );
+    cli.fails(&["prefs", "work", "memory", "lots"], 5, "memory");
+    cli.fails(&["prefs", "work", "colour"], 5, "colour");
+    cli.fails(&["prefs", "nosuch"], 3, "nosuch");
+    cli.fails(&["start", "nosuch"], 3, "nosuch");
+    cli.fails(&["rm", "nosuch"], 3, "nosuch");
+    cli.fails(
+        &[
+            "create",
+            "-C",
+            "standalone",
+            "-l",
+            "red",
+            "-P",
+            "novalue",
+            "x",
+        ],
+        5,
+        "KEY=VALUE",
+    );
+    // `run` reports its own failures as 125 so they never look like the command's status.
+    cli.fails(&["run", "nosuch", "--", "true"], 125, "nosuch");
+    // Usage errors are clap's 2.
+    cli.fails(&["create"], 2, "Usage");
+
+    cli.ok(&["clone", "work", "work2"]);
+    assert_eq!(cli.ok(&["prefs", "work2", "label"]).trim(), "purple");
+    cli.ok(&["rm", "work2", "home"]);
+    assert_eq!(
+        json_names(&cli.ok(&["ls", "--json"])),
+        vec!["work".to_string()]
+    );
+}
+
+#[test]
+fn unreachable_domaind_is_exit_code_6() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["ls"])
+        .env("BULKHEAD_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BULKHEAD_BUS_ADDRESS"));
+}
+
+/// The README's promise: a disposable made from the Debian 12 template prints Debian's
+/// release file, exit statuses and stdin pass through, and the disposable is gone after.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_in_a_disposable_from_the_debian_template() {
+    let Some(cache) = template_cache() else {
+        return;
+    };
+    if !domaind::testing::sandbox_available() {
+        eprintln!("SKIP: this host cannot run sandbox domains (see bulkhead-sandbox probe)");
+        return;
+    }
+    let bus = TestBus::start().expect("dbus-daemon starts");
+    let daemon = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache),
+            recipes_dir: Some(bulkhead_templates_recipes()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind starts");
+    let cli = Cli { daemon: &daemon };
+
+    // The template is cached, so this registers it without rebuilding; progress goes to stderr.
+    let out = cli.run(&["template", "build", "debian-12"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("template debian-12"));
+
+    cli.ok(&[
+        "create",
+        "-C",
+        "disposable-template",
+        "-t",
+        "debian-12",
+        "-l",
+        "red",
+        "debian-12-dvm",
+    ]);
+    let release = cli.ok(&[
+        "run",
+        "--dispvm",
+        "debian-12-dvm",
+        "--",
+        "cat",
+        "/etc/os-release",
+    ]);
+    assert!(release.contains("VERSION_ID=\"12\""), "{release}");
+    assert!(release.contains("Debian GNU/Linux"), "{release}");
+
+    let out = cli.run(&[
+        "run",
+        "--dispvm",
+        "debian-12-dvm",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "oops");
+
+    // stdin reaches the command; the default user is `user`, not root.
+    let mut child = cli
+        .command(&[
+            "run",
+            "--dispvm",
+            "debian-12-dvm",
+            "--",
+            "sh",
+            "-c",
+            "id -un; cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through the pipe\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "user\nthrough the pipe\n"
+    );
+
+    // A persistent domain: start shows progress, run, pause, shutdown.
+    cli.ok(&[
+        "create",
+        "-C",
+        "app",
+        "-t",
+        "debian-12",
+        "-l",
+        "blue",
+        "work",
+    ]);
+    let out = cli.run(&["start", "work"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start work"));
+    assert_eq!(
+        cli.ok(&["run", "-u", "root", "work", "--", "id", "-u"])
+            .trim(),
+        "0"
+    );
+    cli.fails(&["rm", "work"], 4, "work");
+    cli.ok(&["pause", "work"]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&cli.ok(&["ls", "--json"])).expect("JSON");
+    let work = rows.iter().find(|r| r["name"] == "work").expect("listed");
+    assert_eq!(work["state"], "paused");
+    cli.ok(&["unpause", "work"]);
+    cli.ok(&["shutdown", "--timeout", "10", "work"]);
+
+    // No disposable is left behind.
+    let names = json_names(&cli.ok(&["ls", "--json"]));
+    assert!(
+        !names.iter().any(|n| n.starts_with("disp")),
+        "disposables left: {names:?}"
+    );
+}
+
+fn bulkhead_templates_recipes() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("templates")
+        .join("recipes")
+}
