@@ -20,6 +20,8 @@ pub enum Code {
     RunRefused = 126,
 }
 
+const ADMINS: &str = "only root and members of the bulkhead-admin group may manage domains";
+
 #[derive(Debug)]
 pub struct Failure {
     pub code: Code,
@@ -59,7 +61,14 @@ impl From<zbus::Error> for Failure {
         match &e {
             zbus::Error::MethodError(name, message, _) => {
                 let message = message.clone().unwrap_or_else(|| name.to_string());
-                Failure::new(code_for_error_name(name.as_str()), message)
+                match code_for_error_name(name.as_str()) {
+                    // The bus itself refused (its policy), so domaind never saw the call.
+                    Code::AccessDenied => Failure::new(
+                        Code::AccessDenied,
+                        format!("access denied by the bus: {message} ({ADMINS})"),
+                    ),
+                    code => Failure::new(code, message),
+                }
             }
             zbus::Error::FDO(fdo) => from_fdo(fdo),
             zbus::Error::InputOutput(io) => Failure::new(
