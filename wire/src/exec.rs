@@ -162,6 +162,9 @@ where
         let status = wait
             .await
             .map_err(WireError::io("waiting for the command"))?;
+        // The client drops a connection that reports an impossible status; refuse to send one
+        // (this resets only the stream).
+        status.validate().map_err(WireError::InvalidRequest)?;
         tx.send_message(&ExecMessage::Exit(status).encode()).await?;
         tx.finish()?;
         Ok::<_, WireError>(status)

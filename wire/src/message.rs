@@ -18,6 +18,10 @@ pub const MAX_USER_LEN: usize = 32;
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest failure reason text in an exec message (fits a Message frame).
 pub const MAX_REASON_LEN: usize = 1024;
+/// Exit codes a process can have (`wait` reports the low 8 bits).
+pub const EXIT_CODES: std::ops::RangeInclusive<i32> = 0..=255;
+/// Signal numbers Linux has (1..=31 standard, 32..=64 real-time).
+pub const SIGNALS: std::ops::RangeInclusive<i32> = 1..=64;
 
 /// A payload that does not decode or breaks a limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,11 +240,26 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
-    /// Shell convention: the code, or 128 + signal.
+    /// Shell convention: the code, or 128 + signal. Saturates instead of overflowing for
+    /// values outside [`EXIT_CODES`] / [`SIGNALS`] (which the decoder never yields).
     pub fn as_shell_code(self) -> i32 {
         match self {
             ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Signal(s) => s.saturating_add(128),
+        }
+    }
+
+    /// Checks that the status is one a process can have: a code in [`EXIT_CODES`] or a signal
+    /// in [`SIGNALS`].
+    pub fn validate(&self) -> Result<(), MessageError> {
+        match *self {
+            ExitStatus::Code(c) if !EXIT_CODES.contains(&c) => {
+                Err(invalid("exit code", format!("{c} not in 0..=255")))
+            }
+            ExitStatus::Signal(s) if !SIGNALS.contains(&s) => {
+                Err(invalid("exit signal", format!("{s} not in 1..=64")))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -266,13 +285,15 @@ impl ExecMessage {
     /// Decodes and validates the message.
     pub fn decode(b: &[u8]) -> Result<ExecMessage, MessageError> {
         let m: ExecMessage = decode_exact("exec message", b)?;
-        if let ExecMessage::Failed { reason } = &m {
-            if reason.len() > MAX_REASON_LEN {
+        match &m {
+            ExecMessage::Failed { reason } if reason.len() > MAX_REASON_LEN => {
                 return Err(invalid(
                     "exec failure reason",
                     format!("{} bytes, limit {MAX_REASON_LEN}", reason.len()),
                 ));
             }
+            ExecMessage::Exit(status) => status.validate()?,
+            ExecMessage::Failed { .. } => {}
         }
         Ok(m)
     }
@@ -353,6 +374,39 @@ mod tests {
     fn shell_codes() {
         assert_eq!(ExitStatus::Code(3).as_shell_code(), 3);
         assert_eq!(ExitStatus::Signal(9).as_shell_code(), 137);
+        assert_eq!(ExitStatus::Signal(64).as_shell_code(), 192);
+        // values the decoder refuses still do not overflow if built locally
+        assert_eq!(ExitStatus::Signal(i32::MAX).as_shell_code(), i32::MAX);
+        assert_eq!(ExitStatus::Signal(i32::MIN).as_shell_code(), i32::MIN + 128);
+    }
+
+    #[test]
+    fn exit_status_ranges() {
+        for ok in [
+            ExitStatus::Code(0),
+            ExitStatus::Code(255),
+            ExitStatus::Signal(1),
+            ExitStatus::Signal(64),
+        ] {
+            let enc = ExecMessage::Exit(ok).encode();
+            assert_eq!(ExecMessage::decode(&enc), Ok(ExecMessage::Exit(ok)));
+        }
+        for bad in [
+            ExitStatus::Code(-1),
+            ExitStatus::Code(256),
+            ExitStatus::Code(i32::MIN),
+            ExitStatus::Code(i32::MAX),
+            ExitStatus::Signal(0),
+            ExitStatus::Signal(-9),
+            ExitStatus::Signal(65),
+            ExitStatus::Signal(i32::MAX),
+        ] {
+            let enc = ExecMessage::Exit(bad).encode();
+            assert!(
+                matches!(ExecMessage::decode(&enc), Err(MessageError::Invalid { .. })),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -451,3 +451,45 @@ async fn too_many_streams_are_refused_not_fatal() {
     );
     let _ = STDOUT;
 }
+
+/// A hostile agent answering an exec with an exit status no process can have: the client
+/// (domaind) gets a violation and drops the connection instead of passing the value on.
+#[tokio::test]
+async fn violation_impossible_exit_status_from_agent() {
+    use bulkhead_wire::ExecMessage;
+    for bad in [
+        ExitStatus::Signal(i32::MAX),
+        ExitStatus::Signal(0),
+        ExitStatus::Code(-1),
+        ExitStatus::Code(256),
+    ] {
+        let (c, _ci, _s, mut si) = pair(Limits::default(), Limits::default()).await;
+        let agent = tokio::spawn(async move {
+            let Some(IncomingEvent::Stream(s)) = si.next().await else {
+                panic!("no stream")
+            };
+            let (tx, _rx) = s.stream.split();
+            let _ = tx.send_message(&ExecMessage::Exit(bad).encode()).await;
+            let _ = tx.finish();
+            // keep the receiver alive until the client has judged the message
+            tokio::time::sleep(HANG).await;
+        });
+        let r = tokio::time::timeout(
+            HANG,
+            exec::run(
+                &c,
+                ExecRequest::new(["true"]),
+                &b""[..],
+                tokio::io::sink(),
+                tokio::io::sink(),
+            ),
+        )
+        .await
+        .expect("exec hung");
+        assert!(matches!(r, Err(WireError::Violation(_))), "{bad:?}: {r:?}");
+        tokio::time::timeout(HANG, c.closed())
+            .await
+            .expect("connection kept");
+        agent.abort();
+    }
+}
