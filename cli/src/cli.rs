@@ -71,7 +71,7 @@ pub enum Command {
     Prefs(PrefsArgs),
     /// Run a command in a domain (or in a new disposable), with stdin/stdout/stderr passed through.
     Run(RunArgs),
-    /// Show a domain's log (its init and agent).
+    /// Show a domain's log (its init and agent); control characters are replaced on a terminal.
     Log { name: String },
     /// Templates: root file systems built from Debian packages.
     #[command(subcommand)]
@@ -125,6 +125,10 @@ pub struct RunArgs {
     /// User inside the domain (default: the domain's default user).
     #[arg(long, short = 'u', default_value = "")]
     pub user: String,
+    /// Pass the domain's output to a terminal unfiltered. By default control characters
+    /// (escape sequences) are replaced with `_` when stdout or stderr is a terminal.
+    #[arg(long)]
+    pub no_filter_escape_chars: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,

@@ -4,6 +4,7 @@
 mod cli;
 mod failure;
 mod progress;
+mod terminal;
 
 use clap::Parser;
 use cli::{Cli, Command, CreateArgs, LsArgs, PrefsArgs, RunArgs, TemplateCommand};
@@ -32,7 +33,8 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("bulkhead: {failure}");
+            // Messages can quote a domain's log or its agent: never raw to a terminal.
+            eprintln!("bulkhead: {}", terminal::sanitize_line(&failure.message));
             failure.exit_code()
         }
     }
@@ -239,23 +241,20 @@ async fn start(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
 }
 
 async fn run(proxy: &Domaind1Proxy<'_>, args: RunArgs) -> Result<ExitCode, Failure> {
+    let filter = !args.no_filter_escape_chars;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    let (i, o, e) = (
-        Fd::from(stdin.as_fd()),
-        Fd::from(stdout.as_fd()),
-        Fd::from(stderr.as_fd()),
-    );
+    let (o, stdout_pump) = output_fd(stdout.as_fd(), filter && stdout.is_terminal(), Sink::Stdout)?;
+    let (e, stderr_pump) = output_fd(stderr.as_fd(), filter && stderr.is_terminal(), Sink::Stderr)?;
+    let i = Fd::from(stdin.as_fd());
     let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
     let status = match (&args.dispvm, &args.name) {
-        (Some(base), _) => {
-            let (_disposable, status) = proxy
-                .run_disposable(base, &argv, &args.user, i, o, e)
-                .await?;
-            status
-        }
-        (None, Some(name)) => proxy.run(name, &argv, &args.user, i, o, e).await?,
+        (Some(base), _) => proxy
+            .run_disposable(base, &argv, &args.user, i, o, e)
+            .await
+            .map(|(_disposable, status)| status),
+        (None, Some(name)) => proxy.run(name, &argv, &args.user, i, o, e).await,
         (None, None) => {
             return Err(Failure::new(
                 Code::InvalidInput,
@@ -263,9 +262,56 @@ async fn run(proxy: &Domaind1Proxy<'_>, args: RunArgs) -> Result<ExitCode, Failu
             ))
         }
     };
+    // Our ends of the pipes are gone with the call; drain what domaind wrote.
+    for pump in [stdout_pump, stderr_pump].into_iter().flatten() {
+        pump.finish();
+    }
+    let status = status?;
+    // A status outside 0..=255 cannot come from a well-behaved agent; report it as a failure.
     Ok(ExitCode::from(
-        u8::try_from(status.clamp(0, 255)).unwrap_or(255),
+        u8::try_from(status).unwrap_or(Code::RunFailed as u8),
     ))
+}
+
+#[derive(Clone, Copy)]
+enum Sink {
+    Stdout,
+    Stderr,
+}
+
+/// A thread copying a pipe to our terminal through the escape filter.
+struct Pump {
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Pump {
+    /// Waits for the copy to end; a stuck pipe (some process still holding the write end)
+    /// does not keep the CLI from exiting.
+    fn finish(self) {
+        let _ = self.done.recv_timeout(std::time::Duration::from_secs(5));
+    }
+}
+
+/// The fd to hand domaind for an output stream: our own, or a pipe through the escape filter.
+fn output_fd(
+    fd: std::os::fd::BorrowedFd<'_>,
+    filter: bool,
+    sink: Sink,
+) -> Result<(Fd<'_>, Option<Pump>), Failure> {
+    if !filter {
+        return Ok((Fd::from(fd), None));
+    }
+    let (reader, writer) = nix::unistd::pipe()
+        .map_err(|e| Failure::new(Code::Failure, format!("cannot create a pipe: {e}")))?;
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = match sink {
+            Sink::Stdout => terminal::pump(reader, std::io::stdout()),
+            Sink::Stderr => terminal::pump(reader, std::io::stderr()),
+        };
+        let _ = tx.send(());
+    });
+    Ok((Fd::from(writer), Some(Pump { done })))
 }
 
 async fn log(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
@@ -276,10 +322,16 @@ async fn log(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
             format!("cannot read the log of '{name}' at {path}: {e}"),
         )
     })?;
-    let mut out = std::io::stdout().lock();
-    std::io::copy(&mut std::io::BufReader::new(file), &mut out)
-        .map_err(|e| Failure::new(Code::Failure, format!("cannot print {path}: {e}")))?;
-    Ok(())
+    let printed = if std::io::stdout().is_terminal() {
+        terminal::pump(file.into(), std::io::stdout().lock())
+    } else {
+        std::io::copy(
+            &mut std::io::BufReader::new(file),
+            &mut std::io::stdout().lock(),
+        )
+        .map(drop)
+    };
+    printed.map_err(|e| Failure::new(Code::Failure, format!("cannot print {path}: {e}")))
 }
 
 /// Builds a template; domaind writes human progress lines into a pipe we hand it.

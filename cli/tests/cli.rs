@@ -273,6 +273,26 @@ async fn run_in_a_disposable_from_the_debian_template() {
         "user\nthrough the pipe\n"
     );
 
+    // On a terminal, escape sequences from the domain are defused (`script` gives us a pty).
+    let on_tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} run --dispvm debian-12-dvm -- printf '\\033]0;owned\\007hi\\n'",
+            env!("CARGO_BIN_EXE_bulkhead")
+        ))
+        .arg("/dev/null")
+        .env("BULKHEAD_BUS_ADDRESS", daemon.bus_address())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (bsdutils) runs");
+    let seen = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(on_tty.status.success(), "{seen}");
+    assert!(
+        !seen.contains('\u{1b}') && !seen.contains('\u{7}'),
+        "raw escapes reached the tty: {seen:?}"
+    );
+    assert!(seen.contains("_]0;owned_hi"), "{seen:?}");
+
     // A persistent domain: start shows progress, run, pause, shutdown.
     cli.ok(&[
         "create",
