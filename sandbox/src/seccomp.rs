@@ -1,7 +1,36 @@
-//! The seccomp filter of sandbox domains: refuses, with EPERM, what a desktop domain never
-//! needs. Everything else is allowed (the capability drop and the namespaces do the rest).
-//! Syscalls of a foreign architecture (i386 `int 0x80`) kill the process (seccompiler's arch
-//! check), so 32-bit binaries do not run in domains.
+//! The seccomp filter of sandbox domains. Four programs are installed; for each syscall the
+//! kernel runs all of them and the most restrictive answer wins (an errno beats allow), so
+//! they compose as independent deny rules:
+//!
+//! 1. the main filter (seccompiler): refuses with EPERM what a desktop domain never needs
+//!    ([`DENIED`]: module loading, kexec, bpf, perf, keyrings, the mount API, ptrace and
+//!    cross-process memory access, pidfd_getfd, kcmp, NUMA memory policy, io_uring, ...),
+//!    plus argument checks: no CLONE_NEWUSER in unshare/clone, personality only default or
+//!    query, no TIOCSTI/TIOCLINUX ioctls. Its architecture check kills the process for
+//!    syscalls of a foreign architecture (i386 `int 0x80`), so 32-bit binaries do not run.
+//! 2. socket families, an allowlist (seccompiler): `socket(2)` and `socketpair(2)` work only
+//!    for [`ALLOWED_FAMILIES`] (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK); every other family
+//!    gets EAFNOSUPPORT, which programs treat as "not built into this kernel". AF_VSOCK in
+//!    particular is not network-namespaced, so a domain could otherwise reach host vsock
+//!    listeners (the future VM channel); AF_ALG, AF_PACKET, AF_KEY, AF_BLUETOOTH, AF_RDS,
+//!    AF_TIPC, ... are kernel attack surface a desktop domain does not need.
+//! 3. clone3 (seccompiler): ENOSYS, because its flags live in memory that seccomp cannot
+//!    read; libc falls back to clone(2), whose flags filter 1 checks.
+//! 4. syscall-number ceiling (hand-written BPF): every number above [`LAST_REVIEWED_NR`]
+//!    gets ENOSYS. seccompiler matches exact syscall numbers only (its rules are a map from
+//!    number to argument conditions, with no "nr > N" form), so a deny list built with it has
+//!    a gap for every syscall a newer kernel adds (listmount, statmount, open_tree_attr,
+//!    file_setattr, ...). This four-instruction program closes that gap: syscalls nobody has
+//!    reviewed are refused by default, with ENOSYS so libc falls back to the older call as it
+//!    does on an older kernel. To allow a newer syscall, review it and raise the ceiling (or
+//!    add an explicit exception). On x86_64 it also refuses the whole x32 ABI (numbers with
+//!    bit 30 set are far above the ceiling; x32 shares the x86_64 audit arch, so filter 1's
+//!    exact numbers never match them). It checks no architecture: a foreign-arch syscall is
+//!    killed by filter 1, and a kill outranks any errno.
+//!
+//! The capability drop and the namespaces do the rest; this filter reduces the kernel
+//! surface a domain can reach. The domain init and agent need (and keep) kill,
+//! rt_sigqueueinfo, setsid, setgroups, setresuid/setresgid and pidfd_open.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +83,17 @@ pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
     ("io_uring_register", libc::SYS_io_uring_register),
     ("syslog", libc::SYS_syslog),
     ("vhangup", libc::SYS_vhangup),
+    // another process's fds, kernel pointer-order oracle, another process's memory advice
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    ("kcmp", libc::SYS_kcmp),
+    ("process_madvise", libc::SYS_process_madvise),
+    // NUMA placement: moving other processes' pages, memory policy (historically buggy)
+    ("move_pages", libc::SYS_move_pages),
+    ("migrate_pages", libc::SYS_migrate_pages),
+    ("mbind", libc::SYS_mbind),
+    ("set_mempolicy_home_node", libc::SYS_set_mempolicy_home_node),
+    #[cfg(target_arch = "x86_64")]
+    ("modify_ldt", libc::SYS_modify_ldt),
     #[cfg(target_arch = "x86_64")]
     ("iopl", libc::SYS_iopl),
     #[cfg(target_arch = "x86_64")]
@@ -63,6 +103,21 @@ pub(crate) const DENIED: &[(&str, libc::c_long)] = &[
     #[cfg(target_arch = "x86_64")]
     ("uselib", libc::SYS_uselib),
 ];
+
+/// Socket families `socket(2)` and `socketpair(2)` accept; everything else gets EAFNOSUPPORT.
+pub(crate) const ALLOWED_FAMILIES: [libc::c_int; 4] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
+/// The highest syscall number the filter has been reviewed against: 456 (futex_requeue,
+/// Linux 6.7). Since Linux 5.1 new syscalls get the same number on every architecture, so
+/// the ceiling is the same on x86_64 and aarch64. Everything above it (statmount 457,
+/// listmount 458, the lsm_* calls, mseal, the *xattrat calls, open_tree_attr 467,
+/// file_getattr/file_setattr, and whatever comes next) gets ENOSYS.
+pub(crate) const LAST_REVIEWED_NR: u32 = 456;
 
 fn cond(
     arg: u8,
@@ -121,15 +176,6 @@ pub(crate) fn programs() -> Result<Vec<BpfProgram>, String> {
             c(cond32(0, SeccompCmpOp::Ne, 0xffff_ffff))?,
         ])?],
     );
-    // packet sockets (the domain has no CAP_NET_RAW anyway; this closes it twice)
-    rules.insert(
-        libc::SYS_socket,
-        vec![r(vec![c(cond32(
-            0,
-            SeccompCmpOp::Eq,
-            libc::AF_PACKET as u64,
-        ))?])?],
-    );
     // terminal injection: TIOCSTI pushes input into a terminal, TIOCLINUX can too (selection paste)
     rules.insert(
         libc::SYS_ioctl,
@@ -156,43 +202,67 @@ pub(crate) fn programs() -> Result<Vec<BpfProgram>, String> {
         arch()?,
     )
     .map_err(|e| format!("seccomp clone3 filter: {e:?}"))?;
-    let mut out: Vec<BpfProgram> = vec![
+    Ok(vec![
         main.try_into().map_err(|e| format!("compile: {e:?}"))?,
+        socket_filter()?,
         clone3.try_into().map_err(|e| format!("compile: {e:?}"))?,
-    ];
-    #[cfg(target_arch = "x86_64")]
-    out.push(x32_filter());
-    Ok(out)
+        ceiling_filter(),
+    ])
 }
 
-/// x32 syscalls share the x86_64 audit arch with bit 30 set in the number; the filters above
-/// match exact numbers, so refuse x32 entirely (it is off on these kernels anyway).
-#[cfg(target_arch = "x86_64")]
-fn x32_filter() -> BpfProgram {
+/// socket(2) and socketpair(2): EAFNOSUPPORT unless the family (argument 0, an int) is one of
+/// [`ALLOWED_FAMILIES`]. One rule whose conditions are all "family != allowed": they must
+/// all hold (AND) for the errno.
+fn socket_filter() -> Result<BpfProgram, String> {
+    let not_allowed = || -> Result<SeccompRule, String> {
+        let conds = ALLOWED_FAMILIES
+            .iter()
+            .map(|f| cond32(0, SeccompCmpOp::Ne, *f as u64).map_err(|e| format!("{e:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        SeccompRule::new(conds).map_err(|e| format!("{e:?}"))
+    };
+    let mut rules = BTreeMap::new();
+    rules.insert(libc::SYS_socket, vec![not_allowed()?]);
+    rules.insert(libc::SYS_socketpair, vec![not_allowed()?]);
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch()?,
+    )
+    .map_err(|e| format!("seccomp socket filter: {e:?}"))?;
+    f.try_into().map_err(|e| format!("compile: {e:?}"))
+}
+
+/// ENOSYS for every syscall number above [`LAST_REVIEWED_NR`] (see the module docs for why
+/// this is hand-written BPF).
+fn ceiling_filter() -> BpfProgram {
     use seccompiler::sock_filter;
     // BPF_LD | BPF_W | BPF_ABS
     const BPF_LD_W_ABS: u16 = 0x20;
-    const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
+    // BPF_JMP | BPF_JGT | BPF_K (unsigned compare)
+    const BPF_JMP_JGT_K: u16 = 0x05 | 0x20;
     const BPF_RET_K: u16 = 0x06;
     vec![
-        // A = seccomp_data.nr
+        // A = seccomp_data.nr (offset 0)
         sock_filter {
             code: BPF_LD_W_ABS,
             jt: 0,
             jf: 0,
             k: 0,
         },
+        // nr > ceiling: next instruction (ENOSYS), else skip it (allow)
         sock_filter {
-            code: BPF_JMP_JGE_K,
+            code: BPF_JMP_JGT_K,
             jt: 0,
             jf: 1,
-            k: 0x4000_0000,
+            k: LAST_REVIEWED_NR,
         },
         sock_filter {
             code: BPF_RET_K,
             jt: 0,
             jf: 0,
-            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
         },
         sock_filter {
             code: BPF_RET_K,
@@ -222,8 +292,9 @@ mod tests {
         assert!(p[0].len() > DENIED.len());
     }
 
-    #[test]
-    fn filter_refuses_in_a_forked_child() {
+    /// Runs `check` in a forked child with the filters installed; it returns the number of
+    /// the first failed expectation (0 = all held), which becomes the exit code.
+    fn in_filtered_child(check: fn() -> i32) {
         let progs = programs().expect("compile");
         // SAFETY: the test harness may be multi-threaded; the child only makes raw syscalls
         // and exits with _exit, never returning into Rust code that could take locks.
@@ -231,39 +302,140 @@ mod tests {
             Ok(nix::unistd::ForkResult::Child) => {
                 // SAFETY: prctl with constant arguments.
                 let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-                let ok = nnp == 0 && install(&progs).is_ok();
-                // SAFETY: raw syscalls with null/zero arguments; none dereference memory we own.
-                let keyctl = unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) };
-                let e1 = nix::Error::last_raw();
-                // SAFETY: as above.
-                let unshare = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
-                let e2 = nix::Error::last_raw();
-                // SAFETY: as above.
-                let pers = unsafe { libc::personality(0x0040000) };
-                let e3 = nix::Error::last_raw();
-                // SAFETY: getpid has no arguments.
-                let pid_ok = unsafe { libc::getpid() } > 0;
-                let code = if ok
-                    && keyctl == -1
-                    && e1 == libc::EPERM
-                    && unshare == -1
-                    && e2 == libc::EPERM
-                    && pers == -1
-                    && e3 == libc::EPERM
-                    && pid_ok
-                {
-                    0
+                let code = if nnp == 0 && install(&progs).is_ok() {
+                    check()
                 } else {
-                    1
+                    100
                 };
                 // SAFETY: _exit never returns and runs no destructors.
                 unsafe { libc::_exit(code) }
             }
             Ok(nix::unistd::ForkResult::Parent { child }) => {
                 let st = nix::sys::wait::waitpid(child, None).expect("waitpid");
-                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+                assert_eq!(
+                    st,
+                    nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "exit code = number of the failed expectation"
+                );
             }
             Err(e) => panic!("fork: {e}"),
         }
+    }
+
+    /// -1 with this errno.
+    fn refused(ret: libc::c_long, errno: i32) -> bool {
+        ret == -1 && nix::Error::last_raw() == errno
+    }
+
+    #[test]
+    fn filter_refuses_in_a_forked_child() {
+        in_filtered_child(|| {
+            // SAFETY (all calls below): raw syscalls with integer or null arguments; none
+            // dereferences memory we own, and fds they might return are never used.
+            let checks: [bool; 5] = [
+                refused(
+                    unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) },
+                    libc::EPERM,
+                ),
+                refused(
+                    unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(),
+                    libc::EPERM,
+                ),
+                refused(unsafe { libc::personality(0x0040000) }.into(), libc::EPERM),
+                refused(
+                    unsafe { libc::syscall(libc::SYS_clone3, 0, 0) },
+                    libc::ENOSYS,
+                ),
+                unsafe { libc::getpid() } > 0,
+            ];
+            checks.iter().position(|ok| !ok).map_or(0, |i| i as i32 + 1)
+        });
+    }
+
+    #[test]
+    fn socket_families_are_an_allowlist() {
+        in_filtered_child(|| {
+            let sock = |fam: i32, ty: i32, proto: i32| -> libc::c_long {
+                // SAFETY: socket takes integers; a returned fd is closed at once.
+                let fd = unsafe { libc::socket(fam, ty | libc::SOCK_CLOEXEC, proto) };
+                if fd >= 0 {
+                    // SAFETY: fd was just returned to us.
+                    unsafe { libc::close(fd) };
+                }
+                fd.into()
+            };
+            let pair = |fam: i32| -> libc::c_long {
+                let mut fds = [-1; 2];
+                // SAFETY: socketpair writes two ints into `fds`.
+                let r = unsafe { libc::socketpair(fam, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+                for fd in fds.into_iter().filter(|fd| *fd >= 0) {
+                    // SAFETY: fds just returned to us.
+                    unsafe { libc::close(fd) };
+                }
+                r.into()
+            };
+            let nope = libc::EAFNOSUPPORT;
+            let checks: [bool; 12] = [
+                sock(libc::AF_UNIX, libc::SOCK_STREAM, 0) >= 0,
+                sock(libc::AF_INET, libc::SOCK_DGRAM, 0) >= 0,
+                sock(libc::AF_INET6, libc::SOCK_STREAM, 0) >= 0,
+                sock(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) >= 0,
+                pair(libc::AF_UNIX) == 0,
+                refused(sock(libc::AF_VSOCK, libc::SOCK_STREAM, 0), nope),
+                refused(sock(libc::AF_ALG, libc::SOCK_SEQPACKET, 0), nope),
+                refused(sock(libc::AF_PACKET, libc::SOCK_RAW, 0), nope),
+                refused(sock(libc::AF_KEY, libc::SOCK_RAW, 2), nope),
+                refused(sock(libc::AF_BLUETOOTH, libc::SOCK_RAW, 0), nope),
+                refused(pair(libc::AF_VSOCK), nope),
+                refused(pair(libc::AF_TIPC), nope),
+            ];
+            checks.iter().position(|ok| !ok).map_or(0, |i| i as i32 + 1)
+        });
+    }
+
+    #[test]
+    fn new_and_cross_process_syscalls_are_refused() {
+        in_filtered_child(|| {
+            // SAFETY (all calls below): raw syscalls with integer arguments only (pid, fds,
+            // flags); none dereferences memory, so whatever the kernel does is harmless.
+            let sc = |nr: libc::c_long| unsafe { libc::syscall(nr, 0, 0, 0, 0, 0, 0) };
+            let me = std::process::id() as libc::c_long;
+            let checks: [bool; 13] = [
+                // above the ceiling: statmount, listmount, mseal, open_tree_attr, far future
+                refused(sc(457), libc::ENOSYS),
+                refused(sc(458), libc::ENOSYS),
+                refused(sc(libc::SYS_mseal), libc::ENOSYS),
+                refused(sc(467), libc::ENOSYS),
+                refused(sc(4000), libc::ENOSYS),
+                // newly denied
+                // SAFETY: kcmp(pid, pid, KCMP_FILE, 0, 0): integers only.
+                refused(
+                    unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, 0, 0) },
+                    libc::EPERM,
+                ),
+                refused(sc(libc::SYS_pidfd_getfd), libc::EPERM),
+                refused(sc(libc::SYS_process_madvise), libc::EPERM),
+                refused(sc(libc::SYS_mbind), libc::EPERM),
+                refused(sc(libc::SYS_migrate_pages), libc::EPERM),
+                // still allowed: the last reviewed numbers and what the init needs
+                !refused(sc(libc::SYS_futex_waitv), libc::ENOSYS)
+                    && !refused(sc(libc::SYS_futex_waitv), libc::EPERM),
+                // SAFETY: pidfd_open of ourselves; the fd is leaked into a child that exits.
+                unsafe { libc::syscall(libc::SYS_pidfd_open, me, 0) } >= 0,
+                // SAFETY: setsid takes no arguments (EPERM only if already a group leader).
+                unsafe { libc::setsid() } > 0 || nix::Error::last_raw() == libc::EPERM,
+            ];
+            #[cfg(target_arch = "x86_64")]
+            {
+                // x32 getpid and modify_ldt
+                if !refused(sc(0x4000_0000 | libc::SYS_getpid), libc::ENOSYS) {
+                    return 50;
+                }
+                if !refused(sc(libc::SYS_modify_ldt), libc::EPERM) {
+                    return 51;
+                }
+            }
+            checks.iter().position(|ok| !ok).map_or(0, |i| i as i32 + 1)
+        });
     }
 }

@@ -53,6 +53,8 @@ const BATTERY: &[&str] = &[
     "raw-socket-packet",
     "raw-socket-inet",
     "raw-socket-inet6",
+    "vsock-socket",
+    "af-alg-socket",
     "network-namespace",
     "host-abstract-socket",
     "mknod-char-tmp",
@@ -84,6 +86,9 @@ const BATTERY: &[&str] = &[
     "perf-event-open",
     "userfaultfd",
     "io-uring-setup",
+    "kcmp",
+    "pidfd-getfd",
+    "listmount-new-syscall",
     "personality-read-implies-exec",
     "ioctl-tiocsti",
     "reboot",
@@ -409,9 +414,7 @@ fn escape_battery_as_domain_root() {
 #[test]
 fn escape_battery_in_real_template() {
     require_host!();
-    let template = std::env::var_os("BULKHEAD_TEST_TEMPLATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/bulkhead-test/templates/debian-12/current"));
+    let template = real_template();
     if !template.join("etc/os-release").exists() {
         println!(
             "skipped: no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
@@ -426,6 +429,59 @@ fn escape_battery_in_real_template() {
     expect.extend(["fork-bomb", "memory-bomb"]);
     run_battery(&fx, &["--pids-max", "64", "--memory-mib", "128"], &expect);
     assert_eq!(fs::read_dir(&template).expect("template").count(), before);
+}
+
+/// Ordinary Debian programs run under the filter as the domain init would run them: a shell,
+/// coreutils, setpriv switching to the domain user (setgroups/setresuid), signals, sockets.
+#[test]
+fn debian_programs_run_under_the_filter() {
+    require_host!();
+    let template = real_template();
+    if !template.join("etc/os-release").exists() {
+        println!(
+            "skipped: no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
+            template.display()
+        );
+        return;
+    }
+    let mut fx = Fixture::new("bh-test-debian-progs", 4009);
+    fx.template = Some(template);
+    let script = "set -e; id; ls / >/dev/null && echo ls-ok; head -n1 /etc/os-release; \
+        setpriv --reuid=user --regid=user --init-groups id; \
+        perl -e 'use Socket; socket(my $s, PF_INET, SOCK_STREAM, 0) or die $!; print qq(perl-socket-ok\\n)'; \
+        sort </etc/passwd >/dev/null && echo sort-ok; kill -0 1 && echo kill-ok; \
+        timeout 5 true && echo timeout-ok; cat /etc/hostname >/dev/null || true; \
+        getent passwd user >/dev/null && echo getent-ok; echo ALL-OK";
+    let rec = start(&fx.spec(&["/bin/sh", "-c", script]), &launcher()).expect("start sh");
+    let status = wait_exit(&rec, Duration::from_secs(60));
+    let log = fx.log();
+    println!("{log}");
+    rec.cleanup().expect("cleanup");
+    assert_eq!(
+        status,
+        WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0),
+        "{log}"
+    );
+    for needle in [
+        "uid=0(root)",
+        "ls-ok",
+        "Debian",
+        "uid=1000(user) gid=1000(user)",
+        "perl-socket-ok",
+        "sort-ok",
+        "kill-ok",
+        "timeout-ok",
+        "getent-ok",
+        "ALL-OK",
+    ] {
+        assert!(log.contains(needle), "no {needle:?} in:\n{log}");
+    }
+}
+
+fn real_template() -> PathBuf {
+    std::env::var_os("BULKHEAD_TEST_TEMPLATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/bulkhead-test/templates/debian-12/current"))
 }
 
 #[test]

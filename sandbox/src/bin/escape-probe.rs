@@ -593,6 +593,49 @@ fn sockets(r: &mut Report, a: &BatteryArgs) {
     );
     close_if(&s);
     r.call("raw-socket-inet6", s);
+    // vsock is not network-namespaced: a connection to the host's CID would reach host
+    // listeners (the VM channel). Try the socket and a connect to the host (CID 2) and to the
+    // local loopback CID (1).
+    // SAFETY: socket takes integers; a returned fd is used for connect below, then closed.
+    let v = sys(
+        unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }
+            as libc::c_long,
+    );
+    let v = v.and_then(|fd| {
+        let mut last = Errno::UnknownErrno;
+        for cid in [libc::VMADDR_CID_HOST, 1] {
+            // SAFETY: sockaddr_vm is plain old data; all-zero is valid.
+            let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+            addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+            addr.svm_cid = cid;
+            addr.svm_port = 1024;
+            // SAFETY: addr is a valid sockaddr_vm of the given size; fd is ours.
+            let c = unsafe {
+                libc::connect(
+                    fd as i32,
+                    (&addr as *const libc::sockaddr_vm).cast(),
+                    std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+                )
+            };
+            if c == 0 {
+                return Ok(fd);
+            }
+            last = Errno::last();
+        }
+        close_if(&Ok(fd));
+        Err(last)
+    });
+    close_if(&v);
+    r.call("vsock-socket", v);
+    // AF_ALG: the kernel crypto API, a recurring source of kernel bugs.
+    // SAFETY: socket takes integers; a returned fd is closed below.
+    let alg =
+        sys(
+            unsafe { libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) }
+                as libc::c_long,
+        );
+    close_if(&alg);
+    r.call("af-alg-socket", alg);
     let ifaces = fs::read_to_string("/proc/net/dev").unwrap_or_default();
     let names: Vec<&str> = ifaces
         .lines()
@@ -1017,8 +1060,41 @@ fn kernel_interfaces(r: &mut Report) {
     });
     close_if(&o);
     r.call("open-by-handle-at", o);
+    // kcmp compares kernel objects of two processes (an ordering oracle on kernel pointers)
+    let me = std::process::id() as libc::c_long;
+    // SAFETY: kcmp(pid, pid, KCMP_FILE, 0, 0) takes integers only.
+    r.call(
+        "kcmp",
+        sys(unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, 0, 0) }),
+    );
+    // pidfd_getfd on our own pidfd (stdin): steals fds from a process when allowed
+    // SAFETY: pidfd_open of ourselves, then pidfd_getfd on it with integer arguments.
+    let pidfd = sys(unsafe { libc::syscall(libc::SYS_pidfd_open, me, 0) });
+    let g = pidfd.and_then(|pfd| {
+        // SAFETY: as above.
+        let r = sys(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd, 0, 0) });
+        close_if(&Ok(pfd));
+        r
+    });
+    close_if(&g);
+    r.call("pidfd-getfd", g);
+    // listmount (Linux 6.8), above the filter's syscall-number ceiling: ENOSYS by default.
+    // A NULL request of size 0 is rejected by the kernel (EINVAL) when the call is allowed;
+    // any success or non-ENOSYS error means the ceiling is not in place.
+    // SAFETY: NULL pointers with zero sizes; the kernel reads nothing.
+    let lm = sys(unsafe { libc::syscall(458, 0usize, 0usize, 0usize, 0usize) });
+    r.line(
+        "listmount-new-syscall",
+        lm == Err(Errno::ENOSYS),
+        format!("{lm:?}"),
+    );
     #[cfg(target_arch = "x86_64")]
     {
+        // SAFETY: modify_ldt(0 = read, NULL, 0) writes nothing.
+        r.call(
+            "modify-ldt",
+            sys(unsafe { libc::syscall(libc::SYS_modify_ldt, 0, 0usize, 0usize) }),
+        );
         // SAFETY: iopl(3) takes an integer.
         r.call("iopl", sys(unsafe { libc::syscall(libc::SYS_iopl, 3) }));
         // SAFETY: ioperm on port 0x80 takes integers.
