@@ -246,15 +246,7 @@ impl Hierarchy {
             CgroupPaths::V1 {
                 memory, cpu, pids, ..
             } => {
-                write(
-                    &memory.join("memory.limit_in_bytes"),
-                    &limits.memory_bytes.to_string(),
-                )?;
-                // memory+swap to the same value (only exists with swap accounting)
-                let memsw = memory.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write(&memsw, &limits.memory_bytes.to_string())?;
-                }
+                set_v1_memory(memory, limits.memory_bytes)?;
                 write(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 write(&pids.join("pids.max"), &limits.pids_max.to_string())?;
@@ -327,6 +319,34 @@ fn write(p: &Path, value: &str) -> Result<(), SandboxError> {
         action: "write",
         source,
     })
+}
+
+/// Sets memory and memory+swap (where swap accounting exists) of a v1 memory cgroup to
+/// `bytes`. The kernel keeps `memory.limit_in_bytes <= memory.memsw.limit_in_bytes` at every
+/// step and answers EINVAL to a write that would break it, and a reused leftover cgroup holds
+/// the limits of its previous run: when raising, memsw goes first; when lowering, memory.
+fn set_v1_memory(dir: &Path, bytes: u64) -> Result<(), SandboxError> {
+    let mem = dir.join("memory.limit_in_bytes");
+    let memsw = dir.join("memory.memsw.limit_in_bytes");
+    let value = bytes.to_string();
+    if !memsw.exists() {
+        return write(&mem, &value);
+    }
+    let current: u64 = read(&mem)?
+        .trim()
+        .parse()
+        .map_err(|e| SandboxError::Cgroup {
+            path: mem.clone(),
+            action: "parse current limit",
+            source: io::Error::other(format!("{e}")),
+        })?;
+    if bytes > current {
+        write(&memsw, &value)?;
+        write(&mem, &value)
+    } else {
+        write(&mem, &value)?;
+        write(&memsw, &value)
+    }
 }
 
 fn read(p: &Path) -> Result<String, SandboxError> {
@@ -677,6 +697,55 @@ mod tests {
         assert_eq!(rd(&sub("pids/bulkhead/dom/pids.max")), "500");
         assert!(sub("freezer/bulkhead/dom").is_dir());
         assert_eq!(p.dirs().len(), 4);
+    }
+
+    /// A leftover v1 cgroup is reused with a larger, then a smaller memory limit (the
+    /// kernel refuses memory > memory+swap, so the order of the two writes matters).
+    #[test]
+    fn v1_reused_cgroup_memory_limit_up_and_down() {
+        if !nix::unistd::Uid::effective().is_root() {
+            println!("skipped: not root");
+            return;
+        }
+        let h = match Hierarchy::detect() {
+            Ok(h @ Hierarchy::V1 { .. }) => h,
+            other => {
+                println!("skipped: no cgroup v1 memory hierarchy ({other:?})");
+                return;
+            }
+        };
+        let name = format!("bh-test-memsw-{}", std::process::id());
+        let limits = |mib: u64| Limits {
+            memory_bytes: mib << 20,
+            vcpus: 1,
+            pids_max: 16,
+        };
+        let CgroupPaths::V1 { memory, .. } = h.paths_for(&name) else {
+            unreachable!("v1 hierarchy gives v1 paths")
+        };
+        let memsw = memory.join("memory.memsw.limit_in_bytes");
+        let memsw_value = || -> Option<u64> { read_small(&memsw).ok()?.trim().parse().ok() };
+        let mut had_memsw = false;
+        let result = (|| -> Result<(), String> {
+            for mib in [64u64, 256, 32, 512] {
+                let p = h
+                    .create(&name, limits(mib))
+                    .map_err(|e| format!("{mib} MiB: {e}"))?;
+                if p.memory_limit() != Some(mib << 20) {
+                    return Err(format!("{mib} MiB: memory limit {:?}", p.memory_limit()));
+                }
+                had_memsw = memsw.exists();
+                if had_memsw && memsw_value() != Some(mib << 20) {
+                    return Err(format!("{mib} MiB: memsw limit {:?}", memsw_value()));
+                }
+            }
+            Ok(())
+        })();
+        h.paths_for(&name).remove().expect("remove test cgroup");
+        if !had_memsw {
+            println!("note: no swap accounting here; only memory.limit_in_bytes was checked");
+        }
+        result.expect("reused cgroup limits");
     }
 
     #[test]
