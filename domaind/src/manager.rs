@@ -42,6 +42,8 @@ use crate::{fsutil, stdio, tmpl};
 
 /// Limit on the number of processes in a sandbox domain.
 pub const DOMAIN_PIDS_MAX: u64 = 4096;
+/// A channel peer must finish the wire handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the init to be gone after a kill.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Uid/gid of the default user inside a domain (created by the template recipe).
@@ -1535,7 +1537,7 @@ async fn wait_pidfd(fd: OwnedFd) {
 
 /// Accept the domain's agent on `listener`, hand out the connection, accept it again after it
 /// drops (the agent reconnects forever). Peers whose uid is outside the domain's range are
-/// refused.
+/// dropped at once, and so is any second peer while an agent is connected.
 async fn agent_link(
     name: String,
     listener: UnixListener,
@@ -1543,12 +1545,30 @@ async fn agent_link(
     tx: watch::Sender<Option<Connection>>,
 ) {
     let range = uid_base..uid_base.saturating_add(bulkhead_sandbox::UID_RANGE);
+    let mut current: Option<Connection> = None;
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(domain = %name, error = %e, "accept on the channel failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let closed = {
+            let c = current.clone();
+            async move {
+                match c {
+                    Some(c) => c.closed().await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(domain = %name, error = %e, "accept on the channel failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = closed => {
+                info!(domain = %name, "agent disconnected");
+                current = None;
+                let _ = tx.send(None);
                 continue;
             }
         };
@@ -1563,20 +1583,26 @@ async fn agent_link(
                 continue;
             }
         }
-        let (conn, incoming) =
-            match Connection::client(stream, bulkhead_wire::Limits::default()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(domain = %name, error = %e, "agent handshake failed; dropping the peer");
-                    continue;
-                }
-            };
+        if current.is_some() {
+            warn!(domain = %name, "refused a second channel peer while the agent is connected");
+            continue;
+        }
+        let handshake = Connection::client(stream, bulkhead_wire::Limits::default());
+        let (conn, incoming) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                warn!(domain = %name, error = %e, "agent handshake failed; dropping the peer");
+                continue;
+            }
+            Err(_) => {
+                warn!(domain = %name, "agent handshake timed out; dropping the peer");
+                continue;
+            }
+        };
         info!(domain = %name, "agent connected");
         // Requests the agent opens towards dom0 (policy calls) are not served yet.
         drop(incoming);
-        let _ = tx.send(Some(conn.clone()));
-        conn.closed().await;
-        info!(domain = %name, "agent disconnected");
-        let _ = tx.send(None);
+        current = Some(conn.clone());
+        let _ = tx.send(Some(conn));
     }
 }

@@ -233,6 +233,24 @@ async fn start_run_pause_shutdown() {
         .await
         .unwrap();
     assert_eq!((code, out.as_str()), (0, "hello\n"));
+    // a host process (uid 0, outside the domain's range) that connects to the channel is
+    // dropped and does not disturb the agent link
+    let sock = env
+        .d
+        .paths
+        .runtime_dir
+        .join("domains")
+        .join(&work)
+        .join("channel/agent.sock");
+    let mut intruder = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    intruder
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(intruder.read(&mut buf), Ok(0)),
+        "intruder not dropped"
+    );
     let (code, out, _, _) = run(p, None, &work, &["cat"], "", b"piped input")
         .await
         .unwrap();
