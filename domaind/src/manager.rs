@@ -48,8 +48,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Uid/gid of the default user inside a domain (created by the template recipe).
 const DOMAIN_USER_ID: u32 = 1000;
-/// Mode of `/home/user` in a new private volume.
-const HOME_MODE: u32 = 0o755;
+/// Mode of `/home/user` in a new private volume (the agent changes into it after switching
+/// to the user, so the domain's root needs no access).
+const HOME_MODE: u32 = 0o700;
 
 /// Something the D-Bus layer turns into a signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,10 +396,6 @@ impl Manager {
             .map_err(io_err(&format!("{}", path.display())))?;
         std::os::unix::fs::chown(&user, Some(DOMAIN_USER_ID), Some(DOMAIN_USER_ID))
             .map_err(io_err(&format!("{}", user.display())))?;
-        // 0755, not 0700: bulkhead-agent (as of b65ef73) changes into the home directory
-        // before it switches from the domain's root (which holds no CAP_DAC_OVERRIDE) to the
-        // user, so a 0700 home makes every `run` fail with EACCES. Tighten to 0700 once the
-        // agent does chdir after setuid.
         std::fs::set_permissions(&user, std::fs::Permissions::from_mode(HOME_MODE))
             .map_err(io_err(&format!("{}", user.display())))?;
         Ok(())
