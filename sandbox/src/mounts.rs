@@ -4,14 +4,22 @@
 //! `mount_setattr(MOUNT_ATTR_IDMAP, userns_fd)` maps its ids through the domain's user
 //! namespace, `move_mount` attaches it. (util-linux' `X-mount.idmap` was silently ignored on
 //! these hosts, so the syscalls are used directly.)
+//!
+//! Symlinks: the launcher runs as host root and sees the host's tree (this is a copy of the
+//! host mount namespace), so following a symlink of the template (`/home -> /etc`) would
+//! resolve against the host root. Every lookup below the assembled root therefore goes
+//! through a directory fd of that root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`;
+//! missing directories are created with `mkdirat` in the parent found that way, and mounts
+//! are attached to the resulting fd (`move_mount(MOVE_MOUNT_T_EMPTY_PATH)`, or `mount(2)` on
+//! its `/proc/self/fd/N`). A template whose mount target (or a directory above one) is a
+//! symlink fails to start with the step and path named; Debian trees have none.
 
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
-use nix::unistd::{chown, Gid, Uid};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
 use crate::launch::{LaunchError, StepResult};
@@ -73,11 +81,28 @@ fn mount_setattr(
     }
 }
 
+/// Where a mount goes: a path the launcher owns (staging), or a directory/file opened
+/// symlink-safely below the assembled root.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Path(&'a Path),
+    Fd(BorrowedFd<'a>, &'a str),
+}
+
+impl Target<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Target::Path(p) => p.display().to_string(),
+            Target::Fd(_, rel) => format!("/{rel} (in the domain root)"),
+        }
+    }
+}
+
 /// Attaches a copy of `src` at `dst` with mount attributes (and an idmap when `userns` is set).
 fn bind_with_attrs(
     step: &str,
     src: &Path,
-    dst: &Path,
+    dst: Target<'_>,
     attrs: u64,
     userns: Option<BorrowedFd<'_>>,
 ) -> StepResult<()> {
@@ -107,47 +132,143 @@ fn bind_with_attrs(
             )
         })?;
     }
-    rustix::mount::move_mount(
-        &tree,
-        "",
-        rustix::fs::CWD,
-        dst,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(|e| {
+    let moved = match dst {
+        Target::Path(p) => rustix::mount::move_mount(
+            &tree,
+            "",
+            rustix::fs::CWD,
+            p,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        ),
+        Target::Fd(fd, _) => rustix::mount::move_mount(
+            &tree,
+            "",
+            fd,
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        ),
+    };
+    moved.map_err(|e| {
         err(
             step,
-            format!("move_mount({} -> {}): {e}", src.display(), dst.display()),
+            format!("move_mount({} -> {}): {e}", src.display(), dst.describe()),
         )
     })?;
     Ok(())
 }
 
-fn mount_fs(step: &str, fstype: &str, dst: &Path, flags: MsFlags, data: &str) -> StepResult<()> {
-    mount(Some(fstype), dst, Some(fstype), flags, Some(data)).map_err(|e| {
+fn mount_fs(
+    step: &str,
+    fstype: &str,
+    dst: Target<'_>,
+    flags: MsFlags,
+    data: &str,
+) -> StepResult<()> {
+    // mount(2) takes a path; for an fd, its /proc/self/fd link names exactly the opened
+    // directory (the kernel follows that magic link, nothing else).
+    let path = match dst {
+        Target::Path(p) => p.to_path_buf(),
+        Target::Fd(fd, _) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+    };
+    mount(Some(fstype), &path, Some(fstype), flags, Some(data)).map_err(|e| {
         err(
             step,
-            format!("mount {fstype} on {} ({data}): {e}", dst.display()),
+            format!("mount {fstype} on {} ({data}): {e}", dst.describe()),
         )
     })
 }
 
-/// Creates a directory (and parents) owned by `owner` if it is missing.
-fn ensure_dir(step: &str, p: &Path, owner: u32, mode: u32) -> StepResult<()> {
-    if p.is_dir() {
-        return Ok(());
+/// Lookups below the assembled root: never through a symlink, never above the root.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS);
+
+/// The assembled root, opened after the overlay is mounted on it.
+struct Root {
+    fd: OwnedFd,
+}
+
+impl Root {
+    fn open(path: &Path) -> StepResult<Root> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err("mount:root", format!("open {}: {e}", path.display())))?;
+        Ok(Root { fd })
     }
-    if let Some(parent) = p.parent() {
-        if !parent.is_dir() {
-            ensure_dir(step, parent, owner, 0o755)?;
+
+    /// Opens `name` (one component, or "." ) below `dir` without following symlinks.
+    fn open_at(dir: BorrowedFd<'_>, name: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::openat2(
+            dir,
+            name,
+            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            RESOLVE,
+        )
+    }
+
+    /// Opens the directory `rel` (relative, '/'-separated) below the root, creating missing
+    /// components as directories owned by `owner` (the last with `mode`, others 0755).
+    /// A component that is a symlink (or not a directory) is an error naming the path.
+    fn ensure_dir(&self, step: &str, rel: &str, owner: u32, mode: u32) -> StepResult<OwnedFd> {
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let mut cur = Root::open_at(self.fd.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(|e| err(step, format!("open the domain root: {e}")))?;
+        let mut seen = String::new();
+        for (i, c) in comps.iter().enumerate() {
+            if !seen.is_empty() {
+                seen.push('/');
+            }
+            seen.push_str(c);
+            let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
+            let next = match Root::open_at(cur.as_fd(), c, dir_flags) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    let m = if i + 1 == comps.len() { mode } else { 0o755 };
+                    // mkdirat does not follow a final symlink (EEXIST if one appeared)
+                    rustix::fs::mkdirat(cur.as_fd(), *c, Mode::from_raw_mode(m))
+                        .map_err(|e| err(step, format!("mkdir /{seen}: {e}")))?;
+                    let fd = Root::open_at(cur.as_fd(), c, dir_flags)
+                        .map_err(|e| err(step, format!("open new /{seen}: {e}")))?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(m))
+                        .map_err(|e| err(step, format!("chmod /{seen}: {e}")))?;
+                    let id = Some(rustix::fs::Uid::from_raw(owner));
+                    let gid = Some(rustix::fs::Gid::from_raw(owner));
+                    rustix::fs::fchown(&fd, id, gid)
+                        .map_err(|e| err(step, format!("chown /{seen}: {e}")))?;
+                    fd
+                }
+                Err(
+                    e @ (rustix::io::Errno::LOOP
+                    | rustix::io::Errno::NOTDIR
+                    | rustix::io::Errno::XDEV),
+                ) => {
+                    let is_link =
+                        rustix::fs::statat(cur.as_fd(), *c, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok_and(|st| {
+                                rustix::fs::FileType::from_raw_mode(st.st_mode)
+                                    == rustix::fs::FileType::Symlink
+                            });
+                    let what = if is_link {
+                        "is a symlink"
+                    } else {
+                        "is not a directory"
+                    };
+                    return Err(err(
+                        step,
+                        format!(
+                            "/{seen} in the template {what} ({e}); mount targets and the \
+                             directories above them must be real directories, not symlinks"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(err(step, format!("open /{seen}: {e}"))),
+            };
+            cur = next;
         }
+        Ok(cur)
     }
-    fs::create_dir(p).map_err(|e| err(step, format!("mkdir {}: {e}", p.display())))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .map_err(|e| err(step, format!("chmod {}: {e}", p.display())))?;
-    chown(p, Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)))
-        .map_err(|e| err(step, format!("chown {}: {e}", p.display())))?;
-    Ok(())
 }
 
 /// Where things live while assembling.
@@ -197,7 +318,7 @@ pub(crate) fn assemble(
     mount_fs(
         "mount:staging",
         "tmpfs",
-        &layout.staging,
+        Target::Path(&layout.staging),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         "mode=0700,size=1m",
     )?;
@@ -213,7 +334,7 @@ pub(crate) fn assemble(
     bind_with_attrs(
         "mount:template",
         &spec.template_root,
-        &lower,
+        Target::Path(&lower),
         libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NODEV,
         Some(userns),
     )?;
@@ -222,68 +343,72 @@ pub(crate) fn assemble(
         .upper
         .parent()
         .ok_or_else(|| err("mount:overlay", "scratch dir has no parent"))?;
-    bind_with_attrs("mount:overlay", scratch, &scratch_view, 0, None)?;
+    bind_with_attrs(
+        "mount:overlay",
+        scratch,
+        Target::Path(&scratch_view),
+        0,
+        None,
+    )?;
     std::env::set_current_dir(&layout.staging)
         .map_err(|e| err("mount:overlay", format!("chdir staging: {e}")))?;
     mount_fs(
         "mount:overlay",
         "overlay",
-        Path::new("root"),
+        Target::Path(Path::new("root")),
         MsFlags::MS_NODEV,
         "lowerdir=lower,upperdir=s/upper,workdir=s/work",
     )?;
     std::env::set_current_dir("/").map_err(|e| err("mount:overlay", format!("chdir /: {e}")))?;
 
+    // From here on, every path is resolved below the overlay root without symlinks.
+    let root_dir = Root::open(&root)?;
+
     // Private volume at /home.
-    let home = root.join("home");
-    ensure_dir("mount:home", &home, base, 0o755)?;
+    let home = root_dir.ensure_dir("mount:home", "home", base, 0o755)?;
     bind_with_attrs(
         "mount:home",
         &spec.private_dir,
-        &home,
+        Target::Fd(home.as_fd(), "home"),
         libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
         Some(userns),
     )?;
 
     // Guest tools, read-only.
-    let tools = root.join("usr/lib/bulkhead");
-    ensure_dir("mount:guest-tools", &tools, base, 0o755)?;
+    let tools = root_dir.ensure_dir("mount:guest-tools", "usr/lib/bulkhead", base, 0o755)?;
     bind_with_attrs(
         "mount:guest-tools",
         &spec.guest_tools_dir,
-        &tools,
+        Target::Fd(tools.as_fd(), "usr/lib/bulkhead"),
         libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
         None,
     )?;
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // /tmp
-    let tmp = root.join("tmp");
-    ensure_dir("mount:tmp", &tmp, base, 0o1777)?;
+    let tmp = root_dir.ensure_dir("mount:tmp", "tmp", base, 0o1777)?;
     mount_fs(
         "mount:tmp",
         "tmpfs",
-        &tmp,
+        Target::Fd(tmp.as_fd(), "tmp"),
         nosuid_nodev_noexec,
         &format!("mode=1777,{owner_opts}"),
     )?;
 
-    // /run with the channel.
-    let run = root.join("run");
-    ensure_dir("mount:run", &run, base, 0o755)?;
+    // /run with the channel (looked up again: the new tmpfs is on top of the old fd's dir).
+    let run = root_dir.ensure_dir("mount:run", "run", base, 0o755)?;
     mount_fs(
         "mount:run",
         "tmpfs",
-        &run,
+        Target::Fd(run.as_fd(), "run"),
         nosuid_nodev_noexec,
         &format!("mode=0755,{owner_opts}"),
     )?;
-    let chan = run.join("bulkhead-channel");
-    ensure_dir("mount:channel", &chan, base, 0o755)?;
+    let chan = root_dir.ensure_dir("mount:channel", "run/bulkhead-channel", base, 0o755)?;
     bind_with_attrs(
         "mount:channel",
         &spec.channel_dir,
-        &chan,
+        Target::Fd(chan.as_fd(), "run/bulkhead-channel"),
         libc::MOUNT_ATTR_RDONLY
             | libc::MOUNT_ATTR_NOSUID
             | libc::MOUNT_ATTR_NODEV
@@ -292,43 +417,46 @@ pub(crate) fn assemble(
     )?;
 
     // Minimal /dev: a nodev tmpfs; the device nodes are bind mounts of the host's.
-    let dev = root.join("dev");
-    ensure_dir("mount:dev", &dev, base, 0o755)?;
+    let dev_under = root_dir.ensure_dir("mount:dev", "dev", base, 0o755)?;
     mount_fs(
         "mount:dev",
         "tmpfs",
-        &dev,
+        Target::Fd(dev_under.as_fd(), "dev"),
         nosuid_nodev_noexec,
         &format!("mode=0755,size=64k,{owner_opts}"),
     )?;
+    // the fresh tmpfs on /dev
+    let dev = root_dir.ensure_dir("mount:dev", "dev", base, 0o755)?;
     for name in DEVICES {
-        let target = dev.join(name);
-        fs::File::create(&target)
-            .map_err(|e| err("mount:dev", format!("create {}: {e}", target.display())))?;
+        let node = rustix::fs::openat(
+            &dev,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| err("mount:dev", format!("create /dev/{name}: {e}")))?;
         bind_with_attrs(
             "mount:dev",
             &Path::new("/dev").join(name),
-            &target,
+            Target::Fd(node.as_fd(), name),
             libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
             None,
         )?;
     }
-    let pts = dev.join("pts");
-    ensure_dir("mount:devpts", &pts, base, 0o755)?;
+    let pts = root_dir.ensure_dir("mount:devpts", "dev/pts", base, 0o755)?;
     mount_fs(
         "mount:devpts",
         "devpts",
-        &pts,
+        Target::Fd(pts.as_fd(), "dev/pts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         // gid 5 (tty) inside the domain
         &format!("newinstance,ptmxmode=0666,mode=0620,gid={}", base + 5),
     )?;
-    let shm = dev.join("shm");
-    ensure_dir("mount:shm", &shm, base, 0o1777)?;
+    let shm = root_dir.ensure_dir("mount:shm", "dev/shm", base, 0o1777)?;
     mount_fs(
         "mount:shm",
         "tmpfs",
-        &shm,
+        Target::Fd(shm.as_fd(), "dev/shm"),
         nosuid_nodev_noexec,
         &format!("mode=1777,{owner_opts}"),
     )?;
@@ -339,19 +467,20 @@ pub(crate) fn assemble(
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        let path = dev.join(link);
-        symlink(to, &path).map_err(|e| err("mount:dev", format!("symlink /dev/{link}: {e}")))?;
-        nix::unistd::fchownat(
-            None,
-            &path,
-            Some(Uid::from_raw(base)),
-            Some(Gid::from_raw(base)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        rustix::fs::symlinkat(to, &dev, link)
+            .map_err(|e| err("mount:dev", format!("symlink /dev/{link}: {e}")))?;
+        rustix::fs::chownat(
+            &dev,
+            link,
+            Some(rustix::fs::Uid::from_raw(base)),
+            Some(rustix::fs::Gid::from_raw(base)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| err("mount:dev", format!("chown /dev/{link}: {e}")))?;
     }
 
-    // /proc is mounted by the child (it must be in the new pid namespace).
-    ensure_dir("mount:proc", &root.join("proc"), base, 0o555)?;
+    // /proc is mounted by the child (it must be in the new pid namespace), on the directory
+    // checked here.
+    root_dir.ensure_dir("mount:proc", "proc", base, 0o555)?;
     Ok(())
 }

@@ -779,3 +779,54 @@ fn launcher_killed_mid_start_leaves_recoverable_state() {
     rec.cleanup().expect("cleanup");
     assert!(scratch_is_empty(&fx));
 }
+
+/// A template whose mount targets are symlinks to absolute paths: the launcher (host root)
+/// must not follow them into the host tree. The start fails naming the step and the path,
+/// nothing is created or mounted on the host, and nothing is left behind.
+#[test]
+fn symlinked_mount_targets_in_the_template_are_refused() {
+    require_host!();
+    // /home -> /etc: the private volume must not be bound over the host's /etc
+    let fx = Fixture::new("bh-test-symlink-home", 4010);
+    let root = fx.path("root");
+    fs::remove_dir(root.join("home")).expect("rm home");
+    std::os::unix::fs::symlink("/etc", root.join("home")).expect("symlink home");
+    // /usr -> a host directory: guest tools must not create usr/lib/bulkhead in it
+    let fx2 = Fixture::new("bh-test-symlink-usr", 4011);
+    let host_usr = fx2.path("host-usr");
+    fs::create_dir_all(host_usr.join("lib")).expect("host dir");
+    let root2 = fx2.path("root");
+    fs::rename(root2.join("usr"), fx2.path("real-usr")).expect("move usr away");
+    std::os::unix::fs::symlink(&host_usr, root2.join("usr")).expect("symlink usr");
+
+    for (fx, step, path) in [
+        (&fx, "mount:home", "/home"),
+        (&fx2, "mount:guest-tools", "/usr"),
+    ] {
+        let before = fx.host_mounts();
+        let err = start(
+            &fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]),
+            &launcher(),
+        )
+        .expect_err("a symlinked mount target must refuse the start");
+        match &err {
+            SandboxError::Launch {
+                step: s, message, ..
+            } => {
+                assert_eq!(s, step, "{err}");
+                assert!(
+                    message.contains(path) && message.contains("symlink"),
+                    "{message}"
+                );
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        assert_eq!(fx.host_mounts(), before);
+        assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
+        assert!(scratch_is_empty(fx), "scratch left");
+    }
+    assert!(
+        !host_usr.join("lib/bulkhead").exists(),
+        "the launcher created a directory through the template's symlink on the host"
+    );
+}
