@@ -4,7 +4,9 @@
 //! Order of work:
 //! 1. validate the spec; create the cgroup with its limits (this fails if the domain is
 //!    running, before anything else is touched); wipe and prepare scratch (upper/work owned by
-//!    the domain's root);
+//!    the domain's root); open the log file and start the log writer (see
+//!    [`crate::logwriter`]) in the domain's cgroup, reading a pipe whose write end becomes the
+//!    init's output;
 //! 2. step into the cgroup, so the child is born there (and its cgroup namespace is rooted
 //!    there), then step back out;
 //! 3. clone the child into new user, mount, pid, net, uts, ipc and cgroup namespaces; it waits
@@ -13,17 +15,17 @@
 //! 5. setns into its mount namespace, make everything private, assemble the root
 //!    (see [`crate::mounts`]), setns back;
 //! 6. release the child, which switches to root-in-namespace, mounts /proc, pivots into the new
-//!    root and detaches the old one, sets hostname and loopback, redirects output to the log,
+//!    root and detaches the old one, sets hostname and loopback, redirects output to the log pipe,
 //!    sets no_new_privs, drops capabilities, installs the seccomp filter and execs the init;
 //!    a close-on-exec pipe tells the launcher whether the exec happened.
 //!
 //! Any failure kills the child, removes the cgroup and wipes scratch, and names the step.
 
 use std::ffi::CString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use nix::fcntl::{open, OFlag};
@@ -37,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{self, CgroupPaths, Hierarchy, Limits};
 use crate::mounts::{self, Layout};
-use crate::{proc_stat, seccomp, wipe_dir, SandboxRecord, SandboxSpec, UID_RANGE};
+use crate::{logwriter, proc_stat, seccomp, wipe_dir, SandboxRecord, SandboxSpec, UID_RANGE};
 
 /// A failed launch step. `step` is a short stable name ("cgroup", "mount:home", "child:exec", ...).
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
@@ -85,6 +87,8 @@ fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> StepResult<T> {
 /// Undo list for a failed launch.
 struct Rollback {
     child: Option<Pid>,
+    /// Exits by itself at EOF once the child is gone; the cgroup removal kills it anyway.
+    log_writer: Option<std::process::Child>,
     cgroup: Option<CgroupPaths>,
     /// Set once this launch owns the scratch dir (after its cgroup was created: a running
     /// instance of the same domain makes cgroup creation fail before scratch is touched).
@@ -96,6 +100,10 @@ impl Rollback {
         if let Some(pid) = self.child.take() {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
+        }
+        if let Some(mut w) = self.log_writer.take() {
+            let _ = w.kill();
+            let _ = w.wait();
         }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.remove() {
@@ -115,6 +123,7 @@ pub fn launch(spec: &SandboxSpec) -> StepResult<SandboxRecord> {
     step("validate", spec.validate())?;
     let mut rb = Rollback {
         child: None,
+        log_writer: None,
         cgroup: None,
         scratch: None,
     };
@@ -177,15 +186,16 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     if let Some(parent) = spec.log_file.parent() {
         step("log", fs::create_dir_all(parent))?;
     }
-    let log = step(
-        "log",
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(&spec.log_file),
-    )
-    .map_err(|e| LaunchError::new("log", format!("{}: {}", spec.log_file.display(), e.message)))?;
+    let log = step("log", logwriter::open_log(&spec.log_file)).map_err(|e| {
+        LaunchError::new("log", format!("{}: {}", spec.log_file.display(), e.message))
+    })?;
+    // The domain writes into a pipe; the log writer (in the domain's cgroup) bounds the file.
+    let (log_r, log_w) = step("log", pipe2(OFlag::O_CLOEXEC))?;
+    let writer = spawn_log_writer(spec, log_r, log)?;
+    let writer_pid = writer.id() as i32;
+    rb.log_writer = Some(writer);
+    step("log", cg.join(writer_pid))?;
+    let writer_start = proc_stat(writer_pid).map(|(start, _)| start);
 
     // go: launcher -> child ("assembled, continue"); report: child -> launcher (error text, or
     // EOF at exec). Both close-on-exec.
@@ -220,7 +230,7 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
         // child
         drop(go_w);
         drop(rep_r);
-        let code = match child_main(&child_plan, go_r, log) {
+        let code = match child_main(&child_plan, go_r, log_w) {
             Ok(never) => match never {},
             Err(e) => {
                 let msg = format!("{}\t{}", e.step, e.message);
@@ -247,7 +257,7 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     step("cgroup:leave", back)?;
     drop(go_r);
     drop(rep_w);
-    drop(log);
+    drop(log_w);
 
     tracing::debug!(pid = pid.as_raw(), "child cloned");
     write_id_maps(pid, spec.uid_base())?;
@@ -314,6 +324,9 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     })?;
     rb.child = None;
     rb.cgroup = None;
+    // The writer stays: it is reparented when the launcher exits (dropping Child neither
+    // kills nor waits for it).
+    rb.log_writer = None;
     tracing::info!(name = %spec.name, pid = pid.as_raw(), uid_base = spec.uid_base(), "init running");
     Ok(SandboxRecord {
         name: spec.name.clone(),
@@ -322,7 +335,36 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
         uid_base: spec.uid_base(),
         cgroup: cg,
         scratch_dir: spec.scratch_dir.clone(),
+        log_writer_pid: Some(writer_pid),
+        log_writer_start_time: writer_start,
     })
+}
+
+/// Starts `bulkhead-sandbox log-writer` (this very binary, through /proc/self/exe): stdin the
+/// pipe's read end, stdout the open log file, stderr /dev/null (never the launcher's own
+/// stdout/stderr: start() reads those to EOF and would wait for the domain to end). Its own
+/// process group, so terminal signals aimed at domaind do not reach it.
+fn spawn_log_writer(
+    spec: &SandboxSpec,
+    read_end: OwnedFd,
+    log: fs::File,
+) -> StepResult<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    Command::new("/proc/self/exe")
+        .arg0("bulkhead-sandbox")
+        .arg("log-writer")
+        .arg("--file")
+        .arg(&spec.log_file)
+        .arg("--max-bytes")
+        .arg(logwriter::LOG_MAX_BYTES.to_string())
+        .env_clear()
+        .stdin(Stdio::from(read_end))
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| LaunchError::new("log", format!("start the log writer: {e}")))
 }
 
 fn open_ns(pid: Pid, kind: &str) -> nix::Result<OwnedFd> {
@@ -382,7 +424,7 @@ impl ChildPlan {
 
 enum Never {}
 
-fn child_main(plan: &ChildPlan, go_r: OwnedFd, log: fs::File) -> StepResult<Never> {
+fn child_main(plan: &ChildPlan, go_r: OwnedFd, log: OwnedFd) -> StepResult<Never> {
     // Wait for the launcher. EOF without a byte: the launcher gave up.
     let mut b = [0u8; 1];
     let n = step("wait", fs::File::from(go_r).read(&mut b))?;
@@ -437,7 +479,7 @@ fn child_main(plan: &ChildPlan, go_r: OwnedFd, log: fs::File) -> StepResult<Neve
     step("hostname", nix::unistd::sethostname(&plan.hostname))?;
     step("loopback", loopback_up())?;
 
-    // stdio: stdin /dev/null, stdout/stderr the log.
+    // stdio: stdin /dev/null, stdout/stderr the log pipe.
     let null = step(
         "stdio",
         open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()),

@@ -30,8 +30,11 @@
 //!   subreaper (or pid 1). domaind watches it with [`SandboxRecord::pidfd`]; if domaind wants
 //!   exit statuses it should be a subreaper (PR_SET_CHILD_SUBREAPER) and reap inits itself.
 //! - [`start`] blocks for the launch (tens of ms); call it from a blocking thread in async code.
-//! - The init's stdout/stderr are the log file itself (O_APPEND): bounding its size is up to
-//!   domaind (rotate/truncate). Overlay upper (scratch) and the private volume have no quota.
+//! - The init's stdout/stderr are a pipe to a small log-writer process (see [`logwriter`])
+//!   that keeps `log_file` below [`logwriter::LOG_MAX_BYTES`], rotating once to
+//!   `<log_file>.old`; it runs in the domain's cgroup, survives domaind restarts and exits
+//!   when the domain is gone. Its pid is in the record ([`SandboxRecord::wait_log_flushed`]).
+//!   Overlay upper (scratch) and the private volume have no quota.
 //! - Host directories holding private volumes and scratch must be root-only (0700) on the
 //!   path: the domain's root can create setuid files in /home, inert inside (nosuid,
 //!   no_new_privs) but stored with canonical ids, i.e. as setuid-root files on the host disk.
@@ -40,6 +43,7 @@
 
 pub mod cgroup;
 pub mod launch;
+pub mod logwriter;
 mod mounts;
 mod seccomp;
 
@@ -132,7 +136,7 @@ pub struct SandboxSpec {
     pub guest_tools_dir: PathBuf,
     /// argv of the domain init inside.
     pub init: Vec<String>,
-    /// Init stdout/stderr go here (append).
+    /// Init stdout/stderr go here (append), bounded by the log writer (see [`logwriter`]).
     pub log_file: PathBuf,
     pub memory_mib: u64,
     pub vcpus: u32,
@@ -323,6 +327,12 @@ pub struct SandboxRecord {
     pub uid_base: u32,
     pub cgroup: CgroupPaths,
     pub scratch_dir: PathBuf,
+    /// Host pid of the log writer (see [`logwriter`]); absent in records of older launchers.
+    #[serde(default)]
+    pub log_writer_pid: Option<i32>,
+    /// Its start time (clock ticks since boot), guarding against pid reuse.
+    #[serde(default)]
+    pub log_writer_start_time: Option<u64>,
 }
 
 /// Start time (field 22) and state (field 3) of a process, from /proc/<pid>/stat.
@@ -391,8 +401,39 @@ impl SandboxRecord {
         self.cgroup.kill_all()
     }
 
+    /// Whether the log writer still runs (it exits once every domain process is gone and
+    /// the pipe is drained).
+    pub fn log_writer_alive(&self) -> bool {
+        match (self.log_writer_pid, self.log_writer_start_time) {
+            (Some(pid), Some(start)) => matches!(proc_stat(pid), Some((s, state))
+                if s == start && state != 'Z' && state != 'X'),
+            _ => false,
+        }
+    }
+
+    /// Waits (up to `limit`) until the log writer has written everything the domain sent and
+    /// exited; true if it did (or there is none). Call after the init has exited to read a
+    /// complete log.
+    pub fn wait_log_flushed(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut delay = std::time::Duration::from_millis(1);
+        while self.log_writer_alive() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(std::time::Duration::from_millis(50));
+        }
+        true
+    }
+
     /// After exit: kills leftovers, removes the cgroups and wipes scratch. Idempotent.
+    /// When the init is gone, the log writer gets a moment (at most 2 s) to write the rest of
+    /// the domain's output before the cgroup removal kills it.
     pub fn cleanup(&self) -> Result<(), SandboxError> {
+        if !self.is_alive() && !self.wait_log_flushed(std::time::Duration::from_secs(2)) {
+            tracing::warn!(name = %self.name, "log writer still busy; killing it with the cgroup");
+        }
         self.cgroup.remove()?;
         wipe_dir(&self.scratch_dir)
     }
@@ -609,9 +650,17 @@ mod tests {
                 dir: "/sys/fs/cgroup/bulkhead/x".into(),
             },
             scratch_dir: "/s".into(),
+            log_writer_pid: Some(43),
+            log_writer_start_time: Some(8),
         };
         let j = serde_json::to_string(&r).expect("serialize");
         let back: SandboxRecord = serde_json::from_str(&j).expect("parse");
         assert_eq!(back, r);
+        // records written before the log writer existed still load
+        let old = j.replace(r#","log_writer_pid":43,"log_writer_start_time":8"#, "");
+        assert!(!old.contains("log_writer"), "{old}");
+        let back: SandboxRecord = serde_json::from_str(&old).expect("parse old record");
+        assert_eq!(back.log_writer_pid, None);
+        assert!(!back.log_writer_alive());
     }
 }

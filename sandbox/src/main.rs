@@ -29,6 +29,15 @@ enum Cmd {
     Probe,
     /// Kill everything in a domain's cgroup and remove it.
     RemoveCgroup { name: String },
+    /// Internal (started by `launch`): copy stdin (the domain's output pipe) to stdout (the
+    /// open log file at FILE), rotating FILE to FILE.old beyond MAX_BYTES.
+    #[command(hide = true)]
+    LogWriter {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        max_bytes: u64,
+    },
 }
 
 /// Largest spec accepted (a spec is a few hundred bytes).
@@ -74,6 +83,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Probe => {
             let caps = bulkhead_sandbox::probe();
             println!("{}", serde_json::to_string_pretty(&caps)?);
+        }
+        Cmd::LogWriter { file, max_bytes } => {
+            anyhow::ensure!(file.is_absolute(), "--file must be absolute");
+            bulkhead_sandbox::logwriter::run_stdio(&file, max_bytes)
+                .with_context(|| format!("log writer for {}", file.display()))?;
         }
         Cmd::RemoveCgroup { name } => {
             bulkhead_sandbox::remove_cgroup(&name)

@@ -280,8 +280,25 @@ fn launcher() -> Launcher {
     }
 }
 
-/// Waits (bounded) until the init exits and reaps it (it is our child: we are a subreaper).
+/// Waits (bounded) until the init exits and reaps it (it is our child: we are a subreaper),
+/// then until the log writer has written the rest of the output (and reaps it too).
 fn wait_exit(rec: &SandboxRecord, limit: Duration) -> WaitStatus {
+    let st = wait_init(rec, limit);
+    assert!(
+        rec.wait_log_flushed(limit),
+        "log writer still running after the init exited"
+    );
+    if let Some(pid) = rec.log_writer_pid {
+        // our child too once the launcher exited; ECHILD if someone else reaped it
+        let _ = waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    st
+}
+
+fn wait_init(rec: &SandboxRecord, limit: Duration) -> WaitStatus {
     let fd = match rec.pidfd() {
         Ok(fd) => fd,
         // already exited (a zombie waiting for us)
@@ -829,4 +846,75 @@ fn symlinked_mount_targets_in_the_template_are_refused() {
         !host_usr.join("lib/bulkhead").exists(),
         "the launcher created a directory through the template's symlink on the host"
     );
+}
+
+/// The domain's output goes through the log writer: the file stays bounded however much the
+/// domain writes, one older generation is kept, the newest output is complete; the writer runs
+/// in the domain's cgroup as an unprivileged host process and goes away with the domain.
+#[test]
+fn log_stays_bounded_and_the_writer_lives_in_the_domain_cgroup() {
+    use bulkhead_sandbox::logwriter::{old_log_path, LOG_MAX_BYTES};
+    require_host!();
+    let fx = Fixture::new("bh-test-log", 4012);
+    let spew_mib = 3 * (LOG_MAX_BYTES >> 20) + 2;
+    let mib = spew_mib.to_string();
+    let rec = start(
+        &fx.spec(&["/usr/lib/bulkhead/escape-probe", "spew", "--mib", &mib]),
+        &launcher(),
+    )
+    .expect("start spew");
+    let status = wait_exit(&rec, Duration::from_secs(120));
+    assert_eq!(status, WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0));
+    let log = fx.path("log/init.log");
+    let cur = fs::metadata(&log).expect("log").len();
+    let old = fs::metadata(old_log_path(&log)).expect("old log").len();
+    let slack = 64 * 1024 + 4096;
+    assert!(cur <= LOG_MAX_BYTES + slack, "log is {cur} bytes");
+    assert!(old <= LOG_MAX_BYTES + slack, "old log is {old} bytes");
+    assert!(
+        fx.log().ends_with("SPEW-DONE\n"),
+        "the newest output is missing"
+    );
+    rec.cleanup().expect("cleanup");
+
+    // while a domain runs: where the writer is and what it may do
+    let rec = start(
+        &fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]),
+        &launcher(),
+    )
+    .expect("start idle");
+    wait_for_log(&fx, "READY");
+    let wpid = rec.log_writer_pid.expect("writer pid in the record");
+    assert!(rec.log_writer_alive());
+    let cg = fs::read_to_string(format!("/proc/{wpid}/cgroup")).expect("writer cgroup");
+    assert!(
+        cg.lines()
+            .any(|l| l.contains("pids") && l.ends_with(&format!("/bulkhead/{}", fx.name))),
+        "writer not in the domain's cgroup:\n{cg}"
+    );
+    let status = fs::read_to_string(format!("/proc/{wpid}/status")).expect("writer status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("CapEff:") && l.ends_with("0000000000000000")),
+        "{status}"
+    );
+    let oom = fs::read_to_string(format!("/proc/{wpid}/oom_score_adj")).expect("oom");
+    if caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap_or(false)
+    {
+        assert_eq!(oom.trim(), "-1000");
+    } else {
+        println!("note: no CAP_SYS_RESOURCE on this host; the writer's OOM score stays {oom}");
+    }
+    // the domain's cgroup going away takes the writer with it
+    rec.kill_all().expect("kill");
+    let _ = wait_exit(&rec, Duration::from_secs(30));
+    assert!(!rec.log_writer_alive());
+    rec.cleanup().expect("cleanup");
+    assert!(!rec.cgroup.exists());
 }

@@ -41,6 +41,11 @@ enum Cmd {
     Battery(BatteryArgs),
     /// Print the effective and real uid.
     Whoami,
+    /// Write MIB mebibytes of numbered lines to stdout, then "SPEW-DONE" (log bound tests).
+    Spew {
+        #[arg(long)]
+        mib: u64,
+    },
     /// Minimal init for tests: write files, then reap children until SIGTERM.
     Idle {
         /// Write "root" to this path as root.
@@ -130,6 +135,18 @@ fn rel(p: &Path) -> PathBuf {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Spew { mib } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let line = [b'x'; 1023];
+            for i in 0..mib * 1024 {
+                write!(out, "{i:08} ")?;
+                out.write_all(&line[..1023 - 9])?;
+                out.write_all(b"\n")?;
+            }
+            writeln!(out, "SPEW-DONE")?;
+            out.flush()?;
+            Ok(())
+        }
         Cmd::Whoami => {
             println!("euid={} ruid={}", Uid::effective(), Uid::current());
             Ok(())
