@@ -24,7 +24,25 @@ step "Template debian-12 (cached by recipe content)"
 target/debug/bulkhead-template build --store "$BULKHEAD_TEST_TEMPLATE_CACHE" templates/recipes/debian-12.toml
 
 step "Tests"
-cargo test --workspace -- --test-threads=2
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --workspace -- --test-threads=2 2>&1 | tee "$results"
+test_status=${PIPESTATUS[0]}
+set -e
 
 step "Fuzz targets, short runs"
-fuzz/run-short.sh "${FUZZ_SECONDS:-20}"
+fuzz_status=0
+fuzz/run-short.sh "${FUZZ_SECONDS:-20}" || fuzz_status=$?
+
+# One closing line for all the test binaries cargo ran above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$results"
+if ((test_status != 0)); then
+    echo "tests failed (cargo test exit $test_status)" >&2
+    exit "$test_status"
+fi
+if ((fuzz_status != 0)); then
+    echo "a fuzz target crashed or did not build (exit $fuzz_status)" >&2
+    exit "$fuzz_status"
+fi
