@@ -219,11 +219,12 @@ pub(crate) fn check_request<'a>(
         return Err(bad("requested target is too long".to_owned()));
     }
     let t = req.target.as_str();
-    let t = match t.strip_prefix('$') {
-        Some(rest) => format!("@{rest}"),
-        None => t.to_owned(),
+    // VMs write `$dispvm`, `$default`, ...: the same as the `@` forms.
+    let t: std::borrow::Cow<'_, str> = match t.strip_prefix('$') {
+        Some(rest) => format!("@{rest}").into(),
+        None => t.into(),
     };
-    let target = match t.as_str() {
+    let target = match t.as_ref() {
         "" | "@default" => Intended::Default,
         "@adminvm" | ADMINVM_NAME => Intended::AdminVm,
         "@dispvm" => Intended::DispVm,

@@ -104,11 +104,51 @@ pub struct Policy {
     rules: Vec<Rule>,
     diagnostics: Vec<Diagnostic>,
     fingerprint: Fingerprint,
-    /// For each service named in some rule: indices of the rules that can apply to it
-    /// (its own and the `*` ones), in policy order.
+    /// For each service named in some rule: indices of its own rules, in policy order.
     by_service: HashMap<String, Vec<u32>>,
-    /// Indices of the `*` service rules, for services no rule names.
+    /// Indices of the `*` service rules, in policy order.
     wildcard: Vec<u32>,
+    /// Every literal domain name in a SOURCE or TARGET column, numbered, so that matching
+    /// a name is an integer compare.
+    names: HashMap<String, u32>,
+    /// Per rule: the number of its SOURCE and TARGET names, or [`NO_NAME`].
+    name_keys: Vec<[u32; 2]>,
+}
+
+/// A rule column that is not a literal name.
+const NO_NAME: u32 = u32::MAX;
+
+/// Merge two ascending index lists (a service's own rules and the `*` rules).
+#[derive(Clone)]
+struct Merge<'a> {
+    a: &'a [u32],
+    b: &'a [u32],
+}
+
+impl Iterator for Merge<'_> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        match (self.a.split_first(), self.b.split_first()) {
+            (Some((x, ra)), Some((y, rb))) => {
+                if x < y {
+                    self.a = ra;
+                    Some(*x)
+                } else {
+                    self.b = rb;
+                    Some(*y)
+                }
+            }
+            (Some((x, ra)), None) => {
+                self.a = ra;
+                Some(*x)
+            }
+            (None, Some((y, rb))) => {
+                self.b = rb;
+                Some(*y)
+            }
+            (None, None) => None,
+        }
+    }
 }
 
 impl Policy {
@@ -160,28 +200,24 @@ impl Policy {
     fn build(config: Option<PolicyConfig>, loader: Loader) -> Self {
         let rules = loader.rules;
         let mut by_service: HashMap<String, Vec<u32>> = HashMap::new();
-        for r in &rules {
-            if let Some(s) = &r.service {
-                by_service.entry(s.clone()).or_default();
-            }
-        }
         let mut wildcard = Vec::new();
+        let mut names: HashMap<String, u32> = HashMap::new();
+        let mut name_keys = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
             // Bounded by Limits::max_rules, far below u32::MAX.
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            let i = u32::try_from(i).unwrap_or(NO_NAME);
             match &r.service {
-                None => {
-                    wildcard.push(i);
-                    for v in by_service.values_mut() {
-                        v.push(i);
-                    }
-                }
-                Some(s) => {
-                    if let Some(v) = by_service.get_mut(s) {
-                        v.push(i);
-                    }
-                }
+                None => wildcard.push(i),
+                Some(s) => by_service.entry(s.clone()).or_default().push(i),
             }
+            let mut key = |t: &Token| match t {
+                Token::Name(n) => {
+                    let next = u32::try_from(names.len()).unwrap_or(NO_NAME);
+                    *names.entry(n.as_str().to_owned()).or_insert(next)
+                }
+                _ => NO_NAME,
+            };
+            name_keys.push([key(&r.source), key(&r.target)]);
         }
         let policy = Self {
             config,
@@ -190,6 +226,8 @@ impl Policy {
             fingerprint: loader.fingerprint,
             by_service,
             wildcard,
+            names,
+            name_keys,
         };
         if policy.diagnostics.is_empty() {
             tracing::debug!(rules = policy.rules.len(), "policy loaded");
@@ -223,9 +261,12 @@ impl Policy {
         self.config.as_ref()
     }
 
-    fn candidates(&self, service: &str) -> impl DoubleEndedIterator<Item = &Rule> + Clone {
-        let idx: &[u32] = self.by_service.get(service).unwrap_or(&self.wildcard);
-        idx.iter().filter_map(|i| self.rules.get(*i as usize))
+    /// Indices of the rules that can apply to `service`, in policy order.
+    fn candidates(&self, service: &str) -> Merge<'_> {
+        Merge {
+            a: self.by_service.get(service).map_or(&[], Vec::as_slice),
+            b: &self.wildcard,
+        }
     }
 
     /// Decide `req`. First match wins; no match is deny; a policy with errors denies all.
@@ -240,11 +281,43 @@ impl Policy {
             Ok(c) => c,
             Err(reason) => return Resolution::deny(reason),
         };
+        let source_key = match checked.source {
+            system::Who::Domain(d) => self.names.get(d.name.as_str()).copied(),
+            system::Who::Dom0 => None,
+        };
+        let target_key = match &checked.target {
+            system::Intended::Name(n) => self.names.get(n.as_str()).copied(),
+            _ => None,
+        };
         let candidates = self.candidates(checked.service);
-        for rule in candidates.clone() {
-            if !eval::match_but_target(rule, &checked, sys)
-                || !eval::match_target(&rule.target, &checked.target, checked.source, sys)
+        for i in candidates.clone() {
+            let (Some(rule), Some(&[src, tgt])) =
+                (self.rules.get(i as usize), self.name_keys.get(i as usize))
+            else {
+                continue;
+            };
+            // Candidates have the requested service or `*`: only the argument is left.
+            if rule
+                .argument
+                .as_deref()
+                .is_some_and(|a| a != checked.argument)
             {
+                continue;
+            }
+            let source_ok = if src == NO_NAME {
+                eval::match_source(&rule.source, checked.source, sys)
+            } else {
+                Some(src) == source_key
+            };
+            if !source_ok {
+                continue;
+            }
+            let target_ok = if tgt == NO_NAME {
+                eval::match_target(&rule.target, &checked.target, checked.source, sys)
+            } else {
+                Some(tgt) == target_key
+            };
+            if !target_ok {
                 continue;
             }
             return match &rule.action {
@@ -253,7 +326,12 @@ impl Policy {
                     reason: DenyReason::ByRule(rule.location.clone()),
                 }),
                 Action::Allow(p) => eval::evaluate_allow(p, rule, &checked, sys),
-                Action::Ask(p) => eval::evaluate_ask(p, rule, candidates, &checked, sys),
+                Action::Ask(p) => {
+                    let rules: Vec<&Rule> = candidates
+                        .filter_map(|j| self.rules.get(j as usize))
+                        .collect();
+                    eval::evaluate_ask(p, rule, rules.into_iter(), &checked, sys)
+                }
             };
         }
         Resolution::deny(DenyReason::NoMatchingRule)
