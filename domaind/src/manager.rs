@@ -1405,8 +1405,21 @@ impl Manager {
         let rec = record.clone();
         let alive = blocking(move || rec.is_alive()).await.unwrap_or(false);
         let rt = self.runtime(name);
-        if !alive {
-            info!(domain = name, "found dead after a restart; cleaning up");
+        // A disposable lives only as long as the call that made it, and that call ended with
+        // the previous domaind: stop it instead of adopting it.
+        let disposable = file.class == DomainClass::Disposable.as_str();
+        if !alive || disposable {
+            if alive {
+                info!(domain = name, "stopping a disposable whose caller is gone");
+                let rec = record.clone();
+                let _ = blocking(move || {
+                    let _ = rec.thaw();
+                    rec.signal_init(Signal::SIGKILL)
+                })
+                .await;
+            } else {
+                info!(domain = name, "found dead after a restart; cleaning up");
+            }
             let rec = record.clone();
             let paths = self.cfg.paths.clone();
             let dn2 = dn.clone();
@@ -1419,7 +1432,7 @@ impl Manager {
                 let _ = fsutil::remove_tree(&paths.scratch_dir(&dn2));
             })
             .await;
-            if file.class == DomainClass::Disposable.as_str() {
+            if disposable {
                 self.discard_disposable(name).await;
             }
             return false;

@@ -511,6 +511,29 @@ async fn domaind_restart_adopts_running_domains() {
     }
     env.p.pause(&paused).await.unwrap();
     let pid = instance_pid(&env.d, &w);
+    // a disposable in the middle of its command when domaind dies
+    let p2 = env.p.clone();
+    let tmpl = env.name("tmpl");
+    let disp_task = tokio::spawn(async move {
+        let _ = run(&p2, Some(&tmpl), "", &["sleep", "1000"], "", b"").await;
+    });
+    let mut disp = None;
+    for _ in 0..300 {
+        disp = env
+            .p
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.name.starts_with("disp") && d.state == "running")
+            .map(|d| d.name);
+        if disp.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let disp = disp.expect("disposable running");
+    let disp_pid = instance_pid(&env.d, &disp);
 
     env.d.kill9();
     assert!(alive(pid), "the domain must survive domaind");
@@ -520,6 +543,11 @@ async fn domaind_restart_adopts_running_domains() {
     let list = p.list().await.unwrap();
     assert_eq!(state(&list, &w).as_deref(), Some("running"));
     assert_eq!(state(&list, &paused).as_deref(), Some("paused"));
+    // the orphaned disposable was stopped and removed, not adopted
+    assert!(state(&list, &disp).is_none(), "{disp} adopted");
+    assert_clean(&env.d, &disp, disp_pid);
+    assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
+    disp_task.abort();
     let (code, out, _, _) = run(&p, None, &w, &["echo", "still here"], "", b"")
         .await
         .unwrap_or_else(|e| panic!("run after restart: {e}\n{}", env.d.log()));
