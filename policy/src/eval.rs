@@ -419,6 +419,11 @@ fn default_dispvm(source: Who<'_>, sys: &System) -> Option<DomainName> {
         .map(|d| d.name.clone())
 }
 
+/// The request source's default disposable template, if it is set and valid.
+pub(crate) fn source_default_dispvm(req: &Request, sys: &System) -> Option<DomainName> {
+    sys.who(&req.source).and_then(|w| default_dispvm(w, sys))
+}
+
 /// Qubes' `collect_targets_for_ask`: walk the rules for this service, argument and source
 /// in reverse, adding each rule's target (or its `target=`) and removing a `deny` rule's
 /// target; then expand `@dispvm`, and drop the source itself and `internal` domains.

@@ -337,6 +337,33 @@ impl Policy {
         Resolution::deny(DenyReason::NoMatchingRule)
     }
 
+    /// Decide `req` with `ask` taken as yes for the requested target, as Qubes'
+    /// `policy.EvalSimple` does (`assume_yes_for_ask`): used where a user action is the
+    /// consent, e.g. the clipboard paste hotkey. The answer is the requested target (or,
+    /// for `@default`, the rule's `default_target`), which must be among the ask targets.
+    pub fn evaluate_assume_yes(&self, req: &Request, sys: &System) -> Resolution {
+        let resolution = self.evaluate(req, sys);
+        let Resolution::Ask(ask) = &resolution else {
+            return resolution;
+        };
+        let answer = match eval::check_request(req, sys).map(|c| c.target) {
+            Ok(system::Intended::Name(n)) => Some(n.to_string()),
+            Ok(system::Intended::AdminVm) => Some(ADMINVM_NAME.to_owned()),
+            Ok(system::Intended::DispVmTemplate(n)) => Some(format!("@dispvm:{n}")),
+            Ok(system::Intended::DispVm) => eval::source_default_dispvm(req, sys)
+                .map(|t| CallTarget::NewDisposable { template: t }.to_answer()),
+            Ok(system::Intended::Default) => ask.default_target.as_ref().map(CallTarget::to_answer),
+            Err(reason) => return Resolution::deny(reason),
+        };
+        match answer {
+            Some(a) => match ask.answer(Some(&a)) {
+                Ok(allow) => Resolution::Allow(allow),
+                Err(deny) => Resolution::Deny(deny),
+            },
+            None => Resolution::deny(DenyReason::NoAskTargets(ask.rule.clone())),
+        }
+    }
+
     /// Whether anything the last load read (or looked for) changed since.
     pub fn changed(&self) -> bool {
         self.config.is_some()

@@ -1048,6 +1048,32 @@ fn ask_answers() {
     );
 }
 
+#[test]
+fn assume_yes_for_ask() {
+    let p = ok_pol(
+        "svc.A * @anyvm @tag:work ask\n\
+         svc.A * @anyvm home deny\n\
+         svc.A * @anyvm @default ask default_target=work\n\
+         svc.A * @anyvm @dispvm ask\n\
+         svc.B * @anyvm @anyvm ask default_target=home\n",
+    );
+    let yes =
+        |src: &str, tgt: &str| p.evaluate_assume_yes(&Request::new("svc.A", "", src, tgt), &sys());
+    assert_eq!(allow_target(&yes("untrusted", "work")), "work");
+    assert!(yes("untrusted", "home").is_deny());
+    assert_eq!(allow_target(&yes("untrusted", "")), "work");
+    assert_eq!(allow_target(&yes("home", "@dispvm")), "@dispvm:dvm");
+    assert!(yes("untrusted", "@dispvm").is_deny());
+    // Deny stays deny, allow stays allow.
+    let p2 = ok_pol("svc.A * @anyvm home deny\nsvc.A * @anyvm work allow");
+    assert!(p2
+        .evaluate_assume_yes(&Request::new("svc.A", "", "untrusted", "home"), &sys())
+        .is_deny());
+    assert!(p2
+        .evaluate_assume_yes(&Request::new("svc.A", "", "untrusted", "work"), &sys())
+        .is_allow());
+}
+
 // ---------------------------------------------------------------- Qubes' examples
 
 #[test]

@@ -82,6 +82,11 @@ fn default_policy_decisions() {
     // Clipboard: ask (the hotkey counts as the answer), from dom0 too.
     assert!(decide(&p, "bulkhead.ClipboardPaste", "work", "home").is_ask());
     assert!(decide(&p, "bulkhead.ClipboardPaste", "dom0", "home").is_ask());
+    let paste = Request::new("bulkhead.ClipboardPaste", "", "work", "home");
+    match p.evaluate_assume_yes(&paste, &system()) {
+        Resolution::Allow(a) => assert_eq!(a.target, CallTarget::Domain(n("home"))),
+        other => panic!("{other:?}"),
+    }
 
     // Admin and unknown calls from a domain to dom0: deny; other unknown calls: no rule.
     assert!(decide(&p, "bulkhead.admin.vm.List", "work", "dom0").is_deny());
