@@ -77,7 +77,17 @@ pub struct PolicyConfig {
     pub limits: Limits,
 }
 
+/// Name of the policy directory under the config and runtime directories.
+pub const POLICY_DIR_NAME: &str = "policy.d";
+
 impl PolicyConfig {
+    /// The installed layout: `<config_dir>/policy.d` (e.g. `/etc/bulkhead/policy.d`) with the
+    /// runtime directory `<runtime_dir>/policy.d` (e.g. `/run/bulkhead/policy.d`).
+    pub fn from_paths(paths: &bulkhead_domain::Paths) -> Self {
+        Self::new(paths.config_dir.join(POLICY_DIR_NAME))
+            .with_runtime_dir(paths.runtime_dir.join(POLICY_DIR_NAME))
+    }
+
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),

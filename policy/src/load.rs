@@ -441,6 +441,10 @@ impl Loader {
         if self.stack.contains(&canon) {
             return self.error(file, lineno, ErrorKind::IncludeCycle(canon));
         }
+        if joined != canon {
+            // A symlink: its retargeting must trigger a reload too.
+            self.fingerprint.push((joined.clone(), stamp(&joined)));
+        }
         self.load_file(&canon.clone(), &canon, base, mode);
     }
 

@@ -1635,3 +1635,32 @@ fn reload_when_files_change() {
     let mut t = pol("svc.A * @anyvm @anyvm allow");
     assert!(!t.load_if_changed());
 }
+
+#[test]
+fn retargeted_include_symlink_reloads() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        &d.path().join("include/deny"),
+        "svc.A * @anyvm @anyvm deny\n",
+    );
+    write(
+        &d.path().join("include/allow"),
+        "svc.A * @anyvm @anyvm allow\n",
+    );
+    std::os::unix::fs::symlink("deny", d.path().join("include/current")).unwrap();
+    write(&d.path().join("10-a.policy"), "!include include/current\n");
+    let mut p = Policy::load_dir(d.path());
+    assert!(ev(&p, "svc.A", "", "work", "home").is_deny());
+    fs::remove_file(d.path().join("include/current")).unwrap();
+    std::os::unix::fs::symlink("allow", d.path().join("include/current")).unwrap();
+    assert!(p.load_if_changed());
+    assert!(ev(&p, "svc.A", "", "work", "home").is_allow());
+}
+
+#[test]
+fn config_from_installed_paths() {
+    let paths = bulkhead_domain::Paths::under(Path::new("/x"));
+    let c = PolicyConfig::from_paths(&paths);
+    assert_eq!(c.dir, paths.config_dir.join("policy.d"));
+    assert_eq!(c.runtime_dir, Some(paths.runtime_dir.join("policy.d")));
+}
