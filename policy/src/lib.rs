@@ -29,6 +29,9 @@
 //!   `disposable-template`, `disposable`, `service`, `admin`; or Qubes': `AppVM`, ...),
 //!   `user=` must look like a user name. Qubes accepts any string there; a typo would then
 //!   silently never match.
+//! - Qubes class names map onto Bulkhead classes: `AppVM` = app, disposable-template and
+//!   service domains (Qubes' disposable templates and sys-* qubes are AppVMs); `DispVM` =
+//!   disposable; `AdminVM` = dom0; `RemoteVM` matches nothing.
 //! - `@tag:` and `@type:` in the TARGET column also match a call aimed at dom0 when dom0 has
 //!   that tag / type (Qubes never matches them against `@adminvm`).
 //! - `@dispvm:NAME` and `@dispvm:@tag:T` in the SOURCE column parse but never match, as in
@@ -43,7 +46,13 @@
 //!   (deny). `default_target` not among the targets is dropped with a warning.
 //! - Requests from dom0 are evaluated like any other (Qubes skips policy for them); the
 //!   default policy allows them explicitly.
-//! - All errors are reported, not only the first.
+//! - All errors are reported, not only the first. Whole-file errors (unreadable, too large,
+//!   invalid name) are reported at line 0.
+//! - As in Qubes: a requested target that does not exist is treated as `@default`; the
+//!   `$dispvm` / `$default` spellings VMs send are accepted in requests; source = target is
+//!   refused ("loopback"); no match and failed resolutions deny with `notify` set.
+//! - [`Ask::answer`] turns the user's choice into an [`Allow`] (only a listed target), and
+//!   [`Policy::evaluate_assume_yes`] is Qubes' `assume_yes_for_ask` for the clipboard hotkey.
 
 mod error;
 mod eval;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use bulkhead_domain::{DomainClass, DomainName};
+use bulkhead_domain::{DomainClass, DomainConfig, DomainName};
 
 /// The name dom0 (the admin domain, `@adminvm`) has in policies and in resolutions.
 pub const ADMINVM_NAME: &str = "dom0";
@@ -45,6 +45,20 @@ impl DomainInfo {
             internal: false,
             uuid: None,
         }
+    }
+
+    /// Policy facts from a domain's configuration: name, class, `default_dispvm`, and the
+    /// `internal` feature (`1`, `yes` or `true`). Tags and UUID are added by the caller.
+    pub fn from_config(cfg: &DomainConfig, running: bool) -> Self {
+        let internal = cfg
+            .features
+            .get("internal")
+            .is_some_and(|v| matches!(v.as_str(), "1" | "yes" | "true"));
+        let mut info = Self::new(cfg.name.clone(), cfg.class)
+            .with_running(running)
+            .with_internal(internal);
+        info.default_dispvm = cfg.default_dispvm.clone();
+        info
     }
 
     pub fn with_tag(mut self, tag: &str) -> Self {
