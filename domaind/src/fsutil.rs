@@ -7,12 +7,16 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Deepest directory nesting copied; deeper trees are refused (a hostile volume could nest
 /// without bound).
 pub const MAX_COPY_DEPTH: usize = 256;
+/// Most bytes one copy writes (a volume's files, sparse ones counted at full size).
+pub const MAX_COPY_BYTES: u64 = 64 << 30;
+/// Most entries (files, directories, symlinks) one copy creates.
+pub const MAX_COPY_ENTRIES: u64 = 2_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -24,6 +28,10 @@ pub enum CopyError {
     },
     #[error("{path}: directories nested deeper than {MAX_COPY_DEPTH} levels")]
     TooDeep { path: PathBuf },
+    #[error("{path}: changed while being copied (a file was swapped for another or a symlink); nothing was copied through it")]
+    Changed { path: PathBuf },
+    #[error("{path}: the volume is larger than a copy may be ({MAX_COPY_BYTES} bytes, {MAX_COPY_ENTRIES} entries)")]
+    TooLarge { path: PathBuf },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
@@ -33,71 +41,155 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
     }
 }
 
-fn chown(path: &Path, md: &fs::Metadata) -> Result<(), CopyError> {
-    std::os::unix::fs::lchown(path, Some(md.uid()), Some(md.gid())).map_err(io_at(path))
+fn errno_at(path: &Path) -> impl FnOnce(rustix::io::Errno) -> CopyError + '_ {
+    move |e| CopyError::Io {
+        path: path.to_owned(),
+        source: e.into(),
+    }
+}
+
+/// What is left of the limits of one copy.
+struct Budget {
+    bytes: u64,
+    entries: u64,
+}
+
+impl Budget {
+    fn entry(&mut self, path: &Path) -> Result<(), CopyError> {
+        self.entries = self
+            .entries
+            .checked_sub(1)
+            .ok_or_else(|| CopyError::TooLarge {
+                path: path.to_owned(),
+            })?;
+        Ok(())
+    }
 }
 
 /// Copy the tree `src` to `dst` (which must not exist), preserving owners and modes.
+///
+/// The source may belong to a running domain that changes it while we copy, so the walk
+/// never resolves a path twice: every entry is looked at (`fstatat`, no follow), opened
+/// relative to its parent's descriptor with `O_NOFOLLOW`, and the opened file must be the
+/// one that was looked at (same device and inode) or the copy stops. A directory swapped for
+/// a symlink to `/` therefore fails the copy instead of copying the host's files.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), CopyError> {
-    copy_dir(src, dst, 0)
-}
-
-fn copy_dir(src: &Path, dst: &Path, depth: usize) -> Result<(), CopyError> {
-    if depth > MAX_COPY_DEPTH {
-        return Err(CopyError::TooDeep {
+    use rustix::fs::{fstat, mkdirat, openat, FileType, Mode, OFlags, CWD};
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let src_fd = openat(CWD, src, dir_flags, Mode::empty()).map_err(errno_at(src))?;
+    let st = fstat(&src_fd).map_err(errno_at(src))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return Err(CopyError::Changed {
             path: src.to_owned(),
         });
     }
-    let md = fs::symlink_metadata(src).map_err(io_at(src))?;
-    fs::create_dir(dst).map_err(io_at(dst))?;
-    for entry in fs::read_dir(src).map_err(io_at(src))? {
-        let entry = entry.map_err(io_at(src))?;
-        let from = entry.path();
-        let to = dst.join(entry.file_name());
-        let emd = fs::symlink_metadata(&from).map_err(io_at(&from))?;
-        let ft = emd.file_type();
-        if ft.is_dir() {
-            copy_dir(&from, &to, depth + 1)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&from).map_err(io_at(&from))?;
-            std::os::unix::fs::symlink(&target, &to).map_err(io_at(&to))?;
-            chown(&to, &emd)?;
-        } else if ft.is_file() {
-            copy_file(&from, &to, &emd)?;
-        } else {
-            tracing::debug!(path = %from.display(), "not copying a special file");
+    mkdirat(CWD, dst, Mode::from_raw_mode(0o700)).map_err(errno_at(dst))?;
+    let dst_fd = openat(CWD, dst, dir_flags, Mode::empty()).map_err(errno_at(dst))?;
+    let mut budget = Budget {
+        bytes: MAX_COPY_BYTES,
+        entries: MAX_COPY_ENTRIES,
+    };
+    copy_dir_at(&src_fd, &dst_fd, src, 0, &mut budget)?;
+    set_owner_mode(&dst_fd, &st, dst)
+}
+
+fn copy_dir_at(
+    src: &std::os::fd::OwnedFd,
+    dst: &std::os::fd::OwnedFd,
+    path: &Path,
+    depth: usize,
+    budget: &mut Budget,
+) -> Result<(), CopyError> {
+    use rustix::fs::{
+        chownat, fstat, mkdirat, openat, readlinkat, statat, symlinkat, AtFlags, Dir, FileType,
+        Mode, OFlags,
+    };
+    if depth > MAX_COPY_DEPTH {
+        return Err(CopyError::TooDeep {
+            path: path.to_owned(),
+        });
+    }
+    let mut dir = Dir::read_from(src).map_err(errno_at(path))?;
+    while let Some(entry) = dir.read() {
+        let entry = entry.map_err(errno_at(path))?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let here = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        budget.entry(&here)?;
+        let seen = statat(src, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno_at(&here))?;
+        let same = |st: &rustix::fs::Stat| st.st_dev == seen.st_dev && st.st_ino == seen.st_ino;
+        match FileType::from_raw_mode(seen.st_mode) {
+            FileType::Directory => {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let from = openat(src, name, flags, Mode::empty())
+                    .map_err(|_| CopyError::Changed { path: here.clone() })?;
+                if !same(&fstat(&from).map_err(errno_at(&here))?) {
+                    return Err(CopyError::Changed { path: here });
+                }
+                mkdirat(dst, name, Mode::from_raw_mode(0o700)).map_err(errno_at(&here))?;
+                let to = openat(dst, name, flags, Mode::empty()).map_err(errno_at(&here))?;
+                copy_dir_at(&from, &to, &here, depth + 1, budget)?;
+                set_owner_mode(&to, &seen, &here)?;
+            }
+            FileType::RegularFile => {
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                let from = openat(src, name, flags, Mode::empty())
+                    .map_err(|_| CopyError::Changed { path: here.clone() })?;
+                if !same(&fstat(&from).map_err(errno_at(&here))?) {
+                    return Err(CopyError::Changed { path: here });
+                }
+                let create = OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC;
+                let to = openat(dst, name, create, Mode::from_raw_mode(0o600))
+                    .map_err(errno_at(&here))?;
+                let mut reader = std::fs::File::from(from).take(budget.bytes.saturating_add(1));
+                let mut writer = std::fs::File::from(to);
+                let copied = io::copy(&mut reader, &mut writer).map_err(io_at(&here))?;
+                budget.bytes = budget
+                    .bytes
+                    .checked_sub(copied)
+                    .ok_or_else(|| CopyError::TooLarge { path: here.clone() })?;
+                set_owner_mode(&writer, &seen, &here)?;
+            }
+            FileType::Symlink => {
+                // Copied as a symlink, never followed; the domain sees it inside its own root.
+                let target = readlinkat(src, name, Vec::new()).map_err(errno_at(&here))?;
+                symlinkat(target.as_c_str(), dst, name).map_err(errno_at(&here))?;
+                chownat(
+                    dst,
+                    name,
+                    Some(rustix::fs::Uid::from_raw(seen.st_uid)),
+                    Some(rustix::fs::Gid::from_raw(seen.st_gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(errno_at(&here))?;
+            }
+            _ => tracing::debug!(path = %here.display(), "not copying a special file"),
         }
     }
-    chown(dst, &md)?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(io_at(dst))
+    Ok(())
 }
 
-fn copy_file(from: &Path, to: &Path, md: &fs::Metadata) -> Result<(), CopyError> {
-    // Open without following a symlink swapped in after the lstat.
-    let mut src = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags_nofollow()
-        .open(from)
-        .map_err(io_at(from))?;
-    let mut dst = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .map_err(io_at(to))?;
-    io::copy(&mut src, &mut dst).map_err(io_at(to))?;
-    chown(to, md)?;
-    // chown clears setuid/setgid; set the mode afterwards.
-    fs::set_permissions(to, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(io_at(to))
-}
-
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-impl NoFollow for fs::OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW)
-    }
+/// Owner and mode of a copied file or directory, set on the descriptor (chown first: it
+/// clears setuid/setgid, which the mode then restores as the domain had them).
+fn set_owner_mode(
+    fd: impl std::os::fd::AsFd,
+    st: &rustix::fs::Stat,
+    path: &Path,
+) -> Result<(), CopyError> {
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+    )
+    .map_err(errno_at(path))?;
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o7777))
+        .map_err(errno_at(path))
 }
 
 /// Remove a directory tree if it exists (symlinks inside are removed, not followed).
@@ -139,6 +231,7 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn copy_preserves_owner_mode_and_symlinks() {
@@ -165,6 +258,59 @@ mod tests {
         if can_chown {
             assert_eq!(fs::metadata(dst.join("user")).unwrap().uid(), 1000);
         }
+    }
+
+    #[test]
+    fn a_symlinked_source_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("real"), t.path().join("link")).unwrap();
+        assert!(copy_tree(&t.path().join("link"), &t.path().join("dst")).is_err());
+    }
+
+    /// A running domain swaps a directory of its volume for a symlink to a host directory
+    /// while the host copies the volume, again and again. Whatever the interleaving, the
+    /// host's file must never be in the copy: each copy either completes without it or
+    /// stops with an error.
+    #[test]
+    fn swapping_a_directory_for_a_symlink_during_a_copy_never_leaks_host_files() {
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host-secret");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("shadow"), b"host secret").unwrap();
+        let src = t.path().join("private");
+        fs::create_dir_all(src.join("d")).unwrap();
+        for i in 0..50 {
+            fs::write(src.join("d").join(format!("f{i}")), b"domain data").unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (src, host, stop) = (src.clone(), host.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::rename(src.join("d"), src.join("d.real"));
+                    let _ = std::os::unix::fs::symlink(&host, src.join("d"));
+                    let _ = fs::remove_file(src.join("d"));
+                    let _ = fs::rename(src.join("d.real"), src.join("d"));
+                }
+            })
+        };
+        for i in 0..300 {
+            let dst = t.path().join(format!("copy{i}"));
+            let _ = copy_tree(&src, &dst);
+            for sub in ["d", "d.real"] {
+                // A copied symlink is fine (it points into the domain's own root when the
+                // domain sees it); a real directory holding the host's file is the leak.
+                let copied_dir = fs::symlink_metadata(dst.join(sub)).is_ok_and(|m| m.is_dir());
+                assert!(
+                    !(copied_dir && dst.join(sub).join("shadow").exists()),
+                    "copy {i} followed the planted symlink into the host directory"
+                );
+            }
+            let _ = remove_tree(&dst);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
     }
 
     #[test]
