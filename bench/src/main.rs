@@ -51,6 +51,8 @@ enum Bench {
 }
 
 fn main() -> Result<()> {
+    // Before any thread exists: the environment is read by the private domaind's launcher.
+    use_binaries_beside_this_one();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,6 +172,32 @@ async fn disposable(
         ours_median.as_secs_f64() / bwrap_median.as_secs_f64()
     );
     Ok(())
+}
+
+/// Measure the binaries built with this one (`cargo build --release` gives release
+/// domaind, launcher and guest tools), unless the environment names others.
+fn use_binaries_beside_this_one() {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from))
+    else {
+        return;
+    };
+    let has = |names: &[&str]| names.iter().all(|n| dir.join(n).is_file());
+    let set = |var: &str, value: PathBuf| {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
+    };
+    if has(&["domaind"]) {
+        set(domaind::testing::ENV_DOMAIND, dir.join("domaind"));
+    }
+    if has(&["bulkhead-sandbox"]) {
+        set(domaind::testing::ENV_LIBEXEC, dir.clone());
+    }
+    if has(&["bulkhead-init", "bulkhead-agent"]) {
+        set(domaind::testing::ENV_GUEST_TOOLS, dir.clone());
+    }
 }
 
 /// One warm-up run, then `runs` timed runs, sorted.

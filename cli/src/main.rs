@@ -147,7 +147,7 @@ async fn ls(proxy: &Domaind1Proxy<'_>, args: LsArgs) -> Result<(), Failure> {
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     writeln!(
         out,
-        "{:width$}  {:19}  {:8}  {:7}  {:>8}  ISOLATION",
+        "{:width$}  {:19}  {:8}  {:7}  {:>9}  ISOLATION",
         "NAME", "CLASS", "STATE", "LABEL", "MEMORY"
     )
     .ok();
