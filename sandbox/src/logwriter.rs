@@ -18,7 +18,8 @@
 //! - it exits at EOF, i.e. once every process of the domain has closed the pipe.
 //!
 //! The launcher opens the log file itself (so a bad path fails the start at step `log`) and
-//! hands it to the writer as its stdout; the path is passed for rotation.
+//! hands it to the writer as its stdout; the path is passed for rotation. The writer closes
+//! every other descriptor it may have inherited before anything else.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -100,6 +101,13 @@ fn rotate(path: &Path) -> io::Result<File> {
 
 /// The whole job of `bulkhead-sandbox log-writer`: stdin is the pipe, stdout the open log.
 pub fn run_stdio(path: &Path, max_bytes: u64) -> io::Result<()> {
+    // Whatever else was inherited (fds domaind's callers leaked without close-on-exec, such as
+    // the pipes of a Run call in flight) must not be held for the domain's lifetime: a reader
+    // of such a pipe would never see EOF.
+    // SAFETY: close_range only closes descriptors; none above 2 is used by this process.
+    if unsafe { libc::close_range(3, libc::c_uint::MAX, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     // Never the OOM victim of the domain's memory cgroup (it holds almost no memory).
     if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
         tracing::warn!(error = %e, "cannot set the log writer's OOM score");

@@ -52,6 +52,19 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    // Descriptors our caller leaked without close-on-exec must not reach anything we start
+    // (the log writer lives as long as the domain).
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
+    if unsafe {
+        libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        )
+    } != 0
+    {
+        anyhow::bail!("close_range: {}", std::io::Error::last_os_error());
+    }
     match cli.cmd {
         Cmd::Launch { spec } => {
             let mut buf = Vec::new();

@@ -877,7 +877,9 @@ fn log_stays_bounded_and_the_writer_lives_in_the_domain_cgroup() {
     );
     rec.cleanup().expect("cleanup");
 
-    // while a domain runs: where the writer is and what it may do
+    // while a domain runs: where the writer is and what it may do. A descriptor leaked by
+    // the caller (no close-on-exec, like fds received by domaind) must not reach the writer.
+    let (leak_r, leak_w) = nix::unistd::pipe().expect("pipe without cloexec");
     let rec = start(
         &fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]),
         &launcher(),
@@ -886,6 +888,15 @@ fn log_stays_bounded_and_the_writer_lives_in_the_domain_cgroup() {
     wait_for_log(&fx, "READY");
     let wpid = rec.log_writer_pid.expect("writer pid in the record");
     assert!(rec.log_writer_alive());
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{wpid}/fd"))
+        .expect("writer fds")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut fds_sorted = fds.clone();
+    fds_sorted.sort();
+    assert_eq!(fds_sorted, ["0", "1", "2"], "writer holds more descriptors");
+    drop((leak_r, leak_w));
     let cg = fs::read_to_string(format!("/proc/{wpid}/cgroup")).expect("writer cgroup");
     assert!(
         cg.lines()
