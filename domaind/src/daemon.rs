@@ -42,14 +42,33 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
 }
 
+/// Create `dir` if needed and take away any permission beyond `mode` (logged when it had more).
+fn private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let current = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if current & !mode != 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            from = format!("{current:o}"),
+            to = format!("{:o}", current & mode),
+            "tightening permissions"
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(current & mode))?;
+    }
+    Ok(())
+}
+
 /// Serve until SIGTERM/SIGINT. `bus_address` None = the system bus.
 pub async fn run(cfg: DaemonConfig, bus_address: Option<String>) -> Result<(), DaemonError> {
-    for dir in [
-        &cfg.paths.config_dir,
-        &cfg.paths.state_dir,
-        &cfg.paths.runtime_dir,
+    // State and runtime hold the domains' volumes (whose files keep the domains' own ids,
+    // setuid bits included, through idmapped mounts) and their channel sockets: root only.
+    for (dir, mode) in [
+        (&cfg.paths.config_dir, 0o755),
+        (&cfg.paths.state_dir, 0o700),
+        (&cfg.paths.runtime_dir, 0o700),
     ] {
-        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+        private_dir(dir, mode).map_err(|source| DaemonError::Dir {
             path: dir.clone(),
             source,
         })?;

@@ -36,6 +36,23 @@ fn kind(fd: &OwnedFd) -> io::Result<SFlag> {
 
 /// Re-open a pipe/FIFO/char device as a fresh non-blocking description.
 fn reopen_nonblocking(fd: &OwnedFd, dir: Dir) -> io::Result<OwnedFd> {
+    // Re-opening happens with domaind's (root's) rights, so it must never give more access
+    // than the caller's own descriptor had: a read-only fd of a device the caller cannot
+    // write must not come back writable.
+    let access = OFlag::from_bits_truncate(
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(io::Error::from)?,
+    ) & OFlag::O_ACCMODE;
+    let allowed = match dir {
+        Dir::Read => access == OFlag::O_RDONLY || access == OFlag::O_RDWR,
+        Dir::Write => access == OFlag::O_WRONLY || access == OFlag::O_RDWR,
+    };
+    if !allowed {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the caller's descriptor is not open for this direction",
+        ));
+    }
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let mode = match dir {
         Dir::Read => OFlag::O_RDONLY,
@@ -135,6 +152,7 @@ impl AsyncWrite for PollFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -152,6 +170,35 @@ mod tests {
         let mut s = String::new();
         rd.read_to_string(&mut s).await.unwrap();
         assert_eq!(s, "hello");
+    }
+
+    /// A caller hands a read-only descriptor as "stdout": domaind must not turn it into a
+    /// writable one by re-opening it with root's rights.
+    #[tokio::test]
+    async fn a_read_only_descriptor_never_becomes_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let read_only: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap()
+            .into();
+        let keep_reading = read_only.try_clone().unwrap();
+        let mut wr = writer(read_only);
+        let wrote = async {
+            wr.write_all(b"should not arrive").await?;
+            wr.flush().await
+        }
+        .await;
+        assert!(wrote.is_err(), "a read-only descriptor was written through");
+        let mut buf = [0u8; 32];
+        let n = nix::unistd::read(keep_reading.as_raw_fd(), &mut buf).unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "bytes reached the FIFO through a re-opened descriptor"
+        );
     }
 
     #[tokio::test]
