@@ -716,7 +716,6 @@ impl Manager {
                 if let Some(d) = log_file.parent() {
                     std::fs::create_dir_all(d).map_err(io_err(&d.display().to_string()))?;
                 }
-                rotate_log(&log_file);
                 std::fs::create_dir_all(&channel_dir)
                     .map_err(io_err(&channel_dir.display().to_string()))?;
                 Ok(())
@@ -1487,22 +1486,11 @@ impl Manager {
     }
 }
 
-/// A domain log larger than this at start is moved to `<name>.log.old` (one generation).
-pub const MAX_LOG_AT_START: u64 = 8 << 20;
-
+/// The previous generation of a domain log (the sandbox's log writer rotates to it).
 fn old_log(log: &Path) -> PathBuf {
     let mut s = log.as_os_str().to_owned();
     s.push(".old");
     PathBuf::from(s)
-}
-
-/// Keep domain logs bounded across starts: rotate a large log to `.old`.
-fn rotate_log(log: &Path) {
-    if std::fs::metadata(log).is_ok_and(|m| m.len() > MAX_LOG_AT_START) {
-        if let Err(e) = std::fs::rename(log, old_log(log)) {
-            warn!(log = %log.display(), error = %e, "cannot rotate the domain log");
-        }
-    }
 }
 
 /// Exit code of a finished command: the code, or 128 + signal.

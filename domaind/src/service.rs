@@ -2,6 +2,12 @@
 //!
 //! Every method first checks the caller ([`crate::access`]), then hands over to the
 //! [`Manager`]. zbus runs each call in its own task, so a long `Run` does not hold up others.
+//!
+//! File descriptors passed by callers: the copies handed to our methods are close-on-exec,
+//! but zbus keeps the descriptors it received (without `MSG_CMSG_CLOEXEC`) in the message
+//! until the call ends, so a sandbox launcher spawned meanwhile inherits them. The launcher
+//! and its log writer therefore close every descriptor above 2 (bulkhead-sandbox); the test
+//! `caller_fds_do_not_leak_into_domains` checks that no process outside domaind holds them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -129,9 +129,17 @@ async fn run(
         }
     };
     drop((in_r, out_w, err_w));
-    let _ = writer.join();
-    let out = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
-    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    // Joining blocks until every holder of the pipes is gone: not on a runtime worker.
+    let (out, err) = tokio::task::spawn_blocking(move || {
+        let _ = writer.join();
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        (out, err)
+    })
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let err = String::from_utf8_lossy(&err).into_owned();
     res.map(|(disp, code)| (code, out, err, disp))
 }
 
@@ -776,4 +784,86 @@ async fn debian12_disposable_from_template_cache() {
         .await
         .unwrap();
     assert_eq!(out, "user\n");
+}
+
+/// Processes other than us and domaind that hold the pipe with this inode.
+fn pipe_holders(inode: u64, domaind_pid: u32) -> Vec<i32> {
+    let me = std::process::id();
+    let target = format!("pipe:[{inode}]");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == me || pid as u32 == domaind_pid {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The fds a caller passes to Run/RunDisposable reach only domaind, never a domain.
+#[tokio::test(flavor = "multi_thread")]
+async fn caller_fds_do_not_leak_into_domains() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(env) = setup("fd").await else { return };
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let inode = std::fs::File::from(in_r.try_clone().unwrap())
+        .metadata()
+        .unwrap()
+        .ino();
+    let tmpl = env.name("tmpl");
+    let p2 = env.p.clone();
+    let (r2, o2) = (in_r.try_clone().unwrap(), out_w.try_clone().unwrap());
+    let call = tokio::spawn(async move {
+        p2.run_disposable(
+            &tmpl,
+            &["sleep", "30"],
+            "",
+            Fd::from(&r2),
+            Fd::from(&o2),
+            Fd::from(&o2),
+        )
+        .await
+    });
+    let mut disp = None;
+    for _ in 0..300 {
+        disp = env
+            .p
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.name.starts_with("disp") && d.state == "running")
+            .map(|d| d.name);
+        if disp.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let disp = disp.unwrap_or_else(|| panic!("no disposable\n{}", env.d.log()));
+    let holders: Vec<String> = pipe_holders(inode, env.d.pid().unwrap())
+        .into_iter()
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            format!("{pid} {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .collect();
+    assert!(
+        holders.is_empty(),
+        "the caller's stdin pipe is held by {holders:?} (domain {disp})"
+    );
+    env.p.kill(&disp).await.unwrap();
+    let _ = call.await;
+    drop((in_r, in_w, out_r, out_w));
 }
