@@ -19,6 +19,16 @@ use domaind::testing::{
 use futures_util::StreamExt;
 use zbus::zvariant::Fd;
 
+/// Every test body gets this long; a hang becomes a failure whose drop handlers still kill
+/// the test's domains (a test process killed from outside could not).
+const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+async fn bounded(body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("test did not finish within {TEST_LIMIT:?}");
+    }
+}
+
 struct Env {
     _bus: TestBus,
     d: TestDomaind,
@@ -208,6 +218,10 @@ async fn wait_state(p: &Domaind1Proxy<'_>, name: &str, want: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn start_run_pause_shutdown() {
+    bounded(start_run_pause_shutdown_body()).await
+}
+
+async fn start_run_pause_shutdown_body() {
     let Some(env) = setup("lc").await else { return };
     let p = &env.p;
     let work = env.name("work");
@@ -358,6 +372,10 @@ async fn start_run_pause_shutdown() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn init_death_is_noticed_and_disposable_removed() {
+    bounded(init_death_is_noticed_and_disposable_removed_body()).await
+}
+
+async fn init_death_is_noticed_and_disposable_removed_body() {
     let Some(env) = setup("dd").await else { return };
     let p = &env.p;
     let a = env.name("a");
@@ -449,6 +467,10 @@ async fn init_death_is_noticed_and_disposable_removed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn template_missing_and_init_failure_are_reported() {
+    bounded(template_missing_and_init_failure_are_reported_body()).await
+}
+
+async fn template_missing_and_init_failure_are_reported_body() {
     let Some(env) = setup("tm").await else { return };
     let p = &env.p;
     // a template domain that was never built
@@ -502,6 +524,10 @@ async fn template_missing_and_init_failure_are_reported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn domaind_restart_adopts_running_domains() {
+    bounded(domaind_restart_adopts_running_domains_body()).await
+}
+
+async fn domaind_restart_adopts_running_domains_body() {
     let Some(mut env) = setup("rr").await else {
         return;
     };
@@ -600,6 +626,10 @@ async fn domaind_restart_adopts_running_domains() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn domaind_killed_during_start_leaves_no_orphan() {
+    bounded(domaind_killed_during_start_leaves_no_orphan_body()).await
+}
+
+async fn domaind_killed_during_start_leaves_no_orphan_body() {
     let Some(mut env) = setup("ks").await else {
         return;
     };
@@ -651,6 +681,10 @@ async fn domaind_killed_during_start_leaves_no_orphan() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disposable_removed_when_caller_disconnects() {
+    bounded(disposable_removed_when_caller_disconnects_body()).await
+}
+
+async fn disposable_removed_when_caller_disconnects_body() {
     let Some(env) = setup("cd").await else { return };
     let conn2 = env.d.connect().await.unwrap();
     let p2 = Domaind1Proxy::new(&conn2).await.unwrap();
@@ -695,6 +729,10 @@ async fn disposable_removed_when_caller_disconnects() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn autostart_domains_start_with_domaind() {
+    bounded(autostart_domains_start_with_domaind_body()).await
+}
+
+async fn autostart_domains_start_with_domaind_body() {
     let Some(mut env) = setup("as").await else {
         return;
     };
@@ -722,6 +760,10 @@ async fn autostart_domains_start_with_domaind() {
 /// registers it, and a disposable prints Debian's release file.
 #[tokio::test(flavor = "multi_thread")]
 async fn debian12_disposable_from_template_cache() {
+    bounded(debian12_disposable_from_template_cache_body()).await
+}
+
+async fn debian12_disposable_from_template_cache_body() {
     if !sandbox_available() {
         return;
     }
@@ -814,6 +856,10 @@ fn pipe_holders(inode: u64, domaind_pid: u32) -> Vec<i32> {
 /// The fds a caller passes to Run/RunDisposable reach only domaind, never a domain.
 #[tokio::test(flavor = "multi_thread")]
 async fn caller_fds_do_not_leak_into_domains() {
+    bounded(caller_fds_do_not_leak_into_domains_body()).await
+}
+
+async fn caller_fds_do_not_leak_into_domains_body() {
     use std::os::unix::fs::MetadataExt;
     let Some(env) = setup("fd").await else { return };
     let (in_r, in_w) = pipe();
