@@ -19,6 +19,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "Build"
 cargo build --workspace --bins
+# Tests use the binaries just built, never stale ones found elsewhere.
+bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
+export BULKHEAD_TEST_GUEST_TOOLS="$bin_dir" BULKHEAD_TEST_LIBEXEC="$bin_dir"
 
 step "Template debian-12 (cached by recipe content)"
 target/debug/bulkhead-template build --store "$BULKHEAD_TEST_TEMPLATE_CACHE" templates/recipes/debian-12.toml
