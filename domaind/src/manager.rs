@@ -1493,11 +1493,12 @@ fn old_log(log: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Exit code of a finished command: the code, or 128 + signal.
+/// Exit code of a finished command: the code, or 128 + signal (saturating, so an
+/// out-of-range signal number from a domain cannot overflow).
 pub fn exit_code(status: bulkhead_wire::ExitStatus) -> i32 {
     match status {
         bulkhead_wire::ExitStatus::Code(c) => c,
-        bulkhead_wire::ExitStatus::Signal(s) => 128 + s,
+        bulkhead_wire::ExitStatus::Signal(s) => 128i32.saturating_add(s),
     }
 }
 
@@ -1602,5 +1603,20 @@ async fn agent_link(
         drop(incoming);
         current = Some(conn.clone());
         let _ = tx.send(Some(conn));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_wire::ExitStatus;
+
+    #[test]
+    fn exit_code_maps_signals_and_saturates() {
+        assert_eq!(exit_code(ExitStatus::Code(3)), 3);
+        assert_eq!(exit_code(ExitStatus::Signal(9)), 137);
+        // a hostile agent's value must not overflow (a panic in debug, a wrap in release)
+        assert_eq!(exit_code(ExitStatus::Signal(i32::MAX)), i32::MAX);
+        assert_eq!(exit_code(ExitStatus::Signal(i32::MIN)), 128 + i32::MIN);
     }
 }
