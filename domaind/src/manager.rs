@@ -491,14 +491,16 @@ impl Manager {
         let dst = self.name(dest)?;
         let _cl = self.config_lock.lock().await;
         let mut cfg = self.load(&src)?;
-        self.state_of(source)
-            .check(source, Op::ChangeStaticProperty)
-            .map_err(|_| {
-                Error::InvalidState(format!(
-                    "domain '{source}' is {}; shut it down before cloning it (bulkhead shutdown {source})",
-                    self.state_of(source).as_str()
-                ))
-            })?;
+        // Held until the copy is done, so a Start of the source waits for it.
+        let src_rt = self.runtime(source);
+        let _src_op = src_rt.op.lock().await;
+        let st = src_rt.state();
+        st.check(source, Op::ChangeStaticProperty).map_err(|_| {
+            Error::InvalidState(format!(
+                "domain '{source}' is {}; shut it down before cloning it (bulkhead shutdown {source})",
+                st.as_str()
+            ))
+        })?;
         if self.store.exists(&dst) {
             return Err(Error::AlreadyExists(format!(
                 "a domain named '{dest}' already exists"
@@ -1159,6 +1161,18 @@ impl Manager {
                 )))
             }
         };
+        // The base's private volume is copied; a running base could change it under the copy
+        // (and swap files for links), so it must be halted, and its lifecycle lock is held
+        // until the copy is done so a Start cannot race it. (No snapshot of a running base:
+        // a dvm template is meant to be shut down while disposables are made from it.)
+        let base_rt = self.runtime(base);
+        let _base_op = base_rt.op.lock().await;
+        if base_rt.state().is_active() {
+            return Err(Error::InvalidState(format!(
+                "{base} is {}; shut it down to use it as a disposable template (bulkhead shutdown {base})",
+                base_rt.state().as_str()
+            )));
+        }
         let running: Vec<String> = lock(&self.domains).keys().cloned().collect();
         let store = self.store.clone();
         let dn = bulkhead_domain::new_disposable_name(&|n: &str| {

@@ -913,3 +913,100 @@ async fn caller_fds_do_not_leak_into_domains_body() {
     let _ = call.await;
     drop((in_r, in_w, out_r, out_w));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn running_source_is_not_copied() {
+    bounded(running_source_is_not_copied_body()).await
+}
+
+async fn running_source_is_not_copied_body() {
+    let Some(env) = setup("rs").await else { return };
+    let p = &env.p;
+    let dvm = env.name("dvm");
+    let copy = env.name("copy");
+    p.create(
+        &dvm,
+        "disposable-template",
+        &env.name("tmpl"),
+        "red",
+        HashMap::new(),
+    )
+    .await
+    .unwrap();
+    p.start(&dvm).await.unwrap();
+    match run(p, Some(&dvm), "", &["true"], "", b"").await {
+        Err(Error::InvalidState(m)) => assert!(
+            m.contains(&format!(
+                "{dvm} is running; shut it down to use it as a disposable template"
+            )),
+            "{m}"
+        ),
+        other => panic!("disposable from a running dvm template: {other:?}"),
+    }
+    match p.clone_domain(&dvm, &copy).await {
+        Err(Error::InvalidState(m)) => assert!(m.contains("shut it down"), "{m}"),
+        other => panic!("clone of a running domain: {other:?}"),
+    }
+    p.kill(&dvm).await.unwrap();
+
+    // A Start of the source issued while the clone copies waits until the copy is done
+    // (the clone holds the source's lifecycle lock): when the source reports "starting",
+    // the clone's config file (saved after the copy) already exists.
+    let private = env
+        .d
+        .paths
+        .state_dir
+        .join("domains")
+        .join(&dvm)
+        .join("private");
+    let bulk = private.join("bulk");
+    std::fs::create_dir(&bulk).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(bulk.join(i.to_string()), b"x").unwrap();
+    }
+    let dest_private = env
+        .d
+        .paths
+        .state_dir
+        .join("domains")
+        .join(&copy)
+        .join("private");
+    let dest_cfg = env
+        .d
+        .paths
+        .config_dir
+        .join("domains")
+        .join(format!("{copy}.toml"));
+    let mut states = p.receive_state_changed().await.unwrap();
+    let (pc, d2, c2) = (p.clone(), dvm.clone(), copy.clone());
+    let cloning = tokio::spawn(async move { pc.clone_domain(&d2, &c2).await });
+    while !dest_private.exists() {
+        assert!(
+            !cloning.is_finished(),
+            "clone ended before its copy was seen"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (ps, d3) = (p.clone(), dvm.clone());
+    let starting = tokio::spawn(async move { ps.start(&d3).await });
+    loop {
+        let sig = states.next().await.unwrap();
+        let a = sig.args().unwrap();
+        if a.name() == &dvm && a.state() == "starting" {
+            break;
+        }
+    }
+    assert!(
+        dest_cfg.exists(),
+        "the source started while its private volume was being copied"
+    );
+    cloning.await.unwrap().unwrap();
+    starting.await.unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_dir(dest_private.join("bulk"))
+            .unwrap()
+            .count(),
+        20_000
+    );
+    p.kill(&dvm).await.unwrap();
+}
