@@ -187,6 +187,11 @@ pub trait Domaind1 {
     /// Path of the domain's log file.
     fn log_path(&self, name: &str) -> Result<String, Error>;
 
+    /// `OpenLog(name s) -> h`: a read-only descriptor of the domain's current log (the log
+    /// directory is root-only; this lets bulkhead-admin members read it). The rotated
+    /// previous generation (`<log>.old`) is not included. `Io` if the domain has no log yet.
+    fn open_log(&self, name: &str) -> Result<zbus::zvariant::OwnedFd, Error>;
+
     #[zbus(signal)]
     fn state_changed(&self, name: String, state: String) -> zbus::Result<()>;
 

@@ -342,6 +342,36 @@ impl Manager {
         Ok(self.cfg.paths.log_file(&dn).display().to_string())
     }
 
+    /// `OpenLog`: a read-only descriptor of the domain's log, so callers that may not read
+    /// the root-only log directory (bulkhead-admin members) can still read it. The last path
+    /// component is not followed if it is a symlink.
+    pub fn open_log(&self, name: &str) -> Result<OwnedFd, Error> {
+        let dn = self.name(name)?;
+        if !self.store.exists(&dn) {
+            return Err(store_err(
+                name,
+                StoreError::NotFound {
+                    name: name.into(),
+                    path: self.store.path_for(&dn),
+                },
+            ));
+        }
+        let path = self.cfg.paths.log_file(&dn);
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .open(&path)
+        {
+            Ok(f) => Ok(OwnedFd::from(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Io(format!(
+                "domain '{name}' has no log yet (it has not been started): {}",
+                path.display()
+            ))),
+            Err(e) => Err(Error::Io(format!("cannot open {}: {e}", path.display()))),
+        }
+    }
+
     // ----- configuration -------------------------------------------------------------------
 
     /// Check that `value` names a domain that may be used as `prop` of a domain of `class`.

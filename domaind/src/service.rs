@@ -277,6 +277,16 @@ impl Service {
         self.mgr.log_path(&name)
     }
 
+    async fn open_log(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<OwnedFd, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.open_log(&name).map(OwnedFd::from)
+    }
+
     #[zbus(signal)]
     async fn state_changed(
         emitter: &SignalEmitter<'_>,

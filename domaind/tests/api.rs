@@ -289,3 +289,39 @@ async fn second_domaind_refuses_to_start() {
     // the first one still works
     assert_eq!(p.list().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_log_hands_out_a_read_only_descriptor() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (_bus, d, _c, p) = start().await;
+    p.create("logged", "template", "", "black", no_props())
+        .await
+        .unwrap();
+    // no log before the first start
+    match p.open_log("logged").await {
+        Err(Error::Io(m)) => assert!(m.contains("no log yet"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        p.open_log("nosuch").await,
+        Err(Error::NoSuchDomain(_))
+    ));
+    let log = d.paths.state_dir.join("logs/logged.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, b"init: hello\n").unwrap();
+    let fd: std::os::fd::OwnedFd = p.open_log("logged").await.unwrap().into();
+    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    assert_eq!(flags & libc_accmode(), nix::fcntl::OFlag::O_RDONLY.bits());
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "init: hello\n");
+    // a symlink in place of the log is not followed
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &log).unwrap();
+    assert!(matches!(p.open_log("logged").await, Err(Error::Io(_))));
+}
+
+fn libc_accmode() -> i32 {
+    nix::fcntl::OFlag::O_ACCMODE.bits()
+}
