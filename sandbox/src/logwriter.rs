@@ -108,6 +108,9 @@ pub fn run_stdio(path: &Path, max_bytes: u64) -> io::Result<()> {
     if unsafe { libc::close_range(3, libc::c_uint::MAX, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    // Started through /proc/self/exe, so the kernel calls it "exe": name it for ps and top.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"bulkhead-log".as_ptr(), 0, 0, 0) };
     // Never the OOM victim of the domain's memory cgroup (it holds almost no memory).
     if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
         tracing::warn!(error = %e, "cannot set the log writer's OOM score");

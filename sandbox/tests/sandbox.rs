@@ -910,6 +910,8 @@ fn log_stays_bounded_and_the_writer_lives_in_the_domain_cgroup() {
             .any(|l| l.starts_with("CapEff:") && l.ends_with("0000000000000000")),
         "{status}"
     );
+    let comm = fs::read_to_string(format!("/proc/{wpid}/comm")).expect("writer comm");
+    assert_eq!(comm.trim(), "bulkhead-log");
     let oom = fs::read_to_string(format!("/proc/{wpid}/oom_score_adj")).expect("oom");
     if caps::has_cap(
         None,
