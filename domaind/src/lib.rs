@@ -7,7 +7,8 @@
 //! - [`manager`]: domain lifecycle and state; [`state`]: the state machine.
 //! - [`service`]: the D-Bus object; [`access`]: who may call it.
 //! - [`instance`]: the recovery record; [`stdio`]: caller fds as async streams;
-//!   [`fsutil`]: volume copies and log tails; [`tmpl`]: template store adapter.
+//!   [`fsutil`]: volume copies and log tails; [`tmpl`]: template store adapter;
+//!   [`slots`]: host-wide uid slot claims.
 //! - `testing` (feature `testing`): private dbus-daemon + real domaind for integration tests.
 
 pub mod access;
@@ -18,6 +19,7 @@ pub mod fsutil;
 pub mod instance;
 pub mod manager;
 pub mod service;
+pub mod slots;
 pub mod state;
 pub mod stdio;
 pub mod tmpl;

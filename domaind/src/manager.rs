@@ -37,9 +37,13 @@ use tracing::{debug, error, info, warn};
 use crate::api::{DomainInfo, Error};
 use crate::config::{DaemonConfig, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::instance::{now_secs, InstanceFile, INSTANCE_VERSION};
+use crate::slots::{Claim, SlotDir};
 use crate::state::{DomainState, Op};
 use crate::{fsutil, stdio, tmpl};
 
+/// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
+/// while the sandbox launcher runs (see [`crate::slots`]).
+pub const LAUNCH_LOCK: &str = "launch.lock";
 /// Limit on the number of processes in a sandbox domain.
 pub const DOMAIN_PIDS_MAX: u64 = 4096;
 /// A channel peer must finish the wire handshake within this time.
@@ -151,7 +155,8 @@ pub struct Manager {
     store: DomainStore,
     config_lock: AsyncMutex<()>,
     domains: StdMutex<HashMap<String, Arc<Runtime>>>,
-    slots: StdMutex<BTreeSet<u32>>,
+    /// Host-wide uid slot claims (see [`crate::slots`]).
+    slots: SlotDir,
     events: mpsc::UnboundedSender<Event>,
     generation: AtomicU64,
     /// False until start-up recovery is done; calls wait for it.
@@ -167,7 +172,7 @@ impl Manager {
             store,
             config_lock: AsyncMutex::new(()),
             domains: StdMutex::new(HashMap::new()),
-            slots: StdMutex::new(BTreeSet::new()),
+            slots: SlotDir::new(crate::slots::SLOT_DIR),
             events,
             generation: AtomicU64::new(1),
             ready: watch::Sender::new(false),
@@ -254,22 +259,50 @@ impl Manager {
             .map_err(|e| store_err(name.as_str(), e))
     }
 
-    fn alloc_slot(&self) -> Result<u32, Error> {
-        let mut slots = lock(&self.slots);
-        let free = (0..bulkhead_sandbox::MAX_SLOTS)
-            .find(|s| !slots.contains(s))
-            .ok_or_else(|| {
-                Error::Backend(format!(
-                    "all {} uid ranges are in use; shut a domain down first",
-                    bulkhead_sandbox::MAX_SLOTS
-                ))
-            })?;
-        slots.insert(free);
-        Ok(free)
+    /// Claim a host-wide uid slot for domain `name` (blocking: takes the slot dir's lock).
+    fn alloc_slot(&self, name: &str) -> Result<u32, Error> {
+        let claim = Claim::pending(name, &self.cfg.paths.runtime_dir);
+        let cgroups = || -> Option<BTreeSet<String>> {
+            match bulkhead_sandbox::list_orphan_cgroups() {
+                Ok(v) => Some(v.into_iter().collect()),
+                Err(e) => {
+                    // Without the list no dead claim can be judged safe: keep them all.
+                    warn!(error = %e, "cannot list domain cgroups; treating every claimed uid slot as in use");
+                    None
+                }
+            }
+        };
+        self.slots
+            .claim(&claim, bulkhead_sandbox::MAX_SLOTS, &cgroups)
+            .map_err(|e| Error::Backend(e.to_string()))
     }
 
-    fn release_slot(&self, slot: u32) {
-        lock(&self.slots).remove(&slot);
+    /// Record the launched init in the claim of `slot`.
+    fn slot_launched(&self, slot: u32, name: &str, record: &SandboxRecord) {
+        let mut claim = Claim::pending(name, &self.cfg.paths.runtime_dir);
+        claim.init = Some((record.init_pid, record.init_start_time));
+        if let Err(e) = self.slots.update(slot, &claim) {
+            warn!(domain = name, slot, error = %e, "cannot record the init in the uid slot claim");
+        }
+    }
+
+    /// Give `slot` back, unless a cgroup of `name` still exists (processes may live in it:
+    /// the slot then stays quarantined until that cgroup is gone, see [`crate::slots`]).
+    fn release_slot(&self, slot: u32, name: &str) {
+        match bulkhead_sandbox::list_orphan_cgroups() {
+            Ok(v) if !v.iter().any(|n| n == name) => {}
+            Ok(_) => {
+                warn!(domain = name, slot, "the domain's cgroup still exists; its uid slot stays quarantined until it is gone");
+                return;
+            }
+            Err(e) => {
+                warn!(domain = name, slot, error = %e, "cannot list cgroups; the uid slot stays quarantined");
+                return;
+            }
+        }
+        if let Err(e) = self.slots.release(slot, name, &self.cfg.paths.runtime_dir) {
+            warn!(domain = name, slot, error = %e, "cannot release the uid slot");
+        }
     }
 
     // ----- queries -------------------------------------------------------------------------
@@ -756,14 +789,18 @@ impl Manager {
         }
 
         self.progress(name, 2, TOTAL, "allocating uid range");
-        let slot = self.alloc_slot()?;
+        let slot = {
+            let me = self.clone();
+            let n = name.to_owned();
+            blocking(move || me.alloc_slot(&n)).await??
+        };
         let uid_base = bulkhead_sandbox::UID_BASE + slot * bulkhead_sandbox::UID_RANGE;
 
         self.progress(name, 3, TOTAL, "binding channel");
         let listener = match bind_channel(&channel_dir, &paths.agent_socket(&cfg.name), uid_base) {
             Ok(l) => l,
             Err(e) => {
-                self.release_slot(slot);
+                self.release_slot(slot, name);
                 return Err(e);
             }
         };
@@ -787,9 +824,12 @@ impl Manager {
             path: self.cfg.launcher.clone(),
         };
         let record = match blocking(move || bulkhead_sandbox::start(&spec, &launcher)).await? {
-            Ok(r) => r,
+            Ok(r) => {
+                self.slot_launched(slot, name, &r);
+                r
+            }
             Err(e) => {
-                self.release_slot(slot);
+                self.release_slot(slot, name);
                 let _ = fsutil::remove_file(&paths.agent_socket(&cfg.name));
                 let tail = fsutil::log_tail(&log_file, 10);
                 return Err(Error::Backend(format!(
@@ -952,7 +992,7 @@ impl Manager {
             Ok(Err(e)) => error!(domain = %rt.name, error = %e, "cleanup failed"),
             Err(e) => error!(domain = %rt.name, error = %e.message(), "cleanup failed"),
         }
-        self.release_slot(inst.uid_slot);
+        self.release_slot(inst.uid_slot, &rt.name);
         let mut st = lock(&rt.st);
         if st
             .inst
@@ -1475,13 +1515,14 @@ impl Manager {
                 let _ = fsutil::remove_tree(&paths.scratch_dir(&dn2));
             })
             .await;
+            self.release_slot(file.uid_slot, name);
             if disposable {
                 self.discard_disposable(name).await;
             }
             return false;
         }
         let class: DomainClass = file.class.parse().unwrap_or(DomainClass::App);
-        lock(&self.slots).insert(file.uid_slot);
+        self.slot_launched(file.uid_slot, name, &record);
         let sock = self.cfg.paths.agent_socket(dn);
         let listener = match bind_channel(&self.cfg.paths.channel_dir(dn), &sock, record.uid_base) {
             Ok(l) => l,
@@ -1493,7 +1534,7 @@ impl Manager {
                     rec.cleanup()
                 })
                 .await;
-                self.release_slot(file.uid_slot);
+                self.release_slot(file.uid_slot, name);
                 let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(dn));
                 return false;
             }

@@ -1010,3 +1010,53 @@ async fn running_source_is_not_copied_body() {
     );
     p.kill(&dvm).await.unwrap();
 }
+
+fn instance_uid_base(d: &TestDomaind, name: &str) -> u64 {
+    let text = std::fs::read_to_string(
+        d.paths
+            .runtime_dir
+            .join("domains")
+            .join(name)
+            .join("instance.json"),
+    )
+    .expect("instance.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["record"]["uid_base"].as_u64().expect("uid_base")
+}
+
+/// uid slots are claimed host-wide: two domaind instances never hand out the same range.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_domainds_get_distinct_uid_ranges() {
+    bounded(two_domainds_get_distinct_uid_ranges_body()).await
+}
+
+async fn two_domainds_get_distinct_uid_ranges_body() {
+    let Some(a) = setup("ua").await else { return };
+    let Some(b) = setup("ub").await else { return };
+    let (wa, wb) = (a.name("w"), b.name("w"));
+    for (env, w) in [(&a, &wa), (&b, &wb)] {
+        env.p
+            .create(w, "app", &env.name("tmpl"), "green", HashMap::new())
+            .await
+            .unwrap();
+        env.p
+            .start(w)
+            .await
+            .unwrap_or_else(|e| panic!("start {w}: {e}\n{}", env.d.log()));
+    }
+    let (ua, ub) = (instance_uid_base(&a.d, &wa), instance_uid_base(&b.d, &wb));
+    assert_ne!(ua, ub, "two domaind instances gave out the same uid range");
+    // the claims name their owners; a halted domain's claim is gone
+    let slot =
+        (ua - u64::from(bulkhead_sandbox::UID_BASE)) / u64::from(bulkhead_sandbox::UID_RANGE);
+    let claim = Path::new(domaind::slots::SLOT_DIR).join(slot.to_string());
+    let text = std::fs::read_to_string(&claim).unwrap();
+    assert!(text.contains(&wa), "{text}");
+    a.p.kill(&wa).await.unwrap();
+    let still = std::fs::read_to_string(&claim).unwrap_or_default();
+    assert!(
+        !still.contains(&wa),
+        "claim of {wa} left after kill: {still}"
+    );
+    b.p.kill(&wb).await.unwrap();
+}
