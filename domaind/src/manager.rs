@@ -650,11 +650,9 @@ impl Manager {
         let store = self.store.clone();
         let paths = self.cfg.paths.clone();
         let dn = dn.clone();
+        // The config file goes last: a domain that is no longer listed has no data left, and
+        // one whose removal failed half-way is still listed and can be removed again.
         blocking(move || -> Result<(), Error> {
-            match store.remove(&dn) {
-                Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(store_err(dn.as_str(), e)),
-            }
             for dir in [paths.domain_state_dir(&dn), paths.runtime_domain_dir(&dn)] {
                 fsutil::remove_tree(&dir).map_err(io_err(&dir.display().to_string()))?;
             }
@@ -662,7 +660,10 @@ impl Manager {
             fsutil::remove_file(&log).map_err(io_err(&log.display().to_string()))?;
             let old = old_log(&log);
             fsutil::remove_file(&old).map_err(io_err(&old.display().to_string()))?;
-            Ok(())
+            match store.remove(&dn) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(store_err(dn.as_str(), e)),
+            }
         })
         .await?
     }
