@@ -314,24 +314,22 @@ fn output_fd(
     Ok((Fd::from(writer), Some(Pump { done })))
 }
 
+/// Prints the domain's log through a descriptor domaind opens for us (the log directory is
+/// root-only, so bulkhead-admin members could not open the file themselves).
 async fn log(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
-    let path = proxy.log_path(name).await?;
-    let file = std::fs::File::open(&path).map_err(|e| {
+    let fd: std::os::fd::OwnedFd = proxy.open_log(name).await?.into();
+    let printed = if std::io::stdout().is_terminal() {
+        terminal::pump(fd, std::io::stdout().lock())
+    } else {
+        let mut file = std::fs::File::from(fd);
+        std::io::copy(&mut file, &mut std::io::stdout().lock()).map(drop)
+    };
+    printed.map_err(|e| {
         Failure::new(
             Code::Failure,
-            format!("cannot read the log of '{name}' at {path}: {e}"),
+            format!("cannot print the log of '{name}': {e}"),
         )
-    })?;
-    let printed = if std::io::stdout().is_terminal() {
-        terminal::pump(file.into(), std::io::stdout().lock())
-    } else {
-        std::io::copy(
-            &mut std::io::BufReader::new(file),
-            &mut std::io::stdout().lock(),
-        )
-        .map(drop)
-    };
-    printed.map_err(|e| Failure::new(Code::Failure, format!("cannot print {path}: {e}")))
+    })
 }
 
 /// Builds a template; domaind writes human progress lines into a pipe we hand it.

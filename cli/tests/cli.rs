@@ -312,6 +312,10 @@ async fn run_in_a_disposable_from_the_debian_template() {
             .trim(),
         "0"
     );
+    // The log is one command away (through a descriptor domaind opens: logs are root-only).
+    let log = cli.ok(&["log", "work"]);
+    assert!(log.contains("bulkhead-init"), "the init's own lines: {log}");
+    cli.fails(&["log", "nosuch"], 3, "nosuch");
     cli.fails(&["rm", "work"], 4, "work");
     cli.ok(&["pause", "work"]);
     let rows: Vec<serde_json::Value> =
