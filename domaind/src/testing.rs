@@ -144,7 +144,49 @@ pub struct TestBus {
 }
 
 impl TestBus {
+    /// A session-type bus where anyone may own any name and send anything (tests of
+    /// domaind's own caller check use it: the bus lets everything through).
     pub fn start() -> TestResult<Self> {
+        Self::start_with(
+            "session",
+            r#"  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>"#,
+        )
+    }
+
+    /// A bus configured like Debian's system bus (deny by default, talking to the bus
+    /// itself allowed) plus the service policy file `include`, e.g. the shipped
+    /// `packaging/dbus/org.bulkhead.Domaind1.conf`, so that file's rules are what is tested.
+    pub fn start_system_like(include: &Path) -> TestResult<Self> {
+        Self::start_with(
+            "system",
+            &format!(
+                r#"  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Peer"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+  <include>{}</include>"#,
+                include.display()
+            ),
+        )
+    }
+
+    fn start_with(bus_type: &str, policy: &str) -> TestResult<Self> {
         let dir = tempfile::Builder::new()
             .prefix("bulkhead-bus-")
             .tempdir()
@@ -160,15 +202,10 @@ impl TestBus {
                 r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
-  <type>session</type>
+  <type>{bus_type}</type>
   <listen>unix:path={}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
+{policy}
 </busconfig>
 "#,
                 sock.display()
