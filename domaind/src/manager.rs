@@ -14,8 +14,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,7 @@ use bulkhead_domain::{
 };
 use bulkhead_sandbox::{Launcher, SandboxRecord, SandboxSpec};
 use bulkhead_wire::{Connection, ExecRequest};
+use nix::fcntl::{FdFlag, Flock, FlockArg};
 use nix::sys::signal::Signal;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -44,6 +45,11 @@ use crate::{fsutil, stdio, tmpl};
 /// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
 /// while the sandbox launcher runs (see [`crate::slots`]).
 pub const LAUNCH_LOCK: &str = "launch.lock";
+/// How long start-up recovery waits for launchers of a previous domaind to finish.
+const LAUNCH_WAIT: Duration = Duration::from_secs(60);
+/// Logged while recovery waits for such launchers (tests look for it).
+pub const LAUNCH_WAIT_MESSAGE: &str =
+    "waiting for sandbox launches of a previous domaind to finish";
 /// Limit on the number of processes in a sandbox domain.
 pub const DOMAIN_PIDS_MAX: u64 = 4096;
 /// A channel peer must finish the wire handshake within this time.
@@ -824,7 +830,21 @@ impl Manager {
         let launcher = Launcher {
             path: self.cfg.launcher.clone(),
         };
-        let record = match blocking(move || bulkhead_sandbox::start(&spec, &launcher)).await? {
+        // Held (and inherited by the launcher) while the launcher runs: if domaind dies now,
+        // the next one waits for the launcher before it looks for orphan cgroups.
+        let launch_lock = {
+            let dir = paths.runtime_dir.clone();
+            match blocking(move || hold_launch_lock(&dir)).await? {
+                Ok(l) => l,
+                Err(e) => {
+                    self.release_slot(slot, name);
+                    return Err(e);
+                }
+            }
+        };
+        let launched = blocking(move || bulkhead_sandbox::start(&spec, &launcher)).await;
+        drop(launch_lock);
+        let record = match launched? {
             Ok(r) => {
                 self.slot_launched(slot, name, &r);
                 r
@@ -1380,6 +1400,9 @@ impl Manager {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot sweep temporary domain files"),
         }
+        // A launcher started by a previous domaind that was killed may still be running and
+        // create its cgroup after the scan below; wait for it (it holds the launch lock).
+        let launches_done = self.wait_for_launches().await;
         let (good, bad) = self.store.load_all();
         for e in &bad {
             error!(error = %e, "domain file not loaded; that domain is unavailable until the file is fixed");
@@ -1447,6 +1470,7 @@ impl Manager {
             Ok(Err(e)) => error!(error = %e, "cannot list domain cgroups"),
             Err(e) => error!(error = %e.message(), "cannot list domain cgroups"),
         }
+        drop(launches_done);
         // Disposables that are not running are leftovers.
         for c in &good {
             if c.class == DomainClass::Disposable && !adopted.contains(c.name.as_str()) {
@@ -1466,6 +1490,65 @@ impl Manager {
                     error!(domain = %c.name, error = %e.message(), "autostart failed");
                 }
             });
+        }
+    }
+
+    /// Take the launch lock exclusively: every launcher started by a previous domaind has
+    /// finished (bounded by [`LAUNCH_WAIT`]; `None` if it could not be taken).
+    async fn wait_for_launches(&self) -> Option<Flock<std::fs::File>> {
+        let dir = self.cfg.paths.runtime_dir.clone();
+        let path = dir.join(LAUNCH_LOCK);
+        let t0 = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            let p = path.clone();
+            let d = dir.clone();
+            let r = blocking(
+                move || -> Result<Option<Flock<std::fs::File>>, std::io::Error> {
+                    std::fs::create_dir_all(&d)?;
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .mode(0o600)
+                        .open(&p)?;
+                    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                        Ok(l) => Ok(Some(l)),
+                        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+                        Err((_, e)) => Err(e.into()),
+                    }
+                },
+            )
+            .await;
+            match r {
+                Ok(Ok(Some(l))) => {
+                    if said {
+                        info!(
+                            ms = t0.elapsed().as_millis() as u64,
+                            "sandbox launches finished"
+                        );
+                    }
+                    return Some(l);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    error!(path = %path.display(), error = %e, "cannot take the launch lock");
+                    return None;
+                }
+                Err(e) => {
+                    error!(error = %e.message(), "cannot take the launch lock");
+                    return None;
+                }
+            }
+            if !said {
+                info!(lock = %path.display(), "{LAUNCH_WAIT_MESSAGE}");
+                said = true;
+            }
+            if t0.elapsed() > LAUNCH_WAIT {
+                warn!(lock = %path.display(), secs = LAUNCH_WAIT.as_secs(), "a sandbox launch still holds the launch lock; recovering without waiting longer");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -1570,6 +1653,29 @@ impl Manager {
             }
         }
     }
+}
+
+/// Take a shared lock on `<runtime_dir>/launch.lock` through a descriptor WITHOUT
+/// close-on-exec, so the sandbox launcher spawned next inherits it and the lock lasts as long
+/// as the launcher even if domaind dies (the launcher marks inherited descriptors
+/// close-on-exec, so nothing it starts keeps it). Other processes domaind spawns meanwhile
+/// inherit it too; that only makes a recovery wait for them as well.
+fn hold_launch_lock(runtime_dir: &Path) -> Result<Flock<std::fs::File>, Error> {
+    let path = runtime_dir.join(LAUNCH_LOCK);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path.display().to_string()))?;
+    nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(FdFlag::empty()),
+    )
+    .map_err(|e| Error::Io(format!("{}: clearing close-on-exec: {e}", path.display())))?;
+    Flock::lock(f, FlockArg::LockShared)
+        .map_err(|(_, e)| Error::Io(format!("{}: cannot lock: {e}", path.display())))
 }
 
 /// The previous generation of a domain log (the sandbox's log writer rotates to it).

@@ -1060,3 +1060,119 @@ async fn two_domainds_get_distinct_uid_ranges_body() {
     );
     b.p.kill(&wb).await.unwrap();
 }
+
+/// A launcher still running when domaind is SIGKILLed creates its cgroup late; the next
+/// domaind waits for it (launch lock) before it looks for orphan cgroups, so the domain does
+/// not keep running untracked. The launcher is held back by a wrapper script until the new
+/// domaind is recovering.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_launcher_of_a_killed_domaind_leaves_no_orphan() {
+    bounded(late_launcher_of_a_killed_domaind_leaves_no_orphan_body()).await
+}
+
+async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
+    use std::os::unix::fs::PermissionsExt;
+    if !sandbox_available() {
+        return;
+    }
+    let real = domaind::testing::libexec_dir()
+        .expect("launcher")
+        .join("bulkhead-sandbox");
+    let wrap = tempfile::tempdir().unwrap();
+    let gate = wrap.path().join("gate");
+    let started = wrap.path().join("started");
+    let script = wrap.path().join("bulkhead-sandbox");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > '{}.tmp' && mv '{0}.tmp' '{0}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\nexec '{}' \"$@\"\n",
+            started.display(),
+            gate.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = TestBus::start().expect("dbus-daemon");
+    let mut d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            with_guest_tools: true,
+            env: vec![(
+                "BULKHEAD_LIBEXEC_DIR".into(),
+                wrap.path().display().to_string(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let pre = format!("ll{}-", std::process::id() % 100_000);
+    let (tmpl, w) = (format!("{pre}tmpl"), format!("{pre}w"));
+    let recipes = d.root().expect("root").join("recipes");
+    build_mini_template(
+        &d.paths.templates_dir(),
+        &recipes,
+        &tmpl,
+        &d.guest_tools_dir,
+    )
+    .expect("mini template");
+    let (_c, p) = d.client().await.unwrap();
+    p.create(&tmpl, "template", "", "black", HashMap::new())
+        .await
+        .unwrap();
+    p.create(&w, "app", &tmpl, "green", HashMap::new())
+        .await
+        .unwrap();
+    let p2 = p.clone();
+    let w2 = w.clone();
+    let start = tokio::spawn(async move { p2.start(&w2).await });
+    while !started.exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let launcher_pid: i32 = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    d.kill9();
+    assert!(start.await.unwrap().is_err());
+    assert!(
+        !cgroup_exists(&w),
+        "the held-back launcher made its cgroup early"
+    );
+    d.restart().await.unwrap();
+    let (_c2, p) = d.client().await.unwrap();
+    // Release the launcher once the new domaind is recovering: it either says it waits for
+    // launches, or (without that wait) has finished recovery and answers calls.
+    loop {
+        if d.log().contains(domaind::manager::LAUNCH_WAIT_MESSAGE) {
+            break;
+        }
+        if tokio::time::timeout(Duration::from_millis(200), p.list())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    // Recovery removes a record-less runtime dir, which by itself would make this late launch
+    // fail at its channel mount; put the channel dir back (a launcher that had got past that
+    // point) so only the cgroup scan is under test.
+    std::fs::create_dir_all(d.paths.runtime_dir.join("domains").join(&w).join("channel")).unwrap();
+    std::fs::write(&gate, b"").unwrap();
+    while alive(launcher_pid) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = state(&p.list().await.unwrap(), &w);
+    assert_eq!(st.as_deref(), Some("halted"), "{}", d.log());
+    assert!(
+        !cgroup_exists(&w),
+        "{w} runs untracked: its launcher created the cgroup after recovery\n{}",
+        d.log()
+    );
+    // it starts normally afterwards (the gate stays open)
+    p.start(&w).await.unwrap();
+    p.kill(&w).await.unwrap();
+}
