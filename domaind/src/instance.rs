@@ -55,6 +55,10 @@ pub struct InstanceFile<R> {
     pub started_at: u64,
     /// The domaind process that started it (for the logs).
     pub domaind_pid: u32,
+    /// The template root the domain runs on (kept from template garbage collection);
+    /// absent in records of older domainds.
+    #[serde(default)]
+    pub template_root: Option<PathBuf>,
     pub record: R,
 }
 
@@ -134,6 +138,7 @@ mod tests {
             class: "app".into(),
             started_at: 1,
             domaind_pid: 2,
+            template_root: None,
             record: Rec { pid: 42 },
         };
         f.write(&p).unwrap();

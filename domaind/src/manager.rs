@@ -163,6 +163,9 @@ pub struct Manager {
     domains: StdMutex<HashMap<String, Arc<Runtime>>>,
     /// Host-wide uid slot claims (see [`crate::slots`]).
     slots: SlotDir,
+    /// Template root of every starting or running domain (`None`: unknown, an adopted
+    /// domain of an older domaind); template garbage collection keeps these.
+    roots: StdMutex<HashMap<String, Option<PathBuf>>>,
     events: mpsc::UnboundedSender<Event>,
     generation: AtomicU64,
     /// False until start-up recovery is done; calls wait for it.
@@ -179,6 +182,7 @@ impl Manager {
             config_lock: AsyncMutex::new(()),
             domains: StdMutex::new(HashMap::new()),
             slots: SlotDir::new(crate::slots::SLOT_DIR),
+            roots: StdMutex::new(HashMap::new()),
             events,
             generation: AtomicU64::new(1),
             ready: watch::Sender::new(false),
@@ -308,6 +312,22 @@ impl Manager {
         }
         if let Err(e) = self.slots.release(slot, name, &self.cfg.paths.runtime_dir) {
             warn!(domain = name, slot, error = %e, "cannot release the uid slot");
+        }
+    }
+
+    /// A predicate for the template store: is this root used by a starting or running
+    /// domain? (An unknown root counts as using every root.)
+    fn roots_in_use(&self) -> impl Fn(&Path) -> bool + Send + 'static {
+        let roots: Vec<Option<PathBuf>> = lock(&self.roots)
+            .values()
+            .map(|r| {
+                r.as_ref()
+                    .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            })
+            .collect();
+        move |p: &Path| {
+            let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+            roots.iter().any(|r| r.as_ref().is_none_or(|r| *r == p))
         }
     }
 
@@ -645,6 +665,21 @@ impl Manager {
                 users.join(", ")
             )));
         }
+        // A template domain takes its built trees with it (refused while a root is in use).
+        if matches!(self.store.load(&dn), Ok(c) if c.class == DomainClass::Template) {
+            let in_use = self.roots_in_use();
+            let templates = self.cfg.paths.templates_dir();
+            let n = name.to_owned();
+            blocking(move || tmpl::remove(&templates, &n, &in_use))
+                .await?
+                .map_err(|e| match e {
+                    Error::InvalidState(m) => Error::InvalidState(format!(
+                        "template '{name}' is in use by a running domain ({m}); shut it down first"
+                    )),
+                    other => other,
+                })?;
+            info!(template = name, "template tree removed");
+        }
         self.remove_data(&dn).await?;
         lock(&self.domains).remove(name);
         info!(domain = name, "removed");
@@ -748,6 +783,7 @@ impl Manager {
             }
             Err(e) => {
                 warn!(domain = name, error = %e.message(), "start failed");
+                lock(&self.roots).remove(name);
                 self.set_state(rt, DomainState::Halted);
                 Err(e)
             }
@@ -765,6 +801,7 @@ impl Manager {
 
         self.progress(name, 0, TOTAL, "checking template");
         let template_root = self.template_root_for(cfg)?;
+        lock(&self.roots).insert(name.to_owned(), Some(template_root.clone()));
 
         self.progress(name, 1, TOTAL, "preparing volumes");
         let private = paths.private_dir(&cfg.name);
@@ -815,7 +852,7 @@ impl Manager {
         self.progress(name, 4, TOTAL, "launching sandbox");
         let spec = SandboxSpec {
             name: name.to_owned(),
-            template_root,
+            template_root: template_root.clone(),
             private_dir: private,
             scratch_dir: scratch,
             channel_dir,
@@ -871,6 +908,7 @@ impl Manager {
             class: cfg.class.to_string(),
             started_at: now_secs(),
             domaind_pid: std::process::id(),
+            template_root: Some(template_root),
             record: record.clone(),
         };
         let ipath = paths.instance_file(&cfg.name);
@@ -1014,6 +1052,7 @@ impl Manager {
             Err(e) => error!(domain = %rt.name, error = %e.message(), "cleanup failed"),
         }
         self.release_slot(inst.uid_slot, &rt.name);
+        lock(&self.roots).remove(&rt.name);
         let mut st = lock(&rt.st);
         if st
             .inst
@@ -1387,6 +1426,20 @@ impl Manager {
             }
             Err(e) => return Err(store_err(name, e)),
         }
+        // Old roots no starting or running domain uses, and interrupted builds, go now.
+        let in_use = self.roots_in_use();
+        let templates = self.cfg.paths.templates_dir();
+        let n = name.to_owned();
+        match blocking(move || tmpl::gc(&templates, &n, &in_use)).await? {
+            Ok(removed) => {
+                for r in removed {
+                    info!(template = name, path = %r.display(), "removed an unused template tree");
+                }
+            }
+            Err(e) => {
+                warn!(template = name, error = %e.message(), "template garbage collection failed")
+            }
+        }
         Ok(root.display().to_string())
     }
 
@@ -1607,6 +1660,7 @@ impl Manager {
         }
         let class: DomainClass = file.class.parse().unwrap_or(DomainClass::App);
         self.slot_launched(file.uid_slot, name, &record);
+        lock(&self.roots).insert(name.to_owned(), file.template_root.clone());
         let sock = self.cfg.paths.agent_socket(dn);
         let listener = match bind_channel(&self.cfg.paths.channel_dir(dn), &sock, record.uid_base) {
             Ok(l) => l,

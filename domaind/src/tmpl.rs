@@ -62,3 +62,43 @@ pub fn build(
         .map_err(template_err)?;
     Ok(root)
 }
+
+/// Whether the template's directory is a symlink: a store shared from elsewhere (tests link a
+/// cached store in) whose trees this domaind does not own.
+fn linked_in(store: &TemplateStore, name: &DomainName) -> bool {
+    std::fs::symlink_metadata(store.template_dir(name))
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+}
+
+/// Remove the template's interrupted builds and old roots for which `in_use` is false
+/// (never `current`). Returns what was removed. A linked-in template is left alone.
+pub fn gc(
+    templates_dir: &Path,
+    name: &str,
+    in_use: &dyn Fn(&Path) -> bool,
+) -> Result<Vec<PathBuf>, Error> {
+    let name = dn(name)?;
+    let store = TemplateStore::new(templates_dir);
+    if linked_in(&store, &name) {
+        return Ok(Vec::new());
+    }
+    store.gc(&name, in_use).map_err(template_err)
+}
+
+/// Remove the template's whole tree; `InvalidState` if `in_use` says a root is in use. A
+/// linked-in template loses only its link.
+pub fn remove(
+    templates_dir: &Path,
+    name: &str,
+    in_use: &dyn Fn(&Path) -> bool,
+) -> Result<(), Error> {
+    let name = dn(name)?;
+    let store = TemplateStore::new(templates_dir);
+    let tdir = store.template_dir(&name);
+    if linked_in(&store, &name) {
+        return std::fs::remove_file(&tdir)
+            .map_err(|e| Error::Io(format!("cannot remove {}: {e}", tdir.display())));
+    }
+    store.remove(&name, in_use).map_err(template_err)
+}

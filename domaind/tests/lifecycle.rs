@@ -1176,3 +1176,94 @@ async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
     p.start(&w).await.unwrap();
     p.kill(&w).await.unwrap();
 }
+
+/// BuildTemplate collects old template trees no running domain uses; removing a template
+/// domain removes its trees (refused while a domain is based on it).
+#[tokio::test(flavor = "multi_thread")]
+async fn template_trees_are_collected_and_removed() {
+    bounded(template_trees_are_collected_and_removed_body()).await
+}
+
+async fn template_trees_are_collected_and_removed_body() {
+    if !sandbox_available() {
+        return;
+    }
+    let recipes = tempfile::tempdir().unwrap();
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            with_guest_tools: true,
+            recipes_dir: Some(recipes.path().to_owned()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let pre = format!("tg{}-", std::process::id() % 100_000);
+    let (tmpl, w) = (format!("{pre}tmpl"), format!("{pre}w"));
+    let templates = d.paths.templates_dir();
+    let tdir = templates.join(&tmpl);
+    let root_a = build_mini_template(&templates, recipes.path(), &tmpl, &d.guest_tools_dir)
+        .expect("mini template");
+    let (_c, p) = d.client().await.unwrap();
+    p.create(&tmpl, "template", "", "black", HashMap::new())
+        .await
+        .unwrap();
+    p.create(&w, "app", &tmpl, "green", HashMap::new())
+        .await
+        .unwrap();
+    p.start(&w).await.unwrap();
+    // Two rebuilds from changed recipes: root B, then root C is current.
+    let rebuild = |tag: &str| {
+        let rp = recipes.path().join(format!("{tmpl}.toml"));
+        let mut text = std::fs::read_to_string(&rp).unwrap();
+        text.push_str(&format!("# {tag}\n"));
+        std::fs::write(&rp, text).unwrap();
+        let dn = bulkhead_domain::DomainName::new(&tmpl).unwrap();
+        let recipe = bulkhead_templates::Recipe::load_named(recipes.path(), &dn).unwrap();
+        bulkhead_templates::TemplateStore::new(&templates)
+            .build_with(
+                &recipe,
+                &domaind::testing::MiniRootBuilder {
+                    guest_tools: d.guest_tools_dir.clone(),
+                },
+                &mut |_| {},
+            )
+            .unwrap()
+    };
+    let root_b = rebuild("b");
+    let root_c = rebuild("c");
+    assert!(root_a != root_b && root_b != root_c && root_a.exists() && root_b.exists());
+    // The recipe is up to date (root C): nothing is built, old trees are collected.
+    let (r, wfd) = pipe();
+    let out = reader(r);
+    let got = p
+        .build_template(&tmpl, Fd::from(&wfd))
+        .await
+        .unwrap_or_else(|e| panic!("build_template: {e}\n{}", d.log()));
+    drop(wfd);
+    let progress = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+    assert!(progress.contains("up to date"), "{progress}");
+    assert_eq!(
+        std::fs::canonicalize(&got).unwrap(),
+        std::fs::canonicalize(&root_c).unwrap()
+    );
+    assert!(root_a.exists(), "the root of running {w} was collected");
+    assert!(!root_b.exists(), "an unused old root was kept\n{}", d.log());
+    assert!(root_c.exists());
+
+    match p.remove(&tmpl).await {
+        Err(Error::InvalidState(m)) => assert!(m.contains(&w), "{m}"),
+        other => panic!("removing a template in use: {other:?}"),
+    }
+    assert!(tdir.exists());
+    p.kill(&w).await.unwrap();
+    p.remove(&w).await.unwrap();
+    p.remove(&tmpl).await.unwrap();
+    assert!(
+        !tdir.exists(),
+        "the template's trees stayed after its removal"
+    );
+}
