@@ -27,6 +27,12 @@ install -D -m 0644 packaging/dbus/org.bulkhead.Domaind1.conf /etc/dbus-1/system.
 install -D -m 0644 packaging/systemd/bulkhead-domaind.service /etc/systemd/system/bulkhead-domaind.service
 getent group bulkhead-admin >/dev/null || groupadd --system bulkhead-admin
 install -d -m 0750 /etc/bulkhead /etc/bulkhead/domains
+install -d -m 0755 /etc/bulkhead/policy.d
+# Default policies: copied once; an administrator's edits are never overwritten.
+for f in policies/*.policy; do
+    [ -e "/etc/bulkhead/policy.d/$(basename "$f")" ] || install -m 0644 "$f" /etc/bulkhead/policy.d/
+done
+bulkhead policy check --dir /etc/bulkhead/policy.d
 install -d -m 0700 /var/lib/bulkhead /run/bulkhead
 
 step "Starting domaind"

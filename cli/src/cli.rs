@@ -76,6 +76,20 @@ pub enum Command {
     /// Templates: root file systems built from Debian packages.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Policies: who may call what between domains.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Lint the policy files (with their includes); print every error as `file:line: message`.
+    /// Any error means every call is denied, so exit code 5 says the policy is unusable.
+    Check {
+        /// The policy directory.
+        #[arg(long, default_value = "/etc/bulkhead/policy.d", value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ mod progress;
 mod terminal;
 
 use clap::Parser;
-use cli::{Cli, Command, CreateArgs, LsArgs, PrefsArgs, RunArgs, TemplateCommand};
+use cli::{Cli, Command, CreateArgs, LsArgs, PolicyCommand, PrefsArgs, RunArgs, TemplateCommand};
 use domaind::api::{DomainInfo, Domaind1Proxy};
 use failure::{Code, Failure};
 use futures_util::StreamExt;
@@ -54,6 +54,10 @@ async fn connect(address: Option<&str>) -> Result<Domaind1Proxy<'static>, Failur
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    // Checking policy files needs no domaind: an admin lints before installing them.
+    if let Command::Policy(PolicyCommand::Check { dir }) = &cli.command {
+        return policy_check(dir);
+    }
     let proxy = connect(cli.bus_address.as_deref()).await;
     // `run` reports its own failures with Qubes' codes (125/126), so scripts can tell them
     // apart from the command's own exit status.
@@ -99,7 +103,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Prefs(args) => prefs(&proxy, args).await?,
         Command::Log { name } => log(&proxy, &name).await?,
         Command::Template(TemplateCommand::Build { name }) => template_build(&proxy, &name).await?,
-        Command::Run(_) => unreachable!("handled above"),
+        Command::Run(_) | Command::Policy(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -330,6 +334,25 @@ async fn log(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
             format!("cannot print the log of '{name}': {e}"),
         )
     })
+}
+
+fn policy_check(dir: &std::path::Path) -> Result<ExitCode, Failure> {
+    let diagnostics = bulkhead_policy::check(dir);
+    if diagnostics.is_empty() {
+        println!("{}: no errors", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &diagnostics {
+        println!("{d}");
+    }
+    Err(Failure::new(
+        Code::InvalidInput,
+        format!(
+            "{} error(s) in {}: until they are fixed every call between domains is denied",
+            diagnostics.len(),
+            dir.display()
+        ),
+    ))
 }
 
 /// Builds a template; domaind writes human progress lines into a pipe we hand it.

@@ -339,3 +339,39 @@ fn bulkhead_templates_recipes() -> std::path::PathBuf {
         .join("templates")
         .join("recipes")
 }
+
+/// `bulkhead policy check` lints without domaind: the shipped defaults pass, a broken file is
+/// reported as file:line with exit code 5 (a broken policy denies every call).
+#[test]
+fn policy_check_reports_errors_at_file_and_line() {
+    let bulkhead = env!("CARGO_BIN_EXE_bulkhead");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let out = Command::new(bulkhead)
+        .args(["policy", "check", "--dir"])
+        .arg(&shipped)
+        .env("BULKHEAD_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("30-mine.policy"),
+        "bulkhead.Filecopy * work home ask\n\nbulkhead.Filecopy * work\n",
+    )
+    .expect("write");
+    let out = Command::new(bulkhead)
+        .args(["policy", "check", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(5));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected = format!("{}:3: ", dir.path().join("30-mine.policy").display());
+    assert!(stdout.starts_with(&expected), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied"));
+}
