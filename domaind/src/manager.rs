@@ -217,6 +217,22 @@ impl Manager {
         }
     }
 
+    /// `name` if its config file exists, else the store's NotFound error naming the file.
+    fn stored(&self, name: &str) -> Result<DomainName, Error> {
+        let dn = self.name(name)?;
+        if self.store.exists(&dn) {
+            Ok(dn)
+        } else {
+            Err(store_err(
+                name,
+                StoreError::NotFound {
+                    name: name.into(),
+                    path: self.store.path_for(&dn),
+                },
+            ))
+        }
+    }
+
     fn runtime(&self, name: &str) -> Arc<Runtime> {
         lock(&self.domains)
             .entry(name.to_owned())
@@ -388,16 +404,7 @@ impl Manager {
     }
 
     pub fn log_path(&self, name: &str) -> Result<String, Error> {
-        let dn = self.name(name)?;
-        if !self.store.exists(&dn) {
-            return Err(store_err(
-                name,
-                StoreError::NotFound {
-                    name: name.into(),
-                    path: self.store.path_for(&dn),
-                },
-            ));
-        }
+        let dn = self.stored(name)?;
         Ok(self.cfg.paths.log_file(&dn).display().to_string())
     }
 
@@ -405,16 +412,7 @@ impl Manager {
     /// the root-only log directory (bulkhead-admin members) can still read it. The last path
     /// component is not followed if it is a symlink.
     pub fn open_log(&self, name: &str) -> Result<OwnedFd, Error> {
-        let dn = self.name(name)?;
-        if !self.store.exists(&dn) {
-            return Err(store_err(
-                name,
-                StoreError::NotFound {
-                    name: name.into(),
-                    path: self.store.path_for(&dn),
-                },
-            ));
-        }
+        let dn = self.stored(name)?;
         let path = self.cfg.paths.log_file(&dn);
         use std::os::unix::fs::OpenOptionsExt;
         match std::fs::OpenOptions::new()
@@ -642,17 +640,8 @@ impl Manager {
     }
 
     pub async fn remove(&self, name: &str) -> Result<(), Error> {
-        let dn = self.name(name)?;
         let _cl = self.config_lock.lock().await;
-        if !self.store.exists(&dn) {
-            return Err(store_err(
-                name,
-                StoreError::NotFound {
-                    name: name.into(),
-                    path: self.store.path_for(&dn),
-                },
-            ));
-        }
+        let dn = self.stored(name)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
