@@ -10,6 +10,8 @@ PACKAGES=(
     pkg-config gcc      # -sys crates
     util-linux          # unshare/nsenter for tests and debugging
     procps psmisc       # ps/pkill used by tests to look for orphans
+    e2fsprogs           # mkfs.ext4 -d: the disk images of VM domains (template root, private, tools)
+    kmod                # depmod: modules.dep of the guest kernel, for the VM initramfs
 )
 
 missing=()

@@ -1,6 +1,6 @@
 //! The agent's connection loop.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_wire::{Connection, Control, IncomingEvent, Limits, OpenRequest};
@@ -78,26 +78,66 @@ pub async fn serve(
     );
 }
 
+/// How the agent reaches domaind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// A unix socket (sandbox domains: the channel dir is bind-mounted in).
+    Unix(PathBuf),
+    /// AF_VSOCK to `cid`:`port` (VM domains: CID 2, [`crate::AGENT_VSOCK_PORT`]).
+    Vsock { cid: u32, port: u32 },
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Channel::Unix(p) => write!(f, "unix:{}", p.display()),
+            Channel::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+/// Connect and hand the stream to the wire handshake.
+async fn connect(
+    channel: &Channel,
+    limits: Limits,
+) -> Result<Result<(Connection, bulkhead_wire::Incoming), bulkhead_wire::WireError>, std::io::Error>
+{
+    match channel {
+        Channel::Unix(socket) => {
+            let io = UnixStream::connect(socket).await?;
+            Ok(Connection::server(io, limits).await)
+        }
+        Channel::Vsock { cid, port } => {
+            let addr = tokio_vsock::VsockAddr::new(*cid, *port);
+            let io = tokio_vsock::VsockStream::connect(addr).await?;
+            Ok(Connection::server(io, limits).await)
+        }
+    }
+}
+
 /// Connects to `socket` and serves it, reconnecting with backoff forever.
 pub async fn run_forever(socket: &Path, limits: Limits, target: ShutdownTarget) -> ! {
+    run_channel_forever(&Channel::Unix(socket.to_owned()), limits, target).await
+}
+
+/// Connects over `channel` and serves it, reconnecting with backoff forever.
+pub async fn run_channel_forever(channel: &Channel, limits: Limits, target: ShutdownTarget) -> ! {
     let mut backoff = BACKOFF_START;
     let mut failures: u64 = 0;
     loop {
-        match UnixStream::connect(socket).await {
-            Ok(io) => match Connection::server(io, limits.clone()).await {
-                Ok((conn, incoming)) => {
-                    tracing::info!(socket = %socket.display(), "connected to domaind");
-                    backoff = BACKOFF_START;
-                    failures = 0;
-                    serve(conn, incoming, target).await;
-                    continue;
-                }
-                Err(e) => tracing::warn!(error = %e, "channel handshake failed"),
-            },
+        match connect(channel, limits.clone()).await {
+            Ok(Ok((conn, incoming))) => {
+                tracing::info!(%channel, "connected to domaind");
+                backoff = BACKOFF_START;
+                failures = 0;
+                serve(conn, incoming, target).await;
+                continue;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "channel handshake failed"),
             Err(e) => {
                 // Log the first failure and then sparsely: domaind may be down for a while.
                 if failures.is_power_of_two() || failures == 0 {
-                    tracing::warn!(socket = %socket.display(), error = %e, failures, "cannot reach domaind; retrying");
+                    tracing::warn!(%channel, error = %e, failures, "cannot reach domaind; retrying");
                 }
             }
         }

@@ -220,6 +220,25 @@ impl State {
     }
 }
 
+/// End the VM: a VM domain's init must not exit (the kernel would panic); it syncs the disks,
+/// unmounts the private volume so its journal is clean, and reboots. The kernel runs with
+/// `reboot=k`, so the reboot is an i8042 reset, which the VMM takes as the end of the VM.
+/// Returns only if the reboot call fails.
+pub fn end_vm() -> InitError {
+    tracing::info!("all processes gone; syncing and ending the VM");
+    nix::unistd::sync();
+    if let Err(e) = nix::mount::umount("/home") {
+        tracing::warn!(error = %e, "cannot unmount /home before the reboot; synced only");
+        nix::unistd::sync();
+    }
+    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        Err(e) => InitError::Sys {
+            what: "reboot",
+            source: e,
+        },
+    }
+}
+
 /// Runs init until shutdown completes. Returns the exit code (0).
 pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
     let pid1 = getpid().as_raw() == 1;

@@ -20,6 +20,33 @@ pub const ENV_AGENT_SOCKET: &str = "BULKHEAD_AGENT_SOCKET";
 /// Where the agent finds domaind's socket inside a domain.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/bulkhead-channel/agent.sock";
 
+/// vsock port domaind's side of the channel listens on (the VMM bridges the guest's
+/// connection to CID 2 on this port to the host socket `channel/vsock.sock_1024`). Same value
+/// as `bulkhead_wire::AGENT_VSOCK_PORT` (contract A).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The host's vsock CID as the guest sees it.
+pub const HOST_CID: u32 = 2;
+
+/// Kernel command line parameter that selects the channel inside a VM.
+pub const CMDLINE_CHANNEL: &str = "bulkhead.channel";
+
+/// Whether a kernel command line asks for the vsock channel (`bulkhead.channel=vsock`).
+pub fn cmdline_wants_vsock(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .any(|(k, v)| k == CMDLINE_CHANNEL && v == "vsock")
+}
+
+/// Whether this domain runs in a VM: the kernel command line says `bulkhead.channel=vsock`
+/// (a sandbox shares the host kernel, whose command line never does).
+pub fn in_vm() -> bool {
+    std::fs::read("/proc/cmdline")
+        .map(|b| cmdline_wants_vsock(&String::from_utf8_lossy(&b[..b.len().min(64 * 1024)])))
+        .unwrap_or(false)
+}
+
 /// Sets up logging to stderr (the launcher points it at the domain log file).
 pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
@@ -29,4 +56,20 @@ pub fn init_logging(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_from_the_kernel_command_line() {
+        assert!(cmdline_wants_vsock(
+            "reboot=k panic=1 bulkhead.channel=vsock console=ttyS0"
+        ));
+        assert!(!cmdline_wants_vsock("reboot=k panic=1 console=ttyS0"));
+        assert!(!cmdline_wants_vsock("bulkhead.channel=unix"));
+        assert!(!cmdline_wants_vsock("xbulkhead.channel=vsock"));
+        assert!(!cmdline_wants_vsock("bulkhead.channel=vsockx"));
+    }
 }

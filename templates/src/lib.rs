@@ -6,6 +6,8 @@
 //!   [`TemplateStore::root_path`], [`TemplateStore::build`] (mmdebstrap, cached, crash-safe:
 //!   build into a `.partial`, mark, rename, switch `current`), [`TemplateStore::gc`].
 //! - [`BuildProgress`] / [`Stage`]: progress parsed from mmdebstrap's output.
+//! - [`vm`]: what a VM domain boots (kernel, initramfs, ext4 images), built on demand with
+//!   [`TemplateStore::build_vm`].
 
 mod error;
 mod mmdebstrap;
@@ -13,6 +15,7 @@ mod progress;
 mod recipe;
 mod sources;
 mod store;
+pub mod vm;
 
 pub use error::TemplateError;
 pub use mmdebstrap::{customize_hooks, mmdebstrap_args, Mmdebstrap, RootBuilder};
@@ -20,7 +23,7 @@ pub use progress::{BuildProgress, Level, OutputParser, Stage};
 pub use recipe::{
     validate_package_name, PackageGroup, Recipe, RecipeError, RecipeSpec, UserSpec, VmSpec,
     ALLOWED_COMPONENTS, ALLOWED_SUITES, ALLOWED_VARIANTS, BUILDER_FORMAT_VERSION, MAX_RECIPE_BYTES,
-    SUPPORTED_RECIPE_FORMATS,
+    MAX_VM_MODULES, SUPPORTED_RECIPE_FORMATS,
 };
 pub use sources::{host_sources_for_suite, parse_deb822, parse_one_line, AptSource};
 pub use store::{TemplateMarker, TemplateStatus, TemplateStore, MARKER_PATH};

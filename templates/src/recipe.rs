@@ -101,13 +101,35 @@ pub struct PackageGroup {
     pub packages: Vec<String>,
 }
 
-/// What a VM domain needs on top of the tree (kernel and initramfs).
+/// What a VM domain boots besides the tree: see [`crate::vm`]. Nothing here goes into the
+/// tree; the kernel and busybox packages are fetched and unpacked on the side.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
-    /// Kernel packages installed into the tree (e.g. `linux-image-cloud-amd64`).
-    pub kernel_packages: Vec<String>,
+    /// Debian package of the guest kernel; a metapackage (`linux-image-cloud-amd64`) is
+    /// followed to the versioned package it depends on.
+    pub kernel_package: String,
+    /// Debian package with a static `/bin/busybox` for the initramfs.
+    #[serde(default = "default_busybox")]
+    pub busybox_package: String,
+    /// Kernel modules the initramfs loads (their dependencies are added from modules.dep).
+    pub modules: Vec<String>,
+    /// Free space in the root image beyond the tree, MiB (the guest mounts it read-only under
+    /// a tmpfs overlay, so this only matters for tools that check free space).
+    #[serde(default = "default_root_free")]
+    pub root_image_free_mib: u64,
 }
+
+fn default_busybox() -> String {
+    "busybox-static".to_owned()
+}
+
+fn default_root_free() -> u64 {
+    64
+}
+
+/// Most modules a recipe may name.
+pub const MAX_VM_MODULES: usize = 64;
 
 /// The parsed recipe file. See `templates/recipes/debian-12.toml` for each field's meaning.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -305,14 +327,12 @@ impl Recipe {
         &self.hash[..16]
     }
 
-    /// Every package to install: `packages`, enabled groups, and VM kernel packages.
+    /// Every package to install into the tree: `packages` and enabled groups (the `[vm]`
+    /// packages are not installed into the tree).
     pub fn all_packages(&self) -> Vec<String> {
         let mut out: Vec<String> = self.spec.packages.clone();
         for g in self.spec.groups.values().filter(|g| g.enabled) {
             out.extend(g.packages.iter().cloned());
-        }
-        if let Some(vm) = &self.spec.vm {
-            out.extend(vm.kernel_packages.iter().cloned());
         }
         out.sort();
         out.dedup();
@@ -391,7 +411,32 @@ fn validate(path: &Path, s: &RecipeSpec) -> Result<(), RecipeError> {
         check_list(format!("groups.{name}.packages"), &g.packages)?;
     }
     if let Some(vm) = &s.vm {
-        check_list("vm.kernel_packages".into(), &vm.kernel_packages)?;
+        validate_package_name(&vm.kernel_package).map_err(|m| bad("vm.kernel_package", m))?;
+        validate_package_name(&vm.busybox_package).map_err(|m| bad("vm.busybox_package", m))?;
+        if vm.modules.is_empty() || vm.modules.len() > MAX_VM_MODULES {
+            return Err(bad(
+                "vm.modules",
+                format!("name 1..={MAX_VM_MODULES} kernel modules"),
+            ));
+        }
+        for m in &vm.modules {
+            let ok = !m.is_empty()
+                && m.len() <= 64
+                && m.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !ok {
+                return Err(bad(
+                    "vm.modules",
+                    format!("{m:?} is not a module name (a-z, 0-9, '_', '-'; at most 64)"),
+                ));
+            }
+        }
+        if vm.root_image_free_mib > 1 << 20 {
+            return Err(bad(
+                "vm.root_image_free_mib",
+                "at most 1048576 (1 TiB)".into(),
+            ));
+        }
     }
     if !is_hostname_label(&s.hostname) {
         return Err(bad(
@@ -489,9 +534,14 @@ packages = ["foot"]
         assert_eq!(r.spec.suite, "bookworm");
         assert_eq!(r.spec.user.uid, 1000);
         assert_eq!(r.spec.user.home, "/home/user");
+        let vm = r.spec.vm.as_ref().expect("the recipe boots VM domains");
+        assert_eq!(vm.kernel_package, "linux-image-cloud-amd64");
+        assert!(vm.modules.iter().any(|m| m == "virtio_mmio"));
         assert!(
-            r.spec.vm.is_none(),
-            "the VM section stays commented until the KVM issue"
+            !r.all_packages()
+                .iter()
+                .any(|p| p.starts_with("linux-image")),
+            "the guest kernel is not installed into the tree"
         );
     }
 
@@ -569,6 +619,16 @@ packages = ["foot"]
             ("format = 1", "format = 1\nmirror = \"x\"", "mirror"),
             ("uid = 1000", "uid = \"1000\"", "user.uid"),
             ("name = \"t-1\"", "name = \"dom0\"", "name"),
+            (
+                "[groups.gui]",
+                "[vm]\nkernel_package = \"linux image\"\nmodules = [\"virtio\"]\n[groups.gui]",
+                "vm.kernel_package",
+            ),
+            (
+                "[groups.gui]",
+                "[vm]\nkernel_package = \"linux-image-cloud-amd64\"\nmodules = [\"../x\"]\n[groups.gui]",
+                "vm.modules",
+            ),
         ];
         for (from, to, field) in cases {
             assert!(GOOD.contains(from), "{from}");

@@ -40,6 +40,7 @@ const LOCK: &str = ".lock";
 const ROOT_PREFIX: &str = "root-";
 const PARTIAL_PREFIX: &str = "build-";
 const PARTIAL_SUFFIX: &str = ".partial";
+const VM_PREFIX: &str = "vm-";
 
 /// The marker written into a finished tree (and readable inside domains).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,7 +299,7 @@ impl TemplateStore {
         }
     }
 
-    fn lock(&self, name: &DomainName) -> Result<Flock<File>, TemplateError> {
+    pub(crate) fn lock(&self, name: &DomainName) -> Result<Flock<File>, TemplateError> {
         let tdir = self.template_dir(name);
         fs::create_dir_all(&tdir).map_err(TemplateError::io(&tdir, "cannot create"))?;
         let path = tdir.join(LOCK);
@@ -473,7 +474,15 @@ impl TemplateStore {
             let old_root = file_name.starts_with(ROOT_PREFIX)
                 && current.as_ref() != Some(&path)
                 && !in_use(&path);
-            if partial || old_root {
+            // VM files (`vm-<hash16>`) go with their root; interrupted ones always.
+            let old_vm = file_name.strip_prefix(VM_PREFIX).is_some_and(|rest| {
+                if rest.ends_with(PARTIAL_SUFFIX) {
+                    return true;
+                }
+                let root = tdir.join(format!("{ROOT_PREFIX}{rest}"));
+                current.as_ref() != Some(&root) && !in_use(&root)
+            });
+            if partial || old_root || old_vm {
                 remove_tree(&path)?;
                 removed.push(path);
             } else if file_name == CURRENT_TMP {

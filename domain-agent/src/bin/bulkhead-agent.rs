@@ -11,6 +11,11 @@ struct Args {
     /// Unix socket of the domain channel.
     #[arg(long, env = bulkhead_agent::ENV_AGENT_SOCKET, default_value = bulkhead_agent::DEFAULT_AGENT_SOCKET)]
     socket: PathBuf,
+    /// How to reach domaind: `unix` (the socket above, sandbox domains), `vsock` (CID 2 port
+    /// 1024, VM domains) or `auto` (vsock when the kernel command line has
+    /// `bulkhead.channel=vsock`, else unix).
+    #[arg(long, env = "BULKHEAD_CHANNEL", default_value = "auto", value_parser = ["auto", "unix", "vsock"])]
+    channel: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -21,9 +26,22 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("creating the async runtime")?;
     let target = bulkhead_agent::agent::shutdown_target_from_env();
-    tracing::info!(socket = %args.socket.display(), ?target, "bulkhead-agent starting");
-    rt.block_on(bulkhead_agent::agent::run_forever(
-        &args.socket,
+    let vsock = match args.channel.as_str() {
+        "vsock" => true,
+        "unix" => false,
+        _ => bulkhead_agent::in_vm(),
+    };
+    let channel = if vsock {
+        bulkhead_agent::agent::Channel::Vsock {
+            cid: bulkhead_agent::HOST_CID,
+            port: bulkhead_agent::AGENT_VSOCK_PORT,
+        }
+    } else {
+        bulkhead_agent::agent::Channel::Unix(args.socket)
+    };
+    tracing::info!(%channel, ?target, "bulkhead-agent starting");
+    rt.block_on(bulkhead_agent::agent::run_channel_forever(
+        &channel,
         bulkhead_wire::Limits::default(),
         target,
     ))

@@ -32,5 +32,10 @@ fn main() -> anyhow::Result<()> {
         agent,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
     })?;
+    // In a VM the init is the kernel's pid 1: it ends the VM instead of exiting.
+    if bulkhead_agent::in_vm() && std::process::id() == 1 {
+        let e = bulkhead_agent::init::end_vm();
+        return Err(e).context("ending the VM");
+    }
     std::process::exit(code);
 }

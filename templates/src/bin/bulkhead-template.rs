@@ -27,6 +27,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         store: PathBuf,
         recipe: PathBuf,
+        /// Also build what VM domains boot (kernel, initramfs, root image; needs the recipe's
+        /// [vm] section). domaind does this itself at the first start of a VM domain.
+        #[arg(long)]
+        vm: bool,
     },
     /// Print the state of a template in the store.
     Status {
@@ -38,7 +42,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Build { store, recipe } => {
+        Command::Build { store, recipe, vm } => {
             let recipe = Recipe::load(&recipe)
                 .with_context(|| format!("cannot use the recipe {}", recipe.display()))?;
             std::fs::create_dir_all(&store)
@@ -46,6 +50,10 @@ fn main() -> anyhow::Result<()> {
             let store = TemplateStore::new(store);
             let root = store.build(&recipe, &mut |p| eprintln!("{}: {p}", recipe.name()))?;
             println!("{}", root.display());
+            if vm {
+                let a = store.build_vm(&recipe, &mut |p| eprintln!("{}: {p}", recipe.name()))?;
+                println!("{}", a.dir.display());
+            }
         }
         Command::Status { store, name } => {
             let name = bulkhead_domain::DomainName::new(&name)
