@@ -7,7 +7,7 @@ PACKAGES=(
     bubblewrap          # the peer the sandbox-start benchmark compares against
     dbus                # dbus-daemon: the system bus, and private buses in tests
     iproute2            # ip: loopback inside domains, later veth links
-    pkg-config gcc      # -sys crates
+    pkg-config gcc      # -sys crates; gcc also builds the vmm's tiny test guests
     util-linux          # unshare/nsenter for tests and debugging
     procps psmisc       # ps/pkill used by tests to look for orphans
     e2fsprogs           # mkfs.ext4 -d: the disk images of VM domains (template root, private, tools)

@@ -1,0 +1,111 @@
+//! `bulkhead-vmm`: runs one VM from a JSON spec, or probes for hardware virtualization.
+//!
+//! Exit status of `run`: 0 the guest powered off or reset (a reboot ends the VM), 1 error
+//! (message on stderr), 2 usage. `probe`: 0 hardware virtualization, 3 not.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bulkhead-vmm",
+    about = "The Bulkhead KVM monitor: one process per VM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot the VM described by a JSON spec and run it until the guest powers off or resets.
+    Run {
+        /// The VM spec (JSON); `-` reads it from stdin.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Write one byte to this inherited fd once the vCPUs run, then close it.
+        #[arg(long)]
+        ready_fd: Option<RawFd>,
+        /// Write the guest's first byte to I/O port 0x80 to this inherited fd (benchmarks).
+        #[arg(long)]
+        boot_timer_fd: Option<RawFd>,
+    },
+    /// Say whether this host has hardware virtualization (exit 0) or not (exit 3).
+    Probe,
+}
+
+fn take_fd(fd: Option<RawFd>, what: &str) -> anyhow::Result<Option<OwnedFd>> {
+    let Some(fd) = fd else { return Ok(None) };
+    // Only take ownership of a descriptor that is really open in this process.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+        .with_context(|| format!("--{what} {fd} is not an open file descriptor"))?;
+    if fd <= 2 {
+        anyhow::bail!("--{what} {fd}: stdin/stdout/stderr cannot be used");
+    }
+    // SAFETY: the fd is open (checked above), not a standard stream, and nothing else in this
+    // process refers to it: it was inherited for exactly this purpose.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn run(spec: PathBuf, ready_fd: Option<RawFd>, boot_timer_fd: Option<RawFd>) -> anyhow::Result<()> {
+    let opts = bulkhead_vmm::RunOptions {
+        ready_fd: take_fd(ready_fd, "ready-fd")?,
+        boot_timer_fd: take_fd(boot_timer_fd, "boot-timer-fd")?,
+    };
+    let spec = bulkhead_vmm::VmSpec::from_file(&spec)?;
+    let vm = bulkhead_vmm::Vm::new(&spec, opts)
+        .with_context(|| format!("setting up VM {}", spec.name))?;
+    let exit = vm
+        .run()
+        .with_context(|| format!("running VM {}", spec.name))?;
+    tracing::info!(vm = %spec.name, ?exit, "VM ended");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match cli.cmd {
+        Cmd::Probe => {
+            let p = bulkhead_vmm::probe_hardware_virtualization();
+            println!("{}", p.reason);
+            if p.hardware {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Cmd::Run {
+            spec,
+            ready_fd,
+            boot_timer_fd,
+        } => match run(spec, ready_fd, boot_timer_fd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulkhead-vmm: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
