@@ -28,8 +28,10 @@ mod worker;
 
 pub use block::Block;
 pub use mmio::MmioTransport;
+pub use net::Net;
 
 pub use rng::Rng;
+pub use vsock::Vsock;
 
 pub use worker::Worker;
 
@@ -196,7 +198,6 @@ impl Error {
             source,
         }
     }
-    #[allow(dead_code)]
     pub(crate) fn sys(what: impl Into<String>, source: nix::Error) -> Self {
         Error::Sys {
             what: what.into(),

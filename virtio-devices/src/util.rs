@@ -18,7 +18,6 @@ pub(crate) fn pop<'m>(
 }
 
 /// Puts back the chain `pop` returned last (it will be returned again).
-#[allow(dead_code)]
 pub(crate) fn unpop(queue: &mut Queue) {
     queue.go_to_previous_position();
 }

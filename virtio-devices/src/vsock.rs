@@ -1,1 +1,1017 @@
-//! virtio-vsock (placeholder).
+//! virtio-vsock (virtio 1.x section 5.10), bridged to host unix sockets the way Firecracker's
+//! "hybrid" vsock is (our own implementation of that model):
+//!
+//! - Guest connects to (CID 2, port P): the device connects to the host unix socket
+//!   `<uds_path>_<P>`; if that fails the guest gets RST.
+//! - Host connects to `<uds_path>` (the device listens there), writes `CONNECT <port>\n`, gets
+//!   `OK <hostport>\n` once the guest accepted, then the stream is bridged to guest port
+//!   `<port>`. If the guest refuses, the host connection is closed.
+//!
+//! Stream sockets only. Credit flow control per the spec in both directions, with bounded
+//! buffers: per connection at most [`BUF_ALLOC`] bytes from the guest waiting for the host
+//! socket (a guest that sends beyond the credit we gave it is reset) and at most
+//! [`TO_GUEST_MAX`] bytes read from the host waiting for guest buffers or credit; at most
+//! [`MAX_CONNECTIONS`] connections.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::util::{add_used, pop, read_config_bytes};
+use crate::worker::FIRST_BACKEND_TOKEN;
+use crate::{
+    device_type, features, Activation, Error, GuestMemory, IrqLine, Result, VirtioDevice, Worker,
+};
+
+pub const QUEUE_SIZE: u16 = 256;
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+pub const EVENT_QUEUE: usize = 2;
+
+/// The host's CID.
+pub const HOST_CID: u64 = 2;
+/// Size of struct virtio_vsock_hdr.
+pub const HDR_LEN: usize = 44;
+/// Largest payload of one packet (the Linux driver's maximum too).
+pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
+/// Our receive buffer per connection (guest -> host bytes not yet written to the host socket),
+/// advertised to the guest as buf_alloc.
+pub const BUF_ALLOC: u32 = 256 * 1024;
+/// Bytes read from a host socket waiting to go to the guest, per connection.
+pub const TO_GUEST_MAX: usize = 64 * 1024;
+pub const MAX_CONNECTIONS: usize = 128;
+/// Host connections still sending their `CONNECT` line.
+pub const MAX_PENDING_HOST: usize = 32;
+/// Control packets waiting for guest rx buffers; beyond this the tx queue is not served until
+/// the guest gives rx buffers (back-pressure instead of unbounded memory).
+pub const MAX_CONTROL_BACKLOG: usize = 1024;
+/// Longest accepted `CONNECT <port>\n` line.
+pub const MAX_CONNECT_LINE: usize = 32;
+/// How long a host connection may take to send its CONNECT line, and the guest to answer a
+/// connection request or finish a shutdown.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const TYPE_STREAM: u16 = 1;
+pub const OP_REQUEST: u16 = 1;
+pub const OP_RESPONSE: u16 = 2;
+pub const OP_RST: u16 = 3;
+pub const OP_SHUTDOWN: u16 = 4;
+pub const OP_RW: u16 = 5;
+pub const OP_CREDIT_UPDATE: u16 = 6;
+pub const OP_CREDIT_REQUEST: u16 = 7;
+pub const SHUTDOWN_RCV: u32 = 1;
+pub const SHUTDOWN_SEND: u32 = 2;
+
+const LISTENER_TOKEN: u64 = FIRST_BACKEND_TOKEN;
+const CONN_TOKEN_BASE: u64 = FIRST_BACKEND_TOKEN + 1;
+
+/// struct virtio_vsock_hdr (little endian on the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub src_cid: u64,
+    pub dst_cid: u64,
+    pub src_port: u32,
+    pub dst_port: u32,
+    pub len: u32,
+    pub type_: u16,
+    pub op: u16,
+    pub flags: u32,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+}
+
+impl Header {
+    pub fn parse(b: &[u8; HDR_LEN]) -> Self {
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        Header {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            type_: u16_at(28),
+            op: u16_at(30),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; HDR_LEN] {
+        let mut b = [0u8; HDR_LEN];
+        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
+        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
+        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
+        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
+        b[24..28].copy_from_slice(&self.len.to_le_bytes());
+        b[28..30].copy_from_slice(&self.type_.to_le_bytes());
+        b[30..32].copy_from_slice(&self.op.to_le_bytes());
+        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
+        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
+        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
+        b
+    }
+}
+
+/// The vsock device: configuration plus the host listener (kept across resets).
+pub struct Vsock {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    queue_sizes: [u16; 3],
+}
+
+impl Vsock {
+    /// Listens on `uds_path` (a stale socket file nobody listens on is replaced) for host
+    /// connections; guest connections go to `<uds_path>_<port>`.
+    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self> {
+        if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
+            return Err(Error::Driver(format!(
+                "guest CID {guest_cid} is reserved or out of range (3..2^32-1)"
+            )));
+        }
+        if uds_path.exists() {
+            if UnixStream::connect(&uds_path).is_ok() {
+                return Err(Error::io(
+                    format!("vsock socket {}", uds_path.display()),
+                    std::io::Error::new(ErrorKind::AddrInUse, "another process listens there"),
+                ));
+            }
+            std::fs::remove_file(&uds_path)
+                .map_err(|e| Error::io(format!("remove stale {}", uds_path.display()), e))?;
+        }
+        let listener = UnixListener::bind(&uds_path)
+            .map_err(|e| Error::io(format!("listen on {}", uds_path.display()), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("nonblocking listener", e))?;
+        Ok(Vsock {
+            guest_cid,
+            uds_path,
+            listener,
+            queue_sizes: [QUEUE_SIZE; 3],
+        })
+    }
+
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    pub fn uds_path(&self) -> &Path {
+        &self.uds_path
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        device_type::VSOCK
+    }
+    fn kind(&self) -> &'static str {
+        "vsock"
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+    fn features(&self) -> u64 {
+        features::VERSION_1
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+    fn activate(&mut self, a: Activation) -> Result<Box<dyn Worker>> {
+        let listener = self
+            .listener
+            .try_clone()
+            .map_err(|e| Error::io("dup the vsock listener", e))?;
+        let mut queues = a.queues.into_iter();
+        let (Some(rxq), Some(txq)) = (queues.next(), queues.next()) else {
+            return Err(Error::Driver("vsock needs rx and tx queues".into()));
+        };
+        // Connections the host opened while the device was not active are served now; drop
+        // nothing here.
+        Ok(Box::new(VsockWorker {
+            mem: a.mem,
+            rxq,
+            txq,
+            irq: a.irq,
+            guest_cid: self.guest_cid,
+            uds_path: self.uds_path.clone(),
+            listener,
+            conns: HashMap::new(),
+            by_key: HashMap::new(),
+            pending: HashMap::new(),
+            ctrl: VecDeque::new(),
+            next_id: 0,
+            next_host_port: 1 << 30,
+            tx_blocked: false,
+            rx_starved: false,
+            pkt: vec![0u8; MAX_PKT_PAYLOAD],
+        }))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Host-initiated: REQUEST sent to the guest, waiting for RESPONSE.
+    Connecting,
+    Established,
+    /// We sent SHUTDOWN(both) after the host closed; waiting for the guest's RST.
+    Closing,
+    /// The guest shut down both directions; we finish writing its data, then RST.
+    Draining,
+}
+
+struct Conn {
+    stream: UnixStream,
+    local_port: u32,
+    peer_port: u32,
+    state: State,
+    deadline: Option<Instant>,
+    /// Peer credit (from the guest's headers).
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Bytes sent to the guest.
+    tx_cnt: u32,
+    /// Guest bytes written to the host socket.
+    fwd_cnt: u32,
+    /// fwd_cnt last told to the guest.
+    last_fwd_sent: u32,
+    /// Bytes for the host: `prefix` control bytes (our "OK ..." line) then guest data.
+    to_host: VecDeque<u8>,
+    prefix: usize,
+    to_guest: VecDeque<u8>,
+    host_eof: bool,
+    /// EPOLLHUP seen: the fd is out of epoll, read in `tick` while there is room.
+    hup: bool,
+    shut_write_done: bool,
+    interest: Option<EventSet>,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, local_port: u32, peer_port: u32, state: State) -> Self {
+        Conn {
+            stream,
+            local_port,
+            peer_port,
+            state,
+            deadline: None,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            tx_cnt: 0,
+            fwd_cnt: 0,
+            last_fwd_sent: 0,
+            to_host: VecDeque::new(),
+            prefix: 0,
+            to_guest: VecDeque::new(),
+            host_eof: false,
+            hup: false,
+            shut_write_done: false,
+            interest: None,
+        }
+    }
+
+    /// Bytes the guest can still receive.
+    fn peer_credit(&self) -> usize {
+        let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        if in_flight > self.peer_buf_alloc {
+            0
+        } else {
+            (self.peer_buf_alloc - in_flight) as usize
+        }
+    }
+
+    fn guest_bytes_queued(&self) -> usize {
+        self.to_host.len() - self.prefix
+    }
+
+    /// Writes what it can of `to_host`. Err: the host socket is broken.
+    fn flush(&mut self) -> std::io::Result<()> {
+        while !self.to_host.is_empty() {
+            let (a, _) = self.to_host.as_slices();
+            match self.stream.write(a) {
+                Ok(0) => return Err(std::io::Error::from(ErrorKind::WriteZero)),
+                Ok(n) => {
+                    let ctl = n.min(self.prefix);
+                    self.prefix -= ctl;
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add((n - ctl) as u32);
+                    self.to_host.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads from the host socket into `to_guest` while there is room. Ok(false) on EOF.
+    fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        while self.to_guest.len() < TO_GUEST_MAX {
+            let room = (TO_GUEST_MAX - self.to_guest.len()).min(buf.len());
+            match self.stream.read(&mut buf[..room]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.to_guest.extend(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A host connection that has not sent its CONNECT line yet.
+struct Pending {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+type Key = (u32, u32); // (local port on the host side, guest port)
+
+struct VsockWorker {
+    mem: GuestMemory,
+    rxq: Queue,
+    txq: Queue,
+    irq: Arc<IrqLine>,
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    conns: HashMap<u64, Conn>,
+    by_key: HashMap<Key, u64>,
+    pending: HashMap<u64, Pending>,
+    /// Control packets for the guest: (key, op, flags).
+    ctrl: VecDeque<(Key, u16, u32)>,
+    next_id: u64,
+    next_host_port: u32,
+    tx_blocked: bool,
+    rx_starved: bool,
+    pkt: Vec<u8>,
+}
+
+impl VsockWorker {
+    fn token(id: u64) -> u64 {
+        CONN_TOKEN_BASE + id
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn send_ctrl(&mut self, key: Key, op: u16, flags: u32) {
+        self.ctrl.push_back((key, op, flags));
+    }
+
+    /// Removes a connection (closing its host socket).
+    fn remove(&mut self, ep: &Epoll, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            self.by_key.remove(&(c.local_port, c.peer_port));
+            if c.interest.is_some() {
+                let _ = ep.ctl(
+                    ControlOperation::Delete,
+                    c.stream.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+            }
+        }
+    }
+
+    /// Resets a connection: RST to the guest, host socket closed.
+    fn reset_conn(&mut self, ep: &Epoll, id: u64) {
+        if let Some(c) = self.conns.get(&id) {
+            let key = (c.local_port, c.peer_port);
+            self.send_ctrl(key, OP_RST, 0);
+        }
+        self.remove(ep, id);
+    }
+
+    fn process_tx(&mut self, ep: &Epoll) -> Result<()> {
+        self.tx_blocked = false;
+        let mem = self.mem.clone();
+        let mut used = false;
+        for _ in 0..self.txq.size() {
+            if self.ctrl.len() >= MAX_CONTROL_BACKLOG {
+                self.tx_blocked = true;
+                break;
+            }
+            let Some(chain) = pop(&mut self.txq, &mem)? else {
+                break;
+            };
+            let head = chain.head_index();
+            let parsed = match chain.reader(&mem) {
+                Ok(mut r) => {
+                    let mut h = [0u8; HDR_LEN];
+                    if r.read_exact(&mut h).is_err() {
+                        tracing::warn!("virtio-vsock: tx packet shorter than its header dropped");
+                        None
+                    } else {
+                        let hdr = Header::parse(&h);
+                        let len = hdr.len as usize;
+                        if len > MAX_PKT_PAYLOAD || len > r.available_bytes() {
+                            tracing::warn!(
+                                len,
+                                available = r.available_bytes(),
+                                "virtio-vsock: tx packet length larger than its buffer or the maximum"
+                            );
+                            Some((hdr, None))
+                        } else if r.read_exact(&mut self.pkt[..len]).is_err() {
+                            Some((hdr, None))
+                        } else {
+                            Some((hdr, Some(len)))
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "virtio-vsock: bad tx descriptors");
+                    None
+                }
+            };
+            add_used(&mut self.txq, &mem, head, 0)?;
+            used = true;
+            match parsed {
+                Some((hdr, Some(len))) => self.handle_packet(ep, &hdr, len),
+                Some((hdr, None)) => {
+                    // Malformed packet on a connection: reset it.
+                    self.protocol_violation(ep, &hdr, "malformed packet");
+                }
+                None => {}
+            }
+        }
+        if used {
+            self.irq.signal_used();
+        }
+        Ok(())
+    }
+
+    fn protocol_violation(&mut self, ep: &Epoll, hdr: &Header, what: &str) {
+        tracing::warn!(
+            src_port = hdr.src_port,
+            dst_port = hdr.dst_port,
+            op = hdr.op,
+            "virtio-vsock: {what}; connection reset"
+        );
+        let key = (hdr.dst_port, hdr.src_port);
+        match self.by_key.get(&key).copied() {
+            Some(id) => self.reset_conn(ep, id),
+            None if hdr.op != OP_RST => self.send_ctrl(key, OP_RST, 0),
+            None => {}
+        }
+    }
+
+    fn handle_packet(&mut self, ep: &Epoll, hdr: &Header, len: usize) {
+        if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
+            tracing::debug!(
+                src_cid = hdr.src_cid,
+                dst_cid = hdr.dst_cid,
+                "virtio-vsock: packet with wrong CIDs dropped"
+            );
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if hdr.type_ != TYPE_STREAM {
+            if hdr.op != OP_RST {
+                self.send_ctrl(key, OP_RST, 0);
+            }
+            return;
+        }
+        let Some(id) = self.by_key.get(&key).copied() else {
+            match hdr.op {
+                OP_REQUEST => self.guest_connect(ep, hdr),
+                OP_RST => {}
+                _ => self.send_ctrl(key, OP_RST, 0),
+            }
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.peer_buf_alloc = hdr.buf_alloc;
+        c.peer_fwd_cnt = hdr.fwd_cnt;
+        match hdr.op {
+            OP_RST => self.remove(ep, id),
+            OP_RESPONSE if c.state == State::Connecting => {
+                c.state = State::Established;
+                c.deadline = None;
+                let line = format!("OK {}\n", c.local_port);
+                for (i, b) in line.bytes().enumerate() {
+                    c.to_host.insert(i, b);
+                }
+                c.prefix += line.len();
+                if c.flush().is_err() {
+                    self.reset_conn(ep, id);
+                }
+            }
+            OP_RW if c.state == State::Established => {
+                if c.guest_bytes_queued() + len > BUF_ALLOC as usize {
+                    self.protocol_violation(ep, hdr, "guest sent more than its credit");
+                    return;
+                }
+                c.to_host.extend(&self.pkt[..len]);
+                if c.flush().is_err() {
+                    self.reset_conn(ep, id);
+                }
+            }
+            OP_SHUTDOWN => {
+                let both = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                if hdr.flags & both == both {
+                    if c.to_host.is_empty() {
+                        self.reset_conn(ep, id);
+                    } else {
+                        c.state = State::Draining;
+                        c.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+                    }
+                } else if hdr.flags & SHUTDOWN_SEND != 0 && c.to_host.is_empty() {
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                    c.shut_write_done = true;
+                }
+            }
+            OP_CREDIT_UPDATE => {}
+            OP_CREDIT_REQUEST => {
+                let k = (c.local_port, c.peer_port);
+                c.last_fwd_sent = c.fwd_cnt;
+                self.send_ctrl(k, OP_CREDIT_UPDATE, 0);
+            }
+            OP_RW if c.state == State::Closing || c.state == State::Draining => {
+                // Data after a shutdown: drop it.
+            }
+            _ => self.protocol_violation(ep, hdr, "unexpected operation for the connection state"),
+        }
+    }
+
+    fn guest_connect(&mut self, ep: &Epoll, hdr: &Header) {
+        let key = (hdr.dst_port, hdr.src_port);
+        if self.conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!("virtio-vsock: too many connections; guest connect refused");
+            self.send_ctrl(key, OP_RST, 0);
+            return;
+        }
+        let mut path: OsString = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", hdr.dst_port));
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(port = hdr.dst_port, error = %e, "virtio-vsock: guest connect refused");
+                self.send_ctrl(key, OP_RST, 0);
+                return;
+            }
+        };
+        let id = self.new_id();
+        let mut c = Conn::new(stream, hdr.dst_port, hdr.src_port, State::Established);
+        c.peer_buf_alloc = hdr.buf_alloc;
+        c.peer_fwd_cnt = hdr.fwd_cnt;
+        self.conns.insert(id, c);
+        self.by_key.insert(key, id);
+        self.send_ctrl(key, OP_RESPONSE, 0);
+        self.update_interest(ep, id);
+    }
+
+    fn accept(&mut self, ep: &Epoll) {
+        for _ in 0..16 {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "virtio-vsock: accept failed");
+                    return;
+                }
+            };
+            if self.pending.len() >= MAX_PENDING_HOST || self.conns.len() >= MAX_CONNECTIONS {
+                tracing::warn!("virtio-vsock: too many host connections; one refused");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let id = self.new_id();
+            if ep
+                .ctl(
+                    ControlOperation::Add,
+                    stream.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, Self::token(id)),
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.pending.insert(
+                id,
+                Pending {
+                    stream,
+                    line: Vec::new(),
+                    deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                },
+            );
+        }
+    }
+
+    /// Reads a pending host connection's CONNECT line.
+    fn pending_readable(&mut self, ep: &Epoll, id: u64) {
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        let mut buf = [0u8; MAX_CONNECT_LINE];
+        let room = MAX_CONNECT_LINE - p.line.len();
+        let n = match p.stream.read(&mut buf[..room]) {
+            Ok(0) => {
+                self.drop_pending(ep, id);
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                return
+            }
+            Err(_) => {
+                self.drop_pending(ep, id);
+                return;
+            }
+        };
+        p.line.extend_from_slice(&buf[..n]);
+        let Some(nl) = p.line.iter().position(|&b| b == b'\n') else {
+            if p.line.len() >= MAX_CONNECT_LINE {
+                tracing::warn!("virtio-vsock: host sent no CONNECT line; closed");
+                self.drop_pending(ep, id);
+            }
+            return;
+        };
+        let port = std::str::from_utf8(&p.line[..nl])
+            .ok()
+            .and_then(|l| l.trim_end_matches('\r').strip_prefix("CONNECT "))
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let rest = p.line[nl + 1..].to_vec();
+        let Some(port) = port else {
+            tracing::warn!("virtio-vsock: malformed CONNECT line from the host; closed");
+            self.drop_pending(ep, id);
+            return;
+        };
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            let _ = ep.ctl(
+                ControlOperation::Delete,
+                p.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            return;
+        }
+        // A host port not in use towards that guest port.
+        let mut local = self.next_host_port;
+        for _ in 0..1024 {
+            local = local.wrapping_add(1).max(1 << 30);
+            if !self.by_key.contains_key(&(local, port)) {
+                break;
+            }
+        }
+        self.next_host_port = local;
+        let mut c = Conn::new(p.stream, local, port, State::Connecting);
+        c.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
+        c.to_guest.extend(rest);
+        // The fd stays registered with its token; interest is recomputed below.
+        c.interest = Some(EventSet::IN);
+        self.conns.insert(id, c);
+        self.by_key.insert((local, port), id);
+        self.send_ctrl((local, port), OP_REQUEST, 0);
+        self.update_interest(ep, id);
+    }
+
+    fn drop_pending(&mut self, ep: &Epoll, id: u64) {
+        if let Some(p) = self.pending.remove(&id) {
+            let _ = ep.ctl(
+                ControlOperation::Delete,
+                p.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+    }
+
+    fn conn_event(&mut self, ep: &Epoll, id: u64, ev: EventSet) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if ev.contains(EventSet::OUT) && c.flush().is_err() {
+            self.reset_conn(ep, id);
+            return;
+        }
+        if ev.contains(EventSet::IN)
+            || ev.contains(EventSet::HANG_UP)
+            || ev.contains(EventSet::ERROR)
+        {
+            self.read_host(ep, id);
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            if (ev.contains(EventSet::HANG_UP) || ev.contains(EventSet::ERROR)) && !c.hup {
+                // Out of epoll (HUP is level-triggered and cannot be masked); `tick` reads
+                // the rest.
+                c.hup = true;
+                if c.interest.take().is_some() {
+                    let _ = ep.ctl(
+                        ControlOperation::Delete,
+                        c.stream.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn read_host(&mut self, ep: &Epoll, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.state != State::Established || c.host_eof {
+            return;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        match c.fill(&mut buf) {
+            Ok(true) => {}
+            Ok(false) => c.host_eof = true,
+            Err(e) => {
+                tracing::debug!(error = %e, "virtio-vsock: host socket error; connection reset");
+                self.reset_conn(ep, id);
+            }
+        }
+    }
+
+    fn update_interest(&mut self, ep: &Epoll, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.hup {
+            return;
+        }
+        let mut want = EventSet::empty();
+        if c.state == State::Established && !c.host_eof && c.to_guest.len() < TO_GUEST_MAX {
+            want |= EventSet::IN;
+        }
+        if !c.to_host.is_empty() {
+            want |= EventSet::OUT;
+        }
+        let fd = c.stream.as_raw_fd();
+        let token = Self::token(id);
+        let res = match c.interest {
+            Some(cur) if cur == want => return,
+            Some(_) => ep.ctl(ControlOperation::Modify, fd, EpollEvent::new(want, token)),
+            None => ep.ctl(ControlOperation::Add, fd, EpollEvent::new(want, token)),
+        };
+        match res {
+            Ok(()) => c.interest = Some(want),
+            Err(e) => {
+                tracing::warn!(error = %e, "virtio-vsock: epoll update failed; connection reset");
+                self.reset_conn(ep, id);
+            }
+        }
+    }
+
+    /// Fills guest rx buffers: control packets first, then data.
+    fn process_rx(&mut self) -> Result<()> {
+        let mem = self.mem.clone();
+        let mut used = false;
+        let mut data_ids: VecDeque<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.state == State::Established && !c.to_guest.is_empty() && c.peer_credit() > 0
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for _ in 0..self.rxq.size() {
+            if self.ctrl.is_empty() && data_ids.is_empty() {
+                break;
+            }
+            let Some(chain) = pop(&mut self.rxq, &mem)? else {
+                self.rx_starved = true;
+                break;
+            };
+            let head = chain.head_index();
+            let mut w = match chain.writer(&mem) {
+                Ok(w) if w.available_bytes() >= HDR_LEN => w,
+                Ok(_) => {
+                    tracing::warn!("virtio-vsock: rx buffer smaller than a header");
+                    add_used(&mut self.rxq, &mem, head, 0)?;
+                    used = true;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "virtio-vsock: bad rx descriptors");
+                    add_used(&mut self.rxq, &mem, head, 0)?;
+                    used = true;
+                    continue;
+                }
+            };
+            let mut written = 0usize;
+            if let Some((key, op, flags)) = self.ctrl.pop_front() {
+                let mut hdr = Header {
+                    src_cid: HOST_CID,
+                    dst_cid: self.guest_cid,
+                    src_port: key.0,
+                    dst_port: key.1,
+                    type_: TYPE_STREAM,
+                    op,
+                    flags,
+                    ..Header::default()
+                };
+                if let Some(c) = self.by_key.get(&key).and_then(|id| self.conns.get_mut(id)) {
+                    hdr.buf_alloc = BUF_ALLOC;
+                    hdr.fwd_cnt = c.fwd_cnt;
+                    c.last_fwd_sent = c.fwd_cnt;
+                }
+                if w.write_all(&hdr.to_bytes()).is_ok() {
+                    written = HDR_LEN;
+                }
+            } else if let Some(id) = data_ids.pop_front() {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    let room = w.available_bytes() - HDR_LEN;
+                    let n = c
+                        .to_guest
+                        .len()
+                        .min(c.peer_credit())
+                        .min(room)
+                        .min(MAX_PKT_PAYLOAD);
+                    let hdr = Header {
+                        src_cid: HOST_CID,
+                        dst_cid: self.guest_cid,
+                        src_port: c.local_port,
+                        dst_port: c.peer_port,
+                        len: n as u32,
+                        type_: TYPE_STREAM,
+                        op: OP_RW,
+                        flags: 0,
+                        buf_alloc: BUF_ALLOC,
+                        fwd_cnt: c.fwd_cnt,
+                    };
+                    let (a, b) = c.to_guest.as_slices();
+                    let first = n.min(a.len());
+                    let ok = w.write_all(&hdr.to_bytes()).is_ok()
+                        && w.write_all(&a[..first]).is_ok()
+                        && w.write_all(&b[..n - first]).is_ok();
+                    if ok {
+                        written = HDR_LEN + n;
+                        c.to_guest.drain(..n);
+                        c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
+                        c.last_fwd_sent = c.fwd_cnt;
+                        if !c.to_guest.is_empty() && c.peer_credit() > 0 {
+                            data_ids.push_back(id);
+                        }
+                    }
+                }
+            }
+            add_used(&mut self.rxq, &mem, head, written as u32)?;
+            used = true;
+        }
+        if used {
+            self.irq.signal_used();
+        }
+        Ok(())
+    }
+
+    /// Housekeeping after events: flushes, credit updates, shutdowns, timeouts, interest.
+    fn housekeeping(&mut self, ep: &Epoll) {
+        let now = Instant::now();
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let key = (c.local_port, c.peer_port);
+            if c.deadline.is_some_and(|d| now >= d) {
+                tracing::debug!(local = key.0, peer = key.1, state = ?c.state, "virtio-vsock: connection timed out");
+                self.reset_conn(ep, id);
+                continue;
+            }
+            if c.hup && c.state == State::Established && !c.host_eof {
+                let mut buf = [0u8; 16 * 1024];
+                match c.fill(&mut buf) {
+                    Ok(true) => {}
+                    Ok(false) => c.host_eof = true,
+                    Err(_) => {
+                        self.reset_conn(ep, id);
+                        continue;
+                    }
+                }
+            }
+            if !c.to_host.is_empty() && c.flush().is_err() {
+                self.reset_conn(ep, id);
+                continue;
+            }
+            if c.state == State::Draining && c.to_host.is_empty() {
+                self.reset_conn(ep, id);
+                continue;
+            }
+            if c.state == State::Established && c.host_eof && c.to_guest.is_empty() {
+                c.state = State::Closing;
+                c.deadline = Some(now + HANDSHAKE_TIMEOUT);
+                self.send_ctrl(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                continue;
+            }
+            if c.state == State::Established
+                && c.fwd_cnt.wrapping_sub(c.last_fwd_sent) >= BUF_ALLOC / 4
+            {
+                c.last_fwd_sent = c.fwd_cnt;
+                self.send_ctrl(key, OP_CREDIT_UPDATE, 0);
+            }
+            self.update_interest(ep, id);
+        }
+        let stale: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stale {
+            tracing::debug!("virtio-vsock: host connection sent no CONNECT line in time; closed");
+            self.drop_pending(ep, id);
+        }
+    }
+}
+
+impl Worker for VsockWorker {
+    fn init(&mut self, ep: &Epoll) -> Result<()> {
+        ep.ctl(
+            ControlOperation::Add,
+            self.listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
+        )
+        .map_err(|e| Error::io("epoll add vsock listener", e))
+    }
+
+    fn queue_notified(&mut self, ep: &Epoll, index: usize) -> Result<()> {
+        match index {
+            RX_QUEUE => {
+                self.rx_starved = false;
+                Ok(())
+            }
+            TX_QUEUE => self.process_tx(ep),
+            _ => Ok(()),
+        }
+    }
+
+    fn backend_event(&mut self, ep: &Epoll, token: u64, events: EventSet) -> Result<()> {
+        if token == LISTENER_TOKEN {
+            self.accept(ep);
+        } else if let Some(id) = token.checked_sub(CONN_TOKEN_BASE) {
+            if self.pending.contains_key(&id) {
+                self.pending_readable(ep, id);
+            } else {
+                self.conn_event(ep, id, events);
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, ep: &Epoll) -> Result<()> {
+        self.housekeeping(ep);
+        if !self.rx_starved {
+            self.process_rx()?;
+        }
+        if self.tx_blocked && self.ctrl.len() < MAX_CONTROL_BACKLOG {
+            self.process_tx(ep)?;
+            if !self.rx_starved {
+                self.process_rx()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        let waiting =
+            !self.pending.is_empty() || self.conns.values().any(|c| c.deadline.is_some() || c.hup);
+        if waiting {
+            200
+        } else {
+            -1
+        }
+    }
+}
+
+/// Connects to a unix socket without blocking (a listener with a full backlog is a refusal,
+/// not a stall of the device).
+fn connect_nonblocking(path: &Path) -> Result<UnixStream> {
+    let fd: OwnedFd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::sys("socket", e))?;
+    let addr = UnixAddr::new(path).map_err(|e| Error::sys("unix socket address", e))?;
+    socket::connect(fd.as_raw_fd(), &addr)
+        .map_err(|e| Error::sys(format!("connect {}", path.display()), e))?;
+    Ok(UnixStream::from(fd))
+}
