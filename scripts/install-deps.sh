@@ -10,6 +10,7 @@ PACKAGES=(
     pkg-config gcc      # -sys crates; gcc also builds the vmm's tiny test guests
     util-linux          # unshare/nsenter for tests and debugging
     procps psmisc       # ps/pkill used by tests to look for orphans
+    acpica-tools        # iasl -d: the vmm test decodes its ACPI tables with ACPICA
     e2fsprogs           # mkfs.ext4 -d: the disk images of VM domains (template root, private, tools)
     kmod                # depmod: modules.dep of the guest kernel, for the VM initramfs
 )

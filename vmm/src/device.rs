@@ -1,11 +1,4 @@
-//! The device interface of the buses.
-//!
-//! Stand-in with exactly the signature of `bulkhead_virtio::MmioDevice` (contract A) until that
-//! crate is in main; then this becomes a re-export.
+//! The device interface of the buses: bulkhead-virtio's `MmioDevice` (contract A), which the
+//! legacy devices here implement too.
 
-/// A device on the MMIO (or port I/O) bus. `offset` is relative to the device's base;
-/// `data.len()` is 1, 2, 4 or 8.
-pub trait MmioDevice: Send {
-    fn read(&mut self, offset: u64, data: &mut [u8]);
-    fn write(&mut self, offset: u64, data: &[u8]);
-}
+pub use bulkhead_virtio::{DeviceContext, Interrupt, MmioDevice};

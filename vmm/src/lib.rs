@@ -6,6 +6,7 @@
 //! console writing to a bounded log, an i8042 whose reset ends the VM, ACPI tables and the
 //! virtio-mmio devices of the spec.
 
+pub mod acpi;
 pub mod arch;
 pub mod boot;
 pub mod bus;

@@ -16,6 +16,7 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::acpi::{self, AcpiError, MmioWindow};
 use crate::arch::{self, ArchError};
 use crate::boot::{self, BootError, ZeroPage};
 use crate::bus::{Bus, BusError};
@@ -51,6 +52,8 @@ pub enum VmError {
     Boot(#[from] BootError),
     #[error(transparent)]
     Arch(#[from] ArchError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
@@ -186,12 +189,15 @@ impl Vm {
         let mmio_devices = 0; // virtio devices: wired in a later step
         let cmdline = boot::build_cmdline(&spec.cmdline, mmio_devices)?;
         let cmdline_len = boot::load_cmdline(&mem, &cmdline)?;
+        let windows: Vec<MmioWindow> = (0..mmio_devices).map(MmioWindow::for_device).collect();
+        let tables = acpi::build(spec.vcpus, &windows)?;
+        tables.write(&mem)?;
         ZeroPage {
             setup_header: kernel.setup_header.clone(),
             cmdline_len,
             initramfs,
             e820: boot::e820_map(mem_size),
-            rsdp: None,
+            rsdp: Some(tables.rsdp_addr()),
         }
         .write(&mem)?;
         arch::write_boot_tables(&mem)?;

@@ -149,3 +149,37 @@ fn two_vcpus_the_ap_starts_through_init_sipi() {
     );
     assert!(out.serial.contains("AP APIC 1 ALIVE"), "{}", out.serial);
 }
+
+#[test]
+fn guest_finds_and_checks_the_acpi_tables() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(&build_guest("acpi"), dir.path());
+    spec.vcpus = 2;
+    let out = run_guest(spec);
+    out.assert_passed();
+    assert_eq!(out.lines_with("MADT LAPICS "), vec!["2"], "{}", out.serial);
+    assert_eq!(out.lines_with("DSDT VIRTIO "), vec!["0"], "{}", out.serial);
+    let flags = out.lines_with("FADT FLAGS 0x");
+    let flags = u32::from_str_radix(&flags[0], 16).unwrap();
+    assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+}
+
+#[test]
+fn acpi_poweroff_ends_the_vm_with_status_0() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_guest(guest_spec(&build_guest("poweroff"), dir.path()));
+    assert!(!out.timed_out, "VM did not end: {}", out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.serial, "POWERING OFF\n");
+    assert!(
+        out.stderr.contains("powered off through ACPI S5"),
+        "{}",
+        out.stderr
+    );
+}

@@ -223,3 +223,96 @@ pub fn run_guest_with(spec: VmSpec, extra_args: &[&str], timeout: Duration) -> G
         timed_out,
     }
 }
+
+/// Debian's cloud kernel (bzImage), fetched once with `apt-get download` and unpacked with
+/// `dpkg-deb` into `$BULKHEAD_TEST_KERNEL_CACHE` (default /var/cache/bulkhead-test/kernel).
+/// `None` (with the reason printed) when apt cannot fetch it.
+pub fn debian_kernel() -> Option<PathBuf> {
+    let cache = std::env::var_os("BULKHEAD_TEST_KERNEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/bulkhead-test/kernel"));
+    let find = |dir: &Path| -> Option<PathBuf> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("vmlinuz-"))
+            })
+    };
+    if let Some(k) = find(&cache) {
+        return Some(k);
+    }
+    let skip = |why: String| {
+        eprintln!("SKIPPED: cannot fetch Debian's cloud kernel: {why}");
+        None
+    };
+    let depends = match Command::new("apt-cache")
+        .args(["depends", "linux-image-cloud-amd64"])
+        .output()
+    {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => return skip(String::from_utf8_lossy(&o.stderr).into_owned()),
+        Err(e) => return skip(format!("apt-cache: {e}")),
+    };
+    let Some(pkg) = depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+    else {
+        return skip(format!(
+            "apt-cache depends named no linux-image package:\n{depends}"
+        ));
+    };
+    let work = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return skip(format!("tempdir: {e}")),
+    };
+    let dl = Command::new("apt-get")
+        .args(["download", "-q", pkg])
+        .current_dir(work.path())
+        .output();
+    match dl {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return skip(format!(
+                "apt-get download {pkg}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ))
+        }
+        Err(e) => return skip(format!("apt-get: {e}")),
+    }
+    let Some(deb) = std::fs::read_dir(work.path()).ok().and_then(|mut d| {
+        d.find_map(|e| {
+            e.ok()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        })
+    }) else {
+        return skip("apt-get download produced no .deb".into());
+    };
+    let root = work.path().join("root");
+    match Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => return skip(format!("dpkg-deb -x: {other:?}")),
+    }
+    let Some(k) = find(&root.join("boot")) else {
+        return skip(format!("{pkg} has no /boot/vmlinuz-*"));
+    };
+    if let Err(e) = std::fs::create_dir_all(&cache) {
+        return skip(format!("creating {}: {e}", cache.display()));
+    }
+    let name = k.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let tmp = cache.join(format!(".{}.tmp", std::process::id()));
+    if let Err(e) = std::fs::copy(&k, &tmp).and_then(|_| std::fs::rename(&tmp, cache.join(&name))) {
+        return skip(format!("caching the kernel: {e}"));
+    }
+    find(&cache)
+}
