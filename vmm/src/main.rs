@@ -55,6 +55,7 @@ fn run(spec: PathBuf, ready_fd: Option<RawFd>, boot_timer_fd: Option<RawFd>) -> 
     let opts = bulkhead_vmm::RunOptions {
         ready_fd: take_fd(ready_fd, "ready-fd")?,
         boot_timer_fd: take_fd(boot_timer_fd, "boot-timer-fd")?,
+        device_filter: None,
     };
     let spec = bulkhead_vmm::VmSpec::from_file(&spec)?;
     let vm = bulkhead_vmm::Vm::new(&spec, opts)

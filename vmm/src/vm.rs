@@ -16,10 +16,11 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::acpi::{self, AcpiError, MmioWindow};
+use crate::acpi::{self, AcpiError};
 use crate::arch::{self, ArchError};
 use crate::boot::{self, BootError, ZeroPage};
 use crate::bus::{Bus, BusError};
+use crate::devices::{self, DeviceError};
 use crate::layout::*;
 use crate::legacy::{
     AcpiSleep, IrqTrigger, PostPort, SerialDevice, SerialIrq, StopReason, StopSignal, I8042,
@@ -55,6 +56,8 @@ pub enum VmError {
     #[error(transparent)]
     Acpi(#[from] AcpiError),
     #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
     Log(#[from] LogError),
@@ -84,6 +87,8 @@ pub struct RunOptions {
     pub ready_fd: Option<OwnedFd>,
     /// Gets the guest's first byte written to port 0x80 (`--boot-timer-fd`).
     pub boot_timer_fd: Option<OwnedFd>,
+    /// Seccomp program every virtio device worker thread installs first.
+    pub device_filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 /// How a VM ended without a monitor error.
@@ -180,38 +185,15 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
-        // Kernel, initramfs, command line, zero page, boot tables.
-        let kernel = boot::load_kernel(&mem, &spec.kernel)?;
-        let initramfs = match &spec.initramfs {
-            Some(p) => Some(boot::load_initramfs(&mem, p, &kernel)?),
-            None => None,
-        };
-        let mmio_devices = 0; // virtio devices: wired in a later step
-        let cmdline = boot::build_cmdline(&spec.cmdline, mmio_devices)?;
-        let cmdline_len = boot::load_cmdline(&mem, &cmdline)?;
-        let windows: Vec<MmioWindow> = (0..mmio_devices).map(MmioWindow::for_device).collect();
-        let tables = acpi::build(spec.vcpus, &windows)?;
-        tables.write(&mem)?;
-        ZeroPage {
-            setup_header: kernel.setup_header.clone(),
-            cmdline_len,
-            initramfs,
-            e820: boot::e820_map(mem_size),
-            rsdp: Some(tables.rsdp_addr()),
-        }
-        .write(&mem)?;
-        arch::write_boot_tables(&mem)?;
-        tracing::debug!(
-            entry = format_args!("{:#x}", kernel.entry),
-            format = ?kernel.format,
-            "kernel loaded"
-        );
-
         // Devices.
         let stop = Arc::new(StopSignal::new().map_err(io_err("creating the stop eventfd"))?);
         let mut eventfds = Vec::new();
         let mut pio = Bus::new("pio");
-        let mmio = Bus::new("mmio");
+        let mut mmio = Bus::new("mmio");
+        let opened = devices::open_devices(spec)?;
+        let mut wired =
+            devices::wire_devices(opened, &vm_fd, &mem, &mut mmio, opts.device_filter.clone())?;
+        eventfds.extend(wired.eventfds.drain(..));
 
         let serial_evt = EventFd::new(libc::EFD_CLOEXEC).map_err(io_err("serial eventfd"))?;
         vm_fd
@@ -240,6 +222,31 @@ impl Vm {
             2,
             Arc::new(Mutex::new(AcpiSleep::new(stop.clone()))),
         )?;
+
+        // Kernel, initramfs, command line, zero page, boot tables.
+        let kernel = boot::load_kernel(&mem, &spec.kernel)?;
+        let initramfs = match &spec.initramfs {
+            Some(p) => Some(boot::load_initramfs(&mem, p, &kernel)?),
+            None => None,
+        };
+        let cmdline = boot::build_cmdline(&spec.cmdline, wired.windows.len())?;
+        let cmdline_len = boot::load_cmdline(&mem, &cmdline)?;
+        let tables = acpi::build(spec.vcpus, &wired.windows)?;
+        tables.write(&mem)?;
+        ZeroPage {
+            setup_header: kernel.setup_header.clone(),
+            cmdline_len,
+            initramfs,
+            e820: boot::e820_map(mem_size),
+            rsdp: Some(tables.rsdp_addr()),
+        }
+        .write(&mem)?;
+        arch::write_boot_tables(&mem)?;
+        tracing::debug!(
+            entry = format_args!("{:#x}", kernel.entry),
+            format = ?kernel.format,
+            "kernel loaded"
+        );
 
         // vCPUs.
         let supported = arch::supported_cpuid(&kvm)?;

@@ -1,0 +1,230 @@
+//! The virtio-mmio devices of a spec (bulkhead-virtio), in the order disks, vsock, net, rng:
+//! device i at `0xd000_0000 + i * 0x1000`, GSI `5 + i`, interrupts through KVM irqfds and queue
+//! notifications through KVM ioeventfds on QueueNotify (datamatch = queue index).
+//!
+//! Every host resource (disk files, the vsock listener, the tap) is opened here, before the
+//! process confines itself.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bulkhead_virtio::{
+    Block, DeviceContext, Interrupt, MmioTransport, Net, Rng, VirtioDevice, Vsock,
+};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::MmioWindow;
+use crate::bus::Bus;
+use crate::spec::VmSpec;
+use crate::GuestMemory;
+
+/// Offset of the virtio-mmio QueueNotify register.
+const QUEUE_NOTIFY: u64 = 0x50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("opening disk {path}: {source}")]
+    OpenDisk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("disk {path}: {source}")]
+    Block {
+        path: PathBuf,
+        source: bulkhead_virtio::Error,
+    },
+    #[error("vsock on {path}: {source}")]
+    Vsock {
+        path: PathBuf,
+        source: bulkhead_virtio::Error,
+    },
+    #[error("opening tap {name}: {source}")]
+    Tap {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("net device on tap {name}: {source}")]
+    Net {
+        name: String,
+        source: bulkhead_virtio::Error,
+    },
+    #[error("virtio-mmio transport for device {index}: {source}")]
+    Transport {
+        index: usize,
+        source: bulkhead_virtio::Error,
+    },
+    #[error("device {index} interrupt eventfd: {source}")]
+    EventFd {
+        index: usize,
+        source: std::io::Error,
+    },
+    #[error("KVM_IRQFD for device {index} (GSI {gsi}): {source}")]
+    Irqfd {
+        index: usize,
+        gsi: u32,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+}
+
+/// A device's interrupt: an eventfd KVM injects as an edge on the device's GSI.
+struct IrqFd(EventFd);
+
+impl Interrupt for IrqFd {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The devices of a spec, opened but not yet on a bus.
+pub struct OpenedDevices {
+    pub devices: Vec<(String, Box<dyn VirtioDevice>)>,
+}
+
+/// Opens every host resource the spec's devices need and builds the device models.
+pub fn open_devices(spec: &VmSpec) -> Result<OpenedDevices, DeviceError> {
+    let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for d in &spec.disks {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&d.path)
+            .map_err(|source| DeviceError::OpenDisk {
+                path: d.path.clone(),
+                source,
+            })?;
+        let blk = Block::new(file, d.read_only).map_err(|source| DeviceError::Block {
+            path: d.path.clone(),
+            source,
+        })?;
+        devices.push((format!("block {}", d.path.display()), Box::new(blk)));
+    }
+    if let Some(v) = &spec.vsock {
+        let dev =
+            Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|source| DeviceError::Vsock {
+                path: v.uds_path.clone(),
+                source,
+            })?;
+        devices.push((format!("vsock cid {}", v.guest_cid), Box::new(dev)));
+    }
+    if let Some(n) = &spec.net {
+        let tap = open_tap(&n.tap).map_err(|source| DeviceError::Tap {
+            name: n.tap.clone(),
+            source,
+        })?;
+        let dev = Net::new(tap, n.mac).map_err(|source| DeviceError::Net {
+            name: n.tap.clone(),
+            source,
+        })?;
+        devices.push((format!("net {}", n.tap), Box::new(dev)));
+    }
+    if spec.rng {
+        devices.push(("rng".into(), Box::new(Rng::new())));
+    }
+    Ok(OpenedDevices { devices })
+}
+
+nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+
+/// Opens the existing tap `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
+pub fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "interface name must be 1..15 bytes",
+        ));
+    }
+    let tun: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF reads (and updates) one ifreq through the pointer, which points to a
+    // live, NUL-terminated (name shorter than IFNAMSIZ) local; the fd is a tun fd we own.
+    unsafe { tun_set_iff(tun.as_raw_fd(), &req) }.map_err(std::io::Error::from)?;
+    Ok(OwnedFd::from(tun))
+}
+
+/// What wiring the devices produced.
+pub struct WiredDevices {
+    /// The windows in device order (for the command line and the DSDT).
+    pub windows: Vec<MmioWindow>,
+    /// The irqfd and ioeventfd eventfds KVM holds; kept for the VM's life.
+    pub eventfds: Vec<EventFd>,
+    /// How many queue notifications go through KVM ioeventfds (0 if KVM refused them).
+    pub ioeventfds: usize,
+}
+
+/// Puts each device behind a virtio-mmio transport on `mmio` at its window, with an irqfd and
+/// ioeventfds. `thread_filter` is the seccomp program each device worker installs.
+pub fn wire_devices(
+    opened: OpenedDevices,
+    vm_fd: &VmFd,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    thread_filter: Option<Arc<seccompiler::BpfProgram>>,
+) -> Result<WiredDevices, DeviceError> {
+    let mut wired = WiredDevices {
+        windows: Vec::new(),
+        eventfds: Vec::new(),
+        ioeventfds: 0,
+    };
+    for (index, (what, dev)) in opened.devices.into_iter().enumerate() {
+        let w = MmioWindow::for_device(index);
+        let evt = EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)
+            .map_err(|source| DeviceError::EventFd { index, source })?;
+        vm_fd
+            .register_irqfd(&evt, w.gsi)
+            .map_err(|source| DeviceError::Irqfd {
+                index,
+                gsi: w.gsi,
+                source,
+            })?;
+        let irq = IrqFd(
+            evt.try_clone()
+                .map_err(|source| DeviceError::EventFd { index, source })?,
+        );
+        wired.eventfds.push(evt);
+        let ctx = DeviceContext {
+            mem: mem.clone(),
+            irq: Arc::new(irq),
+            thread_filter: thread_filter.clone(),
+        };
+        let transport = MmioTransport::new(dev, ctx)
+            .map_err(|source| DeviceError::Transport { index, source })?;
+        for (queue, qevt) in transport.queue_events() {
+            let addr = IoEventAddress::Mmio(w.base + QUEUE_NOTIFY);
+            match vm_fd.register_ioevent(qevt, &addr, queue) {
+                Ok(()) => wired.ioeventfds += 1,
+                Err(e) => tracing::warn!(
+                    device = index,
+                    queue,
+                    "KVM_IOEVENTFD refused ({e}); QueueNotify goes through the MMIO exit"
+                ),
+            }
+        }
+        mmio.insert(w.base, w.size, Arc::new(Mutex::new(transport)))?;
+        tracing::debug!(
+            device = index,
+            %what,
+            base = format_args!("{:#x}", w.base),
+            gsi = w.gsi,
+            "virtio-mmio device"
+        );
+        wired.windows.push(w);
+    }
+    Ok(wired)
+}
