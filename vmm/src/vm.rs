@@ -193,7 +193,7 @@ impl Vm {
         let opened = devices::open_devices(spec)?;
         let mut wired =
             devices::wire_devices(opened, &vm_fd, &mem, &mut mmio, opts.device_filter.clone())?;
-        eventfds.extend(wired.eventfds.drain(..));
+        eventfds.append(&mut wired.eventfds);
 
         let serial_evt = EventFd::new(libc::EFD_CLOEXEC).map_err(io_err("serial eventfd"))?;
         vm_fd
