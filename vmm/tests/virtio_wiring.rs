@@ -97,3 +97,16 @@ fn a_missing_disk_is_an_error_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stderr.contains("absent.img"), "{}", out.stderr);
 }
+
+#[test]
+fn rng_request_through_ioeventfd_and_interrupt_through_irqfd_and_ioapic() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(&build_guest("virtio_rng_irq"), dir.path());
+    spec.rng = true;
+    let out = run_guest(spec);
+    out.assert_passed();
+    assert_eq!(out.lines_with("USED LEN "), vec!["64"], "{}", out.serial);
+}
