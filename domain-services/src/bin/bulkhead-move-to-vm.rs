@@ -1,0 +1,25 @@
+//! `bulkhead-move-to-vm`: Moves files and directories to another domain's ~/Incoming/<this domain>/.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "bulkhead-move-to-vm",
+    version,
+    about = "Moves files and directories to another domain's ~/Incoming/<this domain>/."
+)]
+struct Args {
+    /// Target domain (a name, or a policy token such as @default or @dispvm).
+    vm: String,
+    /// Files and directories to send.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    bulkhead_services::init_logging();
+    let args = Args::parse();
+    bulkhead_services::client::copy_command("bulkhead-move-to-vm", &args.vm, &args.files, true)
+}
