@@ -7,7 +7,9 @@
 //! - the launcher, which creates the cgroup, clones the domain init into new user, mount, pid,
 //!   net, uts, ipc and cgroup namespaces, maps root inside to a host uid range of its own
 //!   (`UID_BASE + slot * 65536`), assembles the root inside the child's mount namespace
-//!   (idmapped read-only template under an overlay, idmapped private volume at /home, tmpfs
+//!   (idmapped read-only template under an overlay, idmapped private volume at /home with
+//!   /home/user/Incoming bound again noexec,nosuid,nodev (created 0700 with the user's ids if
+//!   missing; a symlink there refuses the start), tmpfs
 //!   with nosuid/nodev/noexec, minimal /dev), and lets the child pivot_root, drop every
 //!   capability but the three an init needs, set no_new_privs, install the seccomp filter and
 //!   exec the init. No mount ever happens in the host mount namespace.

@@ -112,6 +112,38 @@ fn bind_with_attrs(
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
     .map_err(|e| err(step, format!("open_tree({}): {e}", src.display())))?;
+    attach_tree(step, tree, &src.display().to_string(), dst, attrs, userns)
+}
+
+/// Like [`bind_with_attrs`] for a directory already opened (symlink-safely) by the caller.
+fn bind_fd_with_attrs(
+    step: &str,
+    src: BorrowedFd<'_>,
+    what: &str,
+    dst: Target<'_>,
+    attrs: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> StepResult<()> {
+    let tree: OwnedFd = rustix::mount::open_tree(
+        src,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| err(step, format!("open_tree({what}): {e}")))?;
+    attach_tree(step, tree, what, dst, attrs, userns)
+}
+
+/// Sets the attributes of a detached tree and attaches it at `dst`.
+fn attach_tree(
+    step: &str,
+    tree: OwnedFd,
+    what: &str,
+    dst: Target<'_>,
+    attrs: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> StepResult<()> {
     let mut all = attrs;
     if userns.is_some() {
         all |= libc::MOUNT_ATTR_IDMAP;
@@ -121,8 +153,7 @@ fn bind_with_attrs(
             err(
                 step,
                 format!(
-                    "mount_setattr({}, attrs {all:#x}{}): {e}",
-                    src.display(),
+                    "mount_setattr({what}, attrs {all:#x}{}): {e}",
                     if userns.is_some() {
                         ", idmapped: the filesystem must support idmapped mounts"
                     } else {
@@ -151,10 +182,55 @@ fn bind_with_attrs(
     moved.map_err(|e| {
         err(
             step,
-            format!("move_mount({} -> {}): {e}", src.display(), dst.describe()),
+            format!("move_mount({what} -> {}): {e}", dst.describe()),
         )
     })?;
     Ok(())
+}
+
+/// Opens (creating if missing) `user/Incoming` in the private volume on the host side,
+/// without following symlinks, owned like `user` and mode 0700. `None` when the volume has
+/// no `user` home (nothing to protect).
+fn incoming_dir(private_dir: &Path) -> StepResult<Option<OwnedFd>> {
+    const STEP: &str = "mount:incoming";
+    let private = Root::open(private_dir).map_err(|e| err(STEP, e.message))?;
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY;
+    let refuse = |what: &str, e: rustix::io::Errno| {
+        err(
+            STEP,
+            format!(
+                "{what} in the private volume {} cannot be used ({e}); it must be a real \
+                 directory, not a symlink",
+                private_dir.display()
+            ),
+        )
+    };
+    let user = match Root::open_at(private.fd.as_fd(), "user", dir_flags) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(refuse("user", e)),
+    };
+    let st = rustix::fs::fstat(&user).map_err(|e| err(STEP, format!("stat user: {e}")))?;
+    let incoming = match Root::open_at(user.as_fd(), "Incoming", dir_flags) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => {
+            rustix::fs::mkdirat(&user, "Incoming", Mode::from_raw_mode(0o700))
+                .map_err(|e| err(STEP, format!("mkdir user/Incoming: {e}")))?;
+            let fd = Root::open_at(user.as_fd(), "Incoming", dir_flags)
+                .map_err(|e| refuse("user/Incoming", e))?;
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            )
+            .map_err(|e| err(STEP, format!("chown user/Incoming: {e}")))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))
+                .map_err(|e| err(STEP, format!("chmod user/Incoming: {e}")))?;
+            fd
+        }
+        Err(e) => return Err(refuse("user/Incoming", e)),
+    };
+    Ok(Some(incoming))
 }
 
 fn mount_fs(
@@ -373,6 +449,21 @@ pub(crate) fn assemble(
         libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
         Some(userns),
     )?;
+
+    // ~/Incoming of the default user (where files from other domains land): its own
+    // idmapped bind with noexec, nosuid and nodev. Made on the host side first (a mkdir
+    // through the idmapped /home would need the launcher's uid in the domain's range).
+    if let Some(incoming) = incoming_dir(&spec.private_dir)? {
+        let target = root_dir.ensure_dir("mount:incoming", "home/user/Incoming", base, 0o700)?;
+        bind_fd_with_attrs(
+            "mount:incoming",
+            incoming.as_fd(),
+            "user/Incoming of the private volume",
+            Target::Fd(target.as_fd(), "home/user/Incoming"),
+            libc::MOUNT_ATTR_NOEXEC | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+            Some(userns),
+        )?;
+    }
 
     // Guest tools, read-only.
     let tools = root_dir.ensure_dir("mount:guest-tools", "usr/lib/bulkhead", base, 0o755)?;

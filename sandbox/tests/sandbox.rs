@@ -931,3 +931,97 @@ fn log_stays_bounded_and_the_writer_lives_in_the_domain_cgroup() {
     rec.cleanup().expect("cleanup");
     assert!(!rec.cgroup.exists());
 }
+
+/// ~/Incoming (where files from other domains land) is created in the private volume with
+/// the user's ownership and mounted noexec,nosuid,nodev: a program copied there cannot run,
+/// the same program in the home can.
+#[test]
+fn incoming_is_created_and_mounted_noexec() {
+    require_host!();
+    let fx = Fixture::new("bh-test-incoming", 4013);
+    let root = fx.path("root");
+    for bin in ["/usr/bin/setpriv", "/bin/chmod"] {
+        copy_with_libs(Path::new(bin), &root);
+    }
+    let script = "setpriv --reuid=1000 --regid=1000 --clear-groups /bin/sh -c '\
+        cat /bin/cat > $HOME/Incoming/prog && chmod 755 $HOME/Incoming/prog && \
+        if $HOME/Incoming/prog /etc/template-marker; then echo INCOMING-EXEC-WORKED; \
+        else echo INCOMING-EXEC-REFUSED; fi; \
+        cat /bin/cat > $HOME/prog && chmod 755 $HOME/prog && \
+        $HOME/prog /etc/template-marker >/dev/null && echo HOME-EXEC-WORKED'; \
+        while read -r line; do case \"$line\" in *' /home/user/Incoming '*) echo \"MOUNT $line\";; esac; \
+        done </proc/self/mountinfo; echo DONE";
+    let mut spec = fx.spec(&["/bin/sh", "-c", script]);
+    spec.init = vec![
+        "/usr/bin/env".into(),
+        "HOME=/home/user".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+    ];
+    copy_with_libs(Path::new("/usr/bin/env"), &root);
+    let rec = start(&spec, &launcher()).expect("start");
+    let status = wait_exit(&rec, Duration::from_secs(60));
+    let log = fx.log();
+    rec.cleanup().expect("cleanup");
+    assert_eq!(
+        status,
+        WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0),
+        "{log}"
+    );
+    assert!(log.contains("DONE"), "{log}");
+    assert!(
+        log.contains("HOME-EXEC-WORKED"),
+        "control: exec from home works\n{log}"
+    );
+    assert!(log.contains("INCOMING-EXEC-REFUSED"), "{log}");
+    assert!(!log.contains("INCOMING-EXEC-WORKED"), "{log}");
+    let mount = log
+        .lines()
+        .find(|l| l.starts_with("MOUNT "))
+        .unwrap_or_else(|| panic!("no mount at /home/user/Incoming:\n{log}"));
+    let opts = mount.split_whitespace().nth(6).unwrap_or_default();
+    for flag in ["nosuid", "nodev", "noexec"] {
+        assert!(
+            opts.split(',').any(|o| o == flag),
+            "{flag} missing: {mount}"
+        );
+    }
+    // created on the host side with the user's (canonical) ids, private to the user
+    let m = fs::symlink_metadata(fx.path("private/user/Incoming")).expect("Incoming on disk");
+    assert!(m.is_dir());
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o700));
+    let prog = fs::metadata(fx.path("private/user/Incoming/prog")).expect("written inside");
+    assert_eq!(prog.uid(), 1000);
+    assert!(fx.host_mounts().is_empty());
+}
+
+/// A private volume whose user/Incoming is a symlink (planted by the domain itself) must not
+/// make the launcher bind a host directory: the start fails naming the step.
+#[test]
+fn a_symlinked_incoming_in_the_private_volume_is_refused() {
+    require_host!();
+    let fx = Fixture::new("bh-test-incoming-link", 4014);
+    let host_dir = fx.path("host-dir");
+    fs::create_dir_all(&host_dir).expect("mkdir");
+    std::os::unix::fs::symlink(&host_dir, fx.path("private/user/Incoming")).expect("symlink");
+    let before = fx.host_mounts();
+    let err = start(
+        &fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]),
+        &launcher(),
+    )
+    .expect_err("a symlinked Incoming must refuse the start");
+    match &err {
+        SandboxError::Launch { step, message, .. } => {
+            assert_eq!(step, "mount:incoming", "{err}");
+            assert!(
+                message.contains("user/Incoming") && message.contains("symlink"),
+                "{message}"
+            );
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert_eq!(fx.host_mounts(), before);
+    assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
+    assert!(scratch_is_empty(&fx), "scratch left");
+}
