@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bulkhead_vmm::confine;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -51,20 +52,30 @@ fn take_fd(fd: Option<RawFd>, what: &str) -> anyhow::Result<Option<OwnedFd>> {
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-fn run(spec: PathBuf, ready_fd: Option<RawFd>, boot_timer_fd: Option<RawFd>) -> anyhow::Result<()> {
-    let opts = bulkhead_vmm::RunOptions {
+fn run(spec: PathBuf, ready_fd: Option<RawFd>, boot_timer_fd: Option<RawFd>) -> anyhow::Result<u8> {
+    let spec = bulkhead_vmm::VmSpec::from_file(&spec)?;
+    let mut opts = bulkhead_vmm::RunOptions {
         ready_fd: take_fd(ready_fd, "ready-fd")?,
         boot_timer_fd: take_fd(boot_timer_fd, "boot-timer-fd")?,
-        device_filter: None,
+        seccomp: None,
     };
-    let spec = bulkhead_vmm::VmSpec::from_file(&spec)?;
+    if let Some(c) = &spec.confine {
+        match confine::enter_pid_namespace(c).context("confining the VMM (PID namespace)")? {
+            confine::PidNamespace::ParentExit(code) => return Ok(code),
+            confine::PidNamespace::Child => {}
+        }
+        opts.seccomp = Some(bulkhead_vmm::seccomp::filters()?);
+    }
     let vm = bulkhead_vmm::Vm::new(&spec, opts)
         .with_context(|| format!("setting up VM {}", spec.name))?;
+    if let Some(c) = &spec.confine {
+        confine::confine(c, &confine::kept_dirs(&spec)).context("confining the VMM")?;
+    }
     let exit = vm
         .run()
         .with_context(|| format!("running VM {}", spec.name))?;
     tracing::info!(vm = %spec.name, ?exit, "VM ended");
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -102,7 +113,7 @@ fn main() -> ExitCode {
             ready_fd,
             boot_timer_fd,
         } => match run(spec, ready_fd, boot_timer_fd) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("bulkhead-vmm: {e:#}");
                 ExitCode::from(1)

@@ -25,6 +25,7 @@ use crate::layout::*;
 use crate::legacy::{
     AcpiSleep, IrqTrigger, PostPort, SerialDevice, SerialIrq, StopReason, StopSignal, I8042,
 };
+use crate::seccomp::{self, Filters, SeccompError};
 use crate::serial_log::{BoundedLog, LogError};
 use crate::spec::VmSpec;
 use crate::GuestMemory;
@@ -58,6 +59,8 @@ pub enum VmError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
     Log(#[from] LogError),
@@ -87,8 +90,8 @@ pub struct RunOptions {
     pub ready_fd: Option<OwnedFd>,
     /// Gets the guest's first byte written to port 0x80 (`--boot-timer-fd`).
     pub boot_timer_fd: Option<OwnedFd>,
-    /// Seccomp program every virtio device worker thread installs first.
-    pub device_filter: Option<Arc<seccompiler::BpfProgram>>,
+    /// Seccomp filters per thread kind; `None` runs unfiltered (tests without confinement).
+    pub seccomp: Option<Filters>,
 }
 
 /// How a VM ended without a monitor error.
@@ -112,6 +115,7 @@ pub struct Vm {
     mmio: Arc<Bus>,
     stop: Arc<StopSignal>,
     ready_fd: Option<OwnedFd>,
+    seccomp: Option<Filters>,
     name: String,
     /// Every irqfd / ioeventfd registered with KVM (kept open for the VM's life).
     _eventfds: Vec<EventFd>,
@@ -191,8 +195,13 @@ impl Vm {
         let mut pio = Bus::new("pio");
         let mut mmio = Bus::new("mmio");
         let opened = devices::open_devices(spec)?;
-        let mut wired =
-            devices::wire_devices(opened, &vm_fd, &mem, &mut mmio, opts.device_filter.clone())?;
+        let mut wired = devices::wire_devices(
+            opened,
+            &vm_fd,
+            &mem,
+            &mut mmio,
+            opts.seccomp.as_ref().map(|f| f.device.clone()),
+        )?;
         eventfds.append(&mut wired.eventfds);
 
         let serial_evt = EventFd::new(libc::EFD_CLOEXEC).map_err(io_err("serial eventfd"))?;
@@ -268,6 +277,7 @@ impl Vm {
             mmio: Arc::new(mmio),
             stop,
             ready_fd: opts.ready_fd,
+            seccomp: opts.seccomp,
             name: spec.name.clone(),
             _eventfds: eventfds,
         })
@@ -301,6 +311,7 @@ impl Vm {
                 mmio: self.mmio.clone(),
                 stop: self.stop.clone(),
                 failure: failure.clone(),
+                filter: self.seccomp.as_ref().map(|f| f.vcpu.clone()),
             };
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
@@ -322,6 +333,13 @@ impl Vm {
             }
         }
         tracing::info!(vm = %self.name, "running");
+        if let Some(f) = &self.seccomp {
+            if let Err(e) = seccomp::apply("control", &f.control) {
+                self.stop.stop(StopReason::Error);
+                stop_threads(threads);
+                return Err(e.into());
+            }
+        }
         let waited = self.stop.wait();
         stop_threads(threads);
         waited.map_err(io_err("waiting for the VM to stop"))?;
@@ -364,6 +382,7 @@ struct VcpuContext {
     mmio: Arc<Bus>,
     stop: Arc<StopSignal>,
     failure: Arc<Mutex<Option<(u8, String)>>>,
+    filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 impl VcpuContext {
@@ -377,6 +396,12 @@ impl VcpuContext {
     }
 
     fn run(self, mut vcpu: VcpuFd) {
+        if let Some(f) = &self.filter {
+            if let Err(e) = seccomp::apply("vcpu", f) {
+                self.fail(e.to_string());
+                return;
+            }
+        }
         while !self.stop.requested() {
             match vcpu.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
