@@ -59,11 +59,19 @@ impl Net {
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(tap.as_raw_fd(), FcntlArg::F_SETFL(flags))
             .map_err(|e| Error::sys("F_SETFL on the tap", e))?;
-        Ok(Net {
-            tap,
+        Ok(Self::from_frames_fd(tap, mac))
+    }
+
+    /// Uses `fd` as the tap without any tap setup: every read and write of `fd` must carry one
+    /// frame with its 12-byte header (a nonblocking `SOCK_SEQPACKET` socket works). For tests
+    /// and fuzzing.
+    #[doc(hidden)]
+    pub fn from_frames_fd(fd: OwnedFd, mac: [u8; 6]) -> Self {
+        Net {
+            tap: fd,
             mac,
             queue_sizes: [QUEUE_SIZE; 2],
-        })
+        }
     }
 }
 
