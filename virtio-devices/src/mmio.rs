@@ -213,6 +213,15 @@ impl MmioTransport {
             return;
         }
         let old = self.status;
+        if value & old != old {
+            tracing::warn!(
+                device = self.device.kind(),
+                old,
+                value,
+                "virtio-mmio: driver cleared status bits without a reset; ignored"
+            );
+            return;
+        }
         let mut new = value & 0xff;
         if new & status::FEATURES_OK != 0 && old & status::FEATURES_OK == 0 {
             let offered = self.device_features();
