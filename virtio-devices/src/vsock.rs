@@ -257,6 +257,11 @@ struct Conn {
     prefix: usize,
     to_guest: VecDeque<u8>,
     host_eof: bool,
+    /// The guest will send no more (SHUTDOWN SEND): the host socket's write side is shut once
+    /// the buffered data is written.
+    guest_shut_send: bool,
+    /// The guest will receive no more (SHUTDOWN RCV): host data is no longer read.
+    guest_shut_rcv: bool,
     /// EPOLLHUP seen: the fd is out of epoll, read in `tick` while there is room.
     hup: bool,
     shut_write_done: bool,
@@ -280,6 +285,8 @@ impl Conn {
             prefix: 0,
             to_guest: VecDeque::new(),
             host_eof: false,
+            guest_shut_send: false,
+            guest_shut_rcv: false,
             hup: false,
             shut_write_done: false,
             interest: None,
@@ -518,6 +525,9 @@ impl VsockWorker {
                     self.reset_conn(ep, id);
                 }
             }
+            OP_RW if c.state == State::Established && c.guest_shut_send => {
+                self.protocol_violation(ep, hdr, "data after the guest's SHUTDOWN SEND");
+            }
             OP_RW if c.state == State::Established => {
                 if c.guest_bytes_queued() + len > BUF_ALLOC as usize {
                     self.protocol_violation(ep, hdr, "guest sent more than its credit");
@@ -537,9 +547,12 @@ impl VsockWorker {
                         c.state = State::Draining;
                         c.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
                     }
-                } else if hdr.flags & SHUTDOWN_SEND != 0 && c.to_host.is_empty() {
-                    let _ = c.stream.shutdown(Shutdown::Write);
-                    c.shut_write_done = true;
+                } else {
+                    c.guest_shut_send |= hdr.flags & SHUTDOWN_SEND != 0;
+                    if hdr.flags & SHUTDOWN_RCV != 0 {
+                        c.guest_shut_rcv = true;
+                        c.to_guest.clear();
+                    }
                 }
             }
             OP_CREDIT_UPDATE => {}
@@ -735,7 +748,7 @@ impl VsockWorker {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.state != State::Established || c.host_eof {
+        if c.state != State::Established || c.host_eof || c.guest_shut_rcv {
             return;
         }
         let mut buf = [0u8; 16 * 1024];
@@ -757,7 +770,11 @@ impl VsockWorker {
             return;
         }
         let mut want = EventSet::empty();
-        if c.state == State::Established && !c.host_eof && c.to_guest.len() < TO_GUEST_MAX {
+        if c.state == State::Established
+            && !c.host_eof
+            && !c.guest_shut_rcv
+            && c.to_guest.len() < TO_GUEST_MAX
+        {
             want |= EventSet::IN;
         }
         if !c.to_host.is_empty() {
@@ -895,7 +912,11 @@ impl VsockWorker {
                 self.reset_conn(ep, id);
                 continue;
             }
-            if c.hup && c.state == State::Established && !c.host_eof {
+            if c.hup && c.guest_shut_rcv {
+                // The host hung up and the guest reads no more: nothing left to carry.
+                c.host_eof = true;
+            }
+            if c.hup && c.state == State::Established && !c.host_eof && !c.guest_shut_rcv {
                 let mut buf = [0u8; 16 * 1024];
                 match c.fill(&mut buf) {
                     Ok(true) => {}
@@ -909,6 +930,10 @@ impl VsockWorker {
             if !c.to_host.is_empty() && c.flush().is_err() {
                 self.reset_conn(ep, id);
                 continue;
+            }
+            if c.guest_shut_send && !c.shut_write_done && c.to_host.is_empty() {
+                let _ = c.stream.shutdown(Shutdown::Write);
+                c.shut_write_done = true;
             }
             if c.state == State::Draining && c.to_host.is_empty() {
                 self.reset_conn(ep, id);

@@ -221,3 +221,64 @@ fn register_abuse_is_harmless() {
     d.init(u64::MAX, 16);
     assert_blk_works(&mut d);
 }
+
+#[test]
+fn indirect_descriptors_valid_nested_and_misaligned() {
+    let (mut d, _f) = blk();
+    d.init(u64::MAX, 16);
+    let h = header(&mut d, VIRTIO_BLK_T_IN, 0);
+    let data = d.alloc(512, 512);
+    let st = d.alloc(1, 1);
+    let table = d.alloc(16 * 4, 16);
+    let put = |d: &mut Driver, t: u64, i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+        d.write(t + 16 * i, &addr.to_le_bytes());
+        d.write(t + 16 * i + 8, &len.to_le_bytes());
+        d.write(t + 16 * i + 12, &flags.to_le_bytes());
+        d.write(t + 16 * i + 14, &next.to_le_bytes());
+    };
+    // A valid indirect request (what Linux sends when INDIRECT_DESC is negotiated).
+    put(&mut d, table, 0, h, 16, VRING_DESC_F_NEXT, 1);
+    put(
+        &mut d,
+        table,
+        1,
+        data,
+        512,
+        VRING_DESC_F_NEXT | VRING_DESC_F_WRITE,
+        2,
+    );
+    put(&mut d, table, 2, st, 1, VRING_DESC_F_WRITE, 0);
+    d.write(st, &[0xff]);
+    d.write_desc(0, 0, table, 48, common::VRING_DESC_F_INDIRECT, 0);
+    d.push_avail(0, 0);
+    d.kick(0);
+    assert_eq!(d.pop_used(0).unwrap(), (0, 513));
+    assert_eq!(d.read(st, 1)[0], VIRTIO_BLK_S_OK);
+    assert!(d.read(data, 512).iter().all(|&b| b == 0x11));
+
+    // An indirect table pointing to another indirect table: refused, nothing written.
+    put(
+        &mut d,
+        table,
+        0,
+        table,
+        48,
+        common::VRING_DESC_F_INDIRECT,
+        0,
+    );
+    d.write(st, &[0xff]);
+    d.write_desc(0, 1, table, 48, common::VRING_DESC_F_INDIRECT, 0);
+    d.push_avail(0, 1);
+    // A table length that is not a multiple of 16, and one outside memory.
+    d.write_desc(0, 2, table, 47, common::VRING_DESC_F_INDIRECT, 0);
+    d.push_avail(0, 2);
+    d.write_desc(0, 3, MEM_SIZE as u64, 48, common::VRING_DESC_F_INDIRECT, 0);
+    d.push_avail(0, 3);
+    d.kick(0);
+    for head in 1..4 {
+        assert_eq!(d.pop_used(0).unwrap(), (head, 0));
+    }
+    assert_eq!(d.read(st, 1)[0], 0xff);
+    d.queues[0].next_desc = 4;
+    assert_blk_works(&mut d);
+}

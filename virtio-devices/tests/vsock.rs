@@ -303,3 +303,28 @@ fn hostile_packets() {
     assert_eq!(h.dst_port, 10);
     assert!(!g.d.t.needs_reset());
 }
+
+#[test]
+fn guest_half_close_shuts_the_host_write_side() {
+    let mut g = Guest::new();
+    let listener = UnixListener::bind(g.port_path(4000)).unwrap();
+    g.send(Guest::hdr(8000, 4000, OP_REQUEST, 0, 65536, 0), &[]);
+    g.recv_op(OP_RESPONSE);
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    g.send(Guest::hdr(8000, 4000, OP_RW, 5, 65536, 0), b"last!");
+    let mut h = Guest::hdr(8000, 4000, OP_SHUTDOWN, 0, 65536, 0);
+    h.flags = SHUTDOWN_SEND;
+    g.send(h, &[]);
+    // The host reads the data, then EOF; it can still answer.
+    let mut got = Vec::new();
+    host.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last!");
+    host.write_all(b"reply").unwrap();
+    let (_, p) = g.recv_op(OP_RW);
+    assert_eq!(p, b"reply");
+    // More data after SHUTDOWN SEND is a protocol violation: reset.
+    g.send(Guest::hdr(8000, 4000, OP_RW, 1, 65536, 5), b"x");
+    g.recv_op(OP_RST);
+}
