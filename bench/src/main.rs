@@ -6,6 +6,8 @@
 //! uts, ipc, cgroup, mount). It prints both medians and their ratio. By default it starts its
 //! own private dbus-daemon and domaind over the template store in `--template-cache`; with
 //! `--bus-address` (or `--system`) it measures an installed domaind instead.
+//!
+//! `bulkhead-bench vmm` measures the KVM monitor (see `vmm.rs`).
 
 use anyhow::{bail, Context, Result};
 use bulkhead_templates::TemplateStore;
@@ -16,6 +18,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use zbus::zvariant::Fd;
+
+mod vmm;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +52,19 @@ enum Bench {
         #[arg(long)]
         bus_address: Option<String>,
     },
+    /// KVM monitor: process start to the guest's first instruction, and resident memory beyond
+    /// guest RAM, vs spawning /bin/true and a `sleep`'s resident memory.
+    Vmm {
+        /// Measured runs of each (after one warm-up run of each).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The bulkhead-vmm binary (default: the one beside this binary).
+        #[arg(long)]
+        vmm: Option<PathBuf>,
+        /// Run the monitor confined (namespaces, empty root, uid 65534, seccomp), as domaind will.
+        #[arg(long)]
+        confined: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -64,6 +81,11 @@ fn main() -> Result<()> {
             template,
             bus_address,
         } => runtime.block_on(disposable(runs, template_cache, template, bus_address)),
+        Bench::Vmm {
+            runs,
+            vmm,
+            confined,
+        } => vmm::run(runs, vmm, confined),
     }
 }
 

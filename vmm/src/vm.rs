@@ -152,15 +152,6 @@ impl Vm {
         vm_fd
             .set_tss_address(KVM_TSS_ADDR)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-
         let mem_size = spec.memory_mib << 20;
         let mem = GuestMemory::from_ranges(&boot::ram_regions(mem_size)).map_err(|source| {
             VmError::Memory {
@@ -168,26 +159,19 @@ impl Vm {
                 source,
             }
         })?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| VmError::Io {
-                    what: "guest memory host address",
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: `host` is the start of a live anonymous mapping of `region.len()` bytes
-            // owned by `mem`, which the Vm keeps until after the VM fd and every vCPU fd are
-            // closed (field order), and device threads hold their own clones of it.
-            unsafe { vm_fd.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        // Each of these ioctls waits for a kernel SRCU grace period (milliseconds on a busy
+        // host); run the memory registration beside the irqchip and PIT creation so the waits
+        // overlap.
+        let (chips, slots) = std::thread::scope(|s| {
+            let slots = s.spawn(|| register_memory(&vm_fd, &mem));
+            let chips = create_irqchip_and_pit(&vm_fd);
+            (chips, slots.join())
+        });
+        chips?;
+        slots.map_err(|_| VmError::VcpuFailed {
+            id: 0,
+            message: "the memory registration thread panicked".into(),
+        })??;
 
         // Devices.
         let stop = Arc::new(StopSignal::new().map_err(io_err("creating the stop eventfd"))?);
@@ -360,6 +344,42 @@ impl Vm {
             }
         })
     }
+}
+
+fn create_irqchip_and_pit(vm_fd: &VmFd) -> Result<(), VmError> {
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))
+}
+
+/// Registers every guest RAM region as a KVM memory slot.
+fn register_memory(vm_fd: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::Io {
+                what: "guest memory host address",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: `host` is the start of a live anonymous mapping of `region.len()` bytes
+        // owned by `mem`, which the Vm keeps until after the VM fd and every vCPU fd are
+        // closed (field order), and device threads hold their own clones of it.
+        unsafe { vm_fd.set_user_memory_region(r) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
 }
 
 /// Kicks every vCPU thread out of KVM_RUN (repeating: a kick that lands just before the thread

@@ -86,6 +86,7 @@ pub fn build_guest(name: &str) -> PathBuf {
             "-mgeneral-regs-only",
             "-Wl,--build-id=none",
             "-Wl,-z,noexecstack",
+            "-Wl,--no-warn-rwx-segments",
         ])
         .arg(format!("-Wl,-T,{}", src_dir.join("guest.ld").display()))
         .arg("-I")
