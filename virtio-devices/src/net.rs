@@ -157,7 +157,9 @@ impl NetWorker {
             let len = self.frame_len;
             match chain.writer(&mem) {
                 Ok(mut w) if w.available_bytes() >= len => {
-                    // num_buffers = 1 (the tap leaves those two bytes alone).
+                    // No offloads were negotiated (and none set on the tap): the header
+                    // carries nothing but num_buffers = 1, which the tap leaves alone.
+                    self.frame[..10].fill(0);
                     self.frame[10..12].copy_from_slice(&1u16.to_le_bytes());
                     let wrote = std::io::Write::write_all(&mut w, &self.frame[..len]).is_ok();
                     self.frame_len = 0;

@@ -115,7 +115,7 @@ fn net_rx_drops_frames_larger_than_the_buffer_and_keeps_the_buffer() {
     let mut big = vec![0u8; NET_HDR_LEN + 200];
     big[NET_HDR_LEN] = 0xaa;
     nix::unistd::write(&host, &big).unwrap();
-    let mut ok = vec![0u8; NET_HDR_LEN + 20];
+    let mut ok = vec![0x55u8; NET_HDR_LEN + 20];
     ok[NET_HDR_LEN..].copy_from_slice(b"small frame fits....");
     nix::unistd::write(&host, &ok).unwrap();
     d.t.poll_backends();
@@ -123,6 +123,7 @@ fn net_rx_drops_frames_larger_than_the_buffer_and_keeps_the_buffer() {
     assert_eq!(len as usize, ok.len());
     let data = d.read(small, ok.len());
     assert_eq!(u16::from_le_bytes([data[10], data[11]]), 1, "num_buffers");
+    assert!(data[..10].iter().all(|&b| b == 0), "rx header not cleared");
     assert_eq!(&data[NET_HDR_LEN..], b"small frame fits....");
     assert!(d.pop_used(0).is_none());
 }
