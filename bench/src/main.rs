@@ -8,6 +8,8 @@
 //! `--bus-address` (or `--system`) it measures an installed domaind instead.
 //!
 //! `bulkhead-bench vmm` measures the KVM monitor (see `vmm.rs`).
+//!
+//! `bulkhead-bench open-in-dvm` measures opening a file in a disposable (see `open_in_dvm.rs`).
 
 use anyhow::{bail, Context, Result};
 use bulkhead_templates::TemplateStore;
@@ -19,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use zbus::zvariant::Fd;
 
+mod open_in_dvm;
 mod vmm;
 
 #[derive(Parser)]
@@ -65,6 +68,27 @@ enum Bench {
         #[arg(long)]
         confined: bool,
     },
+    /// `bulkhead-open-in-dvm FILE` in an app domain, to the disposable's application started,
+    /// next to a cold disposable start (`true`, request to removal) of the same run.
+    OpenInDvm {
+        /// Measured runs of each (after one warm-up run of each).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Template store holding a built template (as `bulkhead-template build --store` makes).
+        #[arg(
+            long,
+            env = "BULKHEAD_TEST_TEMPLATE_CACHE",
+            default_value = "/var/lib/bulkhead/templates"
+        )]
+        template_cache: PathBuf,
+        /// The template of the caller and of the disposable template.
+        #[arg(long, default_value = "debian-12")]
+        template: String,
+        /// Measure the domaind on this bus instead of starting a private one (it makes and
+        /// removes the domains bench-open-dvm and bench-open-src).
+        #[arg(long)]
+        bus_address: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -86,6 +110,17 @@ fn main() -> Result<()> {
             vmm,
             confined,
         } => vmm::run(runs, vmm, confined),
+        Bench::OpenInDvm {
+            runs,
+            template_cache,
+            template,
+            bus_address,
+        } => runtime.block_on(open_in_dvm::bench(
+            runs,
+            template_cache,
+            template,
+            bus_address,
+        )),
     }
 }
 
