@@ -580,7 +580,18 @@ impl VsockWorker {
         let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(port = hdr.dst_port, error = %e, "virtio-vsock: guest connect refused");
+                if matches!(
+                    e,
+                    Error::Sys {
+                        source: nix::Error::EACCES | nix::Error::EPERM,
+                        ..
+                    }
+                ) {
+                    // A host configuration problem, not the guest's doing.
+                    tracing::warn!(port = hdr.dst_port, error = %e, "virtio-vsock: no permission to connect to the host socket; guest connect refused");
+                } else {
+                    tracing::debug!(port = hdr.dst_port, error = %e, "virtio-vsock: guest connect refused");
+                }
                 self.send_ctrl(key, OP_RST, 0);
                 return;
             }

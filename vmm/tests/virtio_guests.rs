@@ -10,6 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bulkhead_vmm::ConfineSpec;
 use common::*;
 
 /// build_guest caches on guest.h/guest.ld/<name>.c; our guests also include virtio.h.
@@ -342,4 +343,48 @@ fn virtio_vsock_guest_to_host_and_back() {
     let ok =
         host_result.unwrap_or_else(|e| panic!("host side: {e}\n--- serial ---\n{}", out.serial));
     assert!(ok.starts_with("OK "));
+}
+
+/// The same vsock exchange with the VMM confined (namespaces, empty root holding only the
+/// sockets dir, uid/gid 65534, seccomp per thread kind): the vsock worker's syscalls (accept,
+/// connect to `<uds>_<port>` inside the confined root, epoll, read/write) pass its filter.
+#[test]
+fn virtio_vsock_under_confinement() {
+    if !kvm_available() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: confinement needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socks = dir.path().join("channel");
+    std::fs::create_dir(&socks).unwrap();
+    let uds = socks.join("vsock.sock");
+    let port_sock = socks.join("vsock.sock_1234");
+    let listener = UnixListener::bind(&port_sock).unwrap();
+    // The confined VMM (uid 65534) connects to the host service: it needs write permission on
+    // the socket, as the VM's uid would be given by whoever creates the listener.
+    nix::unistd::chown(
+        &port_sock,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let mut spec = guest_spec(&build_virtio_guest("virtio_vsock"), dir.path());
+    spec.vsock = Some(VsockSpec {
+        guest_cid: 7,
+        uds_path: uds.clone(),
+    });
+    spec.confine = Some(ConfineSpec {
+        uid: 65534,
+        gid: 65534,
+        cgroup: None,
+    });
+    let host = std::thread::spawn(move || vsock_host(uds, listener));
+    let out = run_guest(spec);
+    let host_result = host.join().expect("host thread");
+    out.assert_passed();
+    assert!(out.stderr.contains("confined"), "{}", out.stderr);
+    host_result.unwrap_or_else(|e| panic!("host side: {e}\n--- serial ---\n{}", out.serial));
 }
