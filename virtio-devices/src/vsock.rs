@@ -327,6 +327,24 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes guest data while nothing is queued; what the socket does not take is queued.
+    fn write_direct(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            match self.stream.write(data) {
+                Ok(0) => return Err(std::io::Error::from(ErrorKind::WriteZero)),
+                Ok(n) => {
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                    data = &data[n..];
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.to_host.extend(data);
+        Ok(())
+    }
+
     /// Reads from the host socket into `to_guest` while there is room. Ok(false) on EOF.
     fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         while self.to_guest.len() < TO_GUEST_MAX {
@@ -533,8 +551,15 @@ impl VsockWorker {
                     self.protocol_violation(ep, hdr, "guest sent more than its credit");
                     return;
                 }
-                c.to_host.extend(&self.pkt[..len]);
-                if c.flush().is_err() {
+                let data = &self.pkt[..len];
+                let res = if c.to_host.is_empty() {
+                    // Common case: straight from the packet to the host socket.
+                    c.write_direct(data)
+                } else {
+                    c.to_host.extend(data);
+                    c.flush()
+                };
+                if res.is_err() {
                     self.reset_conn(ep, id);
                 }
             }
