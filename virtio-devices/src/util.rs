@@ -54,3 +54,21 @@ pub(crate) fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
             .unwrap_or(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_config_bytes;
+
+    #[test]
+    fn config_reads_past_the_end_are_zero() {
+        let cfg = [1u8, 2, 3, 4, 5, 6];
+        let mut d = [0xffu8; 4];
+        read_config_bytes(&cfg, 4, &mut d);
+        assert_eq!(d, [5, 6, 0, 0]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+        let mut one = [0u8; 1];
+        read_config_bytes(&cfg, 0, &mut one);
+        assert_eq!(one, [1]);
+    }
+}

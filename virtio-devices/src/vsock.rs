@@ -1076,3 +1076,52 @@ fn connect_nonblocking(path: &Path) -> Result<UnixStream> {
         .map_err(|e| Error::sys(format!("connect {}", path.display()), e))?;
     Ok(UnixStream::from(fd))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_layout() {
+        let h = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 0x1122_3344,
+            dst_port: 1024,
+            len: 7,
+            type_: TYPE_STREAM,
+            op: OP_RW,
+            flags: SHUTDOWN_SEND,
+            buf_alloc: 4096,
+            fwd_cnt: 0xdead_beef,
+        };
+        let b = h.to_bytes();
+        assert_eq!(Header::parse(&b), h);
+        // virtio_vsock_hdr offsets: src_port @16, len @24, op @30, fwd_cnt @40.
+        assert_eq!(&b[16..20], &0x1122_3344u32.to_le_bytes());
+        assert_eq!(&b[24..28], &7u32.to_le_bytes());
+        assert_eq!(&b[30..32], &OP_RW.to_le_bytes());
+        assert_eq!(&b[40..44], &0xdead_beefu32.to_le_bytes());
+    }
+
+    #[test]
+    fn peer_credit_never_wraps_into_a_huge_window() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(a, 1, 2, State::Established);
+        c.peer_buf_alloc = 100;
+        c.tx_cnt = 30;
+        c.peer_fwd_cnt = 10;
+        assert_eq!(c.peer_credit(), 80);
+        // Counters wrap around u32.
+        c.tx_cnt = 5;
+        c.peer_fwd_cnt = u32::MAX - 4;
+        assert_eq!(c.peer_credit(), 90);
+        // A guest claiming it consumed more than was sent gets no extra credit.
+        c.tx_cnt = 10;
+        c.peer_fwd_cnt = 20;
+        assert_eq!(c.peer_credit(), 0);
+        c.peer_fwd_cnt = 0;
+        c.tx_cnt = 150;
+        assert_eq!(c.peer_credit(), 0);
+    }
+}
