@@ -388,3 +388,143 @@ fn virtio_vsock_under_confinement() {
     assert!(out.stderr.contains("confined"), "{}", out.stderr);
     host_result.unwrap_or_else(|e| panic!("host side: {e}\n--- serial ---\n{}", out.serial));
 }
+
+/// Brings `name` up and opens an AF_PACKET socket bound to it (1 s receive timeout).
+fn up_and_packet_socket(name: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let cname = std::ffi::CString::new(name).unwrap();
+    // SAFETY: plain syscalls with valid arguments; every returned fd is checked and owned.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err("socket".into());
+        }
+        let s = OwnedFd::from_raw_fd(s);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, c) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = c as libc::c_char;
+        }
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err("SIOCGIFFLAGS".into());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
+            return Err(format!("SIOCSIFFLAGS: {}", std::io::Error::last_os_error()));
+        }
+        let ifindex = libc::if_nametoindex(cname.as_ptr());
+        let p = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        );
+        if p < 0 || ifindex == 0 {
+            return Err(format!("AF_PACKET: {}", std::io::Error::last_os_error()));
+        }
+        let p = OwnedFd::from_raw_fd(p);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = ifindex as i32;
+        if libc::bind(
+            p.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) < 0
+        {
+            return Err(format!("bind: {}", std::io::Error::last_os_error()));
+        }
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            p.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        Ok(p)
+    }
+}
+
+#[test]
+fn virtio_net_frames_both_ways_through_a_tap() {
+    if !kvm_available() {
+        return;
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIPPED: /dev/net/tun is missing");
+        return;
+    }
+    // A network namespace of this test thread; the VMM started from here inherits it.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+        eprintln!("SKIPPED: cannot create a network namespace: {e}");
+        return;
+    }
+    create_tap("bhnet0").expect("tap");
+    let pkt = up_and_packet_socket("bhnet0").expect("packet socket on the tap");
+    let mac = [0x02, 0xb1, 0, 0, 0, 0x33];
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(&build_virtio_guest("virtio_net"), dir.path());
+    spec.net = Some(NetSpec {
+        tap: "bhnet0".into(),
+        mac,
+    });
+    // The host side: wait for the guest's frame, then answer until the guest is done.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let host = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let mut got = None;
+        let deadline = Instant::now() + GUEST_TIMEOUT;
+        while got.is_none()
+            && Instant::now() < deadline
+            && !stop2.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let mut b = [0u8; 2048];
+            // SAFETY: recv into a live local buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    pkt.as_raw_fd(),
+                    b.as_mut_ptr() as *mut libc::c_void,
+                    b.len(),
+                    0,
+                )
+            };
+            if n >= 14 && b[12..14] == [0x88, 0xb5] {
+                got = Some(b[..n as usize].to_vec());
+            }
+        }
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x02, 0xb1, 0, 0, 0, 0x44]);
+        frame.extend_from_slice(&[0x88, 0xb5]);
+        frame.extend_from_slice(b"bulkhead host frame");
+        while got.is_some() && !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: send from a live buffer of the given length.
+            unsafe {
+                libc::send(
+                    pkt.as_raw_fd(),
+                    frame.as_ptr() as *const libc::c_void,
+                    frame.len(),
+                    0,
+                )
+            };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        got
+    });
+    let out = run_guest(spec);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = host.join().expect("host thread");
+    out.assert_passed();
+    assert_eq!(
+        out.lines_with("NET MAC "),
+        vec!["02:b1:00:00:00:33".to_string()]
+    );
+    let got = got.expect("the guest's frame on the tap");
+    assert_eq!(&got[..6], &[0xff; 6]);
+    assert_eq!(&got[6..12], &mac);
+    assert_eq!(&got[14..], b"bulkhead guest frame");
+}
