@@ -156,21 +156,31 @@ pub fn client<W: Write, R: Read>(file: &Path, to: W, mut from: R) -> Result<Open
     })();
     drop(w);
     // On a send error the service may still have answered why.
+    let sent_ok = sent.is_ok();
+    match (sent, read_answer(&mut from, &real, sent_ok)) {
+        (Ok(()), r) => r,
+        (Err(_), Err(remote @ OpenError::Remote(_))) => Err(remote),
+        (Err(e), _) => Err(OpenError::Local {
+            path: real.display().to_string(),
+            source: e,
+        }),
+    }
+}
+
+/// Reads the service's answer; an edited copy replaces `original` (only when `accept_edit`,
+/// i.e. the whole file was sent).
+pub fn read_answer<R: Read>(
+    mut from: R,
+    original: &Path,
+    accept_edit: bool,
+) -> Result<Opened, OpenError> {
     let mut code = [0u8; 1];
-    let answered = from.read_exact(&mut code);
-    if let Err(e) = sent {
-        if answered.is_err() || code[0] != CODE_ERROR {
-            return Err(OpenError::Local {
-                path: real.display().to_string(),
-                source: e,
-            });
-        }
-    }
-    if answered.is_err() {
-        return Err(OpenError::Truncated("the answer"));
-    }
+    read_exact_or(&mut from, &mut code, "the answer")?;
     match code[0] {
         CODE_UNCHANGED => Ok(Opened::Unchanged),
+        CODE_EDITED if !accept_edit => Err(OpenError::Protocol(
+            "an edited file for a file that was not sent completely".into(),
+        )),
         CODE_EDITED => {
             let mut s = [0u8; 8];
             read_exact_or(&mut from, &mut s, "the edited file's size")?;
@@ -184,7 +194,7 @@ pub fn client<W: Write, R: Read>(file: &Path, to: W, mut from: R) -> Result<Open
                     size,
                 });
             }
-            write_back(&real, &mut from, size)?;
+            write_back(original, &mut from, size)?;
             Ok(Opened::Replaced(size))
         }
         CODE_ERROR => {
