@@ -24,7 +24,7 @@ const MARKER: &str = "BENCH-APP-STARTED";
 /// the marker and edits the file (run as the user in the disposable template).
 pub const EDITOR_SETUP: &str = r#"set -e
 mkdir -p "$HOME/.config" "$HOME/.local/share/applications" "$HOME/bin"
-printf '#!/bin/sh\necho BENCH-APP-STARTED >&2\necho "edited in $(hostname)" >> "$1"\n' > "$HOME/bin/bench-editor"
+printf '#!/bin/sh\necho BENCH-APP-STARTED >&2\necho "edited in $(uname -n)" >> "$1"\n' > "$HOME/bin/bench-editor"
 chmod 755 "$HOME/bin/bench-editor"
 printf '[Default Applications]\ntext/plain=bench-editor.desktop\n' > "$HOME/.config/mimeapps.list"
 printf '[Desktop Entry]\nType=Application\nName=Bench editor\nExec=%s/bin/bench-editor %%f\n' "$HOME" > "$HOME/.local/share/applications/bench-editor.desktop"
@@ -70,6 +70,13 @@ pub async fn bench(
             )
             .await
             .map_err(anyhow::Error::msg)?;
+            // The one rule this needs (an installed domaind uses its installed policy).
+            let dir = daemon.paths.config_dir.join("policy.d");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(
+                dir.join("30-bench.policy"),
+                "bulkhead.OpenInVM  *  @anyvm  @dispvm  allow\n",
+            )?;
             let connection = daemon.connect().await.map_err(anyhow::Error::msg)?;
             _private = Some((bus, daemon));
             connection

@@ -216,7 +216,7 @@ impl<R: Read> Receiver<'_, R> {
             e.display_path(),
             io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("the name and {MAX_RENAMES} renamed variants exist"),
+                format!("the name exists and no free variant `name (1..={MAX_RENAMES})` fits"),
             ),
         ))
     }
