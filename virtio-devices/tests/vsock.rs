@@ -328,3 +328,98 @@ fn guest_half_close_shuts_the_host_write_side() {
     g.send(Guest::hdr(8000, 4000, OP_RW, 1, 65536, 5), b"x");
     g.recv_op(OP_RST);
 }
+
+/// Megabytes both ways on one connection with a slow host reader and a guest that only has a
+/// 64 KiB receive buffer: every byte arrives in order, nobody exceeds the other's credit.
+#[test]
+fn bulk_data_both_ways_with_flow_control() {
+    const TOTAL: usize = 3 << 20;
+    const GUEST_BUF: u32 = 64 * 1024;
+    let byte = |i: usize| (i % 251) as u8;
+    let mut g = Guest::new();
+    let listener = UnixListener::bind(g.port_path(6000)).unwrap();
+    g.send(Guest::hdr(9000, 6000, OP_REQUEST, 0, GUEST_BUF, 0), &[]);
+    g.recv_op(OP_RESPONSE);
+    let (host, _) = listener.accept().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut host_w = host.try_clone().unwrap();
+    // Host reader: slow (small reads with pauses) so the device has to buffer and wait.
+    let reader = std::thread::spawn(move || {
+        let mut host = host;
+        let mut got = 0usize;
+        let mut buf = [0u8; 8192];
+        while got < TOTAL {
+            let n = host.read(&mut buf).unwrap();
+            assert!(n > 0, "EOF after {got} bytes");
+            for (k, &b) in buf[..n].iter().enumerate() {
+                assert_eq!(b, byte(got + k), "guest->host byte {}", got + k);
+            }
+            got += n;
+            if got % (256 << 10) < 8192 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        got
+    });
+    // Host writer.
+    let writer = std::thread::spawn(move || {
+        let data: Vec<u8> = (0..TOTAL).map(byte).collect();
+        host_w.write_all(&data).unwrap();
+    });
+
+    let mut sent = 0usize;
+    let mut peer_buf = BUF_ALLOC;
+    let mut peer_fwd = 0u32;
+    let mut received = 0usize;
+    let mut consumed_reported = 0usize;
+    let chunk = 16 * 1024;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while sent < TOTAL || received < TOTAL {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled: sent {sent}, received {received}"
+        );
+        // Send what the device's credit allows.
+        let in_flight = (sent as u32).wrapping_sub(peer_fwd) as usize;
+        if sent < TOTAL && in_flight + chunk <= peer_buf as usize {
+            let n = chunk.min(TOTAL - sent);
+            let data: Vec<u8> = (sent..sent + n).map(byte).collect();
+            g.send(
+                Guest::hdr(9000, 6000, OP_RW, n as u32, GUEST_BUF, received as u32),
+                &data,
+            );
+            sent += n;
+            continue;
+        }
+        // Otherwise take the next packet from the device.
+        let (h, p) = g.recv();
+        peer_buf = h.buf_alloc;
+        peer_fwd = h.fwd_cnt;
+        match h.op {
+            OP_RW => {
+                assert!(
+                    received + p.len() - consumed_reported <= GUEST_BUF as usize,
+                    "device exceeded the guest's credit"
+                );
+                for (k, &b) in p.iter().enumerate() {
+                    assert_eq!(b, byte(received + k), "host->guest byte {}", received + k);
+                }
+                received += p.len();
+                // Consume and report when half the buffer is used.
+                if received - consumed_reported >= GUEST_BUF as usize / 2 || received == TOTAL {
+                    consumed_reported = received;
+                    g.send(
+                        Guest::hdr(9000, 6000, OP_CREDIT_UPDATE, 0, GUEST_BUF, received as u32),
+                        &[],
+                    );
+                }
+            }
+            OP_CREDIT_UPDATE => {}
+            other => panic!("unexpected op {other}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(reader.join().unwrap(), TOTAL);
+    assert!(!g.d.t.needs_reset());
+}
