@@ -15,7 +15,10 @@ use tokio::net::UnixStream;
 async fn agent(mut incoming: bulkhead_wire::Incoming) {
     while let Some(IncomingEvent::Stream(s)) = incoming.next().await {
         tokio::spawn(async move {
-            let OpenRequest::Exec(req) = s.request;
+            let OpenRequest::Exec(req) = s.request else {
+                let _ = exec::reject(s.stream, "only exec here").await;
+                return;
+            };
             let mut child = match tokio::process::Command::new(&req.argv[0])
                 .args(&req.argv[1..])
                 .stdin(Stdio::piped())

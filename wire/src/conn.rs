@@ -20,7 +20,8 @@ use crate::message::{Control, OpenRequest};
 /// Oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 adds service calls ([`OpenRequest::Call`], [`OpenRequest::Service`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Most frames we queue in answer to peer frames (Pong, refusals) before calling it a flood.
 const MAX_PENDING_REPLIES: usize = 1024;
@@ -510,6 +511,12 @@ impl Connection {
     /// first receive reports the reset.
     pub async fn open(&self, open: OpenRequest) -> Result<Stream, WireError> {
         open.validate().map_err(WireError::InvalidRequest)?;
+        if u16::from(self.inner.version) < open.min_version() {
+            return Err(WireError::Unsupported {
+                version: self.inner.version,
+                needed: open.min_version(),
+            });
+        }
         let payload = open.encode();
         if payload.len() > self.inner.send_max_payload {
             return Err(WireError::MessageTooLarge {
@@ -746,6 +753,16 @@ impl Inner {
             });
         }
         let request = OpenRequest::decode(payload)?;
+        if u16::from(self.version) < request.min_version() {
+            return Err(Violation::Message(crate::message::MessageError::Invalid {
+                what: "open request",
+                problem: format!(
+                    "needs protocol version {}, the connection speaks {}",
+                    request.min_version(),
+                    self.version
+                ),
+            }));
+        }
         st.last_peer = id;
         let peer_streams = st.streams.keys().filter(|k| !self.role.owns(**k)).count();
         if peer_streams >= self.limits.max_streams {

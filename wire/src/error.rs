@@ -159,6 +159,20 @@ pub enum WireError {
         /// Reason reported by the agent.
         reason: String,
     },
+    /// The service call was refused by policy.
+    #[error("call refused: {reason}")]
+    CallRefused {
+        /// Reason reported by domaind.
+        reason: String,
+    },
+    /// The negotiated protocol version lacks what was asked for.
+    #[error("the peer speaks protocol version {version}, this needs {needed}; update the guest tools and domaind together")]
+    Unsupported {
+        /// Negotiated version.
+        version: u8,
+        /// Version needed.
+        needed: u16,
+    },
 }
 
 impl WireError {

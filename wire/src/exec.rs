@@ -5,6 +5,10 @@
 //! then one `ExecMessage::Exit` (or `ExecMessage::Failed` if the command could not start)
 //! and Fin. The client answers with Fin. Anything else on an exec stream is a violation
 //! and drops the connection.
+//!
+//! Service calls (protocol version 2) use the same protocol: `OpenRequest::Call` from the
+//! calling domain and `OpenRequest::Service` to the target; [`relay`] joins the two, and a
+//! refused call ends with `ExecMessage::Refused` instead of an exit status ([`refuse`]).
 
 use std::future::Future;
 
@@ -12,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::conn::{Connection, Stream, StreamEvent, StreamReceiver, StreamSender};
 use crate::error::WireError;
-use crate::message::{ExecMessage, ExecRequest, ExitStatus, OpenRequest};
+use crate::message::{CallRequest, ExecMessage, ExecRequest, ExitStatus, OpenRequest};
 
 /// Channel of the command's standard input (client -> server).
 pub const STDIN: u8 = 0;
@@ -30,6 +34,40 @@ const CHUNK: usize = 32 * 1024;
 pub async fn run<I, O, E>(
     conn: &Connection,
     req: ExecRequest,
+    stdin: I,
+    stdout: O,
+    stderr: E,
+) -> Result<ExitStatus, WireError>
+where
+    I: AsyncRead + Unpin + Send,
+    O: AsyncWrite + Unpin + Send,
+    E: AsyncWrite + Unpin + Send,
+{
+    let stream = conn.open(OpenRequest::Exec(req)).await?;
+    run_stream(stream, stdin, stdout, stderr).await
+}
+
+/// Caller side of a service call: opens `OpenRequest::Call(req)` and pumps stdio like
+/// [`run`]. A refusal is [`WireError::CallRefused`], a start failure [`WireError::ExecFailed`].
+pub async fn call<I, O, E>(
+    conn: &Connection,
+    req: CallRequest,
+    stdin: I,
+    stdout: O,
+    stderr: E,
+) -> Result<ExitStatus, WireError>
+where
+    I: AsyncRead + Unpin + Send,
+    O: AsyncWrite + Unpin + Send,
+    E: AsyncWrite + Unpin + Send,
+{
+    let stream = conn.open(OpenRequest::Call(req)).await?;
+    run_stream(stream, stdin, stdout, stderr).await
+}
+
+/// Client side of the exec protocol on an already opened stream (see [`run`]).
+pub async fn run_stream<I, O, E>(
+    stream: Stream,
     mut stdin: I,
     mut stdout: O,
     mut stderr: E,
@@ -39,7 +77,6 @@ where
     O: AsyncWrite + Unpin + Send,
     E: AsyncWrite + Unpin + Send,
 {
-    let stream = conn.open(OpenRequest::Exec(req)).await?;
     let (tx, mut rx) = stream.split();
 
     let stdin_pump = async {
@@ -98,6 +135,9 @@ where
                         Ok(ExecMessage::Failed { reason }) => {
                             return Err(WireError::ExecFailed { reason })
                         }
+                        Ok(ExecMessage::Refused { reason }) => {
+                            return Err(WireError::CallRefused { reason })
+                        }
                         Err(e) => return Err(rx.violation(e.to_string())),
                     }
                 }
@@ -124,8 +164,8 @@ where
         }
     };
     match &result {
-        // The exchange completed (with a status or a start failure): finish our half.
-        Ok(_) | Err(WireError::ExecFailed { .. }) => {
+        // The exchange completed (with a status, a start failure or a refusal): finish our half.
+        Ok(_) | Err(WireError::ExecFailed { .. }) | Err(WireError::CallRefused { .. }) => {
             let _ = tx.finish();
         }
         Err(_) => tx.reset("exec aborted by client"),
@@ -200,6 +240,18 @@ where
 
 /// Agent side: tells the client the command could not be started, then finishes.
 pub async fn reject(stream: Stream, reason: &str) -> Result<(), WireError> {
+    let reason = bounded_reason(reason);
+    finish_with(stream, ExecMessage::Failed { reason }).await
+}
+
+/// Serving side of a call stream: tells the caller the call was refused by policy, then
+/// finishes (the caller maps it to exit code 126).
+pub async fn refuse(stream: Stream, reason: &str) -> Result<(), WireError> {
+    let reason = bounded_reason(reason);
+    finish_with(stream, ExecMessage::Refused { reason }).await
+}
+
+fn bounded_reason(reason: &str) -> String {
     let mut reason = reason.to_string();
     if reason.len() > crate::message::MAX_REASON_LEN {
         let mut end = crate::message::MAX_REASON_LEN;
@@ -208,9 +260,12 @@ pub async fn reject(stream: Stream, reason: &str) -> Result<(), WireError> {
         }
         reason.truncate(end);
     }
+    reason
+}
+
+async fn finish_with(stream: Stream, msg: ExecMessage) -> Result<(), WireError> {
     let (tx, mut rx) = stream.split();
-    tx.send_message(&ExecMessage::Failed { reason }.encode())
-        .await?;
+    tx.send_message(&msg.encode()).await?;
     tx.finish()?;
     // Wait for the client's Fin (it sends it when it sees our result), discarding stdin.
     pump_stdin::<tokio::io::Sink>(&mut rx, None).await
@@ -269,5 +324,108 @@ async fn pump_out<R: AsyncRead + Unpin>(
             return tx.send_eof(channel);
         }
         tx.send_data(channel, &buf[..n]).await?;
+    }
+}
+
+/// Joins a call: `caller` is a stream we serve (the caller is its exec client), `service`
+/// one we opened (we are its exec client). Stdin flows from the caller to the service,
+/// stdout/stderr and the final message (exit status, start failure) back, each waiting for
+/// the other side's credit, so a slow reader slows the writer down and nothing piles up.
+/// Returns the final message forwarded. A violation by either side drops that side's
+/// connection (only); an error on either side resets both streams.
+pub async fn relay(caller: Stream, service: Stream) -> Result<ExecMessage, WireError> {
+    let (caller_tx, mut caller_rx) = caller.split();
+    let (svc_tx, mut svc_rx) = service.split();
+    let up = async {
+        loop {
+            match caller_rx.recv().await? {
+                StreamEvent::Data {
+                    channel: STDIN,
+                    data,
+                } => match svc_tx.send_data(STDIN, &data).await {
+                    Ok(()) => {}
+                    // The service side finished or went away: its end decides; drop input.
+                    Err(WireError::StreamFinished(_)) => {}
+                    Err(e) => return Err(e),
+                },
+                StreamEvent::Eof { channel: STDIN } => match svc_tx.send_eof(STDIN) {
+                    Ok(()) | Err(WireError::StreamFinished(_)) => {}
+                    Err(e) => return Err(e),
+                },
+                StreamEvent::Finished => return Ok(()),
+                StreamEvent::Data { channel, .. } | StreamEvent::Eof { channel } => {
+                    return Err(caller_rx.violation(format!("caller used channel {channel}")))
+                }
+                StreamEvent::Message(_) => {
+                    return Err(caller_rx.violation("caller sent a message on a call stream"))
+                }
+            }
+        }
+    };
+    let down = async {
+        let mut last: Option<ExecMessage> = None;
+        loop {
+            match svc_rx.recv().await? {
+                StreamEvent::Data { channel, data } if channel == STDOUT || channel == STDERR => {
+                    caller_tx.send_data(channel, &data).await?;
+                }
+                StreamEvent::Eof { channel } if channel == STDOUT || channel == STDERR => {
+                    caller_tx.send_eof(channel)?;
+                }
+                StreamEvent::Message(m) => {
+                    if last.is_some() {
+                        return Err(svc_rx.violation("second exec result"));
+                    }
+                    let msg =
+                        ExecMessage::decode(&m).map_err(|e| svc_rx.violation(e.to_string()))?;
+                    caller_tx.send_message(&msg.encode()).await?;
+                    last = Some(msg);
+                }
+                StreamEvent::Finished => {
+                    let Some(msg) = last else {
+                        return Err(svc_rx.violation("stream finished without exit status"));
+                    };
+                    caller_tx.finish()?;
+                    return Ok(msg);
+                }
+                StreamEvent::Data { channel, .. } | StreamEvent::Eof { channel } => {
+                    return Err(svc_rx.violation(format!("service used channel {channel}")))
+                }
+            }
+        }
+    };
+    let mut up = std::pin::pin!(up);
+    let mut down = std::pin::pin!(down);
+    let mut up_done = false;
+    loop {
+        tokio::select! {
+            r = &mut down => {
+                let msg = match r {
+                    Ok(m) => m,
+                    Err(e) => {
+                        caller_tx.reset("the called service failed");
+                        svc_tx.reset("call relay failed");
+                        return Err(e);
+                    }
+                };
+                if !up_done {
+                    // The caller answers the result with its Fin.
+                    if let Err(e) = (&mut up).await {
+                        svc_tx.reset("caller went away");
+                        return Err(e);
+                    }
+                }
+                let _ = svc_tx.finish();
+                return Ok(msg);
+            }
+            r = &mut up, if !up_done => {
+                up_done = true;
+                if let Err(e) = r {
+                    caller_tx.reset("call relay failed");
+                    svc_tx.reset("caller went away");
+                    return Err(e);
+                }
+            }
+        }
     }
 }

@@ -48,6 +48,7 @@
 //!         IncomingEvent::Stream(s) => match s.request {
 //!             // spawn the process, then exec::serve(s.stream, stdin, stdout, stderr, wait)
 //!             OpenRequest::Exec(req) => exec::reject(s.stream, "not implemented here").await?,
+//!             _ => exec::reject(s.stream, "not served here").await?,
 //!         },
 //!         IncomingEvent::Control(c) => println!("control {c:?}"),
 //!     }
@@ -84,4 +85,10 @@ pub use conn::{
 };
 pub use error::{Violation, WireError};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, MAX_FRAME_PAYLOAD};
-pub use message::{Control, ExecMessage, ExecRequest, ExitStatus, MessageError, OpenRequest};
+pub use message::{
+    CallRequest, Control, ExecMessage, ExecRequest, ExitStatus, MessageError, OpenRequest,
+    ServiceRequest, CALLS_VERSION,
+};
+
+/// vsock port the agent of a VM domain connects to (CID 2, the host).
+pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -22,6 +22,17 @@ pub const MAX_REASON_LEN: usize = 1024;
 pub const EXIT_CODES: std::ops::RangeInclusive<i32> = 0..=255;
 /// Signal numbers Linux has (1..=31 standard, 32..=64 real-time).
 pub const SIGNALS: std::ops::RangeInclusive<i32> = 1..=64;
+/// Longest service name of a call (`[A-Za-z0-9._-]`, Qubes' charset).
+pub const MAX_SERVICE_LEN: usize = 64;
+/// Longest service argument of a call (`[A-Za-z0-9._+-]`, may be empty).
+pub const MAX_SERVICE_ARG_LEN: usize = 64;
+/// Longest call target (a domain name or a policy token such as `@dispvm:NAME`).
+pub const MAX_TARGET_LEN: usize = 64;
+/// Longest source domain name in a service request.
+pub const MAX_SOURCE_LEN: usize = 64;
+/// First protocol version that knows [`OpenRequest::Call`] and [`OpenRequest::Service`]
+/// (and [`ExecMessage::Refused`]).
+pub const CALLS_VERSION: u16 = 2;
 
 /// A payload that does not decode or breaks a limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,12 +121,18 @@ impl Control {
     }
 }
 
-/// What a new stream is for. Later versions add service calls (policy RPC) and a GUI stream;
-/// a peer only sends variants that exist in the negotiated version.
+/// What a new stream is for. A peer only sends variants that exist in the negotiated
+/// version ([`OpenRequest::min_version`]); a variant the version does not have is a violation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpenRequest {
     /// Run a command (see [`crate::exec`]).
     Exec(ExecRequest),
+    /// agent -> domaind (and `bulkhead-call` -> agent): a program in the domain asks for a
+    /// service call. Stream data follows the exec protocol (the caller is the exec client).
+    Call(CallRequest),
+    /// domaind -> target agent: run a service for a source. Exec protocol, domaind is the
+    /// exec client.
+    Service(ServiceRequest),
 }
 
 impl OpenRequest {
@@ -135,7 +152,129 @@ impl OpenRequest {
     pub fn validate(&self) -> Result<(), MessageError> {
         match self {
             OpenRequest::Exec(e) => e.validate(),
+            OpenRequest::Call(c) => c.validate(),
+            OpenRequest::Service(s) => s.validate(),
         }
+    }
+
+    /// The lowest protocol version that has this variant.
+    pub fn min_version(&self) -> u16 {
+        match self {
+            OpenRequest::Exec(_) => 1,
+            OpenRequest::Call(_) | OpenRequest::Service(_) => CALLS_VERSION,
+        }
+    }
+}
+
+/// A service call a program in a domain asks for: `SERVICE+ARG` on `target`. The source is
+/// the domain of the connection it arrives on; it is never carried in the request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// A domain name or a policy token (`@default`, `@dispvm`, `@dispvm:NAME`, `uuid:...`,
+    /// `$dispvm`...); empty means `@default`.
+    pub target: String,
+    /// Service name, `[A-Za-z0-9._-]{1,64}`.
+    pub service: String,
+    /// Argument without its `+`, `[A-Za-z0-9._+-]{0,64}`.
+    pub arg: String,
+}
+
+/// A service to run in the target domain for `source` (set by domaind only).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceRequest {
+    /// Service name, `[A-Za-z0-9._-]{1,64}`.
+    pub service: String,
+    /// Argument without its `+`, `[A-Za-z0-9._+-]{0,64}`.
+    pub arg: String,
+    /// The calling domain (`dom0` for calls from the admin domain).
+    pub source: String,
+    /// The policy's `user=`; `None` means the domain's default user.
+    pub user: Option<String>,
+}
+
+fn check_charset(
+    what: &'static str,
+    s: &str,
+    max: usize,
+    empty_ok: bool,
+    ok: impl Fn(u8) -> bool,
+) -> Result<(), MessageError> {
+    if s.len() > max {
+        return Err(invalid(what, format!("{} bytes, limit {max}", s.len())));
+    }
+    if s.is_empty() && !empty_ok {
+        return Err(invalid(what, "empty"));
+    }
+    if let Some(b) = s.bytes().find(|b| !ok(*b)) {
+        return Err(invalid(
+            what,
+            format!("contains the byte {b:#04x}, which is not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `s` is a valid service name (`[A-Za-z0-9._-]{1,64}`).
+pub fn valid_service_name(s: &str) -> bool {
+    check_service(s).is_ok()
+}
+
+fn check_service(s: &str) -> Result<(), MessageError> {
+    check_charset("service name", s, MAX_SERVICE_LEN, false, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+    })
+}
+
+fn check_arg(s: &str) -> Result<(), MessageError> {
+    check_charset("service argument", s, MAX_SERVICE_ARG_LEN, true, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+')
+    })
+}
+
+impl CallRequest {
+    /// A call of `service` (with `arg`, "" for none) on `target`.
+    pub fn new(target: &str, service: &str, arg: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            service: service.to_owned(),
+            arg: arg.to_owned(),
+        }
+    }
+
+    /// Parses `SERVICE[+ARG]` (the argument is everything after the first `+`).
+    pub fn parse(target: &str, service_and_arg: &str) -> Result<Self, MessageError> {
+        let (service, arg) = service_and_arg
+            .split_once('+')
+            .unwrap_or((service_and_arg, ""));
+        let c = Self::new(target, service, arg);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        check_charset("call target", &self.target, MAX_TARGET_LEN, true, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':' | b'$')
+        })?;
+        check_service(&self.service)?;
+        check_arg(&self.arg)
+    }
+}
+
+impl ServiceRequest {
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        check_service(&self.service)?;
+        check_arg(&self.arg)?;
+        check_charset("source domain", &self.source, MAX_SOURCE_LEN, false, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+        })?;
+        if let Some(u) = &self.user {
+            if !valid_user_name(u) {
+                return Err(invalid("user", format!("{u:?} is not a valid user name")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -274,6 +413,11 @@ pub enum ExecMessage {
         /// Human-readable reason, e.g. "no such file: foo".
         reason: String,
     },
+    /// The call was refused by policy (call streams only, protocol version 2).
+    Refused {
+        /// Human-readable reason.
+        reason: String,
+    },
 }
 
 impl ExecMessage {
@@ -286,14 +430,16 @@ impl ExecMessage {
     pub fn decode(b: &[u8]) -> Result<ExecMessage, MessageError> {
         let m: ExecMessage = decode_exact("exec message", b)?;
         match &m {
-            ExecMessage::Failed { reason } if reason.len() > MAX_REASON_LEN => {
+            ExecMessage::Failed { reason } | ExecMessage::Refused { reason }
+                if reason.len() > MAX_REASON_LEN =>
+            {
                 return Err(invalid(
                     "exec failure reason",
                     format!("{} bytes, limit {MAX_REASON_LEN}", reason.len()),
                 ));
             }
             ExecMessage::Exit(status) => status.validate()?,
-            ExecMessage::Failed { .. } => {}
+            ExecMessage::Failed { .. } | ExecMessage::Refused { .. } => {}
         }
         Ok(m)
     }
@@ -407,6 +553,89 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn call_and_service_requests() {
+        let c = OpenRequest::Call(
+            CallRequest::parse("@dispvm:work-dvm", "bulkhead.Filecopy+a+b").unwrap(),
+        );
+        assert_eq!(OpenRequest::decode(&c.encode()), Ok(c.clone()));
+        let OpenRequest::Call(cr) = &c else {
+            unreachable!()
+        };
+        assert_eq!(
+            (cr.service.as_str(), cr.arg.as_str()),
+            ("bulkhead.Filecopy", "a+b")
+        );
+        assert_eq!(c.min_version(), CALLS_VERSION);
+        assert!(
+            CallRequest::parse("", "svc").is_ok(),
+            "empty target is @default"
+        );
+        let s = OpenRequest::Service(ServiceRequest {
+            service: "test.Echo".into(),
+            arg: String::new(),
+            source: "work".into(),
+            user: Some("root".into()),
+        });
+        assert_eq!(OpenRequest::decode(&s.encode()), Ok(s));
+        for (t, sa) in [
+            ("work", ""),
+            ("work", "+arg"),
+            ("work", "a/b"),
+            ("work", "sv c"),
+            ("work", &"s".repeat(65)),
+            ("work", &format!("s+{}", "a".repeat(65))),
+            ("wo rk", "svc"),
+            ("w/x", "svc"),
+            (&"w".repeat(65), "svc"),
+            ("work", "svc+a/b"),
+            ("work", "svc+\n"),
+        ] {
+            assert!(CallRequest::parse(t, sa).is_err(), "{t:?} {sa:?} accepted");
+            let (service, arg) = sa.split_once('+').unwrap_or((sa, ""));
+            let raw = OpenRequest::Call(CallRequest::new(t, service, arg)).encode();
+            assert!(OpenRequest::decode(&raw).is_err(), "{t:?} {sa:?} decoded");
+        }
+        for bad in [
+            ServiceRequest {
+                service: "s".into(),
+                arg: "".into(),
+                source: "".into(),
+                user: None,
+            },
+            ServiceRequest {
+                service: "s".into(),
+                arg: "".into(),
+                source: "a b".into(),
+                user: None,
+            },
+            ServiceRequest {
+                service: "s".into(),
+                arg: "".into(),
+                source: "w".into(),
+                user: Some("../x".into()),
+            },
+            ServiceRequest {
+                service: "".into(),
+                arg: "".into(),
+                source: "w".into(),
+                user: None,
+            },
+        ] {
+            let raw = OpenRequest::Service(bad.clone()).encode();
+            assert!(OpenRequest::decode(&raw).is_err(), "{bad:?} decoded");
+        }
+        let long = ExecMessage::Refused {
+            reason: "x".repeat(MAX_REASON_LEN + 1),
+        }
+        .encode();
+        assert!(ExecMessage::decode(&long).is_err());
+        let ok = ExecMessage::Refused {
+            reason: "denied".into(),
+        };
+        assert_eq!(ExecMessage::decode(&ok.encode()), Ok(ok));
     }
 
     #[test]

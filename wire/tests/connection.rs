@@ -24,7 +24,10 @@ async fn serve_execs(mut incoming: Incoming) {
             continue;
         };
         tokio::spawn(async move {
-            let OpenRequest::Exec(req) = s.request;
+            let OpenRequest::Exec(req) = s.request else {
+                let _ = exec::reject(s.stream, "only exec here").await;
+                return;
+            };
             let child = tokio::process::Command::new(&req.argv[0])
                 .args(&req.argv[1..])
                 .stdin(Stdio::piped())
@@ -195,8 +198,8 @@ async fn controls_and_close() {
 async fn version_mismatch_fails_both_sides() {
     let (a, b) = UnixStream::pair().unwrap();
     let newer = Limits {
-        min_version: 2,
-        max_version: 3,
+        min_version: 3,
+        max_version: 4,
         ..Limits::default()
     };
     let (c, s) = tokio::join!(
@@ -205,7 +208,7 @@ async fn version_mismatch_fails_both_sides() {
     );
     match c {
         Err(WireError::VersionMismatch { ours, theirs }) => {
-            assert_eq!((ours, theirs), ((2, 3), (1, 1)));
+            assert_eq!((ours, theirs), ((3, 4), (1, 2)));
         }
         other => panic!("client: {:?}", other.map(|_| ())),
     }
@@ -492,4 +495,152 @@ async fn violation_impossible_exit_status_from_agent() {
             .expect("connection kept");
         agent.abort();
     }
+}
+
+/// A call relayed through a middle hop (as domaind joins a caller's Call stream to the
+/// target's Service stream): data both ways, exit status, refusal, and a caller that goes
+/// away resets the service side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_relay_through_a_middle_hop() {
+    use bulkhead_wire::{CallRequest, ServiceRequest};
+    // caller <-> middle (middle serves Call streams), middle <-> service agent.
+    let (caller, _ci, _mc, mut middle_in) = pair(Limits::default(), Limits::default()).await;
+    let (to_agent, _ai, _ac, agent_in) = pair(Limits::default(), Limits::default()).await;
+    tokio::spawn(serve_services(agent_in));
+    tokio::spawn(async move {
+        while let Some(IncomingEvent::Stream(s)) = middle_in.next().await {
+            let to_agent = to_agent.clone();
+            tokio::spawn(async move {
+                let OpenRequest::Call(c) = s.request else {
+                    return;
+                };
+                if c.target == "nobody" {
+                    let _ = exec::refuse(s.stream, "denied by policy x.policy:1").await;
+                    return;
+                }
+                let svc = to_agent
+                    .open(OpenRequest::Service(ServiceRequest {
+                        service: c.service,
+                        arg: c.arg,
+                        source: "caller-domain".into(),
+                        user: None,
+                    }))
+                    .await
+                    .unwrap();
+                let _ = exec::relay(s.stream, svc).await;
+            });
+        }
+    });
+    // "cat": stdin comes back on stdout, large enough to need credit several times.
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let st = tokio::time::timeout(
+        HANG,
+        exec::call(
+            &caller,
+            CallRequest::new("target", "cat", ""),
+            &input[..],
+            &mut out,
+            &mut err,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(st, ExitStatus::Code(0));
+    assert!(out == input, "got {} bytes back", out.len());
+    // source and argument reach the service
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let st = exec::call(
+        &caller,
+        CallRequest::new("target", "env", "a.b"),
+        &b""[..],
+        &mut out,
+        &mut err,
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, ExitStatus::Code(3));
+    assert_eq!(String::from_utf8_lossy(&out), "caller-domain a.b");
+    assert_eq!(err, b"e");
+    // refusal
+    let r = exec::call(
+        &caller,
+        CallRequest::new("nobody", "cat", ""),
+        &b""[..],
+        tokio::io::sink(),
+        tokio::io::sink(),
+    )
+    .await;
+    assert!(
+        matches!(&r, Err(WireError::CallRefused { reason }) if reason.contains("x.policy:1")),
+        "{r:?}"
+    );
+    // the connection still works afterwards
+    let st = exec::call(
+        &caller,
+        CallRequest::new("target", "env", ""),
+        &b""[..],
+        tokio::io::sink(),
+        tokio::io::sink(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, ExitStatus::Code(3));
+}
+
+/// Serves Service streams: "cat" echoes stdin, "env" prints source and argument.
+async fn serve_services(mut incoming: Incoming) {
+    while let Some(IncomingEvent::Stream(s)) = incoming.next().await {
+        tokio::spawn(async move {
+            let OpenRequest::Service(req) = s.request else {
+                let _ = exec::reject(s.stream, "only services here").await;
+                return;
+            };
+            let script = match req.service.as_str() {
+                "cat" => "cat".to_string(),
+                _ => "printf '%s %s' \"$SRC\" \"$ARG\"; printf e >&2; exit 3".to_string(),
+            };
+            let mut child = tokio::process::Command::new("sh")
+                .args(["-c", &script])
+                .env("SRC", &req.source)
+                .env("ARG", &req.arg)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (i, o, e) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+            let (Some(o), Some(e)) = (o, e) else { return };
+            let wait = async move {
+                let st = child.wait().await?;
+                Ok(ExitStatus::Code(st.code().unwrap_or(255)))
+            };
+            let _ = exec::serve(s.stream, i, o, e, wait).await;
+        });
+    }
+}
+
+/// Calls need protocol version 2: a version-1 connection refuses to open one, and a
+/// version-1 peer that receives one drops the connection.
+#[tokio::test]
+async fn calls_need_version_two() {
+    use bulkhead_wire::CallRequest;
+    let v1 = Limits {
+        max_version: 1,
+        ..Limits::default()
+    };
+    let (c, _ci, _s, _si) = pair(v1.clone(), Limits::default()).await;
+    assert_eq!(c.version(), 1);
+    let r = c
+        .open(OpenRequest::Call(CallRequest::new("x", "svc", "")))
+        .await;
+    assert!(matches!(r, Err(WireError::Unsupported { .. })), "{r:?}");
+
+    // A raw peer speaking version 1 sends a Call open anyway.
+    let (mut raw, conn, _inc) = Raw::connect(Limits::default()).await;
+    assert_eq!(raw.ack.version, 1);
+    let call = OpenRequest::Call(CallRequest::new("x", "svc", "")).encode();
+    raw.send(FrameKind::Open, 1, &call).await;
+    expect_dropped(raw, conn, "call on v1").await;
 }
