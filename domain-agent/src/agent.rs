@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulkhead_wire::{Connection, Control, IncomingEvent, Limits, OpenRequest};
+use bulkhead_wire::{exec, Connection, Control, IncomingEvent, Limits, OpenRequest};
 use tokio::net::UnixStream;
+use tokio::sync::watch;
 
 /// First reconnect delay.
 const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -63,6 +64,16 @@ pub async fn serve(
                 OpenRequest::Exec(req) => {
                     tokio::spawn(crate::spawn::run_exec(req, s.stream));
                 }
+                OpenRequest::Service(req) => {
+                    tokio::spawn(crate::service::run_service(req, s.stream));
+                }
+                OpenRequest::Call(_) => {
+                    tokio::spawn(async move {
+                        let _ =
+                            exec::reject(s.stream, "the agent does not take calls from domaind")
+                                .await;
+                    });
+                }
             },
             IncomingEvent::Control(Control::Shutdown { timeout_secs }) => {
                 request_shutdown(target, timeout_secs);
@@ -115,13 +126,25 @@ async fn connect(
     }
 }
 
-/// Connects to `socket` and serves it, reconnecting with backoff forever.
-pub async fn run_forever(socket: &Path, limits: Limits, target: ShutdownTarget) -> ! {
-    run_channel_forever(&Channel::Unix(socket.to_owned()), limits, target).await
+/// Connects to `socket` and serves it, reconnecting with backoff forever. The current
+/// connection is published in `current` (for the local call socket).
+pub async fn run_forever(
+    socket: &Path,
+    limits: Limits,
+    target: ShutdownTarget,
+    current: watch::Sender<Option<Connection>>,
+) -> ! {
+    run_channel_forever(&Channel::Unix(socket.to_owned()), limits, target, current).await
 }
 
-/// Connects over `channel` and serves it, reconnecting with backoff forever.
-pub async fn run_channel_forever(channel: &Channel, limits: Limits, target: ShutdownTarget) -> ! {
+/// Connects over `channel` and serves it, reconnecting with backoff forever. The current
+/// connection is published in `current` (for the local call socket).
+pub async fn run_channel_forever(
+    channel: &Channel,
+    limits: Limits,
+    target: ShutdownTarget,
+    current: watch::Sender<Option<Connection>>,
+) -> ! {
     let mut backoff = BACKOFF_START;
     let mut failures: u64 = 0;
     loop {
@@ -130,7 +153,9 @@ pub async fn run_channel_forever(channel: &Channel, limits: Limits, target: Shut
                 tracing::info!(%channel, "connected to domaind");
                 backoff = BACKOFF_START;
                 failures = 0;
+                current.send_replace(Some(conn.clone()));
                 serve(conn, incoming, target).await;
+                current.send_replace(None);
                 continue;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "channel handshake failed"),

@@ -5,10 +5,14 @@
 //! * [`agent`]: the logic of `bulkhead-agent`: keeps a wire connection to domaind (reconnecting
 //!   forever) and serves exec requests and controls.
 //! * [`account`] and [`spawn`]: user lookup and process creation for exec requests.
+//! * [`service`]: running the service executable of a service call routed to this domain.
+//! * [`call`]: the local call socket that `bulkhead-call` uses to make calls.
 
 pub mod account;
 pub mod agent;
+pub mod call;
 pub mod init;
+pub mod service;
 pub mod spawn;
 
 /// Environment variable through which init tells the agent which pid to signal for shutdown.
@@ -23,7 +27,7 @@ pub const DEFAULT_AGENT_SOCKET: &str = "/run/bulkhead-channel/agent.sock";
 /// vsock port domaind's side of the channel listens on (the VMM bridges the guest's
 /// connection to CID 2 on this port to the host socket `channel/vsock.sock_1024`). Same value
 /// as `bulkhead_wire::AGENT_VSOCK_PORT` (contract A).
-pub const AGENT_VSOCK_PORT: u32 = 1024;
+pub const AGENT_VSOCK_PORT: u32 = bulkhead_wire::AGENT_VSOCK_PORT;
 
 /// The host's vsock CID as the guest sees it.
 pub const HOST_CID: u32 = 2;

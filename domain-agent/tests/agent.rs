@@ -19,13 +19,19 @@ impl Drop for Kill {
 }
 
 fn start_agent(sock: &Path) -> Kill {
-    Kill(
-        Command::new(env!("CARGO_BIN_EXE_bulkhead-agent"))
-            .env("BULKHEAD_AGENT_SOCKET", sock)
-            .env_remove("BULKHEAD_INIT_PID")
-            .spawn()
-            .expect("starting bulkhead-agent"),
-    )
+    start_agent_with(sock, &[])
+}
+
+/// The agent with its call socket next to `sock` (never the host's /run/bulkhead).
+fn start_agent_with(sock: &Path, env: &[(&str, &Path)]) -> Kill {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead-agent"));
+    cmd.env("BULKHEAD_AGENT_SOCKET", sock)
+        .env("BULKHEAD_CALL_SOCKET", sock.with_file_name("call.sock"))
+        .env_remove("BULKHEAD_INIT_PID");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Kill(cmd.spawn().expect("starting bulkhead-agent"))
 }
 
 async fn accept(l: &UnixListener) -> (Connection, Incoming) {
@@ -312,4 +318,123 @@ async fn cwd_is_entered_as_the_user() {
         String::from_utf8(out).unwrap().trim(),
         private.to_str().unwrap()
     );
+}
+
+/// Service calls through the real agent and the real bulkhead-call: the test plays domaind
+/// (it serves the agent's Call streams by opening a Service stream back to the same agent,
+/// with a source it chooses), so a call runs the service executable from the rpc path with
+/// the source, argument and stdio of the contract, and bulkhead-call exits with the
+/// service's status, 126 when refused, 125 on failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_calls_through_bulkhead_call() {
+    use bulkhead_wire::{IncomingEvent, OpenRequest, ServiceRequest};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = socket_path(&dir);
+    let rpc_a = dir.path().join("etc-rpc");
+    let rpc_b = dir.path().join("lib-rpc");
+    std::fs::create_dir_all(&rpc_a).unwrap();
+    std::fs::create_dir_all(&rpc_b).unwrap();
+    let script = |p: &Path, body: &str| {
+        std::fs::write(p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script(
+        &rpc_b.join("test.Env"),
+        "printf '%s|%s|%s|%s|%s' \"$BULKHEAD_REMOTE_DOMAIN\" \"$BULKHEAD_SERVICE\" \"$BULKHEAD_SERVICE_ARGUMENT\" \"$1\" \"$(id -un)\"; echo oops >&2; exit 7",
+    );
+    script(&rpc_b.join("test.Cat"), "exec cat");
+    // /etc/bulkhead/rpc comes first.
+    script(&rpc_a.join("test.Cat"), "echo first; exec cat");
+    let rpc_path = std::env::join_paths([&rpc_a, &rpc_b]).unwrap();
+    let rpc_path = std::path::PathBuf::from(rpc_path);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let _agent = start_agent_with(&sock, &[("BULKHEAD_RPC_PATH", &rpc_path)]);
+    let (c, mut inc) = accept(&listener).await;
+    let c2 = c.clone();
+    tokio::spawn(async move {
+        while let Some(IncomingEvent::Stream(s)) = inc.next().await {
+            let c = c2.clone();
+            tokio::spawn(async move {
+                let OpenRequest::Call(req) = s.request else {
+                    return;
+                };
+                match req.target.as_str() {
+                    "refused" => {
+                        let _ = exec::refuse(s.stream, "denied by policy t.policy:3").await;
+                    }
+                    "broken" => {
+                        let _ = exec::reject(s.stream, "cannot start the target").await;
+                    }
+                    _ => {
+                        let svc = c
+                            .open(OpenRequest::Service(ServiceRequest {
+                                service: req.service,
+                                arg: req.arg,
+                                source: "the-source".into(),
+                                user: Some("root".into()),
+                            }))
+                            .await
+                            .unwrap();
+                        let _ = exec::relay(s.stream, svc).await;
+                    }
+                }
+            });
+        }
+    });
+    let call = |target: &str, service: &str, input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead-call"))
+            .args([target, service])
+            .env("BULKHEAD_CALL_SOCKET", sock.with_file_name("call.sock"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let w = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The agent may still be connecting its call socket: retry the first call briefly.
+    let mut first = call("work", "test.Env+a.b", b"");
+    for _ in 0..100 {
+        if first.0 != 125 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first = call("work", "test.Env+a.b", b"");
+    }
+    let (code, out, err) = first;
+    assert_eq!(code, 7, "stderr: {err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "the-source|test.Env|a.b|a.b|root"
+    );
+    assert_eq!(err, "oops\n");
+    let input: Vec<u8> = (0..2_000_000u32).map(|i| (i % 249) as u8).collect();
+    let (code, out, err) = call("work", "test.Cat", &input);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(b"first\n"));
+    assert!(out[6..] == input[..], "got {} bytes", out.len());
+    let (code, _, err) = call("refused", "test.Cat", b"");
+    assert_eq!(code, 126);
+    assert!(err.contains("t.policy:3"), "{err}");
+    let (code, _, err) = call("broken", "test.Cat", b"");
+    assert_eq!(code, 125);
+    assert!(err.contains("cannot start the target"), "{err}");
+    let (code, _, err) = call("work", "test.Missing", b"");
+    assert_eq!(code, 125);
+    assert!(err.contains("no service test.Missing"), "{err}");
+    let (code, _, err) = call("work", "bad/service", b"");
+    assert_eq!(code, 125, "{err}");
 }

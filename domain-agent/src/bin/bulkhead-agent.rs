@@ -16,6 +16,9 @@ struct Args {
     /// `bulkhead.channel=vsock`, else unix).
     #[arg(long, env = "BULKHEAD_CHANNEL", default_value = "auto", value_parser = ["auto", "unix", "vsock"])]
     channel: String,
+    /// Unix socket for bulkhead-call (default /run/bulkhead/call.sock, or $BULKHEAD_CALL_SOCKET).
+    #[arg(long)]
+    call_socket: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,9 +43,27 @@ fn main() -> anyhow::Result<()> {
         bulkhead_agent::agent::Channel::Unix(args.socket)
     };
     tracing::info!(%channel, ?target, "bulkhead-agent starting");
-    rt.block_on(bulkhead_agent::agent::run_channel_forever(
-        &channel,
-        bulkhead_wire::Limits::default(),
-        target,
-    ))
+    let (current, upstream) = tokio::sync::watch::channel(None);
+    rt.block_on(async {
+        // Calls from programs in the domain; without the socket the agent still serves domaind.
+        let call_socket = args
+            .call_socket
+            .unwrap_or_else(bulkhead_agent::call::call_socket_path);
+        match bulkhead_agent::call::bind(&call_socket) {
+            Ok(l) => {
+                tracing::info!(socket = %call_socket.display(), "serving local calls");
+                tokio::spawn(bulkhead_agent::call::serve(l, upstream));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no local call socket; bulkhead-call will not work")
+            }
+        }
+        bulkhead_agent::agent::run_channel_forever(
+            &channel,
+            bulkhead_wire::Limits::default(),
+            target,
+            current,
+        )
+        .await
+    })
 }
