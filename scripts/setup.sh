@@ -19,8 +19,17 @@ step "Installing into $PREFIX"
 install -D -m 0755 target/release/domaind            "$PREFIX/sbin/domaind"
 install -D -m 0755 target/release/bulkhead-sandbox   "$PREFIX/sbin/bulkhead-sandbox"
 install -D -m 0755 target/release/bulkhead           "$PREFIX/bin/bulkhead"
-install -D -m 0755 target/release/bulkhead-init      "$PREFIX/lib/bulkhead/guest/bulkhead-init"
-install -D -m 0755 target/release/bulkhead-agent     "$PREFIX/lib/bulkhead/guest/bulkhead-agent"
+# The guest tools dir, as listed in packaging/guest-tools.txt (bin NAME / rpc SERVICE BINARY).
+guest="$PREFIX/lib/bulkhead/guest"
+install -d -m 0755 "$guest" "$guest/rpc"
+while read -r kind a b; do
+    case "$kind" in
+        ''|'#'*) ;;
+        bin) install -m 0755 "target/release/$a" "$guest/$a" ;;
+        rpc) install -m 0755 "target/release/$b" "$guest/$b"; ln -sfn "../$b" "$guest/rpc/$a" ;;
+        *) echo "packaging/guest-tools.txt: unknown entry '$kind'" >&2; exit 1 ;;
+    esac
+done < packaging/guest-tools.txt
 install -d "$PREFIX/share/bulkhead/templates/recipes"
 install -m 0644 templates/recipes/*.toml "$PREFIX/share/bulkhead/templates/recipes/"
 install -D -m 0644 packaging/dbus/org.bulkhead.Domaind1.conf /etc/dbus-1/system.d/org.bulkhead.Domaind1.conf

@@ -130,9 +130,18 @@ pub struct PrefsArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The domain to run in (omit with --dispvm).
-    #[arg(required_unless_present = "dispvm")]
+    /// The domain to run in (omit with --dispvm); with --service, the call's TARGET.
+    #[arg(required_unless_present_any = ["dispvm", "service"])]
     pub name: Option<String>,
+    /// With --service: SERVICE or SERVICE+ARGUMENT.
+    #[arg(requires = "service", value_name = "SERVICE[+ARG]")]
+    pub service_name: Option<String>,
+    /// Make a service call from dom0 instead: `bulkhead run --service [--] TARGET SERVICE[+ARG]`.
+    /// It goes through the policy (source @adminvm); TARGET may be a domain, @dispvm,
+    /// @dispvm:TEMPLATE or @default. Exits with the service's status, 126 when the policy
+    /// refused the call, 125 when it could not be made.
+    #[arg(long, conflicts_with_all = ["dispvm", "user"])]
+    pub service: bool,
     /// Run in a new disposable made from this disposable template; it is removed when the command ends.
     #[arg(long, value_name = "TEMPLATE", conflicts_with = "name")]
     pub dispvm: Option<String>,
@@ -144,7 +153,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_filter_escape_chars: bool,
     /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "service")]
     pub command: Vec<String>,
 }
 

@@ -253,17 +253,41 @@ async fn run(proxy: &Domaind1Proxy<'_>, args: RunArgs) -> Result<ExitCode, Failu
     let (e, stderr_pump) = output_fd(stderr.as_fd(), filter && stderr.is_terminal(), Sink::Stderr)?;
     let i = Fd::from(stdin.as_fd());
     let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
-    let status = match (&args.dispvm, &args.name) {
-        (Some(base), _) => proxy
-            .run_disposable(base, &argv, &args.user, i, o, e)
-            .await
-            .map(|(_disposable, status)| status),
-        (None, Some(name)) => proxy.run(name, &argv, &args.user, i, o, e).await,
-        (None, None) => {
+    let status = if args.service {
+        // TARGET SERVICE[+ARG], before or after `--`.
+        let words: Vec<&str> = args
+            .name
+            .iter()
+            .chain(args.service_name.iter())
+            .map(String::as_str)
+            .chain(argv.iter().copied())
+            .collect();
+        let [target, service] = words[..] else {
             return Err(Failure::new(
                 Code::InvalidInput,
-                "give a domain or --dispvm TEMPLATE",
-            ))
+                "--service takes exactly TARGET and SERVICE[+ARG]",
+            ));
+        };
+        proxy.call(target, service, i, o, e).await
+    } else {
+        match (&args.dispvm, &args.name) {
+            (Some(base), _) => proxy
+                .run_disposable(base, &argv, &args.user, i, o, e)
+                .await
+                .map(|(_disposable, status)| status),
+            (None, Some(_)) if args.service_name.is_some() => {
+                return Err(Failure::new(
+                    Code::InvalidInput,
+                    "put the command after `--` (bulkhead run DOMAIN -- COMMAND...)",
+                ))
+            }
+            (None, Some(name)) => proxy.run(name, &argv, &args.user, i, o, e).await,
+            (None, None) => {
+                return Err(Failure::new(
+                    Code::InvalidInput,
+                    "give a domain or --dispvm TEMPLATE",
+                ))
+            }
         }
     };
     // Our ends of the pipes are gone with the call; drain what domaind wrote.

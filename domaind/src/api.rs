@@ -31,6 +31,10 @@ pub const INTERFACE: &str = "org.bulkhead.Domaind1";
 pub const BUS_ADDRESS_ENV: &str = "BULKHEAD_BUS_ADDRESS";
 /// Prefix of every error name domaind returns.
 pub const ERROR_PREFIX: &str = "org.bulkhead.Error";
+/// Interface an ask agent (the GUI) exports to answer `ask` policy decisions.
+pub const ASK_AGENT_INTERFACE: &str = "org.bulkhead.AskAgent1";
+/// Object path of the ask agent's object, on the agent's own connection.
+pub const ASK_AGENT_PATH: &str = "/org/bulkhead/AskAgent1";
 
 /// Domain states as reported by `List` and `StateChanged`.
 pub mod state {
@@ -192,11 +196,62 @@ pub trait Domaind1 {
     /// previous generation (`<log>.old`) is not included. `Io` if the domain has no log yet.
     fn open_log(&self, name: &str) -> Result<zbus::zvariant::OwnedFd, Error>;
 
+    /// `Call(target s, service s, stdin h, stdout h, stderr h) -> i`: a service call from
+    /// dom0 (policy source `@adminvm`): `service` is `SERVICE[+ARG]`, `target` a domain or a
+    /// token (`@dispvm`, `@dispvm:NAME`, `@default`). Returns the service's exit code;
+    /// `AccessDenied` when the policy refused (the CLI exits 126), `Agent` when it could not
+    /// be run (125).
+    fn call(
+        &self,
+        target: &str,
+        service: &str,
+        stdin: Fd<'_>,
+        stdout: Fd<'_>,
+        stderr: Fd<'_>,
+    ) -> Result<i32, Error>;
+
+    /// Make the caller the ask agent: `ask` decisions call `org.bulkhead.AskAgent1.Ask` on
+    /// its `/org/bulkhead/AskAgent1` object (a later registration replaces it).
+    fn register_ask_agent(&self) -> Result<(), Error>;
+
+    /// Whether `source` may paste into `target` (service `bulkhead.ClipboardPaste`; `ask`
+    /// counts as allow because the hotkey is the consent, `deny` is final).
+    fn evaluate_paste(&self, source: &str, target: &str) -> Result<bool, Error>;
+
+    /// Every error of the installed policy as (file, line, message); empty when valid.
+    fn check_policy(&self) -> Result<Vec<(String, u32, String)>, Error>;
+
+    /// The errors `text` would have as the policy file `file_name` (for an editor).
+    fn check_policy_text(
+        &self,
+        file_name: &str,
+        text: &str,
+    ) -> Result<Vec<(String, u32, String)>, Error>;
+
     #[zbus(signal)]
     fn state_changed(&self, name: String, state: String) -> zbus::Result<()>;
 
     #[zbus(signal)]
     fn progress(&self, name: String, step: String, done: u32, total: u32) -> zbus::Result<()>;
+}
+
+/// Client proxy for an ask agent (domaind calls it; the GUI implements
+/// `org.bulkhead.AskAgent1` at [`ASK_AGENT_PATH`] on its own connection).
+#[zbus::proxy(
+    interface = "org.bulkhead.AskAgent1",
+    default_path = "/org/bulkhead/AskAgent1"
+)]
+pub trait AskAgent1 {
+    /// `source` asks for `service+arg`; choose one of `targets` (`default_target` preselected,
+    /// "" when none) or answer "" to deny.
+    fn ask(
+        &self,
+        source: &str,
+        service: &str,
+        arg: &str,
+        targets: &[&str],
+        default_target: &str,
+    ) -> zbus::Result<String>;
 }
 
 /// Connect to the bus domaind serves on: `address` if given, else `$BULKHEAD_BUS_ADDRESS`,

@@ -23,6 +23,10 @@ pub struct DaemonConfig {
     /// The `bulkhead-sandbox` launcher binary.
     pub launcher: PathBuf,
     pub agent_timeout: Duration,
+    /// How long the ask agent (the GUI) has to answer an `ask` before it counts as deny.
+    pub ask_timeout: Duration,
+    /// Disposable template for `@dispvm` calls made from dom0.
+    pub dom0_default_dispvm: Option<bulkhead_domain::DomainName>,
 }
 
 /// Find the launcher: `$BULKHEAD_LIBEXEC_DIR/bulkhead-sandbox`, else next to our executable.

@@ -100,6 +100,7 @@ pub async fn run(cfg: DaemonConfig, bus_address: Option<String>) -> Result<(), D
             source,
         })?;
     tokio::spawn(forward_events(conn.clone(), rx));
+    mgr.calls().set_bus(conn.clone());
     conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
         .await
         .map_err(|e| match e {

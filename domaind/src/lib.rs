@@ -6,6 +6,7 @@
 //!   leaves domains running, see there).
 //! - [`manager`]: domain lifecycle and state; [`state`]: the state machine.
 //! - [`service`]: the D-Bus object; [`access`]: who may call it.
+//! - [`calls`]: inter-domain calls (policy, ask agent, relaying a caller to a service).
 //! - [`instance`]: the recovery record; [`stdio`]: caller fds as async streams;
 //!   [`fsutil`]: volume copies and log tails; [`tmpl`]: template store adapter;
 //!   [`slots`]: host-wide uid slot claims.
@@ -13,6 +14,7 @@
 
 pub mod access;
 pub mod api;
+pub mod calls;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

@@ -38,6 +38,12 @@ struct Args {
     /// Seconds a start waits for the domain's agent.
     #[arg(long, default_value_t = DEFAULT_AGENT_TIMEOUT.as_secs())]
     agent_timeout: u64,
+    /// Seconds the ask agent (the GUI) has to answer an `ask` policy decision; then deny.
+    #[arg(long, env = "BULKHEAD_ASK_TIMEOUT", default_value_t = domaind::calls::DEFAULT_ASK_TIMEOUT.as_secs_f64())]
+    ask_timeout: f64,
+    /// Disposable template for `@dispvm` calls made from dom0.
+    #[arg(long, env = "BULKHEAD_DOM0_DEFAULT_DISPVM")]
+    default_dispvm: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +65,14 @@ fn main() -> anyhow::Result<()> {
         recipes_dir: args.recipes_dir,
         launcher: domaind::config::find_launcher(exe.as_deref()),
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout.max(1)),
+        ask_timeout: std::time::Duration::try_from_secs_f64(args.ask_timeout.max(0.0))
+            .context("--ask-timeout is out of range")?,
+        dom0_default_dispvm: args
+            .default_dispvm
+            .filter(|s| !s.is_empty())
+            .map(|s| bulkhead_domain::DomainName::new(&s))
+            .transpose()
+            .context("--default-dispvm is not a valid domain name")?,
     };
     let bus = if args.system {
         None

@@ -88,7 +88,7 @@ pub struct Stdio {
 }
 
 /// A running sandbox as domaind tracks it.
-struct Instance {
+pub(crate) struct Instance {
     record: SandboxRecord,
     uid_slot: u32,
     class: DomainClass,
@@ -170,13 +170,21 @@ pub struct Manager {
     generation: AtomicU64,
     /// False until start-up recovery is done; calls wait for it.
     ready: watch::Sender<bool>,
+    /// Inter-domain calls: policy, ask agent (see [`crate::calls`]).
+    calls: crate::calls::Calls,
 }
 
 impl Manager {
     /// A manager for `cfg`; events go to `events`.
     pub fn new(cfg: DaemonConfig, events: mpsc::UnboundedSender<Event>) -> Arc<Self> {
         let store = cfg.paths.domain_store();
+        let calls = crate::calls::Calls::new(
+            bulkhead_policy::PolicyConfig::from_paths(&cfg.paths),
+            cfg.ask_timeout,
+            cfg.dom0_default_dispvm.clone(),
+        );
         Arc::new(Self {
+            calls,
             cfg,
             store,
             config_lock: AsyncMutex::new(()),
@@ -197,6 +205,15 @@ impl Manager {
 
     pub fn config(&self) -> &DaemonConfig {
         &self.cfg
+    }
+
+    /// Inter-domain call state (policy, ask agent).
+    pub fn calls(&self) -> &crate::calls::Calls {
+        &self.calls
+    }
+
+    pub(crate) fn store(&self) -> &DomainStore {
+        &self.store
     }
 
     // ----- small helpers -------------------------------------------------------------------
@@ -246,7 +263,7 @@ impl Manager {
             .clone()
     }
 
-    fn state_of(&self, name: &str) -> DomainState {
+    pub(crate) fn state_of(&self, name: &str) -> DomainState {
         lock(&self.domains)
             .get(name)
             .map(|r| r.state())
@@ -945,6 +962,7 @@ impl Manager {
             listener,
             inst.record.uid_base,
             agent_tx,
+            Arc::downgrade(self),
         ));
         lock(&inst.tasks).push(link.abort_handle());
         match pidfd {
@@ -1189,7 +1207,10 @@ impl Manager {
     }
 
     /// The running instance of `name`, starting the domain if it is halted.
-    async fn ensure_running(self: &Arc<Self>, name: &str) -> Result<Arc<Instance>, Error> {
+    pub(crate) async fn ensure_running(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Arc<Instance>, Error> {
         let dn = self.known(name)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
@@ -1206,7 +1227,11 @@ impl Manager {
 
     /// The agent connection of a running instance (waits for a reconnect, e.g. after a
     /// domaind restart).
-    async fn agent_conn(&self, inst: &Instance, name: &str) -> Result<Connection, Error> {
+    pub(crate) async fn agent_conn(
+        &self,
+        inst: &Instance,
+        name: &str,
+    ) -> Result<Connection, Error> {
         let mut agent = inst.agent.clone();
         let mut exited = inst.exited.clone();
         tokio::select! {
@@ -1268,7 +1293,7 @@ impl Manager {
     }
 
     /// Create a disposable from `base` (a disposable-template or a template).
-    async fn create_disposable(&self, base: &str) -> Result<DomainName, Error> {
+    pub(crate) async fn create_disposable(&self, base: &str) -> Result<DomainName, Error> {
         let bn = self.name(base)?;
         let _cl = self.config_lock.lock().await;
         let bcfg = self.load(&bn)?;
@@ -1336,7 +1361,7 @@ impl Manager {
     }
 
     /// Kill a disposable (if running) and remove it with all its data.
-    async fn destroy_disposable(self: &Arc<Self>, name: &str) {
+    pub(crate) async fn destroy_disposable(self: &Arc<Self>, name: &str) {
         let rt = self.runtime(name);
         {
             let _op = rt.op.lock().await;
@@ -1777,6 +1802,7 @@ async fn agent_link(
     listener: UnixListener,
     uid_base: u32,
     tx: watch::Sender<Option<Connection>>,
+    mgr: std::sync::Weak<Manager>,
 ) {
     let range = uid_base..uid_base.saturating_add(bulkhead_sandbox::UID_RANGE);
     let mut current: Option<Connection> = None;
@@ -1834,8 +1860,12 @@ async fn agent_link(
             }
         };
         info!(domain = %name, "agent connected");
-        // Requests the agent opens towards dom0 (policy calls) are not served yet.
-        drop(incoming);
+        // Streams the agent opens towards dom0: service calls, with this domain as source.
+        tokio::spawn(crate::calls::serve_incoming(
+            mgr.clone(),
+            name.clone(),
+            incoming,
+        ));
         current = Some(conn.clone());
         let _ = tx.send(Some(conn));
     }

@@ -287,6 +287,71 @@ impl Service {
         self.mgr.open_log(&name).map(OwnedFd::from)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        target: String,
+        service: String,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<i32, Error> {
+        self.enter(conn, &hdr).await?;
+        let gone = caller_gone(conn, &hdr).await?;
+        let io = Stdio {
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        self.mgr.dom0_call(&target, &service, io, gone).await
+    }
+
+    async fn register_ask_agent(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        let sender = hdr
+            .sender()
+            .ok_or_else(|| Error::AccessDenied("the call carries no sender name".into()))?;
+        self.mgr.calls().register_ask_agent(sender.as_str());
+        Ok(())
+    }
+
+    async fn evaluate_paste(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        source: String,
+        target: String,
+    ) -> Result<bool, Error> {
+        self.enter(conn, &hdr).await?;
+        Ok(self.mgr.evaluate_paste(&source, &target))
+    }
+
+    async fn check_policy(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Vec<(String, u32, String)>, Error> {
+        self.enter(conn, &hdr).await?;
+        Ok(self.mgr.calls().check_installed())
+    }
+
+    async fn check_policy_text(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        file_name: String,
+        text: String,
+    ) -> Result<Vec<(String, u32, String)>, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.calls().check_text(&file_name, &text)
+    }
+
     #[zbus(signal)]
     async fn state_changed(
         emitter: &SignalEmitter<'_>,

@@ -110,7 +110,7 @@ pub fn libexec_dir() -> TestResult<PathBuf> {
         .clone()
 }
 
-/// Dir with `bulkhead-init` and `bulkhead-agent`.
+/// Dir with `bulkhead-init`, `bulkhead-agent` (and the other guest tools when built).
 pub fn guest_tools_source() -> TestResult<PathBuf> {
     if let Some(p) = std::env::var_os(ENV_GUEST_TOOLS).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
@@ -121,6 +121,87 @@ pub fn guest_tools_source() -> TestResult<PathBuf> {
     BUILT_AGENT
         .get_or_init(|| cargo_build("bulkhead-agent"))
         .clone()
+}
+
+/// One entry of `packaging/guest-tools.txt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestToolsEntry {
+    /// `bin NAME`: the binary NAME.
+    Bin(String),
+    /// `rpc SERVICE BINARY`: `rpc/SERVICE` -> `../BINARY`.
+    Rpc { service: String, binary: String },
+}
+
+/// The guest tools list of this source tree (`packaging/guest-tools.txt`).
+pub fn guest_tools_list() -> TestResult<Vec<GuestToolsEntry>> {
+    let path = workspace_root().join("packaging/guest-tools.txt");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    parse_guest_tools(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parse the guest tools list (see `packaging/guest-tools.txt`).
+pub fn parse_guest_tools(text: &str) -> Result<Vec<GuestToolsEntry>, String> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let entry = match words[..] {
+            [] => continue,
+            [w, ..] if w.starts_with('#') => continue,
+            ["bin", name] if plain(name) => GuestToolsEntry::Bin(name.to_owned()),
+            ["rpc", service, binary] if plain(service) && plain(binary) => GuestToolsEntry::Rpc {
+                service: service.to_owned(),
+                binary: binary.to_owned(),
+            },
+            _ => return Err(format!("line {}: cannot parse {line:?}", i + 1)),
+        };
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// Fill `dst` as the guest tools dir from the binaries in `src`, following
+/// `packaging/guest-tools.txt`. bulkhead-init and bulkhead-agent must be there; any other
+/// missing binary is reported on stderr and left out (a test that needs it says so).
+pub fn assemble_guest_tools(src: &Path, dst: &Path) -> TestResult<()> {
+    std::fs::create_dir_all(dst.join("rpc")).map_err(|e| format!("mkdir guest: {e}"))?;
+    for entry in guest_tools_list()? {
+        let bins: Vec<String> = match &entry {
+            GuestToolsEntry::Bin(bin) => vec![bin.clone()],
+            GuestToolsEntry::Rpc { binary, .. } => vec![binary.clone()],
+        };
+        for bin in bins {
+            if dst.join(&bin).exists() {
+                continue;
+            }
+            if let Err(e) = std::fs::copy(src.join(&bin), dst.join(&bin)) {
+                if bin == "bulkhead-init" || bin == "bulkhead-agent" {
+                    return Err(format!("copy {bin} from {}: {e}", src.display()));
+                }
+                eprintln!(
+                    "note: guest tool {bin} not found in {} ({e}); left out",
+                    src.display()
+                );
+            }
+        }
+        match entry {
+            GuestToolsEntry::Bin(_) => {}
+            GuestToolsEntry::Rpc { service, binary } => {
+                let link = dst.join("rpc").join(&service);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(format!("../{binary}"), &link)
+                    .map_err(|e| format!("symlink {}: {e}", link.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The template cache from `$BULKHEAD_TEST_TEMPLATE_CACHE`, or None with the reason printed.
@@ -265,6 +346,9 @@ pub struct DomaindOptions {
     pub recipes_dir: Option<PathBuf>,
     /// Extra environment (e.g. RUST_LOG).
     pub env: Vec<(String, String)>,
+    /// Binaries copied into the guest tools dir besides those of
+    /// `packaging/guest-tools.txt` (from the same source dir).
+    pub extra_guest_binaries: Vec<String>,
 }
 
 /// A running domaind on a test bus, with its own directories (kept until drop).
@@ -296,10 +380,10 @@ impl TestDomaind {
             (None, true) => {
                 let src = guest_tools_source()?;
                 let dst = root.path().join("guest");
-                std::fs::create_dir_all(&dst).map_err(|e| format!("mkdir guest: {e}"))?;
-                for bin in ["bulkhead-init", "bulkhead-agent"] {
-                    std::fs::copy(src.join(bin), dst.join(bin))
-                        .map_err(|e| format!("copy {bin} from {}: {e}", src.display()))?;
+                assemble_guest_tools(&src, &dst)?;
+                for extra in &opts.extra_guest_binaries {
+                    std::fs::copy(src.join(extra), dst.join(extra))
+                        .map_err(|e| format!("copy {extra} from {}: {e}", src.display()))?;
                 }
                 if src.join("escape-probe").exists() {
                     let _ = std::fs::copy(src.join("escape-probe"), dst.join("escape-probe"));
@@ -475,6 +559,102 @@ impl Drop for TestDomaind {
                 }
             }
         }
+    }
+}
+
+/// What a [`TestAskAgent`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskAnswer {
+    /// Choose this target.
+    Target(String),
+    /// Answer "" (the user refused).
+    Deny,
+    /// Never answer (domaind's timeout must deny).
+    Never,
+}
+
+/// One question domaind asked a [`TestAskAgent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AskQuestion {
+    pub source: String,
+    pub service: String,
+    pub arg: String,
+    pub targets: Vec<String>,
+    pub default_target: String,
+}
+
+#[derive(Debug)]
+struct AskState {
+    answer: AskAnswer,
+    asked: Vec<AskQuestion>,
+}
+
+struct AskObject(std::sync::Arc<std::sync::Mutex<AskState>>);
+
+#[zbus::interface(name = "org.bulkhead.AskAgent1")]
+impl AskObject {
+    async fn ask(
+        &self,
+        source: String,
+        service: String,
+        arg: String,
+        targets: Vec<String>,
+        default_target: String,
+    ) -> String {
+        let answer = {
+            let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            st.asked.push(AskQuestion {
+                source,
+                service,
+                arg,
+                targets,
+                default_target,
+            });
+            st.answer.clone()
+        };
+        match answer {
+            AskAnswer::Target(t) => t,
+            AskAnswer::Deny => String::new(),
+            AskAnswer::Never => std::future::pending().await,
+        }
+    }
+}
+
+/// An ask agent on the test bus (as the GUI will be): exports `org.bulkhead.AskAgent1` and
+/// registers with domaind; answers as told and records every question.
+pub struct TestAskAgent {
+    _conn: zbus::Connection,
+    state: std::sync::Arc<std::sync::Mutex<AskState>>,
+}
+
+impl TestAskAgent {
+    pub async fn register(d: &TestDomaind, answer: AskAnswer) -> TestResult<Self> {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(AskState {
+            answer,
+            asked: Vec::new(),
+        }));
+        let conn = zbus::connection::Builder::address(d.bus_address())
+            .map_err(|e| e.to_string())?
+            .serve_at(crate::api::ASK_AGENT_PATH, AskObject(state.clone()))
+            .map_err(|e| e.to_string())?
+            .build()
+            .await
+            .map_err(|e| format!("ask agent connection: {e}"))?;
+        let proxy = Domaind1Proxy::new(&conn).await.map_err(|e| e.to_string())?;
+        proxy
+            .register_ask_agent()
+            .await
+            .map_err(|e| format!("RegisterAskAgent: {e}"))?;
+        Ok(Self { _conn: conn, state })
+    }
+
+    pub fn set_answer(&self, answer: AskAnswer) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).answer = answer;
+    }
+
+    /// Every question so far (and forget them).
+    pub fn take_questions(&self) -> Vec<AskQuestion> {
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).asked)
     }
 }
 

@@ -1,0 +1,468 @@
+//! Inter-domain calls: the policy decision, the ask agent, and joining a caller to a service.
+//!
+//! A call arrives either as a `Call` stream from a domain's agent (the source is the domain
+//! whose channel it came on, never anything the caller says) or from dom0 through D-Bus
+//! `Call` (source `dom0`, policy token `@adminvm`). domaind evaluates the policy
+//! ([`bulkhead_policy`], reloaded when its files change) against a snapshot of the system
+//! (domains, classes, tags, running state, `default_dispvm`):
+//! - deny (including a broken policy, no matching rule, or no answer to an ask): the caller
+//!   gets `ExecMessage::Refused` (exit code 126);
+//! - ask: the registered ask agent (`org.bulkhead.AskAgent1.Ask` on the bus) chooses a target
+//!   within [`Calls::ask_timeout`]; none registered, an error or no answer in time is deny;
+//! - allow: the target is resolved (a new disposable for `@dispvm`, removed when the call
+//!   ends), started if halted, and a `Service` stream with the source set by domaind is
+//!   opened to its agent and relayed to the caller ([`bulkhead_wire::exec::relay`]).
+//!
+//! Failures after the decision end with `ExecMessage::Failed` (exit code 125).
+//!
+//! Tags of a domain come from its feature `tags` (whitespace-separated); a domain other than
+//! a disposable-template may seed disposables when its feature `template_for_dispvms` is
+//! `1`/`yes`/`true`.
+
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
+use std::time::Duration;
+
+use bulkhead_domain::DomainName;
+use bulkhead_policy::{Allow, Ask, CallTarget, Policy, PolicyConfig, Request, Resolution, System};
+use bulkhead_wire::{
+    exec, CallRequest, ExecMessage, Incoming, IncomingEvent, OpenRequest, ServiceRequest, Stream,
+};
+use tracing::{debug, info, warn};
+
+use crate::api::{AskAgent1Proxy, Error, ASK_AGENT_PATH};
+use crate::manager::{exit_code, CallerGone, Manager, Stdio};
+use crate::state::DomainState;
+use crate::stdio;
+
+/// Default time the ask agent has to answer.
+pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The service the clipboard paste hotkey is evaluated as.
+pub const PASTE_SERVICE: &str = "bulkhead.ClipboardPaste";
+/// The source name of calls made from dom0.
+pub const DOM0: &str = bulkhead_policy::ADMINVM_NAME;
+
+/// Why a call did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The policy (or the user) refused it: exit code 126.
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else went wrong: exit code 125.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Refused(m) => Error::AccessDenied(format!("call refused: {m}")),
+            CallError::Failed(m) => Error::Agent(m),
+        }
+    }
+}
+
+/// Call state shared by the agents' streams and the D-Bus methods.
+pub struct Calls {
+    policy_config: PolicyConfig,
+    policy: StdMutex<Option<Policy>>,
+    ask_timeout: Duration,
+    dom0_default_dispvm: Option<DomainName>,
+    bus: OnceLock<zbus::Connection>,
+    /// Unique bus name of the registered ask agent.
+    ask_agent: StdMutex<Option<String>>,
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Calls {
+    pub fn new(
+        policy_config: PolicyConfig,
+        ask_timeout: Duration,
+        dom0_default_dispvm: Option<DomainName>,
+    ) -> Self {
+        Self {
+            policy_config,
+            policy: StdMutex::new(None),
+            ask_timeout,
+            dom0_default_dispvm,
+            bus: OnceLock::new(),
+            ask_agent: StdMutex::new(None),
+        }
+    }
+
+    /// The bus connection used to reach the ask agent (set once the daemon is on the bus).
+    pub fn set_bus(&self, conn: zbus::Connection) {
+        let _ = self.bus.set(conn);
+    }
+
+    pub fn ask_timeout(&self) -> Duration {
+        self.ask_timeout
+    }
+
+    pub fn policy_config(&self) -> &PolicyConfig {
+        &self.policy_config
+    }
+
+    /// Record `sender` (a unique bus name) as the ask agent, replacing any earlier one.
+    pub fn register_ask_agent(&self, sender: &str) {
+        info!(agent = sender, "ask agent registered");
+        *lock(&self.ask_agent) = Some(sender.to_owned());
+    }
+
+    /// Run `f` on the current policy, loading it first or reloading it if its files changed.
+    fn with_policy<T>(&self, f: impl FnOnce(&Policy) -> T) -> T {
+        let mut guard = lock(&self.policy);
+        match guard.as_mut() {
+            Some(p) => {
+                p.load_if_changed();
+            }
+            None => *guard = Some(Policy::load(self.policy_config.clone())),
+        }
+        match guard.as_ref() {
+            Some(p) => f(p),
+            // Just loaded above.
+            None => f(&Policy::load(self.policy_config.clone())),
+        }
+    }
+
+    /// Ask the registered agent; `None` is deny (no agent, an error, "" or a timeout).
+    async fn ask(&self, source: &str, service: &str, arg: &str, ask: &Ask) -> Option<String> {
+        let agent = lock(&self.ask_agent).clone();
+        let (Some(conn), Some(agent)) = (self.bus.get(), agent) else {
+            info!(source, service, "ask: no ask agent registered; denying");
+            return None;
+        };
+        let targets: Vec<String> = ask.targets.iter().map(CallTarget::to_answer).collect();
+        let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+        let default = ask
+            .default_target
+            .as_ref()
+            .map(CallTarget::to_answer)
+            .unwrap_or_default();
+        let proxy = async {
+            AskAgent1Proxy::builder(conn)
+                .destination(agent.clone())?
+                .path(ASK_AGENT_PATH)?
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await
+        };
+        let call = async {
+            let p = proxy.await?;
+            p.ask(source, service, arg, &target_refs, &default).await
+        };
+        match tokio::time::timeout(self.ask_timeout, call).await {
+            Ok(Ok(answer)) if answer.is_empty() => {
+                info!(source, service, "ask: the user denied");
+                None
+            }
+            Ok(Ok(answer)) => {
+                info!(source, service, answer = %answer, "ask: the user chose");
+                Some(answer)
+            }
+            Ok(Err(e)) => {
+                warn!(source, service, agent = %agent, error = %e, "ask agent failed; denying");
+                None
+            }
+            Err(_) => {
+                warn!(
+                    source,
+                    service,
+                    secs = self.ask_timeout.as_secs_f32(),
+                    "ask agent did not answer in time; denying"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `+ARG` as the policy engine takes it ("" for no argument).
+fn policy_argument(arg: &str) -> String {
+    if arg.is_empty() {
+        String::new()
+    } else {
+        format!("+{arg}")
+    }
+}
+
+fn feature_on(v: Option<&String>) -> bool {
+    v.is_some_and(|v| matches!(v.as_str(), "1" | "yes" | "true"))
+}
+
+/// Serve what a domain's agent opens towards domaind: `Call` streams. Anything else is
+/// refused on that stream.
+pub(crate) async fn serve_incoming(mgr: Weak<Manager>, source: String, mut incoming: Incoming) {
+    while let Some(ev) = incoming.next().await {
+        match ev {
+            IncomingEvent::Stream(s) => {
+                let Some(m) = mgr.upgrade() else { return };
+                let source = source.clone();
+                tokio::spawn(async move {
+                    match s.request {
+                        OpenRequest::Call(req) => m.domain_call(&source, req, s.stream).await,
+                        other => {
+                            warn!(domain = %source, request = ?other, "agent opened a stream domaind does not serve");
+                            let _ = exec::reject(s.stream, "domaind serves only calls").await;
+                        }
+                    }
+                });
+            }
+            IncomingEvent::Control(c) => {
+                debug!(domain = %source, control = ?c, "ignoring a control message from an agent")
+            }
+        }
+    }
+}
+
+impl Manager {
+    /// The policy's view of the system now.
+    pub(crate) fn policy_system(&self) -> System {
+        let (good, _) = self.store().load_all();
+        let mut sys = System::new();
+        for c in &good {
+            let running = self.state_of(c.name.as_str()) == DomainState::Running;
+            let mut info = bulkhead_policy::DomainInfo::from_config(c, running);
+            if let Some(tags) = c.features.get("tags") {
+                for t in tags.split_whitespace() {
+                    if t.len() <= bulkhead_policy::MAX_TAG_LEN
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+                    {
+                        info = info.with_tag(t);
+                    } else {
+                        warn!(domain = %c.name, tag = t, "ignoring an invalid tag");
+                    }
+                }
+            }
+            if feature_on(c.features.get("template_for_dispvms")) {
+                info = info.with_template_for_dispvms(true);
+            }
+            sys.insert(info);
+        }
+        sys.set_dom0_default_dispvm(self.calls().dom0_default_dispvm.clone());
+        sys
+    }
+
+    /// Decide a call: allow (possibly after asking) or why not.
+    pub(crate) async fn decide(
+        &self,
+        source: &str,
+        target: &str,
+        service: &str,
+        arg: &str,
+    ) -> Result<Allow, CallError> {
+        let request = Request::new(service, &policy_argument(arg), source, target);
+        let sys = self.policy_system();
+        let resolution = self.calls().with_policy(|p| p.evaluate(&request, &sys));
+        match resolution {
+            Resolution::Allow(a) => {
+                info!(source, target, service, arg, to = %a.target, rule = %a.rule, "call allowed");
+                Ok(a)
+            }
+            Resolution::Deny(d) => {
+                info!(source, target, service, arg, reason = %d.reason, "call denied");
+                Err(CallError::Refused(d.reason.to_string()))
+            }
+            Resolution::Ask(ask) => {
+                let answer = self.calls().ask(source, service, arg, &ask).await;
+                ask.answer(answer.as_deref()).map_err(|d| {
+                    info!(source, target, service, arg, reason = %d.reason, "call denied after ask");
+                    CallError::Refused(d.reason.to_string())
+                })
+            }
+        }
+    }
+
+    /// Evaluate the clipboard paste from `source` into `target`: ask counts as allow (the
+    /// hotkey is the consent), deny is final.
+    pub fn evaluate_paste(&self, source: &str, target: &str) -> bool {
+        let request = Request::new(PASTE_SERVICE, "", source, target);
+        let sys = self.policy_system();
+        let r = self
+            .calls()
+            .with_policy(|p| p.evaluate_assume_yes(&request, &sys));
+        debug!(source, target, allowed = r.is_allow(), "paste evaluated");
+        r.is_allow()
+    }
+
+    /// Resolve the allowed target, start it if needed, and open the service stream on it.
+    /// Returns the stream and the disposable made for the call (to destroy afterwards).
+    async fn open_service(
+        self: &Arc<Self>,
+        source: &str,
+        req: &CallRequest,
+        allow: &Allow,
+    ) -> Result<(Stream, Option<String>), CallError> {
+        let (name, disposable) = match &allow.target {
+            CallTarget::AdminVm => {
+                return Err(CallError::Failed(
+                    "calls to services in dom0 are not supported".into(),
+                ))
+            }
+            CallTarget::Domain(n) => (n.to_string(), None),
+            CallTarget::NewDisposable { template } => {
+                let dn = self
+                    .create_disposable(template.as_str())
+                    .await
+                    .map_err(|e| {
+                        CallError::Failed(format!(
+                            "cannot create a disposable from '{template}': {}",
+                            e.message()
+                        ))
+                    })?;
+                info!(source, disposable = %dn, "disposable created for a call");
+                (dn.to_string(), Some(dn.to_string()))
+            }
+        };
+        let opened = async {
+            let inst = self.ensure_running(&name).await?;
+            let conn = self.agent_conn(&inst, &name).await?;
+            conn.open(OpenRequest::Service(ServiceRequest {
+                service: req.service.clone(),
+                arg: req.arg.clone(),
+                source: source.to_owned(),
+                user: allow.user.clone(),
+            }))
+            .await
+            .map_err(|e| Error::Agent(format!("cannot reach the agent of '{name}': {e}")))
+        }
+        .await;
+        match opened {
+            Ok(s) => Ok((s, disposable)),
+            Err(e) => {
+                if let Some(d) = &disposable {
+                    self.destroy_disposable(d).await;
+                }
+                Err(CallError::Failed(format!(
+                    "cannot start the service in '{name}': {}",
+                    e.message()
+                )))
+            }
+        }
+    }
+
+    /// A `Call` stream from the agent of `source`.
+    async fn domain_call(self: &Arc<Self>, source: &str, req: CallRequest, stream: Stream) {
+        let allow = match self
+            .decide(source, &req.target, &req.service, &req.arg)
+            .await
+        {
+            Ok(a) => a,
+            Err(CallError::Refused(reason)) => {
+                let _ = exec::refuse(stream, &reason).await;
+                return;
+            }
+            Err(CallError::Failed(reason)) => {
+                let _ = exec::reject(stream, &reason).await;
+                return;
+            }
+        };
+        let (svc, disposable) = match self.open_service(source, &req, &allow).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(source, service = %req.service, error = %e, "call failed");
+                let _ = exec::reject(stream, &e.to_string()).await;
+                return;
+            }
+        };
+        match exec::relay(stream, svc).await {
+            Ok(ExecMessage::Exit(st)) => {
+                debug!(source, service = %req.service, status = ?st, "call ended")
+            }
+            Ok(other) => debug!(source, service = %req.service, end = ?other, "call ended"),
+            Err(e) => info!(source, service = %req.service, error = %e, "call aborted"),
+        }
+        if let Some(d) = disposable {
+            self.destroy_disposable(&d).await;
+        }
+    }
+
+    /// D-Bus `Call` from dom0: `SERVICE[+ARG]` on `target` with the caller's stdio; the
+    /// service's exit code, `AccessDenied` when refused, `Agent` on other failures.
+    pub async fn dom0_call(
+        self: &Arc<Self>,
+        target: &str,
+        service_and_arg: &str,
+        io: Stdio,
+        caller_gone: CallerGone,
+    ) -> Result<i32, Error> {
+        let req = CallRequest::parse(target, service_and_arg).map_err(|e| {
+            Error::InvalidProperty(format!("invalid call '{target} {service_and_arg}': {e}"))
+        })?;
+        let allow = self
+            .decide(DOM0, &req.target, &req.service, &req.arg)
+            .await?;
+        let (svc, disposable) = self.open_service(DOM0, &req, &allow).await?;
+        let work = exec::run_stream(
+            svc,
+            stdio::reader(io.stdin),
+            stdio::writer(io.stdout),
+            stdio::writer(io.stderr),
+        );
+        let res = tokio::select! {
+            r = work => r.map(exit_code).map_err(|e| Error::Agent(format!("the call failed: {e}"))),
+            _ = caller_gone => {
+                info!(service = %req.service, "caller went away; call abandoned");
+                Err(Error::Agent("the caller disconnected".into()))
+            }
+        };
+        if let Some(d) = disposable {
+            self.destroy_disposable(&d).await;
+        }
+        res
+    }
+}
+
+/// `(file, line, message)` rows for D-Bus, from policy diagnostics.
+pub fn diagnostics_rows(d: &[bulkhead_policy::Diagnostic]) -> Vec<(String, u32, String)> {
+    d.iter()
+        .map(|d| {
+            (
+                d.file.display().to_string(),
+                u32::try_from(d.line).unwrap_or(u32::MAX),
+                d.message(),
+            )
+        })
+        .collect()
+}
+
+/// Most bytes `CheckPolicyText` accepts.
+pub const MAX_CHECK_TEXT: usize = 1024 * 1024;
+
+impl Calls {
+    /// `CheckPolicy`: every error of the installed policy.
+    pub fn check_installed(&self) -> Vec<(String, u32, String)> {
+        diagnostics_rows(Policy::load(self.policy_config.clone()).diagnostics())
+    }
+
+    /// `CheckPolicyText`: the errors of `text` as the policy file `file_name` (a plain file
+    /// name; includes resolve against the policy directory).
+    pub fn check_text(
+        &self,
+        file_name: &str,
+        text: &str,
+    ) -> Result<Vec<(String, u32, String)>, Error> {
+        if file_name.is_empty() || file_name.contains('/') || file_name.len() > 255 {
+            return Err(Error::InvalidProperty(format!(
+                "'{file_name}' is not a policy file name (a plain name such as 30-user.policy)"
+            )));
+        }
+        if text.len() > MAX_CHECK_TEXT {
+            return Err(Error::InvalidProperty(format!(
+                "the policy text is {} bytes; at most {MAX_CHECK_TEXT} are checked",
+                text.len()
+            )));
+        }
+        let label = self.policy_config.dir.join(file_name);
+        let p = Policy::from_text_with(
+            &label,
+            text.as_bytes(),
+            Some(&self.policy_config.dir),
+            self.policy_config.limits,
+        );
+        Ok(diagnostics_rows(p.diagnostics()))
+    }
+}

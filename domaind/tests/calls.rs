@@ -1,0 +1,452 @@
+//! Inter-domain calls with real domains: the real domaind, sandbox launcher, bulkhead-init,
+//! bulkhead-agent and bulkhead-call on a tiny template root (see `lifecycle.rs`), with the
+//! policy in the test domaind's `<config>/policy.d` and test services in the guest tools'
+//! `rpc/` directory (mounted at /usr/lib/bulkhead/rpc in every domain).
+//!
+//! A call is made by running `bulkhead-call` in the source domain through D-Bus `Run`, whose
+//! exit code is then bulkhead-call's: the service's status, 126 refused, 125 failure.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use domaind::api::{Domaind1Proxy, Error};
+use domaind::testing::{
+    build_mini_template, sandbox_available, AskAnswer, DomaindOptions, TestAskAgent, TestBus,
+    TestDomaind,
+};
+use zbus::zvariant::Fd;
+
+const TEST_LIMIT: Duration = Duration::from_secs(240);
+const CALL: &str = "/usr/lib/bulkhead/bulkhead-call";
+
+async fn bounded(body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("test did not finish within {TEST_LIMIT:?}");
+    }
+}
+
+struct Env {
+    _bus: TestBus,
+    d: TestDomaind,
+    _conn: zbus::Connection,
+    p: Domaind1Proxy<'static>,
+    pre: String,
+}
+
+impl Env {
+    fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.pre)
+    }
+
+    fn policy_dir(&self) -> PathBuf {
+        self.d.paths.config_dir.join("policy.d")
+    }
+
+    /// Replace the policy with `files` (name, text); `{p}` in the text is the name prefix.
+    fn set_policy(&self, files: &[(&str, &str)]) {
+        let dir = self.policy_dir();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text.replace("{p}", &self.pre)).unwrap();
+        }
+    }
+
+    /// A service script in the guest tools' rpc dir.
+    fn service(&self, name: &str, body: &str) {
+        let p = self.d.guest_tools_dir.join("rpc").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// The host path of a file in the home of domain `name`.
+    fn home_file(&self, name: &str, file: &str) -> PathBuf {
+        let dn = bulkhead_domain::DomainName::new(name).unwrap();
+        self.d.paths.private_dir(&dn).join("user").join(file)
+    }
+}
+
+async fn setup(tag: &str, ask_timeout_secs: &str) -> Option<Env> {
+    if !sandbox_available() {
+        return None;
+    }
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            with_guest_tools: true,
+            env: vec![("BULKHEAD_ASK_TIMEOUT".into(), ask_timeout_secs.into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    assert!(
+        d.guest_tools_dir.join("bulkhead-call").is_file(),
+        "bulkhead-call is not among the guest tools; build it first (cargo build --workspace --bins)"
+    );
+    let pre = format!("{tag}{}-", std::process::id() % 100_000);
+    let tmpl = format!("{pre}tmpl");
+    let recipes = d.root().expect("root").join("recipes");
+    build_mini_template(
+        &d.paths.templates_dir(),
+        &recipes,
+        &tmpl,
+        &d.guest_tools_dir,
+    )
+    .expect("mini template");
+    let (conn, p) = d.client().await.expect("client");
+    p.create(&tmpl, "template", "", "black", HashMap::new())
+        .await
+        .expect("register template");
+    Some(Env {
+        _bus: bus,
+        d,
+        _conn: conn,
+        p,
+        pre,
+    })
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe().expect("pipe")
+}
+
+fn reader(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut v = Vec::new();
+        let _ = f.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Runs through D-Bus `Run` (domain = Some) or `Call` (domain = None: `argv` is
+/// [TARGET, SERVICE]) with pipes; returns (result, stdout, stderr).
+async fn exchange(
+    p: &Domaind1Proxy<'_>,
+    domain: Option<&str>,
+    argv: &[&str],
+    input: &[u8],
+) -> (Result<i32, Error>, String, String) {
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(in_w);
+        let _ = f.write_all(&input);
+    });
+    let out = reader(out_r);
+    let err = reader(err_r);
+    let (i, o, e) = (Fd::from(&in_r), Fd::from(&out_w), Fd::from(&err_w));
+    let res = match domain {
+        Some(d) => p.run(d, argv, "", i, o, e).await,
+        None => p.call(argv[0], argv[1], i, o, e).await,
+    };
+    drop((in_r, out_w, err_w));
+    let _ = writer.join();
+    let out = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    (res, out, err)
+}
+
+/// `bulkhead-call TARGET SERVICE` in domain `source`: (exit code, stdout, stderr).
+async fn call_from(
+    e: &Env,
+    source: &str,
+    target: &str,
+    service: &str,
+    input: &[u8],
+) -> (i32, String, String) {
+    let (r, out, err) = exchange(&e.p, Some(source), &[CALL, target, service], input).await;
+    (r.expect("Run of bulkhead-call"), out, err)
+}
+
+async fn state(p: &Domaind1Proxy<'_>, name: &str) -> String {
+    p.list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == name)
+        .map(|d| d.state)
+        .unwrap_or_else(|| "absent".into())
+}
+
+const ECHO: &str = r#"printf '%s|%s|%s|%s|' "$BULKHEAD_REMOTE_DOMAIN" "$BULKHEAD_SERVICE" "$1" "$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)"; cat; echo "ran $BULKHEAD_REMOTE_DOMAIN" >> "$HOME/ran-$BULKHEAD_SERVICE""#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_between_domains_follow_the_policy() {
+    bounded(calls_between_domains_follow_the_policy_body()).await
+}
+
+async fn calls_between_domains_follow_the_policy_body() {
+    let Some(e) = setup("cl", "2").await else {
+        return;
+    };
+    let (a, b, c, dvm, tmpl) = (
+        e.name("a"),
+        e.name("b"),
+        e.name("c"),
+        e.name("dvm"),
+        e.name("tmpl"),
+    );
+    for (n, class, t) in [
+        (&a, "app", &tmpl),
+        (&b, "app", &tmpl),
+        (&c, "app", &tmpl),
+        (&dvm, "disposable-template", &tmpl),
+    ] {
+        e.p.create(n, class, t, "blue", HashMap::new())
+            .await
+            .unwrap();
+    }
+    e.p.set_property(&a, "default_dispvm", &dvm).await.unwrap();
+    e.p.set_property(&c, "features.tags", "trusted other")
+        .await
+        .unwrap();
+    for s in [
+        "test.Echo",
+        "test.Mark",
+        "test.Ask",
+        "test.Dvm",
+        "test.Tag",
+        "test.None",
+    ] {
+        e.service(s, ECHO);
+    }
+    e.set_policy(&[(
+        "30-test.policy",
+        "# test policy\n\
+         test.Echo  *       @anyvm    {p}b        allow\n\
+         test.Echo  *       @adminvm  @anyvm      allow\n\
+         test.Mark  +deny   @anyvm    @anyvm      deny\n\
+         test.Mark  *       @anyvm    {p}b        allow autostart=no\n\
+         test.Ask   *       @anyvm    @anyvm      ask default_target={p}b\n\
+         test.Dvm   *       @anyvm    @dispvm     allow\n\
+         test.Tag   *       @anyvm    @tag:trusted allow\n",
+    )]);
+
+    // Allowed: runs in b, which autostarts; the source and argument come from domaind.
+    assert_eq!(state(&e.p, &b).await, "halted");
+    let (code, out, err) = call_from(&e, &a, &b, "test.Echo+x.y", b"hello").await;
+    assert_eq!(code, 0, "stdout {out:?} stderr {err:?}\n{}", e.d.log());
+    assert_eq!(out, format!("{a}|test.Echo|x.y|{b}|hello"));
+    assert_eq!(state(&e.p, &b).await, "running", "b was not autostarted");
+    assert!(e.home_file(&b, "ran-test.Echo").exists());
+
+    // A caller that lies about its name changes nothing.
+    let (r, out, _) = exchange(
+        &e.p,
+        Some(&a),
+        &["env", "BULKHEAD_REMOTE_DOMAIN=dom0", CALL, &b, "test.Echo"],
+        b"",
+    )
+    .await;
+    assert_eq!(r.unwrap(), 0);
+    assert!(out.starts_with(&format!("{a}|")), "{out}");
+
+    // Denied by a rule, and no matching rule: 126, and the service never runs.
+    let (code, _, err) = call_from(&e, &a, &b, "test.Mark+deny", b"").await;
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("30-test.policy:4"), "{err}");
+    let (code, _, err) = call_from(&e, &a, &b, "test.None", b"").await;
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("no matching rule"), "{err}");
+    // autostart=no towards a halted domain is refused too.
+    let (code, _, _) = call_from(&e, &a, &c, "test.Mark", b"").await;
+    assert_eq!(code, 126);
+    assert!(!e.home_file(&b, "ran-test.Mark").exists());
+    assert!(!e.home_file(&c, "ran-test.Mark").exists());
+    assert_eq!(state(&e.p, &c).await, "halted");
+
+    // Tags come from the feature `tags`.
+    let (code, out, err) = call_from(&e, &a, &c, "test.Tag", b"").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("{a}|test.Tag||{c}|")), "{out}");
+
+    // Ask without an ask agent: deny.
+    let (code, _, err) = call_from(&e, &a, "@default", "test.Ask", b"").await;
+    assert_eq!(code, 126, "{err}");
+    // Ask answered by the ask agent with a chosen target.
+    let agent = TestAskAgent::register(&e.d, AskAnswer::Target(c.clone()))
+        .await
+        .unwrap();
+    let (code, out, err) = call_from(&e, &a, "@default", "test.Ask+q", b"").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("{a}|test.Ask|q|{c}|")), "{out}");
+    let asked = agent.take_questions();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        (
+            asked[0].source.as_str(),
+            asked[0].service.as_str(),
+            asked[0].arg.as_str()
+        ),
+        (a.as_str(), "test.Ask", "q")
+    );
+    assert_eq!(asked[0].default_target, b);
+    assert!(asked[0].targets.contains(&b) && asked[0].targets.contains(&c));
+    assert!(
+        !asked[0].targets.contains(&a),
+        "the source is offered: {asked:?}"
+    );
+    // A target outside the offered list is refused.
+    agent.set_answer(AskAnswer::Target("dom0".into()));
+    let (code, _, _) = call_from(&e, &a, "@default", "test.Ask", b"").await;
+    assert_eq!(code, 126);
+    // Deny, and no answer within the (2 s) timeout.
+    agent.set_answer(AskAnswer::Deny);
+    let (code, _, _) = call_from(&e, &a, &b, "test.Ask", b"").await;
+    assert_eq!(code, 126);
+    agent.set_answer(AskAnswer::Never);
+    let (code, _, err) = call_from(&e, &a, &b, "test.Ask", b"").await;
+    assert_eq!(code, 126, "{err}");
+    assert_eq!(agent.take_questions().len(), 3);
+
+    // @dispvm: a disposable from a's default_dispvm runs the service and is gone afterwards.
+    let before: Vec<String> =
+        e.p.list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+    let (code, out, err) = call_from(&e, &a, "@dispvm", "test.Dvm", b"in").await;
+    assert_eq!(code, 0, "{err}\n{}", e.d.log());
+    let host = out.split('|').nth(3).unwrap_or_default().to_owned();
+    assert!(host.starts_with("disp"), "ran in {host:?}: {out}");
+    assert!(out.ends_with("|in"), "{out}");
+    // It is removed right after the call ended (the caller does not wait for that).
+    let mut after = Vec::new();
+    for _ in 0..300 {
+        after =
+            e.p.list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>();
+        if !after.contains(&host) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(before, after, "the disposable {host} was not removed");
+
+    // dom0 through D-Bus Call (the CLI's `bulkhead run --service`).
+    let (r, out, _) = exchange(&e.p, None, &[&b, "test.Echo+d0"], b"z").await;
+    assert_eq!(r.unwrap(), 0);
+    assert_eq!(out, format!("dom0|test.Echo|d0|{b}|z"));
+    let (r, _, _) = exchange(&e.p, None, &[&b, "test.Mark+deny"], b"").await;
+    assert!(matches!(r, Err(Error::AccessDenied(_))), "{r:?}");
+
+    // A broken policy file denies every call, until it is fixed (reloaded on change).
+    std::fs::write(
+        e.policy_dir().join("10-broken.policy"),
+        "test.Echo * @anyvm\n",
+    )
+    .unwrap();
+    let (code, _, err) = call_from(&e, &a, &b, "test.Echo", b"").await;
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("10-broken.policy:1"), "{err}");
+    let (r, _, _) = exchange(&e.p, None, &[&b, "test.Echo"], b"").await;
+    assert!(matches!(r, Err(Error::AccessDenied(_))), "{r:?}");
+    std::fs::remove_file(e.policy_dir().join("10-broken.policy")).unwrap();
+    let (code, _, err) = call_from(&e, &a, &b, "test.Echo", b"").await;
+    assert_eq!(code, 0, "{err}");
+
+    for n in [&a, &b, &c] {
+        let _ = e.p.kill(n).await;
+    }
+}
+
+/// Policy queries on D-Bus need no running domain.
+#[tokio::test(flavor = "multi_thread")]
+async fn paste_and_policy_checks_over_dbus() {
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let (_conn, p) = d.client().await.unwrap();
+    p.create("tmpl", "template", "", "black", HashMap::new())
+        .await
+        .unwrap();
+    for n in ["work", "mail", "vault"] {
+        p.create(n, "app", "tmpl", "blue", HashMap::new())
+            .await
+            .unwrap();
+    }
+    let dir = d.paths.config_dir.join("policy.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("50-clip.policy"),
+        "bulkhead.ClipboardPaste * vault @anyvm deny\n\
+         bulkhead.ClipboardPaste * work mail allow\n\
+         bulkhead.ClipboardPaste * @anyvm @anyvm ask\n",
+    )
+    .unwrap();
+    assert!(p.check_policy().await.unwrap().is_empty());
+    assert!(p.evaluate_paste("work", "mail").await.unwrap(), "allow");
+    assert!(
+        p.evaluate_paste("mail", "work").await.unwrap(),
+        "ask counts as allow"
+    );
+    assert!(!p.evaluate_paste("vault", "work").await.unwrap(), "deny");
+    assert!(
+        !p.evaluate_paste("work", "nosuch").await.unwrap(),
+        "unknown target"
+    );
+    assert!(
+        !p.evaluate_paste("work", "work").await.unwrap(),
+        "same domain"
+    );
+
+    // The editor's check: file:line errors of the text as if saved.
+    let rows = p
+        .check_policy_text(
+            "30-user.policy",
+            "# ok\nbulkhead.Filecopy * @anyvm @anyvm ask\nx y\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].0.ends_with("policy.d/30-user.policy"), "{rows:?}");
+    assert_eq!(rows[0].1, 3);
+    assert!(rows[0].2.contains("wrong number of fields"), "{rows:?}");
+    assert!(p
+        .check_policy_text("30-user.policy", "* * @anyvm @anyvm deny\n")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        p.check_policy_text("../x.policy", "").await,
+        Err(Error::InvalidProperty(_))
+    ));
+
+    // A broken installed file: reported, and every paste is denied.
+    std::fs::write(
+        dir.join("60-bad.policy"),
+        "bulkhead.X * @anyvm @anyvm allow bogus=1\n",
+    )
+    .unwrap();
+    let rows = p.check_policy().await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].0.ends_with("60-bad.policy") && rows[0].1 == 1,
+        "{rows:?}"
+    );
+    assert!(!p.evaluate_paste("work", "mail").await.unwrap());
+}
