@@ -183,3 +183,42 @@ fn acpi_poweroff_ends_the_vm_with_status_0() {
         out.stderr
     );
 }
+
+#[test]
+fn spec_from_stdin_and_ready_fd() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = guest_spec(&build_guest("hello"), dir.path());
+    let (r, w) = nix::unistd::pipe().unwrap();
+    nix::fcntl::fcntl(
+        r.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(vmm_binary())
+        .args(["run", "--spec", "-", "--ready-fd"])
+        .arg(w.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(w);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&spec).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "bulkhead-vmm printed to stdout");
+    let mut ready = Vec::new();
+    std::fs::File::from(r).read_to_end(&mut ready).unwrap();
+    assert_eq!(ready.len(), 1, "exactly one byte on the ready fd");
+    let serial = std::fs::read_to_string(&spec.serial_log).unwrap();
+    assert!(serial.contains("BULKHEAD-GUEST PASS"), "{serial}");
+}

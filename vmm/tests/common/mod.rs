@@ -106,7 +106,19 @@ pub fn build_guest(name: &str) -> PathBuf {
 }
 
 /// A spec for a small guest: 32 MiB, one vCPU, console log in `dir`.
+///
+/// With `BULKHEAD_TEST_VMM_CONFINE=1` every guest runs confined (namespaces, empty root, no
+/// capabilities, no_new_privs, seccomp per thread), staying uid 0 so the tests' root-owned
+/// files and sockets remain usable without capabilities; scripts/test.sh runs the guest tests
+/// a second time that way. The uid/gid drop itself is checked in tests/confine.rs.
 pub fn guest_spec(kernel: &Path, dir: &Path) -> VmSpec {
+    let confine = (std::env::var("BULKHEAD_TEST_VMM_CONFINE").as_deref() == Ok("1")).then_some(
+        bulkhead_vmm::ConfineSpec {
+            uid: 0,
+            gid: 0,
+            cgroup: None,
+        },
+    );
     VmSpec {
         name: "test-guest".into(),
         kernel: kernel.into(),
@@ -120,7 +132,7 @@ pub fn guest_spec(kernel: &Path, dir: &Path) -> VmSpec {
         vsock: None,
         net: None,
         rng: false,
-        confine: None,
+        confine,
     }
 }
 
@@ -217,6 +229,12 @@ pub fn run_guest_with(spec: VmSpec, extra_args: &[&str], timeout: Duration) -> G
     let serial = std::fs::read(&spec.serial_log)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
+    if spec.confine.is_some() && status.success() {
+        assert!(
+            stderr.contains("confined"),
+            "the VMM did not confine itself:\n{stderr}"
+        );
+    }
     GuestOutcome {
         status,
         serial,
