@@ -68,7 +68,7 @@ impl BoundedLog {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.old.set_len(0)?;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 8 * 1024];
         let mut off = 0u64;
         loop {
             let n = self.log.read_at(&mut buf, off)?;
