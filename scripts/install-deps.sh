@@ -13,6 +13,9 @@ PACKAGES=(
     acpica-tools        # iasl -d: the vmm test decodes its ACPI tables with ACPICA
     e2fsprogs           # mkfs.ext4 -d: the disk images of VM domains (template root, private, tools)
     kmod                # depmod: modules.dep of the guest kernel, for the VM initramfs
+    libxkbcommon-dev    # gui-agent (smithay's keyboard links libxkbcommon)
+    weston foot gtk-4-examples wl-clipboard  # real Wayland clients for gui-agent tests; headless weston for the GUI bench
+    waypipe             # the peer the GUI benchmark compares against
 )
 
 missing=()
