@@ -96,12 +96,18 @@ pub fn enter_pid_namespace(c: &ConfineSpec) -> Result<PidNamespace, ConfineError
     }
 }
 
+/// Waits for the confined child. Its exit code is ours; if a signal asked us to stop, the child
+/// is killed and we exit 128 + that signal's number, as a shell reports a killed process.
 fn wait_for(child: Pid, set: &SigSet) -> u8 {
+    let mut asked: Option<Signal> = None;
     loop {
         match set.wait() {
             Ok(Signal::SIGCHLD) => match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => return u8::try_from(code).unwrap_or(1),
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    if let Some(a) = asked {
+                        return 128u8.saturating_add(a as u8);
+                    }
                     eprintln!("bulkhead-vmm: the confined VMM was killed by {sig}");
                     return 1;
                 }
@@ -111,8 +117,9 @@ fn wait_for(child: Pid, set: &SigSet) -> u8 {
                     return 1;
                 }
             },
-            Ok(_) => {
+            Ok(sig) => {
                 // SIGTERM/SIGINT/SIGHUP: pid 1 of a namespace ignores those, so end it hard.
+                asked.get_or_insert(sig);
                 let _ = kill(child, Signal::SIGKILL);
             }
             Err(e) => {

@@ -1,7 +1,9 @@
 //! `bulkhead-vmm`: runs one VM from a JSON spec, or probes for hardware virtualization.
 //!
 //! Exit status of `run`: 0 the guest powered off or reset (a reboot ends the VM), 1 error
-//! (message on stderr), 2 usage. `probe`: 0 hardware virtualization, 3 not.
+//! (message on stderr), 2 usage. A confined VMM runs as the child of a waiting parent (PID
+//! namespace); SIGTERM/SIGINT/SIGHUP to the parent kill the VM and the parent exits 128 + N.
+//! `probe`: 0 hardware virtualization, 3 not.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
