@@ -96,9 +96,179 @@ fn weston_simple_shm_window_and_pixels() {
     });
     let (id, w) = dom0.window_titled("simple-shm").expect("window");
     eprintln!("simple-shm window {id}: {}x{}", w.width, w.height);
+    assert_eq!((w.width, w.height), (250, 250));
+    // what simple-shm draws: a white 20-pixel padding; inside, the outer area's colour steps
+    // by 0x080401 per column; the alpha is cleared along the x == y diagonal (its "cross")
+    for (x, y) in [(5, 5), (244, 100), (100, 245)] {
+        assert_eq!(w.px(x, y), 0xffff_ffff, "padding at ({x},{y})");
+    }
+    for x in 21..40 {
+        let step = w.px(x + 1, 30).wrapping_sub(w.px(x, 30)) & 0x00ff_ffff;
+        assert_eq!(step, 0x0008_0401, "colour step at ({x},30)");
+    }
+    for x in 21..229 {
+        assert_eq!(w.px(x, x) >> 24, 0, "alpha on the diagonal at {x}");
+    }
+    assert_eq!(w.px(21, 200) >> 24, 0xff);
+    // it animates: frame callbacks keep it drawing and new pixels keep arriving
+    let before = w.px(21, 30);
+    dom0.until("simple-shm's next frames", 30, |d| {
+        d.windows.get(&id).is_some_and(|w| w.px(21, 30) != before)
+    });
     let _ = client.kill();
     let _ = client.wait();
     dom0.until("the simple-shm window to go away", 30, |d| {
         !d.windows.contains_key(&id)
     });
+}
+
+/// XKB keycodes (evdev + 8) of the characters the typing test needs, US layout.
+fn xkb_key(c: char) -> u32 {
+    let evdev = match c {
+        'a' => 30,
+        'b' => 48,
+        'c' => 46,
+        'd' => 32,
+        'e' => 18,
+        'f' => 33,
+        'g' => 34,
+        'h' => 35,
+        'i' => 23,
+        'j' => 36,
+        'k' => 37,
+        'l' => 38,
+        'm' => 50,
+        'n' => 49,
+        'o' => 24,
+        'p' => 25,
+        'q' => 16,
+        'r' => 19,
+        's' => 31,
+        't' => 20,
+        'u' => 22,
+        'v' => 47,
+        'w' => 17,
+        'x' => 45,
+        'y' => 21,
+        'z' => 44,
+        ' ' => 57,
+        '\n' => 28,
+        '.' => 52,
+        '/' => 53,
+        '-' => 12,
+        other => panic!("no key for {other:?}"),
+    };
+    evdev + 8
+}
+
+fn type_text(dom0: &mut Dom0, text: &str) {
+    use bulkhead_gui_agent::proto::Press;
+    for c in text.chars() {
+        let keycode = xkb_key(c);
+        dom0.send(&HostMsg::Key {
+            keycode,
+            state: Press::Pressed,
+        });
+        dom0.send(&HostMsg::Key {
+            keycode,
+            state: Press::Released,
+        });
+    }
+}
+
+#[test]
+fn foot_gets_keys_typed_from_dom0() {
+    if !have("foot") {
+        return;
+    }
+    let agent = Agent::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut dom0 = Dom0::connect(&agent.gui_socket());
+    let mut foot = agent
+        .client("foot")
+        .env("LC_ALL", "C.UTF-8")
+        .env("HOME", work.path())
+        .env("SHELL", "/bin/sh")
+        .arg("--override=title=foot-under-test")
+        .arg("--working-directory")
+        .arg(work.path())
+        .arg("/bin/sh")
+        .spawn()
+        .expect("start foot");
+    dom0.until("the foot window", 30, |d| {
+        d.windows
+            .values()
+            .any(|w| w.mapped && w.app_id == "foot" && w.damage_msgs > 0)
+    });
+    let id = *dom0
+        .windows
+        .iter()
+        .find(|(_, w)| w.app_id == "foot")
+        .expect("foot window")
+        .0;
+    dom0.send(&HostMsg::FocusIn { window: id });
+    // give the shell time to start, then type; retry typing once if the shell was late
+    let target = work.path().join("typed-ok");
+    for attempt in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(500 * (attempt + 1)));
+        type_text(&mut dom0, "touch typed-ok\n");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !target.exists() && std::time::Instant::now() < deadline {
+            dom0.until("foot redraws", 1, |_| true);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if target.exists() {
+            break;
+        }
+    }
+    assert!(
+        target.exists(),
+        "the command typed from dom0 did not run in foot"
+    );
+    type_text(&mut dom0, "exit\n");
+    dom0.until("the foot window to go away", 30, |d| {
+        !d.windows.contains_key(&id)
+    });
+    let _ = foot.wait();
+}
+
+#[test]
+fn gtk4_app_maps_a_window() {
+    if !have("gtk4-demo") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut dom0 = Dom0::connect(&agent.gui_socket());
+    let mut app = agent
+        .client("gtk4-demo")
+        .env("GDK_BACKEND", "wayland")
+        .env("GSK_RENDERER", "cairo")
+        .env("NO_AT_BRIDGE", "1")
+        .env("GTK_A11Y", "none")
+        .spawn()
+        .expect("start gtk4-demo");
+    dom0.until("the GTK4 window with a title", 60, |d| {
+        d.windows
+            .values()
+            .any(|w| w.mapped && w.parent.is_none() && !w.title.is_empty() && w.damage_msgs > 0)
+    });
+    let (id, w) = dom0
+        .windows
+        .iter()
+        .find(|(_, w)| w.parent.is_none())
+        .expect("window");
+    eprintln!(
+        "gtk4-demo window {id}: {:?} {}x{}",
+        w.title, w.width, w.height
+    );
+    // its pixels are not blank
+    let distinct: std::collections::HashSet<u32> = w.pixels.iter().copied().collect();
+    assert!(distinct.len() > 10, "GTK window looks blank");
+    let id = *id;
+    dom0.send(&HostMsg::CloseRequest { window: id });
+    dom0.until("the GTK window to go away", 30, |d| {
+        !d.windows.contains_key(&id)
+    });
+    let _ = app.kill();
+    let _ = app.wait();
 }
