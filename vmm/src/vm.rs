@@ -73,6 +73,8 @@ pub enum VmError {
     Thread { id: u8, source: std::io::Error },
     #[error("vCPU {id}: {message}")]
     VcpuFailed { id: u8, message: String },
+    #[error("a monitor thread panicked while {0}")]
+    Panicked(&'static str),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -168,10 +170,7 @@ impl Vm {
             (chips, slots.join())
         });
         chips?;
-        slots.map_err(|_| VmError::VcpuFailed {
-            id: 0,
-            message: "the memory registration thread panicked".into(),
-        })??;
+        slots.map_err(|_| VmError::Panicked("registering guest memory"))??;
 
         // Devices.
         let stop = Arc::new(StopSignal::new().map_err(io_err("creating the stop eventfd"))?);
