@@ -56,6 +56,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! 6. **GUI** ([`gui`]): the byte protocol between a domain's gui-agent and dom0 that a GUI
+//!    stream carries (its own little-endian messages, versions and limits).
+//!
 //! ## Version mismatch
 //! Each build speaks a range `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`. The server picks the
 //! highest version in both ranges. If there is none it sends `HelloReject` with its own
@@ -73,6 +76,7 @@
 pub mod error;
 pub mod exec;
 pub mod frame;
+pub mod gui;
 pub mod handshake;
 pub mod message;
 
