@@ -453,9 +453,14 @@ impl VcpuContext {
                     ));
                 }
                 Ok(VcpuExit::InternalError) => {
-                    self.fail(
-                        "KVM internal error (the guest ran something KVM cannot emulate)".into(),
-                    );
+                    let at = match vcpu.get_regs() {
+                        Ok(r) => format!(" at RIP {:#x}", r.rip),
+                        Err(_) => String::new(),
+                    };
+                    self.fail(format!(
+                        "KVM internal error{at} (the guest ran something KVM cannot emulate; \
+                         on PVM hosts a stock kernel is emulated instruction by instruction)"
+                    ));
                 }
                 Ok(other) => {
                     self.fail(format!("unexpected KVM exit {other:?}"));
