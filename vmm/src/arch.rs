@@ -145,6 +145,23 @@ pub fn vcpu_cpuid(supported: &CpuId, id: u8, vcpus: u8) -> CpuId {
     cpuid
 }
 
+/// Whether /dev/kvm is PVM (kvm_pvm), which runs a guest that is not PVM-enlightened through
+/// KVM's instruction emulator.
+pub fn host_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// CPUID changes for guests emulated by PVM: CMPXCHG16B (CPUID.1:ECX bit 13) is hidden, because
+/// the emulator fails on `lock cmpxchg16b` (observed: Debian's 6.1 kernel stops with a KVM
+/// internal error there, in SLUB's double-word cmpxchg, which it skips without CX16).
+pub fn pvm_cpuid_quirks(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.ecx &= !(1 << 13);
+        }
+    }
+}
+
 /// KVM's supported CPUID, asked once per VM.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, ArchError> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -297,6 +314,15 @@ mod tests {
         assert_eq!((tr.selector, tr.type_, tr.s, tr.g), (24, 0xb, 0, 1));
         let null = segment_from_gdt(0, 0);
         assert_eq!(null.unusable, 1);
+    }
+
+    #[test]
+    fn pvm_quirk_hides_cx16_only() {
+        let mut c = CpuId::new(1).unwrap();
+        c.as_mut_slice()[0].function = 1;
+        c.as_mut_slice()[0].ecx = (1 << 13) | (1 << 31) | 1;
+        pvm_cpuid_quirks(&mut c);
+        assert_eq!(c.as_slice()[0].ecx, (1 << 31) | 1);
     }
 
     #[test]

@@ -241,7 +241,10 @@ impl Vm {
         );
 
         // vCPUs.
-        let supported = arch::supported_cpuid(&kvm)?;
+        let mut supported = arch::supported_cpuid(&kvm)?;
+        if arch::host_is_pvm() {
+            arch::pvm_cpuid_quirks(&mut supported);
+        }
         let mut vcpus = Vec::with_capacity(usize::from(spec.vcpus));
         for id in 0..spec.vcpus {
             let vcpu = vm_fd
