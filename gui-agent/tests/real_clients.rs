@@ -272,3 +272,69 @@ fn gtk4_app_maps_a_window() {
     let _ = app.kill();
     let _ = app.wait();
 }
+
+/// Waits for a window that is not in `known` and gives it keyboard focus (wl-clipboard's
+/// tools map a tiny surface and need focus to reach the selection).
+fn focus_new_window(dom0: &mut Dom0, known: &[u32], what: &str) -> u32 {
+    dom0.until(what, 30, |d| d.windows.keys().any(|k| !known.contains(k)));
+    let id = *dom0.windows.keys().find(|k| !known.contains(k)).expect("new window");
+    dom0.send(&HostMsg::FocusIn { window: id });
+    id
+}
+
+#[test]
+fn clipboard_both_ways() {
+    if !have("wl-copy") || !have("wl-paste") {
+        return;
+    }
+    let agent = Agent::start();
+    let mut dom0 = Dom0::connect(&agent.gui_socket());
+    // domain -> dom0: wl-copy sets the domain's selection, dom0 asks for it
+    let mut copy = agent
+        .client("wl-copy")
+        .args(["--foreground", "--type", "text/plain;charset=utf-8", "copied in the domain"])
+        .spawn()
+        .expect("start wl-copy");
+    let known: Vec<u32> = dom0.windows.keys().copied().collect();
+    let w = focus_new_window(&mut dom0, &known, "wl-copy's surface");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        dom0.clipboard = None;
+        dom0.send(&HostMsg::ClipboardRequest);
+        dom0.until("the clipboard answer", 10, |d| d.clipboard.is_some());
+        if dom0.clipboard.as_deref() == Some(b"copied in the domain".as_slice()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "clipboard answer: {:?}", dom0.clipboard);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = copy.kill();
+    let _ = copy.wait();
+    dom0.until("wl-copy's surface to go", 30, |d| !d.windows.contains_key(&w));
+
+    // dom0 -> domain: dom0 pastes, wl-paste in the domain reads it
+    dom0.send(&HostMsg::ClipboardData { data: b"pasted from dom0".to_vec() });
+    let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let paste = agent
+        .client("wl-paste")
+        .args(["--no-newline"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wl-paste");
+    let out2 = out.clone();
+    let waiter = std::thread::spawn(move || {
+        let o = paste.wait_with_output().expect("wl-paste output");
+        *out2.lock().expect("lock") = Some(o);
+    });
+    let known: Vec<u32> = dom0.windows.keys().copied().collect();
+    let _ = focus_new_window(&mut dom0, &known, "wl-paste's surface");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while out.lock().expect("lock").is_none() {
+        assert!(std::time::Instant::now() < deadline, "wl-paste did not finish");
+        dom0.until("wl-paste", 1, |_| true);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    waiter.join().expect("waiter");
+    let o = out.lock().expect("lock").take().expect("output");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "pasted from dom0");
+}
