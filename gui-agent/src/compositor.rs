@@ -48,10 +48,8 @@ use tracing::{debug, info, warn};
 
 use crate::clipboard;
 use crate::link::Link;
-use crate::proto::{AgentMsg, HostMsg, PixelFormat, Press, MAX_WINDOW_SIDE};
+use crate::proto::{AgentMsg, HostMsg, PixelFormat, Press, MAX_HEIGHT, MAX_WIDTH};
 
-/// Version of the agent<->dom0 messages this agent speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
 /// Stop encoding new damage while this many bytes wait for dom0.
 const HIGH_WATER: usize = 24 << 20;
 /// Frame callbacks are held while more than this waits for dom0 (clients pace to the link).
@@ -316,9 +314,7 @@ impl Agent {
 
     /// Messages that recreate every announced window, for a freshly connected dom0.
     pub(crate) fn announce_all(&mut self) {
-        self.send(&AgentMsg::Hello {
-            version: PROTOCOL_VERSION,
-        });
+        self.send(&AgentMsg::Hello);
         let ids: Vec<u32> = self.windows.keys().copied().collect();
         for id in ids {
             let Some(w) = self.windows.get_mut(&id) else {
@@ -428,6 +424,8 @@ impl Agent {
                             if resized {
                                 msgs.push(AgentMsg::Configure {
                                     window: id,
+                                    x: w.pos.0,
+                                    y: w.pos.1,
                                     width: w.width,
                                     height: w.height,
                                 });
@@ -473,22 +471,20 @@ impl Agent {
         let serial = SERIAL_COUNTER.next_serial();
         let time = self.now_ms();
         match msg {
-            HostMsg::Hello { version } => {
-                if version != PROTOCOL_VERSION {
-                    warn!(
-                        version,
-                        ours = PROTOCOL_VERSION,
-                        "dom0 speaks another protocol version; dropping it"
-                    );
-                    self.link = None;
-                }
-            }
-            HostMsg::Screen { width, height } => {
-                if (1..=MAX_WINDOW_SIDE).contains(&width) && (1..=MAX_WINDOW_SIDE).contains(&height)
-                {
-                    self.set_output_size(width, height);
-                } else {
-                    warn!(width, height, "screen size out of range; ignored");
+            HostMsg::Hello {
+                min_version,
+                max_version,
+            } => {
+                let theirs = bulkhead_wire::gui::Hello {
+                    min_version,
+                    max_version,
+                };
+                match bulkhead_wire::gui::negotiate(bulkhead_wire::gui::Hello::OURS, theirs) {
+                    Ok(v) => info!(version = v, "GUI protocol version agreed with dom0"),
+                    Err(e) => {
+                        warn!(error = %e, "dom0 speaks no GUI protocol version we speak (update dom0 and the guest tools together); dropping it");
+                        self.link = None;
+                    }
                 }
             }
             HostMsg::Keymap { keymap } => {
@@ -498,7 +494,14 @@ impl Agent {
                     }
                 }
             }
-            HostMsg::Key { keycode, state } => {
+            HostMsg::Key {
+                window,
+                keycode,
+                state,
+            } => {
+                if self.window_surface(window).is_none() {
+                    return;
+                }
                 if !(8..=767).contains(&keycode) {
                     warn!(keycode, "keycode out of range; ignored");
                     return;
@@ -630,9 +633,7 @@ impl Agent {
                 width,
                 height,
             } => {
-                if !(1..=MAX_WINDOW_SIDE).contains(&width)
-                    || !(1..=MAX_WINDOW_SIDE).contains(&height)
-                {
+                if !(1..=MAX_WIDTH).contains(&width) || !(1..=MAX_HEIGHT).contains(&height) {
                     warn!(
                         window,
                         width, height, "configure size out of range; ignored"
@@ -789,16 +790,7 @@ fn encode_damage(id: u32, w: &mut Window) -> Vec<u8> {
         let mut y = r.y;
         while y < r.y + r.h {
             let h = band.min(r.y + r.h - y);
-            crate::proto::codec::encode_damage_header(
-                &mut out,
-                id,
-                r.x,
-                y,
-                r.w,
-                h,
-                w.format,
-                row_bytes * h as usize,
-            );
+            crate::proto::codec::encode_damage_header(&mut out, id, r.x, y, r.w, h, w.format);
             for row in y..y + h {
                 let start = row as usize * stride + r.x as usize * 4;
                 out.extend_from_slice(&w.pixels[start..start + row_bytes]);
@@ -834,8 +826,8 @@ fn capture(
         let (width, height) = (data.width, data.height);
         if width <= 0
             || height <= 0
-            || width as u32 > MAX_WINDOW_SIDE
-            || height as u32 > MAX_WINDOW_SIDE
+            || width as u32 > MAX_WIDTH
+            || height as u32 > MAX_HEIGHT
             || data.offset < 0
             || (data.stride as i64) < width as i64 * 4
         {

@@ -115,6 +115,7 @@ fn connect(agent: &mut Agent, stream: UnixStream, wake: Ping) {
     }
     let alive_r = alive.clone();
     let mut buf: Vec<u8> = Vec::new();
+    let mut hello_seen = false;
     let token = agent.handle.insert_source(
         Generic::new(reader, Interest::READ, Mode::Level),
         move |_, reader, agent: &mut Agent| {
@@ -143,6 +144,15 @@ fn connect(agent: &mut Agent, stream: UnixStream, wake: Ping) {
                 match decode_host(&buf[used..]) {
                     Ok(Some((msg, n))) => {
                         used += n;
+                        let is_hello = matches!(msg, crate::proto::HostMsg::Hello { .. });
+                        if is_hello == hello_seen {
+                            warn!(
+                                "protocol violation from dom0: HELLO must come first, once; dropping the link"
+                            );
+                            alive_r.store(false, Ordering::SeqCst);
+                            return Ok(PostAction::Remove);
+                        }
+                        hello_seen = true;
                         agent.handle_host(msg);
                         if !alive_r.load(Ordering::SeqCst) || agent.link.is_none() {
                             return Ok(PostAction::Remove);

@@ -1,8 +1,8 @@
 //! The messages the compositor core exchanges with dom0, as plain Rust values.
 //!
 //! The compositor never sees bytes: it produces [`AgentMsg`] and consumes [`HostMsg`]. The
-//! byte encoding lives in [`codec`], which is the only place that knows the wire format, so
-//! the agent can follow the GUI protocol of `bulkhead-wire` by changing that module alone.
+//! byte encoding lives in [`codec`], which maps these to the GUI protocol of `bulkhead-wire`
+//! (`bulkhead_wire::gui`), the only wire format.
 
 /// Pixel layout of a damage rectangle: 4 bytes per pixel, little-endian ARGB/XRGB (as wl_shm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,9 +14,8 @@ pub enum PixelFormat {
 /// Agent -> dom0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentMsg {
-    Hello {
-        version: u32,
-    },
+    /// Our version range (always the one of this build).
+    Hello,
     /// A new window; `parent` is set for popups, whose position is relative to the parent.
     Create {
         window: u32,
@@ -29,6 +28,8 @@ pub enum AgentMsg {
     /// The window's buffer size changed (the next damage covers the new size).
     Configure {
         window: u32,
+        x: i32,
+        y: i32,
         width: u32,
         height: u32,
     },
@@ -79,13 +80,10 @@ pub enum Press {
 /// dom0 -> agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostMsg {
+    /// dom0's version range.
     Hello {
-        version: u32,
-    },
-    /// The headless output's size (dom0's screen or work area).
-    Screen {
-        width: u32,
-        height: u32,
+        min_version: u16,
+        max_version: u16,
     },
     /// An XKB keymap in text format v1.
     Keymap {
@@ -93,6 +91,7 @@ pub enum HostMsg {
     },
     /// XKB keycode (evdev + 8).
     Key {
+        window: u32,
         keycode: u32,
         state: Press,
     },
@@ -142,9 +141,11 @@ pub enum HostMsg {
     },
 }
 
-/// Largest window side the agent forwards or accepts in a configure request.
-pub const MAX_WINDOW_SIDE: u32 = 16384;
+/// Largest window width the agent forwards or accepts in a configure request.
+pub const MAX_WIDTH: u32 = bulkhead_wire::gui::MAX_WIDTH;
+/// Largest window height.
+pub const MAX_HEIGHT: u32 = bulkhead_wire::gui::MAX_HEIGHT;
 /// Largest clipboard content, both directions.
-pub const MAX_CLIPBOARD: usize = 256_000;
+pub const MAX_CLIPBOARD: usize = bulkhead_wire::gui::MAX_CLIPBOARD_LEN;
 
 pub mod codec;

@@ -87,7 +87,7 @@ pub struct Dom0 {
     buf: Vec<u8>,
     pub windows: BTreeMap<u32, Win>,
     pub clipboard: Option<Vec<u8>>,
-    pub hello: Option<u32>,
+    pub hello: bool,
     pub cursor: Option<String>,
 }
 
@@ -97,14 +97,19 @@ impl Dom0 {
         stream
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
-        Dom0 {
+        let mut d = Dom0 {
             stream,
             buf: Vec::new(),
             windows: BTreeMap::new(),
             clipboard: None,
-            hello: None,
+            hello: false,
             cursor: None,
-        }
+        };
+        d.send(&HostMsg::Hello {
+            min_version: 1,
+            max_version: 1,
+        });
+        d
     }
 
     pub fn send(&mut self, msg: &HostMsg) {
@@ -115,7 +120,7 @@ impl Dom0 {
 
     fn apply(&mut self, msg: AgentMsg) {
         match msg {
-            AgentMsg::Hello { version } => self.hello = Some(version),
+            AgentMsg::Hello => self.hello = true,
             AgentMsg::Create {
                 window,
                 width,
@@ -142,6 +147,7 @@ impl Dom0 {
                 window,
                 width,
                 height,
+                ..
             } => {
                 let w = self
                     .windows
