@@ -27,6 +27,23 @@ pub struct DaemonConfig {
     pub ask_timeout: Duration,
     /// Disposable template for `@dispvm` calls made from dom0.
     pub dom0_default_dispvm: Option<bulkhead_domain::DomainName>,
+    /// The `bulkhead-vmm` monitor binary (VM domains).
+    pub vmm: PathBuf,
+    /// Start VM domains even where the probe finds no hardware virtualization (PVM or other
+    /// software KVM). For tests only: a stock Linux guest does not boot there, so such a start
+    /// ends once the VMM runs, without waiting for the agent. Off by default.
+    pub allow_software_kvm: bool,
+}
+
+/// Find the VM monitor: `$BULKHEAD_LIBEXEC_DIR/bulkhead-vmm`, else next to our executable.
+pub fn find_vmm(own_exe: Option<&Path>) -> PathBuf {
+    if let Some(dir) = std::env::var_os("BULKHEAD_LIBEXEC_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("bulkhead-vmm");
+    }
+    own_exe
+        .and_then(Path::parent)
+        .map(|d| d.join("bulkhead-vmm"))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/bulkhead/bulkhead-vmm"))
 }
 
 /// Find the launcher: `$BULKHEAD_LIBEXEC_DIR/bulkhead-sandbox`, else next to our executable.

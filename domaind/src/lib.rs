@@ -5,6 +5,8 @@
 //! - [`daemon`]: running the daemon (bus connection, recovery, signals; stopping domaind
 //!   leaves domains running, see there).
 //! - [`manager`]: domain lifecycle and state; [`state`]: the state machine.
+//! - [`backend`]: the record of a running domain, sandbox or VM, and what the lifecycle does
+//!   with it; [`vm`]: the VM backend (the confined `bulkhead-vmm` process).
 //! - [`service`]: the D-Bus object; [`access`]: who may call it.
 //! - [`calls`]: inter-domain calls (policy, ask agent, relaying a caller to a service).
 //! - [`instance`]: the recovery record; [`stdio`]: caller fds as async streams;
@@ -14,6 +16,7 @@
 
 pub mod access;
 pub mod api;
+pub mod backend;
 pub mod calls;
 pub mod config;
 pub mod daemon;
@@ -25,6 +28,7 @@ pub mod slots;
 pub mod state;
 pub mod stdio;
 pub mod tmpl;
+pub mod vm;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -44,6 +44,11 @@ struct Args {
     /// Disposable template for `@dispvm` calls made from dom0.
     #[arg(long, env = "BULKHEAD_DOM0_DEFAULT_DISPVM")]
     default_dispvm: Option<String>,
+    /// Start VM domains even without hardware virtualization (PVM or other software KVM).
+    /// For tests: a stock Linux guest cannot boot there, so such a start returns once the VMM
+    /// runs instead of waiting for the domain's agent. Never use it in production.
+    #[arg(long)]
+    allow_software_kvm: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +78,8 @@ fn main() -> anyhow::Result<()> {
             .map(|s| bulkhead_domain::DomainName::new(&s))
             .transpose()
             .context("--default-dispvm is not a valid domain name")?,
+        vmm: domaind::config::find_vmm(exe.as_deref()),
+        allow_software_kvm: args.allow_software_kvm,
     };
     let bus = if args.system {
         None

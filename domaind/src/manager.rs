@@ -25,7 +25,7 @@ use std::time::Duration;
 use bulkhead_domain::{
     DomainClass, DomainConfig, DomainName, DomainStore, Isolation, Label, StoreError,
 };
-use bulkhead_sandbox::{Launcher, SandboxRecord, SandboxSpec};
+use bulkhead_sandbox::{Launcher, SandboxSpec};
 use bulkhead_wire::{Connection, ExecRequest};
 use nix::fcntl::{FdFlag, Flock, FlockArg};
 use nix::sys::signal::Signal;
@@ -36,11 +36,12 @@ use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
 use tracing::{debug, error, info, warn};
 
 use crate::api::{DomainInfo, Error};
+use crate::backend::DomainRecord;
 use crate::config::{DaemonConfig, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::instance::{now_secs, InstanceFile, INSTANCE_VERSION};
 use crate::slots::{Claim, SlotDir};
 use crate::state::{DomainState, Op};
-use crate::{fsutil, stdio, tmpl};
+use crate::{fsutil, stdio, tmpl, vm};
 
 /// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
 /// while the sandbox launcher runs (see [`crate::slots`]).
@@ -87,9 +88,9 @@ pub struct Stdio {
     pub stderr: OwnedFd,
 }
 
-/// A running sandbox as domaind tracks it.
+/// A running domain (sandbox or VM) as domaind tracks it.
 pub(crate) struct Instance {
-    record: SandboxRecord,
+    record: DomainRecord,
     uid_slot: u32,
     class: DomainClass,
     generation: u64,
@@ -321,9 +322,9 @@ impl Manager {
     }
 
     /// Record the launched init in the claim of `slot`.
-    fn slot_launched(&self, slot: u32, name: &str, record: &SandboxRecord) {
+    fn slot_launched(&self, slot: u32, name: &str, record: &DomainRecord) {
         let mut claim = Claim::pending(name, &self.cfg.paths.runtime_dir);
-        claim.init = Some((record.init_pid, record.init_start_time));
+        claim.init = Some((record.main_pid(), record.main_start_time()));
         if let Err(e) = self.slots.update(slot, &claim) {
             warn!(domain = name, slot, error = %e, "cannot record the init in the uid slot claim");
         }
@@ -775,16 +776,16 @@ impl Manager {
         cfg: &DomainConfig,
     ) -> Result<Arc<Instance>, Error> {
         let name = cfg.name.as_str();
-        if cfg.isolation == Isolation::Vm {
-            return Err(Error::Backend(format!(
-                "domain '{name}' has isolation=vm: VM domains need the KVM monitor (not built yet); use a sandbox (bulkhead prefs {name} isolation sandbox)"
-            )));
-        }
         self.set_state(rt, DomainState::Starting);
         match self.start_steps(rt, cfg).await {
             Ok(inst) => {
                 self.set_state(rt, DomainState::Running);
-                info!(domain = name, pid = inst.record.init_pid, "running");
+                info!(
+                    domain = name,
+                    backend = inst.record.kind(),
+                    pid = inst.record.main_pid(),
+                    "running"
+                );
                 Ok(inst)
             }
             Err(e) => {
@@ -804,6 +805,31 @@ impl Manager {
         const TOTAL: u32 = 6;
         let name = cfg.name.as_str();
         let paths = &self.cfg.paths;
+        let is_vm = cfg.isolation == Isolation::Vm;
+
+        // A VM start first asks whether this host can run VMs at all: fail at once, plainly.
+        let mut wait_for_agent = true;
+        if is_vm {
+            self.progress(name, 0, TOTAL, "checking hardware virtualization");
+            let vmm = self.cfg.vmm.clone();
+            let probe = blocking(move || vm::probe(&vmm))
+                .await?
+                .map_err(|e| Error::Backend(format!("cannot start domain '{name}': {e}")))?;
+            if !probe.hardware {
+                if !self.cfg.allow_software_kvm {
+                    return Err(Error::Backend(format!(
+                        "cannot start domain '{name}': {}",
+                        vm::VmError::NoHardware {
+                            reason: probe.reason
+                        }
+                    )));
+                }
+                // Test hosts: a guest on software KVM cannot be expected to boot Linux and
+                // reach its agent, so the start ends once the VMM runs.
+                warn!(domain = name, reason = %probe.reason, "no hardware virtualization; starting the VMM anyway (--allow-software-kvm); not waiting for the agent");
+                wait_for_agent = false;
+            }
+        }
 
         self.progress(name, 0, TOTAL, "checking template");
         let template_root = self.template_root_for(cfg)?;
@@ -847,7 +873,12 @@ impl Manager {
         let uid_base = bulkhead_sandbox::UID_BASE + slot * bulkhead_sandbox::UID_RANGE;
 
         self.progress(name, 3, TOTAL, "binding channel");
-        let listener = match bind_channel(&channel_dir, &paths.agent_socket(&cfg.name), uid_base) {
+        let sock = if is_vm {
+            vm::agent_socket(&channel_dir)
+        } else {
+            paths.agent_socket(&cfg.name)
+        };
+        let listener = match bind_channel(&channel_dir, &sock, uid_base) {
             Ok(l) => l,
             Err(e) => {
                 self.release_slot(slot, name);
@@ -855,46 +886,21 @@ impl Manager {
             }
         };
 
-        self.progress(name, 4, TOTAL, "launching sandbox");
-        let spec = SandboxSpec {
-            name: name.to_owned(),
-            template_root: template_root.clone(),
-            private_dir: private,
-            scratch_dir: scratch,
-            channel_dir,
-            guest_tools_dir: self.cfg.guest_tools_dir.clone(),
-            init: vec![bulkhead_domain::GUEST_INIT_PATH.to_owned()],
-            log_file: log_file.clone(),
-            memory_mib: cfg.memory,
-            vcpus: cfg.vcpus,
-            pids_max: DOMAIN_PIDS_MAX,
-            uid_slot: slot,
+        let launched = if is_vm {
+            self.progress(name, 4, TOTAL, "launching VM");
+            self.launch_vm(cfg, &template_root, slot).await
+        } else {
+            self.progress(name, 4, TOTAL, "launching sandbox");
+            self.launch_sandbox(cfg, &template_root, slot).await
         };
-        let launcher = Launcher {
-            path: self.cfg.launcher.clone(),
-        };
-        // Held (and inherited by the launcher) while the launcher runs: if domaind dies now,
-        // the next one waits for the launcher before it looks for orphan cgroups.
-        let launch_lock = {
-            let dir = paths.runtime_dir.clone();
-            match blocking(move || hold_launch_lock(&dir)).await? {
-                Ok(l) => l,
-                Err(e) => {
-                    self.release_slot(slot, name);
-                    return Err(e);
-                }
-            }
-        };
-        let launched = blocking(move || bulkhead_sandbox::start(&spec, &launcher)).await;
-        drop(launch_lock);
-        let record = match launched? {
+        let record = match launched {
             Ok(r) => {
                 self.slot_launched(slot, name, &r);
                 r
             }
             Err(e) => {
                 self.release_slot(slot, name);
-                let _ = fsutil::remove_file(&paths.agent_socket(&cfg.name));
+                let _ = fsutil::remove_file(&sock);
                 let tail = fsutil::log_tail(&log_file, 10);
                 return Err(Error::Backend(format!(
                     "cannot start domain '{name}': {e}{}",
@@ -925,20 +931,123 @@ impl Manager {
             return Err(Error::Io(format!("cannot record domain '{name}': {e}")));
         }
 
-        self.progress(name, 5, TOTAL, "waiting for agent");
-        if let Err(e) = self.wait_agent(&inst, name, &log_file).await {
-            self.teardown(rt, &inst).await;
-            return Err(e);
+        if wait_for_agent {
+            self.progress(name, 5, TOTAL, "waiting for agent");
+            if let Err(e) = self.wait_agent(&inst, name, &log_file).await {
+                self.teardown(rt, &inst).await;
+                return Err(e);
+            }
         }
         self.progress(name, TOTAL, TOTAL, "running");
         Ok(inst)
     }
 
-    /// Track a live sandbox: install it in the runtime and start its watcher and agent link.
+    /// The sandbox backend: the `bulkhead-sandbox` launcher makes the sandbox; returns once
+    /// its init has exec'd.
+    async fn launch_sandbox(
+        &self,
+        cfg: &DomainConfig,
+        template_root: &Path,
+        slot: u32,
+    ) -> Result<DomainRecord, String> {
+        let paths = &self.cfg.paths;
+        let spec = SandboxSpec {
+            name: cfg.name.to_string(),
+            template_root: template_root.to_owned(),
+            private_dir: paths.private_dir(&cfg.name),
+            scratch_dir: paths.scratch_dir(&cfg.name),
+            channel_dir: paths.channel_dir(&cfg.name),
+            guest_tools_dir: self.cfg.guest_tools_dir.clone(),
+            init: vec![bulkhead_domain::GUEST_INIT_PATH.to_owned()],
+            log_file: paths.log_file(&cfg.name),
+            memory_mib: cfg.memory,
+            vcpus: cfg.vcpus,
+            pids_max: DOMAIN_PIDS_MAX,
+            uid_slot: slot,
+        };
+        let launcher = Launcher {
+            path: self.cfg.launcher.clone(),
+        };
+        // Held (and inherited by the launcher) while the launcher runs: if domaind dies now,
+        // the next one waits for the launcher before it looks for orphan cgroups.
+        let launch_lock = {
+            let dir = paths.runtime_dir.clone();
+            blocking(move || hold_launch_lock(&dir))
+                .await
+                .map_err(|e| e.message())?
+                .map_err(|e| e.message())?
+        };
+        let launched = blocking(move || bulkhead_sandbox::start(&spec, &launcher)).await;
+        drop(launch_lock);
+        match launched {
+            Ok(Ok(r)) => Ok(DomainRecord::Sandbox(r)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.message()),
+        }
+    }
+
+    /// The VM backend: VM files (built on first use), disk images, then the confined VMM;
+    /// returns once its vCPUs run. See [`crate::vm`].
+    async fn launch_vm(
+        &self,
+        cfg: &DomainConfig,
+        template_root: &Path,
+        slot: u32,
+    ) -> Result<DomainRecord, String> {
+        let paths = &self.cfg.paths;
+        let name = cfg.name.to_string();
+        let templates = paths.templates_dir();
+        let recipes = self.cfg.recipes_dir.clone();
+        let root = template_root.to_owned();
+        let events = self.events.clone();
+        let n = name.clone();
+        let artifacts = blocking(move || {
+            tmpl::vm_artifacts(&templates, &recipes, &root, &mut |line| {
+                debug!(domain = %n, "{line}");
+                let _ = events.send(Event::Progress {
+                    name: n.clone(),
+                    step: line,
+                    done: 4,
+                    total: 6,
+                });
+            })
+        })
+        .await
+        .map_err(|e| e.message())?
+        .map_err(|e| e.message())?;
+        let start = vm::VmStart {
+            name: name.clone(),
+            vmm: self.cfg.vmm.clone(),
+            kernel: artifacts.kernel,
+            initramfs: artifacts.initramfs,
+            root_image: artifacts.root_image,
+            private_image: paths.domain_state_dir(&cfg.name).join("private.img"),
+            tools_image: paths.scratch_dir(&cfg.name).join("tools.img"),
+            channel_dir: paths.channel_dir(&cfg.name),
+            log_file: paths.log_file(&cfg.name),
+            spec_file: paths.runtime_domain_dir(&cfg.name).join("vm.json"),
+            scratch_dir: paths.scratch_dir(&cfg.name),
+            memory_mib: cfg.memory,
+            vcpus: cfg.vcpus,
+            uid: bulkhead_sandbox::UID_BASE + slot * bulkhead_sandbox::UID_RANGE,
+        };
+        let private_dir = paths.private_dir(&cfg.name);
+        let tools = self.cfg.guest_tools_dir.clone();
+        blocking(move || -> Result<DomainRecord, vm::VmError> {
+            vm::ensure_private_image(&private_dir, &start.private_image)?;
+            vm::make_tools_image(&tools, &start.tools_image)?;
+            vm::launch(&start).map(DomainRecord::Vm)
+        })
+        .await
+        .map_err(|e| e.message())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Track a live domain: install it in the runtime and start its watcher and agent link.
     fn activate(
         self: &Arc<Self>,
         rt: &Arc<Runtime>,
-        record: SandboxRecord,
+        record: DomainRecord,
         slot: u32,
         class: DomainClass,
         listener: UnixListener,
@@ -960,7 +1069,7 @@ impl Manager {
         let link = tokio::spawn(agent_link(
             rt.name.clone(),
             listener,
-            inst.record.uid_base,
+            inst.record.channel_peers(),
             agent_tx,
             Arc::downgrade(self),
         ));
@@ -1028,7 +1137,7 @@ impl Manager {
             let rec = record.clone();
             let _ = blocking(move || {
                 let _ = rec.thaw();
-                rec.signal_init(Signal::SIGKILL)
+                rec.signal_main(Signal::SIGKILL)
             })
             .await;
             let _ = tokio::time::timeout(KILL_WAIT, exited.wait_for(|e| *e)).await;
@@ -1133,7 +1242,8 @@ impl Manager {
         };
         if !asked {
             let rec = inst.record.clone();
-            let _ = blocking(move || rec.signal_init(Signal::SIGTERM)).await;
+            // A sandbox's init shuts its processes down on SIGTERM; a VMM simply ends the VM.
+            let _ = blocking(move || rec.signal_main(Signal::SIGTERM)).await;
         }
         let mut exited = inst.exited.clone();
         if tokio::time::timeout(timeout, exited.wait_for(|e| *e))
@@ -1623,7 +1733,7 @@ impl Manager {
     async fn recover_one(self: &Arc<Self>, dn: &DomainName) -> bool {
         let name = dn.as_str();
         let ipath = self.cfg.paths.instance_file(dn);
-        let file = match InstanceFile::<SandboxRecord>::read(&ipath) {
+        let file = match InstanceFile::<DomainRecord>::read(&ipath) {
             Ok(f) => f,
             Err(e) => {
                 if ipath.exists() {
@@ -1648,7 +1758,7 @@ impl Manager {
                 let rec = record.clone();
                 let _ = blocking(move || {
                     let _ = rec.thaw();
-                    rec.signal_init(Signal::SIGKILL)
+                    rec.signal_main(Signal::SIGKILL)
                 })
                 .await;
             } else {
@@ -1675,8 +1785,13 @@ impl Manager {
         let class: DomainClass = file.class.parse().unwrap_or(DomainClass::App);
         self.slot_launched(file.uid_slot, name, &record);
         lock(&self.roots).insert(name.to_owned(), file.template_root.clone());
-        let sock = self.cfg.paths.agent_socket(dn);
-        let listener = match bind_channel(&self.cfg.paths.channel_dir(dn), &sock, record.uid_base) {
+        let channel_dir = self.cfg.paths.channel_dir(dn);
+        let sock = match record {
+            DomainRecord::Vm(_) => vm::agent_socket(&channel_dir),
+            DomainRecord::Sandbox(_) => self.cfg.paths.agent_socket(dn),
+        };
+        let uid_base = record.channel_peers().start;
+        let listener = match bind_channel(&channel_dir, &sock, uid_base) {
             Ok(l) => l,
             Err(e) => {
                 error!(domain = name, error = %e.message(), "cannot re-bind the channel; stopping the domain");
@@ -1702,7 +1817,8 @@ impl Manager {
             Ok(inst) => {
                 info!(
                     domain = name,
-                    pid = inst.record.init_pid,
+                    backend = inst.record.kind(),
+                    pid = inst.record.main_pid(),
                     "adopted a running domain"
                 );
                 self.set_state(
@@ -1795,16 +1911,16 @@ async fn wait_pidfd(fd: OwnedFd) {
 }
 
 /// Accept the domain's agent on `listener`, hand out the connection, accept it again after it
-/// drops (the agent reconnects forever). Peers whose uid is outside the domain's range are
+/// drops (the agent reconnects forever). Peers whose uid is outside `range` (the sandbox's uid
+/// range, or a VM's VMM uid) are
 /// dropped at once, and so is any second peer while an agent is connected.
 async fn agent_link(
     name: String,
     listener: UnixListener,
-    uid_base: u32,
+    range: std::ops::Range<u32>,
     tx: watch::Sender<Option<Connection>>,
     mgr: std::sync::Weak<Manager>,
 ) {
-    let range = uid_base..uid_base.saturating_add(bulkhead_sandbox::UID_RANGE);
     let mut current: Option<Connection> = None;
     loop {
         let closed = {

@@ -349,6 +349,8 @@ pub struct DomaindOptions {
     /// Binaries copied into the guest tools dir besides those of
     /// `packaging/guest-tools.txt` (from the same source dir).
     pub extra_guest_binaries: Vec<String>,
+    /// Pass `--allow-software-kvm` (VM domains on hosts without hardware virtualization).
+    pub allow_software_kvm: bool,
 }
 
 /// A running domaind on a test bus, with its own directories (kept until drop).
@@ -442,6 +444,9 @@ impl TestDomaind {
             .stderr(log2);
         if let Some(r) = &self.options.recipes_dir {
             cmd.arg("--recipes-dir").arg(r);
+        }
+        if self.options.allow_software_kvm {
+            cmd.arg("--allow-software-kvm");
         }
         if self.options.with_guest_tools || self.options.template_cache.is_some() {
             if let Ok(dir) = libexec_dir() {
@@ -838,4 +843,125 @@ pub fn sandbox_available() -> bool {
         }
         None => true,
     }
+}
+
+/// The `bulkhead-vmm` binary in the libexec dir (built by `cargo build --workspace --bins`).
+pub fn vmm_bin() -> TestResult<PathBuf> {
+    let p = libexec_dir()?.join("bulkhead-vmm");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} does not exist (cargo build --workspace --bins)",
+            p.display()
+        ))
+    }
+}
+
+/// `bulkhead-vmm probe`: (hardware virtualization?, its line of text).
+pub fn vmm_probe(vmm: &Path) -> TestResult<(bool, String)> {
+    let out = Command::new(vmm)
+        .arg("probe")
+        .output()
+        .map_err(|e| format!("cannot run {} probe: {e}", vmm.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match out.status.code() {
+        Some(0) => Ok((true, text)),
+        Some(3) => Ok((false, text)),
+        _ => Err(format!(
+            "{} probe failed ({}): {text}",
+            vmm.display(),
+            out.status
+        )),
+    }
+}
+
+/// Compile the VM lifecycle test's guest (`domaind/tests/guests/ticker.c`: prints to the
+/// serial console forever, no drivers, no agent) with gcc into `out_dir`; returns the ELF.
+pub fn build_ticker_guest(out_dir: &Path) -> TestResult<PathBuf> {
+    let src = workspace_root().join("domaind/tests/guests");
+    let out = out_dir.join("ticker.elf");
+    let result = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-fno-pie",
+            "-no-pie",
+            "-fno-stack-protector",
+            "-mno-red-zone",
+            "-mgeneral-regs-only",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-Wl,--build-id=none",
+        ])
+        .arg(format!("-Wl,-T,{}", src.join("ticker.ld").display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(src.join("ticker.c"))
+        .output()
+        .map_err(|e| format!("cannot run gcc (scripts/install-deps.sh installs it): {e}"))?;
+    if !result.status.success() {
+        return Err(format!(
+            "gcc failed for the ticker guest:\n{}",
+            String::from_utf8_lossy(&result.stderr)
+        ));
+    }
+    Ok(out)
+}
+
+/// Give template `name` (built in `templates_dir`) VM files without building them: `kernel`
+/// as its kernel, an empty initramfs, a small ext4 root image. Returns the VM files' dir.
+pub fn install_test_vm_artifacts(
+    templates_dir: &Path,
+    name: &str,
+    kernel: &Path,
+) -> TestResult<PathBuf> {
+    use bulkhead_templates::vm;
+    let dn = bulkhead_domain::DomainName::new(name).map_err(|e| e.to_string())?;
+    let store = bulkhead_templates::TemplateStore::new(templates_dir);
+    let root = store.root_path(&dn).map_err(|e| e.to_string())?;
+    let marker: bulkhead_templates::TemplateMarker = toml::from_str(
+        &std::fs::read_to_string(root.join(bulkhead_templates::MARKER_PATH))
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let hash16 = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("root-"))
+        .ok_or("template root is not root-<hash>")?
+        .to_owned();
+    let dir = root.with_file_name(format!("vm-{hash16}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::copy(kernel, dir.join("vmlinuz")).map_err(|e| format!("copy kernel: {e}"))?;
+    let mut cpio = Vec::new();
+    vm::write_cpio(&[], &mut cpio).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("initramfs.cpio"), cpio).map_err(|e| e.to_string())?;
+    let empty = dir.join("empty-root");
+    std::fs::create_dir_all(&empty).map_err(|e| e.to_string())?;
+    vm::make_ext4_image(
+        &empty,
+        &dir.join("root.img"),
+        vm::ROOT_LABEL,
+        16,
+        false,
+        &mut std::io::sink(),
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir(&empty);
+    let m = vm::VmMarker {
+        hash: marker.hash,
+        kernel_package: "test guest (domaind/tests/guests/ticker.c)".into(),
+        kernel_release: "ticker".into(),
+        modules: Vec::new(),
+        built_at: 0,
+    };
+    std::fs::write(
+        dir.join("vm.toml"),
+        toml::to_string(&m).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(dir)
 }

@@ -63,6 +63,47 @@ pub fn build(
     Ok(root)
 }
 
+/// The VM files of the template root `root` (a `root-<hash16>` directory of the store in
+/// `templates_dir`), built first if missing: the recipe named like the template is loaded
+/// from `recipes_dir` and must be the one the root was built from. Each progress line goes to
+/// `progress`.
+pub fn vm_artifacts(
+    templates_dir: &Path,
+    recipes_dir: &Path,
+    root: &Path,
+    progress: &mut dyn FnMut(String),
+) -> Result<bulkhead_templates::vm::VmArtifacts, Error> {
+    let store = TemplateStore::new(templates_dir);
+    if let Some(a) = store.vm_artifacts_for_root(root) {
+        return Ok(a);
+    }
+    let name = root
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Backend(format!("{} is not a template root", root.display())))?;
+    let name = dn(name)?;
+    let recipe = Recipe::load_named(recipes_dir, &name).map_err(|e| {
+        Error::InvalidProperty(format!(
+            "the VM files of template '{name}' are not built and its recipe cannot be read: {e} (recipes are read from {})",
+            recipes_dir.display()
+        ))
+    })?;
+    match store.status_for(&recipe) {
+        bulkhead_templates::TemplateStatus::Ready { root: r, .. } if r == root => {}
+        _ => {
+            return Err(Error::TemplateMissing(format!(
+                "the VM files of template '{name}' are not built and its recipe changed since {} was built; rebuild the template (bulkhead template build {name})",
+                root.display()
+            )))
+        }
+    }
+    info!(template = %name, "building the VM files");
+    store
+        .build_vm(&recipe, &mut |p| progress(p.to_string()))
+        .map_err(template_err)
+}
+
 /// Whether the template's directory is a symlink: a store shared from elsewhere (tests link a
 /// cached store in) whose trees this domaind does not own.
 fn linked_in(store: &TemplateStore, name: &DomainName) -> bool {

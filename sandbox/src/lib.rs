@@ -338,7 +338,7 @@ pub struct SandboxRecord {
 }
 
 /// Start time (field 22) and state (field 3) of a process, from /proc/<pid>/stat.
-pub(crate) fn proc_stat(pid: i32) -> Option<(u64, char)> {
+pub fn proc_stat(pid: i32) -> Option<(u64, char)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm (field 2) may contain spaces and parentheses: split after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
@@ -448,7 +448,7 @@ impl SandboxRecord {
 
 /// Removes everything inside `dir` (not `dir` itself); a missing dir is fine.
 /// `remove_dir_all` does not follow symlinks, so a domain cannot steer it outside.
-pub(crate) fn wipe_dir(dir: &Path) -> Result<(), SandboxError> {
+pub fn wipe_dir(dir: &Path) -> Result<(), SandboxError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

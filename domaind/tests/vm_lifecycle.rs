@@ -1,0 +1,337 @@
+//! VM domains (`isolation = "vm"`) through the real domaind, the real `bulkhead-vmm` and KVM.
+//!
+//! On a host without hardware virtualization (the build and CI machines: PVM), a start fails
+//! at once with the probe's message, and with `--allow-software-kvm` domaind runs the
+//! confined VMM anyway, on a template whose "kernel" is a tiny test guest
+//! (`tests/guests/ticker.c`) that prints to the serial console forever.
+//!
+//! What this checks: the domain is created and listed with isolation vm; the probe refusal;
+//! the VMM process runs as the domain slot's first uid inside the domain's cgroup; its
+//! console output reaches the domain log (OpenLog, what `bulkhead log` reads); pause freezes
+//! the cgroup and unpause lets the guest go on; kill and shutdown end it, the state returns
+//! to halted and nothing is left (process, cgroup, sockets, instance record, scratch).
+//!
+//! What this does NOT check: a Linux guest booting, the initramfs, the guest's agent
+//! connecting over vsock, `bulkhead run` in a VM, a graceful shutdown through the agent.
+//! The tiny guest has no drivers and no agent; those need hardware virtualization and are
+//! covered by `vm_full_boot.rs`, which runs only where the probe finds it.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use domaind::api::Domaind1Proxy;
+use domaind::testing::{
+    build_mini_template, build_ticker_guest, install_test_vm_artifacts, sandbox_available, vmm_bin,
+    vmm_probe, DomaindOptions, TestBus, TestDomaind,
+};
+
+const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+fn state(list: &[domaind::api::DomainInfo], name: &str) -> Option<String> {
+    list.iter()
+        .find(|d| d.name == name)
+        .map(|d| d.state.clone())
+}
+
+async fn wait_state(p: &Domaind1Proxy<'_>, name: &str, want: &str) {
+    for _ in 0..600 {
+        if state(&p.list().await.unwrap(), name).as_deref() == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never reached state {want}");
+}
+
+/// The domain log through OpenLog (what `bulkhead log` shows).
+async fn log_text(p: &Domaind1Proxy<'_>, name: &str) -> String {
+    let fd = p.open_log(name).await.expect("OpenLog");
+    let fd: std::os::fd::OwnedFd = fd.into();
+    let mut s = String::new();
+    let _ = std::fs::File::from(fd).read_to_string(&mut s);
+    s
+}
+
+/// Wait (bounded) until the log has at least `n` ticks; returns the log.
+async fn wait_ticks(p: &Domaind1Proxy<'_>, name: &str, n: usize) -> String {
+    for _ in 0..1200 {
+        let log = log_text(p, name).await;
+        if log.matches("BULKHEAD-TEST-GUEST tick").count() >= n {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the guest's console never showed {n} ticks; log:\n{}",
+        log_text(p, name).await
+    );
+}
+
+fn record(d: &TestDomaind, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(
+        d.paths
+            .runtime_dir
+            .join("domains")
+            .join(name)
+            .join("instance.json"),
+    )
+    .expect("instance.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["record"].clone()
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn cgroup_exists(name: &str) -> bool {
+    bulkhead_sandbox::list_orphan_cgroups()
+        .map(|v| v.iter().any(|n| n == name))
+        .unwrap_or(false)
+}
+
+fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
+    assert!(!alive(pid), "VMM {pid} of {name} still alive");
+    assert!(!cgroup_exists(name), "cgroup of {name} left behind");
+    let rt = d.paths.runtime_dir.join("domains").join(name);
+    for f in [
+        "instance.json",
+        "vm.json",
+        "channel/vsock.sock",
+        "channel/vsock.sock_1024",
+    ] {
+        assert!(!rt.join(f).exists(), "{f} left behind");
+    }
+    let scratch = d.paths.state_dir.join("domains").join(name).join("scratch");
+    assert!(
+        !scratch.exists()
+            || std::fs::read_dir(&scratch)
+                .map(|mut r| r.next().is_none())
+                .unwrap_or(true),
+        "scratch (tools image) not wiped"
+    );
+}
+
+/// The uid of a process, from /proc/<pid>/status.
+fn proc_uid(pid: i32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
+/// The freezer state file of a record's cgroup.
+fn freezer_state(rec: &serde_json::Value) -> String {
+    let cg = &rec["cgroup"];
+    let path = if cg["version"] == "v2" {
+        PathBuf::from(cg["dir"].as_str().expect("dir")).join("cgroup.freeze")
+    } else {
+        PathBuf::from(cg["freezer"].as_str().expect("freezer")).join("freezer.state")
+    };
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+fn procs_of(rec: &serde_json::Value) -> Vec<i32> {
+    let cg = &rec["cgroup"];
+    let dir = if cg["version"] == "v2" {
+        cg["dir"].as_str()
+    } else {
+        cg["pids"].as_str()
+    };
+    let path = PathBuf::from(dir.expect("cgroup dir")).join("cgroup.procs");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_domain_lifecycle_on_software_kvm() {
+    if tokio::time::timeout(TEST_LIMIT, body()).await.is_err() {
+        panic!("test did not finish within {TEST_LIMIT:?}");
+    }
+}
+
+async fn body() {
+    if !sandbox_available() {
+        return;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP: no /dev/kvm on this host");
+        return;
+    }
+    let vmm = match vmm_bin() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("SKIP: no bulkhead-vmm to run VM domains with: {e}");
+            return;
+        }
+    };
+    let (hardware, reason) = vmm_probe(&vmm).expect("bulkhead-vmm probe");
+    if hardware {
+        // There a start waits for the guest's agent, which the tiny guest does not have; the
+        // full test (vm_full_boot.rs) covers hardware hosts.
+        eprintln!("SKIP: this test covers hosts without hardware virtualization; this one has it ({reason}); see vm_full_boot.rs");
+        return;
+    }
+    let bus = TestBus::start().expect("dbus-daemon");
+    let mut d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            with_guest_tools: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let pre = format!("vm{}-", std::process::id() % 100_000);
+    let tmpl = format!("{pre}tmpl");
+    let work = format!("{pre}work");
+    let root = d.root().expect("root").to_owned();
+    let recipes = root.join("recipes");
+    build_mini_template(
+        &d.paths.templates_dir(),
+        &recipes,
+        &tmpl,
+        &d.guest_tools_dir,
+    )
+    .expect("mini template");
+    let guest = build_ticker_guest(&root).expect("ticker guest");
+    install_test_vm_artifacts(&d.paths.templates_dir(), &tmpl, &guest).expect("VM files");
+
+    let (_conn, p) = d.client().await.expect("client");
+    p.create(&tmpl, "template", "", "black", HashMap::new())
+        .await
+        .expect("register template");
+    let props = HashMap::from([("isolation", "vm"), ("memory", "64"), ("vcpus", "1")]);
+    p.create(&work, "app", &tmpl, "blue", props)
+        .await
+        .expect("create vm domain");
+    let info = p.list().await.unwrap();
+    let me = info.iter().find(|i| i.name == work).expect("listed");
+    assert_eq!(me.isolation, "vm");
+    assert_eq!(me.state, "halted");
+
+    // Without the option: refused at once, with the probe's reason.
+    let e = p
+        .start(&work)
+        .await
+        .expect_err("no hardware virtualization");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("VM domains need hardware virtualization (VT-x or AMD-V)")
+            && msg.contains(&reason),
+        "{msg}"
+    );
+    assert_eq!(
+        state(&p.list().await.unwrap(), &work).as_deref(),
+        Some("halted")
+    );
+    assert!(!cgroup_exists(&work));
+
+    // With --allow-software-kvm: the confined VMM runs the tiny guest.
+    let paths = d.paths.clone();
+    let tools = d.guest_tools_dir.clone();
+    d.kill9();
+    let d2 = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            paths: Some(paths),
+            guest_tools_dir: Some(tools),
+            with_guest_tools: true,
+            allow_software_kvm: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind --allow-software-kvm");
+    let (_conn2, p) = d2.client().await.expect("client");
+    if let Err(e) = p.start(&work).await {
+        panic!("start: {e}\ndomaind log:\n{}", d2.log());
+    }
+    assert_eq!(
+        state(&p.list().await.unwrap(), &work).as_deref(),
+        Some("running")
+    );
+    let rec = record(&d2, &work);
+    let pid = rec["vmm_pid"].as_i64().expect("vmm_pid") as i32;
+    let uid = rec["vmm_uid"].as_u64().expect("vmm_uid") as u32;
+    assert!(alive(pid));
+    assert!(uid >= bulkhead_sandbox::UID_BASE, "VMM uid {uid}");
+    assert!(
+        procs_of(&rec).contains(&pid),
+        "the VMM is in the domain's cgroup"
+    );
+    assert!(d2
+        .paths
+        .runtime_dir
+        .join("domains")
+        .join(&work)
+        .join("channel/vsock.sock_1024")
+        .exists());
+    // The console reaches the domain log.
+    let log = wait_ticks(&p, &work, 1).await;
+    assert!(log.contains("BULKHEAD-TEST-GUEST running"), "{log}");
+    // Confined: the VMM drops to the slot's uid once it has opened its files.
+    for _ in 0..100 {
+        if proc_uid(pid) == Some(uid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proc_uid(pid), Some(uid), "VMM runs as the domain's uid");
+
+    // Pause freezes the cgroup; unpause lets the guest go on.
+    p.pause(&work).await.expect("pause");
+    assert_eq!(
+        state(&p.list().await.unwrap(), &work).as_deref(),
+        Some("paused")
+    );
+    let fs = freezer_state(&rec);
+    assert!(fs == "FROZEN" || fs == "1", "freezer state {fs}");
+    p.unpause(&work).await.expect("unpause");
+    assert_eq!(
+        state(&p.list().await.unwrap(), &work).as_deref(),
+        Some("running")
+    );
+    let fs = freezer_state(&rec);
+    assert!(fs == "THAWED" || fs == "0", "freezer state {fs}");
+    let before = log_text(&p, &work).await.matches("tick").count();
+    wait_ticks(&p, &work, before + 1).await;
+
+    // Kill ends it and leaves nothing.
+    p.kill(&work).await.expect("kill");
+    wait_state(&p, &work, "halted").await;
+    assert_clean(&d2, &work, pid);
+
+    // Shutdown without an agent: the VMM is stopped and cleaned up the same way.
+    p.start(&work).await.expect("second start");
+    let pid2 = record(&d2, &work)["vmm_pid"].as_i64().expect("pid") as i32;
+    p.shutdown(&work, 1).await.expect("shutdown");
+    wait_state(&p, &work, "halted").await;
+    assert_clean(&d2, &work, pid2);
+    // The private volume image stays (made at the first start).
+    assert!(d2
+        .paths
+        .state_dir
+        .join("domains")
+        .join(&work)
+        .join("private.img")
+        .exists());
+    drop(d);
+}
