@@ -8,8 +8,9 @@
 //! What this checks: the domain is created and listed with isolation vm; the probe refusal;
 //! the VMM process runs as the domain slot's first uid inside the domain's cgroup; its
 //! console output reaches the domain log (OpenLog, what `bulkhead log` reads); pause freezes
-//! the cgroup and unpause lets the guest go on; kill and shutdown end it, the state returns
-//! to halted and nothing is left (process, cgroup, sockets, instance record, scratch).
+//! the cgroup and unpause lets the guest go on; a domaind restart adopts the running VM;
+//! kill and shutdown end it, the state returns to halted and nothing is left (process,
+//! cgroup, sockets, instance record, scratch).
 //!
 //! What this does NOT check: a Linux guest booting, the initramfs, the guest's agent
 //! connecting over vsock, `bulkhead run` in a VM, a graceful shutdown through the agent.
@@ -127,6 +128,27 @@ fn proc_uid(pid: i32) -> Option<u32> {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|u| u.parse().ok())
+}
+
+/// Pids whose parent is `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|v| v.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The freezer state file of a record's cgroup.
@@ -287,14 +309,23 @@ async fn body() {
     // The console reaches the domain log.
     let log = wait_ticks(&p, &work, 1).await;
     assert!(log.contains("BULKHEAD-TEST-GUEST running"), "{log}");
-    // Confined: the VMM drops to the slot's uid once it has opened its files.
-    for _ in 0..100 {
-        if proc_uid(pid) == Some(uid) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(proc_uid(pid), Some(uid), "VMM runs as the domain's uid");
+    // Confined: `bulkhead-vmm run` forks the VMM proper into a new PID namespace (the parent
+    // only waits for it), and that child drops to the slot's uid once its files are open.
+    let vmm_child = children(pid);
+    assert_eq!(
+        vmm_child.len(),
+        1,
+        "one confined VMM under {pid}: {vmm_child:?}"
+    );
+    assert_eq!(
+        proc_uid(vmm_child[0]),
+        Some(uid),
+        "the VMM runs as the domain's uid"
+    );
+    assert!(
+        procs_of(&rec).contains(&vmm_child[0]),
+        "in the domain's cgroup"
+    );
 
     // Pause freezes the cgroup; unpause lets the guest go on.
     p.pause(&work).await.expect("pause");
@@ -311,6 +342,46 @@ async fn body() {
     );
     let fs = freezer_state(&rec);
     assert!(fs == "THAWED" || fs == "0", "freezer state {fs}");
+    let before = log_text(&p, &work).await.matches("tick").count();
+    wait_ticks(&p, &work, before + 1).await;
+
+    // `bulkhead log` shows the console too (the CLI binary, when it is built next to the
+    // launcher as `cargo build --workspace --bins` does).
+    if let Some(cli) = domaind::testing::libexec_dir()
+        .ok()
+        .map(|d| d.join("bulkhead"))
+        .filter(|p| p.is_file())
+    {
+        let out = std::process::Command::new(&cli)
+            .args(["log", &work])
+            .env("BULKHEAD_BUS_ADDRESS", d2.bus_address())
+            .output()
+            .expect("run bulkhead log");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("BULKHEAD-TEST-GUEST running"),
+            "bulkhead log {work}: {}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("note: no bulkhead CLI binary next to the launcher; `bulkhead log` not run");
+    }
+
+    // A domaind restart adopts the running VM (its record says vm: the vsock channel is bound
+    // again and the VMM watched).
+    let mut d2 = d2;
+    d2.restart().await.expect("restart domaind");
+    let (_conn3, p) = d2.client().await.expect("client");
+    wait_state(&p, &work, "running").await;
+    assert_eq!(record(&d2, &work)["vmm_pid"].as_i64(), Some(i64::from(pid)));
+    assert!(d2
+        .paths
+        .runtime_dir
+        .join("domains")
+        .join(&work)
+        .join("channel/vsock.sock_1024")
+        .exists());
     let before = log_text(&p, &work).await.matches("tick").count();
     wait_ticks(&p, &work, before + 1).await;
 

@@ -1,5 +1,6 @@
 /* The VM lifecycle test's guest: says it runs on the serial console (COM1), then prints a
-   numbered tick after each stretch of busy work, forever. It has no drivers and no agent: it
+   numbered tick about every half second of TSC time (500M cycles), forever. Time, not an
+   iteration count: under PVM's software KVM the loop may be emulated and very slow. It has no drivers and no agent: it
    shows that a VM domain's VMM runs, that its console reaches the domain log, and that
    freezing the VMM's cgroup stops it. Freestanding, no libc. */
 
@@ -28,12 +29,20 @@ static void put_dec(unsigned long n)
         outb(COM1, (unsigned char)buf[--i]);
 }
 
+static inline unsigned long rdtsc(void)
+{
+    unsigned int lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((unsigned long)hi << 32) | lo;
+}
+
 __attribute__((section(".text.start"), noreturn)) void _start(void)
 {
     puts("BULKHEAD-TEST-GUEST running\n");
     for (unsigned long tick = 1;; tick++) {
-        for (volatile unsigned long i = 0; i < 20000000UL; i++)
-            __asm__ volatile("pause");
+        unsigned long start = rdtsc();
+        while (rdtsc() - start < 500000000UL)
+            ;
         puts("BULKHEAD-TEST-GUEST tick ");
         put_dec(tick);
         puts("\n");
