@@ -208,6 +208,37 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Copy a (sparse) disk image with `cp --sparse=always`, so holes stay holes; `dst` must not
+/// exist. A missing `src` is not an error (returns false).
+pub fn copy_image(src: &Path, dst: &Path) -> io::Result<bool> {
+    if !src.exists() {
+        return Ok(false);
+    }
+    if dst.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists", dst.display()),
+        ));
+    }
+    let out = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg("--no-dereference")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .output()?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(dst);
+        return Err(io::Error::other(format!(
+            "cp {} {}: {}",
+            src.display(),
+            dst.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(true)
+}
+
 /// The last `max_lines` lines of a log (reads at most the last 8 KiB).
 pub fn log_tail(path: &Path, max_lines: usize) -> String {
     const WINDOW: u64 = 8192;

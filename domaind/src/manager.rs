@@ -614,9 +614,20 @@ impl Manager {
         cfg.name = dst.clone();
         let from = self.cfg.paths.private_dir(&src);
         let to = self.cfg.paths.private_dir(&dst);
+        let (img_from, img_to) = (
+            private_image(&self.cfg.paths, &src),
+            private_image(&self.cfg.paths, &dst),
+        );
         let store = self.store.clone();
         blocking(move || -> Result<(), Error> {
             fsutil::remove_tree(&to).map_err(io_err(&to.display().to_string()))?;
+            fsutil::remove_file(&img_to).map_err(io_err(&img_to.display().to_string()))?;
+            // A VM domain's private volume is its image (see crate::vm).
+            if let Some(parent) = img_to.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
+            }
+            fsutil::copy_image(&img_from, &img_to)
+                .map_err(|e| Error::Io(format!("copying the private volume image: {e}")))?;
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
             }
@@ -1021,7 +1032,7 @@ impl Manager {
             kernel: artifacts.kernel,
             initramfs: artifacts.initramfs,
             root_image: artifacts.root_image,
-            private_image: paths.domain_state_dir(&cfg.name).join("private.img"),
+            private_image: private_image(paths, &cfg.name),
             tools_image: paths.scratch_dir(&cfg.name).join("tools.img"),
             channel_dir: paths.channel_dir(&cfg.name),
             log_file: paths.log_file(&cfg.name),
@@ -1449,11 +1460,20 @@ impl Manager {
         cfg.netvm = bcfg.netvm.clone();
         let src_private = self.cfg.paths.private_dir(&bn);
         let dst_private = self.cfg.paths.private_dir(&dn);
+        let (img_from, img_to) = (
+            private_image(&self.cfg.paths, &bn),
+            private_image(&self.cfg.paths, &dn),
+        );
         let store = self.store.clone();
         blocking(move || -> Result<(), Error> {
             if let Some(parent) = dst_private.parent() {
                 std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
             }
+            fsutil::copy_image(&img_from, &img_to).map_err(|e| {
+                Error::Io(format!(
+                    "seeding the disposable's private volume image: {e}"
+                ))
+            })?;
             if src_private.exists() {
                 fsutil::copy_tree(&src_private, &dst_private).map_err(|e| {
                     Error::Io(format!("seeding the disposable's private volume: {e}"))
@@ -1860,6 +1880,11 @@ fn hold_launch_lock(runtime_dir: &Path) -> Result<Flock<std::fs::File>, Error> {
     .map_err(|e| Error::Io(format!("{}: clearing close-on-exec: {e}", path.display())))?;
     Flock::lock(f, FlockArg::LockShared)
         .map_err(|(_, e)| Error::Io(format!("{}: cannot lock: {e}", path.display())))
+}
+
+/// A VM domain's private volume image: `<state>/domains/<name>/private.img`.
+fn private_image(paths: &bulkhead_domain::Paths, name: &DomainName) -> PathBuf {
+    paths.domain_state_dir(name).join(vm::PRIVATE_IMAGE_NAME)
 }
 
 /// The previous generation of a domain log (the sandbox's log writer rotates to it).

@@ -49,6 +49,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const GUEST_CID: u64 = 3;
 /// Host side of the hybrid vsock in the channel dir (the VMM listens here).
 pub const VSOCK_UDS_NAME: &str = "vsock.sock";
+/// File name of a VM domain's private volume image in its state dir.
+pub const PRIVATE_IMAGE_NAME: &str = "private.img";
 /// Size of a new private volume image (sparse), MiB.
 pub const PRIVATE_IMAGE_MIB: u64 = 2048;
 /// Console log bound (the VMM rotates once to `.old`), same as the sandbox's log writer.
@@ -366,8 +368,7 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
-        .env_clear()
-        .env("RUST_LOG", "info");
+        .env_clear();
     let procs_raw: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let ready_raw = ready_w.as_raw_fd();
     // SAFETY: runs in the forked child before exec and only makes raw system calls (write,

@@ -83,7 +83,9 @@ async fn setup(tag: &str) -> Option<Env> {
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe().expect("pipe")
+    // Close-on-exec: tests run in parallel, and a domaind another test spawns meanwhile must
+    // not inherit this test's pipes (it would hold them open for its whole life).
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
 
 fn reader(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {

@@ -345,7 +345,7 @@ async fn body() {
     let before = log_text(&p, &work).await.matches("tick").count();
     wait_ticks(&p, &work, before + 1).await;
 
-    // `bulkhead log` shows the console too (the CLI binary, when it is built next to the
+    // `bulkhead log` shows the console too, `bulkhead ls` the VM (the CLI binary, when it is built next to the
     // launcher as `cargo build --workspace --bins` does).
     if let Some(cli) = domaind::testing::libexec_dir()
         .ok()
@@ -364,8 +364,22 @@ async fn body() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        let out = std::process::Command::new(&cli)
+            .arg("ls")
+            .env("BULKHEAD_BUS_ADDRESS", d2.bus_address())
+            .output()
+            .expect("run bulkhead ls");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{work} ")))
+            .unwrap_or_else(|| panic!("bulkhead ls does not list {work}:\n{text}"));
+        assert!(
+            line.contains("running") && line.trim_end().ends_with("vm"),
+            "{line}"
+        );
     } else {
-        eprintln!("note: no bulkhead CLI binary next to the launcher; `bulkhead log` not run");
+        eprintln!("note: no bulkhead CLI binary next to the launcher; `bulkhead log`/`ls` not run");
     }
 
     // A domaind restart adopts the running VM (its record says vm: the vsock channel is bound
