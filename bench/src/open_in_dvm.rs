@@ -1,8 +1,8 @@
 //! `bulkhead-bench open-in-dvm`: `bulkhead-open-in-dvm FILE` run in an app domain, timed
 //! from the request to run the command to the moment the disposable's default application
 //! has started (it prints a marker on stderr, which reaches us through the service's and
-//! the command's stderr), and to the command's end (edited copy written back, disposable
-//! removed). Printed with the cold disposable start (`RunDisposable true`, request to
+//! the command's stderr), and to the command's end (edited copy written back; domaind
+//! removes the disposable once the call has ended). Printed with the cold disposable start (`RunDisposable true`, request to
 //! removal) and a plain `Run true` in the running app domain, measured in the same run.
 
 use std::io::{BufRead, BufReader};
@@ -134,7 +134,7 @@ pub async fn bench(
         ms(started[started.len() - 1])
     );
     println!(
-        "open-in-dvm, whole command (edit written back, disposable removed): median {:.1} ms",
+        "open-in-dvm, whole command (edit written back; domaind removes the disposable after the call): median {:.1} ms",
         ms(median(&done))
     );
     println!(

@@ -249,8 +249,13 @@ pub fn open_command(
     match open_in_vm(target, file) {
         Ok(crate::open::Opened::Unchanged) => code(0),
         Ok(crate::open::Opened::Replaced(n)) => {
+            let place = if target.starts_with("@dispvm") {
+                "the disposable"
+            } else {
+                target
+            };
             eprintln!(
-                "{prog}: {} was edited in {target}; saved the new version ({n} bytes)",
+                "{prog}: {} was edited in {place}; saved the new version ({n} bytes)",
                 file.display()
             );
             code(0)
