@@ -151,13 +151,16 @@ pub fn host_is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// CPUID changes for guests emulated by PVM: CMPXCHG16B (CPUID.1:ECX bit 13) is hidden, because
-/// the emulator fails on `lock cmpxchg16b` (observed: Debian's 6.1 kernel stops with a KVM
-/// internal error there, in SLUB's double-word cmpxchg, which it skips without CX16).
+/// CPUID changes for guests emulated by PVM, each for an instruction KVM's emulator failed on
+/// while running Debian's 6.1 kernel (a KVM internal error at that instruction):
+/// - CMPXCHG16B (CPUID.1:ECX bit 13): `lock cmpxchg16b` in SLUB's double-word cmpxchg, which
+///   the kernel skips without CX16;
+/// - XSAVE (bit 26) and with it AVX (bit 28): `xrstor64` in the FPU set-up; without XSAVE the
+///   kernel uses FXSAVE/FXRSTOR.
 pub fn pvm_cpuid_quirks(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
         if e.function == 1 {
-            e.ecx &= !(1 << 13);
+            e.ecx &= !((1 << 13) | (1 << 26) | (1 << 28));
         }
     }
 }
@@ -317,10 +320,10 @@ mod tests {
     }
 
     #[test]
-    fn pvm_quirk_hides_cx16_only() {
+    fn pvm_quirks_hide_cx16_xsave_avx_only() {
         let mut c = CpuId::new(1).unwrap();
         c.as_mut_slice()[0].function = 1;
-        c.as_mut_slice()[0].ecx = (1 << 13) | (1 << 31) | 1;
+        c.as_mut_slice()[0].ecx = (1 << 13) | (1 << 26) | (1 << 28) | (1 << 31) | 1;
         pvm_cpuid_quirks(&mut c);
         assert_eq!(c.as_slice()[0].ecx, (1 << 31) | 1);
     }
