@@ -151,16 +151,15 @@ pub fn host_is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// CPUID changes for guests emulated by PVM, each for an instruction KVM's emulator failed on
-/// while running Debian's 6.1 kernel (a KVM internal error at that instruction):
-/// - CMPXCHG16B (CPUID.1:ECX bit 13): `lock cmpxchg16b` in SLUB's double-word cmpxchg, which
-///   the kernel skips without CX16;
-/// - XSAVE (bit 26) and with it AVX (bit 28): `xrstor64` in the FPU set-up; without XSAVE the
-///   kernel uses FXSAVE/FXRSTOR.
+/// CPUID changes for guests emulated by PVM, for instructions KVM's emulator failed on while
+/// running Debian's 6.1 kernel (a KVM internal error at that instruction): CMPXCHG16B
+/// (CPUID.1:ECX bit 13) is hidden, because `lock cmpxchg16b` in SLUB's double-word cmpxchg
+/// fails and the kernel skips it without CX16. (The emulator also fails on `xrstor64`, but
+/// this PVM reports XSAVE whatever the CPUID table says; a stock kernel needs `noxsave`.)
 pub fn pvm_cpuid_quirks(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
         if e.function == 1 {
-            e.ecx &= !((1 << 13) | (1 << 26) | (1 << 28));
+            e.ecx &= !(1 << 13);
         }
     }
 }
@@ -320,10 +319,10 @@ mod tests {
     }
 
     #[test]
-    fn pvm_quirks_hide_cx16_xsave_avx_only() {
+    fn pvm_quirk_hides_cx16_only() {
         let mut c = CpuId::new(1).unwrap();
         c.as_mut_slice()[0].function = 1;
-        c.as_mut_slice()[0].ecx = (1 << 13) | (1 << 26) | (1 << 28) | (1 << 31) | 1;
+        c.as_mut_slice()[0].ecx = (1 << 13) | (1 << 31) | 1;
         pvm_cpuid_quirks(&mut c);
         assert_eq!(c.as_slice()[0].ecx, (1 << 31) | 1);
     }
