@@ -384,3 +384,29 @@ fn open_url_accepts_http_and_https_only() {
         assert!(!home.path().join("opened").exists(), "{bad}");
     }
 }
+
+#[test]
+fn a_receiver_refusing_mid_stream_gives_its_reason_to_the_sender() {
+    let home = Home::new();
+    let pipe = Pipe::new(home.path(), "");
+    pipe.config("max_file_bytes = 1000\n");
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("small"), "fits").unwrap();
+    // far more than a pipe buffer: the sender is still writing when the receiver quits
+    fs::write(src.path().join("z-big"), vec![1u8; 16 << 20]).unwrap();
+    let o = pipe.run(
+        "bulkhead-move-to-vm",
+        &["personal", "small", "z-big"],
+        src.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("bytes in one file (limit 1000, got 16777216)"),
+        "{}",
+        text(&o)
+    );
+    assert!(src.path().join("z-big").exists() && src.path().join("small").exists());
+    let inc = home.incoming(SRC);
+    assert_eq!(fs::read_to_string(inc.join("small")).unwrap(), "fits");
+    assert!(!inc.join("z-big").exists());
+}
