@@ -27,7 +27,9 @@
 //! - `HELLO` (window 0): `u16 min_version, u16 max_version`.
 //! - `CREATE`: `i32 x, i32 y, u32 width, u32 height, u32 parent` (0 = toplevel; otherwise a
 //!   popup whose `x, y` are relative to the parent's top-left corner). Window ids are chosen
-//!   by the agent and never reused on one connection.
+//!   by the agent, strictly increasing on one connection (so never reused: input dom0 sent
+//!   to a destroyed window can never reach a new one); dom0 refuses an id not above every
+//!   earlier one.
 //! - `CONFIGURE`: `i32 x, i32 y, u32 width, u32 height`: new geometry; dom0 reallocates the
 //!   window's buffer (cleared) when the size changes, the agent then sends damage.
 //! - `MAP`, `UNMAP`, `DESTROY`: no body.
