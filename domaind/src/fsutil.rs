@@ -265,6 +265,31 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
+    fn image_copy_keeps_holes_and_refuses_to_overwrite() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("a.img");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, b"data", 1 << 20).unwrap();
+        drop(f);
+        let dst = d.path().join("b.img");
+        assert!(copy_image(&src, &dst).unwrap());
+        let m = std::fs::metadata(&dst).unwrap();
+        assert_eq!(m.len(), 64 << 20);
+        assert!(
+            m.blocks() * 512 < 8 << 20,
+            "holes filled: {} blocks",
+            m.blocks()
+        );
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_at(&std::fs::File::open(&dst).unwrap(), &mut buf, 1 << 20)
+            .unwrap();
+        assert_eq!(&buf, b"data");
+        assert!(copy_image(&src, &dst).is_err(), "no overwrite");
+        assert!(!copy_image(&d.path().join("none"), &d.path().join("c")).unwrap());
+    }
+
+    #[test]
     fn copy_preserves_owner_mode_and_symlinks() {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("src");

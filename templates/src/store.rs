@@ -715,12 +715,22 @@ mod tests {
         assert_eq!(store.root_path(&n()).unwrap(), root2);
         assert!(root1.exists());
 
+        // VM files live next to their root and go with it; interrupted ones always go.
+        let vm1 = root1.with_file_name(format!("vm-{}", r1.short_hash()));
+        let vm2 = root2.with_file_name(format!("vm-{}", r2.short_hash()));
+        let vm_partial = root2.with_file_name("vm-0123456789abcdef.partial");
+        for v in [&vm1, &vm2, &vm_partial] {
+            fs::create_dir_all(v).unwrap();
+        }
         // gc keeps roots in use, then removes them once free.
-        let removed = store.gc(&n(), &|p: &Path| p == root1).unwrap();
-        assert!(removed.is_empty());
-        let removed = store.gc(&n(), &|_: &Path| false).unwrap();
-        assert_eq!(removed, vec![root1.clone()]);
+        let mut removed = store.gc(&n(), &|p: &Path| p == root1).unwrap();
+        assert_eq!(removed, vec![vm_partial.clone()]);
+        assert!(vm1.exists(), "the VM files of a root in use stay");
+        removed = store.gc(&n(), &|_: &Path| false).unwrap();
+        removed.sort();
+        assert_eq!(removed, vec![root1.clone(), vm1.clone()]);
         assert!(!root1.exists() && root2.exists());
+        assert!(vm2.exists(), "the current root's VM files stay");
 
         // remove refuses while in use.
         assert!(matches!(
