@@ -67,6 +67,13 @@ pub async fn serve(
                 OpenRequest::Service(req) => {
                     tokio::spawn(crate::service::run_service(req, s.stream));
                 }
+                OpenRequest::Gui => {
+                    let socket = std::env::var_os(crate::ENV_GUI_SOCKET)
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from(crate::gui::GUI_SOCKET));
+                    tokio::spawn(async move { crate::gui::serve_stream(s.stream, &socket).await });
+                }
                 OpenRequest::Call(_) => {
                     tokio::spawn(async move {
                         let _ =

@@ -55,6 +55,18 @@ pub struct InitConfig {
     pub agent: PathBuf,
     /// Grace period when SIGTERM carries none.
     pub shutdown_timeout: Duration,
+    /// The gui-agent binary to keep running as the default user when it exists
+    /// ([`crate::gui::spawn_gui_agent`]); None: no GUI.
+    pub gui_agent: Option<PathBuf>,
+}
+
+/// The supervised gui-agent.
+#[derive(Default)]
+struct GuiAgent {
+    pid: Option<Pid>,
+    started: Option<Instant>,
+    restart_at: Option<Instant>,
+    backoff: Duration,
 }
 
 struct Agent {
@@ -70,6 +82,7 @@ struct State {
     backoff: Duration,
     deadline: Option<Instant>,
     killed: bool,
+    gui: GuiAgent,
 }
 
 /// Process ids of all descendants of `root`, from /proc.
@@ -158,6 +171,38 @@ impl State {
         }
     }
 
+    fn spawn_gui_agent(&mut self) {
+        self.gui.restart_at = None;
+        let Some(bin) = self.cfg.gui_agent.clone() else {
+            return;
+        };
+        match crate::gui::spawn_gui_agent(&bin) {
+            Ok(Some(pid)) => {
+                tracing::info!(pid = pid.as_raw(), bin = %bin.display(), "gui-agent started");
+                self.gui.pid = Some(pid);
+                self.gui.started = Some(Instant::now());
+            }
+            Ok(None) => tracing::debug!(bin = %bin.display(), "no gui-agent installed"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the gui-agent");
+                self.schedule_gui_restart();
+            }
+        }
+    }
+
+    fn schedule_gui_restart(&mut self) {
+        if self.deadline.is_some() {
+            return;
+        }
+        let delay = self.gui.backoff.max(RESTART_START);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "restarting gui-agent after delay"
+        );
+        self.gui.restart_at = Some(Instant::now() + delay);
+        self.gui.backoff = (delay * 2).min(RESTART_MAX);
+    }
+
     fn schedule_restart(&mut self) {
         if self.deadline.is_some() {
             return;
@@ -197,6 +242,18 @@ impl State {
                             self.backoff = RESTART_START;
                         }
                         self.schedule_restart();
+                    } else if self.gui.pid == Some(pid) {
+                        self.gui.pid = None;
+                        tracing::warn!(?status, "gui-agent exited");
+                        if self
+                            .gui
+                            .started
+                            .take()
+                            .is_some_and(|t| t.elapsed() >= HEALTHY_RUN)
+                        {
+                            self.gui.backoff = RESTART_START;
+                        }
+                        self.schedule_gui_restart();
                     } else {
                         tracing::debug!(?status, "reaped");
                     }
@@ -262,14 +319,22 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
         backoff: RESTART_START,
         deadline: None,
         killed: false,
+        gui: GuiAgent::default(),
     };
     tracing::info!(pid1, "bulkhead-init running");
     st.spawn_agent();
+    st.spawn_gui_agent();
 
     loop {
         let now = Instant::now();
         if st.deadline.is_none() && st.agent.is_none() && st.restart_at.is_some_and(|t| t <= now) {
             st.spawn_agent();
+        }
+        if st.deadline.is_none()
+            && st.gui.pid.is_none()
+            && st.gui.restart_at.is_some_and(|t| t <= now)
+        {
+            st.spawn_gui_agent();
         }
         if let Some(deadline) = st.deadline {
             if !st.killed && deadline <= now {
@@ -278,10 +343,14 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
                 st.killed = true;
             }
         }
-        let next = [st.restart_at, st.deadline.filter(|_| !st.killed)]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            st.restart_at,
+            st.gui.restart_at,
+            st.deadline.filter(|_| !st.killed),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let timeout = match next {
             None => PollTimeout::NONE,
             Some(t) => {

@@ -7,16 +7,22 @@
 //! * [`account`] and [`spawn`]: user lookup and process creation for exec requests.
 //! * [`service`]: running the service executable of a service call routed to this domain.
 //! * [`call`]: the local call socket that `bulkhead-call` uses to make calls.
+//! * [`gui`]: the gui-agent (started by init) and the relay of GUI streams to its socket.
 
 pub mod account;
 pub mod agent;
 pub mod call;
+pub mod gui;
 pub mod init;
 pub mod service;
 pub mod spawn;
 
 /// Environment variable through which init tells the agent which pid to signal for shutdown.
 pub const ENV_INIT_PID: &str = "BULKHEAD_INIT_PID";
+
+/// Environment variable overriding the gui-agent's socket path the agent relays GUI
+/// streams to (tests; default [`gui::GUI_SOCKET`]).
+pub const ENV_GUI_SOCKET: &str = "BULKHEAD_GUI_SOCKET";
 
 /// Environment variable overriding the channel socket path (tests).
 pub const ENV_AGENT_SOCKET: &str = "BULKHEAD_AGENT_SOCKET";

@@ -28,7 +28,7 @@ pub enum SpawnError {
 }
 
 /// Builds the command for `req` running as `acct`: clean environment (HOME, USER, LOGNAME,
-/// SHELL, PATH plus the request's env), cwd = request cwd or home (or / if the home cannot be
+/// SHELL, PATH, XDG_RUNTIME_DIR and WAYLAND_DISPLAY of the domain's GUI session plus the request's env), cwd = request cwd or home (or / if the home cannot be
 /// entered), changed after the uid switch,
 /// a new session, supplementary groups, gid and uid (uid change skipped when it already
 /// matches ours), pipes for stdin/stdout/stderr.
@@ -41,6 +41,8 @@ pub fn command(req: &ExecRequest, acct: &Account) -> tokio::process::Command {
         .env("LOGNAME", &acct.name)
         .env("SHELL", &acct.shell)
         .env("PATH", acct.path_env())
+        // Every command finds the domain's Wayland display (contract E).
+        .envs(crate::gui::session_env())
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

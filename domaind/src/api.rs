@@ -196,6 +196,11 @@ pub trait Domaind1 {
     /// previous generation (`<log>.old`) is not included. `Io` if the domain has no log yet.
     fn open_log(&self, name: &str) -> Result<zbus::zvariant::OwnedFd, Error>;
 
+    /// `OpenGui(name s) -> h`: one end of a unix socketpair carrying the GUI protocol
+    /// (`bulkhead_wire::gui`) of running domain `name`; `InvalidState` if it is not running,
+    /// `Agent` if its agent cannot open a GUI stream. dom0 parses it with bulkhead-gui-host.
+    fn open_gui(&self, name: &str) -> Result<zbus::zvariant::OwnedFd, Error>;
+
     /// `Call(target s, service s, stdin h, stdout h, stderr h) -> i`: a service call from
     /// dom0 (policy source `@adminvm`): `service` is `SERVICE[+ARG]`, `target` a domain or a
     /// token (`@dispvm`, `@dispvm:NAME`, `@default`). Returns the service's exit code;

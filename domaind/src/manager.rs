@@ -1367,6 +1367,22 @@ impl Manager {
         }
     }
 
+    /// The agent connection of a domain that is running now (no start): for `OpenGui`.
+    pub(crate) async fn running_agent_conn(&self, name: &str) -> Result<Connection, Error> {
+        self.known(name)?;
+        let rt = self.runtime(name);
+        let inst = match (rt.state(), rt.instance()) {
+            (DomainState::Running, Some(i)) => i,
+            (st, _) => {
+                return Err(Error::InvalidState(format!(
+                    "{name} is {}; start it first (bulkhead start {name})",
+                    st.as_str()
+                )))
+            }
+        };
+        self.agent_conn(&inst, name).await
+    }
+
     async fn exec_in(
         &self,
         inst: &Instance,

@@ -287,6 +287,18 @@ impl Service {
         self.mgr.open_log(&name).map(OwnedFd::from)
     }
 
+    /// `OpenGui(name s) -> h`: one end of a socketpair carrying the GUI protocol of running
+    /// domain `name` (contract E).
+    async fn open_gui(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<OwnedFd, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.open_gui(&name).await.map(OwnedFd::from)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,

@@ -20,8 +20,9 @@ use crate::message::{Control, OpenRequest};
 /// Oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Newest protocol version this build speaks.
-/// Version 2 adds service calls ([`OpenRequest::Call`], [`OpenRequest::Service`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2 adds service calls ([`OpenRequest::Call`], [`OpenRequest::Service`]),
+/// version 3 GUI streams ([`OpenRequest::Gui`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Most frames we queue in answer to peer frames (Pong, refusals) before calling it a flood.
 const MAX_PENDING_REPLIES: usize = 1024;

@@ -79,6 +79,7 @@ pub mod frame;
 pub mod gui;
 pub mod handshake;
 pub mod message;
+pub mod relay;
 
 mod conn;
 
@@ -91,7 +92,7 @@ pub use error::{Violation, WireError};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, MAX_FRAME_PAYLOAD};
 pub use message::{
     CallRequest, Control, ExecMessage, ExecRequest, ExitStatus, MessageError, OpenRequest,
-    ServiceRequest, CALLS_VERSION,
+    ServiceRequest, CALLS_VERSION, GUI_VERSION,
 };
 
 /// vsock port the agent of a VM domain connects to (CID 2, the host).

@@ -33,6 +33,8 @@ pub const MAX_SOURCE_LEN: usize = 64;
 /// First protocol version that knows [`OpenRequest::Call`] and [`OpenRequest::Service`]
 /// (and [`ExecMessage::Refused`]).
 pub const CALLS_VERSION: u16 = 2;
+/// First protocol version that knows [`OpenRequest::Gui`].
+pub const GUI_VERSION: u16 = 3;
 
 /// A payload that does not decode or breaks a limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +135,11 @@ pub enum OpenRequest {
     /// domaind -> target agent: run a service for a source. Exec protocol, domaind is the
     /// exec client.
     Service(ServiceRequest),
+    /// domaind -> agent: a GUI stream. Channel [`crate::relay::BYTES_CHANNEL`] carries the
+    /// GUI protocol ([`crate::gui`]) both ways; the agent relays it to the gui-agent's socket
+    /// (`/run/bulkhead-gui/gui.sock`), domaind to dom0's `OpenGui` socket. EOF on the
+    /// channel, then Fin, when a side closes.
+    Gui,
 }
 
 impl OpenRequest {
@@ -154,6 +161,7 @@ impl OpenRequest {
             OpenRequest::Exec(e) => e.validate(),
             OpenRequest::Call(c) => c.validate(),
             OpenRequest::Service(s) => s.validate(),
+            OpenRequest::Gui => Ok(()),
         }
     }
 
@@ -162,6 +170,7 @@ impl OpenRequest {
         match self {
             OpenRequest::Exec(_) => 1,
             OpenRequest::Call(_) | OpenRequest::Service(_) => CALLS_VERSION,
+            OpenRequest::Gui => GUI_VERSION,
         }
     }
 }

@@ -9,7 +9,7 @@ use bulkhead_wire::frame::{decode_one, Frame, FrameKind, HEADER_LEN};
 use bulkhead_wire::handshake::{Hello, HelloAck};
 use bulkhead_wire::{
     Connection, Control, ExecRequest, ExitStatus, Incoming, IncomingEvent, Limits, OpenRequest,
-    StreamEvent, WireError,
+    StreamEvent, WireError, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -198,8 +198,8 @@ async fn controls_and_close() {
 async fn version_mismatch_fails_both_sides() {
     let (a, b) = UnixStream::pair().unwrap();
     let newer = Limits {
-        min_version: 3,
-        max_version: 4,
+        min_version: PROTOCOL_VERSION + 1,
+        max_version: PROTOCOL_VERSION + 2,
         ..Limits::default()
     };
     let (c, s) = tokio::join!(
@@ -208,7 +208,13 @@ async fn version_mismatch_fails_both_sides() {
     );
     match c {
         Err(WireError::VersionMismatch { ours, theirs }) => {
-            assert_eq!((ours, theirs), ((3, 4), (1, 2)));
+            assert_eq!(
+                (ours, theirs),
+                (
+                    (PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2),
+                    (1, PROTOCOL_VERSION)
+                )
+            );
         }
         other => panic!("client: {:?}", other.map(|_| ())),
     }

@@ -15,22 +15,31 @@ struct Args {
     /// Agent binary (default: bulkhead-agent next to this executable).
     #[arg(long, env = "BULKHEAD_AGENT")]
     agent: Option<PathBuf>,
+    /// gui-agent binary, started as the default user when it exists (default: when pid 1,
+    /// bulkhead-gui-agent next to this executable, i.e. /usr/lib/bulkhead in a domain).
+    #[arg(long, env = "BULKHEAD_GUI_AGENT")]
+    gui_agent: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     bulkhead_agent::init_logging("info");
-    let agent = match args.agent {
-        Some(a) => a,
-        // current_exe needs /proc; fall back to argv[0] when it is not mounted.
-        None => std::env::current_exe()
-            .or_else(|e| std::env::args_os().next().map(PathBuf::from).ok_or(e))
-            .context("finding our own executable")?
-            .with_file_name("bulkhead-agent"),
-    };
+    // current_exe needs /proc; fall back to argv[0] when it is not mounted.
+    let me = std::env::current_exe()
+        .or_else(|e| std::env::args_os().next().map(PathBuf::from).ok_or(e))
+        .context("finding our own executable")?;
+    let agent = args
+        .agent
+        .unwrap_or_else(|| me.with_file_name("bulkhead-agent"));
+    // Only a domain's init (pid 1) looks for the gui-agent by itself: init run by hand or in
+    // tests must not start one on the host.
+    let gui_agent = args
+        .gui_agent
+        .or_else(|| (std::process::id() == 1).then(|| me.with_file_name("bulkhead-gui-agent")));
     let code = bulkhead_agent::init::run(bulkhead_agent::init::InitConfig {
         agent,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        gui_agent,
     })?;
     // In a VM the init is the kernel's pid 1: it ends the VM instead of exiting.
     if bulkhead_agent::in_vm() && std::process::id() == 1 {

@@ -1,0 +1,123 @@
+//! GUI forwarding inside a domain (contract E): where the gui-agent lives, how init starts
+//! it, and the agent's relay of `OpenRequest::Gui` streams to the gui-agent's socket.
+
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use bulkhead_wire::Stream;
+use nix::sys::signal::SigSet;
+use nix::unistd::{chown, Pid};
+
+use crate::account::{self, Account};
+
+/// The gui-agent binary (guest tools dir); init starts it when it exists.
+pub const GUI_AGENT_BIN: &str = "/usr/lib/bulkhead/bulkhead-gui-agent";
+/// XDG_RUNTIME_DIR of the gui-agent and of every command the agent runs.
+pub const GUI_RUNTIME_DIR: &str = "/run/bulkhead-gui";
+/// The Wayland socket (WAYLAND_DISPLAY of every command the agent runs).
+pub const WAYLAND_DISPLAY: &str = "/run/bulkhead-gui/wayland-0";
+/// The gui-agent's socket for the dom0 peer.
+pub const GUI_SOCKET: &str = "/run/bulkhead-gui/gui.sock";
+
+/// The environment the agent adds to every command it runs (before the request's own).
+pub fn session_env() -> [(&'static str, &'static str); 2] {
+    [
+        ("XDG_RUNTIME_DIR", GUI_RUNTIME_DIR),
+        ("WAYLAND_DISPLAY", WAYLAND_DISPLAY),
+    ]
+}
+
+/// Errors starting the gui-agent.
+#[derive(Debug, thiserror::Error)]
+pub enum GuiStartError {
+    /// The default user does not resolve.
+    #[error("gui-agent: {0}")]
+    Account(#[from] account::AccountError),
+    /// The runtime dir cannot be prepared.
+    #[error("gui-agent runtime dir {GUI_RUNTIME_DIR}: {0}")]
+    RuntimeDir(String),
+    /// Spawning failed.
+    #[error("starting {GUI_AGENT_BIN}: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Creates `dir` (if missing) owned by `acct`, mode 0700. An existing entry that is not a
+/// real directory (a symlink, a file) is refused.
+pub fn prepare_runtime_dir(dir: &Path, acct: &Account) -> Result<(), GuiStartError> {
+    let err = |e: &dyn std::fmt::Display| GuiStartError::RuntimeDir(e.to_string());
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err(&e)),
+    }
+    let md = std::fs::symlink_metadata(dir).map_err(|e| err(&e))?;
+    if !md.is_dir() {
+        return Err(err(&"exists and is not a directory"));
+    }
+    if md.uid() != acct.uid.as_raw() || md.gid() != acct.gid.as_raw() {
+        chown(dir, Some(acct.uid), Some(acct.gid)).map_err(|e| err(&e))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Starts the gui-agent as the default user with XDG_RUNTIME_DIR set (called by init, which
+/// reaps it). `Ok(None)` if the binary is not installed.
+pub fn spawn_gui_agent(bin: &Path) -> Result<Option<Pid>, GuiStartError> {
+    if !bin.exists() {
+        return Ok(None);
+    }
+    let acct = account::lookup(None)?;
+    prepare_runtime_dir(Path::new(GUI_RUNTIME_DIR), &acct)?;
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env("HOME", &acct.home)
+        .env("USER", &acct.name)
+        .env("LOGNAME", &acct.name)
+        .env("PATH", acct.path_env())
+        .env("XDG_RUNTIME_DIR", GUI_RUNTIME_DIR)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .uid(acct.uid.as_raw())
+        .gid(acct.gid.as_raw());
+    if let Ok(level) = std::env::var("BULKHEAD_LOG") {
+        cmd.env("BULKHEAD_LOG", level);
+    }
+    // SAFETY: runs in the forked child before exec and only calls pthread_sigmask
+    // (async-signal-safe) to clear the mask init set up for its signalfd.
+    unsafe {
+        cmd.pre_exec(|| {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().map_err(GuiStartError::Spawn)?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // init reaps it with waitpid(-1).
+    drop(child);
+    Ok(Some(pid))
+}
+
+/// Serves one GUI stream from domaind: connects to the gui-agent's socket and relays bytes
+/// both ways until either side closes. Without a gui-agent the stream is reset with a reason.
+pub async fn serve_stream(stream: Stream, socket: &Path) {
+    let io = match tokio::net::UnixStream::connect(socket).await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "GUI stream refused: no gui-agent");
+            stream.reset(&format!(
+                "no gui-agent in the domain ({}: {e})",
+                socket.display()
+            ));
+            return;
+        }
+    };
+    tracing::info!("GUI stream connected to the gui-agent");
+    match bulkhead_wire::relay::relay_bytes(stream, io).await {
+        Ok(()) => tracing::info!("GUI stream ended"),
+        Err(e) => tracing::warn!(error = %e, "GUI stream failed"),
+    }
+}
