@@ -335,6 +335,45 @@ fn token_table() {
     }
 }
 
+/// Reference §1.3, column "caller may request": what a caller may name as its target.
+/// `@` tokens the caller may not request are refused as invalid requests; `*` is no token
+/// for a caller but an unknown name, which Qubes turns into `@default` (never a wildcard).
+#[test]
+fn token_table_caller_may_request() {
+    let p = ok_pol("svc.A * @anyvm * allow target=net\nsvc.A * dom0 * allow target=net");
+    let table: &[(&str, bool)] = &[
+        ("work", true),
+        ("uuid:11111111-2222-3333-4444-555555555555", true),
+        ("@anyvm", false),
+        ("@adminvm", true),
+        ("dom0", true),
+        ("@default", true),
+        ("", true),
+        ("@dispvm", true),
+        ("@dispvm:work-dvm", true),
+        ("@dispvm:@tag:work", false),
+        ("@tag:work", false),
+        ("@type:AppVM", false),
+        ("@type:app", false),
+    ];
+    for (tok, may) in table {
+        let r = ev(&p, "svc.A", "", "work", tok);
+        if *may {
+            assert_eq!(allow_target(&r), "net", "{tok:?} should be accepted: {r:?}");
+        } else {
+            assert!(
+                matches!(&r, Resolution::Deny(d) if matches!(d.reason, DenyReason::InvalidRequest(_) | DenyReason::NotDispvmTemplate(_))),
+                "{tok:?} should be refused as a request: {r:?}"
+            );
+        }
+    }
+    let p = ok_pol("svc.A * @anyvm @default deny\nsvc.A * @anyvm * allow target=net");
+    assert!(
+        matches!(deny_reason(&ev(&p, "svc.A", "", "work", "*")), DenyReason::ByRule(l) if l.line == 1),
+        "a requested * must be @default"
+    );
+}
+
 #[test]
 fn invalid_tokens() {
     type Check = fn(&ErrorKind) -> bool;
