@@ -10,6 +10,8 @@
 //! `bulkhead-bench vmm` measures the KVM monitor (see `vmm.rs`).
 //!
 //! `bulkhead-bench open-in-dvm` measures opening a file in a disposable (see `open_in_dvm.rs`).
+//!
+//! `bulkhead-bench call` measures a service call's round trip (see `call.rs`).
 
 use anyhow::{bail, Context, Result};
 use bulkhead_templates::TemplateStore;
@@ -21,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use zbus::zvariant::Fd;
 
+mod call;
 mod open_in_dvm;
 mod vmm;
 
@@ -89,6 +92,27 @@ enum Bench {
         #[arg(long)]
         bus_address: Option<String>,
     },
+    /// Service call from dom0 into a running domain whose service echoes a byte (D-Bus
+    /// `Call` to the exit status) vs a plain unix-socket echo between two processes.
+    Call {
+        /// Measured runs of each (after one warm-up run of each).
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Template store holding a built template (as `bulkhead-template build --store` makes).
+        #[arg(
+            long,
+            env = "BULKHEAD_TEST_TEMPLATE_CACHE",
+            default_value = "/var/lib/bulkhead/templates"
+        )]
+        template_cache: PathBuf,
+        /// The template of the target domain.
+        #[arg(long, default_value = "debian-12")]
+        template: String,
+        /// Measure the domaind on this bus instead of starting a private one (it makes and
+        /// removes the domain bench-call-target).
+        #[arg(long)]
+        bus_address: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -110,6 +134,12 @@ fn main() -> Result<()> {
             vmm,
             confined,
         } => vmm::run(runs, vmm, confined),
+        Bench::Call {
+            runs,
+            template_cache,
+            template,
+            bus_address,
+        } => runtime.block_on(call::bench(runs, template_cache, template, bus_address)),
         Bench::OpenInDvm {
             runs,
             template_cache,
