@@ -312,6 +312,67 @@ async fn run_in_a_disposable_from_the_debian_template() {
             .trim(),
         "0"
     );
+    // Service calls from dom0: `bulkhead run --service`, through the policy (source dom0).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let rpc = daemon.guest_tools_dir.join("rpc");
+        std::fs::create_dir_all(&rpc).expect("rpc dir");
+        let svc = rpc.join("test.Echo");
+        std::fs::write(
+            &svc,
+            "#!/bin/sh\nprintf '%s %s ' \"$BULKHEAD_REMOTE_DOMAIN\" \"$1\"; cat; echo err >&2; exit 3\n",
+        )
+        .expect("service");
+        std::fs::set_permissions(&svc, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let policy = daemon.paths.config_dir.join("policy.d");
+        std::fs::create_dir_all(&policy).expect("policy dir");
+        std::fs::write(
+            policy.join("30-cli.policy"),
+            "test.Echo     +no  @adminvm  @anyvm  deny\n\
+             test.Echo     *    @adminvm  work    allow\n\
+             test.Missing  *    @adminvm  work    allow\n",
+        )
+        .expect("policy");
+        let mut child = cli
+            .command(&["run", "--service", "work", "test.Echo+a.b"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"in")
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "dom0 a.b in");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+        cli.fails(
+            &["run", "--service", "--", "work", "test.Echo+no"],
+            126,
+            "refused",
+        );
+        cli.fails(
+            &["run", "--service", "work", "test.Nothing"],
+            126,
+            "no matching rule",
+        );
+        cli.fails(
+            &["run", "--service", "work", "test.Missing"],
+            125,
+            "test.Missing",
+        );
+        cli.fails(
+            &["run", "--service", "work", "bad/name"],
+            125,
+            "invalid call",
+        );
+        cli.fails(&["run", "--service", "work"], 125, "TARGET and SERVICE");
+    }
+
     // The log is one command away (through a descriptor domaind opens: logs are root-only).
     let log = cli.ok(&["log", "work"]);
     assert!(log.contains("bulkhead-init"), "the init's own lines: {log}");

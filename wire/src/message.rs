@@ -647,6 +647,25 @@ mod tests {
         assert_eq!(ExecMessage::decode(&ok.encode()), Ok(ok));
     }
 
+    /// The committed fuzz seeds for calls are valid messages (so the fuzzer starts there).
+    #[test]
+    fn call_fuzz_seeds_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/messages");
+        let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+        assert!(matches!(
+            OpenRequest::decode(&read("call")),
+            Ok(OpenRequest::Call(_))
+        ));
+        assert!(matches!(
+            OpenRequest::decode(&read("service")),
+            Ok(OpenRequest::Service(_))
+        ));
+        assert!(matches!(
+            ExecMessage::decode(&read("refused")),
+            Ok(ExecMessage::Refused { .. })
+        ));
+    }
+
     #[test]
     fn user_names() {
         assert!(valid_user_name("user"));
