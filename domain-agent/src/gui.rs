@@ -56,10 +56,15 @@ pub fn prepare_runtime_dir(dir: &Path, acct: &Account) -> Result<(), GuiStartErr
     if !md.is_dir() {
         return Err(err(&"exists and is not a directory"));
     }
+    // A sandbox's launcher already made it (the domain's init has no CAP_CHOWN); a VM's init
+    // is a full root and fixes owner and mode itself.
     if md.uid() != acct.uid.as_raw() || md.gid() != acct.gid.as_raw() {
         chown(dir, Some(acct.uid), Some(acct.gid)).map_err(|e| err(&e))?;
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(&e))?;
+    if md.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(&e))?;
+    }
     Ok(())
 }
 

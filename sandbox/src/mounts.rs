@@ -26,6 +26,9 @@ use crate::launch::{LaunchError, StepResult};
 use crate::SandboxSpec;
 
 /// Device nodes bound from the host into /dev.
+/// Uid of the domain's default user (`user`) inside the domain.
+pub const DOMAIN_USER_UID: u32 = 1000;
+
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 fn err(step: &str, what: impl std::fmt::Display) -> LaunchError {
@@ -505,6 +508,16 @@ pub(crate) fn assemble(
             | libc::MOUNT_ATTR_NODEV
             | libc::MOUNT_ATTR_NOEXEC,
         None,
+    )?;
+
+    // The GUI session's runtime dir (XDG_RUNTIME_DIR of the gui-agent and of every command,
+    // contract E): the domain user's, 0700. Made here because the domain's init cannot chown
+    // (it keeps no CAP_CHOWN).
+    root_dir.ensure_dir(
+        "mount:gui-runtime",
+        "run/bulkhead-gui",
+        base + DOMAIN_USER_UID,
+        0o700,
     )?;
 
     // Minimal /dev: a nodev tmpfs; the device nodes are bind mounts of the host's.

@@ -1,0 +1,157 @@
+//! GUI plumbing with a real domain (mini template, real domaind/sandbox/init/agent):
+//! bulkhead-init starts the gui-agent from the guest tools as the default user with its
+//! runtime dir (a stand-in script here: the mini root has no Wayland libraries; the real
+//! gui-agent is tested with real clients in gui-agent/tests), commands get the session
+//! environment, and D-Bus `OpenGui` refuses a halted domain and hands out a socket for a
+//! running one (closed at once when no gui-agent listens).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use domaind::api::{Domaind1Proxy, Error};
+use domaind::testing::{
+    build_mini_template, sandbox_available, DomaindOptions, TestBus, TestDomaind,
+};
+use zbus::zvariant::Fd;
+
+const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+/// Stand-in gui-agent: records who started it and with which runtime dir, then stays.
+const FAKE_GUI_AGENT: &str = r#"#!/bin/sh
+{ id -u; echo "$XDG_RUNTIME_DIR"; } > "$XDG_RUNTIME_DIR/started"
+exec sleep 1000
+"#;
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe().expect("pipe")
+}
+
+async fn run(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String, String) {
+    let (in_r, in_w) = pipe();
+    drop(in_w);
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let rd = |fd: OwnedFd| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::fs::File::from(fd).read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let (out, err) = (rd(out_r), rd(err_r));
+    let res = p
+        .run(
+            domain,
+            &["/bin/sh", "-c", script],
+            "",
+            Fd::from(&in_r),
+            Fd::from(&out_w),
+            Fd::from(&err_w),
+        )
+        .await;
+    drop((in_r, out_w, err_w));
+    (res.expect("Run"), out.join().unwrap(), err.join().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gui_agent_started_and_open_gui() {
+    tokio::time::timeout(TEST_LIMIT, body())
+        .await
+        .expect("test did not finish in time");
+}
+
+async fn body() {
+    if !sandbox_available() {
+        return;
+    }
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            with_guest_tools: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let pre = format!("gui{}-", std::process::id() % 100_000);
+    let (tmpl, app) = (format!("{pre}tmpl"), format!("{pre}app"));
+    let recipes = d.root().expect("root").join("recipes");
+    build_mini_template(
+        &d.paths.templates_dir(),
+        &recipes,
+        &tmpl,
+        &d.guest_tools_dir,
+    )
+    .expect("mini template");
+    let fake = d.guest_tools_dir.join("bulkhead-gui-agent");
+    let _ = std::fs::remove_file(&fake);
+    std::fs::write(&fake, FAKE_GUI_AGENT).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (_conn, p) = d.client().await.expect("client");
+    p.create(&tmpl, "template", "", "black", HashMap::new())
+        .await
+        .expect("register template");
+    p.create(&app, "app", &tmpl, "blue", HashMap::new())
+        .await
+        .unwrap();
+
+    // Not running: refused.
+    match p.open_gui(&app).await {
+        Err(Error::InvalidState(m)) => assert!(m.contains("start it first"), "{m}"),
+        other => panic!("OpenGui on a halted domain: {:?}", other.map(|_| ())),
+    }
+
+    p.start(&app).await.expect("start");
+    // init started the stand-in as the default user with the runtime dir prepared.
+    let (mut last, mut last_err) = (String::new(), String::new());
+    for _ in 0..100 {
+        let (code, out, err) = run(
+            &p,
+            &app,
+            "cat /run/bulkhead-gui/started && ls -ldn /run/bulkhead-gui && echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR\"",
+        )
+        .await;
+        (last, last_err) = (out, err);
+        if code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines: Vec<&str> = last.lines().collect();
+    let log = p
+        .log_path(&app)
+        .await
+        .ok()
+        .and_then(|l| std::fs::read_to_string(l).ok())
+        .unwrap_or_default();
+    assert_eq!(lines.len(), 4, "{last:?} {last_err:?}\ndomain log:\n{log}");
+    assert_eq!(lines[0], "1000");
+    assert_eq!(lines[1], "/run/bulkhead-gui");
+    let fields: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        (fields[0], fields[2], fields[3]),
+        ("drwx------", "1000", "1000"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(lines[3], "/run/bulkhead-gui/wayland-0 /run/bulkhead-gui");
+
+    // Running: a socket comes back; with no gui-agent listening on gui.sock the agent resets
+    // the stream and domaind closes our end.
+    let fd: OwnedFd = p.open_gui(&app).await.expect("OpenGui").into();
+    let mut sock = std::os::unix::net::UnixStream::from(fd);
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let _ = sock.write_all(b"x");
+    let mut buf = [0u8; 16];
+    let n = sock.read(&mut buf).expect("the GUI socket was not closed");
+    assert_eq!(n, 0);
+
+    p.kill(&app).await.unwrap();
+}
