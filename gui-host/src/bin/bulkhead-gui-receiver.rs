@@ -32,8 +32,19 @@ use clap::Parser;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
+const COMMANDS: &str = "Commands on stdin, one JSON line answered for each on stdout:
+  status | list | wait-window TEXT [SECS] | wait-gone ID [SECS] | pixels ID FILE
+  key ID KEYCODE 0|1 | tap ID KEYCODE... | motion ID X Y | enter ID X Y | leave ID
+  button ID BTN 0|1 | scroll ID v|h VALUE V120 | focus ID in|out | configure ID W H
+  close ID | copy [SECS] | paste TEXT | quit
+Errors come as {\"error\":\"...\"}; keycodes are XKB (evdev + 8), pixels B,G,R,A bytes.";
+
 #[derive(Parser, Debug)]
-#[command(version, about = "Headless dom0 GUI receiver (tests and benchmark)")]
+#[command(
+    version,
+    about = "Headless dom0 GUI receiver (tests and benchmark)",
+    after_help = COMMANDS
+)]
 struct Args {
     /// Domain whose GUI to receive, through domaind's D-Bus OpenGui.
     #[arg(long, conflicts_with = "socket")]
