@@ -115,7 +115,8 @@ async fn setup(tag: &str, ask_timeout_secs: &str) -> Option<Env> {
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe().expect("pipe")
+    // Close-on-exec: a process another test spawns meanwhile must not hold our pipes.
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
 
 fn reader(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
