@@ -650,3 +650,78 @@ async fn calls_need_version_two() {
     raw.send(FrameKind::Open, 1, &call).await;
     expect_dropped(raw, conn, "call on v1").await;
 }
+
+/// A relay whose service side breaks the exec protocol drops that side's connection only:
+/// the caller's call fails with a reset, and the caller's connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_violation_drops_only_the_violating_peer() {
+    use bulkhead_wire::{CallRequest, ServiceRequest};
+    let (caller, _ci, _mc, mut middle_in) = pair(Limits::default(), Limits::default()).await;
+    let (to_bad, _bi, _bc, mut bad_in) = pair(Limits::default(), Limits::default()).await;
+    // The bad agent answers every Service stream with data on channel 7.
+    tokio::spawn(async move {
+        while let Some(IncomingEvent::Stream(s)) = bad_in.next().await {
+            let _ = s.stream.send_data(7, b"nope").await;
+            std::mem::forget(s.stream);
+        }
+    });
+    let to_bad2 = to_bad.clone();
+    tokio::spawn(async move {
+        while let Some(IncomingEvent::Stream(s)) = middle_in.next().await {
+            let to_bad = to_bad2.clone();
+            tokio::spawn(async move {
+                let OpenRequest::Call(c) = s.request else {
+                    return;
+                };
+                if c.target == "refuse" {
+                    let _ = exec::refuse(s.stream, "no").await;
+                    return;
+                }
+                let Ok(svc) = to_bad
+                    .open(OpenRequest::Service(ServiceRequest {
+                        service: c.service,
+                        arg: c.arg,
+                        source: "x".into(),
+                        user: None,
+                    }))
+                    .await
+                else {
+                    let _ = exec::reject(s.stream, "service side gone").await;
+                    return;
+                };
+                let _ = exec::relay(s.stream, svc).await;
+            });
+        }
+    });
+    let r = tokio::time::timeout(
+        HANG,
+        exec::call(
+            &caller,
+            CallRequest::new("bad", "svc", ""),
+            &b""[..],
+            tokio::io::sink(),
+            tokio::io::sink(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r, Err(WireError::StreamReset { .. })), "{r:?}");
+    tokio::time::timeout(HANG, to_bad.closed()).await.unwrap();
+    assert!(to_bad
+        .close_reason()
+        .unwrap_or_default()
+        .contains("violated"));
+    assert!(
+        !caller.is_closed(),
+        "the caller's connection was dropped too"
+    );
+    let r = exec::call(
+        &caller,
+        CallRequest::new("refuse", "svc", ""),
+        &b""[..],
+        tokio::io::sink(),
+        tokio::io::sink(),
+    )
+    .await;
+    assert!(matches!(r, Err(WireError::CallRefused { .. })), "{r:?}");
+}
