@@ -65,7 +65,8 @@ pub mod status {
 
 enum Running {
     Stopped,
-    Thread(WorkerThread),
+    /// On `MmioTransport::thread`.
+    Thread,
     Inline(InlineWorker),
 }
 
@@ -76,6 +77,10 @@ pub struct MmioTransport {
     mem: GuestMemory,
     irq: Arc<IrqLine>,
     thread_filter: Option<Arc<seccompiler::BpfProgram>>,
+    /// Runs the worker; started by [`MmioTransport::start_worker_thread`] or at the first
+    /// activation (never when inline).
+    thread: Option<WorkerThread>,
+    inline: bool,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
     queue_sel: u32,
@@ -86,12 +91,33 @@ pub struct MmioTransport {
     config_generation: u32,
     needs_reset: Arc<AtomicBool>,
     running: Running,
-    inline: bool,
 }
 
 impl MmioTransport {
     /// Wraps `device`. Fails only if the queue eventfds cannot be created.
     pub fn new(device: Box<dyn VirtioDevice>, ctx: DeviceContext) -> Result<Self> {
+        Self::build(device, ctx, false)
+    }
+
+    /// Starts the device's worker thread now rather than at the first activation, which runs
+    /// on the vCPU thread that writes DRIVER_OK. A thread inherits its creator's namespaces,
+    /// credentials and seccomp filter: the VMM calls this once it is confined and before any
+    /// vCPU runs, so that the vCPU filter need not allow thread creation nor anything a worker
+    /// does. The worker installs `DeviceContext::thread_filter` itself. Idempotent; does
+    /// nothing for an inline transport.
+    pub fn start_worker_thread(&mut self) -> Result<()> {
+        if self.thread.is_none() && !self.inline {
+            self.thread = Some(WorkerThread::spawn(
+                self.device.kind(),
+                self.thread_filter.clone(),
+                self.irq.clone(),
+                self.needs_reset.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    fn build(device: Box<dyn VirtioDevice>, ctx: DeviceContext, inline: bool) -> Result<Self> {
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for &max in device.queue_max_sizes() {
@@ -103,6 +129,8 @@ impl MmioTransport {
             mem: ctx.mem,
             irq: Arc::new(IrqLine::new(ctx.irq)),
             thread_filter: ctx.thread_filter,
+            thread: None,
+            inline,
             queues,
             queue_evts,
             queue_sel: 0,
@@ -113,7 +141,6 @@ impl MmioTransport {
             config_generation: 0,
             needs_reset: Arc::new(AtomicBool::new(false)),
             running: Running::Stopped,
-            inline: false,
         })
     }
 
@@ -121,9 +148,7 @@ impl MmioTransport {
     /// is served before it returns, and backend fds are served by
     /// [`MmioTransport::poll_backends`]. For tests and fuzzing.
     pub fn new_inline(device: Box<dyn VirtioDevice>, ctx: DeviceContext) -> Result<Self> {
-        let mut t = Self::new(device, ctx)?;
-        t.inline = true;
-        Ok(t)
+        Self::build(device, ctx, true)
     }
 
     /// The queue notification eventfds, for the VMM to register as KVM ioeventfds on
@@ -186,7 +211,11 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         match std::mem::replace(&mut self.running, Running::Stopped) {
-            Running::Thread(t) => t.stop(),
+            Running::Thread => {
+                if let Some(t) = &mut self.thread {
+                    t.finish();
+                }
+            }
             Running::Inline(_) | Running::Stopped => {}
         }
         for q in &mut self.queues {
@@ -278,14 +307,13 @@ impl MmioTransport {
                 .iter()
                 .map(|e| e.try_clone().map_err(|e| Error::io("dup eventfd", e)))
                 .collect::<Result<Vec<_>>>()?;
-            Running::Thread(WorkerThread::spawn(
-                self.device.kind(),
-                worker,
-                evts,
-                self.thread_filter.clone(),
-                self.irq.clone(),
-                self.needs_reset.clone(),
-            )?)
+            self.start_worker_thread()?;
+            let thread = self
+                .thread
+                .as_mut()
+                .ok_or_else(|| Error::Worker("no worker thread".into()))?;
+            thread.start(worker, evts)?;
+            Running::Thread
         };
         Ok(())
     }
@@ -468,13 +496,5 @@ impl crate::MmioDevice for MmioTransport {
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
-    }
-}
-
-impl Drop for MmioTransport {
-    fn drop(&mut self) {
-        if let Running::Thread(t) = std::mem::replace(&mut self.running, Running::Stopped) {
-            t.stop();
-        }
     }
 }

@@ -4,7 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -41,69 +41,93 @@ pub trait Worker: Send {
     }
 }
 
-/// A running worker thread.
+/// A device's worker thread. It installs the device seccomp filter once, then runs one
+/// activation's worker at a time, for the transport's life. Started early (see
+/// [`crate::MmioTransport::start_worker_thread`]), it lets a vCPU thread that writes DRIVER_OK
+/// only hand work over a channel: that thread never creates a thread, so its own filter needs
+/// neither clone nor any of the syscalls a worker makes (a new thread would inherit its
+/// creator's filter).
 pub(crate) struct WorkerThread {
+    jobs: Option<mpsc::Sender<Job>>,
     stop: EventFd,
+    /// Closed (or sent to) when the running job has returned.
+    running: Option<mpsc::Receiver<()>>,
     handle: Option<JoinHandle<()>>,
+}
+
+struct Job {
+    worker: Box<dyn Worker>,
+    queue_evts: Vec<EventFd>,
+    done: mpsc::Sender<()>,
 }
 
 impl WorkerThread {
     pub(crate) fn spawn(
         kind: &str,
-        worker: Box<dyn Worker>,
-        queue_evts: Vec<EventFd>,
         filter: Option<Arc<seccompiler::BpfProgram>>,
         irq: Arc<IrqLine>,
         needs_reset: Arc<AtomicBool>,
     ) -> Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::io("eventfd", e))?;
         let stop2 = stop.try_clone().map_err(|e| Error::io("dup eventfd", e))?;
+        let (jobs, rx) = mpsc::channel::<Job>();
         let name = format!("virtio-{kind}");
         let kind_owned = kind.to_string();
         let handle = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || {
-                if let Some(prog) = &filter {
-                    if let Err(e) = seccompiler::apply_filter(prog) {
-                        tracing::error!(device = %kind_owned, error = %e, "virtio: cannot install the worker's seccomp filter; device stopped");
-                        needs_reset.store(true, Ordering::SeqCst);
-                        irq.signal_config();
-                        return;
-                    }
-                }
-                let mut worker = worker;
-                let res = catch_unwind(AssertUnwindSafe(|| {
-                    run_loop(worker.as_mut(), &queue_evts, &stop2)
-                }));
-                let failure = match res {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("worker panicked".to_string()),
-                };
-                if let Some(msg) = failure {
-                    tracing::error!(device = %kind_owned, error = %msg, "virtio: device failed; it needs a reset");
-                    needs_reset.store(true, Ordering::SeqCst);
-                    irq.signal_config();
-                }
-            })
+            .spawn(move || serve_jobs(&kind_owned, &rx, &stop2, filter, &irq, &needs_reset))
             .map_err(|e| Error::io(format!("spawn thread {name}"), e))?;
         Ok(WorkerThread {
+            jobs: Some(jobs),
             stop,
+            running: None,
             handle: Some(handle),
         })
     }
 
-    /// Stops the worker and waits for it.
-    pub(crate) fn stop(mut self) {
-        self.stop_inner();
+    /// Runs `worker` on the thread (after stopping the previous one, if any).
+    pub(crate) fn start(
+        &mut self,
+        worker: Box<dyn Worker>,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<()> {
+        self.finish();
+        let (done, running) = mpsc::channel();
+        let job = Job {
+            worker,
+            queue_evts,
+            done,
+        };
+        self.jobs
+            .as_ref()
+            .and_then(|j| j.send(job).ok())
+            .ok_or_else(|| Error::Worker("the device's worker thread has exited".into()))?;
+        self.running = Some(running);
+        Ok(())
     }
 
-    fn stop_inner(&mut self) {
-        if let Some(h) = self.handle.take() {
+    /// Stops the running worker, if any, and waits until it has returned.
+    pub(crate) fn finish(&mut self) {
+        if let Some(running) = self.running.take() {
             if let Err(e) = self.stop.write(1) {
                 tracing::error!(error = %e, "virtio: cannot signal the worker to stop");
                 return;
             }
+            // A message or a closed channel: either way the job is over.
+            let _ = running.recv();
+            // Clear the stop (nonblocking) so the next job does not see it; the job may have
+            // returned on its own before it was written.
+            let _ = self.stop.read();
+        }
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        self.finish();
+        // Closing the channel ends the thread.
+        self.jobs = None;
+        if let Some(h) = self.handle.take() {
             if h.join().is_err() {
                 tracing::error!("virtio: worker thread panicked");
             }
@@ -111,9 +135,41 @@ impl WorkerThread {
     }
 }
 
-impl Drop for WorkerThread {
-    fn drop(&mut self) {
-        self.stop_inner();
+/// The body of a [`WorkerThread`].
+fn serve_jobs(
+    kind: &str,
+    jobs: &mpsc::Receiver<Job>,
+    stop: &EventFd,
+    filter: Option<Arc<seccompiler::BpfProgram>>,
+    irq: &IrqLine,
+    needs_reset: &AtomicBool,
+) {
+    let filtered = match &filter {
+        Some(prog) => seccompiler::apply_filter(prog)
+            .map_err(|e| format!("cannot install the worker's seccomp filter: {e}")),
+        None => Ok(()),
+    };
+    while let Ok(job) = jobs.recv() {
+        let failure = match &filtered {
+            Err(e) => Some(e.clone()),
+            Ok(()) => {
+                let mut worker = job.worker;
+                let res = catch_unwind(AssertUnwindSafe(|| {
+                    run_loop(worker.as_mut(), &job.queue_evts, stop)
+                }));
+                match res {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("worker panicked".to_string()),
+                }
+            }
+        };
+        if let Some(msg) = failure {
+            tracing::error!(device = %kind, error = %msg, "virtio: device failed; it needs a reset");
+            needs_reset.store(true, Ordering::SeqCst);
+            irq.signal_config();
+        }
+        let _ = job.done.send(());
     }
 }
 

@@ -166,6 +166,8 @@ pub struct WiredDevices {
     pub eventfds: Vec<EventFd>,
     /// How many queue notifications go through KVM ioeventfds (0 if KVM refused them).
     pub ioeventfds: usize,
+    /// The transports (also on the MMIO bus), to start their worker threads once confined.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 /// Puts each device behind a virtio-mmio transport on `mmio` at its window, with an irqfd and
@@ -181,6 +183,7 @@ pub fn wire_devices(
         windows: Vec::new(),
         eventfds: Vec::new(),
         ioeventfds: 0,
+        transports: Vec::new(),
     };
     for (index, (what, dev)) in opened.devices.into_iter().enumerate() {
         let w = MmioWindow::for_device(index);
@@ -216,7 +219,9 @@ pub fn wire_devices(
                 ),
             }
         }
-        mmio.insert(w.base, w.size, Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(w.base, w.size, transport.clone())?;
+        wired.transports.push(transport);
         tracing::debug!(
             device = index,
             %what,

@@ -29,6 +29,7 @@ use crate::seccomp::{self, Filters, SeccompError};
 use crate::serial_log::{BoundedLog, LogError};
 use crate::spec::VmSpec;
 use crate::GuestMemory;
+use bulkhead_virtio::MmioTransport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -121,6 +122,8 @@ pub struct Vm {
     name: String,
     /// Every irqfd / ioeventfd registered with KVM (kept open for the VM's life).
     _eventfds: Vec<EventFd>,
+    /// The virtio transports (also on `mmio`).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl Vm {
@@ -266,6 +269,7 @@ impl Vm {
             seccomp: opts.seccomp,
             name: spec.name.clone(),
             _eventfds: eventfds,
+            transports: wired.transports,
         })
     }
 
@@ -287,6 +291,14 @@ impl Vm {
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
 
+        // Device worker threads start here, from this (confined, still unfiltered) thread: a
+        // vCPU thread, whose filter forbids thread creation, then only hands them work.
+        for (index, t) in self.transports.iter().enumerate() {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .start_worker_thread()
+                .map_err(|source| DeviceError::Transport { index, source })?;
+        }
         let failure: Arc<Mutex<Option<(u8, String)>>> = Arc::new(Mutex::new(None));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
