@@ -21,16 +21,9 @@ fn status_field(status: &str, key: &str) -> String {
 
 #[test]
 fn confined_vmm_has_no_privileges_and_an_empty_root() {
-    if !kvm_available() {
+    let Some((dir, socks)) = common::confinement_dirs() else {
         return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: confinement needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let socks = dir.path().join("channel");
-    std::fs::create_dir(&socks).unwrap();
+    };
     let mut spec = guest_spec(&build_guest("spin"), dir.path());
     spec.vsock = Some(VsockSpec {
         guest_cid: 7,

@@ -350,16 +350,9 @@ fn virtio_vsock_guest_to_host_and_back() {
 /// connect to `<uds>_<port>` inside the confined root, epoll, read/write) pass its filter.
 #[test]
 fn virtio_vsock_under_confinement() {
-    if !kvm_available() {
+    let Some((dir, socks)) = common::confinement_dirs() else {
         return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: confinement needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let socks = dir.path().join("channel");
-    std::fs::create_dir(&socks).unwrap();
+    };
     let uds = socks.join("vsock.sock");
     let port_sock = socks.join("vsock.sock_1234");
     let listener = UnixListener::bind(&port_sock).unwrap();

@@ -42,6 +42,23 @@ fn mtime(p: &Path) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// For a test that confines the VMM: None (saying why) without KVM or root; else a temporary
+/// directory and the empty sockets directory `channel/` inside it (the one the confined root
+/// keeps).
+pub fn confinement_dirs() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !kvm_available() {
+        return None;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: confinement needs root");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socks = dir.path().join("channel");
+    std::fs::create_dir(&socks).unwrap();
+    Some((dir, socks))
+}
+
 /// Compiles `tests/guests/<name>.c` (with guest.h and guest.ld) into a static ELF under the
 /// cargo target tmp dir and returns its path. Rebuilt only when a source is newer.
 pub fn build_guest(name: &str) -> PathBuf {
