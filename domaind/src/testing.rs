@@ -952,6 +952,7 @@ pub fn install_test_vm_artifacts(
     .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir(&empty);
     let m = vm::VmMarker {
+        format: vm::VM_FORMAT_VERSION,
         hash: marker.hash,
         kernel_package: "test guest (domaind/tests/guests/ticker.c)".into(),
         kernel_release: "ticker".into(),

@@ -56,6 +56,11 @@ pub const INITRAMFS_READY_LINE: &str = "bulkhead-initramfs: switching to the dom
 /// Prefix of the line the initramfs prints when it gives up (then it reboots: the VM ends).
 pub const INITRAMFS_FAIL_PREFIX: &str = "bulkhead-initramfs: FAILED:";
 
+/// Version of what [`TemplateStore::build_vm`] produces (the initramfs and its `/init`, the
+/// image layout). Bump it when the output changes for the same recipe: VM files with another
+/// version are rebuilt at their next use.
+pub const VM_FORMAT_VERSION: u32 = 2;
+
 const VM_PREFIX: &str = "vm-";
 const VM_MARKER: &str = "vm.toml";
 const PARTIAL_SUFFIX: &str = ".partial";
@@ -70,6 +75,9 @@ const DISK_WAIT_SECS: u32 = 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmMarker {
+    /// [`VM_FORMAT_VERSION`] of the builder that made them (0: before versions existed).
+    #[serde(default)]
+    pub format: u32,
     /// Full recipe hash (the root's).
     pub hash: String,
     /// The versioned kernel package and version used (`linux-image-6.1.0-57-cloud-amd64 6.1.192-3`).
@@ -622,6 +630,9 @@ impl TemplateStore {
         let dir = Self::vm_dir_for_root(root)?;
         let text = fs::read_to_string(dir.join(VM_MARKER)).ok()?;
         let marker: VmMarker = toml::from_str(&text).ok()?;
+        if marker.format != VM_FORMAT_VERSION {
+            return None;
+        }
         let a = VmArtifacts::in_dir(&dir, marker);
         [&a.kernel, &a.initramfs, &a.root_image]
             .iter()
@@ -826,6 +837,7 @@ impl TemplateStore {
         // 5. Marker, sync, rename.
         say(5, "finishing".into());
         let marker = VmMarker {
+            format: VM_FORMAT_VERSION,
             hash: recipe.hash().to_owned(),
             kernel_package: kpkg,
             kernel_release: release,
