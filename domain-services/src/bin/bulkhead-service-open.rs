@@ -10,9 +10,18 @@ use bulkhead_services::xdg::XdgDirs;
 fn tmp_base() -> PathBuf {
     // XDG_RUNTIME_DIR is private to the user when set; else TMPDIR or /tmp (the temporary
     // directory itself is 0700 either way).
+    // (only when we may create in it: a runtime dir shared with a GUI agent may not be ours)
+    let usable = |p: &PathBuf| {
+        rustix::fs::access(
+            p,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .is_ok()
+            && p.is_dir()
+    };
     std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .filter(|p| p.is_dir())
+        .filter(usable)
         .unwrap_or_else(std::env::temp_dir)
 }
 

@@ -1,0 +1,218 @@
+//! The services of issue 4 between real sandbox domains, through domaind and the policy:
+//! a file copied from one domain lands in the other's ~/Incoming/<source>/ when policy
+//! allows, the copy exits 126 and writes nothing when it denies; `bulkhead-open-in-dvm`
+//! opens a file in a new disposable whose default application edits it, the edited copy
+//! comes back, and the disposable is gone afterwards.
+
+use std::process::{Command, Output, Stdio};
+
+use domaind::testing::{template_cache, DomaindOptions, TestBus, TestDomaind};
+
+struct Cli<'a> {
+    daemon: &'a TestDomaind,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(args)
+            .env("BULKHEAD_BUS_ADDRESS", self.daemon.bus_address())
+            .stdin(Stdio::null())
+            .output()
+            .expect("the bulkhead binary runs");
+        eprintln!(
+            "$ bulkhead {}\n-> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "bulkhead {args:?} failed");
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// `sh -c SCRIPT` as the default user in `domain`.
+    fn sh(&self, domain: &str, script: &str) -> Output {
+        self.run(&["run", domain, "--", "sh", "-c", script])
+    }
+}
+
+fn recipes() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .join("templates/recipes")
+}
+
+/// The disposable template's default application for text/plain: a script that edits the
+/// file it is given (installed in the template's private volume).
+const EDITOR_SETUP: &str = r#"set -e
+mkdir -p "$HOME/.config" "$HOME/.local/share/applications" "$HOME/bin"
+printf '#!/bin/sh\necho "edited in $(uname -n)" >> "$1"\n' > "$HOME/bin/test-editor"
+chmod 755 "$HOME/bin/test-editor"
+printf '[Default Applications]\ntext/plain=test-editor.desktop\n' > "$HOME/.config/mimeapps.list"
+printf '[Desktop Entry]\nType=Application\nName=Test editor\nExec=%s/bin/test-editor %%f\n' "$HOME" > "$HOME/.local/share/applications/test-editor.desktop"
+"#;
+
+const POLICY: &str = "\
+bulkhead.Filecopy  *  work  personal  allow
+bulkhead.Filecopy  *  @anyvm  @anyvm  deny
+bulkhead.OpenInVM  *  @anyvm  @dispvm  allow
+bulkhead.OpenInVM  *  @anyvm  @anyvm  deny
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_and_open_in_disposable_between_sandbox_domains() {
+    let Some(cache) = template_cache() else {
+        return;
+    };
+    if !domaind::testing::sandbox_available() {
+        eprintln!("SKIP: this host cannot run sandbox domains (see bulkhead-sandbox probe)");
+        return;
+    }
+    let bus = TestBus::start().expect("dbus-daemon starts");
+    let daemon = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache),
+            recipes_dir: Some(recipes()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind starts");
+    let cli = Cli { daemon: &daemon };
+    // the policy lives in the test domaind's <config>/policy.d (reloaded on change)
+    let policy_dir = daemon.paths.config_dir.join("policy.d");
+    std::fs::create_dir_all(&policy_dir).expect("policy dir");
+    std::fs::write(policy_dir.join("30-test.policy"), POLICY).expect("policy");
+    cli.ok(&["template", "build", "debian-12"]);
+
+    cli.ok(&[
+        "create",
+        "-C",
+        "disposable-template",
+        "-t",
+        "debian-12",
+        "-l",
+        "red",
+        "dvm",
+    ]);
+    let out = cli.sh("dvm", EDITOR_SETUP);
+    assert!(out.status.success());
+    cli.ok(&["shutdown", "--timeout", "10", "dvm"]);
+    cli.ok(&[
+        "create",
+        "-t",
+        "debian-12",
+        "-l",
+        "blue",
+        "-P",
+        "default_dispvm=dvm",
+        "work",
+    ]);
+    for d in ["personal", "other"] {
+        cli.ok(&["create", "-t", "debian-12", "-l", "green", d]);
+    }
+    let home = |d: &str| {
+        let dn = bulkhead_domain::DomainName::new(d).expect("name");
+        daemon.paths.private_dir(&dn).join("user")
+    };
+
+    // allowed: a tree lands in personal's ~/Incoming/work/
+    let out = cli.sh(
+        "work",
+        "mkdir -p d/sub && echo hello > d/sub/f && ln -s ../t d/sub/up && echo top > t.txt && \
+         /usr/lib/bulkhead/bulkhead-copy-to-vm personal d t.txt",
+    );
+    assert!(out.status.success());
+    let out = cli.sh(
+        "personal",
+        "cat ~/Incoming/work/d/sub/f ~/Incoming/work/t.txt; readlink ~/Incoming/work/d/sub/up",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\ntop\n../t\n");
+    // the incoming folder is noexec,nosuid,nodev in the receiving domain
+    let out = cli.sh(
+        "personal",
+        "grep ' /home/user/Incoming ' /proc/self/mountinfo",
+    );
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    for flag in ["noexec", "nosuid", "nodev"] {
+        assert!(line.contains(flag), "{flag} missing: {line}");
+    }
+
+    // denied: exit 126, nothing written (and the target was not even started)
+    let out = cli.sh("work", "/usr/lib/bulkhead/bulkhead-copy-to-vm other t.txt");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "a clear message"
+    );
+    assert!(
+        !home("other").join("Incoming/work").exists(),
+        "something was written"
+    );
+    // the receiver's files as the host sees them (canonical ids: the domain user is 1000)
+    let f = std::fs::metadata(home("personal").join("Incoming/work/t.txt")).expect("copied");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&f), 1000);
+
+    // a move removes the source after the receiver confirmed
+    let out = cli.sh(
+        "work",
+        "echo moved > m.txt && /usr/lib/bulkhead/bulkhead-move-to-vm personal m.txt && test ! -e m.txt",
+    );
+    assert!(out.status.success());
+    let out = cli.sh("personal", "cat ~/Incoming/work/m.txt");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "moved\n");
+
+    // open in a new disposable: its application edits the file, the edit comes back
+    let before: Vec<String> = domain_names(&cli);
+    let out = cli.sh(
+        "work",
+        "printf 'original\\n' > doc.txt && /usr/lib/bulkhead/bulkhead-open-in-dvm doc.txt && cat doc.txt",
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("original\nedited in disp"), "{text}");
+    // domaind removes the disposable once the call has ended (bounded wait)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let after = domain_names(&cli);
+        if after == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the disposable is still there: {after:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // open in a named domain is denied by this policy: 126 and the file untouched
+    let out = cli.sh(
+        "work",
+        "/usr/lib/bulkhead/bulkhead-open-in-vm personal doc.txt; s=$?; cat doc.txt; exit $s",
+    );
+    assert_eq!(out.status.code(), Some(126));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+
+    for d in ["work", "personal"] {
+        cli.ok(&["shutdown", "--timeout", "10", d]);
+    }
+}
+
+fn domain_names(cli: &Cli<'_>) -> Vec<String> {
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&cli.ok(&["ls", "--json"])).expect("ls --json is JSON");
+    let mut v: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
