@@ -37,6 +37,11 @@ pub enum ConfineError {
     Caps(String),
     #[error("cannot fork into a new PID namespace: the process already has {0} threads")]
     Threads(usize),
+    #[error(
+        "cannot confine a process with {0} threads: namespaces, capabilities and no_new_privs \
+         would apply to the calling thread only (start threads after confining)"
+    )]
+    ThreadsAtConfine(usize),
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ConfineError {
@@ -140,8 +145,13 @@ pub fn kept_dirs(spec: &VmSpec) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Stage 2 (see the module docs). Call with every host resource already open.
+/// Stage 2 (see the module docs). Call with every host resource already open and no thread
+/// but the caller: unshare, capabilities and no_new_privs act on the calling thread only.
 pub fn confine(c: &ConfineSpec, keep: &[PathBuf]) -> Result<(), ConfineError> {
+    let n = thread_count();
+    if n != 1 {
+        return Err(ConfineError::ThreadsAtConfine(n));
+    }
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWIPC
