@@ -62,6 +62,15 @@ fn run(spec: PathBuf, ready_fd: Option<RawFd>, boot_timer_fd: Option<RawFd>) -> 
         seccomp: None,
     };
     if let Some(c) = &spec.confine {
+        // One malloc arena for every thread. glibc reads /proc/sys/vm/overcommit_memory the
+        // first time it shrinks a thread arena's heap, and no seccomp filter allows open: a
+        // device worker freeing memory was killed by SIGSYS now and then. The main arena
+        // trims with brk instead. Fewer arenas also keep the VMM's own memory small.
+        // SAFETY: mallopt only changes an allocator parameter; the process has one thread
+        // here (enter_pid_namespace checks that next).
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+            tracing::warn!("mallopt(M_ARENA_MAX, 1) failed");
+        }
         match confine::enter_pid_namespace(c).context("confining the VMM (PID namespace)")? {
             confine::PidNamespace::ParentExit(code) => return Ok(code),
             confine::PidNamespace::Child => {}
