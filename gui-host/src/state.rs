@@ -123,7 +123,7 @@ pub enum Violation {
 }
 
 /// One guest window as dom0 keeps it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Window {
     /// Agent's id.
     pub id: WindowId,
@@ -155,6 +155,24 @@ pub struct Window {
     parent_origin: (i32, i32),
     /// ARGB8888 pixels, little-endian `0xAARRGGBB`, `width * height * 4` bytes, rows packed.
     buffer: Vec<u8>,
+}
+
+impl std::fmt::Debug for Window {
+    // Everything but the pixels.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Window")
+            .field("id", &self.id)
+            .field("popup_parent", &self.popup_parent)
+            .field("geometry", &(self.x, self.y, self.width, self.height))
+            .field("mapped", &self.mapped)
+            .field("title", &self.title)
+            .field("app_id", &self.app_id)
+            .field("cursor", &self.cursor)
+            .field("maximized", &self.maximized)
+            .field("minimized", &self.minimized)
+            .field("damage_count", &self.damage_count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Window {
