@@ -12,6 +12,8 @@
 //! `bulkhead-bench open-in-dvm` measures opening a file in a disposable (see `open_in_dvm.rs`).
 //!
 //! `bulkhead-bench call` measures a service call's round trip (see `call.rs`).
+//!
+//! `bulkhead-bench gui` measures GUI forwarding by bulkhead-gui-agent against waypipe (see `gui.rs`).
 
 use anyhow::{bail, Context, Result};
 use bulkhead_templates::TemplateStore;
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use zbus::zvariant::Fd;
 
 mod call;
+mod gui;
 mod open_in_dvm;
 mod vmm;
 
@@ -113,6 +116,16 @@ enum Bench {
         #[arg(long)]
         bus_address: Option<String>,
     },
+    /// 1920x1080 frames (full-frame and small damage) from a Wayland client through
+    /// bulkhead-gui-agent to a dom0 receiver vs through waypipe to a headless weston.
+    Gui {
+        /// Measured frames per case (after 5 warm-up frames).
+        #[arg(long, default_value_t = 120)]
+        frames: u32,
+        /// The bulkhead-gui-agent binary (default: the one beside this binary).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -151,6 +164,7 @@ fn main() -> Result<()> {
             template,
             bus_address,
         )),
+        Bench::Gui { frames, agent } => gui::run(frames, agent),
     }
 }
 

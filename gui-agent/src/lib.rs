@@ -1,6 +1,28 @@
 //! bulkhead-gui-agent: a headless Wayland compositor inside a domain. Applications draw into
 //! wl_shm buffers; the agent copies the damaged rectangles and forwards them with window
-//! metadata to dom0 over one unix socket, and injects the input dom0 sends back.
+//! metadata to dom0 over one unix socket (`bulkhead_wire::gui`), and injects the input dom0
+//! sends back.
+//!
+//! - Globals: wl_compositor, wl_subcompositor, wl_shm (argb8888/xrgb8888), xdg_wm_base
+//!   (toplevels and popups, server-side decorations via xdg-decoration), wl_seat (keyboard
+//!   with dom0's keymap, pointer), wl_output (one headless output), wl_data_device.
+//! - Pixels: on each commit of a toplevel/popup root surface the damaged rectangles of the
+//!   wl_shm buffer are copied into the window's own copy and the buffer is released at once;
+//!   the pending damage is sent to dom0 when its link has room (a writer thread drains it;
+//!   more than 24 MiB queued stops encoding, damage then accumulates), so a slow dom0 makes
+//!   updates coarser, never blocks clients. Frame callbacks fire when the window's damage
+//!   has gone out and the backlog is under 4 MiB, at most once per `--frame-interval-ms`.
+//! - dom0 link: one peer at a time; a new connection replaces the old one and receives HELLO
+//!   then every window (create, title, app id, map, full contents). The first message from
+//!   dom0 must be HELLO (version negotiated with `bulkhead_wire::gui::negotiate`); any
+//!   protocol violation drops the link, nothing else stops. Unknown windows and out-of-range
+//!   values in dom0's messages are ignored with a log line.
+//! - Clipboard: dom0's CLIPBOARD_REQUEST is answered with the domain's current selection as
+//!   text (read from the owner through a pipe, capped at the protocol's limit, 2 s deadline);
+//!   dom0's CLIPBOARD_DATA becomes the domain's selection (offered as text types).
+//!
+//! Not forwarded: subsurfaces (their buffers are released, not composited), cursor surfaces
+//! (named cursors only), dmabuf (not offered), maximise/fullscreen requests.
 
 pub mod clipboard;
 pub mod compositor;
