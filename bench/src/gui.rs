@@ -24,10 +24,19 @@ use bulkhead_gui_agent::testclient::{frame_of, DamageKind, TestClient};
 
 const SMALL: u32 = 128;
 
+/// A child started in its own process group; dropping it kills the whole group (waypipe
+/// server's `sleep`, weston's helper clients).
 struct Killed(Child);
+impl Killed {
+    fn spawn(cmd: &mut Command) -> std::io::Result<Killed> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0).spawn().map(Killed)
+    }
+}
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -161,15 +170,14 @@ fn receive(mut stream: UnixStream, probe: (u32, u32, u32), tx: mpsc::Sender<(u32
 
 fn run_agent(agent_bin: &Path, frames: u32, damage: DamageKind, w: u32, h: u32) -> Result<Stats> {
     let dir = tempfile::tempdir()?;
-    let _agent = Killed(
+    let _agent = Killed::spawn(
         Command::new(agent_bin)
             .arg("--runtime-dir")
             .arg(dir.path())
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", agent_bin.display()))?,
-    );
+            .stdout(Stdio::null()),
+    )
+    .with_context(|| format!("starting {}", agent_bin.display()))?;
     let gui = dir.path().join("gui.sock");
     let wl = dir.path().join("wayland-0");
     wait_for(&gui, "bulkhead-gui-agent")?;
@@ -219,7 +227,7 @@ fn run_agent(agent_bin: &Path, frames: u32, damage: DamageKind, w: u32, h: u32) 
 fn run_waypipe(frames: u32, damage: DamageKind, w: u32, h: u32) -> Result<Stats> {
     let dir = tempfile::tempdir()?;
     let rt = dir.path();
-    let _weston = Killed(
+    let _weston = Killed::spawn(
         Command::new("weston")
             .args([
                 "--backend=headless-backend.so",
@@ -231,26 +239,24 @@ fn run_waypipe(frames: u32, damage: DamageKind, w: u32, h: u32) -> Result<Stats>
             .arg(format!("--height={h}"))
             .env("XDG_RUNTIME_DIR", rt)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting weston (Debian package weston)")?,
-    );
+            .stderr(Stdio::null()),
+    )
+    .context("starting weston (Debian package weston)")?;
     wait_for(&rt.join("wayland-weston"), "weston")?;
     let sock = rt.join("waypipe.sock");
-    let _wp_client = Killed(
+    let _wp_client = Killed::spawn(
         Command::new("waypipe")
             .args(["--no-gpu", "--socket"])
             .arg(&sock)
             .arg("client")
             .env("XDG_RUNTIME_DIR", rt)
             .env("WAYLAND_DISPLAY", "wayland-weston")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting waypipe client (Debian package waypipe)")?,
-    );
+            .stderr(Stdio::null()),
+    )
+    .context("starting waypipe client (Debian package waypipe)")?;
     wait_for(&sock, "waypipe client")?;
     let display = rt.join("wayland-waypipe");
-    let _wp_server = Killed(
+    let _wp_server = Killed::spawn(
         Command::new("waypipe")
             .args(["--no-gpu", "--socket"])
             .arg(&sock)
@@ -258,10 +264,10 @@ fn run_waypipe(frames: u32, damage: DamageKind, w: u32, h: u32) -> Result<Stats>
             .arg(&display)
             .args(["server", "--", "sleep", "3600"])
             .env("XDG_RUNTIME_DIR", rt)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting waypipe server")?,
-    );
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .context("starting waypipe server")?;
     wait_for(&display, "waypipe server")?;
     let mut client = TestClient::connect(&display, "bench", w, h)?;
     let mut one = |k: u32| -> Result<Duration> {

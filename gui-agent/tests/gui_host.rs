@@ -28,7 +28,14 @@ async fn gui_host_receiver_gets_window_pixels_resize_and_close() {
     rx.add_peer("work", stream, Rules::default(), None);
     let mut client = agent
         .client(env!("CARGO_BIN_EXE_bulkhead-gui-testclient"))
-        .args(["--title", "through gui-host", "--width", "300", "--height", "200"])
+        .args([
+            "--title",
+            "through gui-host",
+            "--width",
+            "300",
+            "--height",
+            "200",
+        ])
         .spawn()
         .expect("start the test client");
     let secs = Duration::from_secs(30);
@@ -64,7 +71,10 @@ async fn gui_host_receiver_gets_window_pixels_resize_and_close() {
     assert!(status.success());
     let st = rx.status("work");
     assert!(
-        matches!(st, Some(bulkhead_gui_host::headless::PeerStatus::Ready { .. })),
+        matches!(
+            st,
+            Some(bulkhead_gui_host::headless::PeerStatus::Ready { .. })
+        ),
         "dom0 side still happy with the agent: {st:?}"
     );
 }
