@@ -37,7 +37,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            // bulkhead-init passes BULKHEAD_LOG to the agent; RUST_LOG works by hand
+            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
