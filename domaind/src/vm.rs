@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_sandbox::cgroup::{Hierarchy, Limits};
 use bulkhead_sandbox::{CgroupPaths, SandboxError};
-use serde::Serialize;
+use bulkhead_vmm::{ConfineSpec, DiskSpec, VmSpec, VsockSpec};
 use tracing::{info, warn};
 
 use crate::backend::VmRecord;
@@ -138,43 +138,6 @@ pub fn probe(vmm: &Path) -> Result<Probe, VmError> {
     }
 }
 
-/// The JSON `bulkhead-vmm run --spec` reads (contract A, `bulkhead_vmm::VmSpec`).
-#[derive(Debug, Clone, Serialize)]
-pub struct VmmSpec {
-    pub name: String,
-    pub kernel: PathBuf,
-    pub initramfs: Option<PathBuf>,
-    pub cmdline: String,
-    pub memory_mib: u64,
-    pub vcpus: u8,
-    pub serial_log: PathBuf,
-    pub serial_log_max: u64,
-    pub disks: Vec<DiskSpec>,
-    pub vsock: Option<VsockSpec>,
-    pub net: Option<()>,
-    pub rng: bool,
-    pub confine: Option<ConfineSpec>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DiskSpec {
-    pub path: PathBuf,
-    pub read_only: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct VsockSpec {
-    pub guest_cid: u64,
-    pub uds_path: PathBuf,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfineSpec {
-    pub uid: u32,
-    pub gid: u32,
-    pub cgroup: Option<PathBuf>,
-}
-
 /// Everything a VM start needs.
 #[derive(Debug, Clone)]
 pub struct VmStart {
@@ -198,7 +161,7 @@ pub struct VmStart {
 
 impl VmStart {
     /// The spec for the VMM.
-    pub fn spec(&self) -> Result<VmmSpec, VmError> {
+    pub fn spec(&self) -> Result<VmSpec, VmError> {
         let vcpus = u8::try_from(self.vcpus)
             .ok()
             .filter(|v| (1..=32).contains(v))
@@ -208,7 +171,7 @@ impl VmStart {
                     self.vcpus
                 ))
             })?;
-        Ok(VmmSpec {
+        Ok(VmSpec {
             name: self.name.clone(),
             kernel: self.kernel.clone(),
             initramfs: Some(self.initramfs.clone()),
