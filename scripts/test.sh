@@ -30,7 +30,7 @@ step "Tests"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 set +e
-cargo test --workspace -- --test-threads=2 2>&1 | tee "$results"
+cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$results"
 test_status=${PIPESTATUS[0]}
 # The KVM monitor's guest tests once more with every VMM confined (namespaces, empty root,
 # no capabilities, seccomp per thread kind): a syscall missing from a filter kills the VMM.
