@@ -61,6 +61,20 @@ pub fn command(req: &ExecRequest, acct: &Account) -> tokio::process::Command {
     let switch = acct.uid != Uid::effective();
     let (uid, gid, groups) = (acct.uid, acct.gid, acct.groups.clone());
     let pre_exec = move || -> std::io::Result<()> {
+        // A command starts with default signal handling and an empty signal mask whatever
+        // the agent inherited (a SIGHUP ignored or blocked in the agent's parent would pass
+        // on, and a shell cannot trap a signal ignored on entry: a hangup would go unnoticed).
+        for sig in [
+            Signal::SIGHUP,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGTERM,
+        ] {
+            // SAFETY: installing SIG_DFL (no handler code) in the forked child before exec;
+            // sigaction is async-signal-safe.
+            unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }?;
+        }
+        nix::sys::signal::SigSet::empty().thread_set_mask()?;
         nix::unistd::setsid()?;
         if switch {
             nix::unistd::setgroups(&groups)?;
@@ -73,7 +87,7 @@ pub fn command(req: &ExecRequest, acct: &Account) -> tokio::process::Command {
             Err(_) => Ok(nix::unistd::chdir(root.as_c_str())?),
         }
     };
-    // SAFETY: the closure runs in the forked child before exec. It only calls setsid,
+    // SAFETY: the closure runs in the forked child before exec. It only calls sigaction, pthread_sigmask, setsid,
     // setgroups, setgid, setuid and chdir (thin syscall wrappers, async-signal-safe in a
     // single-threaded child) on values computed before the fork (C strings, no allocation).
     unsafe {

@@ -6,6 +6,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use bulkhead_domain::DomainName;
@@ -13,8 +14,19 @@ use bulkhead_templates::{
     source_recipes_dir, BuildProgress, Recipe, Stage, TemplateStatus, TemplateStore,
 };
 
+/// Both tests build into the same store, whose per-template lock refuses a second builder
+/// instead of waiting: the tests of this file take turns.
+static STORE: Mutex<()> = Mutex::new(());
+
+fn store_turn() -> MutexGuard<'static, ()> {
+    STORE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn build_debian_12_template_for_real() {
+    let _turn = store_turn();
     let Some(cache) = std::env::var_os("BULKHEAD_TEST_TEMPLATE_CACHE") else {
         println!("skipped: set BULKHEAD_TEST_TEMPLATE_CACHE=<dir> to build the debian-12 template for real");
         return;
@@ -112,6 +124,7 @@ fn build_debian_12_template_for_real() {
 /// hardware virtualization: see domaind/tests/vm_full_boot.rs.
 #[test]
 fn build_debian_12_vm_files_for_real() {
+    let _turn = store_turn();
     let Some(cache) = std::env::var_os("BULKHEAD_TEST_TEMPLATE_CACHE") else {
         println!("skipped: set BULKHEAD_TEST_TEMPLATE_CACHE=<dir> to build the debian-12 VM files for real");
         return;
