@@ -18,6 +18,8 @@ cargo build --release --workspace --bins
 step "Installing into $PREFIX"
 install -D -m 0755 target/release/domaind            "$PREFIX/sbin/domaind"
 install -D -m 0755 target/release/bulkhead-sandbox   "$PREFIX/sbin/bulkhead-sandbox"
+# The KVM monitor, found next to domaind (VM domains; they need VT-x/AMD-V).
+install -D -m 0755 target/release/bulkhead-vmm       "$PREFIX/sbin/bulkhead-vmm"
 install -D -m 0755 target/release/bulkhead           "$PREFIX/bin/bulkhead"
 # The guest tools dir, as listed in packaging/guest-tools.txt (bin NAME / rpc SERVICE BINARY).
 guest="$PREFIX/lib/bulkhead/guest"
