@@ -150,8 +150,13 @@ async fn body() {
         .unwrap();
     let _ = sock.write_all(b"x");
     let mut buf = [0u8; 16];
-    let n = sock.read(&mut buf).expect("the GUI socket was not closed");
-    assert_eq!(n, 0);
+    // Closed shows as EOF, or as a reset when domaind closed its end with our "x" still
+    // unread in its buffer; a timeout or data would be a failure.
+    match sock.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the GUI socket was not closed: {other:?}"),
+    }
 
     p.kill(&app).await.unwrap();
 }
