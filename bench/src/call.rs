@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use domaind::api::Domaind1Proxy;
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
 use zbus::zvariant::Fd;
 
 use crate::{median, ms};
@@ -139,35 +138,12 @@ pub async fn bench(
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let mut _private = None;
-    let connection = match bus_address {
-        Some(address) => domaind::api::connect(Some(&address)).await?,
-        None => {
-            let bus = TestBus::start().map_err(anyhow::Error::msg)?;
-            let daemon = TestDomaind::start(
-                &bus,
-                DomaindOptions {
-                    with_guest_tools: true,
-                    template_cache: Some(cache.clone()),
-                    recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            // The one rule this needs (an installed domaind uses its installed policy, whose
-            // default allows calls from dom0).
-            let dir = daemon.paths.config_dir.join("policy.d");
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(
-                dir.join("30-bench.policy"),
-                format!("{SERVICE}  *  @adminvm  {TARGET}  allow\n"),
-            )?;
-            let connection = daemon.connect().await.map_err(anyhow::Error::msg)?;
-            _private = Some((bus, daemon));
-            connection
-        }
-    };
+    let (connection, _private) = crate::domaind_for_bench(
+        bus_address,
+        &cache,
+        &format!("{SERVICE}  *  @adminvm  {TARGET}  allow\n"),
+    )
+    .await?;
     let proxy = Domaind1Proxy::new(&connection).await?;
     let null = std::fs::File::options()
         .read(true)

@@ -26,6 +26,37 @@ use std::time::{Duration, Instant};
 use zbus::zvariant::Fd;
 
 mod call;
+
+/// The domaind a bench talks to: the one on `bus_address`, or a private one started here
+/// (guest tools, the template cache, the shipped recipes) whose only policy file holds
+/// `policy` (an installed domaind uses its installed policy). Keep the returned guard for as
+/// long as the connection is used.
+pub(crate) async fn domaind_for_bench(
+    bus_address: Option<String>,
+    cache: &std::path::Path,
+    policy: &str,
+) -> Result<(zbus::Connection, Option<(TestBus, TestDomaind)>)> {
+    if let Some(address) = bus_address {
+        return Ok((domaind::api::connect(Some(&address)).await?, None));
+    }
+    let bus = TestBus::start().map_err(anyhow::Error::msg)?;
+    let daemon = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache.to_owned()),
+            recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let dir = daemon.paths.config_dir.join("policy.d");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("30-bench.policy"), policy)?;
+    let connection = daemon.connect().await.map_err(anyhow::Error::msg)?;
+    Ok((connection, Some((bus, daemon))))
+}
 mod gui;
 mod open_in_dvm;
 mod vmm;
