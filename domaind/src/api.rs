@@ -238,6 +238,17 @@ pub trait Domaind1 {
 
     #[zbus(signal)]
     fn progress(&self, name: String, step: String, done: u32, total: u32) -> zbus::Result<()>;
+
+    /// A call was refused (policy deny, the user's deny, or no answer to an ask); `service`
+    /// is `SERVICE[+ARG]`, `reason` a sentence for the user.
+    #[zbus(signal)]
+    fn call_denied(
+        &self,
+        source: String,
+        target: String,
+        service: String,
+        reason: String,
+    ) -> zbus::Result<()>;
 }
 
 /// Client proxy for an ask agent (domaind calls it; the GUI implements

@@ -188,6 +188,11 @@ fn policy_argument(arg: &str) -> String {
     }
 }
 
+/// `SERVICE` or `SERVICE+ARG`, as the `CallDenied` signal names a call.
+fn policy_service(service: &str, arg: &str) -> String {
+    format!("{service}{}", policy_argument(arg))
+}
+
 fn feature_on(v: Option<&String>) -> bool {
     v.is_some_and(|v| matches!(v.as_str(), "1" | "yes" | "true"))
 }
@@ -264,13 +269,17 @@ impl Manager {
             }
             Resolution::Deny(d) => {
                 info!(source, target, service, arg, reason = %d.reason, "call denied");
-                Err(CallError::Refused(d.reason.to_string()))
+                let reason = d.reason.to_string();
+                self.call_denied(source, target, &policy_service(service, arg), &reason);
+                Err(CallError::Refused(reason))
             }
             Resolution::Ask(ask) => {
                 let answer = self.calls().ask(source, service, arg, &ask).await;
                 ask.answer(answer.as_deref()).map_err(|d| {
                     info!(source, target, service, arg, reason = %d.reason, "call denied after ask");
-                    CallError::Refused(d.reason.to_string())
+                    let reason = d.reason.to_string();
+                    self.call_denied(source, target, &policy_service(service, arg), &reason);
+                    CallError::Refused(reason)
                 })
             }
         }

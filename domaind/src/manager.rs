@@ -76,6 +76,14 @@ pub enum Event {
         done: u32,
         total: u32,
     },
+    /// A call was refused (by the policy, the user, or for want of an answer).
+    CallDenied {
+        source: String,
+        target: String,
+        /// `SERVICE` or `SERVICE+ARG`.
+        service: String,
+        reason: String,
+    },
 }
 
 /// A future that resolves when the D-Bus caller of a long call has gone away.
@@ -294,6 +302,16 @@ impl Manager {
             step: step.to_owned(),
             done,
             total,
+        });
+    }
+
+    /// Tell the bus (signal `CallDenied`) that a call was refused.
+    pub(crate) fn call_denied(&self, source: &str, target: &str, service: &str, reason: &str) {
+        let _ = self.events.send(Event::CallDenied {
+            source: source.to_owned(),
+            target: target.to_owned(),
+            service: service.to_owned(),
+            reason: reason.to_owned(),
         });
     }
 

@@ -379,6 +379,17 @@ impl Service {
         done: u32,
         total: u32,
     ) -> zbus::Result<()>;
+
+    /// `CallDenied(source s, target s, service s, reason s)`: a call was refused (policy
+    /// deny, the user's deny, or no answer to an ask); `service` is `SERVICE[+ARG]`.
+    #[zbus(signal)]
+    async fn call_denied(
+        emitter: &SignalEmitter<'_>,
+        source: &str,
+        target: &str,
+        service: &str,
+        reason: &str,
+    ) -> zbus::Result<()>;
 }
 
 /// Forward manager events to the bus as signals until the channel closes.
@@ -401,6 +412,12 @@ pub async fn forward_events(conn: zbus::Connection, mut rx: mpsc::UnboundedRecei
                 done,
                 total,
             } => Service::progress(&emitter, name, step, *done, *total).await,
+            Event::CallDenied {
+                source,
+                target,
+                service,
+                reason,
+            } => Service::call_denied(&emitter, source, target, service, reason).await,
         };
         if let Err(e) = r {
             debug!(error = %e, "signal not sent");

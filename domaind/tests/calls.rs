@@ -345,8 +345,31 @@ async fn calls_between_domains_follow_the_policy_body() {
     let (r, out, _) = exchange(&e.p, None, &[&b, "test.Echo+d0"], b"z").await;
     assert_eq!(r.unwrap(), 0);
     assert_eq!(out, format!("dom0|test.Echo|d0|{b}|z"));
+    // A deny is also announced on the bus (signal CallDenied, for the desktop's notices).
+    let mut denied =
+        e.p.receive_call_denied()
+            .await
+            .expect("subscribe to CallDenied");
     let (r, _, _) = exchange(&e.p, None, &[&b, "test.Mark+deny"], b"").await;
     assert!(matches!(r, Err(Error::AccessDenied(_))), "{r:?}");
+    let sig = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::StreamExt::next(&mut denied),
+    )
+    .await
+    .expect("no CallDenied signal within 10 s")
+    .expect("signal stream ended");
+    let args = sig.args().expect("CallDenied arguments");
+    assert_eq!(
+        (
+            args.source.as_str(),
+            args.target.as_str(),
+            args.service.as_str()
+        ),
+        ("dom0", b.as_str(), "test.Mark+deny")
+    );
+    // dom0 matches no rule of 30-test.policy (they are for @anyvm).
+    assert_eq!(args.reason, "no matching rule found");
 
     // A broken policy file denies every call, until it is fixed (reloaded on change).
     std::fs::write(
