@@ -22,6 +22,8 @@ pub const MAX_FEATURES: usize = 256;
 pub const MAX_FEATURE_KEY_LEN: usize = 64;
 /// Longest feature value.
 pub const MAX_FEATURE_VALUE_LEN: usize = 4096;
+/// Largest `dispvm_pool_size` (warm disposables kept per disposable template).
+pub const MAX_DISPVM_POOL_SIZE: u32 = 16;
 
 /// A domain's label: the colour of its window borders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -239,8 +241,16 @@ pub struct DomainConfig {
     pub default_dispvm: Option<DomainName>,
     #[serde(default)]
     pub autostart: bool,
+    /// Disposable templates only: how many disposables domaind keeps started and paused,
+    /// ready to hand out (0 = none; bounded by free memory at fill time).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dispvm_pool_size: u32,
     #[serde(default)]
     pub features: BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A cross-field or range rule that a [`DomainConfig`] breaks.
@@ -296,6 +306,7 @@ pub const PROPERTY_NAMES: &[&str] = &[
     "isolation",
     "default_dispvm",
     "autostart",
+    "dispvm_pool_size",
 ];
 
 /// Prefix of feature properties: `features.KEY`.
@@ -358,6 +369,7 @@ impl DomainConfig {
             isolation: Isolation::default(),
             default_dispvm: None,
             autostart: false,
+            dispvm_pool_size: 0,
             features: BTreeMap::new(),
         };
         cfg.validate()?;
@@ -419,6 +431,24 @@ impl DomainConfig {
                 ),
             ));
         }
+        if self.dispvm_pool_size > MAX_DISPVM_POOL_SIZE {
+            return Err(ValidationError::new(
+                "dispvm_pool_size",
+                format!(
+                    "{} is out of range 0..={MAX_DISPVM_POOL_SIZE}",
+                    self.dispvm_pool_size
+                ),
+            ));
+        }
+        if self.dispvm_pool_size > 0 && self.class != DomainClass::DisposableTemplate {
+            return Err(ValidationError::new(
+                "dispvm_pool_size",
+                format!(
+                    "only a disposable-template keeps a pool of disposables; this domain is of class {}",
+                    self.class
+                ),
+            ));
+        }
         if self.features.len() > MAX_FEATURES {
             return Err(ValidationError::new(
                 "features",
@@ -452,6 +482,7 @@ impl DomainConfig {
             "isolation" => self.isolation.to_string(),
             "default_dispvm" => opt_name(&self.default_dispvm),
             "autostart" => self.autostart.to_string(),
+            "dispvm_pool_size" => self.dispvm_pool_size.to_string(),
             _ => match key.strip_prefix(FEATURE_PREFIX) {
                 Some(f) => self
                     .features
@@ -528,6 +559,11 @@ impl DomainConfig {
                     "false" | "0" | "no" | "" => false,
                     _ => return Err(invalid("true or false")),
                 }
+            }
+            "dispvm_pool_size" => {
+                next.dispvm_pool_size = value
+                    .parse()
+                    .map_err(|_| invalid(&format!("an integer in 0..={MAX_DISPVM_POOL_SIZE}")))?
             }
             _ => match key.strip_prefix(FEATURE_PREFIX) {
                 Some(f) => {
@@ -733,6 +769,43 @@ mod tests {
             .to_string();
         assert!(e.contains("true or false"), "{e}");
         assert_eq!(c, before, "failed sets must not change anything");
+    }
+
+    #[test]
+    fn dispvm_pool_size_only_on_disposable_templates() {
+        let mut dvm = DomainConfig::new(
+            n("dvm"),
+            DomainClass::DisposableTemplate,
+            Label::Red,
+            Some(n("debian-12")),
+        )
+        .unwrap();
+        assert_eq!(dvm.get_property("dispvm_pool_size").unwrap(), "0");
+        dvm.set_property("dispvm_pool_size", "3").unwrap();
+        assert_eq!(dvm.dispvm_pool_size, 3);
+        let text = dvm.to_toml().unwrap();
+        assert!(text.contains("dispvm_pool_size = 3"), "{text}");
+        let back: DomainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, dvm);
+        let e = dvm
+            .set_property("dispvm_pool_size", "17")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0..=16"), "{e}");
+        let e = dvm
+            .set_property("dispvm_pool_size", "-1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0..=16"), "{e}");
+        let mut a = app();
+        let e = a
+            .set_property("dispvm_pool_size", "1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disposable-template"), "{e}");
+        a.set_property("dispvm_pool_size", "0").unwrap();
+        // 0 is not written, so files of older versions and new ones look alike
+        assert!(!a.to_toml().unwrap().contains("dispvm_pool_size"));
     }
 
     #[test]

@@ -16,8 +16,9 @@ mod store;
 
 pub use config::{
     DomainClass, DomainConfig, Isolation, Label, ParseEnumError, PropertyError, TemplateRule,
-    ValidationError, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, FEATURE_PREFIX, MAX_FEATURES,
-    MAX_FEATURE_KEY_LEN, MAX_FEATURE_VALUE_LEN, MEMORY_RANGE_MIB, PROPERTY_NAMES, VCPUS_RANGE,
+    ValidationError, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, FEATURE_PREFIX, MAX_DISPVM_POOL_SIZE,
+    MAX_FEATURES, MAX_FEATURE_KEY_LEN, MAX_FEATURE_VALUE_LEN, MEMORY_RANGE_MIB, PROPERTY_NAMES,
+    VCPUS_RANGE,
 };
 pub use name::{
     new_disposable_name, validate_name, DomainName, NameError, MAX_DISPOSABLE_ID, MAX_NAME_LEN,

@@ -313,15 +313,12 @@ impl Manager {
             }
             CallTarget::Domain(n) => (n.to_string(), None),
             CallTarget::NewDisposable { template } => {
-                let dn = self
-                    .create_disposable(template.as_str())
-                    .await
-                    .map_err(|e| {
-                        CallError::Failed(format!(
-                            "cannot create a disposable from '{template}': {}",
-                            e.message()
-                        ))
-                    })?;
+                let dn = self.disposable_for(template.as_str()).await.map_err(|e| {
+                    CallError::Failed(format!(
+                        "cannot create a disposable from '{template}': {}",
+                        e.message()
+                    ))
+                })?;
                 info!(source, disposable = %dn, "disposable created for a call");
                 (dn.to_string(), Some(dn.to_string()))
             }

@@ -12,6 +12,10 @@ pub const DEFAULT_RECIPES_DIR: &str = "/usr/local/share/bulkhead/templates/recip
 pub const ENV_RECIPES_DIR: &str = "BULKHEAD_RECIPES_DIR";
 /// How long a start waits for the domain's agent to connect.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`DaemonConfig::pool_memory_margin_mib`].
+pub const DEFAULT_POOL_MEMORY_MARGIN_MIB: u64 = 1024;
+/// Environment variable for `--pool-memory-margin-mib`.
+pub const ENV_POOL_MEMORY_MARGIN: &str = "BULKHEAD_POOL_MEMORY_MARGIN_MIB";
 /// Graceful shutdown timeout when the caller passes 0.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -33,6 +37,9 @@ pub struct DaemonConfig {
     /// software KVM). For tests only: a stock Linux guest does not boot there, so such a start
     /// ends once the VMM runs, without waiting for the agent. Off by default.
     pub allow_software_kvm: bool,
+    /// Warm disposable pools: a member is started only if `MemAvailable` minus its memory
+    /// stays at or above this many MiB.
+    pub pool_memory_margin_mib: u64,
 }
 
 /// Find the VM monitor: `$BULKHEAD_LIBEXEC_DIR/bulkhead-vmm`, else next to our executable.

@@ -49,6 +49,10 @@ struct Args {
     /// runs instead of waiting for the domain's agent. Never use it in production.
     #[arg(long)]
     allow_software_kvm: bool,
+    /// Warm disposable pools: start a member only if the host's MemAvailable minus the
+    /// member's memory stays at or above this many MiB.
+    #[arg(long, env = domaind::config::ENV_POOL_MEMORY_MARGIN, default_value_t = domaind::config::DEFAULT_POOL_MEMORY_MARGIN_MIB)]
+    pool_memory_margin_mib: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             .context("--default-dispvm is not a valid domain name")?,
         vmm: domaind::config::find_vmm(exe.as_deref()),
         allow_software_kvm: args.allow_software_kvm,
+        pool_memory_margin_mib: args.pool_memory_margin_mib,
     };
     let bus = if args.system {
         None

@@ -43,6 +43,9 @@ use crate::slots::{Claim, SlotDir};
 use crate::state::{DomainState, Op};
 use crate::{fsutil, stdio, tmpl, vm};
 
+mod pool;
+pub use pool::MARKER as POOL_MARKER;
+
 /// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
 /// while the sandbox launcher runs (see [`crate::slots`]).
 pub const LAUNCH_LOCK: &str = "launch.lock";
@@ -181,6 +184,8 @@ pub struct Manager {
     ready: watch::Sender<bool>,
     /// Inter-domain calls: policy, ask agent (see [`crate::calls`]).
     calls: crate::calls::Calls,
+    /// Warm disposables (see [`pool`]).
+    pool: pool::Pool,
 }
 
 impl Manager {
@@ -194,6 +199,7 @@ impl Manager {
         );
         Arc::new(Self {
             calls,
+            pool: pool::Pool::new(cfg.pool_memory_margin_mib),
             cfg,
             store,
             config_lock: AsyncMutex::new(()),
@@ -287,6 +293,10 @@ impl Manager {
             changed
         };
         if changed {
+            if matches!(state, DomainState::Halted | DomainState::Starting) {
+                // A disposable template's pool drains while it runs and refills once halted.
+                self.pool.wake();
+            }
             info!(domain = %rt.name, state = state.as_str(), "state changed");
             let _ = self.events.send(Event::StateChanged {
                 name: rt.name.clone(),
@@ -436,6 +446,9 @@ impl Manager {
         let cfg = self.load(&dn)?;
         let mut props: HashMap<String, String> = cfg.properties().into_iter().collect();
         props.insert("state".into(), self.state_of(name).as_str().into());
+        if cfg.class == DomainClass::DisposableTemplate {
+            props.extend(self.pool_properties(name));
+        }
         Ok(props)
     }
 
@@ -584,7 +597,12 @@ impl Manager {
         Ok(())
     }
 
-    pub async fn set_property(&self, name: &str, prop: &str, value: &str) -> Result<(), Error> {
+    pub async fn set_property(
+        self: &Arc<Self>,
+        name: &str,
+        prop: &str,
+        value: &str,
+    ) -> Result<(), Error> {
         let dn = self.name(name)?;
         let _cl = self.config_lock.lock().await;
         let mut cfg = self.load(&dn)?;
@@ -606,6 +624,12 @@ impl Manager {
         })
         .await??;
         info!(domain = name, prop, value, "property set");
+        drop(_cl);
+        if prop == "dispvm_pool_size" {
+            // Shrinking happens now (so the domain can be removed next); growing in the
+            // background.
+            self.pool_trim(name).await;
+        }
         Ok(())
     }
 
@@ -694,6 +718,11 @@ impl Manager {
         rt.state()
             .check(name, Op::Remove)
             .map_err(Error::InvalidState)?;
+        if matches!(self.store.load(&dn), Ok(c) if c.dispvm_pool_size > 0) {
+            return Err(Error::InvalidState(format!(
+                "domain '{name}' keeps a pool of warm disposables; set its size to 0 first (bulkhead prefs {name} dispvm_pool_size 0)"
+            )));
+        }
         let users = self.users_of(name);
         if !users.is_empty() {
             return Err(Error::InvalidState(format!(
@@ -1227,6 +1256,10 @@ impl Manager {
         let Ok(dn) = DomainName::new(name) else {
             return;
         };
+        if self.pool.forget(name) {
+            info!(domain = name, "a warm disposable ended; the pool refills");
+            self.pool.wake();
+        }
         if let Err(e) = self.remove_data(&dn).await {
             error!(domain = name, error = %e.message(), "cannot remove disposable");
         } else {
@@ -1551,7 +1584,7 @@ impl Manager {
         if argv.is_empty() {
             return Err(Error::InvalidProperty("no command given".into()));
         }
-        let dn = self.create_disposable(base).await?;
+        let dn = self.disposable_for(base).await?;
         let name = dn.to_string();
         let work = async {
             let inst = self.ensure_running(&name).await?;
@@ -1710,6 +1743,7 @@ impl Manager {
             }
         }
         self.ready.send_replace(true);
+        self.spawn_pool_filler();
         for c in good.into_iter().filter(|c| c.autostart) {
             if adopted.contains(c.name.as_str()) {
                 continue;
@@ -1804,8 +1838,15 @@ impl Manager {
         let alive = blocking(move || rec.is_alive()).await.unwrap_or(false);
         let rt = self.runtime(name);
         // A disposable lives only as long as the call that made it, and that call ended with
-        // the previous domaind: stop it instead of adopting it.
+        // the previous domaind: stop it instead of adopting it. A paused member of a warm
+        // pool is the exception: it goes back into its pool.
         let disposable = file.class == DomainClass::Disposable.as_str();
+        let pool_base = if alive && disposable {
+            self.adoptable_member(dn, &record).await
+        } else {
+            None
+        };
+        let disposable = disposable && pool_base.is_none();
         if !alive || disposable {
             if alive {
                 info!(domain = name, "stopping a disposable whose caller is gone");
@@ -1883,6 +1924,9 @@ impl Manager {
                         DomainState::Running
                     },
                 );
+                if let Some(base) = &pool_base {
+                    self.adopt_member(base, name);
+                }
                 true
             }
             Err(e) => {
