@@ -106,7 +106,8 @@ enum Bench {
         confined: bool,
     },
     /// `bulkhead-open-in-dvm FILE` in an app domain, to the disposable's application started,
-    /// next to a cold disposable start (`true`, request to removal) of the same run.
+    /// next to a cold disposable start (`true`, request to removal) of the same run; then both
+    /// again with a warm pool of paused disposables (`--pool-size`), and the ratio warm / cold.
     OpenInDvm {
         /// Measured runs of each (after one warm-up run of each).
         #[arg(long, default_value_t = 10)]
@@ -125,6 +126,9 @@ enum Bench {
         /// removes the domains bench-open-dvm and bench-open-src).
         #[arg(long)]
         bus_address: Option<String>,
+        /// Warm pool size for the warm half (the pool is refilled before each request).
+        #[arg(long, default_value_t = 1)]
+        pool_size: u32,
     },
     /// Service call from dom0 into a running domain whose service echoes a byte (D-Bus
     /// `Call` to the exit status) vs a plain unix-socket echo between two processes.
@@ -189,11 +193,13 @@ fn main() -> Result<()> {
             template_cache,
             template,
             bus_address,
+            pool_size,
         } => runtime.block_on(open_in_dvm::bench(
             runs,
             template_cache,
             template,
             bus_address,
+            pool_size,
         )),
         Bench::Gui { frames, agent } => gui::run(frames, agent),
     }

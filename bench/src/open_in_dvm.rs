@@ -4,6 +4,10 @@
 //! the command's stderr), and to the command's end (edited copy written back; domaind
 //! removes the disposable once the call has ended). Printed with the cold disposable start (`RunDisposable true`, request to
 //! removal) and a plain `Run true` in the running app domain, measured in the same run.
+//!
+//! Then the same with a warm pool (`dispvm_pool_size` on the disposable template): before
+//! each measured request the bench waits until the pool is full, so every request finds a
+//! paused member; printed next to the cold figures with the ratio warm / cold.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -49,9 +53,13 @@ pub async fn bench(
     cache: PathBuf,
     template: String,
     bus_address: Option<String>,
+    pool_size: u32,
 ) -> Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if pool_size == 0 {
+        bail!("--pool-size must be at least 1 (the warm half of the comparison)");
     }
     let (connection, _private) = crate::domaind_for_bench(
         bus_address,
@@ -98,17 +106,24 @@ pub async fn bench(
         .map_err(|e| anyhow::anyhow!("Start {SRC}: {}", e.message()))?;
 
     let result = measure_all(&proxy, runs).await;
+    let warm = match &result {
+        Ok(_) => measure_warm(&proxy, runs, pool_size).await,
+        Err(_) => Err(anyhow::anyhow!("not measured")),
+    };
 
     // Leave nothing behind on an installed domaind.
+    let _ = proxy
+        .set_property(DVM, "dispvm_pool_size", "0")
+        .await
+        .map_err(|e| eprintln!("cannot empty the pool of {DVM}: {}", e.message()));
     let _ = proxy.shutdown(SRC, 10).await;
     let _ = proxy.remove(SRC).await;
     let _ = proxy.remove(DVM).await;
     let (started, done, cold, plain) = result?;
-    println!(
-        "open-in-dvm, command to application started ({runs} runs): median {:.1} ms, min {:.1} ms, max {:.1} ms",
-        ms(median(&started)),
-        ms(started[0]),
-        ms(started[started.len() - 1])
+    let (warm_started, warm_done, warm_true) = warm?;
+    spread(
+        &format!("open-in-dvm, command to application started ({runs} runs)"),
+        &started,
     );
     println!(
         "open-in-dvm, whole command (edit written back; domaind removes the disposable after the call): median {:.1} ms",
@@ -126,15 +141,53 @@ pub async fn bench(
         "ratio open-to-app-started / cold disposable: {:.2} (Qubes: qvm-open-in-dvm takes seconds)",
         median(&started).as_secs_f64() / median(&cold).as_secs_f64()
     );
+    spread(
+        &format!("open-in-dvm with a warm pool (size {pool_size}), command to application started"),
+        &warm_started,
+    );
+    println!(
+        "open-in-dvm with a warm pool, whole command: median {:.1} ms",
+        ms(median(&warm_done))
+    );
+    println!(
+        "warm disposable `true` (pool member), request to removal: median {:.1} ms",
+        ms(median(&warm_true))
+    );
+    println!(
+        "ratio warm / cold, open-in-dvm to application started: {:.3} ({:.1}x faster)",
+        median(&warm_started).as_secs_f64() / median(&started).as_secs_f64(),
+        median(&started).as_secs_f64() / median(&warm_started).as_secs_f64()
+    );
+    println!(
+        "ratio warm / cold, disposable `true`: {:.3}",
+        median(&warm_true).as_secs_f64() / median(&cold).as_secs_f64()
+    );
     Ok(())
 }
 
-type Figures = (Vec<Duration>, Vec<Duration>, Vec<Duration>, Vec<Duration>);
+/// `LABEL: median, min, max` of sorted figures.
+fn spread(label: &str, sorted: &[Duration]) {
+    println!(
+        "{label}: median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        ms(median(sorted)),
+        ms(sorted[0]),
+        ms(sorted[sorted.len() - 1])
+    );
+}
 
-async fn measure_all(proxy: &Domaind1Proxy<'_>, runs: usize) -> Result<Figures> {
+/// `runs` opens (after one warm-up), sorted: (to the marker, to the end). With a pool size,
+/// each waits until the pool is full first.
+async fn open_runs(
+    proxy: &Domaind1Proxy<'_>,
+    runs: usize,
+    pool: Option<u32>,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let mut started = Vec::new();
     let mut done = Vec::new();
     for i in 0..=runs {
+        if let Some(size) = pool {
+            wait_full(proxy, size).await?;
+        }
         let (s, d) = open_once(proxy).await?;
         if i > 0 {
             started.push(s);
@@ -143,6 +196,79 @@ async fn measure_all(proxy: &Domaind1Proxy<'_>, runs: usize) -> Result<Figures> 
     }
     started.sort();
     done.sort();
+    Ok((started, done))
+}
+
+/// The pool's ready members (GetProperties `pool_members`).
+async fn pool_members(proxy: &Domaind1Proxy<'_>) -> Result<Vec<String>> {
+    let props = proxy
+        .get_properties(DVM)
+        .await
+        .map_err(|e| anyhow::anyhow!("GetProperties {DVM}: {}", e.message()))?;
+    Ok(props
+        .get("pool_members")
+        .map(|m| m.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default())
+}
+
+/// Wait until the pool holds `size` members (bounded; says why when it does not fill).
+async fn wait_full(proxy: &Domaind1Proxy<'_>, size: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if pool_members(proxy).await?.len() >= size as usize {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let note = proxy
+                .get_properties(DVM)
+                .await
+                .ok()
+                .and_then(|p| p.get("pool_note").cloned())
+                .unwrap_or_default();
+            bail!("the pool of {DVM} did not fill to {size} within 120 s: {note}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type WarmFigures = (Vec<Duration>, Vec<Duration>, Vec<Duration>);
+
+/// Open-in-dvm and `true` in a disposable with a full warm pool before each request.
+async fn measure_warm(proxy: &Domaind1Proxy<'_>, runs: usize, size: u32) -> Result<WarmFigures> {
+    proxy
+        .set_property(DVM, "dispvm_pool_size", &size.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("SetProperty {DVM} dispvm_pool_size: {}", e.message()))?;
+    let (started, done) = open_runs(proxy, runs, Some(size)).await?;
+    let mut warm_true = Vec::new();
+    for i in 0..=runs {
+        wait_full(proxy, size).await?;
+        let before = pool_members(proxy).await?;
+        let n = null()?;
+        let t0 = Instant::now();
+        let (name, status) = proxy
+            .run_disposable(DVM, &["true"], "", Fd::from(&n), Fd::from(&n), Fd::from(&n))
+            .await
+            .map_err(|e| anyhow::anyhow!("RunDisposable: {}", e.message()))?;
+        let took = t0.elapsed();
+        if status != 0 {
+            bail!("`true` in a disposable exited {status}");
+        }
+        if !before.contains(&name) {
+            bail!("RunDisposable used {name}, not a pool member ({before:?})");
+        }
+        if i > 0 {
+            warm_true.push(took);
+        }
+    }
+    warm_true.sort();
+    Ok((started, done, warm_true))
+}
+
+type Figures = (Vec<Duration>, Vec<Duration>, Vec<Duration>, Vec<Duration>);
+
+async fn measure_all(proxy: &Domaind1Proxy<'_>, runs: usize) -> Result<Figures> {
+    let (started, done) = open_runs(proxy, runs, None).await?;
     let cold = measure(runs, || async {
         let n = null()?;
         let (_, status) = proxy

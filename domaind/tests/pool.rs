@@ -61,11 +61,7 @@ async fn setup(tag: &str, margin_mib: &str) -> Option<Env> {
     .await
     .expect("domaind");
     let (conn, p) = d.client().await.expect("client");
-    let null = std::fs::File::options()
-        .write(true)
-        .open("/dev/null")
-        .expect("/dev/null");
-    p.build_template("debian-12", Fd::from(&null))
+    p.build_template("debian-12", Fd::from(&null()))
         .await
         .expect("the cached debian-12 template");
     let dvm = format!("{tag}{}-dvm", std::process::id() % 10_000);
@@ -142,17 +138,8 @@ impl Env {
 
     /// RunDisposable `sh -c SCRIPT`: (disposable, status, stdout).
     async fn run_dvm(&self, script: &str) -> (String, i32, String) {
-        let (out_r, out_w) = pipe();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::fs::File::from(out_r).read_to_string(&mut s);
-            s
-        });
-        let null = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .expect("/dev/null");
+        let (out_w, reader) = capture();
+        let null = null();
         let (name, status) = self
             .p
             .run_disposable(
@@ -210,8 +197,23 @@ impl Env {
     }
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+/// A pipe whose read end a thread drains: (write end, the text once it is closed).
+fn capture() -> (OwnedFd, std::thread::JoinHandle<String>) {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::fs::File::from(r).read_to_string(&mut s);
+        s
+    });
+    (w, reader)
+}
+
+fn null() -> std::fs::File {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,17 +279,8 @@ async fn pool_fills_body() {
     )
     .expect("chmod service");
     let before = e.members().await;
-    let (out_r, out_w) = pipe();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::fs::File::from(out_r).read_to_string(&mut s);
-        s
-    });
-    let null = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .expect("/dev/null");
+    let (out_w, reader) = capture();
+    let null = null();
     let code =
         e.p.call(
             &format!("@dispvm:{}", e.dvm),
