@@ -16,6 +16,8 @@ PACKAGES=(
     libxkbcommon-dev    # gui-agent (smithay's keyboard links libxkbcommon)
     weston foot gtk-4-examples wl-clipboard  # real Wayland clients for gui-agent tests; headless weston for the GUI bench
     waypipe             # the peer the GUI benchmark compares against
+    libgtk-4-dev        # dom0-ui (GTK 4.8 on bookworm)
+    xvfb xauth xdotool  # dom0-ui's screenshot tests: a private X server, typing into it
 )
 
 missing=()

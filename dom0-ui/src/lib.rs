@@ -1,0 +1,26 @@
+//! # dom0-ui: Bulkhead's desktop session in dom0
+//!
+//! - Guest windows ([`ui`], [`view`]): for every running domain (domaind's `List` and
+//!   `StateChanged`) dom0-ui opens the GUI stream (`OpenGui`) and drives bulkhead-gui-host's
+//!   window-state machine ([`backend`]); every guest toplevel becomes a GTK window with a
+//!   title strip and a frame in the domain's label colour (from dom0's config) and the title
+//!   `[domain] title` (sanitised by gui-host); popups become popovers with their own frame.
+//!   Keyboard, pointer, scroll and focus go to the owning domain only; resizing is forwarded;
+//!   closing asks the guest. Damage re-uploads only the touched 128 px tiles ([`tiles`]).
+//! - The secure clipboard ([`clipboard`]): Ctrl-Shift-C takes the focused domain's clipboard
+//!   into dom0 (size-capped), Ctrl-Shift-V pastes it into the focused domain if domaind's
+//!   `EvaluatePaste` allows, then clears it. Neither chord reaches a guest.
+//! - The ask agent ([`ask`]) and notices ([`notify`]) of denied calls (signal `CallDenied`)
+//!   and clipboard events.
+//! - "Open in disposable" for dom0 files ([`open_dvm`]).
+
+pub mod ask;
+pub mod backend;
+pub mod clipboard;
+pub mod notify;
+pub mod open_dvm;
+pub mod placement;
+pub mod tiles;
+pub mod ui;
+pub mod view;
+pub mod x11;

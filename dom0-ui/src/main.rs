@@ -1,0 +1,166 @@
+//! `dom0-ui`: the desktop session (default), or `dom0-ui open-in-dvm FILE`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bulkhead_gui_host::{Rules, TitleMode};
+use clap::{Parser, Subcommand};
+use dom0_ui::backend::{Backend, UiEvent};
+use dom0_ui::ui::{css, Desktop};
+use gtk4::prelude::*;
+use gtk4::{gdk, glib};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Bulkhead's dom0 desktop: guest windows, secure clipboard, ask dialog, notices"
+)]
+struct Cli {
+    /// D-Bus address of domaind's bus (default: $BULKHEAD_BUS_ADDRESS, else the system bus).
+    #[arg(long, global = true)]
+    bus_address: Option<String>,
+    /// Seconds the ask dialog waits for an answer before it denies.
+    #[arg(long, default_value_t = 55)]
+    ask_timeout: u64,
+    /// Most bytes the dom0 clipboard takes from a domain.
+    #[arg(long, default_value_t = dom0_ui::clipboard::DEFAULT_MAX_BYTES)]
+    clipboard_max: usize,
+    /// Allow UTF-8 window titles (control, bidi and zero-width characters are still
+    /// replaced); the default is printable ASCII, as in Qubes.
+    #[arg(long)]
+    utf8_titles: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open FILE in a new disposable; an edited copy replaces it when the application exits.
+    OpenInDvm {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Some(Command::OpenInDvm { ref file }) => rt.block_on(open_in_dvm(&cli, file)),
+        None => session(&cli, &rt),
+    }
+}
+
+async fn open_in_dvm(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
+    let conn = domaind::api::connect(cli.bus_address.as_deref())
+        .await
+        .context("connecting to domaind's bus")?;
+    let proxy = domaind::api::Domaind1Proxy::new(&conn).await?;
+    match dom0_ui::open_dvm::open_in_dvm(&proxy, file).await? {
+        bulkhead_services::open::Opened::Unchanged => {
+            eprintln!("{}: unchanged", file.display())
+        }
+        bulkhead_services::open::Opened::Replaced(n) => {
+            eprintln!(
+                "{}: replaced by the edited copy ({n} bytes)",
+                file.display()
+            )
+        }
+    }
+    Ok(())
+}
+
+fn session(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    gtk4::init().context("starting GTK (is DISPLAY or WAYLAND_DISPLAY set?)")?;
+    let provider = gtk4::CssProvider::new();
+    provider.load_from_data(&css());
+    let display = gdk::Display::default().context("no GDK display")?;
+    gtk4::style_context_add_provider_for_display(
+        &display,
+        &provider,
+        gtk4::STYLE_PROVIDER_PRIORITY_APPLICATION,
+    );
+    let mut rules = Rules {
+        title_mode: if cli.utf8_titles {
+            TitleMode::Utf8
+        } else {
+            TitleMode::Ascii
+        },
+        ..Rules::default()
+    };
+    // Keep guest windows on dom0's screen (the first monitor).
+    if let Some(m) = display
+        .monitors()
+        .item(0)
+        .and_then(|m| m.downcast::<gdk::Monitor>().ok())
+    {
+        let g = m.geometry();
+        rules.screen_width = u32::try_from(g.width()).unwrap_or(1920).max(1);
+        rules.screen_height = u32::try_from(g.height()).unwrap_or(1080).max(1);
+    }
+    let (ui_tx, ui_rx) = async_channel::unbounded::<UiEvent>();
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+    let desktop = std::rc::Rc::new(std::cell::RefCell::new(Desktop::new(
+        cmd_tx,
+        ui_tx.clone(),
+        cli.clipboard_max,
+    )));
+    let bus = cli.bus_address.clone();
+    let ask_timeout = Duration::from_secs(cli.ask_timeout.max(1));
+    rt.spawn(async move {
+        let mut cmd_rx = cmd_rx;
+        loop {
+            let res = async {
+                let conn = domaind::api::connect(bus.as_deref()).await?;
+                let backend = Backend::new(&conn, ui_tx.clone(), rules.clone()).await?;
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                // Forward UI commands to this backend (replaced when it restarts).
+                let forward = async {
+                    while let Some(c) = cmd_rx.recv().await {
+                        if tx.send(c).is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    r = backend.run(conn, ask_timeout, rx) => r,
+                    () = forward => Ok(()),
+                }
+            }
+            .await;
+            match res {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach domaind; trying again in 5 s");
+                    let _ = ui_tx
+                        .send(UiEvent::Notice(format!("Cannot reach domaind: {e}")))
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    });
+    let main_loop = glib::MainLoop::new(None, false);
+    {
+        let desktop = desktop.clone();
+        glib::spawn_future_local(async move {
+            while let Ok(ev) = ui_rx.recv().await {
+                desktop.borrow_mut().handle(ev);
+            }
+        });
+    }
+    tracing::info!("dom0-ui running");
+    main_loop.run();
+    Ok(())
+}
