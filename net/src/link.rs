@@ -1,0 +1,259 @@
+//! Links, addresses and routes through route netlink (the rtnetlink crate), each operation
+//! in the namespace it belongs to.
+//!
+//! A client link is a veth pair created in the net domain's namespace with its peer created
+//! directly in the client's namespace (`IFLA_NET_NS_FD` on the peer): neither end ever
+//! exists in the host's namespace or in a third domain's. Addresses (Qubes-like):
+//! the client has `10.137.x.y/32` on `eth0` with a device route to the gateway 10.137.0.1 and
+//! the default route through it; the net side (`vifN`) has 10.137.0.1/32 and a device route
+//! to the client's address. When either namespace goes away the kernel deletes the pair.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use crate::netns::NetNs;
+use crate::{NetError, GATEWAY};
+
+/// Interface name of the link inside a client domain.
+pub const CLIENT_IF: &str = "eth0";
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let what = what.into();
+    move |e| NetError::Netlink {
+        what,
+        message: e.to_string(),
+    }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.is_some_and(|c| c.get() == -errno))
+}
+
+/// Index of interface `name`, `None` if there is none.
+pub async fn index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut s = h.link().get().match_name(name.to_owned()).execute();
+    match s.try_next().await {
+        Ok(Some(m)) => Ok(Some(m.header.index)),
+        Ok(None) => Ok(None),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(nl(format!("look up interface {name}"))(e)),
+    }
+}
+
+async fn need_index(h: &Handle, name: &str, place: &str) -> Result<u32, NetError> {
+    index(h, name).await?.ok_or_else(|| NetError::Netlink {
+        what: format!("interface {name}"),
+        message: format!("not found in {place}"),
+    })
+}
+
+async fn up(h: &Handle, idx: u32, name: &str) -> Result<(), NetError> {
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(nl(format!("set {name} up")))
+}
+
+async fn add_addr(h: &Handle, idx: u32, ip: Ipv4Addr, len: u8, name: &str) -> Result<(), NetError> {
+    h.address()
+        .add(idx, IpAddr::V4(ip), len)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("add {ip}/{len} to {name}")))
+}
+
+async fn device_route(h: &Handle, idx: u32, dst: Ipv4Addr, name: &str) -> Result<(), NetError> {
+    let r = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 32)
+        .output_interface(idx)
+        .scope(RouteScope::Link)
+        .build();
+    h.route()
+        .add(r)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("route {dst} dev {name}")))
+}
+
+async fn default_route(h: &Handle, idx: u32, via: Ipv4Addr, name: &str) -> Result<(), NetError> {
+    let r = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(via)
+        .output_interface(idx)
+        .onlink()
+        .build();
+    h.route()
+        .add(r)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("default route via {via} dev {name}")))
+}
+
+/// Delete interface `name` if it exists.
+pub async fn delete(h: &Handle, name: &str) -> Result<(), NetError> {
+    if let Some(idx) = index(h, name).await? {
+        match h.link().del(idx).execute().await {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::ENODEV) => {}
+            Err(e) => return Err(nl(format!("delete {name}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The uplink of a net domain, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Make `net` a net domain's namespace: forwarding on, and (if given) the uplink moved in
+/// from `host` and configured. An uplink already inside `net` (domaind restarted) is only
+/// configured again.
+pub async fn setup_net(net: &NetNs, host: &NetNs, uplink: Option<&Uplink>) -> Result<(), NetError> {
+    net.sysctl("net/ipv4/ip_forward", "1")?;
+    let Some(u) = uplink else {
+        return Ok(());
+    };
+    let nh = net.rtnl()?;
+    let idx = match index(&nh, &u.ifname).await? {
+        Some(i) => i,
+        None => {
+            let hh = host.rtnl()?;
+            let hidx = index(&hh, &u.ifname)
+                .await?
+                .ok_or_else(|| NetError::Netlink {
+                    what: format!("uplink {}", u.ifname),
+                    message: "no such interface on the host (check [net] uplink in domaind.toml)"
+                        .into(),
+                })?;
+            hh.link()
+                .set(
+                    LinkUnspec::new_with_index(hidx)
+                        .setns_by_fd(net.raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl(format!("move uplink {} into the net domain", u.ifname)))?;
+            need_index(&nh, &u.ifname, "the net domain").await?
+        }
+    };
+    add_addr(&nh, idx, u.address, u.prefix, &u.ifname).await?;
+    up(&nh, idx, &u.ifname).await?;
+    if let Some(gw) = u.gateway {
+        default_route(&nh, idx, gw, &u.ifname).await?;
+    }
+    Ok(())
+}
+
+/// Move the uplink out of `net` back to `host` (before `net` goes away). No uplink in `net`:
+/// nothing to do.
+pub async fn return_uplink(net: &NetNs, host: &NetNs, ifname: &str) -> Result<bool, NetError> {
+    let nh = net.rtnl()?;
+    let Some(idx) = index(&nh, ifname).await? else {
+        return Ok(false);
+    };
+    nh.link()
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .setns_by_fd(host.raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("move uplink {ifname} back to the host")))?;
+    Ok(true)
+}
+
+/// Link a client: a veth pair `vif` (in `net`) <-> `eth0` (in `client`), addressed and
+/// routed. Replaces an older link of the same client.
+pub async fn link_client(
+    net: &NetNs,
+    client: &NetNs,
+    vif: &str,
+    client_ip: Ipv4Addr,
+) -> Result<(), NetError> {
+    let nh = net.rtnl()?;
+    let ch = client.rtnl()?;
+    delete(&ch, CLIENT_IF).await?;
+    delete(&nh, vif).await?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(CLIENT_IF.to_owned())
+        .setns_by_fd(client.raw_fd())
+        .build();
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(vif.to_owned())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    nh.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl(format!("create veth {vif} <-> {CLIENT_IF}")))?;
+    let vidx = need_index(&nh, vif, "the net domain").await?;
+    add_addr(&nh, vidx, GATEWAY, 32, vif).await?;
+    up(&nh, vidx, vif).await?;
+    device_route(&nh, vidx, client_ip, vif).await?;
+
+    let cidx = need_index(&ch, CLIENT_IF, "the client domain").await?;
+    add_addr(&ch, cidx, client_ip, 32, CLIENT_IF).await?;
+    up(&ch, cidx, CLIENT_IF).await?;
+    device_route(&ch, cidx, GATEWAY, CLIENT_IF).await?;
+    default_route(&ch, cidx, GATEWAY, CLIENT_IF).await?;
+    // Unprivileged ICMP echo sockets (ping without CAP_NET_RAW), as systemd sets on hosts.
+    client.sysctl("net/ipv4/ping_group_range", "0 2147483647")?;
+    Ok(())
+}
+
+/// Remove a client's link (both ends go with `eth0`).
+pub async fn unlink_client(client: &NetNs) -> Result<(), NetError> {
+    let ch = client.rtnl()?;
+    delete(&ch, CLIENT_IF).await
+}
+
+/// A veth pair `a_name` (in `a`) <-> `b_name` (in `b`), both up, without addresses. For
+/// test networks and benchmarks (the "internet" side of an uplink).
+pub async fn veth_pair(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<(), NetError> {
+    let ah = a.rtnl()?;
+    let bh = b.rtnl()?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(b_name.to_owned())
+        .setns_by_fd(b.raw_fd())
+        .build();
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(a_name.to_owned())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    ah.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl(format!("create veth {a_name} <-> {b_name}")))?;
+    let ai = need_index(&ah, a_name, "the first namespace").await?;
+    up(&ah, ai, a_name).await?;
+    let bi = need_index(&bh, b_name, "the second namespace").await?;
+    up(&bh, bi, b_name).await
+}
+
+/// Give `ifname` in `ns` the address `ip/prefix` and set it (and `lo`) up.
+pub async fn address(ns: &NetNs, ifname: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+    let h = ns.rtnl()?;
+    let i = need_index(&h, ifname, "the namespace").await?;
+    add_addr(&h, i, ip, prefix, ifname).await?;
+    up(&h, i, ifname).await?;
+    if let Some(lo) = index(&h, "lo").await? {
+        up(&h, lo, "lo").await?;
+    }
+    Ok(())
+}
