@@ -79,6 +79,37 @@ pub enum Command {
     /// Policies: who may call what between domains.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A domain's firewall (applied in its netvm at once), in Qubes' rule format.
+    Firewall(FirewallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FirewallArgs {
+    /// The domain whose outgoing traffic the rules govern.
+    pub domain: String,
+    #[command(subcommand)]
+    pub command: FirewallCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Show the rules, numbered (an empty list allows everything but other domains).
+    List,
+    /// Add a rule: KEY=VALUE words, e.g. `action=accept dst4=192.0.2.0/24 proto=tcp
+    /// dstports=443` (keys: action, dst4, dst6, dsthost, specialtarget=dns, proto, dstports,
+    /// icmptype, expire=SECONDS|+SECONDS, comment=rest of the line).
+    Add {
+        /// Insert before rule N (default: append).
+        #[arg(long, value_name = "N")]
+        before: Option<u32>,
+        /// The rule's words.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
+        rule: Vec<String>,
+    },
+    /// Remove rule N (as numbered by list).
+    Del { index: u32 },
+    /// Remove every rule (back to the default).
+    Reset,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,10 @@ mod progress;
 mod terminal;
 
 use clap::Parser;
-use cli::{Cli, Command, CreateArgs, LsArgs, PolicyCommand, PrefsArgs, RunArgs, TemplateCommand};
+use cli::{
+    Cli, Command, CreateArgs, FirewallArgs, FirewallCommand, LsArgs, PolicyCommand, PrefsArgs,
+    RunArgs, TemplateCommand,
+};
 use domaind::api::{DomainInfo, Domaind1Proxy};
 use failure::{Code, Failure};
 use futures_util::StreamExt;
@@ -103,6 +106,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Prefs(args) => prefs(&proxy, args).await?,
         Command::Log { name } => log(&proxy, &name).await?,
         Command::Template(TemplateCommand::Build { name }) => template_build(&proxy, &name).await?,
+        Command::Firewall(args) => firewall(&proxy, args).await?,
         Command::Run(_) | Command::Policy(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
@@ -358,6 +362,28 @@ async fn log(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
             format!("cannot print the log of '{name}': {e}"),
         )
     })
+}
+
+async fn firewall(proxy: &Domaind1Proxy<'_>, args: FirewallArgs) -> Result<(), Failure> {
+    let d = &args.domain;
+    match args.command {
+        FirewallCommand::List => {
+            let rules = proxy.firewall_list(d).await?;
+            if rules.is_empty() {
+                println!("(no rules: everything is allowed except other domains)");
+            }
+            for (i, r) in rules.iter().enumerate() {
+                println!("{i:>3}  {r}");
+            }
+        }
+        FirewallCommand::Add { before, rule } => {
+            let pos = before.map_or(-1, |b| i32::try_from(b).unwrap_or(i32::MAX));
+            proxy.firewall_add(d, &rule.join(" "), pos).await?
+        }
+        FirewallCommand::Del { index } => proxy.firewall_del(d, index).await?,
+        FirewallCommand::Reset => proxy.firewall_reset(d).await?,
+    }
+    Ok(())
 }
 
 fn policy_check(dir: &std::path::Path) -> Result<ExitCode, Failure> {

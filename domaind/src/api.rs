@@ -233,6 +233,22 @@ pub trait Domaind1 {
         text: &str,
     ) -> Result<Vec<(String, u32, String)>, Error>;
 
+    /// `FirewallList(domain s) -> as`: the domain's firewall rules in order, in Qubes' text
+    /// form (`action=accept dst4=192.0.2.0/24 proto=tcp dstports=80-80`). Empty: the default
+    /// (everything allowed but other domains). `InvalidProperty` with the reason when the
+    /// stored rules do not parse (all the domain's traffic is then dropped).
+    fn firewall_list(&self, domain: &str) -> Result<Vec<String>, Error>;
+
+    /// `FirewallAdd(domain s, rule s, position i)`: insert `rule` before index `position`
+    /// (-1 or past the end: append); applied at once. `expire=+SECONDS` is made absolute.
+    fn firewall_add(&self, domain: &str, rule: &str, position: i32) -> Result<(), Error>;
+
+    /// `FirewallDel(domain s, index u)`: remove rule `index` (0-based, as listed).
+    fn firewall_del(&self, domain: &str, index: u32) -> Result<(), Error>;
+
+    /// `FirewallReset(domain s)`: remove every rule (back to the default).
+    fn firewall_reset(&self, domain: &str) -> Result<(), Error>;
+
     #[zbus(signal)]
     fn state_changed(&self, name: String, state: String) -> zbus::Result<()>;
 

@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     /// Warm disposable pools: a member is started only if `MemAvailable` minus its memory
     /// stays at or above this many MiB.
     pub pool_memory_margin_mib: u64,
+    /// `[net]` of `domaind.toml`: the net domain's uplink.
+    pub net: NetConfig,
 }
 
 /// Find the VM monitor: `$BULKHEAD_LIBEXEC_DIR/bulkhead-vmm`, else next to our executable.
@@ -62,4 +64,101 @@ pub fn find_launcher(own_exe: Option<&Path>) -> PathBuf {
         .and_then(Path::parent)
         .map(|d| d.join("bulkhead-sandbox"))
         .unwrap_or_else(|| PathBuf::from("/usr/local/lib/bulkhead/bulkhead-sandbox"))
+}
+
+/// File name of domaind's own settings in the config dir (`<config>/domaind.toml`).
+pub const DAEMON_CONFIG_FILE: &str = "domaind.toml";
+
+/// `domaind.toml`: settings that are not per domain. Every section is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonFile {
+    #[serde(default)]
+    pub net: NetConfig,
+}
+
+/// `[net]`: the uplink of the net domain.
+///
+/// ```toml
+/// [net]
+/// domain = "net"            # the domain that gets the uplink (default "net")
+/// uplink = "enp1s0"         # host interface moved into that domain's network namespace
+/// address = "192.0.2.2/24"  # its address there (the host's configuration does not follow it)
+/// gateway = "192.0.2.1"     # default route of the net domain
+/// dns = ["192.0.2.1"]       # resolvers the domains' 10.139.1.1/2 are redirected to
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    #[serde(default = "default_net_domain")]
+    pub domain: String,
+    pub uplink: Option<String>,
+    pub address: Option<String>,
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+fn default_net_domain() -> String {
+    "net".into()
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            domain: default_net_domain(),
+            uplink: None,
+            address: None,
+            gateway: None,
+            dns: Vec::new(),
+        }
+    }
+}
+
+impl NetConfig {
+    /// The uplink as the net crate takes it (`None` without `uplink`).
+    pub fn uplink(&self) -> Result<Option<bulkhead_net::link::Uplink>, String> {
+        let Some(ifname) = &self.uplink else {
+            return Ok(None);
+        };
+        if ifname.is_empty()
+            || ifname.len() > 15
+            || !ifname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!("[net] uplink {ifname:?} is not an interface name"));
+        }
+        let addr = self
+            .address
+            .as_deref()
+            .ok_or("[net] uplink needs address = \"A.B.C.D/LEN\"")?;
+        let (ip, len) = addr
+            .split_once('/')
+            .and_then(|(a, l)| Some((a.parse().ok()?, l.parse::<u8>().ok().filter(|l| *l <= 32)?)))
+            .ok_or_else(|| format!("[net] address {addr:?} is not A.B.C.D/LEN"))?;
+        Ok(Some(bulkhead_net::link::Uplink {
+            ifname: ifname.clone(),
+            address: ip,
+            prefix: len,
+            gateway: self.gateway,
+        }))
+    }
+}
+
+/// Read `<config_dir>/domaind.toml` (defaults when it does not exist).
+pub fn load_daemon_file(config_dir: &Path) -> Result<DaemonFile, String> {
+    let path = config_dir.join(DAEMON_CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DaemonFile::default()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let f: DaemonFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    bulkhead_domain::DomainName::new(&f.net.domain)
+        .map_err(|e| format!("{}: [net] domain: {e}", path.display()))?;
+    f.net
+        .uplink()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(f)
 }

@@ -64,6 +64,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let exe = std::env::current_exe().ok();
+    let file = domaind::config::load_daemon_file(&args.config_dir)
+        .map_err(anyhow::Error::msg)
+        .context("domaind's settings")?;
     let cfg = DaemonConfig {
         paths: bulkhead_domain::Paths {
             config_dir: args.config_dir,
@@ -85,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         vmm: domaind::config::find_vmm(exe.as_deref()),
         allow_software_kvm: args.allow_software_kvm,
         pool_memory_margin_mib: args.pool_memory_margin_mib,
+        net: file.net,
     };
     let bus = if args.system {
         None

@@ -45,6 +45,7 @@ use crate::{fsutil, stdio, tmpl, vm};
 
 mod pool;
 pub use pool::MARKER as POOL_MARKER;
+mod netvm;
 
 /// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
 /// while the sandbox launcher runs (see [`crate::slots`]).
@@ -186,6 +187,8 @@ pub struct Manager {
     calls: crate::calls::Calls,
     /// Warm disposables (see [`pool`]).
     pool: pool::Pool,
+    /// Netvm links, uplink, firewall (see [`netvm`]).
+    net: netvm::Net,
 }
 
 impl Manager {
@@ -209,6 +212,7 @@ impl Manager {
             events,
             generation: AtomicU64::new(1),
             ready: watch::Sender::new(false),
+            net: netvm::Net::new(),
         })
     }
 
@@ -614,8 +618,13 @@ impl Manager {
         if matches!(prop, "netvm" | "template" | "default_dispvm") && !value.is_empty() {
             self.check_reference(cfg.class, prop, value)?;
         }
+        if prop == "netvm" && !value.is_empty() {
+            self.check_netvm_cycle(name, value)?;
+        }
+        let old_netvm = cfg.netvm.clone();
         cfg.set_property(prop, value)
             .map_err(|e| Self::prop_err(name, e))?;
+        let new_netvm = cfg.netvm.clone();
         let store = self.store.clone();
         blocking(move || {
             store
@@ -623,12 +632,17 @@ impl Manager {
                 .map_err(|e| store_err(cfg.name.as_str(), e))
         })
         .await??;
-        info!(domain = name, prop, value, "property set");
         drop(_cl);
+        info!(domain = name, prop, value, "property set");
         if prop == "dispvm_pool_size" {
             // Shrinking happens now (so the domain can be removed next); growing in the
             // background.
             self.pool_trim(name).await;
+        }
+        if prop == "netvm" && old_netvm != new_netvm && self.state_of(name).is_active() {
+            // A running domain follows its new netvm at once.
+            self.net_netvm_changed(name, new_netvm.map(|n| n.to_string()))
+                .await?;
         }
         Ok(())
     }
@@ -889,6 +903,9 @@ impl Manager {
             }
         }
 
+        // A domain with a netvm needs it running first (it is started if halted).
+        self.start_netvm_first(cfg).await?;
+
         self.progress(name, 0, TOTAL, "checking template");
         let template_root = self.template_root_for(cfg)?;
         lock(&self.roots).insert(name.to_owned(), Some(template_root.clone()));
@@ -989,6 +1006,11 @@ impl Manager {
             return Err(Error::Io(format!("cannot record domain '{name}': {e}")));
         }
 
+        if let Err(e) = self.net_after_start(cfg, &inst).await {
+            self.teardown(rt, &inst).await;
+            return Err(e);
+        }
+
         if wait_for_agent {
             self.progress(name, 5, TOTAL, "waiting for agent");
             if let Err(e) = self.wait_agent(&inst, name, &log_file).await {
@@ -1022,6 +1044,7 @@ impl Manager {
             vcpus: cfg.vcpus,
             pids_max: DOMAIN_PIDS_MAX,
             uid_slot: slot,
+            resolv_conf: self.resolv_conf_for(cfg),
         };
         let launcher = Launcher {
             path: self.cfg.launcher.clone(),
@@ -1201,6 +1224,8 @@ impl Manager {
             let _ = tokio::time::timeout(KILL_WAIT, exited.wait_for(|e| *e)).await;
         }
         debug!(domain = %rt.name, ms = t0.elapsed().as_millis() as u64, "init gone");
+        // Its network namespace is still held if it served as a netvm: the uplink goes back.
+        self.net_on_stop(&rt.name).await;
         let rec = record.clone();
         let _ = blocking(move || {
             let _ = rec.thaw();
@@ -1742,6 +1767,8 @@ impl Manager {
                 self.discard_disposable(c.name.as_str()).await;
             }
         }
+        self.net_adopt().await;
+        self.spawn_expiry();
         self.ready.send_replace(true);
         self.spawn_pool_filler();
         for c in good.into_iter().filter(|c| c.autostart) {

@@ -364,6 +364,49 @@ impl Service {
         self.mgr.calls().check_text(&file_name, &text)
     }
 
+    async fn firewall_list(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+    ) -> Result<Vec<String>, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.firewall_list(&domain).await
+    }
+
+    async fn firewall_add(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+        rule: String,
+        position: i32,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.firewall_add(&domain, &rule, position).await
+    }
+
+    async fn firewall_del(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+        index: u32,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.firewall_del(&domain, index).await
+    }
+
+    async fn firewall_reset(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.firewall_reset(&domain).await
+    }
+
     #[zbus(signal)]
     async fn state_changed(
         emitter: &SignalEmitter<'_>,

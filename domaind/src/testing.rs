@@ -351,6 +351,8 @@ pub struct DomaindOptions {
     pub extra_guest_binaries: Vec<String>,
     /// Pass `--allow-software-kvm` (VM domains on hosts without hardware virtualization).
     pub allow_software_kvm: bool,
+    /// Text of `<config>/domaind.toml` (e.g. a `[net]` section), written before the start.
+    pub daemon_file: Option<String>,
 }
 
 /// A running domaind on a test bus, with its own directories (kept until drop).
@@ -400,6 +402,14 @@ impl TestDomaind {
         };
         if let Some(cache) = &opts.template_cache {
             link_templates(cache, &paths.templates_dir())?;
+        }
+        if let Some(text) = &opts.daemon_file {
+            std::fs::create_dir_all(&paths.config_dir).map_err(|e| format!("mkdir config: {e}"))?;
+            std::fs::write(
+                paths.config_dir.join(crate::config::DAEMON_CONFIG_FILE),
+                text,
+            )
+            .map_err(|e| format!("write domaind.toml: {e}"))?;
         }
         let log_file = root.path().join("domaind.log");
         let mut me = Self {

@@ -160,6 +160,29 @@ fn prepare_scratch(spec: &SandboxSpec, layout: &Layout) -> StepResult<()> {
             chown(d, Some(Uid::from_raw(base)), Some(Gid::from_raw(base))),
         )?;
     }
+    if let Some(text) = &spec.resolv_conf {
+        // upper/etc merges with the template's /etc (a plain, non-opaque directory); the
+        // file in it hides the template's resolv.conf.
+        let s = "scratch:resolv.conf";
+        let etc = layout.upper.join("etc");
+        let file = etc.join("resolv.conf");
+        step(s, fs::create_dir(&etc))?;
+        step(
+            s,
+            fs::set_permissions(&etc, fs::Permissions::from_mode(0o755)),
+        )?;
+        step(s, fs::write(&file, text.as_bytes()))?;
+        step(
+            s,
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o644)),
+        )?;
+        for p in [&etc, &file] {
+            step(
+                s,
+                chown(p, Some(Uid::from_raw(base)), Some(Gid::from_raw(base))),
+            )?;
+        }
+    }
     Ok(())
 }
 

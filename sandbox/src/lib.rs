@@ -145,6 +145,10 @@ pub struct SandboxSpec {
     pub pids_max: u64,
     /// Host range = UID_BASE + slot*65536 .. +65536.
     pub uid_slot: u32,
+    /// Text of the domain's /etc/resolv.conf (written into the overlay's upper layer before
+    /// the root is assembled, owned by the domain's root); `None` keeps the template's.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
 
 impl SandboxSpec {
@@ -210,6 +214,13 @@ impl SandboxSpec {
         }
         if !(8..=1 << 22).contains(&self.pids_max) {
             return bad(format!("pids_max {} not in 8..=4194304", self.pids_max));
+        }
+        if self
+            .resolv_conf
+            .as_ref()
+            .is_some_and(|r| r.len() > 4096 || r.contains('\0'))
+        {
+            return bad("resolv_conf: at most 4096 bytes, no NUL".into());
         }
         if self.uid_slot >= MAX_SLOTS {
             return bad(format!("uid_slot {} not below {MAX_SLOTS}", self.uid_slot));
@@ -575,6 +586,7 @@ mod tests {
 
     fn spec(dir: &Path) -> SandboxSpec {
         SandboxSpec {
+            resolv_conf: None,
             name: "work".into(),
             template_root: dir.to_path_buf(),
             private_dir: dir.to_path_buf(),

@@ -230,6 +230,7 @@ impl Fixture {
 
     fn spec(&self, init: &[&str]) -> SandboxSpec {
         SandboxSpec {
+            resolv_conf: None,
             name: self.name.clone(),
             template_root: self.template.clone().unwrap_or_else(|| self.path("root")),
             private_dir: self.path("private"),

@@ -1,0 +1,641 @@
+//! Networking of domains (issue 7): netvm links, the net domain's uplink and NAT, the
+//! per-domain firewall. The mechanics live in `bulkhead_net`; this is the lifecycle glue.
+//!
+//! - A domain with `netvm = N` gets, once it runs, a veth pair between its network namespace
+//!   and N's ([`bulkhead_net::link::link_client`]); its address is stable (the address book in
+//!   `<state>/net/addresses.toml`). Starting it starts N first (a halted netvm is started; a
+//!   paused one or a cycle of netvms fails the start with a message).
+//! - A domain that serves as a netvm (the `[net] domain` of `domaind.toml`, or any domain
+//!   named as another's netvm) gets forwarding on and, for the `[net] domain`, the uplink
+//!   moved into its namespace. domaind holds its namespace by descriptor while it runs, so
+//!   when it stops the uplink can be moved back to the host before the namespace goes away.
+//!   When it (re)starts, every running client is linked to it again.
+//! - Its nftables ruleset (NAT, DNS redirection, one chain per client with the client's
+//!   firewall) is rebuilt and applied atomically on every change: a client linked or gone,
+//!   a firewall edited, a rule expired.
+//! - VM domains get no network yet (a virtio-net device behind a tap is not implemented):
+//!   their start logs a warning when they have a netvm.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bulkhead_domain::{DomainConfig, DomainName};
+use bulkhead_net::firewall::{self, Dest, Rule, RuleFile, RuleSet};
+use bulkhead_net::netns::NetNs;
+use bulkhead_net::nft::{Client, ClientFirewall, NetPlan, ResolvedRule};
+use bulkhead_net::{addr, link, nft, NetError, DNS_VIRTUAL};
+use tokio::sync::Mutex as AsyncMutex;
+use tracing::{debug, error, info, warn};
+
+use super::{blocking, lock, Instance, Manager};
+use crate::api::Error;
+use crate::backend::DomainRecord;
+use crate::instance::now_secs;
+use crate::state::DomainState;
+
+/// Longest netvm chain followed (a longer one is treated as a cycle).
+const MAX_CHAIN: usize = 8;
+
+#[derive(Debug, Clone)]
+struct LinkInfo {
+    netvm: String,
+    vif: String,
+}
+
+/// Network state of the daemon.
+pub(crate) struct Net {
+    /// domaind's own namespace (the host's), where the uplink lives while net is down.
+    host: Option<Arc<NetNs>>,
+    /// Namespaces of the running domains that serve as netvms.
+    held: std::sync::Mutex<HashMap<String, Arc<NetNs>>>,
+    /// Linked clients.
+    links: std::sync::Mutex<HashMap<String, LinkInfo>>,
+    /// Serializes link changes and ruleset applications.
+    op: AsyncMutex<()>,
+    /// Earliest `expire` of any applied rule (u64::MAX: none).
+    next_expiry: AtomicU64,
+}
+
+impl Net {
+    pub(crate) fn new() -> Net {
+        let host = match NetNs::current() {
+            Ok(n) => Some(Arc::new(n)),
+            Err(e) => {
+                error!(error = %e, "cannot open domaind's network namespace; no uplink can be moved");
+                None
+            }
+        };
+        Net {
+            host,
+            held: std::sync::Mutex::new(HashMap::new()),
+            links: std::sync::Mutex::new(HashMap::new()),
+            op: AsyncMutex::new(()),
+            next_expiry: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+fn net_err(what: &str) -> impl FnOnce(NetError) -> Error + '_ {
+    move |e| Error::Backend(format!("{what}: {e}"))
+}
+
+fn sandbox_ns(inst: &Instance) -> Option<Result<NetNs, NetError>> {
+    match &inst.record {
+        DomainRecord::Sandbox(s) => Some(NetNs::of_pid(s.init_pid)),
+        DomainRecord::Vm(_) => None,
+    }
+}
+
+impl Manager {
+    fn address_book_path(&self) -> std::path::PathBuf {
+        self.cfg.paths.state_dir.join("net").join("addresses.toml")
+    }
+
+    fn rule_file(&self, name: &DomainName) -> RuleFile {
+        RuleFile::in_dir(&self.cfg.paths.domain_state_dir(name))
+    }
+
+    /// Whether `name` serves as a netvm: the uplink domain, or some domain's netvm.
+    fn serves_network(&self, name: &str) -> bool {
+        if self.cfg.net.domain == name {
+            return true;
+        }
+        let (good, _) = self.store.load_all();
+        good.iter()
+            .any(|c| c.netvm.as_ref().is_some_and(|n| n.as_str() == name))
+    }
+
+    /// Refuse `netvm = value` on `name` if it would make a cycle.
+    pub(super) fn check_netvm_cycle(&self, name: &str, value: &str) -> Result<(), Error> {
+        let mut cur = value.to_owned();
+        for _ in 0..MAX_CHAIN {
+            if cur == name {
+                return Err(Error::InvalidProperty(format!(
+                    "netvm '{value}' of '{name}' would make a cycle of netvms"
+                )));
+            }
+            let Ok(dn) = DomainName::new(&cur) else {
+                return Ok(());
+            };
+            match self.store.load(&dn).ok().and_then(|c| c.netvm) {
+                Some(n) => cur = n.to_string(),
+                None => return Ok(()),
+            }
+        }
+        Err(Error::InvalidProperty(format!(
+            "the netvm chain from '{value}' is longer than {MAX_CHAIN}"
+        )))
+    }
+
+    /// What goes into the domain's /etc/resolv.conf: the uplink's resolvers for the uplink
+    /// domain, the virtual DNS addresses for everyone else.
+    pub(super) fn resolv_conf_for(&self, cfg: &DomainConfig) -> Option<String> {
+        if cfg.name.as_str() == self.cfg.net.domain && cfg.netvm.is_none() {
+            if self.cfg.net.dns.is_empty() {
+                return None;
+            }
+            let mut s = String::from("# Bulkhead: the uplink's resolvers\n");
+            for d in &self.cfg.net.dns {
+                s.push_str(&format!("nameserver {d}\n"));
+            }
+            return Some(s);
+        }
+        Some(bulkhead_net::resolv_conf())
+    }
+
+    /// Before a start: make sure the domain's netvm runs (start it if halted).
+    pub(super) async fn start_netvm_first(
+        self: &Arc<Self>,
+        cfg: &DomainConfig,
+    ) -> Result<(), Error> {
+        let Some(netvm) = cfg.netvm.as_ref().map(|n| n.to_string()) else {
+            return Ok(());
+        };
+        let name = cfg.name.as_str();
+        self.check_netvm_cycle(name, &netvm)?;
+        if self.state_of(&netvm) == DomainState::Running {
+            return Ok(());
+        }
+        info!(domain = name, netvm = %netvm, "starting the netvm first");
+        Box::pin(self.ensure_running(&netvm))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Backend(format!(
+                    "cannot start domain '{name}': its netvm '{netvm}' did not start: {}",
+                    e.message()
+                ))
+            })
+    }
+
+    /// After a start (the instance is live): serve as netvm if it is one, link to its netvm.
+    pub(super) async fn net_after_start(
+        self: &Arc<Self>,
+        cfg: &DomainConfig,
+        inst: &Arc<Instance>,
+    ) -> Result<(), Error> {
+        let name = cfg.name.as_str();
+        let Some(ns) = sandbox_ns(inst) else {
+            if cfg.netvm.is_some() {
+                warn!(domain = name, "VM domains have no network yet (virtio-net is not implemented); this domain's netvm is ignored");
+            }
+            return Ok(());
+        };
+        let ns = Arc::new(ns.map_err(net_err("the domain's network namespace"))?);
+        if self.serves_network(name) {
+            self.serve(name, ns.clone(), cfg.netvm.is_some()).await?;
+        }
+        if let Some(netvm) = &cfg.netvm {
+            let _op = self.net.op.lock().await;
+            self.link_locked(name, &ns, netvm.as_str()).await?;
+            self.apply_locked(netvm.as_str()).await;
+        }
+        Ok(())
+    }
+
+    /// Take `name` as a netvm: forwarding, uplink, then link every running client.
+    async fn serve(
+        self: &Arc<Self>,
+        name: &str,
+        ns: Arc<NetNs>,
+        has_netvm: bool,
+    ) -> Result<(), Error> {
+        let uplink = if name == self.cfg.net.domain && !has_netvm {
+            self.cfg.net.uplink().map_err(Error::Backend)?
+        } else {
+            None
+        };
+        let host = self.net.host.clone();
+        {
+            let _op = self.net.op.lock().await;
+            match &host {
+                Some(h) => link::setup_net(&ns, h, uplink.as_ref()).await,
+                None => link::setup_net(&ns, &ns, None).await,
+            }
+            .map_err(net_err(&format!("setting up netvm '{name}'")))?;
+            lock(&self.net.held).insert(name.to_owned(), ns.clone());
+            if let Some(u) = &uplink {
+                info!(domain = name, uplink = %u.ifname, "uplink moved into the net domain");
+            }
+            // Clients that run now (a restart of this netvm): link them again.
+            let clients: Vec<(String, Arc<Instance>)> = {
+                let (good, _) = self.store.load_all();
+                good.into_iter()
+                    .filter(|c| c.netvm.as_ref().is_some_and(|n| n.as_str() == name))
+                    .filter_map(|c| {
+                        let rt = lock(&self.domains).get(c.name.as_str()).cloned()?;
+                        let st = rt.state();
+                        let inst = rt.instance()?;
+                        matches!(st, DomainState::Running | DomainState::Paused)
+                            .then(|| (c.name.to_string(), inst))
+                    })
+                    .collect()
+            };
+            for (client, inst) in clients {
+                let Some(Ok(cns)) = sandbox_ns(&inst) else {
+                    continue;
+                };
+                if let Err(e) = self.link_locked(&client, &cns, name).await {
+                    error!(domain = %client, netvm = name, error = %e.message(), "cannot re-link to the restarted netvm");
+                } else {
+                    info!(domain = %client, netvm = name, "re-linked to the restarted netvm");
+                }
+            }
+            self.apply_locked(name).await;
+        }
+        Ok(())
+    }
+
+    /// Link client `name` (namespace `ns`) to running `netvm`. Caller holds `net.op`.
+    async fn link_locked(&self, name: &str, ns: &NetNs, netvm: &str) -> Result<(), Error> {
+        let Some(net_ns) = lock(&self.net.held).get(netvm).cloned() else {
+            return Err(Error::Backend(format!(
+                "cannot link '{name}': its netvm '{netvm}' is not running"
+            )));
+        };
+        let path = self.address_book_path();
+        let store = self.store.clone();
+        let n = name.to_owned();
+        let ip: Ipv4Addr = blocking(move || -> Result<Ipv4Addr, NetError> {
+            let mut book = addr::AddressBook::load(&path)?;
+            let (ip, changed) = book.get_or_assign(&n, |d| {
+                DomainName::new(d)
+                    .map(|d| store.exists(&d))
+                    .unwrap_or(false)
+            })?;
+            if changed {
+                book.save(&path)?;
+            }
+            Ok(ip)
+        })
+        .await?
+        .map_err(net_err("client address"))?;
+        let vif = addr::vif_name(ip);
+        link::link_client(&net_ns, ns, &vif, ip)
+            .await
+            .map_err(net_err(&format!("linking '{name}' to '{netvm}'")))?;
+        info!(domain = name, netvm, ip = %ip, vif = %vif, "linked");
+        lock(&self.net.links).insert(
+            name.to_owned(),
+            LinkInfo {
+                netvm: netvm.to_owned(),
+                vif,
+            },
+        );
+        Ok(())
+    }
+
+    /// A domain stopped (its init is gone): give the uplink back if it had it, forget its
+    /// links, drop its chain from its netvm's ruleset.
+    pub(super) async fn net_on_stop(&self, name: &str) {
+        let _op = self.net.op.lock().await;
+        let held = lock(&self.net.held).remove(name);
+        if let Some(ns) = held {
+            lock(&self.net.links).retain(|_, l| l.netvm != name);
+            if let (Some(host), Some(up)) = (&self.net.host, &self.cfg.net.uplink) {
+                match link::return_uplink(&ns, host, up).await {
+                    Ok(true) => info!(domain = name, uplink = %up, "uplink returned to the host"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        error!(domain = name, error = %e, "cannot return the uplink to the host")
+                    }
+                }
+            }
+        }
+        let link = lock(&self.net.links).remove(name);
+        if let Some(l) = link {
+            self.apply_locked(&l.netvm).await;
+        }
+    }
+
+    /// `netvm` of a running domain changed: unlink, link to the new one (started if needed).
+    pub(super) async fn net_netvm_changed(
+        self: &Arc<Self>,
+        name: &str,
+        new: Option<String>,
+    ) -> Result<(), Error> {
+        let rt = self.runtime(name);
+        let Some(inst) = rt.instance() else {
+            return Ok(());
+        };
+        if !matches!(rt.state(), DomainState::Running | DomainState::Paused) {
+            return Ok(());
+        }
+        let Some(ns) = sandbox_ns(&inst) else {
+            return Ok(());
+        };
+        let ns = ns.map_err(net_err("the domain's network namespace"))?;
+        if let Some(n) = &new {
+            if self.state_of(n) != DomainState::Running {
+                Box::pin(self.ensure_running(n)).await.map_err(|e| {
+                    Error::Backend(format!(
+                        "the netvm of '{name}' is set to '{n}', which did not start: {}",
+                        e.message()
+                    ))
+                })?;
+            }
+        }
+        let _op = self.net.op.lock().await;
+        let old = lock(&self.net.links).remove(name);
+        link::unlink_client(&ns)
+            .await
+            .map_err(net_err(&format!("unlinking '{name}'")))?;
+        if let Some(o) = &old {
+            self.apply_locked(&o.netvm).await;
+        }
+        if let Some(n) = &new {
+            self.link_locked(name, &ns, n).await?;
+            self.apply_locked(n).await;
+        }
+        info!(domain = name, old = ?old.map(|o| o.netvm), new = ?new, "re-linked after a netvm change");
+        Ok(())
+    }
+
+    /// After recovery: hold the namespaces of adopted netvms again and note adopted clients'
+    /// links (they survived: their namespaces never went away).
+    pub(super) async fn net_adopt(self: &Arc<Self>) {
+        let running: Vec<(String, Arc<Instance>)> = lock(&self.domains)
+            .iter()
+            .filter_map(|(n, rt)| Some((n.clone(), rt.instance()?)))
+            .collect();
+        let (good, _) = self.store.load_all();
+        for (name, inst) in &running {
+            if self.serves_network(name) {
+                if let Some(Ok(ns)) = sandbox_ns(inst) {
+                    let has_netvm = good
+                        .iter()
+                        .any(|c| c.name.as_str() == name && c.netvm.is_some());
+                    if let Err(e) = self.serve(name, Arc::new(ns), has_netvm).await {
+                        error!(domain = %name, error = %e.message(), "cannot take the adopted netvm back");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuild and apply `netvm`'s ruleset. Caller holds `net.op`. Errors are logged: a
+    /// failed application leaves the previous ruleset in place.
+    async fn apply_locked(&self, netvm: &str) {
+        let Some(ns) = lock(&self.net.held).get(netvm).cloned() else {
+            return;
+        };
+        let clients: Vec<(String, LinkInfo)> = lock(&self.net.links)
+            .iter()
+            .filter(|(_, l)| l.netvm == netvm)
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
+        let is_uplink_domain = netvm == self.cfg.net.domain
+            && lock(&self.domains)
+                .get(netvm)
+                .is_some_and(|_| !lock(&self.net.links).contains_key(netvm));
+        let (uplink, dns) = if lock(&self.net.links).contains_key(netvm) {
+            // A netvm behind another netvm: out through its own link, DNS to the next one.
+            (Some(link::CLIENT_IF.to_owned()), DNS_VIRTUAL.to_vec())
+        } else if is_uplink_domain {
+            (self.cfg.net.uplink.clone(), self.cfg.net.dns.clone())
+        } else {
+            (None, Vec::new())
+        };
+        let now = now_secs();
+        let mut plan_clients = Vec::new();
+        for (name, l) in clients {
+            let Ok(dn) = DomainName::new(&name) else {
+                continue;
+            };
+            let file = self.rule_file(&dn);
+            let set = blocking(move || file.load(now))
+                .await
+                .unwrap_or_else(|e| RuleSet::Broken(e.message()));
+            let firewall = match set {
+                RuleSet::Broken(why) => {
+                    warn!(domain = %name, reason = %why, "the firewall does not parse; all its traffic is dropped");
+                    ClientFirewall::Broken(why)
+                }
+                RuleSet::Rules(rules) => match self.resolve_rules(&ns, &dns, rules).await {
+                    Ok(r) => ClientFirewall::Rules(r),
+                    Err(why) => {
+                        warn!(domain = %name, reason = %why, "a firewall rule cannot be applied; all its traffic is dropped");
+                        ClientFirewall::Broken(why)
+                    }
+                },
+            };
+            if let ClientFirewall::Rules(r) = &firewall {
+                for e in r.iter().filter_map(|r| r.rule.expire) {
+                    self.net.next_expiry.fetch_min(e, Ordering::Relaxed);
+                }
+            }
+            plan_clients.push(Client {
+                domain: name,
+                vif: l.vif,
+                firewall,
+            });
+        }
+        plan_clients.sort_by(|a, b| a.domain.cmp(&b.domain));
+        let plan = NetPlan {
+            uplink,
+            dns,
+            clients: plan_clients,
+        };
+        let text = nft::ruleset(&plan, now);
+        debug!(netvm, ruleset = %text, "applying nftables ruleset");
+        match blocking(move || nft::apply(&ns, &text)).await {
+            Ok(Ok(())) => info!(netvm, clients = plan.clients.len(), "firewall applied"),
+            Ok(Err(e)) => error!(netvm, error = %e, "cannot apply the ruleset"),
+            Err(e) => error!(netvm, error = %e.message(), "cannot apply the ruleset"),
+        }
+    }
+
+    /// Resolve the `dsthost` rules (asking the first resolver from inside the netvm).
+    async fn resolve_rules(
+        &self,
+        ns: &Arc<NetNs>,
+        dns: &[Ipv4Addr],
+        rules: Vec<Rule>,
+    ) -> Result<Vec<ResolvedRule>, String> {
+        let mut out = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let host_addrs = match &rule.dest {
+                Some(Dest::Host(h)) => {
+                    let Some(server) = dns.first().copied() else {
+                        return Err(format!("dsthost={h}: no resolver configured ([net] dns)"));
+                    };
+                    let (ns, h2) = (ns.clone(), h.clone());
+                    let r = blocking(move || bulkhead_net::dns::resolve(&ns, server, &h2))
+                        .await
+                        .map_err(|e| e.message())?;
+                    match r {
+                        Ok(a) if !a.is_empty() => a,
+                        Ok(_) => return Err(format!("dsthost={h}: the name has no address")),
+                        Err(e) => return Err(format!("dsthost={h}: {e}")),
+                    }
+                }
+                _ => Vec::new(),
+            };
+            out.push(ResolvedRule { rule, host_addrs });
+        }
+        Ok(out)
+    }
+
+    /// Re-apply the ruleset of the netvm `name` is linked to (after a firewall change).
+    async fn reapply_for(&self, name: &str) {
+        let _op = self.net.op.lock().await;
+        let netvm = lock(&self.net.links).get(name).map(|l| l.netvm.clone());
+        if let Some(n) = netvm {
+            self.apply_locked(&n).await;
+        }
+    }
+
+    /// Remove expired rules from the rule files and re-apply, whenever one is due.
+    pub(super) fn spawn_expiry(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let Some(me) = me.upgrade() else { return };
+                let now = now_secs();
+                if me.net.next_expiry.load(Ordering::Relaxed) > now {
+                    continue;
+                }
+                me.net.next_expiry.store(u64::MAX, Ordering::Relaxed);
+                let clients: Vec<String> = lock(&me.net.links).keys().cloned().collect();
+                for c in clients {
+                    if let Err(e) = me.purge_expired(&c, now).await {
+                        warn!(domain = %c, error = %e.message(), "cannot remove expired firewall rules");
+                    }
+                }
+                let netvms: Vec<String> = lock(&me.net.held).keys().cloned().collect();
+                let _op = me.net.op.lock().await;
+                for n in netvms {
+                    me.apply_locked(&n).await;
+                }
+            }
+        });
+    }
+
+    async fn purge_expired(&self, name: &str, now: u64) -> Result<(), Error> {
+        let dn = self.name(name)?;
+        let _cl = self.config_lock.lock().await;
+        let file = self.rule_file(&dn);
+        blocking(move || -> Result<(), Error> {
+            let text = file.read_text().map_err(|e| Error::Io(e.to_string()))?;
+            let lines: Vec<&str> = firewall::entries(&text);
+            let keep: Vec<String> = lines
+                .iter()
+                .filter(|l| !Rule::parse(l, now).is_ok_and(|r| r.expired(now)))
+                .map(|l| (*l).to_owned())
+                .collect();
+            if keep.len() != lines.len() {
+                info!(
+                    removed = lines.len() - keep.len(),
+                    "expired firewall rules removed"
+                );
+                file.write_lines(&keep)
+                    .map_err(|e| Error::Io(e.to_string()))?;
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    // ----- the firewall API ----------------------------------------------------------------
+
+    /// `FirewallList`: the rules in order (canonical text); `InvalidProperty` naming the
+    /// reason when the rule file does not parse (all the domain's traffic is then dropped).
+    pub async fn firewall_list(&self, name: &str) -> Result<Vec<String>, Error> {
+        let dn = self.stored(name)?;
+        let file = self.rule_file(&dn);
+        let now = now_secs();
+        let path = file.path.clone();
+        match blocking(move || file.load(now)).await? {
+            RuleSet::Rules(r) => Ok(r.iter().map(|r| r.to_string()).collect()),
+            RuleSet::Broken(why) => Err(Error::InvalidProperty(format!(
+                "the firewall of '{name}' is broken ({}): {why}; all its network traffic is dropped until it is fixed (bulkhead firewall {name} del N, or reset)",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Change the rule file under the config lock, then re-apply.
+    async fn firewall_edit(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut Vec<String>) -> Result<(), Error> + Send + 'static,
+    ) -> Result<(), Error> {
+        let dn = self.stored(name)?;
+        {
+            let _cl = self.config_lock.lock().await;
+            let file = self.rule_file(&dn);
+            blocking(move || -> Result<(), Error> {
+                let text = file.read_text().map_err(|e| Error::Io(e.to_string()))?;
+                let mut lines: Vec<String> = firewall::entries(&text)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                edit(&mut lines)?;
+                file.write_lines(&lines)
+                    .map_err(|e| Error::Io(e.to_string()))
+            })
+            .await??;
+        }
+        self.reapply_for(name).await;
+        Ok(())
+    }
+
+    /// `FirewallAdd`: insert `rule` before index `position` (negative or past the end:
+    /// append).
+    pub async fn firewall_add(&self, name: &str, rule: &str, position: i32) -> Result<(), Error> {
+        let r = Rule::parse(rule, now_secs())
+            .map_err(|e| Error::InvalidProperty(format!("firewall rule '{rule}': {e}")))?;
+        let text = r.to_string();
+        let n = name.to_owned();
+        self.firewall_edit(name, move |lines| {
+            if lines.len() >= firewall::MAX_RULES {
+                return Err(Error::InvalidProperty(format!(
+                    "domain '{n}' already has {} firewall rules (the most allowed)",
+                    lines.len()
+                )));
+            }
+            let at = usize::try_from(position)
+                .ok()
+                .filter(|p| *p <= lines.len())
+                .unwrap_or(lines.len());
+            lines.insert(at, text);
+            Ok(())
+        })
+        .await?;
+        info!(domain = name, rule = %r, position, "firewall rule added");
+        Ok(())
+    }
+
+    /// `FirewallDel`: remove the rule at `index` (works on a broken file too).
+    pub async fn firewall_del(&self, name: &str, index: u32) -> Result<(), Error> {
+        let n = name.to_owned();
+        self.firewall_edit(name, move |lines| {
+            let i = index as usize;
+            if i >= lines.len() {
+                return Err(Error::InvalidProperty(format!(
+                    "domain '{n}' has {} firewall rules; there is no rule {index} (see bulkhead firewall {n} list)",
+                    lines.len()
+                )));
+            }
+            lines.remove(i);
+            Ok(())
+        })
+        .await?;
+        info!(domain = name, index, "firewall rule removed");
+        Ok(())
+    }
+
+    /// `FirewallReset`: back to the default (accept everything but other domains).
+    pub async fn firewall_reset(&self, name: &str) -> Result<(), Error> {
+        self.firewall_edit(name, |lines| {
+            lines.clear();
+            Ok(())
+        })
+        .await?;
+        info!(domain = name, "firewall reset");
+        Ok(())
+    }
+}
