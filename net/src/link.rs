@@ -108,6 +108,23 @@ pub async fn delete(h: &Handle, name: &str) -> Result<(), NetError> {
     Ok(())
 }
 
+/// A veth pair: `a_name` in the namespace of `h`, its peer `b_name` created directly in `b`.
+async fn create_veth(h: &Handle, a_name: &str, b: &NetNs, b_name: &str) -> Result<(), NetError> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(b_name.to_owned())
+        .setns_by_fd(b.raw_fd())
+        .build();
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(a_name.to_owned())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    h.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl(format!("create veth {a_name} <-> {b_name}")))
+}
+
 /// The uplink of a net domain, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uplink {
@@ -188,19 +205,7 @@ pub async fn link_client(
     let ch = client.rtnl()?;
     delete(&ch, CLIENT_IF).await?;
     delete(&nh, vif).await?;
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(CLIENT_IF.to_owned())
-        .setns_by_fd(client.raw_fd())
-        .build();
-    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-        .name(vif.to_owned())
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .build();
-    nh.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(nl(format!("create veth {vif} <-> {CLIENT_IF}")))?;
+    create_veth(&nh, vif, client, CLIENT_IF).await?;
     let vidx = need_index(&nh, vif, "the net domain").await?;
     add_addr(&nh, vidx, GATEWAY, 32, vif).await?;
     up(&nh, vidx, vif).await?;
@@ -227,19 +232,7 @@ pub async fn unlink_client(client: &NetNs) -> Result<(), NetError> {
 pub async fn veth_pair(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<(), NetError> {
     let ah = a.rtnl()?;
     let bh = b.rtnl()?;
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(b_name.to_owned())
-        .setns_by_fd(b.raw_fd())
-        .build();
-    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-        .name(a_name.to_owned())
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .build();
-    ah.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(nl(format!("create veth {a_name} <-> {b_name}")))?;
+    create_veth(&ah, a_name, b, b_name).await?;
     let ai = need_index(&ah, a_name, "the first namespace").await?;
     up(&ah, ai, a_name).await?;
     let bi = need_index(&bh, b_name, "the second namespace").await?;
