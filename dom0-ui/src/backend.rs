@@ -180,7 +180,6 @@ pub struct Backend {
     ui: async_channel::Sender<UiEvent>,
     rules: Rules,
     watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
-    next_gen: AtomicU64,
 }
 
 /// The ask agent object.
@@ -256,7 +255,6 @@ impl Backend {
             ui,
             rules,
             watchers: Mutex::new(HashMap::new()),
-            next_gen: AtomicU64::new(1),
         }))
     }
 
@@ -437,49 +435,76 @@ impl Backend {
                 return Served::Retry { was_ready: false };
             }
         };
-        let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(Mutex::new(DomainWindows::new(self.rules.clone())));
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let gui = DomainGui {
-            domain: domain.to_owned(),
-            label,
-            gen,
-            state: state.clone(),
-            sender: conn.sender(),
-            pending: pending.clone(),
-        };
-        if self.ui.send(UiEvent::Connected(gui)).await.is_err() {
-            return Served::Stop;
-        }
-        let mut ready = false;
-        let ui = self.ui.clone();
-        let end = drive(domain, conn, state, |c| {
-            if matches!(c, Change::Ready { .. }) {
-                ready = true;
-                info!(domain, "GUI connected");
-            }
-            if lock(&pending).record(c) {
-                let _ = ui.try_send(UiEvent::Changed {
-                    domain: domain.to_owned(),
-                    gen,
-                });
-            }
-        })
-        .await;
-        let _ = self.ui.try_send(UiEvent::Ended {
-            domain: domain.to_owned(),
-            gen: Some(gen),
-        });
-        match end {
-            PeerEnd::Dropped(v) => {
-                self.notice(format!(
-                    "The windows of {domain} were closed: it broke the GUI rules ({v})"
-                ));
-                Served::Stop
-            }
-            PeerEnd::Closed | PeerEnd::Failed(_) => Served::Retry { was_ready: ready },
-        }
+        serve_connection(&self.ui, &self.rules, domain, label, conn).await
     }
+}
+
+static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
+
+/// Drives one GUI connection of `domain` for the UI until it ends.
+async fn serve_connection(
+    ui: &async_channel::Sender<UiEvent>,
+    rules: &Rules,
+    domain: &str,
+    label: Label,
+    conn: GuiConnection,
+) -> Served {
+    let gen = NEXT_GEN.fetch_add(1, Ordering::Relaxed);
+    let state = Arc::new(Mutex::new(DomainWindows::new(rules.clone())));
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let gui = DomainGui {
+        domain: domain.to_owned(),
+        label,
+        gen,
+        state: state.clone(),
+        sender: conn.sender(),
+        pending: pending.clone(),
+    };
+    if ui.send(UiEvent::Connected(gui)).await.is_err() {
+        return Served::Stop;
+    }
+    let mut ready = false;
+    let end = drive(domain, conn, state, |c| {
+        if matches!(c, Change::Ready { .. }) {
+            ready = true;
+            info!(domain, "GUI connected");
+        }
+        if lock(&pending).record(c) {
+            let _ = ui.try_send(UiEvent::Changed {
+                domain: domain.to_owned(),
+                gen,
+            });
+        }
+    })
+    .await;
+    let _ = ui.try_send(UiEvent::Ended {
+        domain: domain.to_owned(),
+        gen: Some(gen),
+    });
+    match end {
+        PeerEnd::Dropped(v) => {
+            let text = format!("The windows of {domain} were closed: it broke the GUI rules ({v})");
+            info!(notice = %text);
+            let _ = ui.try_send(UiEvent::Notice(text));
+            Served::Stop
+        }
+        PeerEnd::Closed | PeerEnd::Failed(_) => Served::Retry { was_ready: ready },
+    }
+}
+
+/// Development aid: shows the windows of a gui-agent listening on `socket` (not through
+/// domaind) as domain `domain` with `label`.
+pub async fn attach_socket(
+    ui: async_channel::Sender<UiEvent>,
+    rules: Rules,
+    domain: String,
+    label: Label,
+    socket: std::path::PathBuf,
+) -> std::io::Result<()> {
+    let stream = tokio::net::UnixStream::connect(&socket).await?;
+    let conn = GuiConnection::new(stream, None);
+    serve_connection(&ui, &rules, &domain, label, conn).await;
+    Ok(())
 }
 
 enum Served {

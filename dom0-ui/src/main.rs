@@ -30,6 +30,10 @@ struct Cli {
     /// replaced); the default is printable ASCII, as in Qubes.
     #[arg(long)]
     utf8_titles: bool,
+    /// Development: show the windows of a gui-agent socket directly, without domaind, as
+    /// DOMAIN:LABEL:SOCKET (repeatable).
+    #[arg(long, value_name = "DOMAIN:LABEL:SOCKET")]
+    attach: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -116,6 +120,29 @@ fn session(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         ui_tx.clone(),
         cli.clipboard_max,
     )));
+    for a in &cli.attach {
+        let mut parts = a.splitn(3, ':');
+        let (Some(domain), Some(label), Some(socket)) = (parts.next(), parts.next(), parts.next())
+        else {
+            anyhow::bail!("--attach {a}: expected DOMAIN:LABEL:SOCKET");
+        };
+        let label: bulkhead_domain::Label = label
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--attach {a}: {e}"))?;
+        let (ui, rules, domain, socket) = (
+            ui_tx.clone(),
+            rules.clone(),
+            domain.to_owned(),
+            PathBuf::from(socket),
+        );
+        rt.spawn(async move {
+            if let Err(e) =
+                dom0_ui::backend::attach_socket(ui, rules, domain.clone(), label, socket).await
+            {
+                tracing::warn!(domain, error = %e, "--attach");
+            }
+        });
+    }
     let bus = cli.bus_address.clone();
     let ask_timeout = Duration::from_secs(cli.ask_timeout.max(1));
     rt.spawn(async move {
