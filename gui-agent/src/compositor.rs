@@ -184,6 +184,10 @@ pub struct Agent {
     output: Output,
     windows: BTreeMap<u32, Window>,
     by_surface: HashMap<WlSurface, u32>,
+    /// The window dom0 last put the pointer over (0: none). `cursor_image` reads it:
+    /// smithay calls that handler with the pointer's lock held, so asking the pointer for
+    /// its focus there would deadlock.
+    pointer_window: u32,
     next_id: u32,
     /// Frame callbacks of surfaces that are not windows (subsurfaces, cursors).
     other_callbacks: Vec<WlCallback>,
@@ -236,6 +240,7 @@ impl Agent {
             output,
             windows: BTreeMap::new(),
             by_surface: HashMap::new(),
+            pointer_window: 0,
             next_id: 1,
             other_callbacks: Vec::new(),
             link: None,
@@ -303,6 +308,9 @@ impl Agent {
 
     fn remove_window(&mut self, surface: &WlSurface) {
         if let Some(id) = self.by_surface.remove(surface) {
+            if self.pointer_window == id {
+                self.pointer_window = 0;
+            }
             if let Some(w) = self.windows.remove(&id) {
                 if w.announced {
                     self.send(&AgentMsg::Destroy { window: id });
@@ -543,6 +551,7 @@ impl Agent {
                 let Some(surface) = self.window_surface(window).cloned() else {
                     return;
                 };
+                self.pointer_window = window;
                 if let Some(ptr) = self.seat.get_pointer() {
                     ptr.motion(
                         self,
@@ -560,6 +569,7 @@ impl Agent {
                 if self.window_surface(window).is_none() {
                     return;
                 }
+                self.pointer_window = 0;
                 if let Some(ptr) = self.seat.get_pointer() {
                     ptr.motion(
                         self,
@@ -1114,17 +1124,13 @@ impl SeatHandler for Agent {
         set_data_device_focus(&self.dh, seat, client);
     }
 
-    fn cursor_image(&mut self, seat: &Seat<Self>, image: CursorImageStatus) {
+    fn cursor_image(&mut self, _seat: &Seat<Self>, image: CursorImageStatus) {
         let name = match image {
             CursorImageStatus::Hidden => "none".to_string(),
             CursorImageStatus::Named(icon) => icon.name().to_string(),
             CursorImageStatus::Surface(_) => "default".to_string(),
         };
-        let window = seat
-            .get_pointer()
-            .and_then(|p| p.current_focus())
-            .and_then(|s| self.by_surface.get(&s).copied())
-            .unwrap_or(0);
+        let window = self.pointer_window;
         self.send(&AgentMsg::Cursor { window, name });
     }
 }

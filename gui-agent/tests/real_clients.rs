@@ -359,3 +359,44 @@ fn clipboard_both_ways() {
     let o = out.lock().expect("lock").take().expect("output");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "pasted from dom0");
 }
+
+/// The pointer moving from one window to another (smithay resets the cursor image then, with
+/// the pointer's lock held) leaves the agent working: it once deadlocked there.
+#[test]
+fn pointer_moving_between_windows_keeps_the_agent_alive() {
+    let agent = Agent::start();
+    let mut dom0 = Dom0::connect(&agent.gui_socket());
+    let spawn = |title: &str| {
+        agent
+            .client(env!("CARGO_BIN_EXE_bulkhead-gui-testclient"))
+            .args(["--title", title, "--width", "64", "--height", "48"])
+            .spawn()
+            .expect("start the test client")
+    };
+    let mut a = spawn("first");
+    let mut b = spawn("second");
+    dom0.until("both windows", 30, |d| {
+        d.window_titled("first").is_some_and(|(_, w)| w.mapped)
+            && d.window_titled("second").is_some_and(|(_, w)| w.mapped)
+    });
+    let (ia, _) = dom0.window_titled("first").expect("first");
+    let (ib, _) = dom0.window_titled("second").expect("second");
+    for (window, x) in [(ia, 5.0), (ia, 6.0), (ib, 7.0), (ia, 8.0), (ib, 9.0)] {
+        dom0.send(&HostMsg::Enter { window, x, y: 5.0 });
+        dom0.send(&HostMsg::Motion { window, x, y: 6.0 });
+    }
+    dom0.send(&HostMsg::Leave { window: ib });
+    // Still serving: a resize is answered.
+    dom0.send(&HostMsg::ConfigureRequest {
+        window: ia,
+        width: 80,
+        height: 60,
+    });
+    dom0.until("the agent to answer after the pointer moves", 20, |d| {
+        d.windows.get(&ia).is_some_and(|w| w.width == 80)
+    });
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
