@@ -21,6 +21,9 @@ install -D -m 0755 target/release/bulkhead-sandbox   "$PREFIX/sbin/bulkhead-sand
 # The KVM monitor, found next to domaind (VM domains; they need VT-x/AMD-V).
 install -D -m 0755 target/release/bulkhead-vmm       "$PREFIX/sbin/bulkhead-vmm"
 install -D -m 0755 target/release/bulkhead           "$PREFIX/bin/bulkhead"
+# The domain manager and policy editor (GTK), with its menu entry.
+install -D -m 0755 target/release/bulkhead-manager   "$PREFIX/bin/bulkhead-manager"
+install -D -m 0644 packaging/bulkhead-manager.desktop "$PREFIX/share/applications/bulkhead-manager.desktop"
 # The guest tools dir, as listed in packaging/guest-tools.txt (bin NAME / rpc SERVICE BINARY).
 guest="$PREFIX/lib/bulkhead/guest"
 install -d -m 0755 "$guest" "$guest/rpc"

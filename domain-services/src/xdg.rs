@@ -147,7 +147,14 @@ fn read_small(path: &Path) -> Option<String> {
 
 fn load_entry(id: &str, path: &Path) -> Option<DesktopEntry> {
     let text = read_small(path)?;
-    let g = group(&text, "Desktop Entry");
+    parse_entry(id, path, &text)
+}
+
+/// The application a desktop file's text describes (`id` is its file name, `path` where it
+/// was read, for messages); `None` for `Hidden=true`, a `Type` other than `Application` or a
+/// missing `Exec`.
+pub fn parse_entry(id: &str, path: &Path, text: &str) -> Option<DesktopEntry> {
+    let g = group(text, "Desktop Entry");
     let get = |k: &str| {
         g.iter()
             .find(|(kk, _)| *kk == k)
@@ -298,6 +305,74 @@ fn split_exec(v: &str, file: &str) -> Result<Vec<String>, XdgError> {
 
 /// argv for opening `target` (a file path or URL) with `entry`.
 pub fn expand_exec(entry: &DesktopEntry, target: &str) -> Result<Vec<String>, XdgError> {
+    expand(entry, Some(target))
+}
+
+/// argv for starting `entry` without a file (an application menu): the file and URL field
+/// codes are dropped.
+pub fn launch_argv(entry: &DesktopEntry) -> Result<Vec<String>, XdgError> {
+    expand(entry, None)
+}
+
+/// Most desktop files [`list_applications`] reads from one directory.
+pub const MAX_LISTED_APPLICATIONS: usize = 1000;
+
+/// The applications for a menu from one `applications` directory, sorted by id: `*.desktop`
+/// regular files (symbolic links are not followed: the directory may belong to a less
+/// trusted domain), at most 1 MiB each and [`MAX_LISTED_APPLICATIONS`] of them, without
+/// `NoDisplay=true` entries.
+pub fn list_applications(dir: &Path) -> Vec<DesktopEntry> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".desktop") && !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names.truncate(MAX_LISTED_APPLICATIONS);
+    names
+        .iter()
+        .filter_map(|id| {
+            let path = dir.join(id);
+            let text = read_small_nofollow(&path)?;
+            parse_menu_entry(id, &path, &text)
+        })
+        .collect()
+}
+
+/// [`parse_entry`], and `None` also for `NoDisplay=true` (not for menus).
+pub fn parse_menu_entry(id: &str, path: &Path, text: &str) -> Option<DesktopEntry> {
+    let hidden = group(text, "Desktop Entry")
+        .iter()
+        .any(|(k, v)| *k == "NoDisplay" && *v == "true");
+    if hidden {
+        return None;
+    }
+    parse_entry(id, path, text)
+}
+
+/// A regular file of at most 1 MiB, opened without following a symbolic link.
+fn read_small_nofollow(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(1 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn expand(entry: &DesktopEntry, target: Option<&str>) -> Result<Vec<String>, XdgError> {
     let shown = entry.path.display().to_string();
     let raw = split_exec(&unescape_value(&entry.exec), &shown)?;
     let mut out = Vec::new();
@@ -305,7 +380,9 @@ pub fn expand_exec(entry: &DesktopEntry, target: &str) -> Result<Vec<String>, Xd
     for arg in raw {
         match arg.as_str() {
             "%f" | "%F" | "%u" | "%U" => {
-                out.push(target.to_string());
+                if let Some(t) = target {
+                    out.push(t.to_string());
+                }
                 used = true;
                 continue;
             }
@@ -329,7 +406,7 @@ pub fn expand_exec(entry: &DesktopEntry, target: &str) -> Result<Vec<String>, Xd
             match it.next() {
                 Some('%') => s.push('%'),
                 Some('f' | 'u') => {
-                    s.push_str(target);
+                    s.push_str(target.unwrap_or_default());
                     used = true;
                 }
                 Some('c') => s.push_str(&entry.name),
@@ -345,8 +422,8 @@ pub fn expand_exec(entry: &DesktopEntry, target: &str) -> Result<Vec<String>, Xd
         }
         out.push(s);
     }
-    if !used {
-        out.push(target.to_string());
+    if let (false, Some(t)) = (used, target) {
+        out.push(t.to_string());
     }
     Ok(out)
 }
@@ -385,6 +462,52 @@ mod tests {
         assert!(expand_exec(&entry("ed %z"), f).is_err());
         assert!(expand_exec(&entry("\"ed"), f).is_err());
         assert!(expand_exec(&entry("   "), f).is_err());
+    }
+
+    #[test]
+    fn launch_without_file() {
+        assert_eq!(launch_argv(&entry("ed %F")).unwrap(), ["ed"]);
+        assert_eq!(
+            launch_argv(&entry("ed --x=%u -n")).unwrap(),
+            ["ed", "--x=", "-n"]
+        );
+        assert_eq!(launch_argv(&entry("ed")).unwrap(), ["ed"]);
+    }
+
+    #[test]
+    fn menu_listing() {
+        let t = tempfile::tempdir().unwrap();
+        let w = |id: &str, body: &str| fs::write(t.path().join(id), body).unwrap();
+        w(
+            "b.desktop",
+            "[Desktop Entry]\nType=Application\nName=Bee\nExec=bee\nIcon=bee\n",
+        );
+        w(
+            "a.desktop",
+            "[Desktop Entry]\nType=Application\nName=Ay\nExec=ay %U\n",
+        );
+        w(
+            "c.desktop",
+            "[Desktop Entry]\nType=Application\nName=C\nExec=c\nNoDisplay=true\n",
+        );
+        w("d.desktop", "[Desktop Entry]\nType=Link\nName=D\nURL=x\n");
+        w(
+            "e.txt",
+            "[Desktop Entry]\nType=Application\nName=E\nExec=e\n",
+        );
+        std::os::unix::fs::symlink(t.path().join("b.desktop"), t.path().join("l.desktop")).unwrap();
+        let got: Vec<(String, String, Option<String>)> = list_applications(t.path())
+            .into_iter()
+            .map(|e| (e.id, e.name, e.icon))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a.desktop".into(), "Ay".into(), None),
+                ("b.desktop".into(), "Bee".into(), Some("bee".into())),
+            ]
+        );
+        assert!(list_applications(&t.path().join("missing")).is_empty());
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub enum Error {
     Agent(String),
     AccessDenied(String),
     Io(String),
+    /// An argument was refused (a policy text with errors, a bad file name, an unknown
+    /// application); for a policy text the message has one `file:line: message` per line.
+    InvalidArgument(String),
 }
 
 impl Error {
@@ -89,7 +92,10 @@ impl Error {
     /// 4 state conflicts, 5 backend/agent failures, 6 access denied, 1 everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidName(_) | Error::InvalidProperty(_) | Error::AlreadyExists(_) => 2,
+            Error::InvalidName(_)
+            | Error::InvalidProperty(_)
+            | Error::AlreadyExists(_)
+            | Error::InvalidArgument(_) => 2,
             Error::NoSuchDomain(_) => 3,
             Error::InvalidState(_) | Error::TemplateMissing(_) => 4,
             Error::Backend(_) | Error::Agent(_) | Error::Io(_) => 5,
@@ -111,7 +117,8 @@ impl Error {
             | Error::Backend(m)
             | Error::Agent(m)
             | Error::AccessDenied(m)
-            | Error::Io(m) => m.clone(),
+            | Error::Io(m)
+            | Error::InvalidArgument(m) => m.clone(),
         }
     }
 }
@@ -248,6 +255,31 @@ pub trait Domaind1 {
 
     /// `FirewallReset(domain s)`: remove every rule (back to the default).
     fn firewall_reset(&self, domain: &str) -> Result<(), Error>;
+    /// `ListPolicyFiles() -> a(ss)`: (file name, full path) of every policy file in
+    /// evaluation order (runtime files merged in by name).
+    fn list_policy_files(&self) -> Result<Vec<(String, String)>, Error>;
+
+    /// `ReadPolicyFile(name s) -> s`: the text of one policy file (a plain name).
+    fn read_policy_file(&self, name: &str) -> Result<String, Error>;
+
+    /// `WritePolicyFile(name s, text s)`: replace or create `NN-name.policy` in the policy
+    /// directory atomically; `InvalidArgument` with every `file:line: message` (one per
+    /// line) when the text has errors, nothing written then.
+    fn write_policy_file(&self, name: &str, text: &str) -> Result<(), Error>;
+
+    /// `ListApplications(domain s) -> a(sss)`: (desktop id, display name, icon name; "" when
+    /// none) of the domain's application menu, from its template's
+    /// `/usr/share/applications` (`NoDisplay` entries skipped).
+    fn list_applications(&self, domain: &str) -> Result<Vec<(String, String, String)>, Error>;
+
+    /// `RunApplication(domain s, desktop_id s)`: start the application detached in `domain`
+    /// (started first if halted), or in a new disposable: `@dispvm` (dom0's default
+    /// disposable template) or `@dispvm:BASE`. Returns when the launch began.
+    fn run_application(&self, domain: &str, desktop_id: &str) -> Result<(), Error>;
+
+    /// `GetUsage(domain s) -> (tt)`: memory in use (bytes) and CPU time used (ns) by the
+    /// domain's cgroup; (0, 0) when it is not running.
+    fn get_usage(&self, domain: &str) -> Result<(u64, u64), Error>;
 
     #[zbus(signal)]
     fn state_changed(&self, name: String, state: String) -> zbus::Result<()>;

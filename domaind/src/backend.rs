@@ -131,6 +131,13 @@ impl DomainRecord {
         self.cgroup().freeze()
     }
 
+    /// Memory charged to the domain's cgroup (bytes) and CPU time its processes used (ns);
+    /// `None` where the cgroup does not say.
+    pub fn usage(&self) -> (Option<u64>, Option<u64>) {
+        let cg = self.cgroup();
+        (cg.memory_usage(), cg.cpu_usage_ns())
+    }
+
     pub fn thaw(&self) -> Result<(), SandboxError> {
         self.cgroup().thaw()
     }

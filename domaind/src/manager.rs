@@ -47,6 +47,11 @@ mod pool;
 pub use pool::MARKER as POOL_MARKER;
 mod netvm;
 
+mod desktop;
+pub use desktop::{
+    valid_policy_file_name, writable_policy_file_name, APPLICATIONS_DIR, DISPVM_TARGET,
+};
+
 /// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
 /// while the sandbox launcher runs (see [`crate::slots`]).
 pub const LAUNCH_LOCK: &str = "launch.lock";

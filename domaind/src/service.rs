@@ -407,6 +407,73 @@ impl Service {
         self.mgr.firewall_reset(&domain).await
     }
 
+    async fn list_policy_files(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Vec<(String, String)>, Error> {
+        self.enter(conn, &hdr).await?;
+        Ok(self.mgr.list_policy_files())
+    }
+
+    async fn read_policy_file(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<String, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.read_policy_file(&name)
+    }
+
+    async fn write_policy_file(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+        text: String,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.write_policy_file(&name, &text).await
+    }
+
+    async fn list_applications(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+    ) -> Result<Vec<(String, String, String)>, Error> {
+        self.enter(conn, &hdr).await?;
+        Ok(self
+            .mgr
+            .list_applications(&domain)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e.name, e.icon.unwrap_or_default()))
+            .collect())
+    }
+
+    async fn run_application(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+        desktop_id: String,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.run_application(&domain, &desktop_id).await
+    }
+
+    async fn get_usage(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+    ) -> Result<(u64, u64), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.usage(&domain)
+    }
+
     #[zbus(signal)]
     async fn state_changed(
         emitter: &SignalEmitter<'_>,

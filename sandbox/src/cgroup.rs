@@ -515,6 +515,39 @@ impl CgroupPaths {
         read_small(&p).ok()?.trim().parse().ok()
     }
 
+    /// CPU time used by every process of the cgroup, nanoseconds (v2 `cpu.stat` usage_usec,
+    /// v1 `cpuacct.usage` of the cpu hierarchy when cpuacct is mounted with it).
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        match self {
+            CgroupPaths::V2 { dir } => read_small(&dir.join("cpu.stat"))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|us| us.saturating_mul(1000)),
+            CgroupPaths::V1 { cpu, .. } => match read_small(&cpu.join("cpuacct.usage")) {
+                Ok(v) => v.trim().parse().ok(),
+                // cpuacct mounted on its own: add up the processes' own and reaped children's
+                // times (a process that exited unreaped is missed)
+                Err(_) => {
+                    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                        .ok()
+                        .flatten()
+                        .and_then(|t| u64::try_from(t).ok())
+                        .filter(|t| *t > 0)?;
+                    let ticks: u64 = self
+                        .procs()
+                        .ok()?
+                        .iter()
+                        .filter_map(|pid| read_small(Path::new(&format!("/proc/{pid}/stat"))).ok())
+                        .filter_map(|stat| proc_cpu_ticks(&stat))
+                        .sum();
+                    Some(ticks.saturating_mul(1_000_000_000 / tick))
+                }
+            },
+        }
+    }
+
     /// The memory limit in bytes as the kernel reports it.
     pub fn memory_limit(&self) -> Option<u64> {
         let p = match self {
@@ -532,6 +565,15 @@ impl CgroupPaths {
         };
         read_small(&p).ok()?.trim().parse().ok()
     }
+}
+
+/// utime + stime + cutime + cstime (clock ticks) of a `/proc/<pid>/stat` line.
+fn proc_cpu_ticks(stat: &str) -> Option<u64> {
+    // the command name may contain anything, so count fields after its closing parenthesis
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14
+    f.get(11..15)?.iter().map(|v| v.parse::<u64>().ok()).sum()
 }
 
 fn wait_until(
@@ -608,6 +650,14 @@ pub(crate) fn move_self(dirs: &[PathBuf]) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_cpu_ticks() {
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 2 1 20 0 1 0 5 0 0";
+        assert_eq!(proc_cpu_ticks(line), Some(13));
+        assert_eq!(proc_cpu_ticks("42 (x) S 1"), None);
+        assert_eq!(proc_cpu_ticks("no paren"), None);
+    }
 
     #[test]
     fn mountinfo_parsing() {

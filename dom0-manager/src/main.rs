@@ -1,0 +1,37 @@
+//! `bulkhead-manager`: the domain manager window.
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use dom0_manager::{ManagerInit, ManagerWindow};
+
+/// The Bulkhead domain manager.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// D-Bus address of the bus domaind serves on (default: $BULKHEAD_BUS_ADDRESS, else the
+    /// system bus).
+    #[arg(long)]
+    bus_address: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    // zbus runs its socket tasks on this runtime; it lives as long as the window.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let conn = rt
+        .block_on(domaind::api::connect(args.bus_address.as_deref()))
+        .context("cannot connect to the bus domaind serves on")?;
+    let app = relm4::RelmApp::new("org.bulkhead.Manager").with_args(Vec::new());
+    app.run::<ManagerWindow>(ManagerInit { conn });
+    drop(rt);
+    Ok(())
+}
