@@ -108,11 +108,14 @@ pub struct PolicyWidgets {
     save: gtk::Button,
     error_bar: ErrorBar,
     simple: HashMap<Kind, SimpleSection>,
+    pages: gtk::Notebook,
     /// Guards against row-selected while the list is rebuilt.
     rebuilding: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 const ERROR_TAG: &str = "policy-error-line";
+const PAGE_FILES: u32 = 0;
+const PAGE_SIMPLE: u32 = 1;
 
 fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -428,6 +431,7 @@ impl Component for PolicyEditor {
                 save,
                 error_bar,
                 simple,
+                pages: notebook,
                 rebuilding,
             },
         }
@@ -443,6 +447,7 @@ impl Component for PolicyEditor {
         match msg {
             PolicyMsg::Reload => self.reload(&sender),
             PolicyMsg::Open(name) => {
+                w.pages.set_current_page(Some(PAGE_FILES));
                 let conn = self.conn.clone();
                 sender.oneshot_command(async move {
                     let r = async { proxy(&conn).await?.read_policy_file(&name).await }.await;
@@ -450,6 +455,7 @@ impl Component for PolicyEditor {
                 });
             }
             PolicyMsg::SetText(t) => {
+                w.pages.set_current_page(Some(PAGE_FILES));
                 // typed, not loaded: TextChanged follows from the buffer
                 w.buffer.set_text(&t);
             }
@@ -474,6 +480,7 @@ impl Component for PolicyEditor {
                 });
             }
             PolicyMsg::NewFile(name) => {
+                w.pages.set_current_page(Some(PAGE_FILES));
                 let name = name.trim().to_owned();
                 if self.files.iter().any(|(n, _)| *n == name) {
                     sender.input(PolicyMsg::Open(name));
@@ -486,6 +493,7 @@ impl Component for PolicyEditor {
                 self.schedule_check(&sender);
             }
             PolicyMsg::SimpleAdd { kind, rule } => {
+                w.pages.set_current_page(Some(PAGE_SIMPLE));
                 if rule.source.is_empty() || rule.target.is_empty() {
                     self.show_error(w, &sender, "give a source and a target".into());
                     return;
@@ -503,6 +511,7 @@ impl Component for PolicyEditor {
                 self.save_simple(&sender, kind);
             }
             PolicyMsg::SimpleRemove { kind, index } => {
+                w.pages.set_current_page(Some(PAGE_SIMPLE));
                 if let Some(f) = self.simple.get_mut(&kind) {
                     f.remove_rule(index);
                     self.save_simple(&sender, kind);

@@ -266,6 +266,46 @@ pub fn count_color(img: &RgbaImage, rgb: u32, tolerance: u8) -> usize {
     img.pixels().filter(|p| matches(p, rgb, tolerance)).count()
 }
 
+/// How many pixels inside the rectangle `(x, y, width, height)` (clipped to the image) are
+/// `rgb` within `tolerance`.
+pub fn count_color_in(
+    img: &RgbaImage,
+    rect: (u32, u32, u32, u32),
+    rgb: u32,
+    tolerance: u8,
+) -> usize {
+    let (x0, y0, w, h) = rect;
+    let x1 = x0.saturating_add(w).min(img.width());
+    let y1 = y0.saturating_add(h).min(img.height());
+    let mut n = 0;
+    for y in y0.min(y1)..y1 {
+        for x in x0.min(x1)..x1 {
+            if matches(img.get_pixel(x, y), rgb, tolerance) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Top-left corner of the first solid `w`×`h` block of `rgb` (within `tolerance`), scanning
+/// rows top to bottom: finds a swatch or badge even where text pixels share its colour.
+pub fn find_block(img: &RgbaImage, rgb: u32, w: u32, h: u32, tolerance: u8) -> Option<(u32, u32)> {
+    if w == 0 || h == 0 || w > img.width() || h > img.height() {
+        return None;
+    }
+    for y in 0..=img.height() - h {
+        for x in 0..=img.width() - w {
+            if matches(img.get_pixel(x, y), rgb, tolerance)
+                && count_color_in(img, (x, y, w, h), rgb, tolerance) == (w * h) as usize
+            {
+                return Some((x, y));
+            }
+        }
+    }
+    None
+}
+
 /// Bounding box `(x, y, width, height)` of the pixels matching `rgb` within `tolerance`,
 /// `None` when there are none.
 pub fn color_bbox(img: &RgbaImage, rgb: u32, tolerance: u8) -> Option<(u32, u32, u32, u32)> {
@@ -349,5 +389,11 @@ mod tests {
         assert_eq!(count_color(&img, 0x12ab34, 0), 0);
         assert_eq!(color_bbox(&img, 0x12ab34, 1), Some((2, 3, 3, 4)));
         assert_eq!(color_bbox(&img, 0xffffff, 0), None);
+        assert_eq!(count_color_in(&img, (0, 0, 3, 4), 0x12ab34, 1), 1);
+        assert_eq!(count_color_in(&img, (4, 6, 100, 100), 0x12ab34, 1), 1);
+        assert_eq!(count_color_in(&img, (20, 20, 5, 5), 0x12ab34, 1), 0);
+        assert_eq!(find_block(&img, 0x12ab34, 3, 4, 1), Some((2, 3)));
+        assert_eq!(find_block(&img, 0x12ab34, 2, 2, 1), Some((2, 3)));
+        assert_eq!(find_block(&img, 0x12ab34, 4, 4, 1), None);
     }
 }

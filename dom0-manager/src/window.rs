@@ -94,13 +94,13 @@ pub enum ManagerMsg {
     Select(Option<String>),
     /// Run a lifecycle action on a domain.
     Action(DomainAction, String),
-    /// Put these values into the create form (validated as if typed).
+    /// Show the create form with these values (validated as if typed).
     SetCreateForm(CreateForm),
     /// A create form field changed (validates).
     CreateChanged,
     /// Create the domain the form describes.
     Create,
-    /// Put this name into the clone form's "new name" field.
+    /// Show the clone form with this name in its "new name" field.
     SetCloneName(String),
     /// The clone form changed (validates).
     CloneChanged,
@@ -220,11 +220,14 @@ pub struct ManagerWidgets {
     apps: gtk::ListBox,
     create: CreateWidgets,
     clone: CloneWidgets,
+    tabs: gtk::Notebook,
     /// Guards against the list's row-selected signal while rows are rebuilt.
     rebuilding: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 const NONE_ENTRY: &str = "(none)";
+const TAB_CREATE: u32 = 2;
+const TAB_CLONE: u32 = 3;
 
 fn strings(items: &[&str]) -> gtk::DropDown {
     gtk::DropDown::from_strings(items)
@@ -899,6 +902,7 @@ impl Component for ManagerWindow {
                 problem: kproblem,
                 button: kbutton,
             },
+            tabs: notebook,
             rebuilding,
         };
         ComponentParts { model, widgets }
@@ -949,6 +953,7 @@ impl Component for ManagerWindow {
                 });
             }
             ManagerMsg::SetCreateForm(f) => {
+                w.tabs.set_current_page(Some(TAB_CREATE));
                 w.create.name.set_text(&f.name);
                 dropdown_select(&w.create.class, &f.class);
                 dropdown_select(
@@ -979,6 +984,7 @@ impl Component for ManagerWindow {
                 });
             }
             ManagerMsg::SetCloneName(n) => {
+                w.tabs.set_current_page(Some(TAB_CLONE));
                 w.clone.name.set_text(&n);
                 self.validate_clone(w);
             }

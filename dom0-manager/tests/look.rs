@@ -1,0 +1,408 @@
+//! Tests that look: the domain manager and the policy editor under a private Xvfb, talking
+//! to a real domaind on a private bus, checked by the pixels of root-window screenshots and
+//! by what domaind and the files on disk say.
+//!
+//! The UI is driven through the components' own message API (`ManagerMsg`, `PolicyMsg`:
+//! what every button and field sends), the same way a click does; results come back as
+//! their outputs. Screenshots go to the artefacts dir (`target/test-artifacts/` or
+//! `$BULKHEAD_TEST_ARTIFACTS`): manager-domains.png, manager-running.png,
+//! manager-create-invalid.png, manager-created.png, manager-error.png, policy-errors.png,
+//! policy-refused.png, policy-saved.png, policy-simple.png.
+//!
+//! Starting a domain needs the debian-12 template (`$BULKHEAD_TEST_TEMPLATE_CACHE`, see
+//! scripts/test.sh); without it that step is skipped and says so.
+//!
+//! `harness = false`: GTK runs on the process's main thread.
+
+use std::cell::RefCell;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bulkhead_domain::Label;
+use dom0_manager::forms::CreateForm;
+use dom0_manager::simple_policy::{Kind, SimpleRule};
+use dom0_manager::style::{state_rgb, ERROR_BAR_RGB, POLICY_ERROR_LINE_RGB, VALIDATION_RGB};
+use dom0_manager::testing::{
+    count_color, count_color_in, find_block, pump_gtk_until, save_artifact, wait_for_screen, Xvfb,
+};
+use dom0_manager::{
+    DomainAction, ManagerInit, ManagerMsg, ManagerOutput, ManagerWindow, PolicyEditor, PolicyInit,
+    PolicyMsg, PolicyOutput,
+};
+use domaind::testing::{template_cache, DomaindOptions, TestBus, TestDomaind};
+use image::RgbaImage;
+use relm4::gtk::prelude::*;
+use relm4::{Component, ComponentController};
+
+const WAIT: Duration = Duration::from_secs(30);
+const START_WAIT: Duration = Duration::from_secs(120);
+/// Swatch and badge sizes (style.rs).
+const SWATCH: u32 = 24;
+const BADGE: u32 = 14;
+
+const BROKEN: &str = "# my rules\nbulkhead.Filecopy  *  work\nbulkhead.Filecopy  *  personal  vault  allow\nbulkhead.OpenInVM  *  work  @dispvm  perhaps\n";
+const GOOD: &str = "# my rules\nbulkhead.Filecopy  *  personal  vault  allow\n";
+const GOOD2: &str = "# my rules\nbulkhead.Filecopy  *  personal  vault  ask\n";
+
+/// A screenshot that passes `check` (saved as `name`), or panic with the last one saved.
+fn expect_screen(
+    display: &str,
+    name: &str,
+    timeout: Duration,
+    check: impl FnMut(&RgbaImage) -> bool,
+) -> RgbaImage {
+    match wait_for_screen(display, timeout, check) {
+        Ok(img) => {
+            match save_artifact(name, &img) {
+                Ok(p) => println!("screenshot {}", p.display()),
+                Err(e) => println!("screenshot {name} not saved: {e}"),
+            }
+            img
+        }
+        Err(last) => {
+            let p = save_artifact(&format!("{name}-FAILED"), &last);
+            panic!("{name}: the screen never showed what was expected; last screenshot {p:?}");
+        }
+    }
+}
+
+/// The output matching `f` (pumping GTK until it comes), or panic with what came.
+fn wait_output<T: Clone + std::fmt::Debug>(
+    log: &Rc<RefCell<Vec<T>>>,
+    what: &str,
+    f: impl Fn(&T) -> bool,
+) -> T {
+    pump_gtk_until(WAIT, || log.borrow().iter().any(&f));
+    let found = log.borrow().iter().find(|o| f(o)).cloned();
+    found.unwrap_or_else(|| panic!("no output {what}; got {:#?}", log.borrow()))
+}
+
+/// The row of the domain with `label`: y and height of its swatch.
+fn row(img: &RgbaImage, label: Label) -> Option<(u32, u32)> {
+    find_block(img, label.color_rgb(), SWATCH, SWATCH, 2).map(|(_, y)| (y, SWATCH))
+}
+
+/// Whether the row of `label` shows the badge of `state`.
+fn row_state(img: &RgbaImage, label: Label, state: &str) -> bool {
+    let Some((y, h)) = row(img, label) else {
+        return false;
+    };
+    count_color_in(img, (0, y, img.width(), h), state_rgb(state), 2) >= (BADGE * BADGE) as usize
+}
+
+fn copy_shipped_policies(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("policy dir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for e in std::fs::read_dir(&src).expect("policies/").flatten() {
+        if e.path().extension().is_some_and(|x| x == "policy") {
+            std::fs::copy(e.path(), dir.join(e.file_name())).expect("copy policy");
+        }
+    }
+}
+
+fn main() {
+    let xvfb = match Xvfb::start() {
+        Ok(x) => x,
+        Err(e @ dom0_manager::testing::TestingError::XvfbSpawn(_)) => {
+            println!("SKIP look test: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let display = xvfb.display().to_owned();
+    // Before any thread starts.
+    std::env::set_var("DISPLAY", &display);
+    std::env::set_var("GDK_BACKEND", "x11");
+    std::env::set_var("GSK_RENDERER", "cairo");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cache = template_cache();
+    let (bus, d) = rt.block_on(async {
+        let bus = TestBus::start().expect("dbus-daemon");
+        let d = TestDomaind::start(
+            &bus,
+            DomaindOptions {
+                with_guest_tools: cache.is_some(),
+                template_cache: cache.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("domaind");
+        (bus, d)
+    });
+    let (_client_conn, proxy) = rt.block_on(d.client()).expect("client");
+    let policy_dir = d.paths.config_dir.join("policy.d");
+    copy_shipped_policies(&policy_dir);
+    rt.block_on(async {
+        let none = std::collections::HashMap::new;
+        proxy
+            .create("debian-12", "template", "", "yellow", none())
+            .await
+            .expect("create template");
+        proxy
+            .create("personal", "app", "debian-12", "blue", none())
+            .await
+            .expect("create work");
+        proxy
+            .create("vault", "app", "debian-12", "purple", none())
+            .await
+            .expect("create vault");
+    });
+
+    gtk_init();
+    let conn = rt.block_on(d.connect()).expect("manager connection");
+
+    // ---- the manager lists the domains with their label colours and states ----------------
+    let out: Rc<RefCell<Vec<ManagerOutput>>> = Rc::default();
+    let log = out.clone();
+    let mgr = ManagerWindow::builder()
+        .launch(ManagerInit { conn: conn.clone() })
+        .connect_receiver(move |_, o| log.borrow_mut().push(o));
+    mgr.widget().present();
+    wait_output(
+        &out,
+        "Shown with 3 domains",
+        |o| matches!(o, ManagerOutput::Shown(v) if v.len() == 3),
+    );
+    let labels = [Label::Yellow, Label::Blue, Label::Purple];
+    expect_screen(&display, "manager-domains", WAIT, |img| {
+        labels.iter().all(|l| row_state(img, *l, "halted"))
+    });
+
+    // ---- an error is shown, not swallowed -------------------------------------------------
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::Action(DomainAction::Pause, "vault".into()));
+    let err = wait_output(&out, "Error", |o| matches!(o, ManagerOutput::Error(_)));
+    println!("shown error: {err:?}");
+    expect_screen(&display, "manager-error", WAIT, |img| {
+        count_color(img, ERROR_BAR_RGB, 2) > 2000
+    });
+    mgr.emit(ManagerMsg::DismissError);
+
+    // ---- starting a domain changes its shown state ------------------------------------------
+    if cache.is_some() {
+        out.borrow_mut().clear();
+        mgr.emit(ManagerMsg::Select(Some("personal".into())));
+        mgr.emit(ManagerMsg::Action(DomainAction::Start, "personal".into()));
+        expect_screen(&display, "manager-running", START_WAIT, |img| {
+            row_state(img, Label::Blue, "running") && row_state(img, Label::Purple, "halted")
+        });
+        let errors: Vec<_> = out
+            .borrow()
+            .iter()
+            .filter(|o| matches!(o, ManagerOutput::Error(_)))
+            .cloned()
+            .collect();
+        assert!(errors.is_empty(), "errors while starting: {errors:?}");
+        let state = rt
+            .block_on(proxy.list())
+            .expect("list")
+            .into_iter()
+            .find(|d| d.name == "personal")
+            .map(|d| d.state);
+        assert_eq!(state.as_deref(), Some("running"));
+        // let the usage poll show memory once, for the screenshot
+        pump_gtk_until(Duration::from_secs(3), || false);
+        if let Ok(img) = dom0_manager::testing::screenshot(&display) {
+            let _ = save_artifact("manager-running-usage", &img);
+        }
+        mgr.emit(ManagerMsg::Action(DomainAction::Kill, "personal".into()));
+        expect_screen(&display, "manager-killed", START_WAIT, |img| {
+            row_state(img, Label::Blue, "halted")
+        });
+    } else {
+        println!("SKIP starting a domain: no template cache");
+    }
+
+    // ---- the create form validates as you type ----------------------------------------------
+    let form = |name: &str| CreateForm {
+        name: name.into(),
+        class: "app".into(),
+        template: "debian-12".into(),
+        label: "red".into(),
+    };
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::SetCreateForm(form("1mail")));
+    let v = wait_output(&out, "CreateValidation(Some)", |o| {
+        matches!(o, ManagerOutput::CreateValidation(Some(_)))
+    });
+    assert!(
+        format!("{v:?}").contains("must start with a letter"),
+        "{v:?}"
+    );
+    expect_screen(&display, "manager-create-invalid", WAIT, |img| {
+        count_color(img, VALIDATION_RGB, 2) > 1000
+    });
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::SetCreateForm(form("mail")));
+    wait_output(&out, "CreateValidation(None)", |o| {
+        matches!(o, ManagerOutput::CreateValidation(None))
+    });
+    expect_screen(&display, "manager-create-valid", WAIT, |img| {
+        count_color(img, VALIDATION_RGB, 2) == 0
+    });
+    mgr.emit(ManagerMsg::Create);
+    wait_output(
+        &out,
+        "Shown with mail",
+        |o| matches!(o, ManagerOutput::Shown(v) if v.iter().any(|(n, _)| n == "mail")),
+    );
+    expect_screen(&display, "manager-created", WAIT, |img| {
+        row_state(img, Label::Red, "halted")
+    });
+    let mail = rt
+        .block_on(proxy.get_properties("mail"))
+        .expect("mail exists in domaind");
+    assert_eq!(mail["label"], "red");
+
+    // ---- the policy editor: errors at file:line as you type, atomic save, simple view --------
+    mgr.widget().set_visible(false);
+    let pout: Rc<RefCell<Vec<PolicyOutput>>> = Rc::default();
+    let log = pout.clone();
+    let pol = PolicyEditor::builder()
+        .launch(PolicyInit { conn: conn.clone() })
+        .connect_receiver(move |_, o| log.borrow_mut().push(o));
+    pol.widget().present();
+    wait_output(
+        &pout,
+        "Files",
+        |o| matches!(o, PolicyOutput::Files(f) if f.iter().any(|n| n == "90-default.policy")),
+    );
+    let user_file = policy_dir.join("30-user.policy");
+
+    pout.borrow_mut().clear();
+    pol.emit(PolicyMsg::NewFile("30-user.policy".into()));
+    pol.emit(PolicyMsg::SetText(BROKEN.into()));
+    let checked = wait_output(
+        &pout,
+        "Checked with errors",
+        |o| matches!(o, PolicyOutput::Checked(e) if !e.is_empty()),
+    );
+    let PolicyOutput::Checked(errors) = checked else {
+        unreachable!()
+    };
+    assert!(
+        errors.iter().any(|e| e.starts_with("30-user.policy:2:")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("30-user.policy:4:")),
+        "{errors:?}"
+    );
+    assert!(
+        !errors.iter().any(|e| e.starts_with("30-user.policy:3:")),
+        "{errors:?}"
+    );
+    expect_screen(&display, "policy-errors", WAIT, |img| {
+        // two highlighted lines and the error list
+        count_color(img, POLICY_ERROR_LINE_RGB, 2) > 2000
+            && count_color(img, VALIDATION_RGB, 2) > 1000
+    });
+
+    // domaind refuses to write it; the refusal is shown
+    pout.borrow_mut().clear();
+    pol.emit(PolicyMsg::Save);
+    let refused = wait_output(&pout, "Error", |o| matches!(o, PolicyOutput::Error(_)));
+    assert!(
+        format!("{refused:?}").contains("30-user.policy:2:"),
+        "{refused:?}"
+    );
+    assert!(!user_file.exists(), "a policy with errors was written");
+    expect_screen(&display, "policy-refused", WAIT, |img| {
+        count_color(img, ERROR_BAR_RGB, 2) > 2000
+    });
+    pol.emit(PolicyMsg::DismissError);
+
+    // fixed text: no errors shown, saved to disk
+    type_and_save(&pol, &pout, GOOD);
+    assert_eq!(std::fs::read_to_string(&user_file).expect("saved"), GOOD);
+    expect_screen(&display, "policy-saved", WAIT, |img| {
+        count_color(img, POLICY_ERROR_LINE_RGB, 2) == 0 && count_color(img, ERROR_BAR_RGB, 2) == 0
+    });
+
+    // saving again replaces the file by a rename (a new inode), leaving no temporary file
+    let ino = std::fs::metadata(&user_file).expect("meta").ino();
+    type_and_save(&pol, &pout, GOOD2);
+    assert_eq!(std::fs::read_to_string(&user_file).expect("saved"), GOOD2);
+    assert_ne!(std::fs::metadata(&user_file).expect("meta").ino(), ino);
+    let strays: Vec<_> = std::fs::read_dir(&policy_dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".policy"))
+        .collect();
+    assert!(strays.is_empty(), "left in policy.d: {strays:?}");
+
+    // the simple view writes the ordinary file, and domaind decides by it
+    assert!(rt
+        .block_on(proxy.evaluate_paste("personal", "vault"))
+        .expect("paste"));
+    pout.borrow_mut().clear();
+    pol.emit(PolicyMsg::SimpleAdd {
+        kind: Kind::Paste,
+        rule: SimpleRule {
+            source: "personal".into(),
+            target: "vault".into(),
+            action: "deny".into(),
+        },
+    });
+    wait_output(
+        &pout,
+        "Saved clipboard file",
+        |o| matches!(o, PolicyOutput::Saved(n) if n == Kind::Paste.file()),
+    );
+    let text = std::fs::read_to_string(policy_dir.join(Kind::Paste.file())).expect("read");
+    let deny = text.find("personal").expect("rule written");
+    let shipped = text.find("@adminvm").expect("shipped rule kept");
+    assert!(deny < shipped, "{text}");
+    assert!(!rt
+        .block_on(proxy.evaluate_paste("personal", "vault"))
+        .expect("paste"));
+    assert!(rt
+        .block_on(proxy.evaluate_paste("vault", "personal"))
+        .expect("paste"));
+    pump_gtk_until(Duration::from_millis(500), || false);
+    if let Ok(img) = dom0_manager::testing::screenshot(&display) {
+        let _ = save_artifact("policy-simple", &img);
+    }
+
+    drop(pol);
+    drop(mgr);
+    drop(d);
+    drop(bus);
+    drop(rt);
+    drop(xvfb);
+    println!("look test ok");
+}
+
+/// Type `text` into the open file, wait until it checks clean, save, wait until saved.
+fn type_and_save(
+    pol: &relm4::Controller<PolicyEditor>,
+    pout: &Rc<RefCell<Vec<PolicyOutput>>>,
+    text: &str,
+) {
+    pout.borrow_mut().clear();
+    pol.emit(PolicyMsg::SetText(text.into()));
+    wait_output(
+        pout,
+        "Checked without errors",
+        |o| matches!(o, PolicyOutput::Checked(e) if e.is_empty()),
+    );
+    pol.emit(PolicyMsg::Save);
+    wait_output(
+        pout,
+        "Saved",
+        |o| matches!(o, PolicyOutput::Saved(n) if n == "30-user.policy"),
+    );
+}
+
+fn gtk_init() {
+    relm4::gtk::init().expect("gtk init on Xvfb");
+}
