@@ -18,7 +18,7 @@ pub mod widgets;
 pub mod window;
 
 pub use policy::{PolicyEditor, PolicyInit, PolicyMsg, PolicyOutput};
-pub use window::{DomainAction, ManagerInit, ManagerMsg, ManagerOutput, ManagerWindow};
+pub use window::{DomainAction, ManagerInit, ManagerMsg, ManagerOutput, ManagerTab, ManagerWindow};
 
 #[cfg(feature = "testing")]
 pub mod testing;

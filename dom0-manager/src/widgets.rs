@@ -39,14 +39,15 @@ pub struct ErrorBar {
 impl ErrorBar {
     /// A hidden error bar; `on_dismiss` runs when its button is clicked.
     pub fn new(on_dismiss: impl Fn() + 'static) -> Self {
-        let bar = gtk::Box::new(gtk::Orientation::Horizontal, 6);
+        // vertical: a wrapping label beside a button confuses GTK's height-for-width
+        let bar = gtk::Box::new(gtk::Orientation::Vertical, 4);
         bar.add_css_class("error-bar");
         let label = gtk::Label::new(None);
         label.set_wrap(true);
         label.set_xalign(0.0);
-        label.set_hexpand(true);
         label.set_selectable(true);
         let dismiss = gtk::Button::with_label("Dismiss");
+        dismiss.set_halign(gtk::Align::End);
         dismiss.connect_clicked(move |_| on_dismiss());
         bar.append(&label);
         bar.append(&dismiss);

@@ -119,6 +119,28 @@ pub enum ManagerMsg {
     DismissError,
     /// Open (or raise) the policy editor.
     OpenPolicyEditor,
+    /// Show one of the tabs on the right.
+    ShowTab(ManagerTab),
+}
+
+/// The tabs on the right of the manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagerTab {
+    Settings,
+    Applications,
+    Create,
+    Clone,
+}
+
+impl ManagerTab {
+    fn page(self) -> u32 {
+        match self {
+            ManagerTab::Settings => 0,
+            ManagerTab::Applications => 1,
+            ManagerTab::Create => 2,
+            ManagerTab::Clone => 3,
+        }
+    }
 }
 
 /// What the window reports to its owner (dom0-ui, tests).
@@ -132,6 +154,10 @@ pub enum ManagerOutput {
     Done(String),
     /// The create form's validation result (`None` = valid).
     CreateValidation(Option<String>),
+    /// Start progress shown: (domain, step, done, total).
+    Progress(String, String, u32, u32),
+    /// The applications tab lists these desktop ids of the domain.
+    Applications(String, Vec<String>),
 }
 
 /// Results of background D-Bus work.
@@ -226,8 +252,6 @@ pub struct ManagerWidgets {
 }
 
 const NONE_ENTRY: &str = "(none)";
-const TAB_CREATE: u32 = 2;
-const TAB_CLONE: u32 = 3;
 
 fn strings(items: &[&str]) -> gtk::DropDown {
     gtk::DropDown::from_strings(items)
@@ -587,6 +611,8 @@ impl ManagerWindow {
             hb.append(&disp);
             w.apps.append(&hb);
         }
+        let ids = apps.iter().map(|(id, _, _)| id.clone()).collect();
+        let _ = sender.output(ManagerOutput::Applications(domain.to_owned(), ids));
     }
 
     fn poll_usage(&self, sender: &ComponentSender<Self>) {
@@ -953,7 +979,7 @@ impl Component for ManagerWindow {
                 });
             }
             ManagerMsg::SetCreateForm(f) => {
-                w.tabs.set_current_page(Some(TAB_CREATE));
+                w.tabs.set_current_page(Some(ManagerTab::Create.page()));
                 w.create.name.set_text(&f.name);
                 dropdown_select(&w.create.class, &f.class);
                 dropdown_select(
@@ -984,7 +1010,7 @@ impl Component for ManagerWindow {
                 });
             }
             ManagerMsg::SetCloneName(n) => {
-                w.tabs.set_current_page(Some(TAB_CLONE));
+                w.tabs.set_current_page(Some(ManagerTab::Clone.page()));
                 w.clone.name.set_text(&n);
                 self.validate_clone(w);
             }
@@ -1053,6 +1079,7 @@ impl Component for ManagerWindow {
                 });
             }
             ManagerMsg::DismissError => w.errors.hide(),
+            ManagerMsg::ShowTab(t) => w.tabs.set_current_page(Some(t.page())),
             ManagerMsg::OpenPolicyEditor => match &self.policy {
                 Some(c) => c.widget().present(),
                 None => {
@@ -1152,6 +1179,7 @@ impl Component for ManagerWindow {
                 w.progress
                     .set_text(Some(&format!("{name}: {step} ({done}/{total})")));
                 w.progress.set_visible(done < total || total == 0);
+                let _ = sender.output(ManagerOutput::Progress(name, step, done, total));
             }
             ManagerCmd::Props(name, r) => {
                 if self.selected.as_deref() != Some(name.as_str()) {

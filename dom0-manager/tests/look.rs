@@ -6,6 +6,7 @@
 //! what every button and field sends), the same way a click does; results come back as
 //! their outputs. Screenshots go to the artefacts dir (`target/test-artifacts/` or
 //! `$BULKHEAD_TEST_ARTIFACTS`): manager-domains.png, manager-running.png,
+//! manager-running-usage.png, manager-applications.png,
 //! manager-create-invalid.png, manager-created.png, manager-error.png, policy-errors.png,
 //! policy-refused.png, policy-saved.png, policy-simple.png.
 //!
@@ -28,8 +29,8 @@ use dom0_manager::testing::{
     count_color, count_color_in, find_block, pump_gtk_until, save_artifact, wait_for_screen, Xvfb,
 };
 use dom0_manager::{
-    DomainAction, ManagerInit, ManagerMsg, ManagerOutput, ManagerWindow, PolicyEditor, PolicyInit,
-    PolicyMsg, PolicyOutput,
+    DomainAction, ManagerInit, ManagerMsg, ManagerOutput, ManagerTab, ManagerWindow, PolicyEditor,
+    PolicyInit, PolicyMsg, PolicyOutput,
 };
 use domaind::testing::{template_cache, DomaindOptions, TestBus, TestDomaind};
 use image::RgbaImage;
@@ -201,6 +202,12 @@ fn main() {
             .cloned()
             .collect();
         assert!(errors.is_empty(), "errors while starting: {errors:?}");
+        // the start's Progress signals reached the progress bar
+        wait_output(
+            &out,
+            "Progress of personal",
+            |o| matches!(o, ManagerOutput::Progress(n, _, _, _) if n == "personal"),
+        );
         let state = rt
             .block_on(proxy.list())
             .expect("list")
@@ -213,6 +220,35 @@ fn main() {
         if let Ok(img) = dom0_manager::testing::screenshot(&display) {
             let _ = save_artifact("manager-running-usage", &img);
         }
+        // its application menu (the template's desktop files) and a launch from it
+        out.borrow_mut().clear();
+        mgr.emit(ManagerMsg::ShowTab(ManagerTab::Applications));
+        mgr.emit(ManagerMsg::Select(Some("personal".into())));
+        let apps = wait_output(
+            &out,
+            "Applications of personal",
+            |o| matches!(o, ManagerOutput::Applications(n, _) if n == "personal"),
+        );
+        println!("applications: {apps:?}");
+        if let ManagerOutput::Applications(_, ids) = &apps {
+            if let Some(id) = ids.first() {
+                pump_gtk_until(Duration::from_millis(500), || false);
+                if let Ok(img) = dom0_manager::testing::screenshot(&display) {
+                    let _ = save_artifact("manager-applications", &img);
+                }
+                mgr.emit(ManagerMsg::Launch {
+                    domain: "personal".into(),
+                    desktop_id: id.clone(),
+                    disposable: false,
+                });
+                let done = wait_output(&out, "launch done or error", |o| {
+                    matches!(o, ManagerOutput::Done(w) if w.contains(id.as_str()))
+                        || matches!(o, ManagerOutput::Error(_))
+                });
+                assert!(matches!(done, ManagerOutput::Done(_)), "{done:?}");
+            }
+        }
+        mgr.emit(ManagerMsg::ShowTab(ManagerTab::Settings));
         mgr.emit(ManagerMsg::Action(DomainAction::Kill, "personal".into()));
         expect_screen(&display, "manager-killed", START_WAIT, |img| {
             row_state(img, Label::Blue, "halted")
