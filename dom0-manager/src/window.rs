@@ -106,6 +106,9 @@ pub enum ManagerMsg {
     CloneChanged,
     /// Clone the selected domain under the name in the clone form.
     Clone,
+    /// Show the settings form with these (property, value) pairs filled in (label, netvm,
+    /// memory, vcpus, isolation, default_dispvm; "" = none), not saved yet.
+    SetSettings(Vec<(String, String)>),
     /// Save the settings form of the selected domain (changed values only).
     ApplySettings,
     /// Start an application: in `domain`, or in a new disposable of the domain's
@@ -158,6 +161,8 @@ pub enum ManagerOutput {
     Progress(String, String, u32, u32),
     /// The applications tab lists these desktop ids of the domain.
     Applications(String, Vec<String>),
+    /// The settings form shows the domain's current settings.
+    SettingsLoaded(String),
 }
 
 /// Results of background D-Bus work.
@@ -1029,6 +1034,36 @@ impl Component for ManagerWindow {
                     proxy(&conn).await?.clone_domain(&source, &dest).await
                 });
             }
+            ManagerMsg::SetSettings(values) => {
+                w.tabs.set_current_page(Some(ManagerTab::Settings.page()));
+                let or_none = |v: &str| {
+                    if v.is_empty() {
+                        NONE_ENTRY.to_owned()
+                    } else {
+                        v.to_owned()
+                    }
+                };
+                for (k, v) in values {
+                    match k.as_str() {
+                        "label" => dropdown_select(&w.settings.label, &v),
+                        "netvm" => dropdown_select(&w.settings.netvm, &or_none(&v)),
+                        "default_dispvm" => dropdown_select(&w.settings.dispvm, &or_none(&v)),
+                        "isolation" => dropdown_select(&w.settings.isolation, &v),
+                        "memory" | "vcpus" => match v.parse::<f64>() {
+                            Ok(n) if k == "memory" => w.settings.memory.set_value(n),
+                            Ok(n) => w.settings.vcpus.set_value(n),
+                            Err(_) => {
+                                self.show_error(w, &sender, format!("{k}: '{v}' is not a number"))
+                            }
+                        },
+                        other => self.show_error(
+                            w,
+                            &sender,
+                            format!("the settings form has no field '{other}'"),
+                        ),
+                    }
+                }
+            }
             ManagerMsg::ApplySettings => {
                 let Some(name) = self.selected.clone() else {
                     return;
@@ -1189,6 +1224,7 @@ impl Component for ManagerWindow {
                     Ok(p) => {
                         self.props = p;
                         self.fill_settings(w);
+                        let _ = sender.output(ManagerOutput::SettingsLoaded(name));
                     }
                     Err(e) => self.show_error(w, &sender, e),
                 }

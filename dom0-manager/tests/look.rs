@@ -7,7 +7,8 @@
 //! their outputs. Screenshots go to the artefacts dir (`target/test-artifacts/` or
 //! `$BULKHEAD_TEST_ARTIFACTS`): manager-domains.png, manager-running.png,
 //! manager-running-usage.png, manager-applications.png,
-//! manager-create-invalid.png, manager-created.png, manager-error.png, policy-errors.png,
+//! manager-settings.png, manager-create-invalid.png, manager-created.png, manager-error.png,
+//! policy-errors.png,
 //! policy-refused.png, policy-saved.png, policy-simple.png.
 //!
 //! Starting a domain needs the debian-12 template (`$BULKHEAD_TEST_TEMPLATE_CACHE`, see
@@ -256,6 +257,35 @@ fn main() {
     } else {
         println!("SKIP starting a domain: no template cache");
     }
+
+    // ---- settings: a new label and memory are saved and shown -------------------------------
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::Select(Some("vault".into())));
+    // the form is filled from domaind's answer first; then our values go in
+    wait_output(
+        &out,
+        "settings of vault",
+        |o| matches!(o, ManagerOutput::SettingsLoaded(n) if n == "vault"),
+    );
+    mgr.emit(ManagerMsg::SetSettings(vec![
+        ("label".into(), "green".into()),
+        ("memory".into(), "600".into()),
+    ]));
+    mgr.emit(ManagerMsg::ApplySettings);
+    wait_output(
+        &out,
+        "settings saved",
+        |o| matches!(o, ManagerOutput::Done(w) if w.starts_with("set ") && w.ends_with("of vault")),
+    );
+    let vault = rt.block_on(proxy.get_properties("vault")).expect("vault");
+    assert_eq!(
+        (vault["label"].as_str(), vault["memory"].as_str()),
+        ("green", "600")
+    );
+    expect_screen(&display, "manager-settings", WAIT, |img| {
+        row_state(img, Label::Green, "halted")
+            && find_block(img, Label::Purple.color_rgb(), SWATCH, SWATCH, 2).is_none()
+    });
 
     // ---- the create form validates as you type ----------------------------------------------
     let form = |name: &str| CreateForm {
