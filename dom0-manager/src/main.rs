@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 
-use dom0_manager::{ManagerInit, ManagerWindow};
+use dom0_manager::{ManagerInit, ManagerWindow, PolicyEditor, PolicyInit};
 
 /// The Bulkhead domain manager.
 #[derive(Parser, Debug)]
@@ -13,6 +13,9 @@ struct Args {
     /// system bus).
     #[arg(long)]
     bus_address: Option<String>,
+    /// Open the policy editor instead of the domain list.
+    #[arg(long)]
+    policy: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,8 +33,15 @@ fn main() -> anyhow::Result<()> {
     let conn = rt
         .block_on(domaind::api::connect(args.bus_address.as_deref()))
         .context("cannot connect to the bus domaind serves on")?;
-    let app = relm4::RelmApp::new("org.bulkhead.Manager").with_args(Vec::new());
-    app.run::<ManagerWindow>(ManagerInit { conn });
+    if args.policy {
+        relm4::RelmApp::new("org.bulkhead.PolicyEditor")
+            .with_args(Vec::new())
+            .run::<PolicyEditor>(PolicyInit { conn });
+    } else {
+        relm4::RelmApp::new("org.bulkhead.Manager")
+            .with_args(Vec::new())
+            .run::<ManagerWindow>(ManagerInit { conn });
+    }
     drop(rt);
     Ok(())
 }
