@@ -328,6 +328,34 @@ fn main() {
         .expect("mail exists in domaind");
     assert_eq!(mail["label"], "red");
 
+    // ---- clone and remove ----------------------------------------------------------------
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::Select(Some("mail".into())));
+    mgr.emit(ManagerMsg::SetCloneName("mail2".into()));
+    mgr.emit(ManagerMsg::Clone);
+    wait_output(
+        &out,
+        "Shown with mail2",
+        |o| matches!(o, ManagerOutput::Shown(v) if v.iter().any(|(n, _)| n == "mail2")),
+    );
+    assert_eq!(
+        rt.block_on(proxy.get_properties("mail2")).expect("mail2")["label"],
+        "red"
+    );
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::Action(DomainAction::Remove, "mail2".into()));
+    wait_output(
+        &out,
+        "remove done",
+        |o| matches!(o, ManagerOutput::Done(w) if w == "remove mail2"),
+    );
+    wait_output(
+        &out,
+        "Shown without mail2",
+        |o| matches!(o, ManagerOutput::Shown(v) if v.iter().all(|(n, _)| n != "mail2")),
+    );
+    assert!(rt.block_on(proxy.get_properties("mail2")).is_err());
+
     // ---- the policy editor: errors at file:line as you type, atomic save, simple view --------
     mgr.widget().set_visible(false);
     let pout: Rc<RefCell<Vec<PolicyOutput>>> = Rc::default();
