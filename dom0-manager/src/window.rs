@@ -502,6 +502,7 @@ impl ManagerWindow {
         dropdown_select(&w.settings.netvm, &keep_netvm);
         dropdown_select(&w.settings.dispvm, &keep_dispvm);
         let keep_template = dropdown_text(&w.create.template);
+        let first_fill = w.create.template_model.n_items() <= 1;
         let mut templates = vec![NONE_ENTRY.to_owned()];
         templates.extend(
             self.domains
@@ -510,7 +511,7 @@ impl ManagerWindow {
                 .map(|d| d.name.clone()),
         );
         set_strings(&w.create.template_model, &templates);
-        if keep_template.is_empty() || keep_template == NONE_ENTRY {
+        if first_fill {
             // a new form: the first template is the likely choice
             w.create
                 .template
