@@ -81,6 +81,25 @@ pub enum Command {
     Policy(PolicyCommand),
     /// A domain's firewall (applied in its netvm at once), in Qubes' rule format.
     Firewall(FirewallArgs),
+    /// USB devices held by the usb domain: list them, attach one to a domain, detach it.
+    #[command(subcommand)]
+    Usb(UsbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsbCommand {
+    /// The usb domain's devices: bus id, vendor:product, manufacturer, product, serial, class
+    /// (and where each is attached). Says so when the kernel lacks USB/IP.
+    List {
+        /// Print JSON (an array of objects) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach device BUSID to DOMAIN (`dom0` for a keyboard or mouse). The policy decides
+    /// (service bulkhead.usb.Attach+BUSID from DOMAIN to the usb domain); exit 7 when refused.
+    Attach { busid: String, domain: String },
+    /// Give device BUSID back to the usb domain.
+    Detach { busid: String },
 }
 
 #[derive(Debug, Args)]

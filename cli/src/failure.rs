@@ -92,7 +92,7 @@ impl From<domaind::api::Error> for Failure {
             E::ZBus(inner) => return Failure::from(clone_zbus(inner)),
             E::NoSuchDomain(_) => Code::NoSuchDomain,
             E::AlreadyExists(_) => Code::AlreadyExists,
-            E::InvalidName(_) | E::InvalidProperty(_) => Code::InvalidInput,
+            E::InvalidName(_) | E::InvalidProperty(_) | E::InvalidArgument(_) => Code::InvalidInput,
             E::InvalidState(_) => Code::InvalidState,
             E::TemplateMissing(_) => Code::TemplateMissing,
             E::AccessDenied(_) => Code::AccessDenied,

@@ -5,6 +5,7 @@ mod cli;
 mod failure;
 mod progress;
 mod terminal;
+mod usb;
 
 use clap::Parser;
 use cli::{
@@ -107,6 +108,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Log { name } => log(&proxy, &name).await?,
         Command::Template(TemplateCommand::Build { name }) => template_build(&proxy, &name).await?,
         Command::Firewall(args) => firewall(&proxy, args).await?,
+        Command::Usb(cmd) => usb::usb(&proxy, cmd).await?,
         Command::Run(_) | Command::Policy(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

@@ -281,6 +281,24 @@ pub trait Domaind1 {
     /// domain's cgroup; (0, 0) when it is not running.
     fn get_usage(&self, domain: &str) -> Result<(u64, u64), Error>;
 
+    /// `UsbList() -> a(ssssss)`: the usb domain's devices as (busid, `vendor:product`,
+    /// manufacturer, product, serial, class); the class reads e.g. `keyboard`, `mouse`,
+    /// `hid`, `mass-storage`, `class 0xNN`, with `, attached to DOMAIN` when attached.
+    fn usb_list(&self) -> Result<Vec<(String, String, String, String, String, String)>, Error>;
+
+    /// `UsbAttach(busid s, domain s)`: the policy-checked call `bulkhead.usb.Attach+BUSID`
+    /// from `domain` (`dom0` = `@adminvm`, input devices only) to the usb domain.
+    /// `AccessDenied` when refused; `Backend` when the kernel lacks USB/IP (the message says
+    /// what is missing).
+    fn usb_attach(&self, busid: &str, domain: &str) -> Result<(), Error>;
+
+    /// `UsbDetach(busid s)`: give an attached device back to the usb domain.
+    fn usb_detach(&self, busid: &str) -> Result<(), Error>;
+
+    /// `UsbStatus() -> s`: "" when USB/IP can be used here, else a plain sentence on what
+    /// the kernel lacks and what to do.
+    fn usb_status(&self) -> Result<String, Error>;
+
     #[zbus(signal)]
     fn state_changed(&self, name: String, state: String) -> zbus::Result<()>;
 

@@ -42,6 +42,10 @@ pub struct DaemonConfig {
     pub pool_memory_margin_mib: u64,
     /// `[net]` of `domaind.toml`: the net domain's uplink.
     pub net: NetConfig,
+    /// The sysfs tree the USB inventory is read from (`/sys`; a recorded tree in tests).
+    pub usb_sysfs_root: PathBuf,
+    /// The service domain that holds the USB devices (target of `bulkhead.usb.Attach`).
+    pub usb_domain: String,
 }
 
 /// Find the VM monitor: `$BULKHEAD_LIBEXEC_DIR/bulkhead-vmm`, else next to our executable.

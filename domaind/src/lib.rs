@@ -11,7 +11,7 @@
 //! - [`calls`]: inter-domain calls (policy, ask agent, relaying a caller to a service).
 //! - [`instance`]: the recovery record; [`stdio`]: caller fds as async streams;
 //!   [`fsutil`]: volume copies and log tails; [`tmpl`]: template store adapter;
-//!   [`slots`]: host-wide uid slot claims.
+//!   [`slots`]: host-wide uid slot claims; [`usb`]: the usb domain's devices and attaches.
 //! - `testing` (feature `testing`): private dbus-daemon + real domaind for integration tests.
 
 pub mod access;
@@ -29,6 +29,7 @@ pub mod slots;
 pub mod state;
 pub mod stdio;
 pub mod tmpl;
+pub mod usb;
 pub mod vm;
 
 #[cfg(feature = "testing")]

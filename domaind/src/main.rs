@@ -53,6 +53,12 @@ struct Args {
     /// member's memory stays at or above this many MiB.
     #[arg(long, env = domaind::config::ENV_POOL_MEMORY_MARGIN, default_value_t = domaind::config::DEFAULT_POOL_MEMORY_MARGIN_MIB)]
     pool_memory_margin_mib: u64,
+    /// The sysfs tree USB devices are listed from (tests point it at recorded trees).
+    #[arg(long, env = "BULKHEAD_USB_SYSFS_ROOT", default_value = "/sys")]
+    usb_sysfs_root: PathBuf,
+    /// The service domain that holds the USB devices.
+    #[arg(long, env = "BULKHEAD_USB_DOMAIN", default_value = bulkhead_usb::DEFAULT_USB_DOMAIN)]
+    usb_domain: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +95,8 @@ fn main() -> anyhow::Result<()> {
         allow_software_kvm: args.allow_software_kvm,
         pool_memory_margin_mib: args.pool_memory_margin_mib,
         net: file.net,
+        usb_sysfs_root: args.usb_sysfs_root,
+        usb_domain: args.usb_domain,
     };
     let bus = if args.system {
         None

@@ -194,6 +194,8 @@ pub struct Manager {
     pool: pool::Pool,
     /// Netvm links, uplink, firewall (see [`netvm`]).
     net: netvm::Net,
+    /// USB attachments (see [`crate::usb`]).
+    usb: crate::usb::UsbState,
 }
 
 impl Manager {
@@ -208,6 +210,7 @@ impl Manager {
         Arc::new(Self {
             calls,
             pool: pool::Pool::new(cfg.pool_memory_margin_mib),
+            usb: crate::usb::UsbState::default(),
             cfg,
             store,
             config_lock: AsyncMutex::new(()),
@@ -238,6 +241,10 @@ impl Manager {
 
     pub(crate) fn store(&self) -> &DomainStore {
         &self.store
+    }
+
+    pub(crate) fn usb_state(&self) -> &crate::usb::UsbState {
+        &self.usb
     }
 
     // ----- small helpers -------------------------------------------------------------------

@@ -474,6 +474,45 @@ impl Service {
         self.mgr.usage(&domain)
     }
 
+    async fn usb_list(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Vec<crate::usb::UsbRow>, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.usb_list().await
+    }
+
+    async fn usb_attach(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        busid: String,
+        domain: String,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.usb_attach(&busid, &domain).await
+    }
+
+    async fn usb_detach(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        busid: String,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.usb_detach(&busid).await
+    }
+
+    async fn usb_status(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<String, Error> {
+        self.enter(conn, &hdr).await?;
+        Ok(self.mgr.usb_status())
+    }
+
     #[zbus(signal)]
     async fn state_changed(
         emitter: &SignalEmitter<'_>,
