@@ -314,6 +314,14 @@ async fn pool_fills_body() {
     let three = e.wait_members(3).await;
     assert!(three.contains(&one[0]));
 
+    // a template with a pool cannot be removed; the error says what to do
+    match e.p.remove(&e.dvm).await {
+        Err(domaind::api::Error::InvalidState(m)) => {
+            assert!(m.contains("dispvm_pool_size 0"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+
     // back to 0: every member goes, requests are cold again, and the template can go
     e.set_size(0).await;
     assert!(e.members().await.is_empty());
