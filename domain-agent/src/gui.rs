@@ -106,10 +106,40 @@ pub fn spawn_gui_agent(bin: &Path) -> Result<Option<Pid>, GuiStartError> {
     Ok(Some(pid))
 }
 
+/// Connects to the gui-agent's socket with the file-system identity (fsuid/fsgid) of the
+/// owner of the socket's directory, the default user. In a sandbox domain the agent is a root
+/// without CAP_DAC_OVERRIDE and the runtime dir is the user's, mode 0700, so root itself may
+/// not even look inside; the user may. setfsuid/setfsgid change only the calling thread, so
+/// the connect runs on a thread of its own that ends with it (no other task ever runs with
+/// the changed identity, and nothing has to be switched back).
+async fn connect_as_dir_owner(socket: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let md = std::fs::metadata(dir)?;
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(md.uid()),
+        nix::unistd::Gid::from_raw(md.gid()),
+    );
+    let path = socket.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gui-connect".into())
+        .spawn(move || {
+            // the group first, while the thread still has root's identity
+            nix::unistd::setfsgid(gid);
+            nix::unistd::setfsuid(uid);
+            let _ = tx.send(std::os::unix::net::UnixStream::connect(&path));
+        })?;
+    let std = rx
+        .await
+        .map_err(|_| std::io::Error::other("the GUI connect thread ended without an answer"))??;
+    std.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(std)
+}
+
 /// Serves one GUI stream from domaind: connects to the gui-agent's socket and relays bytes
 /// both ways until either side closes. Without a gui-agent the stream is reset with a reason.
 pub async fn serve_stream(stream: Stream, socket: &Path) {
-    let io = match tokio::net::UnixStream::connect(socket).await {
+    let io = match connect_as_dir_owner(socket).await {
         Ok(io) => io,
         Err(e) => {
             tracing::warn!(socket = %socket.display(), error = %e, "GUI stream refused: no gui-agent");

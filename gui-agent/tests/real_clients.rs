@@ -121,43 +121,12 @@ fn weston_simple_shm_window_and_pixels() {
     });
 }
 
-/// XKB keycodes (evdev + 8) of the characters the typing test needs, US layout.
+/// The XKB keycode of an unshifted character on a US keyboard (the agent's default keymap).
 fn xkb_key(c: char) -> u32 {
-    let evdev = match c {
-        'a' => 30,
-        'b' => 48,
-        'c' => 46,
-        'd' => 32,
-        'e' => 18,
-        'f' => 33,
-        'g' => 34,
-        'h' => 35,
-        'i' => 23,
-        'j' => 36,
-        'k' => 37,
-        'l' => 38,
-        'm' => 50,
-        'n' => 49,
-        'o' => 24,
-        'p' => 25,
-        'q' => 16,
-        'r' => 19,
-        's' => 31,
-        't' => 20,
-        'u' => 22,
-        'v' => 47,
-        'w' => 17,
-        'x' => 45,
-        'y' => 21,
-        'z' => 44,
-        ' ' => 57,
-        '\n' => 28,
-        '.' => 52,
-        '/' => 53,
-        '-' => 12,
-        other => panic!("no key for {other:?}"),
-    };
-    evdev + 8
+    match bulkhead_gui_host::headless::us_key(c) {
+        Some((keycode, false)) => keycode,
+        _ => panic!("no unshifted key for {c:?}"),
+    }
 }
 
 fn type_text(dom0: &mut Dom0, window: u32, text: &str) {

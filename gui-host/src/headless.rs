@@ -39,6 +39,40 @@ pub enum ReceiverError {
     /// Waiting ran out of time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// [`Receiver::type_text`] has no key for this character on a US keyboard.
+    #[error("no key for {0:?} on a US keyboard")]
+    Untypable(char),
+}
+
+/// Rows of a US keyboard: (evdev code of the first key, characters unshifted, shifted).
+const US_ROWS: [(u32, &str, &str); 5] = [
+    (2, "1234567890-=", "!@#$%^&*()_+"),
+    (16, "qwertyuiop[]", "QWERTYUIOP{}"),
+    (30, "asdfghjkl;'`", "ASDFGHJKL:\"~"),
+    (43, "\\zxcvbnm,./", "|ZXCVBNM<>?"),
+    (57, " ", " "),
+];
+/// evdev KEY_LEFTSHIFT.
+const EVDEV_LEFTSHIFT: u32 = 42;
+/// XKB keycodes are evdev codes + 8.
+const XKB_OFFSET: u32 = 8;
+
+/// The XKB keycode (evdev + 8) of `c` on a US keyboard (the agent's default keymap) and
+/// whether Shift must be held; `None` for characters without a key (Enter is `'\n'`, Tab
+/// `'\t'`).
+pub fn us_key(c: char) -> Option<(u32, bool)> {
+    let evdev = match c {
+        '\n' => return Some((28 + XKB_OFFSET, false)),
+        '\t' => return Some((15 + XKB_OFFSET, false)),
+        _ => US_ROWS.iter().find_map(|(first, plain, shifted)| {
+            let pos = |row: &str| row.chars().position(|k| k == c);
+            pos(plain)
+                .map(|i| (i, false))
+                .or_else(|| pos(shifted).map(|i| (i, true)))
+                .and_then(|(i, shift)| Some((first + u32::try_from(i).ok()?, shift)))
+        })?,
+    };
+    Some((evdev.0 + XKB_OFFSET, evdev.1))
 }
 
 /// State of one domain's connection.
@@ -346,6 +380,31 @@ impl Receiver {
         Ok(())
     }
 
+    /// Types `text` into a window as key presses on a US keyboard (Shift held where needed).
+    /// Checks every character first: nothing is sent if one has no key.
+    pub fn type_text(
+        &self,
+        domain: &str,
+        window: WindowId,
+        text: &str,
+    ) -> Result<(), ReceiverError> {
+        let keys = text
+            .chars()
+            .map(|c| us_key(c).ok_or(ReceiverError::Untypable(c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shift = EVDEV_LEFTSHIFT + XKB_OFFSET;
+        for (code, shifted) in keys {
+            if shifted {
+                self.key(domain, window, shift, true)?;
+            }
+            self.tap_keys(domain, window, &[code])?;
+            if shifted {
+                self.key(domain, window, shift, false)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Pointer motion (window-local pixels).
     pub fn motion(
         &self,
@@ -506,5 +565,42 @@ impl Receiver {
                 .find(|w| w.mapped && w.title.contains(title))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn us_keys() {
+        // evdev: KEY_A 30, KEY_Z 44, KEY_1 2, KEY_SLASH 53, KEY_SPACE 57, KEY_ENTER 28
+        assert_eq!(us_key('a'), Some((38, false)));
+        assert_eq!(us_key('A'), Some((38, true)));
+        assert_eq!(us_key('z'), Some((52, false)));
+        assert_eq!(us_key('1'), Some((10, false)));
+        assert_eq!(us_key('!'), Some((10, true)));
+        assert_eq!(us_key('/'), Some((61, false)));
+        assert_eq!(us_key('?'), Some((61, true)));
+        assert_eq!(us_key('\\'), Some((51, false)));
+        assert_eq!(us_key('|'), Some((51, true)));
+        assert_eq!(us_key('"'), Some((48, true)));
+        assert_eq!(us_key(' '), Some((65, false)));
+        assert_eq!(us_key('\n'), Some((36, false)));
+        assert_eq!(us_key('é'), None);
+        assert_eq!(us_key('\u{7f}'), None);
+    }
+
+    #[tokio::test]
+    async fn type_text_refuses_untypable_before_sending() {
+        let r = Receiver::new();
+        assert_eq!(
+            r.type_text("d", 1, "ok é"),
+            Err(ReceiverError::Untypable('é'))
+        );
+        assert_eq!(
+            r.type_text("d", 1, "ok"),
+            Err(ReceiverError::NoDomain("d".into()))
+        );
     }
 }
