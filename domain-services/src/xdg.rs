@@ -425,6 +425,13 @@ fn expand(entry: &DesktopEntry, target: Option<&str>) -> Result<Vec<String>, Xdg
     if let (false, Some(t)) = (used, target) {
         out.push(t.to_string());
     }
+    // e.g. `Exec=%U` started without a file leaves nothing to run
+    if out.first().is_none_or(|a| a.is_empty()) {
+        return Err(XdgError::BadExec {
+            file: shown,
+            why: "no program to run".into(),
+        });
+    }
     Ok(out)
 }
 
@@ -472,6 +479,14 @@ mod tests {
             ["ed", "--x=", "-n"]
         );
         assert_eq!(launch_argv(&entry("ed")).unwrap(), ["ed"]);
+        // found by the desktop_entry fuzz target: nothing left to run
+        assert!(launch_argv(&entry("%U")).is_err());
+        assert!(launch_argv(&entry("%c %f")).is_ok());
+        assert!(launch_argv(&DesktopEntry {
+            name: String::new(),
+            ..entry("%c")
+        })
+        .is_err());
     }
 
     #[test]
