@@ -24,6 +24,10 @@ install -D -m 0755 target/release/bulkhead           "$PREFIX/bin/bulkhead"
 # The domain manager and policy editor (GTK), with its menu entry.
 install -D -m 0755 target/release/bulkhead-manager   "$PREFIX/bin/bulkhead-manager"
 install -D -m 0644 packaging/bulkhead-manager.desktop "$PREFIX/share/applications/bulkhead-manager.desktop"
+# The dom0 desktop session (guest windows, clipboard, questions) and "Open in disposable".
+install -D -m 0755 target/release/dom0-ui            "$PREFIX/bin/dom0-ui"
+install -D -m 0644 packaging/dom0-ui.desktop "$PREFIX/share/applications/dom0-ui.desktop"
+install -D -m 0644 packaging/bulkhead-open-in-dvm.desktop "$PREFIX/share/applications/bulkhead-open-in-dvm.desktop"
 # The guest tools dir, as listed in packaging/guest-tools.txt (bin NAME / rpc SERVICE BINARY).
 guest="$PREFIX/lib/bulkhead/guest"
 install -d -m 0755 "$guest" "$guest/rpc"

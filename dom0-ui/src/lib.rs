@@ -13,12 +13,14 @@
 //! - The ask agent ([`ask`]) and notices ([`notify`]) of denied calls (signal `CallDenied`)
 //!   and clipboard events.
 //! - "Open in disposable" for dom0 files ([`open_dvm`]).
+//! - A small panel ([`panel`]) that opens dom0-manager's domain manager and policy editor.
 
 pub mod ask;
 pub mod backend;
 pub mod clipboard;
 pub mod notify;
 pub mod open_dvm;
+pub mod panel;
 pub mod placement;
 pub mod tiles;
 pub mod ui;

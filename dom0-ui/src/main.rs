@@ -178,6 +178,33 @@ fn session(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             }
         }
     });
+    // The panel's manager and policy editor get their own connection (they live as long as
+    // the session; zbus runs it on our runtime).
+    let manager_conn = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            domaind::api::connect(cli.bus_address.as_deref()),
+        )
+        .await
+    });
+    let manager_conn = match manager_conn {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "no bus for the domain manager");
+            None
+        }
+        Err(_) => None,
+    };
+    let x11 = desktop.borrow().x11();
+    let _panel = dom0_ui::panel::show(manager_conn, x11.as_deref());
+    if let Some(x) = x11.as_deref() {
+        desktop.borrow_mut().reserve(dom0_ui::placement::Area {
+            x: 0,
+            y: x.screen.1 - dom0_ui::panel::HEIGHT,
+            width: x.screen.0,
+            height: dom0_ui::panel::HEIGHT,
+        });
+    }
     let main_loop = glib::MainLoop::new(None, false);
     {
         let desktop = desktop.clone();

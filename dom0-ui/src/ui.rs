@@ -39,7 +39,9 @@ pub fn css() -> String {
            border-radius: 0; box-shadow: none; background: none; }\n\
          .bh-notice { padding: 8px 12px; border-left: 6px solid #888; background: #2e3436; \
            color: #eeeeec; }\n\
-         .bh-notice.bh-refused { border-left-color: #cc0000; }\n",
+         .bh-notice.bh-refused { border-left-color: #cc0000; }\n\
+         .bh-panel { padding: 6px 10px; }\n\
+         .bh-panel-name { font-weight: bold; }\n",
     );
     for l in Label::ALL {
         let rgb = l.color_rgb();
@@ -116,6 +118,8 @@ pub struct Desktop {
     copy_waiting: Option<String>,
     notifier: Notifier,
     x11: Option<Rc<X11>>,
+    /// Screen areas guest windows are not placed on (the panel).
+    reserved: Vec<Area>,
     cmds: mpsc::UnboundedSender<Cmd>,
     events: async_channel::Sender<UiEvent>,
 }
@@ -135,9 +139,20 @@ impl Desktop {
             copy_waiting: None,
             notifier: Notifier::new(x11.clone()),
             x11,
+            reserved: Vec::new(),
             cmds,
             events,
         }
+    }
+
+    /// The X11 connection, when GTK runs on X11.
+    pub fn x11(&self) -> Option<Rc<X11>> {
+        self.x11.clone()
+    }
+
+    /// Keeps guest windows off `area` when dom0-ui places them.
+    pub fn reserve(&mut self, area: Area) {
+        self.reserved.push(area);
     }
 
     /// Shows a notice.
@@ -361,14 +376,17 @@ impl Desktop {
     }
 
     fn taken_areas(&self) -> Vec<Area> {
-        self.domains
-            .values()
-            .flat_map(|d| d.windows.values())
-            .filter_map(|uw| match &uw.kind {
-                Kind::Toplevel { placed, .. } => *placed,
-                Kind::Popup { .. } => None,
-            })
-            .collect()
+        let mut v = self.reserved.clone();
+        v.extend(
+            self.domains
+                .values()
+                .flat_map(|d| d.windows.values())
+                .filter_map(|uw| match &uw.kind {
+                    Kind::Toplevel { placed, .. } => *placed,
+                    Kind::Popup { .. } => None,
+                }),
+        );
+        v
     }
 }
 

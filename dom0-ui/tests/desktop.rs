@@ -1,0 +1,578 @@
+//! dom0-ui as a user sees it: the real `dom0-ui` binary on a private Xvfb, a real domaind on
+//! a private bus, two real debian-12 sandbox domains (labels blue and green) running real
+//! Wayland clients (weston-simple-shm, foot, wl-clipboard) through their gui-agents.
+//! Screenshots are checked by pixels and kept as artefacts (`$BULKHEAD_TEST_ARTIFACTS` or
+//! `target/test-artifacts/`):
+//! - every guest window has a frame in its domain's label colour on every side, a title
+//!   `[domain] title` (read back from X11 `_NET_WM_NAME`), and the guest's pixels inside;
+//!   the second domain's windows are in its own colour;
+//! - keys typed (XTEST, through xdotool) into one domain's terminal run there and never in
+//!   the other domain;
+//! - the secure clipboard: wl-copy in one domain, Ctrl-Shift-C there, Ctrl-Shift-V in the
+//!   other, wl-paste there shows it (allowed by the policy); the opposite direction is denied
+//!   by the policy: the target's clipboard is unchanged and a notice says why; neither chord
+//!   reaches a terminal;
+//! - the panel's Ctrl-Alt-M opens dom0-manager's domain manager.
+//!
+//! Needs root (sandboxes), Xvfb and xdotool, and `$BULKHEAD_TEST_TEMPLATE_CACHE` with the
+//! debian-12 template built with its GUI group (scripts/test.sh sets it up).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_domain::Label;
+use dom0_manager::testing::{save_artifact, screenshot, Xvfb};
+use domaind::api::{Domaind1Proxy, Error};
+use domaind::testing::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
+use image::RgbaImage;
+use x11rb::connection::Connection as _;
+use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, MapState};
+use x11rb::rust_connection::RustConnection;
+use zbus::zvariant::Fd;
+
+const TEST_LIMIT: Duration = Duration::from_secs(600);
+/// dom0-ui's frame width (dom0_ui::view::FRAME).
+const FRAME: u32 = dom0_ui::view::FRAME;
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+}
+
+/// `Run` of `script` (sh -c) in `domain`: (exit code, stdout, stderr).
+async fn run(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String, String) {
+    let (in_r, in_w) = pipe();
+    drop(in_w);
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let rd = |fd: OwnedFd| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::fs::File::from(fd).read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let (out, err) = (rd(out_r), rd(err_r));
+    let res = p
+        .run(
+            domain,
+            &["/bin/sh", "-c", script],
+            "",
+            Fd::from(&in_r),
+            Fd::from(&out_w),
+            Fd::from(&err_w),
+        )
+        .await;
+    drop((in_r, out_w, err_w));
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    match res {
+        Ok(code) => (code, out, err),
+        Err(e) => panic!("Run in {domain}: {e}"),
+    }
+}
+
+/// Starts `script` in `domain` in the background (the Run call lasts as long as it).
+fn spawn_in(p: &Domaind1Proxy<'static>, domain: &str, script: &str) {
+    let (p, domain, script) = (p.clone(), domain.to_owned(), script.to_owned());
+    tokio::spawn(async move {
+        let null = || {
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .unwrap()
+        };
+        let (i, o, e) = (null(), null(), null());
+        let _ = p
+            .run(
+                &domain,
+                &["/bin/sh", "-c", &script],
+                "",
+                Fd::from(&i),
+                Fd::from(&o),
+                Fd::from(&e),
+            )
+            .await;
+    });
+}
+
+/// A top-level X window as dom0-ui shows it.
+#[derive(Debug, Clone)]
+struct XWin {
+    id: u32,
+    name: String,
+    x: u32,
+    y: u32,
+    width: u32,
+    height: u32,
+}
+
+/// Viewable top-level windows with their `_NET_WM_NAME` (else `WM_NAME`).
+fn x_windows(display: &str) -> Vec<XWin> {
+    let (conn, screen) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
+    let root = conn.setup().roots[screen].root;
+    let net_wm_name = conn
+        .intern_atom(false, b"_NET_WM_NAME")
+        .unwrap()
+        .reply()
+        .unwrap()
+        .atom;
+    let utf8 = conn
+        .intern_atom(false, b"UTF8_STRING")
+        .unwrap()
+        .reply()
+        .unwrap()
+        .atom;
+    let mut out = Vec::new();
+    let Ok(tree) = conn.query_tree(root).unwrap().reply() else {
+        return out;
+    };
+    for w in tree.children {
+        let Ok(attrs) = conn.get_window_attributes(w).unwrap().reply() else {
+            continue;
+        };
+        if attrs.map_state != MapState::VIEWABLE {
+            continue;
+        }
+        let name = conn
+            .get_property(false, w, net_wm_name, utf8, 0, 1024)
+            .unwrap()
+            .reply()
+            .ok()
+            .filter(|p| p.value_len > 0)
+            .or_else(|| {
+                conn.get_property(false, w, AtomEnum::WM_NAME, AtomEnum::STRING, 0, 1024)
+                    .unwrap()
+                    .reply()
+                    .ok()
+            })
+            .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+            .unwrap_or_default();
+        let Ok(g) = conn.get_geometry(w).unwrap().reply() else {
+            continue;
+        };
+        if g.x < 0 || g.y < 0 {
+            continue;
+        }
+        out.push(XWin {
+            id: w,
+            name,
+            x: g.x as u32,
+            y: g.y as u32,
+            width: u32::from(g.width),
+            height: u32::from(g.height),
+        });
+    }
+    out
+}
+
+/// Waits for a window whose name satisfies `f`.
+async fn wait_window(
+    display: &str,
+    what: &str,
+    secs: u64,
+    diag: &dyn Fn() -> String,
+    f: impl Fn(&str) -> bool,
+) -> XWin {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(w) = x_windows(display).into_iter().find(|w| f(&w.name)) {
+            return w;
+        }
+        if Instant::now() > deadline {
+            let names: Vec<String> = x_windows(display).into_iter().map(|w| w.name).collect();
+            panic!(
+                "no window {what} within {secs} s; windows: {names:?}\n{}",
+                diag()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn rgb(img: &RgbaImage, x: u32, y: u32) -> u32 {
+    let p = img.get_pixel(x, y).0;
+    (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2])
+}
+
+/// Checks the frame of `w` in the screenshot: every pixel of the outer `FRAME` pixels on the
+/// left, right and bottom, and the top row of the title strip, is `colour`; inside there are
+/// guest pixels of other colours. Returns a description of the first failure.
+fn check_frame(img: &RgbaImage, w: &XWin, colour: u32) -> Result<(), String> {
+    let (x0, y0, x1, y1) = (w.x, w.y, w.x + w.width - 1, w.y + w.height - 1);
+    let bad = |x: u32, y: u32, side: &str| {
+        let got = rgb(img, x, y);
+        (got != colour).then(|| {
+            format!(
+                "{side} of {:?} at ({x},{y}): {got:06x}, want {colour:06x}",
+                w.name
+            )
+        })
+    };
+    for x in x0..=x1 {
+        if let Some(e) = bad(x, y0, "top") {
+            return Err(e);
+        }
+        for d in 0..FRAME {
+            if let Some(e) = bad(x, y1 - d, "bottom") {
+                return Err(e);
+            }
+        }
+    }
+    for y in y0..=y1 {
+        for d in 0..FRAME {
+            if let Some(e) = bad(x0 + d, y, "left").or_else(|| bad(x1 - d, y, "right")) {
+                return Err(e);
+            }
+        }
+    }
+    // The title strip and the frame's top edge: the label colour down the column just inside
+    // the left frame, until the guest's pixels start.
+    let top = (y0..y1)
+        .find(|&y| rgb(img, x0 + FRAME, y) != colour)
+        .ok_or_else(|| format!("{:?} is all frame", w.name))?;
+    if top < y0 + FRAME + 10 {
+        return Err(format!(
+            "{:?}: no title strip above the guest ({top})",
+            w.name
+        ));
+    }
+    // Inside the frame: the guest's pixels, not just one colour.
+    let mut colours = std::collections::HashSet::new();
+    for y in top..(y1 - FRAME) {
+        for x in (x0 + FRAME)..(x1 - FRAME) {
+            colours.insert(rgb(img, x, y));
+        }
+    }
+    if colours.len() < 2 {
+        return Err(format!("{:?} shows no guest content: {colours:x?}", w.name));
+    }
+    Ok(())
+}
+
+struct Ui {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn xdotool(display: &str, args: &[&str]) {
+    let st = Command::new("xdotool")
+        .args(args)
+        .env("DISPLAY", display)
+        .status()
+        .expect("xdotool");
+    assert!(st.success(), "xdotool {args:?}: {st}");
+}
+
+/// Focuses window `w` and types `text` into it (then Return).
+fn type_into(display: &str, w: &XWin, text: &str) {
+    let id = w.id.to_string();
+    xdotool(display, &["windowfocus", "--sync", &id]);
+    xdotool(display, &["type", "--delay", "40", text]);
+    xdotool(display, &["key", "Return"]);
+}
+
+fn key_into(display: &str, w: &XWin, key: &str) {
+    let id = w.id.to_string();
+    xdotool(display, &["windowfocus", "--sync", &id]);
+    xdotool(display, &["key", key]);
+}
+
+/// Types `touch /home/user/NAME` into `w` and checks it ran in `domain` (it would not if a
+/// chord had reached the terminal and pasted text before it).
+async fn assert_next_command_runs(
+    p: &Domaind1Proxy<'_>,
+    display: &str,
+    domain: &str,
+    w: &XWin,
+    name: &str,
+) {
+    let file = format!("/home/user/{name}");
+    type_into(display, w, &format!("touch {file}"));
+    for _ in 0..20 {
+        if run(p, domain, &format!("test -e {file}")).await.0 == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("`touch {file}` typed after a chord did not run in {domain}: the chord reached the terminal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_windows_keys_and_clipboard_through_dom0_ui() {
+    tokio::time::timeout(TEST_LIMIT, body())
+        .await
+        .expect("test did not finish in time");
+}
+
+async fn body() {
+    if !sandbox_available() {
+        return;
+    }
+    for prog in ["Xvfb", "xdotool"] {
+        if !have(prog) {
+            eprintln!("SKIP: {prog} is not installed (scripts/install-deps.sh)");
+            return;
+        }
+    }
+    let Some(cache) = template_cache() else {
+        return;
+    };
+    let root = cache.join("debian-12/current");
+    if !root.join("usr/bin/foot").exists() || !root.join("usr/bin/weston-simple-shm").exists() {
+        eprintln!(
+            "SKIP: {} has no debian-12 template with the GUI group (foot, weston)",
+            cache.display()
+        );
+        return;
+    }
+    let x = Xvfb::start().expect("Xvfb");
+    let display = x.display().to_owned();
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let (_conn, p) = d.client().await.expect("client");
+    let pre = format!("ui{}-", std::process::id() % 100_000);
+    let (work, vault) = (format!("{pre}work"), format!("{pre}vault"));
+    let (work_label, vault_label) = (Label::Blue, Label::Green);
+    p.create("debian-12", "template", "", "black", HashMap::new())
+        .await
+        .or_else(|e| match e {
+            Error::AlreadyExists(_) => Ok(()),
+            e => Err(e),
+        })
+        .expect("register the template");
+    p.create(
+        &work,
+        "app",
+        "debian-12",
+        work_label.as_str(),
+        HashMap::new(),
+    )
+    .await
+    .unwrap();
+    p.create(
+        &vault,
+        "app",
+        "debian-12",
+        vault_label.as_str(),
+        HashMap::new(),
+    )
+    .await
+    .unwrap();
+    // vault may paste into work, work never into vault.
+    let policy = d.paths.config_dir.join("policy.d");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        policy.join("30-test.policy"),
+        format!(
+            "bulkhead.ClipboardPaste * {vault} {work} allow\n\
+             bulkhead.ClipboardPaste * {work} {vault} deny\n"
+        ),
+    )
+    .unwrap();
+    p.start(&work).await.expect("start work");
+    p.start(&vault).await.expect("start vault");
+
+    let log = d.root().unwrap().join("dom0-ui.log");
+    let ui = Ui {
+        child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
+            .env("DISPLAY", &display)
+            .env("GDK_BACKEND", "x11")
+            .env("GSK_RENDERER", "cairo")
+            .env("NO_AT_BRIDGE", "1")
+            .env("GTK_A11Y", "none")
+            .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
+            .env("RUST_LOG", "info,dom0_ui=debug")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start dom0-ui"),
+        log,
+    };
+    let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
+    let diag = || {
+        format!(
+            "--- dom0-ui log:\n{}\n--- domaind log (tail):\n{}",
+            ui_log(),
+            d.log()
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+
+    spawn_in(&p, &work, "exec weston-simple-shm");
+    let term = |title: &str| {
+        format!("cd /home/user && LC_ALL=C.UTF-8 exec foot --window-size-pixels=560x300 --title={title} /bin/sh")
+    };
+    spawn_in(&p, &work, &term("term-work"));
+    spawn_in(&p, &vault, &term("term-vault"));
+    let shm = wait_window(&display, "[work] simple-shm", 90, &diag, |n| {
+        n == format!("[{work}] simple-shm")
+    })
+    .await;
+    let tw = wait_window(&display, "[work] term-work", 90, &diag, |n| {
+        n == format!("[{work}] term-work")
+    })
+    .await;
+    let tv = wait_window(&display, "[vault] term-vault", 90, &diag, |n| {
+        n == format!("[{vault}] term-vault")
+    })
+    .await;
+    // Frames: every side in the label colour, guest pixels inside; retry while the guests
+    // draw their first frames.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let img = loop {
+        let img = screenshot(&display).expect("screenshot");
+        let checks = [
+            check_frame(&img, &shm, work_label.color_rgb()),
+            check_frame(&img, &tw, work_label.color_rgb()),
+            check_frame(&img, &tv, vault_label.color_rgb()),
+        ];
+        match checks.into_iter().find_map(Result::err) {
+            None => break img,
+            Some(e) if Instant::now() > deadline => {
+                let path = save_artifact("dom0-ui-frames-failed", &img).unwrap();
+                panic!("{e} (screenshot {})\n{}", path.display(), ui_log());
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    eprintln!(
+        "desktop screenshot: {}",
+        save_artifact("dom0-ui-desktop", &img).unwrap().display()
+    );
+
+    // Keys typed into work's terminal run in work only.
+    let marker = "/home/user/typed-from-dom0";
+    let mut typed = false;
+    for _ in 0..5 {
+        type_into(&display, &tw, &format!("touch {marker}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if run(&p, &work, &format!("test -e {marker}")).await.0 == 0 {
+            typed = true;
+            break;
+        }
+    }
+    assert!(
+        typed,
+        "what was typed into work's terminal did not run there\n{}",
+        ui_log()
+    );
+    assert_eq!(
+        run(&p, &vault, &format!("test -e {marker}")).await.0,
+        1,
+        "the keys typed into work's window reached vault"
+    );
+
+    // Clipboard, allowed: vault -> work.
+    let (code, _, err) = run(
+        &p,
+        &vault,
+        "wl-copy 'from vault, 1' </dev/null >/dev/null 2>&1",
+    )
+    .await;
+    assert_eq!(code, 0, "wl-copy in vault: {err}");
+    key_into(&display, &tv, "ctrl+shift+c");
+    wait_window(&display, "the copy notice", 20, &diag, |n| {
+        n.starts_with("Bulkhead: Copied 13 bytes from") && n.contains(&vault)
+    })
+    .await;
+    key_into(&display, &tw, "ctrl+shift+v");
+    wait_window(&display, "the paste notice", 20, &diag, |n| {
+        n.starts_with("Bulkhead: Pasted 13 bytes from") && n.contains(&work)
+    })
+    .await;
+    let (code, out, err) = run(&p, &work, "wl-paste --no-newline").await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "from vault, 1"),
+        "wl-paste in work: {err}"
+    );
+    // The chords never reached the terminals (foot would have pasted work's clipboard into
+    // its command line, and the next command would not run).
+    assert_next_command_runs(&p, &display, &work, &tw, "after-paste").await;
+
+    // Clipboard, denied: work -> vault leaves vault's clipboard as it was.
+    let (code, _, err) = run(
+        &p,
+        &work,
+        "wl-copy 'from work, 2' </dev/null >/dev/null 2>&1",
+    )
+    .await;
+    assert_eq!(code, 0, "wl-copy in work: {err}");
+    key_into(&display, &tw, "ctrl+shift+c");
+    wait_window(&display, "the second copy notice", 20, &diag, |n| {
+        n.starts_with("Bulkhead: Copied 12 bytes from") && n.contains(&work)
+    })
+    .await;
+    key_into(&display, &tv, "ctrl+shift+v");
+    wait_window(&display, "the refusal notice", 20, &diag, |n| {
+        n.starts_with("Bulkhead: Paste refused") && n.contains(&work) && n.contains(&vault)
+    })
+    .await;
+    assert_next_command_runs(&p, &display, &vault, &tv, "after-refusal").await;
+    let img = screenshot(&display).expect("screenshot");
+    eprintln!(
+        "refusal screenshot: {}",
+        save_artifact("dom0-ui-paste-refused", &img)
+            .unwrap()
+            .display()
+    );
+    let (code, out, err) = run(&p, &vault, "wl-paste --no-newline").await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "from vault, 1"),
+        "vault's clipboard changed after a denied paste: {err}"
+    );
+
+    // The panel opens the domain manager (Ctrl-Alt-M), which lists both running domains.
+    let panel = wait_window(&display, "the panel", 10, &diag, |n| n == "Bulkhead").await;
+    key_into(&display, &panel, "ctrl+alt+m");
+    wait_window(&display, "the domain manager", 30, &diag, |n| {
+        n == "Bulkhead domains"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let img = screenshot(&display).expect("screenshot");
+    eprintln!(
+        "manager screenshot: {}",
+        save_artifact("dom0-ui-manager", &img).unwrap().display()
+    );
+
+    drop(ui);
+    for n in [&work, &vault] {
+        let _ = p.kill(n).await;
+    }
+}
