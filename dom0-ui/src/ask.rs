@@ -1,6 +1,6 @@
 //! The ask dialog: domaind's policy said `ask`, so the user picks a target among the allowed
-//! ones (the default preselected) or denies. Closing the dialog denies; so does not answering
-//! (the backend stops waiting and the dialog goes away).
+//! ones (the default preselected) or denies. Closing the dialog or Escape denies; so does not
+//! answering (the backend stops waiting and the dialog goes away).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -39,8 +39,8 @@ fn answer(reply: &Reply, value: String) {
     }
 }
 
-/// Shows the dialog for `req`.
-pub fn show(req: AskRequest) {
+/// Shows the dialog for `req` (placed through `x11` when no window manager runs).
+pub fn show(req: AskRequest, x11: Option<&crate::x11::X11>) {
     let AskRequest {
         source,
         service,
@@ -95,6 +95,20 @@ pub fn show(req: AskRequest) {
         });
     }
     {
+        // Escape denies, like closing.
+        let (reply, w2) = (reply.clone(), w.clone());
+        let keys = gtk4::EventControllerKey::new();
+        keys.connect_key_pressed(move |_, key, _, _| {
+            if key == gtk4::gdk::Key::Escape {
+                answer(&reply, String::new());
+                w2.destroy();
+                return glib::Propagation::Stop;
+            }
+            glib::Propagation::Proceed
+        });
+        w.add_controller(keys);
+    }
+    {
         let reply = reply.clone();
         w.connect_close_request(move |_| {
             answer(&reply, String::new());
@@ -113,6 +127,8 @@ pub fn show(req: AskRequest) {
             glib::ControlFlow::Continue
         });
     }
+    // Without a window manager: in the middle of the screen.
+    crate::x11::place_unmanaged(x11, &w, |screen| (screen.0 / 2 - 170, screen.1 / 3));
     w.present();
     allow.grab_focus();
 }

@@ -61,18 +61,9 @@ impl Notifier {
             shown.push(w.clone());
             i32::try_from(shown.len()).unwrap_or(1) - 1
         };
-        if let Some(x) = self.x11.as_ref().filter(|x| !x.has_window_manager()) {
-            WidgetExt::realize(&w);
-            if let Some(xid) = w
-                .surface()
-                .and_then(|s| s.downcast::<gdk4_x11::X11Surface>().ok())
-                .map(|s| s.xid())
-            {
-                let x_pos = x.screen.0 - WIDTH - MARGIN;
-                let y_pos = MARGIN + slot * (SLOT + MARGIN);
-                x.move_window(u32::try_from(xid).unwrap_or(0), x_pos, y_pos);
-            }
-        }
+        crate::x11::place_unmanaged(self.x11.as_deref(), &w, |screen| {
+            (screen.0 - WIDTH - MARGIN, MARGIN + slot * (SLOT + MARGIN))
+        });
         // Shown, not presented: presenting would move the keyboard focus.
         w.set_visible(true);
         let shown = self.shown.clone();

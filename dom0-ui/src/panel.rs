@@ -101,16 +101,7 @@ pub fn show(conn: Option<zbus::Connection>, x11: Option<&X11>) -> gtk4::Window {
             }
         }
     }
-    if let Some(x) = x11.filter(|x| !x.has_window_manager()) {
-        WidgetExt::realize(&w);
-        if let Some(xid) = w
-            .surface()
-            .and_then(|s| s.downcast::<gdk4_x11::X11Surface>().ok())
-            .map(|s| s.xid())
-        {
-            x.move_window(u32::try_from(xid).unwrap_or(0), 0, x.screen.1 - HEIGHT);
-        }
-    }
+    crate::x11::place_unmanaged(x11, &w, |screen| (0, screen.1 - HEIGHT));
     w.set_visible(true);
     w
 }

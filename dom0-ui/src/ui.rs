@@ -189,7 +189,7 @@ impl Desktop {
                 let refused = text.starts_with("Denied");
                 self.notice(&text, refused);
             }
-            UiEvent::Ask(req) => crate::ask::show(req),
+            UiEvent::Ask(req) => crate::ask::show(req, self.x11.as_deref()),
             UiEvent::Chord { domain, chord } => self.chord(&domain, chord),
             UiEvent::CopyTimeout { domain } => {
                 if self.copy_waiting.as_deref() == Some(domain.as_str()) {
@@ -703,27 +703,16 @@ fn make_toplevel(
     view.set_cursor_from_name(Some(w.cursor.name()));
     let width = px(w.width + 2 * FRAME);
     let height = px(w.height + 2 * FRAME) + STRIP_HEIGHT;
-    let mut placed = None;
-    if let Some(x) = x11.filter(|x| !x.has_window_manager()) {
-        // No window manager: place the window ourselves, beside the others.
-        WidgetExt::realize(&window);
-        let xid = window
-            .surface()
-            .and_then(|s| s.downcast::<gdk4_x11::X11Surface>().ok())
-            .map(|s| s.xid());
-        if let Some(xid) = xid {
-            let (px_, py) = place(x.screen, taken, width, height);
-            x.move_window(u32::try_from(xid).unwrap_or(0), px_, py);
-            let a = Area {
-                x: px_,
-                y: py,
+    // No window manager: place the window ourselves, beside the others.
+    let placed =
+        crate::x11::place_unmanaged(x11, &window, |screen| place(screen, taken, width, height))
+            .map(|(x, y)| Area {
+                x,
+                y,
                 width,
                 height,
-            };
-            taken.push(a);
-            placed = Some(a);
-        }
-    }
+            });
+    taken.extend(placed);
     window.present();
     UiWindow {
         kind: Kind::Toplevel {

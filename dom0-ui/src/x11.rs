@@ -74,3 +74,22 @@ impl X11 {
         }
     }
 }
+
+/// Without a window manager: realizes `window` (unmapped) and moves it to `at(screen size)`;
+/// returns where it went. With one (or not on X11) nothing happens and None comes back.
+pub fn place_unmanaged(
+    x11: Option<&X11>,
+    window: &gtk4::Window,
+    at: impl FnOnce((i32, i32)) -> (i32, i32),
+) -> Option<(i32, i32)> {
+    use gtk4::prelude::*;
+    let x = x11.filter(|x| !x.has_window_manager())?;
+    WidgetExt::realize(window);
+    let xid = window
+        .surface()
+        .and_then(|s| s.downcast::<gdk4_x11::X11Surface>().ok())
+        .map(|s| s.xid())?;
+    let pos = at(x.screen);
+    x.move_window(u32::try_from(xid).ok()?, pos.0, pos.1);
+    Some(pos)
+}

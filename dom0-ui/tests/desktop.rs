@@ -12,6 +12,8 @@
 //!   other, wl-paste there shows it (allowed by the policy); the opposite direction is denied
 //!   by the policy: the target's clipboard is unchanged and a notice says why; neither chord
 //!   reaches a terminal;
+//! - the ask dialog: Return allows the preselected default, Escape denies, and the denial
+//!   shows a notice (signal `CallDenied`); `dom0-ui open-in-dvm` is refused without a policy;
 //! - the panel's Ctrl-Alt-M opens dom0-manager's domain manager.
 //!
 //! Needs root (sandboxes), Xvfb and xdotool, and `$BULKHEAD_TEST_TEMPLATE_CACHE` with the
@@ -81,18 +83,23 @@ async fn run(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String,
     }
 }
 
+/// stdin, stdout and stderr on /dev/null.
+fn null_stdio() -> (std::fs::File, std::fs::File, std::fs::File) {
+    let null = || {
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null")
+    };
+    (null(), null(), null())
+}
+
 /// Starts `script` in `domain` in the background (the Run call lasts as long as it).
 fn spawn_in(p: &Domaind1Proxy<'static>, domain: &str, script: &str) {
     let (p, domain, script) = (p.clone(), domain.to_owned(), script.to_owned());
     tokio::spawn(async move {
-        let null = || {
-            std::fs::File::options()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .unwrap()
-        };
-        let (i, o, e) = (null(), null(), null());
+        let (i, o, e) = null_stdio();
         let _ = p
             .run(
                 &domain,
@@ -392,7 +399,8 @@ async fn body() {
         policy.join("30-test.policy"),
         format!(
             "bulkhead.ClipboardPaste * {vault} {work} allow\n\
-             bulkhead.ClipboardPaste * {work} {vault} deny\n"
+             bulkhead.ClipboardPaste * {work} {vault} deny\n\
+             test.Ask * @adminvm @anyvm ask default_target={vault}\n"
         ),
     )
     .unwrap();
@@ -555,6 +563,65 @@ async fn body() {
         (code, out.as_str()),
         (0, "from vault, 1"),
         "vault's clipboard changed after a denied paste: {err}"
+    );
+
+    // The ask dialog: a dom0 call the policy asks about. Return takes the preselected default
+    // (the call then runs in vault: no such service there, so it fails, but it is not denied);
+    // Escape denies, and the denial shows a notice (signal CallDenied).
+    for (key, denied) in [("Return", false), ("Escape", true)] {
+        let call = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let (i, o, e) = null_stdio();
+                p.call(
+                    "@default",
+                    "test.Ask",
+                    Fd::from(&i),
+                    Fd::from(&o),
+                    Fd::from(&e),
+                )
+                .await
+            })
+        };
+        let dialog = wait_window(&display, "the ask dialog", 30, &diag, |n| {
+            n == "Bulkhead: allow test.Ask from dom0?"
+        })
+        .await;
+        if !denied {
+            let img = screenshot(&display).expect("screenshot");
+            save_artifact("dom0-ui-ask", &img).unwrap();
+        }
+        key_into(&display, &dialog, key);
+        let res = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call did not end")
+            .expect("call task");
+        assert_eq!(
+            matches!(res, Err(Error::AccessDenied(_))),
+            denied,
+            "{key} in the ask dialog: {res:?}\n{}",
+            diag()
+        );
+    }
+    wait_window(&display, "the denial notice", 20, &diag, |n| {
+        n.starts_with("Bulkhead: Denied: dom0") && n.contains("test.Ask")
+    })
+    .await;
+
+    // dom0's "Open in disposable" goes through the policy too (none allows it here).
+    let file = d.root().unwrap().join("note.txt");
+    std::fs::write(&file, "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
+        .args(["open-in-dvm"])
+        .arg(&file)
+        .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
+        .output()
+        .expect("dom0-ui open-in-dvm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "open-in-dvm without a policy: {err}");
+    assert!(
+        err.contains("the policy does not let dom0 open files"),
+        "{err}"
     );
 
     // The panel opens the domain manager (Ctrl-Alt-M), which lists both running domains.
