@@ -23,8 +23,13 @@ use tracing::{debug, info, warn};
 use crate::tiles::add_damage;
 
 /// Longest wait between two attempts to open a running domain's GUI (its gui-agent may not
-/// listen yet, or restarted).
+/// listen yet, or restarted) ...
 const MAX_RETRY: Duration = Duration::from_secs(10);
+/// ... and after [`QUIET_AFTER`] failures in a row (a template without the GUI packages has
+/// no gui-agent: ask once a minute, not every 10 s).
+const QUIET_RETRY: Duration = Duration::from_secs(60);
+/// Failures in a row before [`QUIET_RETRY`].
+const QUIET_AFTER: u32 = 12;
 /// First wait.
 const FIRST_RETRY: Duration = Duration::from_millis(300);
 
@@ -403,6 +408,7 @@ impl Backend {
     /// re-opened.
     async fn follow(self: Arc<Self>, domain: String) {
         let mut delay = FIRST_RETRY;
+        let mut failures = 0u32;
         loop {
             match self.proxy.open_gui(&domain).await {
                 Ok(fd) => {
@@ -412,6 +418,7 @@ impl Backend {
                         Served::Retry { was_ready } => {
                             if was_ready {
                                 delay = FIRST_RETRY;
+                                failures = 0;
                             }
                         }
                     }
@@ -423,7 +430,13 @@ impl Backend {
                 Err(e) => debug!(domain, error = %e.message(), "OpenGui"),
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_RETRY);
+            failures = failures.saturating_add(1);
+            let cap = if failures >= QUIET_AFTER {
+                QUIET_RETRY
+            } else {
+                MAX_RETRY
+            };
+            delay = (delay * 2).min(cap);
         }
     }
 
