@@ -58,6 +58,7 @@ pub(crate) async fn domaind_for_bench(
     Ok((connection, Some((bus, daemon))))
 }
 mod gui;
+mod net;
 mod open_in_dvm;
 mod vmm;
 
@@ -151,6 +152,29 @@ enum Bench {
         #[arg(long)]
         bus_address: Option<String>,
     },
+    /// TCP latency and throughput from a sandbox domain through its net domain to a server
+    /// in a test internet namespace, vs the same from a bare network namespace.
+    Net {
+        /// Measured rounds of each (after one warm-up of each), alternating.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// 1-byte round trips per round.
+        #[arg(long, default_value_t = 2000)]
+        round_trips: u32,
+        /// MiB sent per round.
+        #[arg(long, default_value_t = 256)]
+        mib: u32,
+        /// Template store holding a built template (as `bulkhead-template build --store` makes).
+        #[arg(
+            long,
+            env = "BULKHEAD_TEST_TEMPLATE_CACHE",
+            default_value = "/var/lib/bulkhead/templates"
+        )]
+        template_cache: PathBuf,
+        /// The template of the net and client domains.
+        #[arg(long, default_value = "debian-12")]
+        template: String,
+    },
     /// 1920x1080 frames (full-frame and small damage) from a Wayland client through
     /// bulkhead-gui-agent to a dom0 receiver vs through waypipe to a headless weston.
     Gui {
@@ -202,6 +226,19 @@ fn main() -> Result<()> {
             pool_size,
         )),
         Bench::Gui { frames, agent } => gui::run(frames, agent),
+        Bench::Net {
+            rounds,
+            round_trips,
+            mib,
+            template_cache,
+            template,
+        } => runtime.block_on(net::bench(
+            rounds,
+            round_trips,
+            mib,
+            template_cache,
+            template,
+        )),
     }
 }
 

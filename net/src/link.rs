@@ -250,3 +250,10 @@ pub async fn address(ns: &NetNs, ifname: &str, ip: Ipv4Addr, prefix: u8) -> Resu
     }
     Ok(())
 }
+
+/// A device route to `dst`/32 through `ifname` in `ns` (test networks and benchmarks).
+pub async fn route_dev(ns: &NetNs, ifname: &str, dst: Ipv4Addr) -> Result<(), NetError> {
+    let h = ns.rtnl()?;
+    let i = need_index(&h, ifname, "the namespace").await?;
+    device_route(&h, i, dst, ifname).await
+}
