@@ -207,7 +207,7 @@ async fn body() {
         format!("{pre}c"),
     );
     let bus = TestBus::start().unwrap();
-    let d = TestDomaind::start(
+    let mut d = TestDomaind::start(
         &bus,
         DomaindOptions {
             binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
@@ -379,6 +379,16 @@ async fn body() {
     p.set_property(&a, "netvm", "").await.unwrap();
     assert_eq!(tcp(&p, &a, WEB, 80).await, None);
     p.set_property(&a, "netvm", &net).await.unwrap();
+    assert!(tcp(&p, &a, WEB, 80).await.is_some());
+
+    // A domaind restart keeps the links (the namespaces never went away) and takes the
+    // netvm and its clients back: the firewall still follows changes.
+    d.restart().await.unwrap();
+    let (_c, p) = d.client().await.unwrap();
+    assert!(tcp(&p, &a, WEB, 80).await.is_some(), "{}", d.log());
+    set_rules(&p, &a, &["action=drop"]).await;
+    assert_eq!(tcp(&p, &a, WEB, 80).await, None);
+    p.firewall_reset(&a).await.unwrap();
     assert!(tcp(&p, &a, WEB, 80).await.is_some());
 
     // A net restart: the uplink comes back to the host meanwhile, every client is linked

@@ -257,3 +257,11 @@ pub async fn route_dev(ns: &NetNs, ifname: &str, dst: Ipv4Addr) -> Result<(), Ne
     let i = need_index(&h, ifname, "the namespace").await?;
     device_route(&h, i, dst, ifname).await
 }
+
+/// Whether a client link exists: `vif` in `net` and `eth0` in `client` (after a domaind
+/// restart the links of running domains are still there and are kept).
+pub async fn is_linked(net: &NetNs, client: &NetNs, vif: &str) -> Result<bool, NetError> {
+    let nh = net.rtnl()?;
+    let ch = client.rtnl()?;
+    Ok(index(&nh, vif).await?.is_some() && index(&ch, CLIENT_IF).await?.is_some())
+}

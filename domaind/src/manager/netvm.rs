@@ -185,22 +185,25 @@ impl Manager {
         };
         let ns = Arc::new(ns.map_err(net_err("the domain's network namespace"))?);
         if self.serves_network(name) {
-            self.serve(name, ns.clone(), cfg.netvm.is_some()).await?;
+            self.serve(name, ns.clone(), cfg.netvm.is_some(), false)
+                .await?;
         }
         if let Some(netvm) = &cfg.netvm {
             let _op = self.net.op.lock().await;
-            self.link_locked(name, &ns, netvm.as_str()).await?;
+            self.link_locked(name, &ns, netvm.as_str(), false).await?;
             self.apply_locked(netvm.as_str()).await;
         }
         Ok(())
     }
 
-    /// Take `name` as a netvm: forwarding, uplink, then link every running client.
+    /// Take `name` as a netvm: forwarding, uplink, then link every running client (`adopt`:
+    /// after a domaind restart, keep the links that are still there).
     async fn serve(
         self: &Arc<Self>,
         name: &str,
         ns: Arc<NetNs>,
         has_netvm: bool,
+        adopt: bool,
     ) -> Result<(), Error> {
         let uplink = if name == self.cfg.net.domain && !has_netvm {
             self.cfg.net.uplink().map_err(Error::Backend)?
@@ -237,9 +240,9 @@ impl Manager {
                 let Some(Ok(cns)) = sandbox_ns(&inst) else {
                     continue;
                 };
-                if let Err(e) = self.link_locked(&client, &cns, name).await {
+                if let Err(e) = self.link_locked(&client, &cns, name, adopt).await {
                     error!(domain = %client, netvm = name, error = %e.message(), "cannot re-link to the restarted netvm");
-                } else {
+                } else if !adopt {
                     info!(domain = %client, netvm = name, "re-linked to the restarted netvm");
                 }
             }
@@ -248,8 +251,15 @@ impl Manager {
         Ok(())
     }
 
-    /// Link client `name` (namespace `ns`) to running `netvm`. Caller holds `net.op`.
-    async fn link_locked(&self, name: &str, ns: &NetNs, netvm: &str) -> Result<(), Error> {
+    /// Link client `name` (namespace `ns`) to running `netvm` (`keep`: an existing link is
+    /// only recorded). Caller holds `net.op`.
+    async fn link_locked(
+        &self,
+        name: &str,
+        ns: &NetNs,
+        netvm: &str,
+        keep: bool,
+    ) -> Result<(), Error> {
         let Some(net_ns) = lock(&self.net.held).get(netvm).cloned() else {
             return Err(Error::Backend(format!(
                 "cannot link '{name}': its netvm '{netvm}' is not running"
@@ -273,10 +283,14 @@ impl Manager {
         .await?
         .map_err(net_err("client address"))?;
         let vif = addr::vif_name(ip);
-        link::link_client(&net_ns, ns, &vif, ip)
-            .await
-            .map_err(net_err(&format!("linking '{name}' to '{netvm}'")))?;
-        info!(domain = name, netvm, ip = %ip, vif = %vif, "linked");
+        if keep && link::is_linked(&net_ns, ns, &vif).await.unwrap_or(false) {
+            debug!(domain = name, netvm, vif = %vif, "kept the existing link");
+        } else {
+            link::link_client(&net_ns, ns, &vif, ip)
+                .await
+                .map_err(net_err(&format!("linking '{name}' to '{netvm}'")))?;
+            info!(domain = name, netvm, ip = %ip, vif = %vif, "linked");
+        }
         lock(&self.net.links).insert(
             name.to_owned(),
             LinkInfo {
@@ -346,7 +360,7 @@ impl Manager {
             self.apply_locked(&o.netvm).await;
         }
         if let Some(n) = &new {
-            self.link_locked(name, &ns, n).await?;
+            self.link_locked(name, &ns, n, false).await?;
             self.apply_locked(n).await;
         }
         info!(domain = name, old = ?old.map(|o| o.netvm), new = ?new, "re-linked after a netvm change");
@@ -367,7 +381,7 @@ impl Manager {
                     let has_netvm = good
                         .iter()
                         .any(|c| c.name.as_str() == name && c.netvm.is_some());
-                    if let Err(e) = self.serve(name, Arc::new(ns), has_netvm).await {
+                    if let Err(e) = self.serve(name, Arc::new(ns), has_netvm, true).await {
                         error!(domain = %name, error = %e.message(), "cannot take the adopted netvm back");
                     }
                 }
