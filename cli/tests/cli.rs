@@ -436,3 +436,58 @@ fn policy_check_reports_errors_at_file_and_line() {
     assert!(stdout.starts_with(&expected), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("denied"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn firewall_rules_are_listed_added_removed_and_a_broken_file_is_explained() {
+    let bus = TestBus::start().expect("dbus-daemon starts");
+    let daemon = TestDomaind::start(&bus, DomaindOptions::default())
+        .await
+        .expect("domaind starts");
+    let cli = Cli { daemon: &daemon };
+    cli.ok(&["create", "-C", "standalone", "-l", "red", "fw"]);
+    assert!(cli.ok(&["firewall", "fw", "list"]).contains("no rules"));
+    cli.ok(&["firewall", "fw", "add", "action=drop"]);
+    cli.ok(&[
+        "firewall",
+        "fw",
+        "add",
+        "--before",
+        "0",
+        "action=accept",
+        "dst4=192.0.2.0/24",
+        "proto=tcp",
+        "dstports=443",
+        "comment=the",
+        "web",
+    ]);
+    let list = cli.ok(&["firewall", "fw", "list"]);
+    let lines: Vec<&str> = list.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "0  action=accept dst4=192.0.2.0/24 proto=tcp dstports=443-443 comment=the web",
+            "1  action=drop",
+        ]
+    );
+    cli.fails(
+        &["firewall", "fw", "add", "action=accept", "dstports=80"],
+        5,
+        "dstports needs proto",
+    );
+    cli.fails(&["firewall", "fw", "del", "7"], 5, "no rule 7");
+    cli.fails(&["firewall", "nosuch", "list"], 3, "nosuch");
+    cli.ok(&["firewall", "fw", "del", "0"]);
+    assert_eq!(cli.ok(&["firewall", "fw", "list"]).trim(), "0  action=drop");
+
+    // A hand-edited file that does not parse: list says why (and that traffic is dropped);
+    // del still works on it.
+    let dn = bulkhead_domain::DomainName::new("fw").expect("name");
+    let file = daemon.paths.domain_state_dir(&dn).join("firewall.rules");
+    std::fs::write(&file, "action=drop\naction=sometimes\n").expect("write rules");
+    cli.fails(&["firewall", "fw", "list"], 5, "rule 2");
+    cli.fails(&["firewall", "fw", "list"], 5, "dropped");
+    cli.ok(&["firewall", "fw", "del", "1"]);
+    assert_eq!(cli.ok(&["firewall", "fw", "list"]).trim(), "0  action=drop");
+    cli.ok(&["firewall", "fw", "reset"]);
+    assert!(!file.exists());
+}
