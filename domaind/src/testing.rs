@@ -398,6 +398,65 @@ pub struct DomaindOptions {
     pub daemon_file: Option<String>,
 }
 
+impl DomaindOptions {
+    /// The guest tools, the template cache `cache` linked into the state dir and the source
+    /// tree's recipes: what a test of real domains of the debian-12 template needs (add
+    /// `binary` and the rest with `..DomaindOptions::debian12(cache)`).
+    pub fn debian12(cache: PathBuf) -> Self {
+        Self {
+            with_guest_tools: true,
+            template_cache: Some(cache),
+            recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Runs a test's body and fails the test if it takes longer than `limit`.
+pub async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("test did not finish within {limit:?}");
+    }
+}
+
+/// The state of domain `name` in a `List` answer.
+pub fn domain_state(list: &[crate::api::DomainInfo], name: &str) -> Option<String> {
+    list.iter()
+        .find(|d| d.name == name)
+        .map(|d| d.state.clone())
+}
+
+/// Waits (up to 60 s) until `List` shows domain `name` in state `want`; panics otherwise.
+pub async fn wait_state(p: &Domaind1Proxy<'_>, name: &str, want: &str) {
+    for _ in 0..600 {
+        if let Ok(list) = p.list().await {
+            if domain_state(&list, name).as_deref() == Some(want) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never reached state {want}");
+}
+
+/// Whether process `pid` exists and is not a zombie (read from /proc).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether a domain cgroup named `name` exists (on this host, from any domaind).
+pub fn cgroup_exists(name: &str) -> bool {
+    bulkhead_sandbox::list_orphan_cgroups()
+        .map(|v| v.iter().any(|n| n == name))
+        .unwrap_or(false)
+}
+
 /// A running domaind on a test bus, with its own directories (kept until drop).
 pub struct TestDomaind {
     child: Option<Child>,
@@ -596,6 +655,37 @@ impl TestDomaind {
         self.wait_ready().await
     }
 
+    /// The `record` of running domain `name`'s runtime `instance.json`; panics if it is
+    /// missing or not JSON.
+    pub fn instance_record(&self, name: &str) -> serde_json::Value {
+        let path = self
+            .paths
+            .runtime_dir
+            .join("domains")
+            .join(name)
+            .join("instance.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        v["record"].clone()
+    }
+
+    /// Builds (or reuses) the mini template `name` ([`build_mini_template`]) in this
+    /// domaind's template store, its recipe under the temporary root. Returns the tree.
+    pub fn mini_template(&self, name: &str) -> TestResult<PathBuf> {
+        let recipes = self
+            .root()
+            .ok_or("this test domaind has no temporary root")?
+            .join("recipes");
+        build_mini_template(
+            &self.paths.templates_dir(),
+            &recipes,
+            name,
+            &self.guest_tools_dir,
+        )
+    }
+
     /// The temporary root (config/state/run live below unless `paths` was given).
     pub fn root(&self) -> Option<&Path> {
         self.root.as_ref().map(|r| r.path())
@@ -641,11 +731,14 @@ pub struct StdioPipes {
     err: std::thread::JoinHandle<Vec<u8>>,
 }
 
-fn cloexec_pipe() -> TestResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+/// A close-on-exec pipe (read end, write end): tests run in parallel, and a domaind another
+/// test spawns meanwhile must not inherit this test's pipes (it would hold them open).
+pub fn cloexec_pipe() -> TestResult<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
 }
 
-fn collect(fd: std::os::fd::OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
+/// A thread reading `fd` to its end; joins with everything read.
+pub fn collect(fd: std::os::fd::OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut v);
@@ -1024,6 +1117,64 @@ pub fn build_mini_template(
             &mut |_| {},
         )
         .map_err(|e| e.to_string())
+}
+
+/// A test domaind with the guest tools and a mini template ([`build_mini_template`])
+/// registered as `<pre>tmpl`: the set-up of tests of real sandbox domains that do not need
+/// Debian.
+pub struct MiniEnv {
+    pub bus: TestBus,
+    pub d: TestDomaind,
+    pub conn: zbus::Connection,
+    pub p: Domaind1Proxy<'static>,
+    /// Unique per test (cgroups are host-global): domain names start with it.
+    pub pre: String,
+}
+
+impl MiniEnv {
+    /// Starts domaind with `opts` (plus the guest tools) and builds the mini template; `tag`
+    /// starts the name prefix. None (the reason printed) where sandboxes cannot run; panics
+    /// on any other failure.
+    pub async fn start(tag: &str, opts: DomaindOptions) -> Option<Self> {
+        if !sandbox_available() {
+            return None;
+        }
+        let bus = TestBus::start().expect("dbus-daemon");
+        let d = TestDomaind::start(
+            &bus,
+            DomaindOptions {
+                with_guest_tools: true,
+                ..opts
+            },
+        )
+        .await
+        .expect("domaind");
+        let pre = format!("{tag}{}-", std::process::id() % 100_000);
+        let tmpl = format!("{pre}tmpl");
+        d.mini_template(&tmpl).expect("mini template");
+        let (conn, p) = d.client().await.expect("client");
+        p.create(
+            &tmpl,
+            "template",
+            "",
+            "black",
+            std::collections::HashMap::new(),
+        )
+        .await
+        .expect("register template");
+        Some(Self {
+            bus,
+            d,
+            conn,
+            p,
+            pre,
+        })
+    }
+
+    /// A domain name with this test's prefix.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.pre)
+    }
 }
 
 /// Whether this host can run sandbox domains; prints the reason and returns false if not.

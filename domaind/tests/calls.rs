@@ -7,41 +7,29 @@
 //! exit code is then bulkhead-call's: the service's status, 126 refused, 125 failure.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use domaind::api::{Domaind1Proxy, Error};
 use domaind::testing::{
-    build_mini_template, sandbox_available, AskAnswer, DomaindOptions, TestAskAgent, TestBus,
-    TestDomaind,
+    bounded, AskAnswer, DomaindOptions, MiniEnv, StdioPipes, TestAskAgent, TestBus, TestDomaind,
 };
-use zbus::zvariant::Fd;
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 const CALL: &str = "/usr/lib/bulkhead/bulkhead-call";
 
-async fn bounded(body: impl std::future::Future<Output = ()>) {
-    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
-        panic!("test did not finish within {TEST_LIMIT:?}");
-    }
-}
+/// The mini-template set-up with this file's helpers.
+struct Env(MiniEnv);
 
-struct Env {
-    _bus: TestBus,
-    d: TestDomaind,
-    _conn: zbus::Connection,
-    p: Domaind1Proxy<'static>,
-    pre: String,
+impl std::ops::Deref for Env {
+    type Target = MiniEnv;
+    fn deref(&self) -> &MiniEnv {
+        &self.0
+    }
 }
 
 impl Env {
-    fn name(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.pre)
-    }
-
     fn policy_dir(&self) -> PathBuf {
         self.d.paths.config_dir.join("policy.d")
     }
@@ -72,60 +60,20 @@ impl Env {
 }
 
 async fn setup(tag: &str, ask_timeout_secs: &str) -> Option<Env> {
-    if !sandbox_available() {
-        return None;
-    }
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
+    let env = MiniEnv::start(
+        tag,
         DomaindOptions {
             binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            with_guest_tools: true,
             env: vec![("BULKHEAD_ASK_TIMEOUT".into(), ask_timeout_secs.into())],
             ..Default::default()
         },
     )
-    .await
-    .expect("domaind");
+    .await?;
     assert!(
-        d.guest_tools_dir.join("bulkhead-call").is_file(),
+        env.d.guest_tools_dir.join("bulkhead-call").is_file(),
         "bulkhead-call is not among the guest tools; build it first (cargo build --workspace --bins)"
     );
-    let pre = format!("{tag}{}-", std::process::id() % 100_000);
-    let tmpl = format!("{pre}tmpl");
-    let recipes = d.root().expect("root").join("recipes");
-    build_mini_template(
-        &d.paths.templates_dir(),
-        &recipes,
-        &tmpl,
-        &d.guest_tools_dir,
-    )
-    .expect("mini template");
-    let (conn, p) = d.client().await.expect("client");
-    p.create(&tmpl, "template", "", "black", HashMap::new())
-        .await
-        .expect("register template");
-    Some(Env {
-        _bus: bus,
-        d,
-        _conn: conn,
-        p,
-        pre,
-    })
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    // Close-on-exec: a process another test spawns meanwhile must not hold our pipes.
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
-}
-
-fn reader(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut f = std::fs::File::from(fd);
-        let mut v = Vec::new();
-        let _ = f.read_to_end(&mut v);
-        v
-    })
+    Some(Env(env))
 }
 
 /// Runs through D-Bus `Run` (domain = Some) or `Call` (domain = None: `argv` is
@@ -136,25 +84,13 @@ async fn exchange(
     argv: &[&str],
     input: &[u8],
 ) -> (Result<i32, Error>, String, String) {
-    let (in_r, in_w) = pipe();
-    let (out_r, out_w) = pipe();
-    let (err_r, err_w) = pipe();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let mut f = std::fs::File::from(in_w);
-        let _ = f.write_all(&input);
-    });
-    let out = reader(out_r);
-    let err = reader(err_r);
-    let (i, o, e) = (Fd::from(&in_r), Fd::from(&out_w), Fd::from(&err_w));
+    let io = StdioPipes::new(input).expect("pipes");
+    let (i, o, e) = io.fds();
     let res = match domain {
         Some(d) => p.run(d, argv, "", i, o, e).await,
         None => p.call(argv[0], argv[1], i, o, e).await,
     };
-    drop((in_r, out_w, err_w));
-    let _ = writer.join();
-    let out = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
-    let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    let (out, err) = io.finish().await;
     (res, out, err)
 }
 
@@ -184,7 +120,7 @@ const ECHO: &str = r#"printf '%s|%s|%s|%s|' "$BULKHEAD_REMOTE_DOMAIN" "$BULKHEAD
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_between_domains_follow_the_policy() {
-    bounded(calls_between_domains_follow_the_policy_body()).await
+    bounded(TEST_LIMIT, calls_between_domains_follow_the_policy_body()).await
 }
 
 async fn calls_between_domains_follow_the_policy_body() {

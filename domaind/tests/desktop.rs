@@ -10,9 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use domaind::api::{Domaind1Proxy, Error};
-use domaind::testing::{
-    build_mini_template, sandbox_available, DomaindOptions, TestBus, TestDomaind,
-};
+use domaind::testing::{sandbox_available, DomaindOptions, TestBus, TestDomaind};
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 
@@ -167,13 +165,7 @@ async fn applications_listed_launched_and_usage_counted() {
         let pre = format!("dt{}-", std::process::id() % 100_000);
         let tmpl = format!("{pre}tmpl");
         let app = format!("{pre}app");
-        let root = build_mini_template(
-            &d.paths.templates_dir(),
-            &d.root().expect("root").join("recipes"),
-            &tmpl,
-            &d.guest_tools_dir,
-        )
-        .expect("mini template");
+        let root = d.mini_template(&tmpl).expect("mini template");
         // the template's menu: one launcher that leaves a mark in the private volume, one
         // hidden entry, one that is no application, and a symlink that must not be followed
         let apps = root.join("usr/share/applications");

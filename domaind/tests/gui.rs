@@ -1,7 +1,8 @@
 //! GUI plumbing with a real domain (mini template, real domaind/sandbox/init/agent):
 //! bulkhead-init starts the gui-agent from the guest tools as the default user with its
 //! runtime dir (a stand-in script here: the mini root has no Wayland libraries; the real
-//! gui-agent is tested with real clients in gui-agent/tests), commands get the session
+//! gui-agent is tested with real clients on the host in gui-agent/tests and in a Debian
+//! domain in gui_clients.rs), commands get the session
 //! environment, and D-Bus `OpenGui` refuses a halted domain and hands out a socket for a
 //! running one (closed at once when no gui-agent listens).
 
@@ -12,10 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use domaind::api::{Domaind1Proxy, Error};
-use domaind::testing::{
-    build_mini_template, sandbox_available, DomaindOptions, TestBus, TestDomaind,
-};
-use zbus::zvariant::Fd;
+use domaind::testing::{bounded, run_in, DomaindOptions, MiniEnv};
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 
@@ -25,78 +23,37 @@ const FAKE_GUI_AGENT: &str = r#"#!/bin/sh
 exec sleep 1000
 "#;
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe().expect("pipe")
-}
-
 async fn run(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String, String) {
-    let (in_r, in_w) = pipe();
-    drop(in_w);
-    let (out_r, out_w) = pipe();
-    let (err_r, err_w) = pipe();
-    let rd = |fd: OwnedFd| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = std::fs::File::from(fd).read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let (out, err) = (rd(out_r), rd(err_r));
-    let res = p
-        .run(
-            domain,
-            &["/bin/sh", "-c", script],
-            "",
-            Fd::from(&in_r),
-            Fd::from(&out_w),
-            Fd::from(&err_w),
-        )
-        .await;
-    drop((in_r, out_w, err_w));
-    (res.expect("Run"), out.join().unwrap(), err.join().unwrap())
+    let out = run_in(p, domain, &["/bin/sh", "-c", script], "", b"")
+        .await
+        .expect("Run");
+    (out.code(), out.stdout, out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gui_agent_started_and_open_gui() {
-    tokio::time::timeout(TEST_LIMIT, body())
-        .await
-        .expect("test did not finish in time");
+    bounded(TEST_LIMIT, body()).await
 }
 
 async fn body() {
-    if !sandbox_available() {
-        return;
-    }
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
+    let Some(env) = MiniEnv::start(
+        "gui",
         DomaindOptions {
             binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            with_guest_tools: true,
             ..Default::default()
         },
     )
     .await
-    .expect("domaind");
-    let pre = format!("gui{}-", std::process::id() % 100_000);
-    let (tmpl, app) = (format!("{pre}tmpl"), format!("{pre}app"));
-    let recipes = d.root().expect("root").join("recipes");
-    build_mini_template(
-        &d.paths.templates_dir(),
-        &recipes,
-        &tmpl,
-        &d.guest_tools_dir,
-    )
-    .expect("mini template");
+    else {
+        return;
+    };
+    let (d, p) = (&env.d, &env.p);
+    let (tmpl, app) = (env.name("tmpl"), env.name("app"));
     let fake = d.guest_tools_dir.join("bulkhead-gui-agent");
     let _ = std::fs::remove_file(&fake);
     std::fs::write(&fake, FAKE_GUI_AGENT).unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    let (_conn, p) = d.client().await.expect("client");
-    p.create(&tmpl, "template", "", "black", HashMap::new())
-        .await
-        .expect("register template");
     p.create(&app, "app", &tmpl, "blue", HashMap::new())
         .await
         .unwrap();
@@ -112,7 +69,7 @@ async fn body() {
     let (mut last, mut last_err) = (String::new(), String::new());
     for _ in 0..100 {
         let (code, out, err) = run(
-            &p,
+            p,
             &app,
             "cat /run/bulkhead-gui/started && ls -ldn /run/bulkhead-gui && echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR\"",
         )

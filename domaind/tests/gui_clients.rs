@@ -15,20 +15,14 @@ use std::time::Duration;
 use bulkhead_gui_host::{GuiConnection, Receiver, Rules, WindowInfo};
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
-    register_template, run_in, sandbox_available, template_cache, DomaindOptions, RunOutput,
-    TestBus, TestDomaind,
+    bounded, register_template, run_in, sandbox_available, template_cache, DomaindOptions,
+    RunOutput, TestBus, TestDomaind,
 };
 
 /// Whole test, including a template build if the cache is stale.
 const TEST_LIMIT: Duration = Duration::from_secs(600);
 /// One step: a window appearing, a command's effect, a window going away.
 const STEP: Duration = Duration::from_secs(60);
-
-async fn bounded(body: impl std::future::Future<Output = ()>) {
-    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
-        panic!("test did not finish within {TEST_LIMIT:?}");
-    }
-}
 
 /// A running domain of the debian-12 template whose GUI stream dom0's receiver serves.
 struct GuiDomain {
@@ -52,10 +46,7 @@ impl GuiDomain {
             &bus,
             DomaindOptions {
                 binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-                with_guest_tools: true,
-                template_cache: Some(cache),
-                recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
-                ..Default::default()
+                ..DomaindOptions::debian12(cache)
             },
         )
         .await
@@ -272,7 +263,7 @@ fn matches_simple_shm(px: &bulkhead_gui_host::Pixels) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn weston_simple_shm_window_pixels_and_kill() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let Some(g) = GuiDomain::start("shm").await else {
             return;
         };
@@ -328,7 +319,7 @@ async fn weston_simple_shm_window_pixels_and_kill() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foot_typed_command_resize_and_exit() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let Some(g) = GuiDomain::start("foot").await else {
             return;
         };
@@ -400,7 +391,7 @@ const GTK_UI: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gtk4_window_resize_and_close() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let Some(g) = GuiDomain::start("gtk").await else {
             return;
         };

@@ -7,14 +7,16 @@
 //! BULKHEAD_TEST_LIBEXEC or are built with cargo.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
 use domaind::api::{Domaind1Proxy, Error};
 use domaind::testing::{
-    build_mini_template, sandbox_available, DomaindOptions, TestBus, TestDomaind,
+    bounded, build_mini_template, cgroup_exists, cloexec_pipe, collect, domain_state,
+    process_alive, register_template, sandbox_available, wait_state, DomaindOptions, MiniEnv,
+    StdioPipes, TestBus, TestDomaind,
 };
 use futures_util::StreamExt;
 use zbus::zvariant::Fd;
@@ -23,78 +25,21 @@ use zbus::zvariant::Fd;
 /// the test's domains (a test process killed from outside could not).
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 
-async fn bounded(body: impl std::future::Future<Output = ()>) {
-    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
-        panic!("test did not finish within {TEST_LIMIT:?}");
-    }
-}
-
-struct Env {
-    _bus: TestBus,
-    d: TestDomaind,
-    _conn: zbus::Connection,
-    p: Domaind1Proxy<'static>,
-    /// Unique per test (cgroups are host-global): domain names start with it.
-    pre: String,
-}
-
-impl Env {
-    fn name(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.pre)
-    }
-}
+type Env = MiniEnv;
 
 async fn setup(tag: &str) -> Option<Env> {
-    if !sandbox_available() {
-        return None;
-    }
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
+    MiniEnv::start(
+        tag,
         DomaindOptions {
             binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            with_guest_tools: true,
             ..Default::default()
         },
     )
     .await
-    .expect("domaind");
-    let pre = format!("{tag}{}-", std::process::id() % 100_000);
-    let tmpl = format!("{pre}tmpl");
-    let recipes = d.root().expect("root").join("recipes");
-    build_mini_template(
-        &d.paths.templates_dir(),
-        &recipes,
-        &tmpl,
-        &d.guest_tools_dir,
-    )
-    .expect("mini template");
-    let (conn, p) = d.client().await.expect("client");
-    p.create(&tmpl, "template", "", "black", HashMap::new())
-        .await
-        .expect("register template");
-    Some(Env {
-        _bus: bus,
-        d,
-        _conn: conn,
-        p,
-        pre,
-    })
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    // Close-on-exec: tests run in parallel, and a domaind another test spawns meanwhile must
-    // not inherit this test's pipes (it would hold them open for its whole life).
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
-}
-
-fn reader(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut f = std::fs::File::from(fd);
-        let mut v = Vec::new();
-        let _ = f.read_to_end(&mut v);
-        v
-    })
+    cloexec_pipe().expect("pipe")
 }
 
 /// Run through D-Bus with pipes; returns (exit code, stdout, stderr).
@@ -106,94 +51,26 @@ async fn run(
     user: &str,
     input: &[u8],
 ) -> Result<(i32, String, String, String), Error> {
-    let (in_r, in_w) = pipe();
-    let (out_r, out_w) = pipe();
-    let (err_r, err_w) = pipe();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let mut f = std::fs::File::from(in_w);
-        let _ = f.write_all(&input);
-    });
-    let out = reader(out_r);
-    let err = reader(err_r);
+    let io = StdioPipes::new(input).expect("pipes");
+    let (i, o, e) = io.fds();
     let res = match disposable_base {
         None => p
-            .run(
-                name,
-                argv,
-                user,
-                Fd::from(&in_r),
-                Fd::from(&out_w),
-                Fd::from(&err_w),
-            )
+            .run(name, argv, user, i, o, e)
             .await
             .map(|c| (String::new(), c)),
-        Some(base) => {
-            p.run_disposable(
-                base,
-                argv,
-                user,
-                Fd::from(&in_r),
-                Fd::from(&out_w),
-                Fd::from(&err_w),
-            )
-            .await
-        }
+        Some(base) => p.run_disposable(base, argv, user, i, o, e).await,
     };
-    drop((in_r, out_w, err_w));
-    // Joining blocks until every holder of the pipes is gone: not on a runtime worker.
-    let (out, err) = tokio::task::spawn_blocking(move || {
-        let _ = writer.join();
-        let out = out.join().unwrap_or_default();
-        let err = err.join().unwrap_or_default();
-        (out, err)
-    })
-    .await
-    .unwrap();
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let err = String::from_utf8_lossy(&err).into_owned();
+    let (out, err) = io.finish().await;
     res.map(|(disp, code)| (code, out, err, disp))
 }
 
-fn state(list: &[domaind::api::DomainInfo], name: &str) -> Option<String> {
-    list.iter()
-        .find(|d| d.name == name)
-        .map(|d| d.state.clone())
-}
-
 fn instance_pid(d: &TestDomaind, name: &str) -> i32 {
-    let text = std::fs::read_to_string(
-        d.paths
-            .runtime_dir
-            .join("domains")
-            .join(name)
-            .join("instance.json"),
-    )
-    .expect("instance.json");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["record"]["init_pid"].as_i64().expect("pid") as i32
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is not alive: read the state from /proc.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn cgroup_exists(name: &str) -> bool {
-    bulkhead_sandbox::list_orphan_cgroups()
-        .map(|v| v.iter().any(|n| n == name))
-        .unwrap_or(false)
+    d.instance_record(name)["init_pid"].as_i64().expect("pid") as i32
 }
 
 /// Everything a halted domain must not leave behind.
 fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
-    assert!(!alive(pid), "init {pid} of {name} still alive");
+    assert!(!process_alive(pid), "init {pid} of {name} still alive");
     assert!(!cgroup_exists(name), "cgroup of {name} left behind");
     let rt = d.paths.runtime_dir.join("domains").join(name);
     assert!(!rt.join("instance.json").exists(), "instance.json left");
@@ -208,19 +85,9 @@ fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
     );
 }
 
-async fn wait_state(p: &Domaind1Proxy<'_>, name: &str, want: &str) {
-    for _ in 0..600 {
-        if state(&p.list().await.unwrap(), name).as_deref() == Some(want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never reached state {want}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn start_run_pause_shutdown() {
-    bounded(start_run_pause_shutdown_body()).await
+    bounded(TEST_LIMIT, start_run_pause_shutdown_body()).await
 }
 
 async fn start_run_pause_shutdown_body() {
@@ -237,7 +104,7 @@ async fn start_run_pause_shutdown_body() {
         .await
         .unwrap_or_else(|e| panic!("start: {e}\n{}", env.d.log()));
     assert_eq!(
-        state(&p.list().await.unwrap(), &work).as_deref(),
+        domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("running")
     );
     let s1 = states.next().await.unwrap();
@@ -330,7 +197,7 @@ async fn start_run_pause_shutdown_body() {
     // pause / unpause
     p.pause(&work).await.unwrap();
     assert_eq!(
-        state(&p.list().await.unwrap(), &work).as_deref(),
+        domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("paused")
     );
     match run(p, None, &work, &["true"], "", b"").await {
@@ -348,7 +215,7 @@ async fn start_run_pause_shutdown_body() {
     let pid = instance_pid(&env.d, &work);
     p.shutdown(&work, 10).await.unwrap();
     assert_eq!(
-        state(&p.list().await.unwrap(), &work).as_deref(),
+        domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("halted")
     );
     assert_clean(&env.d, &work, pid);
@@ -374,7 +241,11 @@ async fn start_run_pause_shutdown_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn init_death_is_noticed_and_disposable_removed() {
-    bounded(init_death_is_noticed_and_disposable_removed_body()).await
+    bounded(
+        TEST_LIMIT,
+        init_death_is_noticed_and_disposable_removed_body(),
+    )
+    .await
 }
 
 async fn init_death_is_noticed_and_disposable_removed_body() {
@@ -422,7 +293,7 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
     assert_eq!((code, out.as_str()), (0, "from the dvm\n"));
     assert!(disp.starts_with("disp"), "{disp}");
     assert!(
-        state(&p.list().await.unwrap(), &disp).is_none(),
+        domain_state(&p.list().await.unwrap(), &disp).is_none(),
         "disposable still listed"
     );
     assert!(!env
@@ -441,7 +312,7 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
         .await
         .unwrap();
     assert_eq!(code, 1);
-    assert!(state(&p.list().await.unwrap(), &disp).is_none());
+    assert!(domain_state(&p.list().await.unwrap(), &disp).is_none());
 
     // how long a disposable `true` takes end to end (printed, not asserted)
     let mut times = Vec::new();
@@ -469,7 +340,11 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn template_missing_and_init_failure_are_reported() {
-    bounded(template_missing_and_init_failure_are_reported_body()).await
+    bounded(
+        TEST_LIMIT,
+        template_missing_and_init_failure_are_reported_body(),
+    )
+    .await
 }
 
 async fn template_missing_and_init_failure_are_reported_body() {
@@ -489,7 +364,7 @@ async fn template_missing_and_init_failure_are_reported_body() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        state(&p.list().await.unwrap(), &app).as_deref(),
+        domain_state(&p.list().await.unwrap(), &app).as_deref(),
         Some("halted")
     );
 
@@ -515,7 +390,7 @@ async fn template_missing_and_init_failure_are_reported_body() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        state(&p.list().await.unwrap(), &b).as_deref(),
+        domain_state(&p.list().await.unwrap(), &b).as_deref(),
         Some("halted")
     );
     assert!(!cgroup_exists(&b));
@@ -526,7 +401,7 @@ async fn template_missing_and_init_failure_are_reported_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn domaind_restart_adopts_running_domains() {
-    bounded(domaind_restart_adopts_running_domains_body()).await
+    bounded(TEST_LIMIT, domaind_restart_adopts_running_domains_body()).await
 }
 
 async fn domaind_restart_adopts_running_domains_body() {
@@ -572,15 +447,15 @@ async fn domaind_restart_adopts_running_domains_body() {
     let disp_pid = instance_pid(&env.d, &disp);
 
     env.d.kill9();
-    assert!(alive(pid), "the domain must survive domaind");
+    assert!(process_alive(pid), "the domain must survive domaind");
     env.d.restart().await.unwrap();
     let (conn, p) = env.d.client().await.unwrap();
-    env._conn = conn;
+    env.conn = conn;
     let list = p.list().await.unwrap();
-    assert_eq!(state(&list, &w).as_deref(), Some("running"));
-    assert_eq!(state(&list, &paused).as_deref(), Some("paused"));
+    assert_eq!(domain_state(&list, &w).as_deref(), Some("running"));
+    assert_eq!(domain_state(&list, &paused).as_deref(), Some("paused"));
     // the orphaned disposable was stopped and removed, not adopted
-    assert!(state(&list, &disp).is_none(), "{disp} adopted");
+    assert!(domain_state(&list, &disp).is_none(), "{disp} adopted");
     assert_clean(&env.d, &disp, disp_pid);
     assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
     disp_task.abort();
@@ -592,10 +467,10 @@ async fn domaind_restart_adopts_running_domains_body() {
 
     // SIGTERM leaves domains running as well
     env.d.terminate().unwrap();
-    assert!(alive(pid));
+    assert!(process_alive(pid));
     env.d.restart().await.unwrap();
     let (conn, p) = env.d.client().await.unwrap();
-    env._conn = conn;
+    env.conn = conn;
     p.unpause(&paused).await.unwrap();
     p.shutdown(&w, 10).await.unwrap();
     p.kill(&paused).await.unwrap();
@@ -611,16 +486,16 @@ async fn domaind_restart_adopts_running_domains_body() {
     )
     .unwrap();
     for _ in 0..100 {
-        if !alive(pid) {
+        if !process_alive(pid) {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     env.d.restart().await.unwrap();
     let (conn, p) = env.d.client().await.unwrap();
-    env._conn = conn;
+    env.conn = conn;
     assert_eq!(
-        state(&p.list().await.unwrap(), &w).as_deref(),
+        domain_state(&p.list().await.unwrap(), &w).as_deref(),
         Some("halted")
     );
     assert_clean(&env.d, &w, pid);
@@ -628,7 +503,11 @@ async fn domaind_restart_adopts_running_domains_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn domaind_killed_during_start_leaves_no_orphan() {
-    bounded(domaind_killed_during_start_leaves_no_orphan_body()).await
+    bounded(
+        TEST_LIMIT,
+        domaind_killed_during_start_leaves_no_orphan_body(),
+    )
+    .await
 }
 
 async fn domaind_killed_during_start_leaves_no_orphan_body() {
@@ -656,8 +535,8 @@ async fn domaind_killed_during_start_leaves_no_orphan_body() {
     std::thread::sleep(Duration::from_millis(500));
     env.d.restart().await.unwrap();
     let (conn, p) = env.d.client().await.unwrap();
-    env._conn = conn;
-    let st = state(&p.list().await.unwrap(), &w).unwrap();
+    env.conn = conn;
+    let st = domain_state(&p.list().await.unwrap(), &w).unwrap();
     match st.as_str() {
         // the record was written before the kill: adopted, and it works
         "running" => {
@@ -683,7 +562,11 @@ async fn domaind_killed_during_start_leaves_no_orphan_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disposable_removed_when_caller_disconnects() {
-    bounded(disposable_removed_when_caller_disconnects_body()).await
+    bounded(
+        TEST_LIMIT,
+        disposable_removed_when_caller_disconnects_body(),
+    )
+    .await
 }
 
 async fn disposable_removed_when_caller_disconnects_body() {
@@ -715,13 +598,13 @@ async fn disposable_removed_when_caller_disconnects_body() {
     let _ = task.await;
     conn2.graceful_shutdown().await;
     for _ in 0..300 {
-        if state(&env.p.list().await.unwrap(), &disp).is_none() {
+        if domain_state(&env.p.list().await.unwrap(), &disp).is_none() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        state(&env.p.list().await.unwrap(), &disp).is_none(),
+        domain_state(&env.p.list().await.unwrap(), &disp).is_none(),
         "disposable {disp} outlived its caller\n{}",
         env.d.log()
     );
@@ -731,7 +614,7 @@ async fn disposable_removed_when_caller_disconnects_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn autostart_domains_start_with_domaind() {
-    bounded(autostart_domains_start_with_domaind_body()).await
+    bounded(TEST_LIMIT, autostart_domains_start_with_domaind_body()).await
 }
 
 async fn autostart_domains_start_with_domaind_body() {
@@ -746,12 +629,12 @@ async fn autostart_domains_start_with_domaind_body() {
         .await
         .unwrap();
     assert_eq!(
-        state(&env.p.list().await.unwrap(), &a).as_deref(),
+        domain_state(&env.p.list().await.unwrap(), &a).as_deref(),
         Some("halted")
     );
     env.d.restart().await.unwrap();
     let (conn, p) = env.d.client().await.unwrap();
-    env._conn = conn;
+    env.conn = conn;
     wait_state(&p, &a, "running").await;
     let (code, out, _, _) = run(&p, None, &a, &["echo", "auto"], "", b"").await.unwrap();
     assert_eq!((code, out.as_str()), (0, "auto\n"));
@@ -762,7 +645,7 @@ async fn autostart_domains_start_with_domaind_body() {
 /// registers it, and a disposable prints Debian's release file.
 #[tokio::test(flavor = "multi_thread")]
 async fn debian12_disposable_from_template_cache() {
-    bounded(debian12_disposable_from_template_cache_body()).await
+    bounded(TEST_LIMIT, debian12_disposable_from_template_cache_body()).await
 }
 
 async fn debian12_disposable_from_template_cache_body() {
@@ -781,23 +664,15 @@ async fn debian12_disposable_from_template_cache_body() {
         &bus,
         DomaindOptions {
             binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            with_guest_tools: true,
-            template_cache: Some(cache),
-            recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
-            ..Default::default()
+            ..DomaindOptions::debian12(cache)
         },
     )
     .await
     .unwrap();
     let (_c, p) = d.client().await.unwrap();
-    let (r, w) = pipe();
-    let out = reader(r);
-    let root = p
-        .build_template("debian-12", Fd::from(&w))
+    let (root, progress) = register_template(&p, "debian-12")
         .await
-        .unwrap_or_else(|e| panic!("build_template: {e}\n{}", d.log()));
-    drop(w);
-    let progress = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     assert!(progress.contains("up to date"), "{progress}");
     assert!(Path::new(&root).join("etc/os-release").exists());
     let list = p.list().await.unwrap();
@@ -858,7 +733,7 @@ fn pipe_holders(inode: u64, domaind_pid: u32) -> Vec<i32> {
 /// The fds a caller passes to Run/RunDisposable reach only domaind, never a domain.
 #[tokio::test(flavor = "multi_thread")]
 async fn caller_fds_do_not_leak_into_domains() {
-    bounded(caller_fds_do_not_leak_into_domains_body()).await
+    bounded(TEST_LIMIT, caller_fds_do_not_leak_into_domains_body()).await
 }
 
 async fn caller_fds_do_not_leak_into_domains_body() {
@@ -918,7 +793,7 @@ async fn caller_fds_do_not_leak_into_domains_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn running_source_is_not_copied() {
-    bounded(running_source_is_not_copied_body()).await
+    bounded(TEST_LIMIT, running_source_is_not_copied_body()).await
 }
 
 async fn running_source_is_not_copied_body() {
@@ -1029,7 +904,7 @@ fn instance_uid_base(d: &TestDomaind, name: &str) -> u64 {
 /// uid slots are claimed host-wide: two domaind instances never hand out the same range.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_domainds_get_distinct_uid_ranges() {
-    bounded(two_domainds_get_distinct_uid_ranges_body()).await
+    bounded(TEST_LIMIT, two_domainds_get_distinct_uid_ranges_body()).await
 }
 
 async fn two_domainds_get_distinct_uid_ranges_body() {
@@ -1069,7 +944,11 @@ async fn two_domainds_get_distinct_uid_ranges_body() {
 /// domaind is recovering.
 #[tokio::test(flavor = "multi_thread")]
 async fn late_launcher_of_a_killed_domaind_leaves_no_orphan() {
-    bounded(late_launcher_of_a_killed_domaind_leaves_no_orphan_body()).await
+    bounded(
+        TEST_LIMIT,
+        late_launcher_of_a_killed_domaind_leaves_no_orphan_body(),
+    )
+    .await
 }
 
 async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
@@ -1112,14 +991,7 @@ async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
     .expect("domaind");
     let pre = format!("ll{}-", std::process::id() % 100_000);
     let (tmpl, w) = (format!("{pre}tmpl"), format!("{pre}w"));
-    let recipes = d.root().expect("root").join("recipes");
-    build_mini_template(
-        &d.paths.templates_dir(),
-        &recipes,
-        &tmpl,
-        &d.guest_tools_dir,
-    )
-    .expect("mini template");
+    d.mini_template(&tmpl).expect("mini template");
     let (_c, p) = d.client().await.unwrap();
     p.create(&tmpl, "template", "", "black", HashMap::new())
         .await
@@ -1164,10 +1036,10 @@ async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
     // point) so only the cgroup scan is under test.
     std::fs::create_dir_all(d.paths.runtime_dir.join("domains").join(&w).join("channel")).unwrap();
     std::fs::write(&gate, b"").unwrap();
-    while alive(launcher_pid) {
+    while process_alive(launcher_pid) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let st = state(&p.list().await.unwrap(), &w);
+    let st = domain_state(&p.list().await.unwrap(), &w);
     assert_eq!(st.as_deref(), Some("halted"), "{}", d.log());
     assert!(
         !cgroup_exists(&w),
@@ -1183,7 +1055,7 @@ async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
 /// domain removes its trees (refused while a domain is based on it).
 #[tokio::test(flavor = "multi_thread")]
 async fn template_trees_are_collected_and_removed() {
-    bounded(template_trees_are_collected_and_removed_body()).await
+    bounded(TEST_LIMIT, template_trees_are_collected_and_removed_body()).await
 }
 
 async fn template_trees_are_collected_and_removed_body() {
@@ -1240,7 +1112,7 @@ async fn template_trees_are_collected_and_removed_body() {
     assert!(root_a != root_b && root_b != root_c && root_a.exists() && root_b.exists());
     // The recipe is up to date (root C): nothing is built, old trees are collected.
     let (r, wfd) = pipe();
-    let out = reader(r);
+    let out = collect(r);
     let got = p
         .build_template(&tmpl, Fd::from(&wfd))
         .await

@@ -16,66 +16,25 @@ use std::time::Duration;
 
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
-    sandbox_available, vmm_bin, vmm_probe, DomaindOptions, TestBus, TestDomaind,
+    bounded, register_template, run_in, sandbox_available, vmm_bin, vmm_probe, DomaindOptions,
+    TestBus, TestDomaind,
 };
-use zbus::zvariant::Fd;
 
 const TEST_LIMIT: Duration = Duration::from_secs(600);
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    // Close-on-exec: tests run in parallel, and a domaind another test spawns meanwhile must
-    // not inherit this test's pipes (it would hold them open for its whole life).
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
-}
-
-fn reader(fd: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::fs::File::from(fd).read_to_end(&mut v);
-        v
-    })
-}
-
-/// `Run` with pipes: (exit code, stdout, stderr).
+/// `Run` as the default user: (exit code, stdout, stderr).
 async fn run(p: &Domaind1Proxy<'_>, name: &str, argv: &[&str]) -> (i32, String, String) {
-    let (in_r, in_w) = pipe();
-    let (out_r, out_w) = pipe();
-    let (err_r, err_w) = pipe();
-    drop(in_w);
-    let out = reader(out_r);
-    let err = reader(err_r);
-    let code = p
-        .run(
-            name,
-            argv,
-            "",
-            Fd::from(&in_r),
-            Fd::from(&out_w),
-            Fd::from(&err_w),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("run {argv:?} in {name}: {e}"));
-    drop((in_r, out_w, err_w));
-    let (out, err) = tokio::task::spawn_blocking(move || {
-        (
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default(),
-        )
-    })
-    .await
-    .expect("join readers");
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
+    let out = run_in(p, name, argv, "", b"").await.expect("pipes");
+    let code = match out.result {
+        Ok(c) => c,
+        Err(e) => panic!("run {argv:?} in {name}: {e}"),
+    };
+    (code, out.stdout, out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn debian_cloud_kernel_boots_to_the_agent() {
-    if tokio::time::timeout(TEST_LIMIT, body()).await.is_err() {
-        panic!("test did not finish within {TEST_LIMIT:?}");
-    }
+    bounded(TEST_LIMIT, body()).await
 }
 
 async fn body() {
@@ -112,22 +71,15 @@ async fn body() {
         &bus,
         DomaindOptions {
             binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            with_guest_tools: true,
-            template_cache: Some(cache),
-            recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
-            ..Default::default()
+            ..DomaindOptions::debian12(cache)
         },
     )
     .await
     .expect("domaind");
     let (_c, p) = d.client().await.expect("client");
-    let (r, w) = pipe();
-    let progress = reader(r);
-    p.build_template("debian-12", Fd::from(&w))
+    register_template(&p, "debian-12")
         .await
-        .unwrap_or_else(|e| panic!("build_template: {e}\n{}", d.log()));
-    drop(w);
-    let _ = progress.join();
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     let name = format!("vmfull{}", std::process::id() % 100_000);
     let props = HashMap::from([("isolation", "vm"), ("memory", "1024"), ("vcpus", "2")]);
     p.create(&name, "app", "debian-12", "green", props)

@@ -24,27 +24,12 @@ use std::time::Duration;
 
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
-    build_mini_template, build_ticker_guest, install_test_vm_artifacts, sandbox_available, vmm_bin,
-    vmm_probe, DomaindOptions, TestBus, TestDomaind,
+    bounded, build_ticker_guest, cgroup_exists, domain_state, install_test_vm_artifacts,
+    process_alive, sandbox_available, vmm_bin, vmm_probe, wait_state, DomaindOptions, TestBus,
+    TestDomaind,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
-
-fn state(list: &[domaind::api::DomainInfo], name: &str) -> Option<String> {
-    list.iter()
-        .find(|d| d.name == name)
-        .map(|d| d.state.clone())
-}
-
-async fn wait_state(p: &Domaind1Proxy<'_>, name: &str, want: &str) {
-    for _ in 0..600 {
-        if state(&p.list().await.unwrap(), name).as_deref() == Some(want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never reached state {want}");
-}
 
 /// The domain log through OpenLog (what `bulkhead log` shows).
 async fn log_text(p: &Domaind1Proxy<'_>, name: &str) -> String {
@@ -70,37 +55,8 @@ async fn wait_ticks(p: &Domaind1Proxy<'_>, name: &str, n: usize) -> String {
     );
 }
 
-fn record(d: &TestDomaind, name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(
-        d.paths
-            .runtime_dir
-            .join("domains")
-            .join(name)
-            .join("instance.json"),
-    )
-    .expect("instance.json");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["record"].clone()
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn cgroup_exists(name: &str) -> bool {
-    bulkhead_sandbox::list_orphan_cgroups()
-        .map(|v| v.iter().any(|n| n == name))
-        .unwrap_or(false)
-}
-
 fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
-    assert!(!alive(pid), "VMM {pid} of {name} still alive");
+    assert!(!process_alive(pid), "VMM {pid} of {name} still alive");
     assert!(!cgroup_exists(name), "cgroup of {name} left behind");
     let rt = d.paths.runtime_dir.join("domains").join(name);
     for f in [
@@ -182,9 +138,7 @@ fn procs_of(rec: &serde_json::Value) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vm_domain_lifecycle_on_software_kvm() {
-    if tokio::time::timeout(TEST_LIMIT, body()).await.is_err() {
-        panic!("test did not finish within {TEST_LIMIT:?}");
-    }
+    bounded(TEST_LIMIT, body()).await
 }
 
 async fn body() {
@@ -224,14 +178,7 @@ async fn body() {
     let tmpl = format!("{pre}tmpl");
     let work = format!("{pre}work");
     let root = d.root().expect("root").to_owned();
-    let recipes = root.join("recipes");
-    build_mini_template(
-        &d.paths.templates_dir(),
-        &recipes,
-        &tmpl,
-        &d.guest_tools_dir,
-    )
-    .expect("mini template");
+    d.mini_template(&tmpl).expect("mini template");
     let guest = build_ticker_guest(&root).expect("ticker guest");
     install_test_vm_artifacts(&d.paths.templates_dir(), &tmpl, &guest).expect("VM files");
 
@@ -260,7 +207,7 @@ async fn body() {
         "{msg}"
     );
     assert_eq!(
-        state(&p.list().await.unwrap(), &work).as_deref(),
+        domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("halted")
     );
     assert!(!cgroup_exists(&work));
@@ -287,13 +234,13 @@ async fn body() {
         panic!("start: {e}\ndomaind log:\n{}", d2.log());
     }
     assert_eq!(
-        state(&p.list().await.unwrap(), &work).as_deref(),
+        domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("running")
     );
-    let rec = record(&d2, &work);
+    let rec = d2.instance_record(&work);
     let pid = rec["vmm_pid"].as_i64().expect("vmm_pid") as i32;
     let uid = rec["vmm_uid"].as_u64().expect("vmm_uid") as u32;
-    assert!(alive(pid));
+    assert!(process_alive(pid));
     assert!(uid >= bulkhead_sandbox::UID_BASE, "VMM uid {uid}");
     assert!(
         procs_of(&rec).contains(&pid),
@@ -330,14 +277,14 @@ async fn body() {
     // Pause freezes the cgroup; unpause lets the guest go on.
     p.pause(&work).await.expect("pause");
     assert_eq!(
-        state(&p.list().await.unwrap(), &work).as_deref(),
+        domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("paused")
     );
     let fs = freezer_state(&rec);
     assert!(fs == "FROZEN" || fs == "1", "freezer state {fs}");
     p.unpause(&work).await.expect("unpause");
     assert_eq!(
-        state(&p.list().await.unwrap(), &work).as_deref(),
+        domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("running")
     );
     let fs = freezer_state(&rec);
@@ -388,7 +335,10 @@ async fn body() {
     d2.restart().await.expect("restart domaind");
     let (_conn3, p) = d2.client().await.expect("client");
     wait_state(&p, &work, "running").await;
-    assert_eq!(record(&d2, &work)["vmm_pid"].as_i64(), Some(i64::from(pid)));
+    assert_eq!(
+        d2.instance_record(&work)["vmm_pid"].as_i64(),
+        Some(i64::from(pid))
+    );
     assert!(d2
         .paths
         .runtime_dir
@@ -406,7 +356,7 @@ async fn body() {
 
     // Shutdown without an agent: the VMM is stopped and cleaned up the same way.
     p.start(&work).await.expect("second start");
-    let pid2 = record(&d2, &work)["vmm_pid"].as_i64().expect("pid") as i32;
+    let pid2 = d2.instance_record(&work)["vmm_pid"].as_i64().expect("pid") as i32;
     p.shutdown(&work, 1).await.expect("shutdown");
     wait_state(&p, &work, "halted").await;
     assert_clean(&d2, &work, pid2);
