@@ -210,40 +210,10 @@ pub async fn run_captured(
     domain: &str,
     argv: &[&str],
 ) -> Result<(i32, String, String), crate::api::Error> {
-    use std::io::Read;
-    use std::os::fd::OwnedFd;
-    use zbus::zvariant::Fd;
-    let pipe = || {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| crate::api::Error::Io(format!("pipe: {e}")))
-    };
-    let (in_r, in_w) = pipe()?;
-    drop(in_w);
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let rd = |fd: OwnedFd| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = std::fs::File::from(fd).read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let (out, err) = (rd(out_r), rd(err_r));
-    let res = p
-        .run(
-            domain,
-            argv,
-            "",
-            Fd::from(&in_r),
-            Fd::from(&out_w),
-            Fd::from(&err_w),
-        )
-        .await;
-    drop((in_r, out_w, err_w));
-    let (out, err) = (
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    );
+    let io = StdioPipes::new(b"").map_err(crate::api::Error::Io)?;
+    let (i, o, e) = io.fds();
+    let res = p.run(domain, argv, "", i, o, e).await;
+    let (out, err) = io.finish().await;
     res.map(|code| (code, out, err))
 }
 
