@@ -1,59 +1,9 @@
 //! The `bulkhead` binary against a real domaind on a private bus: what a person or a script
 //! sees (output, JSON, exit codes), not just what the D-Bus API returns.
 
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestDomaind};
+use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-struct Cli<'a> {
-    daemon: &'a TestDomaind,
-}
-
-impl Cli<'_> {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
-        cmd.args(args)
-            .env("BULKHEAD_BUS_ADDRESS", self.daemon.bus_address())
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self
-            .command(args)
-            .output()
-            .expect("the bulkhead binary runs");
-        eprintln!(
-            "$ bulkhead {}\n-> {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "bulkhead {args:?} failed");
-        String::from_utf8(out.stdout).expect("UTF-8 output")
-    }
-
-    /// Runs and checks the documented exit code and that stderr says something useful.
-    fn fails(&self, args: &[&str], code: i32, stderr_has: &str) {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "exit code of bulkhead {args:?}"
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(stderr_has),
-            "stderr of bulkhead {args:?} should mention {stderr_has:?}: {stderr}"
-        );
-    }
-}
+use std::process::{Command, Stdio};
 
 fn json_names(json: &str) -> Vec<String> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(json).expect("ls --json is JSON");
@@ -68,7 +18,7 @@ async fn manage_domains_with_exit_codes_scripts_can_rely_on() {
     let daemon = TestDomaind::start(&bus, DomaindOptions::default())
         .await
         .expect("domaind starts");
-    let cli = Cli { daemon: &daemon };
+    let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
 
     assert_eq!(json_names(&cli.ok(&["ls", "--json"])), Vec::<String>::new());
 
@@ -194,18 +144,10 @@ async fn run_in_a_disposable_from_the_debian_template() {
         return;
     }
     let bus = TestBus::start().expect("dbus-daemon starts");
-    let daemon = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache),
-            recipes_dir: Some(bulkhead_templates_recipes()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("domaind starts");
-    let cli = Cli { daemon: &daemon };
+    let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache))
+        .await
+        .expect("domaind starts");
+    let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
 
     // The template is cached, so this registers it without rebuilding; progress goes to stderr.
     let out = cli.run(&["template", "build", "debian-12"]);
@@ -394,13 +336,6 @@ async fn run_in_a_disposable_from_the_debian_template() {
     );
 }
 
-fn bulkhead_templates_recipes() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("templates")
-        .join("recipes")
-}
-
 /// `bulkhead policy check` lints without domaind: the shipped defaults pass, a broken file is
 /// reported as file:line with exit code 5 (a broken policy denies every call).
 #[test]
@@ -443,7 +378,7 @@ async fn firewall_rules_are_listed_added_removed_and_a_broken_file_is_explained(
     let daemon = TestDomaind::start(&bus, DomaindOptions::default())
         .await
         .expect("domaind starts");
-    let cli = Cli { daemon: &daemon };
+    let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
     cli.ok(&["create", "-C", "standalone", "-l", "red", "fw"]);
     assert!(cli.ok(&["firewall", "fw", "list"]).contains("no rules"));
     cli.ok(&["firewall", "fw", "add", "action=drop"]);

@@ -4,50 +4,7 @@
 //! opens a file in a new disposable whose default application edits it, the edited copy
 //! comes back, and the disposable is gone afterwards.
 
-use std::process::{Command, Output, Stdio};
-
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestDomaind};
-
-struct Cli<'a> {
-    daemon: &'a TestDomaind,
-}
-
-impl Cli<'_> {
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-            .args(args)
-            .env("BULKHEAD_BUS_ADDRESS", self.daemon.bus_address())
-            .stdin(Stdio::null())
-            .output()
-            .expect("the bulkhead binary runs");
-        eprintln!(
-            "$ bulkhead {}\n-> {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "bulkhead {args:?} failed");
-        String::from_utf8(out.stdout).expect("UTF-8 output")
-    }
-
-    /// `sh -c SCRIPT` as the default user in `domain`.
-    fn sh(&self, domain: &str, script: &str) -> Output {
-        self.run(&["run", domain, "--", "sh", "-c", script])
-    }
-}
-
-fn recipes() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .join("templates/recipes")
-}
+use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
 
 /// The disposable template's default application for text/plain: a script that edits the
 /// file it is given (installed in the template's private volume).
@@ -76,18 +33,10 @@ async fn copy_and_open_in_disposable_between_sandbox_domains() {
         return;
     }
     let bus = TestBus::start().expect("dbus-daemon starts");
-    let daemon = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache),
-            recipes_dir: Some(recipes()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("domaind starts");
-    let cli = Cli { daemon: &daemon };
+    let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache))
+        .await
+        .expect("domaind starts");
+    let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
     // the policy lives in the test domaind's <config>/policy.d (reloaded on change)
     let policy_dir = daemon.paths.config_dir.join("policy.d");
     std::fs::create_dir_all(&policy_dir).expect("policy dir");
@@ -206,7 +155,7 @@ async fn copy_and_open_in_disposable_between_sandbox_domains() {
     }
 }
 
-fn domain_names(cli: &Cli<'_>) -> Vec<String> {
+fn domain_names(cli: &TestCli<'_>) -> Vec<String> {
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&cli.ok(&["ls", "--json"])).expect("ls --json is JSON");
     let mut v: Vec<String> = rows
