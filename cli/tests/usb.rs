@@ -3,25 +3,12 @@
 //! codes of a refused attach (7) and an allowed one that the kernel cannot carry out (1).
 
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
+use domaind::testing::{DomaindOptions, TestBus, TestCli, TestDomaind};
 
 fn bulkhead(d: &TestDomaind, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(args)
-        .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
-        .stdin(Stdio::null())
-        .output()
-        .expect("the bulkhead binary runs");
-    eprintln!(
-        "$ bulkhead {}\n-> {:?}\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), d).run(args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
