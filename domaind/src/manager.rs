@@ -1303,6 +1303,8 @@ impl Manager {
             info!(domain = name, "disposable removed");
         }
         lock(&self.domains).remove(name);
+        // A handed-out warm disposable: its replacement starts now that it is gone.
+        self.pool.returned(name);
     }
 
     pub async fn shutdown(self: &Arc<Self>, name: &str, timeout_secs: u32) -> Result<(), Error> {

@@ -3,9 +3,14 @@
 //! A disposable-template with `dispvm_pool_size = N` gets up to N disposables (`dispNNNN`,
 //! ordinary disposables in every other way) that domaind creates, starts and pauses ahead of
 //! time. `RunDisposable`, `@dispvm` calls and everything built on them (open in disposable)
-//! take a member first: unpause it and hand it out, then a replacement is started in the
-//! background; with no member ready they make a cold disposable as before.
+//! take a member first: unpause it and hand it out; with no member ready they make a cold
+//! disposable as before.
 //!
+//! - **Refill.** The replacement of a handed-out member is started once that member has been
+//!   removed, or after [`REFILL_DEFER`] if it is still running then (a long editing session).
+//!   Starting it at once made it compete for the CPU with the member's application start and
+//!   its teardown (and for the config lock with its removal): warm requests took about twice
+//!   as long on a loaded 2-core machine.
 //! - **Memory bound.** A member is started only if `MemAvailable` (from `/proc/meminfo`)
 //!   minus the member's memory stays at or above the margin
 //!   (`DaemonConfig::pool_memory_margin_mib`); otherwise the pool stays short and its note
@@ -43,6 +48,10 @@ pub const MARKER: &str = "pool-member";
 const MAX_MARKER: u64 = 256;
 /// How often the filler looks again when nothing woke it (memory may have been freed).
 pub const RETRY: Duration = Duration::from_secs(10);
+/// Longest the refill waits for a handed-out member to end. Until then the member's own
+/// work (its application starting, its teardown) has the CPU to itself rather than sharing
+/// it with a replacement being started.
+pub const REFILL_DEFER: Duration = Duration::from_secs(2);
 
 /// The kernel's memory summary.
 const MEMINFO: &str = "/proc/meminfo";
@@ -54,6 +63,8 @@ pub(crate) struct Pool {
     /// Why a base's pool is short, per base.
     notes: StdMutex<BTreeMap<String, String>>,
     wake: Arc<Notify>,
+    /// Members handed out (to their base) whose refill waits for their end (or [`REFILL_DEFER`]).
+    lent: Arc<StdMutex<BTreeMap<String, String>>>,
     margin_mib: u64,
 }
 
@@ -63,6 +74,7 @@ impl Pool {
             ready: StdMutex::new(BTreeMap::new()),
             notes: StdMutex::new(BTreeMap::new()),
             wake: Arc::new(Notify::new()),
+            lent: Arc::new(StdMutex::new(BTreeMap::new())),
             margin_mib,
         }
     }
@@ -70,6 +82,38 @@ impl Pool {
     /// Ask the filler to look at every pool now.
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// `member` was handed out: refill once it ended ([`Pool::returned`]) or after
+    /// [`REFILL_DEFER`], whichever comes first.
+    fn lend(&self, base: &str, member: &str) {
+        lock(&self.lent).insert(member.to_owned(), base.to_owned());
+        let lent = self.lent.clone();
+        let wake = self.wake.clone();
+        let m = member.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_DEFER).await;
+            if lock(&lent).remove(&m).is_some() {
+                debug!(domain = %m, "handed-out warm disposable still running; the pool refills");
+                wake.notify_one();
+            }
+        });
+    }
+
+    /// A disposable ended and was removed: if it was a handed-out member, refill now.
+    pub(crate) fn returned(&self, member: &str) {
+        if lock(&self.lent).remove(member).is_some() {
+            debug!(
+                domain = member,
+                "handed-out warm disposable ended; the pool refills"
+            );
+            self.wake();
+        }
+    }
+
+    /// Whether a handed-out member of `base` is still waiting to be replaced.
+    fn lending(&self, base: &str) -> bool {
+        lock(&self.lent).values().any(|b| b == base)
     }
 
     fn members(&self, base: &str) -> Vec<String> {
@@ -219,7 +263,6 @@ impl Manager {
     /// Hand out a ready member of `base`'s pool, if any.
     async fn take_member(self: &Arc<Self>, base: &str) -> Option<String> {
         while let Some(name) = self.pool.pop(base, false) {
-            self.pool.wake();
             let rt = self.runtime(&name);
             let _op = rt.op.lock().await;
             let inst = match (rt.state(), rt.instance()) {
@@ -231,6 +274,7 @@ impl Manager {
                     let n = name.clone();
                     drop(_op);
                     tokio::spawn(async move { me.destroy_disposable(&n).await });
+                    self.pool.wake();
                     continue;
                 }
             };
@@ -245,6 +289,7 @@ impl Manager {
             .await;
             match thawed {
                 Ok(Ok(())) => {
+                    self.pool.lend(base, &name);
                     self.set_state(&rt, DomainState::Running);
                     info!(domain = %name, base, "handed out a warm disposable");
                     return Some(name);
@@ -256,6 +301,7 @@ impl Manager {
             }
             drop(_op);
             self.destroy_disposable(&name).await;
+            self.pool.wake();
         }
         None
     }
@@ -335,6 +381,11 @@ impl Manager {
                         )),
                     );
                 }
+                continue;
+            }
+            if self.pool.lending(base) {
+                // Woken by something else meanwhile; the refill still waits for the handed-out
+                // member (its end or REFILL_DEFER wakes the filler).
                 continue;
             }
             let member_mib = good
@@ -513,5 +564,20 @@ mod tests {
         assert!(!p.forget("disp2"));
         assert_eq!(p.pop("dvm", false), None);
         assert!(lock(&p.ready).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lent_member_holds_the_refill_until_it_returns() {
+        let p = Pool::new(0);
+        p.lend("dvm", "disp1");
+        assert!(p.lending("dvm"));
+        assert!(!p.lending("other"));
+        // Another disposable ending does not release it.
+        p.returned("disp2");
+        assert!(p.lending("dvm"));
+        p.returned("disp1");
+        assert!(!p.lending("dvm"));
+        // The filler was woken (the permit is stored until it waits).
+        p.wake.notified().await;
     }
 }
