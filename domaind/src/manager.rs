@@ -1019,6 +1019,12 @@ impl Manager {
         }
 
         if let Err(e) = self.net_after_start(cfg, &inst).await {
+            // An init that died at once makes every namespace step fail: say why it died.
+            let e = if *inst.exited.borrow() {
+                init_exited_error(name, &log_file)
+            } else {
+                e
+            };
             self.teardown(rt, &inst).await;
             return Err(e);
         }
@@ -1191,24 +1197,14 @@ impl Manager {
     async fn wait_agent(&self, inst: &Instance, name: &str, log: &Path) -> Result<(), Error> {
         let mut agent = inst.agent.clone();
         let mut exited = inst.exited.clone();
-        let tail = || {
-            let t = fsutil::log_tail(log, 10);
-            if t.is_empty() {
-                format!("(the log {} is empty)", log.display())
-            } else {
-                format!("last lines of {}:\n{t}", log.display())
-            }
-        };
         tokio::select! {
             r = agent.wait_for(|c| c.is_some()) => r.map(|_| ()).map_err(|_| {
                 Error::Agent(format!("domain '{name}': the agent link stopped"))
             }),
-            _ = exited.wait_for(|e| *e) => Err(Error::Agent(format!(
-                "domain '{name}' stopped while starting (its init exited); {}", tail()
-            ))),
+            _ = exited.wait_for(|e| *e) => Err(init_exited_error(name, log)),
             _ = tokio::time::sleep(self.cfg.agent_timeout) => Err(Error::Agent(format!(
                 "the agent of domain '{name}' did not connect within {} s; {}",
-                self.cfg.agent_timeout.as_secs(), tail()
+                self.cfg.agent_timeout.as_secs(), start_log_tail(log)
             ))),
         }
     }
@@ -2007,6 +2003,24 @@ fn private_image(paths: &bulkhead_domain::Paths, name: &DomainName) -> PathBuf {
 }
 
 /// The previous generation of a domain log (the sandbox's log writer rotates to it).
+/// The last lines of a domain's log for a start error, or a note that it is empty.
+fn start_log_tail(log: &Path) -> String {
+    let t = fsutil::log_tail(log, 10);
+    if t.is_empty() {
+        format!("(the log {} is empty)", log.display())
+    } else {
+        format!("last lines of {}:\n{t}", log.display())
+    }
+}
+
+/// A start that failed because the domain's init exited.
+fn init_exited_error(name: &str, log: &Path) -> Error {
+    Error::Agent(format!(
+        "domain '{name}' stopped while starting (its init exited); {}",
+        start_log_tail(log)
+    ))
+}
+
 fn old_log(log: &Path) -> PathBuf {
     let mut s = log.as_os_str().to_owned();
     s.push(".old");

@@ -177,6 +177,11 @@ impl Manager {
         inst: &Arc<Instance>,
     ) -> Result<(), Error> {
         let name = cfg.name.as_str();
+        let serves = self.serves_network(name);
+        if !serves && cfg.netvm.is_none() {
+            // No link to make: the domain keeps its empty network namespace.
+            return Ok(());
+        }
         let Some(ns) = sandbox_ns(inst) else {
             if cfg.netvm.is_some() {
                 warn!(domain = name, "VM domains have no network yet (virtio-net is not implemented); this domain's netvm is ignored");
@@ -184,7 +189,7 @@ impl Manager {
             return Ok(());
         };
         let ns = Arc::new(ns.map_err(net_err("the domain's network namespace"))?);
-        if self.serves_network(name) {
+        if serves {
             self.serve(name, ns.clone(), cfg.netvm.is_some(), false)
                 .await?;
         }
