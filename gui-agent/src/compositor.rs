@@ -58,6 +58,8 @@ const LOW_WATER: usize = 4 << 20;
 const MAX_RECTS: usize = 16;
 /// Damage messages carry at most this many pixel bytes (large rectangles go in bands).
 const MAX_DAMAGE_BYTES: usize = 4 << 20;
+/// Room reserved for one damage message's header (frame header + damage fields).
+const DAMAGE_HEADER_ROOM: usize = 64;
 
 /// Per-client data smithay needs.
 #[derive(Default)]
@@ -792,8 +794,18 @@ fn encode_damage(id: u32, w: &mut Window) -> Vec<u8> {
         let first = rects[0];
         rects = vec![rects[1..].iter().fold(first, |a, r| a.union(*r))];
     }
-    let mut out = Vec::new();
     let stride = w.width as usize * 4;
+    // One allocation for the whole message: growing it by doubling cost a full-frame copy
+    // or two per frame.
+    let pixel_bytes: usize = rects.iter().map(|r| r.w as usize * 4 * r.h as usize).sum();
+    let bands: usize = rects
+        .iter()
+        .map(|r| {
+            let band = (MAX_DAMAGE_BYTES / (r.w as usize * 4).max(1)).max(1);
+            (r.h as usize).div_ceil(band)
+        })
+        .sum();
+    let mut out = Vec::with_capacity(pixel_bytes + bands * DAMAGE_HEADER_ROOM);
     for r in rects {
         let row_bytes = r.w as usize * 4;
         let band = (MAX_DAMAGE_BYTES / row_bytes.max(1)).max(1) as u32;
