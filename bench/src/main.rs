@@ -40,17 +40,9 @@ pub(crate) async fn domaind_for_bench(
         return Ok((domaind::api::connect(Some(&address)).await?, None));
     }
     let bus = TestBus::start().map_err(anyhow::Error::msg)?;
-    let daemon = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache.to_owned()),
-            recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache.to_owned()))
+        .await
+        .map_err(anyhow::Error::msg)?;
     let dir = daemon.paths.config_dir.join("policy.d");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("30-bench.policy"), policy)?;
@@ -263,17 +255,9 @@ async fn disposable(
         Some(address) => domaind::api::connect(Some(&address)).await?,
         None => {
             let bus = TestBus::start().map_err(anyhow::Error::msg)?;
-            let daemon = TestDomaind::start(
-                &bus,
-                DomaindOptions {
-                    with_guest_tools: true,
-                    template_cache: Some(cache.clone()),
-                    recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
+            let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache.clone()))
+                .await
+                .map_err(anyhow::Error::msg)?;
             let connection = daemon.connect().await.map_err(anyhow::Error::msg)?;
             _private = Some((bus, daemon));
             connection

@@ -188,13 +188,10 @@ pub async fn bench(
     let daemon = TestDomaind::start(
         &bus,
         DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache),
-            recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
             daemon_file: Some(format!(
                 "[net]\ndomain = \"{NET}\"\nuplink = \"{uplink}\"\naddress = \"192.0.2.2/24\"\ngateway = \"{SERVER}\"\n"
             )),
-            ..Default::default()
+            ..DomaindOptions::debian12(cache)
         },
     )
     .await
