@@ -12,6 +12,9 @@ pub const DEFAULT_RECIPES_DIR: &str = "/usr/local/share/bulkhead/templates/recip
 pub const ENV_RECIPES_DIR: &str = "BULKHEAD_RECIPES_DIR";
 /// How long a start waits for the domain's agent to connect.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a start waits for the agent of a VM domain: the guest kernel boots first (about
+/// a second with VT-x/AMD-V, 20-60 s nested under QEMU's TCG).
+pub const DEFAULT_VM_AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default of [`DaemonConfig::pool_memory_margin_mib`].
 pub const DEFAULT_POOL_MEMORY_MARGIN_MIB: u64 = 1024;
 /// Environment variable for `--pool-memory-margin-mib`.
@@ -27,6 +30,8 @@ pub struct DaemonConfig {
     /// The `bulkhead-sandbox` launcher binary.
     pub launcher: PathBuf,
     pub agent_timeout: Duration,
+    /// [`Self::agent_timeout`] for VM domains (their kernel boots first).
+    pub vm_agent_timeout: Duration,
     /// How long the ask agent (the GUI) has to answer an `ask` before it counts as deny.
     pub ask_timeout: Duration,
     /// Disposable template for `@dispvm` calls made from dom0.

@@ -38,6 +38,9 @@ struct Args {
     /// Seconds a start waits for the domain's agent.
     #[arg(long, default_value_t = DEFAULT_AGENT_TIMEOUT.as_secs())]
     agent_timeout: u64,
+    /// Seconds a start waits for the agent of a VM domain (its kernel boots first).
+    #[arg(long, env = "BULKHEAD_VM_AGENT_TIMEOUT", default_value_t = domaind::config::DEFAULT_VM_AGENT_TIMEOUT.as_secs())]
+    vm_agent_timeout: u64,
     /// Seconds the ask agent (the GUI) has to answer an `ask` policy decision; then deny.
     #[arg(long, env = "BULKHEAD_ASK_TIMEOUT", default_value_t = domaind::calls::DEFAULT_ASK_TIMEOUT.as_secs_f64())]
     ask_timeout: f64,
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         recipes_dir: args.recipes_dir,
         launcher: domaind::config::find_launcher(exe.as_deref()),
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout.max(1)),
+        vm_agent_timeout: std::time::Duration::from_secs(args.vm_agent_timeout.max(1)),
         ask_timeout: std::time::Duration::try_from_secs_f64(args.ask_timeout.max(0.0))
             .context("--ask-timeout is out of range")?,
         dom0_default_dispvm: args

@@ -1197,14 +1197,18 @@ impl Manager {
     async fn wait_agent(&self, inst: &Instance, name: &str, log: &Path) -> Result<(), Error> {
         let mut agent = inst.agent.clone();
         let mut exited = inst.exited.clone();
+        let limit = match inst.record {
+            DomainRecord::Vm(_) => self.cfg.vm_agent_timeout,
+            _ => self.cfg.agent_timeout,
+        };
         tokio::select! {
             r = agent.wait_for(|c| c.is_some()) => r.map(|_| ()).map_err(|_| {
                 Error::Agent(format!("domain '{name}': the agent link stopped"))
             }),
             _ = exited.wait_for(|e| *e) => Err(init_exited_error(name, log)),
-            _ = tokio::time::sleep(self.cfg.agent_timeout) => Err(Error::Agent(format!(
+            _ = tokio::time::sleep(limit) => Err(Error::Agent(format!(
                 "the agent of domain '{name}' did not connect within {} s; {}",
-                self.cfg.agent_timeout.as_secs(), start_log_tail(log)
+                limit.as_secs(), start_log_tail(log)
             ))),
         }
     }
@@ -1277,6 +1281,16 @@ impl Manager {
             return; // a shutdown/kill/failed start already handled it
         };
         warn!(domain = %rt.name, "the domain's init exited on its own");
+        let what = match inst.record {
+            DomainRecord::Vm(_) => "VMM",
+            _ => "init",
+        };
+        if let Ok(dn) = DomainName::new(&rt.name) {
+            fsutil::append_log_line(
+                &self.cfg.paths.log_file(&dn),
+                &format!("domaind: the domain's {what} exited on its own; the domain is halted"),
+            );
+        }
         self.set_state(rt, DomainState::Dying);
         self.teardown(rt, &inst).await;
         self.set_state(rt, DomainState::Halted);

@@ -1364,3 +1364,86 @@ pub fn install_test_vm_artifacts(
     .map_err(|e| e.to_string())?;
     Ok(dir)
 }
+
+/// Set inside L1 by [`hardware_vm_here_or_nested`] (no second level of nesting).
+pub const ENV_IN_L1: &str = "BULKHEAD_TEST_IN_L1";
+
+/// Where a test that boots a real Linux guest runs.
+#[derive(Debug)]
+pub enum VmHost {
+    /// This host has hardware virtualization: run the test body here.
+    Here,
+    /// The test ran inside an L1 with a real `/dev/kvm` (`scripts/nested-kvm.sh`) and passed
+    /// there; its output has been printed. The caller returns.
+    PassedInL1,
+}
+
+/// For a test that needs hardware virtualization (VT-x/AMD-V): on a host that has it, run
+/// here; on one that has not (PVM's software KVM, as on our build and CI machines), run the
+/// same test executable with `--exact test` inside the nested environment, which boots an L1
+/// kernel under QEMU TCG with emulated AMD-V, and panic unless it passed there. Panics with
+/// the reason when neither can be done: a VM test never passes without having run.
+pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
+    let vmm = vmm_bin().unwrap_or_else(|e| panic!("no bulkhead-vmm: {e}"));
+    let (hardware, reason) = vmm_probe(&vmm).unwrap_or_else(|e| panic!("{e}"));
+    if hardware {
+        return VmHost::Here;
+    }
+    if std::env::var_os(ENV_IN_L1).is_some() {
+        panic!("inside L1 and still no hardware virtualization: {reason}");
+    }
+    let script = workspace_root().join("scripts/nested-kvm.sh");
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    println!(
+        "no hardware virtualization here ({reason}); running {test} inside L1 ({})",
+        script.display()
+    );
+    let out = Command::new(&script)
+        .arg("--")
+        .arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(ENV_IN_L1, "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("---- {test} inside L1 ----\n{text}---- end of L1 output ----");
+    assert!(
+        out.status.success(),
+        "{test} failed inside L1 ({}); its output is above",
+        out.status
+    );
+    // Zero tests run also exits 0: make sure this one ran.
+    assert!(
+        text.contains("test result: ok. 1 passed"),
+        "{test} did not run inside L1; its output is above"
+    );
+    VmHost::PassedInL1
+}
+
+/// The template store inside a template cache (`<cache>/templates` or the cache itself, as
+/// [`DomaindOptions::template_cache`] links it).
+pub fn cache_store(cache: &Path) -> PathBuf {
+    let t = cache.join("templates");
+    if t.is_dir() {
+        t
+    } else {
+        cache.to_owned()
+    }
+}
+
+/// Build (or find) the VM files of template `name` in the template cache, from the source
+/// tree's recipe: Debian's cloud kernel and busybox are fetched with apt, so this runs on the
+/// host before a test enters L1. Returns their dir.
+pub fn ensure_vm_files(cache: &Path, name: &str) -> TestResult<PathBuf> {
+    let name = bulkhead_domain::DomainName::new(name).map_err(|e| e.to_string())?;
+    let recipe =
+        bulkhead_templates::Recipe::load_named(&bulkhead_templates::source_recipes_dir(), &name)
+            .map_err(|e| e.to_string())?;
+    let store = bulkhead_templates::TemplateStore::new(cache_store(cache));
+    let a = store
+        .build_vm(&recipe, &mut |p| println!("{p}"))
+        .map_err(|e| e.to_string())?;
+    Ok(a.kernel.parent().map(Path::to_owned).unwrap_or_default())
+}

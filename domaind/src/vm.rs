@@ -392,11 +392,19 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
     };
     // The VMM is our child: reap it when it exits so it does not stay a zombie (the pidfd
     // watcher sees the exit either way).
+    // Its exit status also goes to the domain's log, where `bulkhead log` shows it.
     let name = s.name.clone();
+    let log_file = s.log_file.clone();
     let reaper = std::thread::Builder::new()
         .name(format!("reap-vmm-{pid}"))
         .spawn(move || match child.wait() {
-            Ok(st) => info!(domain = %name, pid, status = %st, "VMM exited"),
+            Ok(st) => {
+                info!(domain = %name, pid, status = %st, "VMM exited");
+                crate::fsutil::append_log_line(
+                    &log_file,
+                    &format!("domaind: the VMM (pid {pid}) exited: {st}"),
+                );
+            }
             Err(e) => warn!(domain = %name, pid, error = %e, "cannot wait for the VMM"),
         });
     if let Err(e) = reaper {
