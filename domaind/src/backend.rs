@@ -125,10 +125,14 @@ impl DomainRecord {
         }
     }
 
-    /// Freeze every process of the domain (cgroup freezer; for a VM: the VMM, so every vCPU
-    /// and device thread stops).
+    /// Freeze every process of the domain: a sandbox with the cgroup freezer; a VM by
+    /// stopping its VMM (every vCPU and device thread), because under cgroup v2 KVM's worker
+    /// thread in the VMM's cgroup keeps the freezer from ever reporting frozen.
     pub fn freeze(&self) -> Result<(), SandboxError> {
-        self.cgroup().freeze()
+        match self {
+            DomainRecord::Vm(v) => v.cgroup.stop_processes(),
+            DomainRecord::Sandbox(s) => s.cgroup.freeze(),
+        }
     }
 
     /// Memory charged to the domain's cgroup (bytes) and CPU time its processes used (ns);
@@ -139,11 +143,17 @@ impl DomainRecord {
     }
 
     pub fn thaw(&self) -> Result<(), SandboxError> {
-        self.cgroup().thaw()
+        match self {
+            DomainRecord::Vm(v) => v.cgroup.continue_processes(),
+            DomainRecord::Sandbox(s) => s.cgroup.thaw(),
+        }
     }
 
     pub fn is_frozen(&self) -> Result<bool, SandboxError> {
-        self.cgroup().is_frozen()
+        match self {
+            DomainRecord::Vm(v) => v.cgroup.processes_stopped(),
+            DomainRecord::Sandbox(s) => s.cgroup.is_frozen(),
+        }
     }
 
     /// Signal the main process (checked against pid reuse first).

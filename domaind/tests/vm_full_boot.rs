@@ -137,6 +137,22 @@ async fn scenario(cache: std::path::PathBuf) {
     let (_, out, _) = run(&p, &name, &["id", "-un"]).await;
     assert_eq!(out, "user\n");
 
+    // Pause and unpause with a live guest.
+    p.pause(&name).await.expect("pause");
+    assert_eq!(
+        domain_state(&p.list().await.unwrap(), &name).as_deref(),
+        Some("paused")
+    );
+    let pid = vmm_pid(&d, &name);
+    let threads = vmm_thread_states(pid);
+    assert!(
+        !threads.is_empty() && threads.iter().all(|(_, s)| *s == 'T'),
+        "paused, yet VMM threads run: {threads:?}"
+    );
+    p.unpause(&name).await.expect("unpause");
+    let (_, out, _) = run(&p, &name, &["echo", "after unpause"]).await;
+    assert_eq!(out, "after unpause\n");
+
     // The template's disk is read-only even for the guest's root; the root overlay is not
     // the template's.
     let (code, _, err) = run_as(
@@ -179,16 +195,6 @@ async fn scenario(cache: std::path::PathBuf) {
     );
     let (code, _, _) = run(&p, &name, &["test", "-e", "/etc/written-in-vm"]).await;
     assert_ne!(code, 0, "the root overlay survived a restart");
-
-    // ... pause and unpause with a live guest ...
-    p.pause(&name).await.expect("pause");
-    assert_eq!(
-        domain_state(&p.list().await.unwrap(), &name).as_deref(),
-        Some("paused")
-    );
-    p.unpause(&name).await.expect("unpause");
-    let (_, out, _) = run(&p, &name, &["echo", "after unpause"]).await;
-    assert_eq!(out, "after unpause\n");
 
     // ... a domaind restart adopts the running VM, and its agent comes back ...
     let pid = vmm_pid(&d, &name);
@@ -254,6 +260,29 @@ async fn scenario(cache: std::path::PathBuf) {
         !Path::new(&rundir).join("channel/vsock.sock").exists(),
         "the VMM's socket stayed"
     );
+}
+
+/// (thread name, state letter) of every thread of the VMM `pid` and its children (the confined
+/// VMM runs as a child of `bulkhead-vmm run`).
+fn vmm_thread_states(pid: i32) -> Vec<(String, char)> {
+    let mut pids = vec![pid];
+    if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    let mut out = Vec::new();
+    for p in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in dir.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            if let (Some(a), Some(b)) = (stat.find('('), stat.rfind(')')) {
+                let state = stat[b + 1..].trim_start().chars().next().unwrap_or('?');
+                out.push((stat[a + 1..b].to_owned(), state));
+            }
+        }
+    }
+    out
 }
 
 fn tail(s: &str, n: usize) -> String {

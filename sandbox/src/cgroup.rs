@@ -393,6 +393,47 @@ impl CgroupPaths {
         }
     }
 
+    /// The cgroup's user-space processes: [`Self::procs`] without kernel threads (KVM attaches
+    /// its per-VM worker thread, `kvm-nx-lpage-recovery`, to the cgroup of the VMM that made
+    /// the VM; no signal reaches it and it never freezes).
+    pub fn user_procs(&self) -> Result<Vec<i32>, SandboxError> {
+        Ok(self
+            .procs()?
+            .into_iter()
+            .filter(|pid| !is_kernel_thread(*pid))
+            .collect())
+    }
+
+    /// Stop every user-space process of the cgroup with SIGSTOP and wait until each of their
+    /// threads is stopped. The pause of a VM domain: under cgroup v2 a cgroup that holds
+    /// KVM's worker thread never reports frozen (see [`Self::user_procs`]), and a stopped
+    /// VMM runs no vCPU either. SIGSTOP cannot be caught or ignored.
+    pub fn stop_processes(&self) -> Result<(), SandboxError> {
+        wait_until("every process of the cgroup stopped", || {
+            let procs = self.user_procs()?;
+            let mut all = true;
+            for pid in &procs {
+                if !threads_stopped(*pid) {
+                    // again: a process forked since the last round gets it too
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+                    all = false;
+                }
+            }
+            Ok(all)
+        })
+    }
+
+    /// Let the processes stopped by [`Self::stop_processes`] go on.
+    pub fn continue_processes(&self) -> Result<(), SandboxError> {
+        self.signal_all(Signal::SIGCONT)
+    }
+
+    /// Whether every user-space process of the cgroup is stopped (and there is one).
+    pub fn processes_stopped(&self) -> Result<bool, SandboxError> {
+        let procs = self.user_procs()?;
+        Ok(!procs.is_empty() && procs.iter().all(|p| threads_stopped(*p)))
+    }
+
     /// Moves a process into the cgroup (every hierarchy).
     pub fn join(&self, pid: i32) -> Result<(), SandboxError> {
         for d in self.dirs() {
@@ -409,7 +450,16 @@ impl CgroupPaths {
         match self {
             CgroupPaths::V2 { dir } => {
                 write(&dir.join("cgroup.freeze"), "1")?;
-                wait_until("cgroup frozen", || self.is_frozen())
+                wait_until("cgroup frozen", || self.is_frozen()).map_err(|e| match e {
+                    SandboxError::Timeout { what, secs } => SandboxError::Timeout {
+                        what: format!(
+                            "{what} (tasks: {})",
+                            task_states(&dir.join("cgroup.threads"))
+                        ),
+                        secs,
+                    },
+                    other => other,
+                })
             }
             CgroupPaths::V1 { freezer, .. } => {
                 let state = freezer.join("freezer.state");
@@ -574,6 +624,58 @@ fn proc_cpu_ticks(stat: &str) -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14
     f.get(11..15)?.iter().map(|v| v.parse::<u64>().ok()).sum()
+}
+
+/// The state letter and flags of `/proc/<path>/stat` (`None` if it is gone).
+fn stat_state_flags(path: &str) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{path}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // after state: ppid pgrp session tty_nr tpgid flags
+    let flags = fields.nth(5)?.parse().ok()?;
+    Some((state, flags))
+}
+
+/// PF_KTHREAD in a task's flags.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+fn is_kernel_thread(pid: i32) -> bool {
+    stat_state_flags(&pid.to_string()).is_some_and(|(_, f)| f & PF_KTHREAD != 0)
+}
+
+/// Every thread of `pid` is stopped (`T`), or the process is gone.
+fn threads_stopped(pid: i32) -> bool {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    dir.flatten().all(|t| {
+        let tid = t.file_name();
+        match stat_state_flags(&format!("{pid}/task/{}", tid.to_string_lossy())) {
+            Some((state, _)) => matches!(state, 'T' | 'X' | 'Z'),
+            None => true,
+        }
+    })
+}
+
+/// `tid comm state wchan` of every thread listed in `threads` (a cgroup's `cgroup.threads`),
+/// for an error that says which tasks did not freeze. Best effort, at most 16 threads.
+fn task_states(threads: &Path) -> String {
+    let Ok(list) = read_small(threads) else {
+        return "unknown".into();
+    };
+    let mut out = Vec::new();
+    for tid in list.split_whitespace().take(16) {
+        let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).unwrap_or_default();
+        let (comm, rest) = match (stat.find('('), stat.rfind(')')) {
+            (Some(a), Some(b)) if a < b => (&stat[a + 1..b], stat[b + 1..].trim_start()),
+            _ => ("?", ""),
+        };
+        let state = rest.split(' ').next().unwrap_or("?");
+        let wchan = std::fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default();
+        out.push(format!("{tid} {comm} {state} {wchan}"));
+    }
+    out.join(", ")
 }
 
 fn wait_until(
