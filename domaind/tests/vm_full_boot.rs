@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
     bounded, cgroup_exists, domain_state, hardware_vm_here_or_nested, process_alive,
-    register_template, run_in, template_cache, wait_state, DomaindOptions, TestBus, TestDomaind,
-    VmHost, ENV_IN_L1,
+    register_template, run_in, template_cache, vmm_thread_states, wait_state, DomaindOptions,
+    TestBus, TestDomaind, VmHost, ENV_IN_L1,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(1500);
@@ -260,29 +260,6 @@ async fn scenario(cache: std::path::PathBuf) {
         !Path::new(&rundir).join("channel/vsock.sock").exists(),
         "the VMM's socket stayed"
     );
-}
-
-/// (thread name, state letter) of every thread of the VMM `pid` and its children (the confined
-/// VMM runs as a child of `bulkhead-vmm run`).
-fn vmm_thread_states(pid: i32) -> Vec<(String, char)> {
-    let mut pids = vec![pid];
-    if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        pids.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-    }
-    let mut out = Vec::new();
-    for p in pids {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for t in dir.flatten() {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            if let (Some(a), Some(b)) = (stat.find('('), stat.rfind(')')) {
-                let state = stat[b + 1..].trim_start().chars().next().unwrap_or('?');
-                out.push((stat[a + 1..b].to_owned(), state));
-            }
-        }
-    }
-    out
 }
 
 fn tail(s: &str, n: usize) -> String {

@@ -25,8 +25,8 @@ use std::time::Duration;
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
     bounded, build_ticker_guest, cgroup_exists, domain_state, install_test_vm_artifacts,
-    process_alive, sandbox_available, vmm_bin, vmm_probe, wait_state, DomaindOptions, TestBus,
-    TestDomaind,
+    process_alive, sandbox_available, vmm_bin, vmm_probe, vmm_thread_states, wait_state,
+    DomaindOptions, TestBus, TestDomaind,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
@@ -108,19 +108,6 @@ fn children(pid: i32) -> Vec<i32> {
 }
 
 /// The freezer state file of a record's cgroup.
-fn freezer_state(rec: &serde_json::Value) -> String {
-    let cg = &rec["cgroup"];
-    let path = if cg["version"] == "v2" {
-        PathBuf::from(cg["dir"].as_str().expect("dir")).join("cgroup.freeze")
-    } else {
-        PathBuf::from(cg["freezer"].as_str().expect("freezer")).join("freezer.state")
-    };
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_owned()
-}
-
 fn procs_of(rec: &serde_json::Value) -> Vec<i32> {
     let cg = &rec["cgroup"];
     let dir = if cg["version"] == "v2" {
@@ -280,15 +267,22 @@ async fn body() {
         domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("paused")
     );
-    let fs = freezer_state(&rec);
-    assert!(fs == "FROZEN" || fs == "1", "freezer state {fs}");
+    // A VM's pause stops its VMM (the cgroup freezer cannot: see DomainRecord::freeze).
+    let threads = vmm_thread_states(pid);
+    assert!(
+        !threads.is_empty() && threads.iter().all(|(_, s)| *s == 'T'),
+        "paused, yet VMM threads run: {threads:?}"
+    );
     p.unpause(&work).await.expect("unpause");
     assert_eq!(
         domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("running")
     );
-    let fs = freezer_state(&rec);
-    assert!(fs == "THAWED" || fs == "0", "freezer state {fs}");
+    let threads = vmm_thread_states(pid);
+    assert!(
+        threads.iter().all(|(_, s)| *s != 'T'),
+        "unpaused, yet VMM threads are stopped: {threads:?}"
+    );
     let before = log_text(&p, &work).await.matches("tick").count();
     wait_ticks(&p, &work, before + 1).await;
 
