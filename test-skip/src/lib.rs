@@ -5,7 +5,8 @@
 //! `SKIP: <test>: <reason>` to stderr and, when `$BULKHEAD_TEST_SKIP_LOG` names a file,
 //! appends the line `<test>: <reason>` to it; scripts/test.sh reads that file and moves each
 //! skip from "passed" to "skipped" in its closing line (and fails when
-//! `BULKHEAD_TEST_NO_SKIPS=1`).
+//! `BULKHEAD_TEST_NO_SKIPS=1`). libtest hides a passing test's stderr unless run with
+//! `--nocapture`, so the log, not the message, is what gets a skip counted.
 //!
 //! `<test>` is the test binary's name without cargo's `-<hash>` suffix, then `::` and the
 //! current thread's name when that is not `main` (libtest runs each test on a thread named
