@@ -36,7 +36,7 @@ fn running_as_root() -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn domaind_refuses_callers_outside_the_admin_group() {
     if !running_as_root() {
-        eprintln!("SKIP: needs root to run the CLI as another uid");
+        bulkhead_test_skip::skip("needs root to run the CLI as another uid");
         return;
     }
     let bus = TestBus::start().expect("dbus-daemon starts");
@@ -66,7 +66,7 @@ async fn domaind_refuses_callers_outside_the_admin_group() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shipped_bus_policy_lets_only_root_and_admins_through() {
     if !running_as_root() {
-        eprintln!("SKIP: needs root to run the CLI as another uid");
+        bulkhead_test_skip::skip("needs root to run the CLI as another uid");
         return;
     }
     let policy = Path::new(env!("CARGO_MANIFEST_DIR"))

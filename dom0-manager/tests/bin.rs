@@ -25,7 +25,7 @@ async fn binary_shows_the_domains() {
     let xvfb = match Xvfb::start() {
         Ok(x) => x,
         Err(e) => {
-            println!("SKIP: {e}");
+            bulkhead_test_skip::skip(e);
             return;
         }
     };

@@ -17,7 +17,7 @@ fn main() {
     let xvfb = match Xvfb::start() {
         Ok(x) => x,
         Err(e @ dom0_manager::testing::TestingError::XvfbSpawn(_)) => {
-            println!("SKIP xvfb test: {e}");
+            bulkhead_test_skip::skip(e);
             return;
         }
         Err(e) => panic!("{e}"),

@@ -335,7 +335,9 @@ async fn body() {
     }
     for prog in ["Xvfb", "xdotool"] {
         if !have(prog) {
-            eprintln!("SKIP: {prog} is not installed (scripts/install-deps.sh)");
+            bulkhead_test_skip::skip(format_args!(
+                "{prog} is not installed (scripts/install-deps.sh)"
+            ));
             return;
         }
     }
@@ -344,10 +346,10 @@ async fn body() {
     };
     let root = cache.join("debian-12/current");
     if !root.join("usr/bin/foot").exists() || !root.join("usr/bin/weston-simple-shm").exists() {
-        eprintln!(
-            "SKIP: {} has no debian-12 template with the GUI group (foot, weston)",
+        bulkhead_test_skip::skip(format_args!(
+            "{} has no debian-12 template with the GUI group (foot, weston)",
             cache.display()
-        );
+        ));
         return;
     }
     let x = Xvfb::start().expect("Xvfb");

@@ -171,7 +171,7 @@ async fn exec_through_real_agent_and_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_user_is_not_root() {
     if !nix::unistd::Uid::effective().is_root() {
-        println!("skipping: switching users needs root");
+        bulkhead_test_skip::skip("switching users needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -259,7 +259,7 @@ async fn abandoned_command_gets_hangup() {
 async fn cwd_is_entered_as_the_user() {
     use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::Uid::effective().is_root() {
-        println!("skipping: switching users needs root");
+        bulkhead_test_skip::skip("switching users needs root");
         return;
     }
     let has_setpriv = Command::new("setpriv")
@@ -267,7 +267,7 @@ async fn cwd_is_entered_as_the_user() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_setpriv {
-        println!("skipping: setpriv (util-linux) not installed");
+        bulkhead_test_skip::skip("setpriv (util-linux) not installed");
         return;
     }
     let expected_uid = match nix::unistd::User::from_name("user").unwrap() {

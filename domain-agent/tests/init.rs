@@ -103,7 +103,7 @@ async fn pid1_in_namespace_reaps_restarts_and_shuts_down() {
         .args(["--pid", "--fork", "true"])
         .status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
-        println!("skipping: cannot create pid namespaces here (unshare --pid failed)");
+        bulkhead_test_skip::skip("cannot create pid namespaces here (unshare --pid failed)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -158,7 +158,7 @@ async fn pid1_shuts_down_on_sigterm_from_the_host() {
         .args(["--pid", "--fork", "true"])
         .status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
-        println!("skipping: cannot create pid namespaces here (unshare --pid failed)");
+        bulkhead_test_skip::skip("cannot create pid namespaces here (unshare --pid failed)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -476,7 +476,7 @@ fn a_bad_source_name_is_refused_before_anything_is_created() {
 #[test]
 fn a_full_disk_ends_with_an_error_and_no_partial_file() {
     if !nix::unistd::Uid::effective().is_root() {
-        println!("skipped: mounting a tmpfs needs root");
+        bulkhead_test_skip::skip("mounting a tmpfs needs root");
         return;
     }
     let mnt = tempfile::tempdir().unwrap();
@@ -487,7 +487,7 @@ fn a_full_disk_ends_with_an_error_and_no_partial_file() {
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
         Some("size=1m,mode=0755"),
     ) {
-        println!("skipped: cannot mount a tmpfs: {e}");
+        bulkhead_test_skip::skip(format_args!("cannot mount a tmpfs: {e}"));
         return;
     }
     struct Unmount<'a>(&'a Path);

@@ -222,9 +222,9 @@ pub fn template_cache() -> Option<PathBuf> {
     match std::env::var_os(ENV_TEMPLATE_CACHE).filter(|p| !p.is_empty()) {
         Some(p) => Some(PathBuf::from(p)),
         None => {
-            eprintln!(
-                "SKIP: {ENV_TEMPLATE_CACHE} is not set (a state dir whose templates/ holds a built debian-12 template)"
-            );
+            bulkhead_test_skip::skip(format_args!(
+                "{ENV_TEMPLATE_CACHE} is not set (a state dir whose templates/ holds a built debian-12 template)"
+            ));
             None
         }
     }
@@ -1219,7 +1219,7 @@ impl MiniEnv {
 /// Whether this host can run sandbox domains; prints the reason and returns false if not.
 pub fn sandbox_available() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: sandbox domains need root");
+        bulkhead_test_skip::skip("sandbox domains need root");
         return false;
     }
     let caps = bulkhead_sandbox::probe();
@@ -1236,7 +1236,7 @@ pub fn sandbox_available() -> bool {
     };
     match why {
         Some(w) => {
-            eprintln!("SKIP: cannot run sandboxes here: {w}");
+            bulkhead_test_skip::skip(format_args!("cannot run sandboxes here: {w}"));
             false
         }
         None => true,

@@ -235,7 +235,7 @@ async fn broken_file_is_reported_and_others_work() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unprivileged_caller_is_refused() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root to run a client as another uid");
+        bulkhead_test_skip::skip("needs root to run a client as another uid");
         return;
     }
     if std::process::Command::new("setpriv")
@@ -247,7 +247,7 @@ async fn unprivileged_caller_is_refused() {
             .output()
             .is_err()
     {
-        eprintln!("SKIP: setpriv or dbus-send missing");
+        bulkhead_test_skip::skip("setpriv or dbus-send missing");
         return;
     }
     let (_bus, d, _c, _p) = start().await;

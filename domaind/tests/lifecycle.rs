@@ -656,7 +656,10 @@ async fn debian12_disposable_from_template_cache_body() {
         return;
     };
     if !cache.join("debian-12/current").exists() {
-        eprintln!("SKIP: {} has no built debian-12 template", cache.display());
+        bulkhead_test_skip::skip(format_args!(
+            "{} has no built debian-12 template",
+            cache.display()
+        ));
         return;
     }
     let bus = TestBus::start().unwrap();

@@ -163,7 +163,10 @@ async fn body() {
         return;
     };
     if !cache.join("debian-12/current").exists() {
-        eprintln!("SKIP: {} has no built debian-12 template", cache.display());
+        bulkhead_test_skip::skip(format_args!(
+            "{} has no built debian-12 template",
+            cache.display()
+        ));
         return;
     }
     if std::process::Command::new("nft")
@@ -171,7 +174,7 @@ async fn body() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: nft is not installed (scripts/install-deps.sh)");
+        bulkhead_test_skip::skip("nft is not installed (scripts/install-deps.sh)");
         return;
     }
     let inet = internet().await;

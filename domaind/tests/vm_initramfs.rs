@@ -133,7 +133,7 @@ fn descendants(pid: i32) -> Vec<(i32, String)> {
 #[test]
 fn initramfs_init_mounts_by_label_and_switches_to_bulkhead_init() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root (loop devices, namespaces)");
+        bulkhead_test_skip::skip("needs root (loop devices, namespaces)");
         return;
     }
     let Some(cache) = domaind::testing::template_cache() else {
@@ -146,10 +146,10 @@ fn initramfs_init_mounts_by_label_and_switches_to_bulkhead_init() {
         store.status_for(&recipe),
         bulkhead_templates::TemplateStatus::Ready { .. }
     ) {
-        eprintln!(
-            "SKIP: {} has no debian-12 template built from the current recipe",
+        bulkhead_test_skip::skip(format_args!(
+            "{} has no debian-12 template built from the current recipe",
             cache.display()
-        );
+        ));
         return;
     }
     let a = store

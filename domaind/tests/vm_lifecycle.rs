@@ -133,13 +133,13 @@ async fn body() {
         return;
     }
     if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: no /dev/kvm on this host");
+        bulkhead_test_skip::skip("no /dev/kvm on this host");
         return;
     }
     let vmm = match vmm_bin() {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("SKIP: no bulkhead-vmm to run VM domains with: {e}");
+            bulkhead_test_skip::skip(format_args!("no bulkhead-vmm to run VM domains with: {e}"));
             return;
         }
     };
@@ -147,7 +147,7 @@ async fn body() {
     if hardware {
         // There a start waits for the guest's agent, which the tiny guest does not have; the
         // full test (vm_full_boot.rs) covers hardware hosts.
-        eprintln!("SKIP: this test covers hosts without hardware virtualization; this one has it ({reason}); see vm_full_boot.rs");
+        bulkhead_test_skip::skip(format_args!("this test covers hosts without hardware virtualization; this one has it ({reason}); see vm_full_boot.rs"));
         return;
     }
     let bus = TestBus::start().expect("dbus-daemon");

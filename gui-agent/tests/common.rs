@@ -259,7 +259,9 @@ pub fn have(program: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false);
     if !found {
-        eprintln!("SKIP: {program} not installed (scripts/install-deps.sh installs it)");
+        bulkhead_test_skip::skip(format_args!(
+            "{program} not installed (scripts/install-deps.sh installs it)"
+        ));
     }
     found
 }

@@ -17,7 +17,7 @@ const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
 fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root (network namespaces)");
+        bulkhead_test_skip::skip("needs root (network namespaces)");
         return false;
     }
     if std::process::Command::new("nft")
@@ -25,7 +25,7 @@ fn can_run() -> bool {
         .output()
         .is_err()
     {
-        eprintln!("SKIP: nft is not installed (scripts/install-deps.sh)");
+        bulkhead_test_skip::skip("nft is not installed (scripts/install-deps.sh)");
         return false;
     }
     true

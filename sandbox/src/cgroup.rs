@@ -856,13 +856,13 @@ mod tests {
     #[test]
     fn v1_reused_cgroup_memory_limit_up_and_down() {
         if !nix::unistd::Uid::effective().is_root() {
-            println!("skipped: not root");
+            bulkhead_test_skip::skip("not root");
             return;
         }
         let h = match Hierarchy::detect() {
             Ok(h @ Hierarchy::V1 { .. }) => h,
             other => {
-                println!("skipped: no cgroup v1 memory hierarchy ({other:?})");
+                bulkhead_test_skip::skip(format_args!("no cgroup v1 memory hierarchy ({other:?})"));
                 return;
             }
         };
@@ -921,7 +921,9 @@ mod tests {
                 assert!(p.dirs().iter().all(|d| d.ends_with("bulkhead/x")));
             }
             Err(e) => {
-                println!("skipped: no usable cgroup hierarchy on this host: {e}");
+                bulkhead_test_skip::skip(format_args!(
+                    "no usable cgroup hierarchy on this host: {e}"
+                ));
             }
         }
     }

@@ -128,7 +128,7 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_host {
     () => {
         if let Some(why) = skip_reason() {
-            println!("skipped: {why}");
+            bulkhead_test_skip::skip(why);
             return;
         }
         become_subreaper();
@@ -434,10 +434,10 @@ fn escape_battery_in_real_template() {
     require_host!();
     let template = real_template();
     if !template.join("etc/os-release").exists() {
-        println!(
-            "skipped: no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
+        bulkhead_test_skip::skip(format_args!(
+            "no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
             template.display()
-        );
+        ));
         return;
     }
     let mut fx = Fixture::new("bh-test-escape-tmpl", 4007);
@@ -456,10 +456,10 @@ fn debian_programs_run_under_the_filter() {
     require_host!();
     let template = real_template();
     if !template.join("etc/os-release").exists() {
-        println!(
-            "skipped: no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
+        bulkhead_test_skip::skip(format_args!(
+            "no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
             template.display()
-        );
+        ));
         return;
     }
     let mut fx = Fixture::new("bh-test-debian-progs", 4009);

@@ -647,7 +647,7 @@ mod tests {
     #[test]
     fn build_cache_switch_and_gc() {
         if !root_user() {
-            eprintln!("skipped: needs root (trees are owned by uid 0 and home by 1000)");
+            bulkhead_test_skip::skip("needs root (trees are owned by uid 0 and home by 1000)");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -744,7 +744,7 @@ mod tests {
     #[test]
     fn interrupted_build_is_detected_ignored_and_cleaned() {
         if !root_user() {
-            eprintln!("skipped: needs root");
+            bulkhead_test_skip::skip("needs root");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -795,7 +795,7 @@ mod tests {
     #[test]
     fn verification_failure_is_reported_and_not_switched() {
         if !root_user() {
-            eprintln!("skipped: needs root");
+            bulkhead_test_skip::skip("needs root");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -816,7 +816,7 @@ mod tests {
     #[test]
     fn broken_states() {
         if !root_user() {
-            eprintln!("skipped: needs root");
+            bulkhead_test_skip::skip("needs root");
             return;
         }
         let d = tempfile::tempdir().unwrap();

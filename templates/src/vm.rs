@@ -1020,7 +1020,7 @@ kernel/net/vmw_vsock/vsock.ko:\n";
     #[test]
     fn ext4_image_of_a_tree() {
         if Command::new("mkfs.ext4").arg("-V").output().is_err() {
-            eprintln!("skipped: mkfs.ext4 is not installed (apt-get install e2fsprogs)");
+            bulkhead_test_skip::skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)");
             return;
         }
         let d = tempfile::tempdir().unwrap();

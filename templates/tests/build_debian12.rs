@@ -28,11 +28,13 @@ fn store_turn() -> MutexGuard<'static, ()> {
 fn build_debian_12_template_for_real() {
     let _turn = store_turn();
     let Some(cache) = std::env::var_os("BULKHEAD_TEST_TEMPLATE_CACHE") else {
-        println!("skipped: set BULKHEAD_TEST_TEMPLATE_CACHE=<dir> to build the debian-12 template for real");
+        bulkhead_test_skip::skip(
+            "set BULKHEAD_TEST_TEMPLATE_CACHE=<dir> to build the debian-12 template for real",
+        );
         return;
     };
     if !nix::unistd::Uid::effective().is_root() {
-        println!("skipped: building a template needs root (mmdebstrap --mode=root)");
+        bulkhead_test_skip::skip("building a template needs root (mmdebstrap --mode=root)");
         return;
     }
     let store = TemplateStore::new(PathBuf::from(cache));
@@ -126,11 +128,13 @@ fn build_debian_12_template_for_real() {
 fn build_debian_12_vm_files_for_real() {
     let _turn = store_turn();
     let Some(cache) = std::env::var_os("BULKHEAD_TEST_TEMPLATE_CACHE") else {
-        println!("skipped: set BULKHEAD_TEST_TEMPLATE_CACHE=<dir> to build the debian-12 VM files for real");
+        bulkhead_test_skip::skip(
+            "set BULKHEAD_TEST_TEMPLATE_CACHE=<dir> to build the debian-12 VM files for real",
+        );
         return;
     };
     if !nix::unistd::Uid::effective().is_root() {
-        println!("skipped: building a template needs root (mmdebstrap --mode=root)");
+        bulkhead_test_skip::skip("building a template needs root (mmdebstrap --mode=root)");
         return;
     }
     let store = TemplateStore::new(PathBuf::from(cache));

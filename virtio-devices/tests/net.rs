@@ -119,12 +119,12 @@ fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
 #[test]
 fn frames_both_ways_through_a_tap() {
     if !std::path::Path::new("/dev/net/tun").exists() {
-        eprintln!("SKIP frames_both_ways_through_a_tap: /dev/net/tun is missing");
+        bulkhead_test_skip::skip("/dev/net/tun is missing");
         return;
     }
     // This test thread gets its own network namespace.
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-        eprintln!("SKIP frames_both_ways_through_a_tap: cannot create a network namespace: {e}");
+        bulkhead_test_skip::skip(format_args!("cannot create a network namespace: {e}"));
         return;
     }
     let (tap, pkt) = tap_and_packet_socket().expect("tap in the test's network namespace");

@@ -7,8 +7,8 @@ use bulkhead_vmm::acpi::{build, MmioWindow};
 #[test]
 fn iasl_disassembles_every_table() {
     if Command::new("iasl").arg("-v").output().is_err() {
-        eprintln!(
-            "SKIPPED: iasl not found (apt-get install acpica-tools; scripts/install-deps.sh does)"
+        bulkhead_test_skip::skip(
+            "iasl not found (apt-get install acpica-tools; scripts/install-deps.sh does)",
         );
         return;
     }

@@ -180,8 +180,11 @@ fn confined_vmm_has_no_privileges_and_an_empty_root() {
 
 #[test]
 fn confined_vmm_runs_a_guest_with_a_device_worker_to_the_end() {
-    if !kvm_available() || !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs KVM and root");
+    if !kvm_available() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bulkhead_test_skip::skip("needs KVM and root");
         return;
     }
     // virtio-rng's worker thread starts under the vCPU filter and installs the device filter;

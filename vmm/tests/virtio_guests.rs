@@ -110,10 +110,12 @@ fn virtio_mmio_discovery_of_every_device() {
     // from this thread inherits it), so the host's interfaces are untouched.
     let mut want = vec![2u32, 2, 19];
     let net = if !Path::new("/dev/net/tun").exists() {
-        eprintln!("virtio-net not probed: /dev/net/tun is missing");
+        bulkhead_test_skip::skip("virtio-net not probed: /dev/net/tun is missing");
         false
     } else if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-        eprintln!("virtio-net not probed: cannot create a network namespace: {e}");
+        bulkhead_test_skip::skip(format_args!(
+            "virtio-net not probed: cannot create a network namespace: {e}"
+        ));
         false
     } else {
         create_tap("bhguest0").expect("tap in the test's network namespace");
@@ -447,12 +449,12 @@ fn virtio_net_frames_both_ways_through_a_tap() {
         return;
     }
     if !Path::new("/dev/net/tun").exists() {
-        eprintln!("SKIPPED: /dev/net/tun is missing");
+        bulkhead_test_skip::skip("/dev/net/tun is missing");
         return;
     }
     // A network namespace of this test thread; the VMM started from here inherits it.
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-        eprintln!("SKIPPED: cannot create a network namespace: {e}");
+        bulkhead_test_skip::skip(format_args!("cannot create a network namespace: {e}"));
         return;
     }
     create_tap("bhnet0").expect("tap");

@@ -28,9 +28,9 @@ pub fn kvm_available() -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            eprintln!(
-                "SKIPPED: /dev/kvm cannot be opened ({e}); guest tests need KVM (or PVM) and root"
-            );
+            bulkhead_test_skip::skip(format_args!(
+                "/dev/kvm cannot be opened ({e}); guest tests need KVM (or PVM) and root"
+            ));
             false
         }
     }
@@ -50,7 +50,7 @@ pub fn confinement_dirs() -> Option<(tempfile::TempDir, PathBuf)> {
         return None;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: confinement needs root");
+        bulkhead_test_skip::skip("confinement needs root");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -282,7 +282,7 @@ pub fn debian_kernel() -> Option<PathBuf> {
         return Some(k);
     }
     let skip = |why: String| {
-        eprintln!("SKIPPED: cannot fetch Debian's cloud kernel: {why}");
+        bulkhead_test_skip::skip(format_args!("cannot fetch Debian's cloud kernel: {why}"));
         None
     };
     let depends = match Command::new("apt-cache")
