@@ -259,6 +259,22 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
     lines[start..].join("\n")
 }
 
+/// Append one line of domaind's own to a domain's log (`bulkhead log` shows it next to the
+/// domain's output): why a domain stopped, for one. Never creates the log, never follows a
+/// symlink; a failure is only logged.
+pub fn append_log_line(log: &Path, line: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(log)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(log = %log.display(), error = %e, "cannot add a line to the domain's log");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,21 +392,5 @@ mod tests {
         fs::write(&p, "a\nb\nc\nd\n").unwrap();
         assert_eq!(log_tail(&p, 2), "c\nd");
         assert_eq!(log_tail(&t.path().join("missing"), 2), "");
-    }
-}
-
-/// Append one line of domaind's own to a domain's log (`bulkhead log` shows it next to the
-/// domain's output): why a domain stopped, for one. Never creates the log, never follows a
-/// symlink; a failure is only logged.
-pub fn append_log_line(log: &Path, line: &str) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let written = fs::OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(log)
-        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-    if let Err(e) = written {
-        tracing::warn!(log = %log.display(), error = %e, "cannot add a line to the domain's log");
     }
 }

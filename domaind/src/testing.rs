@@ -1414,6 +1414,11 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
         "{test} failed inside L1 ({}); its output is above",
         out.status
     );
+    // A skip inside L1 cannot reach the host's skip log: it is a failure here.
+    assert!(
+        !text.lines().any(|l| l.starts_with("SKIP")),
+        "{test} skipped inside L1; its output is above"
+    );
     // Zero tests run also exits 0: make sure this one ran.
     assert!(
         text.contains("test result: ok. 1 passed"),
