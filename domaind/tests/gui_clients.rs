@@ -10,13 +10,15 @@
 //! template there if it is not up to date) and a host that can run sandbox domains.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_gui_host::{GuiConnection, Receiver, Rules, WindowInfo};
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
-    bounded, register_template, run_in, sandbox_available, template_cache, DomaindOptions,
-    RunOutput, TestBus, TestDomaind,
+    bounded, ensure_vm_files, hardware_vm_here_or_nested, register_template, run_in,
+    sandbox_available, template_cache, DomaindOptions, RunOutput, TestBus, TestDomaind, VmHost,
+    ENV_IN_L1,
 };
 
 /// Whole test, including a template build if the cache is stale.
@@ -35,12 +37,18 @@ struct GuiDomain {
 }
 
 impl GuiDomain {
-    /// None (reason printed) when the template cache or sandboxes are unavailable.
+    /// A sandbox domain. None (reason printed) when the template cache or sandboxes are
+    /// unavailable.
     async fn start(tag: &str) -> Option<Self> {
         let cache = template_cache()?;
         if !sandbox_available() {
             return None;
         }
+        Some(Self::start_with(tag, cache, HashMap::new()).await)
+    }
+
+    /// A domain of the debian-12 template in `cache` with properties `props`.
+    async fn start_with(tag: &str, cache: PathBuf, props: HashMap<&str, &str>) -> Self {
         let bus = TestBus::start().expect("dbus-daemon");
         let d = TestDomaind::start(
             &bus,
@@ -57,7 +65,7 @@ impl GuiDomain {
             .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
         // cgroups are host-global: a name unique to this test process
         let name = format!("{tag}{}", std::process::id() % 100_000);
-        p.create(&name, "app", "debian-12", "orange", HashMap::new())
+        p.create(&name, "app", "debian-12", "orange", props)
             .await
             .expect("create");
         p.start(&name)
@@ -73,7 +81,7 @@ impl GuiDomain {
             rx,
         };
         me.open_gui().await;
-        Some(me)
+        me
     }
 
     /// OpenGui and serve the stream with the default rules (US keymap: the agent's default).
@@ -267,6 +275,36 @@ async fn weston_simple_shm_window_pixels_and_kill() {
         let Some(g) = GuiDomain::start("shm").await else {
             return;
         };
+        simple_shm_window_pixels_and_kill(&g).await;
+    })
+    .await
+}
+
+/// The same from a VM domain: the gui-agent's stream comes over vsock through the VMM. Runs
+/// inside L1 where this host has no hardware virtualization (see vm_full_boot.rs).
+#[test]
+fn vm_weston_simple_shm_window_pixels_and_kill() {
+    const NAME: &str = "vm_weston_simple_shm_window_pixels_and_kill";
+    let cache = template_cache().expect("the VM GUI test needs the debian-12 template cache");
+    if std::env::var_os(ENV_IN_L1).is_none() {
+        ensure_vm_files(&cache, "debian-12").unwrap_or_else(|e| panic!("VM files: {e}"));
+    }
+    if let VmHost::PassedInL1 = hardware_vm_here_or_nested(NAME) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bounded(TEST_LIMIT, async {
+            let props = HashMap::from([("isolation", "vm"), ("memory", "768"), ("vcpus", "2")]);
+            let g = GuiDomain::start_with("vmshm", cache, props).await;
+            simple_shm_window_pixels_and_kill(&g).await;
+        }));
+}
+
+async fn simple_shm_window_pixels_and_kill(g: &GuiDomain) {
+    {
         let client = g.spawn_client("exec weston-simple-shm");
         let w = g.window("simple-shm").await;
         assert_eq!((w.width, w.height), (250, 250), "{w:?}");
@@ -313,8 +351,7 @@ async fn weston_simple_shm_window_pixels_and_kill() {
             .expect("Run of the client returns")
             .expect("client task");
         assert_eq!(ended.code(), 128 + 15, "{}", ended.stderr);
-    })
-    .await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
