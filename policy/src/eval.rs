@@ -1,5 +1,6 @@
 //! Evaluation: matching a request against the rules and resolving the action.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -7,7 +8,7 @@ use bulkhead_domain::DomainName;
 
 use crate::rule::{Action, AllowParams, AskParams, Location, Rule};
 use crate::system::{Intended, Request, System, Who, ADMINVM_NAME};
-use crate::token::{parse_uuid, Token};
+use crate::token::{is_uuid, Token};
 
 /// Longest service name accepted in a request.
 pub const MAX_SERVICE_LEN: usize = 255;
@@ -220,7 +221,7 @@ pub(crate) fn check_request<'a>(
     }
     let t = req.target.as_str();
     // VMs write `$dispvm`, `$default`, ...: the same as the `@` forms.
-    let t: std::borrow::Cow<'_, str> = match t.strip_prefix('$') {
+    let t: Cow<'_, str> = match t.strip_prefix('$') {
         Some(rest) => format!("@{rest}").into(),
         None => t.into(),
     };
@@ -229,7 +230,12 @@ pub(crate) fn check_request<'a>(
         "@adminvm" | ADMINVM_NAME => Intended::AdminVm,
         "@dispvm" => Intended::DispVm,
         other => {
-            if let Some(name) = other.strip_prefix("@dispvm:") {
+            if let Some(u) = other.strip_prefix("@dispvm:uuid:") {
+                match sys.domain_by_uuid(u).filter(|d| d.template_for_dispvms) {
+                    Some(d) => Intended::DispVmTemplate(d.name.clone()),
+                    None => return Err(DenyReason::NotDispvmTemplate(short(other))),
+                }
+            } else if let Some(name) = other.strip_prefix("@dispvm:") {
                 match sys.dispvm_template(name) {
                     Some(d) => Intended::DispVmTemplate(d.name.clone()),
                     None => return Err(DenyReason::NotDispvmTemplate(short(name))),
@@ -237,13 +243,18 @@ pub(crate) fn check_request<'a>(
             } else if other.starts_with('@') {
                 return Err(bad(format!("invalid target {:?}", short(other))));
             } else if let Some(u) = other.strip_prefix("uuid:") {
-                match parse_uuid(u) {
-                    Some(u) if u == crate::system::DOM0_UUID => Intended::AdminVm,
-                    Some(u) => match sys.domain_by_uuid(&u) {
+                // Compared as written, as Qubes does: an unknown (or upper-case) UUID is
+                // no domain, so `@default`.
+                if u == crate::system::DOM0_UUID {
+                    Intended::AdminVm
+                } else {
+                    match sys.domain_by_uuid(u).filter(|_| is_uuid(u)) {
                         Some(d) => Intended::Name(d.name.clone()),
-                        None => Intended::Default,
-                    },
-                    None => Intended::Default,
+                        None => {
+                            tracing::warn!(target = %short(other), "requested target does not exist, using @default instead");
+                            Intended::Default
+                        }
+                    }
                 }
             } else {
                 match sys.domain(other) {
@@ -278,7 +289,7 @@ pub(crate) fn match_source(tok: &Token, who: Who<'_>, sys: &System) -> bool {
         Token::Tag(t) => sys.tags_of(who).contains(t),
         Token::Type(sel, _) => sel.matches(who),
         // Qubes compares these against the source's name, so they never match a source.
-        Token::DispVmTemplate(_) | Token::DispVmTag(_) => false,
+        Token::DispVmTemplate(_) | Token::DispVmUuid(_) | Token::DispVmTag(_) => false,
         // Not accepted in the source column by the parser.
         Token::Default | Token::DispVm => false,
     }
@@ -301,9 +312,7 @@ pub(crate) fn match_target(
     match tok {
         Token::Name(n) => matches!(intended, Intended::Name(m) if m == n),
         Token::Uuid(u) => match intended {
-            Intended::Name(m) => sys
-                .domain(m.as_str())
-                .is_some_and(|d| d.uuid.as_deref() == Some(u.as_str())),
+            Intended::Name(m) => has_uuid(sys, m, u),
             _ => false,
         },
         Token::Wildcard => true,
@@ -314,6 +323,11 @@ pub(crate) fn match_target(
         Token::DispVmTemplate(n) => match intended {
             Intended::DispVmTemplate(m) => m == n,
             Intended::DispVm => sys.default_dispvm_of(source) == Some(n),
+            _ => false,
+        },
+        Token::DispVmUuid(u) => match intended {
+            Intended::DispVmTemplate(m) => has_uuid(sys, m, u),
+            // Qubes compares `@dispvm:uuid:…` with `@dispvm:DEFAULT` as strings: never equal.
             _ => false,
         },
         Token::DispVmTag(t) => {
@@ -329,6 +343,12 @@ pub(crate) fn match_target(
         Token::Tag(t) => intended_who(intended, sys).is_some_and(|w| sys.tags_of(w).contains(t)),
         Token::Type(sel, _) => intended_who(intended, sys).is_some_and(|w| sel.matches(w)),
     }
+}
+
+/// Whether domain `name` has UUID `uuid` (as written).
+fn has_uuid(sys: &System, name: &DomainName, uuid: &str) -> bool {
+    sys.domain(name.as_str())
+        .is_some_and(|d| d.uuid.as_deref() == Some(uuid))
 }
 
 /// Does `rule` apply to this service, argument and source (the target aside)?
@@ -380,6 +400,13 @@ fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) {
             if sys.dispvm_template(n.as_str()).is_some() {
                 out.push(Candidate::Target(CallTarget::NewDisposable {
                     template: n.clone(),
+                }));
+            }
+        }
+        Token::DispVmUuid(u) => {
+            if let Some(d) = sys.domain_by_uuid(u).filter(|d| d.template_for_dispvms) {
+                out.push(Candidate::Target(CallTarget::NewDisposable {
+                    template: d.name.clone(),
                 }));
             }
         }
@@ -528,6 +555,10 @@ fn redirect_intended(tok: &Token, sys: &System) -> Result<Intended, DenyReason> 
         Token::DispVmTemplate(n) => match sys.dispvm_template(n.as_str()) {
             Some(_) => Intended::DispVmTemplate(n.clone()),
             None => return Err(DenyReason::NotDispvmTemplate(n.to_string())),
+        },
+        Token::DispVmUuid(u) => match sys.domain_by_uuid(u).filter(|d| d.template_for_dispvms) {
+            Some(d) => Intended::DispVmTemplate(d.name.clone()),
+            None => return Err(DenyReason::NotDispvmTemplate(tok.to_string())),
         },
         // The parser accepts no other token in target= / default_target=.
         _ => Intended::Default,

@@ -3,6 +3,16 @@ use bulkhead_domain::{DomainClass, DomainName};
 use std::fs;
 
 const WORK_UUID: &str = "11111111-2222-3333-4444-555555555555";
+const DVM_UUID: &str = "abcdef01-2345-4678-9abc-def012345678";
+
+/// [`sys`] with a UUID on `dvm` too.
+fn sys_with_uuids() -> System {
+    let mut s = sys();
+    if let Some(d) = s.domain("dvm").cloned() {
+        s.insert(d.with_uuid(DVM_UUID));
+    }
+    s
+}
 
 fn n(s: &str) -> DomainName {
     DomainName::new(s).unwrap()
@@ -1111,6 +1121,112 @@ fn assume_yes_for_ask() {
     assert!(p2
         .evaluate_assume_yes(&Request::new("svc.A", "", "untrusted", "work"), &sys())
         .is_allow());
+}
+
+/// `@dispvm:uuid:…` in every column and in requests (Qubes 4.2+), and `uuid:` in target,
+/// redirect and requests.
+#[test]
+fn dispvm_uuid_tokens() {
+    let dvm = sys_with_uuids();
+    let p = ok_pol(&format!(
+        "svc.A * @anyvm @dispvm:uuid:{DVM_UUID} allow\n\
+         svc.B * @anyvm * allow target=@dispvm:uuid:{DVM_UUID}\n\
+         svc.C * @anyvm * ask target=@dispvm:uuid:{DVM_UUID} default_target=@dispvm:uuid:{DVM_UUID}\n\
+         svc.D * @dispvm:uuid:{DVM_UUID} * allow target=work\n\
+         svc.E * @anyvm uuid:{WORK_UUID} allow\n\
+         svc.F * @anyvm * allow target=uuid:{WORK_UUID}\n\
+         svc.G * @anyvm @dispvm:uuid:{DVM_UUID} ask\n\
+         svc.G * @anyvm @dispvm:dvm ask\n"
+    ));
+    let ev = |svc: &str, src: &str, tgt: &str| p.evaluate(&Request::new(svc, "", src, tgt), &dvm);
+    // A rule's @dispvm:uuid: matches a request for the template by name or UUID...
+    assert_eq!(
+        allow_target(&ev("svc.A", "home", "@dispvm:dvm")),
+        "@dispvm:dvm"
+    );
+    assert_eq!(
+        allow_target(&ev("svc.A", "home", &format!("@dispvm:uuid:{DVM_UUID}"))),
+        "@dispvm:dvm"
+    );
+    // ...but not `@dispvm` (Qubes compares it with `@dispvm:DEFAULT` as text).
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "home", "@dispvm")),
+        DenyReason::NoMatchingRule
+    ));
+    // A request for a UUID that is no disposable template is refused.
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "home", &format!("@dispvm:uuid:{WORK_UUID}"))),
+        DenyReason::NotDispvmTemplate(_)
+    ));
+    assert_eq!(allow_target(&ev("svc.B", "home", "")), "@dispvm:dvm");
+    let r = ev("svc.C", "home", "");
+    assert_eq!(ask_targets(&r), vec!["@dispvm:dvm"]);
+    assert_eq!(
+        ask(&r).default_target,
+        Some(CallTarget::NewDisposable { template: n("dvm") })
+    );
+    // In the source column it parses and never matches, as `@dispvm:NAME` there.
+    assert!(ev("svc.D", "home", "").is_deny());
+    assert_eq!(
+        allow_target(&ev("svc.E", "home", &format!("uuid:{WORK_UUID}"))),
+        "work"
+    );
+    assert_eq!(allow_target(&ev("svc.E", "home", "work")), "work");
+    assert_eq!(allow_target(&ev("svc.F", "home", "")), "work");
+    assert_eq!(
+        ask_targets(&ev("svc.G", "home", "@dispvm:dvm")),
+        vec!["@dispvm:dvm"]
+    );
+}
+
+/// UUIDs are compared as written, as in Qubes: upper case parses but names no domain.
+#[test]
+fn upper_case_uuids_match_nothing() {
+    let upper = DVM_UUID.to_ascii_uppercase();
+    let s = sys_with_uuids();
+    let p = ok_pol(&format!(
+        "svc.A * @anyvm uuid:{upper} allow\n\
+         svc.A * uuid:{upper} @anyvm allow target=work\n\
+         svc.B * @anyvm * allow target=uuid:{upper}\n\
+         svc.C * @anyvm * allow target=@dispvm:uuid:{upper}\n\
+         svc.D * @anyvm @anyvm allow\n\
+         svc.E * @anyvm @dispvm:uuid:{upper} allow\n"
+    ));
+    let ev = |svc: &str, src: &str, tgt: &str| p.evaluate(&Request::new(svc, "", src, tgt), &s);
+    // The lower-case spelling works.
+    assert_eq!(
+        allow_target(&ev("svc.D", "home", &format!("uuid:{DVM_UUID}"))),
+        "dvm"
+    );
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "home", "dvm")),
+        DenyReason::NoMatchingRule
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "dvm", "home")),
+        DenyReason::NoMatchingRule
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.B", "home", "")),
+        DenyReason::NoTarget(_)
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.C", "home", "")),
+        DenyReason::NotDispvmTemplate(_)
+    ));
+    // A requested upper-case UUID is no domain: `@default`.
+    assert!(matches!(
+        deny_reason(&ev("svc.D", "home", &format!("uuid:{upper}"))),
+        DenyReason::NoTarget(_)
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.E", "home", "@dispvm:dvm")),
+        DenyReason::NoMatchingRule
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.E", "home", &format!("@dispvm:uuid:{upper}"))),
+        DenyReason::NotDispvmTemplate(_)
+    ));
 }
 
 // ---------------------------------------------------------------- Qubes' examples
