@@ -446,11 +446,6 @@ fn default_dispvm(source: Who<'_>, sys: &System) -> Option<DomainName> {
         .map(|d| d.name.clone())
 }
 
-/// The request source's default disposable template, if it is set and valid.
-pub(crate) fn source_default_dispvm(req: &Request, sys: &System) -> Option<DomainName> {
-    sys.who(&req.source).and_then(|w| default_dispvm(w, sys))
-}
-
 /// Qubes' `collect_targets_for_ask`: walk the rules for this service, argument and source
 /// in reverse, adding each rule's target (or its `target=`) and removing a `deny` rule's
 /// target; then expand `@dispvm`, and drop the source itself and `internal` domains.
@@ -612,13 +607,62 @@ pub(crate) fn evaluate_allow(
     })
 }
 
+/// Whether `t` is spelt `s` in the dialog: a domain name, `dom0` or `@dispvm:TEMPLATE`.
+fn answer_eq(t: &CallTarget, s: &str) -> bool {
+    match t {
+        CallTarget::AdminVm => s == ADMINVM_NAME,
+        CallTarget::Domain(n) => s == n.as_str(),
+        CallTarget::NewDisposable { template } => {
+            s.strip_prefix("@dispvm:") == Some(template.as_str())
+        }
+    }
+}
+
+/// How Qubes spells a `target=` / `default_target=` token when it compares it with the
+/// ask targets: as written, except that dom0 is `dom0` and `@dispvm` (for
+/// `default_target=` only) is the source's `@dispvm:DEFAULT_DISPVM`.
+fn redirect_spelling(tok: &Token, source: Who<'_>, sys: &System, default: bool) -> Option<String> {
+    match tok {
+        Token::AdminVm => Some(ADMINVM_NAME.to_owned()),
+        Token::DispVm if default => sys
+            .default_dispvm_of(source)
+            .map(|t| format!("@dispvm:{t}")),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The requested target as Qubes' `assume_yes_for_ask` answers with it: as the caller
+/// spelt it (`$` forms read as `@`), or `@default` for none or a domain that does not
+/// exist.
+pub(crate) fn requested_spelling<'a>(req: &'a Request, checked: &Checked<'_>) -> Cow<'a, str> {
+    if checked.target == Intended::Default {
+        return Cow::Borrowed("@default");
+    }
+    match req.target.strip_prefix('$') {
+        Some(rest) => Cow::Owned(format!("@{rest}")),
+        None => Cow::Borrowed(req.target.as_str()),
+    }
+}
+
+/// `ask`: the targets to choose from, the preselected one; with `assume_yes` (the
+/// requested target as [`requested_spelling`] spells it), the call allowed to that target
+/// if it is one of them, as Qubes' `assume_yes_for_ask` does.
 pub(crate) fn evaluate_ask<'r>(
     p: &AskParams,
     rule: &Rule,
     candidates: impl DoubleEndedIterator<Item = &'r Rule>,
     req: &Checked<'_>,
     sys: &System,
+    assume_yes: Option<&str>,
 ) -> Resolution {
+    // Qubes offers `target=` as written and compares answers with that spelling; the
+    // computed targets are spelt as `CallTarget::to_answer`.
+    let explicit = match &p.target {
+        Some(tok) if assume_yes.is_some() || p.default_target.is_some() => {
+            redirect_spelling(tok, req.source, sys, false)
+        }
+        _ => None,
+    };
     let mut targets: Vec<CallTarget> = match &p.target {
         Some(tok) => {
             let resolved =
@@ -638,17 +682,29 @@ pub(crate) fn evaluate_ask<'r>(
     if targets.is_empty() {
         return Resolution::deny(DenyReason::NoAskTargets(rule.location.clone()));
     }
+    let spelt = |t: &CallTarget, s: &str| match &explicit {
+        Some(e) => e == s,
+        None => answer_eq(t, s),
+    };
+    if let Some(answer) = assume_yes {
+        return match targets.iter().find(|t| spelt(t, answer)) {
+            Some(t) => Resolution::Allow(Allow {
+                target: t.clone(),
+                user: p.user.clone(),
+                notify: p.notify,
+                autostart: p.autostart,
+                rule: rule.location.clone(),
+            }),
+            None => Resolution::deny(DenyReason::InvalidChoice(short(answer))),
+        };
+    }
     let default_target = p.default_target.as_ref().and_then(|tok| {
-        let t = redirect_intended(tok, sys)
-            .and_then(|i| resolve_target(&i, rule, req.source, sys))
-            .ok();
-        match t {
-            Some(t) if targets.contains(&t) => Some(t),
-            _ => {
-                tracing::warn!(rule = %rule.location, default_target = %tok, "default_target is not among the ask targets; dropped");
-                None
-            }
+        let t = redirect_spelling(tok, req.source, sys, true)
+            .and_then(|s| targets.iter().find(|t| spelt(t, &s)));
+        if t.is_none() {
+            tracing::warn!(rule = %rule.location, default_target = %tok, "default_target is not among the ask targets; dropped");
         }
+        t.cloned()
     });
     Resolution::Ask(Ask {
         targets,

@@ -290,6 +290,10 @@ impl Policy {
 
     /// Decide `req`. First match wins; no match is deny; a policy with errors denies all.
     pub fn evaluate(&self, req: &Request, sys: &System) -> Resolution {
+        self.decide(req, sys, false)
+    }
+
+    fn decide(&self, req: &Request, sys: &System, assume_yes: bool) -> Resolution {
         if let Some(first) = self.diagnostics.first() {
             return Resolution::deny(DenyReason::PolicyInvalid {
                 count: self.diagnostics.len(),
@@ -349,7 +353,8 @@ impl Policy {
                     let rules: Vec<&Rule> = candidates
                         .filter_map(|j| self.rules.get(j as usize))
                         .collect();
-                    eval::evaluate_ask(p, rule, rules.into_iter(), &checked, sys)
+                    let answer = assume_yes.then(|| eval::requested_spelling(req, &checked));
+                    eval::evaluate_ask(p, rule, rules.into_iter(), &checked, sys, answer.as_deref())
                 }
             };
         }
@@ -357,30 +362,14 @@ impl Policy {
     }
 
     /// Decide `req` with `ask` taken as yes for the requested target, as Qubes'
-    /// `policy.EvalSimple` does (`assume_yes_for_ask`): used where a user action is the
-    /// consent, e.g. the clipboard paste hotkey. The answer is the requested target (or,
-    /// for `@default`, the rule's `default_target`), which must be among the ask targets.
+    /// `assume_yes_for_ask` does: used where a user action is the consent, e.g. the
+    /// clipboard paste hotkey. The answer is the requested target as the caller spelt it
+    /// (`@default` for none), so it is allowed only if the ask would offer it under that
+    /// spelling: `dom0`, a name or `@dispvm:TEMPLATE` among the computed targets, or the
+    /// rule's `target=` as written. `@adminvm`, `@dispvm` (except for `ask target=@dispvm`),
+    /// `@default` and `uuid:` spellings are therefore denied, as in Qubes.
     pub fn evaluate_assume_yes(&self, req: &Request, sys: &System) -> Resolution {
-        let resolution = self.evaluate(req, sys);
-        let Resolution::Ask(ask) = &resolution else {
-            return resolution;
-        };
-        let answer = match eval::check_request(req, sys).map(|c| c.target) {
-            Ok(system::Intended::Name(n)) => Some(n.to_string()),
-            Ok(system::Intended::AdminVm) => Some(ADMINVM_NAME.to_owned()),
-            Ok(system::Intended::DispVmTemplate(n)) => Some(format!("@dispvm:{n}")),
-            Ok(system::Intended::DispVm) => eval::source_default_dispvm(req, sys)
-                .map(|t| CallTarget::NewDisposable { template: t }.to_answer()),
-            Ok(system::Intended::Default) => ask.default_target.as_ref().map(CallTarget::to_answer),
-            Err(reason) => return Resolution::deny(reason),
-        };
-        match answer {
-            Some(a) => match ask.answer(Some(&a)) {
-                Ok(allow) => Resolution::Allow(allow),
-                Err(deny) => Resolution::Deny(deny),
-            },
-            None => Resolution::deny(DenyReason::NoAskTargets(ask.rule.clone())),
-        }
+        self.decide(req, sys, true)
     }
 
     /// Whether anything the last load read (or looked for) changed since.

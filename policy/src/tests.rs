@@ -1027,10 +1027,9 @@ fn ask_with_explicit_target_and_default() {
     assert_eq!(ask(&r).default_target, Some(CallTarget::Domain(n("work"))));
     let r = ev(&p, "svc.B", "", "home", "untrusted");
     assert_eq!(ask_targets(&r), vec!["@dispvm:dvm"]);
-    assert_eq!(
-        ask(&r).default_target,
-        Some(CallTarget::NewDisposable { template: n("dvm") })
-    );
+    // As in Qubes 4.3: default_target=@dispvm is read as @dispvm:DEFAULT_DISPVM and compared
+    // with the target as written (@dispvm), so it is dropped.
+    assert_eq!(ask(&r).default_target, None);
     assert_eq!(ask_targets(&ev(&p, "svc.C", "", "home", "")), vec!["dom0"]);
     // default_target not among the targets is dropped.
     let r = ev(&p, "svc.D", "", "untrusted", "work");
@@ -1104,15 +1103,24 @@ fn assume_yes_for_ask() {
          svc.A * @anyvm home deny\n\
          svc.A * @anyvm @default ask default_target=work\n\
          svc.A * @anyvm @dispvm ask\n\
+         svc.A * @anyvm @dispvm:dvm ask\n\
          svc.B * @anyvm @anyvm ask default_target=home\n",
     );
     let yes =
         |src: &str, tgt: &str| p.evaluate_assume_yes(&Request::new("svc.A", "", src, tgt), &sys());
     assert_eq!(allow_target(&yes("untrusted", "work")), "work");
     assert!(yes("untrusted", "home").is_deny());
-    assert_eq!(allow_target(&yes("untrusted", "")), "work");
-    assert_eq!(allow_target(&yes("home", "@dispvm")), "@dispvm:dvm");
+    // Qubes answers with the requested target as spelt: `@default` (or none) and `@dispvm`
+    // are never among the ask targets, even with a default_target.
+    assert!(
+        matches!(deny_reason(&yes("untrusted", "")), DenyReason::InvalidChoice(t) if t == "@default")
+    );
+    assert!(yes("untrusted", "@default").is_deny());
+    assert!(yes("home", "@dispvm").is_deny());
     assert!(yes("untrusted", "@dispvm").is_deny());
+    assert_eq!(allow_target(&yes("home", "@dispvm:dvm")), "@dispvm:dvm");
+    // A `uuid:` spelling is not the name the targets are listed under.
+    assert!(yes("untrusted", &format!("uuid:{WORK_UUID}")).is_deny());
     // Deny stays deny, allow stays allow.
     let p2 = ok_pol("svc.A * @anyvm home deny\nsvc.A * @anyvm work allow");
     assert!(p2
@@ -1121,6 +1129,51 @@ fn assume_yes_for_ask() {
     assert!(p2
         .evaluate_assume_yes(&Request::new("svc.A", "", "untrusted", "work"), &sys())
         .is_allow());
+}
+
+/// Qubes 4.3 `assume_yes_for_ask` with dom0 and disposable targets: `dom0` is offered,
+/// `@adminvm` and `uuid:00…0` are not; `ask target=X` is answered only by X as written.
+#[test]
+fn assume_yes_for_ask_adminvm_and_dispvm() {
+    let p = ok_pol(
+        "svc.A * @anyvm @adminvm ask\n\
+         svc.B * @anyvm * ask target=@adminvm\n\
+         svc.C * @anyvm * ask target=@dispvm\n\
+         svc.D * @anyvm * ask target=@dispvm:dvm\n\
+         svc.E * @anyvm * ask target=uuid:11111111-2222-3333-4444-555555555555\n",
+    );
+    let yes = |svc: &str, src: &str, tgt: &str| {
+        p.evaluate_assume_yes(&Request::new(svc, "", src, tgt), &sys())
+    };
+    let dom0_uuid = format!("uuid:{DOM0_UUID}");
+    for svc in ["svc.A", "svc.B"] {
+        assert_eq!(allow_target(&yes(svc, "work", "dom0")), "dom0");
+        assert!(yes(svc, "work", "@adminvm").is_deny(), "{svc}");
+        assert!(yes(svc, "work", &dom0_uuid).is_deny(), "{svc}");
+        assert!(yes(svc, "work", "$adminvm").is_deny(), "{svc}");
+    }
+    // `ask target=@dispvm` is answered by `@dispvm`: a new disposable of the default.
+    assert_eq!(
+        allow_target(&yes("svc.C", "work", "@dispvm")),
+        "@dispvm:work-dvm"
+    );
+    assert_eq!(
+        allow_target(&yes("svc.C", "home", "$dispvm")),
+        "@dispvm:dvm"
+    );
+    assert!(yes("svc.C", "home", "@dispvm:dvm").is_deny());
+    assert!(yes("svc.C", "untrusted", "@dispvm").is_deny());
+    assert_eq!(
+        allow_target(&yes("svc.D", "work", "@dispvm:dvm")),
+        "@dispvm:dvm"
+    );
+    assert!(yes("svc.D", "home", "@dispvm").is_deny());
+    // `target=uuid:…` is answered by that spelling only.
+    assert_eq!(
+        allow_target(&yes("svc.E", "home", &format!("uuid:{WORK_UUID}"))),
+        "work"
+    );
+    assert!(yes("svc.E", "home", "work").is_deny());
 }
 
 /// `@dispvm:uuid:…` in every column and in requests (Qubes 4.2+), and `uuid:` in target,
