@@ -78,6 +78,13 @@ pub enum DenyReason {
     ByUser(Location),
     #[error("target {0} is not a valid choice")]
     InvalidChoice(String),
+    #[error(
+        "policy rule {rule} names a disposable template for a requested @dispvm, but no \
+         default_dispvm is set for {domain} to compare with"
+    )]
+    NoDefaultDispvmToCompare { rule: Location, domain: String },
+    #[error("policy rule {rule} names {token}, which is no domain, so the ask targets cannot be computed")]
+    UnknownDispvmTemplate { rule: Location, token: String },
 }
 
 /// A decision to allow.
@@ -303,13 +310,20 @@ fn intended_who<'a>(intended: &Intended, sys: &'a System) -> Option<Who<'a>> {
     }
 }
 
+/// A rule's TARGET column compared with a requested `@dispvm` from a source without a
+/// `default_dispvm`, where the column names a disposable template (`@dispvm:NAME`,
+/// `@dispvm:uuid:…`): Qubes fails there with an internal error, so the call is denied
+/// instead of going on to the next rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoDefaultToCompare;
+
 pub(crate) fn match_target(
     tok: &Token,
     intended: &Intended,
     source: Who<'_>,
     sys: &System,
-) -> bool {
-    match tok {
+) -> Result<bool, NoDefaultToCompare> {
+    Ok(match tok {
         Token::Name(n) => matches!(intended, Intended::Name(m) if m == n),
         Token::Uuid(u) => match intended {
             Intended::Name(m) => has_uuid(sys, m, u),
@@ -322,12 +336,16 @@ pub(crate) fn match_target(
         Token::DispVm => *intended == Intended::DispVm,
         Token::DispVmTemplate(n) => match intended {
             Intended::DispVmTemplate(m) => m == n,
-            Intended::DispVm => sys.default_dispvm_of(source) == Some(n),
+            Intended::DispVm => sys.default_dispvm_of(source).ok_or(NoDefaultToCompare)? == n,
             _ => false,
         },
         Token::DispVmUuid(u) => match intended {
             Intended::DispVmTemplate(m) => has_uuid(sys, m, u),
             // Qubes compares `@dispvm:uuid:…` with `@dispvm:DEFAULT` as strings: never equal.
+            Intended::DispVm => {
+                sys.default_dispvm_of(source).ok_or(NoDefaultToCompare)?;
+                false
+            }
             _ => false,
         },
         Token::DispVmTag(t) => {
@@ -342,7 +360,7 @@ pub(crate) fn match_target(
         }
         Token::Tag(t) => intended_who(intended, sys).is_some_and(|w| sys.tags_of(w).contains(t)),
         Token::Type(sel, _) => intended_who(intended, sys).is_some_and(|w| sel.matches(w)),
-    }
+    })
 }
 
 /// Whether domain `name` has UUID `uuid` (as written).
@@ -365,7 +383,11 @@ enum Candidate {
     DispVm,
 }
 
-fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) {
+/// A rule names a disposable template that is no domain at all: Qubes cannot compute the
+/// ask targets then (an internal error), so the call is denied.
+struct UnknownTemplate;
+
+fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) -> Result<(), UnknownTemplate> {
     let all_domains = |out: &mut Vec<Candidate>| {
         for d in sys.domains() {
             out.push(Candidate::Target(CallTarget::Domain(d.name.clone())));
@@ -397,14 +419,16 @@ fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) {
         Token::Default => {}
         Token::DispVm => out.push(Candidate::DispVm),
         Token::DispVmTemplate(n) => {
-            if sys.dispvm_template(n.as_str()).is_some() {
+            let d = sys.domain(n.as_str()).ok_or(UnknownTemplate)?;
+            if d.template_for_dispvms {
                 out.push(Candidate::Target(CallTarget::NewDisposable {
                     template: n.clone(),
                 }));
             }
         }
         Token::DispVmUuid(u) => {
-            if let Some(d) = sys.domain_by_uuid(u).filter(|d| d.template_for_dispvms) {
+            let d = sys.domain_by_uuid(u).ok_or(UnknownTemplate)?;
+            if d.template_for_dispvms {
                 out.push(Candidate::Target(CallTarget::NewDisposable {
                     template: d.name.clone(),
                 }));
@@ -437,6 +461,7 @@ fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) {
             }
         }
     }
+    Ok(())
 }
 
 /// The disposable template for `@dispvm` from `source`, if set and valid.
@@ -449,11 +474,12 @@ fn default_dispvm(source: Who<'_>, sys: &System) -> Option<DomainName> {
 /// Qubes' `collect_targets_for_ask`: walk the rules for this service, argument and source
 /// in reverse, adding each rule's target (or its `target=`) and removing a `deny` rule's
 /// target; then expand `@dispvm`, and drop the source itself and `internal` domains.
+/// A rule whose `@dispvm:…` names no domain makes this fail, as in Qubes.
 pub(crate) fn collect_ask_targets<'r>(
     rules: impl DoubleEndedIterator<Item = &'r Rule>,
     req: &Checked<'_>,
     sys: &System,
-) -> BTreeSet<CallTarget> {
+) -> Result<BTreeSet<CallTarget>, DenyReason> {
     let mut set: BTreeSet<Candidate> = BTreeSet::new();
     let mut buf = Vec::new();
     for rule in rules.rev() {
@@ -462,7 +488,12 @@ pub(crate) fn collect_ask_targets<'r>(
         }
         buf.clear();
         let tok = rule.action.redirect().unwrap_or(&rule.target);
-        expand(tok, sys, &mut buf);
+        if expand(tok, sys, &mut buf).is_err() {
+            return Err(DenyReason::UnknownDispvmTemplate {
+                rule: rule.location.clone(),
+                token: tok.to_string(),
+            });
+        }
         if matches!(rule.action, Action::Deny { .. }) {
             for c in &buf {
                 set.remove(c);
@@ -493,7 +524,7 @@ pub(crate) fn collect_ask_targets<'r>(
             sys.domain(template.as_str()).is_some_and(|d| !d.internal)
         }
     });
-    out
+    Ok(out)
 }
 
 /// Whether a target may be used with `autostart=no`: dom0 and running domains only.
@@ -672,9 +703,10 @@ pub(crate) fn evaluate_ask<'r>(
                 _ => Vec::new(),
             }
         }
-        None => collect_ask_targets(candidates, req, sys)
-            .into_iter()
-            .collect(),
+        None => match collect_ask_targets(candidates, req, sys) {
+            Ok(set) => set.into_iter().collect(),
+            Err(reason) => return Resolution::deny(reason),
+        },
     };
     if !p.autostart {
         targets.retain(|t| running_ok(t, sys));

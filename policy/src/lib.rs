@@ -336,7 +336,15 @@ impl Policy {
                 continue;
             }
             let target_ok = if tgt == NO_NAME {
-                eval::match_target(&rule.target, &checked.target, checked.source, sys)
+                match eval::match_target(&rule.target, &checked.target, checked.source, sys) {
+                    Ok(m) => m,
+                    Err(eval::NoDefaultToCompare) => {
+                        return Resolution::deny(DenyReason::NoDefaultDispvmToCompare {
+                            rule: rule.location.clone(),
+                            domain: checked.source.name().to_owned(),
+                        })
+                    }
+                }
             } else {
                 Some(tgt) == target_key
             };

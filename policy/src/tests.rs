@@ -1282,6 +1282,32 @@ fn upper_case_uuids_match_nothing() {
     ));
 }
 
+/// Where Qubes fails with an internal error, the call is denied rather than going on to
+/// later rules.
+#[test]
+fn qubes_internal_errors_deny() {
+    let p = ok_pol(
+        "svc.A * @anyvm @dispvm:dvm deny\n\
+         svc.A * @anyvm * allow target=net\n\
+         svc.B * @anyvm @dispvm:nosuch ask\n\
+         svc.B * @anyvm work ask\n",
+    );
+    // `untrusted` has no default_dispvm to compare with @dispvm:dvm.
+    assert!(matches!(
+        deny_reason(&ev(&p, "svc.A", "", "untrusted", "@dispvm")),
+        DenyReason::NoDefaultDispvmToCompare { .. }
+    ));
+    // With one, the rule is compared: `work`'s (work-dvm) does not match, the next rule
+    // decides.
+    assert_eq!(allow_target(&ev(&p, "svc.A", "", "work", "@dispvm")), "net");
+    assert!(ev(&p, "svc.A", "", "home", "@dispvm").is_deny());
+    // The ask targets cannot be computed when a rule names a template that does not exist.
+    assert!(matches!(
+        deny_reason(&ev(&p, "svc.B", "", "home", "work")),
+        DenyReason::UnknownDispvmTemplate { .. }
+    ));
+}
+
 // ---------------------------------------------------------------- Qubes' examples
 
 #[test]
