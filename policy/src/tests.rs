@@ -1308,6 +1308,36 @@ fn qubes_internal_errors_deny() {
     ));
 }
 
+/// A `default_dispvm` that is not a disposable template is compared with as set, but no
+/// disposable is made from it (deliberate difference from Qubes, which resolves `@dispvm`
+/// to it and then fails to create the disposable).
+#[test]
+fn default_dispvm_that_is_not_a_template() {
+    let s = sys().with(
+        DomainInfo::new(n("odd"), DomainClass::App)
+            .with_running(true)
+            .with_default_dispvm(n("home")),
+    );
+    let p = ok_pol(
+        "svc.A * @anyvm @dispvm:home deny\n\
+         svc.A * @anyvm @dispvm allow\n\
+         svc.B * @anyvm @anyvm ask default_target=@dispvm\n",
+    );
+    let ev = |svc: &str, tgt: &str| p.evaluate(&Request::new(svc, "", "odd", tgt), &s);
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "@dispvm")),
+        DenyReason::ByRule(_)
+    ));
+    let p2 = ok_pol("svc.A * @anyvm @dispvm allow");
+    assert!(matches!(
+        deny_reason(&p2.evaluate(&Request::new("svc.A", "", "odd", "@dispvm"), &s)),
+        DenyReason::NotDispvmTemplate(t) if t == "home"
+    ));
+    let r = ev("svc.B", "");
+    assert!(!ask_targets(&r).contains(&"@dispvm:home".to_owned()));
+    assert_eq!(ask(&r).default_target, None);
+}
+
 // ---------------------------------------------------------------- Qubes' examples
 
 #[test]
