@@ -51,7 +51,8 @@
 //! # Deliberate differences from Qubes 4.3
 //!
 //! Each is named as in the oracle data (`tests/qubes43_oracle.tsv`), which records Qubes'
-//! answer next to Bulkhead's for every case where they differ. All of them fail closed.
+//! answer next to Bulkhead's for every case where they differ. All but `adminvm-tag-type`
+//! fail closed (deny where Qubes would not, never the other way round).
 //! - `strict-tokens`: literal names in rules must be valid domain names, `uuid:` values
 //!   8-4-4-4-12 hex UUIDs, tags `[A-Za-z0-9_.-]{1,64}`, `@type:` a known class (Bulkhead's:
 //!   `app`, `template`, `standalone`, `disposable-template`, `disposable`, `service`,
@@ -61,7 +62,8 @@
 //! - `adminvm-tag-type`: `@tag:` and `@type:` in the TARGET column match a call aimed at
 //!   dom0 (when dom0 has that tag / type) however the caller spells dom0. Qubes matches
 //!   them for `dom0` and `uuid:00…0` but not for `@adminvm`; a decision should not depend
-//!   on the spelling of the same target.
+//!   on the spelling of the same target. This one allows more than Qubes: a call spelt
+//!   `@adminvm` that such a rule allows, which Qubes allows only when spelt `dom0`.
 //! - `loopback`: a call whose target is its source is refused whatever the spelling. Qubes
 //!   compares the names as text, so `uuid:` of the source itself (or `uuid:00…0` from dom0)
 //!   gets through, and `ask target=SOURCE` offers the source, which then fails.
