@@ -1,5 +1,6 @@
 //! Evaluation: matching a request against the rules and resolving the action.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -7,7 +8,7 @@ use bulkhead_domain::DomainName;
 
 use crate::rule::{Action, AllowParams, AskParams, Location, Rule};
 use crate::system::{Intended, Request, System, Who, ADMINVM_NAME};
-use crate::token::{parse_uuid, Token};
+use crate::token::{is_uuid, Token};
 
 /// Longest service name accepted in a request.
 pub const MAX_SERVICE_LEN: usize = 255;
@@ -77,6 +78,13 @@ pub enum DenyReason {
     ByUser(Location),
     #[error("target {0} is not a valid choice")]
     InvalidChoice(String),
+    #[error(
+        "policy rule {rule} names a disposable template for a requested @dispvm, but no \
+         default_dispvm is set for {domain} to compare with"
+    )]
+    NoDefaultDispvmToCompare { rule: Location, domain: String },
+    #[error("policy rule {rule} names {token}, which is no domain, so the ask targets cannot be computed")]
+    UnknownDispvmTemplate { rule: Location, token: String },
 }
 
 /// A decision to allow.
@@ -220,7 +228,7 @@ pub(crate) fn check_request<'a>(
     }
     let t = req.target.as_str();
     // VMs write `$dispvm`, `$default`, ...: the same as the `@` forms.
-    let t: std::borrow::Cow<'_, str> = match t.strip_prefix('$') {
+    let t: Cow<'_, str> = match t.strip_prefix('$') {
         Some(rest) => format!("@{rest}").into(),
         None => t.into(),
     };
@@ -229,7 +237,12 @@ pub(crate) fn check_request<'a>(
         "@adminvm" | ADMINVM_NAME => Intended::AdminVm,
         "@dispvm" => Intended::DispVm,
         other => {
-            if let Some(name) = other.strip_prefix("@dispvm:") {
+            if let Some(u) = other.strip_prefix("@dispvm:uuid:") {
+                match sys.domain_by_uuid(u).filter(|d| d.template_for_dispvms) {
+                    Some(d) => Intended::DispVmTemplate(d.name.clone()),
+                    None => return Err(DenyReason::NotDispvmTemplate(short(other))),
+                }
+            } else if let Some(name) = other.strip_prefix("@dispvm:") {
                 match sys.dispvm_template(name) {
                     Some(d) => Intended::DispVmTemplate(d.name.clone()),
                     None => return Err(DenyReason::NotDispvmTemplate(short(name))),
@@ -237,13 +250,18 @@ pub(crate) fn check_request<'a>(
             } else if other.starts_with('@') {
                 return Err(bad(format!("invalid target {:?}", short(other))));
             } else if let Some(u) = other.strip_prefix("uuid:") {
-                match parse_uuid(u) {
-                    Some(u) if u == crate::system::DOM0_UUID => Intended::AdminVm,
-                    Some(u) => match sys.domain_by_uuid(&u) {
+                // Compared as written, as Qubes does: an unknown (or upper-case) UUID is
+                // no domain, so `@default`.
+                if u == crate::system::DOM0_UUID {
+                    Intended::AdminVm
+                } else {
+                    match sys.domain_by_uuid(u).filter(|_| is_uuid(u)) {
                         Some(d) => Intended::Name(d.name.clone()),
-                        None => Intended::Default,
-                    },
-                    None => Intended::Default,
+                        None => {
+                            tracing::warn!(target = %short(other), "requested target does not exist, using @default instead");
+                            Intended::Default
+                        }
+                    }
                 }
             } else {
                 match sys.domain(other) {
@@ -278,7 +296,7 @@ pub(crate) fn match_source(tok: &Token, who: Who<'_>, sys: &System) -> bool {
         Token::Tag(t) => sys.tags_of(who).contains(t),
         Token::Type(sel, _) => sel.matches(who),
         // Qubes compares these against the source's name, so they never match a source.
-        Token::DispVmTemplate(_) | Token::DispVmTag(_) => false,
+        Token::DispVmTemplate(_) | Token::DispVmUuid(_) | Token::DispVmTag(_) => false,
         // Not accepted in the source column by the parser.
         Token::Default | Token::DispVm => false,
     }
@@ -292,18 +310,23 @@ fn intended_who<'a>(intended: &Intended, sys: &'a System) -> Option<Who<'a>> {
     }
 }
 
+/// A rule's TARGET column compared with a requested `@dispvm` from a source without a
+/// `default_dispvm`, where the column names a disposable template (`@dispvm:NAME`,
+/// `@dispvm:uuid:…`): Qubes fails there with an internal error, so the call is denied
+/// instead of going on to the next rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoDefaultToCompare;
+
 pub(crate) fn match_target(
     tok: &Token,
     intended: &Intended,
     source: Who<'_>,
     sys: &System,
-) -> bool {
-    match tok {
+) -> Result<bool, NoDefaultToCompare> {
+    Ok(match tok {
         Token::Name(n) => matches!(intended, Intended::Name(m) if m == n),
         Token::Uuid(u) => match intended {
-            Intended::Name(m) => sys
-                .domain(m.as_str())
-                .is_some_and(|d| d.uuid.as_deref() == Some(u.as_str())),
+            Intended::Name(m) => has_uuid(sys, m, u),
             _ => false,
         },
         Token::Wildcard => true,
@@ -313,7 +336,16 @@ pub(crate) fn match_target(
         Token::DispVm => *intended == Intended::DispVm,
         Token::DispVmTemplate(n) => match intended {
             Intended::DispVmTemplate(m) => m == n,
-            Intended::DispVm => sys.default_dispvm_of(source) == Some(n),
+            Intended::DispVm => sys.default_dispvm_of(source).ok_or(NoDefaultToCompare)? == n,
+            _ => false,
+        },
+        Token::DispVmUuid(u) => match intended {
+            Intended::DispVmTemplate(m) => has_uuid(sys, m, u),
+            // Qubes compares `@dispvm:uuid:…` with `@dispvm:DEFAULT` as strings: never equal.
+            Intended::DispVm => {
+                sys.default_dispvm_of(source).ok_or(NoDefaultToCompare)?;
+                false
+            }
             _ => false,
         },
         Token::DispVmTag(t) => {
@@ -328,7 +360,13 @@ pub(crate) fn match_target(
         }
         Token::Tag(t) => intended_who(intended, sys).is_some_and(|w| sys.tags_of(w).contains(t)),
         Token::Type(sel, _) => intended_who(intended, sys).is_some_and(|w| sel.matches(w)),
-    }
+    })
+}
+
+/// Whether domain `name` has UUID `uuid` (as written).
+fn has_uuid(sys: &System, name: &DomainName, uuid: &str) -> bool {
+    sys.domain(name.as_str())
+        .is_some_and(|d| d.uuid.as_deref() == Some(uuid))
 }
 
 /// Does `rule` apply to this service, argument and source (the target aside)?
@@ -345,7 +383,11 @@ enum Candidate {
     DispVm,
 }
 
-fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) {
+/// A rule names a disposable template that is no domain at all: Qubes cannot compute the
+/// ask targets then (an internal error), so the call is denied.
+struct UnknownTemplate;
+
+fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) -> Result<(), UnknownTemplate> {
     let all_domains = |out: &mut Vec<Candidate>| {
         for d in sys.domains() {
             out.push(Candidate::Target(CallTarget::Domain(d.name.clone())));
@@ -377,9 +419,18 @@ fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) {
         Token::Default => {}
         Token::DispVm => out.push(Candidate::DispVm),
         Token::DispVmTemplate(n) => {
-            if sys.dispvm_template(n.as_str()).is_some() {
+            let d = sys.domain(n.as_str()).ok_or(UnknownTemplate)?;
+            if d.template_for_dispvms {
                 out.push(Candidate::Target(CallTarget::NewDisposable {
                     template: n.clone(),
+                }));
+            }
+        }
+        Token::DispVmUuid(u) => {
+            let d = sys.domain_by_uuid(u).ok_or(UnknownTemplate)?;
+            if d.template_for_dispvms {
+                out.push(Candidate::Target(CallTarget::NewDisposable {
+                    template: d.name.clone(),
                 }));
             }
         }
@@ -410,6 +461,7 @@ fn expand(tok: &Token, sys: &System, out: &mut Vec<Candidate>) {
             }
         }
     }
+    Ok(())
 }
 
 /// The disposable template for `@dispvm` from `source`, if set and valid.
@@ -419,19 +471,15 @@ fn default_dispvm(source: Who<'_>, sys: &System) -> Option<DomainName> {
         .map(|d| d.name.clone())
 }
 
-/// The request source's default disposable template, if it is set and valid.
-pub(crate) fn source_default_dispvm(req: &Request, sys: &System) -> Option<DomainName> {
-    sys.who(&req.source).and_then(|w| default_dispvm(w, sys))
-}
-
 /// Qubes' `collect_targets_for_ask`: walk the rules for this service, argument and source
 /// in reverse, adding each rule's target (or its `target=`) and removing a `deny` rule's
 /// target; then expand `@dispvm`, and drop the source itself and `internal` domains.
+/// A rule whose `@dispvm:…` names no domain makes this fail, as in Qubes.
 pub(crate) fn collect_ask_targets<'r>(
     rules: impl DoubleEndedIterator<Item = &'r Rule>,
     req: &Checked<'_>,
     sys: &System,
-) -> BTreeSet<CallTarget> {
+) -> Result<BTreeSet<CallTarget>, DenyReason> {
     let mut set: BTreeSet<Candidate> = BTreeSet::new();
     let mut buf = Vec::new();
     for rule in rules.rev() {
@@ -440,7 +488,12 @@ pub(crate) fn collect_ask_targets<'r>(
         }
         buf.clear();
         let tok = rule.action.redirect().unwrap_or(&rule.target);
-        expand(tok, sys, &mut buf);
+        if expand(tok, sys, &mut buf).is_err() {
+            return Err(DenyReason::UnknownDispvmTemplate {
+                rule: rule.location.clone(),
+                token: tok.to_string(),
+            });
+        }
         if matches!(rule.action, Action::Deny { .. }) {
             for c in &buf {
                 set.remove(c);
@@ -471,7 +524,7 @@ pub(crate) fn collect_ask_targets<'r>(
             sys.domain(template.as_str()).is_some_and(|d| !d.internal)
         }
     });
-    out
+    Ok(out)
 }
 
 /// Whether a target may be used with `autostart=no`: dom0 and running domains only.
@@ -529,6 +582,10 @@ fn redirect_intended(tok: &Token, sys: &System) -> Result<Intended, DenyReason> 
             Some(_) => Intended::DispVmTemplate(n.clone()),
             None => return Err(DenyReason::NotDispvmTemplate(n.to_string())),
         },
+        Token::DispVmUuid(u) => match sys.domain_by_uuid(u).filter(|d| d.template_for_dispvms) {
+            Some(d) => Intended::DispVmTemplate(d.name.clone()),
+            None => return Err(DenyReason::NotDispvmTemplate(tok.to_string())),
+        },
         // The parser accepts no other token in target= / default_target=.
         _ => Intended::Default,
     })
@@ -581,13 +638,62 @@ pub(crate) fn evaluate_allow(
     })
 }
 
+/// Whether `t` is spelt `s` in the dialog: a domain name, `dom0` or `@dispvm:TEMPLATE`.
+fn answer_eq(t: &CallTarget, s: &str) -> bool {
+    match t {
+        CallTarget::AdminVm => s == ADMINVM_NAME,
+        CallTarget::Domain(n) => s == n.as_str(),
+        CallTarget::NewDisposable { template } => {
+            s.strip_prefix("@dispvm:") == Some(template.as_str())
+        }
+    }
+}
+
+/// How Qubes spells a `target=` / `default_target=` token when it compares it with the
+/// ask targets: as written, except that dom0 is `dom0` and `@dispvm` (for
+/// `default_target=` only) is the source's `@dispvm:DEFAULT_DISPVM`.
+fn redirect_spelling(tok: &Token, source: Who<'_>, sys: &System, default: bool) -> Option<String> {
+    match tok {
+        Token::AdminVm => Some(ADMINVM_NAME.to_owned()),
+        Token::DispVm if default => sys
+            .default_dispvm_of(source)
+            .map(|t| format!("@dispvm:{t}")),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The requested target as Qubes' `assume_yes_for_ask` answers with it: as the caller
+/// spelt it (`$` forms read as `@`), or `@default` for none or a domain that does not
+/// exist.
+pub(crate) fn requested_spelling<'a>(req: &'a Request, checked: &Checked<'_>) -> Cow<'a, str> {
+    if checked.target == Intended::Default {
+        return Cow::Borrowed("@default");
+    }
+    match req.target.strip_prefix('$') {
+        Some(rest) => Cow::Owned(format!("@{rest}")),
+        None => Cow::Borrowed(req.target.as_str()),
+    }
+}
+
+/// `ask`: the targets to choose from, the preselected one; with `assume_yes` (the
+/// requested target as [`requested_spelling`] spells it), the call allowed to that target
+/// if it is one of them, as Qubes' `assume_yes_for_ask` does.
 pub(crate) fn evaluate_ask<'r>(
     p: &AskParams,
     rule: &Rule,
     candidates: impl DoubleEndedIterator<Item = &'r Rule>,
     req: &Checked<'_>,
     sys: &System,
+    assume_yes: Option<&str>,
 ) -> Resolution {
+    // Qubes offers `target=` as written and compares answers with that spelling; the
+    // computed targets are spelt as `CallTarget::to_answer`.
+    let explicit = match &p.target {
+        Some(tok) if assume_yes.is_some() || p.default_target.is_some() => {
+            redirect_spelling(tok, req.source, sys, false)
+        }
+        _ => None,
+    };
     let mut targets: Vec<CallTarget> = match &p.target {
         Some(tok) => {
             let resolved =
@@ -597,9 +703,10 @@ pub(crate) fn evaluate_ask<'r>(
                 _ => Vec::new(),
             }
         }
-        None => collect_ask_targets(candidates, req, sys)
-            .into_iter()
-            .collect(),
+        None => match collect_ask_targets(candidates, req, sys) {
+            Ok(set) => set.into_iter().collect(),
+            Err(reason) => return Resolution::deny(reason),
+        },
     };
     if !p.autostart {
         targets.retain(|t| running_ok(t, sys));
@@ -607,17 +714,29 @@ pub(crate) fn evaluate_ask<'r>(
     if targets.is_empty() {
         return Resolution::deny(DenyReason::NoAskTargets(rule.location.clone()));
     }
+    let spelt = |t: &CallTarget, s: &str| match &explicit {
+        Some(e) => e == s,
+        None => answer_eq(t, s),
+    };
+    if let Some(answer) = assume_yes {
+        return match targets.iter().find(|t| spelt(t, answer)) {
+            Some(t) => Resolution::Allow(Allow {
+                target: t.clone(),
+                user: p.user.clone(),
+                notify: p.notify,
+                autostart: p.autostart,
+                rule: rule.location.clone(),
+            }),
+            None => Resolution::deny(DenyReason::InvalidChoice(short(answer))),
+        };
+    }
     let default_target = p.default_target.as_ref().and_then(|tok| {
-        let t = redirect_intended(tok, sys)
-            .and_then(|i| resolve_target(&i, rule, req.source, sys))
-            .ok();
-        match t {
-            Some(t) if targets.contains(&t) => Some(t),
-            _ => {
-                tracing::warn!(rule = %rule.location, default_target = %tok, "default_target is not among the ask targets; dropped");
-                None
-            }
+        let t = redirect_spelling(tok, req.source, sys, true)
+            .and_then(|s| targets.iter().find(|t| spelt(t, &s)));
+        if t.is_none() {
+            tracing::warn!(rule = %rule.location, default_target = %tok, "default_target is not among the ask targets; dropped");
         }
+        t.cloned()
     });
     Resolution::Ask(Ask {
         targets,

@@ -23,36 +23,83 @@
 //! - [`Policy::load_if_changed`] reloads when a file or directory changed (size, mtime,
 //!   ctime or inode of everything the last load looked at); the caller picks when.
 //!
-//! Choices where Qubes is silent or where Bulkhead is stricter (all fail closed):
-//! - Literal names in rules must be valid domain names, tags must be `[A-Za-z0-9_.-]{1,64}`,
-//!   `@type:` must name a known class (Bulkhead's: `app`, `template`, `standalone`,
-//!   `disposable-template`, `disposable`, `service`, `admin`; or Qubes': `AppVM`, ...),
-//!   `user=` must look like a user name. Qubes accepts any string there; a typo would then
-//!   silently never match.
+//! # Agreement with Qubes 4.3
+//!
+//! The engine is held against Qubes' own parser (`qubes-core-qrexec`, branch `release4.3`
+//! = v4.3.12, `qrexec/policy/parser.py`) on about ten thousand cases
+//! (`tests/qubes43_oracle.rs`). As in Qubes 4.3:
+//! - `uuid:UUID` is accepted in the SOURCE and TARGET columns, in `target=` /
+//!   `default_target=` and in requests, and `@dispvm:uuid:UUID` wherever `@dispvm:NAME` is
+//!   (in the SOURCE column both, and `@dispvm:@tag:T`, parse and never match). A rule naming a domain matches a
+//!   request naming it by UUID and the other way round; a rule's `@dispvm:uuid:…` does not
+//!   match a requested `@dispvm` (Qubes compares it with `@dispvm:DEFAULT` as text).
+//! - UUIDs are compared as written; domains' UUIDs are lower case ([`DomainInfo::with_uuid`]
+//!   lower-cases), so an upper-case UUID in a policy matches nothing (a warning is logged)
+//!   and a requested upper-case UUID is an unknown target, i.e. `@default`.
+//! - [`Policy::evaluate_assume_yes`] (`assume_yes_for_ask`) answers with the requested
+//!   target as the caller spelt it: `dom0` can be allowed, `@adminvm`, `uuid:…`, `@dispvm`
+//!   and `@default` cannot (except that `ask target=X` is answered by X as written).
+//! - `default_target=` is compared with the ask targets as Qubes spells both: `target=` as
+//!   written, `default_target=@dispvm` as `@dispvm:DEFAULT_DISPVM`, dom0 as `dom0`.
+//! - A `default_dispvm` that is not a disposable template is still what `@dispvm:NAME` /
+//!   `@dispvm:@tag:T` rules compare a requested `@dispvm` with (see the differences for
+//!   what `@dispvm` then resolves to).
+//! - As in Qubes: a requested target that does not exist is treated as `@default`; the
+//!   `$dispvm` / `$default` spellings VMs send are accepted in requests (Qubes' daemon
+//!   rewrites them); no match and failed resolutions deny with `notify` set.
+//!
+//! # Deliberate differences from Qubes 4.3
+//!
+//! Each is named as in the oracle data (`tests/qubes43_oracle.tsv`), which records Qubes'
+//! answer next to Bulkhead's for every case where they differ. All but `adminvm-tag-type`
+//! fail closed (deny where Qubes would not, never the other way round).
+//! - `strict-tokens`: literal names in rules must be valid domain names, `uuid:` values
+//!   8-4-4-4-12 hex UUIDs, tags `[A-Za-z0-9_.-]{1,64}`, `@type:` a known class (Bulkhead's:
+//!   `app`, `template`, `standalone`, `disposable-template`, `disposable`, `service`,
+//!   `admin`; or Qubes': `AppVM`, ...), `user=` a user name. Qubes accepts any string
+//!   there; it could never match, so a typo would silently disable a rule. Here it is an
+//!   error, and a policy with errors denies everything.
+//! - `adminvm-tag-type`: `@tag:` and `@type:` in the TARGET column match a call aimed at
+//!   dom0 (when dom0 has that tag / type) however the caller spells dom0. Qubes matches
+//!   them for `dom0` and `uuid:00…0` but not for `@adminvm`; a decision should not depend
+//!   on the spelling of the same target. This one allows more than Qubes: a call spelt
+//!   `@adminvm` that such a rule allows, which Qubes allows only when spelt `dom0`.
+//! - `loopback`: a call whose target is its source is refused whatever the spelling. Qubes
+//!   compares the names as text, so `uuid:` of the source itself (or `uuid:00…0` from dom0)
+//!   gets through, and `ask target=SOURCE` offers the source, which then fails.
+//! - `ask-target-unresolved`: `ask target=X` where X is no domain (or `@dispvm:X` where X
+//!   is no disposable template) leaves nothing to choose and denies; Qubes offers X, and
+//!   choosing it fails.
+//! - `ask-target-dispvm`: `ask target=@dispvm` offers the new disposable of the source's
+//!   default template (`@dispvm:TEMPLATE`), and denies without one; Qubes offers `@dispvm`
+//!   unresolved. Under `assume_yes_for_ask` a requested `@dispvm` is allowed to that
+//!   disposable, as Qubes' `policy.EvalSimple` answers allow (its full evaluation fails).
+//! - `default-dispvm-not-template`: a `default_dispvm` that is not a disposable template
+//!   never becomes a new disposable: `@dispvm` with it denies
+//!   ([`DenyReason::NotDispvmTemplate`]), and `ask` neither offers nor preselects it. Qubes
+//!   resolves `@dispvm` to it and the disposable's creation is then refused by qubesd.
+//! - `qubes-error`: where Qubes fails with an internal error the call is denied with a
+//!   reason, which is what Qubes' failure amounts to: a rule's `@dispvm:NAME` /
+//!   `@dispvm:uuid:…` compared with a requested `@dispvm` from a source without
+//!   `default_dispvm` ([`DenyReason::NoDefaultDispvmToCompare`], not the next rule); ask
+//!   targets computed from a rule whose `@dispvm:…` names no domain
+//!   ([`DenyReason::UnknownDispvmTemplate`]); `ask autostart=no target=X` with X no domain.
+//!
+//! Further choices where Qubes is silent or Bulkhead is stricter (not covered by the
+//! oracle, which evaluates single files against a fixed system):
 //! - Qubes class names map onto Bulkhead classes: `AppVM` = app, disposable-template and
 //!   service domains (Qubes' disposable templates and sys-* qubes are AppVMs); `DispVM` =
 //!   disposable; `AdminVM` = dom0; `RemoteVM` matches nothing.
-//! - `@tag:` and `@type:` in the TARGET column also match a call aimed at dom0 when dom0 has
-//!   that tag / type (Qubes never matches them against `@adminvm`).
-//! - `@dispvm:NAME` and `@dispvm:@tag:T` in the SOURCE column parse but never match, as in
-//!   Qubes' code (the reference marks this unconfirmed).
 //! - Include cycles are refused with an error at the including line; includes nest at most
 //!   [`Limits::max_include_depth`] deep; a load reads at most [`Limits::max_files`] files.
 //!   Relative include paths resolve against the directory of the top-level policy file the
 //!   chain started from (Qubes' loader); absolute paths are used as given.
 //! - `!compat-4.0` is an error: there is no legacy policy directory.
-//! - `ask target=X` offers exactly X, with `@dispvm` resolved to the source's default
-//!   template and `@adminvm` to dom0; a target that does not exist leaves nothing to choose
-//!   (deny). `default_target` not among the targets is dropped with a warning.
-//! - Requests from dom0 are evaluated like any other (Qubes skips policy for them); the
-//!   default policy allows them explicitly.
+//! - Requests from dom0 are evaluated like any other (Qubes' daemon skips policy for
+//!   them); the default policy allows them explicitly.
 //! - All errors are reported, not only the first. Whole-file errors (unreadable, too large,
 //!   invalid name) are reported at line 0.
-//! - As in Qubes: a requested target that does not exist is treated as `@default`; the
-//!   `$dispvm` / `$default` spellings VMs send are accepted in requests; source = target is
-//!   refused ("loopback"); no match and failed resolutions deny with `notify` set.
-//! - [`Ask::answer`] turns the user's choice into an [`Allow`] (only a listed target), and
-//!   [`Policy::evaluate_assume_yes`] is Qubes' `assume_yes_for_ask` for the clipboard hotkey.
+//! - [`Ask::answer`] turns the user's choice into an [`Allow`] (only a listed target).
 
 mod error;
 mod eval;
@@ -290,6 +337,10 @@ impl Policy {
 
     /// Decide `req`. First match wins; no match is deny; a policy with errors denies all.
     pub fn evaluate(&self, req: &Request, sys: &System) -> Resolution {
+        self.decide(req, sys, false)
+    }
+
+    fn decide(&self, req: &Request, sys: &System, assume_yes: bool) -> Resolution {
         if let Some(first) = self.diagnostics.first() {
             return Resolution::deny(DenyReason::PolicyInvalid {
                 count: self.diagnostics.len(),
@@ -332,7 +383,15 @@ impl Policy {
                 continue;
             }
             let target_ok = if tgt == NO_NAME {
-                eval::match_target(&rule.target, &checked.target, checked.source, sys)
+                match eval::match_target(&rule.target, &checked.target, checked.source, sys) {
+                    Ok(m) => m,
+                    Err(eval::NoDefaultToCompare) => {
+                        return Resolution::deny(DenyReason::NoDefaultDispvmToCompare {
+                            rule: rule.location.clone(),
+                            domain: checked.source.name().to_owned(),
+                        })
+                    }
+                }
             } else {
                 Some(tgt) == target_key
             };
@@ -349,7 +408,8 @@ impl Policy {
                     let rules: Vec<&Rule> = candidates
                         .filter_map(|j| self.rules.get(j as usize))
                         .collect();
-                    eval::evaluate_ask(p, rule, rules.into_iter(), &checked, sys)
+                    let answer = assume_yes.then(|| eval::requested_spelling(req, &checked));
+                    eval::evaluate_ask(p, rule, rules.into_iter(), &checked, sys, answer.as_deref())
                 }
             };
         }
@@ -357,30 +417,14 @@ impl Policy {
     }
 
     /// Decide `req` with `ask` taken as yes for the requested target, as Qubes'
-    /// `policy.EvalSimple` does (`assume_yes_for_ask`): used where a user action is the
-    /// consent, e.g. the clipboard paste hotkey. The answer is the requested target (or,
-    /// for `@default`, the rule's `default_target`), which must be among the ask targets.
+    /// `assume_yes_for_ask` does: used where a user action is the consent, e.g. the
+    /// clipboard paste hotkey. The answer is the requested target as the caller spelt it
+    /// (`@default` for none), so it is allowed only if the ask would offer it under that
+    /// spelling: `dom0`, a name or `@dispvm:TEMPLATE` among the computed targets, or the
+    /// rule's `target=` as written. `@adminvm`, `@dispvm` (except for `ask target=@dispvm`),
+    /// `@default` and `uuid:` spellings are therefore denied, as in Qubes.
     pub fn evaluate_assume_yes(&self, req: &Request, sys: &System) -> Resolution {
-        let resolution = self.evaluate(req, sys);
-        let Resolution::Ask(ask) = &resolution else {
-            return resolution;
-        };
-        let answer = match eval::check_request(req, sys).map(|c| c.target) {
-            Ok(system::Intended::Name(n)) => Some(n.to_string()),
-            Ok(system::Intended::AdminVm) => Some(ADMINVM_NAME.to_owned()),
-            Ok(system::Intended::DispVmTemplate(n)) => Some(format!("@dispvm:{n}")),
-            Ok(system::Intended::DispVm) => eval::source_default_dispvm(req, sys)
-                .map(|t| CallTarget::NewDisposable { template: t }.to_answer()),
-            Ok(system::Intended::Default) => ask.default_target.as_ref().map(CallTarget::to_answer),
-            Err(reason) => return Resolution::deny(reason),
-        };
-        match answer {
-            Some(a) => match ask.answer(Some(&a)) {
-                Ok(allow) => Resolution::Allow(allow),
-                Err(deny) => Resolution::Deny(deny),
-            },
-            None => Resolution::deny(DenyReason::NoAskTargets(ask.rule.clone())),
-        }
+        self.decide(req, sys, true)
     }
 
     /// Whether anything the last load read (or looked for) changed since.

@@ -29,7 +29,8 @@ pub struct DomainInfo {
     pub template_for_dispvms: bool,
     /// Qubes' `internal` feature: never offered as an `ask` target.
     pub internal: bool,
-    /// Lower-case 8-4-4-4-12 UUID, if the domain has one (`uuid:` tokens).
+    /// Lower-case 8-4-4-4-12 UUID, if the domain has one (`uuid:` tokens); [`Self::with_uuid`]
+    /// lower-cases it, as Qubes reports UUIDs.
     pub uuid: Option<String>,
 }
 
@@ -134,10 +135,10 @@ impl System {
         self.domains.values()
     }
 
+    /// The domain with this UUID, compared as written (as Qubes does): domains' UUIDs are
+    /// lower case, so an upper-case spelling finds nothing.
     pub fn domain_by_uuid(&self, uuid: &str) -> Option<&DomainInfo> {
-        self.by_uuid
-            .get(&uuid.to_ascii_lowercase())
-            .and_then(|n| self.domains.get(n))
+        self.by_uuid.get(uuid).and_then(|n| self.domains.get(n))
     }
 
     pub fn set_dom0_tags(&mut self, tags: BTreeSet<String>) {

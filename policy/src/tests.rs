@@ -3,6 +3,16 @@ use bulkhead_domain::{DomainClass, DomainName};
 use std::fs;
 
 const WORK_UUID: &str = "11111111-2222-3333-4444-555555555555";
+const DVM_UUID: &str = "abcdef01-2345-4678-9abc-def012345678";
+
+/// [`sys`] with a UUID on `dvm` too.
+fn sys_with_uuids() -> System {
+    let mut s = sys();
+    if let Some(d) = s.domain("dvm").cloned() {
+        s.insert(d.with_uuid(DVM_UUID));
+    }
+    s
+}
 
 fn n(s: &str) -> DomainName {
     DomainName::new(s).unwrap()
@@ -1017,10 +1027,9 @@ fn ask_with_explicit_target_and_default() {
     assert_eq!(ask(&r).default_target, Some(CallTarget::Domain(n("work"))));
     let r = ev(&p, "svc.B", "", "home", "untrusted");
     assert_eq!(ask_targets(&r), vec!["@dispvm:dvm"]);
-    assert_eq!(
-        ask(&r).default_target,
-        Some(CallTarget::NewDisposable { template: n("dvm") })
-    );
+    // As in Qubes 4.3: default_target=@dispvm is read as @dispvm:DEFAULT_DISPVM and compared
+    // with the target as written (@dispvm), so it is dropped.
+    assert_eq!(ask(&r).default_target, None);
     assert_eq!(ask_targets(&ev(&p, "svc.C", "", "home", "")), vec!["dom0"]);
     // default_target not among the targets is dropped.
     let r = ev(&p, "svc.D", "", "untrusted", "work");
@@ -1094,15 +1103,24 @@ fn assume_yes_for_ask() {
          svc.A * @anyvm home deny\n\
          svc.A * @anyvm @default ask default_target=work\n\
          svc.A * @anyvm @dispvm ask\n\
+         svc.A * @anyvm @dispvm:dvm ask\n\
          svc.B * @anyvm @anyvm ask default_target=home\n",
     );
     let yes =
         |src: &str, tgt: &str| p.evaluate_assume_yes(&Request::new("svc.A", "", src, tgt), &sys());
     assert_eq!(allow_target(&yes("untrusted", "work")), "work");
     assert!(yes("untrusted", "home").is_deny());
-    assert_eq!(allow_target(&yes("untrusted", "")), "work");
-    assert_eq!(allow_target(&yes("home", "@dispvm")), "@dispvm:dvm");
+    // Qubes answers with the requested target as spelt: `@default` (or none) and `@dispvm`
+    // are never among the ask targets, even with a default_target.
+    assert!(
+        matches!(deny_reason(&yes("untrusted", "")), DenyReason::InvalidChoice(t) if t == "@default")
+    );
+    assert!(yes("untrusted", "@default").is_deny());
+    assert!(yes("home", "@dispvm").is_deny());
     assert!(yes("untrusted", "@dispvm").is_deny());
+    assert_eq!(allow_target(&yes("home", "@dispvm:dvm")), "@dispvm:dvm");
+    // A `uuid:` spelling is not the name the targets are listed under.
+    assert!(yes("untrusted", &format!("uuid:{WORK_UUID}")).is_deny());
     // Deny stays deny, allow stays allow.
     let p2 = ok_pol("svc.A * @anyvm home deny\nsvc.A * @anyvm work allow");
     assert!(p2
@@ -1111,6 +1129,213 @@ fn assume_yes_for_ask() {
     assert!(p2
         .evaluate_assume_yes(&Request::new("svc.A", "", "untrusted", "work"), &sys())
         .is_allow());
+}
+
+/// Qubes 4.3 `assume_yes_for_ask` with dom0 and disposable targets: `dom0` is offered,
+/// `@adminvm` and `uuid:00…0` are not; `ask target=X` is answered only by X as written.
+#[test]
+fn assume_yes_for_ask_adminvm_and_dispvm() {
+    let p = ok_pol(
+        "svc.A * @anyvm @adminvm ask\n\
+         svc.B * @anyvm * ask target=@adminvm\n\
+         svc.C * @anyvm * ask target=@dispvm\n\
+         svc.D * @anyvm * ask target=@dispvm:dvm\n\
+         svc.E * @anyvm * ask target=uuid:11111111-2222-3333-4444-555555555555\n",
+    );
+    let yes = |svc: &str, src: &str, tgt: &str| {
+        p.evaluate_assume_yes(&Request::new(svc, "", src, tgt), &sys())
+    };
+    let dom0_uuid = format!("uuid:{DOM0_UUID}");
+    for svc in ["svc.A", "svc.B"] {
+        assert_eq!(allow_target(&yes(svc, "work", "dom0")), "dom0");
+        assert!(yes(svc, "work", "@adminvm").is_deny(), "{svc}");
+        assert!(yes(svc, "work", &dom0_uuid).is_deny(), "{svc}");
+        assert!(yes(svc, "work", "$adminvm").is_deny(), "{svc}");
+    }
+    // `ask target=@dispvm` is answered by `@dispvm`: a new disposable of the default.
+    assert_eq!(
+        allow_target(&yes("svc.C", "work", "@dispvm")),
+        "@dispvm:work-dvm"
+    );
+    assert_eq!(
+        allow_target(&yes("svc.C", "home", "$dispvm")),
+        "@dispvm:dvm"
+    );
+    assert!(yes("svc.C", "home", "@dispvm:dvm").is_deny());
+    assert!(yes("svc.C", "untrusted", "@dispvm").is_deny());
+    assert_eq!(
+        allow_target(&yes("svc.D", "work", "@dispvm:dvm")),
+        "@dispvm:dvm"
+    );
+    assert!(yes("svc.D", "home", "@dispvm").is_deny());
+    // `target=uuid:…` is answered by that spelling only.
+    assert_eq!(
+        allow_target(&yes("svc.E", "home", &format!("uuid:{WORK_UUID}"))),
+        "work"
+    );
+    assert!(yes("svc.E", "home", "work").is_deny());
+}
+
+/// `@dispvm:uuid:…` in every column and in requests (Qubes 4.2+), and `uuid:` in target,
+/// redirect and requests.
+#[test]
+fn dispvm_uuid_tokens() {
+    let dvm = sys_with_uuids();
+    let p = ok_pol(&format!(
+        "svc.A * @anyvm @dispvm:uuid:{DVM_UUID} allow\n\
+         svc.B * @anyvm * allow target=@dispvm:uuid:{DVM_UUID}\n\
+         svc.C * @anyvm * ask target=@dispvm:uuid:{DVM_UUID} default_target=@dispvm:uuid:{DVM_UUID}\n\
+         svc.D * @dispvm:uuid:{DVM_UUID} * allow target=work\n\
+         svc.E * @anyvm uuid:{WORK_UUID} allow\n\
+         svc.F * @anyvm * allow target=uuid:{WORK_UUID}\n\
+         svc.G * @anyvm @dispvm:uuid:{DVM_UUID} ask\n\
+         svc.G * @anyvm @dispvm:dvm ask\n"
+    ));
+    let ev = |svc: &str, src: &str, tgt: &str| p.evaluate(&Request::new(svc, "", src, tgt), &dvm);
+    // A rule's @dispvm:uuid: matches a request for the template by name or UUID...
+    assert_eq!(
+        allow_target(&ev("svc.A", "home", "@dispvm:dvm")),
+        "@dispvm:dvm"
+    );
+    assert_eq!(
+        allow_target(&ev("svc.A", "home", &format!("@dispvm:uuid:{DVM_UUID}"))),
+        "@dispvm:dvm"
+    );
+    // ...but not `@dispvm` (Qubes compares it with `@dispvm:DEFAULT` as text).
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "home", "@dispvm")),
+        DenyReason::NoMatchingRule
+    ));
+    // A request for a UUID that is no disposable template is refused.
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "home", &format!("@dispvm:uuid:{WORK_UUID}"))),
+        DenyReason::NotDispvmTemplate(_)
+    ));
+    assert_eq!(allow_target(&ev("svc.B", "home", "")), "@dispvm:dvm");
+    let r = ev("svc.C", "home", "");
+    assert_eq!(ask_targets(&r), vec!["@dispvm:dvm"]);
+    assert_eq!(
+        ask(&r).default_target,
+        Some(CallTarget::NewDisposable { template: n("dvm") })
+    );
+    // In the source column it parses and never matches, as `@dispvm:NAME` there.
+    assert!(ev("svc.D", "home", "").is_deny());
+    assert_eq!(
+        allow_target(&ev("svc.E", "home", &format!("uuid:{WORK_UUID}"))),
+        "work"
+    );
+    assert_eq!(allow_target(&ev("svc.E", "home", "work")), "work");
+    assert_eq!(allow_target(&ev("svc.F", "home", "")), "work");
+    assert_eq!(
+        ask_targets(&ev("svc.G", "home", "@dispvm:dvm")),
+        vec!["@dispvm:dvm"]
+    );
+}
+
+/// UUIDs are compared as written, as in Qubes: upper case parses but names no domain.
+#[test]
+fn upper_case_uuids_match_nothing() {
+    let upper = DVM_UUID.to_ascii_uppercase();
+    let s = sys_with_uuids();
+    let p = ok_pol(&format!(
+        "svc.A * @anyvm uuid:{upper} allow\n\
+         svc.A * uuid:{upper} @anyvm allow target=work\n\
+         svc.B * @anyvm * allow target=uuid:{upper}\n\
+         svc.C * @anyvm * allow target=@dispvm:uuid:{upper}\n\
+         svc.D * @anyvm @anyvm allow\n\
+         svc.E * @anyvm @dispvm:uuid:{upper} allow\n"
+    ));
+    let ev = |svc: &str, src: &str, tgt: &str| p.evaluate(&Request::new(svc, "", src, tgt), &s);
+    // The lower-case spelling works.
+    assert_eq!(
+        allow_target(&ev("svc.D", "home", &format!("uuid:{DVM_UUID}"))),
+        "dvm"
+    );
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "home", "dvm")),
+        DenyReason::NoMatchingRule
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "dvm", "home")),
+        DenyReason::NoMatchingRule
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.B", "home", "")),
+        DenyReason::NoTarget(_)
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.C", "home", "")),
+        DenyReason::NotDispvmTemplate(_)
+    ));
+    // A requested upper-case UUID is no domain: `@default`.
+    assert!(matches!(
+        deny_reason(&ev("svc.D", "home", &format!("uuid:{upper}"))),
+        DenyReason::NoTarget(_)
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.E", "home", "@dispvm:dvm")),
+        DenyReason::NoMatchingRule
+    ));
+    assert!(matches!(
+        deny_reason(&ev("svc.E", "home", &format!("@dispvm:uuid:{upper}"))),
+        DenyReason::NotDispvmTemplate(_)
+    ));
+}
+
+/// Where Qubes fails with an internal error, the call is denied rather than going on to
+/// later rules.
+#[test]
+fn qubes_internal_errors_deny() {
+    let p = ok_pol(
+        "svc.A * @anyvm @dispvm:dvm deny\n\
+         svc.A * @anyvm * allow target=net\n\
+         svc.B * @anyvm @dispvm:nosuch ask\n\
+         svc.B * @anyvm work ask\n",
+    );
+    // `untrusted` has no default_dispvm to compare with @dispvm:dvm.
+    assert!(matches!(
+        deny_reason(&ev(&p, "svc.A", "", "untrusted", "@dispvm")),
+        DenyReason::NoDefaultDispvmToCompare { .. }
+    ));
+    // With one, the rule is compared: `work`'s (work-dvm) does not match, the next rule
+    // decides.
+    assert_eq!(allow_target(&ev(&p, "svc.A", "", "work", "@dispvm")), "net");
+    assert!(ev(&p, "svc.A", "", "home", "@dispvm").is_deny());
+    // The ask targets cannot be computed when a rule names a template that does not exist.
+    assert!(matches!(
+        deny_reason(&ev(&p, "svc.B", "", "home", "work")),
+        DenyReason::UnknownDispvmTemplate { .. }
+    ));
+}
+
+/// A `default_dispvm` that is not a disposable template is compared with as set, but no
+/// disposable is made from it (deliberate difference from Qubes, which resolves `@dispvm`
+/// to it and then fails to create the disposable).
+#[test]
+fn default_dispvm_that_is_not_a_template() {
+    let s = sys().with(
+        DomainInfo::new(n("odd"), DomainClass::App)
+            .with_running(true)
+            .with_default_dispvm(n("home")),
+    );
+    let p = ok_pol(
+        "svc.A * @anyvm @dispvm:home deny\n\
+         svc.A * @anyvm @dispvm allow\n\
+         svc.B * @anyvm @anyvm ask default_target=@dispvm\n",
+    );
+    let ev = |svc: &str, tgt: &str| p.evaluate(&Request::new(svc, "", "odd", tgt), &s);
+    assert!(matches!(
+        deny_reason(&ev("svc.A", "@dispvm")),
+        DenyReason::ByRule(_)
+    ));
+    let p2 = ok_pol("svc.A * @anyvm @dispvm allow");
+    assert!(matches!(
+        deny_reason(&p2.evaluate(&Request::new("svc.A", "", "odd", "@dispvm"), &s)),
+        DenyReason::NotDispvmTemplate(t) if t == "home"
+    ));
+    let r = ev("svc.B", "");
+    assert!(!ask_targets(&r).contains(&"@dispvm:home".to_owned()));
+    assert_eq!(ask(&r).default_target, None);
 }
 
 // ---------------------------------------------------------------- Qubes' examples

@@ -17,7 +17,9 @@ pub const MAX_TAG_LEN: usize = 64;
 pub enum Token {
     /// A literal domain name.
     Name(DomainName),
-    /// `uuid:UUID` (lower-cased). dom0's UUID is parsed as [`Token::AdminVm`].
+    /// `uuid:UUID`, as written. dom0's UUID is parsed as [`Token::AdminVm`]. As in Qubes, a
+    /// UUID is compared as written: domains' UUIDs are lower case, so an upper-case one
+    /// matches nothing.
     Uuid(String),
     /// `*`: anything, including dom0.
     Wildcard,
@@ -31,6 +33,9 @@ pub enum Token {
     DispVm,
     /// `@dispvm:NAME`: a new disposable from the disposable template NAME.
     DispVmTemplate(DomainName),
+    /// `@dispvm:uuid:UUID`: a new disposable from the disposable template with this UUID
+    /// (as written, like [`Token::Uuid`]).
+    DispVmUuid(String),
     /// `@dispvm:@tag:T`: a new disposable from any disposable template tagged T.
     DispVmTag(String),
     /// `@tag:T`.
@@ -68,6 +73,7 @@ impl Column {
                     | Token::AdminVm
                     | Token::DispVm
                     | Token::DispVmTemplate(_)
+                    | Token::DispVmUuid(_)
             ),
         }
     }
@@ -81,19 +87,31 @@ pub(crate) fn valid_tag(tag: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// Lower-cased UUID if `s` has the 8-4-4-4-12 hex form.
-pub(crate) fn parse_uuid(s: &str) -> Option<String> {
+/// Whether `s` has the 8-4-4-4-12 hex form of a UUID (either case).
+pub(crate) fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     let lens = [8, 4, 4, 4, 12];
-    if groups.len() != lens.len() {
-        return None;
+    groups.len() == lens.len()
+        && groups
+            .iter()
+            .zip(lens)
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The UUID of a `uuid:` / `@dispvm:uuid:` token, checked and kept as written.
+fn uuid_value(prefix: &'static str, token: &str, value: &str) -> Result<String, ErrorKind> {
+    let v = nonempty(prefix, token, value)?;
+    if !is_uuid(v) {
+        return Err(ErrorKind::InvalidUuid(v.to_owned()));
     }
-    for (g, len) in groups.iter().zip(lens) {
-        if g.len() != len || !g.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
+    if v.bytes().any(|b| b.is_ascii_uppercase()) {
+        // Qubes compares UUIDs as written and reports them in lower case.
+        tracing::warn!(
+            token,
+            "upper-case UUID in a policy never matches a domain (UUIDs are compared as written, and domains' UUIDs are lower case)"
+        );
     }
-    Some(s.to_ascii_lowercase())
+    Ok(v.to_owned())
 }
 
 fn name_token(token: &str, column: Column) -> Result<DomainName, ErrorKind> {
@@ -156,6 +174,8 @@ pub(crate) fn parse_token(token: &str, column: Column) -> Result<Token, ErrorKin
         Token::DispVm
     } else if let Some(v) = token.strip_prefix("@dispvm:@tag:") {
         Token::DispVmTag(tag_value("@dispvm:@tag:", token, v)?)
+    } else if let Some(v) = token.strip_prefix("@dispvm:uuid:") {
+        Token::DispVmUuid(uuid_value("@dispvm:uuid:", token, v)?)
     } else if let Some(v) = token.strip_prefix("@dispvm:") {
         let v = nonempty("@dispvm:", token, v)?;
         if v.starts_with('@') {
@@ -173,8 +193,7 @@ pub(crate) fn parse_token(token: &str, column: Column) -> Result<Token, ErrorKin
     } else if token.starts_with('@') {
         return Err(invalid(""));
     } else if let Some(v) = token.strip_prefix("uuid:") {
-        let v = nonempty("uuid:", token, v)?;
-        let u = parse_uuid(v).ok_or_else(|| ErrorKind::InvalidUuid(v.to_owned()))?;
+        let u = uuid_value("uuid:", token, v)?;
         if u == DOM0_UUID {
             Token::AdminVm
         } else {
@@ -187,7 +206,7 @@ pub(crate) fn parse_token(token: &str, column: Column) -> Result<Token, ErrorKin
         let hint = match column {
             Column::Source => " (not allowed in the source column)",
             Column::Redirect => {
-                " (target= and default_target= take a name, uuid:…, @adminvm, @dispvm or @dispvm:NAME)"
+                " (target= and default_target= take a name, uuid:…, @adminvm, @dispvm, @dispvm:NAME or @dispvm:uuid:…)"
             }
             Column::Target => "",
         };
@@ -207,6 +226,7 @@ impl fmt::Display for Token {
             Token::Default => f.write_str("@default"),
             Token::DispVm => f.write_str("@dispvm"),
             Token::DispVmTemplate(n) => write!(f, "@dispvm:{n}"),
+            Token::DispVmUuid(u) => write!(f, "@dispvm:uuid:{u}"),
             Token::DispVmTag(t) => write!(f, "@dispvm:@tag:{t}"),
             Token::Tag(t) => write!(f, "@tag:{t}"),
             Token::Type(_, t) => write!(f, "@type:{t}"),
