@@ -24,7 +24,7 @@ bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
 export BULKHEAD_TEST_GUEST_TOOLS="$bin_dir" BULKHEAD_TEST_LIBEXEC="$bin_dir"
 
 step "Template debian-12 (cached by recipe content)"
-target/debug/bulkhead-template build --store "$BULKHEAD_TEST_TEMPLATE_CACHE" templates/recipes/debian-12.toml
+"$bin_dir"/bulkhead-template build --store "$BULKHEAD_TEST_TEMPLATE_CACHE" templates/recipes/debian-12.toml
 
 step "Tests"
 results=$(mktemp)

@@ -235,6 +235,7 @@ pub fn run(runs: usize, binary: Option<PathBuf>, confined: bool) -> Result<()> {
         vcpus: 1,
         serial_log: serial.clone(),
         serial_log_max: 1 << 20,
+        serial_input: None,
         disks: vec![],
         vsock: None,
         net: None,

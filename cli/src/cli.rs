@@ -73,6 +73,9 @@ pub enum Command {
     Run(RunArgs),
     /// Show a domain's log (its init and agent); control characters are replaced on a terminal.
     Log { name: String },
+    /// The serial console of a running VM domain, interactively (a root shell the domain's
+    /// init keeps there); output filtered as `log` does on a terminal; Ctrl-] leaves.
+    Console { name: String },
     /// Templates: root file systems built from Debian packages.
     #[command(subcommand)]
     Template(TemplateCommand),

@@ -2,6 +2,7 @@
 //! (`org.bulkhead.Domaind1`); this binary holds no state of its own.
 
 mod cli;
+mod console;
 mod failure;
 mod progress;
 mod terminal;
@@ -106,6 +107,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Prefs(args) => prefs(&proxy, args).await?,
         Command::Log { name } => log(&proxy, &name).await?,
+        Command::Console { name } => console::console(&proxy, &name).await?,
         Command::Template(TemplateCommand::Build { name }) => template_build(&proxy, &name).await?,
         Command::Firewall(args) => firewall(&proxy, args).await?,
         Command::Usb(cmd) => usb::usb(&proxy, cmd).await?,

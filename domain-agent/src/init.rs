@@ -58,15 +58,52 @@ pub struct InitConfig {
     /// The gui-agent binary to keep running as the default user when it exists
     /// ([`crate::gui::spawn_gui_agent`]); None: no GUI.
     pub gui_agent: Option<PathBuf>,
+    /// A terminal to keep a root shell on ([`crate::console::spawn_console_shell`]): the
+    /// serial console of a VM domain; None: no console shell.
+    pub console: Option<PathBuf>,
 }
 
-/// The supervised gui-agent.
+/// A supervised helper process (the gui-agent, the console shell): restarted with backoff.
 #[derive(Default)]
-struct GuiAgent {
+struct Supervised {
     pid: Option<Pid>,
     started: Option<Instant>,
     restart_at: Option<Instant>,
     backoff: Duration,
+}
+
+impl Supervised {
+    fn started(&mut self, pid: Pid) {
+        self.pid = Some(pid);
+        self.started = Some(Instant::now());
+    }
+
+    /// It exited: a long healthy run starts the backoff over.
+    fn exited(&mut self) {
+        self.pid = None;
+        if self
+            .started
+            .take()
+            .is_some_and(|t| t.elapsed() >= HEALTHY_RUN)
+        {
+            self.backoff = RESTART_START;
+        }
+    }
+
+    fn schedule_restart(&mut self, what: &str) {
+        let delay = self.backoff.max(RESTART_START);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "restarting {what} after delay"
+        );
+        self.restart_at = Some(Instant::now() + delay);
+        self.backoff = (delay * 2).min(RESTART_MAX);
+    }
+
+    /// Whether a scheduled restart is due at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.pid.is_none() && self.restart_at.is_some_and(|t| t <= now)
+    }
 }
 
 struct Agent {
@@ -82,7 +119,8 @@ struct State {
     backoff: Duration,
     deadline: Option<Instant>,
     killed: bool,
-    gui: GuiAgent,
+    gui: Supervised,
+    console: Supervised,
 }
 
 /// Process ids of all descendants of `root`, from /proc.
@@ -179,8 +217,7 @@ impl State {
         match crate::gui::spawn_gui_agent(&bin) {
             Ok(Some(pid)) => {
                 tracing::info!(pid = pid.as_raw(), bin = %bin.display(), "gui-agent started");
-                self.gui.pid = Some(pid);
-                self.gui.started = Some(Instant::now());
+                self.gui.started(pid);
             }
             Ok(None) => tracing::debug!(bin = %bin.display(), "no gui-agent installed"),
             Err(e) => {
@@ -191,16 +228,28 @@ impl State {
     }
 
     fn schedule_gui_restart(&mut self) {
-        if self.deadline.is_some() {
-            return;
+        if self.deadline.is_none() {
+            self.gui.schedule_restart("gui-agent");
         }
-        let delay = self.gui.backoff.max(RESTART_START);
-        tracing::info!(
-            delay_ms = delay.as_millis() as u64,
-            "restarting gui-agent after delay"
-        );
-        self.gui.restart_at = Some(Instant::now() + delay);
-        self.gui.backoff = (delay * 2).min(RESTART_MAX);
+    }
+
+    fn spawn_console(&mut self) {
+        self.console.restart_at = None;
+        let Some(tty) = self.cfg.console.clone() else {
+            return;
+        };
+        match crate::console::spawn_console_shell(&tty) {
+            Ok(pid) => {
+                tracing::info!(pid = pid.as_raw(), tty = %tty.display(), "console shell started");
+                self.console.started(pid);
+            }
+            Err(e) => {
+                tracing::error!(tty = %tty.display(), error = %e, "cannot start the console shell");
+                if self.deadline.is_none() {
+                    self.console.schedule_restart("console shell");
+                }
+            }
+        }
     }
 
     fn schedule_restart(&mut self) {
@@ -243,17 +292,16 @@ impl State {
                         }
                         self.schedule_restart();
                     } else if self.gui.pid == Some(pid) {
-                        self.gui.pid = None;
+                        self.gui.exited();
                         tracing::warn!(?status, "gui-agent exited");
-                        if self
-                            .gui
-                            .started
-                            .take()
-                            .is_some_and(|t| t.elapsed() >= HEALTHY_RUN)
-                        {
-                            self.gui.backoff = RESTART_START;
-                        }
                         self.schedule_gui_restart();
+                    } else if self.console.pid == Some(pid) {
+                        // a logout ends the shell: a new one waits on the console
+                        self.console.exited();
+                        tracing::info!(?status, "console shell exited");
+                        if self.deadline.is_none() {
+                            self.console.schedule_restart("console shell");
+                        }
                     } else {
                         tracing::debug!(?status, "reaped");
                     }
@@ -319,22 +367,24 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
         backoff: RESTART_START,
         deadline: None,
         killed: false,
-        gui: GuiAgent::default(),
+        gui: Supervised::default(),
+        console: Supervised::default(),
     };
     tracing::info!(pid1, "bulkhead-init running");
     st.spawn_agent();
     st.spawn_gui_agent();
+    st.spawn_console();
 
     loop {
         let now = Instant::now();
         if st.deadline.is_none() && st.agent.is_none() && st.restart_at.is_some_and(|t| t <= now) {
             st.spawn_agent();
         }
-        if st.deadline.is_none()
-            && st.gui.pid.is_none()
-            && st.gui.restart_at.is_some_and(|t| t <= now)
-        {
+        if st.deadline.is_none() && st.gui.due(now) {
             st.spawn_gui_agent();
+        }
+        if st.deadline.is_none() && st.console.due(now) {
+            st.spawn_console();
         }
         if let Some(deadline) = st.deadline {
             if !st.killed && deadline <= now {
@@ -346,6 +396,7 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
         let next = [
             st.restart_at,
             st.gui.restart_at,
+            st.console.restart_at,
             st.deadline.filter(|_| !st.killed),
         ]
         .into_iter()

@@ -12,6 +12,7 @@
 pub mod account;
 pub mod agent;
 pub mod call;
+pub mod console;
 pub mod gui;
 pub mod init;
 pub mod service;

@@ -203,6 +203,12 @@ pub trait Domaind1 {
     /// previous generation (`<log>.old`) is not included. `Io` if the domain has no log yet.
     fn open_log(&self, name: &str) -> Result<zbus::zvariant::OwnedFd, Error>;
 
+    /// `OpenConsole(name s) -> h`: a write-only descriptor of running VM domain `name`'s
+    /// serial console input (its bytes reach the guest's ttyS0, where its init keeps a root
+    /// shell); the output is the domain's log (`OpenLog`). `InvalidState` if the domain is not
+    /// a running VM (a sandbox has no serial console).
+    fn open_console(&self, name: &str) -> Result<zbus::zvariant::OwnedFd, Error>;
+
     /// `OpenGui(name s) -> h`: one end of a unix socketpair carrying the GUI protocol
     /// (`bulkhead_wire::gui`) of running domain `name`; `InvalidState` if it is not running,
     /// `Agent` if its agent cannot open a GUI stream. dom0 parses it with bulkhead-gui-host.

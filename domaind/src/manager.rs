@@ -494,6 +494,43 @@ impl Manager {
         }
     }
 
+    /// `OpenConsole`: a write-only, non-blocking descriptor of a running VM domain's console
+    /// input FIFO (the VMM holds its read end; once the VMM is gone a write fails with EPIPE).
+    pub fn open_console(&self, name: &str) -> Result<OwnedFd, Error> {
+        let dn = self.stored(name)?;
+        let rt = self.runtime(name);
+        match rt.instance().map(|i| i.record.clone()) {
+            Some(DomainRecord::Vm(_)) => {}
+            Some(_) => {
+                return Err(Error::InvalidState(format!(
+                    "domain '{name}' is a sandbox: it has no serial console (bulkhead run -u root {name} -- bash gives a shell)"
+                )))
+            }
+            None => {
+                return Err(Error::InvalidState(format!(
+                    "domain '{name}' is not running"
+                )))
+            }
+        }
+        let path = self
+            .cfg
+            .paths
+            .runtime_domain_dir(&dn)
+            .join(vm::CONSOLE_FIFO_NAME);
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|e| {
+                Error::Io(format!(
+                    "cannot open the console of '{name}' ({}): {e}",
+                    path.display()
+                ))
+            })
+    }
+
     // ----- configuration -------------------------------------------------------------------
 
     /// Check that `value` names a domain that may be used as `prop` of a domain of `class`.
@@ -1125,6 +1162,9 @@ impl Manager {
             channel_dir: paths.channel_dir(&cfg.name),
             log_file: paths.log_file(&cfg.name),
             spec_file: paths.runtime_domain_dir(&cfg.name).join("vm.json"),
+            console_input: paths
+                .runtime_domain_dir(&cfg.name)
+                .join(vm::CONSOLE_FIFO_NAME),
             scratch_dir: paths.scratch_dir(&cfg.name),
             memory_mib: cfg.memory,
             vcpus: cfg.vcpus,
@@ -1135,6 +1175,7 @@ impl Manager {
         blocking(move || -> Result<DomainRecord, vm::VmError> {
             vm::ensure_private_image(&private_dir, &start.private_image)?;
             vm::make_tools_image(&tools, &start.tools_image)?;
+            vm::make_console_fifo(&start.console_input)?;
             vm::launch(&start).map(DomainRecord::Vm)
         })
         .await

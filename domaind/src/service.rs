@@ -287,6 +287,17 @@ impl Service {
         self.mgr.open_log(&name).map(OwnedFd::from)
     }
 
+    /// `OpenConsole(name s) -> h`: the console input of running VM domain `name`.
+    async fn open_console(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<OwnedFd, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.open_console(&name).map(OwnedFd::from)
+    }
+
     /// `OpenGui(name s) -> h`: one end of a socketpair carrying the GUI protocol of running
     /// domain `name` (contract E).
     async fn open_gui(

@@ -150,6 +150,8 @@ pub struct VmStart {
     pub tools_image: PathBuf,
     pub channel_dir: PathBuf,
     pub log_file: PathBuf,
+    /// The console input FIFO (`bulkhead console` writes into it; see [`make_console_fifo`]).
+    pub console_input: PathBuf,
     /// Where the spec JSON is written (root-only runtime dir).
     pub spec_file: PathBuf,
     pub scratch_dir: PathBuf,
@@ -184,6 +186,7 @@ impl VmStart {
             vcpus,
             serial_log: self.log_file.clone(),
             serial_log_max: SERIAL_LOG_MAX,
+            serial_input: Some(self.console_input.clone()),
             disks: vec![
                 DiskSpec {
                     path: self.root_image.clone(),
@@ -246,6 +249,21 @@ pub fn ensure_private_image(private_dir: &Path, image: &Path) -> Result<bool, Vm
     fs::rename(&tmp, image).map_err(io(format!("rename to {}", image.display())))?;
     info!(image = %image.display(), "private volume image created");
     Ok(true)
+}
+
+/// File name of a VM domain's console input FIFO in its runtime dir.
+pub const CONSOLE_FIFO_NAME: &str = "console.in";
+
+/// Make (anew) the console input FIFO `path`, root-only (the VMM opens it before it drops
+/// privileges; `OpenConsole` hands dom0's admin a write end).
+pub fn make_console_fifo(path: &Path) -> Result<(), VmError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("cannot remove {}", path.display()))(e)),
+    }
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| io(format!("cannot make the FIFO {}", path.display()))(e.into()))
 }
 
 /// Make the guest tools image (read-only in the guest at /usr/lib/bulkhead).
@@ -468,6 +486,7 @@ mod tests {
             tools_image: "/s/scratch/tools.img".into(),
             channel_dir: "/run/bulkhead/domains/work/channel".into(),
             log_file: "/l/work.log".into(),
+            console_input: "/run/bulkhead/domains/work/console.in".into(),
             spec_file: "/run/bulkhead/domains/work/vm.json".into(),
             scratch_dir: "/s/scratch".into(),
             memory_mib: 512,

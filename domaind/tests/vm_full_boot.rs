@@ -137,6 +137,10 @@ async fn scenario(cache: std::path::PathBuf) {
     let (_, out, _) = run(&p, &name, &["id", "-un"]).await;
     assert_eq!(out, "user\n");
 
+    // `bulkhead console`: what is typed reaches the root shell on the serial console, and
+    // its output comes back (through the domain's log).
+    console_answers(&p, &d, &name).await;
+
     // Pause and unpause with a live guest.
     p.pause(&name).await.expect("pause");
     assert_eq!(
@@ -259,6 +263,55 @@ async fn scenario(cache: std::path::PathBuf) {
     assert!(
         !Path::new(&rundir).join("channel/vsock.sock").exists(),
         "the VMM's socket stayed"
+    );
+}
+
+async fn console_answers(p: &Domaind1Proxy<'_>, d: &TestDomaind, name: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let cli = domaind::testing::libexec_dir()
+        .expect("libexec dir")
+        .join("bulkhead");
+    let mut child = Command::new(&cli)
+        .args(["console", name])
+        .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cli.display()));
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The shell starts when the guest's init does; type until it answers.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answered = false;
+    while Instant::now() < deadline {
+        stdin
+            .write_all(b"echo CONSOLE-$((6*7))\n")
+            .expect("type into the console");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if console(p, name).await.contains("CONSOLE-42") {
+            answered = true;
+            break;
+        }
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("bulkhead console");
+    let log = console(p, name).await;
+    assert!(
+        answered,
+        "the console shell never ran what was typed; console:\n{}\nbulkhead console: {}",
+        tail(&log, 20),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "bulkhead console: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CONSOLE-42"),
+        "bulkhead console did not show the answer: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }
 

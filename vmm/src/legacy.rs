@@ -132,6 +132,12 @@ impl SerialDevice {
     pub fn log(&self) -> &BoundedLog {
         self.serial.writer()
     }
+
+    /// Queues console input for the guest (as much as its receive FIFO takes); returns how
+    /// many bytes were taken.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
 }
 
 impl MmioDevice for SerialDevice {

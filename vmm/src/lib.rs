@@ -11,6 +11,7 @@ pub mod arch;
 pub mod boot;
 pub mod bus;
 pub mod confine;
+pub mod console;
 pub mod device;
 pub mod devices;
 pub mod layout;

@@ -33,6 +33,9 @@ pub struct VmSpec {
     /// Console output, bounded: `serial_log_max` bytes, then one rotation to `<serial_log>.old`.
     pub serial_log: PathBuf,
     pub serial_log_max: u64,
+    /// A FIFO whose bytes go to the guest's COM1 as console input (`bulkhead console`).
+    #[serde(default)]
+    pub serial_input: Option<PathBuf>,
     /// Disks in order: /dev/vda, /dev/vdb, ...
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
@@ -202,6 +205,7 @@ mod tests {
             vcpus: 1,
             serial_log: "/tmp/s".into(),
             serial_log_max: 4096,
+            serial_input: None,
             disks: vec![],
             vsock: None,
             net: None,

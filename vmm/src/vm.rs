@@ -124,6 +124,8 @@ pub struct Vm {
     _eventfds: Vec<EventFd>,
     /// The virtio transports (also on `mmio`).
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The console input FIFO and the serial port it feeds.
+    console_input: Option<(File, Arc<Mutex<SerialDevice>>)>,
 }
 
 impl Vm {
@@ -199,8 +201,18 @@ impl Vm {
             .map_err(io_err("serial eventfd clone"))?;
         eventfds.push(serial_evt);
         let log = BoundedLog::open(&spec.serial_log, spec.serial_log_max)?;
-        let serial = SerialDevice::new(SerialIrq::Kvm(IrqTrigger(serial_irq)), log);
-        pio.insert(u64::from(COM1_PORT), 8, Arc::new(Mutex::new(serial)))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            SerialIrq::Kvm(IrqTrigger(serial_irq)),
+            log,
+        )));
+        pio.insert(u64::from(COM1_PORT), 8, serial.clone())?;
+        let console_input = match &spec.serial_input {
+            Some(p) => Some((
+                crate::console::open_input(p).map_err(io_err("opening the console input FIFO"))?,
+                serial,
+            )),
+            None => None,
+        };
         pio.insert(
             u64::from(I8042_PORT),
             5,
@@ -270,6 +282,7 @@ impl Vm {
             name: spec.name.clone(),
             _eventfds: eventfds,
             transports: wired.transports,
+            console_input,
         })
     }
 
@@ -298,6 +311,22 @@ impl Vm {
                 .unwrap_or_else(|p| p.into_inner())
                 .start_worker_thread()
                 .map_err(|source| DeviceError::Transport { index, source })?;
+        }
+        if let Some((input, serial)) = self.console_input.take() {
+            let stop = self.stop.clone();
+            let filter = self.seccomp.as_ref().map(|f| f.device.clone());
+            std::thread::Builder::new()
+                .name("console-in".into())
+                .spawn(move || {
+                    if let Some(f) = filter {
+                        if let Err(e) = seccomp::apply("device", &f) {
+                            tracing::error!(error = %e, "console input: no seccomp filter; console input off");
+                            return;
+                        }
+                    }
+                    crate::console::pump(input, serial, stop)
+                })
+                .map_err(io_err("starting the console input thread"))?;
         }
         let failure: Arc<Mutex<Option<(u8, String)>>> = Arc::new(Mutex::new(None));
         let mut threads: Vec<JoinHandle<()>> = Vec::new();

@@ -36,13 +36,18 @@ fn main() -> anyhow::Result<()> {
     let gui_agent = args
         .gui_agent
         .or_else(|| (std::process::id() == 1).then(|| me.with_file_name("bulkhead-gui-agent")));
+    // A VM domain's init keeps a root shell on the serial console (`bulkhead console`).
+    let in_vm = bulkhead_agent::in_vm();
+    let console = (in_vm && std::process::id() == 1)
+        .then(|| PathBuf::from(bulkhead_agent::console::SERIAL_CONSOLE));
     let code = bulkhead_agent::init::run(bulkhead_agent::init::InitConfig {
         agent,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         gui_agent,
+        console,
     })?;
     // In a VM the init is the kernel's pid 1: it ends the VM instead of exiting.
-    if bulkhead_agent::in_vm() && std::process::id() == 1 {
+    if in_vm && std::process::id() == 1 {
         let e = bulkhead_agent::init::end_vm();
         return Err(e).context("ending the VM");
     }

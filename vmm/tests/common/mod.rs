@@ -145,6 +145,7 @@ pub fn guest_spec(kernel: &Path, dir: &Path) -> VmSpec {
         vcpus: 1,
         serial_log: dir.join("console.log"),
         serial_log_max: 1 << 20,
+        serial_input: None,
         disks: vec![],
         vsock: None,
         net: None,
