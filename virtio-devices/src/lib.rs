@@ -21,6 +21,7 @@ use std::sync::Arc;
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod ratelimit;
 pub mod rng;
 mod util;
 pub mod vsock;
@@ -34,6 +35,10 @@ pub use rng::Rng;
 pub use vsock::Vsock;
 
 pub use worker::Worker;
+
+/// For the `*_limited!` macros.
+#[doc(hidden)]
+pub use tracing as __tracing;
 
 /// Guest memory type used everywhere.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
