@@ -204,7 +204,10 @@ impl NetWorker {
                 Ok(mut r) => {
                     let total = r.available_bytes();
                     if total <= NET_HDR_LEN || total > self.txbuf.len() {
-                        crate::warn_limited!(total, "virtio-net: tx frame with a bad length dropped");
+                        crate::warn_limited!(
+                            total,
+                            "virtio-net: tx frame with a bad length dropped"
+                        );
                     } else if std::io::Read::read_exact(&mut r, &mut self.txbuf[..total]).is_ok() {
                         self.txbuf[..NET_HDR_LEN].fill(0);
                         match nix::unistd::write(&self.tap, &self.txbuf[..total]) {

@@ -444,7 +444,9 @@ impl VsockWorker {
                 Ok(mut r) => {
                     let mut h = [0u8; HDR_LEN];
                     if r.read_exact(&mut h).is_err() {
-                        crate::warn_limited!("virtio-vsock: tx packet shorter than its header dropped");
+                        crate::warn_limited!(
+                            "virtio-vsock: tx packet shorter than its header dropped"
+                        );
                         None
                     } else {
                         let hdr = Header::parse(&h);
@@ -996,7 +998,9 @@ impl VsockWorker {
             .map(|(&id, _)| id)
             .collect();
         for id in stale {
-            crate::debug_limited!("virtio-vsock: host connection sent no CONNECT line in time; closed");
+            crate::debug_limited!(
+                "virtio-vsock: host connection sent no CONNECT line in time; closed"
+            );
             self.drop_pending(ep, id);
         }
     }

@@ -138,7 +138,11 @@ pub fn boot_map_gib(mem_size: u64) -> Option<u64> {
 /// Writes the VM-wide boot structures (GDT, IDT, page tables) into guest memory, once per VM.
 /// The page tables identity-map [`boot_map_gib`] GiB: PML4[0] -> PDPT, whose entry i is the
 /// 1 GiB page i (`gib_pages`) or points to a page directory of 2 MiB pages in the PD area.
-pub fn write_boot_tables(mem: &GuestMemory, mem_size: u64, gib_pages: bool) -> Result<(), ArchError> {
+pub fn write_boot_tables(
+    mem: &GuestMemory,
+    mem_size: u64,
+    gib_pages: bool,
+) -> Result<(), ArchError> {
     let (max_gib, page, hint) = if gib_pages {
         (PDPT_MAX, "1 GiB", "")
     } else {

@@ -256,7 +256,9 @@ mod tests {
         );
         // No further marker while under the limit.
         l.write_at(b"more\n", ms(601));
-        assert!(std::fs::read_to_string(&p).unwrap().ends_with("hello\nmore\n"));
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .ends_with("hello\nmore\n"));
     }
 
     #[test]
@@ -267,7 +269,10 @@ mod tests {
         let t0 = Instant::now();
         // 100 s of a guest writing 64 bytes every 10 µs (6.4 MB/s).
         for step in 0..10_000_000u64 {
-            l.write_at(&[b'z'; 64], t0 + std::time::Duration::from_micros(step * 10));
+            l.write_at(
+                &[b'z'; 64],
+                t0 + std::time::Duration::from_micros(step * 10),
+            );
         }
         let written = std::fs::metadata(&p).unwrap().len();
         let bound = CONSOLE_BURST + 100 * CONSOLE_RATE;
