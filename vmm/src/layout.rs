@@ -56,7 +56,7 @@ const _: () = assert!(IDT_ADDR + 8 <= ZERO_PAGE_ADDR);
 const _: () = assert!(ZERO_PAGE_ADDR + 0x1000 < BOOT_STACK && BOOT_STACK < PML4_ADDR);
 const _: () = assert!(PML4_ADDR + 0x1000 <= PDPT_ADDR && PDPT_ADDR + 0x1000 <= CMDLINE_ADDR);
 const _: () = assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= PD_AREA_START);
-const _: () = assert!(PD_AREA_START % 0x1000 == 0 && PD_AREA_END <= EBDA_START);
+const _: () = assert!(PD_AREA_START.is_multiple_of(0x1000) && PD_AREA_END <= EBDA_START);
 const _: () = assert!(EBDA_START < RSDP_ADDR && RSDP_ADDR < BIOS_END);
 
 /// Legacy I/O ports.
