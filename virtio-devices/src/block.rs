@@ -175,26 +175,26 @@ impl BlockWorker {
         let mut reader = match chain.clone().reader(mem) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "virtio-blk: bad readable descriptors");
+                crate::warn_limited!(error = %e, "virtio-blk: bad readable descriptors");
                 return self.status_only(chain);
             }
         };
         let mut writer = match chain.clone().writer(mem) {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(error = %e, "virtio-blk: bad writable descriptors");
+                crate::warn_limited!(error = %e, "virtio-blk: bad writable descriptors");
                 return None;
             }
         };
         let avail = writer.available_bytes();
         if avail == 0 {
-            tracing::warn!("virtio-blk: request without a writable status byte dropped");
+            crate::warn_limited!("virtio-blk: request without a writable status byte dropped");
             return None;
         }
         let mut status_w = match writer.split_at(avail - 1) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "virtio-blk: cannot split the writable part");
+                crate::warn_limited!(error = %e, "virtio-blk: cannot split the writable part");
                 return None;
             }
         };
@@ -254,11 +254,11 @@ impl BlockWorker {
         let (status, data_len) = match result {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(ReqError::Unsupported(t)) => {
-                tracing::debug!(rtype = t, "virtio-blk: unsupported request type");
+                crate::debug_limited!(rtype = t, "virtio-blk: unsupported request type");
                 (VIRTIO_BLK_S_UNSUPP, 0)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "virtio-blk: request failed");
+                crate::warn_limited!(error = %e, "virtio-blk: request failed");
                 (VIRTIO_BLK_S_IOERR, 0)
             }
         };

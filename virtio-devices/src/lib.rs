@@ -6,7 +6,8 @@
 //!
 //! Every value the guest controls (descriptor addresses and lengths, chains, ring indices,
 //! request headers, register and config offsets) is checked. A malformed request is dropped
-//! (completed with an error status where the device has one) and logged with `tracing`; a
+//! (completed with an error status where the device has one) and logged with `tracing`
+//! through a per-call-site rate limit ([`ratelimit`]: a guest can repeat anything forever); a
 //! broken queue (ring index beyond the queue size, head index out of range, rings outside
 //! memory) makes the device report `DEVICE_NEEDS_RESET` and stop serving until the driver
 //! resets it. Work per notification is bounded by the queue size (virtio-queue bounds each
@@ -21,6 +22,7 @@ use std::sync::Arc;
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod ratelimit;
 pub mod rng;
 mod util;
 pub mod vsock;
@@ -34,6 +36,10 @@ pub use rng::Rng;
 pub use vsock::Vsock;
 
 pub use worker::Worker;
+
+/// For the `*_limited!` macros.
+#[doc(hidden)]
+pub use tracing as __tracing;
 
 /// Guest memory type used everywhere.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
@@ -108,7 +114,7 @@ impl IrqLine {
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         if let Err(e) = self.irq.trigger() {
-            tracing::warn!(error = %e, "virtio: cannot trigger the interrupt");
+            crate::warn_limited!(error = %e, "virtio: cannot trigger the interrupt");
         }
     }
 
@@ -151,7 +157,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific configuration space (ignored by default).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::debug!(
+        crate::debug_limited!(
             kind = self.kind(),
             offset,
             len = data.len(),

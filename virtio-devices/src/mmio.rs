@@ -195,7 +195,7 @@ impl MmioTransport {
     }
 
     fn fail(&mut self, e: &Error) {
-        tracing::error!(device = self.device.kind(), error = %e, "virtio: device failed; it needs a reset");
+        crate::error_limited!(device = self.device.kind(), error = %e, "virtio: device failed; it needs a reset");
         if !self.needs_reset.swap(true, Ordering::SeqCst) {
             self.irq.signal_config();
         }
@@ -243,7 +243,7 @@ impl MmioTransport {
         }
         let old = self.status;
         if value & old != old {
-            tracing::warn!(
+            crate::warn_limited!(
                 device = self.device.kind(),
                 old,
                 value,
@@ -256,7 +256,7 @@ impl MmioTransport {
             let offered = self.device_features();
             let bad = self.driver_features & !offered;
             if bad != 0 || self.driver_features & features::VERSION_1 == 0 {
-                tracing::warn!(
+                crate::warn_limited!(
                     device = self.device.kind(),
                     driver_features = self.driver_features,
                     offered,
@@ -267,7 +267,7 @@ impl MmioTransport {
         }
         if new & status::DRIVER_OK != 0 && old & status::DRIVER_OK == 0 {
             if new & status::FEATURES_OK == 0 {
-                tracing::warn!(
+                crate::warn_limited!(
                     device = self.device.kind(),
                     "virtio: DRIVER_OK without FEATURES_OK"
                 );
@@ -321,7 +321,7 @@ impl MmioTransport {
     fn notify(&mut self, index: u32) {
         let i = index as usize;
         if i >= self.queue_evts.len() {
-            tracing::debug!(
+            crate::debug_limited!(
                 device = self.device.kind(),
                 index,
                 "virtio: notify of a queue that does not exist"
@@ -339,7 +339,7 @@ impl MmioTransport {
             }
             _ => {
                 if let Err(e) = self.queue_evts[i].write(1) {
-                    tracing::warn!(error = %e, "virtio: cannot signal a queue eventfd");
+                    crate::warn_limited!(error = %e, "virtio: cannot signal a queue eventfd");
                 }
             }
         }
@@ -366,7 +366,7 @@ impl MmioTransport {
             }
             reg::CONFIG_GENERATION => self.config_generation,
             _ => {
-                tracing::debug!(
+                crate::debug_limited!(
                     device = self.device.kind(),
                     offset,
                     "virtio-mmio: read of a write-only or unknown register"
@@ -390,7 +390,7 @@ impl MmioTransport {
                     self.driver_features =
                         (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
                 }
-                _ => tracing::debug!("virtio-mmio: driver features bank out of range"),
+                _ => crate::debug_limited!("virtio-mmio: driver features bank out of range"),
             },
             reg::QUEUE_SEL => self.queue_sel = v,
             reg::QUEUE_NOTIFY => self.notify(v & 0xffff),
@@ -409,14 +409,14 @@ impl MmioTransport {
             {
                 let kind = self.device.kind();
                 let Some(q) = self.selected_queue() else {
-                    tracing::debug!(
+                    crate::debug_limited!(
                         device = kind,
                         "virtio-mmio: queue register write with QueueSel out of range"
                     );
                     return;
                 };
                 if offset != reg::QUEUE_READY && q.ready() {
-                    tracing::debug!(
+                    crate::debug_limited!(
                         device = kind,
                         offset,
                         "virtio-mmio: queue register write while the queue is enabled ignored"
@@ -426,7 +426,7 @@ impl MmioTransport {
                 match offset {
                     reg::QUEUE_NUM => match u16::try_from(v) {
                         Ok(n) if n <= q.max_size() => q.set_size(n),
-                        _ => tracing::warn!(
+                        _ => crate::warn_limited!(
                             device = kind,
                             size = v,
                             "virtio-mmio: queue size out of range"
@@ -442,7 +442,7 @@ impl MmioTransport {
                     _ => {}
                 }
             }
-            _ => tracing::debug!(
+            _ => crate::debug_limited!(
                 device = self.device.kind(),
                 offset,
                 status = self.status,
@@ -463,7 +463,7 @@ impl crate::MmioDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
-            tracing::debug!(
+            crate::debug_limited!(
                 offset,
                 len = data.len(),
                 "virtio-mmio: register read that is not 32-bit aligned"
@@ -484,7 +484,7 @@ impl crate::MmioDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::debug!(
+            crate::debug_limited!(
                 offset,
                 len = data.len(),
                 "virtio-mmio: register write that is not 32-bit"
@@ -492,7 +492,7 @@ impl crate::MmioDevice for MmioTransport {
             return;
         };
         if offset % 4 != 0 {
-            tracing::debug!(offset, "virtio-mmio: unaligned register write");
+            crate::debug_limited!(offset, "virtio-mmio: unaligned register write");
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));

@@ -143,7 +143,7 @@ impl NetWorker {
                     Err(Errno::EAGAIN) => break,
                     Err(Errno::EINTR) => continue,
                     Err(e) => {
-                        tracing::error!(error = %e, "virtio-net: tap read failed; receive stopped");
+                        crate::error_limited!(error = %e, "virtio-net: tap read failed; receive stopped");
                         self.tap_failed = true;
                         break;
                     }
@@ -172,7 +172,7 @@ impl NetWorker {
                     used = true;
                 }
                 Ok(_) => {
-                    tracing::debug!(
+                    crate::debug_limited!(
                         len,
                         "virtio-net: frame larger than the guest's buffer dropped"
                     );
@@ -180,7 +180,7 @@ impl NetWorker {
                     unpop(&mut self.rxq);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "virtio-net: bad rx descriptors");
+                    crate::warn_limited!(error = %e, "virtio-net: bad rx descriptors");
                     add_used(&mut self.rxq, &mem, head, 0)?;
                     used = true;
                 }
@@ -204,18 +204,21 @@ impl NetWorker {
                 Ok(mut r) => {
                     let total = r.available_bytes();
                     if total <= NET_HDR_LEN || total > self.txbuf.len() {
-                        tracing::warn!(total, "virtio-net: tx frame with a bad length dropped");
+                        crate::warn_limited!(
+                            total,
+                            "virtio-net: tx frame with a bad length dropped"
+                        );
                     } else if std::io::Read::read_exact(&mut r, &mut self.txbuf[..total]).is_ok() {
                         self.txbuf[..NET_HDR_LEN].fill(0);
                         match nix::unistd::write(&self.tap, &self.txbuf[..total]) {
                             Ok(_) => {}
                             Err(e) => {
-                                tracing::debug!(error = %e, "virtio-net: tap write failed; frame dropped")
+                                crate::debug_limited!(error = %e, "virtio-net: tap write failed; frame dropped")
                             }
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "virtio-net: bad tx descriptors"),
+                Err(e) => crate::warn_limited!(error = %e, "virtio-net: bad tx descriptors"),
             }
             add_used(&mut self.txq, &mem, head, 0)?;
             used = true;

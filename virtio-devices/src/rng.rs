@@ -86,16 +86,16 @@ impl Worker for RngWorker {
                 Ok(mut w) => {
                     let n = w.available_bytes().min(MAX_PER_REQUEST);
                     if n == 0 {
-                        tracing::warn!("virtio-rng: buffer without writable descriptors");
+                        crate::warn_limited!("virtio-rng: buffer without writable descriptors");
                     } else if let Err(e) = getrandom::fill(&mut self.buf[..n]) {
-                        tracing::error!(error = %e, "virtio-rng: getrandom failed");
+                        crate::error_limited!(error = %e, "virtio-rng: getrandom failed");
                     } else if let Err(e) = w.write_all(&self.buf[..n]) {
-                        tracing::warn!(error = %e, "virtio-rng: cannot write the buffer");
+                        crate::warn_limited!(error = %e, "virtio-rng: cannot write the buffer");
                     } else {
                         len = n as u32;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "virtio-rng: bad descriptors"),
+                Err(e) => crate::warn_limited!(error = %e, "virtio-rng: bad descriptors"),
             }
             add_used(&mut self.queue, &mem, head, len)?;
             used = true;

@@ -26,7 +26,7 @@ pub(crate) fn unpop(queue: &mut Queue) {
 /// range or the used ring cannot be written.
 pub(crate) fn add_used(queue: &mut Queue, mem: &GuestMemory, head: u16, len: u32) -> Result<()> {
     queue.add_used(mem, head, len).map_err(|e| {
-        tracing::warn!(head, error = %e, "virtio: cannot return a descriptor chain");
+        crate::warn_limited!(head, error = %e, "virtio: cannot return a descriptor chain");
         Error::Queue(e)
     })
 }
@@ -37,7 +37,7 @@ pub(crate) fn clone_queue(q: &Queue) -> Queue {
     match Queue::try_from(q.state()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "virtio: queue state did not round-trip");
+            crate::error_limited!(error = %e, "virtio: queue state did not round-trip");
             Queue::new(q.max_size()).unwrap_or_default()
         }
     }

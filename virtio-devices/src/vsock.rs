@@ -444,13 +444,15 @@ impl VsockWorker {
                 Ok(mut r) => {
                     let mut h = [0u8; HDR_LEN];
                     if r.read_exact(&mut h).is_err() {
-                        tracing::warn!("virtio-vsock: tx packet shorter than its header dropped");
+                        crate::warn_limited!(
+                            "virtio-vsock: tx packet shorter than its header dropped"
+                        );
                         None
                     } else {
                         let hdr = Header::parse(&h);
                         let len = hdr.len as usize;
                         if len > MAX_PKT_PAYLOAD || len > r.available_bytes() {
-                            tracing::warn!(
+                            crate::warn_limited!(
                                 len,
                                 available = r.available_bytes(),
                                 "virtio-vsock: tx packet length larger than its buffer or the maximum"
@@ -464,7 +466,7 @@ impl VsockWorker {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "virtio-vsock: bad tx descriptors");
+                    crate::warn_limited!(error = %e, "virtio-vsock: bad tx descriptors");
                     None
                 }
             };
@@ -486,7 +488,7 @@ impl VsockWorker {
     }
 
     fn protocol_violation(&mut self, ep: &Epoll, hdr: &Header, what: &str) {
-        tracing::warn!(
+        crate::warn_limited!(
             src_port = hdr.src_port,
             dst_port = hdr.dst_port,
             op = hdr.op,
@@ -502,7 +504,7 @@ impl VsockWorker {
 
     fn handle_packet(&mut self, ep: &Epoll, hdr: &Header, len: usize) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            tracing::debug!(
+            crate::debug_limited!(
                 src_cid = hdr.src_cid,
                 dst_cid = hdr.dst_cid,
                 "virtio-vsock: packet with wrong CIDs dropped"
@@ -596,7 +598,7 @@ impl VsockWorker {
     fn guest_connect(&mut self, ep: &Epoll, hdr: &Header) {
         let key = (hdr.dst_port, hdr.src_port);
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!("virtio-vsock: too many connections; guest connect refused");
+            crate::warn_limited!("virtio-vsock: too many connections; guest connect refused");
             self.send_ctrl(key, OP_RST, 0);
             return;
         }
@@ -613,9 +615,9 @@ impl VsockWorker {
                     }
                 ) {
                     // A host configuration problem, not the guest's doing.
-                    tracing::warn!(port = hdr.dst_port, error = %e, "virtio-vsock: no permission to connect to the host socket; guest connect refused");
+                    crate::warn_limited!(port = hdr.dst_port, error = %e, "virtio-vsock: no permission to connect to the host socket; guest connect refused");
                 } else {
-                    tracing::debug!(port = hdr.dst_port, error = %e, "virtio-vsock: guest connect refused");
+                    crate::debug_limited!(port = hdr.dst_port, error = %e, "virtio-vsock: guest connect refused");
                 }
                 self.send_ctrl(key, OP_RST, 0);
                 return;
@@ -637,12 +639,12 @@ impl VsockWorker {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "virtio-vsock: accept failed");
+                    crate::warn_limited!(error = %e, "virtio-vsock: accept failed");
                     return;
                 }
             };
             if self.pending.len() >= MAX_PENDING_HOST || self.conns.len() >= MAX_CONNECTIONS {
-                tracing::warn!("virtio-vsock: too many host connections; one refused");
+                crate::warn_limited!("virtio-vsock: too many host connections; one refused");
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -694,7 +696,7 @@ impl VsockWorker {
         p.line.extend_from_slice(&buf[..n]);
         let Some(nl) = p.line.iter().position(|&b| b == b'\n') else {
             if p.line.len() >= MAX_CONNECT_LINE {
-                tracing::warn!("virtio-vsock: host sent no CONNECT line; closed");
+                crate::warn_limited!("virtio-vsock: host sent no CONNECT line; closed");
                 self.drop_pending(ep, id);
             }
             return;
@@ -705,7 +707,7 @@ impl VsockWorker {
             .and_then(|s| s.trim().parse::<u32>().ok());
         let rest = p.line[nl + 1..].to_vec();
         let Some(port) = port else {
-            tracing::warn!("virtio-vsock: malformed CONNECT line from the host; closed");
+            crate::warn_limited!("virtio-vsock: malformed CONNECT line from the host; closed");
             self.drop_pending(ep, id);
             return;
         };
@@ -792,7 +794,7 @@ impl VsockWorker {
             Ok(true) => {}
             Ok(false) => c.host_eof = true,
             Err(e) => {
-                tracing::debug!(error = %e, "virtio-vsock: host socket error; connection reset");
+                crate::debug_limited!(error = %e, "virtio-vsock: host socket error; connection reset");
                 self.reset_conn(ep, id);
             }
         }
@@ -826,7 +828,7 @@ impl VsockWorker {
         match res {
             Ok(()) => c.interest = Some(want),
             Err(e) => {
-                tracing::warn!(error = %e, "virtio-vsock: epoll update failed; connection reset");
+                crate::warn_limited!(error = %e, "virtio-vsock: epoll update failed; connection reset");
                 self.reset_conn(ep, id);
             }
         }
@@ -856,13 +858,13 @@ impl VsockWorker {
             let mut w = match chain.writer(&mem) {
                 Ok(w) if w.available_bytes() >= HDR_LEN => w,
                 Ok(_) => {
-                    tracing::warn!("virtio-vsock: rx buffer smaller than a header");
+                    crate::warn_limited!("virtio-vsock: rx buffer smaller than a header");
                     add_used(&mut self.rxq, &mem, head, 0)?;
                     used = true;
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "virtio-vsock: bad rx descriptors");
+                    crate::warn_limited!(error = %e, "virtio-vsock: bad rx descriptors");
                     add_used(&mut self.rxq, &mem, head, 0)?;
                     used = true;
                     continue;
@@ -944,7 +946,7 @@ impl VsockWorker {
             };
             let key = (c.local_port, c.peer_port);
             if c.deadline.is_some_and(|d| now >= d) {
-                tracing::debug!(local = key.0, peer = key.1, state = ?c.state, "virtio-vsock: connection timed out");
+                crate::debug_limited!(local = key.0, peer = key.1, state = ?c.state, "virtio-vsock: connection timed out");
                 self.reset_conn(ep, id);
                 continue;
             }
@@ -996,7 +998,9 @@ impl VsockWorker {
             .map(|(&id, _)| id)
             .collect();
         for id in stale {
-            tracing::debug!("virtio-vsock: host connection sent no CONNECT line in time; closed");
+            crate::debug_limited!(
+                "virtio-vsock: host connection sent no CONNECT line in time; closed"
+            );
             self.drop_pending(ep, id);
         }
     }

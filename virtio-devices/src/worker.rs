@@ -110,7 +110,7 @@ impl WorkerThread {
     pub(crate) fn finish(&mut self) {
         if let Some(running) = self.running.take() {
             if let Err(e) = self.stop.write(1) {
-                tracing::error!(error = %e, "virtio: cannot signal the worker to stop");
+                crate::error_limited!(error = %e, "virtio: cannot signal the worker to stop");
                 return;
             }
             // A message or a closed channel: either way the job is over.
@@ -129,7 +129,7 @@ impl Drop for WorkerThread {
         self.jobs = None;
         if let Some(h) = self.handle.take() {
             if h.join().is_err() {
-                tracing::error!("virtio: worker thread panicked");
+                crate::error_limited!("virtio: worker thread panicked");
             }
         }
     }
@@ -165,7 +165,7 @@ fn serve_jobs(
             }
         };
         if let Some(msg) = failure {
-            tracing::error!(device = %kind, error = %msg, "virtio: device failed; it needs a reset");
+            crate::error_limited!(device = %kind, error = %msg, "virtio: device failed; it needs a reset");
             needs_reset.store(true, Ordering::SeqCst);
             irq.signal_config();
         }

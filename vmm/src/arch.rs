@@ -30,6 +30,17 @@ pub enum ArchError {
     },
     #[error("building the MSR list: {0}")]
     MsrList(String),
+    #[error(
+        "guest RAM of {mem_mib} MiB needs {need_gib} GiB identity-mapped at boot, but the boot \
+         page tables map at most {max_gib} GiB with {page} pages{hint}; give the VM less memory"
+    )]
+    BootMapTooBig {
+        mem_mib: u64,
+        need_gib: u64,
+        max_gib: u64,
+        page: &'static str,
+        hint: &'static str,
+    },
 }
 
 /// Segment descriptor flags (access byte in bits 0..7, flags nibble in bits 12..15).
@@ -102,18 +113,72 @@ pub fn boot_gdt() -> [u64; 4] {
     ]
 }
 
-/// Writes the VM-wide boot structures (GDT, IDT, page tables) into guest memory. Once per VM.
-pub fn write_boot_tables(mem: &GuestMemory) -> Result<(), ArchError> {
+/// Whether a vCPU with this CPUID may use 1 GiB pages (CPUID 0x8000_0001 EDX bit 26,
+/// pdpe1gb). Under shadow paging (PVM) a 1 GiB page the guest CPUID does not allow faults, so
+/// this is asked of the vCPU's table, not of the host.
+pub fn has_1gib_pages(cpuid: &CpuId) -> bool {
+    cpuid
+        .as_slice()
+        .iter()
+        .any(|e| e.function == 0x8000_0001 && e.edx & (1 << 26) != 0)
+}
+
+/// The guest-physical range `[0, end)` the boot page tables identity-map for `mem_size` bytes
+/// of RAM: all of the RAM (which continues above the MMIO hole), at least the first 4 GiB,
+/// rounded up to whole GiB. In GiB; None when it overflows.
+pub fn boot_map_gib(mem_size: u64) -> Option<u64> {
+    let ram_end = if mem_size > MMIO_HOLE_START {
+        MMIO_HOLE_END.checked_add(mem_size - MMIO_HOLE_START)?
+    } else {
+        mem_size
+    };
+    Some(ram_end.max(MMIO_HOLE_END).div_ceil(1 << 30))
+}
+
+/// Writes the VM-wide boot structures (GDT, IDT, page tables) into guest memory, once per VM.
+/// The page tables identity-map [`boot_map_gib`] GiB: PML4[0] -> PDPT, whose entry i is the
+/// 1 GiB page i (`gib_pages`) or points to a page directory of 2 MiB pages in the PD area.
+pub fn write_boot_tables(
+    mem: &GuestMemory,
+    mem_size: u64,
+    gib_pages: bool,
+) -> Result<(), ArchError> {
+    let (max_gib, page, hint) = if gib_pages {
+        (PDPT_MAX, "1 GiB", "")
+    } else {
+        (
+            PD_MAX,
+            "2 MiB",
+            " (the vCPU has no 1 GiB pages: CPUID 0x80000001 EDX bit 26, pdpe1gb)",
+        )
+    };
+    let gib = boot_map_gib(mem_size)
+        .filter(|&g| g <= max_gib)
+        .ok_or(ArchError::BootMapTooBig {
+            mem_mib: mem_size >> 20,
+            need_gib: boot_map_gib(mem_size).unwrap_or(u64::MAX),
+            max_gib,
+            page,
+            hint,
+        })?;
     write_u64s(mem, GDT_ADDR, "GDT", &boot_gdt())?;
     write_u64s(mem, IDT_ADDR, "IDT", &[0])?;
-    // PML4[0] -> PDPT; PDPT[i] -> PD i; each PD maps 1 GiB with 2 MiB pages (present|rw|ps).
-    write_u64s(mem, PML4_ADDR, "PML4", &[PDPT_ADDR | 0x3])?;
-    let pdpt: Vec<u64> = (0..PD_COUNT)
-        .map(|i| (PD_ADDR + i * 0x1000) | 0x3)
-        .collect();
-    write_u64s(mem, PDPT_ADDR, "PDPT", &pdpt)?;
-    let pd: Vec<u64> = (0..PD_COUNT * 512).map(|i| (i << 21) | 0x83).collect();
-    write_u64s(mem, PD_ADDR, "page directories", &pd)?;
+    const PRESENT_RW: u64 = 0x3;
+    const PS: u64 = 0x80;
+    write_u64s(mem, PML4_ADDR, "PML4", &[PDPT_ADDR | PRESENT_RW])?;
+    if gib_pages {
+        let pdpt: Vec<u64> = (0..gib).map(|i| (i << 30) | PS | PRESENT_RW).collect();
+        write_u64s(mem, PDPT_ADDR, "PDPT", &pdpt)?;
+    } else {
+        let pdpt: Vec<u64> = (0..gib)
+            .map(|i| (PD_AREA_START + i * 0x1000) | PRESENT_RW)
+            .collect();
+        write_u64s(mem, PDPT_ADDR, "PDPT", &pdpt)?;
+        let pd: Vec<u64> = (0..gib * 512)
+            .map(|i| (i << 21) | PS | PRESENT_RW)
+            .collect();
+        write_u64s(mem, PD_AREA_START, "page directories", &pd)?;
+    }
     Ok(())
 }
 
@@ -337,19 +402,101 @@ mod tests {
         assert_eq!(regs[0x351] as u8, 0x4);
     }
 
-    #[test]
-    fn page_tables_identity_map_4gib() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        write_boot_tables(&mem).unwrap();
-        let pml4: u64 = mem.read_obj(GuestAddress(PML4_ADDR)).unwrap();
-        assert_eq!(pml4 & !0xfff, PDPT_ADDR);
-        for gib in 0..4u64 {
-            let pdpte: u64 = mem.read_obj(GuestAddress(PDPT_ADDR + gib * 8)).unwrap();
-            let pd = pdpte & !0xfff;
-            // The last 2 MiB page of this GiB maps to itself.
-            let pde: u64 = mem.read_obj(GuestAddress(pd + 511 * 8)).unwrap();
-            assert_eq!(pde & !0xfff, (gib << 30) + (511 << 21));
-            assert_eq!(pde & 0x83, 0x83);
+    /// Walks the 4-level tables at `cr3` for `va` like the MMU: Some(physical address) when
+    /// mapped present and writable, None otherwise.
+    fn translate(mem: &GuestMemory, cr3: u64, va: u64) -> Option<u64> {
+        const P_RW: u64 = 0x3;
+        const PS: u64 = 0x80;
+        const ADDR: u64 = 0x000f_ffff_ffff_f000;
+        let entry = |table: u64, idx: u64| -> Option<u64> {
+            let e: u64 = mem.read_obj(GuestAddress(table + idx * 8)).ok()?;
+            (e & P_RW == P_RW).then_some(e)
+        };
+        let pml4e = entry(cr3 & ADDR, (va >> 39) & 511)?;
+        let pdpte = entry(pml4e & ADDR, (va >> 30) & 511)?;
+        if pdpte & PS != 0 {
+            return Some((pdpte & ADDR & !((1 << 30) - 1)) + (va & ((1 << 30) - 1)));
         }
+        let pde = entry(pdpte & ADDR, (va >> 21) & 511)?;
+        (pde & PS != 0).then(|| (pde & ADDR & !((1 << 21) - 1)) + (va & ((1 << 21) - 1)))
+    }
+
+    /// Every 2 MiB of the guest's RAM (and its last byte) maps to itself.
+    fn assert_ram_identity_mapped(mem: &GuestMemory, mem_size: u64) {
+        for (start, len) in crate::boot::ram_regions(mem_size) {
+            let (start, end) = (start.0, start.0 + len as u64);
+            for va in (start..end).step_by(1 << 21).chain([end - 1]) {
+                assert_eq!(
+                    translate(mem, PML4_ADDR, va),
+                    Some(va),
+                    "{va:#x} of a {} GiB guest",
+                    mem_size >> 30
+                );
+            }
+        }
+    }
+
+    fn low_memory() -> GuestMemory {
+        // The tables live in low memory; the RAM they describe need not exist here.
+        GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn page_tables_map_all_ram_of_big_guests() {
+        for gib_pages in [true, false] {
+            for gib in [6u64, 64] {
+                let mem = low_memory();
+                write_boot_tables(&mem, gib << 30, gib_pages).unwrap();
+                assert_ram_identity_mapped(&mem, gib << 30);
+                // RAM ends at 4 GiB + (size - 3 GiB): the GiB after it is not mapped.
+                let end = (gib + 1) << 30;
+                assert_eq!(translate(&mem, PML4_ADDR, end - 1), Some(end - 1));
+                assert_eq!(translate(&mem, PML4_ADDR, end), None, "{gib} GiB");
+            }
+        }
+        // The largest spec (256 GiB) with 1 GiB pages.
+        let mem = low_memory();
+        let max = crate::spec::MAX_MEMORY_MIB << 20;
+        write_boot_tables(&mem, max, true).unwrap();
+        assert_ram_identity_mapped(&mem, max);
+    }
+
+    #[test]
+    fn sizes_the_tables_cannot_map_are_errors() {
+        let mem = low_memory();
+        let e = write_boot_tables(&mem, 256 << 30, false).unwrap_err();
+        assert!(matches!(
+            e,
+            ArchError::BootMapTooBig {
+                need_gib: 257,
+                max_gib: 126,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("pdpe1gb"), "{e}");
+        assert!(write_boot_tables(&mem, 600 << 30, true).is_err());
+        assert!(write_boot_tables(&mem, u64::MAX, true).is_err());
+        // The largest 2 MiB-page mapping fits (its last page directory ends below the EBDA).
+        write_boot_tables(&mem, (PD_MAX - 1) << 30, false).unwrap();
+        assert_ram_identity_mapped(&mem, (PD_MAX - 1) << 30);
+    }
+
+    #[test]
+    fn small_guests_get_the_first_4gib_and_1gib_pages_follow_cpuid() {
+        for gib_pages in [true, false] {
+            let mem = low_memory();
+            write_boot_tables(&mem, 64 << 20, gib_pages).unwrap();
+            for va in [0, 0x10_0000, VIRTIO_MMIO_BASE + 0x50, (4 << 30) - 1] {
+                assert_eq!(translate(&mem, PML4_ADDR, va), Some(va));
+            }
+            assert_eq!(translate(&mem, PML4_ADDR, 4 << 30), None);
+            let pdpte: u64 = mem.read_obj(GuestAddress(PDPT_ADDR)).unwrap();
+            assert_eq!(pdpte & 0x80 != 0, gib_pages);
+        }
+        let mut c = CpuId::new(2).unwrap();
+        c.as_mut_slice()[0].function = 0x8000_0001;
+        assert!(!has_1gib_pages(&c));
+        c.as_mut_slice()[0].edx = 1 << 26;
+        assert!(has_1gib_pages(&c));
     }
 }

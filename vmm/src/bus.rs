@@ -2,8 +2,9 @@
 //!
 //! A bus is built before the vCPUs start and is immutable afterwards, so dispatch takes no bus
 //! lock, only the addressed device's mutex. An access that hits no device, straddles a device's
-//! end or has an odd size reads as all-ones and is otherwise ignored; it is logged (the first
-//! few, then every 4096th) and never stops the VM.
+//! end or has an odd size reads as all-ones and is otherwise ignored; it is counted, logged
+//! through a rate limit (bulkhead-virtio's `debug_limited!`: the first few, then one line per
+//! interval with the number suppressed) and never stops the VM.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -124,16 +125,14 @@ impl Bus {
 
     fn note_unknown(&self, op: &str, addr: u64, size: usize) {
         let n = self.unknown.fetch_add(1, Ordering::Relaxed);
-        if n < 16 || n & 4095 == 0 {
-            tracing::debug!(
-                bus = self.name,
-                op,
-                addr = format_args!("{addr:#x}"),
-                size,
-                count = n + 1,
-                "guest access to no device"
-            );
-        }
+        bulkhead_virtio::debug_limited!(
+            bus = self.name,
+            op,
+            addr = format_args!("{addr:#x}"),
+            size,
+            count = n + 1,
+            "guest access to no device"
+        );
     }
 }
 
@@ -176,6 +175,24 @@ mod tests {
         assert!(!bus.read(u64::MAX, &mut d));
         assert_eq!(bus.unknown_accesses(), 5);
         assert!(a.lock().unwrap().last.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_unknown_accesses_logs_a_bounded_number_of_lines() {
+        let bus = Bus::new("test");
+        let counter = Arc::new(bulkhead_virtio::ratelimit::EventCounter::default());
+        tracing::subscriber::with_default(counter.clone(), || {
+            let mut d = [0u8; 4];
+            for i in 0..100_000u64 {
+                bus.read(i * 4, &mut d);
+            }
+        });
+        assert_eq!(bus.unknown_accesses(), 100_000);
+        // Far less than LOG_INTERVAL passed: the burst only.
+        assert_eq!(
+            counter.count("guest access to no device"),
+            bulkhead_virtio::ratelimit::LOG_BURST as usize
+        );
     }
 
     #[test]

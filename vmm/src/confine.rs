@@ -8,9 +8,13 @@
 //! 2. [`confine`], after `/dev/kvm`, the kernel, disks, tap, vsock listener and console log are
 //!    open: new mount, IPC, UTS and network namespaces; an empty read-only tmpfs root that holds
 //!    only the vsock sockets directory (bind-mounted at its host path, so `<uds>_<port>` connects
-//!    work), `pivot_root` into it; the capability bounding set emptied; setgroups/setgid/setuid
-//!    to the spec's ids; every capability set cleared; no_new_privs. The per-thread seccomp
-//!    filters (crate::seccomp) are installed as the threads start.
+//!    work), `pivot_root` into it; a new user namespace if the kernel allows one
+//!    ([`UserNsHelper`]: the spec's uid and gid map to themselves on the host and nothing else
+//!    is mapped, so an escaped VMM has no privilege over anything the host owns, its own
+//!    namespaces included; without one, a warning and the rest as before); the capability
+//!    bounding set emptied; setgroups/setgid/setuid to the spec's ids; every capability set
+//!    cleared; no_new_privs. The per-thread seccomp filters (crate::seccomp) are installed as
+//!    the threads start.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -42,6 +46,11 @@ pub enum ConfineError {
          would apply to the calling thread only (start threads after confining)"
     )]
     ThreadsAtConfine(usize),
+    #[error(
+        "mapping uid {uid} / gid {gid} into the VMM's new user namespace: {message} (the VMM is \
+         root in the initial user namespace until here; is /proc mounted?)"
+    )]
+    UserNsMap { uid: u32, gid: u32, message: String },
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ConfineError {
@@ -145,6 +154,136 @@ pub fn kept_dirs(spec: &VmSpec) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The helper that maps ids into the VMM's user namespace.
+///
+/// A process cannot map ids other than its own into a user namespace it just entered (it has
+/// no capability in the parent namespace any more), so a helper forked beforehand, still root
+/// in the initial user namespace and still in the host's mount namespace (with its /proc),
+/// writes `/proc/<pid>/{uid,gid}_map` once told the namespace exists. Dropped unused, it exits
+/// and is reaped.
+pub struct UserNsHelper {
+    child: Option<Pid>,
+    go: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    uid: u32,
+    gid: u32,
+}
+
+impl UserNsHelper {
+    /// Forks the helper. The caller must be single-threaded.
+    pub fn spawn(c: &ConfineSpec) -> Result<Self, ConfineError> {
+        // Our pid as the mounted (host) procfs names it: we are pid 1 only in our PID namespace.
+        let pid = std::fs::read_link("/proc/self").map_err(|e| ConfineError::UserNsMap {
+            uid: c.uid,
+            gid: c.gid,
+            message: format!("reading /proc/self: {e}"),
+        })?;
+        let pid = pid.to_string_lossy().into_owned();
+        let (go_r, go_w) = nix::unistd::pipe().map_err(sys("pipe"))?;
+        let (err_r, err_w) = nix::unistd::pipe().map_err(sys("pipe"))?;
+        // SAFETY: the caller is single-threaded (confine checks it), so the child cannot inherit
+        // a lock held by another thread; it reads a pipe, writes two proc files and _exits.
+        match unsafe { fork() }.map_err(sys("fork (user namespace id map helper)"))? {
+            ForkResult::Child => {
+                drop(go_w);
+                drop(err_r);
+                let mut b = [0u8; 1];
+                let code = match nix::unistd::read(go_r.as_raw_fd(), &mut b) {
+                    // Told the namespace exists: map the ids.
+                    Ok(1) => match write_id_maps(&pid, c.uid, c.gid) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            let _ = nix::unistd::write(&err_w, e.as_bytes());
+                            1
+                        }
+                    },
+                    // No namespace after all (or the VMM died): nothing to do.
+                    _ => 0,
+                };
+                // SAFETY: _exit is always safe to call; it skips the atexit handlers and
+                // destructors of the VMM's state, which are not this helper's to run.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => Ok(UserNsHelper {
+                child: Some(child),
+                go: Some(go_w),
+                err: Some(err_r),
+                uid: c.uid,
+                gid: c.gid,
+            }),
+        }
+    }
+
+    /// Moves the caller into a new user namespace in which only the spec's uid and gid exist,
+    /// each mapped to the same id on the host. Returns false, after a warning, when the kernel
+    /// refuses to create one (`user.max_user_namespaces` = 0, an LSM policy, no
+    /// CONFIG_USER_NS): confinement then goes on without it.
+    pub fn enter(mut self) -> Result<bool, ConfineError> {
+        let go = self.go.take();
+        let entered = match unshare(CloneFlags::CLONE_NEWUSER) {
+            Ok(()) => {
+                if let Some(go) = &go {
+                    nix::unistd::write(go, b"u").map_err(sys("waking the id map helper"))?;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot create a user namespace (user.max_user_namespaces = 0, an LSM, or \
+                     a kernel without user namespaces); the VMM is confined without one"
+                );
+                false
+            }
+        };
+        drop(go);
+        let status = self.reap()?;
+        let mut msg = String::new();
+        if let Some(err) = self.err.take() {
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err), &mut msg);
+        }
+        match status {
+            Some(WaitStatus::Exited(_, 0)) | None => Ok(entered),
+            Some(other) => Err(ConfineError::UserNsMap {
+                uid: self.uid,
+                gid: self.gid,
+                message: if msg.is_empty() {
+                    format!("the helper ended with {other:?}")
+                } else {
+                    msg
+                },
+            }),
+        }
+    }
+
+    fn reap(&mut self) -> Result<Option<WaitStatus>, ConfineError> {
+        match self.child.take() {
+            Some(child) => waitpid(child, None)
+                .map(Some)
+                .map_err(sys("waiting for the id map helper")),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for UserNsHelper {
+    fn drop(&mut self) {
+        // Unused (confinement failed before the namespace): EOF ends the helper.
+        self.go.take();
+        let _ = self.reap();
+    }
+}
+
+/// `<id> <id> 1` into `/proc/<pid>/uid_map` and `gid_map`: one id each, the same inside and out.
+fn write_id_maps(pid: &str, uid: u32, gid: u32) -> Result<(), String> {
+    for (file, id) in [("uid_map", uid), ("gid_map", gid)] {
+        let path = format!("/proc/{pid}/{file}");
+        // One write(2): the kernel takes a map in a single write only.
+        std::fs::write(&path, format!("{id} {id} 1\n")).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Stage 2 (see the module docs). Call with every host resource already open and no thread
 /// but the caller: unshare, capabilities and no_new_privs act on the calling thread only.
 pub fn confine(c: &ConfineSpec, keep: &[PathBuf]) -> Result<(), ConfineError> {
@@ -152,6 +291,8 @@ pub fn confine(c: &ConfineSpec, keep: &[PathBuf]) -> Result<(), ConfineError> {
     if n != 1 {
         return Err(ConfineError::ThreadsAtConfine(n));
     }
+    // Forked here, so it keeps the host's namespaces and /proc (see UserNsHelper).
+    let userns_helper = UserNsHelper::spawn(c)?;
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWIPC
@@ -246,6 +387,11 @@ pub fn confine(c: &ConfineSpec, keep: &[PathBuf]) -> Result<(), ConfineError> {
     .map_err(sys("remounting the root read-only"))?;
     nix::unistd::sethostname("bulkhead-vmm").map_err(sys("sethostname"))?;
 
+    // The user namespace last, once nothing more needs the host's root: every namespace above
+    // stays owned by the initial user namespace, so even capabilities regained inside this
+    // one would give no power over the VMM's own mounts, network or hostname.
+    let userns = userns_helper.enter()?;
+
     // Capabilities: the bounding set while we still have CAP_SETPCAP, then the ids, then the rest.
     for cap in caps::all() {
         caps::drop(None, caps::CapSet::Bounding, cap)
@@ -265,6 +411,6 @@ pub fn confine(c: &ConfineSpec, keep: &[PathBuf]) -> Result<(), ConfineError> {
         caps::clear(None, set).map_err(|e| ConfineError::Caps(format!("{set:?}: {e}")))?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(sys("PR_SET_NO_NEW_PRIVS"))?;
-    tracing::info!(uid = c.uid, gid = c.gid, "confined");
+    tracing::info!(uid = c.uid, gid = c.gid, userns, "confined");
     Ok(())
 }

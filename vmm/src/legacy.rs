@@ -152,7 +152,7 @@ impl MmioDevice for SerialDevice {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), Some(&v)) = (u8::try_from(offset), data.first()) {
             if let Err(e) = self.serial.write(off, v) {
-                tracing::warn!("serial: {e:?}");
+                bulkhead_virtio::warn_limited!("serial: {e:?}");
             }
         }
     }
@@ -164,7 +164,7 @@ pub struct ResetTrigger(pub Arc<StopSignal>);
 impl Trigger for ResetTrigger {
     type E = std::convert::Infallible;
     fn trigger(&self) -> Result<(), Self::E> {
-        tracing::info!("guest reset through the i8042");
+        bulkhead_virtio::info_limited!("guest reset through the i8042");
         self.0.stop(StopReason::Reset);
         Ok(())
     }
@@ -250,7 +250,7 @@ impl MmioDevice for AcpiSleep {
         let Some(&v) = data.first() else { return };
         const SLP_EN: u8 = 1 << 5;
         if offset == 0 && v & SLP_EN != 0 && (v >> 2) & 7 == S5_SLEEP_TYPE {
-            tracing::info!("guest powered off through ACPI S5");
+            bulkhead_virtio::info_limited!("guest powered off through ACPI S5");
             self.stop.stop(StopReason::PowerOff);
         }
     }

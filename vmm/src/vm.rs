@@ -248,7 +248,14 @@ impl Vm {
             rsdp: Some(tables.rsdp_addr()),
         }
         .write(&mem)?;
-        arch::write_boot_tables(&mem)?;
+        // The vCPUs' CPUID decides whether the boot tables may use 1 GiB pages.
+        let mut supported = arch::supported_cpuid(&kvm)?;
+        if arch::host_is_pvm() {
+            arch::pvm_cpuid_quirks(&mut supported);
+        }
+        let gib_pages = arch::has_1gib_pages(&supported);
+        arch::write_boot_tables(&mem, mem_size, gib_pages)?;
+        tracing::debug!(gib_pages, "boot page tables written");
         tracing::debug!(
             entry = format_args!("{:#x}", kernel.entry),
             format = ?kernel.format,
@@ -256,10 +263,6 @@ impl Vm {
         );
 
         // vCPUs.
-        let mut supported = arch::supported_cpuid(&kvm)?;
-        if arch::host_is_pvm() {
-            arch::pvm_cpuid_quirks(&mut supported);
-        }
         let mut vcpus = Vec::with_capacity(usize::from(spec.vcpus));
         for id in 0..spec.vcpus {
             let vcpu = vm_fd

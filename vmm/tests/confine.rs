@@ -105,12 +105,22 @@ fn confined_vmm_has_no_privileges_and_an_empty_root() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // Own namespaces.
-    for ns in ["mnt", "net", "pid", "ipc", "uts"] {
+    // Own namespaces, a user namespace included: it maps the VMM's uid and gid, to the same
+    // host ids, and nothing else (so the host's root is not even a name inside).
+    for ns in ["mnt", "net", "pid", "ipc", "uts", "user"] {
         let theirs = std::fs::read_link(format!("{proc_}/ns/{ns}")).unwrap();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         assert_ne!(theirs, ours, "{ns} namespace is shared");
     }
+    let map = |f: &str| -> Vec<Vec<String>> {
+        std::fs::read_to_string(format!("{proc_}/{f}"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    assert_eq!(map("uid_map"), vec![vec!["65534", "65534", "1"]], "uid_map");
+    assert_eq!(map("gid_map"), vec![vec!["65534", "65534", "1"]], "gid_map");
     // Its root: a read-only tmpfs holding only the path down to the sockets directory.
     let root = Path::new(&proc_).join("root");
     let top: Vec<String> = std::fs::read_dir(&root)
@@ -200,6 +210,104 @@ fn confined_vmm_runs_a_guest_with_a_device_worker_to_the_end() {
     let out = run_guest(spec);
     out.assert_passed();
     assert!(out.stderr.contains("confined"), "{}", out.stderr);
+    assert!(out.stderr.contains("userns=true"), "{}", out.stderr);
+}
+
+#[test]
+fn without_user_namespaces_the_vmm_is_confined_as_before() {
+    if !kvm_available() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bulkhead_test_skip::skip("needs KVM and root");
+        return;
+    }
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(&build_guest("virtio_rng_irq"), dir.path());
+    spec.rng = true;
+    spec.confine = Some(ConfineSpec {
+        uid: 65534,
+        gid: 65534,
+        cgroup: None,
+    });
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    // unshare(CLONE_NEWUSER) fails with EPERM in the VMM, as with user.max_user_namespaces = 0
+    // (which would be a host-wide change): a seccomp filter it inherits says so.
+    let newuser = libc::CLONE_NEWUSER as u64;
+    let rule = SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(newuser),
+        newuser,
+    )
+    .unwrap()])
+    .unwrap();
+    let filter: seccompiler::BpfProgram = SeccompFilter::new(
+        [(libc::SYS_unshare, vec![rule])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        TargetArch::x86_64,
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let (len, ptr) = (filter.len() as u16, filter.as_ptr() as usize);
+    let mut cmd = Command::new(vmm_binary());
+    cmd.args(["run", "--spec"])
+        .arg(&spec_path)
+        .env("BULKHEAD_VMM_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec the closure makes two prctl calls on data the parent built
+    // (`filter` outlives the spawn); no allocation, no locks.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let prog = libc::sock_fprog {
+                len,
+                filter: ptr as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    drop(filter);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let serial = std::fs::read_to_string(&spec.serial_log).unwrap_or_default();
+    assert!(
+        out.status.success() && serial.contains("BULKHEAD-GUEST PASS"),
+        "{:?}\n{serial}\n{stderr}",
+        out.status
+    );
+    assert_eq!(
+        stderr.matches("cannot create a user namespace").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("userns=false"), "{stderr}");
 }
 
 #[test]
