@@ -52,6 +52,7 @@ pub(crate) async fn domaind_for_bench(
 mod gui;
 mod net;
 mod open_in_dvm;
+mod vm;
 mod vmm;
 
 #[derive(Parser)]
@@ -97,6 +98,24 @@ enum Bench {
         /// Run the monitor confined (namespaces, empty root, uid 65534, seccomp), as domaind will.
         #[arg(long)]
         confined: bool,
+    },
+    /// VM domains (needs VT-x/AMD-V: run inside scripts/nested-kvm.sh here): bulkhead-vmm vs
+    /// `qemu -accel kvm -M microvm` booting the same kernel, initramfs and disks to the
+    /// initramfs's hand-over; a VM domain's start to its agent vs a sandbox domain's; a
+    /// disposable VM running `true`, request to removal.
+    Vm {
+        /// Measured runs of each (after one warm-up run of each).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Template store holding a built template with its VM files (`bulkhead-template build --vm`).
+        #[arg(long, env = "BULKHEAD_TEST_TEMPLATE_CACHE")]
+        template_cache: PathBuf,
+        /// The template of every domain measured.
+        #[arg(long, default_value = "debian-12")]
+        template: String,
+        /// The QEMU binary of the peer.
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
     },
     /// `bulkhead-open-in-dvm FILE` in an app domain, to the disposable's application started,
     /// next to a cold disposable start (`true`, request to removal) of the same run; then both
@@ -218,6 +237,12 @@ fn main() -> Result<()> {
             pool_size,
         )),
         Bench::Gui { frames, agent } => gui::run(frames, agent),
+        Bench::Vm {
+            runs,
+            template_cache,
+            template,
+            qemu,
+        } => runtime.block_on(vm::bench(runs, template_cache, template, qemu)),
         Bench::Net {
             rounds,
             round_trips,
