@@ -656,6 +656,10 @@ impl Manager {
             self.net_netvm_changed(name, new_netvm.map(|n| n.to_string()))
                 .await?;
         }
+        if prop == format!("features.{}", bulkhead_net::nft::ALLOW_INTER_DOMAIN_FEATURE) {
+            // The pairs between clients live in the netvm's ruleset.
+            self.net_features_changed(name).await;
+        }
         Ok(())
     }
 
