@@ -20,8 +20,12 @@
 //! waits for that process to exit (an application that hands the file to an already running
 //! instance and exits at once ends the edit early, as in Qubes).
 //! The client writes an edited copy back atomically: a temporary file in the original's
-//! directory, fsynced, given the original's mode, renamed over the (symlink-resolved)
-//! original, then the directory is fsynced.
+//! directory, fsynced, given exactly the original's mode (the protocol carries no mode: no
+//! setuid, setgid or exec bit of the copy in the other domain can arrive), renamed over the
+//! (symlink-resolved) original, then the directory is fsynced. An edited copy larger than the
+//! caller's `max_edited_bytes` ([`crate::config::OpenLimits`], 1 GiB by default) is refused
+//! before anything is written; on any error the temporary file is removed and the original
+//! stays as it was.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -59,6 +63,14 @@ pub enum OpenError {
     NotAFile(String),
     #[error("{what} is {size} bytes; at most {MAX_OPEN_BYTES} can be opened elsewhere")]
     TooBig { what: String, size: u64 },
+    #[error("the edited copy of {original} is {size} bytes, more than the {max} bytes accepted back (max_edited_bytes in {}); the original is unchanged", crate::config::open_limits_path().display())]
+    EditTooBig {
+        original: String,
+        size: u64,
+        max: u64,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("malformed message from the other domain: {0}")]
     Protocol(String),
     #[error("the other domain ended the transfer early ({0})")]
@@ -127,8 +139,20 @@ pub enum Opened {
 }
 
 /// Client side: sends `file` on `to`, waits for the answer on `from`, writes an edited copy
-/// back over the original.
-pub fn client<W: Write, R: Read>(file: &Path, to: W, mut from: R) -> Result<Opened, OpenError> {
+/// back over the original, within the limits of the caller's configuration
+/// ([`crate::config::open_limits_path`]; an invalid file refuses the open).
+pub fn client<W: Write, R: Read>(file: &Path, to: W, from: R) -> Result<Opened, OpenError> {
+    let limits = crate::config::load_open_limits(&crate::config::open_limits_path())?;
+    client_with_limits(file, to, from, &limits)
+}
+
+/// [`client`] with explicit limits.
+pub fn client_with_limits<W: Write, R: Read>(
+    file: &Path,
+    to: W,
+    mut from: R,
+    limits: &crate::config::OpenLimits,
+) -> Result<Opened, OpenError> {
     let real = fs::canonicalize(file).map_err(local(file))?;
     let mut f = File::open(&real).map_err(local(&real))?;
     let meta = f.metadata().map_err(local(&real))?;
@@ -157,7 +181,10 @@ pub fn client<W: Write, R: Read>(file: &Path, to: W, mut from: R) -> Result<Open
     drop(w);
     // On a send error the service may still have answered why.
     let sent_ok = sent.is_ok();
-    match (sent, read_answer(&mut from, &real, sent_ok)) {
+    match (
+        sent,
+        read_answer(&mut from, &real, sent_ok, limits.max_edited_bytes),
+    ) {
         (Ok(()), r) => r,
         (Err(_), Err(remote @ OpenError::Remote(_))) => Err(remote),
         (Err(e), _) => Err(OpenError::Local {
@@ -168,11 +195,12 @@ pub fn client<W: Write, R: Read>(file: &Path, to: W, mut from: R) -> Result<Open
 }
 
 /// Reads the service's answer; an edited copy replaces `original` (only when `accept_edit`,
-/// i.e. the whole file was sent).
+/// i.e. the whole file was sent, and only if it is at most `max_edited` bytes).
 pub fn read_answer<R: Read>(
     mut from: R,
     original: &Path,
     accept_edit: bool,
+    max_edited: u64,
 ) -> Result<Opened, OpenError> {
     let mut code = [0u8; 1];
     read_exact_or(&mut from, &mut code, "the answer")?;
@@ -192,6 +220,19 @@ pub fn read_answer<R: Read>(
                 return Err(OpenError::TooBig {
                     what: "the edited file".into(),
                     size,
+                });
+            }
+            if size > max_edited {
+                tracing::warn!(
+                    original = %original.display(),
+                    size,
+                    max_edited,
+                    "refusing an edited copy over the limit"
+                );
+                return Err(OpenError::EditTooBig {
+                    original: original.display().to_string(),
+                    size,
+                    max: max_edited,
                 });
             }
             write_back(original, &mut from, size)?;
@@ -219,20 +260,23 @@ fn write_back<R: Read>(original: &Path, r: &mut R, size: u64) -> Result<(), Open
         .file_name()
         .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
         .unwrap_or_default();
+    // The original's mode, exactly; nothing about the copy's mode crosses the boundary.
+    let mode = fs::metadata(original)
+        .map_err(local(original))?
+        .permissions()
+        .mode()
+        & 0o7777;
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{base}."))
         .suffix(".bulkhead-edit")
+        .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(local(dir))?;
     let tmp_path = tmp.path().to_owned();
     copy_exact(r, tmp.as_file_mut(), size, "the edited file", &tmp_path)?;
     tmp.as_file().sync_all().map_err(local(&tmp_path))?;
-    let mode = fs::metadata(original)
-        .map_err(local(original))?
-        .permissions()
-        .mode();
     tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+        .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(local(&tmp_path))?;
     tmp.persist(original).map_err(|e| OpenError::Local {
         path: original.display().to_string(),

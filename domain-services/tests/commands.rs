@@ -69,10 +69,15 @@ impl Pipe {
     }
 
     fn run(&self, prog: &str, args: &[&str], cwd: &Path) -> Output {
+        self.run_env(prog, args, cwd, &[])
+    }
+
+    fn run_env(&self, prog: &str, args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> Output {
         Command::new(bin(prog))
             .args(args)
             .current_dir(cwd)
             .env("BULKHEAD_CALL", self.dir.path().join("bulkhead-call"))
+            .envs(env.iter().copied())
             .output()
             .expect("run command")
     }
@@ -288,6 +293,78 @@ fn open_in_vm_writes_the_edited_copy_back_atomically() {
         .filter(|e| e.path().join("notes.txt").exists())
         .count();
     assert_eq!(tmp_left, 0);
+}
+
+#[test]
+fn open_in_vm_keeps_the_originals_mode_exactly() {
+    // The disposable's copy gets setuid, setgid, sticky and every exec bit.
+    let home = editor_home("chmod 7777 \"$1\"; echo edited >> \"$1\"");
+    let pipe = Pipe::new(home.path(), "");
+    for mode in [0o640, 0o600, 0o755, 0o444] {
+        let src = tempfile::tempdir().unwrap();
+        let doc = src.path().join("m.txt");
+        fs::write(&doc, "original\n").unwrap();
+        fs::set_permissions(&doc, fs::Permissions::from_mode(mode)).unwrap();
+        let o = pipe.run("bulkhead-open-in-dvm", &["m.txt"], src.path());
+        assert!(o.status.success(), "{mode:o}: {}", text(&o));
+        assert_eq!(fs::read_to_string(&doc).unwrap(), "original\nedited\n");
+        assert_eq!(
+            fs::metadata(&doc).unwrap().mode() & 0o7777,
+            mode,
+            "mode {mode:o} not kept"
+        );
+    }
+}
+
+#[test]
+fn open_in_vm_refuses_an_edited_copy_over_the_callers_limit() {
+    let home = editor_home("head -c 4096 /dev/zero | tr '\\0' x >> \"$1\"");
+    let pipe = Pipe::new(home.path(), "");
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("open-in-vm.toml");
+    fs::write(&cfg, "max_edited_bytes = 1024\n").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let doc = src.path().join("small.txt");
+    fs::write(&doc, "small\n").unwrap();
+    fs::set_permissions(&doc, fs::Permissions::from_mode(0o640)).unwrap();
+    let ino = fs::metadata(&doc).unwrap().ino();
+    let o = pipe.run_env(
+        "bulkhead-open-in-dvm",
+        &["small.txt"],
+        src.path(),
+        &[("BULKHEAD_OPEN_CONFIG", &cfg)],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("4102 bytes") && t.contains("max_edited_bytes") && t.contains("unchanged"),
+        "{t}"
+    );
+    assert_eq!(fs::read_to_string(&doc).unwrap(), "small\n");
+    let m = fs::metadata(&doc).unwrap();
+    assert_eq!((m.ino(), m.mode() & 0o7777), (ino, 0o640));
+    let left: Vec<_> = fs::read_dir(src.path()).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1, "a partial file was left: {left:?}");
+    // Under the limit, the same edit is written back.
+    fs::write(&cfg, "max_edited_bytes = 8192\n").unwrap();
+    let o = pipe.run_env(
+        "bulkhead-open-in-dvm",
+        &["small.txt"],
+        src.path(),
+        &[("BULKHEAD_OPEN_CONFIG", &cfg)],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(fs::metadata(&doc).unwrap().len(), 4102);
+    // A configuration that does not parse refuses the open instead of guessing.
+    fs::write(&cfg, "max_edited = 1\n").unwrap();
+    let o = pipe.run_env(
+        "bulkhead-open-in-dvm",
+        &["small.txt"],
+        src.path(),
+        &[("BULKHEAD_OPEN_CONFIG", &cfg)],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("open-in-vm.toml"), "{}", text(&o));
 }
 
 #[test]

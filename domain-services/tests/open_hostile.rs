@@ -100,16 +100,21 @@ fn the_client_keeps_the_original_on_any_bad_answer() {
         (vec![1u8, 3, 0], true, "ended the transfer early"),
         (err_msg, true, "reported: no [2J!"),
     ] {
-        let e = read_answer(&bytes[..], &doc, accept).expect_err(want);
+        let e = read_answer(&bytes[..], &doc, accept, MAX_OPEN_BYTES).expect_err(want);
         assert!(e.to_string().contains(want), "{e} (wanted {want})");
         assert_eq!(fs::read_to_string(&doc).unwrap(), "mine");
         assert_eq!(entries(dir.path()), ["doc.txt"], "temporary file left");
     }
     assert!(matches!(
-        read_answer(&[0u8][..], &doc, true),
+        read_answer(&[0u8][..], &doc, true, MAX_OPEN_BYTES),
         Ok(Opened::Unchanged)
     ));
-    let r = read_answer(&answer_edited(3, b"new")[..], &doc, true);
+    // Over the caller's limit: refused before anything is written.
+    let e = read_answer(&answer_edited(4, b"newer")[..], &doc, true, 3).unwrap_err();
+    assert!(e.to_string().contains("max_edited_bytes"), "{e}");
+    assert_eq!(fs::read_to_string(&doc).unwrap(), "mine");
+    assert_eq!(entries(dir.path()), ["doc.txt"], "temporary file left");
+    let r = read_answer(&answer_edited(3, b"new")[..], &doc, true, 3);
     assert!(matches!(r, Ok(Opened::Replaced(3))), "{r:?}");
     assert_eq!(fs::read_to_string(&doc).unwrap(), "new");
     assert_eq!(entries(dir.path()), ["doc.txt"]);

@@ -693,6 +693,10 @@ impl Manager {
             self.net_netvm_changed(name, new_netvm.map(|n| n.to_string()))
                 .await?;
         }
+        if prop == format!("features.{}", bulkhead_net::nft::ALLOW_INTER_DOMAIN_FEATURE) {
+            // The pairs between clients live in the netvm's ruleset.
+            self.net_features_changed(name).await;
+        }
         Ok(())
     }
 
@@ -2091,19 +2095,93 @@ pub fn exit_code(status: bulkhead_wire::ExitStatus) -> i32 {
     }
 }
 
-/// Bind the listening socket of a domain's channel (removing a stale one), owned by the
+/// Bind the listening socket of a domain's channel (replacing a stale one), owned by the
 /// domain's root uid, mode 0600; the channel dir is 0700 and owned by the same uid.
+///
+/// The channel dir is writable by that uid (a VM's VMM creates `vsock.sock` there), so
+/// whatever is in it may be a symlink planted to make us chown or chmod a file elsewhere.
+/// Nothing here resolves a path inside it: the dir is opened with `O_NOFOLLOW` (its parent,
+/// `<runtime>/domains/<name>`, is root's) and changed through that descriptor; the socket is
+/// bound, chowned and chmodded in a fresh root-only staging dir next to it and then renamed
+/// into the channel dir relative to the descriptor, replacing (never following) whatever the
+/// domain put under that name.
 fn bind_channel(dir: &Path, sock: &Path, uid_base: u32) -> Result<UnixListener, Error> {
-    std::fs::create_dir_all(dir).map_err(io_err(&dir.display().to_string()))?;
-    fsutil::remove_file(sock).map_err(io_err(&sock.display().to_string()))?;
-    let l = std::os::unix::net::UnixListener::bind(sock)
-        .map_err(io_err(&format!("cannot bind {}", sock.display())))?;
-    for (p, mode) in [(sock, 0o600), (dir, 0o700)] {
-        std::os::unix::fs::chown(p, Some(uid_base), Some(uid_base))
-            .map_err(io_err(&format!("chown {}", p.display())))?;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-            .map_err(io_err(&format!("chmod {}", p.display())))?;
+    use rustix::fs::{
+        fchmod, fchown, fstat, openat, renameat, unlinkat, AtFlags, FileType, Gid, Mode, OFlags,
+        Uid, CWD,
+    };
+    let shown = dir.display().to_string();
+    let errno = |what: &str| {
+        let what = what.to_owned();
+        move |e: rustix::io::Errno| Error::Io(format!("{what}: {}", std::io::Error::from(e)))
+    };
+    let name = match (sock.parent(), sock.file_name()) {
+        (Some(p), Some(n)) if p == dir => n.to_owned(),
+        _ => {
+            return Err(Error::Io(format!(
+                "internal error: the channel socket {} is not directly in {shown}",
+                sock.display()
+            )))
+        }
+    };
+    let parent = dir.parent().ok_or_else(|| {
+        Error::Io(format!(
+            "internal error: the channel dir {shown} has no parent"
+        ))
+    })?;
+    std::fs::create_dir_all(dir).map_err(io_err(&shown))?;
+    let dfd = openat(
+        CWD,
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno(&format!(
+        "{shown} (must be a directory, not a symlink)"
+    )))?;
+    let st = fstat(&dfd).map_err(errno(&shown))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory
+        || (st.st_uid != 0 && st.st_uid != uid_base)
+    {
+        return Err(Error::Io(format!(
+            "{shown} is owned by uid {} (expected root or the domain's uid {uid_base}); remove it and start the domain again",
+            st.st_uid
+        )));
     }
+    let (uid, gid) = (Uid::from_raw(uid_base), Gid::from_raw(uid_base));
+    fchown(&dfd, Some(uid), Some(gid)).map_err(errno(&format!("chown {shown}")))?;
+    fchmod(&dfd, Mode::from_raw_mode(0o700)).map_err(errno(&format!("chmod {shown}")))?;
+
+    // Staging: root-owned 0700, in the root-owned runtime dir of the domain (same filesystem).
+    let stage = tempfile::Builder::new()
+        .prefix(".channel-bind-")
+        .tempdir_in(parent)
+        .map_err(io_err(&format!("staging dir in {}", parent.display())))?;
+    let staged = stage.path().join("s");
+    let l = std::os::unix::net::UnixListener::bind(&staged)
+        .map_err(io_err(&format!("cannot bind {}", staged.display())))?;
+    let sfd = openat(
+        CWD,
+        stage.path(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno(&stage.path().display().to_string()))?;
+    rustix::fs::chownat(&sfd, "s", Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(errno(&format!("chown {}", staged.display())))?;
+    rustix::fs::chmodat(&sfd, "s", Mode::from_raw_mode(0o600), AtFlags::empty())
+        .map_err(errno(&format!("chmod {}", staged.display())))?;
+    // A stale socket (or anything the domain put there) goes; a directory under that name
+    // is not emptied for the domain: the rename below then fails with a message.
+    match unlinkat(&dfd, name.as_os_str(), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::ISDIR) => {}
+        Err(e) => return Err(errno(&format!("remove {}", sock.display()))(e)),
+    }
+    renameat(&sfd, "s", &dfd, name.as_os_str()).map_err(errno(&format!(
+        "cannot move the bound socket to {}",
+        sock.display()
+    )))?;
+    drop(stage);
     l.set_nonblocking(true)
         .map_err(io_err(&sock.display().to_string()))?;
     UnixListener::from_std(l).map_err(io_err(&sock.display().to_string()))
@@ -2204,6 +2282,138 @@ async fn agent_link(
 mod tests {
     use super::*;
     use bulkhead_wire::ExitStatus;
+
+    /// A channel dir as domaind makes it: `<tmp>/domains/x/channel`, plus a file outside
+    /// that a planted symlink points at.
+    fn channel_fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("domains/x/channel");
+        let sock = vm::agent_socket(&dir);
+        let outside = tmp.path().join("outside.txt");
+        std::fs::write(&outside, "host file\n").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
+        (tmp, dir, sock, outside)
+    }
+
+    fn owner_mode(p: &Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.mode() & 0o7777)
+    }
+
+    const DOMAIN_UID: u32 = 0x6000_0000;
+
+    #[test]
+    fn bind_channel_replaces_a_planted_symlink_without_following_it() {
+        if !nix::unistd::geteuid().is_root() {
+            bulkhead_test_skip::skip("bind_channel chowns to the domain's uid: needs root");
+            return;
+        }
+        let (_tmp, dir, sock, outside) = channel_fixture();
+        let before = owner_mode(&outside);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        drop(bind_channel(&dir, &sock, DOMAIN_UID).unwrap());
+        assert_eq!(owner_mode(&dir), (DOMAIN_UID, 0o700));
+        // What the VMM (the domain's uid, owner of the dir) could leave there.
+        std::fs::remove_file(&sock).unwrap();
+        std::os::unix::fs::symlink(&outside, &sock).unwrap();
+        let l = bind_channel(&dir, &sock, DOMAIN_UID).unwrap();
+        assert_eq!(
+            owner_mode(&outside),
+            before,
+            "the symlink's target was changed"
+        );
+        let m = std::fs::symlink_metadata(&sock).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(m.file_type().is_socket(), "{m:?}");
+        assert_eq!(owner_mode(&sock), (DOMAIN_UID, 0o600));
+        drop(l);
+        // No staging dir is left next to the channel dir.
+        let left: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("channel")]);
+    }
+
+    #[test]
+    fn bind_channel_never_follows_a_symlink_swapped_in_while_it_runs() {
+        if !nix::unistd::geteuid().is_root() {
+            bulkhead_test_skip::skip("bind_channel chowns to the domain's uid: needs root");
+            return;
+        }
+        let (_tmp, dir, sock, outside) = channel_fixture();
+        let before = owner_mode(&outside);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        drop(bind_channel(&dir, &sock, DOMAIN_UID).unwrap());
+        // The "VMM": as the domain's uid, swap the socket's name for a symlink to the file
+        // outside, over and over, while domaind binds.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let planter = {
+            let (stop, dir, sock, outside) =
+                (stop.clone(), dir.clone(), sock.clone(), outside.clone());
+            std::thread::spawn(move || {
+                // SAFETY: setfsuid changes only this thread's filesystem uid (a raw syscall,
+                // not broadcast to other threads); it takes and returns plain integers.
+                unsafe { libc::setfsuid(DOMAIN_UID) };
+                let tmp = dir.join(".planted");
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(&tmp);
+                    if std::os::unix::fs::symlink(&outside, &tmp).is_ok()
+                        && std::fs::rename(&tmp, &sock).is_ok()
+                    {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        };
+        let mut bound = 0;
+        for _ in 0..2000 {
+            // Failing is fine (the domain only hurts itself); following the symlink is not.
+            if bind_channel(&dir, &sock, DOMAIN_UID).is_ok() {
+                bound += 1;
+            }
+            assert_eq!(
+                owner_mode(&outside),
+                before,
+                "the planted symlink was followed"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        let planted = planter.join().unwrap();
+        assert!(planted > 100, "the planter did not run ({planted})");
+        assert!(bound > 0);
+        assert_eq!(owner_mode(&outside), before);
+    }
+
+    #[test]
+    fn bind_channel_refuses_a_channel_dir_that_is_a_symlink() {
+        if !nix::unistd::geteuid().is_root() {
+            bulkhead_test_skip::skip("bind_channel chowns to the domain's uid: needs root");
+            return;
+        }
+        let (tmp, dir, sock, _outside) = channel_fixture();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        let e = bind_channel(&dir, &sock, DOMAIN_UID).unwrap_err();
+        assert!(e.message().contains("not a symlink"), "{}", e.message());
+        assert_eq!(owner_mode(&elsewhere), (0, 0o755));
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
 
     #[test]
     fn exit_code_maps_signals_and_saturates() {

@@ -254,21 +254,40 @@ async fn body() {
     let (_, routes) = sh(&p, &c, "ip -4 route show").await;
     assert!(routes.trim().is_empty(), "{routes}");
 
-    // Two clients do not reach each other, unless a rule says so.
+    // Two clients do not reach each other, whatever their firewalls accept; only the
+    // explicit features.allow-inter-domain of the source opens the way, one way.
     p.start(&b).await.unwrap();
     let ip_b = addr_of(&p, &b).await;
     let ip_a = addr_of(&p, &a).await;
     assert_ne!(ip_a, ip_b);
-    assert!(!ping(&p, &a, ip_b).await, "a reached b without a rule");
-    assert!(!ping(&p, &b, ip_a).await, "b reached a without a rule");
-    set_rules(&p, &a, &[&format!("action=accept dst4={ip_b}")]).await;
+    assert!(!ping(&p, &a, ip_b).await, "a reached b by default");
+    assert!(!ping(&p, &b, ip_a).await, "b reached a by default");
+    for rule in [
+        format!("action=accept dst4={ip_b}"),
+        "action=accept dst4=0.0.0.0/0".into(),
+    ] {
+        set_rules(&p, &a, &[&rule]).await;
+        assert!(!ping(&p, &a, ip_b).await, "the rule {rule} let a reach b");
+    }
+    p.firewall_reset(&a).await.unwrap();
+    p.set_property(&a, "features.allow-inter-domain", &b)
+        .await
+        .unwrap();
     assert!(
         ping(&p, &a, ip_b).await,
-        "a rule for b did not let a reach it"
+        "allow-inter-domain did not let a reach b\n{}",
+        d.log()
     );
     assert!(
         !ping(&p, &b, ip_a).await,
-        "a's rule opened b's way back too"
+        "a's allow-inter-domain opened b's way back too"
+    );
+    p.set_property(&a, "features.allow-inter-domain", "")
+        .await
+        .unwrap();
+    assert!(
+        !ping(&p, &a, ip_b).await,
+        "removing the feature left the way open"
     );
 
     // dst4.

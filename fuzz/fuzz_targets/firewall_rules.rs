@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             domain: text.lines().next().unwrap_or("").chars().take(40).collect(),
             vif: "vif0.2".into(),
             firewall: fw,
+            may_reach: vec![],
         }],
     };
     let out = ruleset(&plan, 1_000);

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let doc = base.join("doc");
     if std::fs::write(&doc, b"original").is_ok() {
-        match open::read_answer(data, &doc, true) {
+        match open::read_answer(data, &doc, true, open::MAX_OPEN_BYTES) {
             Ok(open::Opened::Replaced(n)) => {
                 assert!(n > 0);
                 assert_eq!(std::fs::metadata(&doc).map(|m| m.len()).ok(), Some(n));

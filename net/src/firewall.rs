@@ -13,9 +13,10 @@
 //!
 //! Rules are tried in order; the first that matches decides. An empty rule list means
 //! "accept everything" (Qubes' default firewall); a non-empty list that no rule matches drops.
-//! A rule with no destination (`dst4`, `dst6`, `dsthost`, `specialtarget`) never matches
-//! traffic to another domain: domains reach each other only through a rule that names the
-//! other domain's address. Stored in the domain's state directory as text
+//! The rules govern what leaves through the net domain; no rule reaches another domain,
+//! whatever it accepts (that domain's address, `dst4=0.0.0.0/0`, no destination): domains
+//! reach each other only through the separate, explicit `allow-inter-domain` feature (see
+//! [`crate::nft`]). IPv6 is dropped for clients, so `dst6` rules match nothing. Stored in the domain's state directory as text
 //! ([`RuleFile`]); a file that does not parse makes the whole domain's traffic drop (see
 //! [`crate::nft`]) and the parse error is reported by `list`.
 //!

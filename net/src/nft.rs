@@ -1,6 +1,18 @@
 //! The nftables ruleset of a net domain: NAT to the uplink, DNS redirection, and one chain per
 //! client domain with its firewall.
 //!
+//! As in Qubes, a client's firewall governs what leaves through the net domain; it never
+//! opens a way to another client: traffic from one client link to another is rejected before
+//! any client's rules are looked at, whatever they accept (a rule for another domain's
+//! address, `dst4=0.0.0.0/0`, no destination at all). The only way between two clients is
+//! an explicit pair ([`Client::may_reach`], the feature [`ALLOW_INTER_DOMAIN_FEATURE`] of the
+//! source domain, off by default): new connections from that client to that one, one way.
+//!
+//! IPv6 is not routed for clients (they have no IPv6 addresses or routes; the firewall rules
+//! and the NAT are IPv4): every IPv6 packet from or to a client link is dropped, forwarded or
+//! addressed to the net domain itself, even if IPv6 forwarding is switched on there, so no
+//! IPv6 path (global or link-local) goes around the IPv4 rules.
+//!
 //! Applied by feeding the generated text to the `nft` binary on stdin, run inside the net
 //! domain's network namespace ([`crate::netns::NetNs::command`]). Why the binary and not a
 //! netlink crate: the text form is what nftables documents and what an administrator reads
@@ -22,6 +34,43 @@ use crate::{NetError, DNS_VIRTUAL};
 pub const TABLE: &str = "bulkhead";
 /// Interface name pattern of the client links on the net side.
 pub const VIF_PATTERN: &str = "vif*";
+/// The domain feature naming the domains it may open connections to through its netvm
+/// (names separated by spaces or commas; off when unset).
+pub const ALLOW_INTER_DOMAIN_FEATURE: &str = "allow-inter-domain";
+/// Most domains one domain may name in [`ALLOW_INTER_DOMAIN_FEATURE`].
+pub const MAX_INTER_DOMAIN: usize = 64;
+/// Longest domain name accepted there.
+const MAX_NAME: usize = 64;
+
+/// The domain names of an [`ALLOW_INTER_DOMAIN_FEATURE`] value. Names are letters, digits,
+/// `-`, `_` and `.`; anything else, or more than [`MAX_INTER_DOMAIN`] names, is an error
+/// (the whole setting is then ignored: nothing between domains is opened).
+pub fn parse_allow_inter_domain(value: &str) -> Result<Vec<String>, String> {
+    let names: Vec<&str> = value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.len() > MAX_INTER_DOMAIN {
+        return Err(format!(
+            "{} domains named; at most {MAX_INTER_DOMAIN}",
+            names.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        if n.len() > MAX_NAME
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!("{n:?} is not a domain name"));
+        }
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_owned());
+        }
+    }
+    Ok(out)
+}
 
 /// A rule with its `dsthost` resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +95,9 @@ pub struct Client {
     /// Its link's name on the net side.
     pub vif: String,
     pub firewall: ClientFirewall,
+    /// Other clients (domain names) this one may open connections to, one way, whatever its
+    /// firewall says; names that are not clients of this net domain are ignored.
+    pub may_reach: Vec<String>,
 }
 
 /// Everything the ruleset depends on.
@@ -215,6 +267,7 @@ pub fn ruleset(plan: &NetPlan, now: u64) -> String {
     }
     s.push_str("  }\n");
     s.push_str("  chain input {\n    type filter hook input priority filter; policy accept;\n");
+    let _ = writeln!(s, "    iifname {} meta nfproto ipv6 drop", q(VIF_PATTERN));
     let _ = writeln!(
         s,
         "    iifname {} ct state established,related accept",
@@ -228,7 +281,39 @@ pub fn ruleset(plan: &NetPlan, now: u64) -> String {
     let _ = writeln!(s, "    iifname {} {REJECT}", q(VIF_PATTERN));
     s.push_str("  }\n");
     s.push_str("  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
+    // No IPv6 from or to a client, before anything can accept it.
+    for dir in ["iifname", "oifname"] {
+        let _ = writeln!(s, "    {dir} {} meta nfproto ipv6 drop", q(VIF_PATTERN));
+    }
     s.push_str("    ct state established,related accept\n    ct state invalid drop\n");
+    // Between clients: only the explicit pairs, then nothing (before any client's rules).
+    for c in &plan.clients {
+        for to in &c.may_reach {
+            let Some(t) = plan
+                .clients
+                .iter()
+                .find(|t| &t.domain == to && t.domain != c.domain)
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "    iifname {} oifname {} accept comment {}",
+                q(&c.vif),
+                q(&t.vif),
+                q(&format!(
+                    "{} to {}: {ALLOW_INTER_DOMAIN_FEATURE}",
+                    c.domain, t.domain
+                ))
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "    iifname {} oifname {} {REJECT}",
+        q(VIF_PATTERN),
+        q(VIF_PATTERN)
+    );
     for (i, c) in plan.clients.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -339,11 +424,13 @@ mod tests {
                     domain: "work".into(),
                     vif: "vif5".into(),
                     firewall: ClientFirewall::Rules(vec![]),
+                    may_reach: vec![],
                 },
                 Client {
                     domain: "bad".into(),
                     vif: "vif6".into(),
                     firewall: ClientFirewall::Broken("rule 1: x".into()),
+                    may_reach: vec![],
                 },
             ],
         };
@@ -362,5 +449,128 @@ mod tests {
             t.contains(&format!("chain fw1 {{\n    {REJECT} comment")),
             "{t}"
         );
+    }
+
+    fn client(domain: &str, vif: &str, rules: &[&str], may_reach: &[&str]) -> Client {
+        Client {
+            domain: domain.into(),
+            vif: vif.into(),
+            firewall: ClientFirewall::Rules(rules.iter().map(|l| rr(l, &[])).collect()),
+            may_reach: may_reach.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The forward chain's statements, in order.
+    fn forward(t: &str) -> Vec<&str> {
+        let start = t.find("chain forward {").unwrap();
+        t[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.trim() != "}")
+            .map(str::trim)
+            .collect()
+    }
+
+    #[test]
+    fn rules_never_open_the_way_to_another_client() {
+        let plan = NetPlan {
+            uplink: Some("up0".into()),
+            dns: vec![],
+            clients: vec![
+                client(
+                    "a",
+                    "vif2",
+                    &[
+                        "action=accept dst4=10.137.0.3",
+                        "action=accept dst4=0.0.0.0/0",
+                        "action=accept",
+                    ],
+                    &[],
+                ),
+                client("b", "vif3", &[], &[]),
+            ],
+        };
+        let t = ruleset(&plan, 0);
+        let f = forward(&t);
+        let block = f
+            .iter()
+            .position(|l| *l == format!("iifname \"vif*\" oifname \"vif*\" {REJECT}"))
+            .unwrap_or_else(|| panic!("no client-to-client reject in\n{t}"));
+        let first_jump = f.iter().position(|l| l.contains("jump fw")).unwrap();
+        assert!(block < first_jump, "{t}");
+        assert!(!f.iter().any(|l| l.contains("oifname \"vif3\"")), "{t}");
+    }
+
+    #[test]
+    fn an_explicit_pair_opens_one_way_only() {
+        let plan = NetPlan {
+            uplink: None,
+            dns: vec![],
+            clients: vec![
+                client("a", "vif2", &["action=drop"], &["b", "ghost", "a"]),
+                client("b", "vif3", &[], &[]),
+            ],
+        };
+        let t = ruleset(&plan, 0);
+        let f = forward(&t);
+        let pair =
+            "iifname \"vif2\" oifname \"vif3\" accept comment \"a to b: allow-inter-domain\"";
+        let p = f
+            .iter()
+            .position(|l| *l == pair)
+            .unwrap_or_else(|| panic!("{t}"));
+        let block = f
+            .iter()
+            .position(|l| l.starts_with("iifname \"vif*\" oifname \"vif*\""))
+            .unwrap();
+        assert!(p < block, "{t}");
+        assert!(!t.contains("iifname \"vif3\" oifname \"vif2\""), "{t}");
+        assert!(!t.contains("ghost") && !t.contains("a to a"), "{t}");
+    }
+
+    #[test]
+    fn no_ipv6_from_or_to_clients() {
+        let plan = NetPlan {
+            uplink: Some("up0".into()),
+            dns: vec![],
+            clients: vec![client(
+                "a",
+                "vif2",
+                &["action=accept dst6=::/0", "action=accept"],
+                &[],
+            )],
+        };
+        let t = ruleset(&plan, 0);
+        let f = forward(&t);
+        assert_eq!(
+            &f[..2],
+            [
+                "iifname \"vif*\" meta nfproto ipv6 drop",
+                "oifname \"vif*\" meta nfproto ipv6 drop"
+            ],
+            "{t}"
+        );
+        let input = &t[t.find("chain input {").unwrap()..];
+        assert_eq!(
+            input.lines().nth(2).map(str::trim),
+            Some("iifname \"vif*\" meta nfproto ipv6 drop"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn allow_inter_domain_values() {
+        assert_eq!(
+            parse_allow_inter_domain(" b, c  b\td ").unwrap(),
+            vec!["b", "c", "d"]
+        );
+        assert!(parse_allow_inter_domain("").unwrap().is_empty());
+        assert!(parse_allow_inter_domain("b;flush")
+            .unwrap_err()
+            .contains("not a domain"));
+        let many = vec!["x"; MAX_INTER_DOMAIN + 1].join(" ");
+        assert!(parse_allow_inter_domain(&many)
+            .unwrap_err()
+            .contains("at most"));
     }
 }

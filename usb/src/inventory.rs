@@ -32,6 +32,15 @@ pub const CLASS_HID: u8 = 0x03;
 /// USB class code of hubs.
 pub const CLASS_HUB: u8 = 0x09;
 
+/// Whether an interface (or device) class moves data rather than input: mass storage
+/// (0x08), still image (0x06, PTP/MTP file transfer), communications and CDC data
+/// (0x02/0x0a: CDC ECM/NCM/ACM networks and modems), wireless controllers (0xe0: RNDIS,
+/// Bluetooth) and the miscellaneous class's RNDIS (0xef/0x04). A device with any of these is
+/// never an input device, whatever HID interfaces it also has.
+pub fn is_data_class(class: u8, subclass: u8) -> bool {
+    matches!(class, 0x02 | 0x06 | 0x08 | 0x0a | 0xe0) || (class == 0xef && subclass == 0x04)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error("cannot read {path}: {source}")]
@@ -66,13 +75,17 @@ pub enum DeviceKind {
     Mouse,
     /// Another HID device (it may still type or point: treated as input).
     OtherHid,
+    /// A HID interface next to a storage or network interface (the class of the first such
+    /// interface): a keyboard that is also a disk or a network card is not an input device.
+    HidWithData(u8),
     /// Anything else; the class of the device or of its first interface.
     Other(u8),
 }
 
 impl DeviceKind {
     /// Keyboards, mice and every other HID device: input that reaches dom0 only if policy
-    /// says so.
+    /// says so. Never a device that also has a storage or network interface
+    /// ([`DeviceKind::HidWithData`]).
     pub fn is_input(self) -> bool {
         matches!(
             self,
@@ -86,6 +99,12 @@ impl DeviceKind {
             DeviceKind::Keyboard => "keyboard".into(),
             DeviceKind::Mouse => "mouse".into(),
             DeviceKind::OtherHid => "hid".into(),
+            DeviceKind::HidWithData(c) => format!(
+                "{} with a hid interface",
+                class_name(c)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("class 0x{c:02x}"))
+            ),
             DeviceKind::Other(c) => class_name(c)
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("class 0x{c:02x}")),
@@ -147,6 +166,19 @@ impl UsbDevice {
             .iter()
             .filter(|i| i.class == CLASS_HID)
             .collect();
+        let data = if is_data_class(self.device_class, self.device_subclass) {
+            Some(self.device_class)
+        } else {
+            self.interfaces
+                .iter()
+                .find(|i| is_data_class(i.class, i.subclass))
+                .map(|i| i.class)
+        };
+        if let Some(class) = data {
+            if !hid.is_empty() || self.device_class == CLASS_HID {
+                return DeviceKind::HidWithData(class);
+            }
+        }
         if hid.iter().any(|i| i.subclass == 1 && i.protocol == 1) {
             DeviceKind::Keyboard
         } else if hid.iter().any(|i| i.subclass == 1 && i.protocol == 2) {
@@ -449,13 +481,36 @@ mod tests {
             subclass: 0,
             protocol: 0,
         });
-        assert_eq!(d.kind(), DeviceKind::OtherHid);
+        assert_eq!(d.kind(), DeviceKind::HidWithData(8));
         assert!(
-            d.kind().is_input(),
-            "a storage stick with a HID interface is input"
+            !d.kind().is_input(),
+            "a storage stick with a HID interface is not input"
         );
         d.interfaces[1].subclass = 1;
+        d.interfaces[1].protocol = 1;
+        assert_eq!(d.kind(), DeviceKind::HidWithData(8));
+        assert_eq!(d.kind().describe(), "mass-storage with a hid interface");
+        d.interfaces[0].class = 0x0a;
+        assert!(!d.kind().is_input(), "a keyboard with CDC data");
+        d.interfaces[0] = Interface {
+            number: 0,
+            class: 0xef,
+            subclass: 4,
+            protocol: 1,
+        };
+        assert!(!d.kind().is_input(), "a keyboard with RNDIS");
+        d.interfaces[0].subclass = 2; // IAD, not RNDIS
+        assert_eq!(d.kind(), DeviceKind::Keyboard);
+        d.interfaces[0] = Interface {
+            number: 0,
+            class: 8,
+            subclass: 6,
+            protocol: 0x50,
+        };
+        d.interfaces[1].subclass = 1;
         d.interfaces[1].protocol = 2;
+        assert_eq!(d.kind(), DeviceKind::HidWithData(8));
+        d.interfaces.remove(0);
         assert_eq!(d.kind(), DeviceKind::Mouse);
         d.interfaces[0] = Interface {
             number: 0,

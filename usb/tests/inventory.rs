@@ -78,10 +78,41 @@ fn hostile_descriptors_are_contained() {
     );
     assert_eq!(evil.serial.as_deref().map(str::len), Some(126));
 
-    assert!(
-        inv.devices[1].kind().is_input(),
-        "a HID interface makes it input"
+    assert_eq!(
+        inv.devices[1].kind(),
+        DeviceKind::HidWithData(8),
+        "a storage stick with a HID interface"
     );
+    assert!(
+        !inv.devices[1].kind().is_input(),
+        "a HID interface does not make a storage stick an input device"
+    );
+}
+
+#[test]
+fn keyboards_that_are_also_disks_or_network_cards_are_not_input() {
+    let inv = scan(&data("composite")).expect("scan");
+    assert!(inv.skipped.is_empty(), "{:?}", inv.skipped);
+    let kind = |b: &str| inv.get(&BusId::new(b).unwrap()).unwrap().kind();
+    for (busid, class, what) in [
+        ("4-1", 0x08, "keyboard + mass storage"),
+        ("4-2", 0x02, "composite gadget: CDC ECM + keyboard"),
+        ("4-3", 0xe0, "RNDIS (wireless class) + keyboard"),
+        ("4-4", 0xef, "RNDIS (misc class) + keyboard"),
+        ("4-5", 0x02, "CDC device class + keyboard"),
+        ("4-7", 0x06, "still image + keyboard"),
+    ] {
+        assert_eq!(
+            kind(busid),
+            DeviceKind::HidWithData(class),
+            "{busid}: {what}"
+        );
+        assert!(!kind(busid).is_input(), "{busid}: {what} counted as input");
+    }
+    assert_eq!(kind("4-1").describe(), "mass-storage with a hid interface");
+    // A receiver with a keyboard, a mouse and a vendor HID interface stays a keyboard.
+    assert_eq!(kind("4-6"), DeviceKind::Keyboard);
+    assert!(kind("4-6").is_input());
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //!   When it (re)starts, every running client is linked to it again.
 //! - Its nftables ruleset (NAT, DNS redirection, one chain per client with the client's
 //!   firewall) is rebuilt and applied atomically on every change: a client linked or gone,
-//!   a firewall edited, a rule expired.
+//!   a firewall edited, a rule expired, a domain's `features.allow-inter-domain` set. Clients
+//!   never reach each other unless that feature of the source names the destination (see
+//!   `bulkhead_net::nft`); no IPv6 passes to or from a client.
 //! - VM domains get no network yet (a virtio-net device behind a tap is not implemented):
 //!   their start logs a warning when they have a netvm.
 
@@ -418,8 +420,24 @@ impl Manager {
             (None, Vec::new())
         };
         let now = now_secs();
+        let (configs, _) = self.store.load_all();
         let mut plan_clients = Vec::new();
         for (name, l) in clients {
+            let may_reach = configs
+                .iter()
+                .find(|c| c.name.as_str() == name)
+                .and_then(|c| c.features.get(nft::ALLOW_INTER_DOMAIN_FEATURE))
+                .map(|v| match nft::parse_allow_inter_domain(v) {
+                    Ok(names) => {
+                        info!(domain = %name, to = ?names, "connections to these domains allowed ({})", nft::ALLOW_INTER_DOMAIN_FEATURE);
+                        names
+                    }
+                    Err(why) => {
+                        warn!(domain = %name, reason = %why, "features.{} is ignored: no other domain is reachable", nft::ALLOW_INTER_DOMAIN_FEATURE);
+                        Vec::new()
+                    }
+                })
+                .unwrap_or_default();
             let Ok(dn) = DomainName::new(&name) else {
                 continue;
             };
@@ -449,6 +467,7 @@ impl Manager {
                 domain: name,
                 vif: l.vif,
                 firewall,
+                may_reach,
             });
         }
         plan_clients.sort_by(|a, b| a.domain.cmp(&b.domain));
@@ -495,6 +514,11 @@ impl Manager {
             out.push(ResolvedRule { rule, host_addrs });
         }
         Ok(out)
+    }
+
+    /// `features.allow-inter-domain` of `name` changed: re-apply its netvm's ruleset.
+    pub(super) async fn net_features_changed(&self, name: &str) {
+        self.reapply_for(name).await;
     }
 
     /// Re-apply the ruleset of the netvm `name` is linked to (after a firewall change).
