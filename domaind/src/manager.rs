@@ -671,8 +671,23 @@ impl Manager {
             self.check_netvm_cycle(name, value)?;
         }
         let old_netvm = cfg.netvm.clone();
+        let old_isolation = cfg.isolation;
         cfg.set_property(prop, value)
             .map_err(|e| Self::prop_err(name, e))?;
+        // A VM's private volume is an image its guest wrote: a sandbox would use the private
+        // dir instead, and what the VM wrote would silently stay behind (dom0 never mounts a
+        // guest-written file system to copy it over).
+        if old_isolation == Isolation::Vm && cfg.isolation != Isolation::Vm {
+            let image = private_image(&self.cfg.paths, &dn);
+            if image.exists() {
+                return Err(Error::InvalidState(format!(
+                    "domain '{name}' keeps its private volume in {} (written by the VM); as a sandbox it would use {} instead and lose what the VM wrote. Copy what you need out first (bulkhead-copy), then remove {} to switch, or keep isolation = vm",
+                    image.display(),
+                    self.cfg.paths.private_dir(&dn).display(),
+                    image.display()
+                )));
+            }
+        }
         let new_netvm = cfg.netvm.clone();
         let store = self.store.clone();
         blocking(move || {

@@ -362,5 +362,17 @@ async fn body() {
         .join(&work)
         .join("private.img")
         .exists());
+    // ... and as long as it does, the domain cannot become a sandbox (which would use the
+    // private dir and silently leave what the VM wrote behind).
+    let e = p
+        .set_property(&work, "isolation", "sandbox")
+        .await
+        .expect_err("a VM with a private image became a sandbox");
+    assert!(e.to_string().contains("keeps its private volume in"), "{e}");
+    let info = p.list().await.unwrap();
+    assert_eq!(
+        info.iter().find(|i| i.name == work).map(|i| i.isolation.as_str()),
+        Some("vm")
+    );
     drop(d);
 }
