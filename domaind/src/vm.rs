@@ -157,6 +157,8 @@ pub struct VmStart {
     pub vcpus: u32,
     /// The VMM's uid and gid (the domain slot's first host uid).
     pub uid: u32,
+    /// The domaind instance's cgroup root; the VMM's cgroup is `<root>/<name>`.
+    pub cgroup_root: bulkhead_sandbox::CgroupRoot,
 }
 
 impl VmStart {
@@ -282,6 +284,7 @@ pub fn launch(s: &VmStart) -> Result<VmRecord, VmError> {
     }
     let hier = Hierarchy::detect()?;
     let cgroup = hier.create(
+        &s.cgroup_root,
         &s.name,
         Limits {
             memory_bytes: (s.memory_mib + VMM_OVERHEAD_MIB) << 20,
@@ -473,6 +476,7 @@ mod tests {
             memory_mib: 512,
             vcpus: 2,
             uid: bulkhead_sandbox::UID_BASE,
+            cgroup_root: bulkhead_sandbox::CgroupRoot::system(),
         }
     }
 
