@@ -79,6 +79,11 @@ pub async fn run(cfg: DaemonConfig, bus_address: Option<String>) -> Result<(), D
     let (tx, rx) = mpsc::unbounded_channel();
     let mgr = Manager::new(cfg, tx);
     info!(caps = ?bulkhead_sandbox::probe(), "host capabilities");
+    info!(
+        cgroup_root = %mgr.config().cgroup_root,
+        runtime_dir = %mgr.config().paths.runtime_dir.display(),
+        "cgroup root: this instance's domains live below it; other instances' are never touched"
+    );
 
     // Serve the object first (calls wait until recovery is done), then take the name without
     // queueing: a second domaind must stop here, before it touches any domain.

@@ -23,6 +23,12 @@ struct Args {
     /// Channel sockets and instance records of running domains.
     #[arg(long, env = "BULKHEAD_RUNTIME_DIR", default_value = bulkhead_domain::DEFAULT_RUNTIME_DIR)]
     runtime_dir: PathBuf,
+    /// Which domaind instance this is: `system` (the default with the default runtime dir)
+    /// keeps its domains' cgroups in bulkhead/<domain>; NAME uses bulkhead-NAME/<domain>;
+    /// without it, any other runtime dir gets bulkhead-<hash of the runtime dir>/<domain>.
+    /// An instance never lists or removes another's cgroups.
+    #[arg(long, env = domaind::config::ENV_INSTANCE)]
+    instance: Option<String>,
     /// bulkhead-init and bulkhead-agent, mounted into every domain.
     #[arg(long, env = "BULKHEAD_GUEST_TOOLS_DIR", default_value = bulkhead_domain::DEFAULT_GUEST_TOOLS_DIR)]
     guest_tools_dir: PathBuf,
@@ -76,7 +82,12 @@ fn main() -> anyhow::Result<()> {
     let file = domaind::config::load_daemon_file(&args.config_dir)
         .map_err(anyhow::Error::msg)
         .context("domaind's settings")?;
+    let cgroup_root = domaind::config::cgroup_root(
+        args.instance.as_deref().filter(|i| !i.is_empty()),
+        &args.runtime_dir,
+    )?;
     let cfg = DaemonConfig {
+        cgroup_root,
         paths: bulkhead_domain::Paths {
             config_dir: args.config_dir,
             state_dir: args.state_dir,

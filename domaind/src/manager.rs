@@ -349,10 +349,15 @@ impl Manager {
 
     /// Claim a host-wide uid slot for domain `name` (blocking: takes the slot dir's lock).
     fn alloc_slot(&self, name: &str) -> Result<u32, Error> {
-        let claim = Claim::pending(name, &self.cfg.paths.runtime_dir);
-        let cgroups = || -> Option<BTreeSet<String>> {
-            match bulkhead_sandbox::list_orphan_cgroups() {
-                Ok(v) => Some(v.into_iter().collect()),
+        let claim = Claim::pending(name, &self.cfg.paths.runtime_dir, &self.cfg.cgroup_root);
+        // every instance's cgroups: a claim of another instance is judged by its own
+        let cgroups = || -> Option<crate::slots::CgroupSet> {
+            match bulkhead_sandbox::cgroup::list_all_domains() {
+                Ok(v) => Some(
+                    v.into_iter()
+                        .map(|(root, n)| (root.as_str().to_owned(), n))
+                        .collect(),
+                ),
                 Err(e) => {
                     // Without the list no dead claim can be judged safe: keep them all.
                     warn!(error = %e, "cannot list domain cgroups; treating every claimed uid slot as in use");
@@ -367,17 +372,17 @@ impl Manager {
 
     /// Record the launched init in the claim of `slot`.
     fn slot_launched(&self, slot: u32, name: &str, record: &DomainRecord) {
-        let mut claim = Claim::pending(name, &self.cfg.paths.runtime_dir);
+        let mut claim = Claim::pending(name, &self.cfg.paths.runtime_dir, &self.cfg.cgroup_root);
         claim.init = Some((record.main_pid(), record.main_start_time()));
         if let Err(e) = self.slots.update(slot, &claim) {
             warn!(domain = name, slot, error = %e, "cannot record the init in the uid slot claim");
         }
     }
 
-    /// Give `slot` back, unless a cgroup of `name` still exists (processes may live in it:
+    /// Give `slot` back, unless our cgroup of `name` still exists (processes may live in it:
     /// the slot then stays quarantined until that cgroup is gone, see [`crate::slots`]).
     fn release_slot(&self, slot: u32, name: &str) {
-        match bulkhead_sandbox::list_orphan_cgroups() {
+        match bulkhead_sandbox::list_orphan_cgroups(&self.cfg.cgroup_root) {
             Ok(v) if !v.iter().any(|n| n == name) => {}
             Ok(_) => {
                 warn!(domain = name, slot, "the domain's cgroup still exists; its uid slot stays quarantined until it is gone");
@@ -1107,6 +1112,7 @@ impl Manager {
         let paths = &self.cfg.paths;
         let spec = SandboxSpec {
             name: cfg.name.to_string(),
+            cgroup_root: self.cfg.cgroup_root.clone(),
             template_root: template_root.to_owned(),
             private_dir: paths.private_dir(&cfg.name),
             scratch_dir: paths.scratch_dir(&cfg.name),
@@ -1188,6 +1194,7 @@ impl Manager {
             memory_mib: cfg.memory,
             vcpus: cfg.vcpus,
             uid: bulkhead_sandbox::UID_BASE + slot * bulkhead_sandbox::UID_RANGE,
+            cgroup_root: self.cfg.cgroup_root.clone(),
         };
         let private_dir = paths.private_dir(&cfg.name);
         let tools = self.cfg.guest_tools_dir.clone();
@@ -1803,10 +1810,11 @@ impl Manager {
             }
         }
         // Cgroups without a record: a start interrupted before instance.json was written.
-        // Only cgroups of domains this domaind knows (a config file, good or broken) are
-        // touched: a start needs the config file, and a disposable's file goes only after
-        // its teardown, so every cgroup this daemon created is covered, and cgroups of
-        // another domaind instance (tests on the same host) are left alone.
+        // Only this instance's cgroup root is looked at (another instance's domains, even
+        // of the same names, live below its own root), and in it only cgroups of domains
+        // this domaind knows (a config file, good or broken): a start needs the config file,
+        // and a disposable's file goes only after its teardown, so every cgroup this daemon
+        // created is covered.
         let known: BTreeSet<String> = good
             .iter()
             .map(|c| c.name.to_string())
@@ -1817,7 +1825,8 @@ impl Manager {
                     .map(str::to_owned)
             }))
             .collect();
-        match blocking(bulkhead_sandbox::list_orphan_cgroups).await {
+        let root = self.cfg.cgroup_root.clone();
+        match blocking(move || bulkhead_sandbox::list_orphan_cgroups(&root)).await {
             Ok(Ok(names)) => {
                 for n in names
                     .into_iter()
@@ -1825,7 +1834,8 @@ impl Manager {
                 {
                     warn!(cgroup = %n, "orphan domain cgroup (no instance record); killing and removing it");
                     let n2 = n.clone();
-                    match blocking(move || bulkhead_sandbox::remove_cgroup(&n2)).await {
+                    let root = self.cfg.cgroup_root.clone();
+                    match blocking(move || bulkhead_sandbox::remove_cgroup(&root, &n2)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             error!(cgroup = %n, error = %e, "cannot remove orphan cgroup")
@@ -1938,7 +1948,8 @@ impl Manager {
                 if ipath.exists() {
                     error!(error = %e, "unreadable instance record; removing the domain's cgroup");
                     let n = name.to_owned();
-                    let _ = blocking(move || bulkhead_sandbox::remove_cgroup(&n)).await;
+                    let root = self.cfg.cgroup_root.clone();
+                    let _ = blocking(move || bulkhead_sandbox::remove_cgroup(&root, &n)).await;
                 }
                 let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(dn));
                 return false;

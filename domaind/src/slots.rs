@@ -12,9 +12,14 @@
 //! - a launched claim: its init is dead (pid + start time, so a reused pid does not count),
 //! - a pending claim (launch in progress): the claiming domaind is dead, and no launch is
 //!   in progress under its runtime dir (the launch lock, see [`crate::manager`]),
-//! - and in both cases no bulkhead cgroup of that domain name exists (processes may live in
-//!   it: a teardown whose kill or cgroup removal failed leaves the slot quarantined this way
-//!   until the cgroup is gone).
+//! - and in both cases the domain's cgroup (its name below the claiming instance's cgroup
+//!   root) is gone (processes may live in it: a teardown whose kill or cgroup removal failed
+//!   leaves the slot quarantined this way until the cgroup is gone). Another instance's
+//!   cgroup of the same name does not count.
+//!
+//! The directory is shared by every domaind instance on purpose: uid ranges must be disjoint
+//! host-wide, so the instances draw from one pool, and each one's claims name it (runtime
+//! dir and cgroup root); an instance releases only its own claims.
 //!
 //! domaind removes its claim when a domain's cgroup is confirmed gone, and rewrites it when
 //! it adopts a running domain after a restart.
@@ -25,9 +30,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use bulkhead_sandbox::CgroupRoot;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+/// Domain cgroups on the host as (instance cgroup root, domain name).
+pub type CgroupSet = BTreeSet<(String, String)>;
 
 /// The host-wide claim directory.
 pub const SLOT_DIR: &str = "/run/bulkhead-uid-slots";
@@ -65,6 +74,10 @@ pub struct Claim {
     pub name: String,
     /// Runtime dir of the domaind that owns the domain.
     pub runtime_dir: PathBuf,
+    /// That domaind's cgroup root (absent in claims of older domainds, which all used the
+    /// system root).
+    #[serde(default)]
+    pub cgroup_root: CgroupRoot,
     /// The domaind that claimed the slot, with its start time.
     pub domaind_pid: i32,
     pub domaind_start: u64,
@@ -74,12 +87,14 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// A pending claim of this process for `name`.
-    pub fn pending(name: &str, runtime_dir: &Path) -> Self {
+    /// A pending claim of this process (an instance with `runtime_dir` and `cgroup_root`)
+    /// for `name`.
+    pub fn pending(name: &str, runtime_dir: &Path, cgroup_root: &CgroupRoot) -> Self {
         let pid = std::process::id() as i32;
         Self {
             name: name.to_owned(),
             runtime_dir: runtime_dir.to_owned(),
+            cgroup_root: cgroup_root.clone(),
             domaind_pid: pid,
             domaind_start: start_time(pid).unwrap_or(0),
             init: None,
@@ -206,7 +221,7 @@ impl SlotDir {
     }
 
     /// Whether `claim` no longer protects anything (see the module docs).
-    fn reusable(claim: &Claim, cgroups: Option<&BTreeSet<String>>) -> bool {
+    fn reusable(claim: &Claim, cgroups: Option<&CgroupSet>) -> bool {
         let Some(cgroups) = cgroups else {
             return false;
         };
@@ -217,20 +232,20 @@ impl SlotDir {
                     || launch_in_progress(&claim.runtime_dir)
             }
         };
-        !running && !cgroups.contains(&claim.name)
+        !running && !cgroups.contains(&(claim.cgroup_root.as_str().to_owned(), claim.name.clone()))
     }
 
-    /// Claim the lowest reusable slot below `max` for `claim`. `cgroups` lists the bulkhead
-    /// cgroups on the host, `None` if unknown (asked only if an existing claim has to be
-    /// judged; unknown keeps every existing claim).
+    /// Claim the lowest reusable slot below `max` for `claim`. `cgroups` lists the domain
+    /// cgroups of every instance on the host, `None` if unknown (asked only if an existing
+    /// claim has to be judged; unknown keeps every existing claim).
     pub fn claim(
         &self,
         claim: &Claim,
         max: u32,
-        cgroups: &dyn Fn() -> Option<BTreeSet<String>>,
+        cgroups: &dyn Fn() -> Option<CgroupSet>,
     ) -> Result<u32, SlotError> {
         let _lock = self.lock()?;
-        let mut seen: Option<Option<BTreeSet<String>>> = None;
+        let mut seen: Option<Option<CgroupSet>> = None;
         for slot in 0..max {
             let free = match self.read(slot) {
                 Ok(None) => true,
@@ -280,8 +295,12 @@ impl SlotDir {
 mod tests {
     use super::*;
 
-    fn none() -> Option<BTreeSet<String>> {
+    fn none() -> Option<CgroupSet> {
         Some(BTreeSet::new())
+    }
+
+    fn sys() -> CgroupRoot {
+        CgroupRoot::system()
     }
 
     #[test]
@@ -289,37 +308,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = dir.path().join("run");
         let slots = SlotDir::new(dir.path().join("slots"));
-        let a = slots.claim(&Claim::pending("a", &rt), 8, &none).unwrap();
-        let b = slots.claim(&Claim::pending("b", &rt), 8, &none).unwrap();
+        let a = slots
+            .claim(&Claim::pending("a", &rt, &sys()), 8, &none)
+            .unwrap();
+        let b = slots
+            .claim(&Claim::pending("b", &rt, &sys()), 8, &none)
+            .unwrap();
         assert_ne!(a, b, "a pending claim of a live domaind is taken");
         // a launched claim whose init lives stays taken
-        let mut ca = Claim::pending("a", &rt);
+        let mut ca = Claim::pending("a", &rt, &sys());
         ca.init = Some((
             std::process::id() as i32,
             start_time(std::process::id() as i32).unwrap(),
         ));
         slots.update(a, &ca).unwrap();
-        let c = slots.claim(&Claim::pending("c", &rt), 8, &none).unwrap();
+        let c = slots
+            .claim(&Claim::pending("c", &rt, &sys()), 8, &none)
+            .unwrap();
         assert!(c != a && c != b);
         // release by someone else is ignored; by the owner frees it
         slots.release(a, "x", &rt).unwrap();
         assert!(slots.read(a).unwrap().is_some());
         slots.release(a, "a", &rt).unwrap();
-        assert_eq!(slots.claim(&Claim::pending("d", &rt), 8, &none).unwrap(), a);
+        assert_eq!(
+            slots
+                .claim(&Claim::pending("d", &rt, &sys()), 8, &none)
+                .unwrap(),
+            a
+        );
         // a dead init frees the slot, unless a cgroup of that domain still exists (quarantine)
-        let mut dead = Claim::pending("e", &rt);
+        let mut dead = Claim::pending("e", &rt, &sys());
         dead.init = Some((i32::MAX - 1, 1));
         slots.update(b, &dead).unwrap();
-        let with_cgroup = || Some(BTreeSet::from(["e".to_owned()]));
+        // (the same name below another instance's root does not count)
+        let other = CgroupRoot::instance("other").unwrap();
+        let elsewhere = || Some(BTreeSet::from([(other.to_string(), "e".to_owned())]));
+        let with_cgroup = || {
+            Some(BTreeSet::from([
+                ("bulkhead".to_owned(), "e".to_owned()),
+                (other.to_string(), "e".to_owned()),
+            ]))
+        };
         let f = slots
-            .claim(&Claim::pending("f", &rt), 8, &with_cgroup)
+            .claim(&Claim::pending("f", &rt, &sys()), 8, &with_cgroup)
             .unwrap();
         assert_ne!(f, b, "slot reused while the dead domain's cgroup exists");
-        let g = slots.claim(&Claim::pending("g", &rt), 8, &none).unwrap();
+        let g = slots
+            .claim(&Claim::pending("g", &rt, &sys()), 8, &elsewhere)
+            .unwrap();
         assert_eq!(g, b);
         // full
         assert!(matches!(
-            slots.claim(&Claim::pending("h", &rt), 4, &none),
+            slots.claim(&Claim::pending("h", &rt, &sys()), 4, &none),
             Err(SlotError::Full { .. })
         ));
     }

@@ -420,13 +420,6 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// Whether a domain cgroup named `name` exists (on this host, from any domaind).
-pub fn cgroup_exists(name: &str) -> bool {
-    bulkhead_sandbox::list_orphan_cgroups()
-        .map(|v| v.iter().any(|n| n == name))
-        .unwrap_or(false)
-}
-
 /// A running domaind on a test bus, with its own directories (kept until drop).
 pub struct TestDomaind {
     child: Option<Child>,
@@ -436,6 +429,9 @@ pub struct TestDomaind {
     pub log_file: PathBuf,
     root: Option<tempfile::TempDir>,
     options: DomaindOptions,
+    /// The domaind's cgroup root (from its runtime dir, or `BULKHEAD_INSTANCE` in
+    /// `options.env`).
+    cgroup_root: bulkhead_sandbox::CgroupRoot,
 }
 
 impl TestDomaind {
@@ -484,7 +480,17 @@ impl TestDomaind {
             .map_err(|e| format!("write domaind.toml: {e}"))?;
         }
         let log_file = root.path().join("domaind.log");
+        let instance = opts
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == crate::config::ENV_INSTANCE)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty());
+        let cgroup_root =
+            crate::config::cgroup_root(instance, &paths.runtime_dir).map_err(|e| e.to_string())?;
         let mut me = Self {
+            cgroup_root,
             child: None,
             address: bus.address().to_owned(),
             paths,
@@ -521,6 +527,8 @@ impl TestDomaind {
             .arg("--guest-tools-dir")
             .arg(&self.guest_tools_dir)
             .env("RUST_LOG", "debug,zbus=info")
+            // a test domaind is its own instance unless the test says otherwise
+            .env_remove(crate::config::ENV_INSTANCE)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -660,6 +668,19 @@ impl TestDomaind {
     pub fn root(&self) -> Option<&Path> {
         self.root.as_ref().map(|r| r.path())
     }
+
+    /// This domaind's cgroup root (its domains' cgroups live below it).
+    pub fn cgroup_root(&self) -> &bulkhead_sandbox::CgroupRoot {
+        &self.cgroup_root
+    }
+
+    /// Whether this domaind has a cgroup for domain `name` (another domaind's domain of
+    /// the same name does not count).
+    pub fn cgroup_exists(&self, name: &str) -> bool {
+        bulkhead_sandbox::list_orphan_cgroups(&self.cgroup_root)
+            .map(|v| v.iter().any(|n| n == name))
+            .unwrap_or(false)
+    }
 }
 
 impl Drop for TestDomaind {
@@ -668,15 +689,17 @@ impl Drop for TestDomaind {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Domains a failed test left running: kill their cgroups so that nothing is orphaned.
-        if let Ok(names) = bulkhead_sandbox::list_orphan_cgroups() {
+        // Domains a failed test left running: kill their cgroups (below this domaind's own
+        // root only) so that nothing is orphaned, then the root itself once empty.
+        if let Ok(names) = bulkhead_sandbox::list_orphan_cgroups(&self.cgroup_root) {
             let run = self.paths.runtime_dir.join("domains");
             for n in names {
                 if run.join(&n).exists() {
-                    let _ = bulkhead_sandbox::remove_cgroup(&n);
+                    let _ = bulkhead_sandbox::remove_cgroup(&self.cgroup_root, &n);
                 }
             }
         }
+        let _ = bulkhead_sandbox::remove_cgroup_root_if_empty(&self.cgroup_root);
     }
 }
 
@@ -1166,7 +1189,7 @@ pub struct MiniEnv {
     pub d: TestDomaind,
     pub conn: zbus::Connection,
     pub p: Domaind1Proxy<'static>,
-    /// Unique per test (cgroups are host-global): domain names start with it.
+    /// Unique per test process and tag: domain names start with it.
     pub pre: String,
 }
 

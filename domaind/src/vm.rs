@@ -159,6 +159,8 @@ pub struct VmStart {
     pub vcpus: u32,
     /// The VMM's uid and gid (the domain slot's first host uid).
     pub uid: u32,
+    /// The domaind instance's cgroup root; the VMM's cgroup is `<root>/<name>`.
+    pub cgroup_root: bulkhead_sandbox::CgroupRoot,
 }
 
 impl VmStart {
@@ -300,6 +302,7 @@ pub fn launch(s: &VmStart) -> Result<VmRecord, VmError> {
     }
     let hier = Hierarchy::detect()?;
     let cgroup = hier.create(
+        &s.cgroup_root,
         &s.name,
         Limits {
             memory_bytes: (s.memory_mib + VMM_OVERHEAD_MIB) << 20,
@@ -492,6 +495,7 @@ mod tests {
             memory_mib: 512,
             vcpus: 2,
             uid: bulkhead_sandbox::UID_BASE,
+            cgroup_root: bulkhead_sandbox::CgroupRoot::system(),
         }
     }
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use domaind::api::{Domaind1Proxy, Error};
 use domaind::testing::{
-    bounded, build_mini_template, cgroup_exists, cloexec_pipe, collect, domain_state,
-    process_alive, register_template, sandbox_available, wait_state, DomaindOptions, MiniEnv,
-    StdioPipes, TestBus, TestDomaind,
+    bounded, build_mini_template, cloexec_pipe, collect, domain_state, process_alive,
+    register_template, sandbox_available, wait_state, DomaindOptions, MiniEnv, StdioPipes, TestBus,
+    TestDomaind,
 };
 use futures_util::StreamExt;
 use zbus::zvariant::Fd;
@@ -71,7 +71,7 @@ fn instance_pid(d: &TestDomaind, name: &str) -> i32 {
 /// Everything a halted domain must not leave behind.
 fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
     assert!(!process_alive(pid), "init {pid} of {name} still alive");
-    assert!(!cgroup_exists(name), "cgroup of {name} left behind");
+    assert!(!d.cgroup_exists(name), "cgroup of {name} left behind");
     let rt = d.paths.runtime_dir.join("domains").join(name);
     assert!(!rt.join("instance.json").exists(), "instance.json left");
     assert!(!rt.join("channel/agent.sock").exists(), "socket left");
@@ -303,7 +303,7 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
         .join(format!("domains/{disp}.toml"))
         .exists());
     assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
-    assert!(!cgroup_exists(&disp));
+    assert!(!env.d.cgroup_exists(&disp));
     // the dvm's own volume is untouched
     assert_eq!(std::fs::read_to_string(&seed).unwrap(), "from the dvm\n");
 
@@ -393,7 +393,7 @@ async fn template_missing_and_init_failure_are_reported_body() {
         domain_state(&p.list().await.unwrap(), &b).as_deref(),
         Some("halted")
     );
-    assert!(!cgroup_exists(&b));
+    assert!(!env.d.cgroup_exists(&b));
     // and it starts once the init is back
     p.start(&b).await.unwrap();
     p.kill(&b).await.unwrap();
@@ -548,7 +548,7 @@ async fn domaind_killed_during_start_leaves_no_orphan_body() {
         }
         "halted" => {
             assert!(
-                !cgroup_exists(&w),
+                !env.d.cgroup_exists(&w),
                 "orphan cgroup of {w} left\n{}",
                 env.d.log()
             );
@@ -608,7 +608,7 @@ async fn disposable_removed_when_caller_disconnects_body() {
         "disposable {disp} outlived its caller\n{}",
         env.d.log()
     );
-    assert!(!cgroup_exists(&disp));
+    assert!(!env.d.cgroup_exists(&disp));
     assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
 }
 
@@ -1016,7 +1016,7 @@ async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
     d.kill9();
     assert!(start.await.unwrap().is_err());
     assert!(
-        !cgroup_exists(&w),
+        !d.cgroup_exists(&w),
         "the held-back launcher made its cgroup early"
     );
     d.restart().await.unwrap();
@@ -1045,7 +1045,7 @@ async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
     let st = domain_state(&p.list().await.unwrap(), &w);
     assert_eq!(st.as_deref(), Some("halted"), "{}", d.log());
     assert!(
-        !cgroup_exists(&w),
+        !d.cgroup_exists(&w),
         "{w} runs untracked: its launcher created the cgroup after recovery\n{}",
         d.log()
     );

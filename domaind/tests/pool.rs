@@ -161,7 +161,8 @@ impl Env {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let listed = self.listed().await;
-            let cgroups = bulkhead_sandbox::list_orphan_cgroups().expect("list cgroups");
+            let cgroups =
+                bulkhead_sandbox::list_orphan_cgroups(self.d.cgroup_root()).expect("list cgroups");
             let left: Vec<&String> = names
                 .iter()
                 .filter(|n| listed.contains_key(*n) || cgroups.contains(n))

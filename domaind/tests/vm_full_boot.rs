@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
-    bounded, cgroup_exists, domain_state, hardware_vm_here_or_nested, process_alive,
-    register_template, run_in, template_cache, vmm_thread_states, wait_state, DomaindOptions,
-    TestBus, TestDomaind, VmHost, ENV_IN_L1,
+    bounded, domain_state, hardware_vm_here_or_nested, process_alive, register_template, run_in,
+    template_cache, vmm_thread_states, wait_state, DomaindOptions, TestBus, TestDomaind, VmHost,
+    ENV_IN_L1,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(1500);
@@ -250,7 +250,7 @@ async fn scenario(cache: std::path::PathBuf) {
         "the domain's log does not say the VMM ended:\n{}",
         tail(&log, 15)
     );
-    assert!(!cgroup_exists(&name), "the cgroup of a dead VMM stayed");
+    assert!(!d.cgroup_exists(&name), "the cgroup of a dead VMM stayed");
 
     // A graceful shutdown through the agent leaves nothing behind.
     start(&p2, &d, &name, "after the VMM died").await;
@@ -261,7 +261,7 @@ async fn scenario(cache: std::path::PathBuf) {
         Some("halted")
     );
     assert!(!process_alive(pid));
-    assert!(!cgroup_exists(&name));
+    assert!(!d.cgroup_exists(&name));
     let rundir = d.paths.runtime_dir.join("domains").join(&name);
     assert!(!rundir.join("instance.json").exists());
     assert!(

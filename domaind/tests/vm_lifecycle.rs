@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use domaind::api::Domaind1Proxy;
 use domaind::testing::{
-    bounded, build_ticker_guest, cgroup_exists, domain_state, install_test_vm_artifacts,
-    process_alive, sandbox_available, vmm_bin, vmm_probe, vmm_thread_states, wait_state,
-    DomaindOptions, TestBus, TestDomaind,
+    bounded, build_ticker_guest, domain_state, install_test_vm_artifacts, process_alive,
+    sandbox_available, vmm_bin, vmm_probe, vmm_thread_states, wait_state, DomaindOptions, TestBus,
+    TestDomaind,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
@@ -57,7 +57,7 @@ async fn wait_ticks(p: &Domaind1Proxy<'_>, name: &str, n: usize) -> String {
 
 fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
     assert!(!process_alive(pid), "VMM {pid} of {name} still alive");
-    assert!(!cgroup_exists(name), "cgroup of {name} left behind");
+    assert!(!d.cgroup_exists(name), "cgroup of {name} left behind");
     let rt = d.paths.runtime_dir.join("domains").join(name);
     for f in [
         "instance.json",
@@ -197,7 +197,7 @@ async fn body() {
         domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("halted")
     );
-    assert!(!cgroup_exists(&work));
+    assert!(!d.cgroup_exists(&work));
 
     // With --allow-software-kvm: the confined VMM runs the tiny guest.
     let paths = d.paths.clone();

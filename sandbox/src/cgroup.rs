@@ -1,6 +1,11 @@
-//! cgroups for sandboxes: `bulkhead/<domain>` under the cgroup2 hierarchy when it has the
+//! cgroups for sandboxes: `<root>/<domain>` under the cgroup2 hierarchy when it has the
 //! memory, cpu and pids controllers, else under each cgroup v1 hierarchy (memory, cpu, pids,
 //! freezer).
+//!
+//! `<root>` ([`CgroupRoot`]) belongs to one domaind instance: `bulkhead` for the system
+//! instance, `bulkhead-<id>` for any other (a test's, a second daemon's). Everything that
+//! lists or removes domain cgroups is given a root and looks only below it, so one instance
+//! never touches another's domains, even those of the same name.
 
 use std::fs;
 use std::io;
@@ -14,8 +19,99 @@ use serde::{Deserialize, Serialize};
 
 use crate::{read_small, SandboxError};
 
-/// Parent directory of every domain cgroup, under each hierarchy.
+/// Parent directory of the system instance's domain cgroups, under each hierarchy; other
+/// instances use `bulkhead-<id>` ([`CgroupRoot`]).
 pub const PARENT: &str = "bulkhead";
+/// Longest instance id in `bulkhead-<id>`.
+pub const MAX_ROOT_ID_LEN: usize = 32;
+
+/// The cgroup directory (one path component below each hierarchy's mount point) under which
+/// one domaind instance creates its domains' cgroups: [`PARENT`] for the system instance,
+/// `bulkhead-<id>` (`<id>`: 1..=32 of `[a-z0-9_-]`) for any other.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CgroupRoot(String);
+
+impl CgroupRoot {
+    /// The system instance's root, `bulkhead`.
+    pub fn system() -> Self {
+        CgroupRoot(PARENT.to_owned())
+    }
+
+    /// `bulkhead-<id>`.
+    pub fn instance(id: &str) -> Result<Self, SandboxError> {
+        Self::parse(&format!("{PARENT}-{id}"))
+    }
+
+    /// The root of the instance whose runtime dir is `dir` (as the daemon uses it, ideally
+    /// canonical): `bulkhead-<16 hex digits of a hash of the path>`. Stable across restarts
+    /// and versions (FNV-1a 64, not the std hasher).
+    pub fn for_runtime_dir(dir: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in dir.as_os_str().as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        CgroupRoot(format!("{PARENT}-{h:016x}"))
+    }
+
+    /// Checks a directory name: `bulkhead` or `bulkhead-<id>`.
+    pub fn parse(s: &str) -> Result<Self, SandboxError> {
+        let ok = s == PARENT
+            || s.strip_prefix(PARENT)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|id| {
+                    !id.is_empty()
+                        && id.len() <= MAX_ROOT_ID_LEN
+                        && id.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                        })
+                });
+        if ok {
+            Ok(CgroupRoot(s.to_owned()))
+        } else {
+            Err(SandboxError::InvalidSpec(format!(
+                "cgroup root {s:?}: must be `{PARENT}` or `{PARENT}-<id>` with 1..={MAX_ROOT_ID_LEN} of [a-z0-9_-]"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the system instance's root.
+    pub fn is_system(&self) -> bool {
+        self.0 == PARENT
+    }
+}
+
+impl Default for CgroupRoot {
+    /// The system root: what specs and records written before roots existed used.
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Display for CgroupRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CgroupRoot {
+    type Error = SandboxError;
+    fn try_from(s: String) -> Result<Self, SandboxError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<CgroupRoot> for String {
+    fn from(r: CgroupRoot) -> String {
+        r.0
+    }
+}
 const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
 const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 const CFS_PERIOD_US: u64 = 100_000;
@@ -182,11 +278,12 @@ impl Hierarchy {
         })
     }
 
-    /// Paths a domain's cgroup has (or would have) in this hierarchy.
-    pub fn paths_for(&self, name: &str) -> CgroupPaths {
+    /// Paths a domain's cgroup has (or would have) in this hierarchy, below `owner`.
+    pub fn paths_for(&self, owner: &CgroupRoot, name: &str) -> CgroupPaths {
+        let parent = owner.as_str();
         match self {
             Hierarchy::V2 { root } => CgroupPaths::V2 {
-                dir: root.join(PARENT).join(name),
+                dir: root.join(parent).join(name),
             },
             Hierarchy::V1 {
                 memory,
@@ -194,18 +291,23 @@ impl Hierarchy {
                 pids,
                 freezer,
             } => CgroupPaths::V1 {
-                memory: memory.join(PARENT).join(name),
-                cpu: cpu.join(PARENT).join(name),
-                pids: pids.join(PARENT).join(name),
-                freezer: freezer.join(PARENT).join(name),
+                memory: memory.join(parent).join(name),
+                cpu: cpu.join(parent).join(name),
+                pids: pids.join(parent).join(name),
+                freezer: freezer.join(parent).join(name),
             },
         }
     }
 
-    /// Creates `bulkhead/<name>` with the limits. A leftover empty cgroup of the same name is
+    /// Creates `<owner>/<name>` with the limits. A leftover empty cgroup of the same name is
     /// reused; one that still has processes is an error (the domain is running).
-    pub fn create(&self, name: &str, limits: Limits) -> Result<CgroupPaths, SandboxError> {
-        let paths = self.paths_for(name);
+    pub fn create(
+        &self,
+        owner: &CgroupRoot,
+        name: &str,
+        limits: Limits,
+    ) -> Result<CgroupPaths, SandboxError> {
+        let paths = self.paths_for(owner, name);
         if let Some(pid) = paths.procs()?.first() {
             return Err(SandboxError::Cgroup {
                 path: paths.dirs()[0].clone(),
@@ -215,7 +317,7 @@ impl Hierarchy {
         }
         match self {
             Hierarchy::V2 { root } => {
-                let parent = root.join(PARENT);
+                let parent = root.join(owner.as_str());
                 mkdir(&parent)?;
                 let enable = "+memory +cpu +pids";
                 write(&root.join("cgroup.subtree_control"), enable)?;
@@ -255,27 +357,79 @@ impl Hierarchy {
         Ok(paths)
     }
 
-    fn parents(&self) -> Vec<PathBuf> {
+    /// The mount points of the hierarchy (one for v2, one per controller for v1).
+    fn mount_points(&self) -> Vec<&PathBuf> {
         match self {
-            Hierarchy::V2 { root } => vec![root.join(PARENT)],
+            Hierarchy::V2 { root } => vec![root],
             Hierarchy::V1 {
                 memory,
                 cpu,
                 pids,
                 freezer,
-            } => [memory, cpu, pids, freezer]
-                .iter()
-                .map(|p| p.join(PARENT))
-                .collect(),
+            } => vec![memory, cpu, pids, freezer],
         }
+    }
+
+    fn parents(&self, owner: &CgroupRoot) -> Vec<PathBuf> {
+        self.mount_points()
+            .into_iter()
+            .map(|p| p.join(owner.as_str()))
+            .collect()
+    }
+
+    /// The instance roots present (`bulkhead` and `bulkhead-*` directories, any hierarchy).
+    pub fn roots(&self) -> Result<Vec<CgroupRoot>, SandboxError> {
+        let mut roots = Vec::new();
+        for mp in self.mount_points() {
+            let entries = fs::read_dir(mp).map_err(|source| SandboxError::Cgroup {
+                path: mp.clone(),
+                action: "list",
+                source,
+            })?;
+            for e in entries.flatten() {
+                let Some(n) = e.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                if let Ok(r) = CgroupRoot::parse(&n) {
+                    if !roots.contains(&r) {
+                        roots.push(r);
+                    }
+                }
+            }
+        }
+        roots.sort();
+        Ok(roots)
+    }
+
+    /// Removes `owner`'s directory where it is empty (no domain cgroup left below it).
+    /// Returns whether it is gone from every hierarchy.
+    pub fn remove_root_if_empty(&self, owner: &CgroupRoot) -> bool {
+        let mut gone = true;
+        for d in self.parents(owner) {
+            match fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => gone = false,
+            }
+        }
+        gone
     }
 }
 
-/// Names of the domain cgroups present on the host (any hierarchy).
-pub fn list_domains() -> Result<Vec<String>, SandboxError> {
+/// Names of the domain cgroups below `owner` (any hierarchy). Another instance's cgroups,
+/// even of the same names, are not listed.
+pub fn list_domains(owner: &CgroupRoot) -> Result<Vec<String>, SandboxError> {
     let hier = Hierarchy::detect()?;
+    list_domains_in(&hier, owner)
+}
+
+/// [`list_domains`] in a given hierarchy.
+pub fn list_domains_in(hier: &Hierarchy, owner: &CgroupRoot) -> Result<Vec<String>, SandboxError> {
     let mut names = Vec::new();
-    for parent in hier.parents() {
+    for parent in hier.parents(owner) {
         let entries = match fs::read_dir(&parent) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -299,6 +453,19 @@ pub fn list_domains() -> Result<Vec<String>, SandboxError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Every domain cgroup on the host, of every instance: (root, name). For judging whether
+/// anything may still run in a uid range, whoever owns it.
+pub fn list_all_domains() -> Result<Vec<(CgroupRoot, String)>, SandboxError> {
+    let hier = Hierarchy::detect()?;
+    let mut all = Vec::new();
+    for root in hier.roots()? {
+        for n in list_domains_in(&hier, &root)? {
+            all.push((root.clone(), n));
+        }
+    }
+    Ok(all)
 }
 
 fn mkdir(p: &Path) -> Result<(), SandboxError> {
@@ -786,14 +953,82 @@ mod tests {
         let h = Hierarchy::V2 {
             root: "/sys/fs/cgroup".into(),
         };
+        let sys = CgroupRoot::system();
         assert_eq!(
-            h.paths_for("work"),
+            h.paths_for(&sys, "work"),
             CgroupPaths::V2 {
                 dir: "/sys/fs/cgroup/bulkhead/work".into()
             }
         );
-        let json = serde_json::to_string(&h.paths_for("work")).expect("json");
+        let json = serde_json::to_string(&h.paths_for(&sys, "work")).expect("json");
         assert!(json.contains("\"version\":\"v2\""), "{json}");
+        let other = CgroupRoot::instance("t1").expect("root");
+        assert_eq!(
+            h.paths_for(&other, "work"),
+            CgroupPaths::V2 {
+                dir: "/sys/fs/cgroup/bulkhead-t1/work".into()
+            }
+        );
+    }
+
+    #[test]
+    fn roots_are_checked_and_stable() {
+        assert_eq!(CgroupRoot::system().as_str(), "bulkhead");
+        assert!(CgroupRoot::system().is_system());
+        assert_eq!(CgroupRoot::default(), CgroupRoot::system());
+        for bad in [
+            "",
+            "bulkhead-",
+            "bulkhead-A",
+            "bulkhead-a/b",
+            "bulkheadx",
+            "bulkhead-..",
+            "x",
+        ] {
+            assert!(CgroupRoot::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(CgroupRoot::instance(&"a".repeat(MAX_ROOT_ID_LEN + 1)).is_err());
+        let r = CgroupRoot::for_runtime_dir(Path::new("/tmp/bulkhead-domaind-x/run"));
+        // fixed: the name must not change between versions, or a restarted domaind would
+        // lose its running domains
+        assert_eq!(r.as_str(), "bulkhead-386822c33bc0b168");
+        assert!(!r.is_system());
+        assert_eq!(CgroupRoot::parse(r.as_str()).expect("parse"), r);
+        assert_ne!(
+            r,
+            CgroupRoot::for_runtime_dir(Path::new("/tmp/bulkhead-domaind-y/run"))
+        );
+        // serde goes through the check
+        let json = serde_json::to_string(&r).expect("json");
+        assert_eq!(json, format!("\"{r}\""));
+        assert!(serde_json::from_str::<CgroupRoot>("\"../etc\"").is_err());
+    }
+
+    /// Listing looks below one root only; the roots present are found.
+    #[test]
+    fn listing_is_per_root() {
+        let limits = Limits {
+            memory_bytes: 64 << 20,
+            vcpus: 1,
+            pids_max: 16,
+        };
+        let t = tempfile::tempdir().expect("tempdir");
+        let h = Hierarchy::V2 {
+            root: t.path().to_path_buf(),
+        };
+        let sys = CgroupRoot::system();
+        let mine = CgroupRoot::instance("mine").expect("root");
+        h.create(&sys, "work", limits).expect("create");
+        h.create(&mine, "work", limits).expect("create");
+        h.create(&mine, "other", limits).expect("create");
+        fs::create_dir(t.path().join("unrelated")).expect("mkdir");
+        assert_eq!(list_domains_in(&h, &sys).expect("list"), ["work"]);
+        assert_eq!(list_domains_in(&h, &mine).expect("list"), ["other", "work"]);
+        assert_eq!(h.roots().expect("roots"), [sys.clone(), mine.clone()]);
+        assert!(
+            !h.remove_root_if_empty(&mine),
+            "removed a root with domains in it"
+        );
     }
 
     /// The knob values written for each layout. Plain directories stand in for cgroupfs here
@@ -810,7 +1045,9 @@ mod tests {
         let h = Hierarchy::V2 {
             root: t.path().to_path_buf(),
         };
-        let p = h.create("dom", limits).expect("create v2");
+        let p = h
+            .create(&CgroupRoot::system(), "dom", limits)
+            .expect("create v2");
         let dir = t.path().join("bulkhead/dom");
         assert_eq!(p, CgroupPaths::V2 { dir: dir.clone() });
         let rd = |f: &Path| fs::read_to_string(f).expect("read knob");
@@ -839,7 +1076,9 @@ mod tests {
             pids: sub("pids"),
             freezer: sub("freezer"),
         };
-        let p = h.create("dom", limits).expect("create v1");
+        let p = h
+            .create(&CgroupRoot::system(), "dom", limits)
+            .expect("create v1");
         assert_eq!(
             rd(&sub("memory/bulkhead/dom/memory.limit_in_bytes")),
             (256u64 << 20).to_string()
@@ -867,12 +1106,13 @@ mod tests {
             }
         };
         let name = format!("bh-test-memsw-{}", std::process::id());
+        let owner = CgroupRoot::instance("unit-tests").expect("root");
         let limits = |mib: u64| Limits {
             memory_bytes: mib << 20,
             vcpus: 1,
             pids_max: 16,
         };
-        let CgroupPaths::V1 { memory, .. } = h.paths_for(&name) else {
+        let CgroupPaths::V1 { memory, .. } = h.paths_for(&owner, &name) else {
             unreachable!("v1 hierarchy gives v1 paths")
         };
         let memsw = memory.join("memory.memsw.limit_in_bytes");
@@ -881,7 +1121,7 @@ mod tests {
         let result = (|| -> Result<(), String> {
             for mib in [64u64, 256, 32, 512] {
                 let p = h
-                    .create(&name, limits(mib))
+                    .create(&owner, &name, limits(mib))
                     .map_err(|e| format!("{mib} MiB: {e}"))?;
                 if p.memory_limit() != Some(mib << 20) {
                     return Err(format!("{mib} MiB: memory limit {:?}", p.memory_limit()));
@@ -893,7 +1133,10 @@ mod tests {
             }
             Ok(())
         })();
-        h.paths_for(&name).remove().expect("remove test cgroup");
+        h.paths_for(&owner, &name)
+            .remove()
+            .expect("remove test cgroup");
+        h.remove_root_if_empty(&owner);
         if !had_memsw {
             println!("note: no swap accounting here; only memory.limit_in_bytes was checked");
         }
@@ -917,7 +1160,7 @@ mod tests {
         // every supported host has one of the two layouts; this one must be recognised
         match Hierarchy::detect() {
             Ok(h) => {
-                let p = h.paths_for("x");
+                let p = h.paths_for(&CgroupRoot::system(), "x");
                 assert!(p.dirs().iter().all(|d| d.ends_with("bulkhead/x")));
             }
             Err(e) => {

@@ -192,6 +192,7 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
     let cg = step(
         "cgroup",
         hier.create(
+            &spec.cgroup_root,
             &spec.name,
             Limits {
                 memory_bytes: spec.memory_mib << 20,

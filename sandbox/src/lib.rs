@@ -59,7 +59,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use cgroup::CgroupPaths;
+pub use cgroup::{CgroupPaths, CgroupRoot};
 
 /// First host uid (and gid) of the domain ranges. Slot `n` owns
 /// `UID_BASE + n * UID_RANGE ..= UID_BASE + n * UID_RANGE + 65535`; root inside is its first uid.
@@ -126,6 +126,10 @@ pub enum SandboxError {
 pub struct SandboxSpec {
     /// Domain name (already validated by the domain model): hostname and cgroup name.
     pub name: String,
+    /// The domaind instance's cgroup directory the domain's cgroup goes below (absent in
+    /// specs of older domainds: the system root).
+    #[serde(default)]
+    pub cgroup_root: CgroupRoot,
     /// Read-only root tree, canonical ids.
     pub template_root: PathBuf,
     /// Persistent private volume, canonical ids, mounted at /home.
@@ -499,18 +503,27 @@ pub fn wipe_dir(dir: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Domain names that have a bulkhead cgroup on this host.
-pub fn list_orphan_cgroups() -> Result<Vec<String>, SandboxError> {
-    cgroup::list_domains()
+/// Domain names that have a cgroup below `owner` (one domaind instance's root) on this host.
+pub fn list_orphan_cgroups(owner: &CgroupRoot) -> Result<Vec<String>, SandboxError> {
+    cgroup::list_domains(owner)
 }
 
-/// Kills everything in the named domain's cgroups and removes them.
-pub fn remove_cgroup(name: &str) -> Result<(), SandboxError> {
+/// Kills everything in the named domain's cgroups below `owner` and removes them.
+pub fn remove_cgroup(owner: &CgroupRoot, name: &str) -> Result<(), SandboxError> {
     if !valid_name(name) {
         return Err(SandboxError::InvalidSpec(format!("cgroup name {name:?}")));
     }
     let hier = cgroup::Hierarchy::detect()?;
-    hier.paths_for(name).remove()
+    hier.paths_for(owner, name).remove()
+}
+
+/// Removes `owner`'s cgroup directory if no domain cgroup is left below it (a test
+/// instance's root after its last domain). The system root is kept. True if it is gone.
+pub fn remove_cgroup_root_if_empty(owner: &CgroupRoot) -> Result<bool, SandboxError> {
+    if owner.is_system() {
+        return Ok(false);
+    }
+    Ok(cgroup::Hierarchy::detect()?.remove_root_if_empty(owner))
 }
 
 /// What the host offers, for logs and notes.
@@ -588,6 +601,7 @@ mod tests {
         SandboxSpec {
             resolv_conf: None,
             name: "work".into(),
+            cgroup_root: CgroupRoot::system(),
             template_root: dir.to_path_buf(),
             private_dir: dir.to_path_buf(),
             scratch_dir: dir.join("scratch"),

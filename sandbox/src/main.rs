@@ -28,7 +28,13 @@ enum Cmd {
     /// Print what the host offers (cgroups, idmapped mounts, seccomp) as JSON.
     Probe,
     /// Kill everything in a domain's cgroup and remove it.
-    RemoveCgroup { name: String },
+    RemoveCgroup {
+        name: String,
+        /// The domaind instance's cgroup root (`bulkhead` for the system instance,
+        /// `bulkhead-<id>` for others: see the domaind log line "cgroup root").
+        #[arg(long, default_value = bulkhead_sandbox::cgroup::PARENT)]
+        root: String,
+    },
     /// Internal (started by `launch`): copy stdin (the domain's output pipe) to stdout (the
     /// open log file at FILE), rotating FILE to FILE.old beyond MAX_BYTES.
     #[command(hide = true)]
@@ -102,9 +108,10 @@ fn main() -> anyhow::Result<()> {
             bulkhead_sandbox::logwriter::run_stdio(&file, max_bytes)
                 .with_context(|| format!("log writer for {}", file.display()))?;
         }
-        Cmd::RemoveCgroup { name } => {
-            bulkhead_sandbox::remove_cgroup(&name)
-                .with_context(|| format!("remove cgroup of {name}"))?;
+        Cmd::RemoveCgroup { name, root } => {
+            let root = bulkhead_sandbox::CgroupRoot::parse(&root).context("--root")?;
+            bulkhead_sandbox::remove_cgroup(&root, &name)
+                .with_context(|| format!("remove cgroup {root}/{name}"))?;
         }
     }
     Ok(())

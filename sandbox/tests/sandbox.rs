@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bulkhead_sandbox::{
-    list_orphan_cgroups, probe, start, Launcher, SandboxError, SandboxRecord, SandboxSpec,
-    UID_BASE, UID_RANGE,
+    probe, start, CgroupRoot, Launcher, SandboxError, SandboxRecord, SandboxSpec, UID_BASE,
+    UID_RANGE,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
@@ -160,6 +160,17 @@ fn copy_with_libs(bin: &Path, root: &Path) {
     }
 }
 
+/// This test process's own cgroup root: the fixtures' fixed names must not meet the cgroups
+/// of a domaind on this host, nor those of another run of these tests.
+fn test_root() -> CgroupRoot {
+    CgroupRoot::instance(&format!("sandbox-tests-{}", std::process::id())).expect("cgroup root")
+}
+
+/// Domain cgroups below this test process's root.
+fn list_orphan_cgroups() -> Result<Vec<String>, SandboxError> {
+    bulkhead_sandbox::list_orphan_cgroups(&test_root())
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     name: String,
@@ -232,6 +243,7 @@ impl Fixture {
         SandboxSpec {
             resolv_conf: None,
             name: self.name.clone(),
+            cgroup_root: test_root(),
             template_root: self.template.clone().unwrap_or_else(|| self.path("root")),
             private_dir: self.path("private"),
             scratch_dir: self.path("scratch"),
@@ -259,6 +271,13 @@ impl Fixture {
             .filter(|l| l.contains(&me))
             .map(str::to_string)
             .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // the root goes with this process's last domain cgroup
+        let _ = bulkhead_sandbox::remove_cgroup_root_if_empty(&test_root());
     }
 }
 
@@ -785,7 +804,7 @@ fn launcher_killed_mid_start_leaves_recoverable_state() {
     let _ = child.wait();
 
     // the child sees EOF on its go pipe and exits; recovery removes the cgroup
-    bulkhead_sandbox::remove_cgroup(&fx.name).expect("remove leftover cgroup");
+    bulkhead_sandbox::remove_cgroup(&test_root(), &fx.name).expect("remove leftover cgroup");
     assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
     assert!(fx.host_mounts().is_empty());
 
@@ -901,7 +920,7 @@ fn log_stays_bounded_and_the_writer_lives_in_the_domain_cgroup() {
     let cg = fs::read_to_string(format!("/proc/{wpid}/cgroup")).expect("writer cgroup");
     assert!(
         cg.lines()
-            .any(|l| l.contains("pids") && l.ends_with(&format!("/bulkhead/{}", fx.name))),
+            .any(|l| l.contains("pids") && l.ends_with(&format!("/{}/{}", test_root(), fx.name))),
         "writer not in the domain's cgroup:\n{cg}"
     );
     let status = fs::read_to_string(format!("/proc/{wpid}/status")).expect("writer status");
