@@ -6,8 +6,10 @@
 #
 #   scripts/nested-kvm.sh [--mem MiB] [--smp N] [--timeout SECONDS] [--] CMD [ARGS...]
 #
-# Inside L1 the command sees this machine's own file system (read-only over virtio-9p, with a
-# RAM overlay on top so that writes work and vanish with L1), at the same paths, in the same
+# Inside L1 the command sees this machine's own file system (read-only over virtio-9p, with an
+# overlay on top so that writes work and vanish with L1; the overlay's upper layer, /tmp and
+# /var/tmp live on a sparse scratch disk of $BULKHEAD_NESTED_SCRATCH_GIB GiB, default 16, that
+# takes host disk only for what is written and is deleted afterwards), at the same paths, in the same
 # working directory, with the same environment (but for the session bus, X and Wayland
 # variables), as root, with fresh /tmp, /run, /dev, /proc, /sys, a cgroup2 hierarchy and
 # kvm_amd, tun, loop, overlay and veth loaded. Its stdout and stderr come out here on stdout
@@ -29,6 +31,7 @@ mem=${BULKHEAD_NESTED_MEM:-4096}
 smp=${BULKHEAD_NESTED_SMP:-2}
 timeout_s=${BULKHEAD_NESTED_TIMEOUT:-1200}
 cache=${BULKHEAD_NESTED_CACHE:-/var/cache/bulkhead-nested}
+scratch_gib=${BULKHEAD_NESTED_SCRATCH_GIB:-16}
 while (($#)); do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
@@ -48,7 +51,7 @@ fail() { echo "nested-kvm: cannot run: $*" >&2; exit 125; }
 [[ $(id -u) == 0 ]] || fail "needs root (the L1 kernel package is unpacked into $cache; qemu exports / read-only)"
 [[ $(uname -m) == x86_64 ]] || fail "needs an x86_64 host (QEMU's TCG emulates AMD-V only for x86_64 guests here)"
 for tool in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio dpkg-deb:dpkg \
-    depmod:kmod modprobe:kmod apt-get:apt; do
+    depmod:kmod modprobe:kmod apt-get:apt mkfs.ext4:e2fsprogs; do
     command -v "${tool%%:*}" >/dev/null ||
         fail "${tool%%:*} is missing (apt-get install ${tool##*:}; scripts/install-deps.sh installs it)"
 done
@@ -86,10 +89,11 @@ vmlinuz=$kroot/boot/vmlinuz-$kver
 
 # Stage 1 of L1 (its initramfs): busybox, the modules that mount the host's root over 9p and
 # the overlay, and an /init that switch_roots into that overlay and runs the stage 2 script.
-stage1_modules=(9pnet_virtio 9p overlay virtio_pci)
+stage1_modules=(9pnet_virtio 9p overlay virtio_pci virtio_blk ext4)
 initramfs_key=$( (cat "$0"; echo "$kver"; sha256sum "$busybox_bin") | sha256sum | cut -c1-16)
 initramfs=$cache/l1-$initramfs_key.cpio.gz
 if [[ ! -e $initramfs ]]; then
+    rm -f "$cache"/l1-*.cpio.gz # older scripts' initramfs
     tree=$(mktemp -d "$cache/l1-tree.XXXXXX")
     trap 'rm -rf "$tree"' EXIT
     mkdir -p "$tree"/{bin,dev,proc,sys,lower,rw,newroot,modules}
@@ -122,13 +126,15 @@ done
 [ -n "$run" ] || die "no nested.run= on the kernel command line"
 /bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /lower ||
     die "mount the host's root over 9p"
-/bin/busybox mount -t tmpfs -o mode=0755 rw /rw || die "tmpfs for the overlay"
-/bin/busybox mkdir -p /rw/upper /rw/work
+/bin/busybox mount -t ext4 /dev/vda /rw || die "mount the scratch disk"
+/bin/busybox mkdir -p /rw/upper /rw/work /rw/tmp /rw/var-tmp
+/bin/busybox chmod 1777 /rw/tmp /rw/var-tmp
 /bin/busybox mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
     die "overlay over the host's root"
 /bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 result "/newroot$run" ||
     die "mount the result dir $run"
 for d in proc sys dev; do /bin/busybox mount --move "/$d" "/newroot/$d" || die "move /$d"; done
+/bin/busybox mkdir -p /newroot/scratch && /bin/busybox mount --move /rw /newroot/scratch || die "move the scratch disk"
 say "switching to the host's root"
 exec /bin/busybox switch_root /newroot /bin/bash "$run/stage2.sh"
 INIT
@@ -143,7 +149,10 @@ flock -u 9
 # The run dir: the stage 2 script, the command, its environment; L1 writes the exit status
 # here (shared read-write over 9p as tag "result").
 run=$(mktemp -d "$cache/run.XXXXXX")
-trap 'rm -rf "$run"' EXIT
+scratch=$(mktemp "$cache/scratch.XXXXXX")
+trap 'rm -rf "$run" "$scratch"' EXIT
+truncate -s "${scratch_gib}G" "$scratch"
+mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=1 "$scratch" || fail "mkfs.ext4 on the scratch disk $scratch"
 {
     # The environment, but for what points at this host's session (bus, X, Wayland).
     export -p | grep -v -E '^declare -x (DBUS_SESSION_BUS_ADDRESS|XDG_RUNTIME_DIR|DISPLAY|WAYLAND_DISPLAY|XAUTHORITY|SSH_[A-Z_]*|TERM|OLDPWD)=' || true
@@ -164,7 +173,9 @@ say() { echo "nested-kvm(L1): $*" >/dev/ttyS0; }
 finish() { echo "$1" >"$run/status"; sync; busybox poweroff -f; }
 die() { say "FAILED: $*"; echo "nested-kvm: L1 setup failed: $*" >/dev/ttyS1; finish 125; }
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-for d in /tmp /run /var/tmp /dev/shm; do mkdir -p "$d"; mount -t tmpfs -o mode=1777 tmpfs "$d" || die "tmpfs on $d"; done
+for d in /run /dev/shm; do mkdir -p "$d"; mount -t tmpfs -o mode=1777 tmpfs "$d" || die "tmpfs on $d"; done
+# /tmp and /var/tmp on the scratch disk (a test's domains and disk images outgrow L1's RAM)
+mount --bind /scratch/tmp /tmp && mount --bind /scratch/var-tmp /var/tmp || die "/tmp on the scratch disk"
 chmod 0755 /run
 mkdir -p /dev/pts && mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null ||
@@ -192,6 +203,7 @@ qemu=(
     -append "console=ttyS0 panic=-1 quiet loglevel=4 nested.run=$run"
     -virtfs "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap"
     -virtfs "local,path=$run,mount_tag=result,security_model=none"
+    -drive "file=$scratch,if=virtio,format=raw,cache=unsafe"
     -serial "file:$run/console.log"
     -chardev stdio,id=out,signal=off -serial chardev:out
 )
@@ -208,9 +220,9 @@ if [[ -s $run/status ]]; then
 fi
 if ((qemu_status == 124 || qemu_status == 137)); then
     echo "nested-kvm: timed out after $timeout_s s; last lines of L1's console:" >&2
-    tail -n 30 "$run/console.log" >&2 || true
+    tail -n 60 "$run/console.log" >&2 || true
     exit 124
 fi
 echo "nested-kvm: L1 ended without an exit status (qemu exit $qemu_status); last lines of L1's console:" >&2
-tail -n 30 "$run/console.log" >&2 || true
+tail -n 60 "$run/console.log" >&2 || true
 exit 125

@@ -1421,8 +1421,10 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
         "no hardware virtualization here ({reason}); running {test} inside L1 ({})",
         script.display()
     );
+    // L1's limit is above the tests' own (at most 20 min), so a test that hangs fails with its
+    // own diagnostics instead of being cut off.
     let out = Command::new(&script)
-        .arg("--")
+        .args(["--timeout", "1800", "--"])
         .arg(&exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(ENV_IN_L1, "1")

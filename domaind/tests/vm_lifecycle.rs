@@ -371,7 +371,9 @@ async fn body() {
     assert!(e.to_string().contains("keeps its private volume in"), "{e}");
     let info = p.list().await.unwrap();
     assert_eq!(
-        info.iter().find(|i| i.name == work).map(|i| i.isolation.as_str()),
+        info.iter()
+            .find(|i| i.name == work)
+            .map(|i| i.isolation.as_str()),
         Some("vm")
     );
     drop(d);

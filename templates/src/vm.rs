@@ -49,8 +49,10 @@ pub const TOOLS_LABEL: &str = "bh-tools";
 /// Kernel command line of a VM domain (the VMM appends the console and virtio-mmio entries).
 /// `reboot=k`: a guest reboot resets through the i8042, which ends the VM; `panic=1`: a panic
 /// reboots, i.e. ends the VM, instead of hanging; `bulkhead.channel=vsock`: the agent reaches
-/// domaind over vsock.
-pub const GUEST_CMDLINE: &str = "reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp loglevel=4 rdinit=/init bulkhead.channel=vsock";
+/// domaind over vsock. No `i8042.*` options: with `i8042.nopnp` the guest probes the VMM's
+/// i8042, which answers only the reset command, and waits about 2 s for it; without, the
+/// PNP check finds no PS/2 controller at once (the reset still goes through port 0x64).
+pub const GUEST_CMDLINE: &str = "reboot=k panic=1 loglevel=4 rdinit=/init bulkhead.channel=vsock";
 /// Line the initramfs prints on the console before it hands over to bulkhead-init.
 pub const INITRAMFS_READY_LINE: &str = "bulkhead-initramfs: switching to the domain root";
 /// Prefix of the line the initramfs prints when it gives up (then it reboots: the VM ends).
