@@ -5,9 +5,9 @@
 //! A question must not be answerable by accident, by keys meant for another window:
 //! - the dialog maps without taking the keyboard focus (it asks for attention instead), so
 //!   what the user is typing keeps going where it went;
-//! - it has no default button (Return never allows), and it ignores every key for
-//!   [`ARM_DELAY`] after it gets the keyboard, and every click for [`ARM_DELAY`] after it
-//!   appears (as browsers do with their permission prompts);
+//! - it has no default button (Return never allows), and it ignores every key and click for
+//!   [`ARM_DELAY`] after it appears and after it gets the keyboard (its buttons are off
+//!   meanwhile), as browsers do with their permission prompts;
 //! - the preselected target is the one domaind sent (the one the caller asked for, when
 //!   offered); with none, nothing is selected and Allow stays off until the user picks one;
 //! - a strip in the asking domain's label colour says who asks and for what, another in the
@@ -145,11 +145,15 @@ pub fn show(req: AskRequest, x11: Option<&crate::x11::X11>) {
         }
     };
     let clicks_armed = Rc::new(Cell::new(false));
+    // When the dialog got the keyboard, plus ARM_DELAY (None while it has not got it).
+    let keys_from: Rc<Cell<Option<Instant>>> = Rc::new(Cell::new(None));
     let update = {
-        let (allow, runs_in, clicks_armed, chosen) = (
+        let (allow, deny, runs_in, clicks_armed, keys_from, chosen) = (
             allow.clone(),
+            deny.clone(),
             runs_in.clone(),
             clicks_armed.clone(),
+            keys_from.clone(),
             chosen.clone(),
         );
         let label_of = label_of.clone();
@@ -168,11 +172,12 @@ pub fn show(req: AskRequest, x11: Option<&crate::x11::X11>) {
                     runs_in.remove_css_class("bh-strip");
                 }
             }
-            allow.set_sensitive(clicks_armed.get() && chosen(i).is_some());
+            let armed = clicks_armed.get() && keys_from.get().is_none_or(|t| Instant::now() >= t);
+            deny.set_sensitive(armed);
+            allow.set_sensitive(armed && chosen(i).is_some());
         }
     };
     update(selected);
-    deny.set_sensitive(false);
     {
         let update = update.clone();
         list.connect_selected_notify(move |l| update(l.selected()));
@@ -195,14 +200,19 @@ pub fn show(req: AskRequest, x11: Option<&crate::x11::X11>) {
         });
     }
     // Keys count only ARM_DELAY after the dialog got the keyboard; until then every key is
-    // swallowed (also Escape: an accidental deny would be harmless, but it is input too).
-    let keys_from: Rc<Cell<Option<Instant>>> = Rc::new(Cell::new(None));
+    // swallowed (also Escape: an accidental deny would be harmless, but it is input too), and
+    // the buttons are off (so no mnemonic, Space or click right then answers either).
     {
-        let keys_from = keys_from.clone();
+        let (keys_from, update, list) = (keys_from.clone(), update.clone(), list.clone());
         w.connect_is_active_notify(move |w| {
             keys_from.set(w.is_active().then(|| Instant::now() + ARM_DELAY));
+            update(list.selected());
             if w.is_active() {
                 crate::x11::set_urgent(w, false);
+                let (update, list) = (update.clone(), list.clone());
+                glib::timeout_add_local_once(ARM_DELAY + Duration::from_millis(20), move || {
+                    update(list.selected())
+                });
             }
         });
     }
@@ -233,18 +243,11 @@ pub fn show(req: AskRequest, x11: Option<&crate::x11::X11>) {
     }
     {
         // Clicks count ARM_DELAY after the dialog appeared.
-        let (deny, clicks_armed, list, update) =
-            (deny.clone(), clicks_armed.clone(), list.clone(), update);
+        let (clicks_armed, list, update) = (clicks_armed.clone(), list.clone(), update);
         w.connect_map(move |_| {
-            let (deny, clicks_armed, list, update) = (
-                deny.clone(),
-                clicks_armed.clone(),
-                list.clone(),
-                update.clone(),
-            );
+            let (clicks_armed, list, update) = (clicks_armed.clone(), list.clone(), update.clone());
             glib::timeout_add_local_once(ARM_DELAY, move || {
                 clicks_armed.set(true);
-                deny.set_sensitive(true);
                 update(list.selected());
             });
         });
