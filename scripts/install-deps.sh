@@ -18,6 +18,7 @@ PACKAGES=(
     waypipe             # the peer the GUI benchmark compares against
     libgtk-4-dev        # dom0-ui (GTK 4.8 on bookworm)
     xvfb xauth xdotool  # dom0-ui's screenshot tests: a private X server, typing into it
+    openbox             # dom0-ui's focus tests: a real window manager on that X server
     nftables            # nft: NAT and the per-domain firewall inside the net domain
     qemu-system-x86 busybox-static cpio  # scripts/nested-kvm.sh: the L1 with a real /dev/kvm for the VM tests
 )

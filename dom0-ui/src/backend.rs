@@ -118,6 +118,9 @@ pub struct AskRequest {
     pub targets: Vec<String>,
     /// Preselected target ("" for none).
     pub default_target: String,
+    /// Label colours of the source and the targets (from dom0's config; a new disposable
+    /// under its template's name, dom0 under `dom0`).
+    pub labels: HashMap<String, Label>,
     /// The answer: a target, or "" to deny.
     pub reply: oneshot::Sender<String>,
 }
@@ -191,6 +194,7 @@ pub struct Backend {
 struct AskAgent {
     ui: async_channel::Sender<UiEvent>,
     timeout: Duration,
+    proxy: Domaind1Proxy<'static>,
 }
 
 #[zbus::interface(name = "org.bulkhead.AskAgent1")]
@@ -211,6 +215,26 @@ impl AskAgent {
             warn!(sender = ?hdr.sender(), "an ask from someone other than domaind; denied");
             return String::new();
         }
+        let mut labels = HashMap::new();
+        for name in std::iter::once(source.as_str()).chain(targets.iter().map(String::as_str)) {
+            let domain = name.strip_prefix("@dispvm:").unwrap_or(name);
+            if !labels.contains_key(domain) {
+                let label = if domain == "dom0" {
+                    Label::Black
+                } else {
+                    label_of(&self.proxy, domain).await
+                };
+                labels.insert(domain.to_owned(), label);
+            }
+        }
+        info!(
+            source,
+            service,
+            arg,
+            ?targets,
+            preselected = default_target,
+            "asking the user"
+        );
         let (tx, rx) = oneshot::channel();
         let req = AskRequest {
             source,
@@ -218,6 +242,7 @@ impl AskAgent {
             arg,
             targets,
             default_target,
+            labels,
             reply: tx,
         };
         if self.ui.send(UiEvent::Ask(req)).await.is_err() {
@@ -228,6 +253,20 @@ impl AskAgent {
             _ => String::new(),
         }
     }
+}
+
+/// The label of `domain` from dom0's config (red when unknown).
+async fn label_of(proxy: &Domaind1Proxy<'static>, domain: &str) -> Label {
+    let label = proxy
+        .get_properties(domain)
+        .await
+        .ok()
+        .and_then(|p| p.get("label").cloned())
+        .unwrap_or_default();
+    Label::from_str(&label).unwrap_or_else(|_| {
+        warn!(domain, label, "unknown label; framing the domain in red");
+        Label::Red
+    })
 }
 
 /// Whether the message came from the current owner of domaind's bus name.
@@ -275,6 +314,7 @@ impl Backend {
                 AskAgent {
                     ui: self.ui.clone(),
                     timeout,
+                    proxy: self.proxy.clone(),
                 },
             )
             .await?;
@@ -390,17 +430,7 @@ impl Backend {
     }
 
     async fn label_of(&self, domain: &str) -> Label {
-        let label = self
-            .proxy
-            .get_properties(domain)
-            .await
-            .ok()
-            .and_then(|p| p.get("label").cloned())
-            .unwrap_or_default();
-        Label::from_str(&label).unwrap_or_else(|_| {
-            warn!(domain, label, "unknown label; framing the domain in red");
-            Label::Red
-        })
+        label_of(&self.proxy, domain).await
     }
 
     /// Opens and drives `domain`'s GUI until it halts, re-opening when the stream closes

@@ -6,6 +6,8 @@
 //!   title strip and a frame in the domain's label colour (from dom0's config) and the title
 //!   `[domain] title` (sanitised by gui-host); popups become popovers with their own frame.
 //!   Keyboard, pointer, scroll and focus go to the owning domain only; resizing is forwarded;
+//!   a new guest window never takes the keyboard from another domain's window or dom0's (it
+//!   maps without focus, with an urgency hint and a notice), only from its own domain's;
 //!   closing asks the guest. Damage re-uploads only the touched 128 px tiles ([`tiles`]).
 //! - The secure clipboard ([`clipboard`]): Ctrl-Shift-C takes the focused domain's clipboard
 //!   into dom0 (size-capped), Ctrl-Shift-V pastes it into the focused domain if domaind's

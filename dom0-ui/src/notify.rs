@@ -64,8 +64,8 @@ impl Notifier {
         crate::x11::place_unmanaged(self.x11.as_deref(), &w, |screen| {
             (screen.0 - WIDTH - MARGIN, MARGIN + slot * (SLOT + MARGIN))
         });
-        // Shown, not presented: presenting would move the keyboard focus.
-        w.set_visible(true);
+        // Never takes the keyboard focus (nor would a window manager give it).
+        crate::x11::show_without_focus(&w);
         let shown = self.shown.clone();
         glib::timeout_add_local_once(Duration::from_secs(NOTICE_SECS), move || {
             w.destroy();

@@ -353,6 +353,7 @@ impl Desktop {
             }
         }
         let mut created = HashSet::new();
+        let mut opened = Vec::new();
         let mut taken = taken;
         for (id, w) in desired {
             if let Some(uw) = d.windows.get_mut(&id) {
@@ -367,10 +368,26 @@ impl Desktop {
                     let parent_pos = st.window(parent).map(|p| (p.x, p.y)).unwrap_or((0, 0));
                     make_popup(&d.gui, w, parent, &pv, parent_pos)
                 }
-                None => make_toplevel(&d.gui, w, x11.as_deref(), &mut taken),
+                None => {
+                    // A new window may take the keyboard only from its own domain.
+                    let focus = own_domain_has_focus(&d.windows);
+                    if !focus {
+                        opened.push(window_title(&d.gui.domain, &w.title));
+                    }
+                    make_toplevel(&d.gui, w, x11.as_deref(), &mut taken, focus)
+                }
             };
             d.windows.insert(id, uw);
             created.insert(id);
+        }
+        // The user is typing somewhere: say that a window came, instead of moving the keys.
+        if !opened.is_empty() && focus_in_this_desktop() {
+            for title in opened {
+                self.notice(
+                    &format!("New window {title}; click it to type into it"),
+                    false,
+                );
+            }
         }
         created
     }
@@ -388,6 +405,22 @@ impl Desktop {
         );
         v
     }
+}
+
+/// Whether one of these (one domain's) windows has the keyboard.
+fn own_domain_has_focus(windows: &BTreeMap<WindowId, UiWindow>) -> bool {
+    windows.values().any(|uw| match &uw.kind {
+        Kind::Toplevel { window, .. } => window.is_active(),
+        Kind::Popup { .. } => false,
+    })
+}
+
+/// Whether one of dom0-ui's windows (a guest's or dom0's own) has the keyboard.
+fn focus_in_this_desktop() -> bool {
+    gtk4::Window::list_toplevels()
+        .iter()
+        .filter_map(|w| w.downcast_ref::<gtk4::Window>())
+        .any(|w| w.is_active())
 }
 
 fn close_all(d: UiDomain) {
@@ -635,6 +668,7 @@ fn make_toplevel(
     w: &Window,
     x11: Option<&X11>,
     taken: &mut Vec<Area>,
+    take_focus: bool,
 ) -> UiWindow {
     let id = w.id;
     let title_text = window_title(&gui.domain, &w.title);
@@ -713,7 +747,22 @@ fn make_toplevel(
                 height,
             });
     taken.extend(placed);
-    window.present();
+    if take_focus {
+        // The keyboard is in this domain already (e.g. wl-copy's window while the user works
+        // in that domain): it may move within it.
+        window.present();
+    } else {
+        // A guest never takes the keyboard from another domain or dom0: the window maps
+        // without focus and asks for attention instead; it gets the focus only by the
+        // user's click or keys.
+        crate::x11::show_without_focus(&window);
+        crate::x11::set_urgent(&window, true);
+    }
+    window.connect_is_active_notify(|w| {
+        if w.is_active() {
+            crate::x11::set_urgent(w, false);
+        }
+    });
     UiWindow {
         kind: Kind::Toplevel {
             window,

@@ -93,3 +93,31 @@ pub fn place_unmanaged(
     x.move_window(u32::try_from(xid).ok()?, pos.0, pos.1);
     Some(pos)
 }
+
+/// Shows `window` without taking the keyboard focus: its X11 `_NET_WM_USER_TIME` is 0 before
+/// it maps (EWMH: "do not focus on map", which window managers such as openbox honour), and
+/// it is shown, never presented (GTK's present asks for the focus, and without a window
+/// manager sets it itself). The focus moves to it only by the user's click or keys.
+pub fn show_without_focus(window: &gtk4::Window) {
+    use gtk4::prelude::*;
+    WidgetExt::realize(window);
+    if let Some(s) = x11_surface(window) {
+        s.set_user_time(0);
+    }
+    window.set_visible(true);
+}
+
+/// Marks `window` as wanting the user's attention (ICCCM urgency hint, shown by window
+/// managers), or clears that.
+pub fn set_urgent(window: &gtk4::Window, urgent: bool) {
+    if let Some(s) = x11_surface(window) {
+        s.set_urgency_hint(urgent);
+    }
+}
+
+fn x11_surface(window: &gtk4::Window) -> Option<gdk4_x11::X11Surface> {
+    use gtk4::prelude::*;
+    window
+        .surface()
+        .and_then(|s| s.downcast::<gdk4_x11::X11Surface>().ok())
+}

@@ -12,12 +12,19 @@
 //!   other, wl-paste there shows it (allowed by the policy); the opposite direction is denied
 //!   by the policy: the target's clipboard is unchanged and a notice says why; neither chord
 //!   reaches a terminal;
-//! - the ask dialog: Return allows the preselected default, Escape denies, and the denial
-//!   shows a notice (signal `CallDenied`); `dom0-ui open-in-dvm` is refused without a policy;
+//! - the ask dialog: Return does not answer it, Alt+A (once it takes keys) allows the
+//!   preselected default, Escape denies, and the denial shows a notice (signal
+//!   `CallDenied`); `dom0-ui open-in-dvm` is refused without a policy;
 //! - the panel's Ctrl-Alt-M opens dom0-manager's domain manager.
 //!
-//! Needs root (sandboxes), Xvfb and xdotool, and `$BULKHEAD_TEST_TEMPLATE_CACHE` with the
-//! debian-12 template built with its GUI group (scripts/test.sh sets it up).
+//! A second test (issue 13 items 1 and 2), without a window manager and under openbox: while
+//! the user types into `work`'s terminal, `untrusted` maps a window and then asks a question;
+//! the keys keep going to `work` (X input focus checked), Return does not answer, the
+//! question offers `work` (preselected) and not the template, and shows both domains'
+//! colours.
+//!
+//! Needs root (sandboxes), Xvfb, xdotool, openbox, and `$BULKHEAD_TEST_TEMPLATE_CACHE` with
+//! the debian-12 template built with its GUI group (scripts/test.sh sets it up).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -506,7 +513,9 @@ async fn body() {
         "the keys typed into work's window reached vault"
     );
 
-    // Clipboard, allowed: vault -> work.
+    // Clipboard, allowed: vault -> work. The user works in vault (wl-copy's window needs the
+    // keyboard, and a new window may take it only from its own domain).
+    xdotool(&display, &["windowfocus", "--sync", &tv.id.to_string()]);
     let (code, _, err) = run(
         &p,
         &vault,
@@ -567,10 +576,12 @@ async fn body() {
         "vault's clipboard changed after a denied paste: {err}"
     );
 
-    // The ask dialog: a dom0 call the policy asks about. Return takes the preselected default
-    // (the call then runs in vault: no such service there, so it fails, but it is not denied);
-    // Escape denies, and the denial shows a notice (signal CallDenied).
-    for (key, denied) in [("Return", false), ("Escape", true)] {
+    // The ask dialog: a dom0 call the policy asks about. Return never answers (no default
+    // button, and keys are ignored for a moment after the dialog gets the keyboard); Alt+A
+    // after that allows the preselected default (the call then runs in vault: no such
+    // service there, so it fails, but it is not denied); Escape denies, and the denial shows
+    // a notice (signal CallDenied).
+    for (key, denied) in [("alt+a", false), ("Escape", true)] {
         let call = {
             let p = p.clone();
             tokio::spawn(async move {
@@ -593,7 +604,10 @@ async fn body() {
             let img = screenshot(&display).expect("screenshot");
             save_artifact("dom0-ui-ask", &img).unwrap();
         }
-        key_into(&display, &dialog, key);
+        key_into(&display, &dialog, "Return");
+        tokio::time::sleep(dom0_ui::ask::ARM_DELAY + Duration::from_millis(700)).await;
+        assert!(!call.is_finished(), "Return answered the ask dialog");
+        xdotool(&display, &["key", key]);
         let res = tokio::time::timeout(Duration::from_secs(60), call)
             .await
             .expect("the call did not end")
@@ -642,6 +656,401 @@ async fn body() {
 
     drop(ui);
     for n in [&work, &vault] {
+        let _ = p.kill(n).await;
+    }
+}
+
+/// Named client windows, also under a window manager (whose frames are the root's children):
+/// the root's children and their children, with their position on the screen.
+fn client_windows(display: &str) -> Vec<XWin> {
+    let (conn, screen) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
+    let root = conn.setup().roots[screen].root;
+    let atom = |n: &[u8]| conn.intern_atom(false, n).unwrap().reply().unwrap().atom;
+    let (net_wm_name, utf8) = (atom(b"_NET_WM_NAME"), atom(b"UTF8_STRING"));
+    let children = |w: u32| {
+        conn.query_tree(w)
+            .ok()
+            .and_then(|c| c.reply().ok())
+            .map(|t| t.children)
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for top in children(root) {
+        for w in std::iter::once(top).chain(children(top)) {
+            let viewable = conn
+                .get_window_attributes(w)
+                .ok()
+                .and_then(|c| c.reply().ok())
+                .is_some_and(|a| a.map_state == MapState::VIEWABLE);
+            let name = conn
+                .get_property(false, w, net_wm_name, utf8, 0, 1024)
+                .ok()
+                .and_then(|c| c.reply().ok())
+                .map(|p| String::from_utf8_lossy(&p.value).into_owned())
+                .unwrap_or_default();
+            if !viewable || name.is_empty() {
+                continue;
+            }
+            let Some(g) = conn.get_geometry(w).ok().and_then(|c| c.reply().ok()) else {
+                continue;
+            };
+            let Some(at) = conn
+                .translate_coordinates(w, root, 0, 0)
+                .ok()
+                .and_then(|c| c.reply().ok())
+            else {
+                continue;
+            };
+            out.push(XWin {
+                id: w,
+                name,
+                x: at.dst_x.max(0) as u32,
+                y: at.dst_y.max(0) as u32,
+                width: u32::from(g.width),
+                height: u32::from(g.height),
+            });
+        }
+    }
+    out
+}
+
+async fn wait_client(display: &str, what: &str, diag: &dyn Fn() -> String, name: &str) -> XWin {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(w) = client_windows(display).into_iter().find(|w| w.name == name) {
+            return w;
+        }
+        if Instant::now() > deadline {
+            let names: Vec<String> = client_windows(display)
+                .into_iter()
+                .map(|w| w.name)
+                .collect();
+            panic!(
+                "no window {what} within 90 s; windows: {names:?}\n{}",
+                diag()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `s` without ANSI colour sequences (the log is coloured).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The window with the keyboard focus.
+fn input_focus(display: &str) -> u32 {
+    let (conn, _) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
+    conn.get_input_focus().unwrap().reply().unwrap().focus
+}
+
+/// Whether `path` exists in `domain`, waiting up to `secs` for it.
+async fn appears(p: &Domaind1Proxy<'_>, domain: &str, path: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if run(p, domain, &format!("test -e {path}")).await.0 == 0 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Pixels of `colour` inside `w` on the screenshot.
+fn count_colour(img: &RgbaImage, w: &XWin, colour: u32) -> usize {
+    let mut n = 0;
+    for y in w.y..(w.y + w.height).min(img.height()) {
+        for x in w.x..(w.x + w.width).min(img.width()) {
+            if rgb(img, x, y) == colour {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+struct Wm(Child);
+
+impl Drop for Wm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts openbox on `display` and waits until it manages the screen.
+async fn start_openbox(display: &str) -> Wm {
+    let wm = Wm(Command::new("openbox")
+        .arg("--sm-disable")
+        .env("DISPLAY", display)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openbox"));
+    let (conn, screen) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
+    let root = conn.setup().roots[screen].root;
+    let check = conn
+        .intern_atom(false, b"_NET_SUPPORTING_WM_CHECK")
+        .unwrap()
+        .reply()
+        .unwrap()
+        .atom;
+    for _ in 0..100 {
+        let set = conn
+            .get_property(false, root, check, AtomEnum::WINDOW, 0, 1)
+            .ok()
+            .and_then(|c| c.reply().ok())
+            .is_some_and(|p| p.value_len > 0);
+        if set {
+            // Let it adopt the windows already there.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return wm;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("openbox did not start on {display}");
+}
+
+/// Issue 13, items 1 and 2: the user types into `work`'s terminal while `untrusted` maps a
+/// window and then asks a question (as `bulkhead-copy-to-vm` would): the keys keep going to
+/// `work`, Return does not answer the question, the question offers `work` (preselected),
+/// not the template, and shows the asking domain's and the target's colours. Once without a
+/// window manager, once under openbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_windows_and_questions_do_not_take_the_keyboard() {
+    tokio::time::timeout(TEST_LIMIT, focus_body())
+        .await
+        .expect("test did not finish in time");
+}
+
+async fn focus_body() {
+    if !sandbox_available() {
+        return;
+    }
+    for prog in ["Xvfb", "xdotool", "openbox"] {
+        if !have(prog) {
+            bulkhead_test_skip::skip(format_args!(
+                "{prog} is not installed (scripts/install-deps.sh)"
+            ));
+            return;
+        }
+    }
+    let Some(cache) = template_cache() else {
+        return;
+    };
+    if !cache.join("debian-12/current/usr/bin/foot").exists() {
+        bulkhead_test_skip::skip(format_args!(
+            "{} has no debian-12 template with the GUI group (foot)",
+            cache.display()
+        ));
+        return;
+    }
+    let x = Xvfb::start().expect("Xvfb");
+    let display = x.display().to_owned();
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let (_conn, p) = d.client().await.expect("client");
+    let pre = format!("fo{}-", std::process::id() % 100_000);
+    let (work, untrusted) = (format!("{pre}work"), format!("{pre}untrusted"));
+    p.create("debian-12", "template", "", "black", HashMap::new())
+        .await
+        .or_else(|e| match e {
+            Error::AlreadyExists(_) => Ok(()),
+            e => Err(e),
+        })
+        .expect("register the template");
+    for (n, l) in [(&work, Label::Blue), (&untrusted, Label::Red)] {
+        p.create(n, "app", "debian-12", l.as_str(), HashMap::new())
+            .await
+            .unwrap();
+    }
+    let policy = d.paths.config_dir.join("policy.d");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        policy.join("30-test.policy"),
+        format!("test.Ask * {untrusted} @anyvm ask\n"),
+    )
+    .unwrap();
+    p.start(&work).await.expect("start work");
+    p.start(&untrusted).await.expect("start untrusted");
+
+    let log = d.root().unwrap().join("dom0-ui-focus.log");
+    let ui = Ui {
+        child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
+            .env("DISPLAY", &display)
+            .env("GDK_BACKEND", "x11")
+            .env("GSK_RENDERER", "cairo")
+            .env("NO_AT_BRIDGE", "1")
+            .env("GTK_A11Y", "none")
+            .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
+            .env("RUST_LOG", "info,dom0_ui=debug")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start dom0-ui"),
+        log,
+    };
+    let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
+    let diag = || format!("--- dom0-ui log:\n{}", ui_log());
+    let term = |title: &str| {
+        format!("cd /home/user && LC_ALL=C.UTF-8 exec foot --window-size-pixels=500x260 --title={title} /bin/sh")
+    };
+    spawn_in(&p, &work, &term("term-work"));
+    let tw_name = format!("[{work}] term-work");
+    let tw = wait_client(&display, "[work] term-work", &diag, &tw_name).await;
+    // The terminal takes keys once its shell runs.
+    let mut ready = false;
+    for _ in 0..5 {
+        type_into(&display, &tw, "touch /home/user/ready");
+        if appears(&p, &work, "/home/user/ready", 2).await {
+            ready = true;
+            break;
+        }
+    }
+    assert!(
+        ready,
+        "typing into work's terminal did not work\n{}",
+        diag()
+    );
+
+    let mut _wm = None;
+    for (round, wm) in [(0, "no window manager"), (1, "openbox")] {
+        if round == 1 {
+            _wm = Some(start_openbox(&display).await);
+        }
+        let tw = wait_client(&display, "[work] term-work", &diag, &tw_name).await;
+        xdotool(&display, &["windowfocus", "--sync", &tw.id.to_string()]);
+
+        // untrusted maps a window while the user types into work.
+        let pop = format!("pop{round}");
+        spawn_in(&p, &untrusted, &term(&pop));
+        wait_client(
+            &display,
+            "untrusted's window",
+            &diag,
+            &format!("[{untrusted}] {pop}"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            input_focus(&display),
+            tw.id,
+            "{wm}: untrusted's new window took the keyboard focus\n{}",
+            diag()
+        );
+        let file = format!("/home/user/after-map-{round}");
+        xdotool(
+            &display,
+            &["type", "--delay", "40", &format!("touch {file}")],
+        );
+        xdotool(&display, &["key", "Return"]);
+        assert!(
+            appears(&p, &work, &file, 10).await,
+            "{wm}: what was typed after untrusted's window came did not reach work\n{}",
+            diag()
+        );
+        assert_eq!(
+            run(&p, &untrusted, &format!("test -e {file}")).await.0,
+            1,
+            "{wm}: keys typed for work reached untrusted"
+        );
+
+        // untrusted asks to send something to work while the user types into work.
+        let call = {
+            let (p, untrusted, work) = (p.clone(), untrusted.clone(), work.clone());
+            tokio::spawn(async move {
+                run(
+                    &p,
+                    &untrusted,
+                    &format!("/usr/lib/bulkhead/bulkhead-call {work} test.Ask"),
+                )
+                .await
+            })
+        };
+        let title = format!("Bulkhead: allow test.Ask from {untrusted}?");
+        let dialog = wait_client(&display, "the ask dialog", &diag, &title).await;
+        let file = format!("/home/user/after-ask-{round}");
+        xdotool(
+            &display,
+            &["type", "--delay", "40", &format!("touch {file}")],
+        );
+        xdotool(&display, &["key", "Return", "Return"]);
+        assert!(
+            appears(&p, &work, &file, 10).await,
+            "{wm}: what was typed while the question came did not reach work\n{}",
+            diag()
+        );
+        assert_eq!(
+            input_focus(&display),
+            tw.id,
+            "{wm}: the ask dialog took the keyboard"
+        );
+        assert!(
+            !call.is_finished(),
+            "{wm}: the keys typed into work answered the question"
+        );
+        // Offered: work only (not the template debian-12), preselected.
+        let log = strip_ansi(&ui_log());
+        assert!(
+            log.contains(&format!("targets=[\"{work}\"]"))
+                && log.contains(&format!("preselected=\"{work}\"")),
+            "{wm}: the question does not offer exactly work, preselected\n{log}"
+        );
+        // In its own colours: the asking domain's (red) and the target's (blue).
+        tokio::time::sleep(dom0_ui::ask::ARM_DELAY).await;
+        let img = screenshot(&display).expect("screenshot");
+        let shot = save_artifact(&format!("dom0-ui-ask-focus-{round}"), &img).unwrap();
+        for (who, colour) in [("untrusted", Label::Red), ("work", Label::Blue)] {
+            assert!(
+                count_colour(&img, &dialog, colour.color_rgb()) > 500,
+                "{wm}: the dialog does not show {who}'s colour ({})",
+                shot.display()
+            );
+        }
+        // Even given the keyboard, Return does not answer, nor (right after it got the
+        // keyboard) Alt+A or Space; Escape (once keys count) denies.
+        xdotool(&display, &["windowfocus", "--sync", &dialog.id.to_string()]);
+        xdotool(&display, &["key", "Return", "alt+a", "space"]);
+        tokio::time::sleep(dom0_ui::ask::ARM_DELAY + Duration::from_millis(700)).await;
+        assert!(
+            !call.is_finished(),
+            "{wm}: Return in the ask dialog answered it"
+        );
+        xdotool(&display, &["key", "Escape"]);
+        let (code, _, err) = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("the call did not end")
+            .expect("call task");
+        assert_eq!(code, 126, "{wm}: Escape did not deny: {err}\n{}", diag());
+    }
+
+    drop(ui);
+    for n in [&work, &untrusted] {
         let _ = p.kill(n).await;
     }
 }

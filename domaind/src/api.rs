@@ -331,7 +331,9 @@ pub trait Domaind1 {
 )]
 pub trait AskAgent1 {
     /// `source` asks for `service+arg`; choose one of `targets` (`default_target` preselected,
-    /// "" when none) or answer "" to deny.
+    /// "" when none: then preselect nothing) or answer "" to deny. domaind asks at most one
+    /// question per source at a time, throttles a source that keeps asking, and leaves out
+    /// templates and service domains nobody named (see [`crate::calls`]).
     fn ask(
         &self,
         source: &str,

@@ -15,14 +15,25 @@
 //!
 //! Failures after the decision end with `ExecMessage::Failed` (exit code 125).
 //!
+//! Questions are guarded here, so it holds whatever ask agent answers them:
+//! - a source has at most one question open; a call from it while one is open is refused
+//!   without asking, and a source whose questions the user did not allow
+//!   [`ASK_THROTTLE_LIMIT`] times within [`ASK_THROTTLE_WINDOW`] is refused without asking
+//!   until the oldest of those ages out ([`AskGate`]);
+//! - templates, disposable templates (as themselves) and service domains are offered only
+//!   when a rule names them or the caller asked for them; any other is left out of the list;
+//! - the preselected target is the one the caller asked for when it is offered, else the
+//!   rule's `default_target=`, else none (never an arbitrary first).
+//!
 //! Tags of a domain come from its feature `tags` (whitespace-separated); a domain other than
 //! a disposable-template may seed disposables when its feature `template_for_dispvms` is
 //! `1`/`yes`/`true`.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bulkhead_domain::DomainName;
+use bulkhead_domain::{DomainClass, DomainName};
 use bulkhead_policy::{Allow, Ask, CallTarget, Policy, PolicyConfig, Request, Resolution, System};
 use bulkhead_wire::{
     exec, CallRequest, ExecMessage, Incoming, IncomingEvent, OpenRequest, ServiceRequest, Stream,
@@ -40,6 +51,179 @@ pub const DEFAULT_ASK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PASTE_SERVICE: &str = "bulkhead.ClipboardPaste";
 /// The source name of calls made from dom0.
 pub const DOM0: &str = bulkhead_policy::ADMINVM_NAME;
+
+/// How long questions the user did not allow count against their source.
+pub const ASK_THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+/// How many questions of one source the user may leave unallowed (denied, unanswered,
+/// answered with no offered target) within [`ASK_THROTTLE_WINDOW`] before the source is
+/// refused without asking.
+pub const ASK_THROTTLE_LIMIT: usize = 3;
+
+/// Why a question was not put to the user at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskRefused {
+    #[error("{domain} already has a question open; further calls from it are refused until it is answered")]
+    AlreadyAsking { domain: String },
+    #[error("{domain} asked {count} questions the user did not allow within {window_secs} s; it may ask again in {retry_secs} s")]
+    Throttled {
+        domain: String,
+        count: usize,
+        window_secs: u64,
+        retry_secs: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Sources with a question open.
+    open: HashSet<String>,
+    /// Per source, when its questions that were not allowed ended (oldest first).
+    unallowed: HashMap<String, VecDeque<Instant>>,
+}
+
+/// One open question per source, and throttling of a source that keeps asking.
+#[derive(Debug)]
+pub struct AskGate {
+    state: StdMutex<GateState>,
+    window: Duration,
+    limit: usize,
+}
+
+impl Default for AskGate {
+    fn default() -> Self {
+        Self::new(ASK_THROTTLE_WINDOW, ASK_THROTTLE_LIMIT)
+    }
+}
+
+impl AskGate {
+    pub fn new(window: Duration, limit: usize) -> Self {
+        Self {
+            state: StdMutex::new(GateState::default()),
+            window,
+            limit,
+        }
+    }
+
+    /// Opens a question from `source` at `now`, or says why none may be asked. The question
+    /// stays open until the ticket is dropped ([`AskTicket::allowed`] first if the user
+    /// allowed the call).
+    pub fn open(&self, source: &str, now: Instant) -> Result<AskTicket<'_>, AskRefused> {
+        let mut st = lock(&self.state);
+        if st.open.contains(source) {
+            return Err(AskRefused::AlreadyAsking {
+                domain: source.to_owned(),
+            });
+        }
+        if let Some(q) = st.unallowed.get_mut(source) {
+            while q
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+            {
+                q.pop_front();
+            }
+            if q.len() >= self.limit {
+                let retry = q
+                    .front()
+                    .map(|t| {
+                        self.window
+                            .saturating_sub(now.saturating_duration_since(*t))
+                    })
+                    .unwrap_or_default();
+                return Err(AskRefused::Throttled {
+                    domain: source.to_owned(),
+                    count: q.len(),
+                    window_secs: self.window.as_secs(),
+                    retry_secs: retry.as_secs().max(1),
+                });
+            }
+            if q.is_empty() {
+                st.unallowed.remove(source);
+            }
+        }
+        st.open.insert(source.to_owned());
+        Ok(AskTicket {
+            gate: self,
+            source: source.to_owned(),
+            allowed: false,
+        })
+    }
+
+    fn close(&self, source: &str, allowed: bool) {
+        let mut st = lock(&self.state);
+        st.open.remove(source);
+        if !allowed {
+            st.unallowed
+                .entry(source.to_owned())
+                .or_default()
+                .push_back(Instant::now());
+        }
+    }
+}
+
+/// An open question (see [`AskGate::open`]); closes it when dropped.
+#[derive(Debug)]
+pub struct AskTicket<'a> {
+    gate: &'a AskGate,
+    source: String,
+    allowed: bool,
+}
+
+impl AskTicket<'_> {
+    /// The user allowed the call: the question does not count against its source.
+    pub fn allowed(mut self) {
+        self.allowed = true;
+    }
+}
+
+impl Drop for AskTicket<'_> {
+    fn drop(&mut self) {
+        self.gate.close(&self.source, self.allowed);
+    }
+}
+
+/// Whether a domain of `class` is offered as an ask target only when named (by a rule or
+/// by the caller): its root or its services are shared by other domains.
+fn offered_only_when_named(class: DomainClass) -> bool {
+    matches!(
+        class,
+        DomainClass::Template | DomainClass::DisposableTemplate | DomainClass::Service
+    )
+}
+
+/// Leaves out of `ask.targets` the templates and service domains that neither a rule nor
+/// the caller (`requested`) names, and preselects the requested target if it is offered,
+/// else the rule's default if it still is, else none.
+pub fn narrow_ask(ask: &mut Ask, requested: &str, sys: &System) {
+    let requested_target = ask
+        .targets
+        .iter()
+        .find(|t| !requested.is_empty() && t.to_answer() == requested)
+        .cloned();
+    let named = |t: &CallTarget| {
+        ask.named.contains(t)
+            || ask.default_target.as_ref() == Some(t)
+            || requested_target.as_ref() == Some(t)
+    };
+    let keep: Vec<CallTarget> = ask
+        .targets
+        .iter()
+        .filter(|t| match t {
+            CallTarget::Domain(n) => {
+                named(t)
+                    || !sys
+                        .domain(n.as_str())
+                        .is_some_and(|d| offered_only_when_named(d.class))
+            }
+            CallTarget::AdminVm | CallTarget::NewDisposable { .. } => true,
+        })
+        .cloned()
+        .collect();
+    for t in ask.targets.iter().filter(|t| !keep.contains(t)) {
+        debug!(target = %t, "not offered: a template or service domain nobody named");
+    }
+    ask.targets = keep;
+    ask.default_target = requested_target.or_else(|| ask.default_target.take());
+}
 
 /// Why a call did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +254,8 @@ pub struct Calls {
     bus: OnceLock<zbus::Connection>,
     /// Unique bus name of the registered ask agent.
     ask_agent: StdMutex<Option<String>>,
+    /// One open question per source; throttling.
+    ask_gate: AskGate,
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +275,7 @@ impl Calls {
             dom0_default_dispvm,
             bus: OnceLock::new(),
             ask_agent: StdMutex::new(None),
+            ask_gate: AskGate::default(),
         }
     }
 
@@ -109,6 +296,11 @@ impl Calls {
     pub fn register_ask_agent(&self, sender: &str) {
         info!(agent = sender, "ask agent registered");
         *lock(&self.ask_agent) = Some(sender.to_owned());
+    }
+
+    /// Whether an ask agent is registered.
+    fn has_ask_agent(&self) -> bool {
+        lock(&self.ask_agent).is_some()
     }
 
     /// Run `f` on the current policy, loading it first or reloading it if its files changed.
@@ -273,14 +465,47 @@ impl Manager {
                 self.call_denied(source, target, &policy_service(service, arg), &reason);
                 Err(CallError::Refused(reason))
             }
-            Resolution::Ask(ask) => {
-                let answer = self.calls().ask(source, service, arg, &ask).await;
-                ask.answer(answer.as_deref()).map_err(|d| {
-                    info!(source, target, service, arg, reason = %d.reason, "call denied after ask");
-                    let reason = d.reason.to_string();
+            Resolution::Ask(mut ask) => {
+                narrow_ask(&mut ask, target, &sys);
+                if ask.targets.is_empty() {
+                    let reason = format!(
+                        "the policy rule {} offers only templates or service domains that neither it nor the caller names",
+                        ask.rule
+                    );
+                    info!(source, target, service, arg, %reason, "call denied");
                     self.call_denied(source, target, &policy_service(service, arg), &reason);
-                    CallError::Refused(reason)
-                })
+                    return Err(CallError::Refused(reason));
+                }
+                // Only questions put to an ask agent count (without one, ask is deny).
+                let ticket = if self.calls().has_ask_agent() {
+                    match self.calls().ask_gate.open(source, Instant::now()) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            // No dialog and no notice: a source that keeps asking must not
+                            // be able to flood the desktop either way.
+                            info!(source, target, service, arg, reason = %e, "call refused without asking");
+                            return Err(CallError::Refused(e.to_string()));
+                        }
+                    }
+                } else {
+                    None
+                };
+                let answer = self.calls().ask(source, service, arg, &ask).await;
+                match ask.answer(answer.as_deref()) {
+                    Ok(a) => {
+                        if let Some(t) = ticket {
+                            t.allowed();
+                        }
+                        Ok(a)
+                    }
+                    Err(d) => {
+                        drop(ticket);
+                        info!(source, target, service, arg, reason = %d.reason, "call denied after ask");
+                        let reason = d.reason.to_string();
+                        self.call_denied(source, target, &policy_service(service, arg), &reason);
+                        Err(CallError::Refused(reason))
+                    }
+                }
             }
         }
     }
@@ -470,5 +695,130 @@ impl Calls {
             self.policy_config.limits,
         );
         Ok(diagnostics_rows(p.diagnostics()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_policy::DomainInfo;
+
+    fn dn(s: &str) -> DomainName {
+        DomainName::new(s).unwrap()
+    }
+
+    #[test]
+    fn one_open_question_per_source() {
+        let gate = AskGate::default();
+        let now = Instant::now();
+        let t = gate.open("untrusted", now).unwrap();
+        assert!(matches!(
+            gate.open("untrusted", now),
+            Err(AskRefused::AlreadyAsking { .. })
+        ));
+        // Another source may ask meanwhile.
+        drop(gate.open("work", now).unwrap());
+        t.allowed();
+        // Allowed questions do not count.
+        for _ in 0..10 {
+            gate.open("untrusted", Instant::now()).unwrap().allowed();
+        }
+    }
+
+    #[test]
+    fn a_source_that_keeps_asking_is_throttled() {
+        let gate = AskGate::new(Duration::from_secs(60), 3);
+        for _ in 0..3 {
+            drop(gate.open("untrusted", Instant::now()).unwrap());
+        }
+        let err = gate.open("untrusted", Instant::now()).unwrap_err();
+        assert!(
+            matches!(err, AskRefused::Throttled { count: 3, .. }),
+            "{err}"
+        );
+        // Others are not affected; the source may ask again once the window has passed.
+        drop(gate.open("work", Instant::now()).unwrap());
+        gate.open("untrusted", Instant::now() + Duration::from_secs(61))
+            .unwrap()
+            .allowed();
+    }
+
+    fn system() -> System {
+        let mut sys = System::new();
+        for (n, class) in [
+            ("work", DomainClass::App),
+            ("personal", DomainClass::App),
+            ("untrusted", DomainClass::App),
+            ("debian-12", DomainClass::Template),
+            ("net", DomainClass::Service),
+            ("dvm", DomainClass::DisposableTemplate),
+        ] {
+            sys.insert(DomainInfo::new(dn(n), class));
+        }
+        sys
+    }
+
+    fn ask_for(policy: &str, source: &str, target: &str) -> Ask {
+        let p = Policy::from_text_with(
+            std::path::Path::new("/t/30-test.policy"),
+            policy.as_bytes(),
+            None,
+            Default::default(),
+        );
+        let sys = system();
+        match p.evaluate(&Request::new("svc.A", "", source, target), &sys) {
+            Resolution::Ask(mut a) => {
+                narrow_ask(&mut a, target, &sys);
+                a
+            }
+            other => panic!("expected ask: {other:?}"),
+        }
+    }
+
+    fn names(a: &Ask) -> Vec<String> {
+        a.targets.iter().map(CallTarget::to_answer).collect()
+    }
+
+    #[test]
+    fn templates_and_service_domains_only_when_named() {
+        let any = "svc.A * @anyvm @anyvm ask\n";
+        let a = ask_for(any, "untrusted", "work");
+        // A new disposable of dvm is offered, dvm itself is not.
+        assert_eq!(names(&a), vec!["personal", "work", "@dispvm:dvm"]);
+        assert_eq!(a.default_target, Some(CallTarget::Domain(dn("work"))));
+        // Nothing requested: nothing preselected (never the first).
+        let a = ask_for(any, "untrusted", "@default");
+        assert_eq!(a.default_target, None);
+        // The caller names the template: offered and preselected.
+        let a = ask_for(any, "untrusted", "debian-12");
+        assert_eq!(
+            names(&a),
+            vec!["debian-12", "personal", "work", "@dispvm:dvm"]
+        );
+        assert_eq!(a.default_target, Some(CallTarget::Domain(dn("debian-12"))));
+        // A rule names the service domain.
+        let a = ask_for(
+            "svc.A * @anyvm net ask\nsvc.A * @anyvm @anyvm ask\n",
+            "untrusted",
+            "work",
+        );
+        assert_eq!(names(&a), vec!["net", "personal", "work", "@dispvm:dvm"]);
+        // default_target= names one too; the requested target still wins the preselection.
+        let a = ask_for(
+            "svc.A * @anyvm @anyvm ask default_target=debian-12\n",
+            "untrusted",
+            "work",
+        );
+        assert_eq!(
+            names(&a),
+            vec!["debian-12", "personal", "work", "@dispvm:dvm"]
+        );
+        assert_eq!(a.default_target, Some(CallTarget::Domain(dn("work"))));
+        let a = ask_for(
+            "svc.A * @anyvm @anyvm ask default_target=debian-12\n",
+            "untrusted",
+            "@default",
+        );
+        assert_eq!(a.default_target, Some(CallTarget::Domain(dn("debian-12"))));
     }
 }

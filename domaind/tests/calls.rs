@@ -327,6 +327,128 @@ async fn calls_between_domains_follow_the_policy_body() {
     }
 }
 
+/// The rules domaind puts around questions, whatever the ask agent: templates and service
+/// domains are offered only when named, the requested target is preselected (else none),
+/// a source has one question open at a time and is throttled when it keeps asking.
+#[tokio::test(flavor = "multi_thread")]
+async fn questions_are_guarded_by_domaind() {
+    bounded(TEST_LIMIT, questions_are_guarded_by_domaind_body()).await
+}
+
+async fn questions_are_guarded_by_domaind_body() {
+    let Some(e) = setup("qg", "4").await else {
+        return;
+    };
+    let (a, b, svc, tmpl) = (e.name("a"), e.name("b"), e.name("svc"), e.name("tmpl"));
+    for (n, class) in [(&a, "app"), (&b, "app"), (&svc, "service")] {
+        e.p.create(n, class, &tmpl, "blue", HashMap::new())
+            .await
+            .unwrap();
+    }
+    for s in ["test.Ask", "test.Named"] {
+        e.service(s, ECHO);
+    }
+    e.set_policy(&[(
+        "30-test.policy",
+        "test.Ask   *  @anyvm  @anyvm  ask\n\
+         test.Named *  @anyvm  {p}svc  ask\n\
+         test.Named *  @anyvm  @anyvm  ask\n",
+    )]);
+    let agent = TestAskAgent::register(&e.d, AskAnswer::Target(b.clone()))
+        .await
+        .unwrap();
+
+    // The template and the service domain are not offered; the requested target is
+    // preselected.
+    let (code, _, err) = call_from(&e, &a, &b, "test.Ask", b"").await;
+    assert_eq!(code, 0, "{err}\n{}", e.d.log());
+    let q = agent.take_questions();
+    assert_eq!(q.len(), 1);
+    assert!(q[0].targets.contains(&b), "{q:?}");
+    assert!(
+        !q[0].targets.contains(&tmpl) && !q[0].targets.contains(&svc),
+        "a template or service domain nobody named is offered: {q:?}"
+    );
+    assert_eq!(q[0].default_target, b, "{q:?}");
+    // Nothing requested: nothing preselected (not the first target).
+    let (code, _, err) = call_from(&e, &a, "@default", "test.Ask", b"").await;
+    assert_eq!(code, 0, "{err}");
+    let q = agent.take_questions();
+    assert_eq!(q[0].default_target, "", "{q:?}");
+    // The caller names the template: offered, and preselected.
+    let (code, _, err) = call_from(&e, &a, &tmpl, "test.Ask", b"").await;
+    assert_eq!(code, 0, "{err}");
+    let q = agent.take_questions();
+    assert!(q[0].targets.contains(&tmpl), "{q:?}");
+    assert_eq!(q[0].default_target, tmpl, "{q:?}");
+    // A rule names the service domain: offered.
+    let (code, _, err) = call_from(&e, &a, &b, "test.Named", b"").await;
+    assert_eq!(code, 0, "{err}");
+    let q = agent.take_questions();
+    assert!(
+        q[0].targets.contains(&svc) && !q[0].targets.contains(&tmpl),
+        "{q:?}"
+    );
+
+    // One open question per source: while a's question waits (never answered, 4 s timeout),
+    // a second call from a is refused at once without a question; b may still ask.
+    agent.set_answer(AskAnswer::Never);
+    let first = call_from(&e, &a, &b, "test.Ask", b"");
+    let others = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while agent.take_questions().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first question never came"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let started = std::time::Instant::now();
+        let (code, _, err) = call_from(&e, &a, &b, "test.Ask", b"").await;
+        assert_eq!(code, 126, "{err}");
+        assert!(err.contains("already has a question open"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the second call waited for an answer"
+        );
+        assert!(
+            agent.take_questions().is_empty(),
+            "a second question from the same source was asked"
+        );
+        let (code, _, _) = call_from(&e, &b, &a, "test.Ask", b"").await;
+        assert_eq!(code, 126);
+        assert_eq!(agent.take_questions().len(), 1, "b was not asked about");
+    };
+    let ((code, _, _), ()) = tokio::join!(first, others);
+    assert_eq!(code, 126);
+
+    // Throttling: a's unanswered question counts; after two denials more (three questions
+    // not allowed within a minute) a is refused without a question.
+    agent.set_answer(AskAnswer::Deny);
+    for _ in 0..2 {
+        let (code, _, _) = call_from(&e, &a, &b, "test.Ask", b"").await;
+        assert_eq!(code, 126);
+    }
+    assert_eq!(agent.take_questions().len(), 2);
+    agent.set_answer(AskAnswer::Target(b.clone()));
+    let (code, _, err) = call_from(&e, &a, &b, "test.Ask", b"").await;
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("may ask again in"), "{err}");
+    assert!(
+        agent.take_questions().is_empty(),
+        "a throttled source was asked about"
+    );
+    // b is not throttled.
+    agent.set_answer(AskAnswer::Target(a.clone()));
+    let (code, _, err) = call_from(&e, &b, &a, "test.Ask", b"").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(agent.take_questions().len(), 1);
+
+    for n in [&a, &b] {
+        let _ = e.p.kill(n).await;
+    }
+}
+
 /// Policy queries on D-Bus need no running domain.
 #[tokio::test(flavor = "multi_thread")]
 async fn paste_and_policy_checks_over_dbus() {

@@ -114,6 +114,10 @@ pub struct Ask {
     pub targets: Vec<CallTarget>,
     /// Preselected choice (only if it is among `targets`).
     pub default_target: Option<CallTarget>,
+    /// The targets a rule names itself (by name or uuid as its target, or in `target=`),
+    /// as opposed to those a wildcard, a tag or a type brought in. Qubes does not tell
+    /// them apart; Bulkhead's domaind offers templates and service domains only when named.
+    pub named: BTreeSet<CallTarget>,
     pub user: Option<String>,
     pub notify: bool,
     pub autostart: bool,
@@ -474,11 +478,13 @@ fn default_dispvm(source: Who<'_>, sys: &System) -> Option<DomainName> {
 /// Qubes' `collect_targets_for_ask`: walk the rules for this service, argument and source
 /// in reverse, adding each rule's target (or its `target=`) and removing a `deny` rule's
 /// target; then expand `@dispvm`, and drop the source itself and `internal` domains.
-/// A rule whose `@dispvm:…` names no domain makes this fail, as in Qubes.
+/// A rule whose `@dispvm:…` names no domain makes this fail, as in Qubes. The targets
+/// that some (non-deny) rule names by name or uuid are added to `named`.
 pub(crate) fn collect_ask_targets<'r>(
     rules: impl DoubleEndedIterator<Item = &'r Rule>,
     req: &Checked<'_>,
     sys: &System,
+    named: &mut BTreeSet<CallTarget>,
 ) -> Result<BTreeSet<CallTarget>, DenyReason> {
     let mut set: BTreeSet<Candidate> = BTreeSet::new();
     let mut buf = Vec::new();
@@ -499,6 +505,12 @@ pub(crate) fn collect_ask_targets<'r>(
                 set.remove(c);
             }
         } else {
+            if matches!(tok, Token::Name(_) | Token::Uuid(_)) {
+                named.extend(buf.iter().filter_map(|c| match c {
+                    Candidate::Target(t) => Some(t.clone()),
+                    Candidate::DispVm => None,
+                }));
+            }
             set.extend(buf.drain(..));
         }
     }
@@ -524,6 +536,7 @@ pub(crate) fn collect_ask_targets<'r>(
             sys.domain(template.as_str()).is_some_and(|d| !d.internal)
         }
     });
+    named.retain(|t| out.contains(t));
     Ok(out)
 }
 
@@ -694,16 +707,20 @@ pub(crate) fn evaluate_ask<'r>(
         }
         _ => None,
     };
+    let mut named = BTreeSet::new();
     let mut targets: Vec<CallTarget> = match &p.target {
         Some(tok) => {
             let resolved =
                 redirect_intended(tok, sys).and_then(|i| resolve_target(&i, rule, req.source, sys));
             match resolved {
-                Ok(t) if !is_loopback(&t, req.source) => vec![t],
+                Ok(t) if !is_loopback(&t, req.source) => {
+                    named.insert(t.clone());
+                    vec![t]
+                }
                 _ => Vec::new(),
             }
         }
-        None => match collect_ask_targets(candidates, req, sys) {
+        None => match collect_ask_targets(candidates, req, sys, &mut named) {
             Ok(set) => set.into_iter().collect(),
             Err(reason) => return Resolution::deny(reason),
         },
@@ -738,9 +755,11 @@ pub(crate) fn evaluate_ask<'r>(
         }
         t.cloned()
     });
+    named.retain(|t| targets.contains(t));
     Resolution::Ask(Ask {
         targets,
         default_target,
+        named,
         user: p.user.clone(),
         notify: p.notify,
         autostart: p.autostart,

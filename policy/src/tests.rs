@@ -1013,6 +1013,24 @@ fn later_deny_removes_only_what_later_rules_added() {
 }
 
 #[test]
+fn ask_tells_which_targets_a_rule_names() {
+    let p = ok_pol(
+        "svc.A * @anyvm @anyvm ask\n\
+         svc.A * @anyvm work-files ask\n\
+         svc.B * @anyvm @anyvm ask target=work\n",
+    );
+    let r = ev(&p, "svc.A", "", "untrusted", "work");
+    let named: Vec<String> = ask(&r).named.iter().map(|t| t.to_string()).collect();
+    assert_eq!(named, vec!["work-files"]);
+    assert!(ask_targets(&r).len() > 1);
+    let r = ev(&p, "svc.B", "", "untrusted", "home");
+    assert_eq!(
+        ask(&r).named.iter().cloned().collect::<Vec<_>>(),
+        vec![CallTarget::Domain(n("work"))]
+    );
+}
+
+#[test]
 fn ask_with_explicit_target_and_default() {
     let p = ok_pol(
         "svc.A * @anyvm @anyvm ask target=work default_target=work\n\
