@@ -345,6 +345,12 @@ impl TemplateStore {
         progress: &mut dyn FnMut(BuildProgress),
     ) -> Result<PathBuf, TemplateError> {
         let name = recipe.name();
+        // A cache hit needs no lock (`current` is switched atomically once a root is
+        // complete): many domainds sharing one store may check it at once.
+        if let TemplateStatus::Ready { root, .. } = self.status_for(recipe) {
+            progress(BuildProgress::Cached { root: root.clone() });
+            return Ok(root);
+        }
         let _lock = self.lock(name)?;
         if let TemplateStatus::Ready { root, .. } = self.status_for(recipe) {
             progress(BuildProgress::Cached { root: root.clone() });
@@ -866,6 +872,19 @@ mod tests {
             .build_with(&recipe(""), &FakeBuilder::new(), &mut |_| {})
             .unwrap_err();
         assert!(matches!(e, TemplateError::BuildInProgress { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_cache_hit_needs_no_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let store = TemplateStore::new(d.path());
+        let r = recipe("");
+        let root = store.build_with(&r, &FakeBuilder::new(), &mut |_| {}).unwrap();
+        // another process builds or collects garbage meanwhile
+        let _held = store.lock(&n()).unwrap();
+        let b = FakeBuilder::new();
+        assert_eq!(store.build_with(&r, &b, &mut |_| {}).unwrap(), root);
+        assert_eq!(b.calls.get(), 0);
     }
 
     #[test]

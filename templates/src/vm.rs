@@ -676,13 +676,21 @@ impl TemplateStore {
                 })
             }
         };
-        let _lock = self.lock(name)?;
-        if let Some(a) = self.vm_artifacts_for_root(&root) {
+        // Up to date needs no lock (the marker is written last): a build of another process
+        // must not make a mere check fail with BuildInProgress.
+        let up_to_date = |a: VmArtifacts, progress: &mut dyn FnMut(BuildProgress)| {
             progress(BuildProgress::Message {
                 level: Level::Info,
                 text: format!("vm: up to date: {}", a.dir.display()),
             });
-            return Ok(a);
+            Ok(a)
+        };
+        if let Some(a) = self.vm_artifacts_for_root(&root) {
+            return up_to_date(a, progress);
+        }
+        let _lock = self.lock(name)?;
+        if let Some(a) = self.vm_artifacts_for_root(&root) {
+            return up_to_date(a, progress);
         }
         let started = Instant::now();
         let tdir = self.template_dir(name);
