@@ -879,7 +879,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = TemplateStore::new(d.path());
         let r = recipe("");
-        let root = store.build_with(&r, &FakeBuilder::new(), &mut |_| {}).unwrap();
+        let root = store
+            .build_with(&r, &FakeBuilder::new(), &mut |_| {})
+            .unwrap();
         // another process builds or collects garbage meanwhile
         let _held = store.lock(&n()).unwrap();
         let b = FakeBuilder::new();
