@@ -297,25 +297,7 @@ async fn disposable(
         .map_err(|e| anyhow::anyhow!("BuildTemplate {template}: {}", e.message()))?;
 
     let ours = measure(runs, || async {
-        let null = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")?;
-        let (_, status) = proxy
-            .run_disposable(
-                &template,
-                &["true"],
-                "",
-                Fd::from(&null),
-                Fd::from(&null),
-                Fd::from(&null),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("RunDisposable: {}", e.message()))?;
-        if status != 0 {
-            bail!("`true` in a disposable exited {status}");
-        }
-        Ok(())
+        disposable_true(&proxy, &template).await.map(drop)
     })
     .await?;
 
@@ -382,6 +364,30 @@ fn use_binaries_beside_this_one() {
     if has(&["bulkhead-init", "bulkhead-agent"]) {
         set(domaind::testing::ENV_GUEST_TOOLS, dir.clone());
     }
+}
+
+/// `true` in a new disposable of `template` (`RunDisposable`, every stream on /dev/null);
+/// returns the disposable's name (it is gone by then); an error unless `true` exited 0.
+pub(crate) async fn disposable_true(proxy: &Domaind1Proxy<'_>, template: &str) -> Result<String> {
+    let null = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let (name, status) = proxy
+        .run_disposable(
+            template,
+            &["true"],
+            "",
+            Fd::from(&null),
+            Fd::from(&null),
+            Fd::from(&null),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("RunDisposable {template}: {}", e.message()))?;
+    if status != 0 {
+        bail!("`true` in a disposable of {template} exited {status}");
+    }
+    Ok(name)
 }
 
 /// One warm-up run, then `runs` timed runs, sorted.

@@ -244,16 +244,9 @@ async fn measure_warm(proxy: &Domaind1Proxy<'_>, runs: usize, size: u32) -> Resu
     for i in 0..=runs {
         wait_full(proxy, size).await?;
         let before = pool_members(proxy).await?;
-        let n = null()?;
         let t0 = Instant::now();
-        let (name, status) = proxy
-            .run_disposable(DVM, &["true"], "", Fd::from(&n), Fd::from(&n), Fd::from(&n))
-            .await
-            .map_err(|e| anyhow::anyhow!("RunDisposable: {}", e.message()))?;
+        let name = crate::disposable_true(proxy, DVM).await?;
         let took = t0.elapsed();
-        if status != 0 {
-            bail!("`true` in a disposable exited {status}");
-        }
         if !before.contains(&name) {
             bail!("RunDisposable used {name}, not a pool member ({before:?})");
         }
@@ -270,15 +263,7 @@ type Figures = (Vec<Duration>, Vec<Duration>, Vec<Duration>, Vec<Duration>);
 async fn measure_all(proxy: &Domaind1Proxy<'_>, runs: usize) -> Result<Figures> {
     let (started, done) = open_runs(proxy, runs, None).await?;
     let cold = measure(runs, || async {
-        let n = null()?;
-        let (_, status) = proxy
-            .run_disposable(DVM, &["true"], "", Fd::from(&n), Fd::from(&n), Fd::from(&n))
-            .await
-            .map_err(|e| anyhow::anyhow!("RunDisposable: {}", e.message()))?;
-        if status != 0 {
-            bail!("`true` in a disposable exited {status}");
-        }
-        Ok(())
+        crate::disposable_true(proxy, DVM).await.map(drop)
     })
     .await?;
     let plain = measure(runs, || async {

@@ -118,25 +118,7 @@ pub async fn bench(runs: usize, cache: PathBuf, template: String, qemu: PathBuf)
         Err(e) => println!("sandbox domain: not measured here: {e:#}"),
     }
     let dvm = crate::measure(runs, || async {
-        let null = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")?;
-        let (_, status) = p
-            .run_disposable(
-                "bench-vm-dvm",
-                &["true"],
-                "",
-                Fd::from(&null),
-                Fd::from(&null),
-                Fd::from(&null),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("RunDisposable: {}", e.message()))?;
-        if status != 0 {
-            bail!("`true` in a disposable VM exited {status}");
-        }
-        Ok(())
+        crate::disposable_true(&p, "bench-vm-dvm").await.map(drop)
     })
     .await?;
     report("disposable VM `true`, request to removal", &dvm);
