@@ -109,6 +109,7 @@ fn follow(mut log: File, filter: bool, done: &AtomicBool) {
         .map(|m| m.len().saturating_sub(BACKLOG))
         .unwrap_or(0);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut filtered = Vec::new();
     let mut out = Vec::new();
     while !done.load(Ordering::Relaxed) {
         // The VMM rotates a full log by truncating it: start again from its beginning.
@@ -123,19 +124,16 @@ fn follow(mut log: File, filter: bool, done: &AtomicBool) {
             Ok(n) => {
                 pos += n as u64;
                 let shown: &[u8] = if filter {
-                    out.clear();
-                    escape.push(&buf[..n], &mut out);
+                    filtered.clear();
+                    escape.push(&buf[..n], &mut filtered);
                     // raw mode: the terminal does not turn \n into \r\n
-                    out = out
-                        .iter()
-                        .flat_map(|&b| {
-                            if b == b'\n' {
-                                vec![b'\r', b'\n']
-                            } else {
-                                vec![b]
-                            }
-                        })
-                        .collect();
+                    out.clear();
+                    for &b in &filtered {
+                        if b == b'\n' {
+                            out.push(b'\r');
+                        }
+                        out.push(b);
+                    }
                     &out
                 } else {
                     &buf[..n]
