@@ -14,6 +14,10 @@ pub const DEFAULT_MEMORY_MIB: u64 = 400;
 pub const DEFAULT_VCPUS: u32 = 2;
 /// Accepted memory range in MiB.
 pub const MEMORY_RANGE_MIB: std::ops::RangeInclusive<u64> = 32..=1_048_576;
+/// Default size of a domain's private volume in MiB (Qubes' default private volume: 2 GiB).
+pub const DEFAULT_PRIVATE_SIZE_MIB: u64 = 2048;
+/// Accepted private volume sizes in MiB (64 MiB .. 16 TiB).
+pub const PRIVATE_SIZE_RANGE_MIB: std::ops::RangeInclusive<u64> = 64..=16 << 20;
 /// Accepted vcpu range.
 pub const VCPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=256;
 /// Most features a domain may carry.
@@ -215,6 +219,9 @@ pub struct ParseEnumError {
 fn default_memory() -> u64 {
     DEFAULT_MEMORY_MIB
 }
+fn default_private_size() -> u64 {
+    DEFAULT_PRIVATE_SIZE_MIB
+}
 fn default_vcpus() -> u32 {
     DEFAULT_VCPUS
 }
@@ -235,6 +242,10 @@ pub struct DomainConfig {
     pub memory: u64,
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
+    /// Size of the private volume (`/home`, an ext4 image) in MiB: what the domain can keep.
+    /// It can grow (at the next start) but not shrink.
+    #[serde(default = "default_private_size")]
+    pub private_size: u64,
     #[serde(default)]
     pub isolation: Isolation,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,6 +314,7 @@ pub const PROPERTY_NAMES: &[&str] = &[
     "netvm",
     "memory",
     "vcpus",
+    "private_size",
     "isolation",
     "default_dispvm",
     "autostart",
@@ -365,6 +377,7 @@ impl DomainConfig {
             template,
             netvm: None,
             memory: DEFAULT_MEMORY_MIB,
+            private_size: DEFAULT_PRIVATE_SIZE_MIB,
             vcpus: DEFAULT_VCPUS,
             isolation: Isolation::default(),
             default_dispvm: None,
@@ -417,6 +430,17 @@ impl DomainConfig {
                     self.memory,
                     MEMORY_RANGE_MIB.start(),
                     MEMORY_RANGE_MIB.end()
+                ),
+            ));
+        }
+        if !PRIVATE_SIZE_RANGE_MIB.contains(&self.private_size) {
+            return Err(ValidationError::new(
+                "private_size",
+                format!(
+                    "{} MiB is out of range {}..={} MiB",
+                    self.private_size,
+                    PRIVATE_SIZE_RANGE_MIB.start(),
+                    PRIVATE_SIZE_RANGE_MIB.end()
                 ),
             ));
         }
@@ -479,6 +503,7 @@ impl DomainConfig {
             "netvm" => opt_name(&self.netvm),
             "memory" => self.memory.to_string(),
             "vcpus" => self.vcpus.to_string(),
+            "private_size" => self.private_size.to_string(),
             "isolation" => self.isolation.to_string(),
             "default_dispvm" => opt_name(&self.default_dispvm),
             "autostart" => self.autostart.to_string(),
@@ -536,6 +561,15 @@ impl DomainConfig {
                         "an integer number of MiB in {}..={}",
                         MEMORY_RANGE_MIB.start(),
                         MEMORY_RANGE_MIB.end()
+                    ))
+                })?
+            }
+            "private_size" => {
+                next.private_size = value.parse().map_err(|_| {
+                    invalid(&format!(
+                        "an integer number of MiB in {}..={}",
+                        PRIVATE_SIZE_RANGE_MIB.start(),
+                        PRIVATE_SIZE_RANGE_MIB.end()
                     ))
                 })?
             }

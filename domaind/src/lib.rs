@@ -31,6 +31,7 @@ pub mod stdio;
 pub mod tmpl;
 pub mod usb;
 pub mod vm;
+pub mod volume;
 
 #[cfg(feature = "testing")]
 pub mod testing;

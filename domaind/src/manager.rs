@@ -41,6 +41,7 @@ use crate::config::{DaemonConfig, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::instance::{now_secs, InstanceFile, INSTANCE_VERSION};
 use crate::slots::{Claim, SlotDir};
 use crate::state::{DomainState, Op};
+use crate::volume::PrivateVolume;
 use crate::{fsutil, stdio, tmpl, vm};
 
 mod pool;
@@ -66,11 +67,6 @@ pub const DOMAIN_PIDS_MAX: u64 = 4096;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the init to be gone after a kill.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-/// Uid/gid of the default user inside a domain (created by the template recipe).
-const DOMAIN_USER_ID: u32 = 1000;
-/// Mode of `/home/user` in a new private volume (the agent changes into it after switching
-/// to the user, so the domain's root needs no access).
-const HOME_MODE: u32 = 0o700;
 
 /// Something the D-Bus layer turns into a signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -581,20 +577,6 @@ impl Manager {
         Error::InvalidProperty(format!("domain '{name}': {e}"))
     }
 
-    /// Make the private volume of a new domain: `/home` with `/home/user` owned by the
-    /// domain's default user (canonical ids).
-    fn make_private(path: &Path) -> Result<(), Error> {
-        let user = path.join("user");
-        std::fs::create_dir_all(&user).map_err(io_err(&format!("{}", user.display())))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err(&format!("{}", path.display())))?;
-        std::os::unix::fs::chown(&user, Some(DOMAIN_USER_ID), Some(DOMAIN_USER_ID))
-            .map_err(io_err(&format!("{}", user.display())))?;
-        std::fs::set_permissions(&user, std::fs::Permissions::from_mode(HOME_MODE))
-            .map_err(io_err(&format!("{}", user.display())))?;
-        Ok(())
-    }
-
     pub async fn create(
         &self,
         name: &str,
@@ -640,12 +622,10 @@ impl Manager {
             cfg.set_property(&k, v)
                 .map_err(|e| Self::prop_err(name, e))?;
         }
-        let private = self.cfg.paths.private_dir(&dn);
+        let volume = PrivateVolume::new(&self.cfg.paths, &dn);
         let store = self.store.clone();
         blocking(move || -> Result<(), Error> {
-            if !private.exists() {
-                Self::make_private(&private)?;
-            }
+            volume.ensure(cfg.private_size).map_err(volume_err)?;
             store
                 .save(&cfg)
                 .map_err(|e| store_err(cfg.name.as_str(), e))
@@ -679,17 +659,26 @@ impl Manager {
         let old_isolation = cfg.isolation;
         cfg.set_property(prop, value)
             .map_err(|e| Self::prop_err(name, e))?;
-        // A VM's private volume is an image its guest wrote: a sandbox would use the private
-        // dir instead, and what the VM wrote would silently stay behind (dom0 never mounts a
-        // guest-written file system to copy it over).
-        if old_isolation == Isolation::Vm && cfg.isolation != Isolation::Vm {
-            let image = private_image(&self.cfg.paths, &dn);
-            if image.exists() {
-                return Err(Error::InvalidState(format!(
-                    "domain '{name}' keeps its private volume in {} (written by the VM); as a sandbox it would use {} instead and lose what the VM wrote. Copy what you need out first (bulkhead-copy), then remove {} to switch, or keep isolation = vm",
-                    image.display(),
-                    self.cfg.paths.private_dir(&dn).display(),
-                    image.display()
+        // A VM's guest wrote its private volume as a raw disk: dom0's kernel never mounts
+        // such an image, so it cannot become a sandbox's (see crate::volume).
+        let volume = PrivateVolume::new(&self.cfg.paths, &dn);
+        if old_isolation == Isolation::Vm && cfg.isolation != Isolation::Vm && volume.vm_written() {
+            return Err(Error::InvalidState(format!(
+                "domain '{name}' keeps its private volume in {}, written by its VM's guest as a raw disk; dom0 never mounts such a volume, so the domain cannot become a sandbox. Copy what you need out first (bulkhead-copy) into a new sandbox domain, or keep isolation = vm",
+                volume.image.display()
+            )));
+        }
+        if prop == "private_size" {
+            let have = blocking({
+                let v = volume.clone();
+                move || v.image.exists().then(|| v.size_mib()).transpose()
+            })
+            .await?
+            .map_err(volume_err)?;
+            if let Some(have) = have.filter(|h| cfg.private_size < *h) {
+                return Err(Error::InvalidProperty(format!(
+                    "domain '{name}': private_size {} MiB is smaller than its private volume ({have} MiB); a volume only grows",
+                    cfg.private_size
                 )));
             }
         }
@@ -741,35 +730,13 @@ impl Manager {
             )));
         }
         cfg.name = dst.clone();
-        let from = self.cfg.paths.private_dir(&src);
-        let to = self.cfg.paths.private_dir(&dst);
-        let (img_from, img_to) = (
-            private_image(&self.cfg.paths, &src),
-            private_image(&self.cfg.paths, &dst),
-        );
+        let from = PrivateVolume::new(&self.cfg.paths, &src);
+        let to = PrivateVolume::new(&self.cfg.paths, &dst);
         let store = self.store.clone();
         blocking(move || -> Result<(), Error> {
-            fsutil::remove_tree(&to).map_err(io_err(&to.display().to_string()))?;
-            fsutil::remove_file(&img_to).map_err(io_err(&img_to.display().to_string()))?;
-            // A VM domain's private volume is its image (see crate::vm).
-            if let Some(parent) = img_to.parent() {
-                std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
-            }
-            fsutil::copy_image(&img_from, &img_to)
-                .map_err(|e| Error::Io(format!("copying the private volume image: {e}")))?;
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
-            }
-            if from.exists() {
-                if let Err(e) = fsutil::copy_tree(&from, &to) {
-                    let _ = fsutil::remove_tree(&to);
-                    return Err(Error::Io(format!("copying the private volume: {e}")));
-                }
-            } else {
-                Self::make_private(&to)?;
-            }
+            from.copy_to(&to, cfg.private_size).map_err(volume_err)?;
             store.save(&cfg).map_err(|e| {
-                let _ = fsutil::remove_tree(&to);
+                let _ = fsutil::remove_file(&to.image);
                 store_err(cfg.name.as_str(), e)
             })
         })
@@ -984,20 +951,23 @@ impl Manager {
         lock(&self.roots).insert(name.to_owned(), Some(template_root.clone()));
 
         self.progress(name, 1, TOTAL, "preparing volumes");
-        let private = paths.private_dir(&cfg.name);
+        let volume = PrivateVolume::new(paths, &cfg.name);
         let scratch = paths.scratch_dir(&cfg.name);
         let log_file = paths.log_file(&cfg.name);
         let channel_dir = paths.channel_dir(&cfg.name);
         {
-            let (private, scratch, log_file, channel_dir) = (
-                private.clone(),
-                scratch.clone(),
-                log_file.clone(),
-                channel_dir.clone(),
-            );
+            let (scratch, log_file, channel_dir) =
+                (scratch.clone(), log_file.clone(), channel_dir.clone());
+            let size = cfg.private_size;
             blocking(move || -> Result<(), Error> {
-                if !private.exists() {
-                    Self::make_private(&private)?;
+                volume.ensure(size).map_err(volume_err)?;
+                if is_vm {
+                    volume.mark_vm_written().map_err(volume_err)?;
+                } else if volume.vm_written() {
+                    return Err(Error::InvalidState(format!(
+                        "the private volume {} was written by a VM's guest as a raw disk; dom0 never mounts it, so this domain cannot start as a sandbox (isolation = vm)",
+                        volume.image.display()
+                    )));
                 }
                 fsutil::remove_tree(&scratch).map_err(io_err(&scratch.display().to_string()))?;
                 std::fs::create_dir_all(&scratch)
@@ -1114,7 +1084,8 @@ impl Manager {
             name: cfg.name.to_string(),
             cgroup_root: self.cfg.cgroup_root.clone(),
             template_root: template_root.to_owned(),
-            private_dir: paths.private_dir(&cfg.name),
+            private_image: PrivateVolume::new(paths, &cfg.name).image,
+            root_overlay_mib: bulkhead_sandbox::DEFAULT_ROOT_OVERLAY_MIB,
             scratch_dir: paths.scratch_dir(&cfg.name),
             channel_dir: paths.channel_dir(&cfg.name),
             guest_tools_dir: self.cfg.guest_tools_dir.clone(),
@@ -1182,7 +1153,7 @@ impl Manager {
             kernel: artifacts.kernel,
             initramfs: artifacts.initramfs,
             root_image: artifacts.root_image,
-            private_image: private_image(paths, &cfg.name),
+            private_image: PrivateVolume::new(paths, &cfg.name).image,
             tools_image: paths.scratch_dir(&cfg.name).join("tools.img"),
             channel_dir: paths.channel_dir(&cfg.name),
             log_file: paths.log_file(&cfg.name),
@@ -1196,10 +1167,8 @@ impl Manager {
             uid: bulkhead_sandbox::UID_BASE + slot * bulkhead_sandbox::UID_RANGE,
             cgroup_root: self.cfg.cgroup_root.clone(),
         };
-        let private_dir = paths.private_dir(&cfg.name);
         let tools = self.cfg.guest_tools_dir.clone();
         blocking(move || -> Result<DomainRecord, vm::VmError> {
-            vm::ensure_private_image(&private_dir, &start.private_image)?;
             vm::make_tools_image(&tools, &start.tools_image)?;
             vm::make_console_fifo(&start.console_input)?;
             vm::launch(&start).map(DomainRecord::Vm)
@@ -1641,29 +1610,14 @@ impl Manager {
         cfg.vcpus = bcfg.vcpus;
         cfg.isolation = bcfg.isolation;
         cfg.netvm = bcfg.netvm.clone();
-        let src_private = self.cfg.paths.private_dir(&bn);
-        let dst_private = self.cfg.paths.private_dir(&dn);
-        let (img_from, img_to) = (
-            private_image(&self.cfg.paths, &bn),
-            private_image(&self.cfg.paths, &dn),
-        );
+        cfg.private_size = bcfg.private_size;
+        let from = PrivateVolume::new(&self.cfg.paths, &bn);
+        let to = PrivateVolume::new(&self.cfg.paths, &dn);
         let store = self.store.clone();
         blocking(move || -> Result<(), Error> {
-            if let Some(parent) = dst_private.parent() {
-                std::fs::create_dir_all(parent).map_err(io_err(&parent.display().to_string()))?;
-            }
-            fsutil::copy_image(&img_from, &img_to).map_err(|e| {
-                Error::Io(format!(
-                    "seeding the disposable's private volume image: {e}"
-                ))
+            from.copy_to(&to, cfg.private_size).map_err(|e| {
+                Error::Io(format!("seeding the disposable's private volume: {e}"))
             })?;
-            if src_private.exists() {
-                fsutil::copy_tree(&src_private, &dst_private).map_err(|e| {
-                    Error::Io(format!("seeding the disposable's private volume: {e}"))
-                })?;
-            } else {
-                Self::make_private(&dst_private)?;
-            }
             store
                 .save(&cfg)
                 .map_err(|e| store_err(cfg.name.as_str(), e))
@@ -1740,12 +1694,10 @@ impl Manager {
             Err(StoreError::NotFound { .. }) => {
                 let cfg = DomainConfig::new(dn.clone(), DomainClass::Template, Label::Black, None)
                     .map_err(|e| Error::InvalidProperty(e.to_string()))?;
-                let private = self.cfg.paths.private_dir(&dn);
+                let volume = PrivateVolume::new(&self.cfg.paths, &dn);
                 let store = self.store.clone();
                 blocking(move || -> Result<(), Error> {
-                    if !private.exists() {
-                        Self::make_private(&private)?;
-                    }
+                    volume.ensure(cfg.private_size).map_err(volume_err)?;
                     store.save(&cfg).map_err(|e| store_err(cfg.name.as_str(), e))
                 })
                 .await??;
@@ -2082,9 +2034,12 @@ fn hold_launch_lock(runtime_dir: &Path) -> Result<Flock<std::fs::File>, Error> {
         .map_err(|(_, e)| Error::Io(format!("{}: cannot lock: {e}", path.display())))
 }
 
-/// A VM domain's private volume image: `<state>/domains/<name>/private.img`.
-fn private_image(paths: &bulkhead_domain::Paths, name: &DomainName) -> PathBuf {
-    paths.domain_state_dir(name).join(vm::PRIVATE_IMAGE_NAME)
+fn volume_err(e: crate::volume::VolumeError) -> Error {
+    match e {
+        crate::volume::VolumeError::Shrink { .. } => Error::InvalidProperty(e.to_string()),
+        crate::volume::VolumeError::VmWritten { .. } => Error::InvalidState(e.to_string()),
+        _ => Error::Io(e.to_string()),
+    }
 }
 
 /// The previous generation of a domain log (the sandbox's log writer rotates to it).

@@ -49,10 +49,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const GUEST_CID: u64 = 3;
 /// Host side of the hybrid vsock in the channel dir (the VMM listens here).
 pub const VSOCK_UDS_NAME: &str = "vsock.sock";
-/// File name of a VM domain's private volume image in its state dir.
-pub const PRIVATE_IMAGE_NAME: &str = "private.img";
-/// Size of a new private volume image (sparse), MiB.
-pub const PRIVATE_IMAGE_MIB: u64 = 2048;
 /// Console log bound (the VMM rotates once to `.old`), same as the sandbox's log writer.
 pub const SERIAL_LOG_MAX: u64 = bulkhead_sandbox::logwriter::LOG_MAX_BYTES;
 /// The fd number the VMM gets its ready pipe on.
@@ -225,32 +221,6 @@ pub fn agent_socket(channel_dir: &Path) -> PathBuf {
         "{VSOCK_UDS_NAME}_{}",
         bulkhead_wire::AGENT_VSOCK_PORT
     ))
-}
-
-/// Make the private volume image from the private dir if it does not exist yet. The image is
-/// then the domain's private volume for VM starts (the dir is not synced back).
-pub fn ensure_private_image(private_dir: &Path, image: &Path) -> Result<bool, VmError> {
-    if image.exists() {
-        return Ok(false);
-    }
-    let tmp = image.with_extension("img.new");
-    let mut log = Vec::new();
-    bulkhead_templates::vm::make_ext4_image(
-        private_dir,
-        &tmp,
-        bulkhead_templates::vm::PRIVATE_LABEL,
-        PRIVATE_IMAGE_MIB,
-        true,
-        &mut log,
-    )?;
-    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(io(format!("chmod {}", tmp.display())))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(format!("fsync {}", tmp.display())))?;
-    fs::rename(&tmp, image).map_err(io(format!("rename to {}", image.display())))?;
-    info!(image = %image.display(), "private volume image created");
-    Ok(true)
 }
 
 /// File name of a VM domain's console input FIFO in its runtime dir.

@@ -52,10 +52,26 @@ impl Env {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    /// The host path of a file in the home of domain `name`.
-    fn home_file(&self, name: &str, file: &str) -> PathBuf {
+    /// Whether `~/file` exists in running domain `name` (asked inside it: its private
+    /// volume is an image mounted only in the domain).
+    async fn home_has(&self, name: &str, file: &str) -> bool {
+        let (r, _, _) = exchange(&self.p, Some(name), &["test", "-e", file], b"").await;
+        r.expect("run test -e") == 0
+    }
+
+    /// Whether `~/file` exists in halted domain `name`: read from its private volume image
+    /// with debugfs, without mounting it.
+    fn halted_home_has(&self, name: &str, file: &str) -> bool {
         let dn = bulkhead_domain::DomainName::new(name).unwrap();
-        self.d.paths.private_dir(&dn).join("user").join(file)
+        let image = domaind::volume::PrivateVolume::new(&self.d.paths, &dn).image;
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat /user/{file}")])
+            .arg(&image)
+            .output()
+            .expect("debugfs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(image.exists(), "no image {}", image.display());
+        !err.contains("File not found")
     }
 }
 
@@ -176,7 +192,7 @@ async fn calls_between_domains_follow_the_policy_body() {
     assert_eq!(code, 0, "stdout {out:?} stderr {err:?}\n{}", e.d.log());
     assert_eq!(out, format!("{a}|test.Echo|x.y|{b}|hello"));
     assert_eq!(state(&e.p, &b).await, "running", "b was not autostarted");
-    assert!(e.home_file(&b, "ran-test.Echo").exists());
+    assert!(e.home_has(&b, "ran-test.Echo").await);
 
     // A caller that lies about its name changes nothing.
     let (r, out, _) = exchange(
@@ -199,9 +215,9 @@ async fn calls_between_domains_follow_the_policy_body() {
     // autostart=no towards a halted domain is refused too.
     let (code, _, _) = call_from(&e, &a, &c, "test.Mark", b"").await;
     assert_eq!(code, 126);
-    assert!(!e.home_file(&b, "ran-test.Mark").exists());
-    assert!(!e.home_file(&c, "ran-test.Mark").exists());
     assert_eq!(state(&e.p, &c).await, "halted");
+    assert!(!e.home_has(&b, "ran-test.Mark").await);
+    assert!(!e.halted_home_has(&c, "ran-test.Mark"));
 
     // Tags come from the feature `tags`.
     let (code, out, err) = call_from(&e, &a, &c, "test.Tag", b"").await;

@@ -179,7 +179,12 @@ fn initramfs_init_mounts_by_label_and_switches_to_bulkhead_init() {
     std::fs::create_dir_all(private.join("user")).expect("mkdir");
     std::os::unix::fs::chown(private.join("user"), Some(1000), Some(1000)).expect("chown");
     let private_img = t.join("private.img");
-    domaind::vm::ensure_private_image(&private, &private_img).expect("private image");
+    domaind::volume::PrivateVolume {
+        image: private_img.clone(),
+        legacy_dir: private.clone(),
+    }
+    .ensure(256)
+    .expect("private image");
     let tools = t.join("tools");
     std::fs::create_dir_all(&tools).expect("mkdir");
     for b in ["bulkhead-init", "bulkhead-agent"] {

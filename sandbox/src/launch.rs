@@ -34,7 +34,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
-use nix::unistd::{chown, pipe2, Gid, Pid, Uid};
+use nix::unistd::{pipe2, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{self, CgroupPaths, Hierarchy, Limits};
@@ -137,6 +137,8 @@ pub fn launch(spec: &SandboxSpec) -> StepResult<SandboxRecord> {
     }
 }
 
+/// The scratch dir holds only the staging mount point; everything the domain writes lives in
+/// its own mounts (see [`crate::mounts`]).
 fn prepare_scratch(spec: &SandboxSpec, layout: &Layout) -> StepResult<()> {
     let s = "scratch";
     step(s, fs::create_dir_all(&spec.scratch_dir))?;
@@ -145,44 +147,11 @@ fn prepare_scratch(spec: &SandboxSpec, layout: &Layout) -> StepResult<()> {
         fs::set_permissions(&spec.scratch_dir, fs::Permissions::from_mode(0o700)),
     )?;
     step(s, wipe_dir(&spec.scratch_dir))?;
-    let base = spec.uid_base();
-    for (d, mode) in [
-        (&layout.upper, 0o755),
-        (&layout.work, 0o700),
-        (&layout.staging, 0o700),
-    ] {
-        step(s, fs::create_dir(d))?;
-        step(s, fs::set_permissions(d, fs::Permissions::from_mode(mode)))?;
-    }
-    for d in [&layout.upper, &layout.work] {
-        step(
-            s,
-            chown(d, Some(Uid::from_raw(base)), Some(Gid::from_raw(base))),
-        )?;
-    }
-    if let Some(text) = &spec.resolv_conf {
-        // upper/etc merges with the template's /etc (a plain, non-opaque directory); the
-        // file in it hides the template's resolv.conf.
-        let s = "scratch:resolv.conf";
-        let etc = layout.upper.join("etc");
-        let file = etc.join("resolv.conf");
-        step(s, fs::create_dir(&etc))?;
-        step(
-            s,
-            fs::set_permissions(&etc, fs::Permissions::from_mode(0o755)),
-        )?;
-        step(s, fs::write(&file, text.as_bytes()))?;
-        step(
-            s,
-            fs::set_permissions(&file, fs::Permissions::from_mode(0o644)),
-        )?;
-        for p in [&etc, &file] {
-            step(
-                s,
-                chown(p, Some(Uid::from_raw(base)), Some(Gid::from_raw(base))),
-            )?;
-        }
-    }
+    step(s, fs::create_dir(&layout.staging))?;
+    step(
+        s,
+        fs::set_permissions(&layout.staging, fs::Permissions::from_mode(0o700)),
+    )?;
     Ok(())
 }
 

@@ -36,16 +36,18 @@
 //!   that keeps `log_file` below [`logwriter::LOG_MAX_BYTES`], rotating once to
 //!   `<log_file>.old`; it runs in the domain's cgroup, survives domaind restarts and exits
 //!   when the domain is gone. Its pid is in the record ([`SandboxRecord::wait_log_flushed`]).
-//!   Overlay upper (scratch) and the private volume have no quota.
-//! - Host directories holding private volumes and scratch must be root-only (0700) on the
-//!   path: the domain's root can create setuid files in /home, inert inside (nosuid,
-//!   no_new_privs) but stored with canonical ids, i.e. as setuid-root files on the host disk.
-//!   No host user other than root may reach them, and host tools must not execute them.
+//! - Storage is bounded per domain: the private volume is an ext4 image of a fixed size
+//!   (a full domain gets ENOSPC in its own volume only), the root's writable layer a tmpfs
+//!   of [`SandboxSpec::root_overlay_mib`] charged to the domain's memory cgroup. Neither is
+//!   ever mounted on the host: what the domain writes there (setuid files, file
+//!   capabilities) is only reachable through the domain's own mounts, all nosuid. The image
+//!   file is the host's only trace; keep it root-only (0600 in a 0700 dir).
 //! - 32-bit (i386) syscalls kill the calling process (seccomp arch check).
 
 pub mod cgroup;
 pub mod launch;
 pub mod logwriter;
+pub mod loopdev;
 mod mounts;
 mod seccomp;
 
@@ -74,6 +76,13 @@ pub const MAX_SLOTS: u32 = 32768;
 
 /// Longest domain name accepted here (the domain model enforces Qubes' 31).
 pub const MAX_NAME_LEN: usize = 64;
+
+/// Default size of a domain root's writable layer, in MiB.
+pub const DEFAULT_ROOT_OVERLAY_MIB: u64 = 1024;
+
+fn default_root_overlay_mib() -> u64 {
+    DEFAULT_ROOT_OVERLAY_MIB
+}
 
 /// Errors of the sandbox backend.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +141,14 @@ pub struct SandboxSpec {
     pub cgroup_root: CgroupRoot,
     /// Read-only root tree, canonical ids.
     pub template_root: PathBuf,
-    /// Persistent private volume, canonical ids, mounted at /home.
-    pub private_dir: PathBuf,
-    /// Overlay upper/work live here; wiped by start() and cleanup().
+    /// Persistent private volume: an ext4 image (canonical ids) the launcher mounts at
+    /// /home through a loop device (see [`loopdev`]); its size bounds what the domain keeps.
+    pub private_image: PathBuf,
+    /// Holds the staging mount point only; wiped by start() and cleanup().
     pub scratch_dir: PathBuf,
+    /// Size of the root's writable layer (a tmpfs under the overlay) in MiB.
+    #[serde(default = "default_root_overlay_mib")]
+    pub root_overlay_mib: u64,
     /// Host dir with agent.sock; read-only at /run/bulkhead-channel.
     pub channel_dir: PathBuf,
     /// Read-only at /usr/lib/bulkhead.
@@ -172,7 +185,7 @@ impl SandboxSpec {
         }
         for (field, p) in [
             ("template_root", &self.template_root),
-            ("private_dir", &self.private_dir),
+            ("private_image", &self.private_image),
             ("scratch_dir", &self.scratch_dir),
             ("channel_dir", &self.channel_dir),
             ("guest_tools_dir", &self.guest_tools_dir),
@@ -192,7 +205,6 @@ impl SandboxSpec {
         }
         for (field, p) in [
             ("template_root", &self.template_root),
-            ("private_dir", &self.private_dir),
             ("channel_dir", &self.channel_dir),
             ("guest_tools_dir", &self.guest_tools_dir),
         ] {
@@ -225,6 +237,12 @@ impl SandboxSpec {
             .is_some_and(|r| r.len() > 4096 || r.contains('\0'))
         {
             return bad("resolv_conf: at most 4096 bytes, no NUL".into());
+        }
+        if !(1..=1 << 20).contains(&self.root_overlay_mib) {
+            return bad(format!(
+                "root_overlay_mib {} not in 1..=1048576",
+                self.root_overlay_mib
+            ));
         }
         if self.uid_slot >= MAX_SLOTS {
             return bad(format!("uid_slot {} not below {MAX_SLOTS}", self.uid_slot));
@@ -603,7 +621,8 @@ mod tests {
             name: "work".into(),
             cgroup_root: CgroupRoot::system(),
             template_root: dir.to_path_buf(),
-            private_dir: dir.to_path_buf(),
+            private_image: dir.join("private.img"),
+            root_overlay_mib: DEFAULT_ROOT_OVERLAY_MIB,
             scratch_dir: dir.join("scratch"),
             channel_dir: dir.to_path_buf(),
             guest_tools_dir: dir.to_path_buf(),

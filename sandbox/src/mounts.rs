@@ -15,6 +15,7 @@
 //! symlink fails to start with the step and path named; Debian trees have none.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
 use crate::launch::{LaunchError, StepResult};
+use crate::loopdev;
 use crate::SandboxSpec;
 
 /// Device nodes bound from the host into /dev.
@@ -202,9 +204,8 @@ fn incoming_dir(private_dir: &Path) -> StepResult<Option<OwnedFd>> {
         err(
             STEP,
             format!(
-                "{what} in the private volume {} cannot be used ({e}); it must be a real \
-                 directory, not a symlink",
-                private_dir.display()
+                "{what} in the private volume cannot be used ({e}); it must be a real \
+                 directory, not a symlink"
             ),
         )
     };
@@ -352,19 +353,15 @@ impl Root {
 
 /// Where things live while assembling.
 pub(crate) struct Layout {
-    /// scratch_dir/upper (overlay upper layer, owned by the domain's root)
-    pub upper: PathBuf,
-    /// scratch_dir/work
-    pub work: PathBuf,
-    /// scratch_dir/mnt: a tmpfs inside the child's mount ns holding `lower` and `root`
+    /// scratch_dir/mnt: a tmpfs inside the child's mount ns holding the template's view
+    /// (`lower`), the root's writable layer (`s`, a tmpfs), the private volume (`p`), the
+    /// guest tools (`t`) and the assembled `root`. None of it is ever on the host's disk.
     pub staging: PathBuf,
 }
 
 impl Layout {
     pub fn new(scratch: &Path) -> Layout {
         Layout {
-            upper: scratch.join("upper"),
-            work: scratch.join("work"),
             staging: scratch.join("mnt"),
         }
     }
@@ -373,6 +370,35 @@ impl Layout {
     pub fn root(&self) -> PathBuf {
         self.staging.join("root")
     }
+}
+
+/// Makes `upper` (the domain root's, 0755) and `work` in the root's writable layer at
+/// `layer`, and the domain's /etc/resolv.conf in `upper` when the spec has one.
+fn prepare_upper(spec: &SandboxSpec, layer: &Path) -> StepResult<()> {
+    const STEP: &str = "mount:overlay";
+    let base = spec.uid_base();
+    let owned = |p: &Path, mode: u32| -> StepResult<()> {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode))
+            .and_then(|()| std::os::unix::fs::chown(p, Some(base), Some(base)))
+            .map_err(|e| err(STEP, format!("chown/chmod {}: {e}", p.display())))
+    };
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    for (d, mode) in [(&upper, 0o755), (&work, 0o700)] {
+        fs::create_dir(d).map_err(|e| err(STEP, format!("mkdir {}: {e}", d.display())))?;
+        owned(d, mode)?;
+    }
+    if let Some(text) = &spec.resolv_conf {
+        // upper/etc merges with the template's /etc (a plain, non-opaque directory); the
+        // file in it hides the template's resolv.conf.
+        let etc = upper.join("etc");
+        let file = etc.join("resolv.conf");
+        fs::create_dir(&etc).map_err(|e| err(STEP, format!("mkdir {}: {e}", etc.display())))?;
+        owned(&etc, 0o755)?;
+        fs::write(&file, text.as_bytes())
+            .map_err(|e| err(STEP, format!("write {}: {e}", file.display())))?;
+        owned(&file, 0o644)?;
+    }
+    Ok(())
 }
 
 /// Builds the domain's root under `layout.root()`. Must run inside the child's mount namespace.
@@ -417,20 +443,20 @@ pub(crate) fn assemble(
         libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NODEV,
         Some(userns),
     )?;
-    // Upper and work through one bind so the overlay options show only staging-relative names.
-    let scratch = layout
-        .upper
-        .parent()
-        .ok_or_else(|| err("mount:overlay", "scratch dir has no parent"))?;
-    bind_with_attrs(
+    // The root's writable layer: a tmpfs of the spec's size, so what a domain writes outside
+    // its private volume is bounded (and charged to the domain's memory cgroup, whose
+    // processes fault its pages in), and gone when the domain's mount namespace is.
+    mount_fs(
         "mount:overlay",
-        scratch,
+        "tmpfs",
         Target::Path(&scratch_view),
-        0,
-        None,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &format!("mode=0700,size={}m", spec.root_overlay_mib),
     )?;
+    prepare_upper(spec, &scratch_view)?;
     std::env::set_current_dir(&layout.staging)
         .map_err(|e| err("mount:overlay", format!("chdir staging: {e}")))?;
+    // Relative layer names: the overlay's options in the domain's mountinfo name no host path.
     mount_fs(
         "mount:overlay",
         "overlay",
@@ -443,11 +469,36 @@ pub(crate) fn assemble(
     // From here on, every path is resolved below the overlay root without symlinks.
     let root_dir = Root::open(&root)?;
 
-    // Private volume at /home.
+    // Private volume at /home: the domain's ext4 image on a loop device, mounted here only
+    // (see crate::loopdev), then bound idmapped. Its mountinfo line shows the loop device
+    // and "/", not where the image lives on the host.
+    let private = layout.staging.join("p");
+    fs::create_dir(&private)
+        .map_err(|e| err("mount:private", format!("mkdir {}: {e}", private.display())))?;
+    let image = loopdev::open_locked(&spec.private_image).map_err(|e| err("mount:private", e))?;
+    let dev = loopdev::attach(image, &spec.private_image).map_err(|e| err("mount:private", e))?;
+    mount(
+        Some(&dev.path),
+        &private,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("errors=remount-ro"),
+    )
+    .map_err(|e| {
+        err(
+            "mount:private",
+            format!(
+                "mount {} ({}) as ext4: {e}",
+                dev.path.display(),
+                spec.private_image.display()
+            ),
+        )
+    })?;
+    drop(dev);
     let home = root_dir.ensure_dir("mount:home", "home", base, 0o755)?;
     bind_with_attrs(
         "mount:home",
-        &spec.private_dir,
+        &private,
         Target::Fd(home.as_fd(), "home"),
         libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
         Some(userns),
@@ -456,7 +507,7 @@ pub(crate) fn assemble(
     // ~/Incoming of the default user (where files from other domains land): its own
     // idmapped bind with noexec, nosuid and nodev. Made on the host side first (a mkdir
     // through the idmapped /home would need the launcher's uid in the domain's range).
-    if let Some(incoming) = incoming_dir(&spec.private_dir)? {
+    if let Some(incoming) = incoming_dir(&private)? {
         let target = root_dir.ensure_dir("mount:incoming", "home/user/Incoming", base, 0o700)?;
         bind_fd_with_attrs(
             "mount:incoming",
@@ -468,15 +519,34 @@ pub(crate) fn assemble(
         )?;
     }
 
-    // Guest tools, read-only.
-    let tools = root_dir.ensure_dir("mount:guest-tools", "usr/lib/bulkhead", base, 0o755)?;
+    // Guest tools, read-only: an overlay of the tools dir (bound into staging, which the
+    // domain never sees) and an empty dir, with relative layer names, so /usr/lib/bulkhead
+    // in the domain's mountinfo says "overlay" and "/" instead of the host's tools path.
+    let tools_src = layout.staging.join("t");
+    let empty = layout.staging.join("e");
+    for d in [&tools_src, &empty] {
+        fs::create_dir(d)
+            .map_err(|e| err("mount:guest-tools", format!("mkdir {}: {e}", d.display())))?;
+    }
     bind_with_attrs(
         "mount:guest-tools",
         &spec.guest_tools_dir,
-        Target::Fd(tools.as_fd(), "usr/lib/bulkhead"),
+        Target::Path(&tools_src),
         libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
         None,
     )?;
+    let tools = root_dir.ensure_dir("mount:guest-tools", "usr/lib/bulkhead", base, 0o755)?;
+    std::env::set_current_dir(&layout.staging)
+        .map_err(|e| err("mount:guest-tools", format!("chdir staging: {e}")))?;
+    mount_fs(
+        "mount:guest-tools",
+        "overlay",
+        Target::Fd(tools.as_fd(), "usr/lib/bulkhead"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "lowerdir=t:e",
+    )?;
+    std::env::set_current_dir("/")
+        .map_err(|e| err("mount:guest-tools", format!("chdir /: {e}")))?;
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // /tmp

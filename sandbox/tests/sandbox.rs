@@ -245,7 +245,8 @@ impl Fixture {
             name: self.name.clone(),
             cgroup_root: test_root(),
             template_root: self.template.clone().unwrap_or_else(|| self.path("root")),
-            private_dir: self.path("private"),
+            private_image: self.private_image(),
+            root_overlay_mib: 64,
             scratch_dir: self.path("scratch"),
             channel_dir: self.path("channel"),
             guest_tools_dir: self.path("tools"),
@@ -260,6 +261,45 @@ impl Fixture {
 
     fn log(&self) -> String {
         fs::read_to_string(self.path("log/init.log")).unwrap_or_default()
+    }
+
+    /// The private volume image, made from the `private` dir at its first use (so a test
+    /// plants what it wants in `private` before its first [`Fixture::spec`]).
+    fn private_image(&self) -> PathBuf {
+        let image = self.path("private.img");
+        if !image.exists() {
+            let f = fs::File::create(&image).expect("image");
+            f.set_len(64 << 20).expect("size");
+            let out = std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+                .arg(self.path("private"))
+                .arg(&image)
+                .output()
+                .expect("mkfs.ext4 (e2fsprogs)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        image
+    }
+
+    /// Runs `f` on the private volume mounted read-only on the host for a moment (once the
+    /// domain has released it), as the host sees it: canonical ids.
+    fn with_private<R>(&self, f: impl FnOnce(&Path) -> R) -> R {
+        let image = self.private_image();
+        let file = bulkhead_sandbox::loopdev::open_locked(&image).expect("lock the image");
+        let dev = bulkhead_sandbox::loopdev::attach(file, &image).expect("loop device");
+        let at = tempfile::tempdir().expect("mount point");
+        nix::mount::mount(
+            Some(&dev.path),
+            at.path(),
+            Some("ext4"),
+            nix::mount::MsFlags::MS_RDONLY | nix::mount::MsFlags::MS_NOSUID,
+            None::<&str>,
+        )
+        .expect("mount the private volume read-only");
+        drop(dev);
+        let r = f(at.path());
+        nix::mount::umount2(at.path(), nix::mount::MntFlags::MNT_DETACH).expect("umount");
+        r
     }
 
     /// Host mounts that mention this fixture: there must never be any.
@@ -571,9 +611,6 @@ fn lifecycle_limits_uid_map_freeze_kill_cleanup() {
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
 
-    // uid map: a file created as user 1000 inside is canonical 1000 on disk
-    let made = fs::metadata(fx.path("private/user/created-inside")).expect("file from inside");
-    assert_eq!((made.uid(), made.gid()), (1000, 1000));
     // template unchanged; the write went to the overlay upper layer as the domain's root
     assert!(
         !fx.path("root/etc/written-inside").exists(),
@@ -583,7 +620,9 @@ fn lifecycle_limits_uid_map_freeze_kill_cleanup() {
         fs::read_to_string(fx.path("root/etc/template-marker")).expect("marker"),
         "original\n"
     );
-    let upper = fs::metadata(fx.path("scratch/upper/etc/written-inside")).expect("upper file");
+    // (the upper layer is a tmpfs in the domain's mount namespace; seen through its root)
+    let in_domain = |p: &str| PathBuf::from(format!("/proc/{}/root{p}", rec.init_pid));
+    let upper = fs::metadata(in_domain("/etc/written-inside")).expect("upper file");
     assert_eq!(upper.uid(), rec.uid_base);
 
     // limits
@@ -612,8 +651,8 @@ fn lifecycle_limits_uid_map_freeze_kill_cleanup() {
         "first instance harmed by the refused second start"
     );
     assert!(
-        fx.path("scratch/upper/etc/written-inside").exists(),
-        "the refused second start touched the running instance's scratch"
+        in_domain("/etc/written-inside").exists(),
+        "the refused second start touched the running instance's root"
     );
 
     // kill everything while frozen
@@ -635,11 +674,11 @@ fn lifecycle_limits_uid_map_freeze_kill_cleanup() {
     assert!(!rec.cgroup.exists());
     assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
     assert!(scratch_is_empty(&fx));
-    assert!(
-        fx.path("private/user/created-inside").exists(),
-        "private data lost"
-    );
     assert!(fx.host_mounts().is_empty());
+    // uid map: a file created as user 1000 inside is canonical 1000 on disk; nothing lost
+    let made = fx.with_private(|p| fs::metadata(p.join("user/created-inside")));
+    let made = made.expect("private data lost");
+    assert_eq!((made.uid(), made.gid()), (1000, 1000));
 }
 
 fn proc_state(pid: i32) -> char {
@@ -1008,10 +1047,14 @@ fn incoming_is_created_and_mounted_noexec() {
         );
     }
     // created on the host side with the user's (canonical) ids, private to the user
-    let m = fs::symlink_metadata(fx.path("private/user/Incoming")).expect("Incoming on disk");
+    let (m, prog) = fx.with_private(|p| {
+        (
+            fs::symlink_metadata(p.join("user/Incoming")).expect("Incoming on disk"),
+            fs::metadata(p.join("user/Incoming/prog")).expect("written inside"),
+        )
+    });
     assert!(m.is_dir());
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o700));
-    let prog = fs::metadata(fx.path("private/user/Incoming/prog")).expect("written inside");
     assert_eq!(prog.uid(), 1000);
     assert!(fx.host_mounts().is_empty());
 }
