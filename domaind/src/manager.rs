@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -813,9 +813,11 @@ impl Manager {
         // The config file goes last: a domain that is no longer listed has no data left, and
         // one whose removal failed half-way is still listed and can be removed again.
         blocking(move || -> Result<(), Error> {
-            for dir in [paths.domain_state_dir(&dn), paths.runtime_domain_dir(&dn)] {
-                fsutil::remove_tree(&dir).map_err(io_err(&dir.display().to_string()))?;
-            }
+            let state = paths.domain_state_dir(&dn);
+            fsutil::remove_tree(&state).map_err(io_err(&state.display().to_string()))?;
+            fsutil::remove_runtime_dir(&paths, &dn).map_err(io_err(
+                &paths.runtime_domain_dir(&dn).display().to_string(),
+            ))?;
             let log = paths.log_file(&dn);
             fsutil::remove_file(&log).map_err(io_err(&log.display().to_string()))?;
             let old = old_log(&log);
@@ -1286,7 +1288,7 @@ impl Manager {
         let res = blocking(move || -> Result<(), String> {
             record.cleanup().map_err(|e| e.to_string())?;
             if let Ok(dn) = DomainName::new(&name2) {
-                let _ = fsutil::remove_tree(&paths.runtime_domain_dir(&dn));
+                let _ = fsutil::remove_runtime_dir(&paths, &dn);
                 let _ = fsutil::remove_tree(&paths.scratch_dir(&dn));
             }
             Ok(())
@@ -1798,7 +1800,7 @@ impl Manager {
                     }
                     if let Ok(dn) = DomainName::new(&n) {
                         let _ = fsutil::remove_tree(&self.cfg.paths.scratch_dir(&dn));
-                        let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(&dn));
+                        let _ = fsutil::remove_runtime_dir(&self.cfg.paths, &dn);
                     }
                 }
             }
@@ -1903,7 +1905,7 @@ impl Manager {
                     let root = self.cfg.cgroup_root.clone();
                     let _ = blocking(move || bulkhead_sandbox::remove_cgroup(&root, &n)).await;
                 }
-                let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(dn));
+                let _ = fsutil::remove_runtime_dir(&self.cfg.paths, dn);
                 return false;
             }
         };
@@ -1941,7 +1943,7 @@ impl Manager {
                 if let Err(e) = rec.cleanup() {
                     error!(domain = %dn2, error = %e, "cleanup failed");
                 }
-                let _ = fsutil::remove_tree(&paths.runtime_domain_dir(&dn2));
+                let _ = fsutil::remove_runtime_dir(&paths, &dn2);
                 let _ = fsutil::remove_tree(&paths.scratch_dir(&dn2));
             })
             .await;
@@ -1971,7 +1973,7 @@ impl Manager {
                 })
                 .await;
                 self.release_slot(file.uid_slot, name);
-                let _ = fsutil::remove_tree(&self.cfg.paths.runtime_domain_dir(dn));
+                let _ = fsutil::remove_runtime_dir(&self.cfg.paths, dn);
                 return false;
             }
         };
@@ -2111,15 +2113,37 @@ fn bind_channel(dir: &Path, sock: &Path, uid_base: u32) -> Result<UnixListener, 
         ))
     })?;
     std::fs::create_dir_all(dir).map_err(io_err(&shown))?;
-    let dfd = openat(
-        CWD,
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno(&format!(
-        "{shown} (must be a directory, not a symlink)"
-    )))?;
+    let open_dir = || {
+        openat(
+            CWD,
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(&format!(
+            "{shown} (must be a directory, not a symlink)"
+        )))
+    };
+    // The channel dir is a tmpfs of its own: bound into a sandbox, its mountinfo line then
+    // shows "/" instead of the host path of the dir. It is already one when a domain is
+    // adopted after a domaind restart (a different device than its parent's).
+    let dfd = open_dir()?;
+    let parent_dev = std::fs::metadata(parent)
+        .map_err(io_err(&parent.display().to_string()))?
+        .dev();
+    if fstat(&dfd).map_err(errno(&shown))?.st_dev == parent_dev {
+        nix::mount::mount(
+            Some("tmpfs"),
+            &PathBuf::from(format!("/proc/self/fd/{}", dfd.as_raw_fd())),
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some("size=64k,nr_inodes=256,mode=0700"),
+        )
+        .map_err(|e| Error::Io(format!("cannot mount the channel tmpfs on {shown}: {e}")))?;
+    }
+    let dfd = open_dir()?;
     let st = fstat(&dfd).map_err(errno(&shown))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory
         || (st.st_uid != 0 && st.st_uid != uid_base)
@@ -2133,21 +2157,34 @@ fn bind_channel(dir: &Path, sock: &Path, uid_base: u32) -> Result<UnixListener, 
     fchown(&dfd, Some(uid), Some(gid)).map_err(errno(&format!("chown {shown}")))?;
     fchmod(&dfd, Mode::from_raw_mode(0o700)).map_err(errno(&format!("chmod {shown}")))?;
 
-    // Staging: root-owned 0700, in the root-owned runtime dir of the domain (same filesystem).
-    let stage = tempfile::Builder::new()
-        .prefix(".channel-bind-")
-        .tempdir_in(parent)
-        .map_err(io_err(&format!("staging dir in {}", parent.display())))?;
-    let staged = stage.path().join("s");
-    let l = std::os::unix::net::UnixListener::bind(&staged)
-        .map_err(io_err(&format!("cannot bind {}", staged.display())))?;
+    // Staging: a root-owned 0700 dir in the channel dir (the same file system, for the
+    // rename), used only through its fd: if the domain's uid (owner of the channel dir)
+    // swaps the name for something of its own, the fstat below or the fd path notices.
+    let stage_name = format!(".bind-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0));
+    rustix::fs::mkdirat(&dfd, stage_name.as_str(), Mode::from_raw_mode(0o700))
+        .map_err(errno(&format!("staging dir in {shown}")))?;
     let sfd = openat(
-        CWD,
-        stage.path(),
+        &dfd,
+        stage_name.as_str(),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(errno(&stage.path().display().to_string()))?;
+    .map_err(errno(&format!("staging dir in {shown}")))?;
+    let sst = fstat(&sfd).map_err(errno(&format!("staging dir in {shown}")))?;
+    if sst.st_uid != 0 || sst.st_mode & 0o777 != 0o700 {
+        return Err(Error::Io(format!(
+            "the staging dir in {shown} was replaced (owner {}); not binding there",
+            sst.st_uid
+        )));
+    }
+    let remove_stage = || {
+        let _ = unlinkat(&dfd, stage_name.as_str(), AtFlags::REMOVEDIR);
+    };
+    let staged = PathBuf::from(format!("/proc/self/fd/{}/s", sfd.as_raw_fd()));
+    let l = std::os::unix::net::UnixListener::bind(&staged).map_err(|e| {
+        remove_stage();
+        Error::Io(format!("cannot bind a socket in {shown}: {e}"))
+    })?;
     rustix::fs::chownat(&sfd, "s", Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(errno(&format!("chown {}", staged.display())))?;
     rustix::fs::chmodat(&sfd, "s", Mode::from_raw_mode(0o600), AtFlags::empty())
@@ -2158,11 +2195,13 @@ fn bind_channel(dir: &Path, sock: &Path, uid_base: u32) -> Result<UnixListener, 
         Ok(()) | Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::ISDIR) => {}
         Err(e) => return Err(errno(&format!("remove {}", sock.display()))(e)),
     }
-    renameat(&sfd, "s", &dfd, name.as_os_str()).map_err(errno(&format!(
+    let moved = renameat(&sfd, "s", &dfd, name.as_os_str());
+    let _ = unlinkat(&sfd, "s", AtFlags::empty());
+    remove_stage();
+    moved.map_err(errno(&format!(
         "cannot move the bound socket to {}",
         sock.display()
     )))?;
-    drop(stage);
     l.set_nonblocking(true)
         .map_err(io_err(&sock.display().to_string()))?;
     UnixListener::from_std(l).map_err(io_err(&sock.display().to_string()))
@@ -2266,8 +2305,23 @@ mod tests {
 
     /// A channel dir as domaind makes it: `<tmp>/domains/x/channel`, plus a file outside
     /// that a planted symlink points at.
-    fn channel_fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-        let tmp = tempfile::tempdir().unwrap();
+    /// A temp dir that unmounts the channel tmpfs `bind_channel` put in it.
+    struct ChannelTmp(tempfile::TempDir);
+
+    impl ChannelTmp {
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for ChannelTmp {
+        fn drop(&mut self) {
+            let _ = fsutil::unmount_channel(&self.0.path().join("domains/x/channel"));
+        }
+    }
+
+    fn channel_fixture() -> (ChannelTmp, PathBuf, PathBuf, PathBuf) {
+        let tmp = ChannelTmp(tempfile::tempdir().unwrap());
         let dir = tmp.path().join("domains/x/channel");
         let sock = vm::agent_socket(&dir);
         let outside = tmp.path().join("outside.txt");

@@ -55,8 +55,9 @@ impl Env {
     /// Whether `~/file` exists in running domain `name` (asked inside it: its private
     /// volume is an image mounted only in the domain).
     async fn home_has(&self, name: &str, file: &str) -> bool {
-        let (r, _, _) = exchange(&self.p, Some(name), &["test", "-e", file], b"").await;
-        r.expect("run test -e") == 0
+        let script = format!("[ -e /home/user/{file} ]");
+        let (r, _, _) = exchange(&self.p, Some(name), &["sh", "-c", &script], b"").await;
+        r.expect("run [ -e ]") == 0
     }
 
     /// Whether `~/file` exists in halted domain `name`: read from its private volume image

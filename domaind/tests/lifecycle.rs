@@ -219,14 +219,10 @@ async fn start_run_pause_shutdown_body() {
         Some("halted")
     );
     assert_clean(&env.d, &work, pid);
-    let home = env
-        .d
-        .paths
-        .state_dir
-        .join("domains")
-        .join(&work)
-        .join("private/user/f");
-    assert_eq!(std::fs::read_to_string(home).unwrap(), "kept\n");
+    let kept = domaind::testing::with_private_volume(&env.d.paths, &work, |p| {
+        std::fs::read_to_string(p.join("user/f")).unwrap()
+    });
+    assert_eq!(kept, "kept\n");
 
     // run on a halted domain starts it
     let (code, out, _, _) = run(p, None, &work, &["cat", "/home/user/f"], "", b"")
@@ -278,15 +274,11 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
     )
     .await
     .unwrap();
-    let seed = env
-        .d
-        .paths
-        .state_dir
-        .join("domains")
-        .join(&dvm)
-        .join("private/user/seed");
-    std::fs::write(&seed, "from the dvm\n").unwrap();
-    std::os::unix::fs::chown(&seed, Some(1000), Some(1000)).unwrap();
+    domaind::testing::with_private_volume(&env.d.paths, &dvm, |p| {
+        let seed = p.join("user/seed");
+        std::fs::write(&seed, "from the dvm\n").unwrap();
+        std::os::unix::fs::chown(&seed, Some(1000), Some(1000)).unwrap();
+    });
     let (code, out, _, disp) = run(p, Some(&dvm), "", &["cat", "/home/user/seed"], "", b"")
         .await
         .unwrap_or_else(|e| panic!("run_disposable: {e}\n{}", env.d.log()));
@@ -305,7 +297,10 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
     assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
     assert!(!env.d.cgroup_exists(&disp));
     // the dvm's own volume is untouched
-    assert_eq!(std::fs::read_to_string(&seed).unwrap(), "from the dvm\n");
+    let seed = domaind::testing::with_private_volume(&env.d.paths, &dvm, |p| {
+        std::fs::read_to_string(p.join("user/seed")).unwrap()
+    });
+    assert_eq!(seed, "from the dvm\n");
 
     // a disposable straight from a template, whose command fails: still removed
     let (code, _, _, disp) = run(p, Some(&env.name("tmpl")), "", &["false"], "", b"")
@@ -832,25 +827,22 @@ async fn running_source_is_not_copied_body() {
     // A Start of the source issued while the clone copies waits until the copy is done
     // (the clone holds the source's lifecycle lock): when the source reports "starting",
     // the clone's config file (saved after the copy) already exists.
-    let private = env
-        .d
-        .paths
-        .state_dir
-        .join("domains")
-        .join(&dvm)
-        .join("private");
-    let bulk = private.join("bulk");
-    std::fs::create_dir(&bulk).unwrap();
-    for i in 0..20_000 {
-        std::fs::write(bulk.join(i.to_string()), b"x").unwrap();
-    }
+    // Enough data that the copy of the image takes a while.
+    domaind::testing::with_private_volume(&env.d.paths, &dvm, |p| {
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 + 1).collect();
+        let mut f = std::fs::File::create(p.join("bulk")).unwrap();
+        for _ in 0..384 {
+            std::io::Write::write_all(&mut f, &chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    });
     let dest_private = env
         .d
         .paths
         .state_dir
         .join("domains")
         .join(&copy)
-        .join("private");
+        .join(domaind::volume::IMAGE_NAME);
     let dest_cfg = env
         .d
         .paths
@@ -882,12 +874,10 @@ async fn running_source_is_not_copied_body() {
     );
     cloning.await.unwrap().unwrap();
     starting.await.unwrap().unwrap();
-    assert_eq!(
-        std::fs::read_dir(dest_private.join("bulk"))
-            .unwrap()
-            .count(),
-        20_000
-    );
+    let copied = domaind::testing::with_private_volume(&env.d.paths, &copy, |p| {
+        std::fs::metadata(p.join("bulk")).unwrap().len()
+    });
+    assert_eq!(copied, 384 << 20);
     p.kill(&dvm).await.unwrap();
 }
 
