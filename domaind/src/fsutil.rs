@@ -202,14 +202,20 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 
 /// Removes a domain's runtime dir, unmounting its channel file system first (see
 /// `bind_channel`: each channel dir is a small tmpfs of its own).
-pub fn remove_runtime_dir(paths: &bulkhead_domain::Paths, name: &bulkhead_domain::DomainName) -> io::Result<()> {
+pub fn remove_runtime_dir(
+    paths: &bulkhead_domain::Paths,
+    name: &bulkhead_domain::DomainName,
+) -> io::Result<()> {
     unmount_channel(&paths.channel_dir(name))?;
     remove_tree(&paths.runtime_domain_dir(name))
 }
 
 /// Detaches the tmpfs on a channel dir, if one is mounted there.
 pub fn unmount_channel(dir: &Path) -> io::Result<()> {
-    match nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+    match nix::mount::umount2(
+        dir,
+        nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+    ) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
         Err(e) => Err(io::Error::from(e)),
     }

@@ -815,9 +815,8 @@ impl Manager {
         blocking(move || -> Result<(), Error> {
             let state = paths.domain_state_dir(&dn);
             fsutil::remove_tree(&state).map_err(io_err(&state.display().to_string()))?;
-            fsutil::remove_runtime_dir(&paths, &dn).map_err(io_err(
-                &paths.runtime_domain_dir(&dn).display().to_string(),
-            ))?;
+            fsutil::remove_runtime_dir(&paths, &dn)
+                .map_err(io_err(&paths.runtime_domain_dir(&dn).display().to_string()))?;
             let log = paths.log_file(&dn);
             fsutil::remove_file(&log).map_err(io_err(&log.display().to_string()))?;
             let old = old_log(&log);
@@ -1087,7 +1086,7 @@ impl Manager {
             cgroup_root: self.cfg.cgroup_root.clone(),
             template_root: template_root.to_owned(),
             private_image: PrivateVolume::new(paths, &cfg.name).image,
-            root_overlay_mib: bulkhead_sandbox::DEFAULT_ROOT_OVERLAY_MIB,
+            root_overlay_mib: root_overlay_mib(cfg.memory),
             scratch_dir: paths.scratch_dir(&cfg.name),
             channel_dir: paths.channel_dir(&cfg.name),
             guest_tools_dir: self.cfg.guest_tools_dir.clone(),
@@ -1617,9 +1616,8 @@ impl Manager {
         let to = PrivateVolume::new(&self.cfg.paths, &dn);
         let store = self.store.clone();
         blocking(move || -> Result<(), Error> {
-            from.copy_to(&to, cfg.private_size).map_err(|e| {
-                Error::Io(format!("seeding the disposable's private volume: {e}"))
-            })?;
+            from.copy_to(&to, cfg.private_size)
+                .map_err(|e| Error::Io(format!("seeding the disposable's private volume: {e}")))?;
             store
                 .save(&cfg)
                 .map_err(|e| store_err(cfg.name.as_str(), e))
@@ -2036,6 +2034,13 @@ fn hold_launch_lock(runtime_dir: &Path) -> Result<Flock<std::fs::File>, Error> {
         .map_err(|(_, e)| Error::Io(format!("{}: cannot lock: {e}", path.display())))
 }
 
+/// Bound of a sandbox root's writable layer (a tmpfs charged to the domain's memory): half
+/// the domain's memory, so a domain that fills its root gets ENOSPC before its memory
+/// cgroup has to kill something. What must last belongs in /home, the private volume.
+fn root_overlay_mib(memory_mib: u64) -> u64 {
+    (memory_mib / 2).max(16)
+}
+
 fn volume_err(e: crate::volume::VolumeError) -> Error {
     match e {
         crate::volume::VolumeError::Shrink { .. } => Error::InvalidProperty(e.to_string()),
@@ -2160,7 +2165,14 @@ fn bind_channel(dir: &Path, sock: &Path, uid_base: u32) -> Result<UnixListener, 
     // Staging: a root-owned 0700 dir in the channel dir (the same file system, for the
     // rename), used only through its fd: if the domain's uid (owner of the channel dir)
     // swaps the name for something of its own, the fstat below or the fd path notices.
-    let stage_name = format!(".bind-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0));
+    let stage_name = format!(
+        ".bind-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
     rustix::fs::mkdirat(&dfd, stage_name.as_str(), Mode::from_raw_mode(0o700))
         .map_err(errno(&format!("staging dir in {shown}")))?;
     let sfd = openat(

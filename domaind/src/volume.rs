@@ -92,8 +92,11 @@ impl PrivateVolume {
     /// Record that a VM gets the volume (before the VMM opens it).
     pub fn mark_vm_written(&self) -> Result<(), VolumeError> {
         let m = self.marker();
-        fs::write(&m, b"a VM's guest has written private.img: dom0 never mounts it\n")
-            .map_err(io("cannot write", &m))
+        fs::write(
+            &m,
+            b"a VM's guest has written private.img: dom0 never mounts it\n",
+        )
+        .map_err(io("cannot write", &m))
     }
 
     /// Makes the image if the domain has none (from its legacy directory, or empty with a
@@ -143,7 +146,8 @@ impl PrivateVolume {
         for p in [&dest.image, &dest.marker()] {
             crate::fsutil::remove_file(p).map_err(io("cannot remove", p))?;
         }
-        crate::fsutil::remove_tree(&dest.legacy_dir).map_err(io("cannot remove", &dest.legacy_dir))?;
+        crate::fsutil::remove_tree(&dest.legacy_dir)
+            .map_err(io("cannot remove", &dest.legacy_dir))?;
         if let Some(parent) = dest.image.parent() {
             fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
         }
@@ -191,13 +195,21 @@ impl PrivateVolume {
             return Ok(());
         }
         // Written only by dom0's own kernel: check it and grow it offline.
-        run(Command::new("e2fsck").args(["-f", "-p"]).arg(&self.image), &self.image, &[0, 1])?;
+        run(
+            Command::new("e2fsck").args(["-f", "-p"]).arg(&self.image),
+            &self.image,
+            &[0, 1],
+        )?;
         File::options()
             .write(true)
             .open(&self.image)
             .and_then(|f| f.set_len(size_mib << 20))
             .map_err(io("cannot grow", &self.image))?;
-        run(Command::new("resize2fs").arg("-p").arg(&self.image), &self.image, &[0])?;
+        run(
+            Command::new("resize2fs").arg("-p").arg(&self.image),
+            &self.image,
+            &[0],
+        )?;
         info!(image = %self.image.display(), from_mib = have, size_mib, "private volume grown");
         Ok(())
     }
@@ -206,7 +218,10 @@ impl PrivateVolume {
 fn run(cmd: &mut Command, image: &Path, ok: &[i32]) -> Result<(), VolumeError> {
     let out = cmd.output().map_err(|e| VolumeError::Mkfs {
         path: image.to_path_buf(),
-        message: format!("cannot run {:?} (apt-get install e2fsprogs): {e}", cmd.get_program()),
+        message: format!(
+            "cannot run {:?} (apt-get install e2fsprogs): {e}",
+            cmd.get_program()
+        ),
     })?;
     if out.status.code().is_some_and(|c| ok.contains(&c)) {
         return Ok(());
@@ -288,15 +303,37 @@ mod tests {
         assert_eq!(meta.len(), 128 << 20);
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         use std::os::unix::fs::MetadataExt;
-        assert!(meta.blocks() * 512 < 16 << 20, "not sparse: {} blocks", meta.blocks());
+        assert!(
+            meta.blocks() * 512 < 16 << 20,
+            "not sparse: {} blocks",
+            meta.blocks()
+        );
         assert!(!v.ensure(128).unwrap(), "second ensure makes nothing");
         v.ensure(192).unwrap();
         assert_eq!(v.size_mib().unwrap(), 192);
         let e = v.ensure(64).unwrap_err();
-        assert!(matches!(e, VolumeError::Shrink { have: 192, want: 64, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                VolumeError::Shrink {
+                    have: 192,
+                    want: 64,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // still a clean file system of the new size
-        let out = Command::new("e2fsck").args(["-f", "-n"]).arg(&v.image).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let out = Command::new("e2fsck")
+            .args(["-f", "-n"])
+            .arg(&v.image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use linux_raw_sys::loop_device::{loop_config, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LO_FLAGS_AUTOCLEAR};
+use linux_raw_sys::loop_device::{
+    loop_config, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LO_FLAGS_AUTOCLEAR,
+};
 
 /// How long a start waits for the previous run's mount of the same image to go away.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);

@@ -15,8 +15,8 @@
 //! symlink fails to start with the step and path named; Debian trees have none.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};

@@ -276,7 +276,11 @@ impl Fixture {
                 .arg(&image)
                 .output()
                 .expect("mkfs.ext4 (e2fsprogs)");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         image
     }
