@@ -32,6 +32,8 @@ pub enum DeviceError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("disk {path} is in use by another VM or domain start (its lock stayed taken for 10 s)")]
+    DiskInUse { path: PathBuf },
     #[error("disk {path}: {source}")]
     Block {
         path: PathBuf,
@@ -86,6 +88,31 @@ pub struct OpenedDevices {
     pub devices: Vec<(String, Box<dyn VirtioDevice>)>,
 }
 
+/// Takes an exclusive `flock` on a writable disk for as long as the VMM keeps it open: the
+/// sandbox launcher takes the same lock on a private volume image before it mounts one, so
+/// one volume is never written by two kernels at once. Waits up to 10 s for a previous
+/// holder (a loop device being released).
+fn lock_disk(file: &std::fs::File, path: &std::path::Path) -> Result<(), DeviceError> {
+    use std::os::fd::AsRawFd;
+    for _ in 0..500 {
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(DeviceError::OpenDisk {
+                path: path.to_path_buf(),
+                source: e,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(DeviceError::DiskInUse {
+        path: path.to_path_buf(),
+    })
+}
+
 /// Opens every host resource the spec's devices need and builds the device models.
 pub fn open_devices(spec: &VmSpec) -> Result<OpenedDevices, DeviceError> {
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
@@ -99,6 +126,9 @@ pub fn open_devices(spec: &VmSpec) -> Result<OpenedDevices, DeviceError> {
                 path: d.path.clone(),
                 source,
             })?;
+        if !d.read_only {
+            lock_disk(&file, &d.path)?;
+        }
         let blk = Block::new(file, d.read_only).map_err(|source| DeviceError::Block {
             path: d.path.clone(),
             source,

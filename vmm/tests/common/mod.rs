@@ -82,7 +82,12 @@ pub fn build_guest(name: &str) -> PathBuf {
         return out;
     }
     // Compile to a private name, then rename: tests running in parallel may build the same guest.
-    let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
+    // Per process and thread: two tests of one binary may build the same guest at once.
+    let tmp = out_dir.join(format!(
+        "{name}.{}.{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let result = Command::new("gcc")
         .args([
             "-m64",
