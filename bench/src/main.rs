@@ -13,6 +13,9 @@
 //!
 //! `bulkhead-bench call` measures a service call's round trip (see `call.rs`).
 //!
+//! `bulkhead-bench storage` measures per-domain storage against what it replaced (see
+//! `storage.rs`).
+//!
 //! `bulkhead-bench gui` measures GUI forwarding by bulkhead-gui-agent against waypipe (see `gui.rs`).
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +55,7 @@ pub(crate) async fn domaind_for_bench(
 mod gui;
 mod net;
 mod open_in_dvm;
+mod storage;
 mod vm;
 mod vmm;
 
@@ -186,6 +190,16 @@ enum Bench {
         #[arg(long, default_value = "debian-12")]
         template: String,
     },
+    /// Per-domain storage (private volume images on loop devices) against the private
+    /// directories they replaced: first start, every start, a disposable's seeding.
+    Storage {
+        /// Measured runs of each (after one warm-up run of each).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Private volume size in MiB (a domain's `private_size`).
+        #[arg(long, default_value_t = bulkhead_domain::DEFAULT_PRIVATE_SIZE_MIB)]
+        size_mib: u64,
+    },
     /// 1920x1080 frames (full-frame and small damage) from a Wayland client through
     /// bulkhead-gui-agent to a dom0 receiver vs through waypipe to a headless weston.
     Gui {
@@ -237,6 +251,7 @@ fn main() -> Result<()> {
             pool_size,
         )),
         Bench::Gui { frames, agent } => gui::run(frames, agent),
+        Bench::Storage { runs, size_mib } => storage::run(runs, size_mib),
         Bench::Vm {
             runs,
             template_cache,

@@ -2044,7 +2044,6 @@ fn root_overlay_mib(memory_mib: u64) -> u64 {
 fn volume_err(e: crate::volume::VolumeError) -> Error {
     match e {
         crate::volume::VolumeError::Shrink { .. } => Error::InvalidProperty(e.to_string()),
-        crate::volume::VolumeError::VmWritten { .. } => Error::InvalidState(e.to_string()),
         _ => Error::Io(e.to_string()),
     }
 }

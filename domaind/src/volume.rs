@@ -48,11 +48,6 @@ pub enum VolumeError {
         path.display()
     )]
     Shrink { path: PathBuf, have: u64, want: u64 },
-    #[error(
-        "the private volume {} was used by a VM, whose guest wrote it as a raw disk: dom0 does not mount it, so it cannot grow here; grow the file system from inside the VM",
-        path.display()
-    )]
-    VmWritten { path: PathBuf },
 }
 
 fn io(what: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
@@ -185,13 +180,14 @@ impl PrivateVolume {
             });
         }
         if self.vm_written() {
-            // The guest's kernel grows its own file system (resize2fs on the bigger disk).
+            // dom0 never parses what the guest wrote: only the disk grows; the file system
+            // on it is grown from inside the VM (resize2fs on the private disk, online).
             File::options()
                 .write(true)
                 .open(&self.image)
                 .and_then(|f| f.set_len(size_mib << 20))
                 .map_err(io("cannot grow", &self.image))?;
-            info!(image = %self.image.display(), size_mib, "private volume file grown; the guest grows its file system");
+            info!(image = %self.image.display(), size_mib, "private volume disk grown; run resize2fs on it inside the VM to use the space");
             return Ok(());
         }
         // Written only by dom0's own kernel: check it and grow it offline.

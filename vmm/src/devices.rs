@@ -32,7 +32,9 @@ pub enum DeviceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("disk {path} is in use by another VM or domain start (its lock stayed taken for 10 s)")]
+    #[error(
+        "disk {path} is in use by another VM or domain start (its lock stayed taken for 10 s)"
+    )]
     DiskInUse { path: PathBuf },
     #[error("disk {path}: {source}")]
     Block {
