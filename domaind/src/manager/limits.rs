@@ -15,7 +15,9 @@
 //! gone), so the count starts from zero with nothing left to count.
 //!
 //! A cold start (no ready member) also needs memory: `MemAvailable` minus the disposable's
-//! memory must stay at or above the margin, as for pool members ([`check_memory`]).
+//! memory must stay at or above the margin, as for pool members ([`check_memory`]). Each
+//! request compares against `MemAvailable` as it is then, so requests that arrive together
+//! before any of them has started see the same figure; the caps bound how many those can be.
 //!
 //! The cost is a mutex-guarded map update per request and per removal: nothing measurable
 //! next to a disposable's start.
