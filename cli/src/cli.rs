@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
     about = "Manage Bulkhead domains through domaind",
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 no such domain, 4 wrong domain state, \
 5 invalid name/property/value, 6 domaind unreachable, 7 access denied, 8 already exists, \
-9 template missing. `run` exits with the command's own status (128+N for signal N), \
+9 template missing, 10 a limit reached (live disposables, memory margin). `run` exits with the command's own status (128+N for signal N), \
 125 when the command could not be run, 126 when it was refused."
 )]
 pub struct Cli {

@@ -14,6 +14,8 @@ pub enum Code {
     AccessDenied = 7,
     AlreadyExists = 8,
     TemplateMissing = 9,
+    /// A limit refused it (live disposables, the memory margin); ending something frees it.
+    LimitReached = 10,
     /// `run`: the command could not be run at all (Qubes' convention).
     RunFailed = 125,
     /// `run`: the call was refused (Qubes' convention).
@@ -95,6 +97,7 @@ impl From<domaind::api::Error> for Failure {
             E::InvalidName(_) | E::InvalidProperty(_) | E::InvalidArgument(_) => Code::InvalidInput,
             E::InvalidState(_) => Code::InvalidState,
             E::TemplateMissing(_) => Code::TemplateMissing,
+            E::LimitReached(_) => Code::LimitReached,
             E::AccessDenied(_) => Code::AccessDenied,
             E::Backend(_) | E::Agent(_) | E::Io(_) => Code::Failure,
         };
@@ -144,6 +147,7 @@ pub fn code_for_error_name(name: &str) -> Code {
         "InvalidName" | "InvalidProperty" | "InvalidArgs" => Code::InvalidInput,
         "AlreadyExists" => Code::AlreadyExists,
         "TemplateMissing" => Code::TemplateMissing,
+        "LimitReached" => Code::LimitReached,
         "AccessDenied" => Code::AccessDenied,
         "ServiceUnknown" | "NameHasNoOwner" | "NoServer" => Code::Unreachable,
         _ => Code::Failure,
@@ -179,6 +183,10 @@ mod tests {
         assert_eq!(
             code_for_error_name("org.bulkhead.Error.Backend"),
             Code::Failure
+        );
+        assert_eq!(
+            code_for_error_name("org.bulkhead.Error.LimitReached"),
+            Code::LimitReached
         );
     }
 

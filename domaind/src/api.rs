@@ -85,6 +85,10 @@ pub enum Error {
     /// An argument was refused (a policy text with errors, a bad file name, an unknown
     /// application); for a policy text the message has one `file:line: message` per line.
     InvalidArgument(String),
+    /// A resource limit refused the request: a cap on live disposables (in total or for one
+    /// source) or the memory margin of disposable starts. The message says which limit, how
+    /// much is in use and which setting raises it; ending something frees it again.
+    LimitReached(String),
 }
 
 impl Error {
@@ -97,7 +101,7 @@ impl Error {
             | Error::AlreadyExists(_)
             | Error::InvalidArgument(_) => 2,
             Error::NoSuchDomain(_) => 3,
-            Error::InvalidState(_) | Error::TemplateMissing(_) => 4,
+            Error::InvalidState(_) | Error::TemplateMissing(_) | Error::LimitReached(_) => 4,
             Error::Backend(_) | Error::Agent(_) | Error::Io(_) => 5,
             Error::AccessDenied(_) => 6,
             Error::ZBus(_) => 1,
@@ -118,7 +122,8 @@ impl Error {
             | Error::Agent(m)
             | Error::AccessDenied(m)
             | Error::Io(m)
-            | Error::InvalidArgument(m) => m.clone(),
+            | Error::InvalidArgument(m)
+            | Error::LimitReached(m) => m.clone(),
         }
     }
 }
@@ -375,5 +380,8 @@ mod tests {
         let e = Error::NoSuchDomain("no domain 'x'".into());
         assert_eq!(e.name().as_str(), "org.bulkhead.Error.NoSuchDomain");
         assert_eq!(e.exit_code(), 3);
+        let e = Error::LimitReached("too many".into());
+        assert_eq!(e.name().as_str(), "org.bulkhead.Error.LimitReached");
+        assert_eq!(e.exit_code(), 4);
     }
 }

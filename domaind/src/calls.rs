@@ -234,6 +234,10 @@ pub enum CallError {
     /// Anything else went wrong: exit code 125.
     #[error("{0}")]
     Failed(String),
+    /// A limit refused it (live disposables, the memory margin): exit code 125 for a
+    /// domain's call, `LimitReached` for dom0's.
+    #[error("{0}")]
+    Limit(String),
 }
 
 impl From<CallError> for Error {
@@ -241,6 +245,7 @@ impl From<CallError> for Error {
         match e {
             CallError::Refused(m) => Error::AccessDenied(format!("call refused: {m}")),
             CallError::Failed(m) => Error::Agent(m),
+            CallError::Limit(m) => Error::LimitReached(m),
         }
     }
 }
@@ -538,12 +543,19 @@ impl Manager {
             }
             CallTarget::Domain(n) => (n.to_string(), None),
             CallTarget::NewDisposable { template } => {
-                let dn = self.disposable_for(template.as_str()).await.map_err(|e| {
-                    CallError::Failed(format!(
-                        "cannot create a disposable from '{template}': {}",
-                        e.message()
-                    ))
-                })?;
+                let dn = self
+                    .disposable_for(template.as_str(), source)
+                    .await
+                    .map_err(|e| {
+                        let m = format!(
+                            "cannot create a disposable from '{template}': {}",
+                            e.message()
+                        );
+                        match e {
+                            Error::LimitReached(_) => CallError::Limit(m),
+                            _ => CallError::Failed(m),
+                        }
+                    })?;
                 info!(source, disposable = %dn, "disposable created for a call");
                 (dn.to_string(), Some(dn.to_string()))
             }
@@ -586,7 +598,7 @@ impl Manager {
                 let _ = exec::refuse(stream, &reason).await;
                 return;
             }
-            Err(CallError::Failed(reason)) => {
+            Err(CallError::Failed(reason) | CallError::Limit(reason)) => {
                 let _ = exec::reject(stream, &reason).await;
                 return;
             }

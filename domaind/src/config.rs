@@ -113,9 +113,13 @@ pub struct DaemonConfig {
     /// software KVM). For tests only: a stock Linux guest does not boot there, so such a start
     /// ends once the VMM runs, without waiting for the agent. Off by default.
     pub allow_software_kvm: bool,
-    /// Warm disposable pools: a member is started only if `MemAvailable` minus its memory
-    /// stays at or above this many MiB.
+    /// Every disposable start (a warm pool member, or a cold disposable for a request when
+    /// no member is ready) needs `MemAvailable` minus its memory to stay at or above this
+    /// many MiB. (Named after the pool, where it came first; handing out a ready member needs
+    /// no new memory and is not checked.)
     pub pool_memory_margin_mib: u64,
+    /// `[disposables]` of `domaind.toml`: caps on live disposables.
+    pub disposables: DisposableLimits,
     /// `[net]` of `domaind.toml`: the net domain's uplink.
     pub net: NetConfig,
     /// The sysfs tree the USB inventory is read from (`/sys`; a recorded tree in tests).
@@ -155,6 +159,55 @@ pub const DAEMON_CONFIG_FILE: &str = "domaind.toml";
 pub struct DaemonFile {
     #[serde(default)]
     pub net: NetConfig,
+    #[serde(default)]
+    pub disposables: DisposableLimits,
+}
+
+/// Default of [`DisposableLimits::max_live`].
+pub const DEFAULT_MAX_LIVE_DISPOSABLES: u32 = 16;
+/// Default of [`DisposableLimits::max_live_per_source`].
+pub const DEFAULT_MAX_LIVE_DISPOSABLES_PER_SOURCE: u32 = 4;
+
+/// `[disposables]`: how many disposables may be live at once, so that no domain (and no
+/// policy rule that lets it ask for `@dispvm`) can start them without bound.
+///
+/// ```toml
+/// [disposables]
+/// max_live = 16             # all sources together
+/// max_live_per_source = 4   # per domain the disposable is started for (dom0 included)
+/// ```
+///
+/// A disposable counts from the moment it is requested (before it is created) until it is
+/// removed, against the source it was started for: the calling domain of an `@dispvm` call
+/// (open-in-disposable included), dom0 for `RunDisposable`, the desktop's menu and D-Bus
+/// `Call`. A warm pool member counts once it is handed out; ready (paused, unclaimed)
+/// members do not count: they are bounded by their templates' `dispvm_pool_size` (set by
+/// dom0) and the memory margin, so at most `max_live` plus the pools' sizes are live. 0
+/// refuses every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisposableLimits {
+    #[serde(default = "default_max_live")]
+    pub max_live: u32,
+    #[serde(default = "default_max_live_per_source")]
+    pub max_live_per_source: u32,
+}
+
+fn default_max_live() -> u32 {
+    DEFAULT_MAX_LIVE_DISPOSABLES
+}
+
+fn default_max_live_per_source() -> u32 {
+    DEFAULT_MAX_LIVE_DISPOSABLES_PER_SOURCE
+}
+
+impl Default for DisposableLimits {
+    fn default() -> Self {
+        DisposableLimits {
+            max_live: DEFAULT_MAX_LIVE_DISPOSABLES,
+            max_live_per_source: DEFAULT_MAX_LIVE_DISPOSABLES_PER_SOURCE,
+        }
+    }
 }
 
 /// `[net]`: the uplink of the net domain.
@@ -277,5 +330,43 @@ mod tests {
             before
         );
         assert_ne!(cgroup_root(None, &t.path().join("run2")).unwrap(), before);
+    }
+
+    #[test]
+    fn disposable_limits_from_domaind_toml() {
+        let d = tempfile::tempdir().unwrap();
+        // No file, and a file without the section: the defaults.
+        let f = load_daemon_file(d.path()).unwrap();
+        assert_eq!(f.disposables, DisposableLimits::default());
+        assert_eq!(
+            (f.disposables.max_live, f.disposables.max_live_per_source),
+            (16, 4)
+        );
+        let file = d.path().join(DAEMON_CONFIG_FILE);
+        std::fs::write(&file, "[net]\n").unwrap();
+        assert_eq!(
+            load_daemon_file(d.path()).unwrap().disposables,
+            DisposableLimits::default()
+        );
+        std::fs::write(&file, "[disposables]\nmax_live_per_source = 1\n").unwrap();
+        assert_eq!(
+            load_daemon_file(d.path()).unwrap().disposables,
+            DisposableLimits {
+                max_live: 16,
+                max_live_per_source: 1
+            }
+        );
+        std::fs::write(
+            &file,
+            "[disposables]\nmax_live = 2\nmax_live_per_source = 1\n",
+        )
+        .unwrap();
+        assert_eq!(load_daemon_file(d.path()).unwrap().disposables.max_live, 2);
+        // A typo or a negative number is an error, not a silent default.
+        std::fs::write(&file, "[disposables]\nmax_lives = 2\n").unwrap();
+        let e = load_daemon_file(d.path()).unwrap_err();
+        assert!(e.contains("max_lives"), "{e}");
+        std::fs::write(&file, "[disposables]\nmax_live = -1\n").unwrap();
+        assert!(load_daemon_file(d.path()).is_err());
     }
 }

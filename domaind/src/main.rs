@@ -58,8 +58,8 @@ struct Args {
     /// runs instead of waiting for the domain's agent. Never use it in production.
     #[arg(long)]
     allow_software_kvm: bool,
-    /// Warm disposable pools: start a member only if the host's MemAvailable minus the
-    /// member's memory stays at or above this many MiB.
+    /// Disposables (warm pool members and cold starts alike): start one only if the host's
+    /// MemAvailable minus its memory stays at or above this many MiB.
     #[arg(long, env = domaind::config::ENV_POOL_MEMORY_MARGIN, default_value_t = domaind::config::DEFAULT_POOL_MEMORY_MARGIN_MIB)]
     pool_memory_margin_mib: u64,
     /// The sysfs tree USB devices are listed from (tests point it at recorded trees).
@@ -110,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         allow_software_kvm: args.allow_software_kvm,
         pool_memory_margin_mib: args.pool_memory_margin_mib,
         net: file.net,
+        disposables: file.disposables,
         usb_sysfs_root: args.usb_sysfs_root,
         usb_domain: args.usb_domain,
     };

@@ -44,6 +44,8 @@ use crate::state::{DomainState, Op};
 use crate::volume::PrivateVolume;
 use crate::{fsutil, stdio, tmpl, vm};
 
+mod limits;
+pub use limits::LimitError;
 mod pool;
 pub use pool::MARKER as POOL_MARKER;
 mod netvm;
@@ -188,6 +190,8 @@ pub struct Manager {
     calls: crate::calls::Calls,
     /// Warm disposables (see [`pool`]).
     pool: pool::Pool,
+    /// Caps on live disposables (see [`limits`]).
+    limits: limits::Limits,
     /// Netvm links, uplink, firewall (see [`netvm`]).
     net: netvm::Net,
     /// USB attachments (see [`crate::usb`]).
@@ -206,6 +210,7 @@ impl Manager {
         Arc::new(Self {
             calls,
             pool: pool::Pool::new(cfg.pool_memory_margin_mib),
+            limits: limits::Limits::new(cfg.disposables),
             usb: crate::usb::UsbState::default(),
             cfg,
             store,
@@ -1350,6 +1355,9 @@ impl Manager {
             info!(domain = name, "disposable removed");
         }
         lock(&self.domains).remove(name);
+        // Whatever removed it (its call ended, a kill, its init exiting, a failed start,
+        // recovery), its live-disposable slot is free again.
+        self.limits.release(name);
         // A handed-out warm disposable: its replacement starts now that it is gone.
         self.pool.returned(name);
     }
@@ -1642,7 +1650,8 @@ impl Manager {
         self.discard_disposable(name).await;
     }
 
-    /// `RunDisposable`: returns (disposable name, exit code).
+    /// `RunDisposable` (and the desktop's applications in a disposable): returns
+    /// (disposable name, exit code). Always on behalf of dom0, whose caps it counts against.
     pub async fn run_disposable(
         self: &Arc<Self>,
         base: &str,
@@ -1654,7 +1663,7 @@ impl Manager {
         if argv.is_empty() {
             return Err(Error::InvalidProperty("no command given".into()));
         }
-        let dn = self.disposable_for(base).await?;
+        let dn = self.disposable_for(base, crate::calls::DOM0).await?;
         let name = dn.to_string();
         let work = async {
             let inst = self.ensure_running(&name).await?;

@@ -1,7 +1,8 @@
 //! Warm disposable pools with real sandbox domains from the debian-12 template of
 //! `$BULKHEAD_TEST_TEMPLATE_CACHE`: the pool fills to its size with paused disposables, a
 //! request (RunDisposable or an `@dispvm` call) gets a member that existed before it was made
-//! and the pool refills, size 0 means cold disposables, the memory margin holds a pool back,
+//! and the pool refills, size 0 means cold disposables, the memory margin holds a pool back
+//! (and cold disposables: a request is refused below it),
 //! a size change shrinks or grows it, and a domaind restart adopts the members without
 //! leaking a domain, cgroup or mount.
 
@@ -366,10 +367,29 @@ async fn memory_margin_body() {
         !e.listed().await.keys().any(|n| n.starts_with("disp")),
         "a member was started"
     );
-    // requests still work, cold
-    let (name, status, _) = e.run_dvm("true").await;
-    assert_eq!(status, 0);
-    e.assert_gone(&[name]).await;
+    // A cold start for a request is held to the same margin: refused, and nothing is made.
+    let null = null();
+    let r =
+        e.p.run_disposable(
+            &e.dvm,
+            &["true"],
+            "",
+            Fd::from(&null),
+            Fd::from(&null),
+            Fd::from(&null),
+        )
+        .await;
+    match r {
+        Err(domaind::api::Error::LimitReached(m)) => assert!(
+            m.contains("not enough memory") && m.contains("margin of 100000000 MiB"),
+            "{m}"
+        ),
+        other => panic!("a cold disposable started below the margin: {other:?}"),
+    }
+    assert!(
+        !e.listed().await.keys().any(|n| n.starts_with("disp")),
+        "a disposable was made"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

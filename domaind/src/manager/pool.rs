@@ -251,13 +251,37 @@ impl Manager {
         ]
     }
 
-    /// A disposable from `base` for a request: a ready pool member (unpaused, its marker
-    /// removed) or else a new cold one (created, not started).
-    pub(crate) async fn disposable_for(self: &Arc<Self>, base: &str) -> Result<DomainName, Error> {
+    /// A disposable from `base` for a request made on behalf of `source` (the calling
+    /// domain, or dom0): a ready pool member (unpaused, its marker removed) or else a new cold
+    /// one (created, not started).
+    ///
+    /// Refused ([`Error::LimitReached`]) when `source` or all sources together are at their
+    /// cap of live disposables, or, for a cold one, when its memory would take
+    /// `MemAvailable` below the margin (see [`super::limits`]). The disposable counts
+    /// against `source` until it is removed.
+    pub(crate) async fn disposable_for(
+        self: &Arc<Self>,
+        base: &str,
+        source: &str,
+    ) -> Result<DomainName, Error> {
+        let slot = self.limits.reserve(source)?;
         if let Some(n) = self.take_member(base).await {
+            // Already running: no new memory.
+            slot.bind(&n);
             return DomainName::new(&n).map_err(|e| Error::InvalidName(e.to_string()));
         }
-        self.create_disposable(base).await
+        let bn = self.name(base)?;
+        let memory = self.load(&bn)?.memory;
+        let text = std::fs::read_to_string(MEMINFO).ok();
+        if let Err(e) =
+            super::limits::check_memory(base, text.as_deref(), memory, self.pool.margin_mib)
+        {
+            warn!(base, source, "disposable refused: {e}");
+            return Err(e.into());
+        }
+        let dn = self.create_disposable(base).await?;
+        slot.bind(dn.as_str());
+        Ok(dn)
     }
 
     /// Hand out a ready member of `base`'s pool, if any.
