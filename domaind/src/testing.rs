@@ -649,6 +649,16 @@ impl TestDomaind {
         v["record"].clone()
     }
 
+    /// Where running sandbox domain `name`'s `path` (absolute, inside the domain) is seen
+    /// from the host: through its init's root (`/proc/<init>/root/...`).
+    pub fn in_domain(&self, name: &str, path: &str) -> PathBuf {
+        let rec = self.instance_record(name);
+        let pid = rec["init_pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no init_pid in {name}'s record: {rec}"));
+        PathBuf::from(format!("/proc/{pid}/root{path}"))
+    }
+
     /// Builds (or reuses) the mini template `name` ([`build_mini_template`]) in this
     /// domaind's template store, its recipe under the temporary root. Returns the tree.
     pub fn mini_template(&self, name: &str) -> TestResult<PathBuf> {

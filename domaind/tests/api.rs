@@ -69,18 +69,21 @@ async fn create_list_prefs_clone_remove() {
     let text = std::fs::read_to_string(d.paths.config_dir.join("domains/work.toml")).unwrap();
     assert!(text.contains("vcpus = 4"), "{text}");
 
-    // private volume exists with /home/user owned by the domain user
-    let user = d.paths.state_dir.join("domains/work/private/user");
-    assert!(user.is_dir());
-    std::fs::write(user.join("note"), b"hello").unwrap();
+    // the private volume image exists, with /home/user owned by the domain user
+    domaind::testing::with_private_volume(&d.paths, "work", |p| {
+        let user = std::fs::metadata(p.join("user")).unwrap();
+        assert!(user.is_dir());
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&user), 1000);
+        std::fs::write(p.join("user/note"), b"hello").unwrap();
+    });
 
     p.clone_domain("work", "work2").await.unwrap();
     let props = p.get_properties("work2").await.unwrap();
     assert_eq!(props["vcpus"], "4");
-    assert_eq!(
-        std::fs::read(d.paths.state_dir.join("domains/work2/private/user/note")).unwrap(),
-        b"hello"
-    );
+    let note = domaind::testing::with_private_volume(&d.paths, "work2", |p| {
+        std::fs::read(p.join("user/note")).unwrap()
+    });
+    assert_eq!(note, b"hello");
 
     // the template is in use: refused, naming the users
     match p.remove("debian-12").await {

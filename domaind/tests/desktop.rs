@@ -213,12 +213,7 @@ async fn applications_listed_launched_and_usage_counted() {
         p.run_application(&app, "marker.desktop").await.unwrap();
         let state = p.get_properties(&app).await.unwrap()["state"].clone();
         assert_eq!(state, "running");
-        let mark = d
-            .paths
-            .state_dir
-            .join("domains")
-            .join(&app)
-            .join("private/user/launched");
+        let mark = d.in_domain(&app, "/home/user/launched");
         assert!(
             eventually(|| std::fs::read_to_string(&mark).is_ok_and(|s| s == "launched\n")).await,
             "the application never ran ({})",

@@ -265,6 +265,9 @@ struct Conn {
     /// EPOLLHUP seen: the fd is out of epoll, read in `tick` while there is room.
     hup: bool,
     shut_write_done: bool,
+    /// We told the guest the host sends no more (SHUTDOWN SEND, after a half-close): the
+    /// guest may still send.
+    host_shut_sent: bool,
     interest: Option<EventSet>,
 }
 
@@ -289,6 +292,7 @@ impl Conn {
             guest_shut_rcv: false,
             hup: false,
             shut_write_done: false,
+            host_shut_sent: false,
             interest: None,
         }
     }
@@ -978,11 +982,24 @@ impl VsockWorker {
                 continue;
             }
             if c.state == State::Established && c.host_eof && c.to_guest.is_empty() {
-                c.state = State::Closing;
-                c.deadline = Some(now + HANDSHAKE_TIMEOUT);
-                self.send_ctrl(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
-                continue;
+                if c.hup || c.guest_shut_send {
+                    // Nothing flows either way any more: close.
+                    c.state = State::Closing;
+                    c.deadline = Some(now + HANDSHAKE_TIMEOUT);
+                    self.send_ctrl(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                    continue;
+                }
+                if !c.host_shut_sent {
+                    // A half-close (shutdown(SHUT_WR)) on the host side: the guest reads EOF
+                    // and can still answer (an exit status after its input ended). Telling
+                    // it "both" would make Linux reset the connection and drop the answer.
+                    c.host_shut_sent = true;
+                    self.send_ctrl(key, OP_SHUTDOWN, SHUTDOWN_SEND);
+                }
             }
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
             if c.state == State::Established
                 && c.fwd_cnt.wrapping_sub(c.last_fwd_sent) >= BUF_ALLOC / 4
             {

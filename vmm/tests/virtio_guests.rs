@@ -311,6 +311,30 @@ fn vsock_host(uds: PathBuf, listener: UnixListener) -> Result<String, String> {
     }
     drop(r);
     drop(s);
+
+    // Host -> guest, half-closed: the guest's answer after our EOF still arrives.
+    let mut s = UnixStream::connect(&uds).map_err(|e| format!("connect {}: {e}", uds.display()))?;
+    s.set_read_timeout(Some(GUEST_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"CONNECT 5001\n").map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    let mut ok2 = String::new();
+    r.read_line(&mut ok2)
+        .map_err(|e| format!("reading OK: {e}"))?;
+    if !ok2.starts_with("OK ") {
+        return Err(format!("expected OK <port>, got {ok2:?}"));
+    }
+    s.write_all(b"half\n").map_err(|e| e.to_string())?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    r.read_to_string(&mut answer)
+        .map_err(|e| format!("reading the answer after our half-close: {e}"))?;
+    if answer != "after eof\n" {
+        return Err(format!(
+            "after our half-close the guest's answer was {answer:?}"
+        ));
+    }
     Ok(ok)
 }
 
@@ -342,6 +366,7 @@ fn virtio_vsock_guest_to_host_and_back() {
         "{}",
         out.serial
     );
+    assert!(out.serial.contains("VSOCK HALF-CLOSE OK"), "{}", out.serial);
     let ok =
         host_result.unwrap_or_else(|e| panic!("host side: {e}\n--- serial ---\n{}", out.serial));
     assert!(ok.starts_with("OK "));

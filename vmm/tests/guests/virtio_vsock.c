@@ -124,5 +124,21 @@ void guest_main(const uint8_t *zp)
     CHECK(h.op == OP_SHUTDOWN && h.flags == 3, "vsock: expected SHUTDOWN after the host closed");
     send(OP_RST, 5000, hp, 0, 0, 0);
     puts("VSOCK HOST-TO-GUEST OK\n");
+
+    /* Host -> guest, half-closed by the host: the guest is told SHUTDOWN SEND only (it reads
+       EOF) and can still answer, as an agent sends an exit status after its input ended. */
+    fwd = 0;
+    h = recv(0, 0);
+    CHECK(h.op == OP_REQUEST && h.dst_port == 5001, "vsock: expected a connection request to port 5001");
+    hp = h.src_port;
+    send(OP_RESPONSE, 5001, hp, 0, 0, 0);
+    expect_data(5001, hp, "half\n");
+    h = recv(0, 0);
+    CHECK(h.op == OP_SHUTDOWN && h.flags == 2, "vsock: expected SHUTDOWN SEND only after the host's half-close");
+    send(OP_RW, 5001, hp, 0, "after eof\n", 10);
+    send(OP_SHUTDOWN, 5001, hp, 3, 0, 0);
+    h = recv(0, 0);
+    CHECK(h.op == OP_RST, "vsock: no RST after the guest's shutdown");
+    puts("VSOCK HALF-CLOSE OK\n");
     pass();
 }
