@@ -7,14 +7,20 @@
 //!    the domain's root); open the log file and start the log writer (see
 //!    [`crate::logwriter`]) in the domain's cgroup, reading a pipe whose write end becomes the
 //!    init's output;
-//! 2. step into the cgroup, so the child is born there (and its cgroup namespace is rooted
-//!    there), then step back out;
-//! 3. clone the child into new user, mount, pid, net, uts, ipc and cgroup namespaces; it waits
-//!    on a pipe;
-//! 4. write its uid/gid maps (0 -> uid_base, 65536 ids);
-//! 5. setns into its mount namespace, make everything private, assemble the root
+//! 2. when the host's core dump settings would hand a domain's cores to the host, set
+//!    RLIMIT_CORE to 1 (inherited by the init; see [`crate::coredump`]); create the domain's
+//!    user namespace through a helper running as the domain's base uid, so that it owns the
+//!    namespace and the kernel's per-user counters are charged to it, not to host root, and
+//!    write its uid/gid maps (0 -> uid_base, 65536 ids; see `crate::userns`);
+//! 3. step into the cgroup and fork a spawner there, then step back out. The spawner (still
+//!    host root) joins the domain's user namespace, sets that namespace's own limits, and
+//!    clones the child with CLONE_PARENT into new mount, pid, net, uts, ipc and cgroup
+//!    namespaces (owned by the domain's user namespace; the cgroup namespace is rooted at the
+//!    domain's cgroup), reports its pid and exits. The child is the launcher's; it waits on a
+//!    pipe;
+//! 4. setns into its mount namespace, make everything private, assemble the root
 //!    (see [`crate::mounts`]), setns back;
-//! 6. release the child, which switches to root-in-namespace, mounts /proc, pivots into the new
+//! 5. release the child, which switches to root-in-namespace, mounts /proc, pivots into the new
 //!    root and detaches the old one, sets hostname and loopback, redirects output to the log pipe,
 //!    sets no_new_privs, drops capabilities, installs the seccomp filter and execs the init;
 //!    a close-on-exec pipe tells the launcher whether the exec happened.
@@ -33,13 +39,14 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
-use nix::sys::wait::waitpid;
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{pipe2, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{self, CgroupPaths, Hierarchy, Limits};
+use crate::coredump::{self, CoreLimit};
 use crate::mounts::{self, Layout};
-use crate::{logwriter, proc_stat, seccomp, wipe_dir, SandboxRecord, SandboxSpec, UID_RANGE};
+use crate::{logwriter, proc_stat, seccomp, userns, wipe_dir, SandboxRecord, SandboxSpec};
 
 /// A failed launch step. `step` is a short stable name ("cgroup", "mount:home", "child:exec", ...).
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
@@ -197,38 +204,43 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
 
     // Everything the child needs, computed before the clone.
     let child_plan = ChildPlan::new(spec, &layout)?;
+    if let CoreLimit::One(why) = coredump::host_core_limit() {
+        // Set on the launcher itself, before the init is forked, so the init inherits it:
+        // lowering needs no privilege, and the init could not raise a hard limit of 0 to 1.
+        let note = match set_core_limit_one() {
+            Ok(()) => {
+                tracing::info!(name = %spec.name, "RLIMIT_CORE of the domain set to 1: {why}");
+                format!("core dumps disabled in this domain (RLIMIT_CORE 1): {why}")
+            }
+            Err(e) => {
+                tracing::warn!(name = %spec.name, error = %e, "cannot set RLIMIT_CORE to 1: {why}");
+                format!("could not set RLIMIT_CORE to 1 ({e}): {why}")
+            }
+        };
+        // Also in the domain's log, where its owner looks for why no core appeared.
+        let mut f = fs::File::from(step("log", log_w.try_clone())?);
+        let _ = writeln!(f, "bulkhead-sandbox: {note}");
+    }
 
-    // Be in the domain cgroup while cloning, so the child is born there.
+    // The domain's user namespace, owned by its own host uid (see crate::userns).
+    let userns = userns::create_owned_by(spec.uid_base())?;
+    // spawner -> launcher: the init's host pid (4 bytes, native endian).
+    let (pid_r, pid_w) = step("pipes", pipe2(OFlag::O_CLOEXEC))?;
+
+    // Be in the domain cgroup while forking, so the spawner and the init are born there.
     step("cgroup:enter", cg.join(0))?;
-    let flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWCGROUP;
-    // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like fork(): the child
-    // gets a copy-on-write copy of this single-threaded process and continues from here.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if ret == 0 {
-        // child
+    // SAFETY: the launcher is single-threaded, so the forked child may run ordinary code; it
+    // leaves through _exit only.
+    let spawner = unsafe { libc::fork() };
+    if spawner == 0 {
         drop(go_w);
         drop(rep_r);
-        let code = match child_main(&child_plan, go_r, log_w) {
-            Ok(never) => match never {},
+        drop(pid_r);
+        let code = match spawn_init(&child_plan, &userns, go_r, log_w, pid_w, &rep_w) {
+            Ok(()) => 0,
             Err(e) => {
                 let msg = format!("{}\t{}", e.step, e.message);
-                let mut f = fs::File::from(rep_w);
-                let _ = f.write_all(msg.as_bytes());
+                let _ = fs::File::from(rep_w).write_all(msg.as_bytes());
                 1
             }
         };
@@ -236,26 +248,50 @@ fn launch_inner(spec: &SandboxSpec, rb: &mut Rollback) -> StepResult<SandboxReco
         // destructors twice.
         unsafe { libc::_exit(code) }
     }
-    let clone_err = nix::Error::last();
+    let fork_err = nix::Error::last();
     // Back to our own cgroups (before any error return, so rollback can rmdir).
     let back = cgroup::move_self(&own);
-    if ret < 0 {
-        return Err(LaunchError::new(
-            "clone",
-            format!("clone(new user/mnt/pid/net/uts/ipc/cgroup namespaces): {clone_err}"),
-        ));
+    if spawner < 0 {
+        return Err(LaunchError::new("clone", format!("fork: {fork_err}")));
     }
-    let pid = Pid::from_raw(ret as i32);
-    rb.child = Some(pid);
-    step("cgroup:leave", back)?;
+    let spawner = Pid::from_raw(spawner);
     drop(go_r);
     drop(rep_w);
     drop(log_w);
+    drop(pid_w);
+    // The spawner exits right after the clone, leaving the init our child (CLONE_PARENT).
+    let mut pid_buf = [0u8; 4];
+    let got_pid = fs::File::from(pid_r).read_exact(&mut pid_buf);
+    let spawned = waitpid(spawner, None);
+    if let Ok(()) = got_pid {
+        rb.child = Some(Pid::from_raw(i32::from_ne_bytes(pid_buf)));
+    }
+    step("cgroup:leave", back)?;
+    let pid = match (got_pid, spawned) {
+        (Ok(()), Ok(WaitStatus::Exited(_, 0))) => Pid::from_raw(i32::from_ne_bytes(pid_buf)),
+        (Ok(()), st) => {
+            return Err(LaunchError::new(
+                "clone",
+                format!("spawner ended with {st:?}"),
+            ))
+        }
+        (Err(_), st) => {
+            // No init was made. The spawner's report, if it wrote one (the pipe reaches EOF:
+            // the spawner is gone and no init holds a copy).
+            drop(go_w);
+            let mut report = String::new();
+            let _ = fs::File::from(rep_r)
+                .take(64 * 1024)
+                .read_to_string(&mut report);
+            return Err(match report.split_once('\t') {
+                Some((s, m)) => LaunchError::new(&format!("child:{s}"), m),
+                None => LaunchError::new("clone", format!("spawner ended with {st:?}")),
+            });
+        }
+    };
 
     tracing::debug!(pid = pid.as_raw(), "child cloned");
-    write_id_maps(pid, spec.uid_base())?;
 
-    let userns = step("userns", open_ns(pid, "user"))?;
     let child_mnt = step("mount-ns", open_ns(pid, "mnt"))?;
     let own_mnt = step(
         "mount-ns",
@@ -361,28 +397,76 @@ fn spawn_log_writer(
 }
 
 fn open_ns(pid: Pid, kind: &str) -> nix::Result<OwnedFd> {
-    let p = format!("/proc/{pid}/ns/{kind}");
-    let fd = open(
-        Path::new(&p),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    // SAFETY: open returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    userns::open_ns_fd(&format!("/proc/{pid}/ns/{kind}"))
 }
 
-/// Root inside = uid_base outside, 65536 ids. setgroups stays "allow": the map is written by
-/// host root, the child drops every host supplementary group before anything runs, and the init
-/// needs setgroups to give the domain user its groups. Negative-ACL bypass (the reason for
-/// "deny") cannot happen: every gid the domain can hold is inside its own range.
-fn write_id_maps(pid: Pid, base: u32) -> StepResult<()> {
-    let line = format!("0 {base} {UID_RANGE}\n");
-    for f in ["uid_map", "gid_map"] {
-        let p = format!("/proc/{pid}/{f}");
-        step("uid-map", fs::write(&p, &line))
-            .map_err(|e| LaunchError::new("uid-map", format!("{p}: {}", e.message)))?;
+/// The spawner, a fork of the launcher still running as host root: joins the domain's user
+/// namespace (host root has CAP_SYS_ADMIN in every user namespace below its own, whoever owns
+/// it), sets the namespace's own limits, and clones the init into new mount, pid, net, uts,
+/// ipc and cgroup namespaces, which are then owned by the domain's user namespace. With
+/// CLONE_PARENT the init is the launcher's child, not the spawner's. The init keeps host uid 0
+/// (unmapped inside) until it has pivoted, as before: it must traverse the root-only scratch
+/// dir, which a process with the domain's host uid could not.
+fn spawn_init(
+    plan: &ChildPlan,
+    userns: &OwnedFd,
+    go_r: OwnedFd,
+    log_w: OwnedFd,
+    pid_w: OwnedFd,
+    rep_w: &OwnedFd,
+) -> StepResult<()> {
+    step(
+        "userns:join",
+        setns(userns.as_fd(), CloneFlags::CLONE_NEWUSER),
+    )?;
+    userns::write_domain_limits().map_err(|m| LaunchError::new("userns:limits", m))?;
+    let flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_PARENT;
+    // SAFETY: raw clone without CLONE_VM and with a NULL stack behaves like fork(): the child
+    // gets a copy-on-write copy of this single-threaded process and continues from here.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if ret == 0 {
+        // the init
+        drop(pid_w);
+        let code = match child_main(plan, go_r, log_w) {
+            Ok(never) => match never {},
+            Err(e) => {
+                let msg = format!("{}\t{}", e.step, e.message);
+                if let Ok(dup) = rep_w.try_clone() {
+                    let _ = fs::File::from(dup).write_all(msg.as_bytes());
+                }
+                1
+            }
+        };
+        // SAFETY: _exit ends the child without running the parent's atexit handlers or
+        // destructors twice.
+        unsafe { libc::_exit(code) }
     }
-    Ok(())
+    if ret < 0 {
+        return Err(LaunchError::new(
+            "clone",
+            format!(
+                "clone(new mnt/pid/net/uts/ipc/cgroup namespaces): {}",
+                nix::Error::last()
+            ),
+        ));
+    }
+    let pid = ret as i32;
+    step("clone", fs::File::from(pid_w).write_all(&pid.to_ne_bytes()))
 }
 
 /// What the child does, prepared (allocated) before the clone.
@@ -524,6 +608,19 @@ fn child_main(plan: &ChildPlan, go_r: OwnedFd, log: OwnedFd) -> StepResult<Never
         "exec",
         format!("{}: {e}", plan.argv[0].to_string_lossy()),
     ))
+}
+
+/// Soft and hard RLIMIT_CORE of this process to 1 (see [`crate::coredump`]).
+fn set_core_limit_one() -> nix::Result<()> {
+    let one = libc::rlimit {
+        rlim_cur: 1,
+        rlim_max: 1,
+    };
+    // SAFETY: setrlimit reads the struct passed by reference.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &one) } != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
 }
 
 fn dup_to(fd: RawFd, target: RawFd) -> nix::Result<()> {

@@ -43,13 +43,18 @@
 //!   capabilities) is only reachable through the domain's own mounts, all nosuid. The image
 //!   file is the host's only trace; keep it root-only (0600 in a 0700 dir).
 //! - 32-bit (i386) syscalls kill the calling process (seccomp arch check).
+//! - Each domain's user namespace is owned by the domain's base uid, not by host root, so the
+//!   kernel's per-user counters (inotify, namespaces, message queues, ...) are charged per
+//!   domain (see `userns`). Core dumps stay inside the domain (see [`coredump`]).
 
 pub mod cgroup;
+pub mod coredump;
 pub mod launch;
 pub mod logwriter;
 pub mod loopdev;
 mod mounts;
 mod seccomp;
+mod userns;
 
 use std::fs;
 use std::io::{self, Read, Write};

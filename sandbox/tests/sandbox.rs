@@ -102,6 +102,7 @@ const BATTERY: &[&str] = &[
     "clone-newuser",
     "clone3-newuser",
     "setns-mnt",
+    "int80-unshare-user",
 ];
 
 /// Returns a reason to skip, or None when the host can run sandboxes.
@@ -398,6 +399,21 @@ fn wait_for_log(fx: &Fixture, needle: &str) {
     }
 }
 
+/// Starts `spec`, waits (up to a minute) for its init to exit, cleans up, checks the init
+/// exited with 0 and returns the domain's log.
+fn run_to_clean_exit(fx: &Fixture, spec: &SandboxSpec) -> String {
+    let rec = start(spec, &launcher()).expect("start");
+    let status = wait_exit(&rec, Duration::from_secs(60));
+    let log = fx.log();
+    rec.cleanup().expect("cleanup");
+    assert_eq!(
+        status,
+        WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0),
+        "{log}"
+    );
+    log
+}
+
 fn scratch_is_empty(fx: &Fixture) -> bool {
     fs::read_dir(fx.path("scratch"))
         .map(|mut d| d.next().is_none())
@@ -495,14 +511,9 @@ fn escape_battery_as_domain_root() {
 #[test]
 fn escape_battery_in_real_template() {
     require_host!();
-    let template = real_template();
-    if !template.join("etc/os-release").exists() {
-        bulkhead_test_skip::skip(format_args!(
-            "no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
-            template.display()
-        ));
+    let Some(template) = real_template_or_skip() else {
         return;
-    }
+    };
     let mut fx = Fixture::new("bh-test-escape-tmpl", 4007);
     fx.template = Some(template.clone());
     let before = fs::read_dir(&template).expect("template").count();
@@ -517,14 +528,9 @@ fn escape_battery_in_real_template() {
 #[test]
 fn debian_programs_run_under_the_filter() {
     require_host!();
-    let template = real_template();
-    if !template.join("etc/os-release").exists() {
-        bulkhead_test_skip::skip(format_args!(
-            "no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
-            template.display()
-        ));
+    let Some(template) = real_template_or_skip() else {
         return;
-    }
+    };
     let mut fx = Fixture::new("bh-test-debian-progs", 4009);
     fx.template = Some(template);
     let script = "set -e; id; ls / >/dev/null && echo ls-ok; head -n1 /etc/os-release; \
@@ -533,16 +539,8 @@ fn debian_programs_run_under_the_filter() {
         sort </etc/passwd >/dev/null && echo sort-ok; kill -0 1 && echo kill-ok; \
         timeout 5 true && echo timeout-ok; cat /etc/hostname >/dev/null || true; \
         getent passwd user >/dev/null && echo getent-ok; echo ALL-OK";
-    let rec = start(&fx.spec(&["/bin/sh", "-c", script]), &launcher()).expect("start sh");
-    let status = wait_exit(&rec, Duration::from_secs(60));
-    let log = fx.log();
+    let log = run_to_clean_exit(&fx, &fx.spec(&["/bin/sh", "-c", script]));
     println!("{log}");
-    rec.cleanup().expect("cleanup");
-    assert_eq!(
-        status,
-        WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0),
-        "{log}"
-    );
     for needle in [
         "uid=0(root)",
         "ls-ok",
@@ -557,6 +555,19 @@ fn debian_programs_run_under_the_filter() {
     ] {
         assert!(log.contains(needle), "no {needle:?} in:\n{log}");
     }
+}
+
+/// The real template's root, or None after reporting the test as skipped.
+fn real_template_or_skip() -> Option<PathBuf> {
+    let template = real_template();
+    if template.join("etc/os-release").exists() {
+        return Some(template);
+    }
+    bulkhead_test_skip::skip(format_args!(
+        "no built template at {} (set BULKHEAD_TEST_TEMPLATE)",
+        template.display()
+    ));
+    None
 }
 
 fn real_template() -> PathBuf {
@@ -1023,15 +1034,7 @@ fn incoming_is_created_and_mounted_noexec() {
         script.into(),
     ];
     copy_with_libs(Path::new("/usr/bin/env"), &root);
-    let rec = start(&spec, &launcher()).expect("start");
-    let status = wait_exit(&rec, Duration::from_secs(60));
-    let log = fx.log();
-    rec.cleanup().expect("cleanup");
-    assert_eq!(
-        status,
-        WaitStatus::Exited(Pid::from_raw(rec.init_pid), 0),
-        "{log}"
-    );
+    let log = run_to_clean_exit(&fx, &spec);
     assert!(log.contains("DONE"), "{log}");
     assert!(
         log.contains("HOME-EXEC-WORKED"),
@@ -1091,4 +1094,223 @@ fn a_symlinked_incoming_in_the_private_volume_is_refused() {
     assert_eq!(fx.host_mounts(), before);
     assert!(!list_orphan_cgroups().expect("list").contains(&fx.name));
     assert!(scratch_is_empty(&fx), "scratch left");
+}
+
+/// Stops and cleans a domain when dropped, so a failed assertion leaves nothing running.
+struct Running(Option<SandboxRecord>);
+
+impl Running {
+    fn rec(&self) -> &SandboxRecord {
+        self.0.as_ref().expect("record")
+    }
+
+    fn stop(&mut self) {
+        if let Some(rec) = self.0.take() {
+            let _ = rec.kill_all();
+            let _ = wait_exit(&rec, Duration::from_secs(30));
+            rec.cleanup().expect("cleanup");
+            assert!(!rec.cgroup.exists(), "cgroup left behind");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(rec) = self.0.take() {
+            let _ = rec.kill_all();
+            let _ = rec.cleanup();
+        }
+    }
+}
+
+/// "INOTIFY-HOG opened=<n> ..." from a domain running `escape-probe inotify-hog`.
+fn hog_count(fx: &Fixture) -> u64 {
+    wait_for_log(fx, "READY");
+    let log = fx.log();
+    log.lines()
+        .find_map(|l| l.strip_prefix("INOTIFY-HOG opened="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no INOTIFY-HOG line in:\n{log}"))
+}
+
+fn host_inotify_init() -> Result<(), nix::Error> {
+    // SAFETY: inotify_init1 takes flags and returns a new fd or -1.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the fd was just returned by the kernel and is owned by nobody else.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    Ok(())
+}
+
+/// Per-user kernel counters (here inotify instances, `fs.inotify.max_user_instances`) are
+/// charged to the domain's own host uid, not to host root: a domain on the real template
+/// that opens inotify instances until the kernel refuses one is bounded by the host's
+/// per-user limit, and host root and a second domain can still open theirs.
+#[test]
+fn inotify_instances_are_charged_to_the_domain_not_to_host_root() {
+    require_host!();
+    let Some(template) = real_template_or_skip() else {
+        return;
+    };
+    if let Err(e) = host_inotify_init() {
+        bulkhead_test_skip::skip(format_args!(
+            "host root cannot open an inotify instance even before the test: {e}"
+        ));
+        return;
+    }
+    let max: u64 = fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .expect("max_user_instances")
+        .trim()
+        .parse()
+        .expect("a number");
+    let hog = ["/usr/lib/bulkhead/escape-probe", "inotify-hog"];
+
+    let mut fx = Fixture::new("bh-test-inotify-a", 4015);
+    fx.template = Some(template.clone());
+    let mut a = Running(Some(
+        start(&fx.spec(&hog), &launcher()).expect("start first domain"),
+    ));
+    let opened_a = hog_count(&fx);
+    assert!(
+        (1..=max).contains(&opened_a),
+        "the first domain opened {opened_a} instances (host limit {max} per user)"
+    );
+    // the domain is at its limit, and host root is not affected
+    assert_eq!(
+        host_inotify_init(),
+        Ok(()),
+        "host root cannot open an inotify instance while a domain holds {opened_a}"
+    );
+
+    let mut fx2 = Fixture::new("bh-test-inotify-b", 4016);
+    fx2.template = Some(template);
+    let mut b = Running(Some(
+        start(&fx2.spec(&hog), &launcher()).expect("start second domain"),
+    ));
+    let opened_b = hog_count(&fx2);
+    assert!(
+        opened_b >= 1,
+        "a second domain could open no inotify instance while the first holds {opened_a}"
+    );
+    assert!(opened_b <= max, "{opened_b}");
+    assert_eq!(
+        host_inotify_init(),
+        Ok(()),
+        "host root, with two domains full"
+    );
+    println!("inotify instances: first domain {opened_a}, second {opened_b}, limit {max}");
+
+    // the domain's own user namespace refuses nested ones (its /proc/sys/user)
+    assert!(
+        fx.log().contains("userns_max=0"),
+        "max_user_namespaces inside the domain: {}",
+        fx.log()
+    );
+    b.stop();
+    a.stop();
+    assert_eq!(host_inotify_init(), Ok(()));
+}
+
+/// The domain's RLIMIT_CORE follows the host's core dump settings: 1 (no core leaves the
+/// domain) when the host hands cores to a helper or socket, else what the launcher had.
+#[test]
+fn core_limit_follows_the_host_core_pattern() {
+    use bulkhead_sandbox::coredump::{host_core_limit, CoreLimit};
+    require_host!();
+    let fx = Fixture::new("bh-test-core", 4017);
+    let mut dom = Running(Some(
+        start(
+            &fx.spec(&["/usr/lib/bulkhead/escape-probe", "idle"]),
+            &launcher(),
+        )
+        .expect("start"),
+    ));
+    wait_for_log(&fx, "READY");
+    let core_line = |pid: &str| {
+        fs::read_to_string(format!("/proc/{pid}/limits"))
+            .expect("limits")
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(4)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .expect("core line")
+    };
+    let init = core_line(&dom.rec().init_pid.to_string());
+    let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let decision = host_core_limit();
+    println!(
+        "host core_pattern {:?}: {decision:?}; init limits {init}",
+        pattern.trim()
+    );
+    match decision {
+        CoreLimit::One(_) => {
+            assert_eq!(init, "1 1", "soft and hard RLIMIT_CORE of the init");
+            assert!(
+                fx.log().contains("core dumps disabled in this domain"),
+                "{}",
+                fx.log()
+            );
+        }
+        CoreLimit::Keep => {
+            assert_eq!(
+                init,
+                core_line("self"),
+                "the launcher's own limit, unchanged"
+            );
+            assert!(!fx.log().contains("core dumps disabled"), "{}", fx.log());
+        }
+    }
+    dom.stop();
+}
+
+/// A real `int 0x80` from inside a domain: the 32-bit system call entry must not get around
+/// the seccomp filter. i386 getpid (allowed as a 64-bit call) and i386 unshare(CLONE_NEWUSER)
+/// both kill the caller with SIGSYS: the filter's architecture check, not its deny list.
+#[test]
+fn int80_from_a_domain_is_killed_by_the_filter() {
+    require_host!();
+    if !cfg!(target_arch = "x86_64") {
+        bulkhead_test_skip::skip("int 0x80 is x86 only");
+        return;
+    }
+    // On the host the same call works (else the kernel has no IA32 emulation and a kill
+    // inside would prove nothing about the filter).
+    let host = Command::new(PROBE)
+        .args(["int80", "--nr", "20"])
+        .output()
+        .expect("probe on host");
+    let host_out = String::from_utf8_lossy(&host.stdout);
+    if !host.status.success() {
+        bulkhead_test_skip::skip(format_args!(
+            "int 0x80 fails on this host ({}): no IA32 emulation",
+            host.status
+        ));
+        return;
+    }
+    let host_ret: i64 = host_out
+        .trim()
+        .rsplit_once("returned=")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(-1);
+    assert!(host_ret > 0, "i386 getpid on the host: {host_out}");
+    let fx = Fixture::new("bh-test-int80", 4018);
+    let script = "/usr/lib/bulkhead/escape-probe int80 --nr 20; echo GETPID-STATUS=$?; \
+        /usr/lib/bulkhead/escape-probe int80 --nr 310 --arg 268435456; echo UNSHARE-STATUS=$?";
+    let log = run_to_clean_exit(&fx, &fx.spec(&["/bin/sh", "-c", script]));
+    // 128 + SIGSYS (31): killed by the filter
+    let sigsys = 128 + Signal::SIGSYS as i32;
+    assert!(log.contains(&format!("GETPID-STATUS={sigsys}")), "{log}");
+    assert!(log.contains(&format!("UNSHARE-STATUS={sigsys}")), "{log}");
+    assert!(
+        !log.contains("INT80 nr="),
+        "a 32-bit call returned inside the domain:\n{log}"
+    );
 }

@@ -46,6 +46,18 @@ enum Cmd {
         #[arg(long)]
         mib: u64,
     },
+    /// Open inotify instances until the kernel refuses one, print
+    /// `INOTIFY-HOG opened=<n> error=<errno>` and `READY`, then hold them until SIGTERM.
+    InotifyHog,
+    /// Make one i386 system call through `int 0x80` (x86_64 only) and print
+    /// `INT80 nr=<nr> returned=<value>`. Run on the host by the tests to learn whether the
+    /// kernel has IA32 emulation (`--nr 20`, i386 getpid).
+    Int80 {
+        #[arg(long)]
+        nr: u32,
+        #[arg(long, default_value_t = 0)]
+        arg: u32,
+    },
     /// Minimal init for tests: write files, then reap children until SIGTERM.
     Idle {
         /// Write "root" to this path as root.
@@ -155,6 +167,11 @@ fn main() -> anyhow::Result<()> {
             root_file,
             user_file,
         } => idle(root_file, user_file),
+        Cmd::InotifyHog => inotify_hog(),
+        Cmd::Int80 { nr, arg } => {
+            println!("INT80 nr={nr} returned={}", int80(nr, arg));
+            Ok(())
+        }
         Cmd::Battery(args) => {
             let escaped = battery(&args)?;
             std::process::exit(if escaped == 0 { 0 } else { 1 });
@@ -198,6 +215,95 @@ fn idle(root_file: Option<PathBuf>, user_file: Option<PathBuf>) -> anyhow::Resul
             Err(Errno::ECHILD) => std::thread::sleep(std::time::Duration::from_millis(200)),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
         }
+    }
+}
+
+fn inotify_hog() -> anyhow::Result<()> {
+    let mut held: Vec<OwnedFd> = Vec::new();
+    let error = loop {
+        // SAFETY: inotify_init1 takes flags and returns a new fd or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if fd < 0 {
+            break Errno::last();
+        }
+        // SAFETY: the kernel just returned this fd and nothing else owns it.
+        held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        if held.len() >= 1 << 20 {
+            break Errno::UnknownErrno;
+        }
+    };
+    let userns_max = fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("unreadable:{e}"));
+    println!(
+        "INOTIFY-HOG opened={} error={error:?} userns_max={userns_max}",
+        held.len()
+    );
+    idle(None, None)
+}
+
+/// One i386 system call through the 32-bit entry `int 0x80`, from this 64-bit process.
+/// Returns what the kernel put in eax (sign-extended), when the call returns at all.
+#[cfg(target_arch = "x86_64")]
+fn int80(nr: u32, arg: u32) -> i64 {
+    let mut ret: u32 = nr;
+    // SAFETY: `int 0x80` enters the kernel's i386 system call path with eax = number and
+    // ebx = first argument (ecx, edx zero). rbx is reserved by LLVM, so the argument is
+    // swapped into it and back. The compat entry clobbers r8-r11; the rest is preserved.
+    unsafe {
+        std::arch::asm!(
+            "xchg {a:r}, rbx",
+            "int 0x80",
+            "xchg {a:r}, rbx",
+            a = inout(reg) arg as u64 => _,
+            inout("eax") ret,
+            in("ecx") 0u32,
+            in("edx") 0u32,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+        );
+    }
+    ret as i32 as i64
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn int80(_nr: u32, _arg: u32) -> i64 {
+    -(libc::ENOSYS as i64)
+}
+
+/// i386 `unshare(CLONE_NEWUSER)` through `int 0x80`: the seccomp filter checks the
+/// architecture of every call and kills the process for a foreign one. If the call returns
+/// at all (whatever its result), the 32-bit path is open.
+fn compat_syscalls(r: &mut Report) {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    const I386_UNSHARE: u32 = 310;
+    match in_child(|| {
+        let ret = int80(I386_UNSHARE, libc::CLONE_NEWUSER as u32);
+        println!("ESCAPE-INFO int80 unshare returned {ret}");
+        let _ = std::io::stdout().flush();
+        // SAFETY: leave at once with a code the parent recognises.
+        unsafe { libc::_exit(42) }
+    }) {
+        Ok(WaitStatus::Signaled(_, Signal::SIGSYS, _)) => r.line(
+            "int80-unshare-user",
+            true,
+            "killed by SIGSYS (seccomp architecture check)",
+        ),
+        Ok(WaitStatus::Signaled(_, Signal::SIGSEGV, _)) => r.line(
+            "int80-unshare-user",
+            true,
+            "SIGSEGV: this kernel has no IA32 emulation",
+        ),
+        Ok(st) => r.line(
+            "int80-unshare-user",
+            false,
+            format!("the 32-bit call returned: {st:?}"),
+        ),
+        Err(e) => r.line("int80-unshare-user", false, format!("fork: {e}")),
     }
 }
 
@@ -277,6 +383,7 @@ fn battery(a: &BatteryArgs) -> anyhow::Result<usize> {
     proc_writes(&mut r);
     setuid(&mut r);
     kernel_interfaces(&mut r);
+    compat_syscalls(&mut r);
     namespaces(&mut r);
     if let Some(n) = a.pids_max {
         fork_bomb(&mut r, n);
