@@ -141,6 +141,10 @@ async fn scenario(cache: std::path::PathBuf) {
     // its output comes back (through the domain's log).
     console_answers(&p, &d, &name).await;
 
+    // Files from one VM domain to another through a policy-checked call (the target VM is
+    // started for it): out of one VM and into the other, over both agents' vsock links.
+    copy_between_vms(&p, &d, &name).await;
+
     // Pause and unpause with a live guest.
     p.pause(&name).await.expect("pause");
     assert_eq!(
@@ -264,6 +268,62 @@ async fn scenario(cache: std::path::PathBuf) {
         !Path::new(&rundir).join("channel/vsock.sock").exists(),
         "the VMM's socket stayed"
     );
+}
+
+async fn copy_between_vms(p: &Domaind1Proxy<'_>, d: &TestDomaind, from: &str) {
+    let to = format!("{from}b");
+    let props = HashMap::from([("isolation", "vm"), ("memory", "512"), ("vcpus", "1")]);
+    p.create(&to, "app", "debian-12", "blue", props)
+        .await
+        .expect("create the second VM");
+    let policy = d.paths.config_dir.join("policy.d");
+    std::fs::create_dir_all(&policy).expect("policy dir");
+    std::fs::write(
+        policy.join("30-vm-test.policy"),
+        format!("bulkhead.Filecopy * {from} {to} allow\n"),
+    )
+    .expect("policy");
+    let t0 = Instant::now();
+    let copy =
+        format!("echo from-the-vm > ~/t.txt && /usr/lib/bulkhead/bulkhead-copy-to-vm {to} ~/t.txt");
+    let copied =
+        tokio::time::timeout(Duration::from_secs(300), run(p, from, &["sh", "-c", &copy])).await;
+    let Ok((code, _, err)) = copied else {
+        panic!(
+            "copy-to-vm did not end within 300 s\nconsole of {from}:\n{}\nconsole of {to}:\n{}\ndomaind:\n{}",
+            tail(&console(p, from).await, 30),
+            tail(&console(p, &to).await, 40),
+            tail(&d.log(), 60)
+        );
+    };
+    assert_eq!(
+        code,
+        0,
+        "copy-to-vm: {err}\nconsole of {to}:\n{}\ndomaind:\n{}",
+        tail(&console(p, &to).await, 20),
+        tail(&d.log(), 30)
+    );
+    println!("copy into a VM that was started for it: {:?}", t0.elapsed());
+    let (code, out, err) = run(
+        p,
+        &to,
+        &["cat", &format!("/home/user/Incoming/{from}/t.txt")],
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "from-the-vm\n"), "{err}");
+    let (_, line, _) = run(
+        p,
+        &to,
+        &["grep", " /home/user/Incoming ", "/proc/self/mountinfo"],
+    )
+    .await;
+    for flag in ["noexec", "nosuid", "nodev"] {
+        assert!(
+            line.contains(flag),
+            "Incoming in a VM is not {flag}: {line}"
+        );
+    }
+    p.kill(&to).await.expect("kill the second VM");
 }
 
 async fn console_answers(p: &Domaind1Proxy<'_>, d: &TestDomaind, name: &str) {

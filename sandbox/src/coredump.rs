@@ -29,10 +29,10 @@
 //! RLIMIT_CORE of 1 (set on the launcher before the init is forked); every domain process
 //! inherits it and none can raise it. Should the launcher inherit a hard limit of 0 and lack
 //! CAP_SYS_RESOURCE to raise it to 1, the start goes on with 0 and says so in the domain's log
-//! and the launcher's. Known limit: a
-//! domain process may still *lower* its own limit to 0, after which a pipe helper is started
-//! again and told the limit is 0 (see above). Otherwise the domain keeps the limit it
-//! inherits from the launcher.
+//! and the launcher's. A domain process could otherwise lower its own limit to 0, after which
+//! a pipe helper would be started again: in those cases the seccomp filter also makes setting
+//! RLIMIT_CORE a no-op that reports success (`seccomp::core_limit_filter`). With a plain file
+//! pattern the domain keeps the limit it inherits from the launcher, and may change it.
 
 /// What to do with the domain's RLIMIT_CORE under a host's core dump settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

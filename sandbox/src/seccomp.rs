@@ -139,8 +139,10 @@ fn arch() -> Result<TargetArch, String> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("seccomp arch: {e:?}"))
 }
 
-/// The programs to install, in order.
-pub(crate) fn programs() -> Result<Vec<BpfProgram>, String> {
+/// The programs to install, in order. `pin_core_limit`: the host's core dumps would reach
+/// the host (see `crate::coredump`), so the domain's RLIMIT_CORE of 1 must stay (a domain
+/// that lowered it to 0 would have a pipe helper started again): [`core_limit_filter`].
+pub(crate) fn programs(pin_core_limit: bool) -> Result<Vec<BpfProgram>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (_, nr) in DENIED {
         rules.insert(*nr, vec![]);
@@ -202,12 +204,48 @@ pub(crate) fn programs() -> Result<Vec<BpfProgram>, String> {
         arch()?,
     )
     .map_err(|e| format!("seccomp clone3 filter: {e:?}"))?;
-    Ok(vec![
+    let mut out = vec![
         main.try_into().map_err(|e| format!("compile: {e:?}"))?,
         socket_filter()?,
         clone3.try_into().map_err(|e| format!("compile: {e:?}"))?,
         ceiling_filter(),
-    ])
+    ];
+    if pin_core_limit {
+        out.push(core_limit_filter()?);
+    }
+    Ok(out)
+}
+
+/// Setting RLIMIT_CORE (setrlimit, or prlimit64 with a new limit) "succeeds" without doing
+/// anything (errno 0: the syscall is skipped and returns 0). The limit stays 1, which is
+/// already "no core dump": programs that lower it to disable their cores (sudo, ssh) get
+/// what they asked for and see no error; raising it was refused by the hard limit anyway.
+/// Reading the limit (prlimit64 with a NULL new limit, getrlimit) is untouched.
+fn core_limit_filter() -> Result<BpfProgram, String> {
+    let core = libc::RLIMIT_CORE as u64;
+    let e = |x: seccompiler::BackendError| format!("{x:?}");
+    let mut rules = BTreeMap::new();
+    rules.insert(
+        libc::SYS_setrlimit,
+        vec![SeccompRule::new(vec![cond32(0, SeccompCmpOp::Eq, core).map_err(e)?])
+            .map_err(|x| format!("{x:?}"))?],
+    );
+    rules.insert(
+        libc::SYS_prlimit64,
+        vec![SeccompRule::new(vec![
+            cond32(1, SeccompCmpOp::Eq, core).map_err(e)?,
+            cond(2, SeccompCmpOp::Ne, 0).map_err(e)?,
+        ])
+        .map_err(|x| format!("{x:?}"))?],
+    );
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(0),
+        arch()?,
+    )
+    .map_err(|x| format!("seccomp core limit filter: {x:?}"))?;
+    f.try_into().map_err(|x| format!("compile: {x:?}"))
 }
 
 /// socket(2) and socketpair(2): EAFNOSUPPORT unless the family (argument 0, an int) is one of
@@ -287,7 +325,8 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        let p = programs().expect("compile");
+        let p = programs(false).expect("compile");
+        assert_eq!(programs(true).expect("compile").len(), p.len() + 1);
         assert!(p.len() >= 2);
         assert!(p[0].len() > DENIED.len());
     }
@@ -295,7 +334,10 @@ mod tests {
     /// Runs `check` in a forked child with the filters installed; it returns the number of
     /// the first failed expectation (0 = all held), which becomes the exit code.
     fn in_filtered_child(check: fn() -> i32) {
-        let progs = programs().expect("compile");
+        in_child_with(programs(false).expect("compile"), check)
+    }
+
+    fn in_child_with(progs: Vec<BpfProgram>, check: fn() -> i32) {
         // SAFETY: the test harness may be multi-threaded; the child only makes raw syscalls
         // and exits with _exit, never returning into Rust code that could take locks.
         match unsafe { nix::unistd::fork() } {
@@ -325,6 +367,44 @@ mod tests {
     /// -1 with this errno.
     fn refused(ret: libc::c_long, errno: i32) -> bool {
         ret == -1 && nix::Error::last_raw() == errno
+    }
+
+    /// With the core limit pinned, lowering RLIMIT_CORE from 1 to 0 "succeeds" and changes
+    /// nothing; reading it and setting other limits work.
+    #[test]
+    fn a_pinned_core_limit_stays_one() {
+        in_child_with(programs(true).expect("compile"), || {
+            let get = |r| {
+                let mut l = libc::rlimit {
+                    rlim_cur: 9,
+                    rlim_max: 9,
+                };
+                // SAFETY: getrlimit writes into the struct passed by reference.
+                let ok = unsafe { libc::getrlimit(r, &mut l) } == 0;
+                (ok, l.rlim_cur, l.rlim_max)
+            };
+            let set = |r, v| {
+                let l = libc::rlimit {
+                    rlim_cur: v,
+                    rlim_max: v,
+                };
+                // SAFETY: setrlimit reads the struct passed by reference.
+                unsafe { libc::setrlimit(r, &l) }
+            };
+            let nofile = get(libc::RLIMIT_NOFILE);
+            let core = get(libc::RLIMIT_CORE);
+            let checks = [
+                nofile.0 && core.0,
+                // other limits are still set for real
+                set(libc::RLIMIT_NOFILE, nofile.1) == 0,
+                // RLIMIT_CORE "succeeds" and stays what it was
+                set(libc::RLIMIT_CORE, 7) == 0,
+                get(libc::RLIMIT_CORE) == core,
+                set(libc::RLIMIT_CORE, 0) == 0,
+                get(libc::RLIMIT_CORE) == core,
+            ];
+            checks.iter().position(|ok| !ok).map_or(0, |i| i as i32 + 1)
+        });
     }
 
     #[test]
