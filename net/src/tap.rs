@@ -83,6 +83,45 @@ pub fn create_tap(ns: &NetNs, name: &str) -> Result<OwnedFd, NetError> {
     })
 }
 
+/// `_IO('T', 227)`: a descriptor of the network namespace a tun device lives in.
+const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
+
+/// The link namespace of a running VM after a domaind restart: the namespace of the tap that
+/// process `pid` (the VMM) holds as descriptor `fd` (pidfd_getfd, then TUNGETDEVNETNS).
+pub fn netns_of_tap_in(pid: i32, fd: i32) -> Result<NetNs, NetError> {
+    use std::os::fd::FromRawFd;
+    let err = |what: &str| {
+        let e = std::io::Error::last_os_error();
+        NetError::Netns {
+            what: format!("{what} (VMM pid {pid}, fd {fd})"),
+            message: e.to_string(),
+        }
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(err("pidfd_open"));
+    }
+    // SAFETY: a new descriptor returned to us above, owned from here on.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that process and flags, and
+    // returns a new (close-on-exec) descriptor or -1.
+    let tap = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if tap < 0 {
+        return Err(err("pidfd_getfd"));
+    }
+    // SAFETY: a new descriptor returned to us above, owned from here on.
+    let tap = unsafe { OwnedFd::from_raw_fd(tap as i32) };
+    // SAFETY: TUNGETDEVNETNS takes no argument and returns a new descriptor or -1; on a
+    // descriptor that is not a tun device it fails (ENOTTY/EBADFD).
+    let ns = unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETDEVNETNS as _) };
+    if ns < 0 {
+        return Err(err("TUNGETDEVNETNS"));
+    }
+    // SAFETY: a new descriptor returned to us above, owned from here on.
+    Ok(NetNs::from(unsafe { OwnedFd::from_raw_fd(ns) }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

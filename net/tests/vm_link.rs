@@ -111,6 +111,12 @@ async fn a_tap_in_a_link_namespace_reaches_the_netvm_and_survives_its_restart() 
     let gw2 = gateway_answers(&tap, mac).expect("the new netvm answered through the same tap");
     assert_ne!(gw1, gw2, "a new veth pair (a new gateway MAC)");
 
+    // After a domaind restart the namespace is found again through the VMM's descriptor.
+    let again = bulkhead_net::tap::netns_of_tap_in(std::process::id() as i32, tap.as_raw_fd())
+        .expect("the link namespace from the tap");
+    assert_eq!(again.inode().unwrap(), link_ns.inode().unwrap());
+    drop(again);
+
     // Only the tap's descriptor holds the link namespace now: the link stays.
     drop(link_ns);
     tokio::time::sleep(Duration::from_millis(300)).await;
