@@ -276,6 +276,18 @@ pub async fn link_vm_client(
     delete(&nh, vif).await?;
     create_veth(&nh, vif, link_ns, CLIENT_IF).await?;
     let vidx = need_index(&nh, vif, "the net domain").await?;
+    // The gateway's MAC stays the same across netvm restarts: the guest keeps its neighbour
+    // entry for 10.137.0.1, which a new random MAC would leave pointing nowhere until it
+    // expires (a sandbox gets a new eth0, and with it an empty neighbour table).
+    nh.link()
+        .set(
+            LinkUnspec::new_with_index(vidx)
+                .address(crate::tap::gateway_mac(client_ip).to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("set the MAC of {vif}")))?;
     add_addr(&nh, vidx, GATEWAY, 32, vif).await?;
     up(&nh, vidx, vif).await?;
     device_route(&nh, vidx, client_ip, vif).await?;

@@ -36,6 +36,13 @@ pub fn vm_mac(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0xb1, o[0], o[1], o[2], o[3]]
 }
 
+/// The MAC of the netvm's end (`vifX.Y`) of a VM client's link, the guest's gateway:
+/// stable per client (`02:b0:0a:89:x:y`), so it does not change when the netvm restarts.
+pub fn gateway_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0xb0, o[0], o[1], o[2], o[3]]
+}
+
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_text(mac: [u8; 6]) -> String {
     mac.iter()
@@ -133,6 +140,9 @@ mod tests {
         assert_eq!(m[0] & 2, 2, "locally administered");
         assert_eq!(mac_text(m), "02:b1:0a:89:00:05");
         assert_ne!(m, vm_mac(Ipv4Addr::new(10, 137, 1, 5)));
+        let g = gateway_mac(Ipv4Addr::new(10, 137, 0, 5));
+        assert_eq!(g[0] & 3, 2, "local unicast");
+        assert_ne!(g, m);
     }
 
     #[test]
