@@ -17,6 +17,7 @@ pub mod gui;
 pub mod init;
 pub mod service;
 pub mod spawn;
+pub mod vmnet;
 
 /// Environment variable through which init tells the agent which pid to signal for shutdown.
 pub const ENV_INIT_PID: &str = "BULKHEAD_INIT_PID";

@@ -1153,6 +1153,9 @@ impl Manager {
         .await
         .map_err(|e| e.message())?
         .map_err(|e| e.message())?;
+        // A netvm: the VM's link namespace and tap, linked before the VMM gets the tap.
+        let net = self.vm_net_prepare(cfg).await.map_err(|e| e.message())?;
+        let has_net = net.is_some();
         let start = vm::VmStart {
             name: name.clone(),
             vmm: self.cfg.vmm.clone(),
@@ -1172,16 +1175,22 @@ impl Manager {
             vcpus: cfg.vcpus,
             uid: bulkhead_sandbox::UID_BASE + slot * bulkhead_sandbox::UID_RANGE,
             cgroup_root: self.cfg.cgroup_root.clone(),
+            net,
         };
         let tools = self.cfg.guest_tools_dir.clone();
-        blocking(move || -> Result<DomainRecord, vm::VmError> {
+        let launched = blocking(move || -> Result<DomainRecord, vm::VmError> {
             vm::make_tools_image(&tools, &start.tools_image)?;
             vm::make_console_fifo(&start.console_input)?;
             vm::launch(&start).map(DomainRecord::Vm)
         })
         .await
-        .map_err(|e| e.message())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.message())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        if launched.is_err() && has_net {
+            // No VMM holds the tap: the link namespace goes with domaind's descriptor.
+            self.net_on_stop(&name).await;
+        }
+        launched
     }
 
     /// Track a live domain: install it in the runtime and start its watcher and agent link.

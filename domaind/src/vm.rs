@@ -53,6 +53,35 @@ pub const VSOCK_UDS_NAME: &str = "vsock.sock";
 pub const SERIAL_LOG_MAX: u64 = bulkhead_sandbox::logwriter::LOG_MAX_BYTES;
 /// The fd number the VMM gets its ready pipe on.
 const READY_FD: i32 = 3;
+/// The fd number the VMM gets its tap on (a VM with a netvm; see [`VmNet`]).
+pub const TAP_FD: i32 = 4;
+
+/// The network of a VM domain with a netvm: the tap domaind made in the VM's link namespace
+/// (`bulkhead_net::tap`), handed to the VMM as fd [`TAP_FD`], and what the guest configures
+/// on its virtio-net interface from the kernel command line ([`VmNet::cmdline`]).
+#[derive(Debug, Clone)]
+pub struct VmNet {
+    pub tap: std::sync::Arc<OwnedFd>,
+    pub ip: std::net::Ipv4Addr,
+    pub gateway: std::net::Ipv4Addr,
+    pub dns: Vec<std::net::Ipv4Addr>,
+    pub mac: [u8; 6],
+}
+
+impl VmNet {
+    /// ` bulkhead.ip=A bulkhead.gw=G bulkhead.dns=D1,D2 bulkhead.mac=M`, read by the guest's
+    /// init (`bulkhead_agent::vmnet`).
+    pub fn cmdline(&self) -> String {
+        let dns: Vec<String> = self.dns.iter().map(|d| d.to_string()).collect();
+        format!(
+            " bulkhead.ip={} bulkhead.gw={} bulkhead.dns={} bulkhead.mac={}",
+            self.ip,
+            self.gateway,
+            dns.join(","),
+            bulkhead_net::tap::mac_text(self.mac)
+        )
+    }
+}
 
 /// Errors of the VM backend.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +186,8 @@ pub struct VmStart {
     pub uid: u32,
     /// The domaind instance's cgroup root; the VMM's cgroup is `<root>/<name>`.
     pub cgroup_root: bulkhead_sandbox::CgroupRoot,
+    /// The network (a VM with a netvm), or none.
+    pub net: Option<VmNet>,
 }
 
 impl VmStart {
@@ -176,9 +207,10 @@ impl VmStart {
             kernel: self.kernel.clone(),
             initramfs: Some(self.initramfs.clone()),
             cmdline: format!(
-                "{} bulkhead.name={}",
+                "{} bulkhead.name={}{}",
                 bulkhead_templates::vm::GUEST_CMDLINE,
-                self.name
+                self.name,
+                self.net.as_ref().map(VmNet::cmdline).unwrap_or_default()
             ),
             memory_mib: self.memory_mib,
             vcpus,
@@ -203,7 +235,11 @@ impl VmStart {
                 guest_cid: GUEST_CID,
                 uds_path: self.channel_dir.join(VSOCK_UDS_NAME),
             }),
-            net: None,
+            net: self.net.as_ref().map(|n| bulkhead_vmm::NetSpec {
+                tap: bulkhead_net::tap::VM_TAP.to_owned(),
+                mac: n.mac,
+                fd: Some(TAP_FD),
+            }),
             rng: true,
             confine: Some(ConfineSpec {
                 uid: self.uid,
@@ -304,6 +340,13 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
     }
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| io("pipe for the VMM's ready byte")(e.into()))?;
+    // Both descriptors the child moves to fixed numbers are first put above them, so that
+    // one dup2 never overwrites the other's source.
+    let ready_w = dup_high(&ready_w, "the ready pipe")?;
+    let tap = match &s.net {
+        Some(n) => Some(dup_high(&n.tap, "the tap")?),
+        None => None,
+    };
     if let Some(d) = s.log_file.parent() {
         fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
     }
@@ -325,6 +368,7 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
         .env_clear();
     let procs_raw: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let ready_raw = ready_w.as_raw_fd();
+    let tap_raw = tap.as_ref().map(|t| t.as_raw_fd());
     // SAFETY: runs in the forked child before exec and only makes raw system calls (write,
     // dup2, fcntl, setsid) on descriptors opened above; no allocation, no locks.
     unsafe {
@@ -342,6 +386,12 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
             } else if libc::dup2(ready_raw, READY_FD) != READY_FD {
                 return Err(std::io::Error::last_os_error());
             }
+            // dup2 clears close-on-exec on the copy.
+            if let Some(t) = tap_raw {
+                if libc::dup2(t, TAP_FD) != TAP_FD {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -354,6 +404,7 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
     })?;
     drop(cmd);
     drop(ready_w);
+    drop(tap);
     drop(procs);
     let pid = i32::try_from(child.id())
         .map_err(|_| VmError::Invalid(format!("pid {} out of range", child.id())))?;
@@ -412,6 +463,15 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
     })
 }
 
+/// A close-on-exec copy of `fd` numbered above [`READY_FD`] and [`TAP_FD`].
+fn dup_high(fd: &OwnedFd, what: &str) -> Result<OwnedFd, VmError> {
+    use std::os::fd::FromRawFd;
+    let raw = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map_err(|e| io(format!("dup {what}"))(e.into()))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// Wait for one byte on `r`: Ok(true) got it, Ok(false) EOF (the VMM exited), Err timeout.
 fn wait_ready(r: OwnedFd, limit: Duration) -> Result<bool, VmError> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -466,7 +526,35 @@ mod tests {
             vcpus: 2,
             uid: bulkhead_sandbox::UID_BASE,
             cgroup_root: bulkhead_sandbox::CgroupRoot::system(),
+            net: None,
         }
+    }
+
+    #[test]
+    fn a_vm_with_a_netvm_gets_the_tap_fd_and_its_address_on_the_command_line() {
+        let s = start().spec().unwrap();
+        assert!(s.net.is_none());
+        assert!(!s.cmdline.contains("bulkhead.ip="), "{}", s.cmdline);
+        let mut st = start();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        st.net = Some(VmNet {
+            tap: std::sync::Arc::new(r),
+            ip: "10.137.0.7".parse().unwrap(),
+            gateway: bulkhead_net::GATEWAY,
+            dns: bulkhead_net::DNS_VIRTUAL.to_vec(),
+            mac: bulkhead_net::tap::vm_mac("10.137.0.7".parse().unwrap()),
+        });
+        let s = st.spec().unwrap();
+        let n = s.net.as_ref().unwrap();
+        assert_eq!(n.fd, Some(TAP_FD));
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, [0x02, 0xb1, 10, 137, 0, 7]);
+        assert!(
+            s.cmdline.ends_with(" bulkhead.name=work bulkhead.ip=10.137.0.7 bulkhead.gw=10.137.0.1 bulkhead.dns=10.139.1.1,10.139.1.2 bulkhead.mac=02:b1:0a:89:00:07"),
+            "{}",
+            s.cmdline
+        );
+        s.validate().unwrap();
     }
 
     #[test]

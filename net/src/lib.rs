@@ -7,6 +7,7 @@
 //! - [`nft`]: the net domain's nftables ruleset (NAT, DNS, a chain per client) and `nft -f -`.
 //! - [`dns`]: the small resolver for `dsthost` rules (and test answers).
 //! - [`addr`]: stable client addresses.
+//! - [`tap`]: the link namespace and tap of a VM client (its descriptor goes to the VMM).
 //!
 //! Addressing follows Qubes: clients in 10.137.0.0/16 (one /32 each), the gateway 10.137.0.1
 //! on every net-side link, DNS at the virtual 10.139.1.1 and 10.139.1.2, redirected in net to
@@ -18,6 +19,7 @@ pub mod firewall;
 pub mod link;
 pub mod netns;
 pub mod nft;
+pub mod tap;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

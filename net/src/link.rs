@@ -13,9 +13,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::netns::NetNs;
+use crate::tap::{create_tap, VM_BRIDGE, VM_TAP};
 use crate::{NetError, GATEWAY};
 
 /// Interface name of the link inside a client domain.
@@ -219,6 +220,90 @@ pub async fn link_client(
     // Unprivileged ICMP echo sockets (ping without CAP_NET_RAW), as systemd sets on hosts.
     client.sysctl("net/ipv4/ping_group_range", "0 2147483647")?;
     Ok(())
+}
+
+/// Make `ns` a VM's link namespace (see [`crate::tap`]): IPv6 off (nothing of the link
+/// namespace itself talks on the link), the bridge [`VM_BRIDGE`], the tap [`VM_TAP`] as its
+/// port, both up. Returns the tap's descriptor (for the VMM), which holds `ns` alive.
+pub async fn prepare_vm_link(ns: &NetNs) -> Result<std::os::fd::OwnedFd, NetError> {
+    for key in [
+        "net/ipv6/conf/all/disable_ipv6",
+        "net/ipv6/conf/default/disable_ipv6",
+    ] {
+        // A kernel without IPv6 has no such key: nothing to turn off.
+        if let Err(e) = ns.sysctl(key, "1") {
+            tracing::debug!(key, error = %e, "IPv6 sysctl in a VM link namespace");
+        }
+    }
+    let h = ns.rtnl()?;
+    if index(&h, VM_BRIDGE).await?.is_none() {
+        h.link()
+            .add(LinkBridge::new(VM_BRIDGE).build())
+            .execute()
+            .await
+            .map_err(nl(format!("create bridge {VM_BRIDGE}")))?;
+    }
+    let bidx = need_index(&h, VM_BRIDGE, "the VM link namespace").await?;
+    up(&h, bidx, VM_BRIDGE).await?;
+    let tap = create_tap(ns, VM_TAP)?;
+    let tidx = need_index(&h, VM_TAP, "the VM link namespace").await?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(tidx)
+                .controller(bidx)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("{VM_TAP} into {VM_BRIDGE}, up")))?;
+    Ok(tap)
+}
+
+/// Link a VM client: a veth pair `vif` (in `net`, addressed and routed exactly as for a
+/// sandbox client by [`link_client`]) <-> `eth0` in the VM's link namespace `link_ns`, where
+/// it joins the bridge with the VM's tap. `eth0` there has no address: the guest has
+/// `client_ip`. Replaces an older link (after a restart of the netvm or a netvm change).
+pub async fn link_vm_client(
+    net: &NetNs,
+    link_ns: &NetNs,
+    vif: &str,
+    client_ip: Ipv4Addr,
+) -> Result<(), NetError> {
+    let nh = net.rtnl()?;
+    let ch = link_ns.rtnl()?;
+    delete(&ch, CLIENT_IF).await?;
+    delete(&nh, vif).await?;
+    create_veth(&nh, vif, link_ns, CLIENT_IF).await?;
+    let vidx = need_index(&nh, vif, "the net domain").await?;
+    // The gateway's MAC stays the same across netvm restarts: the guest keeps its neighbour
+    // entry for 10.137.0.1, which a new random MAC would leave pointing nowhere until it
+    // expires (a sandbox gets a new eth0, and with it an empty neighbour table).
+    nh.link()
+        .set(
+            LinkUnspec::new_with_index(vidx)
+                .address(crate::tap::gateway_mac(client_ip).to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("set the MAC of {vif}")))?;
+    add_addr(&nh, vidx, GATEWAY, 32, vif).await?;
+    up(&nh, vidx, vif).await?;
+    device_route(&nh, vidx, client_ip, vif).await?;
+
+    let bidx = need_index(&ch, VM_BRIDGE, "the VM link namespace").await?;
+    let cidx = need_index(&ch, CLIENT_IF, "the VM link namespace").await?;
+    ch.link()
+        .set(
+            LinkUnspec::new_with_index(cidx)
+                .controller(bidx)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("{CLIENT_IF} into {VM_BRIDGE}, up")))
 }
 
 /// Remove a client's link (both ends go with `eth0`).

@@ -146,7 +146,11 @@ pub fn open_devices(spec: &VmSpec) -> Result<OpenedDevices, DeviceError> {
         devices.push((format!("vsock cid {}", v.guest_cid), Box::new(dev)));
     }
     if let Some(n) = &spec.net {
-        let tap = open_tap(&n.tap).map_err(|source| DeviceError::Tap {
+        let tap = match n.fd {
+            Some(fd) => inherited_tap(fd),
+            None => open_tap(&n.tap),
+        }
+        .map_err(|source| DeviceError::Tap {
             name: n.tap.clone(),
             source,
         })?;
@@ -188,6 +192,46 @@ pub fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
     // live, NUL-terminated (name shorter than IFNAMSIZ) local; the fd is a tun fd we own.
     unsafe { tun_set_iff(tun.as_raw_fd(), &req) }.map_err(std::io::Error::from)?;
     Ok(OwnedFd::from(tun))
+}
+
+nix::ioctl_read_bad!(tun_get_iff, libc::TUNGETIFF, libc::ifreq);
+
+/// Takes ownership of the inherited tap descriptor `fd` after checking that it is open and
+/// is a tap attached with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (TUNGETIFF); made
+/// close-on-exec.
+pub fn inherited_tap(fd: i32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd <= 2 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "stdin, stdout and stderr are not taps",
+        ));
+    }
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).map_err(std::io::Error::from)?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes one ifreq through the pointer, which points to a live local;
+    // on a descriptor that is not a tun device the kernel fails with EBADFD/EINVAL/ENOTTY and
+    // writes nothing.
+    unsafe { tun_get_iff(fd, &mut req) }.map_err(std::io::Error::from)?;
+    // SAFETY: reading the flags member of the union TUNGETIFF filled in.
+    let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+    let want = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if flags & want != want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the inherited tap has flags {flags:#x}, not IFF_TAP|IFF_NO_PI|IFF_VNET_HDR"),
+        ));
+    }
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(std::io::Error::from)?;
+    // SAFETY: the fd is open and a tap (checked above), not a standard stream, and nothing
+    // else in this process refers to it: it was inherited for exactly this purpose and the
+    // spec names it once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// What wiring the devices produced.
@@ -264,4 +308,22 @@ pub fn wire_devices(
         wired.windows.push(w);
     }
     Ok(wired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn inherited_tap_refuses_what_is_not_a_tap() {
+        assert!(inherited_tap(1).is_err());
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let raw = r.into_raw_fd();
+        assert!(inherited_tap(raw).is_err());
+        // Not taken: still ours to close.
+        // SAFETY: raw is the pipe's read end, which inherited_tap did not take.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        drop(w);
+    }
 }

@@ -70,9 +70,15 @@ pub struct VsockSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetSpec {
-    /// Name of an existing tap device.
+    /// Name of an existing tap device (opened by name in the VMM's network namespace), or,
+    /// with `fd`, only the name of the inherited tap (for logs).
     pub tap: String,
     pub mac: [u8; 6],
+    /// An inherited descriptor of a tap already attached with `IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR` (domaind makes it in the VM's link namespace, so the VMM never needs to be
+    /// in the netvm's or any other network namespace). The VMM takes ownership of it.
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +118,8 @@ pub enum SpecError {
     GuestCid(u64),
     #[error("VM spec: tap name {0:?} is not a valid interface name")]
     Tap(String),
+    #[error("VM spec: tap fd {0} cannot be used (stdin, stdout and stderr are not taps)")]
+    TapFd(i32),
     #[error("VM spec: name {0:?} must be 1..=64 printable characters")]
     Name(String),
 }
@@ -177,6 +185,9 @@ impl VmSpec {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !ok {
                 return Err(SpecError::Tap(n.tap.clone()));
+            }
+            if let Some(fd) = n.fd.filter(|fd| *fd <= 2) {
+                return Err(SpecError::TapFd(fd));
             }
         }
         Ok(())
@@ -253,8 +264,22 @@ mod tests {
         s.net = Some(NetSpec {
             tap: "tap/../x".into(),
             mac: [0; 6],
+            fd: None,
         });
         assert!(matches!(s.validate(), Err(SpecError::Tap(_))));
+        let mut s = spec();
+        s.net = Some(NetSpec {
+            tap: "tap0".into(),
+            mac: [0; 6],
+            fd: Some(1),
+        });
+        assert!(matches!(s.validate(), Err(SpecError::TapFd(1))));
+        s.net = Some(NetSpec {
+            tap: "tap0".into(),
+            mac: [0; 6],
+            fd: Some(4),
+        });
+        assert!(s.validate().is_ok());
         assert!(spec().validate().is_ok());
     }
 }

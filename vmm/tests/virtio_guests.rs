@@ -125,6 +125,7 @@ fn virtio_mmio_discovery_of_every_device() {
         spec.net = Some(NetSpec {
             tap: "bhguest0".into(),
             mac: [0x02, 0xb1, 0, 0, 0, 9],
+            fd: None,
         });
         want.push(1);
     }
@@ -490,6 +491,7 @@ fn virtio_net_frames_both_ways_through_a_tap() {
     spec.net = Some(NetSpec {
         tap: "bhnet0".into(),
         mac,
+        fd: None,
     });
     // The host side: wait for the guest's frame, then answer until the guest is done.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -44,6 +44,7 @@ fn every_device_is_discoverable_in_spec_order() {
         spec.net = Some(NetSpec {
             tap: tap_name.clone(),
             mac: [0x02, 0, 0, 0, 0, 1],
+            fd: None,
         });
     } else {
         eprintln!("note: cannot create a tap with `ip tuntap`; net device not checked");

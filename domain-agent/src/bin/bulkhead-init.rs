@@ -21,6 +21,29 @@ struct Args {
     gui_agent: Option<PathBuf>,
 }
 
+/// Configure the VM's network if the kernel command line has one; failures are logged (the
+/// domain still runs, without network).
+fn setup_vm_network() {
+    use bulkhead_agent::vmnet;
+    let cmdline = match std::fs::read("/proc/cmdline") {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(64 * 1024)]).into_owned(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read /proc/cmdline; no network");
+            return;
+        }
+    };
+    match vmnet::parse_cmdline(&cmdline) {
+        Ok(None) => tracing::info!("no netvm: no network"),
+        Ok(Some(n)) => match vmnet::configure(&n) {
+            Ok(ifname) => {
+                tracing::info!(interface = %ifname, ip = %n.ip, gateway = %n.gateway, dns = ?n.dns, "network configured")
+            }
+            Err(e) => tracing::error!(error = %e, "cannot configure the network"),
+        },
+        Err(e) => tracing::error!(error = %e, "bad network parameters; no network"),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     bulkhead_agent::init_logging("info");
@@ -40,6 +63,10 @@ fn main() -> anyhow::Result<()> {
     let in_vm = bulkhead_agent::in_vm();
     let console = (in_vm && std::process::id() == 1)
         .then(|| PathBuf::from(bulkhead_agent::console::SERIAL_CONSOLE));
+    // A VM domain with a netvm: its address, routes and resolv.conf from the command line.
+    if in_vm && std::process::id() == 1 {
+        setup_vm_network();
+    }
     let code = bulkhead_agent::init::run(bulkhead_agent::init::InitConfig {
         agent,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),

@@ -15,8 +15,16 @@
 //!   a firewall edited, a rule expired, a domain's `features.allow-inter-domain` set. Clients
 //!   never reach each other unless that feature of the source names the destination (see
 //!   `bulkhead_net::nft`); no IPv6 passes to or from a client.
-//! - VM domains get no network yet (a virtio-net device behind a tap is not implemented):
-//!   their start logs a warning when they have a netvm.
+//! - A VM domain with a netvm gets the same link, ending in a small namespace of its own
+//!   (its *link namespace*: a bridge with the VM's tap and the veth end, see
+//!   [`bulkhead_net::tap`]) instead of the guest's; domaind makes it before the VMM starts and
+//!   hands the VMM the tap's descriptor ([`crate::vm::VmNet`]); the guest configures the
+//!   address from its kernel command line. The netvm sees a client like any other (`vifX.Y`,
+//!   the same chain); a restart of the netvm re-links it into the same link namespace, so the
+//!   VMM keeps its tap. The tap's descriptor holds the link namespace: when the VMM dies,
+//!   everything of the link goes with it. A VM cannot serve as a netvm (its namespace is
+//!   not the guest's network), and a netvm set while a VM runs takes effect at its next
+//!   start unless it already had one.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -36,6 +44,7 @@ use crate::api::Error;
 use crate::backend::DomainRecord;
 use crate::instance::now_secs;
 use crate::state::DomainState;
+use crate::vm::VmNet;
 
 /// Longest netvm chain followed (a longer one is treated as a cycle).
 const MAX_CHAIN: usize = 8;
@@ -54,6 +63,8 @@ pub(crate) struct Net {
     held: std::sync::Mutex<HashMap<String, Arc<NetNs>>>,
     /// Linked clients.
     links: std::sync::Mutex<HashMap<String, LinkInfo>>,
+    /// Link namespaces of running VM clients (see [`bulkhead_net::tap`]).
+    vm_links: std::sync::Mutex<HashMap<String, Arc<NetNs>>>,
     /// Serializes link changes and ruleset applications.
     op: AsyncMutex<()>,
     /// Earliest `expire` of any applied rule (u64::MAX: none).
@@ -73,6 +84,7 @@ impl Net {
             host,
             held: std::sync::Mutex::new(HashMap::new()),
             links: std::sync::Mutex::new(HashMap::new()),
+            vm_links: std::sync::Mutex::new(HashMap::new()),
             op: AsyncMutex::new(()),
             next_expiry: AtomicU64::new(u64::MAX),
         }
@@ -91,6 +103,53 @@ fn sandbox_ns(inst: &Instance) -> Option<Result<NetNs, NetError>> {
 }
 
 impl Manager {
+    /// The namespace a client's link ends in: the sandbox's own, or a VM's link namespace
+    /// (`true`); None: a VM without one.
+    fn client_ns(&self, name: &str, inst: &Instance) -> Option<Result<(NetNs, bool), NetError>> {
+        match &inst.record {
+            DomainRecord::Sandbox(s) => Some(NetNs::of_pid(s.init_pid).map(|n| (n, false))),
+            DomainRecord::Vm(_) => lock(&self.net.vm_links)
+                .get(name)
+                .map(|n| n.try_clone().map(|n| (n, true))),
+        }
+    }
+
+    /// Before a VM start: the VM's link namespace with its tap, linked to its running netvm
+    /// and in the netvm's ruleset. None: the VM has no netvm. Undone by [`Self::net_on_stop`].
+    pub(super) async fn vm_net_prepare(&self, cfg: &DomainConfig) -> Result<Option<VmNet>, Error> {
+        let name = cfg.name.as_str();
+        if self.serves_network(name) {
+            warn!(domain = name, "a VM domain cannot serve as a netvm (its network is the guest's, not a namespace domaind can reach); its clients get no link");
+        }
+        let Some(netvm) = cfg.netvm.as_ref().map(|n| n.to_string()) else {
+            return Ok(None);
+        };
+        let ns = blocking(NetNs::new_detached)
+            .await?
+            .map_err(net_err("the VM's link namespace"))?;
+        let tap = link::prepare_vm_link(&ns)
+            .await
+            .map_err(net_err("the VM's tap"))?;
+        let ns = Arc::new(ns);
+        let _op = self.net.op.lock().await;
+        lock(&self.net.vm_links).insert(name.to_owned(), ns.clone());
+        let ip = match self.link_locked(name, &ns, &netvm, false, true).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                lock(&self.net.vm_links).remove(name);
+                return Err(e);
+            }
+        };
+        self.apply_locked(&netvm).await;
+        Ok(Some(VmNet {
+            tap: Arc::new(tap),
+            ip,
+            gateway: bulkhead_net::GATEWAY,
+            dns: DNS_VIRTUAL.to_vec(),
+            mac: bulkhead_net::tap::vm_mac(ip),
+        }))
+    }
+
     fn address_book_path(&self) -> std::path::PathBuf {
         self.cfg.paths.state_dir.join("net").join("addresses.toml")
     }
@@ -185,9 +244,7 @@ impl Manager {
             return Ok(());
         }
         let Some(ns) = sandbox_ns(inst) else {
-            if cfg.netvm.is_some() {
-                warn!(domain = name, "VM domains have no network yet (virtio-net is not implemented); this domain's netvm is ignored");
-            }
+            // A VM: linked before its VMM started (vm_net_prepare).
             return Ok(());
         };
         let ns = Arc::new(ns.map_err(net_err("the domain's network namespace"))?);
@@ -197,7 +254,8 @@ impl Manager {
         }
         if let Some(netvm) = &cfg.netvm {
             let _op = self.net.op.lock().await;
-            self.link_locked(name, &ns, netvm.as_str(), false).await?;
+            self.link_locked(name, &ns, netvm.as_str(), false, false)
+                .await?;
             self.apply_locked(netvm.as_str()).await;
         }
         Ok(())
@@ -244,10 +302,10 @@ impl Manager {
                     .collect()
             };
             for (client, inst) in clients {
-                let Some(Ok(cns)) = sandbox_ns(&inst) else {
+                let Some(Ok((cns, vm))) = self.client_ns(&client, &inst) else {
                     continue;
                 };
-                if let Err(e) = self.link_locked(&client, &cns, name, adopt).await {
+                if let Err(e) = self.link_locked(&client, &cns, name, adopt, vm).await {
                     error!(domain = %client, netvm = name, error = %e.message(), "cannot re-link to the restarted netvm");
                 } else if !adopt {
                     info!(domain = %client, netvm = name, "re-linked to the restarted netvm");
@@ -258,15 +316,17 @@ impl Manager {
         Ok(())
     }
 
-    /// Link client `name` (namespace `ns`) to running `netvm` (`keep`: an existing link is
-    /// only recorded). Caller holds `net.op`.
+    /// Link client `name` (namespace `ns`; `vm`: a VM's link namespace) to running `netvm`
+    /// (`keep`: an existing link is only recorded). Returns the client's address. Caller
+    /// holds `net.op`.
     async fn link_locked(
         &self,
         name: &str,
         ns: &NetNs,
         netvm: &str,
         keep: bool,
-    ) -> Result<(), Error> {
+        vm: bool,
+    ) -> Result<Ipv4Addr, Error> {
         let Some(net_ns) = lock(&self.net.held).get(netvm).cloned() else {
             return Err(Error::Backend(format!(
                 "cannot link '{name}': its netvm '{netvm}' is not running"
@@ -293,10 +353,13 @@ impl Manager {
         if keep && link::is_linked(&net_ns, ns, &vif).await.unwrap_or(false) {
             debug!(domain = name, netvm, vif = %vif, "kept the existing link");
         } else {
-            link::link_client(&net_ns, ns, &vif, ip)
-                .await
-                .map_err(net_err(&format!("linking '{name}' to '{netvm}'")))?;
-            info!(domain = name, netvm, ip = %ip, vif = %vif, "linked");
+            if vm {
+                link::link_vm_client(&net_ns, ns, &vif, ip).await
+            } else {
+                link::link_client(&net_ns, ns, &vif, ip).await
+            }
+            .map_err(net_err(&format!("linking '{name}' to '{netvm}'")))?;
+            info!(domain = name, netvm, ip = %ip, vif = %vif, vm, "linked");
         }
         lock(&self.net.links).insert(
             name.to_owned(),
@@ -305,7 +368,7 @@ impl Manager {
                 vif,
             },
         );
-        Ok(())
+        Ok(ip)
     }
 
     /// A domain stopped (its init is gone): give the uplink back if it had it, forget its
@@ -326,6 +389,9 @@ impl Manager {
             }
         }
         let link = lock(&self.net.links).remove(name);
+        // A VM's link namespace: domaind's descriptor goes; with the VMM gone, so does the
+        // namespace, and the kernel deletes the tap, the bridge and the veth pair with it.
+        lock(&self.net.vm_links).remove(name);
         if let Some(l) = link {
             self.apply_locked(&l.netvm).await;
         }
@@ -344,10 +410,12 @@ impl Manager {
         if !matches!(rt.state(), DomainState::Running | DomainState::Paused) {
             return Ok(());
         }
-        let Some(ns) = sandbox_ns(&inst) else {
+        let Some(ns) = self.client_ns(name, &inst) else {
+            // A VM started without a netvm has no network device to link.
+            warn!(domain = name, new = ?new, "a VM domain's netvm takes effect at its next start (it was started without a network device)");
             return Ok(());
         };
-        let ns = ns.map_err(net_err("the domain's network namespace"))?;
+        let (ns, vm) = ns.map_err(net_err("the domain's network namespace"))?;
         if let Some(n) = &new {
             if self.state_of(n) != DomainState::Running {
                 Box::pin(self.ensure_running(n)).await.map_err(|e| {
@@ -367,7 +435,7 @@ impl Manager {
             self.apply_locked(&o.netvm).await;
         }
         if let Some(n) = &new {
-            self.link_locked(name, &ns, n, false).await?;
+            self.link_locked(name, &ns, n, false, vm).await?;
             self.apply_locked(n).await;
         }
         info!(domain = name, old = ?old.map(|o| o.netvm), new = ?new, "re-linked after a netvm change");
@@ -382,6 +450,27 @@ impl Manager {
             .filter_map(|(n, rt)| Some((n.clone(), rt.instance()?)))
             .collect();
         let (good, _) = self.store.load_all();
+        // VM clients first: their link namespaces, found through the VMM's tap descriptor,
+        // so that serving their netvm below keeps their links.
+        for (name, inst) in &running {
+            let DomainRecord::Vm(v) = &inst.record else {
+                continue;
+            };
+            if !good
+                .iter()
+                .any(|c| c.name.as_str() == name && c.netvm.is_some())
+            {
+                continue;
+            }
+            match bulkhead_net::tap::netns_of_tap_in(v.vmm_pid, crate::vm::TAP_FD) {
+                Ok(ns) => {
+                    lock(&self.net.vm_links).insert(name.clone(), Arc::new(ns));
+                }
+                Err(e) => {
+                    warn!(domain = %name, error = %e, "cannot find the adopted VM's link namespace; it keeps its link but is not re-linked when its netvm restarts")
+                }
+            }
+        }
         for (name, inst) in &running {
             if self.serves_network(name) {
                 if let Some(Ok(ns)) = sandbox_ns(inst) {
