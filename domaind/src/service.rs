@@ -5,9 +5,11 @@
 //!
 //! File descriptors passed by callers: the copies handed to our methods are close-on-exec,
 //! but zbus keeps the descriptors it received (without `MSG_CMSG_CLOEXEC`) in the message
-//! until the call ends, so a sandbox launcher spawned meanwhile inherits them. The launcher
-//! and its log writer therefore close every descriptor above 2 (bulkhead-sandbox); the test
-//! `caller_fds_do_not_leak_into_domains` checks that no process outside domaind holds them.
+//! until the call ends, so a sandbox launcher or VMM spawned meanwhile inherits them. The
+//! launcher and its log writer therefore close every descriptor above 2 (bulkhead-sandbox),
+//! and domaind marks every descriptor but the VMM's own close-on-exec before it execs the
+//! VMM (`vm::launch`); the tests `caller_fds_do_not_leak_into_domains` and
+//! `vm_domain_lifecycle_on_software_kvm` check that no process outside domaind holds them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -370,7 +370,7 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
     let ready_raw = ready_w.as_raw_fd();
     let tap_raw = tap.as_ref().map(|t| t.as_raw_fd());
     // SAFETY: runs in the forked child before exec and only makes raw system calls (write,
-    // dup2, fcntl, setsid) on descriptors opened above; no allocation, no locks.
+    // dup2, fcntl, close_range, setsid) on descriptors opened above; no allocation, no locks.
     unsafe {
         cmd.pre_exec(move || {
             for fd in &procs_raw {
@@ -391,6 +391,23 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
                 if libc::dup2(t, TAP_FD) != TAP_FD {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // Every other descriptor closes at exec: zbus keeps the descriptors callers pass
+            // (received without MSG_CMSG_CLOEXEC) until their call ends, and a VMM started
+            // meanwhile (a call that autostarts a VM) would otherwise hold, for its whole life,
+            // another caller's stdout: that caller's output would never end.
+            let first = if tap_raw.is_some() {
+                TAP_FD + 1
+            } else {
+                READY_FD + 1
+            };
+            if libc::close_range(
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());

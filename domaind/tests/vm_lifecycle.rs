@@ -77,6 +77,16 @@ fn assert_clean(d: &TestDomaind, name: &str, pid: i32) {
     );
 }
 
+/// Whether process `pid` has the pipe with inode `inode` open.
+fn holds_pipe(pid: i32, inode: u64) -> bool {
+    let target = format!("pipe:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target))
+}
+
 /// The uid of a process, from /proc/<pid>/status.
 fn proc_uid(pid: i32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -217,9 +227,49 @@ async fn body() {
     .await
     .expect("domaind --allow-software-kvm");
     let (_conn2, p) = d2.client().await.expect("client");
+    // The VMM is started while another caller's `Run` holds descriptors that zbus received
+    // without close-on-exec (a call that autostarts a VM does exactly this): the VMM must not
+    // inherit them, or that caller's output never ends.
+    let sb = format!("{pre}sb");
+    p.create(&sb, "app", &tmpl, "green", HashMap::new())
+        .await
+        .expect("create a sandbox domain");
+    let (in_r, in_w) = nix::unistd::pipe().expect("pipe");
+    let inode = std::fs::File::from(in_r.try_clone().unwrap())
+        .metadata()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let (p_run, sb_run) = (p.clone(), sb.clone());
+    let (r2, w2) = (in_r.try_clone().unwrap(), in_w.try_clone().unwrap());
+    let held = tokio::spawn(async move {
+        p_run
+            .run(
+                &sb_run,
+                &["sleep", "60"],
+                "",
+                zbus::zvariant::Fd::from(&r2),
+                zbus::zvariant::Fd::from(&w2),
+                zbus::zvariant::Fd::from(&w2),
+            )
+            .await
+    });
+    wait_state(&p, &sb, "running").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     if let Err(e) = p.start(&work).await {
         panic!("start: {e}\ndomaind log:\n{}", d2.log());
     }
+    let vmm_pid = d2.instance_record(&work)["vmm_pid"]
+        .as_i64()
+        .expect("vmm_pid") as i32;
+    for pid in std::iter::once(vmm_pid).chain(children(vmm_pid)) {
+        assert!(
+            !holds_pipe(pid, inode),
+            "VMM process {pid} inherited another caller's Run descriptors"
+        );
+    }
+    p.kill(&sb).await.expect("kill the sandbox");
+    let _ = held.await;
+    drop((in_r, in_w));
     assert_eq!(
         domain_state(&p.list().await.unwrap(), &work).as_deref(),
         Some("running")

@@ -494,11 +494,8 @@ impl ChildPlan {
             proc_dir: cs(&format!("{root_s}/proc"))?,
             argv: spec.init.iter().map(|a| cs(a)).collect::<StepResult<_>>()?,
             env: INIT_ENV.iter().map(|a| cs(a)).collect::<StepResult<_>>()?,
-            seccomp: seccomp::programs(matches!(
-                coredump::host_core_limit(),
-                CoreLimit::One(_)
-            ))
-            .map_err(|e| LaunchError::new("seccomp", e))?,
+            seccomp: seccomp::programs(matches!(coredump::host_core_limit(), CoreLimit::One(_)))
+                .map_err(|e| LaunchError::new("seccomp", e))?,
         })
     }
 }

@@ -227,8 +227,10 @@ fn core_limit_filter() -> Result<BpfProgram, String> {
     let mut rules = BTreeMap::new();
     rules.insert(
         libc::SYS_setrlimit,
-        vec![SeccompRule::new(vec![cond32(0, SeccompCmpOp::Eq, core).map_err(e)?])
-            .map_err(|x| format!("{x:?}"))?],
+        vec![
+            SeccompRule::new(vec![cond32(0, SeccompCmpOp::Eq, core).map_err(e)?])
+                .map_err(|x| format!("{x:?}"))?,
+        ],
     );
     rules.insert(
         libc::SYS_prlimit64,
