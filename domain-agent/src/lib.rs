@@ -14,6 +14,7 @@ pub mod agent;
 pub mod call;
 pub mod console;
 pub mod gui;
+pub mod incoming;
 pub mod init;
 pub mod service;
 pub mod spawn;

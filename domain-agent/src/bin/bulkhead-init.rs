@@ -1,6 +1,6 @@
 //! bulkhead-init: pid 1 inside a Bulkhead domain.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -66,6 +66,12 @@ fn main() -> anyhow::Result<()> {
     // A VM domain with a netvm: its address, routes and resolv.conf from the command line.
     if in_vm && std::process::id() == 1 {
         setup_vm_network();
+        // ~/Incoming noexec,nosuid,nodev, as a sandbox has it.
+        match bulkhead_agent::incoming::mount_incoming(Path::new("/home")) {
+            Ok(true) => tracing::info!("~/Incoming mounted noexec,nosuid,nodev"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "~/Incoming left as it is"),
+        }
     }
     let code = bulkhead_agent::init::run(bulkhead_agent::init::InitConfig {
         agent,
