@@ -28,6 +28,7 @@ use domaind::testing::{
     sandbox_available, vmm_bin, vmm_probe, vmm_thread_states, wait_state, DomaindOptions, TestBus,
     TestDomaind,
 };
+use futures_util::StreamExt;
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 
@@ -426,5 +427,97 @@ async fn body() {
             .map(|i| i.isolation.as_str()),
         Some("vm")
     );
+
+    // domaind killed at each step of a VM start: after its restart the domain is either
+    // adopted (running, and it ends cleanly) or halted with nothing left behind (no VMM, no
+    // cgroup, no socket), its private volume is still there, and it starts again.
+    let image = d2
+        .paths
+        .state_dir
+        .join("domains")
+        .join(&work)
+        .join("private.img");
+    for step in [
+        "checking template",
+        "preparing volumes",
+        "allocating uid range",
+        "binding channel",
+        "launching VM",
+    ] {
+        let (_c, p) = d2.client().await.expect("client");
+        let mut progress = p.receive_progress().await.expect("progress signals");
+        let (p_start, w) = (p.clone(), work.clone());
+        let starting = tokio::spawn(async move { p_start.start(&w).await });
+        loop {
+            let sig = progress.next().await.expect("progress until the step");
+            let args = sig.args().expect("progress args");
+            if args.name() == &work && args.step() == step {
+                break;
+            }
+        }
+        d2.kill9();
+        assert!(
+            starting.await.unwrap().is_err(),
+            "start survived domaind ({step})"
+        );
+        // A VMM spawned just before the kill goes on starting by itself meanwhile.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        d2.restart().await.expect("restart domaind");
+        let (_c, p) = d2.client().await.expect("client");
+        match domain_state(&p.list().await.unwrap(), &work).as_deref() {
+            Some("running") => {
+                let pid = d2.instance_record(&work)["vmm_pid"].as_i64().expect("pid") as i32;
+                p.kill(&work).await.expect("kill the adopted VM");
+                wait_state(&p, &work, "halted").await;
+                assert_clean(&d2, &work, pid);
+            }
+            Some("halted") => {
+                assert!(!d2.cgroup_exists(&work), "cgroup of {work} left ({step})");
+                let spec = d2
+                    .paths
+                    .runtime_dir
+                    .join("domains")
+                    .join(&work)
+                    .join("vm.json");
+                let left = processes_mentioning(&spec.to_string_lossy());
+                assert!(left.is_empty(), "VMM processes left ({step}): {left:?}");
+                assert!(
+                    !d2.paths
+                        .runtime_dir
+                        .join("domains")
+                        .join(&work)
+                        .join("channel/vsock.sock_1024")
+                        .exists(),
+                    "channel socket left ({step})"
+                );
+            }
+            other => panic!("state {other:?} after domaind was killed at {step:?}"),
+        }
+        assert!(image.exists(), "private volume lost ({step})");
+        p.start(&work)
+            .await
+            .unwrap_or_else(|e| panic!("start after the kill at {step:?}: {e}\n{}", d2.log()));
+        let pid = d2.instance_record(&work)["vmm_pid"].as_i64().expect("pid") as i32;
+        p.kill(&work).await.expect("kill");
+        wait_state(&p, &work, "halted").await;
+        assert_clean(&d2, &work, pid);
+    }
     drop(d);
+}
+
+/// Pids whose command line contains `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
 }
