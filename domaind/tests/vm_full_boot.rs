@@ -147,10 +147,6 @@ async fn scenario(cache: std::path::PathBuf) {
     // started for it): out of one VM and into the other, over both agents' vsock links.
     copy_between_vms(&p, &d, &name).await;
 
-    // Open a file in a new disposable VM: its default application edits it, the edit comes
-    // back, the disposable is gone afterwards.
-    open_in_disposable_vm(&p, &d, &name).await;
-
     // Pause and unpause with a live guest.
     p.pause(&name).await.expect("pause");
     assert_eq!(
@@ -330,80 +326,6 @@ async fn copy_between_vms(p: &Domaind1Proxy<'_>, d: &TestDomaind, from: &str) {
         );
     }
     p.kill(&to).await.expect("kill the second VM");
-}
-
-/// The disposable template's default application for text/plain: a script that edits the
-/// file it is given (installed in the template's private volume), as in cli/tests/services.rs.
-const EDITOR_SETUP: &str = r#"set -e
-mkdir -p "$HOME/.config" "$HOME/.local/share/applications" "$HOME/bin"
-printf '#!/bin/sh\necho "edited in $(uname -n)" >> "$1"\n' > "$HOME/bin/test-editor"
-chmod 755 "$HOME/bin/test-editor"
-printf '[Default Applications]\ntext/plain=test-editor.desktop\n' > "$HOME/.config/mimeapps.list"
-printf '[Desktop Entry]\nType=Application\nName=Test editor\nExec=%s/bin/test-editor %%f\n' "$HOME" > "$HOME/.local/share/applications/test-editor.desktop"
-sync
-"#;
-
-async fn open_in_disposable_vm(p: &Domaind1Proxy<'_>, d: &TestDomaind, from: &str) {
-    let dvm = format!("{from}dvm");
-    let props = HashMap::from([("isolation", "vm"), ("memory", "512"), ("vcpus", "1")]);
-    p.create(&dvm, "disposable-template", "debian-12", "red", props)
-        .await
-        .expect("create the disposable VM template");
-    let (code, _, err) = run(p, &dvm, &["sh", "-c", EDITOR_SETUP]).await;
-    assert_eq!(code, 0, "editor setup in {dvm}: {err}");
-    p.shutdown(&dvm, 60)
-        .await
-        .expect("shutdown the disposable template");
-    p.set_property(from, "default_dispvm", &dvm)
-        .await
-        .expect("default_dispvm");
-    let policy = d.paths.config_dir.join("policy.d");
-    std::fs::write(
-        policy.join("31-vm-dvm.policy"),
-        format!("bulkhead.OpenInVM * {from} @dispvm allow\n"),
-    )
-    .expect("policy");
-    let t0 = Instant::now();
-    let open = "printf 'original\\n' > doc.txt && /usr/lib/bulkhead/bulkhead-open-in-dvm doc.txt && cat doc.txt";
-    let opened =
-        tokio::time::timeout(Duration::from_secs(300), run(p, from, &["sh", "-c", open])).await;
-    let Ok((code, out, err)) = opened else {
-        panic!(
-            "open-in-dvm did not end within 300 s\nconsole of {from}:\n{}\ndomaind:\n{}",
-            tail(&console(p, from).await, 30),
-            tail(&d.log(), 80)
-        );
-    };
-    assert_eq!(
-        code,
-        0,
-        "open-in-dvm: {err}\ndomaind:\n{}",
-        tail(&d.log(), 40)
-    );
-    assert!(out.starts_with("original\nedited in disp"), "{out}");
-    println!(
-        "open in a new disposable VM, edited and back: {:?}",
-        t0.elapsed()
-    );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let left: Vec<String> = p
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|i| i.name.starts_with("disp"))
-            .map(|i| i.name)
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the disposable VM is still there: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn console_answers(p: &Domaind1Proxy<'_>, d: &TestDomaind, name: &str) {
