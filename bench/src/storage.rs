@@ -122,16 +122,12 @@ pub fn run(runs: usize, size_mib: u64) -> Result<()> {
         // the domain's mount namespace goes, is nobody's wait: it is measured apart.
         let mut releases = Vec::with_capacity(runs + 1);
         let loops = timed(runs, |_| {
-            let file = bulkhead_sandbox::loopdev::open_locked(&image)?;
-            let dev = bulkhead_sandbox::loopdev::attach(file, &image)?;
-            mount(
-                Some(&dev.path),
+            bulkhead_sandbox::loopdev::mount_ext4(
+                &image,
                 &at,
-                Some("ext4"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 Some("errors=remount-ro"),
             )?;
-            drop(dev);
             let t = Instant::now();
             umount2(&at, MntFlags::MNT_DETACH)?;
             drop(bulkhead_sandbox::loopdev::open_locked(&image)?);

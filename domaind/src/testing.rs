@@ -1462,27 +1462,20 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
     VmHost::PassedInL1
 }
 
-/// The template store inside a template cache (`<cache>/templates` or the cache itself, as
-/// [`DomaindOptions::template_cache`] links it).
 /// Runs `f` on halted domain `name`'s private volume, mounted read-write on the host for the
 /// moment (after the domain has released it: the same lock the sandbox launcher takes), as
 /// the host sees it: canonical ids. For tests that plant or inspect private data.
 pub fn with_private_volume<R>(paths: &Paths, name: &str, f: impl FnOnce(&Path) -> R) -> R {
     let dn = bulkhead_domain::DomainName::new(name).expect("domain name");
     let image = crate::volume::PrivateVolume::new(paths, &dn).image;
-    let file = bulkhead_sandbox::loopdev::open_locked(&image)
-        .unwrap_or_else(|e| panic!("private volume of {name}: {e}"));
-    let dev = bulkhead_sandbox::loopdev::attach(file, &image).expect("loop device");
     let at = tempfile::tempdir().expect("mount point");
-    nix::mount::mount(
-        Some(&dev.path),
+    bulkhead_sandbox::loopdev::mount_ext4(
+        &image,
         at.path(),
-        Some("ext4"),
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        None::<&str>,
+        None,
     )
-    .expect("mount the private volume");
-    drop(dev);
+    .unwrap_or_else(|e| panic!("private volume of {name}: {e}"));
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
@@ -1493,6 +1486,8 @@ pub fn with_private_volume<R>(paths: &Paths, name: &str, f: impl FnOnce(&Path) -
     f(at.path())
 }
 
+/// The template store inside a template cache (`<cache>/templates` or the cache itself, as
+/// [`DomaindOptions::template_cache`] links it).
 pub fn cache_store(cache: &Path) -> PathBuf {
     let t = cache.join("templates");
     if t.is_dir() {

@@ -48,6 +48,12 @@ pub enum LoopError {
     NotAFile { path: PathBuf },
     #[error("no free loop device: {0}")]
     NoDevice(String),
+    #[error("mount {} ({}) as ext4: {source}", device.display(), image.display())]
+    Mount {
+        device: PathBuf,
+        image: PathBuf,
+        source: nix::Error,
+    },
 }
 
 /// An attached loop device. Dropping it closes the device; with AUTOCLEAR the kernel then
@@ -181,4 +187,23 @@ pub fn attach(image: File, shown: &Path) -> Result<LoopDevice, LoopError> {
     Err(LoopError::NoDevice(
         "every free loop device was taken by someone else (32 tries)".into(),
     ))
+}
+
+/// Locks `image` ([`open_locked`]), attaches it ([`attach`]) and mounts it as ext4 on
+/// `target` with `flags` and `data`. The loop device is closed before returning: it goes away
+/// with the last unmount (autoclear), and the lock with it.
+pub fn mount_ext4(
+    image: &Path,
+    target: &Path,
+    flags: nix::mount::MsFlags,
+    data: Option<&str>,
+) -> Result<(), LoopError> {
+    let dev = attach(open_locked(image)?, image)?;
+    nix::mount::mount(Some(&dev.path), target, Some("ext4"), flags, data).map_err(|source| {
+        LoopError::Mount {
+            device: dev.path.clone(),
+            image: image.to_path_buf(),
+            source,
+        }
+    })
 }

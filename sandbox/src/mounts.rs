@@ -475,26 +475,13 @@ pub(crate) fn assemble(
     let private = layout.staging.join("p");
     fs::create_dir(&private)
         .map_err(|e| err("mount:private", format!("mkdir {}: {e}", private.display())))?;
-    let image = loopdev::open_locked(&spec.private_image).map_err(|e| err("mount:private", e))?;
-    let dev = loopdev::attach(image, &spec.private_image).map_err(|e| err("mount:private", e))?;
-    mount(
-        Some(&dev.path),
+    loopdev::mount_ext4(
+        &spec.private_image,
         &private,
-        Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("errors=remount-ro"),
     )
-    .map_err(|e| {
-        err(
-            "mount:private",
-            format!(
-                "mount {} ({}) as ext4: {e}",
-                dev.path.display(),
-                spec.private_image.display()
-            ),
-        )
-    })?;
-    drop(dev);
+    .map_err(|e| err("mount:private", e))?;
     let home = root_dir.ensure_dir("mount:home", "home", base, 0o755)?;
     bind_with_attrs(
         "mount:home",

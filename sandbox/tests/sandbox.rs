@@ -290,18 +290,14 @@ impl Fixture {
     /// domain has released it), as the host sees it: canonical ids.
     fn with_private<R>(&self, f: impl FnOnce(&Path) -> R) -> R {
         let image = self.private_image();
-        let file = bulkhead_sandbox::loopdev::open_locked(&image).expect("lock the image");
-        let dev = bulkhead_sandbox::loopdev::attach(file, &image).expect("loop device");
         let at = tempfile::tempdir().expect("mount point");
-        nix::mount::mount(
-            Some(&dev.path),
+        bulkhead_sandbox::loopdev::mount_ext4(
+            &image,
             at.path(),
-            Some("ext4"),
             nix::mount::MsFlags::MS_RDONLY | nix::mount::MsFlags::MS_NOSUID,
-            None::<&str>,
+            None,
         )
         .expect("mount the private volume read-only");
-        drop(dev);
         let r = f(at.path());
         nix::mount::umount2(at.path(), nix::mount::MntFlags::MNT_DETACH).expect("umount");
         r
