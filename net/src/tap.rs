@@ -16,10 +16,8 @@
 //! netvm restarts, its end of the pair dies with its namespace; domaind makes a new pair into
 //! the same link namespace, and the VMM keeps its tap.
 
-use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 
 use crate::netns::NetNs;
 use crate::NetError;
@@ -51,43 +49,15 @@ pub fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
-
-/// Open the tap `name` in the calling thread's network namespace (created if it does not
-/// exist) with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, as the VMM's virtio-net wants it.
-pub fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0']) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "interface name must be 1..15 bytes",
-        ));
-    }
-    let tun: File = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags =
-        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-    // SAFETY: TUNSETIFF reads (and updates) one ifreq through the pointer, which points to a
-    // live, NUL-terminated (name shorter than IFNAMSIZ) local; the fd is a tun fd we own.
-    unsafe { tun_set_iff(tun.as_raw_fd(), &req) }.map_err(std::io::Error::from)?;
-    Ok(OwnedFd::from(tun))
-}
-
 /// Create the tap `name` inside `ns` (from a thread that entered it) and return its
 /// descriptor. The descriptor holds `ns` alive.
 pub fn create_tap(ns: &NetNs, name: &str) -> Result<OwnedFd, NetError> {
     let n = name.to_owned();
-    ns.run(move || open_tap(&n))?.map_err(|e| NetError::Netns {
-        what: format!("create tap {name} (/dev/net/tun, TUNSETIFF)"),
-        message: e.to_string(),
-    })
+    ns.run(move || bulkhead_virtio::net::open_tap(&n))?
+        .map_err(|e| NetError::Netns {
+            what: format!("create tap {name} (/dev/net/tun, TUNSETIFF)"),
+            message: e.to_string(),
+        })
 }
 
 /// `_IO('T', 227)`: a descriptor of the network namespace a tun device lives in.
@@ -147,8 +117,8 @@ mod tests {
 
     #[test]
     fn tap_names_are_checked() {
-        assert!(open_tap("").is_err());
-        assert!(open_tap("a-name-that-is-too-long").is_err());
+        assert!(bulkhead_virtio::net::open_tap("").is_err());
+        assert!(bulkhead_virtio::net::open_tap("a-name-that-is-too-long").is_err());
         assert!(VM_TAP.len() < libc::IFNAMSIZ && VM_BRIDGE.len() < libc::IFNAMSIZ);
     }
 }

@@ -21,6 +21,39 @@ use crate::{
     device_type, features, Activation, Error, GuestMemory, IrqLine, Result, VirtioDevice, Worker,
 };
 
+/// The tap flags this device needs: Ethernet frames, no packet info, a virtio-net header
+/// in front of each frame.
+pub const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+
+nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+
+/// Opens the tap `name` in the calling thread's network namespace with [`TAP_FLAGS`]
+/// (the kernel creates it when it does not exist and the caller may).
+pub fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0']) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "interface name must be 1..15 bytes",
+        ));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+    // SAFETY: TUNSETIFF reads (and updates) one ifreq through the pointer, which points to a
+    // live, NUL-terminated (name shorter than IFNAMSIZ) local; the fd is a tun fd we own.
+    unsafe { tun_set_iff(tun.as_raw_fd(), &req) }.map_err(std::io::Error::from)?;
+    Ok(OwnedFd::from(tun))
+}
+
 pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;

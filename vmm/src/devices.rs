@@ -5,8 +5,8 @@
 //! Every host resource (disk files, the vsock listener, the tap) is opened here, before the
 //! process confines itself.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -148,7 +148,7 @@ pub fn open_devices(spec: &VmSpec) -> Result<OpenedDevices, DeviceError> {
     if let Some(n) = &spec.net {
         let tap = match n.fd {
             Some(fd) => inherited_tap(fd),
-            None => open_tap(&n.tap),
+            None => bulkhead_virtio::net::open_tap(&n.tap),
         }
         .map_err(|source| DeviceError::Tap {
             name: n.tap.clone(),
@@ -164,34 +164,6 @@ pub fn open_devices(spec: &VmSpec) -> Result<OpenedDevices, DeviceError> {
         devices.push(("rng".into(), Box::new(Rng::new())));
     }
     Ok(OpenedDevices { devices })
-}
-
-nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
-
-/// Opens the existing tap `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
-pub fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "interface name must be 1..15 bytes",
-        ));
-    }
-    let tun: File = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags =
-        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-    // SAFETY: TUNSETIFF reads (and updates) one ifreq through the pointer, which points to a
-    // live, NUL-terminated (name shorter than IFNAMSIZ) local; the fd is a tun fd we own.
-    unsafe { tun_set_iff(tun.as_raw_fd(), &req) }.map_err(std::io::Error::from)?;
-    Ok(OwnedFd::from(tun))
 }
 
 nix::ioctl_read_bad!(tun_get_iff, libc::TUNGETIFF, libc::ifreq);
@@ -216,7 +188,7 @@ pub fn inherited_tap(fd: i32) -> std::io::Result<OwnedFd> {
     unsafe { tun_get_iff(fd, &mut req) }.map_err(std::io::Error::from)?;
     // SAFETY: reading the flags member of the union TUNGETIFF filled in.
     let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
-    let want = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    let want = bulkhead_virtio::net::TAP_FLAGS;
     if flags & want != want {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
