@@ -179,28 +179,26 @@ impl PrivateVolume {
                 want: size_mib,
             });
         }
-        if self.vm_written() {
-            // dom0 never parses what the guest wrote: only the disk grows; the file system
-            // on it is grown from inside the VM (resize2fs on the private disk, online).
-            File::options()
-                .write(true)
-                .open(&self.image)
-                .and_then(|f| f.set_len(size_mib << 20))
-                .map_err(io("cannot grow", &self.image))?;
-            info!(image = %self.image.display(), size_mib, "private volume disk grown; run resize2fs on it inside the VM to use the space");
-            return Ok(());
+        // dom0 never parses what a guest wrote: a VM-written volume only gets a bigger disk,
+        // and its file system is grown from inside the VM (resize2fs, online). One written
+        // only by dom0's own kernel is checked and grown offline here.
+        let vm_written = self.vm_written();
+        if !vm_written {
+            run(
+                Command::new("e2fsck").args(["-f", "-p"]).arg(&self.image),
+                &self.image,
+                &[0, 1],
+            )?;
         }
-        // Written only by dom0's own kernel: check it and grow it offline.
-        run(
-            Command::new("e2fsck").args(["-f", "-p"]).arg(&self.image),
-            &self.image,
-            &[0, 1],
-        )?;
         File::options()
             .write(true)
             .open(&self.image)
             .and_then(|f| f.set_len(size_mib << 20))
             .map_err(io("cannot grow", &self.image))?;
+        if vm_written {
+            info!(image = %self.image.display(), size_mib, "private volume disk grown; run resize2fs on it inside the VM to use the space");
+            return Ok(());
+        }
         run(
             Command::new("resize2fs").arg("-p").arg(&self.image),
             &self.image,
