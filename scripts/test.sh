@@ -31,7 +31,7 @@ results=$(mktemp)
 # A test that cannot run here calls bulkhead_test_skip::skip, which appends
 # "<test>: <reason>" to this file; libtest counts it as passed, the closing line as skipped.
 skip_log=$(mktemp)
-trap 'rm -f "$results" "$skip_log"' EXIT
+trap 'rm -f "$results" "$skip_log" "${fuzz_log:-}"' EXIT
 export BULKHEAD_TEST_SKIP_LOG=$skip_log
 set +e
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$results"
@@ -45,8 +45,16 @@ confined_status=${PIPESTATUS[0]}
 set -e
 
 step "Fuzz targets, short runs"
+# libFuzzer prints thousands of lines; they go to a log, and only each target's outcome here,
+# so that the end of this script's output (all a CI report may keep) is the test summary.
+fuzz_log=$(mktemp)
 fuzz_status=0
-fuzz/run-short.sh "${FUZZ_SECONDS:-20}" || fuzz_status=$?
+fuzz/run-short.sh "${FUZZ_SECONDS:-20}" >"$fuzz_log" 2>&1 || fuzz_status=$?
+grep -E '^(run-short:|Done [0-9]+ runs)' "$fuzz_log" || true
+if ((fuzz_status != 0)); then
+    echo "fuzzing failed; the last lines of its log:"
+    tail -n 60 "$fuzz_log"
+fi
 
 # One closing line for all the test binaries cargo ran above. Skipped = the skip log's lines
 # plus libtest's "ignored". A skip whose test name has "::<thread>" came from a libtest test,
@@ -59,6 +67,15 @@ awk -v skip_log="$skip_log" '
 skips=$( (cat "$skip_log"; sed -nE 's/^test (.*) \.\.\. ignored.*/\1: #[ignore]/p' "$results") | sed 's/^/    /')
 [[ -z $skips ]] || printf '%s\n' "$skips"
 if ((test_status != 0)); then
+    # The failures once more at the very end, with the start of what each printed: the end of
+    # the output is often all that a CI report keeps.
+    echo "failed:"
+    grep -E '^test .* \.\.\. FAILED$|^error: test failed' "$results" | sed 's/^/    /'
+    awk 'function flush(  i) { if (n > 0) { print "    " b[1]; for (i = (n > 30 ? n - 29 : 2); i <= n; i++) print "    " b[i] } n = 0 }
+         /^---- .* (stdout|stderr) ----$/ { flush(); show = 1 }
+         /^failures:$/ { flush(); show = 0 }
+         show { b[++n] = $0 }
+         END { flush() }' "$results"
     echo "tests failed (cargo test exit $test_status)" >&2
     exit "$test_status"
 fi
