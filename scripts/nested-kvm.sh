@@ -29,6 +29,7 @@ usage() {
 
 mem=${BULKHEAD_NESTED_MEM:-4096}
 smp=${BULKHEAD_NESTED_SMP:-2}
+tcg_thread=${BULKHEAD_NESTED_TCG_THREAD:-multi}
 timeout_s=${BULKHEAD_NESTED_TIMEOUT:-1200}
 cache=${BULKHEAD_NESTED_CACHE:-/var/cache/bulkhead-nested}
 scratch_gib=${BULKHEAD_NESTED_SCRATCH_GIB:-16}
@@ -197,7 +198,7 @@ finish $?
 STAGE2
 
 qemu=(
-    qemu-system-x86_64 -accel tcg,thread=multi -cpu EPYC -m "$mem" -smp "$smp"
+    qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu EPYC -m "$mem" -smp "$smp"
     -display none -monitor none -nodefaults -no-reboot
     -kernel "$vmlinuz" -initrd "$initramfs"
     -append "console=ttyS0 panic=-1 quiet loglevel=4 nested.run=$run"
@@ -205,6 +206,9 @@ qemu=(
     -virtfs "local,path=$run,mount_tag=result,security_model=none"
     -drive "file=$scratch,if=virtio,format=raw,cache=unsafe"
     -serial "file:$run/console.log"
+    # A reset of L1 (a triple fault: L1's kernel could not even print a panic) is logged with
+    # the CPU state, to tell one from a panic or a hang.
+    -d cpu_reset,guest_errors -D "$run/qemu.log"
     -chardev stdio,id=out,signal=off -serial chardev:out
 )
 started=$SECONDS
@@ -225,4 +229,6 @@ if ((qemu_status == 124 || qemu_status == 137)); then
 fi
 echo "nested-kvm: L1 ended without an exit status (qemu exit $qemu_status); last lines of L1's console:" >&2
 tail -n 60 "$run/console.log" >&2 || true
+echo "nested-kvm: the end of QEMU's log (CPU state at resets, guest errors):" >&2
+tail -n 40 "$run/qemu.log" >&2 || true
 exit 125

@@ -1439,11 +1439,13 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(ENV_IN_L1, "1")
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     let text = String::from_utf8_lossy(&out.stdout);
-    println!("---- {test} inside L1 ----\n{text}---- end of L1 output ----");
+    // What the script itself says (why L1 ended, its console's last lines) is part of this
+    // test's output, so that libtest shows it with the failure.
+    let said = String::from_utf8_lossy(&out.stderr);
+    println!("---- {test} inside L1 ----\n{text}---- end of L1 output ----\n{said}");
     assert!(
         out.status.success(),
         "{test} failed inside L1 ({}); its output is above",
