@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 use zbus::zvariant::Fd;
 
 use crate::{median, ms};

@@ -19,9 +19,9 @@
 //! `bulkhead-bench gui` measures GUI forwarding by bulkhead-gui-agent against waypipe (see `gui.rs`).
 
 use anyhow::{bail, Context, Result};
+use bulkhead_api::Domaind1Proxy;
 use bulkhead_templates::TemplateStore;
 use clap::{Parser, Subcommand};
-use domaind::api::Domaind1Proxy;
 use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -40,7 +40,7 @@ pub(crate) async fn domaind_for_bench(
     policy: &str,
 ) -> Result<(zbus::Connection, Option<(TestBus, TestDomaind)>)> {
     if let Some(address) = bus_address {
-        return Ok((domaind::api::connect(Some(&address)).await?, None));
+        return Ok((bulkhead_api::connect(Some(&address)).await?, None));
     }
     let bus = TestBus::start().map_err(anyhow::Error::msg)?;
     let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache.to_owned()))
@@ -292,7 +292,7 @@ async fn disposable(
     // Our side: a private bus and domaind unless told to use an installed one.
     let mut _private = None;
     let connection = match bus_address {
-        Some(address) => domaind::api::connect(Some(&address)).await?,
+        Some(address) => bulkhead_api::connect(Some(&address)).await?,
         None => {
             let bus = TestBus::start().map_err(anyhow::Error::msg)?;
             let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache.clone()))

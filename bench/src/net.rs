@@ -14,9 +14,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 
 use anyhow::{bail, Context, Result};
+use bulkhead_api::Domaind1Proxy;
 use bulkhead_net::link;
 use bulkhead_net::netns::NetNs;
-use domaind::api::Domaind1Proxy;
 use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
 use zbus::zvariant::Fd;
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 use zbus::zvariant::Fd;
 
 use crate::{measure, median, ms};

@@ -16,10 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bulkhead_api::Domaind1Proxy;
 use bulkhead_templates::vm::{VmArtifacts, INITRAMFS_READY_LINE};
 use bulkhead_templates::TemplateStore;
 use bulkhead_vmm::{DiskSpec, VmSpec};
-use domaind::api::Domaind1Proxy;
 use zbus::zvariant::Fd;
 
 use crate::{median, ms};

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 use nix::sys::termios::{self, SetArg, Termios};
 
 use crate::failure::{Code, Failure};

@@ -87,9 +87,9 @@ impl From<zbus::Error> for Failure {
     }
 }
 
-impl From<domaind::api::Error> for Failure {
-    fn from(e: domaind::api::Error) -> Self {
-        use domaind::api::Error as E;
+impl From<bulkhead_api::Error> for Failure {
+    fn from(e: bulkhead_api::Error) -> Self {
+        use bulkhead_api::Error as E;
         let code = match &e {
             E::ZBus(inner) => return Failure::from(clone_zbus(inner)),
             E::NoSuchDomain(_) => Code::NoSuchDomain,

@@ -8,12 +8,12 @@ mod progress;
 mod terminal;
 mod usb;
 
+use bulkhead_api::{DomainInfo, Domaind1Proxy};
 use clap::Parser;
 use cli::{
     Cli, Command, CreateArgs, FirewallArgs, FirewallCommand, LsArgs, PolicyCommand, PrefsArgs,
     RunArgs, TemplateCommand,
 };
-use domaind::api::{DomainInfo, Domaind1Proxy};
 use failure::{Code, Failure};
 use futures_util::StreamExt;
 use progress::Progress;
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
 }
 
 async fn connect(address: Option<&str>) -> Result<Domaind1Proxy<'static>, Failure> {
-    let connection = domaind::api::connect(address).await.map_err(|e| {
+    let connection = bulkhead_api::connect(address).await.map_err(|e| {
         Failure::new(
             Code::Unreachable,
             format!(

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 
 use crate::cli::UsbCommand;
 use crate::failure::{Code, Failure};

@@ -1,7 +1,7 @@
 //! D-Bus helpers shared by the components: every call goes through domaind's own proxy
-//! ([`domaind::api::Domaind1Proxy`]); errors become the sentence domaind wrote.
+//! ([`bulkhead_api::Domaind1Proxy`]); errors become the sentence domaind wrote.
 
-use domaind::api::{Domaind1Proxy, Error};
+use bulkhead_api::{Domaind1Proxy, Error};
 
 /// A proxy on `conn` (no property cache: the interface has no properties, and skipping it
 /// saves a round trip per proxy).

@@ -1,5 +1,5 @@
 //! dom0-manager: the Bulkhead domain manager and policy editor (GTK 4.8 with relm4), a
-//! client of domaind's D-Bus API ([`domaind::api`]).
+//! client of domaind's D-Bus API ([`bulkhead_api`]).
 //!
 //! - [`ManagerWindow`] (init [`ManagerInit`], messages [`ManagerMsg`], output
 //!   [`ManagerOutput`]): every domain with label colour, class, state, memory and CPU;

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let conn = rt
-        .block_on(domaind::api::connect(args.bus_address.as_deref()))
+        .block_on(bulkhead_api::connect(args.bus_address.as_deref()))
         .context("cannot connect to the bus domaind serves on")?;
     if args.policy {
         relm4::RelmApp::new("org.bulkhead.PolicyEditor")

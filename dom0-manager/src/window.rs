@@ -19,8 +19,8 @@ use relm4::gtk;
 use relm4::gtk::prelude::*;
 use relm4::{Component, ComponentController, ComponentParts, ComponentSender, Controller};
 
+use bulkhead_api::DomainInfo;
 use bulkhead_domain::{DomainClass, Isolation, Label, MEMORY_RANGE_MIB, VCPUS_RANGE};
-use domaind::api::DomainInfo;
 
 use crate::client::{describe, format_bytes, proxy};
 use crate::forms::{clone_problem, create_problem, CreateForm};
@@ -351,7 +351,7 @@ impl ManagerWindow {
     /// Run `call` in the background; its result is shown as done or as an error.
     fn run<F>(&self, sender: &ComponentSender<Self>, what: String, call: F)
     where
-        F: std::future::Future<Output = Result<(), domaind::api::Error>> + Send + 'static,
+        F: std::future::Future<Output = Result<(), bulkhead_api::Error>> + Send + 'static,
     {
         sender.oneshot_command(async move {
             ManagerCmd::Done(what, call.await.map_err(|e| describe(&e)))

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bulkhead_api::{Domaind1Proxy, Error as ApiError};
 use bulkhead_domain::Label;
 use bulkhead_gui_host::conn::{drive, PeerEnd};
 use bulkhead_gui_host::{Change, DomainWindows, GuiConnection, HostSender, Rules};
 use bulkhead_wire::gui::{Rect, WindowId};
 use bytes::Bytes;
-use domaind::api::{self, Domaind1Proxy, Error as ApiError};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -277,7 +277,7 @@ async fn from_domaind(conn: &zbus::Connection, hdr: &zbus::message::Header<'_>) 
     let Ok(dbus) = zbus::fdo::DBusProxy::new(conn).await else {
         return false;
     };
-    let Ok(name) = zbus::names::BusName::try_from(api::BUS_NAME) else {
+    let Ok(name) = zbus::names::BusName::try_from(bulkhead_api::BUS_NAME) else {
         return false;
     };
     match dbus.get_name_owner(name).await {
@@ -310,7 +310,7 @@ impl Backend {
     ) -> Result<(), BackendError> {
         conn.object_server()
             .at(
-                api::ASK_AGENT_PATH,
+                bulkhead_api::ASK_AGENT_PATH,
                 AskAgent {
                     ui: self.ui.clone(),
                     timeout,
@@ -340,7 +340,7 @@ impl Backend {
         let mut denied = self.proxy.receive_call_denied().await?;
         let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
         let mut owners = dbus
-            .receive_name_owner_changed_with_args(&[(0, api::BUS_NAME)])
+            .receive_name_owner_changed_with_args(&[(0, bulkhead_api::BUS_NAME)])
             .await?;
         self.serve_ask_agent(&conn, ask_timeout).await?;
         self.open_running().await?;
@@ -393,7 +393,7 @@ impl Backend {
     /// Opens the GUI of every running domain not yet watched.
     async fn open_running(self: &Arc<Self>) -> Result<(), BackendError> {
         for d in self.proxy.list().await? {
-            if d.state == api::state::RUNNING {
+            if d.state == bulkhead_api::state::RUNNING {
                 self.watch(&d.name);
             }
         }
@@ -403,8 +403,11 @@ impl Backend {
     fn state_changed(self: &Arc<Self>, name: &str, state: &str) {
         debug!(domain = name, state, "domain state");
         match state {
-            api::state::RUNNING => self.watch(name),
-            api::state::HALTED | api::state::DYING | api::state::STOPPING | api::state::BROKEN => {
+            bulkhead_api::state::RUNNING => self.watch(name),
+            bulkhead_api::state::HALTED
+            | bulkhead_api::state::DYING
+            | bulkhead_api::state::STOPPING
+            | bulkhead_api::state::BROKEN => {
                 if let Some(h) = lock(&self.watchers).remove(name) {
                     h.abort();
                     let _ = self.ui.try_send(UiEvent::Ended {

@@ -67,10 +67,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn open_in_dvm(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
-    let conn = domaind::api::connect(cli.bus_address.as_deref())
+    let conn = bulkhead_api::connect(cli.bus_address.as_deref())
         .await
         .context("connecting to domaind's bus")?;
-    let proxy = domaind::api::Domaind1Proxy::new(&conn).await?;
+    let proxy = bulkhead_api::Domaind1Proxy::new(&conn).await?;
     match dom0_ui::open_dvm::open_in_dvm(&proxy, file).await? {
         bulkhead_services::open::Opened::Unchanged => {
             eprintln!("{}: unchanged", file.display())
@@ -149,7 +149,7 @@ fn session(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         let mut cmd_rx = cmd_rx;
         loop {
             let res = async {
-                let conn = domaind::api::connect(bus.as_deref()).await?;
+                let conn = bulkhead_api::connect(bus.as_deref()).await?;
                 let backend = Backend::new(&conn, ui_tx.clone(), rules.clone()).await?;
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 // Forward UI commands to this backend (replaced when it restarts).
@@ -183,7 +183,7 @@ fn session(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let manager_conn = rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(5),
-            domaind::api::connect(cli.bus_address.as_deref()),
+            bulkhead_api::connect(cli.bus_address.as_deref()),
         )
         .await
     });

@@ -6,8 +6,8 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use bulkhead_api::{Domaind1Proxy, Error as ApiError};
 use bulkhead_services::open::{self, Opened};
-use domaind::api::{Domaind1Proxy, Error as ApiError};
 use zbus::zvariant::Fd;
 
 /// The service.

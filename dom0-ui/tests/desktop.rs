@@ -32,9 +32,9 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bulkhead_api::{Domaind1Proxy, Error};
 use bulkhead_domain::Label;
 use dom0_manager::testing::{save_artifact, screenshot, Xvfb};
-use domaind::api::{Domaind1Proxy, Error};
 use domaind::testing::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
 use image::RgbaImage;
 use x11rb::connection::Connection as _;

@@ -3,11 +3,10 @@
 //! The bus policy file is the first fence; this is the second. The caller's uid comes from
 //! the bus daemon (`GetConnectionUnixUser` of the message's sender), never from the message.
 
+use bulkhead_api::Error;
 use nix::unistd::{Gid, Group, Uid, User};
 use zbus::message::Header;
 use zbus::names::BusName;
-
-use crate::api::Error;
 
 /// The group whose members may administer domains.
 pub const ADMIN_GROUP: &str = "bulkhead-admin";

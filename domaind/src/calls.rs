@@ -33,6 +33,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use bulkhead_api::{AskAgent1Proxy, Error, ASK_AGENT_PATH};
 use bulkhead_domain::{DomainClass, DomainName};
 use bulkhead_policy::{Allow, Ask, CallTarget, Policy, PolicyConfig, Request, Resolution, System};
 use bulkhead_wire::{
@@ -40,7 +41,6 @@ use bulkhead_wire::{
 };
 use tracing::{debug, info, warn};
 
-use crate::api::{AskAgent1Proxy, Error, ASK_AGENT_PATH};
 use crate::manager::{exit_code, CallerGone, Manager, Stdio};
 use crate::state::DomainState;
 use crate::stdio;

@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
+use bulkhead_api::{BUS_NAME, OBJECT_PATH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use zbus::fdo::RequestNameFlags;
 
-use crate::api::{BUS_NAME, OBJECT_PATH};
 use crate::config::DaemonConfig;
 use crate::manager::Manager;
 use crate::service::{forward_events, Service};

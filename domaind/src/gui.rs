@@ -5,10 +5,10 @@
 
 use std::os::fd::OwnedFd;
 
+use bulkhead_api::Error;
 use bulkhead_wire::{OpenRequest, GUI_VERSION};
 use tracing::{info, warn};
 
-use crate::api::Error;
 use crate::manager::Manager;
 
 impl Manager {

@@ -1,7 +1,8 @@
 //! domaind: the Bulkhead controller daemon.
 //!
-//! - [`api`]: the D-Bus contract shared with clients ([`api::Domaind1Proxy`],
-//!   [`api::DomainInfo`], [`api::Error`]).
+//! - The D-Bus contract it serves is the `bulkhead-api` crate ([`bulkhead_api`]: the proxy
+//!   clients use, [`bulkhead_api::DomainInfo`], [`bulkhead_api::Error`]); clients depend on
+//!   it, not on domaind.
 //! - [`daemon`]: running the daemon (bus connection, recovery, signals; stopping domaind
 //!   leaves domains running, see there).
 //! - [`manager`]: domain lifecycle and state; [`state`]: the state machine.
@@ -15,7 +16,6 @@
 //! - `testing` (feature `testing`): private dbus-daemon + real domaind for integration tests.
 
 pub mod access;
-pub mod api;
 pub mod backend;
 pub mod calls;
 pub mod config;

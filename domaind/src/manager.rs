@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use bulkhead_api::{DomainInfo, Error};
 use bulkhead_domain::{
     DomainClass, DomainConfig, DomainName, DomainStore, Isolation, Label, StoreError,
 };
@@ -35,7 +36,6 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
 use tracing::{debug, error, info, warn};
 
-use crate::api::{DomainInfo, Error};
 use crate::backend::DomainRecord;
 use crate::config::{DaemonConfig, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::instance::{now_secs, InstanceFile, INSTANCE_VERSION};
@@ -450,7 +450,7 @@ impl Manager {
             out.push(DomainInfo {
                 name: stem.to_owned(),
                 class: String::new(),
-                state: crate::api::state::BROKEN.to_owned(),
+                state: bulkhead_api::state::BROKEN.to_owned(),
                 label: String::new(),
                 isolation: String::new(),
                 memory_mib: 0,

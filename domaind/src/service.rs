@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bulkhead_api::{DomainInfo, Error, OBJECT_PATH};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -23,7 +24,6 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 
 use crate::access::CallerCheck;
-use crate::api::{DomainInfo, Error, OBJECT_PATH};
 use crate::manager::{CallerGone, Event, Manager, Stdio};
 
 pub struct Service {

@@ -10,7 +10,7 @@
 //! Every transition goes through [`DomainState::check`], which turns a forbidden one into an
 //! error message that says what to do instead.
 
-use crate::api::state as s;
+use bulkhead_api::state as s;
 
 /// Operations that need a particular state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,9 +27,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bulkhead_api::{Domaind1Proxy, BUS_NAME};
 use bulkhead_domain::Paths;
-
-use crate::api::{Domaind1Proxy, BUS_NAME};
 
 /// Environment variable with a pre-built template cache (state dir `templates/`).
 pub const ENV_TEMPLATE_CACHE: &str = "BULKHEAD_TEST_TEMPLATE_CACHE";
@@ -209,8 +208,8 @@ pub async fn run_captured(
     p: &Domaind1Proxy<'_>,
     domain: &str,
     argv: &[&str],
-) -> Result<(i32, String, String), crate::api::Error> {
-    let io = StdioPipes::new(b"").map_err(crate::api::Error::Io)?;
+) -> Result<(i32, String, String), bulkhead_api::Error> {
+    let io = StdioPipes::new(b"").map_err(bulkhead_api::Error::Io)?;
     let (i, o, e) = io.fds();
     let res = p.run(domain, argv, "", i, o, e).await;
     let (out, err) = io.finish().await;
@@ -390,7 +389,7 @@ pub async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()
 }
 
 /// The state of domain `name` in a `List` answer.
-pub fn domain_state(list: &[crate::api::DomainInfo], name: &str) -> Option<String> {
+pub fn domain_state(list: &[bulkhead_api::DomainInfo], name: &str) -> Option<String> {
     list.iter()
         .find(|d| d.name == name)
         .map(|d| d.state.clone())
@@ -718,7 +717,7 @@ impl Drop for TestDomaind {
 /// parallel, and a process another test spawns meanwhile must not hold these pipes open.
 ///
 /// ```no_run
-/// # async fn t(p: &domaind::api::Domaind1Proxy<'_>) {
+/// # async fn t(p: &bulkhead_api::Domaind1Proxy<'_>) {
 /// let io = domaind::testing::StdioPipes::new(b"").unwrap();
 /// let (i, o, e) = io.fds();
 /// let code = p.run("work", &["id", "-un"], "", i, o, e).await;
@@ -816,7 +815,7 @@ impl StdioPipes {
 /// What [`run_in`] returns: the call's result (the exit code), stdout and stderr.
 #[derive(Debug)]
 pub struct RunOutput {
-    pub result: Result<i32, crate::api::Error>,
+    pub result: Result<i32, bulkhead_api::Error>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -1013,7 +1012,7 @@ impl TestAskAgent {
         }));
         let conn = zbus::connection::Builder::address(d.bus_address())
             .map_err(|e| e.to_string())?
-            .serve_at(crate::api::ASK_AGENT_PATH, AskObject(state.clone()))
+            .serve_at(bulkhead_api::ASK_AGENT_PATH, AskObject(state.clone()))
             .map_err(|e| e.to_string())?
             .build()
             .await

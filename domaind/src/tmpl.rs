@@ -4,11 +4,10 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use bulkhead_api::Error;
 use bulkhead_domain::DomainName;
 use bulkhead_templates::{Recipe, TemplateError, TemplateStore};
 use tracing::info;
-
-use crate::api::Error;
 
 fn template_err(e: TemplateError) -> Error {
     match e {

@@ -21,11 +21,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex as StdMutex};
 
+use bulkhead_api::Error;
 use bulkhead_policy::CallTarget;
 use bulkhead_usb::{BusId, UsbDevice};
 use tracing::info;
 
-use crate::api::Error;
 use crate::calls::{CallError, DOM0};
 use crate::manager::Manager;
 

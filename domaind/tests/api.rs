@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use domaind::api::{Domaind1Proxy, Error};
+use bulkhead_api::{Domaind1Proxy, Error};
 use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
 
 async fn start() -> (

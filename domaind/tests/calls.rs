@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use domaind::api::{Domaind1Proxy, Error};
+use bulkhead_api::{Domaind1Proxy, Error};
 use domaind::testing::{
     bounded, AskAnswer, DomaindOptions, MiniEnv, StdioPipes, TestAskAgent, TestBus, TestDomaind,
 };

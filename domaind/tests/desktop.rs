@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use domaind::api::{Domaind1Proxy, Error};
+use bulkhead_api::{Domaind1Proxy, Error};
 use domaind::testing::{sandbox_available, DomaindOptions, TestBus, TestDomaind};
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use domaind::api::{Domaind1Proxy, Error};
+use bulkhead_api::{Domaind1Proxy, Error};
 use domaind::testing::{bounded, cloexec_pipe, DomaindOptions, MiniEnv, StdioPipes};
 use zbus::zvariant::Fd;
 

@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use domaind::api::{Domaind1Proxy, Error};
+use bulkhead_api::{Domaind1Proxy, Error};
 use domaind::testing::{bounded, run_in, DomaindOptions, MiniEnv};
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);

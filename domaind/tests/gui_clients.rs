@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bulkhead_api::Domaind1Proxy;
 use bulkhead_gui_host::{GuiConnection, Receiver, Rules, WindowInfo};
-use domaind::api::Domaind1Proxy;
 use domaind::testing::{
     bounded, ensure_vm_files, hardware_vm_here_or_nested, register_template, run_in,
     sandbox_available, template_cache, DomaindOptions, RunOutput, TestBus, TestDomaind, VmHost,

@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
-use domaind::api::{Domaind1Proxy, Error};
+use bulkhead_api::{Domaind1Proxy, Error};
 use domaind::testing::{
     bounded, build_mini_template, cloexec_pipe, collect, domain_state, process_alive,
     register_template, sandbox_available, wait_state, DomaindOptions, MiniEnv, StdioPipes, TestBus,

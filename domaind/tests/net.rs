@@ -15,9 +15,9 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
+use bulkhead_api::{Domaind1Proxy, Error};
 use bulkhead_net::netns::NetNs;
 use bulkhead_net::{dns, link};
-use domaind::api::{Domaind1Proxy, Error};
 use domaind::testing::{
     run_captured, sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind,
 };

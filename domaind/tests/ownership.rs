@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 use domaind::testing::{
     bounded, domain_state, process_alive, DomaindOptions, MiniEnv, StdioPipes, TestDomaind,
 };

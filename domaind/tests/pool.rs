@@ -11,7 +11,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 use domaind::testing::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
 use zbus::zvariant::Fd;
 
@@ -318,7 +318,7 @@ async fn pool_fills_body() {
 
     // a template with a pool cannot be removed; the error says what to do
     match e.p.remove(&e.dvm).await {
-        Err(domaind::api::Error::InvalidState(m)) => {
+        Err(bulkhead_api::Error::InvalidState(m)) => {
             assert!(m.contains("dispvm_pool_size 0"), "{m}")
         }
         other => panic!("{other:?}"),
@@ -380,7 +380,7 @@ async fn memory_margin_body() {
         )
         .await;
     match r {
-        Err(domaind::api::Error::LimitReached(m)) => assert!(
+        Err(bulkhead_api::Error::LimitReached(m)) => assert!(
             m.contains("not enough memory") && m.contains("margin of 100000000 MiB"),
             "{m}"
         ),

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use domaind::api::Error;
+use bulkhead_api::Error;
 use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
 
 fn laptop_sysfs() -> String {

@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 use domaind::testing::{
     bounded, domain_state, hardware_vm_here_or_nested, process_alive, register_template, run_in,
     template_cache, vmm_thread_states, wait_state, DomaindOptions, TestBus, TestDomaind, VmHost,

@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use domaind::api::Domaind1Proxy;
+use bulkhead_api::Domaind1Proxy;
 use domaind::testing::{
     bounded, build_ticker_guest, domain_state, install_test_vm_artifacts, process_alive,
     sandbox_available, vmm_bin, vmm_probe, vmm_thread_states, wait_state, DomaindOptions, TestBus,

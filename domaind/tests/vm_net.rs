@@ -20,9 +20,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use bulkhead_api::Domaind1Proxy;
 use bulkhead_net::netns::NetNs;
 use bulkhead_net::{addr, dns, link};
-use domaind::api::Domaind1Proxy;
 use domaind::testing::{
     bounded, hardware_vm_here_or_nested, register_template, run_captured, template_cache,
     DomaindOptions, TestBus, TestDomaind, VmHost, ENV_IN_L1,

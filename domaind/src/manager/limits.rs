@@ -52,9 +52,9 @@ pub enum LimitError {
     MemoryUnknown { base: String },
 }
 
-impl From<LimitError> for crate::api::Error {
+impl From<LimitError> for bulkhead_api::Error {
     fn from(e: LimitError) -> Self {
-        crate::api::Error::LimitReached(e.to_string())
+        bulkhead_api::Error::LimitReached(e.to_string())
     }
 }
 
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn limit_errors_are_limit_reached_on_the_bus() {
-        let e: crate::api::Error = LimitError::Total { live: 1, max: 1 }.into();
-        assert!(matches!(e, crate::api::Error::LimitReached(m) if m.contains("max_live")));
+        let e: bulkhead_api::Error = LimitError::Total { live: 1, max: 1 }.into();
+        assert!(matches!(e, bulkhead_api::Error::LimitReached(m) if m.contains("max_live")));
     }
 }

@@ -31,6 +31,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bulkhead_api::Error;
 use bulkhead_domain::{DomainConfig, DomainName};
 use bulkhead_net::firewall::{self, Dest, Rule, RuleFile, RuleSet};
 use bulkhead_net::netns::NetNs;
@@ -40,7 +41,6 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, error, info, warn};
 
 use super::{blocking, lock, Instance, Manager};
-use crate::api::Error;
 use crate::backend::DomainRecord;
 use crate::instance::now_secs;
 use crate::state::DomainState;

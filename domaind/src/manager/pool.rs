@@ -33,12 +33,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
+use bulkhead_api::Error;
 use bulkhead_domain::{DomainClass, DomainName};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::{blocking, lock, Manager};
-use crate::api::Error;
 use crate::fsutil;
 use crate::state::DomainState;
 

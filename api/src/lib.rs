@@ -1,5 +1,6 @@
 //! The D-Bus contract of domaind, shared by the daemon and its clients (the `bulkhead` CLI,
-//! tests, the bench).
+//! dom0's desktop and manager, tests, the bench). It depends on zbus and serde only, so a
+//! client builds none of the daemon (sandbox, monitor, templates, net, usb).
 //!
 //! Bus name, object path and interface are all `org.bulkhead.Domaind1`
 //! (object `/org/bulkhead/Domaind1`). Errors are D-Bus errors named `org.bulkhead.Error.<Kind>`
@@ -7,9 +8,9 @@
 //! side, so `proxy.start("work").await` returns `Err(Error::InvalidState(msg))` and so on.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), domaind::api::Error> {
-//! let conn = domaind::api::connect(None).await?;
-//! let proxy = domaind::api::Domaind1Proxy::new(&conn).await?;
+//! # async fn demo() -> Result<(), bulkhead_api::Error> {
+//! let conn = bulkhead_api::connect(None).await?;
+//! let proxy = bulkhead_api::Domaind1Proxy::new(&conn).await?;
 //! for d in proxy.list().await? {
 //!     println!("{} {} {}", d.name, d.class, d.state);
 //! }
@@ -338,7 +339,7 @@ pub trait AskAgent1 {
     /// `source` asks for `service+arg`; choose one of `targets` (`default_target` preselected,
     /// "" when none: then preselect nothing) or answer "" to deny. domaind asks at most one
     /// question per source at a time, throttles a source that keeps asking, and leaves out
-    /// templates and service domains nobody named (see [`crate::calls`]).
+    /// templates and service domains nobody named (see domaind's `calls` module).
     fn ask(
         &self,
         source: &str,
