@@ -6,6 +6,8 @@
 //! (object `/org/bulkhead/Domaind1`). Errors are D-Bus errors named `org.bulkhead.Error.<Kind>`
 //! whose message is a sentence a person can act on; [`Error`] maps them back on the client
 //! side, so `proxy.start("work").await` returns `Err(Error::InvalidState(msg))` and so on.
+//! Each kind ([`ErrorKind`]) has its exit code for scripts ([`exit::Code`], the one table the
+//! `bulkhead` CLI exits with and lists in its `--help`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), bulkhead_api::Error> {
@@ -19,6 +21,9 @@
 
 use std::collections::HashMap;
 
+pub mod exit;
+
+use exit::Code;
 use serde::{Deserialize, Serialize};
 use zbus::zvariant::{Fd, Type};
 
@@ -92,20 +97,102 @@ pub enum Error {
     LimitReached(String),
 }
 
-impl Error {
-    /// Stable exit code for scripts (the CLI uses these): 2 usage-ish errors, 3 no such domain,
-    /// 4 state conflicts, 5 backend/agent failures, 6 access denied, 1 everything else.
-    pub fn exit_code(&self) -> i32 {
+/// The kinds of [`Error`] domaind returns (every variant but `ZBus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NoSuchDomain,
+    AlreadyExists,
+    InvalidName,
+    InvalidProperty,
+    InvalidState,
+    TemplateMissing,
+    Backend,
+    Agent,
+    AccessDenied,
+    Io,
+    InvalidArgument,
+    LimitReached,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order of [`Error`]'s variants.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::NoSuchDomain,
+        ErrorKind::AlreadyExists,
+        ErrorKind::InvalidName,
+        ErrorKind::InvalidProperty,
+        ErrorKind::InvalidState,
+        ErrorKind::TemplateMissing,
+        ErrorKind::Backend,
+        ErrorKind::Agent,
+        ErrorKind::AccessDenied,
+        ErrorKind::Io,
+        ErrorKind::InvalidArgument,
+        ErrorKind::LimitReached,
+    ];
+
+    /// The table: each kind's D-Bus error name (after [`ERROR_PREFIX`]`.`, the name of its
+    /// [`Error`] variant) and the exit code for scripts.
+    const fn row(self) -> (&'static str, Code) {
         match self {
-            Error::InvalidName(_)
-            | Error::InvalidProperty(_)
-            | Error::AlreadyExists(_)
-            | Error::InvalidArgument(_) => 2,
-            Error::NoSuchDomain(_) => 3,
-            Error::InvalidState(_) | Error::TemplateMissing(_) | Error::LimitReached(_) => 4,
-            Error::Backend(_) | Error::Agent(_) | Error::Io(_) => 5,
-            Error::AccessDenied(_) => 6,
-            Error::ZBus(_) => 1,
+            ErrorKind::NoSuchDomain => ("NoSuchDomain", Code::NoSuchDomain),
+            ErrorKind::AlreadyExists => ("AlreadyExists", Code::AlreadyExists),
+            ErrorKind::InvalidName => ("InvalidName", Code::InvalidInput),
+            ErrorKind::InvalidProperty => ("InvalidProperty", Code::InvalidInput),
+            ErrorKind::InvalidArgument => ("InvalidArgument", Code::InvalidInput),
+            ErrorKind::InvalidState => ("InvalidState", Code::InvalidState),
+            ErrorKind::TemplateMissing => ("TemplateMissing", Code::TemplateMissing),
+            ErrorKind::LimitReached => ("LimitReached", Code::LimitReached),
+            ErrorKind::AccessDenied => ("AccessDenied", Code::AccessDenied),
+            ErrorKind::Backend => ("Backend", Code::Failure),
+            ErrorKind::Agent => ("Agent", Code::Failure),
+            ErrorKind::Io => ("Io", Code::Failure),
+        }
+    }
+
+    /// The last part of the D-Bus error name (`org.bulkhead.Error.<name>`).
+    pub const fn name(self) -> &'static str {
+        self.row().0
+    }
+
+    /// The exit code for scripts.
+    pub const fn exit_code(self) -> Code {
+        self.row().1
+    }
+
+    /// The kind named `name` (the last part of its D-Bus error name).
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+impl Error {
+    /// The kind of error domaind returned; `None` for a failure of the bus itself.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            Error::ZBus(_) => return None,
+            Error::NoSuchDomain(_) => ErrorKind::NoSuchDomain,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::InvalidName(_) => ErrorKind::InvalidName,
+            Error::InvalidProperty(_) => ErrorKind::InvalidProperty,
+            Error::InvalidState(_) => ErrorKind::InvalidState,
+            Error::TemplateMissing(_) => ErrorKind::TemplateMissing,
+            Error::Backend(_) => ErrorKind::Backend,
+            Error::Agent(_) => ErrorKind::Agent,
+            Error::AccessDenied(_) => ErrorKind::AccessDenied,
+            Error::Io(_) => ErrorKind::Io,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::LimitReached(_) => ErrorKind::LimitReached,
+        })
+    }
+
+    /// Stable exit code for scripts, the one the `bulkhead` CLI exits with: its kind's (see
+    /// [`ErrorKind::exit_code`]), or for a failure of the bus the one
+    /// [`exit::code_for_zbus_error`] gives.
+    pub fn exit_code(&self) -> Code {
+        match self {
+            Error::ZBus(e) => exit::code_for_zbus_error(e),
+            _ => self.kind().map_or(Code::Failure, ErrorKind::exit_code),
         }
     }
 
@@ -380,9 +467,44 @@ mod tests {
         use zbus::DBusError as _;
         let e = Error::NoSuchDomain("no domain 'x'".into());
         assert_eq!(e.name().as_str(), "org.bulkhead.Error.NoSuchDomain");
-        assert_eq!(e.exit_code(), 3);
+        assert_eq!(e.exit_code() as u8, 3);
         let e = Error::LimitReached("too many".into());
         assert_eq!(e.name().as_str(), "org.bulkhead.Error.LimitReached");
-        assert_eq!(e.exit_code(), 4);
+        // The CLI's code (this said 4, a number no program ever exited with).
+        assert_eq!(e.exit_code() as u8, 10);
+    }
+
+    /// Every kind's name is the one the error's D-Bus name ends with, both ways.
+    #[test]
+    fn kinds_and_dbus_names_agree() {
+        use zbus::DBusError as _;
+        let reply = zbus::Message::method_call("/", "Test")
+            .unwrap()
+            .build(&())
+            .unwrap();
+        let distinct: std::collections::HashSet<_> = ErrorKind::ALL.into_iter().collect();
+        assert_eq!(distinct.len(), ErrorKind::ALL.len(), "a kind listed twice");
+        for kind in ErrorKind::ALL {
+            let name = format!("{ERROR_PREFIX}.{}", kind.name());
+            let e = Error::from(zbus::Error::MethodError(
+                name.clone().try_into().unwrap(),
+                Some("message".into()),
+                reply.clone(),
+            ));
+            assert_eq!(e.kind(), Some(kind), "{name}");
+            assert_eq!(e.name().as_str(), name);
+            assert_eq!(e.message(), "message");
+            assert_eq!(e.exit_code(), kind.exit_code());
+            assert_eq!(ErrorKind::from_name(kind.name()), Some(kind));
+        }
+        let unknown = Error::from(zbus::Error::MethodError(
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+                .try_into()
+                .unwrap(),
+            None,
+            reply,
+        ));
+        assert_eq!(unknown.kind(), None);
+        assert_eq!(unknown.exit_code(), Code::Unreachable);
     }
 }

@@ -7,10 +7,8 @@ use clap::{Args, Parser, Subcommand};
     name = "bulkhead",
     version,
     about = "Manage Bulkhead domains through domaind",
-    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 no such domain, 4 wrong domain state, \
-5 invalid name/property/value, 6 domaind unreachable, 7 access denied, 8 already exists, \
-9 template missing, 10 a limit reached (live disposables, memory margin). `run` exits with the command's own status (128+N for signal N), \
-125 when the command could not be run, 126 when it was refused."
+    // The exit codes, from the one table in bulkhead-api.
+    after_help = crate::failure::exit_codes_help()
 )]
 pub struct Cli {
     /// D-Bus address of domaind's bus (default: the system bus).

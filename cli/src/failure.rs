@@ -3,24 +3,10 @@
 use std::fmt;
 use std::process::ExitCode;
 
-/// Exit codes; `--help` lists them and scripts depend on them, so never renumber.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Code {
-    Failure = 1,
-    NoSuchDomain = 3,
-    InvalidState = 4,
-    InvalidInput = 5,
-    Unreachable = 6,
-    AccessDenied = 7,
-    AlreadyExists = 8,
-    TemplateMissing = 9,
-    /// A limit refused it (live disposables, the memory margin); ending something frees it.
-    LimitReached = 10,
-    /// `run`: the command could not be run at all (Qubes' convention).
-    RunFailed = 125,
-    /// `run`: the call was refused (Qubes' convention).
-    RunRefused = 126,
-}
+use bulkhead_api::exit;
+/// Exit codes: the one table, in bulkhead-api; `--help` lists them ([`exit_codes_help`]) and
+/// scripts depend on them, so never renumber.
+pub use bulkhead_api::exit::Code;
 
 const ADMINS: &str = "only root and members of the bulkhead-admin group may manage domains";
 
@@ -58,50 +44,56 @@ impl fmt::Display for Failure {
     }
 }
 
+/// The exit codes for `--help`, from the table in bulkhead-api: the general ones, then `run`'s.
+pub fn exit_codes_help() -> String {
+    let (run, general): (Vec<_>, Vec<_>) = Code::TABLE
+        .iter()
+        .partition(|(code, _)| matches!(code, Code::RunFailed | Code::RunRefused));
+    let list = |codes: Vec<&(Code, &str)>| {
+        codes
+            .into_iter()
+            .map(|(code, meaning)| format!("{} {meaning}", *code as u8))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "Exit codes: {}. `run` exits with the command's own status (128+N for signal N), {}.",
+        list(general),
+        list(run)
+    )
+}
+
 impl From<zbus::Error> for Failure {
     fn from(e: zbus::Error) -> Self {
-        match &e {
+        let code = exit::code_for_zbus_error(&e);
+        let message = match &e {
             zbus::Error::MethodError(name, message, _) => {
                 let message = message.clone().unwrap_or_else(|| name.to_string());
-                match code_for_error_name(name.as_str()) {
+                if code == Code::AccessDenied {
                     // The bus itself refused (its policy), so domaind never saw the call.
-                    Code::AccessDenied => Failure::new(
-                        Code::AccessDenied,
-                        format!("access denied by the bus: {message} ({ADMINS})"),
-                    ),
-                    code => Failure::new(code, message),
+                    format!("access denied by the bus: {message} ({ADMINS})")
+                } else {
+                    message
                 }
             }
-            zbus::Error::FDO(fdo) => from_fdo(fdo),
-            zbus::Error::InputOutput(io) => Failure::new(
-                Code::Unreachable,
-                format!(
-                    "cannot reach the bus: {io} (is dbus running? is BULKHEAD_BUS_ADDRESS right?)"
-                ),
+            zbus::Error::FDO(fdo) => return from_fdo(fdo),
+            zbus::Error::InputOutput(io) => format!(
+                "cannot reach the bus: {io} (is dbus running? is BULKHEAD_BUS_ADDRESS right?)"
             ),
-            zbus::Error::Address(a) => {
-                Failure::new(Code::Unreachable, format!("bad bus address: {a}"))
-            }
-            _ => Failure::new(Code::Failure, e.to_string()),
-        }
+            zbus::Error::Address(a) => format!("bad bus address: {a}"),
+            _ => e.to_string(),
+        };
+        Failure::new(code, message)
     }
 }
 
 impl From<bulkhead_api::Error> for Failure {
     fn from(e: bulkhead_api::Error) -> Self {
-        use bulkhead_api::Error as E;
-        let code = match &e {
-            E::ZBus(inner) => return Failure::from(clone_zbus(inner)),
-            E::NoSuchDomain(_) => Code::NoSuchDomain,
-            E::AlreadyExists(_) => Code::AlreadyExists,
-            E::InvalidName(_) | E::InvalidProperty(_) | E::InvalidArgument(_) => Code::InvalidInput,
-            E::InvalidState(_) => Code::InvalidState,
-            E::TemplateMissing(_) => Code::TemplateMissing,
-            E::LimitReached(_) => Code::LimitReached,
-            E::AccessDenied(_) => Code::AccessDenied,
-            E::Backend(_) | E::Agent(_) | E::Io(_) => Code::Failure,
-        };
-        Failure::new(code, e.message())
+        match &e {
+            bulkhead_api::Error::ZBus(inner) => Failure::from(clone_zbus(inner)),
+            // The kind's code, from the table in bulkhead-api.
+            _ => Failure::new(e.exit_code(), e.message()),
+        }
     }
 }
 
@@ -124,70 +116,57 @@ impl From<zbus::fdo::Error> for Failure {
 
 fn from_fdo(e: &zbus::fdo::Error) -> Failure {
     use zbus::fdo::Error as E;
-    match e {
-        E::ServiceUnknown(_) | E::NameHasNoOwner(_) | E::NoServer(_) => Failure::new(
-            Code::Unreachable,
-            "domaind is not running on this bus (start it: systemctl start bulkhead-domaind)",
+    let message = match e {
+        E::ServiceUnknown(_) | E::NameHasNoOwner(_) | E::NoServer(_) => {
+            "domaind is not running on this bus (start it: systemctl start bulkhead-domaind)"
+                .to_owned()
+        }
+        E::AccessDenied(m) => format!(
+            "access denied: {m} (only root and the bulkhead-admin group may manage domains)"
         ),
-        E::AccessDenied(m) => Failure::new(
-            Code::AccessDenied,
-            format!(
-                "access denied: {m} (only root and the bulkhead-admin group may manage domains)"
-            ),
-        ),
-        other => Failure::new(Code::Failure, other.to_string()),
-    }
-}
-
-/// Maps domaind's `org.bulkhead.Error.*` names (and the bus's own) to exit codes.
-pub fn code_for_error_name(name: &str) -> Code {
-    match name.rsplit('.').next().unwrap_or(name) {
-        "NoSuchDomain" => Code::NoSuchDomain,
-        "InvalidState" => Code::InvalidState,
-        "InvalidName" | "InvalidProperty" | "InvalidArgs" => Code::InvalidInput,
-        "AlreadyExists" => Code::AlreadyExists,
-        "TemplateMissing" => Code::TemplateMissing,
-        "LimitReached" => Code::LimitReached,
-        "AccessDenied" => Code::AccessDenied,
-        "ServiceUnknown" | "NameHasNoOwner" | "NoServer" => Code::Unreachable,
-        _ => Code::Failure,
-    }
+        other => other.to_string(),
+    };
+    Failure::new(exit::code_for_fdo_error(e), message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // Error names to codes is tested next to the table, in bulkhead-api
+    // (`exit::tests::error_names_map_to_documented_codes`).
+
     #[test]
-    fn error_names_map_to_documented_codes() {
+    fn help_lists_the_exit_codes() {
+        use clap::CommandFactory;
+        let expected = "Exit codes: 0 ok, 1 failure, 2 usage, 3 no such domain, 4 wrong domain state, \
+5 invalid name/property/value, 6 domaind unreachable, 7 access denied, 8 already exists, \
+9 template missing, 10 a limit reached (live disposables, memory margin). `run` exits with the command's own status (128+N for signal N), \
+125 when the command could not be run, 126 when it was refused.";
+        assert_eq!(exit_codes_help(), expected);
+        let cli = crate::cli::Cli::command();
         assert_eq!(
-            code_for_error_name("org.bulkhead.Error.NoSuchDomain"),
-            Code::NoSuchDomain
+            cli.get_after_help().map(ToString::to_string).as_deref(),
+            Some(expected)
         );
-        assert_eq!(
-            code_for_error_name("org.bulkhead.Error.InvalidName"),
-            Code::InvalidInput
-        );
-        assert_eq!(
-            code_for_error_name("org.bulkhead.Error.InvalidState"),
-            Code::InvalidState
-        );
-        assert_eq!(
-            code_for_error_name("org.freedesktop.DBus.Error.AccessDenied"),
-            Code::AccessDenied
-        );
-        assert_eq!(
-            code_for_error_name("org.freedesktop.DBus.Error.ServiceUnknown"),
-            Code::Unreachable
-        );
-        assert_eq!(
-            code_for_error_name("org.bulkhead.Error.Backend"),
-            Code::Failure
-        );
-        assert_eq!(
-            code_for_error_name("org.bulkhead.Error.LimitReached"),
-            Code::LimitReached
-        );
+    }
+
+    #[test]
+    fn api_errors_exit_with_their_kinds_codes() {
+        use bulkhead_api::Error as E;
+        let code = |e: E| Failure::from(e).code as u8;
+        assert_eq!(code(E::NoSuchDomain("x".into())), 3);
+        assert_eq!(code(E::InvalidState("x".into())), 4);
+        assert_eq!(code(E::InvalidName("x".into())), 5);
+        assert_eq!(code(E::InvalidProperty("x".into())), 5);
+        assert_eq!(code(E::InvalidArgument("x".into())), 5);
+        assert_eq!(code(E::AccessDenied("x".into())), 7);
+        assert_eq!(code(E::AlreadyExists("x".into())), 8);
+        assert_eq!(code(E::TemplateMissing("x".into())), 9);
+        assert_eq!(code(E::LimitReached("x".into())), 10);
+        assert_eq!(code(E::Backend("x".into())), 1);
+        assert_eq!(code(E::Agent("x".into())), 1);
+        assert_eq!(code(E::Io("x".into())), 1);
     }
 
     #[test]
