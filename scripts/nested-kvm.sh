@@ -14,7 +14,8 @@
 # variables), as root, with fresh /tmp, /run, /dev, /proc, /sys, a cgroup2 hierarchy and
 # kvm_amd, tun, loop, overlay and veth loaded. Its stdout and stderr come out here on stdout
 # (one stream: L1's second serial port); its exit status is this script's. 125 means L1 could
-# not be set up (the reason is printed); 124 means the timeout ended it.
+# not be set up (the reason is printed); 124 means the timeout ended it; 123 means L1 itself
+# ended before the command did (its kernel reset or crashed: QEMU's log of it is printed).
 #
 # Costs (2 cores, measured): downloading and unpacking the kernel once (cached in
 # $BULKHEAD_NESTED_CACHE), the L1 initramfs (< 1 s, cached), L1's boot to the command (about
@@ -231,4 +232,4 @@ echo "nested-kvm: L1 ended without an exit status (qemu exit $qemu_status); last
 tail -n 60 "$run/console.log" >&2 || true
 echo "nested-kvm: the end of QEMU's log (CPU state at resets, guest errors):" >&2
 tail -n 40 "$run/qemu.log" >&2 || true
-exit 125
+exit 123

@@ -3,6 +3,7 @@
 //! can already run anything as root in a domain; the console adds no power, it adds a way in
 //! when the agent is broken.
 
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -66,4 +67,19 @@ pub fn spawn_console_shell(tty: &Path) -> std::io::Result<Pid> {
     }
     let child = cmd.spawn()?;
     Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// Makes the console that init's standard output and error are (the kernel's `/dev/console`,
+/// the VM's serial port) non-blocking, for init and every helper that inherits it (the agent,
+/// the gui-agent): their log lines go to the console, and a console that stops taking output
+/// (a UART interrupt lost, nobody draining it) must never stop the agent answering dom0. A
+/// line the full console cannot take is dropped (tracing ignores the write error). The console
+/// shell opens the tty itself and keeps blocking writes.
+pub fn never_block_on_console() -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
+        let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    }
+    Ok(())
 }

@@ -66,7 +66,11 @@ async fn run_as(
     let out = run_in(p, name, argv, user, b"").await.expect("pipes");
     let code = match out.result {
         Ok(c) => c,
-        Err(e) => panic!("run {argv:?} in {name}: {e}"),
+        Err(e) => panic!(
+            "run {argv:?} in {name}: {e}\nconsole of {name}:\n{}\n{}",
+            tail(&console(p, name).await, 30),
+            host_state()
+        ),
     };
     (code, out.stdout, out.stderr)
 }
@@ -146,6 +150,10 @@ async fn scenario(cache: std::path::PathBuf) {
     // Files from one VM domain to another through a policy-checked call (the target VM is
     // started for it): out of one VM and into the other, over both agents' vsock links.
     copy_between_vms(&p, &d, &name).await;
+
+    // Open a file in a new disposable VM: its default application edits it, the edit comes
+    // back, the disposable is gone afterwards.
+    open_in_disposable_vm(&p, &d, &name).await;
 
     // Pause and unpause with a live guest.
     p.pause(&name).await.expect("pause");
@@ -326,6 +334,116 @@ async fn copy_between_vms(p: &Domaind1Proxy<'_>, d: &TestDomaind, from: &str) {
         );
     }
     p.kill(&to).await.expect("kill the second VM");
+}
+
+/// The disposable template's default application for text/plain: a script that edits the
+/// file it is given (installed in the template's private volume), as in cli/tests/services.rs.
+const EDITOR_SETUP: &str = r#"set -e
+mkdir -p "$HOME/.config" "$HOME/.local/share/applications" "$HOME/bin"
+printf '#!/bin/sh\necho "edited in $(uname -n)" >> "$1"\n' > "$HOME/bin/test-editor"
+chmod 755 "$HOME/bin/test-editor"
+printf '[Default Applications]\ntext/plain=test-editor.desktop\n' > "$HOME/.config/mimeapps.list"
+printf '[Desktop Entry]\nType=Application\nName=Test editor\nExec=%s/bin/test-editor %%f\n' "$HOME" > "$HOME/.local/share/applications/test-editor.desktop"
+sync
+"#;
+
+async fn open_in_disposable_vm(p: &Domaind1Proxy<'_>, d: &TestDomaind, from: &str) {
+    let dvm = format!("{from}dvm");
+    let props = HashMap::from([("isolation", "vm"), ("memory", "512"), ("vcpus", "1")]);
+    p.create(&dvm, "disposable-template", "debian-12", "red", props)
+        .await
+        .expect("create the disposable VM template");
+    let (code, _, err) = run(p, &dvm, &["sh", "-c", EDITOR_SETUP]).await;
+    assert_eq!(code, 0, "editor setup in {dvm}: {err}");
+    p.shutdown(&dvm, 60)
+        .await
+        .expect("shutdown the disposable template");
+    p.set_property(from, "default_dispvm", &dvm)
+        .await
+        .expect("default_dispvm");
+    let policy = d.paths.config_dir.join("policy.d");
+    std::fs::write(
+        policy.join("31-vm-dvm.policy"),
+        format!("bulkhead.OpenInVM * {from} @dispvm allow\n"),
+    )
+    .expect("policy");
+    let t0 = Instant::now();
+    let open = "printf 'original\\n' > doc.txt && /usr/lib/bulkhead/bulkhead-open-in-dvm doc.txt && cat doc.txt";
+    let opened = tokio::time::timeout(
+        Duration::from_secs(300),
+        run_in(p, from, &["sh", "-c", open], "", b""),
+    )
+    .await;
+    let (code, out, err) = match opened.map(|o| o.map(|o| (o.result, o.stdout, o.stderr))) {
+        Ok(Ok((Ok(code), out, err))) => (code, out, err),
+        failed => panic!(
+            "open-in-dvm did not end within 300 s or failed: {failed:?}\nconsole of {from}:\n{}\ndomaind:\n{}\n{}",
+            tail(&console(p, from).await, 30),
+            tail(&d.log(), 80),
+            host_diagnostics(d, from)
+        ),
+    };
+    assert_eq!(
+        code,
+        0,
+        "open-in-dvm: {err}\nconsole of {from}:\n{}\ndomaind:\n{}\n{}",
+        tail(&console(p, from).await, 30),
+        tail(&d.log(), 80),
+        host_diagnostics(d, from)
+    );
+    assert!(out.starts_with("original\nedited in disp"), "{out}");
+    println!(
+        "open in a new disposable VM, edited and back: {:?}",
+        t0.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left: Vec<String> = p
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.name.starts_with("disp"))
+            .map(|i| i.name)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the disposable VM is still there: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the host (L1 when nested) says when a VM stops answering: whether its VMM lives, then
+/// [`host_state`].
+fn host_diagnostics(d: &TestDomaind, name: &str) -> String {
+    let pid = vmm_pid(d, name);
+    format!(
+        "VMM of {name} (pid {pid}) alive: {}\nthreads: {:?}\n{}",
+        process_alive(pid),
+        vmm_thread_states(pid),
+        host_state()
+    )
+}
+
+/// The VMMs that run, the kernel's last messages (oopses, OOM kills, KVM errors) and memory.
+fn host_state() -> String {
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("{cmd}: {e}"))
+    };
+    format!(
+        "VMMs:\n{}\nkernel log:\n{}\nmemory:\n{}",
+        sh("ps -eo pid,stat,etimes,args | grep '[b]ulkhead-vmm'"),
+        tail(&sh("dmesg"), 60),
+        sh("free -m")
+    )
 }
 
 async fn console_answers(p: &Domaind1Proxy<'_>, d: &TestDomaind, name: &str) {
