@@ -65,8 +65,8 @@ fn main() -> anyhow::Result<()> {
         .then(|| PathBuf::from(bulkhead_agent::console::SERIAL_CONSOLE));
     // A VM domain with a netvm: its address, routes and resolv.conf from the command line.
     if in_vm && std::process::id() == 1 {
-        if let Err(e) = bulkhead_agent::console::never_block_on_console() {
-            tracing::warn!(error = %e, "the console stays blocking: a stalled console can stall the agent");
+        if let Err(e) = bulkhead_agent::console::relay_output_to_console() {
+            tracing::warn!(error = %e, "no relay to the console: a stalled console can stall the agent");
         }
         setup_vm_network();
         // ~/Incoming noexec,nosuid,nodev, as a sandbox has it.
