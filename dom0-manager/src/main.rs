@@ -1,4 +1,5 @@
 //! `bulkhead-manager`: the domain manager window.
+#![forbid(unsafe_code)]
 
 use anyhow::Context as _;
 use clap::Parser;

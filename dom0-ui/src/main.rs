@@ -1,4 +1,5 @@
 //! `dom0-ui`: the desktop session (default), or `dom0-ui open-in-dvm FILE`.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -10,6 +10,7 @@
 //!
 //! Services read the caller's name from `BULKHEAD_REMOTE_DOMAIN` (set by domaind, never by
 //! the caller) and ignore their argv.
+#![forbid(unsafe_code)]
 
 pub mod call;
 pub mod client;

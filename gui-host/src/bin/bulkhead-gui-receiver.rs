@@ -20,6 +20,7 @@
 //! quit
 //! ```
 //! Errors are `{"error":"..."}` lines; the program keeps reading.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
