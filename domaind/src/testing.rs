@@ -356,7 +356,7 @@ pub struct DomaindOptions {
     /// Symlink `<template cache>/templates/*` into the state dir.
     pub template_cache: Option<PathBuf>,
     pub recipes_dir: Option<PathBuf>,
-    /// Extra environment (e.g. RUST_LOG).
+    /// Extra environment (e.g. BULKHEAD_LOG).
     pub env: Vec<(String, String)>,
     /// Binaries copied into the guest tools dir besides those of
     /// `packaging/guest-tools.txt` (from the same source dir).
@@ -525,7 +525,7 @@ impl TestDomaind {
             .arg(&self.paths.runtime_dir)
             .arg("--guest-tools-dir")
             .arg(&self.guest_tools_dir)
-            .env("RUST_LOG", "debug,zbus=info")
+            .env("BULKHEAD_LOG", "debug,zbus=info")
             // a test domaind is its own instance unless the test says otherwise
             .env_remove(crate::config::ENV_INSTANCE)
             .stdin(Stdio::null())
