@@ -1535,3 +1535,41 @@ pub fn vmm_thread_states(pid: i32) -> Vec<(String, char)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `packaging/guest-tools.txt` names each binary once (a `bin` entry or the binary of
+    /// `rpc` entries, which may share one), each service once, and no test-only binary.
+    #[test]
+    fn guest_tools_each_once_and_no_test_client() {
+        const TEST_ONLY: [&str; 2] = ["bulkhead-gui-testclient", "escape-probe"];
+        let list = guest_tools_list().unwrap();
+        assert!(list.contains(&GuestToolsEntry::Bin("bulkhead-init".into())));
+        assert!(list.contains(&GuestToolsEntry::Bin("bulkhead-agent".into())));
+        let mut bins = std::collections::HashSet::new();
+        let mut rpc_bins = std::collections::HashSet::new();
+        let mut services = std::collections::HashSet::new();
+        for e in &list {
+            let bin = match e {
+                GuestToolsEntry::Bin(b) => {
+                    assert!(bins.insert(b.as_str()), "bin {b} listed twice");
+                    b
+                }
+                GuestToolsEntry::Rpc { service, binary } => {
+                    assert!(services.insert(service.as_str()), "rpc {service} twice");
+                    rpc_bins.insert(binary.as_str());
+                    binary
+                }
+            };
+            assert!(
+                !TEST_ONLY.contains(&bin.as_str()) && !bin.contains("test"),
+                "{bin} is for tests; it does not ship into guests"
+            );
+        }
+        if let Some(b) = bins.intersection(&rpc_bins).next() {
+            panic!("{b} listed both as bin and as an rpc binary");
+        }
+    }
+}
