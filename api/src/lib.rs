@@ -18,6 +18,7 @@
 //! }
 //! # Ok(()) }
 //! ```
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 

@@ -174,7 +174,7 @@ fn run_agent(agent_bin: &Path, frames: u32, damage: DamageKind, w: u32, h: u32) 
         Command::new(agent_bin)
             .arg("--runtime-dir")
             .arg(dir.path())
-            .env("RUST_LOG", "warn")
+            .env("BULKHEAD_LOG", "warn")
             .stdout(Stdio::null()),
     )
     .with_context(|| format!("starting {}", agent_bin.display()))?;

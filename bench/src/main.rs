@@ -17,6 +17,7 @@
 //! `storage.rs`).
 //!
 //! `bulkhead-bench gui` measures GUI forwarding by bulkhead-gui-agent against waypipe (see `gui.rs`).
+#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
 use bulkhead_api::Domaind1Proxy;

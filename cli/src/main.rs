@@ -1,5 +1,6 @@
 //! `bulkhead`: the admin CLI. Every command is a call on domaind's D-Bus API
 //! (`org.bulkhead.Domaind1`); this binary holds no state of its own.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod console;

@@ -8,6 +8,7 @@
 //!   policy files with errors at file:line as you type; the simple view for common rules.
 //! - `testing` (feature `testing`): a private Xvfb, screenshots and artefacts for tests that
 //!   look at the screen (also used by dom0-ui).
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod forms;

@@ -1,4 +1,5 @@
 //! `bulkhead-manager`: the domain manager window.
+#![forbid(unsafe_code)]
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -19,10 +20,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    bulkhead_logging::init("error");
     let args = Args::parse();
     // zbus runs its socket tasks on this runtime; it lives as long as the window.
     let rt = tokio::runtime::Builder::new_multi_thread()

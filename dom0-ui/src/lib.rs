@@ -16,6 +16,7 @@
 //!   and clipboard events.
 //! - "Open in disposable" for dom0 files ([`open_dvm`]).
 //! - A small panel ([`panel`]) that opens dom0-manager's domain manager and policy editor.
+#![forbid(unsafe_code)]
 
 pub mod ask;
 pub mod backend;

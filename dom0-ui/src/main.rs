@@ -1,4 +1,5 @@
 //! `dom0-ui`: the desktop session (default), or `dom0-ui open-in-dvm FILE`.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,12 +49,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    bulkhead_logging::init("info");
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -425,7 +425,7 @@ async fn body() {
             .env("NO_AT_BRIDGE", "1")
             .env("GTK_A11Y", "none")
             .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
-            .env("RUST_LOG", "info,dom0_ui=debug")
+            .env("BULKHEAD_LOG", "info,dom0_ui=debug")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
             .spawn()
@@ -734,7 +734,7 @@ async fn wait_client(display: &str, what: &str, diag: &dyn Fn() -> String, name:
     }
 }
 
-/// `s` without ANSI colour sequences (the log is coloured).
+/// `s` without ANSI colour sequences (none when dom0-ui writes to a file, as here).
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -908,7 +908,7 @@ async fn focus_body() {
             .env("NO_AT_BRIDGE", "1")
             .env("GTK_A11Y", "none")
             .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
-            .env("RUST_LOG", "info,dom0_ui=debug")
+            .env("BULKHEAD_LOG", "info,dom0_ui=debug")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap())
             .spawn()

@@ -60,17 +60,6 @@ pub fn in_vm() -> bool {
         .unwrap_or(false)
 }
 
-/// Sets up logging to stderr (the launcher points it at the domain log file).
-pub fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! - [`DomainStore`]: the `domains/` directory; atomic saves, per-file load errors that name
 //!   the file, the field and the line.
 //! - [`Paths`]: config, state and runtime directories (FHS defaults) and every path below them.
+#![forbid(unsafe_code)]
 
 mod config;
 mod name;

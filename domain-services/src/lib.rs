@@ -10,6 +10,7 @@
 //!
 //! Services read the caller's name from `BULKHEAD_REMOTE_DOMAIN` (set by domaind, never by
 //! the caller) and ignore their argv.
+#![forbid(unsafe_code)]
 
 pub mod call;
 pub mod client;
@@ -20,14 +21,8 @@ pub mod open;
 pub mod url;
 pub mod xdg;
 
-/// Logging to stderr for the binaries: `BULKHEAD_LOG` (tracing env-filter syntax), default
-/// `warn` (a service's stderr reaches the caller's terminal).
+/// Logging to stderr for the binaries ([`bulkhead_logging`]: filter from `BULKHEAD_LOG`),
+/// default `warn` (a service's stderr reaches the caller's terminal), lines without targets.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    bulkhead_logging::Setup::new("warn").targets(false).init();
 }

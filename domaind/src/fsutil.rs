@@ -193,12 +193,7 @@ fn set_owner_mode(
 }
 
 /// Remove a directory tree if it exists (symlinks inside are removed, not followed).
-pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
+pub use bulkhead_fsutil::remove_tree;
 
 /// Removes a domain's runtime dir, unmounting its channel file system first (see
 /// `bind_channel`: each channel dir is a small tmpfs of its own).

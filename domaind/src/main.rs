@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use domaind::config::{DaemonConfig, DEFAULT_AGENT_TIMEOUT, DEFAULT_RECIPES_DIR};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,12 +70,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bulkhead_logging::init("info");
     let args = Args::parse();
     let exe = std::env::current_exe().ok();
     let file = domaind::config::load_daemon_file(&args.config_dir)

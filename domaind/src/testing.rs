@@ -356,7 +356,7 @@ pub struct DomaindOptions {
     /// Symlink `<template cache>/templates/*` into the state dir.
     pub template_cache: Option<PathBuf>,
     pub recipes_dir: Option<PathBuf>,
-    /// Extra environment (e.g. RUST_LOG).
+    /// Extra environment (e.g. BULKHEAD_LOG).
     pub env: Vec<(String, String)>,
     /// Binaries copied into the guest tools dir besides those of
     /// `packaging/guest-tools.txt` (from the same source dir).
@@ -525,7 +525,7 @@ impl TestDomaind {
             .arg(&self.paths.runtime_dir)
             .arg("--guest-tools-dir")
             .arg(&self.guest_tools_dir)
-            .env("RUST_LOG", "debug,zbus=info")
+            .env("BULKHEAD_LOG", "debug,zbus=info")
             // a test domaind is its own instance unless the test says otherwise
             .env_remove(crate::config::ENV_INSTANCE)
             .stdin(Stdio::null())
@@ -1556,4 +1556,42 @@ pub fn vmm_thread_states(pid: i32) -> Vec<(String, char)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `packaging/guest-tools.txt` names each binary once (a `bin` entry or the binary of
+    /// `rpc` entries, which may share one), each service once, and no test-only binary.
+    #[test]
+    fn guest_tools_each_once_and_no_test_client() {
+        const TEST_ONLY: [&str; 2] = ["bulkhead-gui-testclient", "escape-probe"];
+        let list = guest_tools_list().unwrap();
+        assert!(list.contains(&GuestToolsEntry::Bin("bulkhead-init".into())));
+        assert!(list.contains(&GuestToolsEntry::Bin("bulkhead-agent".into())));
+        let mut bins = std::collections::HashSet::new();
+        let mut rpc_bins = std::collections::HashSet::new();
+        let mut services = std::collections::HashSet::new();
+        for e in &list {
+            let bin = match e {
+                GuestToolsEntry::Bin(b) => {
+                    assert!(bins.insert(b.as_str()), "bin {b} listed twice");
+                    b
+                }
+                GuestToolsEntry::Rpc { service, binary } => {
+                    assert!(services.insert(service.as_str()), "rpc {service} twice");
+                    rpc_bins.insert(binary.as_str());
+                    binary
+                }
+            };
+            assert!(
+                !TEST_ONLY.contains(&bin.as_str()) && !bin.contains("test"),
+                "{bin} is for tests; it does not ship into guests"
+            );
+        }
+        if let Some(b) = bins.intersection(&rpc_bins).next() {
+            panic!("{b} listed both as bin and as an rpc binary");
+        }
+    }
 }

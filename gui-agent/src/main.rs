@@ -35,15 +35,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // bulkhead-init passes BULKHEAD_LOG to the agent; RUST_LOG works by hand
-            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // bulkhead-init passes its BULKHEAD_LOG on to the gui-agent it starts
+    bulkhead_logging::init("info");
     let args = Args::parse();
     let paths = bulkhead_gui_agent::Paths {
         gui_socket: args

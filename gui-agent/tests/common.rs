@@ -23,7 +23,7 @@ impl Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_bulkhead-gui-agent"))
             .arg("--runtime-dir")
             .arg(dir.path())
-            .env("RUST_LOG", "info")
+            .env("BULKHEAD_LOG", "info")
             .stdout(Stdio::null())
             .spawn()
             .expect("start bulkhead-gui-agent");

@@ -22,6 +22,7 @@
 //!
 //! The binary `bulkhead-gui-receiver` wraps the headless receiver with a line protocol on
 //! stdin/stdout (see `--help`).
+#![forbid(unsafe_code)]
 
 pub mod conn;
 pub mod headless;

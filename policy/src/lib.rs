@@ -100,6 +100,7 @@
 //! - All errors are reported, not only the first. Whole-file errors (unreadable, too large,
 //!   invalid name) are reported at line 0.
 //! - [`Ask::answer`] turns the user's choice into an [`Allow`] (only a listed target).
+#![forbid(unsafe_code)]
 
 mod error;
 mod eval;

@@ -161,27 +161,6 @@ struct MountEntry {
     super_opts: String,
 }
 
-/// Undoes the octal escapes of /proc/self/mountinfo (`\040` for space etc.).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
@@ -189,7 +168,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let lf: Vec<&str> = left.split(' ').collect();
             let rf: Vec<&str> = right.split(' ').collect();
             Some(MountEntry {
-                mount_point: PathBuf::from(unescape(lf.get(4)?)),
+                mount_point: PathBuf::from(bulkhead_fsutil::unescape_mountinfo(lf.get(4)?)),
                 fstype: rf.first()?.to_string(),
                 super_opts: rf.get(2).map(|s| s.to_string()).unwrap_or_default(),
             })

@@ -485,7 +485,8 @@ impl SandboxRecord {
 }
 
 /// Removes everything inside `dir` (not `dir` itself); a missing dir is fine.
-/// `remove_dir_all` does not follow symlinks, so a domain cannot steer it outside.
+/// [`bulkhead_fsutil::remove_tree`] does not follow symlinks, so a domain cannot steer it
+/// outside.
 pub fn wipe_dir(dir: &Path) -> Result<(), SandboxError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -507,7 +508,7 @@ pub fn wipe_dir(dir: &Path) -> Result<(), SandboxError> {
         let path = entry.path();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         let res = if is_dir {
-            fs::remove_dir_all(&path)
+            bulkhead_fsutil::remove_tree(&path)
         } else {
             fs::remove_file(&path)
         };

@@ -50,13 +50,7 @@ enum Cmd {
 const MAX_SPEC: u64 = 1 << 20;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    bulkhead_logging::init("info");
     let cli = Cli::parse();
     // Descriptors our caller leaked without close-on-exec must not reach anything we start
     // (the log writer lives as long as the domain).

@@ -412,22 +412,29 @@ mod tests {
     #[test]
     fn filter_refuses_in_a_forked_child() {
         in_filtered_child(|| {
-            // SAFETY (all calls below): raw syscalls with integer or null arguments; none
-            // dereferences memory we own, and fds they might return are never used.
+            // Each call runs in the forked child only, which exits right after the checks.
             let checks: [bool; 5] = [
                 refused(
+                    // SAFETY: keyctl with integer arguments only (operation 0, no pointer);
+                    // nothing of ours is read or written.
                     unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) },
                     libc::EPERM,
                 ),
                 refused(
+                    // SAFETY: unshare takes flags only; a new user namespace would affect
+                    // only this child.
                     unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(),
                     libc::EPERM,
                 ),
+                // SAFETY: personality takes a flag value; a change would affect only this child.
                 refused(unsafe { libc::personality(0x0040000) }.into(), libc::EPERM),
                 refused(
+                    // SAFETY: clone3 with a null args pointer and size 0 reads no memory and
+                    // creates no process (the kernel rejects that size).
                     unsafe { libc::syscall(libc::SYS_clone3, 0, 0) },
                     libc::ENOSYS,
                 ),
+                // SAFETY: getpid takes no arguments and cannot fail.
                 unsafe { libc::getpid() } > 0,
             ];
             checks.iter().position(|ok| !ok).map_or(0, |i| i as i32 + 1)
@@ -478,8 +485,9 @@ mod tests {
     #[test]
     fn new_and_cross_process_syscalls_are_refused() {
         in_filtered_child(|| {
-            // SAFETY (all calls below): raw syscalls with integer arguments only (pid, fds,
-            // flags); none dereferences memory, so whatever the kernel does is harmless.
+            // SAFETY: syscall `nr` with six zero arguments: integers and null pointers only,
+            // so none reads or writes memory of ours; it runs in the forked child, which exits
+            // right after the checks, so whatever the kernel does stays there.
             let sc = |nr: libc::c_long| unsafe { libc::syscall(nr, 0, 0, 0, 0, 0, 0) };
             let me = std::process::id() as libc::c_long;
             let checks: [bool; 13] = [
@@ -490,8 +498,8 @@ mod tests {
                 refused(sc(467), libc::ENOSYS),
                 refused(sc(4000), libc::ENOSYS),
                 // newly denied
-                // SAFETY: kcmp(pid, pid, KCMP_FILE, 0, 0): integers only.
                 refused(
+                    // SAFETY: kcmp(pid, pid, KCMP_FILE, 0, 0): integers only.
                     unsafe { libc::syscall(libc::SYS_kcmp, me, me, 0, 0, 0) },
                     libc::EPERM,
                 ),

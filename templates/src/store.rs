@@ -84,27 +84,6 @@ fn fsync_dir(dir: &Path) -> Result<(), TemplateError> {
         .map_err(TemplateError::io(dir, "cannot fsync directory"))
 }
 
-/// Decode the octal escapes of /proc/self/mountinfo (`\040` for space...).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Detach every mount at or below `path` (deepest first), so that removing a tree never
 /// descends into a mounted /proc, /sys or /dev left by an interrupted build.
 fn detach_mounts_under(path: &Path) -> Result<(), TemplateError> {
@@ -115,7 +94,7 @@ fn detach_mounts_under(path: &Path) -> Result<(), TemplateError> {
     let mut points: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .map(|p| PathBuf::from(bulkhead_fsutil::unescape_mountinfo(p)))
         .filter(|p| p.starts_with(path))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
@@ -131,14 +110,11 @@ fn detach_mounts_under(path: &Path) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// Remove a tree that we created (a partial build or an old root).
+/// Remove a tree that we created (a partial build or an old root), after detaching any
+/// mount inside it.
 fn remove_tree(path: &Path) -> Result<(), TemplateError> {
     detach_mounts_under(path)?;
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(TemplateError::io(path, "cannot remove")(e)),
-    }
+    bulkhead_fsutil::remove_tree(path).map_err(TemplateError::io(path, "cannot remove"))
 }
 
 /// The templates directory (`<state>/templates`).
@@ -887,11 +863,5 @@ mod tests {
         let b = FakeBuilder::new();
         assert_eq!(store.build_with(&r, &b, &mut |_| {}).unwrap(), root);
         assert_eq!(b.calls.get(), 0);
-    }
-
-    #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

@@ -11,6 +11,7 @@
 //! `<test>` is the test binary's name without cargo's `-<hash>` suffix, then `::` and the
 //! current thread's name when that is not `main` (libtest runs each test on a thread named
 //! after the test; a `harness = false` binary runs on `main`).
+#![forbid(unsafe_code)]
 
 use std::fmt::Display;
 use std::io::Write;

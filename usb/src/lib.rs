@@ -12,6 +12,7 @@
 //!
 //! Attaching a device is a policy-checked call in domaind (service [`ATTACH_SERVICE`] with the
 //! bus id as argument, from the receiving domain to the usb domain).
+#![forbid(unsafe_code)]
 
 pub mod inventory;
 pub mod probe;

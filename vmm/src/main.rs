@@ -101,14 +101,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_VMM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    bulkhead_logging::init("warn");
     match cli.cmd {
         Cmd::Probe => {
             let p = bulkhead_vmm::probe_hardware_virtualization();

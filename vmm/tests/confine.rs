@@ -260,7 +260,7 @@ fn without_user_namespaces_the_vmm_is_confined_as_before() {
     let mut cmd = Command::new(vmm_binary());
     cmd.args(["run", "--spec"])
         .arg(&spec_path)
-        .env("BULKHEAD_VMM_LOG", "info")
+        .env("BULKHEAD_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -72,6 +72,7 @@
 //! Any violation (bad header, oversize, unknown kind, credit exceeded, stream id reuse,
 //! malformed payload, flooding) is logged with `tracing`, the connection is dropped, every
 //! stream fails with an error and [`Connection::closed`] resolves.
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod exec;

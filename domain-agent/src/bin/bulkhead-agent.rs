@@ -23,7 +23,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    bulkhead_agent::init_logging("info");
+    bulkhead_logging::init("info");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -46,7 +46,7 @@ fn setup_vm_network() {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    bulkhead_agent::init_logging("info");
+    bulkhead_logging::init("info");
     // current_exe needs /proc; fall back to argv[0] when it is not mounted.
     let me = std::env::current_exe()
         .or_else(|e| std::env::args_os().next().map(PathBuf::from).ok_or(e))

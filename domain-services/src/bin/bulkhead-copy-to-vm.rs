@@ -1,4 +1,6 @@
 //! `bulkhead-copy-to-vm`: Copies files and directories to another domain's ~/Incoming/<this domain>/.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,4 +1,6 @@
 //! `bulkhead-copy`: Copies files and directories to another domain (chosen through the policy's ask dialog) into its ~/Incoming/<this domain>/.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

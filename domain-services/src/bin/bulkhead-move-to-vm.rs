@@ -1,4 +1,6 @@
 //! `bulkhead-move-to-vm`: Moves files and directories to another domain's ~/Incoming/<this domain>/.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

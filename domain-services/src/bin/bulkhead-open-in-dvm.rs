@@ -1,5 +1,7 @@
 //! `bulkhead-open-in-dvm FILE`: opens FILE in a new disposable (target @dispvm); an edited
 //! copy comes back over the original when the application exits, then the disposable goes.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,5 +1,7 @@
 //! `bulkhead-open-in-vm VM FILE`: opens FILE in domain VM with its default application; an
 //! edited copy comes back over the original when the application exits.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,5 +1,7 @@
 //! `bulkhead-open-url [VM] URL`: opens an http(s) URL in domain VM (default: a new
 //! disposable, @dispvm) with its default browser.
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,6 +1,8 @@
 //! Service `bulkhead.Filecopy`: receives a copy stream on stdin into
 //! `~/Incoming/<source>/` (source = `BULKHEAD_REMOTE_DOMAIN`, set by domaind) and answers
 //! on stdout (see `bulkhead_services::filecopy`). Ignores its arguments.
+#![forbid(unsafe_code)]
+
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,8 @@
 //! Service `bulkhead.OpenInVM`: receives one file (see `bulkhead_services::open`), opens it
 //! with this domain's default application for its type, waits for the application to exit
 //! and sends an edited, non-empty copy back. Ignores its arguments.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! Service `bulkhead.OpenURL`: reads one URL line on stdin, accepts http and https only,
 //! opens it with this domain's default handler for the scheme
 //! (`x-scheme-handler/http[s]`) and waits for it to exit. Ignores its arguments.
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::process::ExitCode;
 

@@ -20,6 +20,7 @@
 //! quit
 //! ```
 //! Errors are `{"error":"..."}` lines; the program keeps reading.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -236,12 +237,7 @@ async fn command(r: &Receiver, domain: &str, line: &str) -> Result<Option<serde_
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    bulkhead_logging::init("info");
     let args = Args::parse();
     let (sw, sh) = args
         .screen

@@ -1109,8 +1109,8 @@ fn kernel_interfaces(r: &mut Report) {
     let u = sys(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) });
     close_if(&u);
     r.call("userfaultfd", u);
-    // SAFETY: io_uring_setup with a zeroed params struct large enough for the kernel's.
     let params = [0u8; 128];
+    // SAFETY: io_uring_setup with a zeroed params struct large enough for the kernel's.
     let io = sys(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_ptr()) });
     close_if(&io);
     r.call("io-uring-setup", io);

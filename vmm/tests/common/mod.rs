@@ -166,7 +166,7 @@ pub struct GuestOutcome {
     pub status: ExitStatus,
     /// The console log.
     pub serial: String,
-    /// bulkhead-vmm's stderr (its log, at the level `BULKHEAD_VMM_LOG` or `debug`).
+    /// bulkhead-vmm's stderr (its log, at the level `BULKHEAD_LOG` or `debug`).
     pub stderr: String,
     pub timed_out: bool,
 }
@@ -221,8 +221,8 @@ pub fn run_guest_with(spec: VmSpec, extra_args: &[&str], timeout: Duration) -> G
         .arg(&spec_path)
         .args(extra_args)
         .env(
-            "BULKHEAD_VMM_LOG",
-            std::env::var("BULKHEAD_VMM_LOG").unwrap_or_else(|_| "debug".into()),
+            "BULKHEAD_LOG",
+            std::env::var("BULKHEAD_LOG").unwrap_or_else(|_| "debug".into()),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
