@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bulkhead_wire::gui::{
+    self as wire, AgentMsg, GuiMessage, Hello, HostMsg, PixelFormat, Rect, MAX_HEIGHT, MAX_WIDTH,
+};
 use smithay::backend::input::{Axis, AxisSource, ButtonState, KeyState};
 use smithay::input::keyboard::{FilterResult, Keycode, XkbConfig};
 use smithay::input::pointer::{AxisFrame, ButtonEvent, CursorImageStatus, MotionEvent};
@@ -48,7 +51,6 @@ use tracing::{debug, info, warn};
 
 use crate::clipboard;
 use crate::link::Link;
-use crate::proto::{AgentMsg, HostMsg, PixelFormat, Press, MAX_HEIGHT, MAX_WIDTH};
 
 /// Stop encoding new damage while this many bytes wait for dom0.
 const HIGH_WATER: usize = 24 << 20;
@@ -73,44 +75,6 @@ impl ClientData for ClientState {
     }
     fn disconnected(&self, client_id: ClientId, reason: DisconnectReason) {
         debug!(?client_id, ?reason, "client disconnected");
-    }
-}
-
-/// An axis-aligned rectangle in buffer pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
-    pub x: u32,
-    pub y: u32,
-    pub w: u32,
-    pub h: u32,
-}
-
-impl Rect {
-    /// Clips a signed rectangle to `0..width x 0..height`; None when nothing is left.
-    fn clipped(x: i64, y: i64, w: i64, h: i64, width: u32, height: u32) -> Option<Rect> {
-        let x0 = x.clamp(0, width as i64);
-        let y0 = y.clamp(0, height as i64);
-        let x1 = x.saturating_add(w).clamp(0, width as i64);
-        let y1 = y.saturating_add(h).clamp(0, height as i64);
-        (x1 > x0 && y1 > y0).then(|| Rect {
-            x: x0 as u32,
-            y: y0 as u32,
-            w: (x1 - x0) as u32,
-            h: (y1 - y0) as u32,
-        })
-    }
-
-    fn union(self, o: Rect) -> Rect {
-        let x0 = self.x.min(o.x);
-        let y0 = self.y.min(o.y);
-        let x1 = (self.x + self.w).max(o.x + o.w);
-        let y1 = (self.y + self.h).max(o.y + o.h);
-        Rect {
-            x: x0,
-            y: y0,
-            w: x1 - x0,
-            h: y1 - y0,
-        }
     }
 }
 
@@ -275,9 +239,7 @@ impl Agent {
 
     fn send(&mut self, msg: &AgentMsg) {
         if let Some(link) = &self.link {
-            let mut buf = Vec::new();
-            crate::proto::codec::encode_agent(msg, &mut buf);
-            link.send(buf);
+            link.send(msg.encode());
         }
     }
 
@@ -324,7 +286,7 @@ impl Agent {
 
     /// Messages that recreate every announced window, for a freshly connected dom0.
     pub(crate) fn announce_all(&mut self) {
-        self.send(&AgentMsg::Hello);
+        self.send(&AgentMsg::Hello(Hello::OURS));
         let ids: Vec<u32> = self.windows.keys().copied().collect();
         for id in ids {
             let Some(w) = self.windows.get_mut(&id) else {
@@ -336,8 +298,8 @@ impl Agent {
             w.pending = vec![Rect {
                 x: 0,
                 y: 0,
-                w: w.width,
-                h: w.height,
+                width: w.width,
+                height: w.height,
             }];
             let msgs = window_intro(id, w);
             for m in msgs {
@@ -481,23 +443,16 @@ impl Agent {
         let serial = SERIAL_COUNTER.next_serial();
         let time = self.now_ms();
         match msg {
-            HostMsg::Hello {
-                min_version,
-                max_version,
-            } => {
-                let theirs = bulkhead_wire::gui::Hello {
-                    min_version,
-                    max_version,
-                };
-                match bulkhead_wire::gui::negotiate(bulkhead_wire::gui::Hello::OURS, theirs) {
-                    Ok(v) => info!(version = v, "GUI protocol version agreed with dom0"),
-                    Err(e) => {
-                        warn!(error = %e, "dom0 speaks no GUI protocol version we speak (update dom0 and the guest tools together); dropping it");
-                        self.link = None;
-                    }
+            HostMsg::Hello(theirs) => match wire::negotiate(Hello::OURS, theirs) {
+                Ok(v) => info!(version = v, "GUI protocol version agreed with dom0"),
+                Err(e) => {
+                    warn!(error = %e, "dom0 speaks no GUI protocol version we speak (update dom0 and the guest tools together); dropping it");
+                    self.link = None;
                 }
-            }
+            },
             HostMsg::Keymap { keymap } => {
+                // the link refused a keymap that is not UTF-8 (`link::usable`)
+                let keymap = String::from_utf8_lossy(&keymap).into_owned();
                 if let Some(kb) = self.seat.get_keyboard() {
                     if let Err(e) = kb.set_keymap_from_string(self, keymap) {
                         warn!(error = ?e, "keymap from dom0 rejected");
@@ -507,7 +462,7 @@ impl Agent {
             HostMsg::Key {
                 window,
                 keycode,
-                state,
+                pressed,
             } => {
                 if self.window_surface(window).is_none() {
                     return;
@@ -516,9 +471,10 @@ impl Agent {
                     warn!(keycode, "keycode out of range; ignored");
                     return;
                 }
-                let state = match state {
-                    Press::Pressed => KeyState::Pressed,
-                    Press::Released => KeyState::Released,
+                let state = if pressed {
+                    KeyState::Pressed
+                } else {
+                    KeyState::Released
                 };
                 if let Some(kb) = self.seat.get_keyboard() {
                     kb.input::<(), _>(
@@ -559,7 +515,7 @@ impl Agent {
                         self,
                         Some((surface, (0.0, 0.0).into())),
                         &MotionEvent {
-                            location: (x, y).into(),
+                            location: (f64::from(x), f64::from(y)).into(),
                             serial,
                             time,
                         },
@@ -588,7 +544,7 @@ impl Agent {
             HostMsg::Button {
                 window,
                 button,
-                state,
+                pressed,
             } => {
                 if self.window_surface(window).is_none() {
                     return;
@@ -597,9 +553,10 @@ impl Agent {
                     warn!(button, "not a mouse button code; ignored");
                     return;
                 }
-                let state = match state {
-                    Press::Pressed => ButtonState::Pressed,
-                    Press::Released => ButtonState::Released,
+                let state = if pressed {
+                    ButtonState::Pressed
+                } else {
+                    ButtonState::Released
                 };
                 if let Some(ptr) = self.seat.get_pointer() {
                     ptr.button(
@@ -624,16 +581,12 @@ impl Agent {
                     return;
                 }
                 let axis = match axis {
-                    0 => Axis::Vertical,
-                    1 => Axis::Horizontal,
-                    other => {
-                        warn!(axis = other, "unknown scroll axis; ignored");
-                        return;
-                    }
+                    wire::Axis::Vertical => Axis::Vertical,
+                    wire::Axis::Horizontal => Axis::Horizontal,
                 };
                 let frame = AxisFrame::new(time)
                     .source(AxisSource::Wheel)
-                    .value(axis, value)
+                    .value(axis, value as f64 / 256.0)
                     .v120(axis, v120.clamp(-120 * 100, 120 * 100));
                 if let Some(ptr) = self.seat.get_pointer() {
                     ptr.axis(self, frame);
@@ -665,7 +618,7 @@ impl Agent {
                     None => warn!(window, "dom0 named an unknown window; ignored"),
                 }
             }
-            HostMsg::CloseRequest { window } => match self.windows.get(&window).map(|w| &w.role) {
+            HostMsg::Close { window } => match self.windows.get(&window).map(|w| &w.role) {
                 Some(Role::Toplevel(t)) => t.send_close(),
                 Some(Role::Popup(p)) => p.send_popup_done(),
                 None => warn!(window, "dom0 named an unknown window; ignored"),
@@ -680,7 +633,7 @@ impl Agent {
                         .iter()
                         .map(|s| s.to_string())
                         .collect(),
-                    Arc::new(data),
+                    Arc::new(data.to_vec()),
                 );
             }
         }
@@ -708,12 +661,12 @@ impl Agent {
         )
         .map(|d| d.as_ref().clone());
         if let Some(data) = own {
-            self.send(&AgentMsg::ClipboardData { data });
+            self.send(&AgentMsg::clipboard_data(data));
             return;
         }
         let Some(mime) = clipboard::pick_mime(&self.clipboard_mimes) else {
             info!("clipboard request: no text selection in the domain");
-            self.send(&AgentMsg::ClipboardData { data: Vec::new() });
+            self.send(&AgentMsg::clipboard_data(Vec::new()));
             return;
         };
         let (read, write) = match nix::unistd::pipe() {
@@ -727,13 +680,13 @@ impl Agent {
             Ok(()) => clipboard::read_selection(read, self.clipboard_tx.clone()),
             Err(e) => {
                 info!(error = %e, "clipboard request: selection unavailable");
-                self.send(&AgentMsg::ClipboardData { data: Vec::new() });
+                self.send(&AgentMsg::clipboard_data(Vec::new()));
             }
         }
     }
 
     pub(crate) fn clipboard_reply(&mut self, reply: clipboard::Reply) {
-        self.send(&AgentMsg::ClipboardData { data: reply.data });
+        self.send(&AgentMsg::clipboard_data(reply.data));
     }
 }
 
@@ -742,8 +695,8 @@ fn window_intro(id: u32, w: &mut Window) -> Vec<AgentMsg> {
     w.pending = vec![Rect {
         x: 0,
         y: 0,
-        w: w.width,
-        h: w.height,
+        width: w.width,
+        height: w.height,
     }];
     let mut msgs = vec![AgentMsg::Create {
         window: id,
@@ -754,16 +707,10 @@ fn window_intro(id: u32, w: &mut Window) -> Vec<AgentMsg> {
         y: w.pos.1,
     }];
     if !w.title.is_empty() {
-        msgs.push(AgentMsg::Title {
-            window: id,
-            title: w.title.clone(),
-        });
+        msgs.push(AgentMsg::title(id, &w.title));
     }
     if !w.app_id.is_empty() {
-        msgs.push(AgentMsg::AppId {
-            window: id,
-            app_id: w.app_id.clone(),
-        });
+        msgs.push(AgentMsg::app_id(id, &w.app_id));
     }
     if w.mapped {
         msgs.push(AgentMsg::Map { window: id });
@@ -797,22 +744,31 @@ fn encode_damage(id: u32, w: &mut Window) -> Vec<u8> {
     let stride = w.width as usize * 4;
     // One allocation for the whole message: growing it by doubling cost a full-frame copy
     // or two per frame.
-    let pixel_bytes: usize = rects.iter().map(|r| r.w as usize * 4 * r.h as usize).sum();
+    let pixel_bytes: usize = rects
+        .iter()
+        .map(|r| r.width as usize * 4 * r.height as usize)
+        .sum();
     let bands: usize = rects
         .iter()
         .map(|r| {
-            let band = (MAX_DAMAGE_BYTES / (r.w as usize * 4).max(1)).max(1);
-            (r.h as usize).div_ceil(band)
+            let band = (MAX_DAMAGE_BYTES / (r.width as usize * 4).max(1)).max(1);
+            (r.height as usize).div_ceil(band)
         })
         .sum();
     let mut out = Vec::with_capacity(pixel_bytes + bands * DAMAGE_HEADER_ROOM);
     for r in rects {
-        let row_bytes = r.w as usize * 4;
+        let row_bytes = r.width as usize * 4;
         let band = (MAX_DAMAGE_BYTES / row_bytes.max(1)).max(1) as u32;
         let mut y = r.y;
-        while y < r.y + r.h {
-            let h = band.min(r.y + r.h - y);
-            crate::proto::codec::encode_damage_header(&mut out, id, r.x, y, r.w, h, w.format);
+        while y < r.y + r.height {
+            let h = band.min(r.y + r.height - y);
+            let rect = Rect {
+                x: r.x,
+                y,
+                width: r.width,
+                height: h,
+            };
+            out.extend_from_slice(&wire::damage_prefix(id, rect, w.format));
             for row in y..y + h {
                 let start = row as usize * stride + r.x as usize * 4;
                 out.extend_from_slice(&w.pixels[start..start + row_bytes]);
@@ -876,8 +832,8 @@ fn capture(
         let full = Rect {
             x: 0,
             y: 0,
-            w: width as u32,
-            h: height as u32,
+            width: width as u32,
+            height: height as u32,
         };
         let mut rects: Vec<Rect> = Vec::new();
         if resized || w.pending.len() > MAX_RECTS || transform != WlTransform::Normal {
@@ -891,16 +847,16 @@ fn capture(
                         r.loc.y as i64,
                         r.size.w as i64,
                         r.size.h as i64,
-                        full.w,
-                        full.h,
+                        full.width,
+                        full.height,
                     ),
                     Damage::Surface(r) => Rect::clipped(
                         r.loc.x as i64 * s,
                         r.loc.y as i64 * s,
                         r.size.w as i64 * s,
                         r.size.h as i64 * s,
-                        full.w,
-                        full.h,
+                        full.width,
+                        full.height,
                     ),
                 };
                 rects.extend(r);
@@ -919,8 +875,8 @@ fn capture(
         w.format = format;
         let dst_stride = width * 4;
         for r in &rects {
-            let n = r.w as usize * 4;
-            for row in r.y as usize..(r.y + r.h) as usize {
+            let n = r.width as usize * 4;
+            for row in r.y as usize..(r.y + r.height) as usize {
                 let src = offset + row * stride + r.x as usize * 4;
                 let dst = row * dst_stride + r.x as usize * 4;
                 w.pixels[dst..dst + n].copy_from_slice(&pool[src..src + n]);
@@ -1088,7 +1044,7 @@ impl XdgShellHandler for Agent {
             if let Some(w) = self.windows.get_mut(&id) {
                 w.title = title.clone();
                 if w.announced {
-                    self.send(&AgentMsg::Title { window: id, title });
+                    self.send(&AgentMsg::title(id, &title));
                 }
             }
         }
@@ -1100,7 +1056,7 @@ impl XdgShellHandler for Agent {
             if let Some(w) = self.windows.get_mut(&id) {
                 w.app_id = app_id.clone();
                 if w.announced {
-                    self.send(&AgentMsg::AppId { window: id, app_id });
+                    self.send(&AgentMsg::app_id(id, &app_id));
                 }
             }
         }
@@ -1138,12 +1094,15 @@ impl SeatHandler for Agent {
 
     fn cursor_image(&mut self, _seat: &Seat<Self>, image: CursorImageStatus) {
         let name = match image {
-            CursorImageStatus::Hidden => "none".to_string(),
-            CursorImageStatus::Named(icon) => icon.name().to_string(),
-            CursorImageStatus::Surface(_) => "default".to_string(),
+            CursorImageStatus::Hidden => "none",
+            CursorImageStatus::Named(icon) => icon.name(),
+            CursorImageStatus::Surface(_) => "default",
         };
+        // no window under the pointer: nothing to tell dom0
         let window = self.pointer_window;
-        self.send(&AgentMsg::Cursor { window, name });
+        if window != 0 {
+            self.send(&AgentMsg::cursor_named(window, name));
+        }
     }
 }
 
@@ -1197,66 +1156,3 @@ delegate_xdg_decoration!(Agent);
 delegate_seat!(Agent);
 delegate_data_device!(Agent);
 delegate_output!(Agent);
-
-#[cfg(test)]
-mod tests {
-    use super::Rect;
-
-    #[test]
-    fn clipping() {
-        assert_eq!(
-            Rect::clipped(-5, -5, 10, 10, 100, 100),
-            Some(Rect {
-                x: 0,
-                y: 0,
-                w: 5,
-                h: 5
-            })
-        );
-        assert_eq!(
-            Rect::clipped(95, 0, 10, 10, 100, 100),
-            Some(Rect {
-                x: 95,
-                y: 0,
-                w: 5,
-                h: 10
-            })
-        );
-        assert_eq!(Rect::clipped(100, 0, 10, 10, 100, 100), None);
-        assert_eq!(
-            Rect::clipped(0, 0, i32::MAX as i64, i32::MAX as i64, 7, 9),
-            Some(Rect {
-                x: 0,
-                y: 0,
-                w: 7,
-                h: 9
-            })
-        );
-        assert_eq!(Rect::clipped(0, 0, -4, 3, 7, 9), None);
-    }
-
-    #[test]
-    fn union() {
-        let a = Rect {
-            x: 1,
-            y: 1,
-            w: 2,
-            h: 2,
-        };
-        let b = Rect {
-            x: 5,
-            y: 0,
-            w: 1,
-            h: 1,
-        };
-        assert_eq!(
-            a.union(b),
-            Rect {
-                x: 1,
-                y: 0,
-                w: 5,
-                h: 3
-            }
-        );
-    }
-}
