@@ -18,9 +18,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bulkhead_gui_agent::proto::codec::{decode_agent, encode_host};
-use bulkhead_gui_agent::proto::{AgentMsg, HostMsg};
 use bulkhead_gui_agent::testclient::{frame_of, DamageKind, TestClient};
+use bulkhead_wire::gui::{decode_one, AgentMsg, GuiMessage, Hello, HostMsg, Rect};
 
 const SMALL: u32 = 128;
 
@@ -98,7 +97,7 @@ fn receive(mut stream: UnixStream, probe: (u32, u32, u32), tx: mpsc::Sender<(u32
         buf.extend_from_slice(&chunk[..n]);
         let mut used = 0;
         loop {
-            let (msg, len) = match decode_agent(&buf[used..]) {
+            let (msg, len) = match decode_one::<AgentMsg>(&buf[used..]) {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
@@ -127,10 +126,13 @@ fn receive(mut stream: UnixStream, probe: (u32, u32, u32), tx: mpsc::Sender<(u32
                 }
                 AgentMsg::Damage {
                     window,
-                    x,
-                    y,
-                    width,
-                    height,
+                    rect:
+                        Rect {
+                            x,
+                            y,
+                            width,
+                            height,
+                        },
                     pixels,
                     ..
                 } => {
@@ -183,15 +185,13 @@ fn run_agent(agent_bin: &Path, frames: u32, damage: DamageKind, w: u32, h: u32) 
     wait_for(&gui, "bulkhead-gui-agent")?;
     wait_for(&wl, "bulkhead-gui-agent")?;
     let mut stream = UnixStream::connect(&gui).context("connecting to the agent's dom0 socket")?;
-    let mut hello = Vec::new();
-    encode_host(
-        &HostMsg::Hello {
-            min_version: 1,
-            max_version: 1,
-        },
-        &mut hello,
-    );
-    stream.write_all(&hello).context("greeting the agent")?;
+    let hello = HostMsg::Hello(Hello {
+        min_version: 1,
+        max_version: 1,
+    });
+    stream
+        .write_all(&hello.encode())
+        .context("greeting the agent")?;
     let (x0, y0, dw, dh) = rect(damage, w, h);
     let _ = dw;
     let (tx, rx) = mpsc::channel();

@@ -6,11 +6,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bulkhead_wire::gui::MAX_CLIPBOARD_LEN;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use smithay::reexports::calloop::channel::Sender;
 use tracing::{debug, warn};
-
-use crate::proto::MAX_CLIPBOARD;
 
 /// Text types offered for a dom0 paste and looked for in a domain selection, best first.
 pub const TEXT_MIMES: &[&str] = &[
@@ -80,8 +79,8 @@ fn read_capped(read: OwnedFd) -> Result<Vec<u8>, String> {
             Ok(0) => return Ok(data),
             Ok(n) => {
                 data.extend_from_slice(&chunk[..n]);
-                if data.len() > MAX_CLIPBOARD {
-                    return Err(format!("selection over {MAX_CLIPBOARD} bytes"));
+                if data.len() > MAX_CLIPBOARD_LEN {
+                    return Err(format!("selection over {MAX_CLIPBOARD_LEN} bytes"));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -125,7 +124,7 @@ mod tests {
         let (r, w) = nix::unistd::pipe().unwrap();
         let t = std::thread::spawn(move || {
             let mut f = std::fs::File::from(w);
-            let _ = f.write_all(&vec![b'a'; MAX_CLIPBOARD + 10]);
+            let _ = f.write_all(&vec![b'a'; MAX_CLIPBOARD_LEN + 10]);
         });
         assert!(read_capped(r).is_err());
         t.join().unwrap();

@@ -27,7 +27,6 @@
 pub mod clipboard;
 pub mod compositor;
 pub mod link;
-pub mod proto;
 pub mod testclient;
 
 use std::os::unix::net::UnixListener;

@@ -13,8 +13,9 @@ use smithay::reexports::calloop::ping::Ping;
 use smithay::reexports::calloop::{Interest, LoopHandle, Mode, PostAction, RegistrationToken};
 use tracing::{info, warn};
 
+use bulkhead_wire::gui::{decode_one, HostMsg};
+
 use crate::compositor::Agent;
-use crate::proto::codec::decode_host;
 
 /// The sending half of a connected dom0 peer.
 pub struct Link {
@@ -141,10 +142,15 @@ fn connect(agent: &mut Agent, stream: UnixStream, wake: Ping) {
             }
             let mut used = 0;
             loop {
-                match decode_host(&buf[used..]) {
+                match decode_one::<HostMsg>(&buf[used..]) {
                     Ok(Some((msg, n))) => {
                         used += n;
-                        let is_hello = matches!(msg, crate::proto::HostMsg::Hello { .. });
+                        if let Err(error) = usable(&msg) {
+                            warn!(error, "protocol violation from dom0; dropping the link");
+                            alive_r.store(false, Ordering::SeqCst);
+                            return Ok(PostAction::Remove);
+                        }
+                        let is_hello = matches!(msg, HostMsg::Hello(_));
                         if is_hello == hello_seen {
                             warn!(
                                 "protocol violation from dom0: HELLO must come first, once; dropping the link"
@@ -189,6 +195,17 @@ fn connect(agent: &mut Agent, stream: UnixStream, wake: Ping) {
     agent.flush();
 }
 
+/// What the wire decoder accepts but the agent cannot use, which drops the link like any
+/// protocol violation: a keymap that is not UTF-8 text.
+fn usable(msg: &HostMsg) -> Result<(), &'static str> {
+    match msg {
+        HostMsg::Keymap { keymap } if std::str::from_utf8(keymap).is_err() => {
+            Err("keymap is not UTF-8 text")
+        }
+        _ => Ok(()),
+    }
+}
+
 fn write_loop(
     mut stream: UnixStream,
     rx: mpsc::Receiver<Vec<u8>>,
@@ -231,4 +248,24 @@ fn write_all_nonblocking(stream: &mut UnixStream, mut bytes: &[u8]) -> std::io::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn keymap_must_be_text() {
+        let keymap = |b: &'static [u8]| HostMsg::Keymap {
+            keymap: Bytes::from_static(b),
+        };
+        assert_eq!(usable(&keymap(b"xkb_keymap {};")), Ok(()));
+        assert_eq!(
+            usable(&keymap(b"xkb_keymap \xff")),
+            Err("keymap is not UTF-8 text")
+        );
+        assert_eq!(usable(&HostMsg::ClipboardRequest), Ok(()));
+    }
 }

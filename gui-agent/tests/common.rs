@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_gui_agent::proto::codec::{decode_agent, encode_host};
-use bulkhead_gui_agent::proto::{AgentMsg, HostMsg};
+use bulkhead_wire::gui::{decode_one, AgentMsg, GuiMessage, Hello, HostMsg, Rect};
 
 pub struct Agent {
     pub child: Child,
@@ -105,22 +104,22 @@ impl Dom0 {
             hello: false,
             cursor: None,
         };
-        d.send(&HostMsg::Hello {
+        d.send(&HostMsg::Hello(Hello {
             min_version: 1,
             max_version: 1,
-        });
+        }));
         d
     }
 
     pub fn send(&mut self, msg: &HostMsg) {
-        let mut b = Vec::new();
-        encode_host(msg, &mut b);
-        self.stream.write_all(&b).expect("write to agent");
+        self.stream
+            .write_all(&msg.encode())
+            .expect("write to agent");
     }
 
     fn apply(&mut self, msg: AgentMsg) {
         match msg {
-            AgentMsg::Hello => self.hello = true,
+            AgentMsg::Hello(_) => self.hello = true,
             AgentMsg::Create {
                 window,
                 width,
@@ -167,17 +166,22 @@ impl Dom0 {
                     .expect("destroy of unknown window");
             }
             AgentMsg::Title { window, title } => {
-                self.windows.get_mut(&window).expect("title").title = title
+                self.windows.get_mut(&window).expect("title").title =
+                    String::from_utf8_lossy(&title).into_owned()
             }
             AgentMsg::AppId { window, app_id } => {
-                self.windows.get_mut(&window).expect("app id").app_id = app_id
+                self.windows.get_mut(&window).expect("app id").app_id =
+                    String::from_utf8_lossy(&app_id).into_owned()
             }
             AgentMsg::Damage {
                 window,
-                x,
-                y,
-                width,
-                height,
+                rect:
+                    Rect {
+                        x,
+                        y,
+                        width,
+                        height,
+                    },
                 pixels,
                 ..
             } => {
@@ -203,8 +207,9 @@ impl Dom0 {
                 }
                 w.damage_msgs += 1;
             }
-            AgentMsg::Cursor { name, .. } => self.cursor = Some(name),
-            AgentMsg::ClipboardData { data } => self.clipboard = Some(data),
+            AgentMsg::Cursor { cursor, .. } => self.cursor = Some(cursor.name().to_string()),
+            AgentMsg::State { .. } => panic!("this agent never sends STATE"),
+            AgentMsg::ClipboardData { data } => self.clipboard = Some(data.to_vec()),
         }
     }
 
@@ -214,7 +219,7 @@ impl Dom0 {
         let mut chunk = vec![0u8; 1 << 20];
         loop {
             while let Some((msg, used)) =
-                decode_agent(&self.buf).expect("agent sent a malformed message")
+                decode_one::<AgentMsg>(&self.buf).expect("agent sent a malformed message")
             {
                 self.buf.drain(..used);
                 self.apply(msg);

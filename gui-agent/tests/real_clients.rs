@@ -4,8 +4,8 @@ mod common;
 
 use common::{have, Agent, Dom0};
 
-use bulkhead_gui_agent::proto::HostMsg;
 use bulkhead_gui_agent::testclient::{frame_of, pattern};
+use bulkhead_wire::gui::HostMsg;
 
 /// Every pixel equals the test pattern of one frame.
 fn shows_pattern(w: &common::Win) -> bool {
@@ -70,7 +70,7 @@ fn test_client_pixels_resize_reconnect_and_exit() {
     dom0.send(&HostMsg::FocusIn { window: 9999 });
 
     // close request -> the client exits -> the window disappears
-    dom0.send(&HostMsg::CloseRequest { window: id });
+    dom0.send(&HostMsg::Close { window: id });
     dom0.until("the window to go away", 30, |d| {
         !d.windows.contains_key(&id)
     });
@@ -130,18 +130,17 @@ fn xkb_key(c: char) -> u32 {
 }
 
 fn type_text(dom0: &mut Dom0, window: u32, text: &str) {
-    use bulkhead_gui_agent::proto::Press;
     for c in text.chars() {
         let keycode = xkb_key(c);
         dom0.send(&HostMsg::Key {
             window,
             keycode,
-            state: Press::Pressed,
+            pressed: true,
         });
         dom0.send(&HostMsg::Key {
             window,
             keycode,
-            state: Press::Released,
+            pressed: false,
         });
     }
 }
@@ -235,7 +234,7 @@ fn gtk4_app_maps_a_window() {
     let distinct: std::collections::HashSet<u32> = w.pixels.iter().copied().collect();
     assert!(distinct.len() > 10, "GTK window looks blank");
     let id = *id;
-    dom0.send(&HostMsg::CloseRequest { window: id });
+    dom0.send(&HostMsg::Close { window: id });
     dom0.until("the GTK window to go away", 30, |d| {
         !d.windows.contains_key(&id)
     });
@@ -299,7 +298,7 @@ fn clipboard_both_ways() {
 
     // dom0 -> domain: dom0 pastes, wl-paste in the domain reads it
     dom0.send(&HostMsg::ClipboardData {
-        data: b"pasted from dom0".to_vec(),
+        data: bytes::Bytes::from_static(b"pasted from dom0"),
     });
     let out = std::sync::Arc::new(std::sync::Mutex::new(None));
     let paste = agent
@@ -350,9 +349,9 @@ fn pointer_moving_between_windows_keeps_the_agent_alive() {
     });
     let (ia, _) = dom0.window_titled("first").expect("first");
     let (ib, _) = dom0.window_titled("second").expect("second");
-    for (window, x) in [(ia, 5.0), (ia, 6.0), (ib, 7.0), (ia, 8.0), (ib, 9.0)] {
-        dom0.send(&HostMsg::Enter { window, x, y: 5.0 });
-        dom0.send(&HostMsg::Motion { window, x, y: 6.0 });
+    for (window, x) in [(ia, 5), (ia, 6), (ib, 7), (ia, 8), (ib, 9)] {
+        dom0.send(&HostMsg::Enter { window, x, y: 5 });
+        dom0.send(&HostMsg::Motion { window, x, y: 6 });
     }
     dom0.send(&HostMsg::Leave { window: ib });
     // Still serving: a resize is answered.

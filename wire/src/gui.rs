@@ -34,17 +34,20 @@
 //!   window's buffer (cleared) when the size changes, the agent then sends damage.
 //! - `MAP`, `UNMAP`, `DESTROY`: no body.
 //! - `TITLE`, `APP_ID`: raw bytes, at most [`MAX_TITLE_LEN`] / [`MAX_APP_ID_LEN`] (dom0
-//!   sanitises them; they are not required to be UTF-8 here).
+//!   sanitises them; they are not required to be UTF-8 here). [`AgentMsg::title`] and
+//!   [`AgentMsg::app_id`] cut longer text on a character boundary.
 //! - `DAMAGE`: `u32 x, u32 y, u32 width, u32 height, u32 format` ([`PixelFormat`]) followed by
 //!   exactly `width * height * 4` bytes of pixels, rows top to bottom, no padding, each pixel
 //!   a little-endian `u32` `0xAARRGGBB` (wl_shm's ARGB8888/XRGB8888 memory layout).
 //!   At most [`MAX_DAMAGE_PIXELS`] pixels per message; the agent splits bigger rectangles
 //!   into row bands.
-//! - `CURSOR`: `u32` named cursor ([`Cursor`]).
+//! - `CURSOR`: `u32` named cursor ([`Cursor`]; [`AgentMsg::cursor_named`] maps a name outside
+//!   the set to `default`).
 //! - `STATE`: `u32` flags ([`WindowState`]): maximised, fullscreen (dom0 turns it into
 //!   maximise), minimised.
-//! - `CLIPBOARD_DATA` (window 0): at most [`MAX_CLIPBOARD_LEN`] bytes, only as the answer to
-//!   a `CLIPBOARD_REQUEST` (dom0 ignores unrequested data).
+//! - `CLIPBOARD_DATA` (window 0): at most [`MAX_CLIPBOARD_LEN`] bytes
+//!   ([`AgentMsg::clipboard_data`] cuts the rest), only as the answer to a
+//!   `CLIPBOARD_REQUEST` (dom0 ignores unrequested data).
 //!
 //! ## Bodies (dom0 -> agent, [`HostMsg`])
 //! - `HELLO` (window 0): as above.
@@ -396,6 +399,41 @@ impl Rect {
     pub fn byte_len(&self) -> u64 {
         u64::from(self.width) * u64::from(self.height) * 4
     }
+
+    /// The part of the signed rectangle `x, y, w, h` (e.g. damage a client reported) that
+    /// lies inside `0..width x 0..height`; None when nothing is left.
+    pub fn clipped(x: i64, y: i64, w: i64, h: i64, width: u32, height: u32) -> Option<Rect> {
+        let x0 = x.clamp(0, i64::from(width));
+        let y0 = y.clamp(0, i64::from(height));
+        let x1 = x.saturating_add(w).clamp(0, i64::from(width));
+        let y1 = y.saturating_add(h).clamp(0, i64::from(height));
+        (x1 > x0 && y1 > y0).then(|| Rect {
+            x: x0 as u32,
+            y: y0 as u32,
+            width: (x1 - x0) as u32,
+            height: (y1 - y0) as u32,
+        })
+    }
+
+    /// The smallest rectangle holding both (edges past `u32::MAX` saturate).
+    pub fn union(self, o: Rect) -> Rect {
+        let x0 = self.x.min(o.x);
+        let y0 = self.y.min(o.y);
+        let x1 = self
+            .x
+            .saturating_add(self.width)
+            .max(o.x.saturating_add(o.width));
+        let y1 = self
+            .y
+            .saturating_add(self.height)
+            .max(o.y.saturating_add(o.height));
+        Rect {
+            x: x0,
+            y: y0,
+            width: x1 - x0,
+            height: y1 - y0,
+        }
+    }
 }
 
 /// Pixel format of damage pixels (wl_shm formats, little-endian `0xAARRGGBB`).
@@ -470,6 +508,18 @@ cursors! {
     Help = 14, "help";
     /// No cursor.
     Hidden = 15, "none";
+}
+
+impl Cursor {
+    /// The cursor with this CSS / cursor-shape name (None if it is not in the set).
+    pub fn from_name(name: &str) -> Option<Cursor> {
+        Cursor::ALL.iter().copied().find(|c| c.name() == name)
+    }
+
+    /// The cursor with this name; a name outside the set becomes [`Cursor::Default`].
+    pub fn from_name_or_default(name: &str) -> Cursor {
+        Cursor::from_name(name).unwrap_or(Cursor::Default)
+    }
 }
 
 /// Window state flags sent by the agent.
@@ -600,6 +650,51 @@ pub enum AgentMsg {
         /// At most MAX_CLIPBOARD_LEN bytes.
         data: Bytes,
     },
+}
+
+/// `s` cut to at most `max` bytes on a character boundary (a UTF-8 sequence is never split).
+fn cut_str(s: &str, max: usize) -> Bytes {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Bytes::copy_from_slice(&s.as_bytes()[..end])
+}
+
+/// Constructors that bring a value into the protocol's range, so every producer sends what
+/// the decoder accepts.
+impl AgentMsg {
+    /// `TITLE`, cut to at most [`MAX_TITLE_LEN`] bytes on a character boundary.
+    pub fn title(window: WindowId, title: &str) -> AgentMsg {
+        AgentMsg::Title {
+            window,
+            title: cut_str(title, MAX_TITLE_LEN),
+        }
+    }
+
+    /// `APP_ID`, cut to at most [`MAX_APP_ID_LEN`] bytes on a character boundary.
+    pub fn app_id(window: WindowId, app_id: &str) -> AgentMsg {
+        AgentMsg::AppId {
+            window,
+            app_id: cut_str(app_id, MAX_APP_ID_LEN),
+        }
+    }
+
+    /// `CURSOR` by CSS / cursor-shape name; a name outside the set becomes
+    /// [`Cursor::Default`].
+    pub fn cursor_named(window: WindowId, name: &str) -> AgentMsg {
+        AgentMsg::Cursor {
+            window,
+            cursor: Cursor::from_name_or_default(name),
+        }
+    }
+
+    /// `CLIPBOARD_DATA`, cut to at most [`MAX_CLIPBOARD_LEN`] bytes.
+    pub fn clipboard_data(data: impl Into<Bytes>) -> AgentMsg {
+        let mut data = data.into();
+        data.truncate(MAX_CLIPBOARD_LEN);
+        AgentMsg::ClipboardData { data }
+    }
 }
 
 /// A message from dom0 to the gui-agent.
@@ -1654,6 +1749,106 @@ mod tests {
         assert_eq!(
             negotiate(Hello::OURS, Hello::OURS),
             Ok(GUI_PROTOCOL_VERSION)
+        );
+    }
+
+    #[test]
+    fn rect_clipping() {
+        let r = |x, y, width, height| Rect {
+            x,
+            y,
+            width,
+            height,
+        };
+        assert_eq!(Rect::clipped(-5, -5, 10, 10, 100, 100), Some(r(0, 0, 5, 5)));
+        assert_eq!(
+            Rect::clipped(95, 0, 10, 10, 100, 100),
+            Some(r(95, 0, 5, 10))
+        );
+        assert_eq!(Rect::clipped(100, 0, 10, 10, 100, 100), None);
+        assert_eq!(
+            Rect::clipped(0, 0, i32::MAX as i64, i32::MAX as i64, 7, 9),
+            Some(r(0, 0, 7, 9))
+        );
+        assert_eq!(Rect::clipped(0, 0, -4, 3, 7, 9), None);
+        assert_eq!(Rect::clipped(i64::MAX, i64::MIN, i64::MAX, 1, 7, 9), None);
+    }
+
+    #[test]
+    fn rect_union() {
+        let r = |x, y, width, height| Rect {
+            x,
+            y,
+            width,
+            height,
+        };
+        assert_eq!(r(1, 1, 2, 2).union(r(5, 0, 1, 1)), r(1, 0, 5, 3));
+        assert_eq!(r(0, 0, 4, 4).union(r(1, 1, 1, 1)), r(0, 0, 4, 4));
+        assert_eq!(
+            r(u32::MAX - 1, 0, 5, 1).union(r(0, 0, 1, 1)),
+            r(0, 0, u32::MAX, 1)
+        );
+    }
+
+    #[test]
+    fn constructors_clamp_to_the_protocol() {
+        // Titles and app ids are cut on a character boundary, never inside one.
+        let long = "é".repeat(200);
+        for m in [AgentMsg::title(4, &long), AgentMsg::app_id(4, &long)] {
+            let text = match &m {
+                AgentMsg::Title { title, .. } => title.clone(),
+                AgentMsg::AppId { app_id, .. } => app_id.clone(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(text.len(), 128);
+            assert!(std::str::from_utf8(&text)
+                .unwrap()
+                .chars()
+                .all(|c| c == 'é'));
+            assert!(decode_one::<AgentMsg>(&m.encode()).is_ok());
+        }
+        let odd = format!("a{long}");
+        match AgentMsg::title(1, &odd) {
+            AgentMsg::Title { title, .. } => assert_eq!(title.len(), 127),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            AgentMsg::title(1, "short"),
+            AgentMsg::Title {
+                window: 1,
+                title: Bytes::from_static(b"short"),
+            }
+        );
+        // Cursor names outside the set become the default arrow.
+        for c in Cursor::ALL {
+            assert_eq!(Cursor::from_name(c.name()), Some(*c));
+        }
+        assert_eq!(Cursor::from_name("no-such-cursor"), None);
+        assert_eq!(
+            AgentMsg::cursor_named(4, "no-such-cursor"),
+            AgentMsg::Cursor {
+                window: 4,
+                cursor: Cursor::Default,
+            }
+        );
+        assert_eq!(
+            AgentMsg::cursor_named(4, "none"),
+            AgentMsg::Cursor {
+                window: 4,
+                cursor: Cursor::Hidden,
+            }
+        );
+        // Clipboard data is cut to the limit.
+        let big = AgentMsg::clipboard_data(vec![7u8; MAX_CLIPBOARD_LEN + 10]);
+        assert!(
+            matches!(&big, AgentMsg::ClipboardData { data } if data.len() == MAX_CLIPBOARD_LEN)
+        );
+        assert!(decode_one::<AgentMsg>(&big.encode()).is_ok());
+        assert_eq!(
+            AgentMsg::clipboard_data(b"hi".to_vec()),
+            AgentMsg::ClipboardData {
+                data: Bytes::from_static(b"hi"),
+            }
         );
     }
 
