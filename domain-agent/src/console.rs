@@ -84,7 +84,7 @@ const CONSOLE_WAIT: Duration = Duration::from_secs(1);
 /// tty itself and is not affected.
 pub fn relay_output_to_console() -> std::io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    use nix::sys::signal::{pthread_sigmask, SigmaskHow};
     let console = std::io::stderr().as_fd().try_clone_to_owned()?;
     let flags = OFlag::from_bits_truncate(fcntl(console.as_raw_fd(), FcntlArg::F_GETFL)?);
     fcntl(
@@ -114,7 +114,7 @@ pub fn relay_output_to_console() -> std::io::Result<()> {
 }
 
 fn relay(mut from: std::fs::File, mut console: std::fs::File) {
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
     let mut buf = vec![0u8; 64 * 1024];
     let mut dropped = 0u64;
     loop {
@@ -126,27 +126,23 @@ fn relay(mut from: std::fs::File, mut console: std::fs::File) {
         };
         // A console that took nothing for CONSOLE_WAIT is not waited for again until it
         // takes something.
-        let wait = if dropped == 0 {
-            CONSOLE_WAIT
-        } else {
-            Duration::ZERO
+        let wait = |dropped: u64| {
+            if dropped == 0 {
+                CONSOLE_WAIT
+            } else {
+                Duration::ZERO
+            }
         };
         if dropped > 0 {
             let note = format!(
                 "\n[bulkhead-init: {dropped} bytes of log dropped: the console was full]\n"
             );
-            if write_within(&mut console, note.as_bytes(), wait) == note.len() {
+            if write_within(&mut console, note.as_bytes(), wait(dropped)) == note.len() {
                 dropped = 0;
             }
         }
-        let wait = if dropped == 0 {
-            CONSOLE_WAIT
-        } else {
-            Duration::ZERO
-        };
-        let written = write_within(&mut console, &buf[..n], wait);
+        let written = write_within(&mut console, &buf[..n], wait(dropped));
         dropped += (n - written) as u64;
-        let _ = console.flush();
     }
 }
 
