@@ -194,6 +194,39 @@ pub async fn return_uplink(net: &NetNs, host: &NetNs, ifname: &str) -> Result<bo
     Ok(true)
 }
 
+/// The net domain's side of a client link, the same for sandbox and VM clients: removes an
+/// older link (`eth0` in `other`, `vif` in `net`), creates the veth pair `vif` <-> `eth0`,
+/// gives `vif` the MAC `mac` (when set) and the gateway address, sets it up and routes
+/// `client_ip` through it. `ch` is `other`'s netlink handle.
+async fn net_side(
+    net: &NetNs,
+    ch: &Handle,
+    vif: &str,
+    other: &NetNs,
+    client_ip: Ipv4Addr,
+    mac: Option<[u8; 6]>,
+) -> Result<(), NetError> {
+    let nh = net.rtnl()?;
+    delete(ch, CLIENT_IF).await?;
+    delete(&nh, vif).await?;
+    create_veth(&nh, vif, other, CLIENT_IF).await?;
+    let vidx = need_index(&nh, vif, "the net domain").await?;
+    if let Some(mac) = mac {
+        nh.link()
+            .set(
+                LinkUnspec::new_with_index(vidx)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("set the MAC of {vif}")))?;
+    }
+    add_addr(&nh, vidx, GATEWAY, 32, vif).await?;
+    up(&nh, vidx, vif).await?;
+    device_route(&nh, vidx, client_ip, vif).await
+}
+
 /// Link a client: a veth pair `vif` (in `net`) <-> `eth0` (in `client`), addressed and
 /// routed. Replaces an older link of the same client.
 pub async fn link_client(
@@ -202,16 +235,8 @@ pub async fn link_client(
     vif: &str,
     client_ip: Ipv4Addr,
 ) -> Result<(), NetError> {
-    let nh = net.rtnl()?;
     let ch = client.rtnl()?;
-    delete(&ch, CLIENT_IF).await?;
-    delete(&nh, vif).await?;
-    create_veth(&nh, vif, client, CLIENT_IF).await?;
-    let vidx = need_index(&nh, vif, "the net domain").await?;
-    add_addr(&nh, vidx, GATEWAY, 32, vif).await?;
-    up(&nh, vidx, vif).await?;
-    device_route(&nh, vidx, client_ip, vif).await?;
-
+    net_side(net, &ch, vif, client, client_ip, None).await?;
     let cidx = need_index(&ch, CLIENT_IF, "the client domain").await?;
     add_addr(&ch, cidx, client_ip, 32, CLIENT_IF).await?;
     up(&ch, cidx, CLIENT_IF).await?;
@@ -270,27 +295,12 @@ pub async fn link_vm_client(
     vif: &str,
     client_ip: Ipv4Addr,
 ) -> Result<(), NetError> {
-    let nh = net.rtnl()?;
     let ch = link_ns.rtnl()?;
-    delete(&ch, CLIENT_IF).await?;
-    delete(&nh, vif).await?;
-    create_veth(&nh, vif, link_ns, CLIENT_IF).await?;
-    let vidx = need_index(&nh, vif, "the net domain").await?;
     // The gateway's MAC stays the same across netvm restarts: the guest keeps its neighbour
     // entry for 10.137.0.1, which a new random MAC would leave pointing nowhere until it
     // expires (a sandbox gets a new eth0, and with it an empty neighbour table).
-    nh.link()
-        .set(
-            LinkUnspec::new_with_index(vidx)
-                .address(crate::tap::gateway_mac(client_ip).to_vec())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl(format!("set the MAC of {vif}")))?;
-    add_addr(&nh, vidx, GATEWAY, 32, vif).await?;
-    up(&nh, vidx, vif).await?;
-    device_route(&nh, vidx, client_ip, vif).await?;
+    let mac = crate::tap::gateway_mac(client_ip);
+    net_side(net, &ch, vif, link_ns, client_ip, Some(mac)).await?;
 
     let bidx = need_index(&ch, VM_BRIDGE, "the VM link namespace").await?;
     let cidx = need_index(&ch, CLIENT_IF, "the VM link namespace").await?;
