@@ -10,8 +10,16 @@
 //!
 //! HelloReject (server -> client), 4 bytes: `min_version u16` · `max_version u16`
 //! (the server's range). The server closes the connection right after it.
+//!
+//! The exchange itself (`client_handshake`, `server_handshake`) runs on the raw stream
+//! before the connection starts its tasks, in frames with version byte 0; a frame of another
+//! kind than the one expected is a violation.
 
-use crate::frame::MAX_FRAME_PAYLOAD;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::conn::Limits;
+use crate::error::{Violation, WireError};
+use crate::frame::{Frame, FrameDecoder, FrameKind, HANDSHAKE_FRAME_VERSION, MAX_FRAME_PAYLOAD};
 
 /// Magic at the start of a Hello.
 pub const MAGIC: [u8; 8] = *b"BHWIRE\0\x01";
@@ -211,6 +219,151 @@ pub fn negotiate(ours: (u16, u16), theirs: (u16, u16)) -> Option<u16> {
     let lo = ours.0.max(theirs.0);
     let hi = ours.1.min(theirs.1);
     (lo <= hi).then_some(hi)
+}
+
+async fn read_handshake_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    dec: &mut FrameDecoder,
+) -> Result<Frame, WireError> {
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(f) = dec.next_frame().map_err(Violation::from)? {
+            return Ok(f);
+        }
+        let n = r
+            .read(&mut buf)
+            .await
+            .map_err(WireError::io("reading the handshake"))?;
+        if n == 0 {
+            return Err(WireError::ConnectionClosed {
+                reason: "peer closed the connection during the handshake".into(),
+            });
+        }
+        dec.push(&buf[..n]);
+    }
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: Frame) -> Result<(), WireError> {
+    w.write_all(&f.encode())
+        .await
+        .map_err(WireError::io("writing the handshake"))?;
+    w.flush()
+        .await
+        .map_err(WireError::io("writing the handshake"))
+}
+
+/// What the handshake agreed on.
+pub(crate) struct Negotiated {
+    pub(crate) version: u16,
+    pub(crate) peer_max_payload: u32,
+    pub(crate) peer_window: u32,
+}
+
+/// Client side of the exchange: sends the hello, reads the answer.
+pub(crate) async fn client_handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    dec: &mut FrameDecoder,
+    limits: &Limits,
+) -> Result<Negotiated, WireError> {
+    let hello = Hello {
+        min_version: limits.min_version,
+        max_version: limits.max_version,
+        max_frame_payload: limits.max_frame_payload,
+        initial_window: limits.initial_window,
+    };
+    write_frame(
+        io,
+        Frame::new(
+            HANDSHAKE_FRAME_VERSION,
+            FrameKind::Hello,
+            0,
+            hello.encode().into(),
+        ),
+    )
+    .await?;
+    let f = read_handshake_frame(io, dec).await?;
+    match f.kind {
+        FrameKind::HelloAck => {
+            let ack = HelloAck::decode(&f.payload).map_err(Violation::from)?;
+            if !(limits.min_version..=limits.max_version).contains(&ack.version) {
+                return Err(Violation::VersionNotOffered(ack.version).into());
+            }
+            Ok(Negotiated {
+                version: ack.version,
+                peer_max_payload: ack.max_frame_payload,
+                peer_window: ack.initial_window,
+            })
+        }
+        FrameKind::HelloReject => {
+            let rej = HelloReject::decode(&f.payload).map_err(Violation::from)?;
+            Err(WireError::VersionMismatch {
+                ours: (limits.min_version, limits.max_version),
+                theirs: (rej.min_version, rej.max_version),
+            })
+        }
+        other => Err(Violation::UnexpectedHandshake {
+            expected: "hello-ack or hello-reject",
+            got: format!("{other:?}"),
+        }
+        .into()),
+    }
+}
+
+/// Server side of the exchange: reads the hello, answers with an ack or a reject.
+pub(crate) async fn server_handshake<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    dec: &mut FrameDecoder,
+    limits: &Limits,
+) -> Result<Negotiated, WireError> {
+    let f = read_handshake_frame(io, dec).await?;
+    if f.kind != FrameKind::Hello {
+        return Err(Violation::UnexpectedHandshake {
+            expected: "hello",
+            got: format!("{:?}", f.kind),
+        }
+        .into());
+    }
+    let hello = Hello::decode(&f.payload).map_err(Violation::from)?;
+    let ours = (limits.min_version, limits.max_version);
+    let theirs = (hello.min_version, hello.max_version);
+    let Some(version) = negotiate(ours, theirs) else {
+        let rej = HelloReject {
+            min_version: ours.0,
+            max_version: ours.1,
+        };
+        write_frame(
+            io,
+            Frame::new(
+                HANDSHAKE_FRAME_VERSION,
+                FrameKind::HelloReject,
+                0,
+                rej.encode().into(),
+            ),
+        )
+        .await?;
+        let _ = io.shutdown().await;
+        return Err(WireError::VersionMismatch { ours, theirs });
+    };
+    let ack = HelloAck {
+        version,
+        max_frame_payload: limits.max_frame_payload,
+        initial_window: limits.initial_window,
+    };
+    write_frame(
+        io,
+        Frame::new(
+            HANDSHAKE_FRAME_VERSION,
+            FrameKind::HelloAck,
+            0,
+            ack.encode().into(),
+        ),
+    )
+    .await?;
+    Ok(Negotiated {
+        version,
+        peer_max_payload: hello.max_frame_payload,
+        peer_window: hello.initial_window,
+    })
 }
 
 #[cfg(test)]

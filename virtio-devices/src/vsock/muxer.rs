@@ -1,17 +1,8 @@
-//! virtio-vsock (virtio 1.x section 5.10), bridged to host unix sockets the way Firecracker's
-//! "hybrid" vsock is (our own implementation of that model):
-//!
-//! - Guest connects to (CID 2, port P): the device connects to the host unix socket
-//!   `<uds_path>_<P>`; if that fails the guest gets RST.
-//! - Host connects to `<uds_path>` (the device listens there), writes `CONNECT <port>\n`, gets
-//!   `OK <hostport>\n` once the guest accepted, then the stream is bridged to guest port
-//!   `<port>`. If the guest refuses, the host connection is closed.
-//!
-//! Stream sockets only. Credit flow control per the spec in both directions, with bounded
-//! buffers: per connection at most [`BUF_ALLOC`] bytes from the guest waiting for the host
-//! socket (a guest that sends beyond the credit we gave it is reset) and at most
-//! [`TO_GUEST_MAX`] bytes read from the host waiting for guest buffers or credit; at most
-//! [`MAX_CONNECTIONS`] connections.
+//! The device worker: multiplexes the guest's vsock packets and the host unix sockets on the
+//! worker's epoll. It parses tx packets and dispatches them to their connection, fills rx
+//! buffers with control packets and data, accepts host connections and reads their
+//! `CONNECT` line, connects guest requests to host sockets, and enforces the device-wide
+//! limits and timeouts.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -27,28 +18,13 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::util::{add_used, pop, read_config_bytes};
+use super::connection::{Conn, State, BUF_ALLOC, TO_GUEST_MAX};
+use super::packet::*;
+use super::{Vsock, RX_QUEUE, TX_QUEUE};
+use crate::util::{add_used, pop};
 use crate::worker::FIRST_BACKEND_TOKEN;
-use crate::{
-    device_type, features, Activation, Error, GuestMemory, IrqLine, Result, VirtioDevice, Worker,
-};
+use crate::{Activation, Error, GuestMemory, IrqLine, Result, Worker};
 
-pub const QUEUE_SIZE: u16 = 256;
-pub const RX_QUEUE: usize = 0;
-pub const TX_QUEUE: usize = 1;
-pub const EVENT_QUEUE: usize = 2;
-
-/// The host's CID.
-pub const HOST_CID: u64 = 2;
-/// Size of struct virtio_vsock_hdr.
-pub const HDR_LEN: usize = 44;
-/// Largest payload of one packet (the Linux driver's maximum too).
-pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
-/// Our receive buffer per connection (guest -> host bytes not yet written to the host socket),
-/// advertised to the guest as buf_alloc.
-pub const BUF_ALLOC: u32 = 256 * 1024;
-/// Bytes read from a host socket waiting to go to the guest, per connection.
-pub const TO_GUEST_MAX: usize = 64 * 1024;
 pub const MAX_CONNECTIONS: usize = 128;
 /// Host connections still sending their `CONNECT` line.
 pub const MAX_PENDING_HOST: usize = 32;
@@ -61,309 +37,8 @@ pub const MAX_CONNECT_LINE: usize = 32;
 /// connection request or finish a shutdown.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub const TYPE_STREAM: u16 = 1;
-pub const OP_REQUEST: u16 = 1;
-pub const OP_RESPONSE: u16 = 2;
-pub const OP_RST: u16 = 3;
-pub const OP_SHUTDOWN: u16 = 4;
-pub const OP_RW: u16 = 5;
-pub const OP_CREDIT_UPDATE: u16 = 6;
-pub const OP_CREDIT_REQUEST: u16 = 7;
-pub const SHUTDOWN_RCV: u32 = 1;
-pub const SHUTDOWN_SEND: u32 = 2;
-
 const LISTENER_TOKEN: u64 = FIRST_BACKEND_TOKEN;
 const CONN_TOKEN_BASE: u64 = FIRST_BACKEND_TOKEN + 1;
-
-/// struct virtio_vsock_hdr (little endian on the wire).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Header {
-    pub src_cid: u64,
-    pub dst_cid: u64,
-    pub src_port: u32,
-    pub dst_port: u32,
-    pub len: u32,
-    pub type_: u16,
-    pub op: u16,
-    pub flags: u32,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
-}
-
-impl Header {
-    pub fn parse(b: &[u8; HDR_LEN]) -> Self {
-        let u64_at = |o: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[o..o + 8]);
-            u64::from_le_bytes(a)
-        };
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        Header {
-            src_cid: u64_at(0),
-            dst_cid: u64_at(8),
-            src_port: u32_at(16),
-            dst_port: u32_at(20),
-            len: u32_at(24),
-            type_: u16_at(28),
-            op: u16_at(30),
-            flags: u32_at(32),
-            buf_alloc: u32_at(36),
-            fwd_cnt: u32_at(40),
-        }
-    }
-
-    pub fn to_bytes(&self) -> [u8; HDR_LEN] {
-        let mut b = [0u8; HDR_LEN];
-        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
-        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
-        b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28..30].copy_from_slice(&self.type_.to_le_bytes());
-        b[30..32].copy_from_slice(&self.op.to_le_bytes());
-        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
-        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
-        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
-        b
-    }
-}
-
-/// The vsock device: configuration plus the host listener (kept across resets).
-pub struct Vsock {
-    guest_cid: u64,
-    uds_path: PathBuf,
-    listener: UnixListener,
-    queue_sizes: [u16; 3],
-}
-
-impl Vsock {
-    /// Listens on `uds_path` (a stale socket file nobody listens on is replaced) for host
-    /// connections; guest connections go to `<uds_path>_<port>`.
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self> {
-        if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
-            return Err(Error::Driver(format!(
-                "guest CID {guest_cid} is reserved or out of range (3..2^32-1)"
-            )));
-        }
-        if uds_path.exists() {
-            if UnixStream::connect(&uds_path).is_ok() {
-                return Err(Error::io(
-                    format!("vsock socket {}", uds_path.display()),
-                    std::io::Error::new(ErrorKind::AddrInUse, "another process listens there"),
-                ));
-            }
-            std::fs::remove_file(&uds_path)
-                .map_err(|e| Error::io(format!("remove stale {}", uds_path.display()), e))?;
-        }
-        let listener = UnixListener::bind(&uds_path)
-            .map_err(|e| Error::io(format!("listen on {}", uds_path.display()), e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("nonblocking listener", e))?;
-        Ok(Vsock {
-            guest_cid,
-            uds_path,
-            listener,
-            queue_sizes: [QUEUE_SIZE; 3],
-        })
-    }
-
-    pub fn guest_cid(&self) -> u64 {
-        self.guest_cid
-    }
-
-    pub fn uds_path(&self) -> &Path {
-        &self.uds_path
-    }
-}
-
-impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        device_type::VSOCK
-    }
-    fn kind(&self) -> &'static str {
-        "vsock"
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-    fn features(&self) -> u64 {
-        features::VERSION_1
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
-    }
-    fn activate(&mut self, a: Activation) -> Result<Box<dyn Worker>> {
-        let listener = self
-            .listener
-            .try_clone()
-            .map_err(|e| Error::io("dup the vsock listener", e))?;
-        let mut queues = a.queues.into_iter();
-        let (Some(rxq), Some(txq)) = (queues.next(), queues.next()) else {
-            return Err(Error::Driver("vsock needs rx and tx queues".into()));
-        };
-        // Connections the host opened while the device was not active are served now; drop
-        // nothing here.
-        Ok(Box::new(VsockWorker {
-            mem: a.mem,
-            rxq,
-            txq,
-            irq: a.irq,
-            guest_cid: self.guest_cid,
-            uds_path: self.uds_path.clone(),
-            listener,
-            conns: HashMap::new(),
-            by_key: HashMap::new(),
-            pending: HashMap::new(),
-            ctrl: VecDeque::new(),
-            next_id: 0,
-            next_host_port: 1 << 30,
-            tx_blocked: false,
-            rx_starved: false,
-            pkt: vec![0u8; MAX_PKT_PAYLOAD],
-        }))
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Host-initiated: REQUEST sent to the guest, waiting for RESPONSE.
-    Connecting,
-    Established,
-    /// We sent SHUTDOWN(both) after the host closed; waiting for the guest's RST.
-    Closing,
-    /// The guest shut down both directions; we finish writing its data, then RST.
-    Draining,
-}
-
-struct Conn {
-    stream: UnixStream,
-    local_port: u32,
-    peer_port: u32,
-    state: State,
-    deadline: Option<Instant>,
-    /// Peer credit (from the guest's headers).
-    peer_buf_alloc: u32,
-    peer_fwd_cnt: u32,
-    /// Bytes sent to the guest.
-    tx_cnt: u32,
-    /// Guest bytes written to the host socket.
-    fwd_cnt: u32,
-    /// fwd_cnt last told to the guest.
-    last_fwd_sent: u32,
-    /// Bytes for the host: `prefix` control bytes (our "OK ..." line) then guest data.
-    to_host: VecDeque<u8>,
-    prefix: usize,
-    to_guest: VecDeque<u8>,
-    host_eof: bool,
-    /// The guest will send no more (SHUTDOWN SEND): the host socket's write side is shut once
-    /// the buffered data is written.
-    guest_shut_send: bool,
-    /// The guest will receive no more (SHUTDOWN RCV): host data is no longer read.
-    guest_shut_rcv: bool,
-    /// EPOLLHUP seen: the fd is out of epoll, read in `tick` while there is room.
-    hup: bool,
-    shut_write_done: bool,
-    /// We told the guest the host sends no more (SHUTDOWN SEND, after a half-close): the
-    /// guest may still send.
-    host_shut_sent: bool,
-    interest: Option<EventSet>,
-}
-
-impl Conn {
-    fn new(stream: UnixStream, local_port: u32, peer_port: u32, state: State) -> Self {
-        Conn {
-            stream,
-            local_port,
-            peer_port,
-            state,
-            deadline: None,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: 0,
-            tx_cnt: 0,
-            fwd_cnt: 0,
-            last_fwd_sent: 0,
-            to_host: VecDeque::new(),
-            prefix: 0,
-            to_guest: VecDeque::new(),
-            host_eof: false,
-            guest_shut_send: false,
-            guest_shut_rcv: false,
-            hup: false,
-            shut_write_done: false,
-            host_shut_sent: false,
-            interest: None,
-        }
-    }
-
-    /// Bytes the guest can still receive.
-    fn peer_credit(&self) -> usize {
-        let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
-        if in_flight > self.peer_buf_alloc {
-            0
-        } else {
-            (self.peer_buf_alloc - in_flight) as usize
-        }
-    }
-
-    fn guest_bytes_queued(&self) -> usize {
-        self.to_host.len() - self.prefix
-    }
-
-    /// Writes what it can of `to_host`. Err: the host socket is broken.
-    fn flush(&mut self) -> std::io::Result<()> {
-        while !self.to_host.is_empty() {
-            let (a, _) = self.to_host.as_slices();
-            match self.stream.write(a) {
-                Ok(0) => return Err(std::io::Error::from(ErrorKind::WriteZero)),
-                Ok(n) => {
-                    let ctl = n.min(self.prefix);
-                    self.prefix -= ctl;
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add((n - ctl) as u32);
-                    self.to_host.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes guest data while nothing is queued; what the socket does not take is queued.
-    fn write_direct(&mut self, mut data: &[u8]) -> std::io::Result<()> {
-        while !data.is_empty() {
-            match self.stream.write(data) {
-                Ok(0) => return Err(std::io::Error::from(ErrorKind::WriteZero)),
-                Ok(n) => {
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
-                    data = &data[n..];
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.to_host.extend(data);
-        Ok(())
-    }
-
-    /// Reads from the host socket into `to_guest` while there is room. Ok(false) on EOF.
-    fn fill(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        while self.to_guest.len() < TO_GUEST_MAX {
-            let room = (TO_GUEST_MAX - self.to_guest.len()).min(buf.len());
-            match self.stream.read(&mut buf[..room]) {
-                Ok(0) => return Ok(false),
-                Ok(n) => self.to_guest.extend(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-}
 
 /// A host connection that has not sent its CONNECT line yet.
 struct Pending {
@@ -374,7 +49,7 @@ struct Pending {
 
 type Key = (u32, u32); // (local port on the host side, guest port)
 
-struct VsockWorker {
+pub(super) struct VsockWorker {
     mem: GuestMemory,
     rxq: Queue,
     txq: Queue,
@@ -395,6 +70,38 @@ struct VsockWorker {
 }
 
 impl VsockWorker {
+    /// The worker of an activated device (its listener duplicated, no connections yet).
+    pub(super) fn new(dev: &Vsock, a: Activation) -> Result<Self> {
+        let listener = dev
+            .listener
+            .try_clone()
+            .map_err(|e| Error::io("dup the vsock listener", e))?;
+        let mut queues = a.queues.into_iter();
+        let (Some(rxq), Some(txq)) = (queues.next(), queues.next()) else {
+            return Err(Error::Driver("vsock needs rx and tx queues".into()));
+        };
+        // Connections the host opened while the device was not active are served now; drop
+        // nothing here.
+        Ok(VsockWorker {
+            mem: a.mem,
+            rxq,
+            txq,
+            irq: a.irq,
+            guest_cid: dev.guest_cid,
+            uds_path: dev.uds_path.clone(),
+            listener,
+            conns: HashMap::new(),
+            by_key: HashMap::new(),
+            pending: HashMap::new(),
+            ctrl: VecDeque::new(),
+            next_id: 0,
+            next_host_port: 1 << 30,
+            tx_blocked: false,
+            rx_starved: false,
+            pkt: vec![0u8; MAX_PKT_PAYLOAD],
+        })
+    }
+
     fn token(id: u64) -> u64 {
         CONN_TOKEN_BASE + id
     }
@@ -1096,53 +803,4 @@ fn connect_nonblocking(path: &Path) -> Result<UnixStream> {
     socket::connect(fd.as_raw_fd(), &addr)
         .map_err(|e| Error::sys(format!("connect {}", path.display()), e))?;
     Ok(UnixStream::from(fd))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_round_trip_and_layout() {
-        let h = Header {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 0x1122_3344,
-            dst_port: 1024,
-            len: 7,
-            type_: TYPE_STREAM,
-            op: OP_RW,
-            flags: SHUTDOWN_SEND,
-            buf_alloc: 4096,
-            fwd_cnt: 0xdead_beef,
-        };
-        let b = h.to_bytes();
-        assert_eq!(Header::parse(&b), h);
-        // virtio_vsock_hdr offsets: src_port @16, len @24, op @30, fwd_cnt @40.
-        assert_eq!(&b[16..20], &0x1122_3344u32.to_le_bytes());
-        assert_eq!(&b[24..28], &7u32.to_le_bytes());
-        assert_eq!(&b[30..32], &OP_RW.to_le_bytes());
-        assert_eq!(&b[40..44], &0xdead_beefu32.to_le_bytes());
-    }
-
-    #[test]
-    fn peer_credit_never_wraps_into_a_huge_window() {
-        let (a, _b) = UnixStream::pair().unwrap();
-        let mut c = Conn::new(a, 1, 2, State::Established);
-        c.peer_buf_alloc = 100;
-        c.tx_cnt = 30;
-        c.peer_fwd_cnt = 10;
-        assert_eq!(c.peer_credit(), 80);
-        // Counters wrap around u32.
-        c.tx_cnt = 5;
-        c.peer_fwd_cnt = u32::MAX - 4;
-        assert_eq!(c.peer_credit(), 90);
-        // A guest claiming it consumed more than was sent gets no extra credit.
-        c.tx_cnt = 10;
-        c.peer_fwd_cnt = 20;
-        assert_eq!(c.peer_credit(), 0);
-        c.peer_fwd_cnt = 0;
-        c.tx_cnt = 150;
-        assert_eq!(c.peer_credit(), 0);
-    }
 }
