@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use relm4::gtk;
 use relm4::gtk::prelude::*;
-use relm4::{Component, ComponentParts, ComponentSender};
+use relm4::{Component, ComponentController, ComponentParts, ComponentSender, Controller};
 
 use crate::client::{describe, proxy};
 use crate::simple_policy::{Kind, SimpleFile, SimpleRule, ACTIONS};
 use crate::style;
-use crate::widgets::{margin_box, scrolled, ErrorBar};
+use crate::widgets::{margin_box, scrolled, Dismissed, ErrorBar, ErrorBarMsg};
 
 /// Quiet time after the last edit before the text is checked.
 pub const CHECK_DELAY: Duration = Duration::from_millis(300);
@@ -106,7 +106,7 @@ pub struct PolicyWidgets {
     buffer: gtk::TextBuffer,
     errors: gtk::Label,
     save: gtk::Button,
-    error_bar: ErrorBar,
+    error_bar: Controller<ErrorBar>,
     simple: HashMap<Kind, SimpleSection>,
     pages: gtk::Notebook,
     /// Guards against row-selected while the list is rebuilt.
@@ -156,7 +156,7 @@ impl PolicyEditor {
 
     fn show_error(&self, w: &PolicyWidgets, sender: &ComponentSender<Self>, msg: String) {
         tracing::warn!(error = %msg, "shown to the user");
-        w.error_bar.show(&msg);
+        w.error_bar.emit(ErrorBarMsg::Show(msg.clone()));
         let _ = sender.output(PolicyOutput::Error(msg));
     }
 
@@ -385,11 +385,10 @@ impl Component for PolicyEditor {
         notebook.append_page(&sscroll, Some(&gtk::Label::new(Some("Common rules"))));
         outer.append(&notebook);
 
-        let error_bar = {
-            let s = sender.clone();
-            ErrorBar::new(move || s.input(PolicyMsg::DismissError))
-        };
-        outer.append(&error_bar.bar);
+        let error_bar = ErrorBar::builder()
+            .launch(())
+            .forward(sender.input_sender(), |Dismissed| PolicyMsg::DismissError);
+        outer.append(error_bar.widget());
         root.set_child(Some(&outer));
 
         let rebuilding = std::rc::Rc::new(std::cell::Cell::new(false));
@@ -517,7 +516,7 @@ impl Component for PolicyEditor {
                     self.save_simple(&sender, kind);
                 }
             }
-            PolicyMsg::DismissError => w.error_bar.hide(),
+            PolicyMsg::DismissError => w.error_bar.emit(ErrorBarMsg::Hide),
         }
     }
 
