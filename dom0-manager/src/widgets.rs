@@ -143,20 +143,3 @@ impl SimpleComponent for ErrorBar {
         };
     }
 }
-
-/// A box with a margin of `m` on every side.
-pub fn margin_box(orientation: gtk::Orientation, spacing: i32, m: i32) -> gtk::Box {
-    let b = gtk::Box::new(orientation, spacing);
-    b.set_margin_top(m);
-    b.set_margin_bottom(m);
-    b.set_margin_start(m);
-    b.set_margin_end(m);
-    b
-}
-
-/// `child` in a scrolled window.
-pub fn scrolled(child: &impl IsA<gtk::Widget>) -> gtk::ScrolledWindow {
-    let s = gtk::ScrolledWindow::new();
-    s.set_child(Some(child));
-    s
-}
