@@ -1,10 +1,10 @@
-//! Pieces both windows use: [`Choice`], the model of a drop-down, and [`ErrorBar`], the
-//! error bar at the bottom of a window.
+//! Pieces both windows use: [`Choice`], the model of a drop-down, [`FormGrid`], the grid
+//! of a form, and [`ErrorBar`], the error bar at the bottom of a window.
 
 use relm4::binding::{Binding, U32Binding};
 use relm4::gtk;
 use relm4::gtk::prelude::*;
-use relm4::{ComponentParts, ComponentSender, SimpleComponent};
+use relm4::{ComponentParts, ComponentSender, SimpleComponent, WidgetTemplate};
 
 /// The entry that stands for "no domain" in a drop-down.
 pub const NONE_ENTRY: &str = "(none)";
@@ -79,6 +79,19 @@ pub fn with_none(names: impl IntoIterator<Item = String>) -> Vec<String> {
     std::iter::once(NONE_ENTRY.to_owned())
         .chain(names)
         .collect()
+}
+
+/// The grid of a form: captions left, fields right.
+#[relm4::widget_template(pub)]
+impl WidgetTemplate for FormGrid {
+    view! {
+        gtk::Grid {
+            set_row_spacing: 6,
+            set_column_spacing: 8,
+            set_margin_top: 8,
+            set_margin_start: 8,
+        }
+    }
 }
 
 /// The error bar at the bottom of a window: a message stays until dismissed.

@@ -334,11 +334,12 @@ impl Component for ManagerWindow {
                     },
 
                     #[wrap(Some)]
+                    // (a form tab's root is its FormGrid template, a gtk::Grid underneath)
                     set_end_child = &gtk::Notebook {
-                        append_page: (model.settings.widget(), Some(&gtk::Label::new(Some("Settings")))),
+                        append_page: (&**model.settings.widget(), Some(&gtk::Label::new(Some("Settings")))),
                         append_page: (model.apps.widget(), Some(&gtk::Label::new(Some("Applications")))),
-                        append_page: (model.create.widget(), Some(&gtk::Label::new(Some("Create")))),
-                        append_page: (model.clone.widget(), Some(&gtk::Label::new(Some("Clone")))),
+                        append_page: (&**model.create.widget(), Some(&gtk::Label::new(Some("Create")))),
+                        append_page: (&**model.clone.widget(), Some(&gtk::Label::new(Some("Clone")))),
                         #[watch]
                         #[block_signal(page_switched)]
                         set_current_page: Some(model.tab.page()),

@@ -4,10 +4,11 @@
 use relm4::binding::{Binding, StringBinding};
 use relm4::gtk;
 use relm4::gtk::prelude::*;
-use relm4::{Component, ComponentParts, ComponentSender, RelmObjectExt};
+use relm4::{ComponentParts, ComponentSender, RelmObjectExt, SimpleComponent};
 
 use super::{Event, ManagerMsg};
 use crate::forms::clone_problem;
+use crate::widgets::FormGrid;
 
 /// The clone form.
 pub struct ClonePanel {
@@ -52,19 +53,14 @@ impl ClonePanel {
 }
 
 #[relm4::component(pub)]
-impl Component for ClonePanel {
+impl SimpleComponent for ClonePanel {
     type Init = ();
     type Input = CloneMsg;
     type Output = ManagerMsg;
-    type CommandOutput = ();
 
     view! {
-        gtk::Grid {
-            set_row_spacing: 6,
-            set_column_spacing: 8,
-            set_margin_top: 8,
-            set_margin_start: 8,
-
+        #[template]
+        FormGrid {
             attach[0, 0, 2, 1] = &gtk::Label {
                 set_xalign: 0.0,
                 #[watch]
@@ -103,7 +99,7 @@ impl Component for ClonePanel {
         ComponentParts { model, widgets }
     }
 
-    fn update(&mut self, msg: CloneMsg, sender: ComponentSender<Self>, _root: &Self::Root) {
+    fn update(&mut self, msg: CloneMsg, sender: ComponentSender<Self>) {
         match msg {
             CloneMsg::Source(s) => self.source = s,
             CloneMsg::Existing(names) => self.existing = names,

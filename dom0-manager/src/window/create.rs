@@ -5,14 +5,14 @@
 use relm4::binding::{Binding, StringBinding};
 use relm4::gtk;
 use relm4::gtk::prelude::*;
-use relm4::{Component, ComponentParts, ComponentSender, RelmObjectExt, RelmWidgetExt};
+use relm4::{ComponentParts, ComponentSender, RelmObjectExt, RelmWidgetExt, SimpleComponent};
 
 use bulkhead_api::DomainInfo;
 use bulkhead_domain::{DomainClass, Label};
 
 use super::{Event, ManagerMsg};
 use crate::forms::{create_problem, CreateForm};
-use crate::widgets::{with_none, Choice, NONE_ENTRY};
+use crate::widgets::{with_none, Choice, FormGrid, NONE_ENTRY};
 
 /// The create form.
 pub struct CreatePanel {
@@ -62,19 +62,14 @@ impl CreatePanel {
 }
 
 #[relm4::component(pub)]
-impl Component for CreatePanel {
+impl SimpleComponent for CreatePanel {
     type Init = ();
     type Input = CreateMsg;
     type Output = ManagerMsg;
-    type CommandOutput = ();
 
     view! {
-        gtk::Grid {
-            set_row_spacing: 6,
-            set_column_spacing: 8,
-            set_margin_top: 8,
-            set_margin_start: 8,
-
+        #[template]
+        FormGrid {
             attach[0, 0, 1, 1] = &super::caption("Name"),
             attach[1, 0, 1, 1] = &gtk::Entry {
                 set_placeholder_text: Some("name, e.g. mail"),
@@ -134,7 +129,7 @@ impl Component for CreatePanel {
         ComponentParts { model, widgets }
     }
 
-    fn update(&mut self, msg: CreateMsg, sender: ComponentSender<Self>, _root: &Self::Root) {
+    fn update(&mut self, msg: CreateMsg, sender: ComponentSender<Self>) {
         match msg {
             CreateMsg::Domains(domains) => {
                 self.existing = domains.iter().map(|d| d.name.clone()).collect();

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use relm4::binding::{Binding, F64Binding};
 use relm4::gtk;
 use relm4::gtk::prelude::*;
-use relm4::{Component, ComponentParts, ComponentSender, RelmObjectExt};
+use relm4::{ComponentParts, ComponentSender, RelmObjectExt, SimpleComponent};
 
 use bulkhead_domain::{Isolation, Label, MEMORY_RANGE_MIB, VCPUS_RANGE};
 
 use super::{Event, ManagerMsg};
-use crate::widgets::{with_none, Choice, NONE_ENTRY};
+use crate::widgets::{with_none, Choice, FormGrid, NONE_ENTRY};
 
 /// The settings form.
 pub struct SettingsPanel {
@@ -96,19 +96,14 @@ fn caption(text: &str) -> gtk::Label {
 }
 
 #[relm4::component(pub)]
-impl Component for SettingsPanel {
+impl SimpleComponent for SettingsPanel {
     type Init = ();
     type Input = SettingsMsg;
     type Output = ManagerMsg;
-    type CommandOutput = ();
 
     view! {
-        gtk::Grid {
-            set_row_spacing: 6,
-            set_column_spacing: 8,
-            set_margin_top: 8,
-            set_margin_start: 8,
-
+        #[template]
+        FormGrid {
             attach[0, 0, 2, 1] = &gtk::Label {
                 set_xalign: 0.0,
                 #[watch]
@@ -177,7 +172,7 @@ impl Component for SettingsPanel {
         ComponentParts { model, widgets }
     }
 
-    fn update(&mut self, msg: SettingsMsg, sender: ComponentSender<Self>, _root: &Self::Root) {
+    fn update(&mut self, msg: SettingsMsg, sender: ComponentSender<Self>) {
         match msg {
             SettingsMsg::Domain(name) => {
                 self.domain = name;
