@@ -1,10 +1,10 @@
 //! The policy editor (relm4 component [`PolicyEditor`]).
 //!
-//! "Files" ([`files`]): the policy files in evaluation order (`ListPolicyFiles`); the
+//! "Files" (`files`): the policy files in evaluation order (`ListPolicyFiles`); the
 //! selected one in a text view; every error of the text at `file:line` under it and its
 //! lines highlighted, checked by domaind's engine (`CheckPolicyText`) 300 ms after the last
 //! keystroke; Save writes it atomically (`WritePolicyFile`, which refuses text with errors).
-//! "Common rules" ([`simple`]): the simple view ([`crate::simple_policy`]) writing the same
+//! "Common rules" (`simple`): the simple view ([`crate::simple_policy`]) writing the same
 //! files. Each tab is its own component; the editor holds them, the tab shown and the error
 //! bar.
 

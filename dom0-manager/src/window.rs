@@ -1,13 +1,13 @@
 //! The domain manager window (relm4 component [`ManagerWindow`]).
 //!
 //! Left: every domain with its label colour, name, class, state (text and a coloured
-//! badge), memory and CPU ([`list::DomainRow`], a factory). Toolbar: start, shutdown, kill,
-//! pause, unpause, remove ([`list::ActionButton`], a factory), the policy editor. Right, for
-//! the selected domain, each tab its own component: settings ([`settings`]), applications
-//! (launch in the domain or in a new disposable, [`apps`]), create ([`create`]), clone
-//! ([`clone`]). Bottom: start progress and an error bar that stays until dismissed.
+//! badge), memory and CPU (`list::DomainRow`, a factory). Toolbar: start, shutdown, kill,
+//! pause, unpause, remove (`list::ActionButton`, a factory), the policy editor. Right, for
+//! the selected domain, each tab its own component: settings (`settings`), applications
+//! (launch in the domain or in a new disposable, `apps`), create (`create`), clone
+//! (`clone`). Bottom: start progress and an error bar that stays until dismissed.
 //!
-//! Live ([`live`]): `StateChanged` and `Progress` signals update rows and the progress bar;
+//! Live (`live`): `StateChanged` and `Progress` signals update rows and the progress bar;
 //! the list is reloaded after every action and every few seconds, usage (`GetUsage`) every
 //! 2 seconds. Every widget action is also a [`ManagerMsg`], so tests and dom0-ui drive the
 //! window the way a click does.
@@ -15,7 +15,7 @@
 mod apps;
 mod clone;
 mod create;
-pub mod list;
+mod list;
 mod live;
 mod settings;
 
