@@ -1,66 +1,158 @@
-//! Small widget builders both windows use.
+//! Pieces both windows use: [`Choice`], the model of a drop-down, [`FormGrid`], the grid
+//! of a form, and [`ErrorBar`], the error bar at the bottom of a window.
 
+use relm4::binding::{Binding, U32Binding};
 use relm4::gtk;
 use relm4::gtk::prelude::*;
+use relm4::{ComponentParts, ComponentSender, SimpleComponent, WidgetTemplate};
 
-/// A vertical box with a margin of `m` on every side.
-pub fn margin_box(orientation: gtk::Orientation, spacing: i32, m: i32) -> gtk::Box {
-    let b = gtk::Box::new(orientation, spacing);
-    b.set_margin_top(m);
-    b.set_margin_bottom(m);
-    b.set_margin_start(m);
-    b.set_margin_end(m);
-    b
+/// The entry that stands for "no domain" in a drop-down.
+pub const NONE_ENTRY: &str = "(none)";
+
+/// What a drop-down offers and which of it is selected, bound both ways to a
+/// `gtk::DropDown` in a `view!`:
+/// `set_model: Some(&model.x.items), add_binding: (&model.x.selected, "selected")`.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub items: gtk::StringList,
+    pub selected: U32Binding,
 }
 
-/// A grid for a form (captions left, fields right).
-pub fn form_grid() -> gtk::Grid {
-    let g = gtk::Grid::new();
-    g.set_row_spacing(6);
-    g.set_column_spacing(8);
-    g.set_margin_top(8);
-    g.set_margin_start(8);
-    g
+impl Choice {
+    pub fn new(items: &[&str]) -> Self {
+        Self {
+            items: gtk::StringList::new(items),
+            selected: U32Binding::new(0u32),
+        }
+    }
+
+    /// The selected text ("" when nothing is).
+    pub fn text(&self) -> String {
+        self.items
+            .string(self.selected.get())
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The selected text, "" for [`NONE_ENTRY`].
+    pub fn text_or_empty(&self) -> String {
+        Some(self.text())
+            .filter(|t| t != NONE_ENTRY)
+            .unwrap_or_default()
+    }
+
+    /// Select `text` if it is offered (otherwise the selection stays).
+    pub fn select(&self, text: &str) {
+        if let Some(i) = self.position(text) {
+            self.selected.set(i);
+        }
+    }
+
+    /// Select `text`, [`NONE_ENTRY`] for "".
+    pub fn select_or_none(&self, text: &str) {
+        self.select(if text.is_empty() { NONE_ENTRY } else { text });
+    }
+
+    pub fn position(&self, text: &str) -> Option<u32> {
+        (0..self.items.n_items()).find(|&i| self.items.string(i).is_some_and(|s| s == text))
+    }
+
+    pub fn len(&self) -> u32 {
+        self.items.n_items()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offer `items` instead, keeping the selected text where it is still offered.
+    pub fn set_items(&self, items: &[String]) {
+        let keep = self.text();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        self.items.splice(0, self.items.n_items(), &refs);
+        self.select(&keep);
+    }
 }
 
-/// `child` in a scrolled window.
-pub fn scrolled(child: &impl IsA<gtk::Widget>) -> gtk::ScrolledWindow {
-    let s = gtk::ScrolledWindow::new();
-    s.set_child(Some(child));
-    s
+/// [`NONE_ENTRY`] followed by `names`.
+pub fn with_none(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    std::iter::once(NONE_ENTRY.to_owned())
+        .chain(names)
+        .collect()
 }
 
-/// The error bar at the bottom of a window: the message stays until dismissed.
+/// The grid of a form: captions left, fields right.
+#[relm4::widget_template(pub)]
+impl WidgetTemplate for FormGrid {
+    view! {
+        gtk::Grid {
+            set_row_spacing: 6,
+            set_column_spacing: 8,
+            set_margin_top: 8,
+            set_margin_start: 8,
+        }
+    }
+}
+
+/// The error bar at the bottom of a window: a message stays until dismissed.
+#[derive(Debug, Default)]
 pub struct ErrorBar {
-    pub bar: gtk::Box,
-    label: gtk::Label,
+    message: Option<String>,
 }
 
-impl ErrorBar {
-    /// A hidden error bar; `on_dismiss` runs when its button is clicked.
-    pub fn new(on_dismiss: impl Fn() + 'static) -> Self {
+/// What [`ErrorBar`] accepts.
+#[derive(Debug)]
+pub enum ErrorBarMsg {
+    Show(String),
+    Hide,
+}
+
+/// The bar's Dismiss button was clicked.
+#[derive(Debug)]
+pub struct Dismissed;
+
+#[relm4::component(pub)]
+impl SimpleComponent for ErrorBar {
+    type Init = ();
+    type Input = ErrorBarMsg;
+    type Output = Dismissed;
+
+    view! {
         // vertical: a wrapping label beside a button confuses GTK's height-for-width
-        let bar = gtk::Box::new(gtk::Orientation::Vertical, 4);
-        bar.add_css_class("error-bar");
-        let label = gtk::Label::new(None);
-        label.set_wrap(true);
-        label.set_xalign(0.0);
-        label.set_selectable(true);
-        let dismiss = gtk::Button::with_label("Dismiss");
-        dismiss.set_halign(gtk::Align::End);
-        dismiss.connect_clicked(move |_| on_dismiss());
-        bar.append(&label);
-        bar.append(&dismiss);
-        bar.set_visible(false);
-        Self { bar, label }
+        gtk::Box {
+            set_orientation: gtk::Orientation::Vertical,
+            set_spacing: 4,
+            add_css_class: "error-bar",
+            #[watch]
+            set_visible: model.message.is_some(),
+
+            gtk::Label {
+                set_wrap: true,
+                set_xalign: 0.0,
+                set_selectable: true,
+                #[watch]
+                set_text: model.message.as_deref().unwrap_or_default(),
+            },
+            gtk::Button {
+                set_label: "Dismiss",
+                set_halign: gtk::Align::End,
+                connect_clicked[sender] => move |_| {
+                    let _ = sender.output(Dismissed);
+                },
+            },
+        }
     }
 
-    pub fn show(&self, msg: &str) {
-        self.label.set_text(msg);
-        self.bar.set_visible(true);
+    fn init(_: (), root: Self::Root, sender: ComponentSender<Self>) -> ComponentParts<Self> {
+        let model = ErrorBar::default();
+        let widgets = view_output!();
+        ComponentParts { model, widgets }
     }
 
-    pub fn hide(&self) {
-        self.bar.set_visible(false);
+    fn update(&mut self, msg: ErrorBarMsg, _sender: ComponentSender<Self>) {
+        self.message = match msg {
+            ErrorBarMsg::Show(m) => Some(m),
+            ErrorBarMsg::Hide => None,
+        };
     }
 }

@@ -1,0 +1,293 @@
+//! The window's background D-Bus work: its command results ([`ManagerCmd`]) and the
+//! subscription to domaind's signals with the usage and list ticks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use relm4::ComponentSender;
+
+use bulkhead_api::DomainInfo;
+
+use super::{DomainAction, Event, ManagerOutput, ManagerWindow, Progress, Usage};
+use crate::client::{describe, proxy};
+
+/// How often usage is polled.
+const USAGE_PERIOD: Duration = Duration::from_secs(2);
+/// How often the list is reloaded without a signal (create/remove by others).
+const LIST_PERIOD: Duration = Duration::from_secs(5);
+
+/// Results of background D-Bus work.
+#[derive(Debug)]
+pub enum ManagerCmd {
+    Domains(Result<Vec<DomainInfo>, String>),
+    Usage(Vec<(String, u64, u64)>),
+    StateChanged(String, String),
+    Progress(String, String, u32, u32),
+    Props(String, Result<HashMap<String, String>, String>),
+    Apps(String, Result<Vec<(String, String, String)>, String>),
+    Done(String, Result<(), String>),
+    /// The signal subscription failed (shown as an error).
+    SignalsLost(String),
+    /// Time to poll usage.
+    UsageTick,
+    /// Time to reload the list.
+    ListTick,
+}
+
+/// Follow `StateChanged` and `Progress` until the component shuts down; a tick every
+/// [`USAGE_PERIOD`] polls usage and every [`LIST_PERIOD`] reloads the list.
+pub fn subscribe(conn: zbus::Connection, sender: &ComponentSender<ManagerWindow>) {
+    sender.command(move |out, shutdown| {
+        shutdown
+            .register(async move {
+                let p = match proxy(&conn).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = out.send(ManagerCmd::SignalsLost(describe(&e)));
+                        return;
+                    }
+                };
+                let streams = async {
+                    Ok::<_, zbus::Error>((
+                        p.receive_state_changed().await?,
+                        p.receive_progress().await?,
+                    ))
+                };
+                let (mut states, mut progress) = match streams.await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = out.send(ManagerCmd::SignalsLost(e.to_string()));
+                        return;
+                    }
+                };
+                let mut usage_tick = tokio::time::interval(USAGE_PERIOD);
+                let mut list_tick = tokio::time::interval(LIST_PERIOD);
+                loop {
+                    let cmd = tokio::select! {
+                        s = states.next() => match s.map(|s| s.args().map(|a| (a.name, a.state))) {
+                            Some(Ok((n, st))) => ManagerCmd::StateChanged(n, st),
+                            Some(Err(e)) => { tracing::debug!(error = %e, "bad StateChanged"); continue }
+                            None => { let _ = out.send(ManagerCmd::SignalsLost("domaind went away".into())); return }
+                        },
+                        s = progress.next() => match s.map(|s| s.args().map(|a| (a.name, a.step, a.done, a.total))) {
+                            Some(Ok((n, st, d, t))) => ManagerCmd::Progress(n, st, d, t),
+                            Some(Err(e)) => { tracing::debug!(error = %e, "bad Progress"); continue }
+                            None => return,
+                        },
+                        _ = usage_tick.tick() => ManagerCmd::UsageTick,
+                        _ = list_tick.tick() => ManagerCmd::ListTick,
+                    };
+                    if out.send(cmd).is_err() {
+                        return;
+                    }
+                }
+            })
+            .drop_on_shutdown()
+    });
+}
+
+/// The window's D-Bus calls (each result comes back as a [`ManagerCmd`]) and what it does
+/// with usage, state changes and progress.
+impl ManagerWindow {
+    pub(super) fn refresh(&self, sender: &ComponentSender<Self>) {
+        let conn = self.conn.clone();
+        sender.oneshot_command(async move {
+            let r = async { proxy(&conn).await?.list().await }.await;
+            ManagerCmd::Domains(r.map_err(|e| describe(&e)))
+        });
+    }
+
+    pub(super) fn load_selected(&self, sender: &ComponentSender<Self>) {
+        let Some(name) = self.selected.clone() else {
+            return;
+        };
+        let conn = self.conn.clone();
+        let n = name.clone();
+        sender.oneshot_command(async move {
+            let r = async { proxy(&conn).await?.get_properties(&n).await }.await;
+            ManagerCmd::Props(n, r.map_err(|e| describe(&e)))
+        });
+        let conn = self.conn.clone();
+        sender.oneshot_command(async move {
+            let r = async { proxy(&conn).await?.list_applications(&name).await }.await;
+            ManagerCmd::Apps(name, r.map_err(|e| describe(&e)))
+        });
+    }
+
+    /// Run `call` in the background; its result is shown as done or as an error.
+    pub(super) fn run<F>(&self, sender: &ComponentSender<Self>, what: String, call: F)
+    where
+        F: std::future::Future<Output = Result<(), bulkhead_api::Error>> + Send + 'static,
+    {
+        sender.oneshot_command(async move {
+            ManagerCmd::Done(what, call.await.map_err(|e| describe(&e)))
+        });
+    }
+
+    pub(super) fn start_action(
+        &mut self,
+        action: DomainAction,
+        name: String,
+        sender: &ComponentSender<Self>,
+    ) {
+        let conn = self.conn.clone();
+        let what = format!("{} {name}", action.label().to_lowercase());
+        if action == DomainAction::Start {
+            self.progress = Progress {
+                text: format!("{name}: starting"),
+                fraction: 0.0,
+                visible: true,
+            };
+        }
+        self.run(sender, what, async move {
+            let p = proxy(&conn).await?;
+            match action {
+                DomainAction::Start => p.start(&name).await,
+                DomainAction::Shutdown => p.shutdown(&name, 0).await,
+                DomainAction::Kill => p.kill(&name).await,
+                DomainAction::Pause => p.pause(&name).await,
+                DomainAction::Unpause => p.unpause(&name).await,
+                DomainAction::Remove => p.remove(&name).await,
+            }
+        });
+    }
+
+    pub(super) fn launch(
+        &self,
+        domain: String,
+        desktop_id: String,
+        disposable: bool,
+        sender: &ComponentSender<Self>,
+    ) {
+        let target = if disposable {
+            match self.props.get("default_dispvm").filter(|v| !v.is_empty()) {
+                Some(base) if self.selected.as_deref() == Some(domain.as_str()) => {
+                    format!("@dispvm:{base}")
+                }
+                _ => "@dispvm".to_owned(),
+            }
+        } else {
+            domain
+        };
+        let conn = self.conn.clone();
+        let what = format!("start {desktop_id} in {target}");
+        self.run(sender, what, async move {
+            proxy(&conn)
+                .await?
+                .run_application(&target, &desktop_id)
+                .await
+        });
+    }
+
+    /// What a tab reported.
+    pub(super) fn panel_event(&mut self, e: Event, sender: &ComponentSender<Self>) {
+        let conn = self.conn.clone();
+        match e {
+            Event::Error(m) => self.show_error(sender, m),
+            Event::CreateValidation(p) => {
+                let _ = sender.output(ManagerOutput::CreateValidation(p));
+            }
+            Event::Create(f) => self.run(sender, format!("create {}", f.name), async move {
+                proxy(&conn)
+                    .await?
+                    .create(&f.name, &f.class, &f.template, &f.label, HashMap::new())
+                    .await
+            }),
+            Event::Clone { source, dest } => {
+                self.run(sender, format!("clone {source} as {dest}"), async move {
+                    proxy(&conn).await?.clone_domain(&source, &dest).await
+                })
+            }
+            Event::Apply { domain, changes } => {
+                let keys: Vec<&str> = changes.iter().map(|(k, _)| k.as_str()).collect();
+                let what = format!("set {} of {domain}", keys.join(", "));
+                self.run(sender, what, async move {
+                    let p = proxy(&conn).await?;
+                    for (k, v) in changes {
+                        p.set_property(&domain, &k, &v).await?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    pub(super) fn poll_usage(&self, sender: &ComponentSender<Self>) {
+        let conn = self.conn.clone();
+        let running: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|d| matches!(d.state.as_str(), "running" | "paused" | "starting"))
+            .map(|d| d.name.clone())
+            .collect();
+        sender.oneshot_command(async move {
+            let mut out = Vec::new();
+            if let Ok(p) = proxy(&conn).await {
+                for n in running {
+                    if let Ok((mem, cpu)) = p.get_usage(&n).await {
+                        out.push((n, mem, cpu));
+                    }
+                }
+            }
+            ManagerCmd::Usage(out)
+        });
+    }
+
+    pub(super) fn usage(&mut self, v: Vec<(String, u64, u64)>) {
+        let now = Instant::now();
+        for (name, mem, cpu) in v {
+            let u = self.usage.entry(name.clone()).or_default();
+            u.sample(mem, cpu, now);
+            let u = *u;
+            self.with_row(&name, |r| r.usage = u);
+        }
+    }
+
+    pub(super) fn state_changed(
+        &mut self,
+        name: String,
+        state: String,
+        sender: &ComponentSender<Self>,
+    ) {
+        let known = self.position(&name).is_some();
+        if let Some(i) = self.position(&name) {
+            self.domains[i].state = state.clone();
+        }
+        self.with_row(&name, |r| r.info.state = state.clone());
+        if state != "starting" && self.progress.text.starts_with(&format!("{name}:")) {
+            self.progress.visible = false;
+        }
+        if state == "halted" {
+            self.usage.remove(&name);
+            self.with_row(&name, |r| r.usage = Usage::default());
+        }
+        self.sync_actions();
+        self.shown(sender);
+        // a new domain (a disposable) appears only in a reload
+        if !known {
+            self.refresh(sender);
+        }
+    }
+
+    pub(super) fn progress(
+        &mut self,
+        name: String,
+        step: String,
+        done: u32,
+        total: u32,
+        sender: &ComponentSender<Self>,
+    ) {
+        let fraction = if total > 0 {
+            f64::from(done.min(total)) / f64::from(total)
+        } else {
+            0.0
+        };
+        self.progress = Progress {
+            text: format!("{name}: {step} ({done}/{total})"),
+            fraction,
+            visible: done < total || total == 0,
+        };
+        let _ = sender.output(ManagerOutput::Progress(name, step, done, total));
+    }
+}
