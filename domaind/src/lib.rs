@@ -31,7 +31,8 @@ pub mod stdio;
 pub mod tmpl;
 pub mod usb;
 pub mod vm;
-pub mod volume;
+// The private volume image is the domain model's (the storage bench uses it too).
+pub use bulkhead_domain::volume;
 
 #[cfg(feature = "testing")]
 pub mod testing;
