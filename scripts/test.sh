@@ -64,7 +64,7 @@ awk -v skip_log="$skip_log" '
     FILENAME == skip_log { n++; id = $0; sub(/: .*/, "", id); if (id ~ /::/) counted++; next }
     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
     END { printf "%d passed, %d failed, %d skipped\n", p - counted, f, s + n }' "$skip_log" "$results"
-# A nested VM test whose L1 itself reset ran once more in a new L1 (domaind/src/testing.rs):
+# A nested VM test whose L1 itself reset ran once more in a new L1 (testkit/src/vm.rs):
 # said here, so that an emulator that keeps crashing is seen even when the tests pass.
 l1_resets=$(grep -c '^L1 RESET ' "$results" || true)
 ((l1_resets == 0)) || grep '^L1 RESET ' "$results" | sed 's/^/    /'

@@ -1,7 +1,7 @@
 //! The `bulkhead` binary against a real domaind on a private bus: what a person or a script
 //! sees (output, JSON, exit codes), not just what the D-Bus API returns.
 
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
+use bulkhead_testkit::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -139,7 +139,7 @@ async fn run_in_a_disposable_from_the_debian_template() {
     let Some(cache) = template_cache() else {
         return;
     };
-    if !domaind::testing::sandbox_available() {
+    if !bulkhead_testkit::sandbox_available() {
         return;
     }
     let bus = TestBus::start().expect("dbus-daemon starts");

@@ -4,7 +4,7 @@
 //! opens a file in a new disposable whose default application edits it, the edited copy
 //! comes back, and the disposable is gone afterwards.
 
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
+use bulkhead_testkit::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
 
 /// The disposable template's default application for text/plain: a script that edits the
 /// file it is given (installed in the template's private volume).
@@ -28,7 +28,7 @@ async fn copy_and_open_in_disposable_between_sandbox_domains() {
     let Some(cache) = template_cache() else {
         return;
     };
-    if !domaind::testing::sandbox_available() {
+    if !bulkhead_testkit::sandbox_available() {
         return;
     }
     let bus = TestBus::start().expect("dbus-daemon starts");

@@ -9,7 +9,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
+use bulkhead_testkit::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -43,7 +43,7 @@ async fn a_full_domain_fills_only_itself_and_sees_no_host_path() {
     let Some(cache) = template_cache() else {
         return;
     };
-    if !domaind::testing::sandbox_available() {
+    if !bulkhead_testkit::sandbox_available() {
         return;
     }
     let bus = TestBus::start().expect("dbus-daemon starts");
@@ -161,7 +161,7 @@ async fn a_full_domain_fills_only_itself_and_sees_no_host_path() {
         .paths
         .state_dir
         .join("domains/filler")
-        .join(domaind::volume::IMAGE_NAME);
+        .join(bulkhead_domain::PRIVATE_IMAGE_NAME);
     let mode = std::fs::metadata(&image)
         .expect("private volume image")
         .permissions()

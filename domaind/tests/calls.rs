@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{
+use bulkhead_testkit::{
     bounded, AskAnswer, DomaindOptions, MiniEnv, StdioPipes, TestAskAgent, TestBus, TestDomaind,
 };
 

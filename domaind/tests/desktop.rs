@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{sandbox_available, DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{sandbox_available, DomaindOptions, TestBus, TestDomaind};
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{bounded, cloexec_pipe, DomaindOptions, MiniEnv, StdioPipes};
+use bulkhead_testkit::{bounded, cloexec_pipe, DomaindOptions, MiniEnv, StdioPipes};
 use zbus::zvariant::Fd;
 
 const TEST_LIMIT: Duration = Duration::from_secs(300);

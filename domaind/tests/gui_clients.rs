@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bulkhead_api::Domaind1Proxy;
 use bulkhead_gui_host::{GuiConnection, Receiver, Rules, WindowInfo};
-use domaind::testing::{
+use bulkhead_testkit::{
     bounded, ensure_vm_files, hardware_vm_here_or_nested, register_template, run_in,
     sandbox_available, template_cache, DomaindOptions, RunOutput, TestBus, TestDomaind, VmHost,
     ENV_IN_L1,

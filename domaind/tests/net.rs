@@ -18,7 +18,7 @@ use std::time::Duration;
 use bulkhead_api::{Domaind1Proxy, Error};
 use bulkhead_net::netns::NetNs;
 use bulkhead_net::{dns, link};
-use domaind::testing::{
+use bulkhead_testkit::{
     run_captured, sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind,
 };
 use zbus::zvariant::Fd;

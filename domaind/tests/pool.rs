@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use bulkhead_api::Domaind1Proxy;
-use domaind::testing::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
 use zbus::zvariant::Fd;
 
 const TEST_LIMIT: Duration = Duration::from_secs(420);

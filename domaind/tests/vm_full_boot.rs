@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::Domaind1Proxy;
-use domaind::testing::{
+use bulkhead_testkit::{
     bounded, domain_state, hardware_vm_here_or_nested, process_alive, register_template, run_in,
     template_cache, vmm_thread_states, wait_state, DomaindOptions, TestBus, TestDomaind, VmHost,
     ENV_IN_L1,
@@ -42,7 +42,7 @@ fn debian_cloud_kernel_boots_to_the_agent() {
         cache.display()
     );
     if std::env::var_os(ENV_IN_L1).is_none() {
-        let built = domaind::testing::ensure_vm_files(&cache, "debian-12")
+        let built = bulkhead_testkit::ensure_vm_files(&cache, "debian-12")
             .unwrap_or_else(|e| panic!("the VM files of debian-12: {e}"));
         println!("VM files: {}", built.display());
     }
@@ -449,7 +449,7 @@ fn host_state() -> String {
 async fn console_answers(p: &Domaind1Proxy<'_>, d: &TestDomaind, name: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let cli = domaind::testing::libexec_dir()
+    let cli = bulkhead_testkit::libexec_dir()
         .expect("libexec dir")
         .join("bulkhead");
     let mut child = Command::new(&cli)

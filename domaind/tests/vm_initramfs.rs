@@ -136,7 +136,7 @@ fn initramfs_init_mounts_by_label_and_switches_to_bulkhead_init() {
         bulkhead_test_skip::skip("needs root (loop devices, namespaces)");
         return;
     }
-    let Some(cache) = domaind::testing::template_cache() else {
+    let Some(cache) = bulkhead_testkit::template_cache() else {
         return;
     };
     let store = TemplateStore::new(&cache);
@@ -155,7 +155,7 @@ fn initramfs_init_mounts_by_label_and_switches_to_bulkhead_init() {
     let a = store
         .build_vm(&recipe, &mut |e| println!("{e}"))
         .unwrap_or_else(|e| panic!("VM files: {e}"));
-    let tools_src = domaind::testing::guest_tools_source().expect("guest tools");
+    let tools_src = bulkhead_testkit::guest_tools_source().expect("guest tools");
 
     let d = tempfile::tempdir().expect("tempdir");
     let t = d.path();

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_api::Domaind1Proxy;
-use domaind::testing::{
+use bulkhead_testkit::{
     bounded, build_ticker_guest, domain_state, install_test_vm_artifacts, process_alive,
     sandbox_available, vmm_bin, vmm_probe, vmm_thread_states, wait_state, DomaindOptions, TestBus,
     TestDomaind,
@@ -339,7 +339,7 @@ async fn body() {
 
     // `bulkhead log` shows the console too, `bulkhead ls` the VM (the CLI binary, when it is built next to the
     // launcher as `cargo build --workspace --bins` does).
-    if let Some(cli) = domaind::testing::libexec_dir()
+    if let Some(cli) = bulkhead_testkit::libexec_dir()
         .ok()
         .map(|d| d.join("bulkhead"))
         .filter(|p| p.is_file())

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bulkhead_api::Domaind1Proxy;
 use bulkhead_net::netns::NetNs;
 use bulkhead_net::{addr, dns, link};
-use domaind::testing::{
+use bulkhead_testkit::{
     bounded, hardware_vm_here_or_nested, register_template, run_captured, template_cache,
     DomaindOptions, TestBus, TestDomaind, VmHost, ENV_IN_L1,
 };
@@ -54,7 +54,7 @@ fn vm_domain_gets_the_network_of_its_netvm() {
         return;
     }
     if std::env::var_os(ENV_IN_L1).is_none() {
-        domaind::testing::ensure_vm_files(&cache, "debian-12")
+        bulkhead_testkit::ensure_vm_files(&cache, "debian-12")
             .unwrap_or_else(|e| panic!("the VM files of debian-12: {e}"));
     }
     match hardware_vm_here_or_nested(TEST_NAME) {
