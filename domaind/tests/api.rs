@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use bulkhead_testkit::{DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{start_domaind, DomaindOptions, TestBus, TestDomaind};
 
 async fn start() -> (
     TestBus,
@@ -12,18 +12,11 @@ async fn start() -> (
     zbus::Connection,
     Domaind1Proxy<'static>,
 ) {
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            ..Default::default()
-        },
-    )
+    start_domaind(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        ..Default::default()
+    })
     .await
-    .expect("domaind");
-    let (conn, proxy) = d.client().await.expect("client");
-    (bus, d, conn, proxy)
 }
 
 fn no_props() -> HashMap<&'static str, &'static str> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bulkhead_api::{Domaind1Proxy, Error};
 use bulkhead_testkit::{
     bounded, build_mini_template, cloexec_pipe, collect, domain_state, process_alive,
-    register_template, sandbox_available, wait_state, DomaindOptions, MiniEnv, StdioPipes, TestBus,
+    sandbox_available, wait_state, Debian12Env, DomaindOptions, MiniEnv, StdioPipes, TestBus,
     TestDomaind,
 };
 use futures_util::StreamExt;
@@ -657,20 +657,18 @@ async fn debian12_disposable_from_template_cache_body() {
         ));
         return;
     }
-    let bus = TestBus::start().unwrap();
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            ..DomaindOptions::debian12(cache)
-        },
-    )
-    .await
-    .unwrap();
-    let (_c, p) = d.client().await.unwrap();
-    let (root, progress) = register_template(&p, "debian-12")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let Debian12Env {
+        bus: _bus,
+        d,
+        conn: _c,
+        p,
+        root,
+        progress,
+    } = Debian12Env::start(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        ..DomaindOptions::debian12(cache)
+    })
+    .await;
     assert!(progress.contains("up to date"), "{progress}");
     assert!(Path::new(&root).join("etc/os-release").exists());
     let list = p.list().await.unwrap();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bulkhead_domain::DomainName;
 use bulkhead_templates::vm::{INITRAMFS_FAIL_PREFIX, INITRAMFS_READY_LINE};
 use bulkhead_templates::{source_recipes_dir, Recipe, TemplateStore};
+use bulkhead_testkit::descendants;
 
 /// Loop devices and the namespace's process, released even when the test panics.
 struct Guard {
@@ -94,40 +95,6 @@ fn unpack(cpio_path: &Path, dest: &Path) {
         }
         r = rd.finish().expect("cpio next");
     }
-}
-
-/// Descendants of `pid` with their cmdline.
-fn descendants(pid: i32) -> Vec<(i32, String)> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-            .and_then(|v| v.parse::<i32>().ok());
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        all.push((
-            p,
-            ppid.unwrap_or(0),
-            String::from_utf8_lossy(&cmd).replace('\0', " "),
-        ));
-    }
-    let mut out = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(f) = frontier.pop() {
-        for (p, pp, cmd) in &all {
-            if *pp == f {
-                out.push((*p, cmd.clone()));
-                frontier.push(*p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

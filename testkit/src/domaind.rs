@@ -417,3 +417,50 @@ pub fn with_private_volume<R>(paths: &Paths, name: &str, f: impl FnOnce(&Path) -
     let _u = Unmount(at.path());
     f(at.path())
 }
+
+/// A test domaind started with `opts` on a bus of its own, and a client (connection and
+/// proxy); panics on failure. Keep the bus as long as domaind.
+pub async fn start_domaind(
+    opts: DomaindOptions,
+) -> (
+    TestBus,
+    TestDomaind,
+    zbus::Connection,
+    Domaind1Proxy<'static>,
+) {
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(&bus, opts).await.expect("domaind");
+    let (conn, p) = d.client().await.expect("client");
+    (bus, d, conn, p)
+}
+
+/// A test domaind on its own bus with the debian-12 template registered (`BuildTemplate`,
+/// which finds it up to date in the template cache `opts` links, e.g.
+/// [`DomaindOptions::debian12`]): the set-up of the tests of real Debian domains, sandbox or
+/// VM. Panics on any failure, with domaind's log where it has one.
+pub struct Debian12Env {
+    pub bus: TestBus,
+    pub d: TestDomaind,
+    pub conn: zbus::Connection,
+    pub p: Domaind1Proxy<'static>,
+    /// What `BuildTemplate` returned: the template's root and its progress text.
+    pub root: String,
+    pub progress: String,
+}
+
+impl Debian12Env {
+    pub async fn start(opts: DomaindOptions) -> Self {
+        let (bus, d, conn, p) = start_domaind(opts).await;
+        let (root, progress) = crate::register_template(&p, "debian-12")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+        Self {
+            bus,
+            d,
+            conn,
+            p,
+            root,
+            progress,
+        }
+    }
+}

@@ -33,14 +33,17 @@
 //! Modules, by what they are:
 //! - [`bins`], finding or building the binaries, the guest tools dir;
 //! - [`bus`], [`TestBus`], a private dbus-daemon;
-//! - [`domaind`], [`TestDomaind`] and [`DomaindOptions`], waiting on domain states;
+//! - [`domaind`], [`TestDomaind`] and [`DomaindOptions`], [`Debian12Env`], waiting on domain
+//!   states;
 //! - [`stdio`], [`StdioPipes`] and the `Run`/`BuildTemplate` calls built on them;
 //! - [`cli`], [`TestCli`], the `bulkhead` CLI against a test domaind;
 //! - [`ask`], [`TestAskAgent`];
 //! - [`miniroot`], mini templates from host binaries, [`MiniEnv`];
 //! - [`vm`], VM artefacts and the nested-KVM re-run ([`hardware_vm_here_or_nested`]);
 //! - [`probes`], skip probes ([`sandbox_available`], [`template_cache`]);
-//! - [`procfs`], what tests read from `/proc`.
+//! - [`procfs`], what tests read from `/proc`;
+//! - [`scripts`], shell scripts tests run inside domains;
+//! - [`net`], a test "internet" namespace for network tests.
 //!
 //! Everything is re-exported at the root: `use bulkhead_testkit::{...}`.
 
@@ -52,8 +55,10 @@ pub mod bus;
 pub mod cli;
 pub mod domaind;
 pub mod miniroot;
+pub mod net;
 pub mod probes;
 pub mod procfs;
+pub mod scripts;
 pub mod stdio;
 pub mod vm;
 
@@ -63,8 +68,10 @@ pub use bus::*;
 pub use cli::*;
 pub use domaind::*;
 pub use miniroot::*;
+pub use net::*;
 pub use probes::*;
 pub use procfs::*;
+pub use scripts::*;
 pub use stdio::*;
 pub use vm::*;
 

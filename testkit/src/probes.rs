@@ -46,3 +46,11 @@ pub fn sandbox_available() -> bool {
         None => true,
     }
 }
+
+/// For a test of real domains of the debian-12 template in sandboxes: the template cache
+/// ([`template_cache`]) if it is set and this host can run sandboxes
+/// ([`sandbox_available`]); else None, the reason printed.
+pub fn sandbox_template_cache() -> Option<PathBuf> {
+    let cache = template_cache()?;
+    sandbox_available().then_some(cache)
+}

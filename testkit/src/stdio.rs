@@ -175,3 +175,30 @@ pub async fn run_captured(
     let (out, err) = io.finish().await;
     res.map(|code| (code, out, err))
 }
+
+/// `sh -c script` in `domain` through `Run` (empty stdin): (exit code, stdout + stderr);
+/// panics if the call fails.
+pub async fn run_sh(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String) {
+    let (code, out, err) = run_captured(p, domain, &["/bin/sh", "-c", script])
+        .await
+        .unwrap_or_else(|e| panic!("Run in {domain}: {e}"));
+    (code, format!("{out}{err}"))
+}
+
+/// Runs through D-Bus `Run` (domain = Some) or `Call` (domain = None: `argv` is
+/// [TARGET, SERVICE]) with pipes; returns (result, stdout, stderr).
+pub async fn exchange(
+    p: &Domaind1Proxy<'_>,
+    domain: Option<&str>,
+    argv: &[&str],
+    input: &[u8],
+) -> (Result<i32, bulkhead_api::Error>, String, String) {
+    let io = StdioPipes::new(input).expect("pipes");
+    let (i, o, e) = io.fds();
+    let res = match domain {
+        Some(d) => p.run(d, argv, "", i, o, e).await,
+        None => p.call(argv[0], argv[1], i, o, e).await,
+    };
+    let (out, err) = io.finish().await;
+    (res, out, err)
+}
