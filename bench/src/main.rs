@@ -22,8 +22,8 @@
 use anyhow::{bail, Context, Result};
 use bulkhead_api::Domaind1Proxy;
 use bulkhead_templates::TemplateStore;
+use bulkhead_testkit::{DomaindOptions, TestBus, TestDomaind};
 use clap::{Parser, Subcommand};
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -372,13 +372,13 @@ fn use_binaries_beside_this_one() {
         }
     };
     if has(&["domaind"]) {
-        set(domaind::testing::ENV_DOMAIND, dir.join("domaind"));
+        set(bulkhead_testkit::ENV_DOMAIND, dir.join("domaind"));
     }
     if has(&["bulkhead-sandbox"]) {
-        set(domaind::testing::ENV_LIBEXEC, dir.clone());
+        set(bulkhead_testkit::ENV_LIBEXEC, dir.clone());
     }
     if has(&["bulkhead-init", "bulkhead-agent"]) {
-        set(domaind::testing::ENV_GUEST_TOOLS, dir.clone());
+        set(bulkhead_testkit::ENV_GUEST_TOOLS, dir.clone());
     }
 }
 

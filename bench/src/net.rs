@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use bulkhead_api::Domaind1Proxy;
 use bulkhead_net::link;
 use bulkhead_net::netns::NetNs;
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{DomaindOptions, TestBus, TestDomaind};
 use zbus::zvariant::Fd;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use domaind::volume::PrivateVolume;
+use bulkhead_domain::volume::PrivateVolume;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::{median, ms};

@@ -42,7 +42,7 @@ pub async fn bench(runs: usize, cache: PathBuf, template: String, qemu: PathBuf)
     let vm_files = store.vm_artifacts_for_root(&root).with_context(|| {
         format!("the VM files of '{template}' are not built (bulkhead-template build --vm --store {} RECIPE)", cache.display())
     })?;
-    let vmm = domaind::testing::vmm_bin().map_err(anyhow::Error::msg)?;
+    let vmm = bulkhead_testkit::vmm_bin().map_err(anyhow::Error::msg)?;
     let work = tempfile::tempdir()?;
     let disks = Disks::make(work.path())?;
 
@@ -179,8 +179,8 @@ impl Disks {
         let private_src = dir.join("private-src/user");
         std::fs::create_dir_all(&private_src)?;
         let tools_src = dir.join("guest");
-        let built = domaind::testing::guest_tools_source().map_err(anyhow::Error::msg)?;
-        domaind::testing::assemble_guest_tools(&built, &tools_src).map_err(anyhow::Error::msg)?;
+        let built = bulkhead_testkit::guest_tools_source().map_err(anyhow::Error::msg)?;
+        bulkhead_testkit::assemble_guest_tools(&built, &tools_src).map_err(anyhow::Error::msg)?;
         let private = dir.join("private.img");
         let tools = dir.join("tools.img");
         let mut log = Vec::new();

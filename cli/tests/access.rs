@@ -2,7 +2,7 @@
 //! packaging/dbus is the first fence, domaind's own check of the caller's uid the second.
 //! Both are tested with a real dbus-daemon and a real unprivileged caller (uid 65534).
 
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{DomaindOptions, TestBus, TestDomaind};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -1,7 +1,7 @@
 //! The `bulkhead` binary against a real domaind on a private bus: what a person or a script
 //! sees (output, JSON, exit codes), not just what the D-Bus API returns.
 
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
+use bulkhead_testkit::{sandbox_template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -136,12 +136,9 @@ fn unreachable_domaind_is_exit_code_6() {
 /// release file, exit statuses and stdin pass through, and the disposable is gone after.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_in_a_disposable_from_the_debian_template() {
-    let Some(cache) = template_cache() else {
+    let Some(cache) = sandbox_template_cache() else {
         return;
     };
-    if !domaind::testing::sandbox_available() {
-        return;
-    }
     let bus = TestBus::start().expect("dbus-daemon starts");
     let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache))
         .await

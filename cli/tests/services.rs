@@ -4,17 +4,11 @@
 //! opens a file in a new disposable whose default application edits it, the edited copy
 //! comes back, and the disposable is gone afterwards.
 
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
-
-/// The disposable template's default application for text/plain: a script that edits the
-/// file it is given (installed in the template's private volume).
-const EDITOR_SETUP: &str = r#"set -e
-mkdir -p "$HOME/.config" "$HOME/.local/share/applications" "$HOME/bin"
-printf '#!/bin/sh\necho "edited in $(uname -n)" >> "$1"\n' > "$HOME/bin/test-editor"
-chmod 755 "$HOME/bin/test-editor"
-printf '[Default Applications]\ntext/plain=test-editor.desktop\n' > "$HOME/.config/mimeapps.list"
-printf '[Desktop Entry]\nType=Application\nName=Test editor\nExec=%s/bin/test-editor %%f\n' "$HOME" > "$HOME/.local/share/applications/test-editor.desktop"
-"#;
+// EDITOR_SETUP: the disposable template's default application for text/plain, a script
+// that edits the file it is given (installed in the template's private volume).
+use bulkhead_testkit::{
+    sandbox_template_cache, DomaindOptions, TestBus, TestCli, TestDomaind, EDITOR_SETUP,
+};
 
 const POLICY: &str = "\
 bulkhead.Filecopy  *  work  personal  allow
@@ -25,12 +19,9 @@ bulkhead.OpenInVM  *  @anyvm  @anyvm  deny
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_and_open_in_disposable_between_sandbox_domains() {
-    let Some(cache) = template_cache() else {
+    let Some(cache) = sandbox_template_cache() else {
         return;
     };
-    if !domaind::testing::sandbox_available() {
-        return;
-    }
     let bus = TestBus::start().expect("dbus-daemon starts");
     let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache))
         .await

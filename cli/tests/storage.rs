@@ -9,7 +9,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
+use bulkhead_testkit::{sandbox_template_cache, DomaindOptions, TestBus, TestCli, TestDomaind};
 
 fn text(out: &std::process::Output) -> String {
     format!(
@@ -40,12 +40,9 @@ fn setid_files(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_domain_fills_only_itself_and_sees_no_host_path() {
-    let Some(cache) = template_cache() else {
+    let Some(cache) = sandbox_template_cache() else {
         return;
     };
-    if !domaind::testing::sandbox_available() {
-        return;
-    }
     let bus = TestBus::start().expect("dbus-daemon starts");
     let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache.clone()))
         .await
@@ -161,7 +158,7 @@ async fn a_full_domain_fills_only_itself_and_sees_no_host_path() {
         .paths
         .state_dir
         .join("domains/filler")
-        .join(domaind::volume::IMAGE_NAME);
+        .join(bulkhead_domain::PRIVATE_IMAGE_NAME);
     let mode = std::fs::metadata(&image)
         .expect("private volume image")
         .permissions()

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::process::Output;
 
-use domaind::testing::{DomaindOptions, TestBus, TestCli, TestDomaind};
+use bulkhead_testkit::{DomaindOptions, TestBus, TestCli, TestDomaind};
 
 fn bulkhead(d: &TestDomaind, args: &[&str]) -> Output {
     TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), d).run(args)

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bulkhead_domain::Label;
+use bulkhead_testkit::{DomaindOptions, TestBus, TestDomaind};
 use dom0_manager::testing::{find_block, save_artifact, wait_for_screen, Xvfb};
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
 
 /// Kills the child on drop (a failed assertion must not leave the window running).
 struct Kill(std::process::Child);

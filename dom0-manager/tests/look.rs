@@ -23,6 +23,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bulkhead_domain::Label;
+use bulkhead_testkit::{template_cache, DomaindOptions, TestBus, TestDomaind};
 use dom0_manager::forms::CreateForm;
 use dom0_manager::simple_policy::{Kind, SimpleRule};
 use dom0_manager::style::{state_rgb, ERROR_BAR_RGB, POLICY_ERROR_LINE_RGB, VALIDATION_RGB};
@@ -33,7 +34,6 @@ use dom0_manager::{
     DomainAction, ManagerInit, ManagerMsg, ManagerOutput, ManagerTab, ManagerWindow, PolicyEditor,
     PolicyInit, PolicyMsg, PolicyOutput,
 };
-use domaind::testing::{template_cache, DomaindOptions, TestBus, TestDomaind};
 use image::RgbaImage;
 use relm4::gtk::prelude::*;
 use relm4::{Component, ComponentController};

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use bulkhead_api::{Domaind1Proxy, Error};
 use bulkhead_domain::Label;
+use bulkhead_testkit::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
 use dom0_manager::testing::{save_artifact, screenshot, Xvfb};
-use domaind::testing::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
 use image::RgbaImage;
 use x11rb::connection::Connection as _;
 use x11rb::protocol::xproto::{AtomEnum, ConnectionExt as _, MapState};

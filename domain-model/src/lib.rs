@@ -8,12 +8,15 @@
 //! - [`DomainStore`]: the `domains/` directory; atomic saves, per-file load errors that name
 //!   the file, the field and the line.
 //! - [`Paths`]: config, state and runtime directories (FHS defaults) and every path below them.
+//! - [`volume`]: a domain's private volume image (made, converted, grown, copied on the host;
+//!   domaind and the storage bench use it).
 #![forbid(unsafe_code)]
 
 mod config;
 mod name;
 mod paths;
 mod store;
+pub mod volume;
 
 pub use config::{
     DomainClass, DomainConfig, Isolation, Label, ParseEnumError, PropertyError, TemplateRule,
@@ -26,9 +29,10 @@ pub use name::{
     RESERVED_NAMES,
 };
 pub use paths::{
-    guest_tools_dir_from_env, Paths, AGENT_SOCKET_NAME, CHANNEL_MOUNT_POINT, DEFAULT_CONFIG_DIR,
-    DEFAULT_GUEST_TOOLS_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, ENV_CONFIG_DIR,
-    ENV_GUEST_TOOLS_DIR, ENV_RUNTIME_DIR, ENV_STATE_DIR, GUEST_INIT_PATH, GUEST_TOOLS_MOUNT_POINT,
+    guest_tools_dir_from_env, Paths, AGENT_SOCKET_NAME, CHANNEL_MOUNT_POINT, DAEMON_CONFIG_FILE,
+    DEFAULT_CONFIG_DIR, DEFAULT_GUEST_TOOLS_DIR, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR,
+    ENV_CONFIG_DIR, ENV_GUEST_TOOLS_DIR, ENV_RUNTIME_DIR, ENV_STATE_DIR, GUEST_INIT_PATH,
+    GUEST_TOOLS_MOUNT_POINT, PRIVATE_IMAGE_NAME,
 };
 pub use store::{
     parse_domain_toml, DomainStore, LoadError, StoreError, DOMAIN_FILE_EXT, MAX_DOMAIN_FILE_BYTES,

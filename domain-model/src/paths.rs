@@ -24,6 +24,11 @@ pub const GUEST_TOOLS_MOUNT_POINT: &str = "/usr/lib/bulkhead";
 /// The domain init, inside a domain.
 pub const GUEST_INIT_PATH: &str = "/usr/lib/bulkhead/bulkhead-init";
 
+/// File name of domaind's own settings in the config dir (`<config>/domaind.toml`).
+pub const DAEMON_CONFIG_FILE: &str = "domaind.toml";
+/// File name of a domain's private volume image in its state dir.
+pub const PRIVATE_IMAGE_NAME: &str = "private.img";
+
 /// The three roots of Bulkhead's files (see CONTRACTS.md "Paths").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -104,6 +109,12 @@ impl Paths {
     /// `<state>/domains/<name>/private` (persistent private volume, canonical ids).
     pub fn private_dir(&self, name: &DomainName) -> PathBuf {
         self.domain_state_dir(name).join("private")
+    }
+
+    /// `<state>/domains/<name>/private.img` (the private volume image, see domaind's
+    /// `volume`).
+    pub fn private_image(&self, name: &DomainName) -> PathBuf {
+        self.domain_state_dir(name).join(PRIVATE_IMAGE_NAME)
     }
 
     /// `<state>/domains/<name>/scratch` (overlay upper/work, wiped at start and stop).

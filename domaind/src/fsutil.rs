@@ -193,7 +193,7 @@ fn set_owner_mode(
 }
 
 /// Remove a directory tree if it exists (symlinks inside are removed, not followed).
-pub use bulkhead_fsutil::remove_tree;
+pub use bulkhead_fsutil::{copy_image, remove_file, remove_tree};
 
 /// Removes a domain's runtime dir, unmounting its channel file system first (see
 /// `bind_channel`: each channel dir is a small tmpfs of its own).
@@ -214,45 +214,6 @@ pub fn unmount_channel(dir: &Path) -> io::Result<()> {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
         Err(e) => Err(io::Error::from(e)),
     }
-}
-
-/// Remove a file if it exists.
-pub fn remove_file(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-/// Copy a (sparse) disk image with `cp --sparse=always`, so holes stay holes; `dst` must not
-/// exist. A missing `src` is not an error (returns false).
-pub fn copy_image(src: &Path, dst: &Path) -> io::Result<bool> {
-    if !src.exists() {
-        return Ok(false);
-    }
-    if dst.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists", dst.display()),
-        ));
-    }
-    let out = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg("--no-dereference")
-        .arg("--")
-        .arg(src)
-        .arg(dst)
-        .output()?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(dst);
-        return Err(io::Error::other(format!(
-            "cp {} {}: {}",
-            src.display(),
-            dst.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(true)
 }
 
 /// The last `max_lines` lines of a log (reads at most the last 8 KiB).

@@ -13,7 +13,8 @@
 //! - [`instance`]: the recovery record; [`stdio`]: caller fds as async streams;
 //!   [`fsutil`]: volume copies and log tails; [`tmpl`]: template store adapter;
 //!   [`slots`]: host-wide uid slot claims; [`usb`]: the usb domain's devices and attaches.
-//! - `testing` (feature `testing`): private dbus-daemon + real domaind for integration tests.
+//!
+//! The test harness (private dbus-daemon + the real domaind) is the `bulkhead-testkit` crate.
 
 pub mod access;
 pub mod backend;
@@ -31,7 +32,5 @@ pub mod stdio;
 pub mod tmpl;
 pub mod usb;
 pub mod vm;
-pub mod volume;
-
-#[cfg(feature = "testing")]
-pub mod testing;
+// The private volume image is the domain model's (the storage bench uses it too).
+pub use bulkhead_domain::volume;

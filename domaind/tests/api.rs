@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{start_domaind, DomaindOptions, TestBus, TestDomaind};
 
 async fn start() -> (
     TestBus,
@@ -12,18 +12,11 @@ async fn start() -> (
     zbus::Connection,
     Domaind1Proxy<'static>,
 ) {
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            ..Default::default()
-        },
-    )
+    start_domaind(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        ..Default::default()
+    })
     .await
-    .expect("domaind");
-    let (conn, proxy) = d.client().await.expect("client");
-    (bus, d, conn, proxy)
 }
 
 fn no_props() -> HashMap<&'static str, &'static str> {
@@ -70,7 +63,7 @@ async fn create_list_prefs_clone_remove() {
     assert!(text.contains("vcpus = 4"), "{text}");
 
     // the private volume image exists, with /home/user owned by the domain user
-    domaind::testing::with_private_volume(&d.paths, "work", |p| {
+    bulkhead_testkit::with_private_volume(&d.paths, "work", |p| {
         let user = std::fs::metadata(p.join("user")).unwrap();
         assert!(user.is_dir());
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&user), 1000);
@@ -80,7 +73,7 @@ async fn create_list_prefs_clone_remove() {
     p.clone_domain("work", "work2").await.unwrap();
     let props = p.get_properties("work2").await.unwrap();
     assert_eq!(props["vcpus"], "4");
-    let note = domaind::testing::with_private_volume(&d.paths, "work2", |p| {
+    let note = bulkhead_testkit::with_private_volume(&d.paths, "work2", |p| {
         std::fs::read(p.join("user/note")).unwrap()
     });
     assert_eq!(note, b"hello");

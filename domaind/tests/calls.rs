@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{
-    bounded, AskAnswer, DomaindOptions, MiniEnv, StdioPipes, TestAskAgent, TestBus, TestDomaind,
+use bulkhead_testkit::{
+    bounded, exchange, AskAnswer, DomaindOptions, MiniEnv, TestAskAgent, TestBus, TestDomaind,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
@@ -64,7 +64,7 @@ impl Env {
     /// with debugfs, without mounting it.
     fn halted_home_has(&self, name: &str, file: &str) -> bool {
         let dn = bulkhead_domain::DomainName::new(name).unwrap();
-        let image = domaind::volume::PrivateVolume::new(&self.d.paths, &dn).image;
+        let image = self.d.paths.private_image(&dn);
         let out = std::process::Command::new("debugfs")
             .args(["-R", &format!("stat /user/{file}")])
             .arg(&image)
@@ -91,24 +91,6 @@ async fn setup(tag: &str, ask_timeout_secs: &str) -> Option<Env> {
         "bulkhead-call is not among the guest tools; build it first (cargo build --workspace --bins)"
     );
     Some(Env(env))
-}
-
-/// Runs through D-Bus `Run` (domain = Some) or `Call` (domain = None: `argv` is
-/// [TARGET, SERVICE]) with pipes; returns (result, stdout, stderr).
-async fn exchange(
-    p: &Domaind1Proxy<'_>,
-    domain: Option<&str>,
-    argv: &[&str],
-    input: &[u8],
-) -> (Result<i32, Error>, String, String) {
-    let io = StdioPipes::new(input).expect("pipes");
-    let (i, o, e) = io.fds();
-    let res = match domain {
-        Some(d) => p.run(d, argv, "", i, o, e).await,
-        None => p.call(argv[0], argv[1], i, o, e).await,
-    };
-    let (out, err) = io.finish().await;
-    (res, out, err)
 }
 
 /// `bulkhead-call TARGET SERVICE` in domain `source`: (exit code, stdout, stderr).

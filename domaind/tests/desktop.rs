@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{sandbox_available, DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{sandbox_available, start_domaind, DomaindOptions, TestBus, TestDomaind};
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 
@@ -22,19 +22,12 @@ async fn start(
     zbus::Connection,
     Domaind1Proxy<'static>,
 ) {
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            with_guest_tools,
-            ..Default::default()
-        },
-    )
+    start_domaind(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        with_guest_tools,
+        ..Default::default()
+    })
     .await
-    .expect("domaind");
-    let (conn, p) = d.client().await.expect("client");
-    (bus, d, conn, p)
 }
 
 fn invalid_argument(r: Result<impl std::fmt::Debug, Error>) -> String {

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{bounded, cloexec_pipe, DomaindOptions, MiniEnv, StdioPipes};
+use bulkhead_testkit::{bounded, cloexec_pipe, exchange, DomaindOptions, MiniEnv, StdioPipes};
 use zbus::zvariant::Fd;
 
 const TEST_LIMIT: Duration = Duration::from_secs(300);
@@ -156,12 +156,7 @@ async fn wait_disposables(e: &MiniEnv, n: usize) -> Vec<String> {
 
 /// `bulkhead-call @dispvm test.Hold` in `source` with empty stdin: (code, stderr).
 async fn call_once(p: &Domaind1Proxy<'_>, source: &str) -> (i32, String) {
-    let io = StdioPipes::new(b"").expect("pipes");
-    let (i, o, er) = io.fds();
-    let res = p
-        .run(source, &[CALL, "@dispvm", "test.Hold"], "", i, o, er)
-        .await;
-    let (_, err) = io.finish().await;
+    let (res, _, err) = exchange(p, Some(source), &[CALL, "@dispvm", "test.Hold"], b"").await;
     (res.expect("Run of bulkhead-call"), err)
 }
 
@@ -215,12 +210,7 @@ async fn caps_body() {
         first
     );
     // Over D-Bus `Call` (the CLI's `run --service`) too.
-    let io = StdioPipes::new(b"").unwrap();
-    let (i, o, er) = io.fds();
-    let r =
-        e.p.call(&format!("@dispvm:{dvm}"), "test.Hold", i, o, er)
-            .await;
-    io.finish().await;
+    let (r, _, _) = exchange(&e.p, None, &[&format!("@dispvm:{dvm}"), "test.Hold"], b"").await;
     let m = limit_message(r);
     assert!(m.contains("max_live_per_source"), "{m}");
 

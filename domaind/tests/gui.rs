@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{bounded, run_in, DomaindOptions, MiniEnv};
+use bulkhead_testkit::{bounded, run_in, DomaindOptions, MiniEnv};
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use bulkhead_api::Domaind1Proxy;
 use bulkhead_gui_host::{GuiConnection, Receiver, Rules, WindowInfo};
-use domaind::testing::{
-    bounded, ensure_vm_files, hardware_vm_here_or_nested, register_template, run_in,
-    sandbox_available, template_cache, DomaindOptions, RunOutput, TestBus, TestDomaind, VmHost,
+use bulkhead_testkit::{
+    bounded, ensure_vm_files, hardware_vm_here_or_nested, run_in, sandbox_template_cache,
+    template_cache, Debian12Env, DomaindOptions, RunOutput, TestBus, TestDomaind, VmHost,
     ENV_IN_L1,
 };
 
@@ -40,29 +40,19 @@ impl GuiDomain {
     /// A sandbox domain. None (reason printed) when the template cache or sandboxes are
     /// unavailable.
     async fn start(tag: &str) -> Option<Self> {
-        let cache = template_cache()?;
-        if !sandbox_available() {
-            return None;
-        }
+        let cache = sandbox_template_cache()?;
         Some(Self::start_with(tag, cache, HashMap::new()).await)
     }
 
     /// A domain of the debian-12 template in `cache` with properties `props`.
     async fn start_with(tag: &str, cache: PathBuf, props: HashMap<&str, &str>) -> Self {
-        let bus = TestBus::start().expect("dbus-daemon");
-        let d = TestDomaind::start(
-            &bus,
-            DomaindOptions {
-                binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-                ..DomaindOptions::debian12(cache)
-            },
-        )
-        .await
-        .expect("domaind");
-        let (conn, p) = d.client().await.expect("client");
-        register_template(&p, "debian-12")
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+        let Debian12Env {
+            bus, d, conn, p, ..
+        } = Debian12Env::start(DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            ..DomaindOptions::debian12(cache)
+        })
+        .await;
         // cgroups are host-global: a name unique to this test process
         let name = format!("{tag}{}", std::process::id() % 100_000);
         p.create(&name, "app", "debian-12", "orange", props)

@@ -1,6 +1,6 @@
 //! Domains that really run: the real domaind binary, the real sandbox launcher, the real
 //! bulkhead-init and bulkhead-agent, on a tiny template root built through the real template
-//! store (see `domaind::testing::build_mini_template`).
+//! store (see `bulkhead_testkit::build_mini_template`).
 //!
 //! Needs root, user namespaces, idmapped mounts, overlayfs and cgroups; skips with the reason
 //! otherwise. Guest tools and launcher come from BULKHEAD_TEST_GUEST_TOOLS /
@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use domaind::testing::{
+use bulkhead_testkit::{
     bounded, build_mini_template, cloexec_pipe, collect, domain_state, process_alive,
-    register_template, sandbox_available, wait_state, DomaindOptions, MiniEnv, StdioPipes, TestBus,
+    sandbox_available, wait_state, Debian12Env, DomaindOptions, MiniEnv, StdioPipes, TestBus,
     TestDomaind,
 };
 use futures_util::StreamExt;
@@ -219,7 +219,7 @@ async fn start_run_pause_shutdown_body() {
         Some("halted")
     );
     assert_clean(&env.d, &work, pid);
-    let kept = domaind::testing::with_private_volume(&env.d.paths, &work, |p| {
+    let kept = bulkhead_testkit::with_private_volume(&env.d.paths, &work, |p| {
         std::fs::read_to_string(p.join("user/f")).unwrap()
     });
     assert_eq!(kept, "kept\n");
@@ -274,7 +274,7 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
     )
     .await
     .unwrap();
-    domaind::testing::with_private_volume(&env.d.paths, &dvm, |p| {
+    bulkhead_testkit::with_private_volume(&env.d.paths, &dvm, |p| {
         let seed = p.join("user/seed");
         std::fs::write(&seed, "from the dvm\n").unwrap();
         std::os::unix::fs::chown(&seed, Some(1000), Some(1000)).unwrap();
@@ -297,7 +297,7 @@ async fn init_death_is_noticed_and_disposable_removed_body() {
     assert!(!env.d.paths.state_dir.join("domains").join(&disp).exists());
     assert!(!env.d.cgroup_exists(&disp));
     // the dvm's own volume is untouched
-    let seed = domaind::testing::with_private_volume(&env.d.paths, &dvm, |p| {
+    let seed = bulkhead_testkit::with_private_volume(&env.d.paths, &dvm, |p| {
         std::fs::read_to_string(p.join("user/seed")).unwrap()
     });
     assert_eq!(seed, "from the dvm\n");
@@ -647,7 +647,7 @@ async fn debian12_disposable_from_template_cache_body() {
     if !sandbox_available() {
         return;
     }
-    let Some(cache) = domaind::testing::template_cache() else {
+    let Some(cache) = bulkhead_testkit::template_cache() else {
         return;
     };
     if !cache.join("debian-12/current").exists() {
@@ -657,20 +657,18 @@ async fn debian12_disposable_from_template_cache_body() {
         ));
         return;
     }
-    let bus = TestBus::start().unwrap();
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            ..DomaindOptions::debian12(cache)
-        },
-    )
-    .await
-    .unwrap();
-    let (_c, p) = d.client().await.unwrap();
-    let (root, progress) = register_template(&p, "debian-12")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let Debian12Env {
+        bus: _bus,
+        d,
+        conn: _c,
+        p,
+        root,
+        progress,
+    } = Debian12Env::start(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        ..DomaindOptions::debian12(cache)
+    })
+    .await;
     assert!(progress.contains("up to date"), "{progress}");
     assert!(Path::new(&root).join("etc/os-release").exists());
     let list = p.list().await.unwrap();
@@ -828,7 +826,7 @@ async fn running_source_is_not_copied_body() {
     // (the clone holds the source's lifecycle lock): when the source reports "starting",
     // the clone's config file (saved after the copy) already exists.
     // Enough data that the copy of the image takes a while.
-    domaind::testing::with_private_volume(&env.d.paths, &dvm, |p| {
+    bulkhead_testkit::with_private_volume(&env.d.paths, &dvm, |p| {
         let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 + 1).collect();
         let mut f = std::fs::File::create(p.join("bulk")).unwrap();
         for _ in 0..384 {
@@ -874,7 +872,7 @@ async fn running_source_is_not_copied_body() {
     );
     cloning.await.unwrap().unwrap();
     starting.await.unwrap().unwrap();
-    let copied = domaind::testing::with_private_volume(&env.d.paths, &copy, |p| {
+    let copied = bulkhead_testkit::with_private_volume(&env.d.paths, &copy, |p| {
         std::fs::metadata(p.join("bulk")).unwrap().len()
     });
     assert_eq!(copied, 384 << 20);
@@ -949,7 +947,7 @@ async fn late_launcher_of_a_killed_domaind_leaves_no_orphan_body() {
     if !sandbox_available() {
         return;
     }
-    let real = domaind::testing::libexec_dir()
+    let real = bulkhead_testkit::libexec_dir()
         .expect("launcher")
         .join("bulkhead-sandbox");
     let wrap = tempfile::tempdir().unwrap();
@@ -1093,7 +1091,7 @@ async fn template_trees_are_collected_and_removed_body() {
         bulkhead_templates::TemplateStore::new(&templates)
             .build_with(
                 &recipe,
-                &domaind::testing::MiniRootBuilder {
+                &bulkhead_testkit::MiniRootBuilder {
                     guest_tools: d.guest_tools_dir.clone(),
                 },
                 &mut |_| {},

@@ -11,83 +11,19 @@
 //! getent for DNS: all in the template already.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use bulkhead_api::{Domaind1Proxy, Error};
-use bulkhead_net::netns::NetNs;
-use bulkhead_net::{dns, link};
-use domaind::testing::{
-    run_captured, sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind,
+use bulkhead_testkit::{
+    run_sh as sh, sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind,
+    TestInternet,
 };
 use zbus::zvariant::Fd;
 
 const TEST_LIMIT: Duration = Duration::from_secs(480);
 const WEB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-
-/// The test internet: a namespace with a veth towards the host (to become net's uplink),
-/// servers answering "hello from IP:PORT" on TCP, a DNS server for `web.test` and
-/// `other.test`.
-struct Internet {
-    _ns: NetNs,
-    uplink: String,
-}
-
-fn serve_tcp(ns: &NetNs, addr: SocketAddr) {
-    let l: TcpListener = ns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut s = s;
-            let _ = writeln!(s, "hello from {addr}");
-        }
-    });
-}
-
-fn serve_dns(ns: &NetNs) {
-    let s: UdpSocket = ns.run(|| UdpSocket::bind((WEB, 53))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let q = &buf[..n];
-            // The name is in the question: answer by looking for it.
-            let text = String::from_utf8_lossy(q).to_ascii_lowercase();
-            let addrs: Vec<IpAddr> = if text.contains("\x03web\x04test") {
-                vec![IpAddr::V4(WEB)]
-            } else if text.contains("\x05other\x04test") {
-                vec![IpAddr::V4(OTHER)]
-            } else {
-                vec![]
-            };
-            if let Some(r) = dns::build_response(q, &addrs) {
-                let _ = s.send_to(&r, from);
-            }
-        }
-    });
-}
-
-async fn internet() -> Internet {
-    let host = NetNs::current().unwrap();
-    let ns = NetNs::new_detached().unwrap();
-    let uplink = format!("bhn{}", std::process::id() % 100_000);
-    link::veth_pair(&host, &uplink, &ns, "wan").await.unwrap();
-    link::address(&ns, "wan", WEB, 24).await.unwrap();
-    link::address(&ns, "wan", OTHER, 32).await.unwrap();
-    for a in [(WEB, 80), (WEB, 8080), (OTHER, 80)] {
-        serve_tcp(&ns, a.into());
-    }
-    serve_dns(&ns);
-    Internet { _ns: ns, uplink }
-}
-
-/// `sh -c script` in `domain`: (exit code, stdout + stderr).
-async fn sh(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String) {
-    let (code, out, err) = run_captured(p, domain, &["/bin/sh", "-c", script])
-        .await
-        .unwrap_or_else(|e| panic!("Run in {domain}: {e}"));
-    (code, format!("{out}{err}"))
-}
 
 /// TCP to ip:port from `domain`: the server's greeting, or None.
 async fn tcp(p: &Domaind1Proxy<'_>, domain: &str, ip: Ipv4Addr, port: u16) -> Option<String> {
@@ -177,7 +113,12 @@ async fn body() {
         bulkhead_test_skip::skip("nft is not installed (scripts/install-deps.sh)");
         return;
     }
-    let inet = internet().await;
+    let inet = TestInternet::start(
+        "bhn",
+        &[("web.test", WEB), ("other.test", OTHER)],
+        &[(WEB, 80), (WEB, 8080), (OTHER, 80)],
+    )
+    .await;
     let pre = format!("n{}-", std::process::id() % 100_000);
     let (net, a, b, c) = (
         format!("{pre}net"),
@@ -193,10 +134,7 @@ async fn body() {
             with_guest_tools: true,
             template_cache: Some(cache),
             recipes_dir: Some(bulkhead_templates::source_recipes_dir()),
-            daemon_file: Some(format!(
-                "[net]\ndomain = \"{net}\"\nuplink = \"{}\"\naddress = \"192.0.2.2/24\"\ngateway = \"{WEB}\"\ndns = [\"{WEB}\"]\n",
-                inet.uplink
-            )),
+            daemon_file: Some(inet.net_section(&net, WEB)),
             ..Default::default()
         },
     )

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_api::Domaind1Proxy;
-use domaind::testing::{
+use bulkhead_testkit::{
     bounded, domain_state, process_alive, DomaindOptions, MiniEnv, StdioPipes, TestDomaind,
 };
 

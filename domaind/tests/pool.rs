@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use bulkhead_api::Domaind1Proxy;
-use domaind::testing::{sandbox_available, template_cache, DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{sandbox_template_cache, Debian12Env, DomaindOptions, TestBus, TestDomaind};
 use zbus::zvariant::Fd;
 
 const TEST_LIMIT: Duration = Duration::from_secs(420);
@@ -33,38 +33,19 @@ struct Env {
     dvm: String,
 }
 
-fn recipes() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .join("templates/recipes")
-}
-
 /// domaind with the cached debian-12 template, the given pool memory margin, and a
 /// disposable template `<tag>-dvm` (pool size 0).
 async fn setup(tag: &str, margin_mib: &str) -> Option<Env> {
-    let cache = template_cache()?;
-    if !sandbox_available() {
-        return None;
-    }
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            with_guest_tools: true,
-            template_cache: Some(cache),
-            recipes_dir: Some(recipes()),
-            env: vec![("BULKHEAD_POOL_MEMORY_MARGIN_MIB".into(), margin_mib.into())],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("domaind");
-    let (conn, p) = d.client().await.expect("client");
-    p.build_template("debian-12", Fd::from(&null()))
-        .await
-        .expect("the cached debian-12 template");
+    let cache = sandbox_template_cache()?;
+    // the cached debian-12 template registered
+    let Debian12Env {
+        bus, d, conn, p, ..
+    } = Debian12Env::start(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        env: vec![("BULKHEAD_POOL_MEMORY_MARGIN_MIB".into(), margin_mib.into())],
+        ..DomaindOptions::debian12(cache)
+    })
+    .await;
     let dvm = format!("{tag}{}-dvm", std::process::id() % 10_000);
     p.create(
         &dvm,

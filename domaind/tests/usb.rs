@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use bulkhead_api::Error;
-use domaind::testing::{DomaindOptions, TestBus, TestDomaind};
+use bulkhead_testkit::{DomaindOptions, TestBus, TestDomaind};
 
 fn laptop_sysfs() -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

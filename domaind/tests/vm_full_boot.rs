@@ -21,9 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::Domaind1Proxy;
-use domaind::testing::{
-    bounded, domain_state, hardware_vm_here_or_nested, process_alive, register_template, run_in,
-    template_cache, vmm_thread_states, wait_state, DomaindOptions, TestBus, TestDomaind, VmHost,
+use bulkhead_testkit::{
+    bounded, domain_state, hardware_vm_here_or_nested, process_alive, run_in, template_cache,
+    vmm_thread_states, wait_state, Debian12Env, DomaindOptions, TestDomaind, VmHost, EDITOR_SETUP,
     ENV_IN_L1,
 };
 
@@ -42,7 +42,7 @@ fn debian_cloud_kernel_boots_to_the_agent() {
         cache.display()
     );
     if std::env::var_os(ENV_IN_L1).is_none() {
-        let built = domaind::testing::ensure_vm_files(&cache, "debian-12")
+        let built = bulkhead_testkit::ensure_vm_files(&cache, "debian-12")
             .unwrap_or_else(|e| panic!("the VM files of debian-12: {e}"));
         println!("VM files: {}", built.display());
     }
@@ -107,20 +107,13 @@ fn vmm_pid(d: &TestDomaind, name: &str) -> i32 {
 }
 
 async fn scenario(cache: std::path::PathBuf) {
-    let bus = TestBus::start().expect("dbus-daemon");
-    let mut d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            ..DomaindOptions::debian12(cache)
-        },
-    )
-    .await
-    .expect("domaind");
-    let (_c, p) = d.client().await.expect("client");
-    register_template(&p, "debian-12")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    // the bus and the connection stay in env
+    let env = Debian12Env::start(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        ..DomaindOptions::debian12(cache)
+    })
+    .await;
+    let (mut d, p) = (env.d, env.p);
     let name = format!("vmfull{}", std::process::id() % 100_000);
     // One vCPU: with two, L1's kernel (6.1, nested SVM under TCG) twice hit a kernel stack
     // overflow on this VM's second vCPU thread while a second VM booted.
@@ -336,24 +329,16 @@ async fn copy_between_vms(p: &Domaind1Proxy<'_>, d: &TestDomaind, from: &str) {
     p.kill(&to).await.expect("kill the second VM");
 }
 
-/// The disposable template's default application for text/plain: a script that edits the
-/// file it is given (installed in the template's private volume), as in cli/tests/services.rs.
-const EDITOR_SETUP: &str = r#"set -e
-mkdir -p "$HOME/.config" "$HOME/.local/share/applications" "$HOME/bin"
-printf '#!/bin/sh\necho "edited in $(uname -n)" >> "$1"\n' > "$HOME/bin/test-editor"
-chmod 755 "$HOME/bin/test-editor"
-printf '[Default Applications]\ntext/plain=test-editor.desktop\n' > "$HOME/.config/mimeapps.list"
-printf '[Desktop Entry]\nType=Application\nName=Test editor\nExec=%s/bin/test-editor %%f\n' "$HOME" > "$HOME/.local/share/applications/test-editor.desktop"
-sync
-"#;
-
 async fn open_in_disposable_vm(p: &Domaind1Proxy<'_>, d: &TestDomaind, from: &str) {
     let dvm = format!("{from}dvm");
     let props = HashMap::from([("isolation", "vm"), ("memory", "512"), ("vcpus", "1")]);
     p.create(&dvm, "disposable-template", "debian-12", "red", props)
         .await
         .expect("create the disposable VM template");
-    let (code, _, err) = run(p, &dvm, &["sh", "-c", EDITOR_SETUP]).await;
+    // The disposable template's default application for text/plain, synced to its private
+    // volume (a VM's disk) before the shutdown.
+    let setup = format!("{EDITOR_SETUP}sync\n");
+    let (code, _, err) = run(p, &dvm, &["sh", "-c", &setup]).await;
     assert_eq!(code, 0, "editor setup in {dvm}: {err}");
     p.shutdown(&dvm, 60)
         .await
@@ -449,7 +434,7 @@ fn host_state() -> String {
 async fn console_answers(p: &Domaind1Proxy<'_>, d: &TestDomaind, name: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let cli = domaind::testing::libexec_dir()
+    let cli = bulkhead_testkit::libexec_dir()
         .expect("libexec dir")
         .join("bulkhead");
     let mut child = Command::new(&cli)

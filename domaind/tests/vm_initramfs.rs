@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bulkhead_domain::DomainName;
 use bulkhead_templates::vm::{INITRAMFS_FAIL_PREFIX, INITRAMFS_READY_LINE};
 use bulkhead_templates::{source_recipes_dir, Recipe, TemplateStore};
+use bulkhead_testkit::descendants;
 
 /// Loop devices and the namespace's process, released even when the test panics.
 struct Guard {
@@ -96,47 +97,13 @@ fn unpack(cpio_path: &Path, dest: &Path) {
     }
 }
 
-/// Descendants of `pid` with their cmdline.
-fn descendants(pid: i32) -> Vec<(i32, String)> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-            .and_then(|v| v.parse::<i32>().ok());
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        all.push((
-            p,
-            ppid.unwrap_or(0),
-            String::from_utf8_lossy(&cmd).replace('\0', " "),
-        ));
-    }
-    let mut out = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(f) = frontier.pop() {
-        for (p, pp, cmd) in &all {
-            if *pp == f {
-                out.push((*p, cmd.clone()));
-                frontier.push(*p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn initramfs_init_mounts_by_label_and_switches_to_bulkhead_init() {
     if !nix::unistd::geteuid().is_root() {
         bulkhead_test_skip::skip("needs root (loop devices, namespaces)");
         return;
     }
-    let Some(cache) = domaind::testing::template_cache() else {
+    let Some(cache) = bulkhead_testkit::template_cache() else {
         return;
     };
     let store = TemplateStore::new(&cache);
@@ -155,7 +122,7 @@ fn initramfs_init_mounts_by_label_and_switches_to_bulkhead_init() {
     let a = store
         .build_vm(&recipe, &mut |e| println!("{e}"))
         .unwrap_or_else(|e| panic!("VM files: {e}"));
-    let tools_src = domaind::testing::guest_tools_source().expect("guest tools");
+    let tools_src = bulkhead_testkit::guest_tools_source().expect("guest tools");
 
     let d = tempfile::tempdir().expect("tempdir");
     let t = d.path();

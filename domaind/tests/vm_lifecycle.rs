@@ -23,10 +23,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_api::Domaind1Proxy;
-use domaind::testing::{
-    bounded, build_ticker_guest, domain_state, install_test_vm_artifacts, process_alive,
-    sandbox_available, vmm_bin, vmm_probe, vmm_thread_states, wait_state, DomaindOptions, TestBus,
-    TestDomaind,
+use bulkhead_testkit::{
+    bounded, build_ticker_guest, children, domain_state, install_test_vm_artifacts, proc_uid,
+    process_alive, processes_mentioning, sandbox_available, vmm_bin, vmm_probe, vmm_thread_states,
+    wait_state, DomaindOptions, TestBus, TestDomaind,
 };
 use futures_util::StreamExt;
 
@@ -86,36 +86,6 @@ fn holds_pipe(pid: i32, inode: u64) -> bool {
         .flatten()
         .flatten()
         .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target))
-}
-
-/// The uid of a process, from /proc/<pid>/status.
-fn proc_uid(pid: i32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|u| u.parse().ok())
-}
-
-/// Pids whose parent is `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-            .and_then(|v| v.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The freezer state file of a record's cgroup.
@@ -339,7 +309,7 @@ async fn body() {
 
     // `bulkhead log` shows the console too, `bulkhead ls` the VM (the CLI binary, when it is built next to the
     // launcher as `cargo build --workspace --bins` does).
-    if let Some(cli) = domaind::testing::libexec_dir()
+    if let Some(cli) = bulkhead_testkit::libexec_dir()
         .ok()
         .map(|d| d.join("bulkhead"))
         .filter(|p| p.is_file())
@@ -503,21 +473,4 @@ async fn body() {
         assert_clean(&d2, &work, pid);
     }
     drop(d);
-}
-
-/// Pids whose command line contains `needle`.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmd).contains(needle) {
-            out.push(pid);
-        }
-    }
-    out
 }

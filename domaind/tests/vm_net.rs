@@ -15,17 +15,17 @@
 //! `vm_full_boot.rs` and [`hardware_vm_here_or_nested`]).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::io::Read;
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::Domaind1Proxy;
+use bulkhead_net::addr;
 use bulkhead_net::netns::NetNs;
-use bulkhead_net::{addr, dns, link};
-use domaind::testing::{
-    bounded, hardware_vm_here_or_nested, register_template, run_captured, template_cache,
-    DomaindOptions, TestBus, TestDomaind, VmHost, ENV_IN_L1,
+use bulkhead_testkit::{
+    bounded, hardware_vm_here_or_nested, run_sh as sh, template_cache, Debian12Env, DomaindOptions,
+    TestDomaind, TestInternet, VmHost, ENV_IN_L1,
 };
 
 const TEST_LIMIT: Duration = Duration::from_secs(1200);
@@ -54,7 +54,7 @@ fn vm_domain_gets_the_network_of_its_netvm() {
         return;
     }
     if std::env::var_os(ENV_IN_L1).is_none() {
-        domaind::testing::ensure_vm_files(&cache, "debian-12")
+        bulkhead_testkit::ensure_vm_files(&cache, "debian-12")
             .unwrap_or_else(|e| panic!("the VM files of debian-12: {e}"));
     }
     match hardware_vm_here_or_nested(TEST_NAME) {
@@ -65,63 +65,6 @@ fn vm_domain_gets_the_network_of_its_netvm() {
             .expect("tokio runtime")
             .block_on(bounded(TEST_LIMIT, scenario(cache))),
     }
-}
-
-/// The test internet: a namespace with a veth towards the host (net's uplink), TCP servers
-/// answering "hello from IP:PORT", a DNS server for `web.test`.
-struct Internet {
-    _ns: NetNs,
-    uplink: String,
-}
-
-fn serve_tcp(ns: &NetNs, addr: SocketAddr) {
-    let l: TcpListener = ns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut s = s;
-            let _ = writeln!(s, "hello from {addr}");
-        }
-    });
-}
-
-fn serve_dns(ns: &NetNs) {
-    let s: UdpSocket = ns.run(|| UdpSocket::bind((WEB, 53))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let q = &buf[..n];
-            let text = String::from_utf8_lossy(q).to_ascii_lowercase();
-            let addrs: Vec<IpAddr> = if text.contains("\x03web\x04test") {
-                vec![IpAddr::V4(WEB)]
-            } else {
-                vec![]
-            };
-            if let Some(r) = dns::build_response(q, &addrs) {
-                let _ = s.send_to(&r, from);
-            }
-        }
-    });
-}
-
-async fn internet() -> Internet {
-    let host = NetNs::current().unwrap();
-    let ns = NetNs::new_detached().unwrap();
-    let uplink = format!("bhv{}", std::process::id() % 100_000);
-    link::veth_pair(&host, &uplink, &ns, "wan").await.unwrap();
-    link::address(&ns, "wan", WEB, 24).await.unwrap();
-    for a in [(WEB, 80), (WEB, 8080)] {
-        serve_tcp(&ns, a.into());
-    }
-    serve_dns(&ns);
-    Internet { _ns: ns, uplink }
-}
-
-/// `sh -c script` in `domain`: (exit code, stdout + stderr).
-async fn sh(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String) {
-    let (code, out, err) = run_captured(p, domain, &["/bin/sh", "-c", script])
-        .await
-        .unwrap_or_else(|e| panic!("Run in {domain}: {e}"));
-    (code, format!("{out}{err}"))
 }
 
 /// TCP to WEB:port from `domain` (timeouts generous: the guest runs nested under TCG).
@@ -167,27 +110,17 @@ fn links_of(d: &TestDomaind, name: &str) -> String {
 }
 
 async fn scenario(cache: std::path::PathBuf) {
-    let inet = internet().await;
-    let bus = TestBus::start().expect("dbus-daemon");
+    let inet = TestInternet::start("bhv", &[("web.test", WEB)], &[(WEB, 80), (WEB, 8080)]).await;
     let pre = format!("vn{}-", std::process::id() % 100_000);
     let (net, vm) = (format!("{pre}net"), format!("{pre}vm"));
-    let mut d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            daemon_file: Some(format!(
-                "[net]\ndomain = \"{net}\"\nuplink = \"{}\"\naddress = \"192.0.2.2/24\"\ngateway = \"{WEB}\"\ndns = [\"{WEB}\"]\n",
-                inet.uplink
-            )),
-            ..DomaindOptions::debian12(cache)
-        },
-    )
-    .await
-    .expect("domaind");
-    let (_c, p) = d.client().await.expect("client");
-    register_template(&p, "debian-12")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    // the bus and the connection stay in env
+    let env = Debian12Env::start(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        daemon_file: Some(inet.net_section(&net, WEB)),
+        ..DomaindOptions::debian12(cache)
+    })
+    .await;
+    let (mut d, p) = (env.d, env.p);
     // net: a sandbox on a mini template in the test's own store (see the module doc).
     let tmpl = format!("{pre}tmpl");
     d.mini_template(&tmpl).expect("mini template");

@@ -1,6 +1,6 @@
-//! Small file-system helpers that bulkhead-sandbox, bulkhead-templates and domaind share
-//! (neither of the first two depends on the other, so they live here, on the standard
-//! library only).
+//! Small file-system helpers that bulkhead-sandbox, bulkhead-templates, bulkhead-domain (its
+//! private volume) and domaind share (neither of the first two depends on the other, so they
+//! live here, on the standard library only).
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -37,6 +37,45 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         r => r,
     }
+}
+
+/// Remove a file if it exists.
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Copy a (sparse) disk image with `cp --sparse=always`, so holes stay holes; `dst` must not
+/// exist. A missing `src` is not an error (returns false).
+pub fn copy_image(src: &Path, dst: &Path) -> io::Result<bool> {
+    if !src.exists() {
+        return Ok(false);
+    }
+    if dst.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists", dst.display()),
+        ));
+    }
+    let out = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg("--no-dereference")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .output()?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(dst);
+        return Err(io::Error::other(format!(
+            "cp {} {}: {}",
+            src.display(),
+            dst.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@
 
 pub mod cgroup;
 pub mod coredump;
+pub mod instance;
 pub mod launch;
 pub mod logwriter;
 pub mod loopdev;

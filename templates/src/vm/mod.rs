@@ -55,7 +55,7 @@ pub use kernel::{kernel_dependency, module_name, parse_modules_dep, resolve_modu
 /// ext4 label of the template root image.
 pub const ROOT_LABEL: &str = "bh-root";
 /// ext4 label of a domain's private volume image.
-pub const PRIVATE_LABEL: &str = "bh-private";
+pub use bulkhead_domain::volume::PRIVATE_LABEL;
 /// ext4 label of the guest tools image.
 pub const TOOLS_LABEL: &str = "bh-tools";
 /// Kernel command line of a VM domain (the VMM appends the console and virtio-mmio entries).

@@ -23,7 +23,9 @@ use std::process::Command;
 use tracing::{info, warn};
 
 /// File name of a domain's private volume image in its state dir.
-pub const IMAGE_NAME: &str = "private.img";
+pub const IMAGE_NAME: &str = crate::PRIVATE_IMAGE_NAME;
+/// ext4 label of a domain's private volume image (the guest of a VM mounts it by label).
+pub const PRIVATE_LABEL: &str = "bh-private";
 /// Next to the image: present once a VM has used it (dom0 must not mount it then).
 pub const VM_WRITTEN_MARKER: &str = "private.img.vm-written";
 /// What a converted private directory is renamed to.
@@ -68,9 +70,9 @@ pub struct PrivateVolume {
 }
 
 impl PrivateVolume {
-    pub fn new(paths: &bulkhead_domain::Paths, name: &bulkhead_domain::DomainName) -> Self {
+    pub fn new(paths: &crate::Paths, name: &crate::DomainName) -> Self {
         Self {
-            image: paths.domain_state_dir(name).join(IMAGE_NAME),
+            image: paths.private_image(name),
             legacy_dir: paths.private_dir(name),
         }
     }
@@ -139,15 +141,15 @@ impl PrivateVolume {
     /// leaves `dest` without one (made empty at its first start).
     pub fn copy_to(&self, dest: &PrivateVolume, size_mib: u64) -> Result<(), VolumeError> {
         for p in [&dest.image, &dest.marker()] {
-            crate::fsutil::remove_file(p).map_err(io("cannot remove", p))?;
+            bulkhead_fsutil::remove_file(p).map_err(io("cannot remove", p))?;
         }
-        crate::fsutil::remove_tree(&dest.legacy_dir)
+        bulkhead_fsutil::remove_tree(&dest.legacy_dir)
             .map_err(io("cannot remove", &dest.legacy_dir))?;
         if let Some(parent) = dest.image.parent() {
             fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
         }
         if self.image.exists() {
-            crate::fsutil::copy_image(&self.image, &dest.image)
+            bulkhead_fsutil::copy_image(&self.image, &dest.image)
                 .map_err(io("cannot copy the private volume to", &dest.image))?;
             if self.vm_written() {
                 dest.mark_vm_written()?;
@@ -249,7 +251,7 @@ fn make_image(src: &Path, image: &Path, size_mib: u64) -> Result<(), VolumeError
     let made = run(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-m", "0", "-L"])
-            .arg(bulkhead_templates::vm::PRIVATE_LABEL)
+            .arg(PRIVATE_LABEL)
             .args(["-E", "root_owner=0:0", "-d"])
             .arg(src)
             .arg(&tmp),

@@ -1,0 +1,106 @@
+//! Network fixtures: a test "internet", a network namespace made here with a veth towards the
+//! host (to become net's uplink), TCP servers answering `hello from IP:PORT` and a DNS server
+//! for a few names. Nothing leaves the machine, and everything is held by descriptors of this
+//! process: a failing test leaves no interface or namespace behind.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+
+use bulkhead_net::netns::NetNs;
+use bulkhead_net::{dns, link};
+
+/// The test internet (see the module doc); dropped, its namespace goes.
+pub struct TestInternet {
+    _ns: NetNs,
+    /// The host's end of the veth (`<prefix><pid>`), for net's `uplink`.
+    pub uplink: String,
+}
+
+impl TestInternet {
+    /// `hosts`: (DNS name, address); the first address is the namespace's on its `wan` link
+    /// (a /24) and serves DNS on port 53, the others are added as /32s. `tcp`: where a
+    /// server greets. The host end of the veth is named `uplink_prefix` and this process's
+    /// id (mod 100 000). Panics on failure.
+    pub async fn start(
+        uplink_prefix: &str,
+        hosts: &[(&str, Ipv4Addr)],
+        tcp: &[(Ipv4Addr, u16)],
+    ) -> Self {
+        let host = NetNs::current().unwrap();
+        let ns = NetNs::new_detached().unwrap();
+        let uplink = format!("{uplink_prefix}{}", std::process::id() % 100_000);
+        link::veth_pair(&host, &uplink, &ns, "wan").await.unwrap();
+        let (_, first) = *hosts.first().expect("at least one host");
+        link::address(&ns, "wan", first, 24).await.unwrap();
+        for (_, a) in &hosts[1..] {
+            link::address(&ns, "wan", *a, 32).await.unwrap();
+        }
+        for a in tcp {
+            serve_tcp(&ns, (*a).into());
+        }
+        let names = hosts
+            .iter()
+            .map(|(name, a)| (dns_labels(name), *a))
+            .collect();
+        serve_dns(&ns, first, names);
+        Self { _ns: ns, uplink }
+    }
+
+    /// The `[net]` section of `domaind.toml` ([`DomaindOptions::daemon_file`]) that makes
+    /// domain `net` the net domain on this uplink, at 192.0.2.2/24 with `gateway` as its
+    /// gateway and DNS server.
+    ///
+    /// [`DomaindOptions::daemon_file`]: crate::DomaindOptions::daemon_file
+    pub fn net_section(&self, net: &str, gateway: Ipv4Addr) -> String {
+        format!(
+            "[net]\ndomain = \"{net}\"\nuplink = \"{}\"\naddress = \"192.0.2.2/24\"\ngateway = \"{gateway}\"\ndns = [\"{gateway}\"]\n",
+            self.uplink
+        )
+    }
+}
+
+/// `name` as the labels of a DNS question (`web.test` -> `\x03web\x04test`), lower case.
+fn dns_labels(name: &str) -> String {
+    name.split('.')
+        .map(|l| format!("{}{}", char::from(l.len() as u8), l.to_ascii_lowercase()))
+        .collect()
+}
+
+fn serve_tcp(ns: &NetNs, addr: SocketAddr) {
+    let l: TcpListener = ns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = writeln!(s, "hello from {addr}");
+        }
+    });
+}
+
+fn serve_dns(ns: &NetNs, at: Ipv4Addr, names: Vec<(String, Ipv4Addr)>) {
+    let s: UdpSocket = ns.run(move || UdpSocket::bind((at, 53))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let q = &buf[..n];
+            // The name is in the question: answer by looking for it.
+            let text = String::from_utf8_lossy(q).to_ascii_lowercase();
+            let addrs: Vec<IpAddr> = names
+                .iter()
+                .find(|(labels, _)| text.contains(labels.as_str()))
+                .map(|(_, a)| vec![IpAddr::V4(*a)])
+                .unwrap_or_default();
+            if let Some(r) = dns::build_response(q, &addrs) {
+                let _ = s.send_to(&r, from);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dns_labels_of_names() {
+        assert_eq!(super::dns_labels("web.test"), "\x03web\x04test");
+        assert_eq!(super::dns_labels("Other.test"), "\x05other\x04test");
+    }
+}

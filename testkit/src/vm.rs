@@ -1,0 +1,234 @@
+//! VM tests: the VMM's probe, a ticker guest and test VM files, the VM files of a cached
+//! template, and the re-run of a test inside an L1 with a real `/dev/kvm`
+//! (`scripts/nested-kvm.sh`) on a host without hardware virtualization.
+//!
+//! `BULKHEAD_TEST_IN_L1` ([`ENV_IN_L1`]) is set inside L1 (no second level of nesting).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{vmm_bin, workspace_root, TestResult};
+
+/// `bulkhead-vmm probe`: (hardware virtualization?, its line of text).
+pub fn vmm_probe(vmm: &Path) -> TestResult<(bool, String)> {
+    let out = Command::new(vmm)
+        .arg("probe")
+        .output()
+        .map_err(|e| format!("cannot run {} probe: {e}", vmm.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match out.status.code() {
+        Some(0) => Ok((true, text)),
+        Some(3) => Ok((false, text)),
+        _ => Err(format!(
+            "{} probe failed ({}): {text}",
+            vmm.display(),
+            out.status
+        )),
+    }
+}
+
+/// Compile the VM lifecycle test's guest (`domaind/tests/guests/ticker.c`: prints to the
+/// serial console forever, no drivers, no agent) with gcc into `out_dir`; returns the ELF.
+pub fn build_ticker_guest(out_dir: &Path) -> TestResult<PathBuf> {
+    let src = workspace_root().join("domaind/tests/guests");
+    let out = out_dir.join("ticker.elf");
+    let result = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-fno-pie",
+            "-no-pie",
+            "-fno-stack-protector",
+            "-mno-red-zone",
+            "-mgeneral-regs-only",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-Wl,--build-id=none",
+        ])
+        .arg(format!("-Wl,-T,{}", src.join("ticker.ld").display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(src.join("ticker.c"))
+        .output()
+        .map_err(|e| format!("cannot run gcc (scripts/install-deps.sh installs it): {e}"))?;
+    if !result.status.success() {
+        return Err(format!(
+            "gcc failed for the ticker guest:\n{}",
+            String::from_utf8_lossy(&result.stderr)
+        ));
+    }
+    Ok(out)
+}
+
+/// Give template `name` (built in `templates_dir`) VM files without building them: `kernel`
+/// as its kernel, an empty initramfs, a small ext4 root image. Returns the VM files' dir.
+pub fn install_test_vm_artifacts(
+    templates_dir: &Path,
+    name: &str,
+    kernel: &Path,
+) -> TestResult<PathBuf> {
+    use bulkhead_templates::vm;
+    let dn = bulkhead_domain::DomainName::new(name).map_err(|e| e.to_string())?;
+    let store = bulkhead_templates::TemplateStore::new(templates_dir);
+    let root = store.root_path(&dn).map_err(|e| e.to_string())?;
+    let marker: bulkhead_templates::TemplateMarker = toml::from_str(
+        &std::fs::read_to_string(root.join(bulkhead_templates::MARKER_PATH))
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let hash16 = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("root-"))
+        .ok_or("template root is not root-<hash>")?
+        .to_owned();
+    let dir = root.with_file_name(format!("vm-{hash16}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::copy(kernel, dir.join("vmlinuz")).map_err(|e| format!("copy kernel: {e}"))?;
+    let mut cpio = Vec::new();
+    vm::write_cpio(&[], &mut cpio).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("initramfs.cpio"), cpio).map_err(|e| e.to_string())?;
+    let empty = dir.join("empty-root");
+    std::fs::create_dir_all(&empty).map_err(|e| e.to_string())?;
+    vm::make_ext4_image(
+        &empty,
+        &dir.join("root.img"),
+        vm::ROOT_LABEL,
+        16,
+        false,
+        &mut std::io::sink(),
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir(&empty);
+    let m = vm::VmMarker {
+        format: vm::VM_FORMAT_VERSION,
+        hash: marker.hash,
+        kernel_package: "test guest (domaind/tests/guests/ticker.c)".into(),
+        kernel_release: "ticker".into(),
+        modules: Vec::new(),
+        built_at: 0,
+    };
+    std::fs::write(
+        dir.join("vm.toml"),
+        toml::to_string(&m).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+/// `scripts/nested-kvm.sh`'s exit status when L1 itself ended before the command did.
+const NESTED_L1_ENDED: i32 = 123;
+
+/// Set inside L1 by [`hardware_vm_here_or_nested`] (no second level of nesting).
+pub const ENV_IN_L1: &str = "BULKHEAD_TEST_IN_L1";
+
+/// Where a test that boots a real Linux guest runs.
+#[derive(Debug)]
+pub enum VmHost {
+    /// This host has hardware virtualization: run the test body here.
+    Here,
+    /// The test ran inside an L1 with a real `/dev/kvm` (`scripts/nested-kvm.sh`) and passed
+    /// there; its output has been printed. The caller returns.
+    PassedInL1,
+}
+
+/// For a test that needs hardware virtualization (VT-x/AMD-V): on a host that has it, run
+/// here; on one that has not (PVM's software KVM, as on our build and CI machines), run the
+/// same test executable with `--exact test` inside the nested environment, which boots an L1
+/// kernel under QEMU TCG with emulated AMD-V, and panic unless it passed there. Panics with
+/// the reason when neither can be done: a VM test never passes without having run.
+pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
+    let vmm = vmm_bin().unwrap_or_else(|e| panic!("no bulkhead-vmm: {e}"));
+    let (hardware, reason) = vmm_probe(&vmm).unwrap_or_else(|e| panic!("{e}"));
+    if hardware {
+        return VmHost::Here;
+    }
+    if std::env::var_os(ENV_IN_L1).is_some() {
+        panic!("inside L1 and still no hardware virtualization: {reason}");
+    }
+    let script = workspace_root().join("scripts/nested-kvm.sh");
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    println!(
+        "no hardware virtualization here ({reason}); running {test} inside L1 ({})",
+        script.display()
+    );
+    // L1's limit is above the tests' own (at most 20 min), so a test that hangs fails with its
+    // own diagnostics instead of being cut off.
+    let in_l1 = || {
+        Command::new(&script)
+            .args(["--timeout", "1800", "--"])
+            .arg(&exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(ENV_IN_L1, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
+    };
+    // What the script itself says (why L1 ended, its console's last lines) is part of this
+    // test's output, so that libtest shows it with the failure.
+    let show = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let said = String::from_utf8_lossy(&out.stderr);
+        println!("---- {test} inside L1 ----\n{text}---- end of L1 output ----\n{said}");
+        text
+    };
+    let mut out = in_l1();
+    let mut text = show(&out);
+    // Exit 123: L1 itself reset or crashed before the test ended (QEMU's TCG emulation of
+    // nested SVM under two busy vCPUs; its log is above). That is the emulator's failure, not
+    // the test's, so the test runs once more in a new L1; a test that failed is never re-run.
+    if out.status.code() == Some(NESTED_L1_ENDED) {
+        // Past libtest's capture, so that scripts/test.sh counts it in a passing run too.
+        let _ = writeln!(
+            std::io::stderr(),
+            "L1 RESET {test}: L1 ended before the test did; running it once more in a new L1"
+        );
+        out = in_l1();
+        text = show(&out);
+    }
+    assert!(
+        out.status.success(),
+        "{test} failed inside L1 ({}); its output is above",
+        out.status
+    );
+    // A skip inside L1 cannot reach the host's skip log: it is a failure here.
+    assert!(
+        !text.lines().any(|l| l.starts_with("SKIP")),
+        "{test} skipped inside L1; its output is above"
+    );
+    // Zero tests run also exits 0: make sure this one ran.
+    assert!(
+        text.contains("test result: ok. 1 passed"),
+        "{test} did not run inside L1; its output is above"
+    );
+    VmHost::PassedInL1
+}
+
+/// The template store inside a template cache (`<cache>/templates` or the cache itself, as
+/// [`DomaindOptions::template_cache`] links it).
+pub fn cache_store(cache: &Path) -> PathBuf {
+    let t = cache.join("templates");
+    if t.is_dir() {
+        t
+    } else {
+        cache.to_owned()
+    }
+}
+
+/// Build (or find) the VM files of template `name` in the template cache, from the source
+/// tree's recipe: Debian's cloud kernel and busybox are fetched with apt, so this runs on the
+/// host before a test enters L1. Returns their dir.
+pub fn ensure_vm_files(cache: &Path, name: &str) -> TestResult<PathBuf> {
+    let name = bulkhead_domain::DomainName::new(name).map_err(|e| e.to_string())?;
+    let recipe =
+        bulkhead_templates::Recipe::load_named(&bulkhead_templates::source_recipes_dir(), &name)
+            .map_err(|e| e.to_string())?;
+    let store = bulkhead_templates::TemplateStore::new(cache_store(cache));
+    let a = store
+        .build_vm(&recipe, &mut |p| println!("{p}"))
+        .map_err(|e| e.to_string())?;
+    Ok(a.kernel.parent().map(Path::to_owned).unwrap_or_default())
+}
