@@ -122,6 +122,25 @@ pub fn install_test_vm_artifacts(
 /// `scripts/nested-kvm.sh`'s exit status when L1 itself ended before the command did.
 const NESTED_L1_ENDED: i32 = 123;
 
+/// Lines a nested test prints when QEMU's emulation of nested SVM failed under an L2 guest
+/// rather than the code under test: a guest kernel that triple-faults while it boots, or a
+/// guest vCPU that stops taking interrupts (RCU stall reports). Seen in 2 of about 15 nested
+/// runs (one in CI), at random points, with the same build passing before and after; the
+/// same guests never did either on the host's own KVM. Not proven to be the emulator's.
+const L2_GLITCHES: &[&str] = &[
+    "guest shutdown (triple fault)",
+    "rcu: INFO: rcu_preempt detected stalls",
+    "rcu: INFO: rcu_preempt self-detected stall",
+];
+
+/// The first line of `output` that names an emulator failure under an L2 guest.
+fn l2_glitch(output: &str) -> Option<&str> {
+    output
+        .lines()
+        .find(|l| L2_GLITCHES.iter().any(|g| l.contains(g)))
+        .map(str::trim)
+}
+
 /// Set inside L1 by [`hardware_vm_here_or_nested`] (no second level of nesting).
 pub const ENV_IN_L1: &str = "BULKHEAD_TEST_IN_L1";
 
@@ -177,15 +196,24 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
     };
     let mut out = in_l1();
     let mut text = show(&out);
-    // Exit 123: L1 itself reset or crashed before the test ended (QEMU's TCG emulation of
-    // nested SVM under two busy vCPUs; its log is above). That is the emulator's failure, not
-    // the test's, so the test runs once more in a new L1; a test that failed is never re-run.
-    if out.status.code() == Some(NESTED_L1_ENDED) {
-        // Past libtest's capture, so that scripts/test.sh counts it in a passing run too.
-        let _ = writeln!(
-            std::io::stderr(),
+    // The emulator, not the test, failed when L1 itself reset or crashed before the test
+    // ended (exit 123; QEMU's log is above), or when a test that failed says that an L2 guest
+    // triple-faulted while it booted or stopped taking interrupts on a vCPU (see
+    // [`L2_GLITCHES`]). Then the test runs once more in a new L1, once: a test that fails
+    // again, or fails without such a sign, fails.
+    let rerun = if out.status.code() == Some(NESTED_L1_ENDED) {
+        Some(format!(
             "L1 RESET {test}: L1 ended before the test did; running it once more in a new L1"
-        );
+        ))
+    } else if !out.status.success() {
+        l2_glitch(&text)
+            .map(|line| format!("L2 GLITCH {test}: {line}; running it once more in a new L1"))
+    } else {
+        None
+    };
+    if let Some(line) = rerun {
+        // Past libtest's capture, so that scripts/test.sh counts it in a passing run too.
+        let _ = writeln!(std::io::stderr(), "{line}");
         out = in_l1();
         text = show(&out);
     }
@@ -231,4 +259,22 @@ pub fn ensure_vm_files(cache: &Path, name: &str) -> TestResult<PathBuf> {
         .build_vm(&recipe, &mut |p| println!("{p}"))
         .map_err(|e| e.to_string())?;
     Ok(a.kernel.parent().map(Path::to_owned).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emulator_failures_under_l2_guests_are_recognised() {
+        // As printed by failed nested runs (a VMM's log line, a guest console's).
+        let triple = "2026-12-07T08:48:35.631152Z  WARN bulkhead_vmm::vm: guest shutdown (triple fault) vcpu=0";
+        let stall = "[   25.592231] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
+        assert_eq!(l2_glitch(&format!("a\n{triple}\nb")), Some(triple));
+        assert_eq!(l2_glitch(&format!("x\n  {stall}\n")), Some(stall));
+        assert_eq!(
+            l2_glitch("assertion failed: file copied\nagent did not connect"),
+            None
+        );
+    }
 }
