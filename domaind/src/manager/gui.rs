@@ -9,7 +9,7 @@ use bulkhead_api::Error;
 use bulkhead_wire::{OpenRequest, GUI_VERSION};
 use tracing::{info, warn};
 
-use crate::manager::Manager;
+use super::Manager;
 
 impl Manager {
     /// Opens the GUI stream of running domain `name`; returns dom0's end of the socketpair.
