@@ -16,6 +16,7 @@ use crate::slots::Claim;
 use crate::volume::PrivateVolume;
 use crate::{tmpl, vm};
 
+use super::start::START_STEPS;
 use super::{blocking, io_err, lock, Event, Manager, DOMAIN_PIDS_MAX, LAUNCH_LOCK};
 
 impl Manager {
@@ -155,7 +156,7 @@ impl Manager {
                     name: n.clone(),
                     step: line,
                     done: 4,
-                    total: 6,
+                    total: START_STEPS,
                 });
             })
         })
