@@ -63,9 +63,9 @@ pub(crate) async fn serve_incoming(mgr: Weak<Manager>, source: String, mut incom
 impl Manager {
     /// The policy's view of the system now.
     pub(crate) fn policy_system(&self) -> System {
-        let (good, _) = self.store().load_all();
+        let good = self.configs.good(self.store());
         let mut sys = System::new();
-        for c in &good {
+        for c in good.iter() {
             let running = self.state_of(c.name.as_str()) == DomainState::Running;
             let mut info = bulkhead_policy::DomainInfo::from_config(c, running);
             if let Some(tags) = c.features.get("tags") {

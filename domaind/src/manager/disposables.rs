@@ -10,7 +10,7 @@ use tracing::{error, info};
 use crate::state::DomainState;
 use crate::volume::PrivateVolume;
 
-use super::{blocking, lock, store_err, CallerGone, Manager, Stdio};
+use super::{lock, store_err, CallerGone, Manager, Stdio};
 
 impl Manager {
     pub(super) async fn discard_disposable(&self, name: &str) {
@@ -83,7 +83,7 @@ impl Manager {
         let from = PrivateVolume::new(&self.cfg.paths, &bn);
         let to = PrivateVolume::new(&self.cfg.paths, &dn);
         let store = self.store.clone();
-        blocking(move || -> Result<(), Error> {
+        self.store_write(move || -> Result<(), Error> {
             from.copy_to(&to, cfg.private_size)
                 .map_err(|e| Error::Io(format!("seeding the disposable's private volume: {e}")))?;
             store

@@ -233,7 +233,7 @@ impl Manager {
         }
         let volume = PrivateVolume::new(&self.cfg.paths, &dn);
         let store = self.store.clone();
-        blocking(move || -> Result<(), Error> {
+        self.store_write(move || -> Result<(), Error> {
             volume.ensure(cfg.private_size).map_err(volume_err)?;
             store
                 .save(&cfg)
@@ -293,7 +293,7 @@ impl Manager {
         }
         let new_netvm = cfg.netvm.clone();
         let store = self.store.clone();
-        blocking(move || {
+        self.store_write(move || {
             store
                 .save(&cfg)
                 .map_err(|e| store_err(cfg.name.as_str(), e))
@@ -342,7 +342,7 @@ impl Manager {
         let from = PrivateVolume::new(&self.cfg.paths, &src);
         let to = PrivateVolume::new(&self.cfg.paths, &dst);
         let store = self.store.clone();
-        blocking(move || -> Result<(), Error> {
+        self.store_write(move || -> Result<(), Error> {
             from.copy_to(&to, cfg.private_size).map_err(volume_err)?;
             store.save(&cfg).map_err(|e| {
                 let _ = fsutil::remove_file(&to.image);
@@ -421,7 +421,7 @@ impl Manager {
         let dn = dn.clone();
         // The config file goes last: a domain that is no longer listed has no data left, and
         // one whose removal failed half-way is still listed and can be removed again.
-        blocking(move || -> Result<(), Error> {
+        self.store_write(move || -> Result<(), Error> {
             let state = paths.domain_state_dir(&dn);
             fsutil::remove_tree(&state).map_err(io_err(&state.display().to_string()))?;
             fsutil::remove_runtime_dir(&paths, &dn)
@@ -461,7 +461,7 @@ impl Manager {
                     .map_err(|e| Error::InvalidProperty(e.to_string()))?;
                 let volume = PrivateVolume::new(&self.cfg.paths, &dn);
                 let store = self.store.clone();
-                blocking(move || -> Result<(), Error> {
+                self.store_write(move || -> Result<(), Error> {
                     volume.ensure(cfg.private_size).map_err(volume_err)?;
                     store.save(&cfg).map_err(|e| store_err(cfg.name.as_str(), e))
                 })

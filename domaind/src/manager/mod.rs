@@ -47,6 +47,7 @@ mod netvm;
 
 mod agent;
 mod calls;
+mod configs;
 mod desktop;
 mod disposables;
 mod domains;
@@ -176,6 +177,8 @@ pub struct Manager {
     cfg: DaemonConfig,
     store: DomainStore,
     config_lock: AsyncMutex<()>,
+    /// The good domain configs as the policy sees them (see `configs`).
+    configs: configs::ConfigCache,
     domains: StdMutex<HashMap<String, Arc<Runtime>>>,
     /// Host-wide uid slot claims (see [`crate::slots`]).
     slots: SlotDir,
@@ -215,6 +218,7 @@ impl Manager {
             cfg,
             store,
             config_lock: AsyncMutex::new(()),
+            configs: configs::ConfigCache::default(),
             domains: StdMutex::new(HashMap::new()),
             slots: SlotDir::new(crate::slots::SLOT_DIR),
             roots: StdMutex::new(HashMap::new()),
@@ -338,6 +342,17 @@ impl Manager {
             service: service.to_owned(),
             reason: reason.to_owned(),
         });
+    }
+
+    /// Run `f`, which saves or removes domain files, on the blocking pool; the config cache
+    /// hears of it whatever the outcome.
+    async fn store_write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let r = blocking(f).await;
+        self.configs.changed();
+        r
     }
 
     fn load(&self, name: &DomainName) -> Result<DomainConfig, Error> {
