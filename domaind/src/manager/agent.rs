@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_api::Error;
+use bulkhead_domain::DomainName;
 use bulkhead_wire::{Connection, ExecRequest};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -46,8 +47,9 @@ impl Manager {
     }
 
     /// The agent connection of a domain that is running now (no start): for `OpenGui`.
-    pub(crate) async fn running_agent_conn(&self, name: &str) -> Result<Connection, Error> {
-        self.known(name)?;
+    pub(crate) async fn running_agent_conn(&self, dn: &DomainName) -> Result<Connection, Error> {
+        let name = dn.as_str();
+        self.known(dn)?;
         let rt = self.runtime(name);
         let inst = match (rt.state(), rt.instance()) {
             (DomainState::Running, Some(i)) => i,
@@ -91,13 +93,14 @@ impl Manager {
     /// `Run`: start if halted, run, return the exit code.
     pub async fn run(
         self: &Arc<Self>,
-        name: &str,
+        dn: &DomainName,
         argv: Vec<String>,
         user: &str,
         io: Stdio,
         caller_gone: CallerGone,
     ) -> Result<i32, Error> {
-        let inst = self.ensure_running(name).await?;
+        let name = dn.as_str();
+        let inst = self.ensure_running(dn).await?;
         tokio::select! {
             r = self.exec_in(&inst, name, argv, user, io) => r,
             _ = caller_gone => {

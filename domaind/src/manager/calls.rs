@@ -182,7 +182,7 @@ impl Manager {
                     "calls to services in dom0 are not supported".into(),
                 ))
             }
-            CallTarget::Domain(n) => (n.to_string(), None),
+            CallTarget::Domain(n) => (n.clone(), None),
             CallTarget::NewDisposable { template } => {
                 let dn = self
                     .disposable_for(template.as_str(), source)
@@ -198,12 +198,13 @@ impl Manager {
                         }
                     })?;
                 info!(source, disposable = %dn, "disposable created for a call");
-                (dn.to_string(), Some(dn.to_string()))
+                let d = dn.to_string();
+                (dn, Some(d))
             }
         };
         let opened = async {
             let inst = self.ensure_running(&name).await?;
-            let conn = self.agent_conn(&inst, &name).await?;
+            let conn = self.agent_conn(&inst, name.as_str()).await?;
             conn.open(OpenRequest::Service(ServiceRequest {
                 service: req.service.clone(),
                 arg: req.arg.clone(),

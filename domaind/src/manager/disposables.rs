@@ -126,7 +126,7 @@ impl Manager {
         let dn = self.disposable_for(base, crate::calls::DOM0).await?;
         let name = dn.to_string();
         let work = async {
-            let inst = self.ensure_running(&name).await?;
+            let inst = self.ensure_running(&dn).await?;
             self.exec_in(&inst, &name, argv, user, io).await
         };
         let res = tokio::select! {

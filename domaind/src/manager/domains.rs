@@ -64,9 +64,9 @@ impl Manager {
         out
     }
 
-    pub fn get_properties(&self, name: &str) -> Result<HashMap<String, String>, Error> {
-        let dn = self.name(name)?;
-        let cfg = self.load(&dn)?;
+    pub fn get_properties(&self, dn: &DomainName) -> Result<HashMap<String, String>, Error> {
+        let name = dn.as_str();
+        let cfg = self.load(dn)?;
         let mut props: HashMap<String, String> = cfg.properties().into_iter().collect();
         props.insert("state".into(), self.state_of(name).as_str().into());
         if cfg.class == DomainClass::DisposableTemplate {
@@ -75,17 +75,18 @@ impl Manager {
         Ok(props)
     }
 
-    pub fn log_path(&self, name: &str) -> Result<String, Error> {
-        let dn = self.stored(name)?;
-        Ok(self.cfg.paths.log_file(&dn).display().to_string())
+    pub fn log_path(&self, dn: &DomainName) -> Result<String, Error> {
+        self.stored(dn)?;
+        Ok(self.cfg.paths.log_file(dn).display().to_string())
     }
 
     /// `OpenLog`: a read-only descriptor of the domain's log, so callers that may not read
     /// the root-only log directory (bulkhead-admin members) can still read it. The last path
     /// component is not followed if it is a symlink.
-    pub fn open_log(&self, name: &str) -> Result<OwnedFd, Error> {
-        let dn = self.stored(name)?;
-        let path = self.cfg.paths.log_file(&dn);
+    pub fn open_log(&self, dn: &DomainName) -> Result<OwnedFd, Error> {
+        let name = dn.as_str();
+        self.stored(dn)?;
+        let path = self.cfg.paths.log_file(dn);
         use std::os::unix::fs::OpenOptionsExt;
         match std::fs::OpenOptions::new()
             .read(true)
@@ -103,8 +104,9 @@ impl Manager {
 
     /// `OpenConsole`: a write-only, non-blocking descriptor of a running VM domain's console
     /// input FIFO (the VMM holds its read end; once the VMM is gone a write fails with EPIPE).
-    pub fn open_console(&self, name: &str) -> Result<OwnedFd, Error> {
-        let dn = self.stored(name)?;
+    pub fn open_console(&self, dn: &DomainName) -> Result<OwnedFd, Error> {
+        let name = dn.as_str();
+        self.stored(dn)?;
         let rt = self.runtime(name);
         match rt.instance().map(|i| i.record.clone()) {
             Some(DomainRecord::Vm(_)) => {}
@@ -122,7 +124,7 @@ impl Manager {
         let path = self
             .cfg
             .paths
-            .runtime_domain_dir(&dn)
+            .runtime_domain_dir(dn)
             .join(vm::CONSOLE_FIFO_NAME);
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -188,13 +190,13 @@ impl Manager {
 
     pub async fn create(
         &self,
-        name: &str,
+        dn: &DomainName,
         class: &str,
         template: &str,
         label: &str,
         props: HashMap<String, String>,
     ) -> Result<(), Error> {
-        let dn = self.name(name)?;
+        let name = dn.as_str();
         let class: DomainClass = class
             .parse()
             .map_err(|e: bulkhead_domain::ParseEnumError| Error::InvalidProperty(e.to_string()))?;
@@ -208,7 +210,7 @@ impl Manager {
                 })?
         };
         let _cl = self.config_lock.lock().await;
-        if self.store.exists(&dn) {
+        if self.store.exists(dn) {
             return Err(Error::AlreadyExists(format!(
                 "a domain named '{name}' already exists"
             )));
@@ -231,7 +233,7 @@ impl Manager {
             cfg.set_property(&k, v)
                 .map_err(|e| Self::prop_err(name, e))?;
         }
-        let volume = PrivateVolume::new(&self.cfg.paths, &dn);
+        let volume = PrivateVolume::new(&self.cfg.paths, dn);
         let store = self.store.clone();
         self.store_write(move || -> Result<(), Error> {
             volume.ensure(cfg.private_size).map_err(volume_err)?;
@@ -246,13 +248,13 @@ impl Manager {
 
     pub async fn set_property(
         self: &Arc<Self>,
-        name: &str,
+        dn: &DomainName,
         prop: &str,
         value: &str,
     ) -> Result<(), Error> {
-        let dn = self.name(name)?;
+        let name = dn.as_str();
         let _cl = self.config_lock.lock().await;
-        let mut cfg = self.load(&dn)?;
+        let mut cfg = self.load(dn)?;
         if matches!(prop, "template" | "isolation") {
             self.state_of(name)
                 .check(name, Op::ChangeStaticProperty)
@@ -270,7 +272,7 @@ impl Manager {
             .map_err(|e| Self::prop_err(name, e))?;
         // A VM's guest wrote its private volume as a raw disk: dom0's kernel never mounts
         // such an image, so it cannot become a sandbox's (see crate::volume).
-        let volume = PrivateVolume::new(&self.cfg.paths, &dn);
+        let volume = PrivateVolume::new(&self.cfg.paths, dn);
         if old_isolation == Isolation::Vm && cfg.isolation != Isolation::Vm && volume.vm_written() {
             return Err(Error::InvalidState(format!(
                 "domain '{name}' keeps its private volume in {}, written by its VM's guest as a raw disk; dom0 never mounts such a volume, so the domain cannot become a sandbox. Copy what you need out first (bulkhead-copy) into a new sandbox domain, or keep isolation = vm",
@@ -318,11 +320,10 @@ impl Manager {
         Ok(())
     }
 
-    pub async fn clone_domain(&self, source: &str, dest: &str) -> Result<(), Error> {
-        let src = self.name(source)?;
-        let dst = self.name(dest)?;
+    pub async fn clone_domain(&self, src: &DomainName, dst: &DomainName) -> Result<(), Error> {
+        let (source, dest) = (src.as_str(), dst.as_str());
         let _cl = self.config_lock.lock().await;
-        let mut cfg = self.load(&src)?;
+        let mut cfg = self.load(src)?;
         // Held until the copy is done, so a Start of the source waits for it.
         let src_rt = self.runtime(source);
         let _src_op = src_rt.op.lock().await;
@@ -333,14 +334,14 @@ impl Manager {
                 st.as_str()
             ))
         })?;
-        if self.store.exists(&dst) {
+        if self.store.exists(dst) {
             return Err(Error::AlreadyExists(format!(
                 "a domain named '{dest}' already exists"
             )));
         }
         cfg.name = dst.clone();
-        let from = PrivateVolume::new(&self.cfg.paths, &src);
-        let to = PrivateVolume::new(&self.cfg.paths, &dst);
+        let from = PrivateVolume::new(&self.cfg.paths, src);
+        let to = PrivateVolume::new(&self.cfg.paths, dst);
         let store = self.store.clone();
         self.store_write(move || -> Result<(), Error> {
             from.copy_to(&to, cfg.private_size).map_err(volume_err)?;
@@ -373,15 +374,16 @@ impl Manager {
         out
     }
 
-    pub async fn remove(&self, name: &str) -> Result<(), Error> {
+    pub async fn remove(&self, dn: &DomainName) -> Result<(), Error> {
+        let name = dn.as_str();
         let _cl = self.config_lock.lock().await;
-        let dn = self.stored(name)?;
+        self.stored(dn)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
             .check(name, Op::Remove)
             .map_err(Error::InvalidState)?;
-        if matches!(self.store.load(&dn), Ok(c) if c.dispvm_pool_size > 0) {
+        if matches!(self.store.load(dn), Ok(c) if c.dispvm_pool_size > 0) {
             return Err(Error::InvalidState(format!(
                 "domain '{name}' keeps a pool of warm disposables; set its size to 0 first (bulkhead prefs {name} dispvm_pool_size 0)"
             )));
@@ -394,7 +396,7 @@ impl Manager {
             )));
         }
         // A template domain takes its built trees with it (refused while a root is in use).
-        if matches!(self.store.load(&dn), Ok(c) if c.class == DomainClass::Template) {
+        if matches!(self.store.load(dn), Ok(c) if c.class == DomainClass::Template) {
             let in_use = self.roots_in_use();
             let templates = self.cfg.paths.templates_dir();
             let n = name.to_owned();
@@ -408,7 +410,7 @@ impl Manager {
                 })?;
             info!(template = name, "template tree removed");
         }
-        self.remove_data(&dn).await?;
+        self.remove_data(dn).await?;
         lock(&self.domains).remove(name);
         info!(domain = name, "removed");
         Ok(())
@@ -440,14 +442,18 @@ impl Manager {
 
     /// `BuildTemplate`: build recipe `name`, report progress on `progress`, register the
     /// template domain. Returns the root path.
-    pub async fn build_template(&self, name: &str, progress: OwnedFd) -> Result<String, Error> {
-        let dn = self.name(name)?;
+    pub async fn build_template(
+        &self,
+        dn: &DomainName,
+        progress: OwnedFd,
+    ) -> Result<String, Error> {
+        let name = dn.as_str();
         let recipes = self.cfg.recipes_dir.clone();
         let templates = self.cfg.paths.templates_dir();
         let n = name.to_owned();
         let root = blocking(move || tmpl::build(&recipes, &templates, &n, progress)).await??;
         let _cl = self.config_lock.lock().await;
-        match self.store.load(&dn) {
+        match self.store.load(dn) {
             Ok(c) if c.class == DomainClass::Template => {}
             Ok(c) => {
                 return Err(Error::AlreadyExists(format!(
@@ -459,7 +465,7 @@ impl Manager {
             Err(StoreError::NotFound { .. }) => {
                 let cfg = DomainConfig::new(dn.clone(), DomainClass::Template, Label::Black, None)
                     .map_err(|e| Error::InvalidProperty(e.to_string()))?;
-                let volume = PrivateVolume::new(&self.cfg.paths, &dn);
+                let volume = PrivateVolume::new(&self.cfg.paths, dn);
                 let store = self.store.clone();
                 self.store_write(move || -> Result<(), Error> {
                     volume.ensure(cfg.private_size).map_err(volume_err)?;

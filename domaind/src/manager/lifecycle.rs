@@ -161,8 +161,13 @@ impl Manager {
         }
     }
 
-    pub async fn shutdown(self: &Arc<Self>, name: &str, timeout_secs: u32) -> Result<(), Error> {
-        self.known(name)?;
+    pub async fn shutdown(
+        self: &Arc<Self>,
+        dn: &DomainName,
+        timeout_secs: u32,
+    ) -> Result<(), Error> {
+        let name = dn.as_str();
+        self.known(dn)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
@@ -219,8 +224,9 @@ impl Manager {
         Ok(())
     }
 
-    pub async fn kill(self: &Arc<Self>, name: &str) -> Result<(), Error> {
-        self.known(name)?;
+    pub async fn kill(self: &Arc<Self>, dn: &DomainName) -> Result<(), Error> {
+        let name = dn.as_str();
+        self.known(dn)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
@@ -239,16 +245,17 @@ impl Manager {
         Ok(())
     }
 
-    pub async fn pause(&self, name: &str) -> Result<(), Error> {
-        self.freeze(name, true).await
+    pub async fn pause(&self, dn: &DomainName) -> Result<(), Error> {
+        self.freeze(dn, true).await
     }
 
-    pub async fn unpause(&self, name: &str) -> Result<(), Error> {
-        self.freeze(name, false).await
+    pub async fn unpause(&self, dn: &DomainName) -> Result<(), Error> {
+        self.freeze(dn, false).await
     }
 
-    pub(super) async fn freeze(&self, name: &str, freeze: bool) -> Result<(), Error> {
-        self.known(name)?;
+    pub(super) async fn freeze(&self, dn: &DomainName, freeze: bool) -> Result<(), Error> {
+        let name = dn.as_str();
+        self.known(dn)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         let op = if freeze { Op::Pause } else { Op::Unpause };
@@ -274,9 +281,10 @@ impl Manager {
     /// The running instance of `name`, starting the domain if it is halted.
     pub(crate) async fn ensure_running(
         self: &Arc<Self>,
-        name: &str,
+        dn: &DomainName,
     ) -> Result<Arc<Instance>, Error> {
-        let dn = self.known(name)?;
+        let name = dn.as_str();
+        self.known(dn)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         let st = rt.state();
@@ -286,7 +294,7 @@ impl Manager {
                 return Ok(i);
             }
         }
-        let cfg = self.load(&dn)?;
+        let cfg = self.load(dn)?;
         self.start_locked(&rt, &cfg).await
     }
 }

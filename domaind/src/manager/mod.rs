@@ -145,6 +145,11 @@ impl Runtime {
     }
 }
 
+/// A domain name as a client gave it, checked (D-Bus methods parse names with this once).
+pub fn domain_name(s: &str) -> Result<DomainName, Error> {
+    DomainName::new(s).map_err(|e| Error::InvalidName(e.to_string()))
+}
+
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these short locks leaves consistent data behind.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -253,14 +258,14 @@ impl Manager {
     }
 
     fn name(&self, s: &str) -> Result<DomainName, Error> {
-        DomainName::new(s).map_err(|e| Error::InvalidName(e.to_string()))
+        domain_name(s)
     }
 
-    /// A valid name of a domain that has a config file or a live instance.
-    fn known(&self, name: &str) -> Result<DomainName, Error> {
-        let dn = self.name(name)?;
-        if self.store.exists(&dn) || self.state_of(name).is_active() {
-            Ok(dn)
+    /// Whether `dn` has a config file or a live instance.
+    fn known(&self, dn: &DomainName) -> Result<(), Error> {
+        let name = dn.as_str();
+        if self.store.exists(dn) || self.state_of(name).is_active() {
+            Ok(())
         } else {
             Err(Error::NoSuchDomain(format!(
                 "no domain named '{name}' (see bulkhead ls)"
@@ -268,17 +273,18 @@ impl Manager {
         }
     }
 
-    /// `name` if its config file exists, else the store's NotFound error naming the file.
-    fn stored(&self, name: &str) -> Result<DomainName, Error> {
-        let dn = self.name(name)?;
-        if self.store.exists(&dn) {
-            Ok(dn)
+    /// Whether the config file of `dn` exists; if not, the store's NotFound error naming the
+    /// file.
+    fn stored(&self, dn: &DomainName) -> Result<(), Error> {
+        let name = dn.as_str();
+        if self.store.exists(dn) {
+            Ok(())
         } else {
             Err(store_err(
                 name,
                 StoreError::NotFound {
                     name: name.into(),
-                    path: self.store.path_for(&dn),
+                    path: self.store.path_for(dn),
                 },
             ))
         }

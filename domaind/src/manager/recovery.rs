@@ -123,7 +123,7 @@ impl Manager {
             let me = self.clone();
             tokio::spawn(async move {
                 info!(domain = %c.name, "autostart");
-                if let Err(e) = me.start(c.name.as_str()).await {
+                if let Err(e) = me.start(&c.name).await {
                     error!(domain = %c.name, error = %e.message(), "autostart failed");
                 }
             });

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bulkhead_api::Error;
-use bulkhead_domain::{DomainClass, DomainConfig, Isolation, StoreError};
+use bulkhead_domain::{DomainClass, DomainConfig, DomainName, Isolation, StoreError};
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 
@@ -184,14 +184,15 @@ impl Manager {
     }
 
     /// Start a halted domain; returns when its agent has connected.
-    pub async fn start(self: &Arc<Self>, name: &str) -> Result<(), Error> {
-        let dn = self.known(name)?;
+    pub async fn start(self: &Arc<Self>, dn: &DomainName) -> Result<(), Error> {
+        let name = dn.as_str();
+        self.known(dn)?;
         let rt = self.runtime(name);
         let _op = rt.op.lock().await;
         rt.state()
             .check(name, Op::Start)
             .map_err(Error::InvalidState)?;
-        let cfg = self.load(&dn)?;
+        let cfg = self.load(dn)?;
         self.start_locked(&rt, &cfg).await.map(|_| ())
     }
 
