@@ -310,8 +310,7 @@ impl Manager {
         }
         if prop == "netvm" && old_netvm != new_netvm && self.state_of(name).is_active() {
             // A running domain follows its new netvm at once.
-            self.net_netvm_changed(name, new_netvm.map(|n| n.to_string()))
-                .await?;
+            self.net_netvm_changed(name, new_netvm).await?;
         }
         if prop == format!("features.{}", bulkhead_net::nft::ALLOW_INTER_DOMAIN_FEATURE) {
             // The pairs between clients live in the netvm's ruleset.

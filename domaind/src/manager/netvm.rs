@@ -402,8 +402,9 @@ impl Manager {
     pub(super) async fn net_netvm_changed(
         self: &Arc<Self>,
         name: &str,
-        new: Option<String>,
+        new_netvm: Option<DomainName>,
     ) -> Result<(), Error> {
+        let new = new_netvm.as_ref().map(DomainName::as_str);
         let rt = self.runtime(name);
         let Some(inst) = rt.instance() else {
             return Ok(());
@@ -417,16 +418,14 @@ impl Manager {
             return Ok(());
         };
         let (ns, vm) = ns.map_err(net_err("the domain's network namespace"))?;
-        if let Some(n) = &new {
-            if self.state_of(n) != DomainState::Running {
-                Box::pin(self.ensure_running(&self.name(n)?))
-                    .await
-                    .map_err(|e| {
-                        Error::Backend(format!(
-                            "the netvm of '{name}' is set to '{n}', which did not start: {}",
-                            e.message()
-                        ))
-                    })?;
+        if let Some(n) = &new_netvm {
+            if self.state_of(n.as_str()) != DomainState::Running {
+                Box::pin(self.ensure_running(n)).await.map_err(|e| {
+                    Error::Backend(format!(
+                        "the netvm of '{name}' is set to '{n}', which did not start: {}",
+                        e.message()
+                    ))
+                })?;
             }
         }
         let _op = self.net.op.lock().await;
@@ -437,7 +436,7 @@ impl Manager {
         if let Some(o) = &old {
             self.apply_locked(&o.netvm).await;
         }
-        if let Some(n) = &new {
+        if let Some(n) = new {
             self.link_locked(name, &ns, n, false, vm).await?;
             self.apply_locked(n).await;
         }
