@@ -22,7 +22,6 @@ pub mod calls;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;
-pub mod gui;
 pub mod instance;
 pub mod manager;
 pub mod service;

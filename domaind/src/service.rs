@@ -24,7 +24,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 
 use crate::access::CallerCheck;
-use crate::manager::{CallerGone, Event, Manager, Stdio};
+use crate::manager::{domain_name, CallerGone, Event, Manager, Stdio};
 
 pub struct Service {
     mgr: Arc<Manager>,
@@ -107,7 +107,7 @@ impl Service {
         name: String,
     ) -> Result<HashMap<String, String>, Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.get_properties(&name)
+        self.mgr.get_properties(&domain_name(&name)?)
     }
 
     async fn set_property(
@@ -119,7 +119,9 @@ impl Service {
         value: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.set_property(&name, &prop, &value).await
+        self.mgr
+            .set_property(&domain_name(&name)?, &prop, &value)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -135,7 +137,7 @@ impl Service {
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
         self.mgr
-            .create(&name, &class, &template, &label, props)
+            .create(&domain_name(&name)?, &class, &template, &label, props)
             .await
     }
 
@@ -148,7 +150,9 @@ impl Service {
         dest: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.clone_domain(&source, &dest).await
+        self.mgr
+            .clone_domain(&domain_name(&source)?, &domain_name(&dest)?)
+            .await
     }
 
     async fn remove(
@@ -158,7 +162,7 @@ impl Service {
         name: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.remove(&name).await
+        self.mgr.remove(&domain_name(&name)?).await
     }
 
     async fn start(
@@ -168,7 +172,7 @@ impl Service {
         name: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.start(&name).await
+        self.mgr.start(&domain_name(&name)?).await
     }
 
     async fn shutdown(
@@ -179,7 +183,7 @@ impl Service {
         timeout_secs: u32,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.shutdown(&name, timeout_secs).await
+        self.mgr.shutdown(&domain_name(&name)?, timeout_secs).await
     }
 
     async fn kill(
@@ -189,7 +193,7 @@ impl Service {
         name: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.kill(&name).await
+        self.mgr.kill(&domain_name(&name)?).await
     }
 
     async fn pause(
@@ -199,7 +203,7 @@ impl Service {
         name: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.pause(&name).await
+        self.mgr.pause(&domain_name(&name)?).await
     }
 
     async fn unpause(
@@ -209,7 +213,7 @@ impl Service {
         name: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.unpause(&name).await
+        self.mgr.unpause(&domain_name(&name)?).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -232,7 +236,9 @@ impl Service {
             stdout: stdout.into(),
             stderr: stderr.into(),
         };
-        self.mgr.run(&name, argv, &user, io, gone).await
+        self.mgr
+            .run(&domain_name(&name)?, argv, &user, io, gone)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -266,7 +272,9 @@ impl Service {
         progress: OwnedFd,
     ) -> Result<String, Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.build_template(&name, progress.into()).await
+        self.mgr
+            .build_template(&domain_name(&name)?, progress.into())
+            .await
     }
 
     async fn log_path(
@@ -276,7 +284,7 @@ impl Service {
         name: String,
     ) -> Result<String, Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.log_path(&name)
+        self.mgr.log_path(&domain_name(&name)?)
     }
 
     async fn open_log(
@@ -286,7 +294,7 @@ impl Service {
         name: String,
     ) -> Result<OwnedFd, Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.open_log(&name).map(OwnedFd::from)
+        self.mgr.open_log(&domain_name(&name)?).map(OwnedFd::from)
     }
 
     /// `OpenConsole(name s) -> h`: the console input of running VM domain `name`.
@@ -297,7 +305,9 @@ impl Service {
         name: String,
     ) -> Result<OwnedFd, Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.open_console(&name).map(OwnedFd::from)
+        self.mgr
+            .open_console(&domain_name(&name)?)
+            .map(OwnedFd::from)
     }
 
     /// `OpenGui(name s) -> h`: one end of a socketpair carrying the GUI protocol of running
@@ -309,7 +319,10 @@ impl Service {
         name: String,
     ) -> Result<OwnedFd, Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.open_gui(&name).await.map(OwnedFd::from)
+        self.mgr
+            .open_gui(&domain_name(&name)?)
+            .await
+            .map(OwnedFd::from)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -384,7 +397,7 @@ impl Service {
         domain: String,
     ) -> Result<Vec<String>, Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.firewall_list(&domain).await
+        self.mgr.firewall_list(&domain_name(&domain)?).await
     }
 
     async fn firewall_add(
@@ -484,7 +497,7 @@ impl Service {
         domain: String,
     ) -> Result<(u64, u64), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.usage(&domain)
+        self.mgr.usage(&domain_name(&domain)?)
     }
 
     async fn usb_list(

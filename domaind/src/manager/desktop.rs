@@ -71,8 +71,9 @@ fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
 impl Manager {
     /// `GetUsage`: (memory bytes, CPU ns) of a domain's cgroup; (0, 0) when it is not
     /// running or the cgroup does not say.
-    pub fn usage(&self, name: &str) -> Result<(u64, u64), Error> {
-        self.known(name)?;
+    pub fn usage(&self, dn: &DomainName) -> Result<(u64, u64), Error> {
+        let name = dn.as_str();
+        self.known(dn)?;
         let inst = lock(&self.domains).get(name).and_then(|r| r.instance());
         let Some(inst) = inst else {
             return Ok((0, 0));
@@ -84,7 +85,8 @@ impl Manager {
     /// The applications directory of `name`'s template root. Symbolic links on the way are
     /// refused: the tree belongs to a template domain and must not point dom0 elsewhere.
     fn applications_dir(&self, name: &str) -> Result<PathBuf, Error> {
-        let dn = self.stored(name)?;
+        let dn = self.name(name)?;
+        self.stored(&dn)?;
         let cfg = self.load(&dn)?;
         let root = self.template_root_for(&cfg)?;
         let mut dir = root.clone();
@@ -166,8 +168,8 @@ impl Manager {
                 });
             }
             None => {
-                self.ensure_running(target).await?;
-                let name = target.to_owned();
+                let name = self.name(target)?;
+                self.ensure_running(&name).await?;
                 tokio::spawn(async move {
                     match me.run(&name, argv, "", io, never).await {
                         Ok(code) => info!(domain = %name, app = %id, code, "application exited"),

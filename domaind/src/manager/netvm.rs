@@ -211,16 +211,17 @@ impl Manager {
         self: &Arc<Self>,
         cfg: &DomainConfig,
     ) -> Result<(), Error> {
-        let Some(netvm) = cfg.netvm.as_ref().map(|n| n.to_string()) else {
+        let Some(netvm_dn) = cfg.netvm.clone() else {
             return Ok(());
         };
+        let netvm = netvm_dn.to_string();
         let name = cfg.name.as_str();
         self.check_netvm_cycle(name, &netvm)?;
         if self.state_of(&netvm) == DomainState::Running {
             return Ok(());
         }
         info!(domain = name, netvm = %netvm, "starting the netvm first");
-        Box::pin(self.ensure_running(&netvm))
+        Box::pin(self.ensure_running(&netvm_dn))
             .await
             .map(|_| ())
             .map_err(|e| {
@@ -401,8 +402,9 @@ impl Manager {
     pub(super) async fn net_netvm_changed(
         self: &Arc<Self>,
         name: &str,
-        new: Option<String>,
+        new_netvm: Option<DomainName>,
     ) -> Result<(), Error> {
+        let new = new_netvm.as_ref().map(DomainName::as_str);
         let rt = self.runtime(name);
         let Some(inst) = rt.instance() else {
             return Ok(());
@@ -416,8 +418,8 @@ impl Manager {
             return Ok(());
         };
         let (ns, vm) = ns.map_err(net_err("the domain's network namespace"))?;
-        if let Some(n) = &new {
-            if self.state_of(n) != DomainState::Running {
+        if let Some(n) = &new_netvm {
+            if self.state_of(n.as_str()) != DomainState::Running {
                 Box::pin(self.ensure_running(n)).await.map_err(|e| {
                     Error::Backend(format!(
                         "the netvm of '{name}' is set to '{n}', which did not start: {}",
@@ -434,7 +436,7 @@ impl Manager {
         if let Some(o) = &old {
             self.apply_locked(&o.netvm).await;
         }
-        if let Some(n) = &new {
+        if let Some(n) = new {
             self.link_locked(name, &ns, n, false, vm).await?;
             self.apply_locked(n).await;
         }
@@ -675,9 +677,10 @@ impl Manager {
 
     /// `FirewallList`: the rules in order (canonical text); `InvalidProperty` naming the
     /// reason when the rule file does not parse (all the domain's traffic is then dropped).
-    pub async fn firewall_list(&self, name: &str) -> Result<Vec<String>, Error> {
-        let dn = self.stored(name)?;
-        let file = self.rule_file(&dn);
+    pub async fn firewall_list(&self, dn: &DomainName) -> Result<Vec<String>, Error> {
+        let name = dn.as_str();
+        self.stored(dn)?;
+        let file = self.rule_file(dn);
         let now = now_secs();
         let path = file.path.clone();
         match blocking(move || file.load(now)).await? {
@@ -695,7 +698,8 @@ impl Manager {
         name: &str,
         edit: impl FnOnce(&mut Vec<String>) -> Result<(), Error> + Send + 'static,
     ) -> Result<(), Error> {
-        let dn = self.stored(name)?;
+        let dn = self.name(name)?;
+        self.stored(&dn)?;
         {
             let _cl = self.config_lock.lock().await;
             let file = self.rule_file(&dn);

@@ -6,15 +6,17 @@
 use std::os::fd::OwnedFd;
 
 use bulkhead_api::Error;
+use bulkhead_domain::DomainName;
 use bulkhead_wire::{OpenRequest, GUI_VERSION};
 use tracing::{info, warn};
 
-use crate::manager::Manager;
+use super::Manager;
 
 impl Manager {
     /// Opens the GUI stream of running domain `name`; returns dom0's end of the socketpair.
-    pub async fn open_gui(&self, name: &str) -> Result<OwnedFd, Error> {
-        let conn = self.running_agent_conn(name).await?;
+    pub async fn open_gui(&self, dn: &DomainName) -> Result<OwnedFd, Error> {
+        let name = dn.as_str();
+        let conn = self.running_agent_conn(dn).await?;
         if u16::from(conn.version()) < GUI_VERSION {
             return Err(Error::Agent(format!(
                 "the agent of '{name}' speaks channel protocol {}, GUI streams need {GUI_VERSION}; update the domain's guest tools",
