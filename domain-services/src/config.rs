@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 
 use crate::filecopy::Limits;
 
+/// Largest file sent to, or accepted back from, the other domain by the open service.
+pub const MAX_OPEN_BYTES: u64 = 4 << 30;
+
 /// Default location of the receiver's configuration.
 pub const FILECOPY_CONFIG: &str = "/etc/bulkhead/filecopy.toml";
 /// Environment variable overriding it.
@@ -39,7 +42,7 @@ const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 #[serde(default, deny_unknown_fields)]
 pub struct OpenLimits {
     /// Largest edited copy accepted back (bytes); larger ones are refused and the original
-    /// stays as it was. At most [`crate::open::MAX_OPEN_BYTES`].
+    /// stays as it was. At most [`MAX_OPEN_BYTES`].
     pub max_edited_bytes: u64,
 }
 
@@ -49,7 +52,7 @@ impl OpenLimits {
 
     fn capped(self) -> Self {
         OpenLimits {
-            max_edited_bytes: self.max_edited_bytes.min(crate::open::MAX_OPEN_BYTES),
+            max_edited_bytes: self.max_edited_bytes.min(MAX_OPEN_BYTES),
         }
     }
 }
@@ -170,7 +173,7 @@ mod tests {
         std::fs::write(&p, "max_edited_bytes = 9223372036854775807\n").unwrap();
         assert_eq!(
             load_open_limits(&p).unwrap().max_edited_bytes,
-            crate::open::MAX_OPEN_BYTES
+            MAX_OPEN_BYTES
         );
         std::fs::write(&p, "max_edit = 1\n").unwrap();
         assert!(load_open_limits(&p)

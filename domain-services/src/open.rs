@@ -41,8 +41,7 @@ use crate::xdg::{self, XdgDirs, XdgError};
 
 /// First bytes of a request.
 pub const OPEN_MAGIC: &[u8; 8] = b"BHOPEN01";
-/// Largest file sent to, or accepted back from, the other domain.
-pub const MAX_OPEN_BYTES: u64 = 4 << 30;
+pub use crate::config::MAX_OPEN_BYTES;
 /// Longest raw name accepted in a request.
 pub const MAX_NAME_FIELD: usize = 4096;
 

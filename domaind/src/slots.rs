@@ -118,13 +118,17 @@ fn start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
+/// while the sandbox launcher runs.
+pub const LAUNCH_LOCK: &str = "launch.lock";
+
 fn alive(pid: i32, start: u64) -> bool {
     pid > 0 && start_time(pid) == Some(start)
 }
 
 /// Whether a launch is in progress under `runtime_dir`: some process holds its launch lock.
 fn launch_in_progress(runtime_dir: &Path) -> bool {
-    let path = runtime_dir.join(crate::manager::LAUNCH_LOCK);
+    let path = runtime_dir.join(LAUNCH_LOCK);
     let Ok(f) = File::open(&path) else {
         return false;
     };

@@ -62,9 +62,7 @@ pub use desktop::{
     valid_policy_file_name, writable_policy_file_name, APPLICATIONS_DIR, DISPVM_TARGET,
 };
 
-/// Name of the launch lock in the runtime dir: every launch holds a shared `flock` on it
-/// while the sandbox launcher runs (see [`crate::slots`]).
-pub const LAUNCH_LOCK: &str = "launch.lock";
+pub use crate::slots::LAUNCH_LOCK;
 /// Logged while recovery waits for such launchers (tests look for it).
 pub const LAUNCH_WAIT_MESSAGE: &str =
     "waiting for sandbox launches of a previous domaind to finish";

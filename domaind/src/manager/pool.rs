@@ -38,6 +38,7 @@ use bulkhead_domain::{DomainClass, DomainName};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::limits::{fits, mem_available_mib};
 use super::{blocking, lock, Manager};
 use crate::fsutil;
 use crate::state::DomainState;
@@ -170,26 +171,6 @@ impl Pool {
             }
         }
     }
-}
-
-/// `MemAvailable` in MiB from a `/proc/meminfo` text.
-pub fn mem_available_mib(meminfo: &str) -> Option<u64> {
-    meminfo.lines().find_map(|l| {
-        let rest = l.strip_prefix("MemAvailable:")?;
-        let mut words = rest.split_whitespace();
-        let kib: u64 = words.next()?.parse().ok()?;
-        match words.next() {
-            Some("kB") | None => Some(kib / 1024),
-            Some(_) => None,
-        }
-    })
-}
-
-/// Whether one more member of `member_mib` fits: `available - member >= margin`.
-pub fn fits(available_mib: u64, member_mib: u64, margin_mib: u64) -> bool {
-    available_mib
-        .checked_sub(member_mib)
-        .is_some_and(|left| left >= margin_mib)
 }
 
 fn marker_path(runtime_domain_dir: &Path) -> PathBuf {
@@ -545,24 +526,6 @@ async fn pool_filler(me: Weak<Manager>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn meminfo_available() {
-        let text = "MemTotal:       16384000 kB\nMemFree:  100 kB\nMemAvailable:    8192000 kB\n";
-        assert_eq!(mem_available_mib(text), Some(8000));
-        assert_eq!(mem_available_mib("MemTotal: 1 kB\n"), None);
-        assert_eq!(mem_available_mib("MemAvailable: lots kB\n"), None);
-        assert_eq!(mem_available_mib("MemAvailable: 2048 MB\n"), None);
-    }
-
-    #[test]
-    fn memory_margin() {
-        assert!(fits(2000, 400, 1024));
-        assert!(fits(1424, 400, 1024));
-        assert!(!fits(1423, 400, 1024));
-        assert!(!fits(300, 400, 0));
-        assert!(fits(400, 400, 0));
-    }
 
     #[test]
     fn markers_round_trip_and_reject_junk() {
