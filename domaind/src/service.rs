@@ -420,7 +420,7 @@ impl Service {
         index: u32,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.firewall_del(&domain, index).await
+        self.mgr.firewall_del(&domain_name(&domain)?, index).await
     }
 
     async fn firewall_reset(
@@ -430,7 +430,7 @@ impl Service {
         domain: String,
     ) -> Result<(), Error> {
         self.enter(conn, &hdr).await?;
-        self.mgr.firewall_reset(&domain).await
+        self.mgr.firewall_reset(&domain_name(&domain)?).await
     }
 
     async fn list_policy_files(

@@ -30,7 +30,7 @@ impl Manager {
     pub(crate) async fn agent_conn(
         &self,
         inst: &Instance,
-        name: &str,
+        name: &DomainName,
     ) -> Result<Connection, Error> {
         let mut agent = inst.agent.clone();
         let mut exited = inst.exited.clone();
@@ -50,7 +50,7 @@ impl Manager {
     pub(crate) async fn running_agent_conn(&self, dn: &DomainName) -> Result<Connection, Error> {
         let name = dn.as_str();
         self.known(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let inst = match (rt.state(), rt.instance()) {
             (DomainState::Running, Some(i)) => i,
             (st, _) => {
@@ -60,13 +60,13 @@ impl Manager {
                 )))
             }
         };
-        self.agent_conn(&inst, name).await
+        self.agent_conn(&inst, dn).await
     }
 
     pub(super) async fn exec_in(
         &self,
         inst: &Instance,
-        name: &str,
+        name: &DomainName,
         argv: Vec<String>,
         user: &str,
         io: Stdio,
@@ -102,7 +102,7 @@ impl Manager {
         let name = dn.as_str();
         let inst = self.ensure_running(dn).await?;
         tokio::select! {
-            r = self.exec_in(&inst, name, argv, user, io) => r,
+            r = self.exec_in(&inst, dn, argv, user, io) => r,
             _ = caller_gone => {
                 info!(domain = name, "caller went away; run abandoned");
                 Err(Error::Agent("the caller disconnected".into()))
@@ -275,7 +275,7 @@ pub(super) async fn wait_pidfd(fd: OwnedFd) {
 /// range, or a VM's VMM uid) are
 /// dropped at once, and so is any second peer while an agent is connected.
 pub(super) async fn agent_link(
-    name: String,
+    name: DomainName,
     listener: UnixListener,
     range: std::ops::Range<u32>,
     tx: watch::Sender<Option<Connection>>,

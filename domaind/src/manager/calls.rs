@@ -5,6 +5,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bulkhead_api::Error;
+use bulkhead_domain::DomainName;
 use bulkhead_policy::{Allow, CallTarget, Request, Resolution, System};
 use bulkhead_wire::{
     exec, CallRequest, ExecMessage, Incoming, IncomingEvent, OpenRequest, ServiceRequest, Stream,
@@ -37,7 +38,7 @@ fn feature_on(v: Option<&String>) -> bool {
 
 /// Serve what a domain's agent opens towards domaind: `Call` streams. Anything else is
 /// refused on that stream.
-pub(crate) async fn serve_incoming(mgr: Weak<Manager>, source: String, mut incoming: Incoming) {
+pub(crate) async fn serve_incoming(mgr: Weak<Manager>, source: DomainName, mut incoming: Incoming) {
     while let Some(ev) = incoming.next().await {
         match ev {
             IncomingEvent::Stream(s) => {
@@ -66,7 +67,7 @@ impl Manager {
         let good = self.configs.good(self.store());
         let mut sys = System::new();
         for c in good.iter() {
-            let running = self.state_of(c.name.as_str()) == DomainState::Running;
+            let running = self.state_of(&c.name) == DomainState::Running;
             let mut info = bulkhead_policy::DomainInfo::from_config(c, running);
             if let Some(tags) = c.features.get("tags") {
                 for t in tags.split_whitespace() {
@@ -175,7 +176,7 @@ impl Manager {
         source: &str,
         req: &CallRequest,
         allow: &Allow,
-    ) -> Result<(Stream, Option<String>), CallError> {
+    ) -> Result<(Stream, Option<DomainName>), CallError> {
         let (name, disposable) = match &allow.target {
             CallTarget::AdminVm => {
                 return Err(CallError::Failed(
@@ -198,13 +199,12 @@ impl Manager {
                         }
                     })?;
                 info!(source, disposable = %dn, "disposable created for a call");
-                let d = dn.to_string();
-                (dn, Some(d))
+                (dn.clone(), Some(dn))
             }
         };
         let opened = async {
             let inst = self.ensure_running(&name).await?;
-            let conn = self.agent_conn(&inst, name.as_str()).await?;
+            let conn = self.agent_conn(&inst, &name).await?;
             conn.open(OpenRequest::Service(ServiceRequest {
                 service: req.service.clone(),
                 arg: req.arg.clone(),
@@ -230,7 +230,14 @@ impl Manager {
     }
 
     /// A `Call` stream from the agent of `source`.
-    async fn domain_call(self: &Arc<Self>, source: &str, req: CallRequest, stream: Stream) {
+    async fn domain_call(
+        self: &Arc<Self>,
+        source_dn: &DomainName,
+        req: CallRequest,
+        stream: Stream,
+    ) {
+        // The policy and the limits take the caller as text: dom0 is a caller too.
+        let source = source_dn.as_str();
         let allow = match self
             .decide(source, &req.target, &req.service, &req.arg)
             .await

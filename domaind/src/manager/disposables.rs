@@ -13,32 +13,30 @@ use crate::volume::PrivateVolume;
 use super::{lock, store_err, CallerGone, Manager, Stdio};
 
 impl Manager {
-    pub(super) async fn discard_disposable(&self, name: &str) {
-        let Ok(dn) = DomainName::new(name) else {
-            return;
-        };
-        if self.pool.forget(name) {
+    pub(super) async fn discard_disposable(&self, dn: &DomainName) {
+        let name = dn.as_str();
+        if self.pool.forget(dn) {
             info!(domain = name, "a warm disposable ended; the pool refills");
             self.pool.wake();
         }
-        if let Err(e) = self.remove_data(&dn).await {
+        if let Err(e) = self.remove_data(dn).await {
             error!(domain = name, error = %e.message(), "cannot remove disposable");
         } else {
             info!(domain = name, "disposable removed");
         }
-        lock(&self.domains).remove(name);
+        lock(&self.domains).remove(dn);
         // Whatever removed it (its call ended, a kill, its init exiting, a failed start,
         // recovery), its live-disposable slot is free again.
-        self.limits.release(name);
+        self.limits.release(dn);
         // A handed-out warm disposable: its replacement starts now that it is gone.
-        self.pool.returned(name);
+        self.pool.returned(dn);
     }
 
     /// Create a disposable from `base` (a disposable-template or a template).
-    pub(crate) async fn create_disposable(&self, base: &str) -> Result<DomainName, Error> {
-        let bn = self.name(base)?;
+    pub(crate) async fn create_disposable(&self, bn: &DomainName) -> Result<DomainName, Error> {
+        let base = bn.as_str();
         let _cl = self.config_lock.lock().await;
-        let bcfg = self.load(&bn)?;
+        let bcfg = self.load(bn)?;
         let template = match bcfg.class {
             DomainClass::DisposableTemplate | DomainClass::Template => bn.clone(),
             other => {
@@ -51,7 +49,7 @@ impl Manager {
         // (and swap files for links), so it must be halted, and its lifecycle lock is held
         // until the copy is done so a Start cannot race it. (No snapshot of a running base:
         // a dvm template is meant to be shut down while disposables are made from it.)
-        let base_rt = self.runtime(base);
+        let base_rt = self.runtime(bn);
         let _base_op = base_rt.op.lock().await;
         if base_rt.state().is_active() {
             return Err(Error::InvalidState(format!(
@@ -59,7 +57,7 @@ impl Manager {
                 base_rt.state().as_str()
             )));
         }
-        let running: Vec<String> = lock(&self.domains).keys().cloned().collect();
+        let running: Vec<DomainName> = lock(&self.domains).keys().cloned().collect();
         let store = self.store.clone();
         let dn = bulkhead_domain::new_disposable_name(&|n: &str| {
             running.iter().any(|r| r == n)
@@ -80,7 +78,7 @@ impl Manager {
         cfg.isolation = bcfg.isolation;
         cfg.netvm = bcfg.netvm.clone();
         cfg.private_size = bcfg.private_size;
-        let from = PrivateVolume::new(&self.cfg.paths, &bn);
+        let from = PrivateVolume::new(&self.cfg.paths, bn);
         let to = PrivateVolume::new(&self.cfg.paths, &dn);
         let store = self.store.clone();
         self.store_write(move || -> Result<(), Error> {
@@ -96,8 +94,8 @@ impl Manager {
     }
 
     /// Kill a disposable (if running) and remove it with all its data.
-    pub(crate) async fn destroy_disposable(self: &Arc<Self>, name: &str) {
-        let rt = self.runtime(name);
+    pub(crate) async fn destroy_disposable(self: &Arc<Self>, dn: &DomainName) {
+        let rt = self.runtime(dn);
         {
             let _op = rt.op.lock().await;
             if let Some(inst) = rt.instance() {
@@ -107,7 +105,7 @@ impl Manager {
             self.set_state(&rt, DomainState::Halted);
         }
         let _cl = self.config_lock.lock().await;
-        self.discard_disposable(name).await;
+        self.discard_disposable(dn).await;
     }
 
     /// `RunDisposable` (and the desktop's applications in a disposable): returns
@@ -127,7 +125,7 @@ impl Manager {
         let name = dn.to_string();
         let work = async {
             let inst = self.ensure_running(&dn).await?;
-            self.exec_in(&inst, &name, argv, user, io).await
+            self.exec_in(&inst, &dn, argv, user, io).await
         };
         let res = tokio::select! {
             r = work => r,
@@ -136,7 +134,7 @@ impl Manager {
                 Err(Error::Agent("the caller disconnected".into()))
             }
         };
-        self.destroy_disposable(&name).await;
+        self.destroy_disposable(&dn).await;
         res.map(|code| (name, code))
     }
 }

@@ -26,7 +26,7 @@ impl Manager {
             .map(|c| DomainInfo {
                 name: c.name.to_string(),
                 class: c.class.to_string(),
-                state: self.state_of(c.name.as_str()).as_str().to_owned(),
+                state: self.state_of(&c.name).as_str().to_owned(),
                 label: c.label.to_string(),
                 isolation: c.isolation.to_string(),
                 memory_mib: u32::try_from(c.memory).unwrap_or(u32::MAX),
@@ -65,12 +65,11 @@ impl Manager {
     }
 
     pub fn get_properties(&self, dn: &DomainName) -> Result<HashMap<String, String>, Error> {
-        let name = dn.as_str();
         let cfg = self.load(dn)?;
         let mut props: HashMap<String, String> = cfg.properties().into_iter().collect();
-        props.insert("state".into(), self.state_of(name).as_str().into());
+        props.insert("state".into(), self.state_of(dn).as_str().into());
         if cfg.class == DomainClass::DisposableTemplate {
-            props.extend(self.pool_properties(name));
+            props.extend(self.pool_properties(dn));
         }
         Ok(props)
     }
@@ -107,7 +106,7 @@ impl Manager {
     pub fn open_console(&self, dn: &DomainName) -> Result<OwnedFd, Error> {
         let name = dn.as_str();
         self.stored(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         match rt.instance().map(|i| i.record.clone()) {
             Some(DomainRecord::Vm(_)) => {}
             Some(_) => {
@@ -256,7 +255,7 @@ impl Manager {
         let _cl = self.config_lock.lock().await;
         let mut cfg = self.load(dn)?;
         if matches!(prop, "template" | "isolation") {
-            self.state_of(name)
+            self.state_of(dn)
                 .check(name, Op::ChangeStaticProperty)
                 .map_err(Error::InvalidState)?;
         }
@@ -264,7 +263,7 @@ impl Manager {
             self.check_reference(cfg.class, prop, value)?;
         }
         if prop == "netvm" && !value.is_empty() {
-            self.check_netvm_cycle(name, value)?;
+            self.check_netvm_cycle(dn, value)?;
         }
         let old_netvm = cfg.netvm.clone();
         let old_isolation = cfg.isolation;
@@ -306,15 +305,15 @@ impl Manager {
         if prop == "dispvm_pool_size" {
             // Shrinking happens now (so the domain can be removed next); growing in the
             // background.
-            self.pool_trim(name).await;
+            self.pool_trim(dn).await;
         }
-        if prop == "netvm" && old_netvm != new_netvm && self.state_of(name).is_active() {
+        if prop == "netvm" && old_netvm != new_netvm && self.state_of(dn).is_active() {
             // A running domain follows its new netvm at once.
-            self.net_netvm_changed(name, new_netvm).await?;
+            self.net_netvm_changed(dn, new_netvm).await?;
         }
         if prop == format!("features.{}", bulkhead_net::nft::ALLOW_INTER_DOMAIN_FEATURE) {
             // The pairs between clients live in the netvm's ruleset.
-            self.net_features_changed(name).await;
+            self.net_features_changed(dn).await;
         }
         Ok(())
     }
@@ -324,7 +323,7 @@ impl Manager {
         let _cl = self.config_lock.lock().await;
         let mut cfg = self.load(src)?;
         // Held until the copy is done, so a Start of the source waits for it.
-        let src_rt = self.runtime(source);
+        let src_rt = self.runtime(src);
         let _src_op = src_rt.op.lock().await;
         let st = src_rt.state();
         st.check(source, Op::ChangeStaticProperty).map_err(|_| {
@@ -355,11 +354,11 @@ impl Manager {
     }
 
     /// Domains that name `name` as template, default_dispvm or netvm.
-    pub(super) fn users_of(&self, name: &str) -> Vec<String> {
+    pub(super) fn users_of(&self, name: &DomainName) -> Vec<String> {
         let (good, _) = self.store.load_all();
         let mut out = Vec::new();
         for c in good {
-            let is = |o: &Option<DomainName>| o.as_ref().is_some_and(|n| n.as_str() == name);
+            let is = |o: &Option<DomainName>| o.as_ref() == Some(name);
             for (prop, v) in [
                 ("template", &c.template),
                 ("default_dispvm", &c.default_dispvm),
@@ -377,7 +376,7 @@ impl Manager {
         let name = dn.as_str();
         let _cl = self.config_lock.lock().await;
         self.stored(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let _op = rt.op.lock().await;
         rt.state()
             .check(name, Op::Remove)
@@ -387,7 +386,7 @@ impl Manager {
                 "domain '{name}' keeps a pool of warm disposables; set its size to 0 first (bulkhead prefs {name} dispvm_pool_size 0)"
             )));
         }
-        let users = self.users_of(name);
+        let users = self.users_of(dn);
         if !users.is_empty() {
             return Err(Error::InvalidState(format!(
                 "domain '{name}' is still used by: {}; change those properties first (bulkhead prefs DOMAIN PROPERTY VALUE)",

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bulkhead_api::Error;
-use bulkhead_domain::DomainConfig;
+use bulkhead_domain::{DomainConfig, DomainName};
 use bulkhead_sandbox::{Launcher, SandboxSpec};
 use nix::fcntl::{FdFlag, Flock, FlockArg};
 use tracing::{debug, warn};
@@ -21,8 +21,12 @@ use super::{blocking, io_err, lock, Event, Manager, DOMAIN_PIDS_MAX, LAUNCH_LOCK
 
 impl Manager {
     /// Claim a host-wide uid slot for domain `name` (blocking: takes the slot dir's lock).
-    pub(super) fn alloc_slot(&self, name: &str) -> Result<u32, Error> {
-        let claim = Claim::pending(name, &self.cfg.paths.runtime_dir, &self.cfg.cgroup_root);
+    pub(super) fn alloc_slot(&self, name: &DomainName) -> Result<u32, Error> {
+        let claim = Claim::pending(
+            name.as_str(),
+            &self.cfg.paths.runtime_dir,
+            &self.cfg.cgroup_root,
+        );
         // every instance's cgroups: a claim of another instance is judged by its own
         let cgroups = || -> Option<crate::slots::CgroupSet> {
             match bulkhead_sandbox::cgroup::list_all_domains() {
@@ -44,7 +48,8 @@ impl Manager {
     }
 
     /// Record the launched init in the claim of `slot`.
-    pub(super) fn slot_launched(&self, slot: u32, name: &str, record: &DomainRecord) {
+    pub(super) fn slot_launched(&self, slot: u32, dn: &DomainName, record: &DomainRecord) {
+        let name = dn.as_str();
         let mut claim = Claim::pending(name, &self.cfg.paths.runtime_dir, &self.cfg.cgroup_root);
         claim.init = Some((record.main_pid(), record.main_start_time()));
         if let Err(e) = self.slots.update(slot, &claim) {
@@ -54,7 +59,8 @@ impl Manager {
 
     /// Give `slot` back, unless our cgroup of `name` still exists (processes may live in it:
     /// the slot then stays quarantined until that cgroup is gone, see [`crate::slots`]).
-    pub(super) fn release_slot(&self, slot: u32, name: &str) {
+    pub(super) fn release_slot(&self, slot: u32, dn: &DomainName) {
+        let name = dn.as_str();
         match bulkhead_sandbox::list_orphan_cgroups(&self.cfg.cgroup_root) {
             Ok(v) if !v.iter().any(|n| n == name) => {}
             Ok(_) => {
@@ -198,7 +204,7 @@ impl Manager {
         .and_then(|r| r.map_err(|e| e.to_string()));
         if launched.is_err() && has_net {
             // No VMM holds the tap: the link namespace goes with domaind's descriptor.
-            self.net_on_stop(&name).await;
+            self.net_on_stop(&cfg.name).await;
         }
         launched
     }

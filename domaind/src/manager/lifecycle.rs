@@ -111,10 +111,8 @@ impl Manager {
         let name2 = rt.name.clone();
         let res = blocking(move || -> Result<(), String> {
             record.cleanup().map_err(|e| e.to_string())?;
-            if let Ok(dn) = DomainName::new(&name2) {
-                let _ = fsutil::remove_runtime_dir(&paths, &dn);
-                let _ = fsutil::remove_tree(&paths.scratch_dir(&dn));
-            }
+            let _ = fsutil::remove_runtime_dir(&paths, &name2);
+            let _ = fsutil::remove_tree(&paths.scratch_dir(&name2));
             Ok(())
         })
         .await;
@@ -147,12 +145,10 @@ impl Manager {
             DomainRecord::Vm(_) => "VMM",
             _ => "init",
         };
-        if let Ok(dn) = DomainName::new(&rt.name) {
-            fsutil::append_log_line(
-                &self.cfg.paths.log_file(&dn),
-                &format!("domaind: the domain's {what} exited on its own; the domain is halted"),
-            );
-        }
+        fsutil::append_log_line(
+            &self.cfg.paths.log_file(&rt.name),
+            &format!("domaind: the domain's {what} exited on its own; the domain is halted"),
+        );
         self.set_state(rt, DomainState::Dying);
         self.teardown(rt, &inst).await;
         self.set_state(rt, DomainState::Halted);
@@ -168,7 +164,7 @@ impl Manager {
     ) -> Result<(), Error> {
         let name = dn.as_str();
         self.known(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let _op = rt.op.lock().await;
         rt.state()
             .check(name, Op::Shutdown)
@@ -219,7 +215,7 @@ impl Manager {
         self.teardown(&rt, &inst).await;
         self.set_state(&rt, DomainState::Halted);
         if inst.class == DomainClass::Disposable {
-            self.discard_disposable(name).await;
+            self.discard_disposable(dn).await;
         }
         Ok(())
     }
@@ -227,7 +223,7 @@ impl Manager {
     pub async fn kill(self: &Arc<Self>, dn: &DomainName) -> Result<(), Error> {
         let name = dn.as_str();
         self.known(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let _op = rt.op.lock().await;
         rt.state()
             .check(name, Op::Kill)
@@ -237,7 +233,7 @@ impl Manager {
             self.teardown(&rt, &inst).await;
             if inst.class == DomainClass::Disposable {
                 self.set_state(&rt, DomainState::Halted);
-                self.discard_disposable(name).await;
+                self.discard_disposable(dn).await;
                 return Ok(());
             }
         }
@@ -256,7 +252,7 @@ impl Manager {
     pub(super) async fn freeze(&self, dn: &DomainName, freeze: bool) -> Result<(), Error> {
         let name = dn.as_str();
         self.known(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let _op = rt.op.lock().await;
         let op = if freeze { Op::Pause } else { Op::Unpause };
         rt.state().check(name, op).map_err(Error::InvalidState)?;
@@ -285,7 +281,7 @@ impl Manager {
     ) -> Result<Arc<Instance>, Error> {
         let name = dn.as_str();
         self.known(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let _op = rt.op.lock().await;
         let st = rt.state();
         st.check(name, Op::Run).map_err(Error::InvalidState)?;

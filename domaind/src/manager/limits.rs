@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex as StdMutex;
 
+use bulkhead_domain::DomainName;
 use tracing::warn;
 
 use super::lock;
@@ -69,8 +70,9 @@ struct Inner {
     next: u64,
     /// Requests whose disposable has no name yet: id -> source.
     pending: HashMap<u64, String>,
-    /// Live disposables counted against a source: name -> source.
-    live: HashMap<String, String>,
+    /// Live disposables counted against a source: name -> source. Sources stay strings:
+    /// a source is a caller, and dom0 (not a domain name) is one.
+    live: HashMap<DomainName, String>,
 }
 
 impl Inner {
@@ -137,7 +139,7 @@ impl Limits {
     }
 
     /// Disposable `name` was removed: free its slot (if it had one; idempotent).
-    pub(crate) fn release(&self, name: &str) {
+    pub(crate) fn release(&self, name: &DomainName) {
         lock(&self.inner).live.remove(name);
     }
 
@@ -157,11 +159,11 @@ pub(crate) struct Slot<'a> {
 
 impl Slot<'_> {
     /// The request got disposable `name`: it counts until [`Limits::release`] of `name`.
-    pub(crate) fn bind(mut self, name: &str) {
+    pub(crate) fn bind(mut self, name: &DomainName) {
         if let Some(id) = self.id.take() {
             let mut inner = lock(&self.limits.inner);
             if let Some(source) = inner.pending.remove(&id) {
-                inner.live.insert(name.to_owned(), source);
+                inner.live.insert(name.clone(), source);
             }
         }
     }
@@ -225,6 +227,10 @@ pub fn fits(available_mib: u64, member_mib: u64, margin_mib: u64) -> bool {
 mod tests {
     use super::*;
 
+    fn n(s: &str) -> DomainName {
+        DomainName::new(s).unwrap()
+    }
+
     #[test]
     fn meminfo_available() {
         let text = "MemTotal:       16384000 kB\nMemFree:  100 kB\nMemAvailable:    8192000 kB\n";
@@ -253,7 +259,7 @@ mod tests {
     #[test]
     fn per_source_cap_refuses_that_source_only() {
         let l = limits(3, 1);
-        l.reserve("work").unwrap().bind("disp1");
+        l.reserve("work").unwrap().bind(&n("disp1"));
         let e = l.reserve("work").err().unwrap();
         assert_eq!(
             e,
@@ -268,11 +274,11 @@ mod tests {
         assert!(text.contains("max_live_per_source"), "{text}");
         assert!(text.contains("domaind.toml"), "{text}");
         // Another source is not affected.
-        l.reserve("dom0").unwrap().bind("disp2");
+        l.reserve("dom0").unwrap().bind(&n("disp2"));
         assert_eq!(l.counts("work"), (2, 1));
         // The removal frees the slot.
-        l.release("disp1");
-        l.reserve("work").unwrap().bind("disp3");
+        l.release(&n("disp1"));
+        l.reserve("work").unwrap().bind(&n("disp3"));
         assert_eq!(l.counts("work"), (2, 1));
     }
 
@@ -280,7 +286,7 @@ mod tests {
     fn total_cap_counts_every_source_and_pending_requests() {
         let l = limits(2, 2);
         let pending = l.reserve("a").unwrap();
-        l.reserve("b").unwrap().bind("disp1");
+        l.reserve("b").unwrap().bind(&n("disp1"));
         let e = l.reserve("c").err().unwrap();
         assert_eq!(e, LimitError::Total { live: 2, max: 2 });
         assert!(e.to_string().contains("max_live (now 2)"), "{e}");
@@ -292,26 +298,26 @@ mod tests {
         // A request that failed before it had a disposable frees its slot.
         drop(pending);
         assert_eq!(l.counts("a"), (1, 0));
-        l.reserve("c").unwrap().bind("disp2");
+        l.reserve("c").unwrap().bind(&n("disp2"));
         assert_eq!(l.counts("c"), (2, 1));
     }
 
     #[test]
     fn release_is_idempotent_and_ignores_unknown_names() {
         let l = limits(2, 2);
-        l.reserve("a").unwrap().bind("disp1");
+        l.reserve("a").unwrap().bind(&n("disp1"));
         // A pool member that was never handed out, removed: nothing to free.
-        l.release("disp9");
+        l.release(&n("disp9"));
         assert_eq!(l.counts("a"), (1, 1));
-        l.release("disp1");
-        l.release("disp1");
+        l.release(&n("disp1"));
+        l.release(&n("disp1"));
         assert_eq!(l.counts("a"), (0, 0));
         // Many requests and removals leave nothing behind.
         for i in 0..100 {
             let s = l.reserve("a").unwrap();
             if i % 2 == 0 {
-                s.bind(&format!("d{i}"));
-                l.release(&format!("d{i}"));
+                s.bind(&n(&format!("d{i}")));
+                l.release(&n(&format!("d{i}")));
             }
         }
         assert_eq!(l.counts("a"), (0, 0));

@@ -129,7 +129,7 @@ struct RtState {
 
 /// Runtime side of one domain.
 struct Runtime {
-    name: String,
+    name: DomainName,
     op: AsyncMutex<()>,
     st: StdMutex<RtState>,
 }
@@ -182,12 +182,12 @@ pub struct Manager {
     config_lock: AsyncMutex<()>,
     /// The good domain configs as the policy sees them (see `configs`).
     configs: configs::ConfigCache,
-    domains: StdMutex<HashMap<String, Arc<Runtime>>>,
+    domains: StdMutex<HashMap<DomainName, Arc<Runtime>>>,
     /// Host-wide uid slot claims (see [`crate::slots`]).
     slots: SlotDir,
     /// Template root of every starting or running domain (`None`: unknown, an adopted
     /// domain of an older domaind); template garbage collection keeps these.
-    roots: StdMutex<HashMap<String, Option<PathBuf>>>,
+    roots: StdMutex<HashMap<DomainName, Option<PathBuf>>>,
     events: mpsc::UnboundedSender<Event>,
     generation: AtomicU64,
     /// False until start-up recovery is done; calls wait for it.
@@ -261,12 +261,11 @@ impl Manager {
 
     /// Whether `dn` has a config file or a live instance.
     fn known(&self, dn: &DomainName) -> Result<(), Error> {
-        let name = dn.as_str();
-        if self.store.exists(dn) || self.state_of(name).is_active() {
+        if self.store.exists(dn) || self.state_of(dn).is_active() {
             Ok(())
         } else {
             Err(Error::NoSuchDomain(format!(
-                "no domain named '{name}' (see bulkhead ls)"
+                "no domain named '{dn}' (see bulkhead ls)"
             )))
         }
     }
@@ -288,12 +287,12 @@ impl Manager {
         }
     }
 
-    fn runtime(&self, name: &str) -> Arc<Runtime> {
+    fn runtime(&self, name: &DomainName) -> Arc<Runtime> {
         lock(&self.domains)
-            .entry(name.to_owned())
+            .entry(name.clone())
             .or_insert_with(|| {
                 Arc::new(Runtime {
-                    name: name.to_owned(),
+                    name: name.clone(),
                     op: AsyncMutex::new(()),
                     st: StdMutex::new(RtState::default()),
                 })
@@ -301,7 +300,7 @@ impl Manager {
             .clone()
     }
 
-    pub(crate) fn state_of(&self, name: &str) -> DomainState {
+    pub(crate) fn state_of(&self, name: &DomainName) -> DomainState {
         lock(&self.domains)
             .get(name)
             .map(|r| r.state())
@@ -322,7 +321,7 @@ impl Manager {
             }
             info!(domain = %rt.name, state = state.as_str(), "state changed");
             let _ = self.events.send(Event::StateChanged {
-                name: rt.name.clone(),
+                name: rt.name.to_string(),
                 state: state.as_str(),
             });
         }

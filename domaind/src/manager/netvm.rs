@@ -51,7 +51,7 @@ const MAX_CHAIN: usize = 8;
 
 #[derive(Debug, Clone)]
 struct LinkInfo {
-    netvm: String,
+    netvm: DomainName,
     vif: String,
 }
 
@@ -60,11 +60,11 @@ pub(crate) struct Net {
     /// domaind's own namespace (the host's), where the uplink lives while net is down.
     host: Option<Arc<NetNs>>,
     /// Namespaces of the running domains that serve as netvms.
-    held: std::sync::Mutex<HashMap<String, Arc<NetNs>>>,
+    held: std::sync::Mutex<HashMap<DomainName, Arc<NetNs>>>,
     /// Linked clients.
-    links: std::sync::Mutex<HashMap<String, LinkInfo>>,
+    links: std::sync::Mutex<HashMap<DomainName, LinkInfo>>,
     /// Link namespaces of running VM clients (see [`bulkhead_net::tap`]).
-    vm_links: std::sync::Mutex<HashMap<String, Arc<NetNs>>>,
+    vm_links: std::sync::Mutex<HashMap<DomainName, Arc<NetNs>>>,
     /// Serializes link changes and ruleset applications.
     op: AsyncMutex<()>,
     /// Earliest `expire` of any applied rule (u64::MAX: none).
@@ -105,7 +105,11 @@ fn sandbox_ns(inst: &Instance) -> Option<Result<NetNs, NetError>> {
 impl Manager {
     /// The namespace a client's link ends in: the sandbox's own, or a VM's link namespace
     /// (`true`); None: a VM without one.
-    fn client_ns(&self, name: &str, inst: &Instance) -> Option<Result<(NetNs, bool), NetError>> {
+    fn client_ns(
+        &self,
+        name: &DomainName,
+        inst: &Instance,
+    ) -> Option<Result<(NetNs, bool), NetError>> {
         match &inst.record {
             DomainRecord::Sandbox(s) => Some(NetNs::of_pid(s.init_pid).map(|n| (n, false))),
             DomainRecord::Vm(_) => lock(&self.net.vm_links)
@@ -117,11 +121,12 @@ impl Manager {
     /// Before a VM start: the VM's link namespace with its tap, linked to its running netvm
     /// and in the netvm's ruleset. None: the VM has no netvm. Undone by [`Self::net_on_stop`].
     pub(super) async fn vm_net_prepare(&self, cfg: &DomainConfig) -> Result<Option<VmNet>, Error> {
-        let name = cfg.name.as_str();
-        if self.serves_network(name) {
+        let dn = &cfg.name;
+        let name = dn.as_str();
+        if self.serves_network(dn) {
             warn!(domain = name, "a VM domain cannot serve as a netvm (its network is the guest's, not a namespace domaind can reach); its clients get no link");
         }
-        let Some(netvm) = cfg.netvm.as_ref().map(|n| n.to_string()) else {
+        let Some(netvm) = cfg.netvm.clone() else {
             return Ok(None);
         };
         let ns = blocking(NetNs::new_detached)
@@ -132,11 +137,11 @@ impl Manager {
             .map_err(net_err("the VM's tap"))?;
         let ns = Arc::new(ns);
         let _op = self.net.op.lock().await;
-        lock(&self.net.vm_links).insert(name.to_owned(), ns.clone());
-        let ip = match self.link_locked(name, &ns, &netvm, false, true).await {
+        lock(&self.net.vm_links).insert(dn.clone(), ns.clone());
+        let ip = match self.link_locked(dn, &ns, &netvm, false, true).await {
             Ok(ip) => ip,
             Err(e) => {
-                lock(&self.net.vm_links).remove(name);
+                lock(&self.net.vm_links).remove(dn);
                 return Err(e);
             }
         };
@@ -159,20 +164,20 @@ impl Manager {
     }
 
     /// Whether `name` serves as a netvm: the uplink domain, or some domain's netvm.
-    fn serves_network(&self, name: &str) -> bool {
-        if self.cfg.net.domain == name {
+    fn serves_network(&self, name: &DomainName) -> bool {
+        if self.cfg.net.domain == name.as_str() {
             return true;
         }
         let (good, _) = self.store.load_all();
         good.iter()
-            .any(|c| c.netvm.as_ref().is_some_and(|n| n.as_str() == name))
+            .any(|c| c.netvm.as_ref().is_some_and(|n| n == name))
     }
 
     /// Refuse `netvm = value` on `name` if it would make a cycle.
-    pub(super) fn check_netvm_cycle(&self, name: &str, value: &str) -> Result<(), Error> {
+    pub(super) fn check_netvm_cycle(&self, name: &DomainName, value: &str) -> Result<(), Error> {
         let mut cur = value.to_owned();
         for _ in 0..MAX_CHAIN {
-            if cur == name {
+            if name == cur.as_str() {
                 return Err(Error::InvalidProperty(format!(
                     "netvm '{value}' of '{name}' would make a cycle of netvms"
                 )));
@@ -214,10 +219,10 @@ impl Manager {
         let Some(netvm_dn) = cfg.netvm.clone() else {
             return Ok(());
         };
-        let netvm = netvm_dn.to_string();
+        let netvm = netvm_dn.as_str();
         let name = cfg.name.as_str();
-        self.check_netvm_cycle(name, &netvm)?;
-        if self.state_of(&netvm) == DomainState::Running {
+        self.check_netvm_cycle(&cfg.name, netvm)?;
+        if self.state_of(&netvm_dn) == DomainState::Running {
             return Ok(());
         }
         info!(domain = name, netvm = %netvm, "starting the netvm first");
@@ -238,7 +243,7 @@ impl Manager {
         cfg: &DomainConfig,
         inst: &Arc<Instance>,
     ) -> Result<(), Error> {
-        let name = cfg.name.as_str();
+        let name = &cfg.name;
         let serves = self.serves_network(name);
         if !serves && cfg.netvm.is_none() {
             // No link to make: the domain keeps its empty network namespace.
@@ -255,9 +260,8 @@ impl Manager {
         }
         if let Some(netvm) = &cfg.netvm {
             let _op = self.net.op.lock().await;
-            self.link_locked(name, &ns, netvm.as_str(), false, false)
-                .await?;
-            self.apply_locked(netvm.as_str()).await;
+            self.link_locked(name, &ns, netvm, false, false).await?;
+            self.apply_locked(netvm).await;
         }
         Ok(())
     }
@@ -266,12 +270,12 @@ impl Manager {
     /// after a domaind restart, keep the links that are still there).
     async fn serve(
         self: &Arc<Self>,
-        name: &str,
+        name: &DomainName,
         ns: Arc<NetNs>,
         has_netvm: bool,
         adopt: bool,
     ) -> Result<(), Error> {
-        let uplink = if name == self.cfg.net.domain && !has_netvm {
+        let uplink = if name.as_str() == self.cfg.net.domain && !has_netvm {
             self.cfg.net.uplink().map_err(Error::Backend)?
         } else {
             None
@@ -284,21 +288,21 @@ impl Manager {
                 None => link::setup_net(&ns, &ns, None).await,
             }
             .map_err(net_err(&format!("setting up netvm '{name}'")))?;
-            lock(&self.net.held).insert(name.to_owned(), ns.clone());
+            lock(&self.net.held).insert(name.clone(), ns.clone());
             if let Some(u) = &uplink {
-                info!(domain = name, uplink = %u.ifname, "uplink moved into the net domain");
+                info!(domain = name.as_str(), uplink = %u.ifname, "uplink moved into the net domain");
             }
             // Clients that run now (a restart of this netvm): link them again.
-            let clients: Vec<(String, Arc<Instance>)> = {
+            let clients: Vec<(DomainName, Arc<Instance>)> = {
                 let (good, _) = self.store.load_all();
                 good.into_iter()
-                    .filter(|c| c.netvm.as_ref().is_some_and(|n| n.as_str() == name))
+                    .filter(|c| c.netvm.as_ref().is_some_and(|n| n == name))
                     .filter_map(|c| {
-                        let rt = lock(&self.domains).get(c.name.as_str()).cloned()?;
+                        let rt = lock(&self.domains).get(&c.name).cloned()?;
                         let st = rt.state();
                         let inst = rt.instance()?;
                         matches!(st, DomainState::Running | DomainState::Paused)
-                            .then(|| (c.name.to_string(), inst))
+                            .then_some((c.name, inst))
                     })
                     .collect()
             };
@@ -307,9 +311,9 @@ impl Manager {
                     continue;
                 };
                 if let Err(e) = self.link_locked(&client, &cns, name, adopt, vm).await {
-                    error!(domain = %client, netvm = name, error = %e.message(), "cannot re-link to the restarted netvm");
+                    error!(domain = %client, netvm = name.as_str(), error = %e.message(), "cannot re-link to the restarted netvm");
                 } else if !adopt {
-                    info!(domain = %client, netvm = name, "re-linked to the restarted netvm");
+                    info!(domain = %client, netvm = name.as_str(), "re-linked to the restarted netvm");
                 }
             }
             self.apply_locked(name).await;
@@ -322,13 +326,14 @@ impl Manager {
     /// holds `net.op`.
     async fn link_locked(
         &self,
-        name: &str,
+        dn: &DomainName,
         ns: &NetNs,
-        netvm: &str,
+        netvm_dn: &DomainName,
         keep: bool,
         vm: bool,
     ) -> Result<Ipv4Addr, Error> {
-        let Some(net_ns) = lock(&self.net.held).get(netvm).cloned() else {
+        let (name, netvm) = (dn.as_str(), netvm_dn.as_str());
+        let Some(net_ns) = lock(&self.net.held).get(netvm_dn).cloned() else {
             return Err(Error::Backend(format!(
                 "cannot link '{name}': its netvm '{netvm}' is not running"
             )));
@@ -363,9 +368,9 @@ impl Manager {
             info!(domain = name, netvm, ip = %ip, vif = %vif, vm, "linked");
         }
         lock(&self.net.links).insert(
-            name.to_owned(),
+            dn.clone(),
             LinkInfo {
-                netvm: netvm.to_owned(),
+                netvm: netvm_dn.clone(),
                 vif,
             },
         );
@@ -374,11 +379,12 @@ impl Manager {
 
     /// A domain stopped (its init is gone): give the uplink back if it had it, forget its
     /// links, drop its chain from its netvm's ruleset.
-    pub(super) async fn net_on_stop(&self, name: &str) {
+    pub(super) async fn net_on_stop(&self, dn: &DomainName) {
+        let name = dn.as_str();
         let _op = self.net.op.lock().await;
-        let held = lock(&self.net.held).remove(name);
+        let held = lock(&self.net.held).remove(dn);
         if let Some(ns) = held {
-            lock(&self.net.links).retain(|_, l| l.netvm != name);
+            lock(&self.net.links).retain(|_, l| &l.netvm != dn);
             if let (Some(host), Some(up)) = (&self.net.host, &self.cfg.net.uplink) {
                 match link::return_uplink(&ns, host, up).await {
                     Ok(true) => info!(domain = name, uplink = %up, "uplink returned to the host"),
@@ -389,10 +395,10 @@ impl Manager {
                 }
             }
         }
-        let link = lock(&self.net.links).remove(name);
+        let link = lock(&self.net.links).remove(dn);
         // A VM's link namespace: domaind's descriptor goes; with the VMM gone, so does the
         // namespace, and the kernel deletes the tap, the bridge and the veth pair with it.
-        lock(&self.net.vm_links).remove(name);
+        lock(&self.net.vm_links).remove(dn);
         if let Some(l) = link {
             self.apply_locked(&l.netvm).await;
         }
@@ -401,25 +407,26 @@ impl Manager {
     /// `netvm` of a running domain changed: unlink, link to the new one (started if needed).
     pub(super) async fn net_netvm_changed(
         self: &Arc<Self>,
-        name: &str,
+        dn: &DomainName,
         new_netvm: Option<DomainName>,
     ) -> Result<(), Error> {
+        let name = dn.as_str();
         let new = new_netvm.as_ref().map(DomainName::as_str);
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let Some(inst) = rt.instance() else {
             return Ok(());
         };
         if !matches!(rt.state(), DomainState::Running | DomainState::Paused) {
             return Ok(());
         }
-        let Some(ns) = self.client_ns(name, &inst) else {
+        let Some(ns) = self.client_ns(dn, &inst) else {
             // A VM started without a netvm has no network device to link.
             warn!(domain = name, new = ?new, "a VM domain's netvm takes effect at its next start (it was started without a network device)");
             return Ok(());
         };
         let (ns, vm) = ns.map_err(net_err("the domain's network namespace"))?;
         if let Some(n) = &new_netvm {
-            if self.state_of(n.as_str()) != DomainState::Running {
+            if self.state_of(n) != DomainState::Running {
                 Box::pin(self.ensure_running(n)).await.map_err(|e| {
                     Error::Backend(format!(
                         "the netvm of '{name}' is set to '{n}', which did not start: {}",
@@ -429,25 +436,25 @@ impl Manager {
             }
         }
         let _op = self.net.op.lock().await;
-        let old = lock(&self.net.links).remove(name);
+        let old = lock(&self.net.links).remove(dn);
         link::unlink_client(&ns)
             .await
             .map_err(net_err(&format!("unlinking '{name}'")))?;
         if let Some(o) = &old {
             self.apply_locked(&o.netvm).await;
         }
-        if let Some(n) = new {
-            self.link_locked(name, &ns, n, false, vm).await?;
+        if let Some(n) = &new_netvm {
+            self.link_locked(dn, &ns, n, false, vm).await?;
             self.apply_locked(n).await;
         }
-        info!(domain = name, old = ?old.map(|o| o.netvm), new = ?new, "re-linked after a netvm change");
+        info!(domain = name, old = ?old.map(|o| String::from(o.netvm)), new = ?new, "re-linked after a netvm change");
         Ok(())
     }
 
     /// After recovery: hold the namespaces of adopted netvms again and note adopted clients'
     /// links (they survived: their namespaces never went away).
     pub(super) async fn net_adopt(self: &Arc<Self>) {
-        let running: Vec<(String, Arc<Instance>)> = lock(&self.domains)
+        let running: Vec<(DomainName, Arc<Instance>)> = lock(&self.domains)
             .iter()
             .filter_map(|(n, rt)| Some((n.clone(), rt.instance()?)))
             .collect();
@@ -458,10 +465,7 @@ impl Manager {
             let DomainRecord::Vm(v) = &inst.record else {
                 continue;
             };
-            if !good
-                .iter()
-                .any(|c| c.name.as_str() == name && c.netvm.is_some())
-            {
+            if !good.iter().any(|c| &c.name == name && c.netvm.is_some()) {
                 continue;
             }
             match bulkhead_net::tap::netns_of_tap_in(v.vmm_pid, crate::vm::TAP_FD) {
@@ -476,9 +480,7 @@ impl Manager {
         for (name, inst) in &running {
             if self.serves_network(name) {
                 if let Some(Ok(ns)) = sandbox_ns(inst) {
-                    let has_netvm = good
-                        .iter()
-                        .any(|c| c.name.as_str() == name && c.netvm.is_some());
+                    let has_netvm = good.iter().any(|c| &c.name == name && c.netvm.is_some());
                     if let Err(e) = self.serve(name, Arc::new(ns), has_netvm, true).await {
                         error!(domain = %name, error = %e.message(), "cannot take the adopted netvm back");
                     }
@@ -489,13 +491,14 @@ impl Manager {
 
     /// Rebuild and apply `netvm`'s ruleset. Caller holds `net.op`. Errors are logged: a
     /// failed application leaves the previous ruleset in place.
-    async fn apply_locked(&self, netvm: &str) {
-        let Some(ns) = lock(&self.net.held).get(netvm).cloned() else {
+    async fn apply_locked(&self, netvm_dn: &DomainName) {
+        let netvm = netvm_dn.as_str();
+        let Some(ns) = lock(&self.net.held).get(netvm_dn).cloned() else {
             return;
         };
-        let clients: Vec<(String, LinkInfo)> = lock(&self.net.links)
+        let clients: Vec<(DomainName, LinkInfo)> = lock(&self.net.links)
             .iter()
-            .filter(|(_, l)| l.netvm == netvm)
+            .filter(|(_, l)| &l.netvm == netvm_dn)
             .map(|(n, l)| (n.clone(), l.clone()))
             .collect();
         let is_uplink_domain = netvm == self.cfg.net.domain
@@ -516,7 +519,7 @@ impl Manager {
         for (name, l) in clients {
             let may_reach = configs
                 .iter()
-                .find(|c| c.name.as_str() == name)
+                .find(|c| c.name == name)
                 .and_then(|c| c.features.get(nft::ALLOW_INTER_DOMAIN_FEATURE))
                 .map(|v| match nft::parse_allow_inter_domain(v) {
                     Ok(names) => {
@@ -529,10 +532,7 @@ impl Manager {
                     }
                 })
                 .unwrap_or_default();
-            let Ok(dn) = DomainName::new(&name) else {
-                continue;
-            };
-            let file = self.rule_file(&dn);
+            let file = self.rule_file(&name);
             let set = blocking(move || file.load(now))
                 .await
                 .unwrap_or_else(|e| RuleSet::Broken(e.message()));
@@ -555,7 +555,7 @@ impl Manager {
                 }
             }
             plan_clients.push(Client {
-                domain: name,
+                domain: name.into(),
                 vif: l.vif,
                 firewall,
                 may_reach,
@@ -608,12 +608,12 @@ impl Manager {
     }
 
     /// `features.allow-inter-domain` of `name` changed: re-apply its netvm's ruleset.
-    pub(super) async fn net_features_changed(&self, name: &str) {
+    pub(super) async fn net_features_changed(&self, name: &DomainName) {
         self.reapply_for(name).await;
     }
 
     /// Re-apply the ruleset of the netvm `name` is linked to (after a firewall change).
-    async fn reapply_for(&self, name: &str) {
+    async fn reapply_for(&self, name: &DomainName) {
         let _op = self.net.op.lock().await;
         let netvm = lock(&self.net.links).get(name).map(|l| l.netvm.clone());
         if let Some(n) = netvm {
@@ -633,13 +633,13 @@ impl Manager {
                     continue;
                 }
                 me.net.next_expiry.store(u64::MAX, Ordering::Relaxed);
-                let clients: Vec<String> = lock(&me.net.links).keys().cloned().collect();
+                let clients: Vec<DomainName> = lock(&me.net.links).keys().cloned().collect();
                 for c in clients {
                     if let Err(e) = me.purge_expired(&c, now).await {
                         warn!(domain = %c, error = %e.message(), "cannot remove expired firewall rules");
                     }
                 }
-                let netvms: Vec<String> = lock(&me.net.held).keys().cloned().collect();
+                let netvms: Vec<DomainName> = lock(&me.net.held).keys().cloned().collect();
                 let _op = me.net.op.lock().await;
                 for n in netvms {
                     me.apply_locked(&n).await;
@@ -648,10 +648,9 @@ impl Manager {
         });
     }
 
-    async fn purge_expired(&self, name: &str, now: u64) -> Result<(), Error> {
-        let dn = self.name(name)?;
+    async fn purge_expired(&self, dn: &DomainName, now: u64) -> Result<(), Error> {
         let _cl = self.config_lock.lock().await;
-        let file = self.rule_file(&dn);
+        let file = self.rule_file(dn);
         blocking(move || -> Result<(), Error> {
             let text = file.read_text().map_err(|e| Error::Io(e.to_string()))?;
             let lines: Vec<&str> = firewall::entries(&text);
@@ -695,14 +694,13 @@ impl Manager {
     /// Change the rule file under the config lock, then re-apply.
     async fn firewall_edit(
         &self,
-        name: &str,
+        dn: &DomainName,
         edit: impl FnOnce(&mut Vec<String>) -> Result<(), Error> + Send + 'static,
     ) -> Result<(), Error> {
-        let dn = self.name(name)?;
-        self.stored(&dn)?;
+        self.stored(dn)?;
         {
             let _cl = self.config_lock.lock().await;
-            let file = self.rule_file(&dn);
+            let file = self.rule_file(dn);
             blocking(move || -> Result<(), Error> {
                 let text = file.read_text().map_err(|e| Error::Io(e.to_string()))?;
                 let mut lines: Vec<String> = firewall::entries(&text)
@@ -715,7 +713,7 @@ impl Manager {
             })
             .await??;
         }
-        self.reapply_for(name).await;
+        self.reapply_for(dn).await;
         Ok(())
     }
 
@@ -725,8 +723,10 @@ impl Manager {
         let r = Rule::parse(rule, now_secs())
             .map_err(|e| Error::InvalidProperty(format!("firewall rule '{rule}': {e}")))?;
         let text = r.to_string();
+        // The rule is checked before the name (clients see that error first).
+        let dn = self.name(name)?;
         let n = name.to_owned();
-        self.firewall_edit(name, move |lines| {
+        self.firewall_edit(&dn, move |lines| {
             if lines.len() >= firewall::MAX_RULES {
                 return Err(Error::InvalidProperty(format!(
                     "domain '{n}' already has {} firewall rules (the most allowed)",
@@ -746,9 +746,10 @@ impl Manager {
     }
 
     /// `FirewallDel`: remove the rule at `index` (works on a broken file too).
-    pub async fn firewall_del(&self, name: &str, index: u32) -> Result<(), Error> {
+    pub async fn firewall_del(&self, dn: &DomainName, index: u32) -> Result<(), Error> {
+        let name = dn.as_str();
         let n = name.to_owned();
-        self.firewall_edit(name, move |lines| {
+        self.firewall_edit(dn, move |lines| {
             let i = index as usize;
             if i >= lines.len() {
                 return Err(Error::InvalidProperty(format!(
@@ -765,8 +766,9 @@ impl Manager {
     }
 
     /// `FirewallReset`: back to the default (accept everything but other domains).
-    pub async fn firewall_reset(&self, name: &str) -> Result<(), Error> {
-        self.firewall_edit(name, |lines| {
+    pub async fn firewall_reset(&self, dn: &DomainName) -> Result<(), Error> {
+        let name = dn.as_str();
+        self.firewall_edit(dn, |lines| {
             lines.clear();
             Ok(())
         })

@@ -60,12 +60,12 @@ const MEMINFO: &str = "/proc/meminfo";
 /// Pool bookkeeping of one domaind.
 pub(crate) struct Pool {
     /// Ready (started, paused) members per base, oldest first.
-    ready: StdMutex<BTreeMap<String, Vec<String>>>,
+    ready: StdMutex<BTreeMap<DomainName, Vec<DomainName>>>,
     /// Why a base's pool is short, per base.
-    notes: StdMutex<BTreeMap<String, String>>,
+    notes: StdMutex<BTreeMap<DomainName, String>>,
     wake: Arc<Notify>,
     /// Members handed out (to their base) whose refill waits for their end (or [`REFILL_DEFER`]).
-    lent: Arc<StdMutex<BTreeMap<String, String>>>,
+    lent: Arc<StdMutex<BTreeMap<DomainName, DomainName>>>,
     margin_mib: u64,
 }
 
@@ -87,11 +87,11 @@ impl Pool {
 
     /// `member` was handed out: refill once it ended ([`Pool::returned`]) or after
     /// [`REFILL_DEFER`], whichever comes first.
-    fn lend(&self, base: &str, member: &str) {
-        lock(&self.lent).insert(member.to_owned(), base.to_owned());
+    fn lend(&self, base: &DomainName, member: &DomainName) {
+        lock(&self.lent).insert(member.clone(), base.clone());
         let lent = self.lent.clone();
         let wake = self.wake.clone();
-        let m = member.to_owned();
+        let m = member.clone();
         tokio::spawn(async move {
             tokio::time::sleep(REFILL_DEFER).await;
             if lock(&lent).remove(&m).is_some() {
@@ -102,10 +102,10 @@ impl Pool {
     }
 
     /// A disposable ended and was removed: if it was a handed-out member, refill now.
-    pub(crate) fn returned(&self, member: &str) {
+    pub(crate) fn returned(&self, member: &DomainName) {
         if lock(&self.lent).remove(member).is_some() {
             debug!(
-                domain = member,
+                domain = member.as_str(),
                 "handed-out warm disposable ended; the pool refills"
             );
             self.wake();
@@ -113,15 +113,15 @@ impl Pool {
     }
 
     /// Whether a handed-out member of `base` is still waiting to be replaced.
-    fn lending(&self, base: &str) -> bool {
+    fn lending(&self, base: &DomainName) -> bool {
         lock(&self.lent).values().any(|b| b == base)
     }
 
-    fn members(&self, base: &str) -> Vec<String> {
+    fn members(&self, base: &DomainName) -> Vec<DomainName> {
         lock(&self.ready).get(base).cloned().unwrap_or_default()
     }
 
-    fn pop(&self, base: &str, newest: bool) -> Option<String> {
+    fn pop(&self, base: &DomainName, newest: bool) -> Option<DomainName> {
         let mut ready = lock(&self.ready);
         let v = ready.get_mut(base)?;
         let n = if newest {
@@ -137,15 +137,15 @@ impl Pool {
         n
     }
 
-    fn push(&self, base: &str, member: &str) {
+    fn push(&self, base: &DomainName, member: &DomainName) {
         lock(&self.ready)
-            .entry(base.to_owned())
+            .entry(base.clone())
             .or_default()
-            .push(member.to_owned());
+            .push(member.clone());
     }
 
     /// Forget `member` wherever it is (it ended or was taken).
-    pub(crate) fn forget(&self, member: &str) -> bool {
+    pub(crate) fn forget(&self, member: &DomainName) -> bool {
         let mut ready = lock(&self.ready);
         let mut found = false;
         ready.retain(|_, v| {
@@ -157,14 +157,14 @@ impl Pool {
         found
     }
 
-    fn note(&self, base: &str, text: Option<String>) {
+    fn note(&self, base: &DomainName, text: Option<String>) {
         let mut notes = lock(&self.notes);
         match text {
             Some(t) => {
                 if notes.get(base) != Some(&t) {
-                    info!(base, note = %t, "disposable pool");
+                    info!(base = base.as_str(), note = %t, "disposable pool");
                 }
-                notes.insert(base.to_owned(), t);
+                notes.insert(base.clone(), t);
             }
             None => {
                 notes.remove(base);
@@ -219,9 +219,15 @@ impl Manager {
     }
 
     /// `pool_members` and `pool_note` of a disposable template for `GetProperties`.
-    pub(crate) fn pool_properties(&self, base: &str) -> [(String, String); 2] {
+    pub(crate) fn pool_properties(&self, base: &DomainName) -> [(String, String); 2] {
+        let members: Vec<String> = self
+            .pool
+            .members(base)
+            .into_iter()
+            .map(String::from)
+            .collect();
         [
-            ("pool_members".into(), self.pool.members(base).join(" ")),
+            ("pool_members".into(), members.join(" ")),
             (
                 "pool_note".into(),
                 lock(&self.pool.notes)
@@ -246,12 +252,19 @@ impl Manager {
         source: &str,
     ) -> Result<DomainName, Error> {
         let slot = self.limits.reserve(source)?;
-        if let Some(n) = self.take_member(base).await {
+        // The name is checked after the limits; a base that is not a valid name has no pool,
+        // so its error comes just below.
+        let bn = self.name(base);
+        let member = match &bn {
+            Ok(bn) => self.take_member(bn).await,
+            Err(_) => None,
+        };
+        if let Some(n) = member {
             // Already running: no new memory.
             slot.bind(&n);
-            return DomainName::new(&n).map_err(|e| Error::InvalidName(e.to_string()));
+            return Ok(n);
         }
-        let bn = self.name(base)?;
+        let bn = bn?;
         let memory = self.load(&bn)?.memory;
         let text = std::fs::read_to_string(MEMINFO).ok();
         if let Err(e) =
@@ -260,13 +273,13 @@ impl Manager {
             warn!(base, source, "disposable refused: {e}");
             return Err(e.into());
         }
-        let dn = self.create_disposable(base).await?;
-        slot.bind(dn.as_str());
+        let dn = self.create_disposable(&bn).await?;
+        slot.bind(&dn);
         Ok(dn)
     }
 
     /// Hand out a ready member of `base`'s pool, if any.
-    async fn take_member(self: &Arc<Self>, base: &str) -> Option<String> {
+    async fn take_member(self: &Arc<Self>, base: &DomainName) -> Option<DomainName> {
         while let Some(name) = self.pool.pop(base, false) {
             let rt = self.runtime(&name);
             let _op = rt.op.lock().await;
@@ -283,8 +296,7 @@ impl Manager {
                     continue;
                 }
             };
-            let dn = DomainName::new(&name).ok()?;
-            let dir = self.cfg.paths.runtime_domain_dir(&dn);
+            let dir = self.cfg.paths.runtime_domain_dir(&name);
             let rec = inst.record.clone();
             // Marker first: a domaind that dies from here on kills it as a plain disposable.
             let thawed = blocking(move || -> Result<(), String> {
@@ -296,7 +308,7 @@ impl Manager {
                 Ok(Ok(())) => {
                     self.pool.lend(base, &name);
                     self.set_state(&rt, DomainState::Running);
-                    info!(domain = %name, base, "handed out a warm disposable");
+                    info!(domain = %name, base = base.as_str(), "handed out a warm disposable");
                     return Some(name);
                 }
                 Ok(Err(e)) => warn!(domain = %name, error = %e, "cannot unpause a pool member"),
@@ -312,13 +324,13 @@ impl Manager {
     }
 
     /// Destroy ready members of `base` beyond its current size (after a size change).
-    pub(crate) async fn pool_trim(self: &Arc<Self>, base: &str) {
+    pub(crate) async fn pool_trim(self: &Arc<Self>, base: &DomainName) {
         let want = self.pool_want(base);
         while self.pool.members(base).len() > want {
             let Some(m) = self.pool.pop(base, true) else {
                 break;
             };
-            info!(domain = %m, base, "pool shrinks; destroying a member");
+            info!(domain = %m, base = base.as_str(), "pool shrinks; destroying a member");
             self.destroy_disposable(&m).await;
         }
         self.pool.wake();
@@ -326,11 +338,8 @@ impl Manager {
 
     /// How many members `base` should have now: its size while it is a halted
     /// disposable-template, else 0.
-    fn pool_want(&self, base: &str) -> usize {
-        let Ok(dn) = DomainName::new(base) else {
-            return 0;
-        };
-        match self.store.load(&dn) {
+    fn pool_want(&self, base: &DomainName) -> usize {
+        match self.store.load(base) {
             Ok(c)
                 if c.class == DomainClass::DisposableTemplate
                     && self.state_of(base) == DomainState::Halted =>
@@ -345,17 +354,17 @@ impl Manager {
     /// short (if memory allows).
     async fn pool_step(self: &Arc<Self>) -> Step {
         let (good, _) = self.store.load_all();
-        let mut bases: Vec<String> = good
+        let mut bases: Vec<DomainName> = good
             .iter()
             .filter(|c| c.class == DomainClass::DisposableTemplate && c.dispvm_pool_size > 0)
-            .map(|c| c.name.to_string())
+            .map(|c| c.name.clone())
             .collect();
         for b in lock(&self.pool.ready).keys() {
             if !bases.contains(b) {
                 bases.push(b.clone());
             }
         }
-        let notes: Vec<String> = lock(&self.pool.notes).keys().cloned().collect();
+        let notes: Vec<DomainName> = lock(&self.pool.notes).keys().cloned().collect();
         for b in notes {
             if !bases.contains(&b) {
                 self.pool.note(&b, None);
@@ -395,7 +404,7 @@ impl Manager {
             }
             let member_mib = good
                 .iter()
-                .find(|c| c.name.as_str() == base)
+                .find(|c| &c.name == base)
                 .map(|c| c.memory)
                 .unwrap_or(bulkhead_domain::DEFAULT_MEMORY_MIB);
             let text = std::fs::read_to_string(MEMINFO).unwrap_or_default();
@@ -439,37 +448,38 @@ impl Manager {
     }
 
     /// Create, start and pause one member of `base`; it is ready when this returns.
-    async fn fill_one(self: &Arc<Self>, base: &str) -> Result<String, Error> {
+    async fn fill_one(self: &Arc<Self>, base: &DomainName) -> Result<DomainName, Error> {
         let dn = self.create_disposable(base).await?;
-        let name = dn.to_string();
+        let name = dn.as_str();
         let made = async {
-            let rt = self.runtime(&name);
+            let rt = self.runtime(&dn);
             let _op = rt.op.lock().await;
             rt.state()
-                .check(&name, crate::state::Op::Start)
+                .check(name, crate::state::Op::Start)
                 .map_err(Error::InvalidState)?;
             let cfg = self.load(&dn)?;
             let inst = self.start_locked(&rt, &cfg).await?;
             let rec = inst.record.clone();
             let dir = self.cfg.paths.runtime_domain_dir(&dn);
-            let b = base.to_owned();
+            let b = base.clone();
             blocking(move || -> Result<(), String> {
                 rec.freeze().map_err(|e| format!("cannot pause: {e}"))?;
-                write_marker(&dir, &b).map_err(|e| format!("cannot write the pool marker: {e}"))
+                write_marker(&dir, b.as_str())
+                    .map_err(|e| format!("cannot write the pool marker: {e}"))
             })
             .await?
             .map_err(Error::Backend)?;
             self.set_state(&rt, DomainState::Paused);
             // Only a member still paused and whose base still wants it joins the pool.
-            self.pool.push(base, &name);
+            self.pool.push(base, &dn);
             Ok::<(), Error>(())
         }
         .await;
         match made {
-            Ok(()) => Ok(name),
+            Ok(()) => Ok(dn),
             Err(e) => {
-                warn!(domain = %name, base, error = %e.message(), "cannot make a pool member; removing it");
-                self.destroy_disposable(&name).await;
+                warn!(domain = %name, base = base.as_str(), error = %e.message(), "cannot make a pool member; removing it");
+                self.destroy_disposable(&dn).await;
                 Err(e)
             }
         }
@@ -481,7 +491,7 @@ impl Manager {
         &self,
         dn: &DomainName,
         record: &crate::backend::DomainRecord,
-    ) -> Option<String> {
+    ) -> Option<DomainName> {
         let dir = self.cfg.paths.runtime_domain_dir(dn);
         let rec = record.clone();
         let (base, frozen) =
@@ -493,14 +503,15 @@ impl Manager {
             info!(domain = %dn, base = %base, "pool member was not paused; not adopting it");
             return None;
         }
-        Some(base.to_string())
+        Some(base)
     }
 
     /// Put an adopted member back into its base's pool.
-    pub(crate) fn adopt_member(&self, base: &str, member: &str) {
+    pub(crate) fn adopt_member(&self, base: &DomainName, member: &DomainName) {
         info!(
-            domain = member,
-            base, "adopted a warm disposable into its pool"
+            domain = member.as_str(),
+            base = base.as_str(),
+            "adopted a warm disposable into its pool"
         );
         self.pool.push(base, member);
     }
@@ -527,6 +538,10 @@ async fn pool_filler(me: Weak<Manager>) {
 mod tests {
     use super::*;
 
+    fn n(s: &str) -> DomainName {
+        DomainName::new(s).unwrap()
+    }
+
     #[test]
     fn markers_round_trip_and_reject_junk() {
         let d = tempfile::tempdir().unwrap();
@@ -542,28 +557,34 @@ mod tests {
     #[test]
     fn pool_lists() {
         let p = Pool::new(0);
-        p.push("dvm", "disp1");
-        p.push("dvm", "disp2");
-        p.push("dvm", "disp3");
-        assert_eq!(p.pop("dvm", false).as_deref(), Some("disp1"));
-        assert_eq!(p.pop("dvm", true).as_deref(), Some("disp3"));
-        assert!(p.forget("disp2"));
-        assert!(!p.forget("disp2"));
-        assert_eq!(p.pop("dvm", false), None);
+        p.push(&n("dvm"), &n("disp1"));
+        p.push(&n("dvm"), &n("disp2"));
+        p.push(&n("dvm"), &n("disp3"));
+        assert_eq!(
+            p.pop(&n("dvm"), false).as_ref().map(DomainName::as_str),
+            Some("disp1")
+        );
+        assert_eq!(
+            p.pop(&n("dvm"), true).as_ref().map(DomainName::as_str),
+            Some("disp3")
+        );
+        assert!(p.forget(&n("disp2")));
+        assert!(!p.forget(&n("disp2")));
+        assert_eq!(p.pop(&n("dvm"), false), None);
         assert!(lock(&p.ready).is_empty());
     }
 
     #[tokio::test]
     async fn a_lent_member_holds_the_refill_until_it_returns() {
         let p = Pool::new(0);
-        p.lend("dvm", "disp1");
-        assert!(p.lending("dvm"));
-        assert!(!p.lending("other"));
+        p.lend(&n("dvm"), &n("disp1"));
+        assert!(p.lending(&n("dvm")));
+        assert!(!p.lending(&n("other")));
         // Another disposable ending does not release it.
-        p.returned("disp2");
-        assert!(p.lending("dvm"));
-        p.returned("disp1");
-        assert!(!p.lending("dvm"));
+        p.returned(&n("disp2"));
+        assert!(p.lending(&n("dvm")));
+        p.returned(&n("disp1"));
+        assert!(!p.lending(&n("dvm")));
         // The filler was woken (the permit is stored until it waits).
         p.wake.notified().await;
     }

@@ -38,7 +38,7 @@ impl Manager {
         for e in &bad {
             error!(error = %e, "domain file not loaded; that domain is unavailable until the file is fixed");
         }
-        let mut adopted: BTreeSet<String> = BTreeSet::new();
+        let mut adopted: BTreeSet<DomainName> = BTreeSet::new();
         let run_domains = self.cfg.paths.runtime_dir.join("domains");
         let entries = match std::fs::read_dir(&run_domains) {
             Ok(e) => e.flatten().collect::<Vec<_>>(),
@@ -57,7 +57,7 @@ impl Manager {
                 continue;
             };
             if self.recover_one(&dn).await {
-                adopted.insert(name);
+                adopted.insert(dn);
             }
         }
         // Cgroups without a record: a start interrupted before instance.json was written.
@@ -81,7 +81,7 @@ impl Manager {
             Ok(Ok(names)) => {
                 for n in names
                     .into_iter()
-                    .filter(|n| !adopted.contains(n) && known.contains(n))
+                    .filter(|n| !adopted.contains(n.as_str()) && known.contains(n))
                 {
                     warn!(cgroup = %n, "orphan domain cgroup (no instance record); killing and removing it");
                     let n2 = n.clone();
@@ -107,9 +107,9 @@ impl Manager {
         drop(launches_done);
         // Disposables that are not running are leftovers.
         for c in &good {
-            if c.class == DomainClass::Disposable && !adopted.contains(c.name.as_str()) {
+            if c.class == DomainClass::Disposable && !adopted.contains(&c.name) {
                 info!(domain = %c.name, "removing a halted disposable left from before");
-                self.discard_disposable(c.name.as_str()).await;
+                self.discard_disposable(&c.name).await;
             }
         }
         self.net_adopt().await;
@@ -117,7 +117,7 @@ impl Manager {
         self.ready.send_replace(true);
         self.spawn_pool_filler();
         for c in good.into_iter().filter(|c| c.autostart) {
-            if adopted.contains(c.name.as_str()) {
+            if adopted.contains(&c.name) {
                 continue;
             }
             let me = self.clone();
@@ -209,7 +209,7 @@ impl Manager {
         let record = file.record;
         let rec = record.clone();
         let alive = blocking(move || rec.is_alive()).await.unwrap_or(false);
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         // A disposable lives only as long as the call that made it, and that call ended with
         // the previous domaind: stop it instead of adopting it. A paused member of a warm
         // pool is the exception: it goes back into its pool.
@@ -244,15 +244,15 @@ impl Manager {
                 let _ = fsutil::remove_tree(&paths.scratch_dir(&dn2));
             })
             .await;
-            self.release_slot(file.uid_slot, name);
+            self.release_slot(file.uid_slot, dn);
             if disposable {
-                self.discard_disposable(name).await;
+                self.discard_disposable(dn).await;
             }
             return false;
         }
         let class: DomainClass = file.class.parse().unwrap_or(DomainClass::App);
-        self.slot_launched(file.uid_slot, name, &record);
-        lock(&self.roots).insert(name.to_owned(), file.template_root.clone());
+        self.slot_launched(file.uid_slot, dn, &record);
+        lock(&self.roots).insert(dn.clone(), file.template_root.clone());
         let channel_dir = self.cfg.paths.channel_dir(dn);
         let sock = match record {
             DomainRecord::Vm(_) => vm::agent_socket(&channel_dir),
@@ -269,7 +269,7 @@ impl Manager {
                     rec.cleanup()
                 })
                 .await;
-                self.release_slot(file.uid_slot, name);
+                self.release_slot(file.uid_slot, dn);
                 let _ = fsutil::remove_runtime_dir(&self.cfg.paths, dn);
                 return false;
             }
@@ -298,7 +298,7 @@ impl Manager {
                     },
                 );
                 if let Some(base) = &pool_base {
-                    self.adopt_member(base, name);
+                    self.adopt_member(base, dn);
                 }
                 true
             }

@@ -187,7 +187,7 @@ impl Manager {
     pub async fn start(self: &Arc<Self>, dn: &DomainName) -> Result<(), Error> {
         let name = dn.as_str();
         self.known(dn)?;
-        let rt = self.runtime(name);
+        let rt = self.runtime(dn);
         let _op = rt.op.lock().await;
         rt.state()
             .check(name, Op::Start)
@@ -241,7 +241,7 @@ impl Manager {
             .map_err(StartError::Netvm)?;
         let template_root = self.check_template(cfg, rollback)?;
         self.prepare_volumes(cfg).await?;
-        let slot = self.claim_slot(name, rollback).await?;
+        let slot = self.claim_slot(&cfg.name, rollback).await?;
         let listener = self.bind_agent_channel(cfg, slot, rollback)?;
         let record = self.launch(cfg, &template_root, slot).await?;
         let inst = self
@@ -298,7 +298,7 @@ impl Manager {
         let name = cfg.name.as_str();
         self.progress(name, 0, START_STEPS, "checking template");
         let template_root = self.template_root_for(cfg).map_err(StartError::Template)?;
-        lock(&self.roots).insert(name.to_owned(), Some(template_root.clone()));
+        lock(&self.roots).insert(cfg.name.clone(), Some(template_root.clone()));
         rollback.root = true;
         Ok(template_root)
     }
@@ -340,12 +340,12 @@ impl Manager {
     /// A host-wide uid slot, given back by the rollback.
     async fn claim_slot(
         self: &Arc<Self>,
-        name: &str,
+        name: &DomainName,
         rollback: &mut Rollback,
     ) -> Result<u32, StartError> {
-        self.progress(name, 2, START_STEPS, "allocating uid range");
+        self.progress(name.as_str(), 2, START_STEPS, "allocating uid range");
         let me = self.clone();
-        let n = name.to_owned();
+        let n = name.clone();
         let slot = blocking(move || me.alloc_slot(&n))
             .await
             .and_then(|r| r)
@@ -394,7 +394,7 @@ impl Manager {
         };
         match launched {
             Ok(r) => {
-                self.slot_launched(slot, name, &r);
+                self.slot_launched(slot, &cfg.name, &r);
                 Ok(r)
             }
             Err(reason) => {
