@@ -15,7 +15,8 @@
 # kvm_amd, tun, loop, overlay and veth loaded. Its stdout and stderr come out here on stdout
 # (one stream: L1's second serial port); its exit status is this script's. 125 means L1 could
 # not be set up (the reason is printed); 124 means the timeout ended it; 123 means L1 itself
-# ended before the command did (its kernel reset or crashed: QEMU's log of it is printed).
+# ended before the command did (its kernel reset or crashed: QEMU's log of it is printed) or
+# locked up (a CPU stuck for 2 min or more: stopped; its console is printed).
 #
 # Costs (2 cores, measured): downloading and unpacking the kernel once (cached in
 # $BULKHEAD_NESTED_CACHE), the L1 initramfs (< 1 s, cached), L1's boot to the command (about
@@ -24,7 +25,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -215,9 +216,29 @@ qemu=(
 started=$SECONDS
 set +e
 # TCG names every EPYC feature it does not emulate, twice: noise, not news.
-timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2)
+timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2) &
+qemu_pid=$!
+# An L1 whose kernel reports a CPU stuck in one thread for two minutes or more (seen: both
+# vCPUs of L1 inside KVM_RUN of L2 guests for ten minutes and more, with nothing else running)
+# is stopped at once instead of at the timeout: that is the emulator failing, like a reset.
+lockup_re='soft lockup - CPU#[0-9]+ stuck for (1[2-9][0-9]|[2-9][0-9]{2}|[0-9]{4,})s'
+locked_up=0
+while kill -0 "$qemu_pid" 2>/dev/null; do
+    if grep -qE "$lockup_re" "$run/console.log" 2>/dev/null; then
+        locked_up=1
+        kill "$qemu_pid" 2>/dev/null
+        break
+    fi
+    sleep 5
+done
+wait "$qemu_pid"
 qemu_status=$?
 set -e
+if ((locked_up)); then
+    echo "nested-kvm: L1 locked up (a CPU stuck for 2 min or more); stopped it; last lines of L1's console:" >&2
+    tail -n 60 "$run/console.log" >&2 || true
+    exit 123
+fi
 if [[ -s $run/status ]]; then
     status=$(<"$run/status")
     echo "nested-kvm: exit status $status after $((SECONDS - started)) s" >&2

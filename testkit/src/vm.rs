@@ -119,7 +119,8 @@ pub fn install_test_vm_artifacts(
     Ok(dir)
 }
 
-/// `scripts/nested-kvm.sh`'s exit status when L1 itself ended before the command did.
+/// `scripts/nested-kvm.sh`'s exit status when L1 itself ended (reset, crashed) or locked up
+/// before the command did.
 const NESTED_L1_ENDED: i32 = 123;
 
 /// Lines a nested test prints when QEMU's emulation of nested SVM failed under an L2 guest
@@ -196,14 +197,14 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
     };
     let mut out = in_l1();
     let mut text = show(&out);
-    // The emulator, not the test, failed when L1 itself reset or crashed before the test
-    // ended (exit 123; QEMU's log is above), or when a test that failed says that an L2 guest
-    // triple-faulted while it booted or stopped taking interrupts on a vCPU (see
-    // [`L2_GLITCHES`]). Then the test runs once more in a new L1, once: a test that fails
-    // again, or fails without such a sign, fails.
+    // The emulator, not the test, failed when L1 itself reset, crashed or locked up before
+    // the test ended (exit 123; what L1 and QEMU said is above), or when a test that failed
+    // says that an L2 guest triple-faulted while it booted or stopped taking interrupts on a
+    // vCPU (see [`L2_GLITCHES`]). Then the test runs once more in a new L1, once: a test that
+    // fails again, or fails without such a sign, fails.
     let rerun = if out.status.code() == Some(NESTED_L1_ENDED) {
         Some(format!(
-            "L1 RESET {test}: L1 ended before the test did; running it once more in a new L1"
+            "L1 RESET {test}: L1 reset, crashed or locked up before the test ended; running it once more in a new L1"
         ))
     } else if !out.status.success() {
         l2_glitch(&text)
