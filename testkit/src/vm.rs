@@ -142,6 +142,17 @@ fn l2_glitch(output: &str) -> Option<&str> {
         .map(str::trim)
 }
 
+/// What `nested-kvm.sh` said about an L1 that ended or locked up (its own line, without the
+/// console that follows).
+fn l1_failure(script_stderr: &str) -> String {
+    script_stderr
+        .lines()
+        .find(|l| l.starts_with("nested-kvm: L1 "))
+        .and_then(|l| l.split("; last lines").next())
+        .unwrap_or("nested-kvm: L1 ended before the test did")
+        .to_owned()
+}
+
 /// Set inside L1 by [`hardware_vm_here_or_nested`] (no second level of nesting).
 pub const ENV_IN_L1: &str = "BULKHEAD_TEST_IN_L1";
 
@@ -203,8 +214,9 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
     // vCPU (see [`L2_GLITCHES`]). Then the test runs once more in a new L1, once: a test that
     // fails again, or fails without such a sign, fails.
     let rerun = if out.status.code() == Some(NESTED_L1_ENDED) {
+        let why = l1_failure(&String::from_utf8_lossy(&out.stderr));
         Some(format!(
-            "L1 RESET {test}: L1 reset, crashed or locked up before the test ended; running it once more in a new L1"
+            "L1 RESET {test}: {why}; running it once more in a new L1"
         ))
     } else if !out.status.success() {
         l2_glitch(&text)
@@ -277,5 +289,20 @@ mod tests {
             l2_glitch("assertion failed: file copied\nagent did not connect"),
             None
         );
+    }
+
+    #[test]
+    fn the_reason_an_l1_ended_is_the_scripts_own_line() {
+        let locked = "qemu-system-x86_64: terminating on signal 15\nnested-kvm: L1 locked up (a CPU stuck for 2 min or more); stopped it; last lines of L1's console:\n[ 1.0] x";
+        assert_eq!(
+            l1_failure(locked),
+            "nested-kvm: L1 locked up (a CPU stuck for 2 min or more); stopped it"
+        );
+        let reset = "nested-kvm: L1 ended without an exit status (qemu exit 0); last lines of L1's console:";
+        assert_eq!(
+            l1_failure(reset),
+            "nested-kvm: L1 ended without an exit status (qemu exit 0)"
+        );
+        assert_eq!(l1_failure(""), "nested-kvm: L1 ended before the test did");
     }
 }
