@@ -125,7 +125,7 @@ const NESTED_L1_ENDED: i32 = 123;
 
 /// Lines a nested test prints when QEMU's emulation of nested SVM failed under an L2 guest
 /// rather than the code under test: a guest kernel that triple-faults while it boots, or a
-/// guest vCPU that stops taking interrupts (RCU stall reports). Seen in 2 of about 15 nested
+/// guest vCPU that stops taking interrupts (RCU stall reports). Seen in 2 of about 20 nested
 /// runs (one in CI), at random points, with the same build passing before and after; the
 /// same guests never did either on the host's own KVM. Not proven to be the emulator's.
 const L2_GLITCHES: &[&str] = &[
