@@ -61,11 +61,15 @@ if [ "$(ps -p 1 -o comm=)" = systemd ]; then
     systemctl restart bulkhead-domaind.service
 else
     # No systemd here (a container or a CI machine): run the system bus and domaind directly.
-    if [ ! -S /run/dbus/system_bus_socket ]; then
-        mkdir -p /run/dbus
-        dbus-daemon --system --fork
-    else
+    if dbus-send --system --dest=org.freedesktop.DBus --type=method_call --print-reply / \
+        org.freedesktop.DBus.GetId >/dev/null 2>&1; then
         dbus-send --system --dest=org.freedesktop.DBus --type=method_call / org.freedesktop.DBus.ReloadConfig || true
+    else
+        # No bus answers: none was started, or one died and left its socket and pid file
+        # (dbus-daemon refuses to start over a pid file).
+        mkdir -p /run/dbus
+        rm -f /run/dbus/system_bus_socket /run/dbus/pid
+        dbus-daemon --system --fork
     fi
     pkill -x domaind || true
     for _ in $(seq 50); do pgrep -x domaind >/dev/null || break; sleep 0.1; done
