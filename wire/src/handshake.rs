@@ -243,7 +243,13 @@ async fn read_handshake_frame<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: Frame) -> Result<(), WireError> {
+/// Writes one handshake frame (`kind` with `payload`, stream 0) and flushes it.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: FrameKind,
+    payload: Vec<u8>,
+) -> Result<(), WireError> {
+    let f = Frame::new(HANDSHAKE_FRAME_VERSION, kind, 0, payload.into());
     w.write_all(&f.encode())
         .await
         .map_err(WireError::io("writing the handshake"))?;
@@ -271,16 +277,7 @@ pub(crate) async fn client_handshake<T: AsyncRead + AsyncWrite + Unpin>(
         max_frame_payload: limits.max_frame_payload,
         initial_window: limits.initial_window,
     };
-    write_frame(
-        io,
-        Frame::new(
-            HANDSHAKE_FRAME_VERSION,
-            FrameKind::Hello,
-            0,
-            hello.encode().into(),
-        ),
-    )
-    .await?;
+    write_frame(io, FrameKind::Hello, hello.encode()).await?;
     let f = read_handshake_frame(io, dec).await?;
     match f.kind {
         FrameKind::HelloAck => {
@@ -331,16 +328,7 @@ pub(crate) async fn server_handshake<T: AsyncRead + AsyncWrite + Unpin>(
             min_version: ours.0,
             max_version: ours.1,
         };
-        write_frame(
-            io,
-            Frame::new(
-                HANDSHAKE_FRAME_VERSION,
-                FrameKind::HelloReject,
-                0,
-                rej.encode().into(),
-            ),
-        )
-        .await?;
+        write_frame(io, FrameKind::HelloReject, rej.encode()).await?;
         let _ = io.shutdown().await;
         return Err(WireError::VersionMismatch { ours, theirs });
     };
@@ -349,16 +337,7 @@ pub(crate) async fn server_handshake<T: AsyncRead + AsyncWrite + Unpin>(
         max_frame_payload: limits.max_frame_payload,
         initial_window: limits.initial_window,
     };
-    write_frame(
-        io,
-        Frame::new(
-            HANDSHAKE_FRAME_VERSION,
-            FrameKind::HelloAck,
-            0,
-            ack.encode().into(),
-        ),
-    )
-    .await?;
+    write_frame(io, FrameKind::HelloAck, ack.encode()).await?;
     Ok(Negotiated {
         version,
         peer_max_payload: hello.max_frame_payload,
