@@ -74,6 +74,9 @@ pub async fn serve(
                         .unwrap_or_else(|| PathBuf::from(crate::gui::GUI_SOCKET));
                     tokio::spawn(async move { crate::gui::serve_stream(s.stream, &socket).await });
                 }
+                OpenRequest::UsbImport(req) => {
+                    tokio::spawn(crate::usb::serve_import(req, s.stream));
+                }
                 OpenRequest::Call(_) => {
                     tokio::spawn(async move {
                         let _ =

@@ -18,6 +18,7 @@ pub mod incoming;
 pub mod init;
 pub mod service;
 pub mod spawn;
+pub mod usb;
 pub mod vmnet;
 
 /// Environment variable through which init tells the agent which pid to signal for shutdown.

@@ -49,6 +49,7 @@
 
 pub mod cgroup;
 pub mod coredump;
+pub mod devices;
 pub mod instance;
 pub mod launch;
 pub mod logwriter;
@@ -134,6 +135,8 @@ pub enum SandboxError {
     },
     #[error("timed out after {secs} s waiting for {what}")]
     Timeout { what: String, secs: u64 },
+    #[error("cannot hand the device to the sandbox: {0}")]
+    Device(String),
 }
 
 /// What a sandbox is made of. Serialized as JSON to the launcher.

@@ -35,6 +35,25 @@ enum Cmd {
         #[arg(long, default_value = bulkhead_sandbox::cgroup::PARENT)]
         root: String,
     },
+    /// Give host device node NODE to the running sandbox whose init is PID, at /dev/NAME,
+    /// owned by host uid and gid OWNER (mode 0600 on the host node too).
+    DeviceAdd {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        node: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner: u32,
+    },
+    /// Take /dev/NAME away from the running sandbox whose init is PID.
+    DeviceRemove {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        name: String,
+    },
     /// Internal (started by `launch`): copy stdin (the domain's output pipe) to stdout (the
     /// open log file at FILE), rotating FILE to FILE.old beyond MAX_BYTES.
     #[command(hide = true)]
@@ -101,6 +120,18 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(file.is_absolute(), "--file must be absolute");
             bulkhead_sandbox::logwriter::run_stdio(&file, max_bytes)
                 .with_context(|| format!("log writer for {}", file.display()))?;
+        }
+        Cmd::DeviceAdd {
+            pid,
+            node,
+            name,
+            owner,
+        } => bulkhead_sandbox::devices::add_device_here(pid, &node, &name, owner).map_err(|e| {
+            anyhow::anyhow!("give {} to pid {pid} as /dev/{name}: {e}", node.display())
+        })?,
+        Cmd::DeviceRemove { pid, name } => {
+            bulkhead_sandbox::devices::remove_device_here(pid, &name)
+                .map_err(|e| anyhow::anyhow!("take /dev/{name} from pid {pid}: {e}"))?
         }
         Cmd::RemoveCgroup { name, root } => {
             let root = bulkhead_sandbox::CgroupRoot::parse(&root).context("--root")?;

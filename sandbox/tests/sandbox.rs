@@ -1310,3 +1310,92 @@ fn int80_from_a_domain_is_killed_by_the_filter() {
         "a 32-bit call returned inside the domain:\n{log}"
     );
 }
+
+/// A device node handed to a running sandbox (`bulkhead-sandbox device-add`, as domaind does
+/// for a USB device attached to it): the domain user reads it at /dev/<name>, the domain's root
+/// (no CAP_DAC_OVERRIDE) does not, the host's mount table never shows it, a symlink the domain
+/// planted under /dev is refused, and `device-remove` takes it away.
+#[test]
+fn a_device_handed_to_a_sandbox_opens_there_for_its_user() {
+    require_host!();
+    let fx = Fixture::new("bh-test-device", 4015);
+    let root = fx.path("root");
+    for bin in ["/usr/bin/setpriv", "/bin/sleep", "/usr/bin/head", "/bin/ln"] {
+        copy_with_libs(Path::new(bin), &root);
+    }
+    // A loop device over a file with a marker stands for the USB disk.
+    let backing = fx.path("disk.img");
+    fs::write(&backing, format!("{:<4096}", "bulkhead-device-marker")).expect("backing");
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show", "--read-only"])
+        .arg(&backing)
+        .output()
+        .expect("losetup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loopdev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    struct Detach(PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .arg("-d")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _detach = Detach(loopdev.clone());
+    let script = "ln -s /tmp /dev/planted; \
+        while [ ! -e /dev/usb/disk0 ]; do sleep 0.05; done; \
+        if head -c 22 /dev/usb/disk0 >/dev/null 2>&1; then echo ROOT-READ; else echo ROOT-DENIED; fi; \
+        echo \"USER-READ $(setpriv --reuid=1000 --regid=1000 --clear-groups head -c 22 /dev/usb/disk0)\"; \
+        while [ -e /dev/usb/disk0 ]; do sleep 0.05; done; echo GONE; \
+        sleep 600";
+    let rec = start(&fx.spec(&["/bin/sh", "-c", script]), &launcher()).expect("start");
+    let mut running = Running(Some(rec.clone()));
+    let user = rec.uid_base + 1000;
+    bulkhead_sandbox::devices::add_device(&launcher(), rec.init_pid, &loopdev, "usb/disk0", user)
+        .expect("device-add");
+    wait_for_log(&fx, "USER-READ");
+    let log = fx.log();
+    assert!(log.contains("USER-READ bulkhead-device-marker"), "{log}");
+    assert!(log.contains("ROOT-DENIED"), "{log}");
+    let meta = fs::metadata(&loopdev).expect("stat the host node");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (user, 0o600));
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .contains("usb/disk0"),
+        "the device's mount shows on the host"
+    );
+    // The domain's own symlink under /dev does not lead the mount elsewhere.
+    let e = bulkhead_sandbox::devices::add_device(
+        &launcher(),
+        rec.init_pid,
+        &loopdev,
+        "planted/disk1",
+        user,
+    )
+    .expect_err("a symlinked directory under /dev");
+    assert!(e.to_string().contains("planted"), "{e}");
+    assert!(!fx.path("root/tmp/disk1").exists());
+    for bad in ["../etc/x", "/dev/sda"] {
+        assert!(bulkhead_sandbox::devices::add_device(
+            &launcher(),
+            rec.init_pid,
+            &loopdev,
+            bad,
+            user
+        )
+        .is_err());
+    }
+    bulkhead_sandbox::devices::remove_device(&launcher(), rec.init_pid, "usb/disk0")
+        .expect("device-remove");
+    wait_for_log(&fx, "GONE");
+    // Removing what is not there is no error.
+    bulkhead_sandbox::devices::remove_device(&launcher(), rec.init_pid, "usb/disk0")
+        .expect("device-remove again");
+    running.stop();
+}

@@ -535,8 +535,10 @@ packages = ["foot"]
         assert_eq!(r.spec.user.uid, 1000);
         assert_eq!(r.spec.user.home, "/home/user");
         let vm = r.spec.vm.as_ref().expect("the recipe boots VM domains");
-        assert_eq!(vm.kernel_package, "linux-image-cloud-amd64");
-        assert!(vm.modules.iter().any(|m| m == "virtio_mmio"));
+        assert_eq!(vm.kernel_package, "linux-image-amd64");
+        for m in ["virtio_mmio", "vhci_hcd", "usb_storage"] {
+            assert!(vm.modules.iter().any(|x| x == m), "{m}");
+        }
         assert!(
             !r.all_packages()
                 .iter()

@@ -172,6 +172,12 @@ pub enum VmHost {
 /// kernel under QEMU TCG with emulated AMD-V, and panic unless it passed there. Panics with
 /// the reason when neither can be done: a VM test never passes without having run.
 pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
+    hardware_vm_here_or_nested_with(test, &[])
+}
+
+/// [`hardware_vm_here_or_nested`] with more options for `nested-kvm.sh` (before its `--`),
+/// e.g. emulated USB devices for L1 (`--usb-disk FILE`, `--usb-kbd`, `--monitor`).
+pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHost {
     let vmm = vmm_bin().unwrap_or_else(|e| panic!("no bulkhead-vmm: {e}"));
     let (hardware, reason) = vmm_probe(&vmm).unwrap_or_else(|e| panic!("{e}"));
     if hardware {
@@ -190,7 +196,9 @@ pub fn hardware_vm_here_or_nested(test: &str) -> VmHost {
     // own diagnostics instead of being cut off.
     let in_l1 = || {
         Command::new(&script)
-            .args(["--timeout", "1800", "--"])
+            .args(["--timeout", "1800"])
+            .args(l1_options)
+            .arg("--")
             .arg(&exe)
             .args(["--exact", test, "--nocapture", "--test-threads=1"])
             .env(ENV_IN_L1, "1")
@@ -260,7 +268,7 @@ pub fn cache_store(cache: &Path) -> PathBuf {
 }
 
 /// Build (or find) the VM files of template `name` in the template cache, from the source
-/// tree's recipe: Debian's cloud kernel and busybox are fetched with apt, so this runs on the
+/// tree's recipe: Debian's kernel and busybox are fetched with apt, so this runs on the
 /// host before a test enters L1. Returns their dir.
 pub fn ensure_vm_files(cache: &Path, name: &str) -> TestResult<PathBuf> {
     let name = bulkhead_domain::DomainName::new(name).map_err(|e| e.to_string())?;

@@ -8,12 +8,15 @@
 //!   `RET_UNLINK`, decoded with explicit [`usbip::Limits`] (fuzz target `usbip_codec`).
 //! - [`probe`]: whether this kernel has the USB/IP modules (`usbip-host` on the side that
 //!   holds the device, `vhci-hcd` on the side that uses it), with a plain message when not.
+//! - [`host`]: the kernel's USB/IP drivers through sysfs: export a device to a socket
+//!   (`usbip-host`), plug a socket's device into a virtual port (`vhci-hcd`), and undo both.
 //! - [`BusId`]: a validated sysfs bus id (`1-1`, `2-1.4`).
 //!
 //! Attaching a device is a policy-checked call in domaind (service [`ATTACH_SERVICE`] with the
 //! bus id as argument, from the receiving domain to the usb domain).
 #![forbid(unsafe_code)]
 
+pub mod host;
 pub mod inventory;
 pub mod probe;
 pub mod usbip;

@@ -3,8 +3,9 @@
 //! The side that holds a device (the usb domain) needs `usbip-host` (it exports a device:
 //! `<sysfs>/bus/usb/drivers/usbip-host`), the side that uses it needs `vhci-hcd` (the virtual
 //! host controller: `<sysfs>/devices/platform/vhci_hcd.0`). Either may be built in or a
-//! module (`<sysfs>/module/usbip_host`, `<sysfs>/module/vhci_hcd`). Nothing here loads a
-//! module; the message says what to run.
+//! module (`<sysfs>/module/usbip_host`, `<sysfs>/module/vhci_hcd`), loaded or listed in the
+//! running kernel's `modules.dep` (then [`crate::host::Sysfs`] loads it when it is needed).
+//! Nothing here loads a module; the message says what is missing.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +42,7 @@ impl UsbipSupport {
         }
         let how = match &self.modules_dir {
             Some(d) => format!(
-                "load them with `modprobe usbip-host vhci-hcd` (modules in {})",
+                "its modules ({}) do not have them either; use a kernel built with CONFIG_USBIP_HOST and CONFIG_USBIP_VHCI_HCD",
                 d.display()
             ),
             None => "this kernel has no module directory (/lib/modules/<release>), so they would have to be built in; use a kernel with CONFIG_USBIP_HOST and CONFIG_USBIP_VHCI_HCD".to_owned(),
@@ -63,11 +64,29 @@ impl UsbipSupport {
 pub fn probe_at(sysfs_root: &Path, modules_root: &Path, release: &str) -> UsbipSupport {
     let exists = |p: &str| sysfs_root.join(p).exists();
     let modules = modules_root.join(release);
+    let modules_dir = (!release.is_empty() && modules.is_dir()).then_some(modules);
+    // modules.dep names every module of the kernel (`kernel/drivers/usb/usbip/vhci-hcd.ko:`).
+    let dep = modules_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("modules.dep")).ok())
+        .unwrap_or_default();
+    let has_module = |file: &str| {
+        dep.lines().any(|l| {
+            l.split(':')
+                .next()
+                .and_then(|p| p.rsplit('/').next())
+                .is_some_and(|f| f.split(".ko").next() == Some(file))
+        })
+    };
     UsbipSupport {
         usb_bus: exists("bus/usb"),
-        usbip_host: exists("bus/usb/drivers/usbip-host") || exists("module/usbip_host"),
-        vhci_hcd: exists("devices/platform/vhci_hcd.0") || exists("module/vhci_hcd"),
-        modules_dir: (!release.is_empty() && modules.is_dir()).then_some(modules),
+        usbip_host: exists("bus/usb/drivers/usbip-host")
+            || exists("module/usbip_host")
+            || has_module("usbip-host"),
+        vhci_hcd: exists("devices/platform/vhci_hcd.0")
+            || exists("module/vhci_hcd")
+            || has_module("vhci-hcd"),
+        modules_dir,
     }
 }
 
@@ -94,10 +113,33 @@ mod tests {
         let s = probe_at(d.path(), d.path(), "6.1.0");
         let m = s.message().unwrap();
         assert!(!m.contains("usbip-host (") && m.contains("vhci-hcd"), "{m}");
-        assert!(m.contains("modprobe usbip-host vhci-hcd"), "{m}");
+        assert!(m.contains("modules (") && m.contains("CONFIG_USBIP"), "{m}");
         std::fs::create_dir_all(d.path().join("module/vhci_hcd")).unwrap();
         let s = probe_at(d.path(), d.path(), "6.1.0");
         assert!(s.usable());
         assert_eq!(s.message(), None);
+    }
+
+    /// A module the kernel has but has not loaded counts: it is loaded when needed.
+    #[test]
+    fn modules_listed_in_modules_dep_count() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("sys");
+        std::fs::create_dir_all(sys.join("bus/usb")).unwrap();
+        std::fs::create_dir_all(d.path().join("6.1.0")).unwrap();
+        std::fs::write(
+            d.path().join("6.1.0/modules.dep"),
+            "kernel/drivers/usb/usbip/usbip-host.ko: kernel/drivers/usb/usbip/usbip-core.ko\n\
+             kernel/drivers/usb/usbip/vhci-hcd-extra.ko:\n",
+        )
+        .unwrap();
+        let s = probe_at(&sys, d.path(), "6.1.0");
+        assert!(s.usbip_host && !s.vhci_hcd, "{s:?}");
+        std::fs::write(
+            d.path().join("6.1.0/modules.dep"),
+            "kernel/drivers/usb/usbip/usbip-host.ko:\nkernel/drivers/usb/usbip/vhci-hcd.ko: x.ko\n",
+        )
+        .unwrap();
+        assert!(probe_at(&sys, d.path(), "6.1.0").usable());
     }
 }

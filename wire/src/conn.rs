@@ -28,8 +28,9 @@ pub use stream::{Stream, StreamEvent, StreamReceiver, StreamSender};
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Newest protocol version this build speaks.
 /// Version 2 adds service calls ([`OpenRequest::Call`], [`OpenRequest::Service`]),
-/// version 3 GUI streams ([`OpenRequest::Gui`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// version 3 GUI streams ([`OpenRequest::Gui`]), version 4 USB devices
+/// ([`OpenRequest::UsbImport`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Most frames we queue in answer to peer frames (Pong, refusals) before calling it a flood.
 const MAX_PENDING_REPLIES: usize = 1024;

@@ -35,6 +35,12 @@ pub const MAX_SOURCE_LEN: usize = 64;
 pub const CALLS_VERSION: u16 = 2;
 /// First protocol version that knows [`OpenRequest::Gui`].
 pub const GUI_VERSION: u16 = 3;
+/// First protocol version that knows [`OpenRequest::UsbImport`].
+pub const USB_VERSION: u16 = 4;
+/// Longest USB bus id (the kernel's `SYSFS_BUS_ID_SIZE` is 32 with its NUL).
+pub const MAX_USB_BUSID_LEN: usize = 31;
+/// Longest reason in a [`UsbImportReply::Failed`].
+pub const MAX_USB_REASON_LEN: usize = 1024;
 
 /// A payload that does not decode or breaks a limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +146,65 @@ pub enum OpenRequest {
     /// (`/run/bulkhead-gui/gui.sock`), domaind to dom0's `OpenGui` socket. EOF on the
     /// channel, then Fin, when a side closes.
     Gui,
+    /// domaind -> agent of a VM domain: attach a USB device exported by the usb domain to
+    /// this domain's kernel (`vhci-hcd`). The agent answers with one Message, a
+    /// [`UsbImportReply`]; after `Attached` channel [`crate::relay::BYTES_CHANNEL`] carries
+    /// the USB/IP URB stream both ways (domaind checks every message) until either side
+    /// closes, which detaches the device.
+    UsbImport(UsbImportRequest),
+}
+
+/// A USB device to attach to the receiving domain's virtual host controller.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UsbImportRequest {
+    /// The bus id the device has in the usb domain (`1-2`), for messages and logs.
+    pub busid: String,
+    /// USB/IP device id: `busnum << 16 | devnum` in the exporting kernel.
+    pub devid: u32,
+    /// The kernel's `enum usb_device_speed`: 1 low, 2 full, 3 high, 4 wireless, 5 super,
+    /// 6 super-plus.
+    pub speed: u32,
+}
+
+impl UsbImportRequest {
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        check_charset("USB bus id", &self.busid, MAX_USB_BUSID_LEN, false, |b| {
+            b.is_ascii_digit() || matches!(b, b'.' | b'-')
+        })?;
+        if !(1..=6).contains(&self.speed) {
+            return Err(invalid(
+                "USB speed",
+                format!("{} (expected 1..=6)", self.speed),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The receiving agent's answer to [`OpenRequest::UsbImport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsbImportReply {
+    /// The device is attached to `vhci-hcd` port `port`; the URB stream may flow.
+    Attached { port: u32 },
+    /// It could not be attached (no vhci-hcd, no free port, a sandbox...): why.
+    Failed { reason: String },
+}
+
+impl UsbImportReply {
+    /// Encodes the reply.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes and validates a reply.
+    pub fn decode(b: &[u8]) -> Result<UsbImportReply, MessageError> {
+        let r: UsbImportReply = decode_exact("USB import reply", b)?;
+        if let UsbImportReply::Failed { reason } = &r {
+            check_str("USB import failure reason", reason, MAX_USB_REASON_LEN)?;
+        }
+        Ok(r)
+    }
 }
 
 impl OpenRequest {
@@ -162,6 +227,7 @@ impl OpenRequest {
             OpenRequest::Call(c) => c.validate(),
             OpenRequest::Service(s) => s.validate(),
             OpenRequest::Gui => Ok(()),
+            OpenRequest::UsbImport(u) => u.validate(),
         }
     }
 
@@ -171,6 +237,7 @@ impl OpenRequest {
             OpenRequest::Exec(_) => 1,
             OpenRequest::Call(_) | OpenRequest::Service(_) => CALLS_VERSION,
             OpenRequest::Gui => GUI_VERSION,
+            OpenRequest::UsbImport(_) => USB_VERSION,
         }
     }
 }
@@ -562,6 +629,53 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn usb_import_requests_and_replies() {
+        let ok = UsbImportRequest {
+            busid: "1-2.4".into(),
+            devid: (1 << 16) | 3,
+            speed: 3,
+        };
+        let r = OpenRequest::UsbImport(ok.clone());
+        assert_eq!(OpenRequest::decode(&r.encode()), Ok(r.clone()));
+        assert_eq!(r.min_version(), USB_VERSION);
+        for bad in [
+            UsbImportRequest {
+                busid: String::new(),
+                ..ok.clone()
+            },
+            UsbImportRequest {
+                busid: "1-1/../x".into(),
+                ..ok.clone()
+            },
+            UsbImportRequest {
+                busid: "1".repeat(32),
+                ..ok.clone()
+            },
+            UsbImportRequest {
+                speed: 0,
+                ..ok.clone()
+            },
+            UsbImportRequest { speed: 7, ..ok },
+        ] {
+            let enc = OpenRequest::UsbImport(bad.clone()).encode();
+            assert!(OpenRequest::decode(&enc).is_err(), "{bad:?} accepted");
+        }
+        for reply in [
+            UsbImportReply::Attached { port: 8 },
+            UsbImportReply::Failed {
+                reason: "no vhci-hcd".into(),
+            },
+        ] {
+            assert_eq!(UsbImportReply::decode(&reply.encode()), Ok(reply));
+        }
+        let long = UsbImportReply::Failed {
+            reason: "x".repeat(MAX_USB_REASON_LEN + 1),
+        };
+        assert!(UsbImportReply::decode(&long.encode()).is_err());
+        assert!(UsbImportReply::decode(&[0xff; 3]).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! artifacts of a template root `root-<hash16>` live in `vm-<hash16>/` next to it (the recipe
 //! hash covers the `[vm]` section, so one key serves both):
 //! - `vmlinuz`         the kernel of the recipe's `vm.kernel_package` (Debian's
-//!   `linux-image-cloud-amd64`: the metapackage is followed to the versioned package it
+//!   `linux-image-amd64`: the metapackage is followed to the versioned package it
 //!   depends on, fetched with `apt-get download` from the host's apt sources, unpacked with
 //!   `dpkg-deb`; the .debs are cached in `<template>/debs/`)
 //! - `initramfs.cpio`  newc archive (written with the `cpio` crate): a static busybox

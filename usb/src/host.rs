@@ -1,0 +1,443 @@
+//! The kernel's USB/IP drivers through sysfs: exporting a device (`usbip-host`, the side that
+//! holds it) and importing one (`vhci-hcd`, the side that uses it). This is what the `usbip`
+//! command-line tool does (its `bind`, `unbind` and `attach`), written here against sysfs so
+//! that the stream is a socket we hold and check, not a TCP connection of the tool's.
+//!
+//! Exporting device BUSID (`<root>/bus/usb/...`):
+//! 1. unbind it from its driver (normally the generic `usb`),
+//! 2. `add BUSID` to `drivers/usbip-host/match_busid` and write BUSID to `.../bind`,
+//! 3. write the number of a connected stream socket of this process to
+//!    `devices/BUSID/usbip_sockfd`: the kernel takes the socket and speaks the URB phase of
+//!    USB/IP on it.
+//!
+//! [`Sysfs::unexport`] undoes it: `-1` to `usbip_sockfd` (when still in use), unbind from
+//! `usbip-host`, `del BUSID`, and `rebind` so the device's own drivers take it again.
+//!
+//! Importing: `devices/platform/vhci_hcd.0/status*` lists the virtual ports (`hs`/`ss`, port,
+//! state); `port sockfd devid speed` written to `.../attach` plugs the device in at that port,
+//! the port number written to `.../detach` unplugs it.
+//!
+//! Every file this reads is the kernel's own (never a domain's), but the lines are still
+//! parsed without trusting their shape: a line that does not parse is skipped.
+
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tracing::{debug, info, warn};
+
+use crate::BusId;
+
+/// The driver that exports devices.
+pub const USBIP_HOST: &str = "usbip-host";
+/// `vhci-hcd`'s state of a free port (`VDEV_ST_NULL`).
+const VDEV_ST_NULL: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("there is no USB device {0} in this kernel (unplugged?)")]
+    NoDevice(BusId),
+    #[error("{path} says {value:?}, which is not what it should hold")]
+    Invalid { path: PathBuf, value: String },
+    #[error("cannot load the kernel module {module}: {problem}")]
+    Module { module: String, problem: String },
+    #[error("vhci-hcd has no free {hub} port (every virtual port is in use)")]
+    NoFreePort { hub: &'static str },
+}
+
+/// What an exported device tells the importing side (for `vhci-hcd`'s `attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportedDevice {
+    /// `busnum << 16 | devnum`.
+    pub devid: u32,
+    /// The kernel's `enum usb_device_speed`.
+    pub speed: u32,
+}
+
+/// One virtual port of `vhci-hcd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhciPort {
+    /// `hs` (USB 2 and slower) or `ss` (USB 3).
+    pub hub: String,
+    pub port: u32,
+    pub state: u32,
+}
+
+/// The kernel's speed code of a device's sysfs `speed` (Mbit/s): `1.5` low, `12` full,
+/// `480` high, `53.3-480` wireless, `5000` super, `10000`/`20000` super-plus.
+pub fn speed_code(mbits: &str) -> Option<u32> {
+    match mbits.trim() {
+        "1.5" => Some(1),
+        "12" => Some(2),
+        "480" => Some(3),
+        "53.3-480" => Some(4),
+        "5000" => Some(5),
+        "10000" | "20000" => Some(6),
+        _ => None,
+    }
+}
+
+/// Parses `vhci-hcd`'s `status` file: a header line, then `hub port sta spd dev sockfd
+/// local_busid` per port (`hs  0000 004 000 00000000 000000 0-0`).
+pub fn parse_vhci_status(text: &str) -> Vec<VhciPort> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let hub = f.next()?;
+            if hub != "hs" && hub != "ss" {
+                return None;
+            }
+            let port = f.next()?.parse().ok()?;
+            let state = f.next()?.parse().ok()?;
+            Some(VhciPort {
+                hub: hub.to_owned(),
+                port,
+                state,
+            })
+        })
+        .collect()
+}
+
+/// The USB/IP drivers of the kernel whose sysfs is at `root` (normally `/sys`).
+#[derive(Debug, Clone)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Sysfs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn device(&self, busid: &BusId) -> PathBuf {
+        self.root.join("bus/usb/devices").join(busid.as_str())
+    }
+
+    fn stub_driver(&self) -> PathBuf {
+        self.root.join("bus/usb/drivers").join(USBIP_HOST)
+    }
+
+    fn vhci(&self) -> PathBuf {
+        self.root.join("devices/platform/vhci_hcd.0")
+    }
+
+    /// Loads `module` unless `present` exists already.
+    fn ensure_module(&self, module: &str, present: &Path) -> Result<(), HostError> {
+        if present.exists() {
+            return Ok(());
+        }
+        let out = Command::new("modprobe")
+            .arg(module)
+            .output()
+            .map_err(|e| HostError::Module {
+                module: module.to_owned(),
+                problem: format!("cannot run modprobe: {e}"),
+            })?;
+        if !out.status.success() || !present.exists() {
+            return Err(HostError::Module {
+                module: module.to_owned(),
+                problem: format!(
+                    "modprobe {module}: {} {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        info!(module, "kernel module loaded");
+        Ok(())
+    }
+
+    /// The driver bound to `busid` (`usb`, `usbip-host`), if any.
+    pub fn driver_of(&self, busid: &BusId) -> Option<String> {
+        let link = std::fs::read_link(self.device(busid).join("driver")).ok()?;
+        Some(link.file_name()?.to_string_lossy().into_owned())
+    }
+
+    /// The devices bound to `usbip-host` now (to clean up after a crash).
+    pub fn exported(&self) -> Vec<BusId> {
+        let Ok(entries) = std::fs::read_dir(self.stub_driver()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<BusId> = entries
+            .filter_map(|e| BusId::new(&e.ok()?.file_name().to_string_lossy()).ok())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Binds `busid` to `usbip-host` and hands the kernel the connected stream socket
+    /// `sockfd` (a descriptor of this process; the kernel takes its own reference, so the
+    /// caller closes its copy afterwards). On an error after the unbind the device is given
+    /// back to its drivers.
+    pub fn export(&self, busid: &BusId, sockfd: RawFd) -> Result<ExportedDevice, HostError> {
+        let dev = self.device(busid);
+        if !dev.exists() {
+            return Err(HostError::NoDevice(busid.clone()));
+        }
+        let stub = self.stub_driver();
+        self.ensure_module("usbip-host", &stub)?;
+        let busnum: u32 = self.read_number(&dev.join("busnum"))?;
+        let devnum: u32 = self.read_number(&dev.join("devnum"))?;
+        let speed_path = dev.join("speed");
+        let speed_text = read(&speed_path)?;
+        let speed = speed_code(&speed_text).ok_or(HostError::Invalid {
+            path: speed_path,
+            value: speed_text,
+        })?;
+        let device = ExportedDevice {
+            devid: (busnum << 16) | devnum,
+            speed,
+        };
+        let bind = || -> Result<(), HostError> {
+            match self.driver_of(busid).as_deref() {
+                Some(USBIP_HOST) => {}
+                Some(_) => {
+                    write(&dev.join("driver/unbind"), busid.as_str())?;
+                    write(&stub.join("match_busid"), &format!("add {busid}"))?;
+                    write(&stub.join("bind"), busid.as_str())?;
+                }
+                None => {
+                    write(&stub.join("match_busid"), &format!("add {busid}"))?;
+                    write(&stub.join("bind"), busid.as_str())?;
+                }
+            }
+            write(&dev.join("usbip_sockfd"), &sockfd.to_string())
+        };
+        if let Err(e) = bind() {
+            if let Err(undo) = self.unexport(busid) {
+                warn!(busid = %busid, error = %undo, "cannot give the device back after a failed export");
+            }
+            return Err(e);
+        }
+        info!(busid = %busid, devid = device.devid, speed, "USB device exported (usbip-host)");
+        Ok(device)
+    }
+
+    /// Stops exporting `busid` and gives it back to its own drivers. Does what is needed of
+    /// that and no more: safe on a device that is not exported, or no longer plugged in.
+    pub fn unexport(&self, busid: &BusId) -> Result<(), HostError> {
+        let dev = self.device(busid);
+        let stub = self.stub_driver();
+        if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
+            // Ends a connection still in use ("usbip_sockfd -1"); refused when none is.
+            let _ = write(&dev.join("usbip_sockfd"), "-1");
+            write(&stub.join("unbind"), busid.as_str())?;
+        }
+        if stub.exists() {
+            // The kernel refuses a `del` of a bus id it does not match; nothing to undo then.
+            let _ = write(&stub.join("match_busid"), &format!("del {busid}"));
+            if dev.exists() && self.driver_of(busid).is_none() {
+                if let Err(e) = write(&stub.join("rebind"), busid.as_str()) {
+                    debug!(busid = %busid, error = %e, "rebind refused; probing the bus instead");
+                    write(&self.root.join("bus/usb/drivers_probe"), busid.as_str())?;
+                }
+            }
+        }
+        info!(busid = %busid, "USB device no longer exported");
+        Ok(())
+    }
+
+    /// `vhci-hcd`'s virtual ports (every controller's `status*` file).
+    pub fn vhci_ports(&self) -> Result<Vec<VhciPort>, HostError> {
+        let dir = self.vhci();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|source| HostError::Read {
+                path: dir.clone(),
+                source,
+            })?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                (name == "status" || name.starts_with("status.")).then(|| e.path())
+            })
+            .collect();
+        files.sort();
+        let mut ports = Vec::new();
+        for f in files {
+            ports.extend(parse_vhci_status(&read(&f)?));
+        }
+        Ok(ports)
+    }
+
+    /// Plugs the device that `sockfd` (a connected stream socket of this process) leads to
+    /// into a free port of `vhci-hcd`: a `ss` port for USB 3 speeds, else a `hs` one.
+    /// Returns the port.
+    pub fn vhci_attach(&self, sockfd: RawFd, devid: u32, speed: u32) -> Result<u32, HostError> {
+        let vhci = self.vhci();
+        self.ensure_module("vhci-hcd", &vhci)?;
+        let hub = if speed >= 5 { "ss" } else { "hs" };
+        let port = self
+            .vhci_ports()?
+            .into_iter()
+            .find(|p| p.hub == hub && p.state == VDEV_ST_NULL)
+            .ok_or(HostError::NoFreePort { hub })?
+            .port;
+        write(
+            &vhci.join("attach"),
+            &format!("{port} {sockfd} {devid} {speed}"),
+        )?;
+        info!(port, devid, speed, "USB device attached to vhci-hcd");
+        Ok(port)
+    }
+
+    /// Unplugs the device at `port`; nothing to do when the port is free already.
+    pub fn vhci_detach(&self, port: u32) -> Result<(), HostError> {
+        let in_use = self
+            .vhci_ports()?
+            .iter()
+            .any(|p| p.port == port && p.state != VDEV_ST_NULL);
+        if in_use {
+            write(&self.vhci().join("detach"), &port.to_string())?;
+            info!(port, "USB device detached from vhci-hcd");
+        }
+        Ok(())
+    }
+
+    fn read_number(&self, path: &Path) -> Result<u32, HostError> {
+        let text = read(path)?;
+        text.trim().parse().map_err(|_| HostError::Invalid {
+            path: path.to_owned(),
+            value: text,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, HostError> {
+    std::fs::read_to_string(path).map_err(|source| HostError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// One `write(2)` of `value` (sysfs takes an attribute in one write).
+fn write(path: &Path, value: &str) -> Result<(), HostError> {
+    let err = |source| HostError::Write {
+        path: path.to_owned(),
+        value: value.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(err)?;
+    let n = f.write(value.as_bytes()).map_err(err)?;
+    if n != value.len() {
+        return Err(err(std::io::Error::other(format!(
+            "the kernel took {n} of {} bytes",
+            value.len()
+        ))));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speeds() {
+        for (s, c) in [
+            ("1.5", 1),
+            ("12\n", 2),
+            ("480", 3),
+            ("5000", 5),
+            ("10000", 6),
+        ] {
+            assert_eq!(speed_code(s), Some(c), "{s}");
+        }
+        assert_eq!(speed_code("7"), None);
+    }
+
+    #[test]
+    fn vhci_status_lines() {
+        let text = "hub port sta spd dev      sockfd local_busid\n\
+                    hs  0000 004 000 00000000 000000 0-0\n\
+                    hs  0001 006 003 00010002 000011 1-2\n\
+                    ss  0015 004 000 00000000 000000 0-0\n\
+                    garbage line\n\
+                    hs  zz 004\n";
+        let ports = parse_vhci_status(text);
+        assert_eq!(
+            ports,
+            vec![
+                VhciPort {
+                    hub: "hs".into(),
+                    port: 0,
+                    state: 4
+                },
+                VhciPort {
+                    hub: "hs".into(),
+                    port: 1,
+                    state: 6
+                },
+                VhciPort {
+                    hub: "ss".into(),
+                    port: 15,
+                    state: 4
+                },
+            ]
+        );
+    }
+
+    /// A recorded-shape vhci-hcd directory: attach picks the first free port of the right hub
+    /// and writes the kernel's line; detach writes the port only when it is in use.
+    #[test]
+    fn vhci_attach_and_detach_write_what_the_kernel_reads() {
+        let root = tempfile::tempdir().unwrap();
+        let vhci = root.path().join("devices/platform/vhci_hcd.0");
+        std::fs::create_dir_all(&vhci).unwrap();
+        std::fs::write(
+            vhci.join("status"),
+            "hub port sta spd dev      sockfd local_busid\n\
+             hs  0000 006 003 00010002 000011 1-2\n\
+             hs  0001 004 000 00000000 000000 0-0\n\
+             ss  0015 004 000 00000000 000000 0-0\n",
+        )
+        .unwrap();
+        for f in ["attach", "detach"] {
+            std::fs::write(vhci.join(f), "").unwrap();
+        }
+        let s = Sysfs::new(root.path());
+        assert_eq!(s.vhci_attach(7, 0x10003, 3).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(vhci.join("attach")).unwrap(),
+            "1 7 65539 3"
+        );
+        assert_eq!(s.vhci_attach(7, 0x10003, 5).unwrap(), 15);
+        s.vhci_detach(1).unwrap();
+        assert_eq!(std::fs::read_to_string(vhci.join("detach")).unwrap(), "");
+        s.vhci_detach(0).unwrap();
+        assert_eq!(std::fs::read_to_string(vhci.join("detach")).unwrap(), "0");
+        std::fs::write(
+            vhci.join("status"),
+            "hub port sta\nhs  0000 006\nss  0015 004\n",
+        )
+        .unwrap();
+        let e = s.vhci_attach(7, 1, 2).unwrap_err();
+        assert!(e.to_string().contains("no free hs port"), "{e}");
+    }
+
+    #[test]
+    fn export_of_a_missing_device_says_so() {
+        let root = tempfile::tempdir().unwrap();
+        let s = Sysfs::new(root.path());
+        let e = s.export(&BusId::new("1-1").unwrap(), 3).unwrap_err();
+        assert!(matches!(e, HostError::NoDevice(_)), "{e}");
+        assert!(s.exported().is_empty());
+    }
+}
