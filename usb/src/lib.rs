@@ -5,7 +5,10 @@
 //!   The root is a parameter so tests read recorded trees (`usb/tests/data`).
 //! - [`usbip`]: the USB/IP wire protocol (the kernel's `Documentation/usb/usbip_protocol.rst`):
 //!   `OP_REQ/REP_DEVLIST`, `OP_REQ/REP_IMPORT`, `USBIP_CMD_SUBMIT`/`RET_SUBMIT`/`CMD_UNLINK`/
-//!   `RET_UNLINK`, decoded with explicit [`usbip::Limits`] (fuzz target `usbip_codec`).
+//!   `RET_UNLINK`, decoded with explicit [`usbip::Limits`] (fuzz target `usbip_codec`);
+//!   [`usbip::UrbGuard`], the checker of a URB stream between an importing and an exporting
+//!   domain (fuzz target `usbip_guard`), and [`usbip::relay_urbs`], the async relay dom0
+//!   runs through it.
 //! - [`probe`]: whether this kernel has the USB/IP modules (`usbip-host` on the side that
 //!   holds the device, `vhci-hcd` on the side that uses it), with a plain message when not.
 //! - [`host`]: the kernel's USB/IP drivers through sysfs: export a device to a socket

@@ -17,11 +17,26 @@
 //!
 //! Here: the constants, [`Limits`], [`CodecError`] and the reader both phases decode with;
 //! the operations are in `op`, the URBs in `urb`.
+//!
+//! On top of the codec, for a URB-phase stream dom0 carries between two domains (the
+//! importer's `vhci-hcd` and the exporter's `usbip-host`, attached through sysfs, so no
+//! operation exchange on it):
+//! - [`UrbGuard`] (`guard`): a synchronous checker that decodes each message from one side,
+//!   checks it against what is pending (commands only from the importer, replies only to
+//!   pending commands, `actual_length` and ISO packets within the submit, unlink semantics of
+//!   the kernel's stub, [`GuardLimits::max_pending`], the devid) and says how many bytes to
+//!   forward unchanged; fuzz target `usbip_guard`.
+//! - [`relay_urbs`] (`relay`): the async relay that runs both directions through one guard,
+//!   with bounded buffers and backpressure, until a side ends its stream or breaks a rule.
 
+mod guard;
 mod op;
+mod relay;
 mod urb;
 
+pub use guard::{GuardError, GuardLimits, Side, UrbGuard, Violation};
 pub use op::{decode_op, encode_op, DeviceRecord, InterfaceRecord, OpMessage};
+pub use relay::{relay_urbs, RelayEnd, RelayError, RelayStats};
 pub use urb::{decode_urb, encode_urb, Basic, Direction, IsoDescriptor, UrbMessage};
 
 /// Protocol version in every operation header.

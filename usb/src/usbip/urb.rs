@@ -209,7 +209,11 @@ pub fn decode_urb(
             } else {
                 Vec::new()
             };
-            let Some(iso) = read_iso(&mut r, n, actual)? else {
+            // The descriptors' offsets index the submit's transfer buffer, which can be longer
+            // than `actual_length` (short ISO packets), and the codec does not know that
+            // buffer: bound them by the largest transfer here; `UrbGuard` checks them against
+            // the submit's `transfer_buffer_length`.
+            let Some(iso) = read_iso(&mut r, n, limits.max_transfer)? else {
                 return Ok(None);
             };
             UrbMessage::RetSubmit {
