@@ -4,7 +4,20 @@
 # guest kernel). QEMU's TCG emulates AMD-V with nested paging, so a Debian kernel booted under
 # `qemu-system-x86_64 -accel tcg -cpu EPYC` loads kvm_amd and has a real /dev/kvm.
 #
-#   scripts/nested-kvm.sh [--mem MiB] [--smp N] [--timeout SECONDS] [--] CMD [ARGS...]
+#   scripts/nested-kvm.sh [--mem MiB] [--smp N] [--timeout SECONDS] [--usb-disk FILE]...
+#                         [--usb-kbd] [--monitor] [--] CMD [ARGS...]
+#
+# --usb-disk FILE (up to 4 times) gives L1 an emulated USB stick (usb-storage, SuperSpeed)
+# backed by FILE (raw, read-write), the Nth with serial bh-usb-disk-N, on port N of a
+# qemu-xhci controller: in L1 its sysfs bus id is 2-N (/sys/bus/usb/devices/2-N). --usb-kbd
+# adds a usb-kbd (product "QEMU USB Keyboard") on port 5: bus id 1-5. With either,
+# xhci_pci is loaded and the devices have enumerated before the command starts, and the
+# command gets BULKHEAD_NESTED_USB=1 (loading the drivers is up to it: no udev in L1, so
+# `modprobe -a usb_storage sd_mod` for a disk, `modprobe -a usbhid hid_generic evdev` for the
+# keyboard's /dev/input/event*).
+# --monitor wires QEMU's human monitor to L1's /dev/ttyS2 (the command gets
+# BULKHEAD_NESTED_MONITOR=/dev/ttyS2); scripts/nested-monitor CMD... (in L1) sends one
+# monitor command there and prints its reply, e.g. scripts/nested-monitor sendkey a.
 #
 # Inside L1 the command sees this machine's own file system (read-only over virtio-9p, with an
 # overlay on top so that writes work and vanish with L1; the overlay's upper layer, /tmp and
@@ -25,7 +38,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -35,11 +48,18 @@ tcg_thread=${BULKHEAD_NESTED_TCG_THREAD:-multi}
 timeout_s=${BULKHEAD_NESTED_TIMEOUT:-1200}
 cache=${BULKHEAD_NESTED_CACHE:-/var/cache/bulkhead-nested}
 scratch_gib=${BULKHEAD_NESTED_SCRATCH_GIB:-16}
+usb_disks=()
+usb_kbd=0
+monitor=0
 while (($#)); do
     case "$1" in
         --mem) mem=$2; shift 2 ;;
         --smp) smp=$2; shift 2 ;;
         --timeout) timeout_s=$2; shift 2 ;;
+        --usb-disk) (($# >= 2)) || { echo "nested-kvm: --usb-disk needs a FILE" >&2; usage; }
+            usb_disks+=("$2"); shift 2 ;;
+        --usb-kbd) usb_kbd=1; shift ;;
+        --monitor) monitor=1; shift ;;
         -h|--help) usage 0 ;;
         --) shift; break ;;
         -*) echo "nested-kvm: unknown option $1" >&2; usage ;;
@@ -65,6 +85,10 @@ avail_kib=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
 ((avail_kib / 1024 >= mem + 512)) ||
     fail "L1 gets $mem MiB and this host has only $((avail_kib / 1024)) MiB available (set --mem or BULKHEAD_NESTED_MEM lower)"
 ((smp >= 1 && smp <= $(nproc))) || fail "--smp $smp: this host has $(nproc) CPUs"
+((${#usb_disks[@]} <= 4)) || fail "${#usb_disks[@]} --usb-disk: at most 4 (ports 1-4 of L1's xhci controller)"
+for f in "${usb_disks[@]}"; do
+    [[ -f $f && -r $f && -w $f ]] || fail "--usb-disk $f: not a readable and writable file"
+done
 
 # The L1 kernel: Debian's generic kernel (it has kvm_amd, 9p and overlay as modules), fetched
 # once with apt from the host's sources and unpacked (not installed); its .deb has no
@@ -159,6 +183,8 @@ mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=1 "$scratch" || fail "mkfs.e
 {
     # The environment, but for what points at this host's session (bus, X, Wayland).
     export -p | grep -v -E '^declare -x (DBUS_SESSION_BUS_ADDRESS|XDG_RUNTIME_DIR|DISPLAY|WAYLAND_DISPLAY|XAUTHORITY|SSH_[A-Z_]*|TERM|OLDPWD)=' || true
+    if ((${#usb_disks[@]} || usb_kbd)); then echo 'export BULKHEAD_NESTED_USB=1'; fi
+    if ((monitor)); then echo 'export BULKHEAD_NESTED_MONITOR=/dev/ttyS2'; fi
     printf 'cd %q\n' "$PWD"
     printf 'exec'
     printf ' %q' "$@"
@@ -170,6 +196,9 @@ set -u
 run=$run
 kver=$kver
 kroot=$kroot
+usb_serials="$(for ((i = 1; i <= ${#usb_disks[@]}; i++)); do printf 'bh-usb-disk-%d ' "$i"; done)"
+usb_kbd=$usb_kbd
+monitor=$monitor
 STAGE2
 cat >>"$run/stage2.sh" <<'STAGE2'
 say() { echo "nested-kvm(L1): $*" >/dev/ttyS0; }
@@ -190,6 +219,25 @@ echo "+cpu +memory +pids" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null ||
 mkdir -p "/lib/modules/$kver" && mount --bind "$kroot/lib/modules/$kver" "/lib/modules/$kver" ||
     die "bind the modules of $kver"
 for m in kvm_amd tun loop veth; do modprobe "$m" || say "modprobe $m failed"; done
+# The emulated USB devices (--usb-disk, --usb-kbd): enumerated before the command starts.
+if [ -n "$usb_serials" ] || [ "$usb_kbd" = 1 ]; then
+    modprobe xhci_pci || say "modprobe xhci_pci failed"
+    usb_present() { # serial|product VALUE
+        local f
+        for f in /sys/bus/usb/devices/*/"$1"; do
+            [ -r "$f" ] && [ "$(cat "$f" 2>/dev/null)" = "$2" ] && return 0
+        done
+        return 1
+    }
+    usb_missing() {
+        local s
+        for s in $usb_serials; do usb_present serial "$s" || echo "usb-storage with serial $s"; done
+        if [ "$usb_kbd" = 1 ]; then usb_present product "QEMU USB Keyboard" || echo "usb-kbd"; fi
+    }
+    for _ in $(seq 50); do [ -z "$(usb_missing)" ] && break; sleep 0.2; done
+    usb_missing | while read -r what; do say "the $what never showed in /sys/bus/usb/devices"; done
+fi
+[ "$monitor" = 1 ] && stty -F /dev/ttyS2 raw -echo 115200 2>/dev/null
 [ -c /dev/kvm ] || die "no /dev/kvm in L1 after modprobe kvm_amd (does this QEMU emulate SVM for -cpu EPYC?)"
 ip link set lo up 2>/dev/null
 hostname nested-l1
@@ -213,6 +261,24 @@ qemu=(
     -d cpu_reset,guest_errors -D "$run/qemu.log"
     -chardev stdio,id=out,signal=off -serial chardev:out
 )
+if ((${#usb_disks[@]} || usb_kbd)); then
+    # QEMU's port N is both the USB2 and the USB3 root port N: a SuperSpeed device (usb-storage)
+    # on it is on L1's bus 2 (the USB3 root hub) at N, a USB 1/2 one (usb-kbd) on bus 1 at N.
+    qemu+=(-device qemu-xhci,id=xhci,p2=5,p3=5)
+    if ((usb_kbd)); then qemu+=(-device usb-kbd,bus=xhci.0,port=5); fi
+    for ((i = 1; i <= ${#usb_disks[@]}; i++)); do
+        f=${usb_disks[i - 1]}
+        qemu+=(-drive "if=none,id=usbdisk$i,format=raw,file=${f//,/,,}"
+            -device "usb-storage,bus=xhci.0,port=$i,drive=usbdisk$i,serial=bh-usb-disk-$i")
+    done
+fi
+if ((monitor)); then
+    # The monitor listens on a socket in the run dir; a second chardev connects to it and is
+    # L1's third serial port (COM3's I/O port, IRQ 5 so as not to share COM1's): what L1
+    # writes to /dev/ttyS2 is the monitor's input, its replies are L1's to read.
+    qemu+=(-chardev "socket,id=mon,path=$run/mon.sock,server=on,wait=off" -mon chardev=mon,mode=readline
+        -chardev "socket,id=monlink,path=$run/mon.sock" -device isa-serial,chardev=monlink,index=2,irq=5)
+fi
 started=$SECONDS
 set +e
 # TCG names every EPYC feature it does not emulate, twice: noise, not news.
