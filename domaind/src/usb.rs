@@ -1,4 +1,4 @@
-//! The usb domain: listing the host's USB devices and policy-checked attach/detach.
+//! The usb domain: listing the host's USB devices and moving them between domains.
 //!
 //! The usb domain (`--usb-domain`, default `usb`, a service-class domain) holds the USB
 //! devices; domaind reads the inventory from the sysfs tree it sees (`--usb-sysfs-root`,
@@ -14,26 +14,59 @@
 //!   plain message saying what is missing (the policy decision is still made first, so a
 //!   refusal is a refusal on every host).
 //!
-//! What is not built yet: the data path itself (binding the device to `usbip-host`, relaying
-//! the USB/IP stream over an inter-domain call, `vhci-hcd` attach in the receiving domain).
-//! With the modules present an allowed attach says so instead of pretending.
+//! The data path of an allowed attach (both domains running):
+//! 1. **Export** in the usb domain's kernel. A sandbox usb domain shares dom0's kernel, so
+//!    domaind binds the device to `usbip-host` there and gives the kernel one end of a socket
+//!    pair ([`bulkhead_usb::host::Sysfs::export`]).
+//! 2. **Import** in the receiving domain's kernel: a VM's agent gets an
+//!    `OpenRequest::UsbImport` stream and plugs its own socket pair into its kernel's
+//!    `vhci-hcd` (`domain-agent/src/usb.rs`); the device shows up in that VM alone.
+//! 3. **Relay**: a task joins the two, checking every USB/IP message both ways
+//!    ([`bulkhead_usb::usbip::relay_urbs`]: commands only from the receiving side, answers only
+//!    to pending commands, lengths within limits, the device's own id). A violation drops the
+//!    attachment (both sides), logged; nothing else stops.
+//! 4. **Release**: when the relay ends for any reason (detach, either domain stopping or
+//!    dying, a violation, the device unplugged), the device is unbound from `usbip-host` and
+//!    given back to its drivers, and the attachment is forgotten. At start-up domaind gives
+//!    back every device a previous domaind left bound to `usbip-host`.
+//!
+//! A device is attached to one domain at a time; [`UsbState`] says where.
+//! A sandbox receiving domain would need dom0's `vhci-hcd` and the device's nodes handed to
+//! that sandbox alone; that is not built, and such an attach says so.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex as StdMutex;
 
 use bulkhead_usb::UsbDevice;
+use tokio::sync::{oneshot, watch};
 
 /// One row of `UsbList`: busid, `vendor:product`, manufacturer, product, serial, class (with
 /// `, attached to DOMAIN` when attached).
 pub type UsbRow = (String, String, String, String, String, String);
 
+/// A device attached to a domain: its relay task is running.
+pub(crate) struct Attachment {
+    /// The receiving domain.
+    pub domain: String,
+    /// Told to end the relay (detach); `None` once told.
+    pub stop: Option<oneshot::Sender<()>>,
+    /// Becomes `true` when the relay ended and the device was given back.
+    pub released: watch::Receiver<bool>,
+    /// Which attachment of this device this is (a late release of an old one must not remove
+    /// a new one).
+    pub id: u64,
+}
+
 /// Which device is attached where.
 #[derive(Default)]
 pub struct UsbState {
-    pub(crate) attached: StdMutex<BTreeMap<String, String>>,
+    pub(crate) attached: StdMutex<BTreeMap<String, Attachment>>,
+    pub(crate) next_id: std::sync::atomic::AtomicU64,
+    /// One attach at a time (the check that a device is free and its export go together).
+    pub(crate) op: tokio::sync::Mutex<()>,
 }
 
-pub(crate) fn row(d: &UsbDevice, attached_to: Option<&String>) -> UsbRow {
+pub(crate) fn row(d: &UsbDevice, attached_to: Option<&str>) -> UsbRow {
     let mut class = d.kind().describe();
     if let Some(dom) = attached_to {
         class.push_str(&format!(", attached to {dom}"));

@@ -69,6 +69,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 pub use cgroup::{CgroupPaths, CgroupRoot};
+pub use mounts::DOMAIN_USER_UID;
 
 /// First host uid (and gid) of the domain ranges. Slot `n` owns
 /// `UID_BASE + n * UID_RANGE ..= UID_BASE + n * UID_RANGE + 65535`; root inside is its first uid.

@@ -75,7 +75,21 @@ pub struct VhciPort {
     pub hub: String,
     pub port: u32,
     pub state: u32,
+    /// The bus id the device plugged in there has in this kernel (`3-1`), once it has one.
+    pub local_busid: Option<BusId>,
 }
+
+/// A device node of a USB device: its name under `/dev` as the kernel gives it (`sdb`,
+/// `input/event7`, `bus/usb/003/002`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceNode {
+    pub devname: String,
+}
+
+/// Most sysfs directories walked below one USB device when looking for its nodes.
+pub const MAX_SYSFS_WALK: usize = 4096;
+/// Most device nodes of one USB device.
+pub const MAX_DEVICE_NODES: usize = 64;
 
 /// The kernel's speed code of a device's sysfs `speed` (Mbit/s): `1.5` low, `12` full,
 /// `480` high, `53.3-480` wireless, `5000` super, `10000`/`20000` super-plus.
@@ -103,10 +117,16 @@ pub fn parse_vhci_status(text: &str) -> Vec<VhciPort> {
             }
             let port = f.next()?.parse().ok()?;
             let state = f.next()?.parse().ok()?;
+            // spd dev sockfd, then local_busid ("0-0" for none)
+            let local_busid = f
+                .nth(3)
+                .and_then(|b| BusId::new(b).ok())
+                .filter(|b| b.as_str() != "0-0");
             Some(VhciPort {
                 hub: hub.to_owned(),
                 port,
                 state,
+                local_busid,
             })
         })
         .collect()
@@ -308,6 +328,119 @@ impl Sysfs {
         Ok(())
     }
 
+    /// The isochronous endpoints of `busid`'s active configuration (its interfaces'
+    /// `ep_XX/type`), for [`crate::usbip::GuardLimits::iso_endpoints`].
+    pub fn iso_endpoints(&self, busid: &BusId) -> crate::usbip::IsoEndpoints {
+        let mut iso = crate::usbip::IsoEndpoints::default();
+        let prefix = format!("{busid}:");
+        let Ok(entries) = std::fs::read_dir(self.device(busid)) else {
+            return iso;
+        };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let Ok(eps) = std::fs::read_dir(e.path()) else {
+                continue;
+            };
+            for ep in eps.flatten() {
+                let name = ep.file_name().to_string_lossy().into_owned();
+                let Some(addr) = name
+                    .strip_prefix("ep_")
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                else {
+                    continue;
+                };
+                let is_iso = std::fs::read_to_string(ep.path().join("type"))
+                    .is_ok_and(|t| t.trim() == "Isoc");
+                if is_iso {
+                    let bit = 1u16 << (addr & 0x0f);
+                    if addr & 0x80 != 0 {
+                        iso.in_mask |= bit;
+                    } else {
+                        iso.out_mask |= bit;
+                    }
+                }
+            }
+        }
+        iso
+    }
+
+    /// The bus id this kernel gave the device plugged into `port`, once it enumerated.
+    pub fn vhci_device(&self, port: u32) -> Result<Option<BusId>, HostError> {
+        Ok(self
+            .vhci_ports()?
+            .into_iter()
+            .find(|p| p.port == port)
+            .and_then(|p| p.local_busid))
+    }
+
+    /// The device nodes of USB device `busid` and everything below it (its interfaces' disks,
+    /// partitions, input devices, ...): every `uevent` with a `DEVNAME=` in its sysfs subtree.
+    /// Symlinks in the tree are not followed; the walk is bounded ([`MAX_SYSFS_WALK`],
+    /// [`MAX_DEVICE_NODES`]).
+    pub fn device_nodes(&self, busid: &BusId) -> Vec<DeviceNode> {
+        let Ok(top) = std::fs::canonicalize(self.device(busid)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut todo = vec![top];
+        let mut walked = 0;
+        while let Some(dir) = todo.pop() {
+            walked += 1;
+            if walked > MAX_SYSFS_WALK || out.len() >= MAX_DEVICE_NODES {
+                warn!(busid = %busid, "stopped looking for device nodes: too many entries");
+                break;
+            }
+            if let Ok(text) = std::fs::read_to_string(dir.join("uevent")) {
+                if let Some(name) = text.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+                    out.push(DeviceNode {
+                        devname: name.trim().to_owned(),
+                    });
+                }
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    todo.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Loads the drivers of `busid`'s interfaces by their `modalias` (what udev does when a
+    /// device appears; a dom0 without udev needs it). Failures are logged only: a device
+    /// without a driver still has its raw node.
+    pub fn load_drivers(&self, busid: &BusId) {
+        let dev = self.device(busid);
+        let Ok(entries) = std::fs::read_dir(&dev) else {
+            return;
+        };
+        let prefix = format!("{busid}:");
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let Ok(alias) = std::fs::read_to_string(e.path().join("modalias")) else {
+                continue;
+            };
+            let alias = alias.trim();
+            if alias.is_empty() || alias.len() > 256 || !alias.is_ascii() {
+                continue;
+            }
+            match Command::new("modprobe").args(["-bq", alias]).status() {
+                Ok(s) if s.success() => debug!(busid = %busid, alias, "driver loaded"),
+                Ok(s) => debug!(busid = %busid, alias, %s, "no driver for this interface"),
+                Err(e) => warn!(error = %e, "cannot run modprobe"),
+            }
+        }
+    }
+
     fn read_number(&self, path: &Path) -> Result<u32, HostError> {
         let text = read(path)?;
         text.trim().parse().map_err(|_| HostError::Invalid {
@@ -378,17 +511,20 @@ mod tests {
                 VhciPort {
                     hub: "hs".into(),
                     port: 0,
-                    state: 4
+                    state: 4,
+                    local_busid: None,
                 },
                 VhciPort {
                     hub: "hs".into(),
                     port: 1,
-                    state: 6
+                    state: 6,
+                    local_busid: Some(BusId::new("1-2").unwrap()),
                 },
                 VhciPort {
                     hub: "ss".into(),
                     port: 15,
-                    state: 4
+                    state: 4,
+                    local_busid: None,
                 },
             ]
         );
@@ -430,6 +566,69 @@ mod tests {
         .unwrap();
         let e = s.vhci_attach(7, 1, 2).unwrap_err();
         assert!(e.to_string().contains("no free hs port"), "{e}");
+    }
+
+    /// The nodes of a device are the DEVNAMEs of its subtree; symlinks are not followed.
+    #[test]
+    fn device_nodes_of_a_subtree() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("devices/pci0/usb3/3-1");
+        for d in [
+            "3-1:1.0/host4/target4:0:0/4:0:0:0/block/sdb/sdb1",
+            "3-1:1.1/input/input9/event9",
+        ] {
+            std::fs::create_dir_all(real.join(d)).unwrap();
+        }
+        std::fs::write(real.join("uevent"), "MAJOR=189\nDEVNAME=bus/usb/003/002\n").unwrap();
+        std::fs::write(
+            real.join("3-1:1.0/host4/target4:0:0/4:0:0:0/block/sdb/uevent"),
+            "DEVNAME=sdb\n",
+        )
+        .unwrap();
+        std::fs::write(
+            real.join("3-1:1.0/host4/target4:0:0/4:0:0:0/block/sdb/sdb1/uevent"),
+            "DEVNAME=sdb1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            real.join("3-1:1.1/input/input9/event9/uevent"),
+            "DEVNAME=input/event9\n",
+        )
+        .unwrap();
+        // a link out of the subtree (sysfs has many: driver, subsystem, port)
+        let elsewhere = root.path().join("devices/other");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("uevent"), "DEVNAME=sda\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, real.join("port")).unwrap();
+        std::fs::create_dir_all(root.path().join("bus/usb/devices")).unwrap();
+        std::os::unix::fs::symlink(&real, root.path().join("bus/usb/devices/3-1")).unwrap();
+        let s = Sysfs::new(root.path());
+        let names: Vec<String> = s
+            .device_nodes(&BusId::new("3-1").unwrap())
+            .into_iter()
+            .map(|n| n.devname)
+            .collect();
+        assert_eq!(names, ["bus/usb/003/002", "input/event9", "sdb", "sdb1"]);
+        assert!(s.device_nodes(&BusId::new("3-2").unwrap()).is_empty());
+    }
+
+    #[test]
+    fn isochronous_endpoints_from_sysfs() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("bus/usb/devices/1-4");
+        for (ep, t) in [
+            ("1-4:1.0/ep_81", "Interrupt"),
+            ("1-4:1.1/ep_82", "Isoc"),
+            ("1-4:1.1/ep_03", "Isoc"),
+            ("ep_00", "Control"),
+        ] {
+            std::fs::create_dir_all(dev.join(ep)).unwrap();
+            std::fs::write(dev.join(ep).join("type"), format!("{t}\n")).unwrap();
+        }
+        let iso = Sysfs::new(root.path()).iso_endpoints(&BusId::new("1-4").unwrap());
+        assert_eq!((iso.in_mask, iso.out_mask), (1 << 2, 1 << 3));
+        assert!(iso.contains(2, crate::usbip::Direction::In));
+        assert!(!iso.contains(1, crate::usbip::Direction::In));
     }
 
     #[test]

@@ -100,6 +100,8 @@ impl Manager {
         debug!(domain = %rt.name, ms = t0.elapsed().as_millis() as u64, "init gone");
         // Its network namespace is still held if it served as a netvm: the uplink goes back.
         self.net_on_stop(&rt.name).await;
+        // Its USB devices (or, for the usb domain, every attached device) go back.
+        self.usb_on_stop(&rt.name).await;
         let rec = record.clone();
         let _ = blocking(move || {
             let _ = rec.thaw();

@@ -105,6 +105,7 @@ impl Manager {
             Err(e) => error!(error = %e.message(), "cannot list domain cgroups"),
         }
         drop(launches_done);
+        self.usb_recover().await;
         // Disposables that are not running are leftovers.
         for c in &good {
             if c.class == DomainClass::Disposable && !adopted.contains(&c.name) {

@@ -59,6 +59,31 @@ pub struct GuardLimits {
     pub max_pending: usize,
     /// When set, the devid of the one device this stream carries.
     pub devid: Option<u32>,
+    /// When set, the device's isochronous endpoints: a submit with ISO packets on any other
+    /// endpoint is refused. (The exporting kernel reads ISO descriptors only for an
+    /// isochronous endpoint; for another it would take those bytes as the next command, one
+    /// this guard never checked.)
+    pub iso_endpoints: Option<IsoEndpoints>,
+}
+
+/// Isochronous endpoints of a device, one bit per endpoint number and direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IsoEndpoints {
+    /// Bit n: endpoint n IN is isochronous.
+    pub in_mask: u16,
+    /// Bit n: endpoint n OUT is isochronous.
+    pub out_mask: u16,
+}
+
+impl IsoEndpoints {
+    /// Whether endpoint `ep` (0..=15) in `direction` is isochronous.
+    pub fn contains(&self, ep: u32, direction: Direction) -> bool {
+        let mask = match direction {
+            Direction::In => self.in_mask,
+            Direction::Out => self.out_mask,
+        };
+        ep < 16 && mask & (1 << ep) != 0
+    }
 }
 
 impl Default for GuardLimits {
@@ -67,6 +92,7 @@ impl Default for GuardLimits {
             codec: Limits::default(),
             max_pending: 1024,
             devid: None,
+            iso_endpoints: None,
         }
     }
 }
@@ -241,6 +267,17 @@ impl UrbGuard {
                 let packets = packets(number_of_packets);
                 if basic.ep == 0 && packets != 0 {
                     return Err(rule(seqnum, "ISO packets on the control endpoint"));
+                }
+                if let Some(iso) = self.limits.iso_endpoints {
+                    if packets != 0 && !iso.contains(basic.ep, basic.direction) {
+                        return Err(rule(
+                            seqnum,
+                            format!(
+                                "ISO packets on endpoint {} {:?}, which is not isochronous",
+                                basic.ep, basic.direction
+                            ),
+                        ));
+                    }
                 }
                 self.make_room(seqnum)?;
                 self.pending.insert(
@@ -740,5 +777,46 @@ mod tests {
         ok_exp(&mut g, &r);
         ok_imp(&mut g, &submit(2, Direction::In, 8));
         ok_exp(&mut g, &ret(2, Direction::In, 0));
+    }
+
+    #[test]
+    fn iso_packets_only_on_isochronous_endpoints_when_known() {
+        let iso_on = |ep: u32| {
+            encode_urb(&UrbMessage::CmdSubmit {
+                basic: Basic {
+                    ep,
+                    ..basic(9, Direction::In)
+                },
+                transfer_flags: 0,
+                transfer_buffer_length: 64,
+                start_frame: 0,
+                number_of_packets: 1,
+                interval: 1,
+                setup: [0; 8],
+                data: vec![],
+                iso: vec![IsoDescriptor {
+                    offset: 0,
+                    length: 64,
+                    actual_length: 0,
+                    status: 0,
+                }],
+            })
+        };
+        let limits = GuardLimits {
+            iso_endpoints: Some(IsoEndpoints {
+                in_mask: 1 << 2,
+                out_mask: 0,
+            }),
+            ..GuardLimits::default()
+        };
+        let mut g = UrbGuard::new(limits);
+        assert!(g.from_importer(&iso_on(2)).unwrap().is_some());
+        let e = UrbGuard::new(limits).from_importer(&iso_on(1)).unwrap_err();
+        assert!(e.to_string().contains("not isochronous"), "{e}");
+        // unknown endpoint types: the codec's limits only
+        assert!(UrbGuard::new(GuardLimits::default())
+            .from_importer(&iso_on(1))
+            .unwrap()
+            .is_some());
     }
 }

@@ -34,7 +34,7 @@ mod op;
 mod relay;
 mod urb;
 
-pub use guard::{GuardError, GuardLimits, Side, UrbGuard, Violation};
+pub use guard::{GuardError, GuardLimits, IsoEndpoints, Side, UrbGuard, Violation};
 pub use op::{decode_op, encode_op, DeviceRecord, InterfaceRecord, OpMessage};
 pub use relay::{relay_urbs, RelayEnd, RelayError, RelayStats};
 pub use urb::{decode_urb, encode_urb, Basic, Direction, IsoDescriptor, UrbMessage};
