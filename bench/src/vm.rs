@@ -240,7 +240,7 @@ fn vmm_command(vmm: &Path, vm: &VmArtifacts, disks: &Disks, dir: &Path) -> Resul
             },
         ],
         vsock: None,
-        net: None,
+        nets: Vec::new(),
         rng: true,
         confine: None,
     };

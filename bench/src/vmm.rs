@@ -238,7 +238,7 @@ pub fn run(runs: usize, binary: Option<PathBuf>, confined: bool) -> Result<()> {
         serial_input: None,
         disks: vec![],
         vsock: None,
-        net: None,
+        nets: Vec::new(),
         rng: false,
         confine: confined.then_some(ConfineSpec {
             uid: 65534,

@@ -28,6 +28,7 @@ async fn reply(stream: &Stream, r: UsbImportReply) -> bool {
 
 /// Serves one `UsbImport` stream until the device is detached.
 pub async fn serve_import(req: UsbImportRequest, stream: Stream) {
+    tracing::info!(busid = %req.busid, devid = req.devid, speed = req.speed, "USB import requested");
     if !crate::in_vm() {
         reply(
             &stream,
@@ -75,7 +76,7 @@ pub async fn serve_import(req: UsbImportRequest, stream: Stream) {
             return;
         }
     };
-    tracing::info!(busid = %req.busid, port, "USB device attached");
+    tracing::info!(busid = %req.busid, port, "USB device plugged into vhci-hcd");
     let relayed = async {
         ours.set_nonblocking(true)?;
         let io = tokio::net::UnixStream::from_std(ours)?;

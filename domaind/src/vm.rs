@@ -53,7 +53,7 @@ pub const VSOCK_UDS_NAME: &str = "vsock.sock";
 pub const SERIAL_LOG_MAX: u64 = bulkhead_sandbox::logwriter::LOG_MAX_BYTES;
 /// The fd number the VMM gets its ready pipe on.
 const READY_FD: i32 = 3;
-/// The fd number the VMM gets its tap on (a VM with a netvm; see [`VmNet`]).
+/// The fd number the VMM gets its (first) tap on (see [`VmNetwork`]); a second one follows.
 pub const TAP_FD: i32 = 4;
 
 /// The network of a VM domain with a netvm: the tap domaind made in the VM's link namespace
@@ -80,6 +80,51 @@ impl VmNet {
             dns.join(","),
             bulkhead_net::tap::mac_text(self.mac)
         )
+    }
+}
+
+/// A net VM's interfaces (see `bulkhead_net::vmnetvm`): its uplink tap (bridged with the
+/// host's uplink) with the address the guest gives it, and its tap in the firewall namespace
+/// in front of its clients.
+#[derive(Debug, Clone)]
+pub struct VmNetvm {
+    pub uplink: Option<(std::sync::Arc<OwnedFd>, bulkhead_net::link::Uplink)>,
+    pub down: std::sync::Arc<OwnedFd>,
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+/// The network of a VM domain: a client of a netvm, or a net VM itself.
+#[derive(Debug, Clone)]
+pub enum VmNetwork {
+    Client(VmNet),
+    Netvm(VmNetvm),
+}
+
+impl VmNetwork {
+    /// What the guest's init reads from the kernel command line.
+    pub fn cmdline(&self) -> String {
+        match self {
+            VmNetwork::Client(n) => n.cmdline(),
+            VmNetwork::Netvm(n) => bulkhead_net::vmnetvm::guest_cmdline(
+                n.uplink.as_ref().map(|(_, u)| u),
+                &n.dns,
+            ),
+        }
+    }
+
+    /// The taps in the order the VMM gets them (fds [`TAP_FD`], [`TAP_FD`] + 1): their
+    /// descriptors, names (for logs) and the guest's MACs.
+    pub fn taps(&self) -> Vec<(std::sync::Arc<OwnedFd>, &'static str, [u8; 6])> {
+        use bulkhead_net::vmnetvm::{FIREWALL_TAP, UPLINK_TAP, VM_DOWN_MAC, VM_UPLINK_MAC};
+        match self {
+            VmNetwork::Client(n) => vec![(n.tap.clone(), bulkhead_net::tap::VM_TAP, n.mac)],
+            VmNetwork::Netvm(n) => n
+                .uplink
+                .iter()
+                .map(|(t, _)| (t.clone(), UPLINK_TAP, VM_UPLINK_MAC))
+                .chain([(n.down.clone(), FIREWALL_TAP, VM_DOWN_MAC)])
+                .collect(),
+        }
     }
 }
 
@@ -186,8 +231,8 @@ pub struct VmStart {
     pub uid: u32,
     /// The domaind instance's cgroup root; the VMM's cgroup is `<root>/<name>`.
     pub cgroup_root: bulkhead_sandbox::CgroupRoot,
-    /// The network (a VM with a netvm), or none.
-    pub net: Option<VmNet>,
+    /// The network (a VM with a netvm, or a net VM), or none.
+    pub net: Option<VmNetwork>,
 }
 
 impl VmStart {
@@ -210,7 +255,10 @@ impl VmStart {
                 "{} bulkhead.name={}{}",
                 bulkhead_templates::vm::GUEST_CMDLINE,
                 self.name,
-                self.net.as_ref().map(VmNet::cmdline).unwrap_or_default()
+                self.net
+                    .as_ref()
+                    .map(VmNetwork::cmdline)
+                    .unwrap_or_default()
             ),
             memory_mib: self.memory_mib,
             vcpus,
@@ -235,11 +283,17 @@ impl VmStart {
                 guest_cid: GUEST_CID,
                 uds_path: self.channel_dir.join(VSOCK_UDS_NAME),
             }),
-            net: self.net.as_ref().map(|n| bulkhead_vmm::NetSpec {
-                tap: bulkhead_net::tap::VM_TAP.to_owned(),
-                mac: n.mac,
-                fd: Some(TAP_FD),
-            }),
+            nets: self
+                .net
+                .iter()
+                .flat_map(VmNetwork::taps)
+                .zip(TAP_FD..)
+                .map(|((_, name, mac), fd)| bulkhead_vmm::NetSpec {
+                    tap: name.to_owned(),
+                    mac,
+                    fd: Some(fd),
+                })
+                .collect(),
             rng: true,
             confine: Some(ConfineSpec {
                 uid: self.uid,
@@ -343,10 +397,12 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
     // Both descriptors the child moves to fixed numbers are first put above them, so that
     // one dup2 never overwrites the other's source.
     let ready_w = dup_high(&ready_w, "the ready pipe")?;
-    let tap = match &s.net {
-        Some(n) => Some(dup_high(&n.tap, "the tap")?),
-        None => None,
-    };
+    let taps = s
+        .net
+        .iter()
+        .flat_map(VmNetwork::taps)
+        .map(|(t, _, _)| dup_high(&t, "a tap"))
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(d) = s.log_file.parent() {
         fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
     }
@@ -368,7 +424,8 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
         .env_clear();
     let procs_raw: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let ready_raw = ready_w.as_raw_fd();
-    let tap_raw = tap.as_ref().map(|t| t.as_raw_fd());
+    // Allocated here: the child below must not allocate.
+    let taps_raw: Vec<i32> = taps.iter().map(|t| t.as_raw_fd()).collect();
     // SAFETY: runs in the forked child before exec and only makes raw system calls (write,
     // dup2, fcntl, close_range, setsid) on descriptors opened above; no allocation, no locks.
     unsafe {
@@ -386,9 +443,11 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
             } else if libc::dup2(ready_raw, READY_FD) != READY_FD {
                 return Err(std::io::Error::last_os_error());
             }
-            // dup2 clears close-on-exec on the copy.
-            if let Some(t) = tap_raw {
-                if libc::dup2(t, TAP_FD) != TAP_FD {
+            // dup2 clears close-on-exec on the copy. Every source is above the targets
+            // (dup_high), so no dup2 overwrites a later one's source.
+            for (i, t) in taps_raw.iter().enumerate() {
+                let to = TAP_FD + i as i32;
+                if libc::dup2(*t, to) != to {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -396,10 +455,10 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
             // (received without MSG_CMSG_CLOEXEC) until their call ends, and a VMM started
             // meanwhile (a call that autostarts a VM) would otherwise hold, for its whole life,
             // another caller's stdout: that caller's output would never end.
-            let first = if tap_raw.is_some() {
-                TAP_FD + 1
-            } else {
+            let first = if taps_raw.is_empty() {
                 READY_FD + 1
+            } else {
+                TAP_FD + taps_raw.len() as i32
             };
             if libc::close_range(
                 first as libc::c_uint,
@@ -421,7 +480,7 @@ fn spawn_in(cgroup: &CgroupPaths, s: &VmStart) -> Result<VmRecord, VmError> {
     })?;
     drop(cmd);
     drop(ready_w);
-    drop(tap);
+    drop(taps);
     drop(procs);
     let pid = i32::try_from(child.id())
         .map_err(|_| VmError::Invalid(format!("pid {} out of range", child.id())))?;
@@ -550,24 +609,54 @@ mod tests {
     #[test]
     fn a_vm_with_a_netvm_gets_the_tap_fd_and_its_address_on_the_command_line() {
         let s = start().spec().unwrap();
-        assert!(s.net.is_none());
+        assert!(s.nets.is_empty());
         assert!(!s.cmdline.contains("bulkhead.ip="), "{}", s.cmdline);
         let mut st = start();
         let (r, _w) = nix::unistd::pipe().unwrap();
-        st.net = Some(VmNet {
+        st.net = Some(VmNetwork::Client(VmNet {
             tap: std::sync::Arc::new(r),
             ip: "10.137.0.7".parse().unwrap(),
             gateway: bulkhead_net::GATEWAY,
             dns: bulkhead_net::DNS_VIRTUAL.to_vec(),
             mac: bulkhead_net::tap::vm_mac("10.137.0.7".parse().unwrap()),
-        });
+        }));
         let s = st.spec().unwrap();
-        let n = s.net.as_ref().unwrap();
+        assert_eq!(s.nets.len(), 1);
+        let n = &s.nets[0];
         assert_eq!(n.fd, Some(TAP_FD));
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac, [0x02, 0xb1, 10, 137, 0, 7]);
         assert!(
             s.cmdline.ends_with(" bulkhead.name=work bulkhead.ip=10.137.0.7 bulkhead.gw=10.137.0.1 bulkhead.dns=10.139.1.1,10.139.1.2 bulkhead.mac=02:b1:0a:89:00:07"),
+            "{}",
+            s.cmdline
+        );
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_net_vm_gets_its_uplink_and_its_link_to_the_firewall() {
+        let mut st = start();
+        let (a, _w) = nix::unistd::pipe().unwrap();
+        let (b, _w2) = nix::unistd::pipe().unwrap();
+        let up = bulkhead_net::link::Uplink {
+            ifname: "eth9".into(),
+            address: "192.0.2.10".parse().unwrap(),
+            prefix: 24,
+            gateway: Some("192.0.2.254".parse().unwrap()),
+        };
+        st.net = Some(VmNetwork::Netvm(VmNetvm {
+            uplink: Some((std::sync::Arc::new(a), up)),
+            down: std::sync::Arc::new(b),
+            dns: vec!["192.0.2.53".parse().unwrap()],
+        }));
+        let s = st.spec().unwrap();
+        let got: Vec<(&str, Option<i32>)> =
+            s.nets.iter().map(|n| (n.tap.as_str(), n.fd)).collect();
+        assert_eq!(got, [("nvmup", Some(TAP_FD)), ("nvm0", Some(TAP_FD + 1))]);
+        assert!(
+            s.cmdline.contains(" bulkhead.netvm.up=192.0.2.10/24,192.0.2.254,")
+                && s.cmdline.contains(" bulkhead.netvm.down=10.138.255.2/30,"),
             "{}",
             s.cmdline
         );

@@ -20,6 +20,7 @@ pub mod link;
 pub mod netns;
 pub mod nft;
 pub mod tap;
+pub mod vmnetvm;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -46,6 +46,28 @@ impl TestInternet {
         Self { _ns: ns, uplink }
     }
 
+    /// A sink at `at`: reads whatever a connection sends, then answers with the byte count
+    /// (`got N`) once the sender shut its side. For throughput figures.
+    pub fn serve_sink(&self, at: SocketAddr) {
+        let l: TcpListener = self._ns.run(move || TcpListener::bind(at)).unwrap().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut n = 0u64;
+                    while let Ok(k) = std::io::Read::read(&mut s, &mut buf) {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    let _ = writeln!(s, "got {n}");
+                });
+            }
+        });
+    }
+
     /// The `[net]` section of `domaind.toml` ([`DomaindOptions::daemon_file`]) that makes
     /// domain `net` the net domain on this uplink, at 192.0.2.2/24 with `gateway` as its
     /// gateway and DNS server.

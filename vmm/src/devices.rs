@@ -145,7 +145,7 @@ pub fn open_devices(spec: &VmSpec) -> Result<OpenedDevices, DeviceError> {
             })?;
         devices.push((format!("vsock cid {}", v.guest_cid), Box::new(dev)));
     }
-    if let Some(n) = &spec.net {
+    for n in &spec.nets {
         let tap = match n.fd {
             Some(fd) => inherited_tap(fd),
             None => bulkhead_virtio::net::open_tap(&n.tap),

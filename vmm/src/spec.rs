@@ -14,6 +14,8 @@ pub const MAX_VCPUS: u8 = 32;
 pub const MAX_MMIO_DEVICES: usize = 19;
 /// Longest kernel command line the spec may give (the guest limit is 2048 with what we append).
 pub const MAX_SPEC_CMDLINE: usize = 1024;
+/// Most network interfaces of one VM.
+pub const MAX_NETS: usize = 4;
 
 /// One VM: what to boot, with how much, and which devices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,8 +43,10 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     #[serde(default)]
     pub vsock: Option<VsockSpec>,
+    /// Network interfaces in order (a client has one; a net VM its uplink, then the link to
+    /// its clients). At most [`MAX_NETS`].
     #[serde(default)]
-    pub net: Option<NetSpec>,
+    pub nets: Vec<NetSpec>,
     #[serde(default)]
     pub rng: bool,
     /// Confinement of the VMM process; `None` only in tests.
@@ -118,8 +122,10 @@ pub enum SpecError {
     GuestCid(u64),
     #[error("VM spec: tap name {0:?} is not a valid interface name")]
     Tap(String),
-    #[error("VM spec: tap fd {0} cannot be used (stdin, stdout and stderr are not taps)")]
+    #[error("VM spec: tap fd {0} cannot be used (stdin, stdout and stderr are not taps, and each tap has its own)")]
     TapFd(i32),
+    #[error("VM spec: {0} network interfaces, at most {MAX_NETS}")]
+    TooManyNets(usize),
     #[error("VM spec: name {0:?} must be 1..=64 printable characters")]
     Name(String),
 }
@@ -177,7 +183,11 @@ impl VmSpec {
                 return Err(SpecError::GuestCid(v.guest_cid));
             }
         }
-        if let Some(n) = &self.net {
+        if self.nets.len() > MAX_NETS {
+            return Err(SpecError::TooManyNets(self.nets.len()));
+        }
+        let mut fds = Vec::new();
+        for n in &self.nets {
             let ok = !n.tap.is_empty()
                 && n.tap.len() < 16
                 && n.tap
@@ -186,8 +196,11 @@ impl VmSpec {
             if !ok {
                 return Err(SpecError::Tap(n.tap.clone()));
             }
-            if let Some(fd) = n.fd.filter(|fd| *fd <= 2) {
-                return Err(SpecError::TapFd(fd));
+            if let Some(fd) = n.fd {
+                if fd <= 2 || fds.contains(&fd) {
+                    return Err(SpecError::TapFd(fd));
+                }
+                fds.push(fd);
             }
         }
         Ok(())
@@ -197,7 +210,7 @@ impl VmSpec {
     pub fn mmio_device_count(&self) -> usize {
         self.disks.len()
             + usize::from(self.vsock.is_some())
-            + usize::from(self.net.is_some())
+            + self.nets.len()
             + usize::from(self.rng)
     }
 }
@@ -219,7 +232,7 @@ mod tests {
             serial_input: None,
             disks: vec![],
             vsock: None,
-            net: None,
+            nets: Vec::new(),
             rng: false,
             confine: None,
         }
@@ -261,25 +274,32 @@ mod tests {
         });
         assert!(matches!(s.validate(), Err(SpecError::GuestCid(2))));
         let mut s = spec();
-        s.net = Some(NetSpec {
+        s.nets = vec![NetSpec {
             tap: "tap/../x".into(),
             mac: [0; 6],
             fd: None,
-        });
+        }];
         assert!(matches!(s.validate(), Err(SpecError::Tap(_))));
         let mut s = spec();
-        s.net = Some(NetSpec {
+        s.nets = vec![NetSpec {
             tap: "tap0".into(),
             mac: [0; 6],
             fd: Some(1),
-        });
+        }];
         assert!(matches!(s.validate(), Err(SpecError::TapFd(1))));
-        s.net = Some(NetSpec {
+        let tap = |fd| NetSpec {
             tap: "tap0".into(),
             mac: [0; 6],
-            fd: Some(4),
-        });
+            fd: Some(fd),
+        };
+        s.nets = vec![tap(4)];
         assert!(s.validate().is_ok());
+        s.nets = vec![tap(4), tap(5)];
+        assert!(s.validate().is_ok());
+        s.nets = vec![tap(4), tap(4)];
+        assert!(matches!(s.validate(), Err(SpecError::TapFd(4))));
+        s.nets = (4..4 + MAX_NETS as i32 + 1).map(tap).collect();
+        assert!(matches!(s.validate(), Err(SpecError::TooManyNets(_))));
         assert!(spec().validate().is_ok());
     }
 }

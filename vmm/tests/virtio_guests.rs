@@ -122,11 +122,11 @@ fn virtio_mmio_discovery_of_every_device() {
         true
     };
     if net {
-        spec.net = Some(NetSpec {
+        spec.nets = vec![NetSpec {
             tap: "bhguest0".into(),
             mac: [0x02, 0xb1, 0, 0, 0, 9],
             fd: None,
-        });
+        }];
         want.push(1);
     }
     want.push(4);
@@ -488,11 +488,11 @@ fn virtio_net_frames_both_ways_through_a_tap() {
     let mac = [0x02, 0xb1, 0, 0, 0, 0x33];
     let dir = tempfile::tempdir().unwrap();
     let mut spec = guest_spec(&build_virtio_guest("virtio_net"), dir.path());
-    spec.net = Some(NetSpec {
+    spec.nets = vec![NetSpec {
         tap: "bhnet0".into(),
         mac,
         fd: None,
-    });
+    }];
     // The host side: wait for the guest's frame, then answer until the guest is done.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();

@@ -41,11 +41,11 @@ fn every_device_is_discoverable_in_spec_order() {
         .unwrap_or(false)
         .then(|| Tap(tap_name.clone()));
     if tap.is_some() {
-        spec.net = Some(NetSpec {
+        spec.nets = vec![NetSpec {
             tap: tap_name.clone(),
             mac: [0x02, 0, 0, 0, 0, 1],
             fd: None,
-        });
+        }];
     } else {
         eprintln!("note: cannot create a tap with `ip tuntap`; net device not checked");
     }

@@ -32,6 +32,22 @@ fn setup_vm_network() {
             return;
         }
     };
+    match vmnet::parse_netvm_cmdline(&cmdline) {
+        Ok(None) => {}
+        Ok(Some(n)) => {
+            match vmnet::configure_netvm(&n) {
+                Ok((up, down)) => {
+                    tracing::info!(uplink = %up, clients = %down, "net VM: network configured, forwarding and masquerading")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot configure the net VM's network"),
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "bad net VM network parameters; no network");
+            return;
+        }
+    }
     match vmnet::parse_cmdline(&cmdline) {
         Ok(None) => tracing::info!("no netvm: no network"),
         Ok(Some(n)) => match vmnet::configure(&n) {

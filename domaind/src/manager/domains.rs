@@ -68,6 +68,9 @@ impl Manager {
         let cfg = self.load(dn)?;
         let mut props: HashMap<String, String> = cfg.properties().into_iter().collect();
         props.insert("state".into(), self.state_of(dn).as_str().into());
+        if let Some(mode) = self.uplink_mode(&cfg) {
+            props.insert("uplink".into(), mode);
+        }
         if cfg.class == DomainClass::DisposableTemplate {
             props.extend(self.pool_properties(dn));
         }

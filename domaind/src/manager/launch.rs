@@ -1,6 +1,7 @@
 //! Launching a domain's backend (the sandbox launcher or the confined VMM) and what a launch
 //! holds: the host-wide uid slot, the launch lock, the template roots in use.
 
+use std::sync::Arc;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -143,7 +144,7 @@ impl Manager {
     /// The VM backend: VM files (built on first use), disk images, then the confined VMM;
     /// returns once its vCPUs run. See [`crate::vm`].
     pub(super) async fn launch_vm(
-        &self,
+        self: &Arc<Self>,
         cfg: &DomainConfig,
         template_root: &Path,
         slot: u32,

@@ -25,6 +25,17 @@
 //!   everything of the link goes with it. A VM cannot serve as a netvm (its namespace is
 //!   not the guest's network), and a netvm set while a VM runs takes effect at its next
 //!   start unless it already had one.
+//! - A VM serves as a netvm (a *net VM*, Qubes' sys-net) with the clients' firewall in front of
+//!   it (Qubes' sys-firewall) in a namespace of domaind's, the *firewall namespace*
+//!   ([`bulkhead_net::vmnetvm`]): the clients link there exactly as into a sandbox netvm's
+//!   namespace, the per-client chains, DNS redirection and client separation apply there, and
+//!   it masquerades them towards the VM through a tap (the VM's second interface). The VM
+//!   owns the uplink through its first interface, a tap bridged with the host's uplink in an
+//!   uplink namespace (the fallback: this VMM has no VFIO passthrough, so the NIC's driver
+//!   stays dom0's; the VM has the address, the routes and the NAT). A compromised net VM
+//!   sees one peer and cannot touch the clients' firewall, which is why one firewall, in
+//!   domaind's namespace, is enough: Qubes needs a separate sys-firewall VM because its
+//!   netvms apply the rules themselves.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -36,7 +47,7 @@ use bulkhead_domain::{DomainConfig, DomainName};
 use bulkhead_net::firewall::{self, Dest, Rule, RuleFile, RuleSet};
 use bulkhead_net::netns::NetNs;
 use bulkhead_net::nft::{Client, ClientFirewall, NetPlan, ResolvedRule};
-use bulkhead_net::{addr, link, nft, NetError, DNS_VIRTUAL};
+use bulkhead_net::{addr, link, nft, vmnetvm, NetError, DNS_VIRTUAL};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, error, info, warn};
 
@@ -44,7 +55,7 @@ use super::{blocking, lock, Instance, Manager};
 use crate::backend::DomainRecord;
 use crate::instance::now_secs;
 use crate::state::DomainState;
-use crate::vm::VmNet;
+use crate::vm::{VmNet, VmNetvm, VmNetwork};
 
 /// Longest netvm chain followed (a longer one is treated as a cycle).
 const MAX_CHAIN: usize = 8;
@@ -65,6 +76,9 @@ pub(crate) struct Net {
     links: std::sync::Mutex<HashMap<DomainName, LinkInfo>>,
     /// Link namespaces of running VM clients (see [`bulkhead_net::tap`]).
     vm_links: std::sync::Mutex<HashMap<DomainName, Arc<NetNs>>>,
+    /// Running net VMs: their uplink namespace (None: no uplink); their firewall namespace
+    /// is in `held` like a sandbox netvm's namespace.
+    vm_netvms: std::sync::Mutex<HashMap<DomainName, Option<Arc<NetNs>>>>,
     /// Serializes link changes and ruleset applications.
     op: AsyncMutex<()>,
     /// Earliest `expire` of any applied rule (u64::MAX: none).
@@ -85,6 +99,7 @@ impl Net {
             held: std::sync::Mutex::new(HashMap::new()),
             links: std::sync::Mutex::new(HashMap::new()),
             vm_links: std::sync::Mutex::new(HashMap::new()),
+            vm_netvms: std::sync::Mutex::new(HashMap::new()),
             op: AsyncMutex::new(()),
             next_expiry: AtomicU64::new(u64::MAX),
         }
@@ -120,11 +135,13 @@ impl Manager {
 
     /// Before a VM start: the VM's link namespace with its tap, linked to its running netvm
     /// and in the netvm's ruleset. None: the VM has no netvm. Undone by [`Self::net_on_stop`].
-    pub(super) async fn vm_net_prepare(&self, cfg: &DomainConfig) -> Result<Option<VmNet>, Error> {
+    pub(super) async fn vm_net_prepare(
+        self: &Arc<Self>,
+        cfg: &DomainConfig,
+    ) -> Result<Option<VmNetwork>, Error> {
         let dn = &cfg.name;
-        let name = dn.as_str();
         if self.serves_network(dn) {
-            warn!(domain = name, "a VM domain cannot serve as a netvm (its network is the guest's, not a namespace domaind can reach); its clients get no link");
+            return self.netvm_vm_prepare(cfg).await.map(Some);
         }
         let Some(netvm) = cfg.netvm.clone() else {
             return Ok(None);
@@ -146,13 +163,76 @@ impl Manager {
             }
         };
         self.apply_locked(&netvm).await;
-        Ok(Some(VmNet {
+        Ok(Some(VmNetwork::Client(VmNet {
             tap: Arc::new(tap),
             ip,
             gateway: bulkhead_net::GATEWAY,
             dns: DNS_VIRTUAL.to_vec(),
             mac: bulkhead_net::tap::vm_mac(ip),
+        })))
+    }
+
+    /// Before a net VM's start: its firewall namespace (served at once, so running clients
+    /// link to it) with the tap of its link to the clients, and, for the uplink domain, the
+    /// uplink namespace with the host's uplink bridged to its uplink tap. Undone by
+    /// [`Self::net_on_stop`].
+    async fn netvm_vm_prepare(self: &Arc<Self>, cfg: &DomainConfig) -> Result<VmNetwork, Error> {
+        let dn = &cfg.name;
+        if cfg.netvm.is_some() {
+            return Err(Error::InvalidProperty(format!(
+                "'{dn}' is a VM that serves as a netvm; a net VM owns the uplink and cannot have a netvm of its own (set its netvm to none, or make it a sandbox)"
+            )));
+        }
+        let fw = blocking(NetNs::new_detached)
+            .await?
+            .map_err(net_err("the net VM's firewall namespace"))?;
+        let down = vmnetvm::prepare_firewall(&fw).map_err(net_err("the net VM's tap"))?;
+        let fw = Arc::new(fw);
+        let uplink = if dn.as_str() == self.cfg.net.domain {
+            self.cfg.net.uplink().map_err(Error::Backend)?
+        } else {
+            None
+        };
+        let up = match (uplink, &self.net.host) {
+            (Some(u), Some(host)) => {
+                let ns = blocking(NetNs::new_detached)
+                    .await?
+                    .map_err(net_err("the net VM's uplink namespace"))?;
+                let tap = {
+                    let _op = self.net.op.lock().await;
+                    vmnetvm::prepare_uplink(&ns, host, &u.ifname)
+                        .await
+                        .map_err(net_err("the net VM's uplink"))?
+                };
+                info!(domain = %dn, uplink = %u.ifname, "uplink bridged to the net VM (a tap: no VFIO passthrough here)");
+                Some((Arc::new(ns), Arc::new(tap), u))
+            }
+            _ => None,
+        };
+        lock(&self.net.vm_netvms).insert(dn.clone(), up.as_ref().map(|(ns, _, _)| ns.clone()));
+        if let Err(e) = self.serve(dn, fw, false, false).await {
+            self.net_on_stop(dn).await;
+            return Err(e);
+        }
+        Ok(VmNetwork::Netvm(VmNetvm {
+            uplink: up.map(|(_, tap, u)| (tap, u)),
+            down: Arc::new(down),
+            dns: self.cfg.net.dns.clone(),
         }))
+    }
+
+    /// How the uplink domain reaches the world, for `bulkhead prefs` (property `uplink`):
+    /// the host's uplink moved into a sandbox's namespace, or bridged to a net VM's tap.
+    pub(crate) fn uplink_mode(&self, cfg: &DomainConfig) -> Option<String> {
+        let up = self.cfg.net.uplink.clone()?;
+        if cfg.name.as_str() != self.cfg.net.domain || cfg.netvm.is_some() {
+            return None;
+        }
+        Some(if cfg.isolation == bulkhead_domain::Isolation::Vm {
+            format!("{up} bridged to the net VM's tap (fallback: this VMM has no VFIO passthrough of the NIC)")
+        } else {
+            format!("{up} moved into the domain's network namespace")
+        })
     }
 
     fn address_book_path(&self) -> std::path::PathBuf {
@@ -275,7 +355,11 @@ impl Manager {
         has_netvm: bool,
         adopt: bool,
     ) -> Result<(), Error> {
-        let uplink = if name.as_str() == self.cfg.net.domain && !has_netvm {
+        let is_vm_netvm = lock(&self.net.vm_netvms).contains_key(name);
+        let uplink = if is_vm_netvm {
+            // A net VM's firewall namespace: out through the tap to the VM.
+            Some(vmnetvm::firewall_uplink())
+        } else if name.as_str() == self.cfg.net.domain && !has_netvm {
             self.cfg.net.uplink().map_err(Error::Backend)?
         } else {
             None
@@ -383,6 +467,20 @@ impl Manager {
         let name = dn.as_str();
         let _op = self.net.op.lock().await;
         let held = lock(&self.net.held).remove(dn);
+        let vm_netvm = lock(&self.net.vm_netvms).remove(dn);
+        if let Some(up_ns) = vm_netvm {
+            lock(&self.net.links).retain(|_, l| &l.netvm != dn);
+            if let (Some(host), Some(up), Some(ns)) = (&self.net.host, &self.cfg.net.uplink, up_ns)
+            {
+                match link::return_uplink(&ns, host, up).await {
+                    Ok(true) => info!(domain = name, uplink = %up, "uplink returned to the host"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        error!(domain = name, error = %e, "cannot return the uplink to the host")
+                    }
+                }
+            }
+        }
         if let Some(ns) = held {
             lock(&self.net.links).retain(|_, l| &l.netvm != dn);
             if let (Some(host), Some(up)) = (&self.net.host, &self.cfg.net.uplink) {
@@ -477,6 +575,35 @@ impl Manager {
                 }
             }
         }
+        // Net VMs: their uplink and firewall namespaces, through the VMM's tap descriptors
+        // (the uplink's first when there is one).
+        for (name, inst) in &running {
+            let DomainRecord::Vm(v) = &inst.record else {
+                continue;
+            };
+            if !self.serves_network(name) {
+                continue;
+            }
+            let has_uplink = name.as_str() == self.cfg.net.domain && self.cfg.net.uplink.is_some();
+            let fw_fd = crate::vm::TAP_FD + i32::from(has_uplink);
+            let up_ns = if has_uplink {
+                bulkhead_net::tap::netns_of_tap_in(v.vmm_pid, crate::vm::TAP_FD)
+                    .map(|n| Some(Arc::new(n)))
+            } else {
+                Ok(None)
+            };
+            match (up_ns, bulkhead_net::tap::netns_of_tap_in(v.vmm_pid, fw_fd)) {
+                (Ok(up), Ok(fw)) => {
+                    lock(&self.net.vm_netvms).insert(name.clone(), up);
+                    if let Err(e) = self.serve(name, Arc::new(fw), false, true).await {
+                        error!(domain = %name, error = %e.message(), "cannot take the adopted net VM back");
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    error!(domain = %name, error = %e, "cannot find the adopted net VM's namespaces; its clients are not re-linked")
+                }
+            }
+        }
         for (name, inst) in &running {
             if self.serves_network(name) {
                 if let Some(Ok(ns)) = sandbox_ns(inst) {
@@ -505,7 +632,15 @@ impl Manager {
             && lock(&self.domains)
                 .get(netvm)
                 .is_some_and(|_| !lock(&self.net.links).contains_key(netvm));
-        let (uplink, dns) = if lock(&self.net.links).contains_key(netvm) {
+        let is_vm_netvm = lock(&self.net.vm_netvms).contains_key(netvm_dn);
+        let (uplink, dns) = if is_vm_netvm {
+            // A net VM's firewall namespace: out to the VM, DNS to the uplink's resolvers
+            // (through the VM).
+            (
+                Some(vmnetvm::FIREWALL_TAP.to_owned()),
+                self.cfg.net.dns.clone(),
+            )
+        } else if lock(&self.net.links).contains_key(netvm) {
             // A netvm behind another netvm: out through its own link, DNS to the next one.
             (Some(link::CLIENT_IF.to_owned()), DNS_VIRTUAL.to_vec())
         } else if is_uplink_domain {

@@ -379,7 +379,7 @@ impl Manager {
     /// The backend: the sandbox launcher or the VMM; the launched init goes into the slot's
     /// claim.
     async fn launch(
-        &self,
+        self: &Arc<Self>,
         cfg: &DomainConfig,
         template_root: &Path,
         slot: u32,
