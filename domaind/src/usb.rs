@@ -30,9 +30,22 @@
 //!    given back to its drivers, and the attachment is forgotten. At start-up domaind gives
 //!    back every device a previous domaind left bound to `usbip-host`.
 //!
+//! A sandbox shares dom0's kernel: a device attached to one is plugged into dom0's `vhci-hcd`
+//! instead, and its nodes (as they appear: `/dev/sdX`, `/dev/input/eventN`, the raw
+//! `/dev/bus/usb/...`) are handed to that sandbox alone (`bulkhead_sandbox::devices`), owned
+//! by its user, mode 0600 in dom0.
+//!
+//! **Input devices for dom0** (`usb attach dom0 BUSID`, allowed by a rule for `@adminvm`, and
+//! only keyboards and mice: a composite device with storage or network interfaces is never
+//! input) go through the *input proxy* (`bulkhead_input`), as Qubes' sys-usb does it: the
+//! device's event nodes are handed to the usb domain, which runs `bulkhead-input-sender` on
+//! each (it grabs the device, so nothing else reads it raw); domaind reads the stream, checks
+//! every event against what a keyboard or mouse may send (no SysRq, bounded values and rate)
+//! and injects what passes through a uinput device of its own in dom0. A sandbox usb domain
+//! shares dom0's kernel, whose drivers still parse the device; the grab keeps dom0's desktop
+//! to the proxied events. A USB device that is attached nowhere stays with dom0's drivers.
+//!
 //! A device is attached to one domain at a time; [`UsbState`] says where.
-//! A sandbox receiving domain would need dom0's `vhci-hcd` and the device's nodes handed to
-//! that sandbox alone; that is not built, and such an attach says so.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex as StdMutex;
@@ -79,4 +92,23 @@ pub(crate) fn row(d: &UsbDevice, attached_to: Option<&str>) -> UsbRow {
         d.serial.clone().unwrap_or_default(),
         class,
     )
+}
+
+/// Whether dom0's kernel offers uinput (loading the module when it is not loaded yet): the
+/// input proxy needs it. Blocking.
+pub(crate) fn uinput_available() -> Result<(), String> {
+    let dev = std::path::Path::new(bulkhead_input::uinput::UINPUT_PATH);
+    if !dev.exists() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("uinput")
+            .output();
+    }
+    if dev.exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this kernel has no uinput ({} is missing and `modprobe uinput` did not make it; a kernel with CONFIG_INPUT_UINPUT is needed), through which the input proxy gives dom0 a device's events",
+            dev.display()
+        ))
+    }
 }

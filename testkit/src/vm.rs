@@ -4,7 +4,7 @@
 //!
 //! `BULKHEAD_TEST_IN_L1` ([`ENV_IN_L1`]) is set inside L1 (no second level of nesting).
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -119,6 +119,9 @@ pub fn install_test_vm_artifacts(
     Ok(dir)
 }
 
+/// Set to `1`: a nested test's output inside L1 is copied to stderr as it comes.
+pub const ENV_NESTED_LIVE: &str = "BULKHEAD_NESTED_LIVE";
+
 /// `scripts/nested-kvm.sh`'s exit status when L1 itself ended (reset, crashed) or locked up
 /// before the command did.
 const NESTED_L1_ENDED: i32 = 123;
@@ -194,8 +197,11 @@ pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHos
     );
     // L1's limit is above the tests' own (at most 20 min), so a test that hangs fails with its
     // own diagnostics instead of being cut off.
+    // With BULKHEAD_NESTED_LIVE=1 the test's output inside L1 is also copied to stderr as it
+    // comes (past libtest's capture), to watch a long nested test.
+    let live = std::env::var_os(ENV_NESTED_LIVE).is_some_and(|v| v == "1");
     let in_l1 = || {
-        Command::new(&script)
+        let mut child = Command::new(&script)
             .args(["--timeout", "1800"])
             .args(l1_options)
             .arg("--")
@@ -203,8 +209,39 @@ pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHos
             .args(["--exact", test, "--nocapture", "--test-threads=1"])
             .env(ENV_IN_L1, "1")
             .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let copy = |from: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let Some(mut from) = from else {
+                    return all;
+                };
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if live {
+                        let _ = std::io::stderr().write_all(&buf[..n]);
+                    }
+                    all.extend_from_slice(&buf[..n]);
+                }
+                all
+            })
+        };
+        let out = copy(child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
+        let err = copy(child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
+        let status = child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for {}: {e}", script.display()));
+        std::process::Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        }
     };
     // What the script itself says (why L1 ended, its console's last lines) is part of this
     // test's output, so that libtest shows it with the failure.

@@ -57,6 +57,7 @@ mod lifecycle;
 mod recovery;
 mod start;
 mod usb;
+mod usb_input;
 pub use agent::exit_code;
 pub use desktop::{
     valid_policy_file_name, writable_policy_file_name, APPLICATIONS_DIR, DISPVM_TARGET,

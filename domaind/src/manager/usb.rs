@@ -38,7 +38,7 @@ impl Manager {
             .map_err(|e| Error::Io(format!("cannot list USB devices: {e}")))
     }
 
-    fn usb_sysfs(&self) -> Sysfs {
+    pub(super) fn usb_sysfs(&self) -> Sysfs {
         Sysfs::new(self.config().usb_sysfs_root.clone())
     }
 
@@ -144,28 +144,36 @@ impl Manager {
             .into());
         }
         info!(busid = %busid, domain, kind = %dev.kind().describe(), "USB attach allowed by policy");
-        // dom0's kernel exports the device (a sandbox usb domain shares it); a VM receiving it
-        // plugs it into its own kernel's vhci-hcd.
-        let support = bulkhead_usb::probe(&self.config().usb_sysfs_root);
-        if let (false, Some(msg)) = (support.usbip_host, support.message()) {
-            return Err(Error::Backend(format!(
-                "the policy allows attaching {busid} to {domain}, but {msg}"
-            )));
-        }
         if to_dom0 {
-            return Err(Error::Backend(format!(
-                "the policy allows attaching {busid} to dom0, but input devices reach dom0 only through an input proxy, which is not built yet"
-            )));
+            // Input reaches dom0 through the input proxy (uinput), never as the device.
+            if let Err(why) = blocking(crate::usb::uinput_available).await? {
+                return Err(Error::Backend(format!(
+                    "the policy allows attaching {busid} to dom0, but {why}"
+                )));
+            }
+        } else {
+            // dom0's kernel exports the device (a sandbox usb domain shares it); a VM
+            // receiving it plugs it into its own kernel's vhci-hcd.
+            let support = bulkhead_usb::probe(&self.config().usb_sysfs_root);
+            if let (false, Some(msg)) = (support.usbip_host, support.message()) {
+                return Err(Error::Backend(format!(
+                    "the policy allows attaching {busid} to {domain}, but {msg}"
+                )));
+            }
         }
-        match self.usb_running(&usb_domain, "the usb domain")? {
-            DomainRecord::Sandbox(_) => {}
+        let usb_rec = match self.usb_running(&usb_domain, "the usb domain")? {
+            DomainRecord::Sandbox(rec) => rec,
             DomainRecord::Vm(_) => {
                 return Err(Error::Backend(format!(
                     "the usb domain '{usb_domain}' is a VM; exporting devices from a usb VM is not built yet (make it a sandbox: bulkhead prefs {usb_domain} isolation sandbox)"
                 )))
             }
-        }
-        let record = self.usb_running(domain, "domain")?;
+        };
+        let record = if to_dom0 {
+            None
+        } else {
+            Some(self.usb_running(domain, "domain")?)
+        };
         let _op = self.usb_state().op.lock().await;
         if let Some(a) = lock(&self.usb_state().attached).get(busid.as_str()) {
             return Err(Error::InvalidState(format!(
@@ -173,7 +181,10 @@ impl Manager {
                 a.domain
             )));
         }
-        self.usb_connect(busid, domain, record).await
+        match record {
+            Some(record) => self.usb_connect(busid, domain, record).await,
+            None => self.usb_input_to_dom0(busid, &usb_domain, usb_rec).await,
+        }
     }
 
     /// Exports `busid` in dom0's kernel, plugs it into the receiving domain's kernel and starts

@@ -1,0 +1,240 @@
+//! Keyboards and mice for dom0 through the input proxy (see [`crate::usb`]): the device's
+//! event nodes go to the usb domain, `bulkhead-input-sender` there streams each one, and
+//! domaind checks the events and injects them through a uinput device of its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_api::Error;
+use bulkhead_domain::DomainName;
+use bulkhead_sandbox::{Launcher, SandboxRecord};
+use bulkhead_usb::BusId;
+use bulkhead_wire::ExecRequest;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+use crate::usb::Attachment;
+
+use super::{blocking, lock, Manager};
+
+/// How long a device's event nodes may take to appear after its drivers are loaded.
+const NODES_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the usb domain's sender has to describe the device (its Hello).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+/// The sender, in the guest tools (`packaging/guest-tools.txt`).
+const SENDER: &str = "/usr/lib/bulkhead/bulkhead-input-sender";
+
+/// One proxied event node: the stream's task and the uinput device it made.
+struct Proxied {
+    node: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Manager {
+    /// `UsbAttach BUSID dom0` for an input device, the usb domain a sandbox (`usb_rec`).
+    pub(super) async fn usb_input_to_dom0(
+        self: &Arc<Self>,
+        busid: BusId,
+        usb_domain: &str,
+        usb_rec: SandboxRecord,
+    ) -> Result<(), Error> {
+        let sysfs = self.usb_sysfs();
+        let b = busid.clone();
+        // The device's drivers and evdev, as udev would load them; then its event nodes.
+        let nodes = blocking(move || {
+            for m in ["evdev", "uinput"] {
+                let _ = std::process::Command::new("modprobe").arg(m).output();
+            }
+            sysfs.load_drivers(&b);
+            let t0 = Instant::now();
+            loop {
+                let nodes: Vec<String> = sysfs
+                    .device_nodes(&b)
+                    .into_iter()
+                    .map(|n| n.devname)
+                    .filter(|n| n.starts_with("input/event"))
+                    .filter(|n| Path::new("/dev").join(n).exists())
+                    .collect();
+                if !nodes.is_empty() || t0.elapsed() > NODES_TIMEOUT {
+                    return nodes;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await?;
+        if nodes.is_empty() {
+            return Err(Error::Backend(format!(
+                "USB device {busid} has no input event device in dom0's kernel after {} s (is its driver, usbhid, available?)",
+                NODES_TIMEOUT.as_secs()
+            )));
+        }
+        let launcher = Launcher {
+            path: self.config().launcher.clone(),
+        };
+        let usb_dn =
+            DomainName::new(usb_domain).map_err(|e| Error::InvalidProperty(e.to_string()))?;
+        let conn = self.running_agent_conn(&usb_dn).await?;
+        let owner = usb_rec.uid_base + bulkhead_sandbox::DOMAIN_USER_UID;
+        let mut proxied: Vec<Proxied> = Vec::new();
+        let mut failure = None;
+        for node in &nodes {
+            let (l, n) = (launcher.clone(), node.clone());
+            let pid = usb_rec.init_pid;
+            let handed = blocking(move || {
+                bulkhead_sandbox::devices::add_device(&l, pid, &Path::new("/dev").join(&n), &n, owner)
+            })
+            .await?;
+            if let Err(e) = handed {
+                failure = Some(Error::Backend(format!(
+                    "cannot hand /dev/{node} to the usb domain: {e}"
+                )));
+                break;
+            }
+            match self.start_sender(&conn, usb_domain, node).await {
+                Ok(task) => proxied.push(Proxied {
+                    node: node.clone(),
+                    task,
+                }),
+                Err(e) => {
+                    // this node was handed over: take it back with the others
+                    proxied.push(Proxied {
+                        node: node.clone(),
+                        task: tokio::spawn(async {}),
+                    });
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            release_nodes(&launcher, usb_rec.init_pid, proxied).await;
+            return Err(e);
+        }
+        let state = self.usb_state();
+        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (released_tx, released_rx) = watch::channel(false);
+        lock(&state.attached).insert(
+            busid.to_string(),
+            Attachment {
+                domain: "dom0".to_owned(),
+                stop: Some(stop_tx),
+                released: released_rx,
+                id,
+            },
+        );
+        info!(busid = %busid, usb_domain, nodes = ?nodes, "input device attached to dom0 through the input proxy");
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            // Ends on detach, or when every stream ended (unplugged, the usb domain gone, a
+            // violation).
+            let all_done = async {
+                for p in proxied.iter_mut() {
+                    let _ = (&mut p.task).await;
+                }
+            };
+            tokio::select! {
+                _ = stop_rx => info!(busid = %busid, "input device detached from dom0"),
+                _ = all_done => info!(busid = %busid, "the input proxy's streams ended"),
+            }
+            release_nodes(&launcher, usb_rec.init_pid, proxied).await;
+            let mut attached = lock(&me.usb_state().attached);
+            if attached.get(busid.as_str()).is_some_and(|a| a.id == id) {
+                attached.remove(busid.as_str());
+            }
+            drop(attached);
+            let _ = released_tx.send(true);
+        });
+        Ok(())
+    }
+
+    /// Runs the sender on `/dev/<node>` in the usb domain and forwards its stream into a new
+    /// uinput device; returns once that device exists (the task runs on).
+    async fn start_sender(
+        &self,
+        conn: &bulkhead_wire::Connection,
+        usb_domain: &str,
+        node: &str,
+    ) -> Result<tokio::task::JoinHandle<()>, Error> {
+        let req = ExecRequest {
+            argv: vec![SENDER.to_owned(), format!("/dev/{node}")],
+            user: Some("user".to_owned()),
+            env: Vec::new(),
+            cwd: None,
+        };
+        let (out_r, out_w) = tokio::net::UnixStream::pair()
+            .map_err(|e| Error::Io(format!("input proxy pipe: {e}")))?;
+        let conn = conn.clone();
+        let (created_tx, created_rx) = oneshot::channel::<PathBuf>();
+        let domain = usb_domain.to_owned();
+        let node_s = node.to_owned();
+        let task = tokio::spawn(async move {
+            let sender = async {
+                let r = bulkhead_wire::exec::run(
+                    &conn,
+                    req,
+                    tokio::io::empty(),
+                    out_w,
+                    tokio::io::sink(),
+                )
+                .await;
+                if let Err(e) = r {
+                    warn!(node = %node_s, error = %e, "the input sender's stream failed");
+                }
+            };
+            let mut created_tx = Some(created_tx);
+            let forward = bulkhead_input::forward_with(
+                out_r,
+                &domain,
+                bulkhead_input::proto::Limits::default(),
+                |dev| {
+                    info!(device = %dev.name(), node = ?dev.event_node(), "uinput device made for a proxied input device");
+                    if let Some(tx) = created_tx.take() {
+                        let _ = tx.send(dev.sys_path().to_path_buf());
+                    }
+                },
+            );
+            tokio::select! {
+                r = forward => match r {
+                    Ok(end) => info!(node = %node_s, ?end, "input proxy stream ended"),
+                    Err(e) => warn!(node = %node_s, error = %e, "input proxy stream dropped"),
+                },
+                _ = sender => info!(node = %node_s, "the input sender ended"),
+            }
+        });
+        match tokio::time::timeout(HELLO_TIMEOUT, created_rx).await {
+            Ok(Ok(_)) => Ok(task),
+            other => {
+                task.abort();
+                Err(Error::Backend(format!(
+                    "the usb domain's input sender did not describe /dev/{node} within {} s{}",
+                    HELLO_TIMEOUT.as_secs(),
+                    if matches!(other, Ok(Err(_))) {
+                        " (its stream ended; see the usb domain's log)"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+        }
+    }
+}
+
+/// Stops the streams (dropping a stream ends the sender in the usb domain) and takes the
+/// nodes back from the usb domain.
+async fn release_nodes(launcher: &Launcher, init_pid: i32, proxied: Vec<Proxied>) {
+    for p in &proxied {
+        p.task.abort();
+    }
+    let launcher = launcher.clone();
+    let _ = blocking(move || {
+        for p in proxied {
+            if let Err(e) = bulkhead_sandbox::devices::remove_device(&launcher, init_pid, &p.node) {
+                tracing::debug!(node = %p.node, error = %e, "input node not taken back (the usb domain may be gone)");
+            }
+        }
+    })
+    .await;
+}
