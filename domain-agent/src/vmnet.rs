@@ -308,15 +308,47 @@ pub fn configure_netvm(n: &GuestNetvm) -> Result<(String, String), VmNetError> {
         message: "no ip(8) in the template (iproute2)".into(),
     })?;
     let down = wait_for_mac(n.down.mac)?;
-    run_tool(ip, &["addr", "replace", &format!("{}/{}", n.down.ip, n.down.prefix), "dev", &down], None)?;
+    run_tool(
+        ip,
+        &[
+            "addr",
+            "replace",
+            &format!("{}/{}", n.down.ip, n.down.prefix),
+            "dev",
+            &down,
+        ],
+        None,
+    )?;
     run_tool(ip, &["link", "set", &down, "up"], None)?;
     let mut up_name = String::new();
     if let Some(u) = &n.up {
         let up = wait_for_mac(u.mac)?;
-        run_tool(ip, &["addr", "replace", &format!("{}/{}", u.ip, u.prefix), "dev", &up], None)?;
+        run_tool(
+            ip,
+            &[
+                "addr",
+                "replace",
+                &format!("{}/{}", u.ip, u.prefix),
+                "dev",
+                &up,
+            ],
+            None,
+        )?;
         run_tool(ip, &["link", "set", &up, "up"], None)?;
         if let Some(g) = u.gateway {
-            run_tool(ip, &["route", "replace", "default", "via", &g.to_string(), "dev", &up], None)?;
+            run_tool(
+                ip,
+                &[
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    &g.to_string(),
+                    "dev",
+                    &up,
+                ],
+                None,
+            )?;
         }
         let nft = ["/usr/sbin/nft", "/sbin/nft"]
             .into_iter()
@@ -379,7 +411,10 @@ mod tests {
             assert!(parse_netvm_cmdline(bad).is_err(), "{bad}");
         }
         let r = netvm_ruleset("eth0", "eth1");
-        assert!(r.contains("iifname \"eth1\" oifname \"eth0\" accept"), "{r}");
+        assert!(
+            r.contains("iifname \"eth1\" oifname \"eth0\" accept"),
+            "{r}"
+        );
         assert!(r.contains("oifname \"eth0\" masquerade"), "{r}");
     }
 

@@ -105,10 +105,9 @@ impl VmNetwork {
     pub fn cmdline(&self) -> String {
         match self {
             VmNetwork::Client(n) => n.cmdline(),
-            VmNetwork::Netvm(n) => bulkhead_net::vmnetvm::guest_cmdline(
-                n.uplink.as_ref().map(|(_, u)| u),
-                &n.dns,
-            ),
+            VmNetwork::Netvm(n) => {
+                bulkhead_net::vmnetvm::guest_cmdline(n.uplink.as_ref().map(|(_, u)| u), &n.dns)
+            }
         }
     }
 
@@ -651,11 +650,11 @@ mod tests {
             dns: vec!["192.0.2.53".parse().unwrap()],
         }));
         let s = st.spec().unwrap();
-        let got: Vec<(&str, Option<i32>)> =
-            s.nets.iter().map(|n| (n.tap.as_str(), n.fd)).collect();
+        let got: Vec<(&str, Option<i32>)> = s.nets.iter().map(|n| (n.tap.as_str(), n.fd)).collect();
         assert_eq!(got, [("nvmup", Some(TAP_FD)), ("nvm0", Some(TAP_FD + 1))]);
         assert!(
-            s.cmdline.contains(" bulkhead.netvm.up=192.0.2.10/24,192.0.2.254,")
+            s.cmdline
+                .contains(" bulkhead.netvm.up=192.0.2.10/24,192.0.2.254,")
                 && s.cmdline.contains(" bulkhead.netvm.down=10.138.255.2/30,"),
             "{}",
             s.cmdline

@@ -128,7 +128,11 @@ async fn scenario(cache: std::path::PathBuf) {
     let inet = TestInternet::start("bhm", &[("web.test", WEB)], &[(WEB, 80), (WEB, 8080)]).await;
     inet.serve_sink((WEB, SINK_PORT).into());
     let pre = format!("nv{}-", std::process::id() % 100_000);
-    let (net, cvm, csb) = (format!("{pre}net"), format!("{pre}cvm"), format!("{pre}csb"));
+    let (net, cvm, csb) = (
+        format!("{pre}net"),
+        format!("{pre}cvm"),
+        format!("{pre}csb"),
+    );
     let env = Debian12Env::start(DomaindOptions {
         binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
         daemon_file: Some(inet.net_section(&net, WEB)),
@@ -285,7 +289,10 @@ async fn scenario(cache: std::path::PathBuf) {
         console(&p, &net).await,
         d.log()
     );
-    assert!(tcp_sandbox(&d, &csb, 80).is_some(), "the sandbox after the restart");
+    assert!(
+        tcp_sandbox(&d, &csb, 80).is_some(),
+        "the sandbox after the restart"
+    );
     let book = addr::AddressBook::load(&d.paths.state_dir.join("net/addresses.toml")).unwrap();
     assert_eq!((book.entries[&cvm], book.entries[&csb]), (ip_vm, ip_sb));
     let (_, out) = sh(&p, &cvm, "ip -4 -o addr show").await;

@@ -518,20 +518,29 @@ async fn scenario(cache: PathBuf) {
             .args(["-a", "usbhid", "hid_generic", "evdev"])
             .status();
         assert!(modprobe.is_ok_and(|s| s.success()), "modprobe usbhid");
-        let raw = wait_for_node(|name| name == KBD_PRODUCT).expect("the keyboard's node in dom0");
+        // HID names an input device "<manufacturer> <product>" ("QEMU QEMU USB Keyboard").
+        let raw =
+            wait_for_node(|name| name.contains(KBD_PRODUCT) && !name.starts_with("bulkhead:"))
+                .expect("the keyboard's node in dom0");
         dom0_key_latency(&raw).expect("dom0 reads the key from the keyboard itself")
     };
     p.usb_attach(&kbd, "dom0")
         .await
         .unwrap_or_else(|e| panic!("attach the keyboard to dom0: {e}\n{}", d.log()));
     assert_eq!(attached_to(&p, &kbd).await, "dom0");
-    let proxied_name = bulkhead_input::uinput::device_name(KBD_PRODUCT, &usb);
-    let proxied = wait_for_node(|name| name == proxied_name)
-        .unwrap_or_else(|| panic!("no uinput device {proxied_name:?} in dom0\n{}", d.log()));
-    let raw = wait_for_node(|name| name == KBD_PRODUCT).expect("the keyboard's node");
+    let is_proxied = |name: &str| {
+        name.starts_with("bulkhead: ")
+            && name.contains(KBD_PRODUCT)
+            && name.ends_with(&format!("(from {usb})"))
+    };
+    let proxied = wait_for_node(is_proxied)
+        .unwrap_or_else(|| panic!("no uinput device for the keyboard in dom0\n{}", d.log()));
+    let raw = wait_for_node(|name| name.contains(KBD_PRODUCT) && !name.starts_with("bulkhead:"))
+        .expect("the keyboard's node");
     // The usb domain holds the keyboard's own node grabbed: dom0 reads nothing there.
     let raw_reader = std::thread::spawn(move || read_events(&raw, Duration::from_secs(20)));
-    let t_proxied = dom0_key_latency(&proxied).expect("the proxied key reaches dom0's uinput device");
+    let t_proxied =
+        dom0_key_latency(&proxied).expect("the proxied key reaches dom0's uinput device");
     let raw_got = raw_reader.join().expect("raw reader");
     assert!(
         raw_got.is_empty(),
@@ -544,9 +553,11 @@ async fn scenario(cache: PathBuf) {
         t_direct.as_secs_f64() * 1000.0,
         t_proxied.as_secs_f64() / t_direct.as_secs_f64()
     );
-    p.usb_detach(&kbd).await.expect("detach the keyboard from dom0");
+    p.usb_detach(&kbd)
+        .await
+        .expect("detach the keyboard from dom0");
     assert!(
-        wait_gone_node(&proxied_name),
+        wait_gone_node(is_proxied),
         "the uinput device is still there after the detach"
     );
 
@@ -574,22 +585,22 @@ fn wait_for_node(want: impl Fn(&str) -> bool) -> Option<PathBuf> {
     None
 }
 
-fn wait_gone_node(name: &str) -> bool {
+fn wait_gone_node(want: impl Fn(&str) -> bool) -> bool {
+    let present = || {
+        std::fs::read_dir("/sys/class/input").is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_to_string(e.path().join("device/name")).is_ok_and(|n| want(n.trim()))
+            })
+        })
+    };
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(20) {
-        if wait_for_node_once(name).is_none() {
+        if !present() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     false
-}
-
-fn wait_for_node_once(name: &str) -> Option<()> {
-    std::fs::read_dir("/sys/class/input").ok()?.flatten().find_map(|e| {
-        let n = std::fs::read_to_string(e.path().join("device/name")).ok()?;
-        (n.trim() == name).then_some(())
-    })
 }
 
 /// The (type, code, value) events read from `node` within `limit` (stops at a KEY_A press).

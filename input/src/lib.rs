@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use proto::{decode, Limits, Msg, ProtoError, Validator, Violation};
+use proto::{decode, Kind, Limits, Msg, ProtoError, Validator, Violation};
 use uinput::{UinputDevice, UinputError};
 
 /// How a stream ended well (EOF after whole messages).
@@ -41,6 +41,8 @@ pub enum ForwardError {
     NoHello,
     #[error("a second hello")]
     HelloAgain,
+    #[error("the sender says the device is a {claimed:?}; it is a {device:?}")]
+    WrongKind { claimed: Kind, device: Kind },
     #[error("policy violation: {0}")]
     Violation(#[from] Violation),
     #[error("uinput: {0}")]
@@ -87,6 +89,14 @@ pub async fn forward_with<R: AsyncRead>(
             used_total += used;
             match (msg, dev.as_mut()) {
                 (Msg::Hello(hello), None) => {
+                    if let Some(want) = limits.kind {
+                        if hello.kind != want {
+                            return Err(ForwardError::WrongKind {
+                                claimed: hello.kind,
+                                device: want,
+                            });
+                        }
+                    }
                     let validator = Validator::new(&hello, limits.clone());
                     let d = UinputDevice::create(validator.caps(), &hello.name, domain)?;
                     tracing::info!(domain, name = %hello.name, kind = ?hello.kind, sysname = d.sysname(), "input device from domain");
@@ -132,6 +142,36 @@ mod tests {
     fn events_before_the_hello_are_refused() {
         let bytes = encode(&Msg::Events(vec![Event::syn_report()]));
         assert!(matches!(run(bytes), Err(ForwardError::NoHello)));
+    }
+
+    /// The sender cannot claim another kind than dom0 knows the device to be (before any
+    /// uinput device is made).
+    #[test]
+    fn a_hello_of_another_kind_is_refused() {
+        let hello = proto::Hello {
+            name: "QEMU USB Mouse".into(),
+            kind: Kind::Keyboard,
+            caps: proto::allowed(Kind::Keyboard),
+        };
+        let bytes = encode(&Msg::Hello(hello));
+        let limits = Limits {
+            kind: Some(Kind::Mouse),
+            ..Limits::default()
+        };
+        let r = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(forward(&bytes[..], "test", limits));
+        assert!(
+            matches!(
+                r,
+                Err(ForwardError::WrongKind {
+                    claimed: Kind::Keyboard,
+                    device: Kind::Mouse
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]

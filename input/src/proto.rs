@@ -509,12 +509,17 @@ pub fn restrict(hello: &Hello) -> Caps {
 pub struct Limits {
     /// More events than this (before filtering) in one second is a violation.
     pub max_events_per_sec: u32,
+    /// What dom0 knows the device to be (from its USB interface, not from the sender): a Hello
+    /// claiming another kind is refused, so a sender cannot turn a mouse the user allowed
+    /// into a keyboard that types into dom0. `None`: take the Hello's kind.
+    pub kind: Option<Kind>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_events_per_sec: 4000,
+            kind: None,
         }
     }
 }
@@ -1015,6 +1020,7 @@ mod tests {
             &mouse(),
             Limits {
                 max_events_per_sec: 100,
+                kind: None,
             },
         );
         let t0 = Instant::now();
@@ -1030,6 +1036,7 @@ mod tests {
             &mouse(),
             Limits {
                 max_events_per_sec: 100,
+                kind: None,
             },
         );
         for s in 0..5 {

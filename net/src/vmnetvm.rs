@@ -81,13 +81,11 @@ pub async fn prepare_uplink(up: &NetNs, host: &NetNs, ifname: &str) -> Result<Ow
         Some(i) => i,
         None => {
             let hh = host.rtnl()?;
-            let hidx = index(&hh, ifname)
-                .await?
-                .ok_or_else(|| NetError::Netlink {
-                    what: format!("uplink {ifname}"),
-                    message: "no such interface on the host (check [net] uplink in domaind.toml)"
-                        .into(),
-                })?;
+            let hidx = index(&hh, ifname).await?.ok_or_else(|| NetError::Netlink {
+                what: format!("uplink {ifname}"),
+                message: "no such interface on the host (check [net] uplink in domaind.toml)"
+                    .into(),
+            })?;
             hh.link()
                 .set(
                     LinkUnspec::new_with_index(hidx)
@@ -96,7 +94,9 @@ pub async fn prepare_uplink(up: &NetNs, host: &NetNs, ifname: &str) -> Result<Ow
                 )
                 .execute()
                 .await
-                .map_err(nl(format!("move uplink {ifname} to the net VM's uplink namespace")))?;
+                .map_err(nl(format!(
+                    "move uplink {ifname} to the net VM's uplink namespace"
+                )))?;
             index(&uh, ifname).await?.ok_or_else(|| NetError::Netlink {
                 what: format!("uplink {ifname}"),
                 message: "not in the uplink namespace after the move".into(),
@@ -125,7 +125,12 @@ pub async fn prepare_uplink(up: &NetNs, host: &NetNs, ifname: &str) -> Result<Ow
         })?;
     for (idx, name) in [(uidx, ifname), (tidx, UPLINK_TAP)] {
         uh.link()
-            .set(LinkUnspec::new_with_index(idx).controller(bidx).up().build())
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .controller(bidx)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl(format!("{name} into {UPLINK_BRIDGE}, up")))?;
@@ -187,6 +192,9 @@ mod tests {
         let c = guest_cmdline(None, &[]);
         assert_eq!(c, " bulkhead.netvm.down=10.138.255.2/30,02:b2:0a:8a:ff:02");
         let fw = firewall_uplink();
-        assert_eq!((fw.address, fw.gateway), (FIREWALL_ADDR, Some(VM_DOWN_ADDR)));
+        assert_eq!(
+            (fw.address, fw.gateway),
+            (FIREWALL_ADDR, Some(VM_DOWN_ADDR))
+        );
     }
 }

@@ -40,8 +40,15 @@ enum Cmd {
     DeviceAdd {
         #[arg(long)]
         pid: i32,
+        /// The init's start time (`/proc/PID/stat` field 22): another process with that pid
+        /// is refused.
+        #[arg(long)]
+        start_time: u64,
         #[arg(long)]
         node: PathBuf,
+        /// MAJOR:MINOR the node must be.
+        #[arg(long)]
+        rdev: String,
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -51,6 +58,8 @@ enum Cmd {
     DeviceRemove {
         #[arg(long)]
         pid: i32,
+        #[arg(long)]
+        start_time: u64,
         #[arg(long)]
         name: String,
     },
@@ -123,14 +132,32 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::DeviceAdd {
             pid,
+            start_time,
             node,
+            rdev,
             name,
             owner,
-        } => bulkhead_sandbox::devices::add_device_here(pid, &node, &name, owner).map_err(|e| {
-            anyhow::anyhow!("give {} to pid {pid} as /dev/{name}: {e}", node.display())
-        })?,
-        Cmd::DeviceRemove { pid, name } => {
-            bulkhead_sandbox::devices::remove_device_here(pid, &name)
+        } => {
+            let target = bulkhead_sandbox::devices::Target {
+                init_pid: pid,
+                init_start_time: start_time,
+            };
+            let rdev = bulkhead_sandbox::devices::parse_rdev(&rdev)
+                .ok_or_else(|| anyhow::anyhow!("--rdev {rdev:?} is not MAJOR:MINOR"))?;
+            bulkhead_sandbox::devices::add_device_here(target, &node, rdev, &name, owner).map_err(
+                |e| anyhow::anyhow!("give {} to pid {pid} as /dev/{name}: {e}", node.display()),
+            )?
+        }
+        Cmd::DeviceRemove {
+            pid,
+            start_time,
+            name,
+        } => {
+            let target = bulkhead_sandbox::devices::Target {
+                init_pid: pid,
+                init_start_time: start_time,
+            };
+            bulkhead_sandbox::devices::remove_device_here(target, &name)
                 .map_err(|e| anyhow::anyhow!("take /dev/{name} from pid {pid}: {e}"))?
         }
         Cmd::RemoveCgroup { name, root } => {

@@ -1356,8 +1356,40 @@ fn a_device_handed_to_a_sandbox_opens_there_for_its_user() {
     let rec = start(&fx.spec(&["/bin/sh", "-c", script]), &launcher()).expect("start");
     let mut running = Running(Some(rec.clone()));
     let user = rec.uid_base + 1000;
-    bulkhead_sandbox::devices::add_device(&launcher(), rec.init_pid, &loopdev, "usb/disk0", user)
-        .expect("device-add");
+    let target = bulkhead_sandbox::devices::Target::of(&rec);
+    let st = fs::metadata(&loopdev).expect("stat the loop device");
+    let rdev = (
+        nix::sys::stat::major(st.rdev()) as u32,
+        nix::sys::stat::minor(st.rdev()) as u32,
+    );
+    let (owner0, mode0) = (st.uid(), st.mode() & 0o7777);
+    use bulkhead_sandbox::devices::{add_device, remove_device};
+    // A node that is another device now, or a pid that is another process: refused, and the
+    // node keeps its owner.
+    let e = add_device(
+        &launcher(),
+        target,
+        &loopdev,
+        (rdev.0, rdev.1 + 1000),
+        "usb/disk0",
+        user,
+    )
+    .expect_err("another device number");
+    assert!(e.to_string().contains("went away"), "{e}");
+    let stale = bulkhead_sandbox::devices::Target {
+        init_start_time: target.init_start_time + 1,
+        ..target
+    };
+    let e = add_device(&launcher(), stale, &loopdev, rdev, "usb/disk0", user)
+        .expect_err("another process");
+    assert!(e.to_string().contains("is gone"), "{e}");
+    let st = fs::metadata(&loopdev).expect("stat");
+    assert_eq!(
+        (st.uid(), st.mode() & 0o7777),
+        (owner0, mode0),
+        "owner not restored"
+    );
+    add_device(&launcher(), target, &loopdev, rdev, "usb/disk0", user).expect("device-add");
     wait_for_log(&fx, "USER-READ");
     let log = fx.log();
     assert!(log.contains("USER-READ bulkhead-device-marker"), "{log}");
@@ -1371,31 +1403,15 @@ fn a_device_handed_to_a_sandbox_opens_there_for_its_user() {
         "the device's mount shows on the host"
     );
     // The domain's own symlink under /dev does not lead the mount elsewhere.
-    let e = bulkhead_sandbox::devices::add_device(
-        &launcher(),
-        rec.init_pid,
-        &loopdev,
-        "planted/disk1",
-        user,
-    )
-    .expect_err("a symlinked directory under /dev");
+    let e = add_device(&launcher(), target, &loopdev, rdev, "planted/disk1", user)
+        .expect_err("a symlinked directory under /dev");
     assert!(e.to_string().contains("planted"), "{e}");
-    assert!(!fx.path("root/tmp/disk1").exists());
     for bad in ["../etc/x", "/dev/sda"] {
-        assert!(bulkhead_sandbox::devices::add_device(
-            &launcher(),
-            rec.init_pid,
-            &loopdev,
-            bad,
-            user
-        )
-        .is_err());
+        assert!(add_device(&launcher(), target, &loopdev, rdev, bad, user).is_err());
     }
-    bulkhead_sandbox::devices::remove_device(&launcher(), rec.init_pid, "usb/disk0")
-        .expect("device-remove");
+    remove_device(&launcher(), target, "usb/disk0").expect("device-remove");
     wait_for_log(&fx, "GONE");
     // Removing what is not there is no error.
-    bulkhead_sandbox::devices::remove_device(&launcher(), rec.init_pid, "usb/disk0")
-        .expect("device-remove again");
+    remove_device(&launcher(), target, "usb/disk0").expect("device-remove again");
     running.stop();
 }

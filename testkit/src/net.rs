@@ -49,7 +49,11 @@ impl TestInternet {
     /// A sink at `at`: reads whatever a connection sends, then answers with the byte count
     /// (`got N`) once the sender shut its side. For throughput figures.
     pub fn serve_sink(&self, at: SocketAddr) {
-        let l: TcpListener = self._ns.run(move || TcpListener::bind(at)).unwrap().unwrap();
+        let l: TcpListener = self
+            ._ns
+            .run(move || TcpListener::bind(at))
+            .unwrap()
+            .unwrap();
         std::thread::spawn(move || {
             for s in l.incoming().flatten() {
                 std::thread::spawn(move || {

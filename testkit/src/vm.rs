@@ -232,8 +232,18 @@ pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHos
                 all
             })
         };
-        let out = copy(child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
-        let err = copy(child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>));
+        let out = copy(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        );
+        let err = copy(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        );
         let status = child
             .wait()
             .unwrap_or_else(|e| panic!("waiting for {}: {e}", script.display()));

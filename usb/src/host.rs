@@ -80,10 +80,35 @@ pub struct VhciPort {
 }
 
 /// A device node of a USB device: its name under `/dev` as the kernel gives it (`sdb`,
-/// `input/event7`, `bus/usb/003/002`).
+/// `input/event7`, `bus/usb/003/002`), its device number, and its sysfs directory.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DeviceNode {
     pub devname: String,
+    pub major: u32,
+    pub minor: u32,
+    pub sys_path: PathBuf,
+}
+
+impl DeviceNode {
+    /// The raw USB device node (`bus/usb/BBB/DDD`, usbfs): whoever opens it can talk to the
+    /// device directly, and detach the kernel's drivers from it.
+    pub fn is_usbfs(&self) -> bool {
+        self.devname.starts_with("bus/usb/")
+    }
+
+    /// The `bInterfaceProtocol` of the USB interface the node belongs to (1 keyboard, 2 mouse
+    /// for boot-protocol HID), if it belongs to one.
+    pub fn interface_protocol(&self) -> Option<u8> {
+        let mut dir = self.sys_path.as_path();
+        loop {
+            let name = dir.file_name()?.to_string_lossy();
+            if name.contains(':') && name.contains('.') {
+                let text = std::fs::read_to_string(dir.join("bInterfaceProtocol")).ok()?;
+                return u8::from_str_radix(text.trim(), 16).ok();
+            }
+            dir = dir.parent()?;
+        }
+    }
 }
 
 /// Most sysfs directories walked below one USB device when looking for its nodes.
@@ -265,6 +290,9 @@ impl Sysfs {
                     debug!(busid = %busid, error = %e, "rebind refused; probing the bus instead");
                     write(&self.root.join("bus/usb/drivers_probe"), busid.as_str())?;
                 }
+                if let Some(d) = self.driver_of(busid).filter(|d| d == USBIP_HOST) {
+                    warn!(busid = %busid, driver = %d, "the device went back to usbip-host instead of its own drivers");
+                }
             }
         }
         info!(busid = %busid, "USB device no longer exported");
@@ -300,7 +328,9 @@ impl Sysfs {
     pub fn vhci_attach(&self, sockfd: RawFd, devid: u32, speed: u32) -> Result<u32, HostError> {
         let vhci = self.vhci();
         self.ensure_module("vhci-hcd", &vhci)?;
-        let hub = if speed >= 5 { "ss" } else { "hs" };
+        // vhci-hcd (Linux 6.1) takes no SuperSpeed-Plus: such a device runs at SuperSpeed.
+        let speed = speed.min(5);
+        let hub = if speed == 5 { "ss" } else { "hs" };
         let port = self
             .vhci_ports()?
             .into_iter()
@@ -326,6 +356,15 @@ impl Sysfs {
             info!(port, "USB device detached from vhci-hcd");
         }
         Ok(())
+    }
+
+    /// Unplugs `busid` logically and plugs it in again (`authorized` 0, then 1): its drivers
+    /// let go of it and bind again, so every descriptor opened on its old nodes (an input
+    /// device's, say) stops working; the nodes are made anew, owned as the kernel makes them.
+    pub fn reauthorize(&self, busid: &BusId) -> Result<(), HostError> {
+        let f = self.device(busid).join("authorized");
+        write(&f, "0")?;
+        write(&f, "1")
     }
 
     /// The isochronous endpoints of `busid`'s active configuration (its interfaces'
@@ -393,9 +432,20 @@ impl Sysfs {
                 break;
             }
             if let Ok(text) = std::fs::read_to_string(dir.join("uevent")) {
-                if let Some(name) = text.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+                let field = |k: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(|v| v.trim().to_owned())
+                };
+                let number = |k: &str| field(k).and_then(|v| v.parse::<u32>().ok());
+                if let (Some(devname), Some(major), Some(minor)) =
+                    (field("DEVNAME="), number("MAJOR="), number("MINOR="))
+                {
                     out.push(DeviceNode {
-                        devname: name.trim().to_owned(),
+                        devname,
+                        major,
+                        minor,
+                        sys_path: dir.clone(),
                     });
                 }
             }
@@ -579,36 +629,46 @@ mod tests {
         ] {
             std::fs::create_dir_all(real.join(d)).unwrap();
         }
-        std::fs::write(real.join("uevent"), "MAJOR=189\nDEVNAME=bus/usb/003/002\n").unwrap();
+        std::fs::write(
+            real.join("uevent"),
+            "MAJOR=189\nMINOR=257\nDEVNAME=bus/usb/003/002\n",
+        )
+        .unwrap();
         std::fs::write(
             real.join("3-1:1.0/host4/target4:0:0/4:0:0:0/block/sdb/uevent"),
-            "DEVNAME=sdb\n",
+            "MAJOR=8\nMINOR=16\nDEVNAME=sdb\n",
         )
         .unwrap();
         std::fs::write(
             real.join("3-1:1.0/host4/target4:0:0/4:0:0:0/block/sdb/sdb1/uevent"),
-            "DEVNAME=sdb1\n",
+            "MAJOR=8\nMINOR=17\nDEVNAME=sdb1\n",
         )
         .unwrap();
         std::fs::write(
             real.join("3-1:1.1/input/input9/event9/uevent"),
-            "DEVNAME=input/event9\n",
+            "MAJOR=13\nMINOR=73\nDEVNAME=input/event9\n",
         )
         .unwrap();
+        std::fs::write(real.join("3-1:1.1/bInterfaceProtocol"), "02\n").unwrap();
         // a link out of the subtree (sysfs has many: driver, subsystem, port)
         let elsewhere = root.path().join("devices/other");
         std::fs::create_dir_all(&elsewhere).unwrap();
-        std::fs::write(elsewhere.join("uevent"), "DEVNAME=sda\n").unwrap();
+        std::fs::write(elsewhere.join("uevent"), "MAJOR=8\nMINOR=0\nDEVNAME=sda\n").unwrap();
         std::os::unix::fs::symlink(&elsewhere, real.join("port")).unwrap();
         std::fs::create_dir_all(root.path().join("bus/usb/devices")).unwrap();
         std::os::unix::fs::symlink(&real, root.path().join("bus/usb/devices/3-1")).unwrap();
         let s = Sysfs::new(root.path());
-        let names: Vec<String> = s
-            .device_nodes(&BusId::new("3-1").unwrap())
-            .into_iter()
-            .map(|n| n.devname)
-            .collect();
+        let nodes = s.device_nodes(&BusId::new("3-1").unwrap());
+        let names: Vec<&str> = nodes.iter().map(|n| n.devname.as_str()).collect();
         assert_eq!(names, ["bus/usb/003/002", "input/event9", "sdb", "sdb1"]);
+        assert!(nodes[0].is_usbfs() && !nodes[2].is_usbfs());
+        assert_eq!((nodes[2].major, nodes[2].minor), (8, 16));
+        assert_eq!(
+            nodes[1].interface_protocol(),
+            Some(2),
+            "the mouse interface"
+        );
+        assert_eq!(nodes[0].interface_protocol(), None, "the device itself");
         assert!(s.device_nodes(&BusId::new("3-2").unwrap()).is_empty());
     }
 

@@ -1,10 +1,10 @@
 //! Launching a domain's backend (the sandbox launcher or the confined VMM) and what a launch
 //! holds: the host-wide uid slot, the launch lock, the template roots in use.
 
-use std::sync::Arc;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bulkhead_api::Error;
 use bulkhead_domain::{DomainConfig, DomainName};

@@ -25,6 +25,8 @@ use super::{blocking, lock, Manager};
 
 /// How long the receiving agent has to plug the device in.
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a detach waits for the device to be given back.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the stream to the receiving agent may take to close after the relay ended,
 /// before it is reset.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -73,11 +75,14 @@ impl Manager {
     }
 
     /// The running instance's record of `name`, or why it is not usable.
-    fn usb_running(&self, name: &str, role: &str) -> Result<DomainRecord, Error> {
+    fn usb_running(&self, name: &str, role: &str) -> Result<Running, Error> {
         let dn = DomainName::new(name).map_err(|e| Error::InvalidProperty(e.to_string()))?;
         let rt = self.runtime(&dn);
         match (rt.state(), rt.instance()) {
-            (DomainState::Running, Some(inst)) => Ok(inst.record.clone()),
+            (DomainState::Running, Some(inst)) => Ok(Running {
+                record: inst.record.clone(),
+                exited: inst.exited.clone(),
+            }),
             (st, _) => Err(Error::InvalidState(format!(
                 "{role} '{name}' is {}; start it first (bulkhead start {name})",
                 st.as_str()
@@ -161,7 +166,8 @@ impl Manager {
                 )));
             }
         }
-        let usb_rec = match self.usb_running(&usb_domain, "the usb domain")? {
+        let usb_running = self.usb_running(&usb_domain, "the usb domain")?;
+        let usb_rec = match usb_running.record {
             DomainRecord::Sandbox(rec) => rec,
             DomainRecord::Vm(_) => {
                 return Err(Error::Backend(format!(
@@ -181,9 +187,21 @@ impl Manager {
                 a.domain
             )));
         }
+        // The device the policy decided on must still be the one at that bus id (not another
+        // one plugged in there since: its device number changes with every plug).
+        let now = self.usb_inventory().await?;
+        if now.get(&busid) != Some(dev) {
+            return Err(Error::InvalidState(format!(
+                "USB device {busid} changed while it was being attached (unplugged or replaced); try again"
+            )));
+        }
         match record {
-            Some(record) => self.usb_connect(busid, domain, record).await,
-            None => self.usb_input_to_dom0(busid, &usb_domain, usb_rec).await,
+            Some(running) => self.usb_connect(busid, domain, running).await,
+            None => {
+                let kind = dev.kind();
+                self.usb_input_to_dom0(busid, kind, &usb_domain, usb_rec, usb_running.exited)
+                    .await
+            }
         }
     }
 
@@ -193,8 +211,9 @@ impl Manager {
         self: &Arc<Self>,
         busid: BusId,
         domain: &str,
-        record: DomainRecord,
+        running: Running,
     ) -> Result<(), Error> {
+        let Running { record, exited } = running;
         let dn = DomainName::new(domain).map_err(|e| Error::InvalidProperty(e.to_string()))?;
         // A VM's agent must speak the USB stream before anything is exported.
         let conn = match &record {
@@ -272,7 +291,7 @@ impl Manager {
             domain: domain.to_owned(),
             id,
         };
-        tokio::spawn(task.run(importer, receiver, limits, stop_rx, released_tx));
+        tokio::spawn(task.run(importer, receiver, limits, stop_rx, exited, released_tx));
         info!(busid = %busid, domain, "USB device attached");
         Ok(())
     }
@@ -357,7 +376,7 @@ impl Manager {
                 importer,
                 Receiver::Sandbox {
                     port,
-                    init_pid: rec.init_pid,
+                    target: bulkhead_sandbox::devices::Target::of(rec),
                     owner: rec.uid_base + bulkhead_sandbox::DOMAIN_USER_UID,
                     given: Vec::new(),
                 },
@@ -383,7 +402,16 @@ impl Manager {
             a.released.clone()
         };
         let mut released = released;
-        let _ = released.wait_for(|r| *r).await;
+        if tokio::time::timeout(RELEASE_TIMEOUT, released.wait_for(|r| *r))
+            .await
+            .is_err()
+        {
+            warn!(
+                busid,
+                secs = RELEASE_TIMEOUT.as_secs(),
+                "the USB device was not given back in time; it stays marked attached until it is"
+            );
+        }
         true
     }
 
@@ -442,19 +470,25 @@ impl Manager {
     }
 }
 
+/// A running domain's record, and its watch of the end of its init or VMM.
+pub(super) struct Running {
+    pub record: DomainRecord,
+    pub exited: watch::Receiver<bool>,
+}
+
 /// Where the device went.
 enum Receiver {
     /// Into a VM's kernel: this task relays the wire stream to the relay's importing side.
     Vm {
         wire: tokio::task::JoinHandle<Result<(), bulkhead_wire::WireError>>,
     },
-    /// Into dom0's `vhci-hcd` at `port`, its nodes handed to the sandbox `init_pid` for host
-    /// uid `owner`; `given` are the node names handed so far.
+    /// Into dom0's `vhci-hcd` at `port`, its nodes handed to the sandbox `target` for host
+    /// uid `owner`; `given` are the nodes handed so far (name, device number).
     Sandbox {
         port: u32,
-        init_pid: i32,
+        target: bulkhead_sandbox::devices::Target,
         owner: u32,
-        given: Vec<String>,
+        given: Vec<(String, (u32, u32))>,
     },
 }
 
@@ -476,6 +510,7 @@ impl UsbTask {
         mut receiver: Receiver,
         limits: GuardLimits,
         stop: oneshot::Receiver<()>,
+        mut exited: watch::Receiver<bool>,
         released: watch::Sender<bool>,
     ) {
         let (busid, domain) = (&self.busid, self.domain.as_str());
@@ -494,6 +529,11 @@ impl UsbTask {
                 }
                 _ = &mut stop => {
                     info!(busid = %busid, domain, "USB device detached");
+                    break;
+                }
+                // The receiving domain is gone (even before its teardown reached us).
+                _ = async { let _ = exited.wait_for(|e| *e).await; } => {
+                    info!(busid = %busid, domain, "the receiving domain stopped");
                     break;
                 }
                 _ = tick.tick(), if matches!(receiver, Receiver::Sandbox { .. }) => {
@@ -523,18 +563,21 @@ impl UsbTask {
     }
 
     /// Hands the sandbox the nodes its device has that it was not given yet (and loads the
-    /// device's drivers once it enumerated, as udev would).
+    /// device's drivers once it enumerated, as udev would), and takes back at once any node
+    /// that is gone or is another device now. The raw usbfs node (`/dev/bus/usb/...`) is not
+    /// handed over: with it the sandbox could detach dom0's drivers from the device and free
+    /// its disk's or input device's number for another device while it still holds the node.
     async fn give_new_nodes(&self, receiver: &mut Receiver) {
         let Receiver::Sandbox {
             port,
-            init_pid,
+            target,
             owner,
             given,
         } = receiver
         else {
             return;
         };
-        let (port, init_pid, owner) = (*port, *init_pid, *owner);
+        let (port, target, owner) = (*port, *target, *owner);
         let sysfs = self.mgr.usb_sysfs();
         let already = given.clone();
         let launcher = bulkhead_sandbox::Launcher {
@@ -543,36 +586,52 @@ impl UsbTask {
         let first = already.is_empty();
         let res = blocking(move || {
             let Ok(Some(local)) = sysfs.vhci_device(port) else {
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             };
             if first {
                 sysfs.load_drivers(&local);
             }
+            let now: Vec<(String, (u32, u32))> = sysfs
+                .device_nodes(&local)
+                .into_iter()
+                .filter(|n| !n.is_usbfs())
+                .map(|n| (n.devname, (n.major, n.minor)))
+                .collect();
+            let mut gone = Vec::new();
+            for old in &already {
+                if !now.contains(old) {
+                    if let Err(e) =
+                        bulkhead_sandbox::devices::remove_device(&launcher, target, &old.0)
+                    {
+                        tracing::debug!(node = %old.0, error = %e, "stale node not taken back");
+                    }
+                    gone.push(old.clone());
+                }
+            }
             let mut newly = Vec::new();
-            for node in sysfs.device_nodes(&local) {
-                if already.contains(&node.devname) {
+            for (name, rdev) in now {
+                if already.iter().any(|(n, _)| *n == name) {
                     continue;
                 }
-                let host = std::path::Path::new("/dev").join(&node.devname);
+                let host = std::path::Path::new("/dev").join(&name);
                 if !host.exists() {
                     continue; // devtmpfs has not made it yet: next time
                 }
-                match bulkhead_sandbox::devices::add_device(
-                    &launcher,
-                    init_pid,
-                    &host,
-                    &node.devname,
-                    owner,
-                ) {
-                    Ok(()) => newly.push((node.devname, None)),
-                    Err(e) => newly.push((node.devname, Some(e.to_string()))),
-                }
+                let r = bulkhead_sandbox::devices::add_device(
+                    &launcher, target, &host, rdev, &name, owner,
+                );
+                newly.push((name, rdev, r.err().map(|e| e.to_string())));
             }
-            newly
+            (gone, newly)
         })
         .await
         .unwrap_or_default();
-        for (name, err) in res {
+        let (gone, newly) = res;
+        given.retain(|g| !gone.contains(g));
+        for (name, _) in &gone {
+            info!(busid = %self.busid, domain = %self.domain, node = %name, "device node gone; taken back from the sandbox");
+        }
+        for (name, rdev, err) in newly {
             match err {
                 None => {
                     info!(busid = %self.busid, domain = %self.domain, node = %name, "device node handed to the sandbox")
@@ -582,7 +641,7 @@ impl UsbTask {
                 }
             }
             // tried once: a node that could not be handed over is not retried every tick
-            given.push(name);
+            given.push((name, rdev));
         }
     }
 
@@ -597,7 +656,7 @@ impl UsbTask {
             }
             Receiver::Sandbox {
                 port,
-                init_pid,
+                target,
                 given,
                 ..
             } => {
@@ -607,9 +666,10 @@ impl UsbTask {
                 };
                 let busid = self.busid.clone();
                 let _ = blocking(move || {
-                    for name in given.iter().rev() {
-                        // The sandbox may be gone already; then so are its mounts.
-                        if let Err(e) = bulkhead_sandbox::devices::remove_device(&launcher, init_pid, name) {
+                    for (name, _) in given.iter().rev() {
+                        // The sandbox may be gone already; then so are its mounts (and the
+                        // helper refuses a pid that is another process now).
+                        if let Err(e) = bulkhead_sandbox::devices::remove_device(&launcher, target, name) {
                             tracing::debug!(busid = %busid, node = %name, error = %e, "device node not taken back");
                         }
                     }

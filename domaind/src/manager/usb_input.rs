@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use bulkhead_api::Error;
 use bulkhead_domain::DomainName;
+use bulkhead_input::proto::Kind;
+use bulkhead_sandbox::devices::Target;
 use bulkhead_sandbox::{Launcher, SandboxRecord};
-use bulkhead_usb::BusId;
+use bulkhead_usb::host::DeviceNode;
+use bulkhead_usb::{BusId, DeviceKind};
 use bulkhead_wire::ExecRequest;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
@@ -32,14 +35,32 @@ struct Proxied {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What an event node may be, by the USB interface it belongs to (what dom0 reads from its
+/// own sysfs, never what the sender says): a boot keyboard interface types, anything else
+/// only points and clicks.
+fn node_kind(node: &DeviceNode) -> Kind {
+    match node.interface_protocol() {
+        Some(1) => Kind::Keyboard,
+        _ => Kind::Mouse,
+    }
+}
+
 impl Manager {
     /// `UsbAttach BUSID dom0` for an input device, the usb domain a sandbox (`usb_rec`).
     pub(super) async fn usb_input_to_dom0(
         self: &Arc<Self>,
         busid: BusId,
+        kind: DeviceKind,
         usb_domain: &str,
         usb_rec: SandboxRecord,
+        mut usb_exited: watch::Receiver<bool>,
     ) -> Result<(), Error> {
+        if !kind.is_input() {
+            return Err(Error::AccessDenied(format!(
+                "USB device {busid} is a {}; dom0 takes only keyboards and mice",
+                kind.describe()
+            )));
+        }
         let sysfs = self.usb_sysfs();
         let b = busid.clone();
         // The device's drivers and evdev, as udev would load them; then its event nodes.
@@ -50,12 +71,11 @@ impl Manager {
             sysfs.load_drivers(&b);
             let t0 = Instant::now();
             loop {
-                let nodes: Vec<String> = sysfs
+                let nodes: Vec<DeviceNode> = sysfs
                     .device_nodes(&b)
                     .into_iter()
-                    .map(|n| n.devname)
-                    .filter(|n| n.starts_with("input/event"))
-                    .filter(|n| Path::new("/dev").join(n).exists())
+                    .filter(|n| n.devname.starts_with("input/event"))
+                    .filter(|n| Path::new("/dev").join(&n.devname).exists())
                     .collect();
                 if !nodes.is_empty() || t0.elapsed() > NODES_TIMEOUT {
                     return nodes;
@@ -77,22 +97,34 @@ impl Manager {
             DomainName::new(usb_domain).map_err(|e| Error::InvalidProperty(e.to_string()))?;
         let conn = self.running_agent_conn(&usb_dn).await?;
         let owner = usb_rec.uid_base + bulkhead_sandbox::DOMAIN_USER_UID;
+        let target = Target::of(&usb_rec);
         let mut proxied: Vec<Proxied> = Vec::new();
         let mut failure = None;
-        for node in &nodes {
-            let (l, n) = (launcher.clone(), node.clone());
-            let pid = usb_rec.init_pid;
+        for dn in &nodes {
+            let node = &dn.devname;
+            let (l, n, rdev) = (launcher.clone(), node.clone(), (dn.major, dn.minor));
             let handed = blocking(move || {
-                bulkhead_sandbox::devices::add_device(&l, pid, &Path::new("/dev").join(&n), &n, owner)
+                bulkhead_sandbox::devices::add_device(
+                    &l,
+                    target,
+                    &Path::new("/dev").join(&n),
+                    rdev,
+                    &n,
+                    owner,
+                )
             })
-            .await?;
+            .await
+            .and_then(|r| r.map_err(|e| Error::Backend(e.to_string())));
             if let Err(e) = handed {
                 failure = Some(Error::Backend(format!(
                     "cannot hand /dev/{node} to the usb domain: {e}"
                 )));
                 break;
             }
-            match self.start_sender(&conn, usb_domain, node).await {
+            match self
+                .start_sender(&conn, usb_domain, node, node_kind(dn))
+                .await
+            {
                 Ok(task) => proxied.push(Proxied {
                     node: node.clone(),
                     task,
@@ -109,7 +141,7 @@ impl Manager {
             }
         }
         if let Some(e) = failure {
-            release_nodes(&launcher, usb_rec.init_pid, proxied).await;
+            self.release_input(&busid, &launcher, target, proxied).await;
             return Err(e);
         }
         let state = self.usb_state();
@@ -125,7 +157,8 @@ impl Manager {
                 id,
             },
         );
-        info!(busid = %busid, usb_domain, nodes = ?nodes, "input device attached to dom0 through the input proxy");
+        let names: Vec<&str> = nodes.iter().map(|n| n.devname.as_str()).collect();
+        info!(busid = %busid, usb_domain, nodes = ?names, "input device attached to dom0 through the input proxy");
         let me = Arc::clone(self);
         tokio::spawn(async move {
             // Ends on detach, or when every stream ended (unplugged, the usb domain gone, a
@@ -135,11 +168,15 @@ impl Manager {
                     let _ = (&mut p.task).await;
                 }
             };
+            let usb_gone = async {
+                let _ = usb_exited.wait_for(|e| *e).await;
+            };
             tokio::select! {
                 _ = stop_rx => info!(busid = %busid, "input device detached from dom0"),
                 _ = all_done => info!(busid = %busid, "the input proxy's streams ended"),
+                _ = usb_gone => info!(busid = %busid, "the usb domain stopped"),
             }
-            release_nodes(&launcher, usb_rec.init_pid, proxied).await;
+            me.release_input(&busid, &launcher, target, proxied).await;
             let mut attached = lock(&me.usb_state().attached);
             if attached.get(busid.as_str()).is_some_and(|a| a.id == id) {
                 attached.remove(busid.as_str());
@@ -157,6 +194,7 @@ impl Manager {
         conn: &bulkhead_wire::Connection,
         usb_domain: &str,
         node: &str,
+        kind: Kind,
     ) -> Result<tokio::task::JoinHandle<()>, Error> {
         let req = ExecRequest {
             argv: vec![SENDER.to_owned(), format!("/dev/{node}")],
@@ -188,7 +226,10 @@ impl Manager {
             let forward = bulkhead_input::forward_with(
                 out_r,
                 &domain,
-                bulkhead_input::proto::Limits::default(),
+                bulkhead_input::proto::Limits {
+                    kind: Some(kind),
+                    ..bulkhead_input::proto::Limits::default()
+                },
                 |dev| {
                     info!(device = %dev.name(), node = ?dev.event_node(), "uinput device made for a proxied input device");
                     if let Some(tx) = created_tx.take() {
@@ -222,19 +263,34 @@ impl Manager {
     }
 }
 
-/// Stops the streams (dropping a stream ends the sender in the usb domain) and takes the
-/// nodes back from the usb domain.
-async fn release_nodes(launcher: &Launcher, init_pid: i32, proxied: Vec<Proxied>) {
-    for p in &proxied {
-        p.task.abort();
-    }
-    let launcher = launcher.clone();
-    let _ = blocking(move || {
-        for p in proxied {
-            if let Err(e) = bulkhead_sandbox::devices::remove_device(&launcher, init_pid, &p.node) {
-                tracing::debug!(node = %p.node, error = %e, "input node not taken back (the usb domain may be gone)");
-            }
+impl Manager {
+    /// Stops the streams (dropping a stream ends the sender in the usb domain), takes the nodes
+    /// back from the usb domain, and unplugs the device logically and plugs it in again
+    /// (`authorized` 0 then 1): whatever the usb domain still holds open on the old nodes
+    /// stops working, and the new nodes are dom0's again.
+    async fn release_input(
+        &self,
+        busid: &BusId,
+        launcher: &Launcher,
+        target: Target,
+        proxied: Vec<Proxied>,
+    ) {
+        for p in &proxied {
+            p.task.abort();
         }
-    })
-    .await;
+        let launcher = launcher.clone();
+        let sysfs = self.usb_sysfs();
+        let b = busid.clone();
+        let _ = blocking(move || {
+            for p in proxied {
+                if let Err(e) = bulkhead_sandbox::devices::remove_device(&launcher, target, &p.node) {
+                    tracing::debug!(node = %p.node, error = %e, "input node not taken back (the usb domain may be gone)");
+                }
+            }
+            if let Err(e) = sysfs.reauthorize(&b) {
+                warn!(busid = %b, error = %e, "cannot re-plug the input device; the usb domain may still read it");
+            }
+        })
+        .await;
+    }
 }
