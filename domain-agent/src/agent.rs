@@ -77,6 +77,9 @@ pub async fn serve(
                 OpenRequest::UsbImport(req) => {
                     tokio::spawn(crate::usb::serve_import(req, s.stream));
                 }
+                OpenRequest::UsbExport(req) => {
+                    tokio::spawn(crate::usb::serve_export(req, s.stream));
+                }
                 OpenRequest::Call(_) => {
                     tokio::spawn(async move {
                         let _ =

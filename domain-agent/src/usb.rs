@@ -7,11 +7,15 @@
 //! When the stream ends (detach, the usb domain or domaind gone) or the kernel drops the
 //! connection, the port is unplugged. A sandbox shares dom0's kernel: domaind attaches its
 //! devices there, so a sandbox's agent refuses the stream.
+//!
+//! A usb VM also exports onwards (`OpenRequest::UsbExport`): the device domaind imported into
+//! it is bound to this kernel's `usbip-host` and carried to the receiving domain, so the
+//! receiving domain's USB/IP commands reach the usb VM's kernel, never dom0's.
 
 use std::os::fd::AsRawFd;
 
 use bulkhead_usb::host::Sysfs;
-use bulkhead_wire::{Stream, UsbImportReply, UsbImportRequest};
+use bulkhead_wire::{Stream, UsbExportReply, UsbExportRequest, UsbImportReply, UsbImportRequest};
 
 /// The sysfs of this domain's kernel.
 const SYSFS: &str = "/sys";
@@ -102,5 +106,87 @@ pub async fn serve_import(req: UsbImportRequest, stream: Stream) {
             tracing::warn!(busid = %req.busid, port, error = %e, "cannot unplug the USB device")
         }
         Err(e) => tracing::warn!(error = %e, "internal task failed"),
+    }
+}
+
+/// Serves one `UsbExport` stream (a usb VM): the device plugged into this kernel's vhci-hcd
+/// port `req.port` is bound to `usbip-host` and exported over a socket pair whose other end
+/// is relayed to the stream; given back to its drivers when the stream ends.
+pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
+    tracing::info!(busid = %req.busid, port = req.port, "USB export requested");
+    let failed = |reason: String| UsbExportReply::Failed { reason };
+    if !crate::in_vm() {
+        let _ = stream
+            .send_message(&failed("this domain is a sandbox: domaind exports from dom0's kernel itself".into()).encode())
+            .await;
+        stream.reset("not a VM");
+        return;
+    }
+    let (kernel_end, ours) = match std::os::unix::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = stream.send_message(&failed(format!("cannot make a socket pair: {e}")).encode()).await;
+            stream.reset("socket pair");
+            return;
+        }
+    };
+    let port = req.port;
+    // The device enumerates in this kernel after the import: wait for its bus id.
+    let exported = tokio::task::spawn_blocking(move || {
+        let sysfs = Sysfs::new(SYSFS);
+        let t0 = std::time::Instant::now();
+        let local = loop {
+            match sysfs.vhci_device(port) {
+                Ok(Some(b)) if sysfs.driver_of(&b).is_some() => break b,
+                _ if t0.elapsed() > std::time::Duration::from_secs(20) => {
+                    return Err(format!("no device enumerated at vhci-hcd port {port} within 20 s"))
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        };
+        let r = sysfs.export(&local, kernel_end.as_raw_fd()).map_err(|e| e.to_string());
+        drop(kernel_end);
+        r.map(|d| (local, d))
+    })
+    .await;
+    let (local, dev) = match exported {
+        Ok(Ok(v)) => v,
+        Ok(Err(reason)) => {
+            tracing::warn!(busid = %req.busid, port, reason = %reason, "USB export failed");
+            let _ = stream.send_message(&failed(reason).encode()).await;
+            stream.reset("export failed");
+            return;
+        }
+        Err(e) => {
+            let _ = stream.send_message(&failed(format!("internal task failed: {e}")).encode()).await;
+            stream.reset("export failed");
+            return;
+        }
+    };
+    tracing::info!(busid = %req.busid, local = %local, devid = dev.devid, "USB device exported onwards");
+    let io = ours
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(ours));
+    let reply = UsbExportReply::Exported {
+        devid: dev.devid,
+        speed: dev.speed,
+    };
+    match io {
+        Ok(io) if stream.send_message(&reply.encode()).await.is_ok() => {
+            match bulkhead_wire::relay::relay_bytes(stream, io).await {
+                Ok(()) => tracing::info!(local = %local, "USB export stream ended"),
+                Err(e) => tracing::warn!(local = %local, error = %e, "USB export stream failed"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot relay the USB export");
+            stream.reset("relay");
+        }
+    }
+    let l2 = local.clone();
+    let undone = tokio::task::spawn_blocking(move || Sysfs::new(SYSFS).unexport(&l2)).await;
+    if let Ok(Err(e)) = undone {
+        tracing::warn!(local = %local, error = %e, "cannot take the device back from usbip-host");
     }
 }

@@ -93,7 +93,8 @@ pub use error::{Violation, WireError};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, MAX_FRAME_PAYLOAD};
 pub use message::{
     CallRequest, Control, ExecMessage, ExecRequest, ExitStatus, MessageError, OpenRequest,
-    ServiceRequest, UsbImportReply, UsbImportRequest, CALLS_VERSION, GUI_VERSION, USB_VERSION,
+    ServiceRequest, UsbExportReply, UsbExportRequest, UsbImportReply, UsbImportRequest,
+    CALLS_VERSION, GUI_VERSION, USB_VERSION,
 };
 
 /// vsock port the agent of a VM domain connects to (CID 2, the host).

@@ -152,6 +152,52 @@ pub enum OpenRequest {
     /// the USB/IP URB stream both ways (domaind checks every message) until either side
     /// closes, which detaches the device.
     UsbImport(UsbImportRequest),
+    /// domaind -> agent of a usb VM: export the device plugged into this kernel's `vhci-hcd`
+    /// port `port` (by an earlier `UsbImport`) with `usbip-host`. The agent answers with one
+    /// Message, a [`UsbExportReply`]; after `Exported` channel
+    /// [`crate::relay::BYTES_CHANNEL`] carries the device's USB/IP URB stream both ways until
+    /// either side closes, which takes it back from `usbip-host`.
+    UsbExport(UsbExportRequest),
+}
+
+/// A device a usb VM exports onwards: the one at its vhci-hcd port `port`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UsbExportRequest {
+    /// The bus id the device has in dom0 (`1-2`), for messages and logs.
+    pub busid: String,
+    /// The `vhci-hcd` port it was plugged into.
+    pub port: u32,
+}
+
+/// The usb VM agent's answer to [`OpenRequest::UsbExport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsbExportReply {
+    /// Exported: what the receiving `vhci-hcd` needs.
+    Exported { devid: u32, speed: u32 },
+    /// It could not be exported: why.
+    Failed { reason: String },
+}
+
+impl UsbExportReply {
+    /// Encodes the reply.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes and validates a reply.
+    pub fn decode(b: &[u8]) -> Result<UsbExportReply, MessageError> {
+        let r: UsbExportReply = decode_exact("USB export reply", b)?;
+        match &r {
+            UsbExportReply::Failed { reason } => {
+                check_str("USB export failure reason", reason, MAX_USB_REASON_LEN)?
+            }
+            UsbExportReply::Exported { speed, .. } if !(1..=6).contains(speed) => {
+                return Err(invalid("USB speed", format!("{speed} (expected 1..=6)")))
+            }
+            UsbExportReply::Exported { .. } => {}
+        }
+        Ok(r)
+    }
 }
 
 /// A USB device to attach to the receiving domain's virtual host controller.
@@ -228,6 +274,9 @@ impl OpenRequest {
             OpenRequest::Service(s) => s.validate(),
             OpenRequest::Gui => Ok(()),
             OpenRequest::UsbImport(u) => u.validate(),
+            OpenRequest::UsbExport(u) => check_charset("USB bus id", &u.busid, MAX_USB_BUSID_LEN, false, |b| {
+                b.is_ascii_digit() || matches!(b, b'.' | b'-')
+            }),
         }
     }
 
@@ -237,7 +286,7 @@ impl OpenRequest {
             OpenRequest::Exec(_) => 1,
             OpenRequest::Call(_) | OpenRequest::Service(_) => CALLS_VERSION,
             OpenRequest::Gui => GUI_VERSION,
-            OpenRequest::UsbImport(_) => USB_VERSION,
+            OpenRequest::UsbImport(_) | OpenRequest::UsbExport(_) => USB_VERSION,
         }
     }
 }
@@ -676,6 +725,27 @@ mod tests {
         };
         assert!(UsbImportReply::decode(&long.encode()).is_err());
         assert!(UsbImportReply::decode(&[0xff; 3]).is_err());
+        let e = OpenRequest::UsbExport(UsbExportRequest {
+            busid: "2-1".into(),
+            port: 8,
+        });
+        assert_eq!(OpenRequest::decode(&e.encode()), Ok(e));
+        let bad = OpenRequest::UsbExport(UsbExportRequest {
+            busid: "2-1/x".into(),
+            port: 8,
+        });
+        assert!(OpenRequest::decode(&bad.encode()).is_err());
+        for r in [
+            UsbExportReply::Exported {
+                devid: 0x10002,
+                speed: 3,
+            },
+            UsbExportReply::Failed { reason: "x".into() },
+        ] {
+            assert_eq!(UsbExportReply::decode(&r.encode()), Ok(r));
+        }
+        let r = UsbExportReply::Exported { devid: 1, speed: 9 };
+        assert!(UsbExportReply::decode(&r.encode()).is_err());
     }
 
     #[test]

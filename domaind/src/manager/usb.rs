@@ -12,7 +12,10 @@ use bulkhead_policy::CallTarget;
 use bulkhead_usb::host::{ExportedDevice, Sysfs};
 use bulkhead_usb::usbip::{relay_urbs, GuardLimits};
 use bulkhead_usb::BusId;
-use bulkhead_wire::{OpenRequest, StreamEvent, UsbImportReply, UsbImportRequest, USB_VERSION};
+use bulkhead_wire::{
+    OpenRequest, StreamEvent, UsbExportReply, UsbExportRequest, UsbImportReply, UsbImportRequest,
+    USB_VERSION,
+};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
@@ -167,14 +170,11 @@ impl Manager {
             }
         }
         let usb_running = self.usb_running(&usb_domain, "the usb domain")?;
-        let usb_rec = match usb_running.record {
-            DomainRecord::Sandbox(rec) => rec,
-            DomainRecord::Vm(_) => {
-                return Err(Error::Backend(format!(
-                    "the usb domain '{usb_domain}' is a VM; exporting devices from a usb VM is not built yet (make it a sandbox: bulkhead prefs {usb_domain} isolation sandbox)"
-                )))
-            }
-        };
+        if to_dom0 && matches!(usb_running.record, DomainRecord::Vm(_)) {
+            return Err(Error::Backend(format!(
+                "the usb domain '{usb_domain}' is a VM; its input proxy to dom0 is not built yet (keyboards and mice reach dom0 through a sandbox usb domain)"
+            )));
+        }
         let record = if to_dom0 {
             None
         } else {
@@ -195,39 +195,52 @@ impl Manager {
                 "USB device {busid} changed while it was being attached (unplugged or replaced); try again"
             )));
         }
-        match record {
-            Some(running) => self.usb_connect(busid, domain, running).await,
-            None => {
+        let usb_dn =
+            DomainName::new(&usb_domain).map_err(|e| Error::InvalidProperty(e.to_string()))?;
+        match (record, usb_running.record) {
+            (Some(running), DomainRecord::Sandbox(_)) => {
+                self.usb_connect(busid, domain, running, None).await
+            }
+            (Some(running), DomainRecord::Vm(v)) => {
+                let usb = Running {
+                    record: DomainRecord::Vm(v),
+                    exited: usb_running.exited,
+                };
+                self.usb_connect(busid, domain, running, Some((usb_dn, usb)))
+                    .await
+            }
+            (None, DomainRecord::Sandbox(usb_rec)) => {
                 let kind = dev.kind();
                 self.usb_input_to_dom0(busid, kind, &usb_domain, usb_rec, usb_running.exited)
                     .await
             }
+            (None, DomainRecord::Vm(_)) => Err(Error::Backend(format!(
+                "the usb domain '{usb_domain}' is a VM; its input proxy to dom0 is not built yet"
+            ))),
         }
     }
 
     /// Exports `busid` in dom0's kernel, plugs it into the receiving domain's kernel and starts
-    /// the relay (see [`crate::usb`]).
+    /// the relay (see [`crate::usb`]). With a usb VM (`usb_vm`), two hops: dom0 -> the usb
+    /// VM's vhci-hcd, then the usb VM's usbip-host -> the receiving domain, each relayed and
+    /// checked on its own.
     async fn usb_connect(
         self: &Arc<Self>,
         busid: BusId,
         domain: &str,
         running: Running,
+        usb_vm: Option<(DomainName, Running)>,
     ) -> Result<(), Error> {
         let Running { record, exited } = running;
         let dn = DomainName::new(domain).map_err(|e| Error::InvalidProperty(e.to_string()))?;
-        // A VM's agent must speak the USB stream before anything is exported.
+        // Every VM agent on the way must speak the USB streams before anything is exported.
         let conn = match &record {
-            DomainRecord::Vm(_) => {
-                let conn = self.running_agent_conn(&dn).await?;
-                if u16::from(conn.version()) < USB_VERSION {
-                    return Err(Error::Agent(format!(
-                        "the agent of '{domain}' speaks channel protocol {}, USB devices need {USB_VERSION}; update the domain's guest tools",
-                        conn.version()
-                    )));
-                }
-                Some(conn)
-            }
+            DomainRecord::Vm(_) => Some(self.usb_agent(&dn).await?),
             DomainRecord::Sandbox(_) => None,
+        };
+        let usb_conn = match &usb_vm {
+            Some((udn, _)) => Some(self.usb_agent(udn).await?),
+            None => None,
         };
         let (stub_end, exporter) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::Io(format!("USB socket pair: {e}")))?;
@@ -243,27 +256,92 @@ impl Manager {
         .await?
         .map_err(|e| Error::Backend(format!("cannot export USB device {busid}: {e}")))?;
         let exported: ExportedDevice = exported;
-        let plugged = match (&record, conn) {
-            (DomainRecord::Vm(_), Some(conn)) => {
-                self.usb_import_vm(&conn, &busid, domain, exported).await
+        let exporter = match exporter
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(exporter))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                self.usb_give_back(&busid).await;
+                return Err(Error::Io(format!("USB relay socket: {e}")));
             }
-            (DomainRecord::Sandbox(rec), _) => self.usb_import_dom0(exported, rec).await,
+        };
+        let limits = |devid: u32| GuardLimits {
+            devid: Some(devid),
+            iso_endpoints: Some(iso),
+            ..GuardLimits::default()
+        };
+        // With a usb VM: the first hop runs on its own, and the device is exported onwards
+        // from the usb VM's kernel.
+        let (exporter, devid, speed, upstream) = match (usb_vm, usb_conn) {
+            (Some((udn, urun)), Some(uconn)) => {
+                let (importer1, receiver1, port) = match self
+                    .usb_import_vm(&uconn, &busid, udn.as_str(), exported)
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.usb_give_back(&busid).await;
+                        return Err(e);
+                    }
+                };
+                let (stop1_tx, stop1_rx) = oneshot::channel();
+                let (released1_tx, released1_rx) = watch::channel(false);
+                let hop1 = UsbTask {
+                    mgr: Arc::clone(self),
+                    busid: busid.clone(),
+                    domain: udn.to_string(),
+                    id: None,
+                    unexport_dom0: true,
+                    upstream: None,
+                };
+                tokio::spawn(hop1.run(
+                    (importer1, exporter),
+                    receiver1,
+                    limits(exported.devid),
+                    stop1_rx,
+                    urun.exited,
+                    released1_tx,
+                ));
+                match self.usb_export_vm(&uconn, &busid, udn.as_str(), port).await {
+                    Ok((exporter2, wire, devid2, speed2)) => (
+                        exporter2,
+                        devid2,
+                        speed2,
+                        Some(Upstream {
+                            stop: stop1_tx,
+                            released: released1_rx,
+                            wire,
+                        }),
+                    ),
+                    Err(e) => {
+                        let _ = stop1_tx.send(());
+                        let mut r = released1_rx;
+                        let _ = tokio::time::timeout(RELEASE_TIMEOUT, r.wait_for(|x| *x)).await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => (exporter, exported.devid, exported.speed, None),
+        };
+        let onward = ExportedDevice { devid, speed };
+        let plugged = match (&record, conn) {
+            (DomainRecord::Vm(_), Some(conn)) => self
+                .usb_import_vm(&conn, &busid, domain, onward)
+                .await
+                .map(|(i, r, _)| (i, r)),
+            (DomainRecord::Sandbox(rec), _) => self.usb_import_dom0(onward, rec).await,
             (DomainRecord::Vm(_), None) => {
                 Err(Error::Agent(format!("no agent connection of '{domain}'")))
             }
         };
-        let (importer, receiver) = match plugged.and_then(|p| {
-            exporter
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::UnixStream::from_std(exporter))
-                .map(|e| (p, e))
-                .map_err(|e| Error::Io(format!("USB relay socket: {e}")))
-        }) {
-            Ok(((importer, receiver), exporter)) => ((importer, exporter), receiver),
+        let (importer, receiver) = match plugged {
+            Ok(v) => v,
             Err(e) => {
-                let sysfs = self.usb_sysfs();
-                let b = busid.clone();
-                let _ = blocking(move || sysfs.unexport(&b)).await;
+                match upstream {
+                    Some(u) => u.end().await,
+                    None => self.usb_give_back(&busid).await,
+                }
                 return Err(e);
             }
         };
@@ -280,20 +358,111 @@ impl Manager {
                 id,
             },
         );
-        let limits = GuardLimits {
-            devid: Some(exported.devid),
-            iso_endpoints: Some(iso),
-            ..GuardLimits::default()
-        };
+        let unexport_dom0 = upstream.is_none();
         let task = UsbTask {
             mgr: Arc::clone(self),
             busid: busid.clone(),
             domain: domain.to_owned(),
-            id,
+            id: Some(id),
+            unexport_dom0,
+            upstream,
         };
-        tokio::spawn(task.run(importer, receiver, limits, stop_rx, exited, released_tx));
+        tokio::spawn(task.run(
+            (importer, exporter),
+            receiver,
+            limits(devid),
+            stop_rx,
+            exited,
+            released_tx,
+        ));
         info!(busid = %busid, domain, "USB device attached");
         Ok(())
+    }
+
+    /// The agent connection of running VM `dn`, if it speaks the USB streams.
+    async fn usb_agent(&self, dn: &DomainName) -> Result<bulkhead_wire::Connection, Error> {
+        let conn = self.running_agent_conn(dn).await?;
+        if u16::from(conn.version()) < USB_VERSION {
+            return Err(Error::Agent(format!(
+                "the agent of '{dn}' speaks channel protocol {}, USB devices need {USB_VERSION}; update the domain's guest tools",
+                conn.version()
+            )));
+        }
+        Ok(conn)
+    }
+
+    /// Gives `busid` back to dom0's drivers (after a failed attach).
+    async fn usb_give_back(&self, busid: &BusId) {
+        let sysfs = self.usb_sysfs();
+        let b = busid.clone();
+        match blocking(move || sysfs.unexport(&b)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(busid = %busid, error = %e, "cannot give the USB device back"),
+            Err(e) => warn!(busid = %busid, error = %e, "cannot give the USB device back"),
+        }
+    }
+
+    /// The usb VM exports the device at its vhci-hcd `port` onwards (`UsbExport`); returns
+    /// the relay's exporting side (one end of a pair whose other end the wire stream relays),
+    /// that relay's task, and the device's id and speed there.
+    async fn usb_export_vm(
+        &self,
+        conn: &bulkhead_wire::Connection,
+        busid: &BusId,
+        usb_domain: &str,
+        port: u32,
+    ) -> Result<
+        (
+            tokio::net::UnixStream,
+            tokio::task::JoinHandle<Result<(), bulkhead_wire::WireError>>,
+            u32,
+            u32,
+        ),
+        Error,
+    > {
+        let export = async {
+            let mut stream = conn
+                .open(OpenRequest::UsbExport(UsbExportRequest {
+                    busid: busid.to_string(),
+                    port,
+                }))
+                .await
+                .map_err(|e| format!("opening the USB export stream of '{usb_domain}': {e}"))?;
+            match stream.recv().await {
+                Ok(StreamEvent::Message(m)) => match UsbExportReply::decode(&m) {
+                    Ok(UsbExportReply::Exported { devid, speed }) => Ok((stream, devid, speed)),
+                    Ok(UsbExportReply::Failed { reason }) => {
+                        Err(format!("the usb VM '{usb_domain}' could not export it: {reason}"))
+                    }
+                    Err(e) => {
+                        stream.reset("bad reply");
+                        Err(format!("the agent of '{usb_domain}' answered nonsense: {e}"))
+                    }
+                },
+                Ok(other) => {
+                    stream.reset("unexpected");
+                    Err(format!(
+                        "the agent of '{usb_domain}' answered {other:?} instead of a USB export reply"
+                    ))
+                }
+                Err(e) => Err(format!("the USB export stream of '{usb_domain}' ended: {e}")),
+            }
+        };
+        let (stream, devid, speed) = match tokio::time::timeout(IMPORT_TIMEOUT, export).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(why)) => return Err(Error::Agent(why)),
+            Err(_) => {
+                return Err(Error::Agent(format!(
+                    "the usb VM '{usb_domain}' did not export USB device {busid} within {} s",
+                    IMPORT_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        info!(busid = %busid, usb_domain, devid, "the usb VM exports the device onwards");
+        let (exporter, stream_end) = tokio::net::UnixStream::pair()
+            .map_err(|e| Error::Io(format!("USB relay sockets: {e}")))?;
+        let wire = tokio::spawn(bulkhead_wire::relay::relay_bytes(stream, stream_end));
+        Ok((exporter, wire, devid, speed))
     }
 
     /// A VM plugs the device into its own `vhci-hcd` (its agent answers with the port); the
@@ -304,7 +473,7 @@ impl Manager {
         busid: &BusId,
         domain: &str,
         exported: ExportedDevice,
-    ) -> Result<(tokio::net::UnixStream, Receiver), Error> {
+    ) -> Result<(tokio::net::UnixStream, Receiver, u32), Error> {
         let import = async {
             let mut stream = conn
                 .open(OpenRequest::UsbImport(UsbImportRequest {
@@ -348,7 +517,7 @@ impl Manager {
         let (importer, stream_end) = tokio::net::UnixStream::pair()
             .map_err(|e| Error::Io(format!("USB relay sockets: {e}")))?;
         let wire = tokio::spawn(bulkhead_wire::relay::relay_bytes(stream, stream_end));
-        Ok((importer, Receiver::Vm { wire }))
+        Ok((importer, Receiver::Vm { wire }, port))
     }
 
     /// A sandbox shares dom0's kernel: the device is plugged into dom0's `vhci-hcd`, and its
@@ -500,7 +669,33 @@ struct UsbTask {
     mgr: Arc<Manager>,
     busid: BusId,
     domain: String,
-    id: u64,
+    /// The attachment this task ends (None: the first hop through a usb VM, which the second
+    /// hop's task ends).
+    id: Option<u64>,
+    /// dom0's kernel exports the device on this hop (give it back at the end).
+    unexport_dom0: bool,
+    /// The hop before this one (through a usb VM), ended after this one.
+    upstream: Option<Upstream>,
+}
+
+/// The first hop through a usb VM, seen from the second: how to end it.
+struct Upstream {
+    stop: oneshot::Sender<()>,
+    released: watch::Receiver<bool>,
+    /// The relay of the usb VM's export stream.
+    wire: tokio::task::JoinHandle<Result<(), bulkhead_wire::WireError>>,
+}
+
+impl Upstream {
+    async fn end(self) {
+        let mut wire = self.wire;
+        if tokio::time::timeout(CLOSE_GRACE, &mut wire).await.is_err() {
+            wire.abort();
+        }
+        let _ = self.stop.send(());
+        let mut r = self.released;
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, r.wait_for(|x| *x)).await;
+    }
 }
 
 impl UsbTask {
@@ -544,21 +739,18 @@ impl UsbTask {
         // The relay's sockets are closed now: the other kernels see the connection end.
         drop(relay);
         self.unplug(receiver).await;
-        let sysfs = self.mgr.usb_sysfs();
-        let b = busid.clone();
-        match blocking(move || sysfs.unexport(&b)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(busid = %busid, error = %e, "cannot give the USB device back"),
-            Err(e) => warn!(busid = %busid, error = %e, "cannot give the USB device back"),
+        if self.unexport_dom0 {
+            self.mgr.usb_give_back(busid).await;
         }
-        let mut attached = lock(&self.mgr.usb_state().attached);
-        if attached
-            .get(busid.as_str())
-            .is_some_and(|a| a.id == self.id)
-        {
-            attached.remove(busid.as_str());
+        if let Some(u) = self.upstream {
+            u.end().await;
         }
-        drop(attached);
+        if let Some(id) = self.id {
+            let mut attached = lock(&self.mgr.usb_state().attached);
+            if attached.get(busid.as_str()).is_some_and(|a| a.id == id) {
+                attached.remove(busid.as_str());
+            }
+        }
         let _ = released.send(true);
     }
 
