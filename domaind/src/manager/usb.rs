@@ -214,15 +214,29 @@ impl Manager {
             .map_err(|e| Error::Io(format!("USB socket pair: {e}")))?;
         let sysfs = self.usb_sysfs();
         let b = busid.clone();
-        let (iso, exported) = blocking(move || {
-            let iso = sysfs.iso_endpoints(&b);
+        let (endpoints, exported) = blocking(move || {
             // The kernel holds its own reference once it took the socket.
             let r = sysfs.export(&b, stub_end.as_raw_fd());
             drop(stub_end);
-            r.map(|e| (iso, e))
+            let exported = r.map_err(|e| format!("cannot export USB device {b}: {e}"))?;
+            // The guard checks every submit against the device's endpoints, read once
+            // usbip-host holds the device (binding it sets its configuration afresh) and
+            // before any URB can flow (the relay has not started). A device whose
+            // descriptors cannot be read or parsed is not attached.
+            match sysfs.endpoint_map(&b) {
+                Ok(endpoints) => Ok((endpoints, exported)),
+                Err(e) => {
+                    if let Err(undo) = sysfs.unexport(&b) {
+                        warn!(busid = %b, error = %undo, "cannot give the device back");
+                    }
+                    Err(format!(
+                        "cannot read the endpoints of USB device {b}, not attaching it: {e}"
+                    ))
+                }
+            }
         })
         .await?
-        .map_err(|e| Error::Backend(format!("cannot export USB device {busid}: {e}")))?;
+        .map_err(Error::Backend)?;
         let exported: ExportedDevice = exported;
         let plugged = match (&record, conn) {
             (DomainRecord::Vm(_), Some(conn)) => {
@@ -263,7 +277,7 @@ impl Manager {
         );
         let limits = GuardLimits {
             devid: Some(exported.devid),
-            iso_endpoints: Some(iso),
+            endpoints: Some(endpoints),
             ..GuardLimits::default()
         };
         let task = UsbTask {
