@@ -117,7 +117,12 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
     let failed = |reason: String| UsbExportReply::Failed { reason };
     if !crate::in_vm() {
         let _ = stream
-            .send_message(&failed("this domain is a sandbox: domaind exports from dom0's kernel itself".into()).encode())
+            .send_message(
+                &failed(
+                    "this domain is a sandbox: domaind exports from dom0's kernel itself".into(),
+                )
+                .encode(),
+            )
             .await;
         stream.reset("not a VM");
         return;
@@ -125,7 +130,9 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
     let (kernel_end, ours) = match std::os::unix::net::UnixStream::pair() {
         Ok(p) => p,
         Err(e) => {
-            let _ = stream.send_message(&failed(format!("cannot make a socket pair: {e}")).encode()).await;
+            let _ = stream
+                .send_message(&failed(format!("cannot make a socket pair: {e}")).encode())
+                .await;
             stream.reset("socket pair");
             return;
         }
@@ -139,12 +146,16 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
             match sysfs.vhci_device(port) {
                 Ok(Some(b)) if sysfs.driver_of(&b).is_some() => break b,
                 _ if t0.elapsed() > std::time::Duration::from_secs(20) => {
-                    return Err(format!("no device enumerated at vhci-hcd port {port} within 20 s"))
+                    return Err(format!(
+                        "no device enumerated at vhci-hcd port {port} within 20 s"
+                    ))
                 }
                 _ => std::thread::sleep(std::time::Duration::from_millis(100)),
             }
         };
-        let r = sysfs.export(&local, kernel_end.as_raw_fd()).map_err(|e| e.to_string());
+        let r = sysfs
+            .export(&local, kernel_end.as_raw_fd())
+            .map_err(|e| e.to_string());
         drop(kernel_end);
         r.map(|d| (local, d))
     })
@@ -158,7 +169,9 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
             return;
         }
         Err(e) => {
-            let _ = stream.send_message(&failed(format!("internal task failed: {e}")).encode()).await;
+            let _ = stream
+                .send_message(&failed(format!("internal task failed: {e}")).encode())
+                .await;
             stream.reset("export failed");
             return;
         }

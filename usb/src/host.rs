@@ -27,6 +27,7 @@ use std::process::Command;
 
 use tracing::{debug, info, warn};
 
+use crate::usbip::{parse_descriptors, DescriptorError, DeviceEndpoints, MAX_DESCRIPTORS_LEN};
 use crate::BusId;
 
 /// The driver that exports devices.
@@ -55,6 +56,14 @@ pub enum HostError {
     Invalid { path: PathBuf, value: String },
     #[error("cannot load the kernel module {module}: {problem}")]
     Module { module: String, problem: String },
+    #[error("{path}: {source}")]
+    Descriptors {
+        path: PathBuf,
+        #[source]
+        source: DescriptorError,
+    },
+    #[error("{path} is larger than {limit} bytes")]
+    TooLarge { path: PathBuf, limit: usize },
     #[error("vhci-hcd has no free {hub} port (every virtual port is in use)")]
     NoFreePort { hub: &'static str },
 }
@@ -367,42 +376,57 @@ impl Sysfs {
         write(&f, "1")
     }
 
-    /// The isochronous endpoints of `busid`'s active configuration (its interfaces'
-    /// `ep_XX/type`), for [`crate::usbip::GuardLimits::iso_endpoints`].
-    pub fn iso_endpoints(&self, busid: &BusId) -> crate::usbip::IsoEndpoints {
-        let mut iso = crate::usbip::IsoEndpoints::default();
-        let prefix = format!("{busid}:");
-        let Ok(entries) = std::fs::read_dir(self.device(busid)) else {
-            return iso;
+    /// The endpoint model of `busid` for [`crate::usbip::GuardLimits::endpoints`]: its raw
+    /// `descriptors` (parsed with [`crate::usbip::parse_descriptors`]), the active
+    /// configuration (`bConfigurationValue`, empty when unconfigured) and the current
+    /// altsetting of each interface of it (`BUSID:C.I/bAlternateSetting`). A file that is
+    /// missing or does not parse is an error: the caller refuses the attach.
+    pub fn endpoint_map(&self, busid: &BusId) -> Result<DeviceEndpoints, HostError> {
+        let dev = self.device(busid);
+        if !dev.exists() {
+            return Err(HostError::NoDevice(busid.clone()));
+        }
+        let path = dev.join("descriptors");
+        let raw = read_bounded(&path, MAX_DESCRIPTORS_LEN)?;
+        let descriptors =
+            parse_descriptors(&raw).map_err(|source| HostError::Descriptors { path, source })?;
+        let config_path = dev.join("bConfigurationValue");
+        let text = read(&config_path)?;
+        let config: u8 = if text.trim().is_empty() {
+            0
+        } else {
+            text.trim().parse().map_err(|_| HostError::Invalid {
+                path: config_path.clone(),
+                value: text.clone(),
+            })?
         };
-        for e in entries.flatten() {
-            if !e.file_name().to_string_lossy().starts_with(&prefix) {
-                continue;
-            }
-            let Ok(eps) = std::fs::read_dir(e.path()) else {
-                continue;
-            };
-            for ep in eps.flatten() {
-                let name = ep.file_name().to_string_lossy().into_owned();
-                let Some(addr) = name
-                    .strip_prefix("ep_")
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                else {
-                    continue;
-                };
-                let is_iso = std::fs::read_to_string(ep.path().join("type"))
-                    .is_ok_and(|t| t.trim() == "Isoc");
-                if is_iso {
-                    let bit = 1u16 << (addr & 0x0f);
-                    if addr & 0x80 != 0 {
-                        iso.in_mask |= bit;
-                    } else {
-                        iso.out_mask |= bit;
-                    }
+        let mut alts = Vec::new();
+        if config != 0 {
+            let c = descriptors.config(config).ok_or(HostError::Invalid {
+                path: config_path,
+                value: text,
+            })?;
+            for iface in &c.interfaces {
+                let p = dev
+                    .join(format!("{busid}:{config}.{}", iface.number))
+                    .join("bAlternateSetting");
+                let alt: u8 = self
+                    .read_number(&p)?
+                    .try_into()
+                    .map_err(|_| HostError::Invalid {
+                        path: p.clone(),
+                        value: "beyond 255".into(),
+                    })?;
+                if !iface.alts.iter().any(|a| a.alt == alt) {
+                    return Err(HostError::Invalid {
+                        path: p,
+                        value: alt.to_string(),
+                    });
                 }
+                alts.push((iface.number, alt));
             }
         }
-        iso
+        Ok(DeviceEndpoints::new(descriptors, config, &alts))
     }
 
     /// The bus id this kernel gave the device plugged into `port`, once it enumerated.
@@ -505,6 +529,27 @@ fn read(path: &Path) -> Result<String, HostError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The bytes of `path`, at most `limit` of them (more is an error).
+fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, HostError> {
+    use std::io::Read;
+    let err = |source| HostError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(err)?;
+    let mut out = Vec::new();
+    f.take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(err)?;
+    if out.len() > limit {
+        return Err(HostError::TooLarge {
+            path: path.to_owned(),
+            limit,
+        });
+    }
+    Ok(out)
 }
 
 /// One `write(2)` of `value` (sysfs takes an attribute in one write).
@@ -672,23 +717,53 @@ mod tests {
         assert!(s.device_nodes(&BusId::new("3-2").unwrap()).is_empty());
     }
 
+    /// The endpoint map of a recorded-shape device: descriptors, active configuration and
+    /// the altsettings sysfs shows; errors refuse the attach.
     #[test]
-    fn isochronous_endpoints_from_sysfs() {
+    fn endpoint_map_from_sysfs() {
+        use crate::usbip::endpoints_build as build;
+        use crate::usbip::TransferType;
         let root = tempfile::tempdir().unwrap();
         let dev = root.path().join("bus/usb/devices/1-4");
-        for (ep, t) in [
-            ("1-4:1.0/ep_81", "Interrupt"),
-            ("1-4:1.1/ep_82", "Isoc"),
-            ("1-4:1.1/ep_03", "Isoc"),
-            ("ep_00", "Control"),
-        ] {
-            std::fs::create_dir_all(dev.join(ep)).unwrap();
-            std::fs::write(dev.join(ep).join("type"), format!("{t}\n")).unwrap();
-        }
-        let iso = Sysfs::new(root.path()).iso_endpoints(&BusId::new("1-4").unwrap());
-        assert_eq!((iso.in_mask, iso.out_mask), (1 << 2, 1 << 3));
-        assert!(iso.contains(2, crate::usbip::Direction::In));
-        assert!(!iso.contains(1, crate::usbip::Direction::In));
+        std::fs::create_dir_all(dev.join("1-4:1.0")).unwrap();
+        std::fs::create_dir_all(dev.join("1-4:1.1")).unwrap();
+        std::fs::write(dev.join("descriptors"), build::audio()).unwrap();
+        std::fs::write(dev.join("bConfigurationValue"), "1\n").unwrap();
+        std::fs::write(dev.join("1-4:1.0/bAlternateSetting"), " 0\n").unwrap();
+        std::fs::write(dev.join("1-4:1.1/bAlternateSetting"), " 1\n").unwrap();
+        let s = Sysfs::new(root.path());
+        let b = BusId::new("1-4").unwrap();
+        let m = s.endpoint_map(&b).unwrap();
+        assert_eq!(m.active_config(), Some(1));
+        assert_eq!(m.current_alt(1), Some(1));
+        assert_eq!(m.endpoint(2, true), Some(TransferType::Isochronous));
+        assert_eq!(m.endpoint(3, true), Some(TransferType::Interrupt));
+        // unconfigured: no endpoints
+        std::fs::write(dev.join("bConfigurationValue"), "\n").unwrap();
+        let m = s.endpoint_map(&b).unwrap();
+        assert_eq!((m.active_config(), m.endpoint(3, true)), (Some(0), None));
+        // an altsetting the descriptors lack, a configuration they lack, broken descriptors
+        std::fs::write(dev.join("bConfigurationValue"), "1\n").unwrap();
+        std::fs::write(dev.join("1-4:1.1/bAlternateSetting"), " 5\n").unwrap();
+        assert!(matches!(s.endpoint_map(&b), Err(HostError::Invalid { .. })));
+        std::fs::write(dev.join("1-4:1.1/bAlternateSetting"), " 0\n").unwrap();
+        std::fs::write(dev.join("bConfigurationValue"), "2\n").unwrap();
+        assert!(matches!(s.endpoint_map(&b), Err(HostError::Invalid { .. })));
+        std::fs::write(dev.join("bConfigurationValue"), "1\n").unwrap();
+        let mut raw = build::audio();
+        raw.truncate(raw.len() - 3);
+        std::fs::write(dev.join("descriptors"), raw).unwrap();
+        let e = s.endpoint_map(&b).unwrap_err();
+        assert!(matches!(e, HostError::Descriptors { .. }), "{e}");
+        std::fs::write(dev.join("descriptors"), vec![0u8; MAX_DESCRIPTORS_LEN + 1]).unwrap();
+        assert!(matches!(
+            s.endpoint_map(&b),
+            Err(HostError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            s.endpoint_map(&BusId::new("1-5").unwrap()),
+            Err(HostError::NoDevice(_))
+        ));
     }
 
     #[test]

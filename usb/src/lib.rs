@@ -7,12 +7,16 @@
 //!   `OP_REQ/REP_DEVLIST`, `OP_REQ/REP_IMPORT`, `USBIP_CMD_SUBMIT`/`RET_SUBMIT`/`CMD_UNLINK`/
 //!   `RET_UNLINK`, decoded with explicit [`usbip::Limits`] (fuzz target `usbip_codec`);
 //!   [`usbip::UrbGuard`], the checker of a URB stream between an importing and an exporting
-//!   domain (fuzz target `usbip_guard`), and [`usbip::relay_urbs`], the async relay dom0
-//!   runs through it.
+//!   domain (fuzz target `usbip_guard`), which checks every submit against the device's
+//!   endpoint model ([`usbip::DeviceEndpoints`], from the raw descriptors
+//!   [`usbip::parse_descriptors`] reads, bounded, and the active configuration and
+//!   altsettings, followed through `SET_CONFIGURATION`/`SET_INTERFACE`), and
+//!   [`usbip::relay_urbs`], the async relay dom0 runs through it.
 //! - [`probe`]: whether this kernel has the USB/IP modules (`usbip-host` on the side that
 //!   holds the device, `vhci-hcd` on the side that uses it), with a plain message when not.
 //! - [`host`]: the kernel's USB/IP drivers through sysfs: export a device to a socket
-//!   (`usbip-host`), plug a socket's device into a virtual port (`vhci-hcd`), and undo both.
+//!   (`usbip-host`), plug a socket's device into a virtual port (`vhci-hcd`), and undo both;
+//!   [`host::Sysfs::endpoint_map`] reads a device's endpoint model for the guard.
 //! - [`BusId`]: a validated sysfs bus id (`1-1`, `2-1.4`).
 //!
 //! Attaching a device is a policy-checked call in domaind (service [`ATTACH_SERVICE`] with the

@@ -274,9 +274,11 @@ impl OpenRequest {
             OpenRequest::Service(s) => s.validate(),
             OpenRequest::Gui => Ok(()),
             OpenRequest::UsbImport(u) => u.validate(),
-            OpenRequest::UsbExport(u) => check_charset("USB bus id", &u.busid, MAX_USB_BUSID_LEN, false, |b| {
-                b.is_ascii_digit() || matches!(b, b'.' | b'-')
-            }),
+            OpenRequest::UsbExport(u) => {
+                check_charset("USB bus id", &u.busid, MAX_USB_BUSID_LEN, false, |b| {
+                    b.is_ascii_digit() || matches!(b, b'.' | b'-')
+                })
+            }
         }
     }
 

@@ -246,15 +246,29 @@ impl Manager {
             .map_err(|e| Error::Io(format!("USB socket pair: {e}")))?;
         let sysfs = self.usb_sysfs();
         let b = busid.clone();
-        let (iso, exported) = blocking(move || {
-            let iso = sysfs.iso_endpoints(&b);
+        let (endpoints, exported) = blocking(move || {
             // The kernel holds its own reference once it took the socket.
             let r = sysfs.export(&b, stub_end.as_raw_fd());
             drop(stub_end);
-            r.map(|e| (iso, e))
+            let exported = r.map_err(|e| format!("cannot export USB device {b}: {e}"))?;
+            // The guard checks every submit against the device's endpoints, read once
+            // usbip-host holds the device (binding it sets its configuration afresh) and
+            // before any URB can flow (the relay has not started). A device whose
+            // descriptors cannot be read or parsed is not attached.
+            match sysfs.endpoint_map(&b) {
+                Ok(endpoints) => Ok((endpoints, exported)),
+                Err(e) => {
+                    if let Err(undo) = sysfs.unexport(&b) {
+                        warn!(busid = %b, error = %undo, "cannot give the device back");
+                    }
+                    Err(format!(
+                        "cannot read the endpoints of USB device {b}, not attaching it: {e}"
+                    ))
+                }
+            }
         })
         .await?
-        .map_err(|e| Error::Backend(format!("cannot export USB device {busid}: {e}")))?;
+        .map_err(Error::Backend)?;
         let exported: ExportedDevice = exported;
         let exporter = match exporter
             .set_nonblocking(true)
@@ -268,7 +282,7 @@ impl Manager {
         };
         let limits = |devid: u32| GuardLimits {
             devid: Some(devid),
-            iso_endpoints: Some(iso),
+            endpoints: Some(endpoints.clone()),
             ..GuardLimits::default()
         };
         // With a usb VM: the first hop runs on its own, and the device is exported onwards
@@ -431,12 +445,14 @@ impl Manager {
             match stream.recv().await {
                 Ok(StreamEvent::Message(m)) => match UsbExportReply::decode(&m) {
                     Ok(UsbExportReply::Exported { devid, speed }) => Ok((stream, devid, speed)),
-                    Ok(UsbExportReply::Failed { reason }) => {
-                        Err(format!("the usb VM '{usb_domain}' could not export it: {reason}"))
-                    }
+                    Ok(UsbExportReply::Failed { reason }) => Err(format!(
+                        "the usb VM '{usb_domain}' could not export it: {reason}"
+                    )),
                     Err(e) => {
                         stream.reset("bad reply");
-                        Err(format!("the agent of '{usb_domain}' answered nonsense: {e}"))
+                        Err(format!(
+                            "the agent of '{usb_domain}' answered nonsense: {e}"
+                        ))
                     }
                 },
                 Ok(other) => {
@@ -445,7 +461,9 @@ impl Manager {
                         "the agent of '{usb_domain}' answered {other:?} instead of a USB export reply"
                     ))
                 }
-                Err(e) => Err(format!("the USB export stream of '{usb_domain}' ended: {e}")),
+                Err(e) => Err(format!(
+                    "the USB export stream of '{usb_domain}' ended: {e}"
+                )),
             }
         };
         let (stream, devid, speed) = match tokio::time::timeout(IMPORT_TIMEOUT, export).await {

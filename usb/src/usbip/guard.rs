@@ -6,8 +6,23 @@
 //! Every message is decoded with the codec's [`Limits`] and checked against what is pending
 //! before the caller forwards its bytes unchanged:
 //! - the importer sends only commands; a command's seqnum is not already pending; at most
-//!   [`GuardLimits::max_pending`] submits and unlinks are pending; the control endpoint (0)
-//!   carries no ISO packets;
+//!   [`GuardLimits::max_pending`] submits and unlinks, and at most
+//!   [`GuardLimits::max_pending_bytes`] of transfer buffers, are pending; `number_of_packets`
+//!   is never `0xffffffff` (`vhci-hcd` sends 0 for a transfer that is not isochronous); the
+//!   control endpoint (0) carries no ISO packets;
+//! - with [`GuardLimits::endpoints`] set (a [`DeviceEndpoints`] built from the device's
+//!   descriptors and its state in sysfs), a submit goes to endpoint 0 or to an endpoint (number
+//!   and direction) of the current altsettings of the active configuration; ISO packets only
+//!   on an isochronous endpoint, and at least one there;
+//! - configuration changes are followed: a control submit whose setup packet is
+//!   `SET_INTERFACE` (`01 0b`) or `SET_CONFIGURATION` (`00 09`, to a configuration the
+//!   descriptors have, or 0) is pending as a change; while one is, no submit to an endpoint
+//!   other than 0 is allowed (the importing kernel disables an interface's endpoints before
+//!   it asks); its `RET_SUBMIT` with status 0 applies it to the model (an unknown
+//!   altsetting or interface leaves only endpoint 0 until a `SET_CONFIGURATION` succeeds),
+//!   another status keeps the old state, and an unlink that ends it before its `RET_SUBMIT`
+//!   (the stub ran the request before it submitted the URB, so whether it took is unknown)
+//!   leaves only endpoint 0 as well;
 //! - the exporter sends only replies, each to a pending command of the right kind; a
 //!   `RET_SUBMIT` is decoded with the direction of its submit, its `actual_length` is within
 //!   the submit's `transfer_buffer_length`, it has as many ISO packets as the submit (0 and
@@ -26,11 +41,21 @@
 //! (tolerated once) or may never come (the stub's completion raced with the unlink and it
 //! reported status 0 without a `RET_SUBMIT`); that set holds at most `max_pending` seqnums,
 //! oldest dropped first, and does not count as pending.
+//!
+//! Why the endpoint rules: Linux's `stub_recv_cmd_submit` (`stub_rx.c`) looks the endpoint up
+//! in the device's current `ep_in[]`/`ep_out[]` (`get_pipe`) and, when it is not there or
+//! `number_of_packets` does not fit its type, returns without reading the command's OUT data
+//! or ISO descriptors; `usbip_recv_iso` reads ISO descriptors only for an isochronous pipe.
+//! Those bytes would then be the stub's next 48-byte command, one this guard never checked.
+//! The model must therefore never hold an endpoint the exporting kernel lacks: it keeps only
+//! what the kernel keeps of the descriptors, drops ambiguous addresses, and forgets the
+//! state (endpoint 0 only) whenever it cannot tell what the kernel did.
 
 use std::collections::{HashMap, VecDeque};
 
+use super::endpoints::{ConfigChange, DeviceEndpoints, TransferType};
 use super::{decode_urb, CodecError, Direction, Limits, UrbMessage, NOT_ISO};
-use super::{CMD_SUBMIT, CMD_UNLINK, RET_SUBMIT, RET_UNLINK};
+use super::{Basic, CMD_SUBMIT, CMD_UNLINK, RET_SUBMIT, RET_UNLINK};
 
 /// One end of a relayed USB/IP stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,48 +76,30 @@ impl std::fmt::Display for Side {
 }
 
 /// Bounds of a [`UrbGuard`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardLimits {
     /// Bounds the codec enforces on every message.
     pub codec: Limits,
     /// Most submits plus unlinks awaiting their reply.
     pub max_pending: usize,
+    /// Most bytes of transfer buffers (`transfer_buffer_length`) of pending submits.
+    pub max_pending_bytes: u64,
     /// When set, the devid of the one device this stream carries.
     pub devid: Option<u32>,
-    /// When set, the device's isochronous endpoints: a submit with ISO packets on any other
-    /// endpoint is refused. (The exporting kernel reads ISO descriptors only for an
-    /// isochronous endpoint; for another it would take those bytes as the next command, one
-    /// this guard never checked.)
-    pub iso_endpoints: Option<IsoEndpoints>,
-}
-
-/// Isochronous endpoints of a device, one bit per endpoint number and direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IsoEndpoints {
-    /// Bit n: endpoint n IN is isochronous.
-    pub in_mask: u16,
-    /// Bit n: endpoint n OUT is isochronous.
-    pub out_mask: u16,
-}
-
-impl IsoEndpoints {
-    /// Whether endpoint `ep` (0..=15) in `direction` is isochronous.
-    pub fn contains(&self, ep: u32, direction: Direction) -> bool {
-        let mask = match direction {
-            Direction::In => self.in_mask,
-            Direction::Out => self.out_mask,
-        };
-        ep < 16 && mask & (1 << ep) != 0
-    }
+    /// When set, the device's configurations and the current state: a submit to an endpoint
+    /// the current altsettings lack, or with ISO packets that do not fit the endpoint's type,
+    /// is refused (see the module docs). `None`: endpoints unknown, not checked.
+    pub endpoints: Option<DeviceEndpoints>,
 }
 
 impl Default for GuardLimits {
     fn default() -> Self {
         Self {
             codec: Limits::default(),
-            max_pending: 1024,
+            max_pending: 256,
+            max_pending_bytes: 64 << 20,
             devid: None,
-            iso_endpoints: None,
+            endpoints: None,
         }
     }
 }
@@ -148,6 +155,8 @@ struct Submit {
     length: u32,
     /// ISO packets (0 when not isochronous).
     packets: u32,
+    /// The configuration change this control submit asks for.
+    change: Option<ConfigChange>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -169,7 +178,13 @@ fn packets(n: u32) -> u32 {
 #[derive(Debug)]
 pub struct UrbGuard {
     limits: GuardLimits,
+    /// The endpoint model, taken out of `limits` (it changes with the device's state).
+    endpoints: Option<DeviceEndpoints>,
     pending: HashMap<u32, Pending>,
+    /// Sum of the `transfer_buffer_length`s of pending submits.
+    pending_bytes: u64,
+    /// Pending submits that change the configuration or an altsetting.
+    pending_changes: usize,
     /// Submits whose unlink answered 0 while they were pending: their `RET_SUBMIT` may
     /// still come, once. Bounded by `max_pending` through `late_order`.
     late: HashMap<u32, Submit>,
@@ -177,10 +192,13 @@ pub struct UrbGuard {
 }
 
 impl UrbGuard {
-    pub fn new(limits: GuardLimits) -> Self {
+    pub fn new(mut limits: GuardLimits) -> Self {
         Self {
+            endpoints: limits.endpoints.take(),
             limits,
             pending: HashMap::new(),
+            pending_bytes: 0,
+            pending_changes: 0,
             late: HashMap::new(),
             late_order: VecDeque::new(),
         }
@@ -189,6 +207,16 @@ impl UrbGuard {
     /// Submits and unlinks awaiting their reply.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Bytes of transfer buffers of the pending submits.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
+    /// The endpoint model as it stands now (`None`: endpoints unknown).
+    pub fn endpoints(&self) -> Option<&DeviceEndpoints> {
+        self.endpoints.as_ref()
     }
 
     /// Check the message at the start of `buf`, sent by the importer. `Ok(Some(n))`: the
@@ -242,6 +270,107 @@ impl UrbGuard {
         Ok(())
     }
 
+    /// The endpoint rules of a submit (module docs); returns the configuration change a
+    /// control submit asks for.
+    fn check_submit(
+        &self,
+        seqnum: u32,
+        basic: &Basic,
+        number_of_packets: u32,
+        setup: &[u8; 8],
+    ) -> Result<Option<ConfigChange>, Violation> {
+        if number_of_packets == NOT_ISO {
+            return Err(rule(
+                seqnum,
+                "number_of_packets 0xffffffff (vhci-hcd sends 0 for a transfer that is not isochronous)",
+            ));
+        }
+        let is_in = basic.direction == Direction::In;
+        let kind = if basic.ep == 0 {
+            TransferType::Control
+        } else {
+            if self.pending_changes > 0 {
+                return Err(rule(
+                    seqnum,
+                    format!(
+                        "a submit to endpoint {} while a configuration change is pending",
+                        basic.ep
+                    ),
+                ));
+            }
+            match &self.endpoints {
+                None => {
+                    // Unknown endpoints: only the control endpoint is known to carry no
+                    // ISO packets.
+                    return Ok(None);
+                }
+                Some(m) => m.endpoint(basic.ep, is_in).ok_or_else(|| {
+                    rule(
+                        seqnum,
+                        format!(
+                            "endpoint {} {:?} is not in the device's current altsettings",
+                            basic.ep, basic.direction
+                        ),
+                    )
+                })?,
+            }
+        };
+        match (kind, number_of_packets) {
+            (TransferType::Isochronous, 0) => {
+                return Err(rule(
+                    seqnum,
+                    format!(
+                        "no ISO packets for isochronous endpoint {} {:?}",
+                        basic.ep, basic.direction
+                    ),
+                ))
+            }
+            (TransferType::Isochronous, _) | (_, 0) => {}
+            (_, _) => {
+                return Err(rule(
+                    seqnum,
+                    format!(
+                        "ISO packets on endpoint {} {:?}, which is not isochronous",
+                        basic.ep, basic.direction
+                    ),
+                ))
+            }
+        }
+        if kind != TransferType::Control {
+            return Ok(None);
+        }
+        // The stub runs SET_CONFIGURATION / SET_INTERFACE on any control pipe.
+        let change = ConfigChange::from_setup(setup);
+        if let (Some(ConfigChange::Configuration(c)), Some(m)) = (change, &self.endpoints) {
+            if !m.has_config(c) {
+                return Err(rule(
+                    seqnum,
+                    format!("SET_CONFIGURATION {c}: the device has no such configuration"),
+                ));
+            }
+        }
+        Ok(change)
+    }
+
+    /// A pending submit ends (answered or cancelled): its bytes and change are released.
+    /// `applied`: whether the change took effect (`Some(true)`), did not (`Some(false)`) or
+    /// may have (`None`: the model is lost).
+    fn release(&mut self, s: &Submit, applied: Option<bool>) {
+        self.pending_bytes = self.pending_bytes.saturating_sub(u64::from(s.length));
+        let Some(change) = s.change else {
+            return;
+        };
+        self.pending_changes = self.pending_changes.saturating_sub(1);
+        if let Some(m) = &mut self.endpoints {
+            match applied {
+                Some(true) => m.apply(change),
+                Some(false) => {}
+                None => m.lose(),
+            }
+            tracing::debug!(?change, ?applied, config = ?m.active_config(), "USB configuration change");
+        }
+    }
+
     fn importer(&mut self, buf: &[u8]) -> Result<Option<usize>, Violation> {
         let Some((command, seqnum)) = Self::peek(buf) else {
             return Ok(None);
@@ -261,31 +390,33 @@ impl UrbGuard {
                 basic,
                 transfer_buffer_length,
                 number_of_packets,
+                setup,
                 ..
             } => {
                 self.check_devid(seqnum, basic.devid, false)?;
-                let packets = packets(number_of_packets);
-                if basic.ep == 0 && packets != 0 {
-                    return Err(rule(seqnum, "ISO packets on the control endpoint"));
-                }
-                if let Some(iso) = self.limits.iso_endpoints {
-                    if packets != 0 && !iso.contains(basic.ep, basic.direction) {
-                        return Err(rule(
-                            seqnum,
-                            format!(
-                                "ISO packets on endpoint {} {:?}, which is not isochronous",
-                                basic.ep, basic.direction
-                            ),
-                        ));
-                    }
-                }
+                let change = self.check_submit(seqnum, &basic, number_of_packets, &setup)?;
                 self.make_room(seqnum)?;
+                let bytes = self.pending_bytes + u64::from(transfer_buffer_length);
+                if bytes > self.limits.max_pending_bytes {
+                    return Err(rule(
+                        seqnum,
+                        format!(
+                            "more than {} bytes of transfers pending at once",
+                            self.limits.max_pending_bytes
+                        ),
+                    ));
+                }
+                self.pending_bytes = bytes;
+                if change.is_some() {
+                    self.pending_changes += 1;
+                }
                 self.pending.insert(
                     seqnum,
                     Pending::Submit(Submit {
                         direction: basic.direction,
                         length: transfer_buffer_length,
-                        packets,
+                        packets: number_of_packets,
+                        change,
                     }),
                 );
             }
@@ -340,6 +471,7 @@ impl UrbGuard {
         };
         let UrbMessage::RetSubmit {
             basic,
+            status,
             actual_length,
             number_of_packets,
             iso,
@@ -379,7 +511,11 @@ impl UrbGuard {
                 ));
             }
         }
-        if self.pending.remove(&seqnum).is_none() {
+        if self.pending.remove(&seqnum).is_some() {
+            // The stub ran a configuration change before it submitted the URB; status 0
+            // says it took.
+            self.release(&submit, Some(status == 0));
+        } else {
             self.late.remove(&seqnum);
             tracing::debug!(seqnum, "RET_SUBMIT after its unlink answered 0");
         }
@@ -403,13 +539,18 @@ impl UrbGuard {
         let target_pending = matches!(self.pending.get(&target), Some(Pending::Submit(_)));
         if status != 0 {
             // The stub cancelled the URB: no RET_SUBMIT will come for it.
+            // A configuration change ran before the URB was submitted: whether it took is
+            // unknown.
             if target_pending {
-                self.pending.remove(&target);
+                if let Some(Pending::Submit(s)) = self.pending.remove(&target) {
+                    self.release(&s, None);
+                }
             }
             self.late.remove(&target);
         } else if let Some(Pending::Submit(s)) = self.pending.remove(&target) {
             // Completed before the unlink: its RET_SUBMIT may still come (or, after a race
-            // in the stub, never).
+            // in the stub, never), so its status may never be seen.
+            self.release(&s, None);
             self.remember_late(target, s);
         }
         tracing::trace!(seqnum, target, status, "RET_UNLINK");
@@ -779,44 +920,276 @@ mod tests {
         ok_exp(&mut g, &ret(2, Direction::In, 0));
     }
 
-    #[test]
-    fn iso_packets_only_on_isochronous_endpoints_when_known() {
-        let iso_on = |ep: u32| {
-            encode_urb(&UrbMessage::CmdSubmit {
-                basic: Basic {
-                    ep,
-                    ..basic(9, Direction::In)
-                },
-                transfer_flags: 0,
-                transfer_buffer_length: 64,
-                start_frame: 0,
-                number_of_packets: 1,
-                interval: 1,
-                setup: [0; 8],
-                data: vec![],
-                iso: vec![IsoDescriptor {
-                    offset: 0,
-                    length: 64,
+    fn model(raw: Vec<u8>) -> DeviceEndpoints {
+        DeviceEndpoints::new(crate::usbip::parse_descriptors(&raw).unwrap(), 1, &[])
+    }
+
+    fn guard_of(raw: Vec<u8>) -> UrbGuard {
+        UrbGuard::new(GuardLimits {
+            endpoints: Some(model(raw)),
+            ..GuardLimits::default()
+        })
+    }
+
+    /// A submit to `ep` with `packets` ISO packets of 8 bytes (0: not isochronous).
+    fn submit_to(seqnum: u32, ep: u32, direction: Direction, packets: u32) -> Vec<u8> {
+        let len = 8 * packets.max(1);
+        encode_urb(&UrbMessage::CmdSubmit {
+            basic: Basic {
+                ep,
+                ..basic(seqnum, direction)
+            },
+            transfer_flags: 0,
+            transfer_buffer_length: len,
+            start_frame: 0,
+            number_of_packets: packets,
+            interval: 1,
+            setup: [0; 8],
+            data: if direction == Direction::Out {
+                vec![0; len as usize]
+            } else {
+                vec![]
+            },
+            iso: (0..packets)
+                .map(|i| IsoDescriptor {
+                    offset: 8 * i,
+                    length: 8,
                     actual_length: 0,
                     status: 0,
-                }],
-            })
-        };
-        let limits = GuardLimits {
-            iso_endpoints: Some(IsoEndpoints {
-                in_mask: 1 << 2,
-                out_mask: 0,
-            }),
-            ..GuardLimits::default()
-        };
-        let mut g = UrbGuard::new(limits);
-        assert!(g.from_importer(&iso_on(2)).unwrap().is_some());
-        let e = UrbGuard::new(limits).from_importer(&iso_on(1)).unwrap_err();
+                })
+                .collect(),
+        })
+    }
+
+    fn control(seqnum: u32, setup: [u8; 8]) -> Vec<u8> {
+        encode_urb(&UrbMessage::CmdSubmit {
+            basic: Basic {
+                ep: 0,
+                ..basic(seqnum, Direction::Out)
+            },
+            transfer_flags: 0,
+            transfer_buffer_length: 0,
+            start_frame: 0,
+            number_of_packets: 0,
+            interval: 0,
+            setup,
+            data: vec![],
+            iso: vec![],
+        })
+    }
+
+    fn ret_status(seqnum: u32, status: i32) -> Vec<u8> {
+        encode_urb(&UrbMessage::RetSubmit {
+            basic: Basic {
+                seqnum,
+                devid: 0,
+                direction: Direction::Out,
+                ep: 0,
+            },
+            status,
+            actual_length: 0,
+            start_frame: 0,
+            number_of_packets: 0,
+            error_count: 0,
+            data: vec![],
+            iso: vec![],
+        })
+    }
+
+    fn ret_iso(seqnum: u32, packets: u32) -> Vec<u8> {
+        encode_urb(&UrbMessage::RetSubmit {
+            basic: Basic {
+                seqnum,
+                devid: 0,
+                direction: Direction::Out,
+                ep: 0,
+            },
+            status: 0,
+            actual_length: 0,
+            start_frame: 0,
+            number_of_packets: packets,
+            error_count: 0,
+            data: vec![],
+            iso: (0..packets)
+                .map(|i| IsoDescriptor {
+                    offset: 8 * i,
+                    length: 8,
+                    actual_length: 0,
+                    status: 0,
+                })
+                .collect(),
+        })
+    }
+
+    const SET_ALT_1_OF_1: [u8; 8] = [0x01, 0x0b, 1, 0, 1, 0, 0, 0];
+
+    #[test]
+    fn submits_only_to_endpoints_that_exist() {
+        use crate::usbip::endpoints_build::mass_storage;
+        let mut g = guard_of(mass_storage());
+        ok_imp(&mut g, &submit_to(1, 1, Direction::In, 0));
+        ok_imp(&mut g, &submit_to(2, 2, Direction::Out, 0));
+        ok_imp(&mut g, &submit_to(3, 0, Direction::In, 0));
+        // endpoint 3 does not exist; 1 OUT and 2 IN neither
+        for (ep, dir) in [(3, Direction::In), (1, Direction::Out), (2, Direction::In)] {
+            let e = guard_of(mass_storage())
+                .from_importer(&submit_to(9, ep, dir, 0))
+                .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("not in the device's current altsettings"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn iso_only_on_isochronous_endpoints() {
+        use crate::usbip::endpoints_build::{audio, mass_storage};
+        // ISO on a bulk endpoint, on the control endpoint
+        let e = guard_of(mass_storage())
+            .from_importer(&submit_to(1, 1, Direction::In, 2))
+            .unwrap_err();
         assert!(e.to_string().contains("not isochronous"), "{e}");
-        // unknown endpoint types: the codec's limits only
-        assert!(UrbGuard::new(GuardLimits::default())
-            .from_importer(&iso_on(1))
-            .unwrap()
-            .is_some());
+        rule_err(
+            guard_of(mass_storage()).from_importer(&submit_to(1, 0, Direction::In, 1)),
+            Side::Importer,
+        );
+        // an isochronous endpoint needs packets
+        let mut g = guard_of(audio());
+        ok_imp(&mut g, &control(1, SET_ALT_1_OF_1));
+        ok_exp(&mut g, &ret_status(1, 0));
+        let e = g
+            .from_importer(&submit_to(2, 2, Direction::In, 0))
+            .unwrap_err();
+        assert!(e.to_string().contains("no ISO packets"), "{e}");
+        ok_imp(&mut g, &submit_to(2, 2, Direction::In, 3));
+        ok_exp(&mut g, &ret_iso(2, 3));
+        // endpoints unknown: ISO on ep 1 is left to the codec
+        ok_imp(&mut guard(), &submit_to(1, 1, Direction::In, 2));
+    }
+
+    #[test]
+    fn not_iso_from_the_importer_is_refused() {
+        use crate::usbip::endpoints_build::mass_storage;
+        let mut raw = submit_to(1, 1, Direction::In, 0);
+        raw[32..36].copy_from_slice(&NOT_ISO.to_be_bytes());
+        let e = guard().from_importer(&raw).unwrap_err();
+        assert!(e.to_string().contains("0xffffffff"), "{e}");
+        rule_err(guard_of(mass_storage()).from_importer(&raw), Side::Importer);
+        raw[16..20].copy_from_slice(&0u32.to_be_bytes());
+        rule_err(guard().from_importer(&raw), Side::Importer);
+    }
+
+    #[test]
+    fn set_interface_switches_after_its_reply() {
+        use crate::usbip::endpoints_build::audio;
+        let mut g = guard_of(audio());
+        // alt 0 of interface 1 has no endpoint
+        rule_err(
+            guard_of(audio()).from_importer(&submit_to(9, 2, Direction::In, 1)),
+            Side::Importer,
+        );
+        ok_imp(&mut g, &submit_to(1, 3, Direction::In, 0));
+        ok_imp(&mut g, &control(2, SET_ALT_1_OF_1));
+        // while the change is pending: no endpoint but 0, neither the old nor the new
+        for (s, ep, n) in [(3, 3, 0), (4, 2, 1)] {
+            let e = g
+                .from_importer(&submit_to(s, ep, Direction::In, n))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("configuration change is pending"),
+                "{e}"
+            );
+        }
+        let mut g = guard_of(audio());
+        ok_imp(&mut g, &control(2, SET_ALT_1_OF_1));
+        ok_imp(&mut g, &control(3, [0x80, 0x06, 0, 1, 0, 0, 0, 0]));
+        ok_exp(&mut g, &ret_status(2, 0));
+        assert_eq!(g.endpoints().and_then(|m| m.current_alt(1)), Some(1));
+        ok_imp(&mut g, &submit_to(4, 2, Direction::In, 2));
+        ok_imp(&mut g, &submit_to(5, 3, Direction::In, 0));
+        ok_exp(&mut g, &ret_iso(4, 2));
+    }
+
+    #[test]
+    fn failed_or_cancelled_set_interface() {
+        use crate::usbip::endpoints_build::audio;
+        let mut g = guard_of(audio());
+        ok_imp(&mut g, &control(1, SET_ALT_1_OF_1));
+        ok_exp(&mut g, &ret_status(1, -32));
+        // the old map stands
+        assert_eq!(g.endpoints().and_then(|m| m.current_alt(1)), Some(0));
+        ok_imp(&mut g, &submit_to(2, 3, Direction::In, 0));
+        rule_err(
+            g.from_importer(&submit_to(3, 2, Direction::In, 1)),
+            Side::Importer,
+        );
+        // an unlinked change: unknown whether it took, so only ep 0 remains, until a
+        // SET_CONFIGURATION succeeds
+        let mut g = guard_of(audio());
+        ok_imp(&mut g, &control(1, SET_ALT_1_OF_1));
+        ok_imp(&mut g, &unlink(2, 1));
+        ok_exp(&mut g, &ret_unlink(2, -104));
+        rule_err(
+            g.from_importer(&submit_to(3, 3, Direction::In, 0)),
+            Side::Importer,
+        );
+        ok_imp(&mut g, &control(4, [0x00, 0x09, 1, 0, 0, 0, 0, 0]));
+        ok_exp(&mut g, &ret_status(4, 0));
+        ok_imp(&mut g, &submit_to(5, 3, Direction::In, 0));
+        // an unknown altsetting that the device accepted: only ep 0
+        ok_imp(&mut g, &control(6, [0x01, 0x0b, 9, 0, 1, 0, 0, 0]));
+        ok_exp(&mut g, &ret_status(6, 0));
+        assert_eq!(g.endpoints().and_then(|m| m.active_config()), None);
+        rule_err(
+            g.from_importer(&submit_to(7, 3, Direction::In, 0)),
+            Side::Importer,
+        );
+        ok_imp(&mut g, &submit_to(7, 0, Direction::In, 0));
+    }
+
+    #[test]
+    fn set_configuration_must_name_a_configuration() {
+        use crate::usbip::endpoints_build::mass_storage;
+        let mut g = guard_of(mass_storage());
+        rule_err(
+            g.from_importer(&control(1, [0x00, 0x09, 2, 0, 0, 0, 0, 0])),
+            Side::Importer,
+        );
+        ok_imp(&mut g, &control(1, [0x00, 0x09, 0, 0, 0, 0, 0, 0]));
+        ok_exp(&mut g, &ret_status(1, 0));
+        // unconfigured: no endpoints
+        rule_err(
+            g.from_importer(&submit_to(2, 1, Direction::In, 0)),
+            Side::Importer,
+        );
+        ok_imp(&mut g, &control(2, [0x00, 0x09, 1, 0, 0, 0, 0, 0]));
+        ok_exp(&mut g, &ret_status(2, 0));
+        ok_imp(&mut g, &submit_to(3, 1, Direction::In, 0));
+    }
+
+    #[test]
+    fn max_pending_bytes_is_enforced() {
+        let mut g = UrbGuard::new(GuardLimits {
+            max_pending_bytes: 100,
+            ..GuardLimits::default()
+        });
+        ok_imp(&mut g, &submit(1, Direction::In, 60));
+        ok_imp(&mut g, &submit(2, Direction::Out, 40));
+        assert_eq!(g.pending_bytes(), 100);
+        let e = g.from_importer(&submit(3, Direction::In, 1)).unwrap_err();
+        assert!(e.to_string().contains("bytes of transfers pending"), "{e}");
+        ok_exp(&mut g, &ret(1, Direction::In, 10));
+        assert_eq!(g.pending_bytes(), 40);
+        ok_imp(&mut g, &submit(3, Direction::In, 60));
+        // cancelled and late-answered submits release their bytes too
+        ok_imp(&mut g, &unlink(4, 3));
+        ok_exp(&mut g, &ret_unlink(4, -104));
+        ok_imp(&mut g, &unlink(5, 2));
+        ok_exp(&mut g, &ret_unlink(5, 0));
+        assert_eq!(g.pending_bytes(), 0);
+        assert_eq!(GuardLimits::default().max_pending, 256);
+        assert_eq!(GuardLimits::default().max_pending_bytes, 64 << 20);
     }
 }

@@ -24,17 +24,30 @@
 //! - [`UrbGuard`] (`guard`): a synchronous checker that decodes each message from one side,
 //!   checks it against what is pending (commands only from the importer, replies only to
 //!   pending commands, `actual_length` and ISO packets within the submit, unlink semantics of
-//!   the kernel's stub, [`GuardLimits::max_pending`], the devid) and says how many bytes to
-//!   forward unchanged; fuzz target `usbip_guard`.
+//!   the kernel's stub, [`GuardLimits::max_pending`] and `max_pending_bytes`, the devid, and
+//!   with a [`DeviceEndpoints`] model the endpoints of the current altsettings, ISO only on
+//!   isochronous ones and the configuration changes) and says how many bytes to forward
+//!   unchanged; fuzz target `usbip_guard`.
+//! - [`parse_descriptors`] (`endpoints`): the device's raw descriptors (sysfs
+//!   `descriptors`), bounded, into [`DeviceDescriptors`], and [`DeviceEndpoints`], the active
+//!   configuration and current altsettings the guard follows.
 //! - [`relay_urbs`] (`relay`): the async relay that runs both directions through one guard,
 //!   with bounded buffers and backpressure, until a side ends its stream or breaks a rule.
 
+mod endpoints;
 mod guard;
 mod op;
 mod relay;
 mod urb;
 
-pub use guard::{GuardError, GuardLimits, IsoEndpoints, Side, UrbGuard, Violation};
+#[cfg(test)]
+pub(crate) use endpoints::build as endpoints_build;
+pub use endpoints::{
+    parse_descriptors, AltSetting, ConfigChange, Configuration, DescriptorError, DeviceDescriptors,
+    DeviceEndpoints, Endpoint, InterfaceDescriptors, TransferType, MAX_ALTSETTINGS, MAX_CONFIGS,
+    MAX_DESCRIPTORS_LEN, MAX_ENDPOINTS, MAX_INTERFACES,
+};
+pub use guard::{GuardError, GuardLimits, Side, UrbGuard, Violation};
 pub use op::{decode_op, encode_op, DeviceRecord, InterfaceRecord, OpMessage};
 pub use relay::{relay_urbs, RelayEnd, RelayError, RelayStats};
 pub use urb::{decode_urb, encode_urb, Basic, Direction, IsoDescriptor, UrbMessage};
