@@ -45,6 +45,13 @@
 //! shares dom0's kernel, whose drivers still parse the device; the grab keeps dom0's desktop
 //! to the proxied events. A USB device that is attached nowhere stays with dom0's drivers.
 //!
+//! **A usb VM** (the usb domain with `isolation = vm`) gets the device in two hops, each a
+//! relay with its own guard: dom0's `usbip-host` to the usb VM's `vhci-hcd`
+//! (`OpenRequest::UsbImport`), then the usb VM's `usbip-host` (`OpenRequest::UsbExport`) to
+//! the receiving domain. The receiving domain's commands reach the usb VM's kernel only. It is
+//! the fallback of a VMM without VFIO passthrough: dom0's USB core still enumerates the
+//! device. The input proxy needs a sandbox usb domain.
+//!
 //! A device is attached to one domain at a time; [`UsbState`] says where.
 
 use std::collections::BTreeMap;

@@ -116,6 +116,136 @@ fn usb_devices_move_between_vm_domains() {
     }
 }
 
+const USB_VM_TEST: &str = "usb_devices_through_a_usb_vm";
+
+/// The usb domain as a VM: a device reaches the receiving VM in two hops (dom0's usbip-host
+/// to the usb VM's vhci-hcd, the usb VM's usbip-host to the receiving VM's vhci-hcd), each
+/// relayed and checked; a detach or the usb VM's end undoes both.
+#[test]
+fn usb_devices_through_a_usb_vm() {
+    let Some(cache) = template_cache() else {
+        panic!("the USB test needs the debian-12 template cache (scripts/test.sh builds it)");
+    };
+    if std::env::var_os(ENV_IN_L1).is_none() {
+        bulkhead_testkit::ensure_vm_files(&cache, "debian-12")
+            .unwrap_or_else(|e| panic!("the VM files of debian-12: {e}"));
+    }
+    let disk = (std::env::var_os(ENV_IN_L1).is_none()).then(disk_image);
+    let disk_arg = disk
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    match hardware_vm_here_or_nested_with(USB_VM_TEST, &["--usb-disk", &disk_arg]) {
+        VmHost::PassedInL1 => {
+            if let Some(d) = disk {
+                let _ = std::fs::remove_dir_all(d.parent().expect("dir"));
+            }
+        }
+        VmHost::Here => {
+            if std::env::var_os(ENV_IN_L1).is_none() {
+                bulkhead_test_skip::skip(
+                    "hardware virtualization here, but no emulated USB devices (this test brings its own only in L1)",
+                );
+                return;
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(bounded(TEST_LIMIT, usb_vm_scenario(cache)))
+        }
+    }
+}
+
+async fn usb_vm_scenario(cache: PathBuf) {
+    let pre = format!("uv{}-", std::process::id() % 100_000);
+    let (usb, work) = (format!("{pre}usb"), format!("{pre}work"));
+    let env = Debian12Env::start(DomaindOptions {
+        binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+        env: vec![("BULKHEAD_USB_DOMAIN".into(), usb.clone())],
+        ..DomaindOptions::debian12(cache)
+    })
+    .await;
+    let (d, p) = (env.d, env.p);
+    let disk = busid_of(&p, DISK_PRODUCT).await;
+    let policy = d.paths.config_dir.join("policy.d");
+    std::fs::create_dir_all(&policy).expect("policy dir");
+    std::fs::write(
+        policy.join("30-usb.policy"),
+        format!("bulkhead.usb.Attach  +{disk}  {work}  {usb}  allow\n"),
+    )
+    .expect("policy");
+    for (vm, class) in [(&usb, "service"), (&work, "app")] {
+        let props = HashMap::from([("isolation", "vm"), ("memory", "640"), ("vcpus", "1")]);
+        p.create(vm, class, "debian-12", "red", props)
+            .await
+            .expect("create a VM");
+        if let Err(e) = p.start(vm).await {
+            panic!("start {vm}: {e}\n{}\n{}", console(&p, vm).await, d.log());
+        }
+    }
+    let vhci_in_use = |out: &str| {
+        out.lines()
+            .filter(|l| l.starts_with("hs") || l.starts_with("ss"))
+            .any(|l| l.split_whitespace().nth(2) != Some("004"))
+    };
+
+    // Two hops: dom0 -> usb -> work.
+    if let Err(e) = p.usb_attach(&disk, &work).await {
+        panic!(
+            "attach {disk} to {work} through {usb}: {e}\nusb console:\n{}\ndomaind:\n{}",
+            console(&p, &usb).await,
+            d.log()
+        );
+    }
+    assert_eq!(attached_to(&p, &disk).await, work.as_str());
+    assert_eq!(dom0_driver(&disk), "usbip-host");
+    let (code, out) = root_sh(&p, &work, &read_disk(0, MARKER.len(), 90)).await;
+    assert!(
+        code == 0 && out.contains(MARKER),
+        "{work} cannot read the disk through {usb}: {out}\n{}",
+        d.log()
+    );
+    // In the usb VM the device is usbip-host's (exported onwards), not a disk of its own.
+    let (_, out) = root_sh(
+        &p,
+        &usb,
+        "ls /sys/bus/usb/drivers/usbip-host/; echo BLOCK; ls /sys/block",
+    )
+    .await;
+    let (stub, block) = out.split_once("BLOCK").unwrap_or((&out, ""));
+    assert!(
+        stub.split_whitespace()
+            .any(|e| e.contains('-') && !e.contains(':')),
+        "nothing bound to usbip-host in {usb}: {out}"
+    );
+    assert!(
+        !block.split_whitespace().any(|b| b.starts_with("sd")),
+        "{usb} has the disk as its own: {out}"
+    );
+
+    // Detach undoes both hops.
+    p.usb_detach(&disk).await.expect("detach");
+    wait_gone(&p, &work, "after the detach").await;
+    assert_ne!(dom0_driver(&disk), "usbip-host", "dom0 still exports it");
+    let (_, out) = root_sh(&p, &usb, "cat /sys/devices/platform/vhci_hcd.0/status*").await;
+    assert!(!vhci_in_use(&out), "{usb} still has it plugged in: {out}");
+
+    // The usb VM's end takes the device from work and gives it back to dom0.
+    p.usb_attach(&disk, &work).await.expect("attach again");
+    let (code, out) = root_sh(&p, &work, &read_disk(0, MARKER.len(), 90)).await;
+    assert!(code == 0 && out.contains(MARKER), "{out}");
+    p.kill(&usb).await.expect("kill the usb VM");
+    wait_gone(&p, &work, "after the usb VM's end").await;
+    assert_eq!(attached_to(&p, &disk).await, "");
+    let t0 = Instant::now();
+    while dom0_driver(&disk) == "usbip-host" && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(dom0_driver(&disk), "usbip-host", "{}", d.log());
+    let _ = p.kill(&work).await;
+}
+
 /// `sh -c script` as root in `domain`: (exit code, stdout + stderr).
 async fn root_sh(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String) {
     let io = bulkhead_testkit::StdioPipes::new(b"").expect("pipes");

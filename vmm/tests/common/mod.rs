@@ -153,7 +153,7 @@ pub fn guest_spec(kernel: &Path, dir: &Path) -> VmSpec {
         serial_input: None,
         disks: vec![],
         vsock: None,
-        net: None,
+        nets: Vec::new(),
         rng: false,
         confine,
     }
