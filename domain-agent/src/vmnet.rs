@@ -51,15 +51,33 @@ fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
+/// The value of `key=` on the kernel command line.
+fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// `bulkhead.dns=D1,D2` (at most [`MAX_DNS`]); none when absent or empty.
+fn cmdline_dns(cmdline: &str) -> Result<Vec<Ipv4Addr>, VmNetError> {
+    match cmdline_value(cmdline, "bulkhead.dns") {
+        Some(d) if !d.is_empty() => d
+            .split(',')
+            .take(MAX_DNS)
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| VmNetError::Cmdline(format!("bulkhead.dns={d:?} is not valid")))
+            })
+            .collect(),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// The network the command line asks for: None when it names no address (no netvm).
 pub fn parse_cmdline(cmdline: &str) -> Result<Option<GuestNet>, VmNetError> {
-    let get = |key: &str| {
-        cmdline
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| cmdline_value(cmdline, key);
     let Some(ip) = get("bulkhead.ip") else {
         return Ok(None);
     };
@@ -69,14 +87,7 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Option<GuestNet>, VmNetError> {
     let gateway: Ipv4Addr = gw.parse().map_err(|_| bad("bulkhead.gw", gw))?;
     let mac_s = get("bulkhead.mac").ok_or_else(|| bad("bulkhead.mac", ""))?;
     let mac = parse_mac(mac_s).ok_or_else(|| bad("bulkhead.mac", mac_s))?;
-    let dns = match get("bulkhead.dns") {
-        Some(d) if !d.is_empty() => d
-            .split(',')
-            .take(MAX_DNS)
-            .map(|a| a.parse().map_err(|_| bad("bulkhead.dns", d)))
-            .collect::<Result<Vec<Ipv4Addr>, _>>()?,
-        _ => Vec::new(),
-    };
+    let dns = cmdline_dns(cmdline)?;
     Ok(Some(GuestNet {
         ip,
         gateway,
@@ -188,13 +199,7 @@ pub struct GuestNetvm {
 
 /// The net VM's interfaces the command line asks for: None when it names none.
 pub fn parse_netvm_cmdline(cmdline: &str) -> Result<Option<GuestNetvm>, VmNetError> {
-    let get = |key: &str| {
-        cmdline
-            .split_whitespace()
-            .filter_map(|w| w.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| cmdline_value(cmdline, key);
     let Some(down) = get("bulkhead.netvm.down") else {
         return Ok(None);
     };
@@ -227,14 +232,7 @@ pub fn parse_netvm_cmdline(cmdline: &str) -> Result<Option<GuestNetvm>, VmNetErr
         Some(v) => Some(iface("bulkhead.netvm.up", v, true)?),
         None => None,
     };
-    let dns = match get("bulkhead.dns") {
-        Some(d) if !d.is_empty() => d
-            .split(',')
-            .take(MAX_DNS)
-            .map(|a| a.parse().map_err(|_| bad("bulkhead.dns", d)))
-            .collect::<Result<Vec<Ipv4Addr>, _>>()?,
-        _ => Vec::new(),
-    };
+    let dns = cmdline_dns(cmdline)?;
     Ok(Some(GuestNetvm { up, down, dns }))
 }
 

@@ -144,35 +144,44 @@ pub async fn setup_net(net: &NetNs, host: &NetNs, uplink: Option<&Uplink>) -> Re
         return Ok(());
     };
     let nh = net.rtnl()?;
-    let idx = match index(&nh, &u.ifname).await? {
-        Some(i) => i,
-        None => {
-            let hh = host.rtnl()?;
-            let hidx = index(&hh, &u.ifname)
-                .await?
-                .ok_or_else(|| NetError::Netlink {
-                    what: format!("uplink {}", u.ifname),
-                    message: "no such interface on the host (check [net] uplink in domaind.toml)"
-                        .into(),
-                })?;
-            hh.link()
-                .set(
-                    LinkUnspec::new_with_index(hidx)
-                        .setns_by_fd(net.raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!("move uplink {} into the net domain", u.ifname)))?;
-            need_index(&nh, &u.ifname, "the net domain").await?
-        }
-    };
+    let idx = take_uplink(net, host, &u.ifname, "the net domain").await?;
     add_addr(&nh, idx, u.address, u.prefix, &u.ifname).await?;
     up(&nh, idx, &u.ifname).await?;
     if let Some(gw) = u.gateway {
         default_route(&nh, idx, gw, &u.ifname).await?;
     }
     Ok(())
+}
+
+/// Moves the host's uplink `ifname` from `host` into `into` (`place` names it in messages),
+/// unless it is there already (domaind restarted); returns its index there.
+pub async fn take_uplink(
+    into: &NetNs,
+    host: &NetNs,
+    ifname: &str,
+    place: &str,
+) -> Result<u32, NetError> {
+    let nh = into.rtnl()?;
+    if let Some(i) = index(&nh, ifname).await? {
+        return Ok(i);
+    }
+    let hh = host.rtnl()?;
+    let hidx = index(&hh, ifname)
+        .await?
+        .ok_or_else(|| NetError::Netlink {
+            what: format!("uplink {ifname}"),
+            message: "no such interface on the host (check [net] uplink in domaind.toml)".into(),
+        })?;
+    hh.link()
+        .set(
+            LinkUnspec::new_with_index(hidx)
+                .setns_by_fd(into.raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("move uplink {ifname} into {place}")))?;
+    need_index(&nh, ifname, place).await
 }
 
 /// Move the uplink out of `net` back to `host` (before `net` goes away). No uplink in `net`:

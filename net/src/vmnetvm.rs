@@ -77,32 +77,7 @@ pub fn prepare_firewall(fw: &NetNs) -> Result<OwnedFd, NetError> {
 /// Neither the bridge nor the uplink gets an address: the VM has it.
 pub async fn prepare_uplink(up: &NetNs, host: &NetNs, ifname: &str) -> Result<OwnedFd, NetError> {
     let uh = up.rtnl()?;
-    let uidx = match index(&uh, ifname).await? {
-        Some(i) => i,
-        None => {
-            let hh = host.rtnl()?;
-            let hidx = index(&hh, ifname).await?.ok_or_else(|| NetError::Netlink {
-                what: format!("uplink {ifname}"),
-                message: "no such interface on the host (check [net] uplink in domaind.toml)"
-                    .into(),
-            })?;
-            hh.link()
-                .set(
-                    LinkUnspec::new_with_index(hidx)
-                        .setns_by_fd(up.raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!(
-                    "move uplink {ifname} to the net VM's uplink namespace"
-                )))?;
-            index(&uh, ifname).await?.ok_or_else(|| NetError::Netlink {
-                what: format!("uplink {ifname}"),
-                message: "not in the uplink namespace after the move".into(),
-            })?
-        }
-    };
+    let uidx = crate::link::take_uplink(up, host, ifname, "the net VM's uplink namespace").await?;
     if index(&uh, UPLINK_BRIDGE).await?.is_none() {
         uh.link()
             .add(LinkBridge::new(UPLINK_BRIDGE).build())

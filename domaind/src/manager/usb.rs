@@ -359,19 +359,7 @@ impl Manager {
                 return Err(e);
             }
         };
-        let state = self.usb_state();
-        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (released_tx, released_rx) = watch::channel(false);
-        lock(&state.attached).insert(
-            busid.to_string(),
-            Attachment {
-                domain: domain.to_owned(),
-                stop: Some(stop_tx),
-                released: released_rx,
-                id,
-            },
-        );
+        let (id, stop_rx, released_tx) = self.usb_record(&busid, domain);
         let unexport_dom0 = upstream.is_none();
         let task = UsbTask {
             mgr: Arc::clone(self),
@@ -391,6 +379,37 @@ impl Manager {
         ));
         info!(busid = %busid, domain, "USB device attached");
         Ok(())
+    }
+
+    /// Records `busid` as attached to `domain`: the attachment's id, the receiver its task
+    /// is told to end on, and the sender it says it ended (the device given back) with.
+    pub(super) fn usb_record(
+        &self,
+        busid: &BusId,
+        domain: &str,
+    ) -> (u64, oneshot::Receiver<()>, watch::Sender<bool>) {
+        let state = self.usb_state();
+        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (released_tx, released_rx) = watch::channel(false);
+        lock(&state.attached).insert(
+            busid.to_string(),
+            Attachment {
+                domain: domain.to_owned(),
+                stop: Some(stop_tx),
+                released: released_rx,
+                id,
+            },
+        );
+        (id, stop_rx, released_tx)
+    }
+
+    /// Forgets attachment `id` of `busid` (if it is still that one).
+    pub(super) fn usb_forget(&self, busid: &BusId, id: u64) {
+        let mut attached = lock(&self.usb_state().attached);
+        if attached.get(busid.as_str()).is_some_and(|a| a.id == id) {
+            attached.remove(busid.as_str());
+        }
     }
 
     /// The agent connection of running VM `dn`, if it speaks the USB streams.
@@ -764,10 +783,7 @@ impl UsbTask {
             u.end().await;
         }
         if let Some(id) = self.id {
-            let mut attached = lock(&self.mgr.usb_state().attached);
-            if attached.get(busid.as_str()).is_some_and(|a| a.id == id) {
-                attached.remove(busid.as_str());
-            }
+            self.mgr.usb_forget(busid, id);
         }
         let _ = released.send(true);
     }

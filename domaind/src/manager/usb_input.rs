@@ -3,7 +3,6 @@
 //! domaind checks the events and injects them through a uinput device of its own.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,9 +17,8 @@ use bulkhead_wire::ExecRequest;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use crate::usb::Attachment;
 
-use super::{blocking, lock, Manager};
+use super::{blocking, Manager};
 
 /// How long a device's event nodes may take to appear after its drivers are loaded.
 const NODES_TIMEOUT: Duration = Duration::from_secs(15);
@@ -144,19 +142,7 @@ impl Manager {
             self.release_input(&busid, &launcher, target, proxied).await;
             return Err(e);
         }
-        let state = self.usb_state();
-        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (released_tx, released_rx) = watch::channel(false);
-        lock(&state.attached).insert(
-            busid.to_string(),
-            Attachment {
-                domain: "dom0".to_owned(),
-                stop: Some(stop_tx),
-                released: released_rx,
-                id,
-            },
-        );
+        let (id, stop_rx, released_tx) = self.usb_record(&busid, "dom0");
         let names: Vec<&str> = nodes.iter().map(|n| n.devname.as_str()).collect();
         info!(busid = %busid, usb_domain, nodes = ?names, "input device attached to dom0 through the input proxy");
         let me = Arc::clone(self);
@@ -177,11 +163,7 @@ impl Manager {
                 _ = usb_gone => info!(busid = %busid, "the usb domain stopped"),
             }
             me.release_input(&busid, &launcher, target, proxied).await;
-            let mut attached = lock(&me.usb_state().attached);
-            if attached.get(busid.as_str()).is_some_and(|a| a.id == id) {
-                attached.remove(busid.as_str());
-            }
-            drop(attached);
+            me.usb_forget(&busid, id);
             let _ = released_tx.send(true);
         });
         Ok(())
