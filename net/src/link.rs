@@ -166,12 +166,10 @@ pub async fn take_uplink(
         return Ok(i);
     }
     let hh = host.rtnl()?;
-    let hidx = index(&hh, ifname)
-        .await?
-        .ok_or_else(|| NetError::Netlink {
-            what: format!("uplink {ifname}"),
-            message: "no such interface on the host (check [net] uplink in domaind.toml)".into(),
-        })?;
+    let hidx = index(&hh, ifname).await?.ok_or_else(|| NetError::Netlink {
+        what: format!("uplink {ifname}"),
+        message: "no such interface on the host (check [net] uplink in domaind.toml)".into(),
+    })?;
     hh.link()
         .set(
             LinkUnspec::new_with_index(hidx)

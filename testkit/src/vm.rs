@@ -261,6 +261,11 @@ pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHos
         println!("---- {test} inside L1 ----\n{text}---- end of L1 output ----\n{said}");
         text
     };
+    // One L1 at a time in this process (the tests of one file run on parallel threads; two
+    // L1s on this machine's two cores slow each other past the tests' limits). A test that
+    // panicked while holding it poisons nothing worth keeping.
+    static ONE_L1: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _l1 = ONE_L1.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = in_l1();
     let mut text = show(&out);
     // The emulator, not the test, failed when L1 itself reset, crashed or locked up before

@@ -17,7 +17,6 @@ use bulkhead_wire::ExecRequest;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-
 use super::{blocking, Manager};
 
 /// How long a device's event nodes may take to appear after its drivers are loaded.
@@ -190,18 +189,25 @@ impl Manager {
         let (created_tx, created_rx) = oneshot::channel::<PathBuf>();
         let domain = usb_domain.to_owned();
         let node_s = node.to_owned();
+        // What the sender said on stderr and how it ended, for the error when it ends before
+        // it described the device.
+        let said = Arc::new(std::sync::Mutex::new(String::new()));
+        let said_in = said.clone();
         let task = tokio::spawn(async move {
             let sender = async {
-                let r = bulkhead_wire::exec::run(
-                    &conn,
-                    req,
-                    tokio::io::empty(),
-                    out_w,
-                    tokio::io::sink(),
-                )
-                .await;
-                if let Err(e) = r {
-                    warn!(node = %node_s, error = %e, "the input sender's stream failed");
+                let mut err: Vec<u8> = Vec::new();
+                let r =
+                    bulkhead_wire::exec::run(&conn, req, tokio::io::empty(), out_w, &mut err).await;
+                let text = String::from_utf8_lossy(&err[..err.len().min(2048)])
+                    .trim()
+                    .to_owned();
+                let end = match &r {
+                    Ok(status) => format!("exit {}", status.as_shell_code()),
+                    Err(e) => format!("stream failed: {e}"),
+                };
+                warn!(node = %node_s, %end, stderr = %text, "the input sender ended");
+                if let Ok(mut s) = said_in.lock() {
+                    *s = format!("{end}; it said: {text}");
                 }
             };
             let mut created_tx = Some(created_tx);
@@ -219,25 +225,32 @@ impl Manager {
                     }
                 },
             );
+            tokio::pin!(forward, sender);
             tokio::select! {
-                r = forward => match r {
+                r = &mut forward => match r {
                     Ok(end) => info!(node = %node_s, ?end, "input proxy stream ended"),
                     Err(e) => warn!(node = %node_s, error = %e, "input proxy stream dropped"),
                 },
-                _ = sender => info!(node = %node_s, "the input sender ended"),
+                _ = &mut sender => {
+                    // what it wrote before it ended still counts
+                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut forward).await;
+                }
             }
         });
         match tokio::time::timeout(HELLO_TIMEOUT, created_rx).await {
             Ok(Ok(_)) => Ok(task),
             other => {
+                // let the task record how the sender ended
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 task.abort();
+                let said = said.lock().map(|s| s.clone()).unwrap_or_default();
                 Err(Error::Backend(format!(
                     "the usb domain's input sender did not describe /dev/{node} within {} s{}",
                     HELLO_TIMEOUT.as_secs(),
                     if matches!(other, Ok(Err(_))) {
-                        " (its stream ended; see the usb domain's log)"
+                        format!(" (it ended: {said})")
                     } else {
-                        ""
+                        String::new()
                     }
                 )))
             }
