@@ -273,11 +273,16 @@ if ((${#usb_disks[@]} || usb_kbd)); then
     done
 fi
 if ((monitor)); then
-    # The monitor listens on a socket in the run dir; a second chardev connects to it and is
-    # L1's third serial port (COM3's I/O port, IRQ 5 so as not to share COM1's): what L1
-    # writes to /dev/ttyS2 is the monitor's input, its replies are L1's to read.
-    qemu+=(-chardev "socket,id=mon,path=$run/mon.sock,server=on,wait=off" -mon chardev=mon,mode=readline
-        -chardev "socket,id=monlink,path=$run/mon.sock" -device isa-serial,chardev=monlink,index=2,irq=5)
+    # The monitor and L1's third serial port (COM3's I/O port, IRQ 5 so as not to share
+    # COM1's) are two pipe chardevs over the same two FIFOs, crossed: what L1 writes to
+    # /dev/ttyS2 is the monitor's input, its replies are L1's to read. (A socket chardev
+    # connecting to a server chardev of the same QEMU came up unconnected now and then: the
+    # monitor then never answered.) QEMU opens each FIFO read-write, so nothing blocks.
+    mkfifo "$run/mon-in" "$run/mon-out"
+    ln -s mon-in "$run/mon.in" && ln -s mon-out "$run/mon.out"
+    ln -s mon-out "$run/monlink.in" && ln -s mon-in "$run/monlink.out"
+    qemu+=(-chardev "pipe,id=mon,path=$run/mon" -mon chardev=mon,mode=readline
+        -chardev "pipe,id=monlink,path=$run/monlink" -device isa-serial,chardev=monlink,index=2,irq=5)
 fi
 started=$SECONDS
 set +e

@@ -228,7 +228,18 @@ async fn usb_vm_scenario(cache: PathBuf) {
     p.usb_detach(&disk).await.expect("detach");
     wait_gone(&p, &work, "after the detach").await;
     assert_ne!(dom0_driver(&disk), "usbip-host", "dom0 still exports it");
-    let (_, out) = root_sh(&p, &usb, "cat /sys/devices/platform/vhci_hcd.0/status*").await;
+    // The usb VM's agent unplugs it once its streams ended (after the detach returned).
+    let t0 = Instant::now();
+    let mut out = String::new();
+    while t0.elapsed() < Duration::from_secs(60) {
+        out = root_sh(&p, &usb, "cat /sys/devices/platform/vhci_hcd.0/status*")
+            .await
+            .1;
+        if !vhci_in_use(&out) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     assert!(!vhci_in_use(&out), "{usb} still has it plugged in: {out}");
 
     // The usb VM's end takes the device from work and gives it back to dom0.
