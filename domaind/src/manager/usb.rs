@@ -746,16 +746,18 @@ impl UsbTask {
         released: watch::Sender<bool>,
     ) {
         let (busid, domain) = (&self.busid, self.domain.as_str());
-        // Boxed so that it (and the sockets it owns) can be dropped before the unplug.
-        let mut relay = Box::pin(relay_urbs(importer, exporter, limits));
+        // A task of its own: the relay keeps moving while this one hands nodes over (a node
+        // handed over is read at once, and that I/O goes through the relay).
+        let mut relay = tokio::spawn(relay_urbs(importer, exporter, limits));
         let mut stop = stop;
         let mut tick = tokio::time::interval(NODE_POLL);
         loop {
             tokio::select! {
                 r = &mut relay => {
                     match r {
-                        Ok(stats) => info!(busid = %busid, domain, ?stats, "USB relay ended"),
-                        Err(e) => warn!(busid = %busid, domain, error = %e, "USB relay dropped"),
+                        Ok(Ok(stats)) => info!(busid = %busid, domain, ?stats, "USB relay ended"),
+                        Ok(Err(e)) => warn!(busid = %busid, domain, error = %e, "USB relay dropped"),
+                        Err(e) => warn!(busid = %busid, domain, error = %e, "USB relay task failed"),
                     }
                     break;
                 }
@@ -773,8 +775,9 @@ impl UsbTask {
                 }
             }
         }
-        // The relay's sockets are closed now: the other kernels see the connection end.
-        drop(relay);
+        // The relay's sockets close with it: the other kernels see the connection end.
+        relay.abort();
+        let _ = relay.await;
         self.unplug(receiver).await;
         if self.unexport_dom0 {
             self.mgr.usb_give_back(busid).await;
