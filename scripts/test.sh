@@ -64,7 +64,7 @@ awk -v skip_log="$skip_log" '
     FILENAME == skip_log { n++; id = $0; sub(/: .*/, "", id); if (id ~ /::/) counted++; next }
     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
     END { printf "%d passed, %d failed, %d skipped\n", p - counted, f, s + n }' "$skip_log" "$results"
-# A nested VM test that ran once more in a new L1 because the emulator failed under it (L1
+# A nested VM test that ran again in a new L1 because the emulator failed under it (L1
 # itself reset, or an L2 guest triple-faulted or stalled a vCPU; testkit/src/vm.rs): said
 # here, so that an emulator that keeps failing is seen even when the tests pass.
 reruns=$(grep -cE '^(L1 RESET|L2 GLITCH) ' "$results" || true)

@@ -122,6 +122,11 @@ pub fn install_test_vm_artifacts(
 /// Set to `1`: a nested test's output inside L1 is copied to stderr as it comes.
 pub const ENV_NESTED_LIVE: &str = "BULKHEAD_NESTED_LIVE";
 
+/// How many times a nested test runs again after the emulator failed under it. Measured this
+/// session: 4 such failures in about 14 L1 runs of the two-guest tests (QEMU 7.2 and 10.0
+/// alike), so one rerun left about one CI run in six failing on the emulator alone.
+const NESTED_RERUNS: usize = 2;
+
 /// `scripts/nested-kvm.sh`'s exit status when L1 itself ended (reset, crashed) or locked up
 /// before the command did.
 const NESTED_L1_ENDED: i32 = 123;
@@ -271,20 +276,23 @@ pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHos
     // The emulator, not the test, failed when L1 itself reset, crashed or locked up before
     // the test ended (exit 123; what L1 and QEMU said is above), or when a test that failed
     // says that an L2 guest triple-faulted while it booted or stopped taking interrupts on a
-    // vCPU (see [`L2_GLITCHES`]). Then the test runs once more in a new L1, once: a test that
-    // fails again, or fails without such a sign, fails.
-    let rerun = if out.status.code() == Some(NESTED_L1_ENDED) {
-        let why = l1_failure(&String::from_utf8_lossy(&out.stderr));
-        Some(format!(
-            "L1 RESET {test}: {why}; running it once more in a new L1"
-        ))
-    } else if !out.status.success() {
-        l2_glitch(&text)
-            .map(|line| format!("L2 GLITCH {test}: {line}; running it once more in a new L1"))
-    } else {
-        None
-    };
-    if let Some(line) = rerun {
+    // vCPU (see [`L2_GLITCHES`]). Then the test runs again in a new L1, at most
+    // [`NESTED_RERUNS`] times: a test that fails without such a sign, or every time, fails.
+    for _ in 0..NESTED_RERUNS {
+        let rerun = if out.status.code() == Some(NESTED_L1_ENDED) {
+            let why = l1_failure(&String::from_utf8_lossy(&out.stderr));
+            Some(format!(
+                "L1 RESET {test}: {why}; running it again in a new L1"
+            ))
+        } else if !out.status.success() {
+            l2_glitch(&text)
+                .map(|line| format!("L2 GLITCH {test}: {line}; running it again in a new L1"))
+        } else {
+            None
+        };
+        let Some(line) = rerun else {
+            break;
+        };
         // Past libtest's capture, so that scripts/test.sh counts it in a passing run too.
         let _ = writeln!(std::io::stderr(), "{line}");
         out = in_l1();
