@@ -69,6 +69,8 @@ awk -v skip_log="$skip_log" '
 # here, so that an emulator that keeps failing is seen even when the tests pass.
 reruns=$(grep -cE '^(L1 RESET|L2 GLITCH) ' "$results" || true)
 ((reruns == 0)) || grep -E '^(L1 RESET|L2 GLITCH) ' "$results" | sed 's/^/    /'
+# Figures the nested tests printed (USB, input and network paths; not asserted).
+grep -E '^(USB|NET|INPUT) BENCH ' "$results" | sed 's/^/    /' || true
 skips=$( (cat "$skip_log"; sed -nE 's/^test (.*) \.\.\. ignored.*/\1: #[ignore]/p' "$results") | sed 's/^/    /')
 [[ -z $skips ]] || printf '%s\n' "$skips"
 if ((test_status != 0)); then
