@@ -278,11 +278,6 @@ pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHos
     // says that an L2 guest triple-faulted while it booted or stopped taking interrupts on a
     // vCPU (see [`L2_GLITCHES`]). Then the test runs again in a new L1, at most
     // [`NESTED_RERUNS`] times: a test that fails without such a sign, or every time, fails.
-    // Figures a passing nested test printed (`... BENCH ...` lines, printed not asserted): past
-    // libtest's capture too, so that scripts/test.sh can list them.
-    for line in text.lines().filter(|l| l.contains(" BENCH ")) {
-        let _ = writeln!(std::io::stderr(), "{}", line.trim());
-    }
     for _ in 0..NESTED_RERUNS {
         let rerun = if out.status.code() == Some(NESTED_L1_ENDED) {
             let why = l1_failure(&String::from_utf8_lossy(&out.stderr));
@@ -302,6 +297,11 @@ pub fn hardware_vm_here_or_nested_with(test: &str, l1_options: &[&str]) -> VmHos
         let _ = writeln!(std::io::stderr(), "{line}");
         out = in_l1();
         text = show(&out);
+    }
+    // Figures the (last) run of a nested test printed (`... BENCH ...` lines, printed not asserted): past
+    // libtest's capture too, so that scripts/test.sh can list them.
+    for line in text.lines().filter(|l| l.contains(" BENCH ")) {
+        let _ = writeln!(std::io::stderr(), "{}", line.trim());
     }
     assert!(
         out.status.success(),
