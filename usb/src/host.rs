@@ -108,14 +108,17 @@ impl DeviceNode {
     /// The `bInterfaceProtocol` of the USB interface the node belongs to (1 keyboard, 2 mouse
     /// for boot-protocol HID), if it belongs to one.
     pub fn interface_protocol(&self) -> Option<u8> {
+        // The first ancestor with the attribute (a HID device's own directory, named like
+        // `0003:0627:0001.0001`, lies between the event node and the interface).
         let mut dir = self.sys_path.as_path();
         loop {
-            let name = dir.file_name()?.to_string_lossy();
-            if name.contains(':') && name.contains('.') {
-                let text = std::fs::read_to_string(dir.join("bInterfaceProtocol")).ok()?;
+            if let Ok(text) = std::fs::read_to_string(dir.join("bInterfaceProtocol")) {
                 return u8::from_str_radix(text.trim(), 16).ok();
             }
             dir = dir.parent()?;
+            if dir.join("devnum").exists() {
+                return None; // up to the USB device itself: not below an interface
+            }
         }
     }
 }
@@ -670,7 +673,7 @@ mod tests {
         let real = root.path().join("devices/pci0/usb3/3-1");
         for d in [
             "3-1:1.0/host4/target4:0:0/4:0:0:0/block/sdb/sdb1",
-            "3-1:1.1/input/input9/event9",
+            "3-1:1.1/0003:0627:0001.0001/input/input9/event9",
         ] {
             std::fs::create_dir_all(real.join(d)).unwrap();
         }
@@ -690,11 +693,12 @@ mod tests {
         )
         .unwrap();
         std::fs::write(
-            real.join("3-1:1.1/input/input9/event9/uevent"),
+            real.join("3-1:1.1/0003:0627:0001.0001/input/input9/event9/uevent"),
             "MAJOR=13\nMINOR=73\nDEVNAME=input/event9\n",
         )
         .unwrap();
         std::fs::write(real.join("3-1:1.1/bInterfaceProtocol"), "02\n").unwrap();
+        std::fs::write(real.join("devnum"), "2\n").unwrap();
         // a link out of the subtree (sysfs has many: driver, subsystem, port)
         let elsewhere = root.path().join("devices/other");
         std::fs::create_dir_all(&elsewhere).unwrap();
