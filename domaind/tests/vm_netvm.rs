@@ -63,14 +63,7 @@ fn net_as_a_vm_forwards_its_clients_under_their_firewall() {
 
 /// `sh -c script` as root in `domain`: (exit code, stdout + stderr).
 async fn root_sh(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String) {
-    let io = bulkhead_testkit::StdioPipes::new(b"").expect("pipes");
-    let (i, o, e) = io.fds();
-    let res = p
-        .run(domain, &["/bin/sh", "-c", script], "root", i, o, e)
-        .await;
-    let (out, err) = io.finish().await;
-    let code = res.unwrap_or_else(|e| panic!("Run in {domain}: {e}"));
-    (code, format!("{out}{err}"))
+    bulkhead_testkit::run_sh_as(p, domain, "root", script).await
 }
 
 /// TCP to WEB:port from VM `domain` (bash's /dev/tcp; timeouts generous: nested TCG).

@@ -177,12 +177,47 @@ pub async fn run_captured(
 }
 
 /// `sh -c script` in `domain` through `Run` (empty stdin): (exit code, stdout + stderr);
-/// panics if the call fails.
+/// panics if the call fails, with the end of the domain's log (a VM's console: what its
+/// kernel said when it died, which the nested harness reads for emulator failures).
 pub async fn run_sh(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String) {
-    let (code, out, err) = run_captured(p, domain, &["/bin/sh", "-c", script])
-        .await
-        .unwrap_or_else(|e| panic!("Run in {domain}: {e}"));
-    (code, format!("{out}{err}"))
+    run_sh_as(p, domain, "", script).await
+}
+
+/// [`run_sh`] as `user` ("" for the domain's default user).
+pub async fn run_sh_as(
+    p: &Domaind1Proxy<'_>,
+    domain: &str,
+    user: &str,
+    script: &str,
+) -> (i32, String) {
+    let io = StdioPipes::new(b"").expect("pipes");
+    let (i, o, e) = io.fds();
+    let res = p
+        .run(domain, &["/bin/sh", "-c", script], user, i, o, e)
+        .await;
+    let (out, err) = io.finish().await;
+    match res {
+        Ok(code) => (code, format!("{out}{err}")),
+        Err(e) => panic!(
+            "Run in {domain}: {e}\nthe end of {domain}'s log:\n{}",
+            log_tail(p, domain, 60).await
+        ),
+    }
+}
+
+/// The last `lines` lines of `domain`'s log (through `OpenLog`), or why there is none.
+pub async fn log_tail(p: &Domaind1Proxy<'_>, domain: &str, lines: usize) -> String {
+    use std::io::Read as _;
+    match p.open_log(domain).await {
+        Ok(fd) => {
+            let fd: std::os::fd::OwnedFd = fd.into();
+            let mut text = String::new();
+            let _ = std::fs::File::from(fd).read_to_string(&mut text);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(no log: {e})"),
+    }
 }
 
 /// Runs through D-Bus `Run` (domain = Some) or `Call` (domain = None: `argv` is
