@@ -198,7 +198,10 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
         }
     }
     let l2 = local.clone();
-    let undone = tokio::task::spawn_blocking(move || Sysfs::new(SYSFS).unexport(&l2)).await;
+    // Not back to this kernel's drivers: the device is about to be unplugged (its import
+    // ends next), and a driver probing it now would stall that on I/O through the closing
+    // connection.
+    let undone = tokio::task::spawn_blocking(move || Sysfs::new(SYSFS).unexport_unbound(&l2)).await;
     if let Ok(Err(e)) = undone {
         tracing::warn!(local = %local, error = %e, "cannot take the device back from usbip-host");
     }

@@ -284,6 +284,22 @@ impl Sysfs {
         Ok(device)
     }
 
+    /// Stops exporting `busid` and leaves it without a driver (a usb VM's imported device,
+    /// about to be unplugged: its own drivers binding it now would start I/O through a
+    /// connection that is being closed).
+    pub fn unexport_unbound(&self, busid: &BusId) -> Result<(), HostError> {
+        let dev = self.device(busid);
+        let stub = self.stub_driver();
+        if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
+            let _ = write(&dev.join("usbip_sockfd"), "-1");
+            write(&stub.join("unbind"), busid.as_str())?;
+        }
+        if stub.exists() {
+            let _ = write(&stub.join("match_busid"), &format!("del {busid}"));
+        }
+        Ok(())
+    }
+
     /// Stops exporting `busid` and gives it back to its own drivers. Does what is needed of
     /// that and no more: safe on a device that is not exported, or no longer plugged in.
     pub fn unexport(&self, busid: &BusId) -> Result<(), HostError> {
