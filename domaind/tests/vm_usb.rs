@@ -240,7 +240,11 @@ async fn usb_vm_scenario(cache: PathBuf) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(!vhci_in_use(&out), "{usb} still has it plugged in: {out}\n{}", d.log());
+    assert!(
+        !vhci_in_use(&out),
+        "{usb} still has it plugged in: {out}\n{}",
+        d.log()
+    );
 
     // The usb VM's end takes the device from work and gives it back to dom0.
     p.usb_attach(&disk, &work).await.expect("attach again");
