@@ -72,8 +72,9 @@ fn disk_image() -> PathBuf {
     path
 }
 
-#[test]
-fn usb_devices_move_between_vm_domains() {
+/// Both tests: the template cache with its VM files, and (on the host, before L1) the disk
+/// image for L1's emulated USB disk, with its path as nested-kvm.sh's argument.
+fn prepare() -> (PathBuf, Option<PathBuf>, String) {
     let Some(cache) = template_cache() else {
         panic!("the USB test needs the debian-12 template cache (scripts/test.sh builds it)");
     };
@@ -86,6 +87,12 @@ fn usb_devices_move_between_vm_domains() {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    (cache, disk, disk_arg)
+}
+
+#[test]
+fn usb_devices_move_between_vm_domains() {
+    let (cache, disk, disk_arg) = prepare();
     let host = hardware_vm_here_or_nested_with(
         TEST_NAME,
         &["--usb-disk", &disk_arg, "--usb-kbd", "--monitor"],
@@ -123,18 +130,7 @@ const USB_VM_TEST: &str = "usb_devices_through_a_usb_vm";
 /// relayed and checked; a detach or the usb VM's end undoes both.
 #[test]
 fn usb_devices_through_a_usb_vm() {
-    let Some(cache) = template_cache() else {
-        panic!("the USB test needs the debian-12 template cache (scripts/test.sh builds it)");
-    };
-    if std::env::var_os(ENV_IN_L1).is_none() {
-        bulkhead_testkit::ensure_vm_files(&cache, "debian-12")
-            .unwrap_or_else(|e| panic!("the VM files of debian-12: {e}"));
-    }
-    let disk = (std::env::var_os(ENV_IN_L1).is_none()).then(disk_image);
-    let disk_arg = disk
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let (cache, disk, disk_arg) = prepare();
     match hardware_vm_here_or_nested_with(USB_VM_TEST, &["--usb-disk", &disk_arg]) {
         VmHost::PassedInL1 => {
             if let Some(d) = disk {

@@ -291,10 +291,12 @@ impl Sysfs {
         let dev = self.device(busid);
         let stub = self.stub_driver();
         if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
+            // Ends a connection still in use ("usbip_sockfd -1"); refused when none is.
             let _ = write(&dev.join("usbip_sockfd"), "-1");
             write(&stub.join("unbind"), busid.as_str())?;
         }
         if stub.exists() {
+            // The kernel refuses a `del` of a bus id it does not match; nothing to undo then.
             let _ = write(&stub.join("match_busid"), &format!("del {busid}"));
         }
         Ok(())
@@ -303,24 +305,16 @@ impl Sysfs {
     /// Stops exporting `busid` and gives it back to its own drivers. Does what is needed of
     /// that and no more: safe on a device that is not exported, or no longer plugged in.
     pub fn unexport(&self, busid: &BusId) -> Result<(), HostError> {
+        self.unexport_unbound(busid)?;
         let dev = self.device(busid);
         let stub = self.stub_driver();
-        if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
-            // Ends a connection still in use ("usbip_sockfd -1"); refused when none is.
-            let _ = write(&dev.join("usbip_sockfd"), "-1");
-            write(&stub.join("unbind"), busid.as_str())?;
-        }
-        if stub.exists() {
-            // The kernel refuses a `del` of a bus id it does not match; nothing to undo then.
-            let _ = write(&stub.join("match_busid"), &format!("del {busid}"));
-            if dev.exists() && self.driver_of(busid).is_none() {
-                if let Err(e) = write(&stub.join("rebind"), busid.as_str()) {
-                    debug!(busid = %busid, error = %e, "rebind refused; probing the bus instead");
-                    write(&self.root.join("bus/usb/drivers_probe"), busid.as_str())?;
-                }
-                if let Some(d) = self.driver_of(busid).filter(|d| d == USBIP_HOST) {
-                    warn!(busid = %busid, driver = %d, "the device went back to usbip-host instead of its own drivers");
-                }
+        if stub.exists() && dev.exists() && self.driver_of(busid).is_none() {
+            if let Err(e) = write(&stub.join("rebind"), busid.as_str()) {
+                debug!(busid = %busid, error = %e, "rebind refused; probing the bus instead");
+                write(&self.root.join("bus/usb/drivers_probe"), busid.as_str())?;
+            }
+            if let Some(d) = self.driver_of(busid).filter(|d| d == USBIP_HOST) {
+                warn!(busid = %busid, driver = %d, "the device went back to usbip-host instead of its own drivers");
             }
         }
         info!(busid = %busid, "USB device no longer exported");

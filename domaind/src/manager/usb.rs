@@ -444,61 +444,24 @@ impl Manager {
         busid: &BusId,
         usb_domain: &str,
         port: u32,
-    ) -> Result<
-        (
-            tokio::net::UnixStream,
-            tokio::task::JoinHandle<Result<(), bulkhead_wire::WireError>>,
-            u32,
-            u32,
-        ),
-        Error,
-    > {
-        let export = async {
-            let mut stream = conn
-                .open(OpenRequest::UsbExport(UsbExportRequest {
-                    busid: busid.to_string(),
-                    port,
-                }))
-                .await
-                .map_err(|e| format!("opening the USB export stream of '{usb_domain}': {e}"))?;
-            match stream.recv().await {
-                Ok(StreamEvent::Message(m)) => match UsbExportReply::decode(&m) {
-                    Ok(UsbExportReply::Exported { devid, speed }) => Ok((stream, devid, speed)),
-                    Ok(UsbExportReply::Failed { reason }) => Err(format!(
+    ) -> Result<(tokio::net::UnixStream, WireTask, u32, u32), Error> {
+        let request = OpenRequest::UsbExport(UsbExportRequest {
+            busid: busid.to_string(),
+            port,
+        });
+        let late = format!("the usb VM '{usb_domain}' did not export USB device {busid}");
+        let (stream, (devid, speed)) =
+            usb_stream(conn, request, usb_domain, "USB export", &late, |m| {
+                match UsbExportReply::decode(m)? {
+                    UsbExportReply::Exported { devid, speed } => Ok(Ok((devid, speed))),
+                    UsbExportReply::Failed { reason } => Ok(Err(format!(
                         "the usb VM '{usb_domain}' could not export it: {reason}"
-                    )),
-                    Err(e) => {
-                        stream.reset("bad reply");
-                        Err(format!(
-                            "the agent of '{usb_domain}' answered nonsense: {e}"
-                        ))
-                    }
-                },
-                Ok(other) => {
-                    stream.reset("unexpected");
-                    Err(format!(
-                        "the agent of '{usb_domain}' answered {other:?} instead of a USB export reply"
-                    ))
+                    ))),
                 }
-                Err(e) => Err(format!(
-                    "the USB export stream of '{usb_domain}' ended: {e}"
-                )),
-            }
-        };
-        let (stream, devid, speed) = match tokio::time::timeout(IMPORT_TIMEOUT, export).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(why)) => return Err(Error::Agent(why)),
-            Err(_) => {
-                return Err(Error::Agent(format!(
-                    "the usb VM '{usb_domain}' did not export USB device {busid} within {} s",
-                    IMPORT_TIMEOUT.as_secs()
-                )))
-            }
-        };
+            })
+            .await?;
         info!(busid = %busid, usb_domain, devid, "the usb VM exports the device onwards");
-        let (exporter, stream_end) = tokio::net::UnixStream::pair()
-            .map_err(|e| Error::Io(format!("USB relay sockets: {e}")))?;
-        let wire = tokio::spawn(bulkhead_wire::relay::relay_bytes(stream, stream_end));
+        let (exporter, wire) = relay_end(stream)?;
         Ok((exporter, wire, devid, speed))
     }
 
@@ -511,49 +474,29 @@ impl Manager {
         domain: &str,
         exported: ExportedDevice,
     ) -> Result<(tokio::net::UnixStream, Receiver, u32), Error> {
-        let import = async {
-            let mut stream = conn
-                .open(OpenRequest::UsbImport(UsbImportRequest {
-                    busid: busid.to_string(),
-                    devid: exported.devid,
-                    speed: exported.speed,
-                }))
-                .await
-                .map_err(|e| format!("opening the USB stream to '{domain}': {e}"))?;
-            match stream.recv().await {
-                Ok(StreamEvent::Message(m)) => match UsbImportReply::decode(&m) {
-                    Ok(UsbImportReply::Attached { port }) => Ok((stream, port)),
-                    Ok(UsbImportReply::Failed { reason }) => {
-                        Err(format!("'{domain}' could not plug it in: {reason}"))
-                    }
-                    Err(e) => {
-                        stream.reset("bad reply");
-                        Err(format!("the agent of '{domain}' answered nonsense: {e}"))
+        let request = OpenRequest::UsbImport(UsbImportRequest {
+            busid: busid.to_string(),
+            devid: exported.devid,
+            speed: exported.speed,
+        });
+        let late = format!("the agent of '{domain}' did not plug USB device {busid} in");
+        let (stream, port) =
+            usb_stream(
+                conn,
+                request,
+                domain,
+                "USB import",
+                &late,
+                |m| match UsbImportReply::decode(m)? {
+                    UsbImportReply::Attached { port } => Ok(Ok(port)),
+                    UsbImportReply::Failed { reason } => {
+                        Ok(Err(format!("'{domain}' could not plug it in: {reason}")))
                     }
                 },
-                Ok(other) => {
-                    stream.reset("unexpected");
-                    Err(format!(
-                        "the agent of '{domain}' answered {other:?} instead of a USB import reply"
-                    ))
-                }
-                Err(e) => Err(format!("the USB stream to '{domain}' ended: {e}")),
-            }
-        };
-        let (stream, port) = match tokio::time::timeout(IMPORT_TIMEOUT, import).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(why)) => return Err(Error::Agent(why)),
-            Err(_) => {
-                return Err(Error::Agent(format!(
-                    "the agent of '{domain}' did not plug USB device {busid} in within {} s",
-                    IMPORT_TIMEOUT.as_secs()
-                )))
-            }
-        };
+            )
+            .await?;
         info!(busid = %busid, domain, port, "the VM plugged the USB device in");
-        let (importer, stream_end) = tokio::net::UnixStream::pair()
-            .map_err(|e| Error::Io(format!("USB relay sockets: {e}")))?;
-        let wire = tokio::spawn(bulkhead_wire::relay::relay_bytes(stream, stream_end));
+        let (importer, wire) = relay_end(stream)?;
         Ok((importer, Receiver::Vm { wire }, port))
     }
 
@@ -676,6 +619,63 @@ impl Manager {
     }
 }
 
+/// The task that relays a wire stream to one end of a socket pair.
+type WireTask = tokio::task::JoinHandle<Result<(), bulkhead_wire::WireError>>;
+
+/// Opens a USB stream (`request`, `what` for messages) to the agent of `domain` and reads its
+/// one answer within [`IMPORT_TIMEOUT`] (`late` says what did not happen in time): `answer`
+/// turns the decoded message into the value or the agent's reason for refusing.
+async fn usb_stream<T>(
+    conn: &bulkhead_wire::Connection,
+    request: OpenRequest,
+    domain: &str,
+    what: &str,
+    late: &str,
+    answer: impl Fn(&[u8]) -> Result<Result<T, String>, bulkhead_wire::MessageError>,
+) -> Result<(bulkhead_wire::Stream, T), Error> {
+    let exchange = async {
+        let mut stream = conn
+            .open(request)
+            .await
+            .map_err(|e| format!("opening the {what} stream of '{domain}': {e}"))?;
+        match stream.recv().await {
+            Ok(StreamEvent::Message(m)) => match answer(&m) {
+                Ok(Ok(v)) => Ok((stream, v)),
+                Ok(Err(refused)) => Err(refused),
+                Err(e) => {
+                    stream.reset("bad reply");
+                    Err(format!("the agent of '{domain}' answered nonsense: {e}"))
+                }
+            },
+            Ok(other) => {
+                stream.reset("unexpected");
+                Err(format!(
+                    "the agent of '{domain}' answered {other:?} instead of a {what} reply"
+                ))
+            }
+            Err(e) => Err(format!("the {what} stream of '{domain}' ended: {e}")),
+        }
+    };
+    match tokio::time::timeout(IMPORT_TIMEOUT, exchange).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(why)) => Err(Error::Agent(why)),
+        Err(_) => Err(Error::Agent(format!(
+            "{late} within {} s",
+            IMPORT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// One end of a socket pair for the relay, the other relayed to `stream` by a task.
+fn relay_end(stream: bulkhead_wire::Stream) -> Result<(tokio::net::UnixStream, WireTask), Error> {
+    let (ours, stream_end) =
+        tokio::net::UnixStream::pair().map_err(|e| Error::Io(format!("USB relay sockets: {e}")))?;
+    Ok((
+        ours,
+        tokio::spawn(bulkhead_wire::relay::relay_bytes(stream, stream_end)),
+    ))
+}
+
 /// A running domain's record, and its watch of the end of its init or VMM.
 pub(super) struct Running {
     pub record: DomainRecord,
@@ -685,9 +685,7 @@ pub(super) struct Running {
 /// Where the device went.
 enum Receiver {
     /// Into a VM's kernel: this task relays the wire stream to the relay's importing side.
-    Vm {
-        wire: tokio::task::JoinHandle<Result<(), bulkhead_wire::WireError>>,
-    },
+    Vm { wire: WireTask },
     /// Into dom0's `vhci-hcd` at `port`, its nodes handed to the sandbox `target` for host
     /// uid `owner`; `given` are the nodes handed so far (name, device number).
     Sandbox {
@@ -720,7 +718,7 @@ struct Upstream {
     stop: oneshot::Sender<()>,
     released: watch::Receiver<bool>,
     /// The relay of the usb VM's export stream.
-    wire: tokio::task::JoinHandle<Result<(), bulkhead_wire::WireError>>,
+    wire: WireTask,
 }
 
 impl Upstream {
