@@ -15,9 +15,7 @@
 //! `vm_full_boot.rs` and [`hardware_vm_here_or_nested`]).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::Domaind1Proxy;
@@ -78,24 +76,6 @@ async fn tcp(p: &Domaind1Proxy<'_>, domain: &str, port: u16) -> Option<String> {
     (code == 0).then(|| out.trim().to_owned())
 }
 
-async fn set_rules(p: &Domaind1Proxy<'_>, domain: &str, rules: &[&str]) {
-    p.firewall_reset(domain).await.unwrap();
-    for r in rules {
-        p.firewall_add(domain, r, -1)
-            .await
-            .unwrap_or_else(|e| panic!("add {r}: {e}"));
-    }
-}
-
-async fn console(p: &Domaind1Proxy<'_>, name: &str) -> String {
-    let mut log = String::new();
-    if let Ok(fd) = p.open_log(name).await {
-        let fd: OwnedFd = fd.into();
-        let _ = std::fs::File::from(fd).read_to_string(&mut log);
-    }
-    log
-}
-
 /// The interfaces of the running sandbox `name` (`ip -o link` in its namespace, from here).
 fn links_of(d: &TestDomaind, name: &str) -> String {
     let rec = d.instance_record(name);
@@ -146,7 +126,7 @@ async fn scenario(cache: std::path::PathBuf) {
     if let Err(e) = p.start(&vm).await {
         panic!(
             "start: {e}\nconsole:\n{}\ndomaind:\n{}",
-            console(&p, &vm).await,
+            bulkhead_testkit::domain_log(&p, &vm).await,
             d.log()
         );
     }
@@ -169,7 +149,7 @@ async fn scenario(cache: std::path::PathBuf) {
     assert!(
         out.contains(&format!("inet {ip}/32")),
         "the VM does not have its address {ip}:\n{out}\nconsole:\n{}",
-        console(&p, &vm).await
+        bulkhead_testkit::domain_log(&p, &vm).await
     );
     assert!(out.contains("default via 10.137.0.1"), "{out}");
     assert!(out.contains("nameserver 10.139.1.1"), "{out}");
@@ -188,7 +168,7 @@ async fn scenario(cache: std::path::PathBuf) {
     assert!(out.starts_with("192.0.2.1"), "{out}");
 
     // net's firewall chain for the VM applies.
-    set_rules(
+    bulkhead_testkit::set_firewall(
         &p,
         &vm,
         &["action=accept proto=tcp dstports=80", "action=drop"],
@@ -228,7 +208,7 @@ async fn scenario(cache: std::path::PathBuf) {
     d.restart().await.unwrap();
     let (_c, p) = d.client().await.unwrap();
     assert!(tcp(&p, &vm, 80).await.is_some(), "{}", d.log());
-    set_rules(&p, &vm, &["action=drop"]).await;
+    bulkhead_testkit::set_firewall(&p, &vm, &["action=drop"]).await;
     assert_eq!(tcp(&p, &vm, 80).await, None, "drop after the restart");
     p.firewall_reset(&vm).await.unwrap();
 

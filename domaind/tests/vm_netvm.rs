@@ -16,9 +16,8 @@
 //! `vm_full_boot.rs`).
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::Domaind1Proxy;
@@ -95,24 +94,6 @@ fn tcp_sandbox(d: &TestDomaind, domain: &str, port: u16) -> Option<String> {
     .expect("enter the sandbox's namespace")
 }
 
-async fn set_rules(p: &Domaind1Proxy<'_>, domain: &str, rules: &[&str]) {
-    p.firewall_reset(domain).await.unwrap();
-    for r in rules {
-        p.firewall_add(domain, r, -1)
-            .await
-            .unwrap_or_else(|e| panic!("add {r}: {e}"));
-    }
-}
-
-async fn console(p: &Domaind1Proxy<'_>, name: &str) -> String {
-    let mut log = String::new();
-    if let Ok(fd) = p.open_log(name).await {
-        let fd: OwnedFd = fd.into();
-        let _ = std::fs::File::from(fd).read_to_string(&mut log);
-    }
-    log
-}
-
 fn host_has_link(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
 }
@@ -173,8 +154,8 @@ async fn scenario(cache: std::path::PathBuf) {
     if let Err(e) = p.start(&cvm).await {
         panic!(
             "start: {e}\nnet console:\n{}\nclient console:\n{}\ndomaind:\n{}",
-            console(&p, &net).await,
-            console(&p, &cvm).await,
+            bulkhead_testkit::domain_log(&p, &net).await,
+            bulkhead_testkit::domain_log(&p, &cvm).await,
             d.log()
         );
     }
@@ -188,7 +169,7 @@ async fn scenario(cache: std::path::PathBuf) {
         let (_, inside) = root_sh(&p, &net, "ip -4 addr; ip -4 route; nft list ruleset").await;
         panic!(
             "the VM client: {got:?}\nin net:\n{inside}\nnet console:\n{}\ndomaind:\n{}",
-            console(&p, &net).await,
+            bulkhead_testkit::domain_log(&p, &net).await,
             d.log()
         );
     }
@@ -203,7 +184,7 @@ async fn scenario(cache: std::path::PathBuf) {
     assert!(out.starts_with("192.0.2.1"), "{out}");
 
     // The VM client's firewall applies; the net VM cannot undo it.
-    set_rules(
+    bulkhead_testkit::set_firewall(
         &p,
         &cvm,
         &["action=accept proto=tcp dstports=80", "action=drop"],
@@ -280,7 +261,7 @@ async fn scenario(cache: std::path::PathBuf) {
         got.as_deref(),
         Some("hello from 192.0.2.1:80"),
         "after the restart\nnet console:\n{}\n{}",
-        console(&p, &net).await,
+        bulkhead_testkit::domain_log(&p, &net).await,
         d.log()
     );
     assert!(

@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -177,7 +176,11 @@ async fn usb_vm_scenario(cache: PathBuf) {
             .await
             .expect("create a VM");
         if let Err(e) = p.start(vm).await {
-            panic!("start {vm}: {e}\n{}\n{}", console(&p, vm).await, d.log());
+            panic!(
+                "start {vm}: {e}\n{}\n{}",
+                bulkhead_testkit::domain_log(&p, vm).await,
+                d.log()
+            );
         }
     }
     let vhci_in_use = |out: &str| {
@@ -190,7 +193,7 @@ async fn usb_vm_scenario(cache: PathBuf) {
     if let Err(e) = p.usb_attach(&disk, &work).await {
         panic!(
             "attach {disk} to {work} through {usb}: {e}\nusb console:\n{}\ndomaind:\n{}",
-            console(&p, &usb).await,
+            bulkhead_testkit::domain_log(&p, &usb).await,
             d.log()
         );
     }
@@ -260,15 +263,6 @@ async fn usb_vm_scenario(cache: PathBuf) {
 /// `sh -c script` as root in `domain`: (exit code, stdout + stderr).
 async fn root_sh(p: &Domaind1Proxy<'_>, domain: &str, script: &str) -> (i32, String) {
     bulkhead_testkit::run_sh_as(p, domain, "root", script).await
-}
-
-async fn console(p: &Domaind1Proxy<'_>, name: &str) -> String {
-    let mut log = String::new();
-    if let Ok(fd) = p.open_log(name).await {
-        let fd: OwnedFd = fd.into();
-        let _ = std::fs::File::from(fd).read_to_string(&mut log);
-    }
-    log
 }
 
 /// The bus id of the device whose product string is `product` (from `usb list`).
@@ -477,7 +471,7 @@ async fn scenario(cache: PathBuf) {
     if let Err(e) = p.start(&work).await {
         panic!(
             "start {work}: {e}\n{}\n{}",
-            console(&p, &work).await,
+            bulkhead_testkit::domain_log(&p, &work).await,
             d.log()
         );
     }
@@ -488,7 +482,7 @@ async fn scenario(cache: PathBuf) {
     if let Err(e) = p.usb_attach(&disk, &work).await {
         panic!(
             "attach {disk} to {work}: {e}\nconsole:\n{}\ndomaind:\n{}",
-            console(&p, &work).await,
+            bulkhead_testkit::domain_log(&p, &work).await,
             d.log()
         );
     }
@@ -498,7 +492,7 @@ async fn scenario(cache: PathBuf) {
     assert!(
         code == 0 && out.contains(MARKER),
         "{work} cannot read the disk: {out}\n{}\n{}",
-        console(&p, &work).await,
+        bulkhead_testkit::domain_log(&p, &work).await,
         d.log()
     );
     println!("{work} read the disk {:?} after the attach", t0.elapsed());
@@ -604,7 +598,10 @@ async fn scenario(cache: PathBuf) {
         .await
         .expect("attach the keyboard");
     let Some(dev) = kbd_event_dev(&p, &work).await else {
-        panic!("no keyboard in {work}\n{}", console(&p, &work).await);
+        panic!(
+            "no keyboard in {work}\n{}",
+            bulkhead_testkit::domain_log(&p, &work).await
+        );
     };
     assert!(
         vm_sees_key(&p, &work, &dev).await,

@@ -122,6 +122,17 @@ fn serve_dns(ns: &NetNs, at: Ipv4Addr, names: Vec<(String, Ipv4Addr)>) {
     });
 }
 
+/// Replaces `domain`'s firewall with `rules` (Qubes' rule format), in order; panics on a
+/// refused rule.
+pub async fn set_firewall(p: &bulkhead_api::Domaind1Proxy<'_>, domain: &str, rules: &[&str]) {
+    p.firewall_reset(domain).await.unwrap();
+    for r in rules {
+        p.firewall_add(domain, r, -1)
+            .await
+            .unwrap_or_else(|e| panic!("add {r}: {e}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

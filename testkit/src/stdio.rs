@@ -205,6 +205,11 @@ pub async fn run_sh_as(
     }
 }
 
+/// The whole of `domain`'s log (a VM's console), or why there is none.
+pub async fn domain_log(p: &Domaind1Proxy<'_>, domain: &str) -> String {
+    log_tail(p, domain, usize::MAX).await
+}
+
 /// The last `lines` lines of `domain`'s log (through `OpenLog`), or why there is none.
 pub async fn log_tail(p: &Domaind1Proxy<'_>, domain: &str, lines: usize) -> String {
     use std::io::Read as _;
