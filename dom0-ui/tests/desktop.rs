@@ -27,8 +27,9 @@
 //! the debian-12 template built with its GUI group (scripts/test.sh sets it up).
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,22 +103,58 @@ fn null_stdio() -> (std::fs::File, std::fs::File, std::fs::File) {
     (null(), null(), null())
 }
 
-/// Starts `script` in `domain` in the background (the Run call lasts as long as it).
-fn spawn_in(p: &Domaind1Proxy<'static>, domain: &str, script: &str) {
+/// Starts `script` in `domain` in the background (the Run call lasts as long as it). Its
+/// output, and how the call ended, go to `spawn-DOMAIN-N.log` in `dir`, which
+/// `spawned_logs` shows when a test fails.
+fn spawn_in(p: &Domaind1Proxy<'static>, domain: &str, script: &str, dir: &Path) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("spawn-{domain}-{n}.log"));
     let (p, domain, script) = (p.clone(), domain.to_owned(), script.to_owned());
     tokio::spawn(async move {
-        let (i, o, e) = null_stdio();
-        let _ = p
+        let (i, _, _) = null_stdio();
+        let out = std::fs::File::create(&path).expect("spawn log");
+        let err = out.try_clone().expect("spawn log");
+        let _ = writeln!(&out, "$ {script}");
+        let res = p
             .run(
                 &domain,
                 &["/bin/sh", "-c", &script],
                 "",
                 Fd::from(&i),
-                Fd::from(&o),
-                Fd::from(&e),
+                Fd::from(&out),
+                Fd::from(&err),
             )
             .await;
+        let _ = writeln!(&out, "--- ended: {res:?}");
     });
+}
+
+/// What the programs started by `spawn_in` in `dir` printed, for a failure message.
+fn spawned_logs(dir: &Path) -> String {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("spawn-"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            format!(
+                "--- {}:\n{}",
+                p.display(),
+                std::fs::read_to_string(p).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A top-level X window as dom0-ui shows it.
@@ -416,6 +453,7 @@ async fn body() {
     p.start(&work).await.expect("start work");
     p.start(&vault).await.expect("start vault");
 
+    let spawn_dir = d.root().unwrap().to_path_buf();
     let log = d.root().unwrap().join("dom0-ui.log");
     let ui = Ui {
         child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
@@ -435,8 +473,9 @@ async fn body() {
     let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
     let diag = || {
         format!(
-            "--- dom0-ui log:\n{}\n--- domaind log (tail):\n{}",
+            "--- dom0-ui log:\n{}\n{}\n--- domaind log (tail):\n{}",
             ui_log(),
+            spawned_logs(&spawn_dir),
             d.log()
                 .lines()
                 .rev()
@@ -449,12 +488,12 @@ async fn body() {
         )
     };
 
-    spawn_in(&p, &work, "exec weston-simple-shm");
+    spawn_in(&p, &work, "exec weston-simple-shm", &spawn_dir);
     let term = |title: &str| {
         format!("cd /home/user && LC_ALL=C.UTF-8 exec foot --window-size-pixels=560x300 --title={title} /bin/sh")
     };
-    spawn_in(&p, &work, &term("term-work"));
-    spawn_in(&p, &vault, &term("term-vault"));
+    spawn_in(&p, &work, &term("term-work"), &spawn_dir);
+    spawn_in(&p, &vault, &term("term-vault"), &spawn_dir);
     let shm = wait_window(&display, "[work] simple-shm", 90, &diag, |n| {
         n == format!("[{work}] simple-shm")
     })
@@ -899,6 +938,7 @@ async fn focus_body() {
     p.start(&work).await.expect("start work");
     p.start(&untrusted).await.expect("start untrusted");
 
+    let spawn_dir = d.root().unwrap().to_path_buf();
     let log = d.root().unwrap().join("dom0-ui-focus.log");
     let ui = Ui {
         child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
@@ -916,11 +956,17 @@ async fn focus_body() {
         log,
     };
     let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
-    let diag = || format!("--- dom0-ui log:\n{}", ui_log());
+    let diag = || {
+        format!(
+            "--- dom0-ui log:\n{}\n{}",
+            ui_log(),
+            spawned_logs(&spawn_dir)
+        )
+    };
     let term = |title: &str| {
         format!("cd /home/user && LC_ALL=C.UTF-8 exec foot --window-size-pixels=500x260 --title={title} /bin/sh")
     };
-    spawn_in(&p, &work, &term("term-work"));
+    spawn_in(&p, &work, &term("term-work"), &spawn_dir);
     let tw_name = format!("[{work}] term-work");
     let tw = wait_client(&display, "[work] term-work", &diag, &tw_name).await;
     // The terminal takes keys once its shell runs.
@@ -948,7 +994,7 @@ async fn focus_body() {
 
         // untrusted maps a window while the user types into work.
         let pop = format!("pop{round}");
-        spawn_in(&p, &untrusted, &term(&pop));
+        spawn_in(&p, &untrusted, &term(&pop), &spawn_dir);
         wait_client(
             &display,
             "untrusted's window",
