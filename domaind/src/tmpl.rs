@@ -105,7 +105,7 @@ pub fn vm_artifacts(
 
 /// Whether the template's directory is a symlink: a store shared from elsewhere (tests link a
 /// cached store in) whose trees this domaind does not own.
-fn linked_in(store: &TemplateStore, name: &DomainName) -> bool {
+pub fn linked_in(store: &TemplateStore, name: &DomainName) -> bool {
     std::fs::symlink_metadata(store.template_dir(name))
         .map(|m| m.file_type().is_symlink())
         .unwrap_or(false)

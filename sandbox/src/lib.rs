@@ -159,6 +159,12 @@ pub struct SandboxSpec {
     /// Size of the root's writable layer (a tmpfs under the overlay) in MiB.
     #[serde(default = "default_root_overlay_mib")]
     pub root_overlay_mib: u64,
+    /// A template domain's root writable layer on disk instead of a tmpfs: an empty
+    /// directory (root-owned, 0700) the launcher binds in place of the tmpfs and makes
+    /// `upper`/`work` in; what the domain changes in its root stays there after it stops
+    /// (domaind folds it into the template). Not bounded by `root_overlay_mib`.
+    #[serde(default)]
+    pub root_changes_dir: Option<PathBuf>,
     /// Host dir with agent.sock; read-only at /run/bulkhead-channel.
     pub channel_dir: PathBuf,
     /// Read-only at /usr/lib/bulkhead.
@@ -210,6 +216,21 @@ impl SandboxSpec {
                 return bad(format!(
                     "{field} {} must be UTF-8 without ',' or ':' (overlay option syntax)",
                     p.display()
+                ));
+            }
+        }
+        if let Some(d) = &self.root_changes_dir {
+            use std::os::unix::fs::MetadataExt as _;
+            let md = match std::fs::symlink_metadata(d) {
+                Ok(m) => m,
+                Err(e) => return bad(format!("root_changes_dir {}: {e}", d.display())),
+            };
+            let empty = std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_none());
+            if !d.is_absolute() || !md.is_dir() || md.uid() != 0 || md.mode() & 0o077 != 0 || !empty
+            {
+                return bad(format!(
+                    "root_changes_dir {} must be an empty directory owned by root, mode 0700, at an absolute path",
+                    d.display()
                 ));
             }
         }
@@ -634,6 +655,7 @@ mod tests {
             template_root: dir.to_path_buf(),
             private_image: dir.join("private.img"),
             root_overlay_mib: DEFAULT_ROOT_OVERLAY_MIB,
+            root_changes_dir: None,
             scratch_dir: dir.join("scratch"),
             channel_dir: dir.to_path_buf(),
             guest_tools_dir: dir.to_path_buf(),

@@ -446,13 +446,24 @@ pub(crate) fn assemble(
     // The root's writable layer: a tmpfs of the spec's size, so what a domain writes outside
     // its private volume is bounded (and charged to the domain's memory cgroup, whose
     // processes fault its pages in), and gone when the domain's mount namespace is.
-    mount_fs(
-        "mount:overlay",
-        "tmpfs",
-        Target::Path(&scratch_view),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        &format!("mode=0700,size={}m", spec.root_overlay_mib),
-    )?;
+    // A template's layer is a directory on the host's disk instead: domaind keeps what is
+    // in it once the domain stopped.
+    match &spec.root_changes_dir {
+        Some(dir) => bind_with_attrs(
+            "mount:overlay",
+            dir,
+            Target::Path(&scratch_view),
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+            None,
+        )?,
+        None => mount_fs(
+            "mount:overlay",
+            "tmpfs",
+            Target::Path(&scratch_view),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            &format!("mode=0700,size={}m", spec.root_overlay_mib),
+        )?,
+    }
     prepare_upper(spec, &scratch_view)?;
     std::env::set_current_dir(&layout.staging)
         .map_err(|e| err("mount:overlay", format!("chdir staging: {e}")))?;

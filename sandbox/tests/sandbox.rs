@@ -248,6 +248,7 @@ impl Fixture {
             template_root: self.template.clone().unwrap_or_else(|| self.path("root")),
             private_image: self.private_image(),
             root_overlay_mib: 64,
+            root_changes_dir: None,
             scratch_dir: self.path("scratch"),
             channel_dir: self.path("channel"),
             guest_tools_dir: self.path("tools"),

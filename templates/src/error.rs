@@ -49,6 +49,8 @@ pub enum TemplateError {
         log: PathBuf,
         problem: String,
     },
+    #[error("the template's changes were not kept ({}: {reason}); the template's root stays as it was", path.display())]
+    ChangesRefused { path: PathBuf, reason: String },
     #[error("{} is used by a running domain; stop it first", root.display())]
     InUse { root: PathBuf },
     #[error("{what}: {source}")]

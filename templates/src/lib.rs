@@ -5,10 +5,13 @@
 //! - [`TemplateStore`]: `<state>/templates`; [`TemplateStore::status`],
 //!   [`TemplateStore::root_path`], [`TemplateStore::build`] (mmdebstrap, cached, crash-safe:
 //!   build into a `.partial`, mark, rename, switch `current`), [`TemplateStore::gc`].
+//! - [`TemplateStore::commit_changes`]: what a stopped template domain changed in its root,
+//!   kept as a new root (see `changes`).
 //! - [`BuildProgress`] / [`Stage`]: progress parsed from mmdebstrap's output.
 //! - [`vm`]: what a VM domain boots (kernel, initramfs, ext4 images), built on demand with
 //!   [`TemplateStore::build_vm`].
 
+mod changes;
 mod error;
 mod mmdebstrap;
 mod progress;
@@ -17,6 +20,9 @@ mod sources;
 mod store;
 pub mod vm;
 
+pub use changes::{
+    CommitOutcome, IdRange, MAX_DEPTH as MAX_CHANGES_DEPTH, MAX_ENTRIES as MAX_CHANGES_ENTRIES,
+};
 pub use error::TemplateError;
 pub use mmdebstrap::{customize_hooks, mmdebstrap_args, Mmdebstrap, RootBuilder};
 pub use progress::{BuildProgress, Level, OutputParser, Stage};

@@ -37,9 +37,9 @@ pub const MARKER_PATH: &str = "etc/bulkhead-template";
 const CURRENT: &str = "current";
 const CURRENT_TMP: &str = ".current.new";
 const LOCK: &str = ".lock";
-const ROOT_PREFIX: &str = "root-";
-const PARTIAL_PREFIX: &str = "build-";
-const PARTIAL_SUFFIX: &str = ".partial";
+pub(crate) const ROOT_PREFIX: &str = "root-";
+pub(crate) const PARTIAL_PREFIX: &str = "build-";
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
 const VM_PREFIX: &str = "vm-";
 
 /// The marker written into a finished tree (and readable inside domains).
@@ -51,6 +51,13 @@ pub struct TemplateMarker {
     pub builder_format: u32,
     /// Unix time the build finished.
     pub built_at: u64,
+    /// Unix time the last changes made in the template domain were kept (see
+    /// [`crate::changes`]); None for a tree as the recipe built it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<u64>,
+    /// The tree's directory is `root-<root_id>` (a changed tree); None: `root-<hash16>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
 }
 
 /// The state of a template in the store.
@@ -78,7 +85,7 @@ fn is_hex16(s: &str) -> bool {
     s.len() == 16 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), TemplateError> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), TemplateError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(TemplateError::io(dir, "cannot fsync directory"))
@@ -112,7 +119,25 @@ fn detach_mounts_under(path: &Path) -> Result<(), TemplateError> {
 
 /// Remove a tree that we created (a partial build or an old root), after detaching any
 /// mount inside it.
-fn remove_tree(path: &Path) -> Result<(), TemplateError> {
+/// Points `<tdir>/current` at `root` atomically (a new symlink renamed over the old).
+pub(crate) fn switch_current(tdir: &Path, root: &Path) -> Result<(), TemplateError> {
+    let tmp = tdir.join(CURRENT_TMP);
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(TemplateError::io(&tmp, "cannot remove")(e)),
+    }
+    let rel = root
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.to_owned());
+    symlink(&rel, &tmp).map_err(TemplateError::io(&tmp, "cannot create symlink"))?;
+    let current = tdir.join(CURRENT);
+    fs::rename(&tmp, &current).map_err(TemplateError::io(&current, "cannot switch"))?;
+    fsync_dir(tdir)
+}
+
+pub(crate) fn remove_tree(path: &Path) -> Result<(), TemplateError> {
     detach_mounts_under(path)?;
     bulkhead_fsutil::remove_tree(path).map_err(TemplateError::io(path, "cannot remove"))
 }
@@ -143,7 +168,11 @@ impl TemplateStore {
     }
 
     /// Check a finished root and read its marker.
-    fn check_root(&self, name: &DomainName, root: &Path) -> Result<TemplateMarker, String> {
+    pub(crate) fn check_root(
+        &self,
+        name: &DomainName,
+        root: &Path,
+    ) -> Result<TemplateMarker, String> {
         let meta = fs::symlink_metadata(root)
             .map_err(|e| format!("{} is missing ({e})", root.display()))?;
         if !meta.is_dir() {
@@ -171,7 +200,11 @@ impl TemplateStore {
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix(ROOT_PREFIX))
             .unwrap_or("");
-        if marker.name != name.as_str() || short(&marker.hash) != dir_hash {
+        let want = marker
+            .root_id
+            .as_deref()
+            .unwrap_or_else(|| short(&marker.hash));
+        if marker.name != name.as_str() || want != dir_hash {
             return Err(format!(
                 "{}: marker says template {:?} hash {}, which does not match the directory",
                 marker_path.display(),
@@ -386,6 +419,8 @@ impl TemplateStore {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
+                changed_at: None,
+                root_id: None,
             };
             let marker_path = partial.join(MARKER_PATH);
             let text = toml::to_string(&marker).map_err(|e| TemplateError::Verify {
@@ -405,21 +440,7 @@ impl TemplateStore {
                 .map_err(TemplateError::io(&partial, "cannot rename to root"))?;
             fsync_dir(&tdir)?;
         }
-        // Switch `current` atomically.
-        let tmp = tdir.join(CURRENT_TMP);
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(TemplateError::io(&tmp, "cannot remove")(e)),
-        }
-        let rel = root
-            .file_name()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.clone());
-        symlink(&rel, &tmp).map_err(TemplateError::io(&tmp, "cannot create symlink"))?;
-        let current = tdir.join(CURRENT);
-        fs::rename(&tmp, &current).map_err(TemplateError::io(&current, "cannot switch"))?;
-        fsync_dir(&tdir)?;
+        switch_current(&tdir, &root)?;
         let seconds = started.elapsed().as_secs_f64();
         info!(template = %name, root = %root.display(), seconds, "template ready");
         progress(BuildProgress::Finished {
@@ -541,20 +562,20 @@ fn verify_tree(recipe: &Recipe, root: &Path) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::cell::Cell;
     use std::os::unix::fs::chown;
 
     /// A builder that writes a tiny tree the way mmdebstrap would (for the file logic).
-    struct FakeBuilder {
+    pub(crate) struct FakeBuilder {
         calls: Cell<u32>,
         fail: bool,
         skip_user: bool,
     }
 
     impl FakeBuilder {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Self {
                 calls: Cell::new(0),
                 fail: false,
@@ -610,7 +631,7 @@ mod tests {
 
     const RECIPE: &str = "format = 1\nname = \"tmpl\"\nsuite = \"bookworm\"\nvariant = \"minbase\"\nhostname = \"localhost\"\n{extra}[user]\nname = \"user\"\nuid = 1000\ngid = 1000\nhome = \"/home/user\"\nshell = \"/bin/bash\"\n";
 
-    fn recipe(extra: &str) -> Recipe {
+    pub(crate) fn recipe(extra: &str) -> Recipe {
         Recipe::from_bytes(
             Path::new("tmpl.toml"),
             RECIPE.replace("{extra}", extra).as_bytes(),
@@ -618,11 +639,11 @@ mod tests {
         .unwrap()
     }
 
-    fn root_user() -> bool {
+    pub(crate) fn root_user() -> bool {
         nix::unistd::Uid::effective().is_root()
     }
 
-    fn n() -> DomainName {
+    pub(crate) fn n() -> DomainName {
         DomainName::new("tmpl").unwrap()
     }
 

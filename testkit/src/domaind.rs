@@ -32,6 +32,10 @@ pub struct DomaindOptions {
     pub with_guest_tools: bool,
     /// Symlink `<template cache>/templates/*` into the state dir.
     pub template_cache: Option<PathBuf>,
+    /// Templates of the cache this domaind gets a store of its own for (its current root
+    /// copied as hard links, as a template change copies it), instead of a link to the
+    /// shared cache: tests that change a template.
+    pub own_templates: Vec<String>,
     pub recipes_dir: Option<PathBuf>,
     /// Extra environment (e.g. BULKHEAD_LOG).
     pub env: Vec<(String, String)>,
@@ -134,6 +138,9 @@ impl TestDomaind {
             }
         };
         if let Some(cache) = &opts.template_cache {
+            for name in &opts.own_templates {
+                copy_template(cache, &paths.templates_dir(), name)?;
+            }
             link_templates(cache, &paths.templates_dir())?;
         }
         if let Some(text) = &opts.daemon_file {
@@ -379,6 +386,33 @@ impl Drop for TestDomaind {
 }
 
 /// Symlink every template of `cache/templates` into `dest`.
+/// `<dest>/<name>`: a store of its own holding a hard-link copy of the cache's current root
+/// of template `name` (the cache is never changed through it: a template change replaces
+/// entries, it never writes through a link).
+fn copy_template(cache: &Path, dest: &Path, name: &str) -> TestResult<()> {
+    let src = cache.join("templates");
+    let src = if src.is_dir() { src } else { cache.to_owned() }.join(name);
+    let target = std::fs::read_link(src.join("current"))
+        .map_err(|e| format!("{}/current: {e}", src.display()))?;
+    let to = dest.join(name);
+    std::fs::create_dir_all(&to).map_err(|e| format!("mkdir {}: {e}", to.display()))?;
+    let out = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(src.join(&target))
+        .arg(to.join(&target))
+        .output()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cp -al {}: {}",
+            src.join(&target).display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    std::os::unix::fs::symlink(&target, to.join("current"))
+        .map_err(|e| format!("symlink current: {e}"))
+}
+
 fn link_templates(cache: &Path, dest: &Path) -> TestResult<()> {
     let src = cache.join("templates");
     let src = if src.is_dir() { src } else { cache.to_owned() };

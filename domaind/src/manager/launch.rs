@@ -103,12 +103,14 @@ impl Manager {
         slot: u32,
     ) -> Result<DomainRecord, String> {
         let paths = &self.cfg.paths;
+        let root_changes_dir = self.prepare_root_changes(cfg)?;
         let spec = SandboxSpec {
             name: cfg.name.to_string(),
             cgroup_root: self.cfg.cgroup_root.clone(),
             template_root: template_root.to_owned(),
             private_image: PrivateVolume::new(paths, &cfg.name).image,
             root_overlay_mib: root_overlay_mib(cfg.memory),
+            root_changes_dir,
             scratch_dir: paths.scratch_dir(&cfg.name),
             channel_dir: paths.channel_dir(&cfg.name),
             guest_tools_dir: self.cfg.guest_tools_dir.clone(),

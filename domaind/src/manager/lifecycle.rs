@@ -124,8 +124,18 @@ impl Manager {
             Ok(Err(e)) => error!(domain = %rt.name, error = %e, "cleanup failed"),
             Err(e) => error!(domain = %rt.name, error = %e.message(), "cleanup failed"),
         }
+        // A template's changes become its new root (the slot's ids are still its files').
+        let changed = inst.class == DomainClass::Template
+            && matches!(inst.record, DomainRecord::Sandbox(_))
+            && self.keep_template_changes(&rt.name, inst.uid_slot).await;
         self.release_slot(inst.uid_slot, &rt.name);
-        lock(&self.roots).remove(&rt.name);
+        let root = lock(&self.roots).remove(&rt.name).flatten();
+        // A root that is no longer its template's current one may now be used by no one.
+        if changed {
+            self.collect_old_roots(&rt.name).await;
+        } else if let Some(root) = root {
+            self.collect_root_if_old(&root).await;
+        }
         let mut st = lock(&rt.st);
         if st
             .inst

@@ -56,6 +56,7 @@ mod launch;
 mod lifecycle;
 mod recovery;
 mod start;
+mod template_changes;
 mod usb;
 mod usb_input;
 pub use agent::exit_code;
