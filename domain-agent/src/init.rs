@@ -61,6 +61,9 @@ pub struct InitConfig {
     /// A terminal to keep a root shell on ([`crate::console::spawn_console_shell`]): the
     /// serial console of a VM domain; None: no console shell.
     pub console: Option<PathBuf>,
+    /// The update proxy forwarder to keep running as the default user
+    /// ([`crate::updates::spawn_forwarder`]): template domains only; None: none.
+    pub updates_forwarder: Option<PathBuf>,
 }
 
 /// A supervised helper process (the gui-agent, the console shell): restarted with backoff.
@@ -121,6 +124,7 @@ struct State {
     killed: bool,
     gui: Supervised,
     console: Supervised,
+    updates: Supervised,
 }
 
 /// Process ids of all descendants of `root`, from /proc.
@@ -233,6 +237,28 @@ impl State {
         }
     }
 
+    fn spawn_forwarder(&mut self) {
+        self.updates.restart_at = None;
+        let Some(bin) = self.cfg.updates_forwarder.clone() else {
+            return;
+        };
+        if let Err(e) = crate::updates::write_apt_proxy_conf() {
+            tracing::warn!(error = %e, path = crate::updates::APT_PROXY_CONF, "apt will not use the update proxy");
+        }
+        match crate::updates::spawn_forwarder(&bin) {
+            Ok(pid) => {
+                tracing::info!(pid = pid.as_raw(), "update proxy forwarder started");
+                self.updates.started(pid);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the update proxy forwarder");
+                if self.deadline.is_none() {
+                    self.updates.schedule_restart("update proxy forwarder");
+                }
+            }
+        }
+    }
+
     fn spawn_console(&mut self) {
         self.console.restart_at = None;
         let Some(tty) = self.cfg.console.clone() else {
@@ -295,6 +321,12 @@ impl State {
                         self.gui.exited();
                         tracing::warn!(?status, "gui-agent exited");
                         self.schedule_gui_restart();
+                    } else if self.updates.pid == Some(pid) {
+                        self.updates.exited();
+                        tracing::warn!(?status, "update proxy forwarder exited");
+                        if self.deadline.is_none() {
+                            self.updates.schedule_restart("update proxy forwarder");
+                        }
                     } else if self.console.pid == Some(pid) {
                         // a logout ends the shell: a new one waits on the console
                         self.console.exited();
@@ -369,11 +401,13 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
         killed: false,
         gui: Supervised::default(),
         console: Supervised::default(),
+        updates: Supervised::default(),
     };
     tracing::info!(pid1, "bulkhead-init running");
     st.spawn_agent();
     st.spawn_gui_agent();
     st.spawn_console();
+    st.spawn_forwarder();
 
     loop {
         let now = Instant::now();
@@ -386,6 +420,9 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
         if st.deadline.is_none() && st.console.due(now) {
             st.spawn_console();
         }
+        if st.deadline.is_none() && st.updates.due(now) {
+            st.spawn_forwarder();
+        }
         if let Some(deadline) = st.deadline {
             if !st.killed && deadline <= now {
                 tracing::warn!("shutdown timeout reached: SIGKILL to all remaining processes");
@@ -397,6 +434,7 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
             st.restart_at,
             st.gui.restart_at,
             st.console.restart_at,
+            st.updates.restart_at,
             st.deadline.filter(|_| !st.killed),
         ]
         .into_iter()

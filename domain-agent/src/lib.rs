@@ -18,6 +18,7 @@ pub mod incoming;
 pub mod init;
 pub mod service;
 pub mod spawn;
+pub mod updates;
 pub mod usb;
 pub mod vmnet;
 

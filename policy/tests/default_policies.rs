@@ -22,7 +22,9 @@ fn system() -> System {
         )
         .with(DomainInfo::new(n("home"), DomainClass::App).with_default_dispvm(n("dvm")))
         .with(DomainInfo::new(n("untrusted"), DomainClass::App))
-        .with(DomainInfo::new(n("dvm"), DomainClass::DisposableTemplate));
+        .with(DomainInfo::new(n("dvm"), DomainClass::DisposableTemplate))
+        .with(DomainInfo::new(n("debian-12"), DomainClass::Template))
+        .with(DomainInfo::new(n("net"), DomainClass::Service).with_running(true));
     s.set_dom0_default_dispvm(Some(n("dvm")));
     s
 }
@@ -91,6 +93,14 @@ fn default_policy_decisions() {
     // Admin and unknown calls from a domain to dom0: deny; other unknown calls: no rule.
     assert!(decide(&p, "bulkhead.admin.vm.List", "work", "dom0").is_deny());
     assert!(decide(&p, "bulkhead.VMShell", "work", "home").is_deny());
+
+    // The update proxy: templates to the net domain, no one else.
+    match decide(&p, "bulkhead.UpdatesProxy", "debian-12", "@default") {
+        Resolution::Allow(a) => assert_eq!(a.target, CallTarget::Domain(n("net"))),
+        other => panic!("{other:?}"),
+    }
+    assert!(decide(&p, "bulkhead.UpdatesProxy", "work", "@default").is_deny());
+    assert!(decide(&p, "bulkhead.UpdatesProxy", "work", "net").is_deny());
 
     // dom0's own calls are allowed.
     assert!(decide(&p, "bulkhead.VMShell", "dom0", "home").is_allow());

@@ -15,7 +15,6 @@
 //! levels or [`MAX_ENTRIES`] entries refuse the whole change, with the reason.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -41,8 +40,14 @@ pub const MAX_DEPTH: usize = 128;
 pub const MAX_ENTRIES: u64 = 2_000_000;
 
 /// Paths (relative to the root) a template's changes never carry into its root: Bulkhead
-/// writes them for each domain (resolv.conf) or owns them (the template marker).
-const NOT_KEPT: &[&str] = &["etc/resolv.conf", MARKER_PATH];
+/// writes them for each domain (resolv.conf; apt's update proxy configuration, which
+/// bulkhead-init writes in templates: bulkhead_agent::updates::APT_PROXY_CONF) or owns them
+/// (the template marker).
+const NOT_KEPT: &[&str] = &[
+    "etc/resolv.conf",
+    "etc/apt/apt.conf.d/80bulkhead-updates-proxy",
+    MARKER_PATH,
+];
 
 /// The host ids a domain's files carry in its upper layer: `base + id` for `id` in
 /// `0..len`.
@@ -282,30 +287,38 @@ impl Apply<'_> {
     }
 }
 
-/// Whether `upper` holds anything to keep.
-fn has_changes(upper: &Path) -> Result<bool, TemplateError> {
+/// Whether `upper` holds anything to keep over `base`: an entry other than those never kept,
+/// where a plain (not opaque) directory counts only for what is in it or for an owner or mode
+/// other than the base's (the overlay copies parents up unchanged).
+fn has_changes(
+    upper: &Path,
+    base: &Path,
+    rel: &Path,
+    ids: IdRange,
+    depth: usize,
+) -> Result<bool, TemplateError> {
+    if depth > MAX_DEPTH {
+        return Ok(true);
+    }
     for entry in fs::read_dir(upper).map_err(TemplateError::io(upper, "cannot list"))? {
         let entry = entry.map_err(TemplateError::io(upper, "cannot list"))?;
-        let name = entry.file_name();
-        if name != OsStr::new("etc") {
+        let rel = rel.join(entry.file_name());
+        if NOT_KEPT.iter().any(|p| rel == Path::new(p)) {
+            continue;
+        }
+        let path = entry.path();
+        let md = fs::symlink_metadata(&path).map_err(TemplateError::io(&path, "cannot stat"))?;
+        if !md.is_dir() || is_opaque(&path)? {
             return Ok(true);
         }
-        let etc = entry.path();
-        if !entry
-            .file_type()
-            .map_err(TemplateError::io(&etc, "cannot stat"))?
-            .is_dir()
-        {
-            return Ok(true);
-        }
-        for e in fs::read_dir(&etc).map_err(TemplateError::io(&etc, "cannot list"))? {
-            let e = e.map_err(TemplateError::io(&etc, "cannot list"))?;
-            let rel = Path::new("etc").join(e.file_name());
-            if !NOT_KEPT.iter().any(|p| rel == Path::new(p)) {
-                return Ok(true);
-            }
-        }
-        if is_opaque(&etc)? {
+        let lower = base.join(&rel);
+        let same = fs::symlink_metadata(&lower).is_ok_and(|l| {
+            l.is_dir()
+                && l.mode() == md.mode()
+                && ids.unshift(md.uid()) == Some(l.uid())
+                && ids.unshift(md.gid()) == Some(l.gid())
+        });
+        if !same || has_changes(&path, base, &rel, ids, depth + 1)? {
             return Ok(true);
         }
     }
@@ -324,9 +337,6 @@ impl TemplateStore {
         upper: &Path,
         ids: IdRange,
     ) -> Result<CommitOutcome, TemplateError> {
-        if !has_changes(upper)? {
-            return Ok(CommitOutcome::Unchanged);
-        }
         let _lock = self.lock(name)?;
         let base = match self.status(name) {
             TemplateStatus::Ready { root, .. } | TemplateStatus::Stale { root, .. } => root,
@@ -348,6 +358,9 @@ impl TemplateStore {
                 name: name.to_string(),
                 reason,
             })?;
+        if !has_changes(upper, &base, Path::new(""), ids, 0)? {
+            return Ok(CommitOutcome::Unchanged);
+        }
         let tdir = self.template_dir(name);
         let id = random_id()?;
         let partial = tdir.join(format!("{PARTIAL_PREFIX}{id}{PARTIAL_SUFFIX}"));
@@ -451,9 +464,21 @@ mod tests {
             return;
         }
         let (_d, store, old, upper) = setup();
-        // Only what Bulkhead writes itself: nothing to keep.
-        fs::create_dir(upper.join("etc")).unwrap();
+        // Only what Bulkhead writes itself, under parents copied up unchanged: nothing to
+        // keep.
+        fs::create_dir_all(upper.join("etc/apt/apt.conf.d")).unwrap();
+        fs::create_dir_all(old.join("etc/apt/apt.conf.d")).unwrap();
+        for d in ["etc", "etc/apt", "etc/apt/apt.conf.d"] {
+            owned(&upper.join(d), 0);
+            fs::set_permissions(upper.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+            fs::set_permissions(old.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
         fs::write(upper.join("etc/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
+        fs::write(
+            upper.join("etc/apt/apt.conf.d/80bulkhead-updates-proxy"),
+            "Acquire::http::Proxy \"x\";\n",
+        )
+        .unwrap();
         assert_eq!(
             store.commit_changes(&n(), &upper, IDS).unwrap(),
             CommitOutcome::Unchanged

@@ -85,6 +85,12 @@ pub fn customize_hooks(recipe: &Recipe) -> Vec<String> {
         "printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > \"$1/etc/hosts\""
             .to_owned(),
     ];
+    // The archives this tree's apt uses: what the update proxy in a net domain based on this
+    // template reaches (bulkhead-updates-proxy reads it; comments in the sources skipped).
+    hooks.push(
+        "mkdir -p \"$1/etc/bulkhead\" && cat \"$1\"/etc/apt/sources.list \"$1\"/etc/apt/sources.list.d/*.list \"$1\"/etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^[[:space:]]*#' | grep -oE 'https?://[^/[:space:]]+' | sed -E 's#^https?://##' | sort -u > \"$1/etc/bulkhead/updates-proxy.allow\""
+            .to_owned(),
+    );
     if s.clean {
         hooks.push(
             "rm -rf \"$1\"/var/cache/apt/*.bin \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/lib/apt/lists/* \"$1\"/var/log/apt \"$1\"/var/log/dpkg.log \"$1\"/var/log/alternatives.log \"$1\"/var/cache/debconf/*-old \"$1\"/var/lib/dpkg/*-old \"$1\"/var/cache/ldconfig/aux-cache"

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 /// Version of the builder's output format. Bump it whenever the builder changes what it
 /// produces for the same recipe: every cached template is then rebuilt.
-pub const BUILDER_FORMAT_VERSION: u32 = 1;
+pub const BUILDER_FORMAT_VERSION: u32 = 2;
 
 /// Recipe `format` values this builder understands.
 pub const SUPPORTED_RECIPE_FORMATS: &[u32] = &[1];

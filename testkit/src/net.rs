@@ -72,6 +72,30 @@ impl TestInternet {
         });
     }
 
+    /// An HTTP/1.1 file server at `at` for the files in `dir` (GET, one request per
+    /// connection, 404 for anything missing or outside `dir`): a package archive for apt.
+    /// Returns a log of the requested paths.
+    pub fn serve_http_dir(
+        &self,
+        at: SocketAddr,
+        dir: std::path::PathBuf,
+    ) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let l: TcpListener = self
+            ._ns
+            .run(move || TcpListener::bind(at))
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (dir, log) = (dir.clone(), log.clone());
+                std::thread::spawn(move || serve_http_file(s, &dir, &log));
+            }
+        });
+        seen
+    }
+
     /// The `[net]` section of `domaind.toml` ([`DomaindOptions::daemon_file`]) that makes
     /// domain `net` the net domain on this uplink, at 192.0.2.2/24 with `gateway` as its
     /// gateway and DNS server.
@@ -83,6 +107,94 @@ impl TestInternet {
             self.uplink
         )
     }
+}
+
+fn serve_http_file(
+    mut s: std::net::TcpStream,
+    dir: &std::path::Path,
+    log: &std::sync::Mutex<Vec<String>>,
+) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+        match std::io::Read::read(&mut s, &mut b) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&b[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let path = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_owned();
+    if let Ok(mut l) = log.lock() {
+        l.push(format!("/{path}"));
+    }
+    let file = (!path.split('/').any(|c| c == ".." || c.is_empty()))
+        .then(|| std::fs::read(dir.join(&path)).ok())
+        .flatten();
+    let _ = match file {
+        Some(body) => s
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .and_then(|()| s.write_all(&body)),
+        None => {
+            s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        }
+    };
+}
+
+/// A flat apt archive in `dir` (`deb [trusted=yes] http://HOST/ ./`) holding one package
+/// `name` 1.0 that installs `/usr/bin/<name>`, a script printing `says`. Built with dpkg-deb;
+/// `Packages` and `Release` written here. Panics on failure.
+pub fn build_test_archive(dir: &std::path::Path, name: &str, says: &str) {
+    use sha2::Digest as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let pkg = dir.join("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("usr/bin")).unwrap();
+    let control = format!(
+        "Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: Bulkhead tests <tests@bulkhead.invalid>\nDescription: a package from the test archive\n"
+    );
+    std::fs::write(pkg.join("DEBIAN/control"), &control).unwrap();
+    let bin = pkg.join("usr/bin").join(name);
+    std::fs::write(&bin, format!("#!/bin/sh\necho '{says}'\n")).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deb_name = format!("{name}_1.0_all.deb");
+    let deb = dir.join(&deb_name);
+    let out = std::process::Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&pkg)
+        .arg(&deb)
+        .output()
+        .expect("dpkg-deb");
+    assert!(
+        out.status.success(),
+        "dpkg-deb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&pkg).unwrap();
+    let bytes = std::fs::read(&deb).unwrap();
+    let hex = |b: &[u8]| -> String { b.iter().map(|x| format!("{x:02x}")).collect() };
+    let packages = format!(
+        "{control}Filename: ./{deb_name}\nSize: {}\nSHA256: {}\n\n",
+        bytes.len(),
+        hex(&sha2::Sha256::digest(&bytes))
+    );
+    std::fs::write(dir.join("Packages"), &packages).unwrap();
+    let release = format!(
+        "Origin: bulkhead-test\nLabel: bulkhead-test\nSHA256:\n {} {} Packages\n",
+        hex(&sha2::Sha256::digest(packages.as_bytes())),
+        packages.len()
+    );
+    std::fs::write(dir.join("Release"), release).unwrap();
 }
 
 /// `name` as the labels of a DNS question (`web.test` -> `\x03web\x04test`), lower case.

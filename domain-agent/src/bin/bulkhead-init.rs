@@ -19,6 +19,10 @@ struct Args {
     /// bulkhead-gui-agent next to this executable, i.e. /usr/lib/bulkhead in a domain).
     #[arg(long, env = "BULKHEAD_GUI_AGENT")]
     gui_agent: Option<PathBuf>,
+    /// Keep the update proxy forwarder (bulkhead-updates-forwarder next to this executable)
+    /// running: apt's proxy in a template domain (domaind passes it to templates).
+    #[arg(long)]
+    updates_forwarder: bool,
 }
 
 /// Configure the VM's network if the kernel command line has one; failures are logged (the
@@ -97,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         gui_agent,
         console,
+        updates_forwarder: args
+            .updates_forwarder
+            .then(|| me.with_file_name("bulkhead-updates-forwarder")),
     })?;
     // In a VM the init is the kernel's pid 1: it ends the VM instead of exiting.
     if in_vm && std::process::id() == 1 {

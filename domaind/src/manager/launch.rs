@@ -114,7 +114,7 @@ impl Manager {
             scratch_dir: paths.scratch_dir(&cfg.name),
             channel_dir: paths.channel_dir(&cfg.name),
             guest_tools_dir: self.cfg.guest_tools_dir.clone(),
-            init: vec![bulkhead_domain::GUEST_INIT_PATH.to_owned()],
+            init: init_argv(cfg),
             log_file: paths.log_file(&cfg.name),
             memory_mib: cfg.memory,
             vcpus: cfg.vcpus,
@@ -241,4 +241,15 @@ fn hold_launch_lock(runtime_dir: &Path) -> Result<Flock<std::fs::File>, Error> {
 /// cgroup has to kill something. What must last belongs in /home, the private volume.
 fn root_overlay_mib(memory_mib: u64) -> u64 {
     (memory_mib / 2).max(16)
+}
+
+/// The sandbox init's argv: a template also keeps apt's update proxy forwarder running
+/// (its only way to the package archives, through the net domain; see
+/// bulkhead-updates-proxy).
+fn init_argv(cfg: &DomainConfig) -> Vec<String> {
+    let mut argv = vec![bulkhead_domain::GUEST_INIT_PATH.to_owned()];
+    if cfg.class == bulkhead_domain::DomainClass::Template {
+        argv.push("--updates-forwarder".to_owned());
+    }
+    argv
 }
