@@ -47,8 +47,10 @@ const DISK_MIB: u64 = 64;
 const DISK_PRODUCT: &str = "QEMU USB HARDDRIVE";
 const KBD_PRODUCT: &str = "QEMU USB Keyboard";
 
-fn disk_image() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bulkhead-usb-disk-{}", std::process::id()));
+/// The disk image of `test` (one each: the two tests of this file run in one process, and one
+/// removes its image when done while the other may still wait for L1).
+fn disk_image(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bulkhead-usb-disk-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("disk dir");
     let path = dir.join("disk.img");
     let f = std::fs::File::create(&path).expect("disk image");
@@ -73,7 +75,7 @@ fn disk_image() -> PathBuf {
 
 /// Both tests: the template cache with its VM files, and (on the host, before L1) the disk
 /// image for L1's emulated USB disk, with its path as nested-kvm.sh's argument.
-fn prepare() -> (PathBuf, Option<PathBuf>, String) {
+fn prepare(test: &str) -> (PathBuf, Option<PathBuf>, String) {
     let Some(cache) = template_cache() else {
         panic!("the USB test needs the debian-12 template cache (scripts/test.sh builds it)");
     };
@@ -81,7 +83,7 @@ fn prepare() -> (PathBuf, Option<PathBuf>, String) {
         bulkhead_testkit::ensure_vm_files(&cache, "debian-12")
             .unwrap_or_else(|e| panic!("the VM files of debian-12: {e}"));
     }
-    let disk = (std::env::var_os(ENV_IN_L1).is_none()).then(disk_image);
+    let disk = (std::env::var_os(ENV_IN_L1).is_none()).then(|| disk_image(test));
     let disk_arg = disk
         .as_ref()
         .map(|p| p.display().to_string())
@@ -91,7 +93,7 @@ fn prepare() -> (PathBuf, Option<PathBuf>, String) {
 
 #[test]
 fn usb_devices_move_between_vm_domains() {
-    let (cache, disk, disk_arg) = prepare();
+    let (cache, disk, disk_arg) = prepare(TEST_NAME);
     let host = hardware_vm_here_or_nested_with(
         TEST_NAME,
         &["--usb-disk", &disk_arg, "--usb-kbd", "--monitor"],
@@ -129,7 +131,7 @@ const USB_VM_TEST: &str = "usb_devices_through_a_usb_vm";
 /// relayed and checked; a detach or the usb VM's end undoes both.
 #[test]
 fn usb_devices_through_a_usb_vm() {
-    let (cache, disk, disk_arg) = prepare();
+    let (cache, disk, disk_arg) = prepare(USB_VM_TEST);
     match hardware_vm_here_or_nested_with(USB_VM_TEST, &["--usb-disk", &disk_arg]) {
         VmHost::PassedInL1 => {
             if let Some(d) = disk {

@@ -79,6 +79,19 @@ pub const KEPT_CAPS: [caps::Capability; 3] = [
     caps::Capability::CAP_KILL,
 ];
 
+/// Added to [`KEPT_CAPS`] for a domain whose root manages files it does not own
+/// ([`SandboxSpec::package_manager_caps`]: a template's apt and dpkg chown, chmod and replace
+/// files of other users). Capabilities of the domain's user namespace: they reach only inodes
+/// whose owners map into the domain's range, never a host file. Not CAP_SETFCAP (a file
+/// capability written here would be kept in the template's root) nor CAP_MKNOD.
+pub const PACKAGE_MANAGER_CAPS: [caps::Capability; 5] = [
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_FSETID,
+];
+
 /// Environment of the init: nothing from the host.
 const INIT_ENV: [&str; 4] = [
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -477,6 +490,8 @@ struct ChildPlan {
     argv: Vec<CString>,
     env: Vec<CString>,
     seccomp: Vec<seccompiler::BpfProgram>,
+    /// The capabilities the init keeps.
+    caps: Vec<caps::Capability>,
 }
 
 impl ChildPlan {
@@ -496,6 +511,16 @@ impl ChildPlan {
             env: INIT_ENV.iter().map(|a| cs(a)).collect::<StepResult<_>>()?,
             seccomp: seccomp::programs(matches!(coredump::host_core_limit(), CoreLimit::One(_)))
                 .map_err(|e| LaunchError::new("seccomp", e))?,
+            caps: KEPT_CAPS
+                .iter()
+                .chain(
+                    spec.package_manager_caps
+                        .then_some(&PACKAGE_MANAGER_CAPS)
+                        .into_iter()
+                        .flatten(),
+                )
+                .copied()
+                .collect(),
         })
     }
 }
@@ -588,7 +613,7 @@ fn child_main(plan: &ChildPlan, go_r: OwnedFd, log: OwnedFd) -> StepResult<Never
             nix::Error::last().to_string(),
         ));
     }
-    drop_capabilities()?;
+    drop_capabilities(&plan.caps)?;
     // The Rust runtime ignores SIGPIPE; ignored dispositions survive exec, so restore it.
     // SAFETY: setting a signal to its default disposition installs no handler code.
     step("signals", unsafe {
@@ -632,15 +657,15 @@ fn dup_to(fd: RawFd, target: RawFd) -> nix::Result<()> {
     Ok(())
 }
 
-/// Keeps only [`KEPT_CAPS`] in the bounding, permitted and effective sets; inheritable and
-/// ambient empty. With no_new_privs, exec cannot add to the permitted set.
-fn drop_capabilities() -> StepResult<()> {
+/// Keeps only `kept` in the bounding, permitted and effective sets; inheritable and ambient
+/// empty. With no_new_privs, exec cannot add to the permitted set.
+fn drop_capabilities(kept: &[caps::Capability]) -> StepResult<()> {
     let s = "capabilities";
     let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
         .unwrap_or(63);
-    let keep: Vec<u32> = KEPT_CAPS.iter().map(|c| c.index() as u32).collect();
+    let keep: Vec<u32> = kept.iter().map(|c| c.index() as u32).collect();
     for cap in 0..=last {
         if keep.contains(&cap) {
             continue;
@@ -654,7 +679,7 @@ fn drop_capabilities() -> StepResult<()> {
             ));
         }
     }
-    let set: caps::CapsHashSet = KEPT_CAPS.iter().copied().collect();
+    let set: caps::CapsHashSet = kept.iter().copied().collect();
     step(s, caps::clear(None, caps::CapSet::Ambient))?;
     step(s, caps::clear(None, caps::CapSet::Inheritable))?;
     step(s, caps::set(None, caps::CapSet::Effective, &set))?;

@@ -165,6 +165,11 @@ pub struct SandboxSpec {
     /// (domaind folds it into the template). Not bounded by `root_overlay_mib`.
     #[serde(default)]
     pub root_changes_dir: Option<PathBuf>,
+    /// Root inside keeps [`launch::PACKAGE_MANAGER_CAPS`] too (chown, override file modes of
+    /// the domain's own files), in the domain's user namespace only: a template's package
+    /// manager needs them.
+    #[serde(default)]
+    pub package_manager_caps: bool,
     /// Host dir with agent.sock; read-only at /run/bulkhead-channel.
     pub channel_dir: PathBuf,
     /// Read-only at /usr/lib/bulkhead.
@@ -656,6 +661,7 @@ mod tests {
             private_image: dir.join("private.img"),
             root_overlay_mib: DEFAULT_ROOT_OVERLAY_MIB,
             root_changes_dir: None,
+            package_manager_caps: false,
             scratch_dir: dir.join("scratch"),
             channel_dir: dir.to_path_buf(),
             guest_tools_dir: dir.to_path_buf(),

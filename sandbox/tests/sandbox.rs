@@ -249,6 +249,7 @@ impl Fixture {
             private_image: self.private_image(),
             root_overlay_mib: 64,
             root_changes_dir: None,
+            package_manager_caps: false,
             scratch_dir: self.path("scratch"),
             channel_dir: self.path("channel"),
             guest_tools_dir: self.path("tools"),

@@ -110,6 +110,7 @@ impl Manager {
             template_root: template_root.to_owned(),
             private_image: PrivateVolume::new(paths, &cfg.name).image,
             root_overlay_mib: root_overlay_mib(cfg.memory),
+            package_manager_caps: root_changes_dir.is_some(),
             root_changes_dir,
             scratch_dir: paths.scratch_dir(&cfg.name),
             channel_dir: paths.channel_dir(&cfg.name),
