@@ -64,7 +64,9 @@ pub const TOOLS_LABEL: &str = "bh-tools";
 /// domaind over vsock. No `i8042.*` options: with `i8042.nopnp` the guest probes the VMM's
 /// i8042, which answers only the reset command, and waits about 2 s for it; without, the
 /// PNP check finds no PS/2 controller at once (the reset still goes through port 0x64).
-pub const GUEST_CMDLINE: &str = "reboot=k panic=1 loglevel=4 rdinit=/init bulkhead.channel=vsock";
+/// `hung_task_timeout_secs=30`: a task stuck in the kernel for 30 s is reported on the console
+/// (the domain's log) with its stack, as a CPU stuck in the kernel is (soft lockup, 20 s).
+pub const GUEST_CMDLINE: &str = "reboot=k panic=1 loglevel=4 rdinit=/init bulkhead.channel=vsock sysctl.kernel.hung_task_timeout_secs=30";
 /// Line the initramfs prints on the console before it hands over to bulkhead-init.
 pub const INITRAMFS_READY_LINE: &str = "bulkhead-initramfs: switching to the domain root";
 /// Prefix of the line the initramfs prints when it gives up (then it reboots: the VM ends).
