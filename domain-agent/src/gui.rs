@@ -21,11 +21,14 @@ pub const WAYLAND_DISPLAY: &str = "/run/bulkhead-gui/wayland-0";
 /// The gui-agent's socket for the dom0 peer.
 pub const GUI_SOCKET: &str = "/run/bulkhead-gui/gui.sock";
 
-/// The environment the agent adds to every command it runs (before the request's own).
-pub fn session_env() -> [(&'static str, &'static str); 2] {
+/// The environment the agent adds to every command it runs (before the request's own): the
+/// GUI session, and a UTF-8 locale (glibc's built-in C.UTF-8, present in every Debian
+/// template; terminals such as foot refuse to start cleanly without a UTF-8 locale).
+pub fn session_env() -> [(&'static str, &'static str); 3] {
     [
         ("XDG_RUNTIME_DIR", GUI_RUNTIME_DIR),
         ("WAYLAND_DISPLAY", WAYLAND_DISPLAY),
+        ("LANG", "C.UTF-8"),
     ]
 }
 

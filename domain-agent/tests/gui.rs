@@ -162,7 +162,7 @@ async fn no_gui_agent_resets_the_stream_and_commands_get_the_session_env() {
         Ok(StreamEvent::Finished) | Ok(_) => panic!("stream not reset: {r:?}"),
     }
 
-    let req = ExecRequest::new(["sh", "-c", "echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR\""]);
+    let req = ExecRequest::new(["sh", "-c", "echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR $LANG\""]);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let st = exec::run(&conn, req, tokio::io::empty(), &mut out, &mut err)
         .await
@@ -170,6 +170,6 @@ async fn no_gui_agent_resets_the_stream_and_commands_get_the_session_env() {
     assert_eq!(st.as_shell_code(), 0, "{}", String::from_utf8_lossy(&err));
     assert_eq!(
         String::from_utf8_lossy(&out),
-        "/run/bulkhead-gui/wayland-0 /run/bulkhead-gui\n"
+        "/run/bulkhead-gui/wayland-0 /run/bulkhead-gui C.UTF-8\n"
     );
 }
