@@ -71,6 +71,24 @@ pub struct DomainInfo {
     pub netvm: String,
 }
 
+/// One row of `ListTemplates()`; D-Bus signature `(ssssstt)`.
+///
+/// `state`: `ready` (built from its recipe), `changed` (changes made in the template kept
+/// since), `stale` (its recipe changed since it was built: `template install` rebuilds it and
+/// drops the changes), `not built`, `broken` (see `detail`), or `available` (a recipe that is
+/// not installed). `recipe` is the recipe it comes from (another template's for a clone);
+/// times are Unix seconds, 0 when unknown.
+#[derive(Serialize, Deserialize, Type, Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInfo {
+    pub name: String,
+    pub state: String,
+    pub recipe: String,
+    pub root: String,
+    pub detail: String,
+    pub built_at: u64,
+    pub changed_at: u64,
+}
+
 /// Errors of the domaind API. On the wire each variant is `org.bulkhead.Error.<Variant>` with
 /// the message as its only argument.
 #[derive(zbus::DBusError, Debug)]
@@ -288,6 +306,13 @@ pub trait Domaind1 {
 
     /// Build template recipe `name`, writing progress lines to `progress`; returns the root path.
     fn build_template(&self, name: &str, progress: Fd<'_>) -> Result<String, Error>;
+
+    /// Installed templates and the recipes that are not installed.
+    fn list_templates(&self) -> Result<Vec<TemplateInfo>, Error>;
+
+    /// A new template `dest` with a copy of template `source`'s current root (Qubes'
+    /// `qvm-clone` of a template); returns the new root path.
+    fn clone_template(&self, source: &str, dest: &str) -> Result<String, Error>;
 
     /// Path of the domain's log file.
     fn log_path(&self, name: &str) -> Result<String, Error>;

@@ -210,6 +210,20 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
-    /// Build (or reuse, when the recipe is unchanged) a template from its recipe.
-    Build { name: String },
+    /// Installed templates (ready, changed since built, stale, ...) and the recipes that are
+    /// not installed.
+    List {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a template from its recipe (build it, or reuse the tree when the recipe is
+    /// unchanged) and register its domain. To add software to an installed template, start
+    /// it and install into it: `bulkhead run -u root NAME -- apt-get install PACKAGE`.
+    #[command(alias = "build")]
+    Install { name: String },
+    /// Remove a template with its trees (refused while a domain uses it).
+    Remove { name: String },
+    /// Copy a template under a new name, to change the copy only.
+    Clone { source: String, dest: String },
 }

@@ -109,7 +109,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Prefs(args) => prefs(&proxy, args).await?,
         Command::Log { name } => log(&proxy, &name).await?,
         Command::Console { name } => console::console(&proxy, &name).await?,
-        Command::Template(TemplateCommand::Build { name }) => template_build(&proxy, &name).await?,
+        Command::Template(TemplateCommand::Install { name }) => {
+            template_build(&proxy, &name).await?
+        }
+        Command::Template(TemplateCommand::List { json }) => template_list(&proxy, json).await?,
+        Command::Template(TemplateCommand::Remove { name }) => {
+            template_remove(&proxy, &name).await?
+        }
+        Command::Template(TemplateCommand::Clone { source, dest }) => {
+            let root = proxy.clone_template(&source, &dest).await?;
+            println!("{dest}: {root}");
+        }
         Command::Firewall(args) => firewall(&proxy, args).await?,
         Command::Usb(cmd) => usb::usb(&proxy, cmd).await?,
         Command::Run(_) | Command::Policy(_) => unreachable!("handled above"),
@@ -411,6 +421,72 @@ fn policy_check(dir: &std::path::Path) -> Result<ExitCode, Failure> {
 }
 
 /// Builds a template; domaind writes human progress lines into a pipe we hand it.
+async fn template_list(proxy: &Domaind1Proxy<'_>, json: bool) -> Result<(), Failure> {
+    let rows = proxy.list_templates().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)
+            .map_err(|e| Failure::new(Code::Failure, format!("cannot write JSON: {e}")))?;
+        writeln!(out).ok();
+        return Ok(());
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    writeln!(
+        out,
+        "{:width$}  {:9}  {:12}  CHANGED / DETAIL",
+        "NAME", "STATE", "RECIPE"
+    )
+    .ok();
+    for r in &rows {
+        let when = if r.changed_at > 0 {
+            format!("changed {}", ago(r.changed_at))
+        } else if r.built_at > 0 {
+            format!("built {}", ago(r.built_at))
+        } else {
+            String::new()
+        };
+        let detail = [when.as_str(), r.detail.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        writeln!(
+            out,
+            "{:width$}  {:9}  {:12}  {detail}",
+            r.name, r.state, r.recipe
+        )
+        .ok();
+    }
+    Ok(())
+}
+
+/// "N minutes ago" and the like, for Unix time `t`.
+fn ago(t: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let s = now.saturating_sub(t);
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        7200..=172_799 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+async fn template_remove(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
+    let props = proxy.get_properties(name).await?;
+    if props.get("class").map(String::as_str) != Some("template") {
+        return Err(Failure::new(
+            Code::InvalidInput,
+            format!("'{name}' is not a template (bulkhead rm removes other domains)"),
+        ));
+    }
+    proxy.remove(name).await?;
+    Ok(())
+}
+
 async fn template_build(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
     let (reader, writer) = nix::unistd::pipe()
         .map_err(|e| Failure::new(Code::Failure, format!("cannot create a pipe: {e}")))?;

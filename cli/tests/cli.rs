@@ -422,3 +422,92 @@ async fn firewall_rules_are_listed_added_removed_and_a_broken_file_is_explained(
     cli.ok(&["firewall", "fw", "reset"]);
     assert!(!file.exists());
 }
+
+/// `bulkhead template` as a Qubes user uses `qvm-template`: list, clone, change the clone by
+/// installing into it (its domains see it at their next start), remove (refused while used).
+#[tokio::test(flavor = "multi_thread")]
+async fn templates_listed_cloned_changed_and_removed() {
+    let Some(cache) = sandbox_template_cache() else {
+        return;
+    };
+    let bus = TestBus::start().expect("dbus-daemon starts");
+    let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache))
+        .await
+        .expect("domaind starts");
+    let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
+    let state_of = |name: &str| -> Option<(String, String)> {
+        let rows: serde_json::Value =
+            serde_json::from_str(&cli.ok(&["template", "list", "--json"])).expect("JSON");
+        rows.as_array()?
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| {
+                (
+                    r["state"].as_str().unwrap_or("").to_owned(),
+                    r["recipe"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+    };
+    cli.ok(&["template", "install", "debian-12"]);
+    assert_eq!(
+        state_of("debian-12"),
+        Some(("ready".into(), "debian-12".into()))
+    );
+    let table = cli.ok(&["template", "list"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("debian-12"),
+        "{table}"
+    );
+
+    cli.ok(&["template", "clone", "debian-12", "d12-work"]);
+    assert_eq!(
+        state_of("d12-work"),
+        Some(("ready".into(), "debian-12".into()))
+    );
+    cli.ok(&["create", "-t", "d12-work", "-l", "blue", "w"]);
+    cli.ok(&[
+        "run",
+        "-u",
+        "root",
+        "d12-work",
+        "--",
+        "sh",
+        "-c",
+        "echo cloned > /opt/clone-marker",
+    ]);
+    cli.ok(&["shutdown", "d12-work"]);
+    assert_eq!(
+        state_of("d12-work").map(|s| s.0).as_deref(),
+        Some("changed")
+    );
+    assert_eq!(
+        cli.ok(&["run", "w", "--", "cat", "/opt/clone-marker"])
+            .trim(),
+        "cloned"
+    );
+    cli.ok(&["create", "-t", "debian-12", "-l", "green", "v"]);
+    let out = cli.run(&["run", "v", "--", "test", "-e", "/opt/clone-marker"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the clone's change reached its source"
+    );
+
+    let out = cli.run(&["template", "remove", "d12-work"]);
+    assert!(!out.status.success(), "a template in use was removed");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("w"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli.run(&["template", "remove", "w"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a template"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cli.ok(&["shutdown", "w"]);
+    cli.ok(&["rm", "w"]);
+    cli.ok(&["template", "remove", "d12-work"]);
+    assert_eq!(state_of("d12-work"), None);
+}

@@ -162,7 +162,11 @@ async fn no_gui_agent_resets_the_stream_and_commands_get_the_session_env() {
         Ok(StreamEvent::Finished) | Ok(_) => panic!("stream not reset: {r:?}"),
     }
 
-    let req = ExecRequest::new(["sh", "-c", "echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR $LANG\""]);
+    let req = ExecRequest::new([
+        "sh",
+        "-c",
+        "echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR $LANG\"",
+    ]);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let st = exec::run(&conn, req, tokio::io::empty(), &mut out, &mut err)
         .await

@@ -277,6 +277,28 @@ impl Service {
             .await
     }
 
+    async fn list_templates(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<Vec<bulkhead_api::TemplateInfo>, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.list_templates().await
+    }
+
+    async fn clone_template(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        source: String,
+        dest: String,
+    ) -> Result<String, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr
+            .clone_template(&domain_name(&source)?, &domain_name(&dest)?)
+            .await
+    }
+
     async fn log_path(
         &self,
         #[zbus(header)] hdr: Header<'_>,

@@ -18,6 +18,7 @@ fn template_err(e: TemplateError) -> Error {
         TemplateError::BuildInProgress { .. } | TemplateError::InUse { .. } => {
             Error::InvalidState(e.to_string())
         }
+        TemplateError::Exists { .. } => Error::AlreadyExists(e.to_string()),
         TemplateError::Io { .. } => Error::Io(e.to_string()),
         other => Error::Backend(other.to_string()),
     }
@@ -82,6 +83,13 @@ pub fn vm_artifacts(
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::Backend(format!("{} is not a template root", root.display())))?;
     let name = dn(name)?;
+    if let Ok(m) = store.marker(&name, root) {
+        if let Some(from) = m.recipe {
+            return Err(Error::Backend(format!(
+                "template '{name}' is a clone of '{from}': VM domains on a cloned template are not supported yet (its VM files would be built from the recipe); use a sandbox (isolation = \"sandbox\") or a template built from a recipe"
+            )));
+        }
+    }
     let recipe = Recipe::load_named(recipes_dir, &name).map_err(|e| {
         Error::InvalidProperty(format!(
             "the VM files of template '{name}' are not built and its recipe cannot be read: {e} (recipes are read from {})",
@@ -100,6 +108,18 @@ pub fn vm_artifacts(
     info!(template = %name, "building the VM files");
     store
         .build_vm(&recipe, &mut |p| progress(p.to_string()))
+        .map_err(template_err)
+}
+
+/// A new template `dest` with a copy (hard links) of `source`'s current root. A linked-in
+/// `source` is fine (its tree is only linked to, never changed).
+pub fn clone(
+    templates_dir: &Path,
+    source: &DomainName,
+    dest: &DomainName,
+) -> Result<PathBuf, Error> {
+    TemplateStore::new(templates_dir)
+        .clone_template(source, dest)
         .map_err(template_err)
 }
 

@@ -325,7 +325,88 @@ fn has_changes(
     Ok(false)
 }
 
+/// Turns a finished `partial` tree into `<tdir>/root-<id>` and makes it current: marker
+/// written anew (never through a link), os-release checked, synced, renamed, switched. On
+/// error the partial tree is removed and `current` stays.
+fn finish_tree(
+    store: &TemplateStore,
+    name: &DomainName,
+    partial: &Path,
+    id: &str,
+    marker: &mut crate::TemplateMarker,
+) -> Result<PathBuf, TemplateError> {
+    let tdir = store.template_dir(name);
+    let root = tdir.join(format!("{ROOT_PREFIX}{id}"));
+    let result = (|| {
+        marker.root_id = Some(id.to_owned());
+        let marker_path = partial.join(MARKER_PATH);
+        let text = toml::to_string(&*marker).map_err(|e| TemplateError::Verify {
+            root: partial.to_owned(),
+            log: store.log_path(name),
+            problem: format!("cannot serialize marker: {e}"),
+        })?;
+        remove_any(&marker_path)?;
+        fs::write(&marker_path, text)
+            .map_err(TemplateError::io(&marker_path, "cannot write marker"))?;
+        if fs::symlink_metadata(partial.join("etc/os-release")).is_err() {
+            return Err(refused(partial, "the tree has no etc/os-release"));
+        }
+        let dirf = File::open(partial).map_err(TemplateError::io(partial, "cannot open"))?;
+        nix::unistd::syncfs(dirf.as_raw_fd()).map_err(|source| TemplateError::Sys {
+            what: format!("syncfs {}", partial.display()),
+            source,
+        })?;
+        fs::rename(partial, &root).map_err(TemplateError::io(partial, "cannot rename to root"))?;
+        fsync_dir(&tdir)
+    })();
+    if let Err(e) = result {
+        if let Err(r) = remove_tree(partial) {
+            warn!(path = %partial.display(), error = %r, "cannot remove an unfinished tree");
+        }
+        return Err(e);
+    }
+    switch_current(&tdir, &root)?;
+    Ok(root)
+}
+
 impl TemplateStore {
+    /// A new template `dest` whose root is a copy (hard links) of `source`'s current root,
+    /// as Qubes clones a template to change the clone only. The clone has no recipe of its
+    /// own (its marker names `source`'s); it is changed by starting it. Fails if `dest`
+    /// already has a tree.
+    pub fn clone_template(
+        &self,
+        source: &DomainName,
+        dest: &DomainName,
+    ) -> Result<PathBuf, TemplateError> {
+        let base = self.root_path(source)?;
+        let mut marker =
+            self.check_root(source, &base)
+                .map_err(|reason| TemplateError::Broken {
+                    name: source.to_string(),
+                    reason,
+                })?;
+        let _src_lock = self.lock(source)?;
+        let _lock = self.lock(dest)?;
+        if !matches!(self.status(dest), TemplateStatus::Missing) {
+            return Err(TemplateError::Exists {
+                name: dest.to_string(),
+            });
+        }
+        let tdir = self.template_dir(dest);
+        let id = random_id()?;
+        let partial = tdir.join(format!("{PARTIAL_PREFIX}{id}{PARTIAL_SUFFIX}"));
+        if let Err(e) = link_tree(&base, &partial, 0) {
+            let _ = remove_tree(&partial);
+            return Err(e);
+        }
+        marker.recipe = Some(marker.recipe.take().unwrap_or_else(|| source.to_string()));
+        marker.name = dest.to_string();
+        let root = finish_tree(self, dest, &partial, &id, &mut marker)?;
+        info!(template = %dest, from = %source, root = %root.display(), "template cloned");
+        Ok(root)
+    }
+
     /// Folds `upper` (the upper layer of a stopped template domain's root, its files owned
     /// by `ids`) into a new root of template `name` and makes it current. Domains that run
     /// keep the root they started on; the next start of any domain based on the template
@@ -364,9 +445,8 @@ impl TemplateStore {
         let tdir = self.template_dir(name);
         let id = random_id()?;
         let partial = tdir.join(format!("{PARTIAL_PREFIX}{id}{PARTIAL_SUFFIX}"));
-        let root = tdir.join(format!("{ROOT_PREFIX}{id}"));
         let started = std::time::Instant::now();
-        let result = (|| {
+        let applied = (|| {
             link_tree(&base, &partial, 0)?;
             let mut apply = Apply {
                 ids,
@@ -375,37 +455,9 @@ impl TemplateStore {
                 links: HashMap::new(),
             };
             apply.dir(upper, &partial, Path::new(""), 0)?;
-            marker.changed_at = Some(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            );
-            marker.root_id = Some(id.clone());
-            let marker_path = partial.join(MARKER_PATH);
-            let text = toml::to_string(&marker).map_err(|e| TemplateError::Verify {
-                root: partial.clone(),
-                log: self.log_path(name),
-                problem: format!("cannot serialize marker: {e}"),
-            })?;
-            // A new file, not a write through the old root's link.
-            remove_any(&marker_path)?;
-            fs::write(&marker_path, text)
-                .map_err(TemplateError::io(&marker_path, "cannot write marker"))?;
-            if fs::symlink_metadata(partial.join("etc/os-release")).is_err() {
-                return Err(refused(upper, "the changes removed etc/os-release"));
-            }
-            let dirf = File::open(&partial).map_err(TemplateError::io(&partial, "cannot open"))?;
-            nix::unistd::syncfs(dirf.as_raw_fd()).map_err(|source| TemplateError::Sys {
-                what: format!("syncfs {}", partial.display()),
-                source,
-            })?;
-            fs::rename(&partial, &root)
-                .map_err(TemplateError::io(&partial, "cannot rename to root"))?;
-            fsync_dir(&tdir)?;
             Ok(apply.entries)
         })();
-        let entries = match result {
+        let entries = match applied {
             Ok(n) => n,
             Err(e) => {
                 if let Err(r) = remove_tree(&partial) {
@@ -414,7 +466,18 @@ impl TemplateStore {
                 return Err(e);
             }
         };
-        switch_current(&tdir, &root)?;
+        marker.changed_at = Some(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        let root = finish_tree(self, name, &partial, &id, &mut marker).map_err(|e| match e {
+            TemplateError::ChangesRefused { path, .. } if path == partial => {
+                refused(upper, "the changes removed etc/os-release")
+            }
+            other => other,
+        })?;
         info!(template = %name, root = %root.display(), entries, seconds = started.elapsed().as_secs_f64(), "template changes kept");
         Ok(CommitOutcome::Committed { root, entries })
     }
@@ -642,5 +705,46 @@ mod tests {
             assert_eq!(left.len(), 1, "{want}: nothing half-made left: {left:?}");
             drop(d);
         }
+    }
+
+    #[test]
+    fn a_clone_is_a_template_of_its_own() {
+        if !root_user() {
+            bulkhead_test_skip::skip("needs root (trees are owned by uid 0)");
+            return;
+        }
+        let (_d, store, src_root, upper) = setup();
+        let dest = DomainName::new("tmpl-work").unwrap();
+        let root = store.clone_template(&n(), &dest).unwrap();
+        assert_eq!(store.root_path(&dest).unwrap(), root);
+        let marker: crate::TemplateMarker =
+            toml::from_str(&fs::read_to_string(root.join(MARKER_PATH)).unwrap()).unwrap();
+        assert_eq!(marker.name, "tmpl-work");
+        assert_eq!(marker.recipe.as_deref(), Some("tmpl"));
+        assert_eq!(fs::read_to_string(root.join("usr/bin/tool")).unwrap(), "v1");
+        assert!(matches!(
+            store.clone_template(&n(), &dest),
+            Err(TemplateError::Exists { .. })
+        ));
+        // Changing the clone leaves the source as it was.
+        fs::create_dir_all(upper.join("usr/bin")).unwrap();
+        owned(&upper.join("usr/bin"), 0);
+        owned(&upper.join("usr"), 0);
+        fs::write(upper.join("usr/bin/tool"), "clone").unwrap();
+        owned(&upper.join("usr/bin/tool"), 0);
+        let CommitOutcome::Committed { root: changed, .. } =
+            store.commit_changes(&dest, &upper, IDS).unwrap()
+        else {
+            panic!("not committed");
+        };
+        assert_eq!(
+            fs::read_to_string(changed.join("usr/bin/tool")).unwrap(),
+            "clone"
+        );
+        assert_eq!(
+            fs::read_to_string(src_root.join("usr/bin/tool")).unwrap(),
+            "v1"
+        );
+        assert_eq!(store.root_path(&n()).unwrap(), src_root);
     }
 }

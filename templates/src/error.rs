@@ -51,6 +51,8 @@ pub enum TemplateError {
     },
     #[error("the template's changes were not kept ({}: {reason}); the template's root stays as it was", path.display())]
     ChangesRefused { path: PathBuf, reason: String },
+    #[error("template {name:?} already exists")]
+    Exists { name: String },
     #[error("{} is used by a running domain; stop it first", root.display())]
     InUse { root: PathBuf },
     #[error("{what}: {source}")]

@@ -58,6 +58,10 @@ pub struct TemplateMarker {
     /// The tree's directory is `root-<root_id>` (a changed tree); None: `root-<hash16>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_id: Option<String>,
+    /// The recipe the tree was built from when it is not the template's own name (a clone,
+    /// see [`TemplateStore::clone_template`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 /// The state of a template in the store.
@@ -278,6 +282,11 @@ impl TemplateStore {
         }
     }
 
+    /// The marker of a finished root (what it was built from, when, changed when).
+    pub fn marker(&self, name: &DomainName, root: &Path) -> Result<TemplateMarker, String> {
+        self.check_root(name, root)
+    }
+
     /// Like [`status`](Self::status), and `Stale` when the built tree is from another
     /// version of `recipe`.
     pub fn status_for(&self, recipe: &Recipe) -> TemplateStatus {
@@ -421,6 +430,7 @@ impl TemplateStore {
                     .unwrap_or(0),
                 changed_at: None,
                 root_id: None,
+                recipe: None,
             };
             let marker_path = partial.join(MARKER_PATH);
             let text = toml::to_string(&marker).map_err(|e| TemplateError::Verify {

@@ -453,30 +453,7 @@ impl Manager {
         let templates = self.cfg.paths.templates_dir();
         let n = name.to_owned();
         let root = blocking(move || tmpl::build(&recipes, &templates, &n, progress)).await??;
-        let _cl = self.config_lock.lock().await;
-        match self.store.load(dn) {
-            Ok(c) if c.class == DomainClass::Template => {}
-            Ok(c) => {
-                return Err(Error::AlreadyExists(format!(
-                    "template '{name}' was built at {} but a domain of class {} has that name; remove or rename it to register the template",
-                    root.display(),
-                    c.class
-                )))
-            }
-            Err(StoreError::NotFound { .. }) => {
-                let cfg = DomainConfig::new(dn.clone(), DomainClass::Template, Label::Black, None)
-                    .map_err(|e| Error::InvalidProperty(e.to_string()))?;
-                let volume = PrivateVolume::new(&self.cfg.paths, dn);
-                let store = self.store.clone();
-                self.store_write(move || -> Result<(), Error> {
-                    volume.ensure(cfg.private_size).map_err(volume_err)?;
-                    store.save(&cfg).map_err(|e| store_err(cfg.name.as_str(), e))
-                })
-                .await??;
-                info!(template = name, "template domain registered");
-            }
-            Err(e) => return Err(store_err(name, e)),
-        }
+        self.register_template_domain(dn, &root).await?;
         // Old roots no starting or running domain uses, and interrupted builds, go now.
         let in_use = self.roots_in_use();
         let templates = self.cfg.paths.templates_dir();

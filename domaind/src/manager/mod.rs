@@ -57,6 +57,7 @@ mod lifecycle;
 mod recovery;
 mod start;
 mod template_changes;
+mod templates;
 mod usb;
 mod usb_input;
 pub use agent::exit_code;
