@@ -85,6 +85,28 @@ pub enum Command {
     /// USB devices held by the usb domain: list them, attach one to a domain, detach it.
     #[command(subcommand)]
     Usb(UsbCommand),
+    /// Start an application of a domain's menu by its desktop id (what a menu entry runs);
+    /// DOMAIN may be @dispvm:NAME for a new disposable of disposable template NAME.
+    App { domain: String, desktop_id: String },
+    /// A domain's applications in dom0's menu (qvm-appmenus): list, choose, refresh.
+    Appmenus(AppmenusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AppmenusArgs {
+    /// The domain (not needed with --sync).
+    #[arg(required_unless_present = "sync")]
+    pub domain: Option<String>,
+    /// The applications its template provides, those in the menu marked with `*`.
+    #[arg(long, conflicts_with_all = ["set", "sync"])]
+    pub list: bool,
+    /// Put exactly these desktop ids in its menu (none: empty it), then refresh the menu.
+    #[arg(long, num_args = 0.., value_name = "DESKTOP_ID")]
+    pub set: Option<Vec<String>>,
+    /// Rewrite this user's menu entries of every domain (remove those of domains and
+    /// applications that are gone).
+    #[arg(long)]
+    pub sync: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,8 +12,8 @@ mod usb;
 use bulkhead_api::{DomainInfo, Domaind1Proxy};
 use clap::Parser;
 use cli::{
-    Cli, Command, CreateArgs, FirewallArgs, FirewallCommand, LsArgs, PolicyCommand, PrefsArgs,
-    RunArgs, TemplateCommand,
+    AppmenusArgs, Cli, Command, CreateArgs, FirewallArgs, FirewallCommand, LsArgs, PolicyCommand,
+    PrefsArgs, RunArgs, TemplateCommand,
 };
 use failure::{Code, Failure};
 use futures_util::StreamExt;
@@ -80,6 +80,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             for name in names {
                 proxy.remove(&name).await?;
             }
+            // Their menu entries go too (this user's; dom0-ui refreshes the desktop user's).
+            if let Err(e) = sync_menus(&proxy).await {
+                eprintln!("bulkhead: menu entries not refreshed: {}", e.message);
+            }
         }
         Command::Start { names } => {
             for name in names {
@@ -122,6 +126,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Firewall(args) => firewall(&proxy, args).await?,
         Command::Usb(cmd) => usb::usb(&proxy, cmd).await?,
+        Command::App { domain, desktop_id } => proxy.run_application(&domain, &desktop_id).await?,
+        Command::Appmenus(args) => appmenus(&proxy, args).await?,
         Command::Run(_) | Command::Policy(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
@@ -421,6 +427,93 @@ fn policy_check(dir: &std::path::Path) -> Result<ExitCode, Failure> {
 }
 
 /// Builds a template; domaind writes human progress lines into a pipe we hand it.
+/// `features.menu-items` of `name` as desktop ids.
+async fn menu_items(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<Vec<String>, Failure> {
+    let props = proxy.get_properties(name).await?;
+    Ok(props
+        .get(&format!("features.{}", bulkhead_appmenus::FEATURE))
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default())
+}
+
+/// Rewrites this user's menu entries of every domain; returns what changed.
+async fn sync_menus(proxy: &Domaind1Proxy<'_>) -> Result<bulkhead_appmenus::Applied, Failure> {
+    let Some(dir) = bulkhead_appmenus::menu_dir() else {
+        return Err(Failure::new(
+            Code::Failure,
+            "no menu directory: neither XDG_DATA_HOME nor HOME is set",
+        ));
+    };
+    let domains = proxy.list().await?;
+    let mut chosen = std::collections::BTreeMap::new();
+    let mut apps = std::collections::BTreeMap::new();
+    for d in domains
+        .iter()
+        .filter(|d| bulkhead_appmenus::has_menu(&d.class))
+    {
+        let ids = menu_items(proxy, &d.name).await?;
+        if ids.is_empty() {
+            continue;
+        }
+        let provided = match proxy.list_applications(&d.name).await {
+            Ok(list) => list.into_iter().map(|(id, name, _)| (id, name)).collect(),
+            Err(e) => {
+                eprintln!("bulkhead: {}: no applications listed: {e}", d.name);
+                Vec::new()
+            }
+        };
+        chosen.insert(d.name.clone(), ids);
+        apps.insert(d.name.clone(), provided);
+    }
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or_else(|| "bulkhead".into());
+    let (entries, missing) = bulkhead_appmenus::plan(&domains, &chosen, &apps, &me);
+    for m in missing {
+        eprintln!("bulkhead: menu: {m}");
+    }
+    bulkhead_appmenus::apply(&dir, &entries).map_err(|e| Failure::new(Code::Failure, e.to_string()))
+}
+
+async fn appmenus(proxy: &Domaind1Proxy<'_>, args: AppmenusArgs) -> Result<(), Failure> {
+    if let (Some(domain), Some(ids)) = (&args.domain, &args.set) {
+        if let Some(bad) = ids.iter().find(|i| !bulkhead_appmenus::valid_id(i)) {
+            return Err(Failure::new(
+                Code::InvalidInput,
+                format!("'{bad}' is not a desktop id (NAME.desktop)"),
+            ));
+        }
+        proxy
+            .set_property(
+                domain,
+                &format!("features.{}", bulkhead_appmenus::FEATURE),
+                &ids.join(" "),
+            )
+            .await?;
+    }
+    if args.list {
+        let Some(domain) = &args.domain else {
+            return Err(Failure::new(Code::InvalidInput, "--list needs a domain"));
+        };
+        let chosen = menu_items(proxy, domain).await?;
+        let mut out = std::io::stdout().lock();
+        for (id, name, _) in proxy.list_applications(domain).await? {
+            let mark = if chosen.contains(&id) { '*' } else { ' ' };
+            writeln!(out, "{mark} {id}  {}", bulkhead_appmenus::clean_name(&name)).ok();
+        }
+        return Ok(());
+    }
+    let done = sync_menus(proxy).await?;
+    for f in &done.written {
+        println!("written {f}");
+    }
+    for f in &done.removed {
+        println!("removed {f}");
+    }
+    Ok(())
+}
+
 async fn template_list(proxy: &Domaind1Proxy<'_>, json: bool) -> Result<(), Failure> {
     let rows = proxy.list_templates().await?;
     let mut out = std::io::stdout().lock();

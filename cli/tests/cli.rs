@@ -511,3 +511,82 @@ async fn templates_listed_cloned_changed_and_removed() {
     cli.ok(&["template", "remove", "d12-work"]);
     assert_eq!(state_of("d12-work"), None);
 }
+
+/// Application menus (qvm-appmenus): a domain's chosen applications become entries in this
+/// user's menu directory that run `bulkhead app DOMAIN ID`; they go with the domain.
+#[tokio::test(flavor = "multi_thread")]
+async fn application_menus_follow_their_domains() {
+    let Some(cache) = sandbox_template_cache() else {
+        return;
+    };
+    let bus = TestBus::start().expect("dbus-daemon starts");
+    let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache))
+        .await
+        .expect("domaind starts");
+    let home = tempfile::tempdir().expect("home");
+    let menu = home.path().join("applications");
+    let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
+    let with_menu = |args: &[&str]| {
+        let out = cli
+            .command(args)
+            .env("XDG_DATA_HOME", home.path())
+            .output()
+            .expect("bulkhead runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli.ok(&["template", "install", "debian-12"]);
+    cli.ok(&["create", "-t", "debian-12", "-l", "orange", "work"]);
+    let list = with_menu(&["appmenus", "work", "--list"]);
+    assert!(list.contains("  foot.desktop  Foot"), "{list}");
+    with_menu(&["appmenus", "work", "--set", "foot.desktop"]);
+    assert!(with_menu(&["appmenus", "work", "--list"]).contains("* foot.desktop"));
+    let entry = std::fs::read_to_string(menu.join("bulkhead-work-foot.desktop")).expect("entry");
+    assert!(entry.contains("\nName=[work] Foot\n"), "{entry}");
+    let exec = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("Exec="))
+        .expect("Exec line");
+    assert!(exec.ends_with(" app work foot.desktop"), "{exec}");
+    // What the entry runs starts the template's foot in work (started for it).
+    let argv: Vec<&str> = exec.split(' ').skip(1).collect();
+    cli.ok(&argv);
+    let mut running = false;
+    for _ in 0..50 {
+        let out = cli.sh("work", "pgrep -x foot");
+        if out.status.success() {
+            running = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(running, "foot did not start in work");
+    // Setting an application the template does not have: nothing written for it.
+    let out = cli
+        .command(&["appmenus", "work", "--set", "foot.desktop", "nope.desktop"])
+        .env("XDG_DATA_HOME", home.path())
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.desktop is not an application"));
+    assert!(!menu.join("bulkhead-work-nope.desktop").exists());
+    // The domain goes, its entries go.
+    cli.ok(&["kill", "work"]);
+    let out = cli
+        .command(&["rm", "work"])
+        .env("XDG_DATA_HOME", home.path())
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !menu.join("bulkhead-work-foot.desktop").exists(),
+        "the entry outlived its domain"
+    );
+}
