@@ -45,6 +45,10 @@ pub enum SendError {
 #[derive(Debug, Clone)]
 pub struct HostSender {
     tx: mpsc::Sender<Vec<u8>>,
+    /// Messages queued so far (by every clone).
+    queued: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Messages the writer task has written to the socket.
+    written: tokio::sync::watch::Receiver<u64>,
 }
 
 impl HostSender {
@@ -53,7 +57,18 @@ impl HostSender {
         self.tx.try_send(msg.encode()).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Backlog,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        })?;
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Returns once every message queued before the call is written to the socket (or the
+    /// connection is gone): a program that exits after its last message waits here.
+    pub async fn flushed(&self) {
+        let target = self.queued.load(std::sync::atomic::Ordering::SeqCst);
+        let mut written = self.written.clone();
+        let _ = written.wait_for(|n| *n >= target).await;
     }
 }
 
@@ -85,6 +100,7 @@ impl GuiConnection {
         let (reader, mut writer) = tokio::io::split(stream);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
         let (alive, mut alive_rx) = tokio::sync::watch::channel(());
+        let (written_tx, written) = tokio::sync::watch::channel(0u64);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -94,6 +110,7 @@ impl GuiConnection {
                             tracing::debug!("GUI connection write failed: {e}");
                             return;
                         }
+                        written_tx.send_modify(|n| *n += 1);
                     }
                     // The connection was dropped (peer gone or dropped for a violation).
                     _ = alive_rx.changed() => return,
@@ -101,7 +118,11 @@ impl GuiConnection {
             }
             let _ = writer.shutdown().await;
         });
-        let sender = HostSender { tx };
+        let sender = HostSender {
+            tx,
+            queued: Default::default(),
+            written,
+        };
         // The queue is empty, so these cannot fail for lack of room.
         let _ = sender.send(&HostMsg::Hello(Hello::OURS));
         if let Some(keymap) = keymap {

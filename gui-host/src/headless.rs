@@ -339,6 +339,17 @@ impl Receiver {
         })
     }
 
+    /// Waits (at most `limit`) until what was sent to `domain` is written to its socket.
+    pub async fn flush(
+        &self,
+        domain: &str,
+        limit: std::time::Duration,
+    ) -> Result<(), ReceiverError> {
+        let sender = self.with_peer(domain, |p| p.sender.clone())?;
+        let _ = tokio::time::timeout(limit, sender.flushed()).await;
+        Ok(())
+    }
+
     /// Sends any dom0 -> agent message.
     pub fn send(&self, domain: &str, msg: &HostMsg) -> Result<(), ReceiverError> {
         self.with_peer(domain, |p| p.sender.send(msg))?

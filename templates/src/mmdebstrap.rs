@@ -88,7 +88,7 @@ pub fn customize_hooks(recipe: &Recipe) -> Vec<String> {
     // The archives this tree's apt uses: what the update proxy in a net domain based on this
     // template reaches (bulkhead-updates-proxy reads it; comments in the sources skipped).
     hooks.push(
-        "mkdir -p \"$1/etc/bulkhead\" && cat \"$1\"/etc/apt/sources.list \"$1\"/etc/apt/sources.list.d/*.list \"$1\"/etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^[[:space:]]*#' | grep -oE 'https?://[^/[:space:]]+' | sed -E 's#^https?://##' | sort -u > \"$1/etc/bulkhead/updates-proxy.allow\""
+        "mkdir -p \"$1/etc/bulkhead\" && cat \"$1\"/etc/apt/sources.list \"$1\"/etc/apt/sources.list.d/*.list \"$1\"/etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^[[:space:]]*#' | grep -oE 'https?:/{2}[^/[:space:]]+' | sed -E 's#^https?:/{2}##' | sort -u > \"$1/etc/bulkhead/updates-proxy.allow\""
             .to_owned(),
     );
     if s.clean {

@@ -229,7 +229,11 @@ async fn command(r: &Receiver, domain: &str, line: &str) -> Result<Option<serde_
             r.paste(domain, bytes::Bytes::copy_from_slice(text.as_bytes()))?;
             ok
         }
-        "quit" => return Ok(Some(json!({"bye": true}))),
+        "quit" => {
+            // What was sent before (a close, a key) reaches the agent before we exit.
+            r.flush(domain, std::time::Duration::from_secs(5)).await?;
+            return Ok(Some(json!({"bye": true})));
+        }
         other => bail!("unknown command {other:?}"),
     };
     Ok(Some(v))
