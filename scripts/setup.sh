@@ -2,7 +2,10 @@
 # One command from a fresh Debian 12 machine to a running Bulkhead:
 # installs packages, builds and installs the binaries, installs the D-Bus policy and the
 # systemd unit, starts domaind, builds the debian-12 template, creates the disposable
-# template debian-12-dvm, and runs a command in a fresh disposable. Run as root.
+# template debian-12-dvm, runs a command in a fresh disposable, makes the default domains
+# (scripts/default-domains.sh), puts the desktop user (SUDO_USER or BULKHEAD_USER) in
+# bulkhead-admin with the domains' menus, and has dom0-ui start with the desktop. Run as root
+# (sudo from the desktop user's account).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,7 +83,7 @@ for _ in $(seq 100); do bulkhead ls >/dev/null 2>&1 && break; sleep 0.1; done
 bulkhead ls >/dev/null
 
 step "Template debian-12 (cached by recipe content)"
-bulkhead template build debian-12
+bulkhead template install debian-12
 
 step "Disposable template debian-12-dvm"
 bulkhead prefs debian-12-dvm >/dev/null 2>&1 ||
@@ -89,3 +92,38 @@ bulkhead ls
 
 step "A command in a fresh disposable"
 bulkhead run --dispvm debian-12-dvm -- cat /etc/os-release
+
+step "Default domains (as Qubes' first boot)"
+scripts/default-domains.sh
+
+# The desktop: dom0-ui starts with every graphical session; the desktop user (the one who
+# ran sudo, or BULKHEAD_USER) may use the GUIs and gets the domains' menus.
+install -D -m 0644 packaging/dom0-ui.desktop /etc/xdg/autostart/bulkhead-dom0-ui.desktop
+desktop_user=${BULKHEAD_USER:-${SUDO_USER:-}}
+if [ -n "$desktop_user" ] && [ "$desktop_user" != root ] && id "$desktop_user" >/dev/null 2>&1; then
+    step "Desktop user $desktop_user"
+    usermod -aG bulkhead-admin "$desktop_user"
+    echo "  $desktop_user is in bulkhead-admin (takes effect at the next login)"
+    home=$(getent passwd "$desktop_user" | cut -d: -f6)
+    runuser -u "$desktop_user" -- env HOME="$home" "$PREFIX/bin/bulkhead" appmenus --sync ||
+        echo "  (menu entries not written; run 'bulkhead appmenus --sync' as $desktop_user)"
+else
+    echo "  no desktop user given (run with sudo from that user, or BULKHEAD_USER=NAME):"
+    echo "  add yours with 'usermod -aG bulkhead-admin NAME', then 'bulkhead appmenus --sync' as it"
+fi
+
+step "Done"
+bulkhead ls
+cat <<TEXT
+
+Made: the template debian-12, the disposable template debian-12-dvm, the net domain and
+work, personal, untrusted, vault (see above). dom0-ui starts with your next desktop session
+(/etc/xdg/autostart) and frames every domain's windows in its colour; the domains' terminals
+are in your menu as "[work] Foot" and so on.
+
+  bulkhead run work -- foot &                        a terminal in work
+  bulkhead run -u root debian-12 -- apt-get install -y mupdf
+  bulkhead shutdown debian-12                        ... and work has mupdf at its next start
+  bulkhead appmenus work --list                      choose its menu entries (--set ID...)
+  bulkhead-manager                                   the domain manager and policy editor
+TEXT

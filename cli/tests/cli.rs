@@ -590,3 +590,105 @@ async fn application_menus_follow_their_domains() {
         "the entry outlived its domain"
     );
 }
+
+/// The default domains of a new installation (scripts/default-domains.sh, which
+/// scripts/setup.sh runs): net, work, personal, untrusted, vault with their labels, networks
+/// and menus; a second run leaves them alone; vault has no network, work reaches net.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_domains_as_qubes_first_boot_makes_them() {
+    let Some(cache) = sandbox_template_cache() else {
+        return;
+    };
+    let bus = TestBus::start().expect("dbus-daemon starts");
+    let daemon = TestDomaind::start(&bus, DomaindOptions::debian12(cache))
+        .await
+        .expect("domaind starts");
+    let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
+    cli.ok(&["template", "install", "debian-12"]);
+    cli.ok(&[
+        "create",
+        "-C",
+        "disposable-template",
+        "-t",
+        "debian-12",
+        "-l",
+        "red",
+        "debian-12-dvm",
+    ]);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/default-domains.sh");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run_script = || {
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("PATH", &path)
+            .env("BULKHEAD_BUS_ADDRESS", daemon.bus_address())
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run_script();
+    assert!(first.contains("net has no uplink yet"), "{first}");
+    let rows: serde_json::Value = serde_json::from_str(&cli.ok(&["ls", "--json"])).expect("JSON");
+    let row = |name: &str| {
+        rows.as_array()
+            .and_then(|r| r.iter().find(|d| d["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not made: {first}"))
+    };
+    for (name, class, label) in [
+        ("net", "service", "red"),
+        ("work", "app", "blue"),
+        ("personal", "app", "yellow"),
+        ("untrusted", "app", "red"),
+        ("vault", "app", "black"),
+    ] {
+        let r = row(name);
+        assert_eq!(
+            (r["class"].as_str(), r["label"].as_str()),
+            (Some(class), Some(label)),
+            "{r}"
+        );
+    }
+    assert_eq!(cli.ok(&["prefs", "work", "netvm"]).trim(), "net");
+    assert_eq!(cli.ok(&["prefs", "vault", "netvm"]).trim(), "");
+    assert_eq!(
+        cli.ok(&["prefs", "untrusted", "default_dispvm"]).trim(),
+        "debian-12-dvm"
+    );
+    assert_eq!(
+        cli.ok(&["prefs", "work", "features.menu-items"]).trim(),
+        "foot.desktop"
+    );
+    // Run again: nothing changes.
+    cli.ok(&["prefs", "work", "label", "green"]);
+    let second = run_script();
+    assert!(second.contains("work: exists, left as it is"), "{second}");
+    assert_eq!(cli.ok(&["prefs", "work", "label"]).trim(), "green");
+    // work starts with net as its netvm (net started for it) and has an address from it.
+    let addr = cli.ok(&[
+        "run", "work", "--", "ip", "-4", "-o", "addr", "show", "scope", "global",
+    ]);
+    assert!(addr.contains("inet "), "work has no address: {addr}");
+    let out = cli.run(&[
+        "run", "vault", "--", "ip", "-4", "-o", "addr", "show", "scope", "global",
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("inet "),
+        "vault has a network: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
