@@ -18,6 +18,7 @@ PACKAGES=(
     waypipe             # the peer the GUI benchmark compares against
     libgtk-4-dev        # dom0-ui (GTK 4.8 on bookworm)
     xvfb xauth xdotool  # dom0-ui's screenshot tests: a private X server, typing into it
+    x11-xkb-utils       # xkbcomp: dom0-ui reads dom0's keymap with it and sends it to the guests
     openbox             # dom0-ui's focus tests: a real window manager on that X server
     nftables            # nft: NAT and the per-domain firewall inside the net domain
     busybox-static cpio  # scripts/nested-kvm.sh: the L1's initramfs

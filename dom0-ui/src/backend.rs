@@ -145,6 +145,8 @@ pub enum UiEvent {
     },
     /// A short notice for the user.
     Notice(String),
+    /// dom0's keymap changed (see [`crate::keymap`]): send it to every domain.
+    Keymap(bytes::Bytes),
     /// The ask dialog.
     Ask(AskRequest),
     /// The user pressed a clipboard chord in one of the domain's windows.
@@ -474,7 +476,7 @@ impl Backend {
     }
 
     async fn serve(&self, domain: &str, label: Label, fd: std::os::fd::OwnedFd) -> Served {
-        let conn = match GuiConnection::from_fd(fd, None) {
+        let conn = match GuiConnection::from_fd(fd, crate::keymap::current()) {
             Ok(c) => c,
             Err(e) => {
                 warn!(domain, error = %e, "GUI stream");

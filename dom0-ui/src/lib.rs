@@ -15,12 +15,14 @@
 //! - The ask agent ([`ask`]) and notices ([`notify`]) of denied calls (signal `CallDenied`)
 //!   and clipboard events.
 //! - "Open in disposable" for dom0 files ([`open_dvm`]).
+//! - dom0's keyboard layout ([`keymap`]): sent to every domain at connect and when it changes.
 //! - A small panel ([`panel`]) that opens dom0-manager's domain manager and policy editor.
 #![forbid(unsafe_code)]
 
 pub mod ask;
 pub mod backend;
 pub mod clipboard;
+pub mod keymap;
 pub mod notify;
 pub mod open_dvm;
 pub mod panel;

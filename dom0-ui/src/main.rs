@@ -110,6 +110,8 @@ fn session(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         rules.screen_height = u32::try_from(g.height()).unwrap_or(1080).max(1);
     }
     let (ui_tx, ui_rx) = async_channel::unbounded::<UiEvent>();
+    // dom0's keymap for the guests, read before the first GUI connection.
+    dom0_ui::keymap::follow(ui_tx.clone());
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
     let desktop = std::rc::Rc::new(std::cell::RefCell::new(Desktop::new(
         cmd_tx,

@@ -189,6 +189,16 @@ impl Desktop {
                 let refused = text.starts_with("Denied");
                 self.notice(&text, refused);
             }
+            UiEvent::Keymap(keymap) => {
+                for (name, d) in &self.domains {
+                    let msg = HostMsg::Keymap {
+                        keymap: keymap.clone(),
+                    };
+                    if let Err(e) = d.gui.sender.send(&msg) {
+                        tracing::warn!(domain = %name, error = %e, "keymap not sent");
+                    }
+                }
+            }
             UiEvent::Ask(req) => crate::ask::show(req, self.x11.as_deref()),
             UiEvent::Chord { domain, chord } => self.chord(&domain, chord),
             UiEvent::CopyTimeout { domain } => {

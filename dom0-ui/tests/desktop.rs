@@ -1100,3 +1100,121 @@ async fn focus_body() {
         let _ = p.kill(n).await;
     }
 }
+
+/// Swaps the symbols of the Y and Z keys (keycodes 29 and 52) in the X server's keyboard
+/// mapping through the core protocol (Xvfb ignores `setxkbmap`): a keymap change as a layout
+/// switch makes it.
+fn swap_y_and_z(display: &str) {
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    let (conn, _) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
+    let (y, z) = (29u8, 52u8);
+    let get = |k: u8| {
+        conn.get_keyboard_mapping(k, 1)
+            .expect("request")
+            .reply()
+            .expect("keyboard mapping")
+    };
+    let (ym, zm) = (get(y), get(z));
+    let per = zm.keysyms_per_keycode;
+    conn.change_keyboard_mapping(1, z, per, &ym.keysyms)
+        .expect("request");
+    conn.change_keyboard_mapping(1, y, per, &zm.keysyms)
+        .expect("request");
+    x11rb::wrapper::ConnectionExt::sync(&conn).expect("sync");
+}
+
+/// dom0's keymap reaches the guests: the X server's keymap goes to a domain when dom0-ui
+/// connects to it (its gui-agent applies it), and again when dom0's mapping changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guest_follows_dom0s_keyboard_layout() {
+    tokio::time::timeout(TEST_LIMIT, keymap_body())
+        .await
+        .expect("test did not finish in time");
+}
+
+async fn keymap_body() {
+    if !sandbox_available() {
+        return;
+    }
+    for prog in ["Xvfb", "xkbcomp"] {
+        if !have(prog) {
+            bulkhead_test_skip::skip(format_args!(
+                "{prog} is not installed (scripts/install-deps.sh)"
+            ));
+            return;
+        }
+    }
+    let Some(cache) = template_cache() else {
+        return;
+    };
+    let x = Xvfb::start().expect("Xvfb");
+    let display = x.display().to_owned();
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let (_conn, p) = d.client().await.expect("client");
+    let kb = format!("kb{}", std::process::id() % 100_000);
+    p.create("debian-12", "template", "", "black", HashMap::new())
+        .await
+        .or_else(|e| match e {
+            Error::AlreadyExists(_) => Ok(()),
+            e => Err(e),
+        })
+        .expect("register the template");
+    p.create(&kb, "app", "debian-12", "blue", HashMap::new())
+        .await
+        .unwrap();
+    p.start(&kb).await.expect("start");
+    let log = d.root().unwrap().join("dom0-ui-keymap.log");
+    let ui = Ui {
+        child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
+            .env("DISPLAY", &display)
+            .env("GDK_BACKEND", "x11")
+            .env("GSK_RENDERER", "cairo")
+            .env("NO_AT_BRIDGE", "1")
+            .env("GTK_A11Y", "none")
+            .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
+            .env("BULKHEAD_LOG", "info,dom0_ui=debug")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start dom0-ui"),
+        log,
+    };
+    let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
+    let applied = |n: usize| {
+        let (p, kb) = (p.clone(), kb.clone());
+        async move {
+            for _ in 0..100 {
+                let log = bulkhead_testkit::domain_log(&p, &kb).await;
+                if log.matches("keymap from dom0 applied").count() >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        applied(1).await,
+        "the guest got no keymap at connect\n{}\n{}",
+        ui_log(),
+        bulkhead_testkit::domain_log(&p, &kb).await
+    );
+    swap_y_and_z(&display);
+    assert!(
+        applied(2).await,
+        "the guest did not get dom0's new keymap\n{}\n{}",
+        ui_log(),
+        bulkhead_testkit::domain_log(&p, &kb).await
+    );
+    assert!(ui_log().contains("dom0's keymap changed"), "{}", ui_log());
+}

@@ -42,9 +42,11 @@ impl Agent {
             HostMsg::Keymap { keymap } => {
                 // the link refused a keymap that is not UTF-8 (`link::usable`)
                 let keymap = String::from_utf8_lossy(&keymap).into_owned();
+                let bytes = keymap.len();
                 if let Some(kb) = self.seat.get_keyboard() {
-                    if let Err(e) = kb.set_keymap_from_string(self, keymap) {
-                        warn!(error = ?e, "keymap from dom0 rejected");
+                    match kb.set_keymap_from_string(self, keymap) {
+                        Ok(()) => info!(bytes, "keymap from dom0 applied"),
+                        Err(e) => warn!(error = ?e, "keymap from dom0 rejected"),
                     }
                 }
             }
