@@ -316,6 +316,34 @@ struct Ui {
     log: std::path::PathBuf,
 }
 
+impl Ui {
+    /// dom0-ui on `display` for domaind `d`, its output in `<d's root>/<log_name>`.
+    fn start(display: &str, d: &TestDomaind, log_name: &str) -> Ui {
+        let log = d.root().expect("domaind root").join(log_name);
+        let out = std::fs::File::create(&log).expect("dom0-ui log");
+        let err = out.try_clone().expect("dom0-ui log");
+        Ui {
+            child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
+                .env("DISPLAY", display)
+                .env("GDK_BACKEND", "x11")
+                .env("GSK_RENDERER", "cairo")
+                .env("NO_AT_BRIDGE", "1")
+                .env("GTK_A11Y", "none")
+                .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
+                .env("BULKHEAD_LOG", "info,dom0_ui=debug")
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("start dom0-ui"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 impl Drop for Ui {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -454,23 +482,8 @@ async fn body() {
     p.start(&vault).await.expect("start vault");
 
     let spawn_dir = d.root().unwrap().to_path_buf();
-    let log = d.root().unwrap().join("dom0-ui.log");
-    let ui = Ui {
-        child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
-            .env("DISPLAY", &display)
-            .env("GDK_BACKEND", "x11")
-            .env("GSK_RENDERER", "cairo")
-            .env("NO_AT_BRIDGE", "1")
-            .env("GTK_A11Y", "none")
-            .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
-            .env("BULKHEAD_LOG", "info,dom0_ui=debug")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("start dom0-ui"),
-        log,
-    };
-    let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
+    let ui = Ui::start(&display, &d, "dom0-ui.log");
+    let ui_log = || ui.log();
     let diag = || {
         format!(
             "--- dom0-ui log:\n{}\n{}\n--- domaind log (tail):\n{}",
@@ -939,23 +952,8 @@ async fn focus_body() {
     p.start(&untrusted).await.expect("start untrusted");
 
     let spawn_dir = d.root().unwrap().to_path_buf();
-    let log = d.root().unwrap().join("dom0-ui-focus.log");
-    let ui = Ui {
-        child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
-            .env("DISPLAY", &display)
-            .env("GDK_BACKEND", "x11")
-            .env("GSK_RENDERER", "cairo")
-            .env("NO_AT_BRIDGE", "1")
-            .env("GTK_A11Y", "none")
-            .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
-            .env("BULKHEAD_LOG", "info,dom0_ui=debug")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("start dom0-ui"),
-        log,
-    };
-    let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
+    let ui = Ui::start(&display, &d, "dom0-ui-focus.log");
+    let ui_log = || ui.log();
     let diag = || {
         format!(
             "--- dom0-ui log:\n{}\n{}",
@@ -1173,23 +1171,8 @@ async fn keymap_body() {
         .await
         .unwrap();
     p.start(&kb).await.expect("start");
-    let log = d.root().unwrap().join("dom0-ui-keymap.log");
-    let ui = Ui {
-        child: Command::new(env!("CARGO_BIN_EXE_dom0-ui"))
-            .env("DISPLAY", &display)
-            .env("GDK_BACKEND", "x11")
-            .env("GSK_RENDERER", "cairo")
-            .env("NO_AT_BRIDGE", "1")
-            .env("GTK_A11Y", "none")
-            .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
-            .env("BULKHEAD_LOG", "info,dom0_ui=debug")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("start dom0-ui"),
-        log,
-    };
-    let ui_log = || std::fs::read_to_string(&ui.log).unwrap_or_default();
+    let ui = Ui::start(&display, &d, "dom0-ui-keymap.log");
+    let ui_log = || ui.log();
     let applied = |n: usize| {
         let (p, kb) = (p.clone(), kb.clone());
         async move {

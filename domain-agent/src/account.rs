@@ -91,6 +91,37 @@ pub fn lookup(name: Option<&str>) -> Result<Account, AccountError> {
     })
 }
 
+/// The command init runs a helper with (the gui-agent, the update proxy forwarder): `bin` as
+/// `acct` with a clean environment (HOME, USER, LOGNAME, PATH, and BULKHEAD_LOG when init has
+/// one), in `/`, stdin from /dev/null, and the empty signal mask a program expects (init
+/// blocks the signals it reads from its signalfd).
+pub fn helper_command(bin: &std::path::Path, acct: &Account) -> std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env_clear()
+        .env("HOME", &acct.home)
+        .env("USER", &acct.name)
+        .env("LOGNAME", &acct.name)
+        .env("PATH", acct.path_env())
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .uid(acct.uid.as_raw())
+        .gid(acct.gid.as_raw());
+    if let Ok(level) = std::env::var("BULKHEAD_LOG") {
+        cmd.env("BULKHEAD_LOG", level);
+    }
+    // SAFETY: runs in the forked child before exec and only calls pthread_sigmask
+    // (async-signal-safe) to clear the mask init set up for its signalfd.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,12 +2,9 @@
 //! it, and the agent's relay of `OpenRequest::Gui` streams to the gui-agent's socket.
 
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use bulkhead_wire::Stream;
-use nix::sys::signal::SigSet;
 use nix::unistd::{chown, Pid};
 
 use crate::account::{self, Account};
@@ -79,29 +76,8 @@ pub fn spawn_gui_agent(bin: &Path) -> Result<Option<Pid>, GuiStartError> {
     }
     let acct = account::lookup(None)?;
     prepare_runtime_dir(Path::new(GUI_RUNTIME_DIR), &acct)?;
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env("HOME", &acct.home)
-        .env("USER", &acct.name)
-        .env("LOGNAME", &acct.name)
-        .env("PATH", acct.path_env())
-        .env("XDG_RUNTIME_DIR", GUI_RUNTIME_DIR)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .uid(acct.uid.as_raw())
-        .gid(acct.gid.as_raw());
-    if let Ok(level) = std::env::var("BULKHEAD_LOG") {
-        cmd.env("BULKHEAD_LOG", level);
-    }
-    // SAFETY: runs in the forked child before exec and only calls pthread_sigmask
-    // (async-signal-safe) to clear the mask init set up for its signalfd.
-    unsafe {
-        cmd.pre_exec(|| {
-            SigSet::empty()
-                .thread_set_mask()
-                .map_err(std::io::Error::from)
-        });
-    }
+    let mut cmd = account::helper_command(bin, &acct);
+    cmd.env("XDG_RUNTIME_DIR", GUI_RUNTIME_DIR);
     let child = cmd.spawn().map_err(GuiStartError::Spawn)?;
     let pid = Pid::from_raw(child.id() as i32);
     // init reaps it with waitpid(-1).

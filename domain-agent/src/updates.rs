@@ -3,11 +3,8 @@
 //! `bulkhead.UpdatesProxy` calls. Init keeps it running in templates (domaind passes
 //! `--updates-forwarder`), as the default user.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use nix::sys::signal::SigSet;
 use nix::unistd::Pid;
 
 use crate::account;
@@ -49,27 +46,7 @@ pub enum ForwarderError {
 /// Starts `bin` as the default user (init reaps it).
 pub fn spawn_forwarder(bin: &Path) -> Result<Pid, ForwarderError> {
     let acct = account::lookup(None)?;
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env("HOME", &acct.home)
-        .env("USER", &acct.name)
-        .env("PATH", acct.path_env())
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .uid(acct.uid.as_raw())
-        .gid(acct.gid.as_raw());
-    if let Ok(level) = std::env::var("BULKHEAD_LOG") {
-        cmd.env("BULKHEAD_LOG", level);
-    }
-    // SAFETY: runs in the forked child before exec and only calls pthread_sigmask
-    // (async-signal-safe) to clear the mask init set up for its signalfd.
-    unsafe {
-        cmd.pre_exec(|| {
-            SigSet::empty()
-                .thread_set_mask()
-                .map_err(std::io::Error::from)
-        });
-    }
+    let mut cmd = account::helper_command(bin, &acct);
     let child = cmd.spawn().map_err(ForwarderError::Spawn)?;
     Ok(Pid::from_raw(child.id() as i32))
 }
