@@ -2,7 +2,7 @@
 //! (the domain feature `menu-items`: desktop ids separated by spaces), from those its
 //! template provides (`ListApplications`), as XDG desktop entries in dom0's menu directory
 //! (`$XDG_DATA_HOME/applications`, `~/.local/share/applications`), named
-//! `bulkhead-<domain>-<id>`, titled `[domain] Name`. An entry runs
+//! `bulkhead-<domain>+<id>`, titled `[domain] Name`. An entry runs
 //! `bulkhead app DOMAIN ID`, i.e. `RunApplication`, which starts only the template's own
 //! entry of that id in that domain: nothing in an entry is a command line from a domain.
 //! A disposable template's entries start a new disposable (`@dispvm:NAME`).
@@ -125,7 +125,8 @@ pub fn render(
         domain.name, domain.label, domain.name, domain.name
     );
     Ok(MenuEntry {
-        file: format!("{FILE_PREFIX}{}-{id}", domain.name),
+        // '+' is in neither a domain name nor a desktop id: no two entries share a file.
+        file: format!("{FILE_PREFIX}{}+{id}", domain.name),
         text,
     })
 }
@@ -250,7 +251,7 @@ mod tests {
             vec!["work: gone.desktop is not an application of its template"]
         );
         let work = &entries[0];
-        assert_eq!(work.file, "bulkhead-work-foot.desktop");
+        assert_eq!(work.file, "bulkhead-work+foot.desktop");
         assert!(
             work.text.contains("\nName=[work] FootExec=rm -rf ~\n"),
             "{}",
@@ -298,7 +299,7 @@ mod tests {
         .unwrap();
         std::fs::write(d.path().join("firefox.desktop"), "[Desktop Entry]\n").unwrap();
         let done = apply(d.path(), &entries).unwrap();
-        assert_eq!(done.written, vec!["bulkhead-work-a.desktop"]);
+        assert_eq!(done.written, vec!["bulkhead-work+a.desktop"]);
         assert_eq!(done.removed, vec!["bulkhead-old-b.desktop"]);
         assert!(
             d.path().join("bulkhead-mine.desktop").exists(),
@@ -312,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             apply(d.path(), &[]).unwrap().removed,
-            vec!["bulkhead-work-a.desktop"]
+            vec!["bulkhead-work+a.desktop"]
         );
     }
 }

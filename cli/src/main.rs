@@ -499,6 +499,10 @@ async fn appmenus(proxy: &Domaind1Proxy<'_>, args: AppmenusArgs) -> Result<(), F
         let chosen = menu_items(proxy, domain).await?;
         let mut out = std::io::stdout().lock();
         for (id, name, _) in proxy.list_applications(domain).await? {
+            // Ids come from the template: only those a menu entry may name are shown.
+            if !bulkhead_appmenus::valid_id(&id) {
+                continue;
+            }
             let mark = if chosen.contains(&id) { '*' } else { ' ' };
             writeln!(out, "{mark} {id}  {}", bulkhead_appmenus::clean_name(&name)).ok();
         }

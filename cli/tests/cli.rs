@@ -545,7 +545,7 @@ async fn application_menus_follow_their_domains() {
     assert!(list.contains("  foot.desktop  Foot"), "{list}");
     with_menu(&["appmenus", "work", "--set", "foot.desktop"]);
     assert!(with_menu(&["appmenus", "work", "--list"]).contains("* foot.desktop"));
-    let entry = std::fs::read_to_string(menu.join("bulkhead-work-foot.desktop")).expect("entry");
+    let entry = std::fs::read_to_string(menu.join("bulkhead-work+foot.desktop")).expect("entry");
     assert!(entry.contains("\nName=[work] Foot\n"), "{entry}");
     let exec = entry
         .lines()
@@ -572,7 +572,7 @@ async fn application_menus_follow_their_domains() {
         .output()
         .expect("runs");
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.desktop is not an application"));
-    assert!(!menu.join("bulkhead-work-nope.desktop").exists());
+    assert!(!menu.join("bulkhead-work+nope.desktop").exists());
     // The domain goes, its entries go.
     cli.ok(&["kill", "work"]);
     let out = cli
@@ -586,7 +586,7 @@ async fn application_menus_follow_their_domains() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        !menu.join("bulkhead-work-foot.desktop").exists(),
+        !menu.join("bulkhead-work+foot.desktop").exists(),
         "the entry outlived its domain"
     );
 }

@@ -30,8 +30,9 @@ pub fn current() -> Option<Bytes> {
 /// The X server's keymap as XKB text, or None (logged) when xkbcomp fails.
 pub fn read() -> Option<Bytes> {
     let display = std::env::var("DISPLAY").ok()?;
-    let mut child = match Command::new("xkbcomp")
-        .args(["-xkb", &display, "-"])
+    // Bounded: a stuck X server must not stall whoever asks.
+    let mut child = match Command::new("timeout")
+        .args(["5", "xkbcomp", "-xkb", &display, "-"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -60,16 +61,21 @@ pub fn read() -> Option<Bytes> {
     Some(Bytes::from(text))
 }
 
-/// Reads the keymap now, then follows the X server's mapping changes on a thread of its own,
-/// telling the UI (which sends it to every connected domain) about each new keymap.
+/// Reads the keymap, then follows the X server's mapping changes, on a thread of its own,
+/// telling the UI (which sends it to every connected domain) about each keymap.
 pub fn follow(ui: async_channel::Sender<UiEvent>) {
-    let first = read();
-    if let Ok(mut k) = CURRENT.lock() {
-        k.clone_from(&first);
-    }
     let spawned = std::thread::Builder::new()
         .name("keymap".into())
         .spawn(move || {
+            // The first keymap, for connections made from now on and those made meanwhile.
+            if let Some(first) = read() {
+                if let Ok(mut k) = CURRENT.lock() {
+                    *k = Some(first.clone());
+                }
+                if ui.send_blocking(UiEvent::Keymap(first)).is_err() {
+                    return;
+                }
+            }
             let Ok((conn, _)) = x11rb::rust_connection::RustConnection::connect(None) else {
                 return;
             };

@@ -468,12 +468,20 @@ pub(crate) fn assemble(
     std::env::set_current_dir(&layout.staging)
         .map_err(|e| err("mount:overlay", format!("chdir staging: {e}")))?;
     // Relative layer names: the overlay's options in the domain's mountinfo name no host path.
+    // A template's layer is folded into a new root after it stops: pin the overlay's on-disk
+    // format to plain copies, whiteouts and opaque directories, whatever the kernel's
+    // defaults (a redirect or a metadata-only copy would not survive the fold).
+    let options = if spec.root_changes_dir.is_some() {
+        "lowerdir=lower,upperdir=s/upper,workdir=s/work,redirect_dir=off,metacopy=off,index=off"
+    } else {
+        "lowerdir=lower,upperdir=s/upper,workdir=s/work"
+    };
     mount_fs(
         "mount:overlay",
         "overlay",
         Target::Path(Path::new("root")),
         MsFlags::MS_NODEV,
-        "lowerdir=lower,upperdir=s/upper,workdir=s/work",
+        options,
     )?;
     std::env::set_current_dir("/").map_err(|e| err("mount:overlay", format!("chdir /: {e}")))?;
 

@@ -39,6 +39,9 @@ pub const MAX_DEPTH: usize = 128;
 /// thousands).
 pub const MAX_ENTRIES: u64 = 2_000_000;
 
+/// How long a commit waits for the template's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Paths (relative to the root) a template's changes never carry into its root: Bulkhead
 /// writes them for each domain (resolv.conf; apt's update proxy configuration, which
 /// bulkhead-init writes in templates: bulkhead_agent::updates::APT_PROXY_CONF) or owns them
@@ -152,18 +155,48 @@ fn remove_any(path: &Path) -> Result<(), TemplateError> {
 
 /// Whether the overlay marked `dir` opaque (it hides the lower directory's entries).
 fn is_opaque(dir: &Path) -> Result<bool, TemplateError> {
-    for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-        match rustix::fs::lgetxattr(dir, name, &mut [0u8; 4]) {
-            Ok(n) => return Ok(n == 1),
+    // The overlay is mounted by dom0's root, so it keeps its attributes in the trusted
+    // namespace (the domain cannot write those); user.overlay.* would be the domain's own.
+    match rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut [0u8; 4]) {
+        Ok(n) => Ok(n == 1),
+        Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => Ok(false),
+        Err(e) => Err(TemplateError::io(dir, "cannot read overlay attributes")(
+            e.into(),
+        )),
+    }
+}
+
+/// Refuses an entry the overlay marked as a redirect or a metadata-only copy: the layer is
+/// mounted with `redirect_dir=off,metacopy=off`, so such a mark did not come from it (and
+/// folding it would lose the lower data it points to).
+fn check_overlay_marks(path: &Path) -> Result<(), TemplateError> {
+    for name in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
+        match rustix::fs::lgetxattr(path, name, &mut [0u8; 0]) {
             Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => {}
+            Ok(_) | Err(rustix::io::Errno::RANGE) => {
+                return Err(refused(path, format!("carries the overlay mark {name}")))
+            }
             Err(e) => {
-                return Err(TemplateError::io(dir, "cannot read overlay attributes")(
+                return Err(TemplateError::io(path, "cannot read overlay attributes")(
                     e.into(),
                 ))
             }
         }
     }
-    Ok(false)
+    Ok(())
+}
+
+/// Refuses a tree whose `etc` (where the marker is written and os-release read) is not a
+/// real directory: a symlink there would make dom0 write the marker wherever it points.
+fn check_etc(tree: &Path) -> Result<(), TemplateError> {
+    let etc = tree.join("etc");
+    match fs::symlink_metadata(&etc) {
+        Ok(md) if md.is_dir() => Ok(()),
+        _ => Err(refused(
+            &etc,
+            "etc is not a directory (a symlink or missing)",
+        )),
+    }
 }
 
 /// Applies one upper layer to a tree of links.
@@ -207,11 +240,22 @@ impl Apply<'_> {
                 format!("nested deeper than {MAX_DEPTH} levels"),
             ));
         }
-        let mut names: Vec<_> = fs::read_dir(src)
-            .map_err(TemplateError::io(src, "cannot list"))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(TemplateError::io(src, "cannot list"))?;
+        // Counted while listing: one directory with millions of names stops at the limit
+        // instead of being held in memory whole.
+        let room = usize::try_from(MAX_ENTRIES.saturating_sub(self.entries)).unwrap_or(usize::MAX);
+        let mut names = Vec::new();
+        for e in fs::read_dir(src).map_err(TemplateError::io(src, "cannot list"))? {
+            names.push(
+                e.map_err(TemplateError::io(src, "cannot list"))?
+                    .file_name(),
+            );
+            if names.len() > room {
+                return Err(refused(
+                    self.upper,
+                    format!("more than {MAX_ENTRIES} entries"),
+                ));
+            }
+        }
         names.sort();
         for name in names {
             self.entry(&src.join(&name), &dst.join(&name), &rel.join(&name), depth)?;
@@ -232,6 +276,9 @@ impl Apply<'_> {
         }
         let md = fs::symlink_metadata(s).map_err(TemplateError::io(s, "cannot stat"))?;
         let ft = md.file_type();
+        if !ft.is_symlink() {
+            check_overlay_marks(s)?;
+        }
         if ft.is_char_device() && md.rdev() == 0 {
             // A whiteout: the entry was deleted.
             return remove_any(d);
@@ -308,6 +355,9 @@ fn has_changes(
         }
         let path = entry.path();
         let md = fs::symlink_metadata(&path).map_err(TemplateError::io(&path, "cannot stat"))?;
+        if !md.file_type().is_symlink() {
+            check_overlay_marks(&path)?;
+        }
         if !md.is_dir() || is_opaque(&path)? {
             return Ok(true);
         }
@@ -338,6 +388,7 @@ fn finish_tree(
     let tdir = store.template_dir(name);
     let root = tdir.join(format!("{ROOT_PREFIX}{id}"));
     let result = (|| {
+        check_etc(partial)?;
         marker.root_id = Some(id.to_owned());
         let marker_path = partial.join(MARKER_PATH);
         let text = toml::to_string(&*marker).map_err(|e| TemplateError::Verify {
@@ -418,7 +469,9 @@ impl TemplateStore {
         upper: &Path,
         ids: IdRange,
     ) -> Result<CommitOutcome, TemplateError> {
-        let _lock = self.lock(name)?;
+        // A build of the VM files may hold the lock for minutes: wait rather than lose the
+        // user's changes.
+        let _lock = self.lock_wait(name, LOCK_WAIT)?;
         let base = match self.status(name) {
             TemplateStatus::Ready { root, .. } | TemplateStatus::Stale { root, .. } => root,
             TemplateStatus::Missing => {
@@ -659,7 +712,22 @@ mod tests {
             return;
         }
         type Case = fn(&Path);
-        let cases: [(&str, Case); 4] = [
+        let cases: [(&str, Case); 6] = [
+            ("etc is not a directory", |u| {
+                symlink("/etc", u.join("etc")).unwrap();
+                lchown(u.join("etc"), Some(IDS.base), Some(IDS.base)).unwrap();
+            }),
+            ("overlay mark", |u| {
+                fs::create_dir(u.join("opt")).unwrap();
+                owned(&u.join("opt"), 0);
+                rustix::fs::setxattr(
+                    u.join("opt"),
+                    "trusted.overlay.redirect",
+                    b"/elsewhere",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .unwrap();
+            }),
             ("outside the domain's range", |u| {
                 fs::write(u.join("x"), "x").unwrap();
                 chown(u.join("x"), Some(0), Some(0)).unwrap();

@@ -317,6 +317,24 @@ impl TemplateStore {
         }
     }
 
+    /// [`lock`](Self::lock), waiting up to `limit` while another process holds it (a build
+    /// of the VM files, a collection): for work that must not be dropped for a busy lock.
+    pub(crate) fn lock_wait(
+        &self,
+        name: &DomainName,
+        limit: std::time::Duration,
+    ) -> Result<Flock<File>, TemplateError> {
+        let start = Instant::now();
+        loop {
+            match self.lock(name) {
+                Err(TemplateError::BuildInProgress { .. }) if start.elapsed() < limit => {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub(crate) fn lock(&self, name: &DomainName) -> Result<Flock<File>, TemplateError> {
         let tdir = self.template_dir(name);
         fs::create_dir_all(&tdir).map_err(TemplateError::io(&tdir, "cannot create"))?;

@@ -14,6 +14,78 @@ use crate::request::{self, ProxyRequest, MAX_HEAD};
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(30);
 /// How long connecting to an archive may take.
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
+/// A relay with no byte in either direction for this long ends.
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// Whether `ip` is an address the proxy must not reach by a name: the net domain's own, its
+/// local networks', or nobody's (an archive there must be named by its address in the list).
+pub fn internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(a) => {
+            let s = a.segments();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(|v4| internal(v4.into()))
+        }
+    }
+}
+
+/// Where `host:port` may be reached: an address literal as it is (the list named it), a
+/// name through the resolver, refused when it resolves to an internal address.
+async fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, (u16, String)> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+    }
+    let found =
+        match tokio::time::timeout(CONNECT_DEADLINE, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(a)) => a.collect::<Vec<_>>(),
+            Ok(Err(e)) => return Err((502, format!("cannot resolve {host}: {e}"))),
+            Err(_) => return Err((502, format!("resolving {host} took too long"))),
+        };
+    if found.is_empty() {
+        return Err((502, format!("{host} has no address")));
+    }
+    if let Some(a) = found.iter().find(|a| internal(a.ip())) {
+        return Err((
+            403,
+            format!("{host} resolves to the internal address {}; list an internal archive by its address", a.ip()),
+        ));
+    }
+    Ok(found)
+}
+
+/// Copies until EOF or [`IDLE`] without a byte; returns the bytes copied.
+async fn copy_idle<R, W>(from: &mut R, to: &mut W) -> u64
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = match tokio::time::timeout(IDLE, from.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return n,
+            Ok(Ok(k)) => k,
+        };
+        if to.write_all(&buf[..k]).await.is_err() {
+            return n;
+        }
+        n += k as u64;
+    }
+}
 
 /// How a call ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,18 +173,19 @@ where
         )
         .await;
     }
-    let mut upstream =
-        match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect((host.as_str(), port)))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return refuse(&mut output, 502, format!("cannot reach {host}:{port}: {e}")).await
-            }
-            Err(_) => {
-                return refuse(&mut output, 502, format!("{host}:{port} did not answer")).await
-            }
-        };
+    let addrs = match resolve(&host, port).await {
+        Ok(a) => a,
+        Err((status, reason)) => return refuse(&mut output, status, reason).await,
+    };
+    let mut upstream = match tokio::time::timeout(CONNECT_DEADLINE, TcpStream::connect(&addrs[..]))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return refuse(&mut output, 502, format!("cannot reach {host}:{port}: {e}")).await
+        }
+        Err(_) => return refuse(&mut output, 502, format!("{host}:{port} did not answer")).await,
+    };
     let sent = match &req {
         ProxyRequest::Http { head, .. } => upstream.write_all(head).await,
         // Bytes the client sent before our answer belong to the tunnel.
@@ -135,13 +208,13 @@ where
     // Down: the archive's answer to the template, until the archive closes. Up: only a
     // tunnel carries more from the template (a plain request has no body).
     let down = async {
-        let n = tokio::io::copy(&mut up_r, &mut output).await.unwrap_or(0);
+        let n = copy_idle(&mut up_r, &mut output).await;
         let _ = output.flush().await;
         n
     };
     let up = async {
         if tunnel {
-            let _ = tokio::io::copy(&mut input, &mut up_w).await;
+            copy_idle(&mut input, &mut up_w).await;
             let _ = up_w.shutdown().await;
         }
         std::future::pending::<()>().await
@@ -288,5 +361,38 @@ mod tests {
             matches!(out, Outcome::Refused { status: 408, .. }),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(internal(a.parse().unwrap()), "{a}");
+        }
+        for a in ["151.101.2.132", "192.0.2.1", "2a04:4e42::644"] {
+            assert!(!internal(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_inside_is_refused() {
+        let allow = AllowList::parse("localhost:80\n", "test").unwrap();
+        let (out, answer) = call(b"GET http://localhost/ HTTP/1.1\r\n\r\n", &allow).await;
+        assert!(
+            matches!(&out, Outcome::Refused { status: 403, reason } if reason.contains("internal address")),
+            "{out:?}"
+        );
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     }
 }

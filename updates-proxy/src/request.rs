@@ -149,25 +149,22 @@ pub fn parse(buf: &[u8]) -> Result<ProxyRequest, RequestError> {
             let (host, port) = host_port(authority, Some(80))?;
             let mut head = Vec::with_capacity(buf.len() + 32);
             head.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
-            let mut has_host = false;
+            // The archive is told the host the allow list was checked against, never the
+            // template's own Host header (which could name another site behind the same
+            // address).
+            head.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
             for h in req.headers.iter() {
                 let name = h.name.to_ascii_lowercase();
-                if HOP_BY_HOP.contains(&name.as_str()) {
+                if HOP_BY_HOP.contains(&name.as_str()) || name == "host" {
                     continue;
                 }
                 if name == "content-length" && h.value != b"0" {
                     return Err(RequestError::Body(method.to_owned()));
                 }
-                if name == "host" {
-                    has_host = true;
-                }
                 head.extend_from_slice(h.name.as_bytes());
                 head.extend_from_slice(b": ");
                 head.extend_from_slice(h.value);
                 head.extend_from_slice(b"\r\n");
-            }
-            if !has_host {
-                head.extend_from_slice(format!("Host: {authority}\r\n").as_bytes());
             }
             head.extend_from_slice(b"Connection: close\r\n\r\n");
             Ok(ProxyRequest::Http { host, port, head })
@@ -184,7 +181,7 @@ mod tests {
     fn get_is_rewritten_for_the_archive() {
         let r = parse(
             b"GET http://Deb.Debian.org/debian/dists/bookworm/InRelease HTTP/1.1\r\n\
-              Host: deb.debian.org\r\nProxy-Connection: keep-alive\r\nUser-Agent: apt\r\n\r\n",
+              Host: elsewhere.example\r\nProxy-Connection: keep-alive\r\nUser-Agent: apt\r\n\r\n",
         )
         .unwrap();
         let ProxyRequest::Http { host, port, head } = r else {
@@ -193,7 +190,7 @@ mod tests {
         assert_eq!((host.as_str(), port), ("deb.debian.org", 80));
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "GET /debian/dists/bookworm/InRelease HTTP/1.1\r\nHost: deb.debian.org\r\n\
+            "GET /debian/dists/bookworm/InRelease HTTP/1.1\r\nHost: Deb.Debian.org\r\n\
              User-Agent: apt\r\nConnection: close\r\n\r\n"
         );
         let r = parse(b"HEAD http://10.0.0.1:8000 HTTP/1.0\r\n\r\n").unwrap();
