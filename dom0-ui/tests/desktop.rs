@@ -1182,17 +1182,14 @@ async fn keymap_body() {
                 .count()
         }
     };
-    let applied = |n: usize| {
-        let count = count.clone();
-        async move {
-            for _ in 0..100 {
-                if count().await >= n {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let applied = |n: usize| async move {
+        for _ in 0..100 {
+            if count().await >= n {
+                return true;
             }
-            false
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        false
     };
     assert!(
         applied(1).await,
