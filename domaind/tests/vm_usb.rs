@@ -241,11 +241,13 @@ async fn usb_vm_scenario(cache: PathBuf) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(
-        !vhci_in_use(&out),
-        "{usb} still has it plugged in: {out}\n{}",
-        d.log()
-    );
+    if vhci_in_use(&out) {
+        panic!(
+            "{usb} still has it plugged in: {out}\n{usb}'s console:\n{}\n{}",
+            bulkhead_testkit::domain_log(&p, &usb).await,
+            d.log()
+        );
+    }
 
     // The usb VM's end takes the device from work and gives it back to dom0.
     p.usb_attach(&disk, &work).await.expect("attach again");

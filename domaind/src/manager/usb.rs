@@ -747,6 +747,7 @@ impl UsbTask {
         // A task of its own: the relay keeps moving while this one hands nodes over (a node
         // handed over is read at once, and that I/O goes through the relay).
         let mut relay = tokio::spawn(relay_urbs(importer, exporter, limits));
+        let mut relay_ended = false;
         let mut stop = stop;
         let mut tick = tokio::time::interval(NODE_POLL);
         loop {
@@ -757,6 +758,7 @@ impl UsbTask {
                         Ok(Err(e)) => warn!(busid = %busid, domain, error = %e, "USB relay dropped"),
                         Err(e) => warn!(busid = %busid, domain, error = %e, "USB relay task failed"),
                     }
+                    relay_ended = true;
                     break;
                 }
                 _ = &mut stop => {
@@ -773,9 +775,13 @@ impl UsbTask {
                 }
             }
         }
-        // The relay's sockets close with it: the other kernels see the connection end.
-        relay.abort();
-        let _ = relay.await;
+        // The relay's sockets close with it: the other kernels see the connection end. (A
+        // relay that ended is not awaited again: polling a finished JoinHandle panics, and
+        // this task's clean-up below would never run.)
+        if !relay_ended {
+            relay.abort();
+            let _ = relay.await;
+        }
         self.unplug(receiver).await;
         if self.unexport_dom0 {
             self.mgr.usb_give_back(busid).await;
