@@ -162,16 +162,21 @@ impl<'a> From<&'a DomainInfo> for Row<'a> {
     }
 }
 
+/// `value` as pretty JSON and a newline (the `--json` of `ls` and `template list`).
+fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), Failure> {
+    serde_json::to_writer_pretty(&mut *out, value)
+        .map_err(|e| Failure::new(Code::Failure, format!("cannot write JSON: {e}")))?;
+    writeln!(out).ok();
+    Ok(())
+}
+
 async fn ls(proxy: &Domaind1Proxy<'_>, args: LsArgs) -> Result<(), Failure> {
     let mut domains = proxy.list().await?;
     domains.sort_by(|a, b| a.name.cmp(&b.name));
     let rows: Vec<Row<'_>> = domains.iter().map(Row::from).collect();
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &rows)
-            .map_err(|e| Failure::new(Code::Failure, format!("cannot write JSON: {e}")))?;
-        writeln!(out).ok();
-        return Ok(());
+        return write_json(&mut out, &rows);
     }
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     writeln!(
@@ -522,10 +527,7 @@ async fn template_list(proxy: &Domaind1Proxy<'_>, json: bool) -> Result<(), Fail
     let rows = proxy.list_templates().await?;
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &rows)
-            .map_err(|e| Failure::new(Code::Failure, format!("cannot write JSON: {e}")))?;
-        writeln!(out).ok();
-        return Ok(());
+        return write_json(&mut out, &rows);
     }
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     writeln!(
