@@ -85,6 +85,62 @@ pub fn spawn_gui_agent(bin: &Path) -> Result<Option<Pid>, GuiStartError> {
     Ok(Some(pid))
 }
 
+/// Set once the first wait ended: later commands do not wait again (a gui-agent that init
+/// restarts is back within its backoff).
+static DISPLAY_WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits, at most `limit`, until the gui-agent's Wayland socket exists, when a gui-agent is
+/// installed in the domain. init starts the agent and the gui-agent side by side, so a
+/// command asked for right after the domain started (`bulkhead start vault && bulkhead run
+/// vault foot`) could otherwise find no compositor and exit. When init started no gui-agent
+/// (no [`crate::ENV_GUI_EXPECTED`]), or when the limit passes (logged, and later commands
+/// do not wait again), the command starts anyway. The look happens on a thread of its own
+/// with the file-system identity of the runtime dir's owner (see [`connect_as_dir_owner`]):
+/// in a sandbox, root may not look inside that directory.
+pub async fn wait_for_display(limit: std::time::Duration) {
+    use std::sync::atomic::Ordering;
+    if DISPLAY_WAITED.load(Ordering::Relaxed) || std::env::var_os(crate::ENV_GUI_EXPECTED).is_none()
+    {
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("gui-wait".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + limit;
+            let (dir, socket) = (Path::new(GUI_RUNTIME_DIR), Path::new(WAYLAND_DISPLAY));
+            let seen = loop {
+                // the owner is read again each time: a VM's init makes the dir first and
+                // gives it to the user after
+                if let Ok(md) = std::fs::metadata(dir) {
+                    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(md.gid()));
+                    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(md.uid()));
+                    if socket.exists() {
+                        break true;
+                    }
+                }
+                if std::time::Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let _ = tx.send(seen);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot wait for the Wayland socket; starting the command");
+        return;
+    }
+    let seen = rx.await.unwrap_or(false);
+    DISPLAY_WAITED.store(true, Ordering::Relaxed);
+    if !seen {
+        tracing::warn!(
+            socket = WAYLAND_DISPLAY,
+            waited = ?limit,
+            "the gui-agent's Wayland socket is not there; starting the command without it"
+        );
+    }
+}
+
 /// Connects to the gui-agent's socket with the file-system identity (fsuid/fsgid) of the
 /// owner of the socket's directory, the default user. In a sandbox domain the agent is a root
 /// without CAP_DAC_OVERRIDE and the runtime dir is the user's, mode 0700, so root itself may

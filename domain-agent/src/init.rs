@@ -184,6 +184,14 @@ impl State {
         let mut cmd = Command::new(&self.cfg.agent);
         cmd.env(crate::ENV_INIT_PID, getpid().as_raw().to_string())
             .stdin(Stdio::null());
+        if self
+            .cfg
+            .gui_agent
+            .as_deref()
+            .is_some_and(std::path::Path::exists)
+        {
+            cmd.env(crate::ENV_GUI_EXPECTED, "1");
+        }
         // SAFETY: runs in the forked child before exec and only calls pthread_sigmask
         // (async-signal-safe) to clear the mask init set up for its signalfd, so the agent
         // and its commands see SIGTERM/SIGINT/SIGCHLD normally.

@@ -24,6 +24,9 @@ pub mod vmnet;
 
 /// Environment variable through which init tells the agent which pid to signal for shutdown.
 pub const ENV_INIT_PID: &str = "BULKHEAD_INIT_PID";
+/// Set by init for the agent when it starts a gui-agent: commands wait for its Wayland
+/// socket ([`gui::wait_for_display`]).
+pub const ENV_GUI_EXPECTED: &str = "BULKHEAD_GUI_EXPECTED";
 
 /// Environment variable overriding the gui-agent's socket path the agent relays GUI
 /// streams to (tests; default [`gui::GUI_SOCKET`]).

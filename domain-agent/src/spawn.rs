@@ -104,10 +104,14 @@ fn convert(st: std::process::ExitStatus) -> ExitStatus {
     }
 }
 
+/// How long a command waits for the domain's gui-agent to be listening (just after start).
+const DISPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Spawns the process for `req` and serves the exec stream until the command has ended and
 /// the client finished. Spawn failures are reported to the client as `ExecMessage::Failed`.
 pub async fn run_exec(req: ExecRequest, stream: Stream) {
     let id = stream.id();
+    crate::gui::wait_for_display(DISPLAY_WAIT).await;
     let started = account::lookup(req.user.as_deref())
         .map_err(SpawnError::from)
         .and_then(|acct| {

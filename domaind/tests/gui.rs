@@ -18,8 +18,12 @@ use bulkhead_testkit::{bounded, run_in, DomaindOptions, MiniEnv};
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 
 /// Stand-in gui-agent: records who started it and with which runtime dir, then stays.
+/// A stand-in gui-agent that is slow to start, as a real one under load: its "Wayland
+/// socket" (a plain file is enough for the agent's wait) appears after 2 s.
 const FAKE_GUI_AGENT: &str = r#"#!/bin/sh
 { id -u; echo "$XDG_RUNTIME_DIR"; } > "$XDG_RUNTIME_DIR/started"
+sleep 2
+: > "$XDG_RUNTIME_DIR/wayland-0"
 exec sleep 1000
 "#;
 
@@ -65,21 +69,15 @@ async fn body() {
     }
 
     p.start(&app).await.expect("start");
-    // init started the stand-in as the default user with the runtime dir prepared.
-    let (mut last, mut last_err) = (String::new(), String::new());
-    for _ in 0..100 {
-        let (code, out, err) = run(
-            p,
-            &app,
-            "cat /run/bulkhead-gui/started && ls -ldn /run/bulkhead-gui && echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR\"",
-        )
-        .await;
-        (last, last_err) = (out, err);
-        if code == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // init started the stand-in as the default user with the runtime dir prepared, and a
+    // command asked for at once waits for the Wayland socket (a terminal started right
+    // after the domain must find its compositor).
+    let (code, last, last_err) = run(
+        p,
+        &app,
+        "test -e \"$WAYLAND_DISPLAY\" && cat /run/bulkhead-gui/started && ls -ldn /run/bulkhead-gui && echo \"$WAYLAND_DISPLAY $XDG_RUNTIME_DIR\"",
+    )
+    .await;
     let lines: Vec<&str> = last.lines().collect();
     let log = p
         .log_path(&app)
@@ -87,7 +85,11 @@ async fn body() {
         .ok()
         .and_then(|l| std::fs::read_to_string(l).ok())
         .unwrap_or_default();
-    assert_eq!(lines.len(), 4, "{last:?} {last_err:?}\ndomain log:\n{log}");
+    assert_eq!(
+        (code, lines.len()),
+        (0, 4),
+        "{last:?} {last_err:?}\ndomain log:\n{log}"
+    );
     assert_eq!(lines[0], "1000");
     assert_eq!(lines[1], "/run/bulkhead-gui");
     let fields: Vec<&str> = lines[2].split_whitespace().collect();
