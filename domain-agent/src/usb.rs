@@ -15,6 +15,7 @@
 use std::os::fd::AsRawFd;
 
 use bulkhead_usb::host::Sysfs;
+use bulkhead_usb::BusId;
 use bulkhead_wire::{Stream, UsbExportReply, UsbExportRequest, UsbImportReply, UsbImportRequest};
 
 /// The sysfs of this domain's kernel.
@@ -177,8 +178,16 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
         }
     };
     tracing::info!(busid = %req.busid, local = %local, devid = dev.devid, "USB device exported onwards");
+    // The kernel's end must not see the connection end before the device left usbip-host:
+    // an end of file makes usbip-host reset the device, a reset that goes through this
+    // kernel's own import of it and holds up usbip's event worker, and with it the detach of
+    // that import, for minutes. So the device is unbound first (when the peer ended, or after
+    // any other end of the relay), with a second handle keeping the socket open until then.
+    let mut keep = None;
     let io = ours
-        .set_nonblocking(true)
+        .try_clone()
+        .map(|k| keep = Some(k))
+        .and_then(|()| ours.set_nonblocking(true))
         .and_then(|()| tokio::net::UnixStream::from_std(ours));
     let reply = UsbExportReply::Exported {
         devid: dev.devid,
@@ -186,7 +195,8 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
     };
     match io {
         Ok(io) if stream.send_message(&reply.encode()).await.is_ok() => {
-            match bulkhead_wire::relay::relay_bytes(stream, io).await {
+            let l = local.clone();
+            match bulkhead_wire::relay::relay_bytes_with(stream, io, || release_export(l)).await {
                 Ok(()) => tracing::info!(local = %local, "USB export stream ended"),
                 Err(e) => tracing::warn!(local = %local, error = %e, "USB export stream failed"),
             }
@@ -197,12 +207,22 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
             stream.reset("relay");
         }
     }
-    let l2 = local.clone();
-    // Not back to this kernel's drivers: the device is about to be unplugged (its import
-    // ends next), and a driver probing it now would stall that on I/O through the closing
-    // connection.
-    let undone = tokio::task::spawn_blocking(move || Sysfs::new(SYSFS).unexport_unbound(&l2)).await;
-    if let Ok(Err(e)) = undone {
-        tracing::warn!(local = %local, error = %e, "cannot take the device back from usbip-host");
+    release_export(local).await;
+    drop(keep);
+}
+
+/// Takes an exported device from `usbip-host` without the reset of an ended connection, and
+/// not back to this kernel's drivers: it is about to be unplugged (its import ends next), and
+/// a driver probing it now would stall that on I/O through the closing connection. Safe to
+/// call twice.
+async fn release_export(local: BusId) {
+    let l = local.clone();
+    let undone = tokio::task::spawn_blocking(move || Sysfs::new(SYSFS).unbind_from_stub(&l)).await;
+    match undone {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(local = %local, error = %e, "cannot take the device back from usbip-host")
+        }
+        Err(e) => tracing::warn!(local = %local, error = %e, "internal task failed"),
     }
 }

@@ -284,15 +284,25 @@ impl Sysfs {
         Ok(device)
     }
 
-    /// Stops exporting `busid` and leaves it without a driver (a usb VM's imported device,
-    /// about to be unplugged: its own drivers binding it now would start I/O through a
-    /// connection that is being closed).
+    /// Stops exporting `busid`, ending its connection first, and leaves it without a driver
+    /// (the first half of [`Self::unexport`]).
     pub fn unexport_unbound(&self, busid: &BusId) -> Result<(), HostError> {
-        let dev = self.device(busid);
-        let stub = self.stub_driver();
         if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
             // Ends a connection still in use ("usbip_sockfd -1"); refused when none is.
-            let _ = write(&dev.join("usbip_sockfd"), "-1");
+            let _ = write(&self.device(busid).join("usbip_sockfd"), "-1");
+        }
+        self.unbind_from_stub(busid)
+    }
+
+    /// Takes `busid` from `usbip-host` without ending its connection first: the driver's
+    /// removal closes the connection itself and, unlike an end of the connection or
+    /// `usbip_sockfd -1`, does not reset the device. For a device that is itself behind
+    /// `vhci-hcd` (a usb VM passing on what it imported): that reset would run in usbip's
+    /// single event worker, wait on the device's own import, and hold up that import's
+    /// detach for minutes. Left without a driver, like [`Self::unexport_unbound`].
+    pub fn unbind_from_stub(&self, busid: &BusId) -> Result<(), HostError> {
+        let stub = self.stub_driver();
+        if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
             write(&stub.join("unbind"), busid.as_str())?;
         }
         if stub.exists() {
@@ -674,6 +684,47 @@ mod tests {
         .unwrap();
         let e = s.vhci_attach(7, 1, 2).unwrap_err();
         assert!(e.to_string().contains("no free hs port"), "{e}");
+    }
+
+    /// Taking a device from usbip-host: `unexport_unbound` ends the connection first
+    /// (`usbip_sockfd -1`, which resets the device), `unbind_from_stub` only unbinds; both
+    /// leave the bus id out of `match_busid`, and neither touches a device of another driver.
+    #[test]
+    fn unbinding_from_the_stub_with_and_without_ending_the_connection() {
+        let root = tempfile::tempdir().unwrap();
+        let stub = root.path().join("bus/usb/drivers/usbip-host");
+        let dev = root.path().join("bus/usb/devices/2-1");
+        std::fs::create_dir_all(&stub).unwrap();
+        std::fs::create_dir_all(&dev).unwrap();
+        let reset = |driver: &Path| {
+            for f in [
+                stub.join("unbind"),
+                stub.join("match_busid"),
+                dev.join("usbip_sockfd"),
+            ] {
+                std::fs::write(f, "").unwrap();
+            }
+            let _ = std::fs::remove_file(dev.join("driver"));
+            std::os::unix::fs::symlink(driver, dev.join("driver")).unwrap();
+        };
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        let s = Sysfs::new(root.path());
+        let b = BusId::new("2-1").unwrap();
+
+        reset(&stub);
+        s.unbind_from_stub(&b).unwrap();
+        assert_eq!(read(stub.join("unbind")), "2-1");
+        assert_eq!(read(stub.join("match_busid")), "del 2-1");
+        assert_eq!(read(dev.join("usbip_sockfd")), "", "no reset");
+
+        reset(&stub);
+        s.unexport_unbound(&b).unwrap();
+        assert_eq!(read(dev.join("usbip_sockfd")), "-1");
+        assert_eq!(read(stub.join("unbind")), "2-1");
+
+        reset(&root.path().join("bus/usb/drivers/usb-storage"));
+        s.unbind_from_stub(&b).unwrap();
+        assert_eq!(read(stub.join("unbind")), "", "another driver's device");
     }
 
     /// The nodes of a device are the DEVNAMEs of its subtree; symlinks are not followed.

@@ -24,6 +24,24 @@ pub async fn relay_bytes<T>(stream: Stream, io: T) -> Result<(), WireError>
 where
     T: AsyncRead + AsyncWrite,
 {
+    relay_bytes_with(stream, io, || async {}).await
+}
+
+/// [`relay_bytes`], with `on_peer_end` run when the peer ended its direction (EOF or Fin) and
+/// before the local socket's write side is shut: the local side learns of the end only after
+/// it. A USB export uses it to take the device from the kernel's `usbip-host` first, which
+/// then closes its own end without the device reset that an end of file would cause.
+pub async fn relay_bytes_with<T, F, Fut>(
+    stream: Stream,
+    io: T,
+    on_peer_end: F,
+) -> Result<(), WireError>
+where
+    T: AsyncRead + AsyncWrite,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut on_peer_end = Some(on_peer_end);
     let (tx, mut rx) = stream.split();
     let (mut r, mut w) = tokio::io::split(io);
     let up = async {
@@ -54,9 +72,15 @@ where
                 StreamEvent::Eof {
                     channel: BYTES_CHANNEL,
                 } => {
+                    if let Some(f) = on_peer_end.take() {
+                        f().await;
+                    }
                     let _ = w.shutdown().await;
                 }
                 StreamEvent::Finished => {
+                    if let Some(f) = on_peer_end.take() {
+                        f().await;
+                    }
                     let _ = w.shutdown().await;
                     return Ok::<(), WireError>(());
                 }
