@@ -115,8 +115,11 @@ pub async fn wait_for_display(limit: std::time::Duration) {
                 if let Ok(md) = std::fs::metadata(dir) {
                     nix::unistd::setfsgid(nix::unistd::Gid::from_raw(md.gid()));
                     nix::unistd::setfsuid(nix::unistd::Uid::from_raw(md.uid()));
-                    if socket.exists() {
-                        break true;
+                    match socket.try_exists() {
+                        Ok(true) => break true,
+                        Ok(false) => {}
+                        // not a "not yet": waiting longer would not change it
+                        Err(_) => break false,
                     }
                 }
                 if std::time::Instant::now() >= deadline {

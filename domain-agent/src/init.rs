@@ -412,8 +412,8 @@ pub fn run(cfg: InitConfig) -> Result<i32, InitError> {
         updates: Supervised::default(),
     };
     tracing::info!(pid1, "bulkhead-init running");
-    st.spawn_agent();
     st.spawn_gui_agent();
+    st.spawn_agent();
     st.spawn_console();
     st.spawn_forwarder();
 

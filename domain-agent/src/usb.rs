@@ -183,20 +183,30 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
     // kernel's own import of it and holds up usbip's event worker, and with it the detach of
     // that import, for minutes. So the device is unbound first (when the peer ended, or after
     // any other end of the relay), with a second handle keeping the socket open until then.
-    let mut keep = None;
+    let keep = match ours.try_clone() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot relay the USB export");
+            stream.reset("relay");
+            release_export(local).await;
+            drop(ours);
+            return;
+        }
+    };
     let io = ours
-        .try_clone()
-        .map(|k| keep = Some(k))
-        .and_then(|()| ours.set_nonblocking(true))
+        .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(ours));
     let reply = UsbExportReply::Exported {
         devid: dev.devid,
         speed: dev.speed,
     };
+    // One release, started by whichever comes first (the peer's end, or the relay's end in
+    // any other way) and awaited by both: a step cancelled halfway must not let the socket
+    // close before the unbind finished.
+    let release = OnceRelease::new(local.clone());
     match io {
         Ok(io) if stream.send_message(&reply.encode()).await.is_ok() => {
-            let l = local.clone();
-            match bulkhead_wire::relay::relay_bytes_with(stream, io, || release_export(l)).await {
+            match bulkhead_wire::relay::relay_bytes_with(stream, io, || release.run()).await {
                 Ok(()) => tracing::info!(local = %local, "USB export stream ended"),
                 Err(e) => tracing::warn!(local = %local, error = %e, "USB export stream failed"),
             }
@@ -207,8 +217,43 @@ pub async fn serve_export(req: UsbExportRequest, stream: Stream) {
             stream.reset("relay");
         }
     }
-    release_export(local).await;
+    release.run().await;
     drop(keep);
+}
+
+/// [`release_export`] run at most once, in a task of its own (it finishes even when the
+/// caller that started it is cancelled); every [`OnceRelease::run`] waits for its end.
+struct OnceRelease {
+    start: std::sync::Mutex<Option<(BusId, tokio::sync::watch::Sender<bool>)>>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl OnceRelease {
+    fn new(local: BusId) -> Self {
+        let (tx, done) = tokio::sync::watch::channel(false);
+        Self {
+            start: std::sync::Mutex::new(Some((local, tx))),
+            done,
+        }
+    }
+
+    fn run(&self) -> impl std::future::Future<Output = ()> {
+        let start = match self.start.lock() {
+            Ok(mut s) => s.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some((local, tx)) = start {
+            tokio::spawn(async move {
+                release_export(local).await;
+                let _ = tx.send(true);
+            });
+        }
+        let mut done = self.done.clone();
+        async move {
+            // Err: the task ended without saying so (it panicked); nothing more to wait for.
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
 }
 
 /// Takes an exported device from `usbip-host` without the reset of an ended connection, and

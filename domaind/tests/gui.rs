@@ -17,9 +17,9 @@ use bulkhead_testkit::{bounded, run_in, DomaindOptions, MiniEnv};
 
 const TEST_LIMIT: Duration = Duration::from_secs(240);
 
-/// Stand-in gui-agent: records who started it and with which runtime dir, then stays.
-/// A stand-in gui-agent that is slow to start, as a real one under load: its "Wayland
-/// socket" (a plain file is enough for the agent's wait) appears after 2 s.
+/// Stand-in gui-agent: records who started it and with which runtime dir, then stays. It is
+/// slow to start, as a real one under load: its "Wayland socket" (a plain file is enough for
+/// the agent's wait) appears after 2 s.
 const FAKE_GUI_AGENT: &str = r#"#!/bin/sh
 { id -u; echo "$XDG_RUNTIME_DIR"; } > "$XDG_RUNTIME_DIR/started"
 sleep 2
