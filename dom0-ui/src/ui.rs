@@ -103,6 +103,7 @@ struct UiWindow {
     view: GuestView,
     title: String,
     maximized: bool,
+    minimized: bool,
     cursor: &'static str,
 }
 
@@ -482,6 +483,11 @@ fn update_window(gui: &DomainGui, uw: &mut UiWindow, w: &Window) {
         }
     }
     if let Kind::Toplevel { window, .. } = &uw.kind {
+        // A guest may minimise its own window (never un-minimise it: that is the user's).
+        if w.minimized && !uw.minimized {
+            window.minimize();
+        }
+        uw.minimized = w.minimized;
         if uw.maximized != w.maximized {
             uw.maximized = w.maximized;
             if w.maximized {
@@ -495,6 +501,66 @@ fn update_window(gui: &DomainGui, uw: &mut UiWindow, w: &Window) {
 
 fn px(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// Which edge of a `width` x `height` view a press at (`x`, `y`) grabs: within the coloured
+/// frame on the left, right or bottom (the strip is the top), with the corners `CORNER`
+/// pixels long. None: inside, for the guest.
+fn frame_edge(width: f64, height: f64, x: f64, y: f64) -> Option<gdk::SurfaceEdge> {
+    const CORNER: f64 = 16.0;
+    let f = f64::from(FRAME);
+    let (left, right, bottom) = (x < f, x >= width - f, y >= height - f);
+    let (near_left, near_right) = (x < CORNER, x >= width - CORNER);
+    let near_bottom = y >= height - CORNER;
+    use gdk::SurfaceEdge as E;
+    Some(match () {
+        _ if bottom && near_left || left && near_bottom => E::SouthWest,
+        _ if bottom && near_right || right && near_bottom => E::SouthEast,
+        _ if bottom => E::South,
+        _ if left => E::West,
+        _ if right => E::East,
+        _ => return None,
+    })
+}
+
+/// The frame resizes the window (undecorated, it has no other edges): a press on it starts
+/// the window manager's resize (GDK does it itself without one) and never reaches the guest.
+fn attach_frame_resize(window: &gtk4::Window, view: &GuestView) {
+    let press = gtk4::EventControllerLegacy::new();
+    press.set_propagation_phase(gtk4::PropagationPhase::Capture);
+    let (w, v) = (window.downgrade(), view.downgrade());
+    press.connect_event(move |_, ev| {
+        let (Some(window), Some(view)) = (w.upgrade(), v.upgrade()) else {
+            return glib::Propagation::Proceed;
+        };
+        if ev.event_type() != gdk::EventType::ButtonPress {
+            return glib::Propagation::Proceed;
+        }
+        let Some(b) = ev.downcast_ref::<gdk::ButtonEvent>() else {
+            return glib::Propagation::Proceed;
+        };
+        let Some((sx, sy)) = ev.position() else {
+            return glib::Propagation::Proceed;
+        };
+        // Event positions are the surface's; the view's own are needed for the edge.
+        let (tx, ty) = window.surface_transform();
+        let Some((vx, vy)) = window.translate_coordinates(&view, sx - tx, sy - ty) else {
+            return glib::Propagation::Proceed;
+        };
+        let edge = frame_edge(f64::from(view.width()), f64::from(view.height()), vx, vy);
+        let (Some(edge), Some(surface)) = (edge, window.surface()) else {
+            return glib::Propagation::Proceed;
+        };
+        let Ok(toplevel) = surface.downcast::<gdk::Toplevel>() else {
+            return glib::Propagation::Proceed;
+        };
+        if b.button() != 1 || window.is_maximized() {
+            return glib::Propagation::Stop;
+        }
+        toplevel.begin_resize(edge, ev.device().as_ref(), 1, sx, sy, ev.time());
+        glib::Propagation::Stop
+    });
+    view.add_controller(press);
 }
 
 /// Pointer input on a view goes to window `id` of the view's domain.
@@ -695,9 +761,31 @@ fn make_toplevel(
     title.set_hexpand(true);
     title.set_xalign(0.0);
     title.set_ellipsize(gtk4::pango::EllipsizeMode::End);
-    let close = gtk4::Button::with_label("×");
-    close.set_focusable(false);
-    close.set_tooltip_text(Some("Ask the application to close this window"));
+    let button = |label: &str, tip: &str| {
+        let b = gtk4::Button::with_label(label);
+        b.set_focusable(false);
+        b.set_tooltip_text(Some(tip));
+        b
+    };
+    let minimize = button("–", "Minimise");
+    {
+        let w = window.downgrade();
+        minimize.connect_clicked(move |_| {
+            if let Some(window) = w.upgrade() {
+                window.minimize();
+            }
+        });
+    }
+    let maximize = button("□", "Maximise or restore");
+    {
+        let w = window.downgrade();
+        maximize.connect_clicked(move |_| match w.upgrade() {
+            Some(window) if window.is_maximized() => window.unmaximize(),
+            Some(window) => window.maximize(),
+            None => {}
+        });
+    }
+    let close = button("×", "Ask the application to close this window");
     {
         let s = gui.sender.clone();
         close.connect_clicked(move |_| {
@@ -705,12 +793,21 @@ fn make_toplevel(
         });
     }
     strip.append(&title);
+    strip.append(&minimize);
+    strip.append(&maximize);
     strip.append(&close);
+    // The strip is the window's only title bar: the window manager is asked for none (one
+    // title bar per guest window, in the domain's colour, with its name), and dragging the
+    // strip moves the window (a double click maximises, as on any title bar).
+    window.set_decorated(false);
+    let handle = gtk4::WindowHandle::new();
+    handle.set_child(Some(&strip));
     let view = GuestView::new(gui.label.color_rgb());
     view.set_hexpand(true);
     view.set_vexpand(true);
     view.update(w.pixels(), w.width, w.height, &[]);
-    vbox.append(&strip);
+    attach_frame_resize(&window, &view);
+    vbox.append(&handle);
     vbox.append(&view);
     window.set_child(Some(&vbox));
     {
@@ -782,6 +879,7 @@ fn make_toplevel(
         view,
         title: w.title.clone(),
         maximized: w.maximized,
+        minimized: false,
         cursor: w.cursor.name(),
     }
 }
@@ -820,6 +918,7 @@ fn make_popup(
         view,
         title: w.title.clone(),
         maximized: false,
+        minimized: false,
         cursor: w.cursor.name(),
     }
 }
@@ -832,6 +931,20 @@ mod tests {
     fn titles_carry_the_domain() {
         assert_eq!(window_title("work", "foot"), "[work] foot");
         assert_eq!(window_title("work", ""), "[work]");
+    }
+
+    #[test]
+    fn the_frame_is_the_resize_edge() {
+        use gdk::SurfaceEdge as E;
+        let (w, h) = (200.0, 100.0);
+        assert_eq!(frame_edge(w, h, 1.0, 50.0), Some(E::West));
+        assert_eq!(frame_edge(w, h, 199.0, 50.0), Some(E::East));
+        assert_eq!(frame_edge(w, h, 100.0, 98.0), Some(E::South));
+        assert_eq!(frame_edge(w, h, 5.0, 99.0), Some(E::SouthWest));
+        assert_eq!(frame_edge(w, h, 1.0, 90.0), Some(E::SouthWest));
+        assert_eq!(frame_edge(w, h, 195.0, 99.0), Some(E::SouthEast));
+        assert_eq!(frame_edge(w, h, 100.0, 50.0), None, "the guest's pixels");
+        assert_eq!(frame_edge(w, h, 100.0, 1.0), None, "the top is the strip's");
     }
 
     #[test]

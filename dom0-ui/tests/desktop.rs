@@ -804,6 +804,31 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// `_NET_FRAME_EXTENTS` of `w` (left, right, top, bottom), set by a window manager.
+fn frame_extents(display: &str, w: u32) -> Option<[u32; 4]> {
+    let (conn, _) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
+    let atom = conn
+        .intern_atom(false, b"_NET_FRAME_EXTENTS")
+        .ok()?
+        .reply()
+        .ok()?
+        .atom;
+    let p = conn
+        .get_property(false, w, atom, AtomEnum::CARDINAL, 0, 4)
+        .ok()?
+        .reply()
+        .ok()?;
+    let v: Vec<u32> = p.value32()?.collect();
+    v.try_into().ok()
+}
+
+/// The screen's size in pixels.
+fn screen_size(display: &str) -> (u32, u32) {
+    let (conn, screen) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
+    let s = &conn.setup().roots[screen];
+    (u32::from(s.width_in_pixels), u32::from(s.height_in_pixels))
+}
+
 /// The window with the keyboard focus.
 fn input_focus(display: &str) -> u32 {
     let (conn, _) = RustConnection::connect(Some(display)).expect("connect to Xvfb");
@@ -1091,6 +1116,46 @@ async fn focus_body() {
             .expect("the call did not end")
             .expect("call task");
         assert_eq!(code, 126, "{wm}: Escape did not deny: {err}\n{}", diag());
+    }
+
+    // One title bar: openbox draws none around a guest window (its frame extents are a
+    // border at most, the same on top as on the sides), so dom0-ui's coloured strip with
+    // the domain's name is the only one; a double click on it maximises the window, as on
+    // any title bar.
+    let tw = wait_client(&display, "[work] term-work", &diag, &tw_name).await;
+    let ext = frame_extents(&display, tw.id).expect("openbox sets _NET_FRAME_EXTENTS");
+    assert!(
+        ext[2] == ext[0] && ext[2] <= 2,
+        "openbox decorates the guest window: frame extents (left, right, top, bottom) {ext:?}"
+    );
+    let (sw, _) = screen_size(&display);
+    xdotool(
+        &display,
+        &[
+            "mousemove",
+            &(tw.x + 40).to_string(),
+            &(tw.y + 8).to_string(),
+            "click",
+            "--repeat",
+            "2",
+            "--delay",
+            "80",
+            "1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let w = wait_client(&display, "[work] term-work", &diag, &tw_name).await;
+        if w.width + 10 >= sw {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a double click on the strip did not maximise the window ({} of {sw} px)\n{}",
+            w.width,
+            diag()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     drop(ui);

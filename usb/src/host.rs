@@ -24,6 +24,7 @@ use std::io::Write;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -34,6 +35,10 @@ use crate::BusId;
 pub const USBIP_HOST: &str = "usbip-host";
 /// `vhci-hcd`'s state of a free port (`VDEV_ST_NULL`).
 const VDEV_ST_NULL: u32 = 4;
+/// How long usbip-host may take to end a connection (shut it down and reset the device).
+pub const STUB_IDLE_WAIT: Duration = Duration::from_secs(10);
+/// Time left to usbip's event worker after a device's status changed, before an unbind.
+const STUB_SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -284,14 +289,47 @@ impl Sysfs {
         Ok(device)
     }
 
-    /// Stops exporting `busid`, ending its connection first, and leaves it without a driver
-    /// (the first half of [`Self::unexport`]).
+    /// Stops exporting `busid` and leaves it without a driver (the first half of
+    /// [`Self::unexport`]). The caller has closed its end of the connection: usbip-host then
+    /// shuts the connection down and resets the device in usbip's event worker, and only
+    /// after that (the device's `usbip_status` no longer "used") is it unbound. An unbind,
+    /// or a `usbip_sockfd -1`, while that worker still has an event of the device queued or
+    /// running queues a second one, and the kernel (seen on 6.1) can free the device with
+    /// that second event still on its list: the worker then crashes on freed memory (an oops
+    /// in dom0's kernel, seen in L1). A connection still in use after [`STUB_IDLE_WAIT`] is
+    /// ended with `usbip_sockfd -1` and waited for the same way.
     pub fn unexport_unbound(&self, busid: &BusId) -> Result<(), HostError> {
         if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
-            // Ends a connection still in use ("usbip_sockfd -1"); refused when none is.
-            let _ = write(&self.device(busid).join("usbip_sockfd"), "-1");
+            if !self.wait_stub_idle(busid, STUB_IDLE_WAIT) {
+                warn!(busid = %busid, "the USB/IP connection is still in use; ending it");
+                // Refused when the connection ended meanwhile.
+                let _ = write(&self.device(busid).join("usbip_sockfd"), "-1");
+                if !self.wait_stub_idle(busid, STUB_IDLE_WAIT) {
+                    warn!(busid = %busid, "usbip-host did not end the connection; unbinding anyway");
+                }
+            }
+            // The worker touches the device for a moment after setting its status.
+            std::thread::sleep(STUB_SETTLE);
         }
         self.unbind_from_stub(busid)
+    }
+
+    /// Waits until usbip-host no longer uses a connection for `busid` (its `usbip_status`
+    /// is not 2, "used"; a missing or unreadable status counts as not used). True if so
+    /// within `limit`.
+    fn wait_stub_idle(&self, busid: &BusId, limit: Duration) -> bool {
+        let status = self.device(busid).join("usbip_status");
+        let t0 = std::time::Instant::now();
+        loop {
+            let used = read(&status).is_ok_and(|v| v.trim() == "2");
+            if !used {
+                return true;
+            }
+            if t0.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Takes `busid` from `usbip-host` without ending its connection first: the driver's
@@ -686,9 +724,9 @@ mod tests {
         assert!(e.to_string().contains("no free hs port"), "{e}");
     }
 
-    /// Taking a device from usbip-host: `unexport_unbound` ends the connection first
-    /// (`usbip_sockfd -1`, which resets the device), `unbind_from_stub` only unbinds; both
-    /// leave the bus id out of `match_busid`, and neither touches a device of another driver.
+    /// Taking a device from usbip-host: `unbind_from_stub` only unbinds, `unexport_unbound`
+    /// waits for the connection to have ended (and never queues a second event when it has);
+    /// both leave the bus id out of `match_busid`, neither touches another driver's device.
     #[test]
     fn unbinding_from_the_stub_with_and_without_ending_the_connection() {
         let root = tempfile::tempdir().unwrap();
@@ -717,10 +755,22 @@ mod tests {
         assert_eq!(read(stub.join("match_busid")), "del 2-1");
         assert_eq!(read(dev.join("usbip_sockfd")), "", "no reset");
 
+        // The connection ended (status 1, available): unbound without a `-1`.
         reset(&stub);
+        std::fs::write(dev.join("usbip_status"), "1\n").unwrap();
         s.unexport_unbound(&b).unwrap();
-        assert_eq!(read(dev.join("usbip_sockfd")), "-1");
+        assert_eq!(read(dev.join("usbip_sockfd")), "", "no second event");
         assert_eq!(read(stub.join("unbind")), "2-1");
+        // Still in use: waited for, then ended with `-1` (status 2 stays: the fake kernel
+        // never ends it), then unbound.
+        reset(&stub);
+        std::fs::write(dev.join("usbip_status"), "2\n").unwrap();
+        assert!(!s.wait_stub_idle(&b, Duration::from_millis(120)));
+        std::fs::write(dev.join("usbip_status"), "3\n").unwrap();
+        assert!(
+            s.wait_stub_idle(&b, Duration::from_millis(120)),
+            "error is not in use"
+        );
 
         reset(&root.path().join("bus/usb/drivers/usb-storage"));
         s.unbind_from_stub(&b).unwrap();
