@@ -79,8 +79,12 @@ pub struct TestClient {
     _toplevel: xdg_toplevel::XdgToplevel,
     file: File,
     bufs: Vec<Buf>,
+    /// The buffer's size (the window's plus [`TestClient::shadow`] on every side).
     pub width: u32,
     pub height: u32,
+    /// A margin drawn around the window, outside its xdg window geometry, as clients draw
+    /// their shadows (0: none, no window geometry set).
+    pub shadow: u32,
     frame: Vec<u8>,
 }
 
@@ -101,6 +105,18 @@ impl TestClient {
         title: &str,
         width: u32,
         height: u32,
+    ) -> Result<Self, ClientError> {
+        Self::connect_with_shadow(socket, title, width, height, 0)
+    }
+
+    /// [`TestClient::connect`], the buffer having `shadow` pixels around the window, outside
+    /// the window geometry it sets.
+    pub fn connect_with_shadow(
+        socket: &Path,
+        title: &str,
+        width: u32,
+        height: u32,
+        shadow: u32,
     ) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(socket)
             .map_err(|e| ClientError::Connect(socket.display().to_string(), e.to_string()))?;
@@ -141,6 +157,7 @@ impl TestClient {
             bufs: Vec::new(),
             width: 0,
             height: 0,
+            shadow,
             frame: Vec::new(),
         };
         let (w, h) = c.state.requested;
@@ -153,10 +170,17 @@ impl TestClient {
         Ok(c)
     }
 
+    /// A `width` x `height` window: its buffer is that plus the shadow on every side.
     fn resize(&mut self, width: u32, height: u32) -> Result<(), ClientError> {
         for b in self.bufs.drain(..) {
             b.buffer.destroy();
         }
+        if self.shadow > 0 {
+            let s = self.shadow as i32;
+            self._xdg_surface
+                .set_window_geometry(s, s, width as i32, height as i32);
+        }
+        let (width, height) = (width + 2 * self.shadow, height + 2 * self.shadow);
         let size = width as usize * height as usize * 4;
         self.file
             .set_len((size * NBUF) as u64)
@@ -194,8 +218,11 @@ impl TestClient {
     /// Size the compositor asked for in its last configure, if any and different.
     pub fn requested_resize(&self) -> Option<(u32, u32)> {
         let (w, h) = self.state.requested;
-        (w > 0 && h > 0 && (w as u32, h as u32) != (self.width, self.height))
-            .then_some((w as u32, h as u32))
+        let window = (
+            self.width.saturating_sub(2 * self.shadow),
+            self.height.saturating_sub(2 * self.shadow),
+        );
+        (w > 0 && h > 0 && (w as u32, h as u32) != window).then_some((w as u32, h as u32))
     }
 
     pub fn closed(&self) -> bool {

@@ -78,6 +78,48 @@ fn test_client_pixels_resize_reconnect_and_exit() {
     assert!(status.success(), "test client: {status}");
 }
 
+/// A client that draws shadows around its window (outside the xdg window geometry it sets):
+/// dom0 gets the window alone, its first pixel the buffer's at (shadow, shadow), also after a
+/// resize from dom0.
+#[test]
+fn client_shadows_are_cropped_to_the_window_geometry() {
+    const SHADOW: u32 = 12;
+    let shows_window = |w: &common::Win| {
+        if w.width == 0 || w.height == 0 {
+            return false;
+        }
+        let f = frame_of(w.px(0, 0), SHADOW);
+        (0..w.height)
+            .all(|y| (0..w.width).all(|x| w.px(x, y) == pattern(f, x + SHADOW, y + SHADOW)))
+    };
+    let agent = Agent::start();
+    let mut dom0 = Dom0::connect(&agent.gui_socket());
+    let mut client = agent
+        .client(env!("CARGO_BIN_EXE_bulkhead-gui-testclient"))
+        .args(["--title", "shadowed", "--width", "300", "--height", "200"])
+        .args(["--shadow", &SHADOW.to_string()])
+        .spawn()
+        .expect("start the test client");
+    dom0.until("the window without its shadows", 30, |d| {
+        d.window_titled("shadowed")
+            .is_some_and(|(_, w)| w.mapped && w.width == 300 && w.height == 200 && shows_window(w))
+    });
+    let (id, _) = dom0.window_titled("shadowed").expect("window");
+    dom0.send(&HostMsg::ConfigureRequest {
+        window: id,
+        width: 360,
+        height: 240,
+    });
+    dom0.until("the resized window without its shadows", 30, |d| {
+        d.windows
+            .get(&id)
+            .is_some_and(|w| w.width == 360 && w.height == 240 && shows_window(w))
+    });
+    dom0.send(&HostMsg::Close { window: id });
+    let status = client.wait().expect("wait for the client");
+    assert!(status.success(), "test client: {status}");
+}
+
 #[test]
 fn weston_simple_shm_window_and_pixels() {
     if !have("weston-simple-shm") {

@@ -19,6 +19,9 @@ struct Args {
     width: u32,
     #[arg(long, default_value_t = 240)]
     height: u32,
+    /// Pixels of "shadow" around the window, outside the xdg window geometry it sets.
+    #[arg(long, default_value_t = 0)]
+    shadow: u32,
     /// Frames to draw before exiting (0: until closed).
     #[arg(long, default_value_t = 0)]
     frames: u32,
@@ -39,7 +42,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
     };
-    let mut c = TestClient::connect(&socket, &args.title, args.width, args.height)?;
+    let mut c = TestClient::connect_with_shadow(
+        &socket,
+        &args.title,
+        args.width,
+        args.height,
+        args.shadow,
+    )?;
     let mut n = 0u32;
     loop {
         let res = c

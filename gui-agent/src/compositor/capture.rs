@@ -10,6 +10,7 @@ use smithay::reexports::wayland_server::protocol::wl_output::Transform as WlTran
 use smithay::reexports::wayland_server::protocol::wl_shm;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::wayland::compositor::{with_states, BufferAssignment, Damage, SurfaceAttributes};
+use smithay::wayland::shell::xdg::SurfaceCachedState;
 use smithay::wayland::shm::with_buffer_contents;
 use tracing::{info, warn};
 
@@ -101,17 +102,25 @@ impl Agent {
 
     /// Reads the committed state of a window's surface: new buffer, damage, frame callbacks.
     pub(super) fn commit_window(&mut self, id: u32, surface: &WlSurface) {
-        let (buffer, damage, callbacks, scale, transform) = with_states(surface, |states| {
-            let mut guard = states.cached_state.get::<SurfaceAttributes>();
-            let attrs = guard.current();
-            (
-                attrs.buffer.take(),
-                std::mem::take(&mut attrs.damage),
-                std::mem::take(&mut attrs.frame_callbacks),
-                attrs.buffer_scale,
-                attrs.buffer_transform,
-            )
-        });
+        let (buffer, damage, callbacks, scale, transform, geometry) =
+            with_states(surface, |states| {
+                let geometry = states
+                    .cached_state
+                    .get::<SurfaceCachedState>()
+                    .current()
+                    .geometry
+                    .map(|g| (g.loc.x, g.loc.y, g.size.w, g.size.h));
+                let mut guard = states.cached_state.get::<SurfaceAttributes>();
+                let attrs = guard.current();
+                (
+                    attrs.buffer.take(),
+                    std::mem::take(&mut attrs.damage),
+                    std::mem::take(&mut attrs.frame_callbacks),
+                    attrs.buffer_scale,
+                    attrs.buffer_transform,
+                    geometry,
+                )
+            });
         let (title, app_id) = surface_title(surface);
         let mut msgs = Vec::new();
         let Some(w) = self.windows.get_mut(&id) else {
@@ -120,7 +129,7 @@ impl Agent {
         w.callbacks.extend(callbacks);
         match buffer {
             Some(BufferAssignment::NewBuffer(buf)) => {
-                let res = capture(w, &buf, &damage, scale, transform);
+                let res = capture(w, &buf, &damage, scale, transform, geometry);
                 buf.release();
                 match res {
                     Ok(resized) => {
@@ -214,14 +223,48 @@ fn encode_damage(id: u32, w: &mut Window) -> Vec<u8> {
     out
 }
 
-/// Copies the damaged parts of a committed wl_shm buffer into the window's pixel copy.
-/// Returns whether the window's size changed.
+/// The part of a `width` x `height` buffer that is the window: the client's xdg window
+/// geometry (`x, y, w, h` in surface coordinates, times `scale`), clipped to the buffer, or
+/// the whole buffer without one (or with a transform, which the crop does not follow).
+fn window_crop(
+    geometry: Option<(i32, i32, i32, i32)>,
+    scale: i32,
+    transform: WlTransform,
+    width: u32,
+    height: u32,
+) -> Rect {
+    let full = Rect {
+        x: 0,
+        y: 0,
+        width,
+        height,
+    };
+    let s = i64::from(scale.max(1));
+    geometry
+        .filter(|_| transform == WlTransform::Normal)
+        .and_then(|(x, y, w, h)| {
+            Rect::clipped(
+                i64::from(x) * s,
+                i64::from(y) * s,
+                i64::from(w) * s,
+                i64::from(h) * s,
+                width,
+                height,
+            )
+        })
+        .unwrap_or(full)
+}
+
+/// Copies the damaged parts of a committed wl_shm buffer that lie in the window (its
+/// geometry, [`window_crop`]) into the window's pixel copy. Returns whether the window's
+/// size changed.
 fn capture(
     w: &mut Window,
     buf: &WlBuffer,
     damage: &[Damage],
     scale: i32,
     transform: WlTransform,
+    geometry: Option<(i32, i32, i32, i32)>,
 ) -> Result<bool, CaptureError> {
     let res = with_buffer_contents(buf, |ptr, pool_len, data| {
         let format = match data.format {
@@ -263,38 +306,45 @@ fn capture(
         // duration of this closure; a concurrent truncation by the client raises SIGBUS, which
         // smithay's pool guard turns into an error for this call.
         let pool = unsafe { std::slice::from_raw_parts(ptr, pool_len) };
-        let resized = width as u32 != w.width || height as u32 != w.height;
+        let crop = window_crop(geometry, scale, transform, width as u32, height as u32);
+        let resized = crop.width != w.width || crop.height != w.height;
+        let moved = (crop.x, crop.y) != w.crop;
+        // The window's own pixels, in the window's coordinates.
         let full = Rect {
             x: 0,
             y: 0,
-            width: width as u32,
-            height: height as u32,
+            width: crop.width,
+            height: crop.height,
         };
         let mut rects: Vec<Rect> = Vec::new();
-        if resized || w.pending.len() > MAX_RECTS || transform != WlTransform::Normal {
+        if resized || moved || w.pending.len() > MAX_RECTS || transform != WlTransform::Normal {
             rects.push(full);
         } else {
             let s = scale.max(1) as i64;
+            let (cx, cy) = (i64::from(crop.x), i64::from(crop.y));
             for d in damage {
-                let r = match d {
-                    Damage::Buffer(r) => Rect::clipped(
+                let (x, y, dw, dh) = match d {
+                    Damage::Buffer(r) => (
                         r.loc.x as i64,
                         r.loc.y as i64,
                         r.size.w as i64,
                         r.size.h as i64,
-                        full.width,
-                        full.height,
                     ),
-                    Damage::Surface(r) => Rect::clipped(
+                    Damage::Surface(r) => (
                         r.loc.x as i64 * s,
                         r.loc.y as i64 * s,
                         r.size.w as i64 * s,
                         r.size.h as i64 * s,
-                        full.width,
-                        full.height,
                     ),
                 };
-                rects.extend(r);
+                rects.extend(Rect::clipped(
+                    x - cx,
+                    y - cy,
+                    dw,
+                    dh,
+                    full.width,
+                    full.height,
+                ));
             }
             if rects.len() > MAX_RECTS {
                 let first = rects[0];
@@ -302,17 +352,22 @@ fn capture(
             }
         }
         if resized {
-            w.width = width as u32;
-            w.height = height as u32;
-            w.pixels = vec![0; width * height * 4];
+            w.width = crop.width;
+            w.height = crop.height;
+            w.pixels = vec![0; crop.width as usize * crop.height as usize * 4];
             w.pending.clear();
         }
+        if moved {
+            w.crop = (crop.x, crop.y);
+            let s = f64::from(scale.max(1));
+            w.origin = (f64::from(crop.x) / s, f64::from(crop.y) / s);
+        }
         w.format = format;
-        let dst_stride = width * 4;
+        let dst_stride = crop.width as usize * 4;
         for r in &rects {
             let n = r.width as usize * 4;
             for row in r.y as usize..(r.y + r.height) as usize {
-                let src = offset + row * stride + r.x as usize * 4;
+                let src = offset + (row + crop.y as usize) * stride + (r.x + crop.x) as usize * 4;
                 let dst = row * dst_stride + r.x as usize * 4;
                 w.pixels[dst..dst + n].copy_from_slice(&pool[src..src + n]);
             }
@@ -324,5 +379,47 @@ fn capture(
         Ok(r) => r,
         Err(smithay::wayland::shm::BufferAccessError::NotManaged) => Err(CaptureError::NotShm),
         Err(_) => Err(CaptureError::BadPool),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_its_geometry_within_the_buffer() {
+        let n = WlTransform::Normal;
+        let r = |x, y, width, height| Rect {
+            x,
+            y,
+            width,
+            height,
+        };
+        assert_eq!(window_crop(None, 1, n, 340, 260), r(0, 0, 340, 260));
+        assert_eq!(
+            window_crop(Some((10, 10, 320, 240)), 1, n, 340, 260),
+            r(10, 10, 320, 240),
+            "shadows cropped"
+        );
+        assert_eq!(
+            window_crop(Some((10, 10, 320, 240)), 2, n, 680, 520),
+            r(20, 20, 640, 480),
+            "scaled"
+        );
+        assert_eq!(
+            window_crop(Some((-5, 250, 400, 100)), 1, n, 340, 260),
+            r(0, 250, 340, 10),
+            "clipped to the buffer"
+        );
+        assert_eq!(
+            window_crop(Some((400, 0, 10, 10)), 1, n, 340, 260),
+            r(0, 0, 340, 260),
+            "outside the buffer: the whole buffer"
+        );
+        assert_eq!(
+            window_crop(Some((10, 10, 20, 20)), 1, WlTransform::_90, 340, 260),
+            r(0, 0, 340, 260),
+            "not with a transform"
+        );
     }
 }

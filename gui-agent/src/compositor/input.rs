@@ -100,13 +100,16 @@ impl Agent {
                 let Some(surface) = self.window_surface(window).cloned() else {
                     return;
                 };
+                // dom0's positions are the window's; the surface has the client's margins
+                // (shadows) around it.
+                let origin = self.windows.get(&window).map_or((0.0, 0.0), |w| w.origin);
                 self.pointer_window = window;
                 if let Some(ptr) = self.seat.get_pointer() {
                     ptr.motion(
                         self,
                         Some((surface, (0.0, 0.0).into())),
                         &MotionEvent {
-                            location: (f64::from(x), f64::from(y)).into(),
+                            location: (f64::from(x) + origin.0, f64::from(y) + origin.1).into(),
                             serial,
                             time,
                         },

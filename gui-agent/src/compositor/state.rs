@@ -58,6 +58,11 @@ pub(super) struct Window {
     pub(super) mapped: bool,
     pub(super) width: u32,
     pub(super) height: u32,
+    /// Where the window (its xdg window geometry: the client's shadows and margins cropped
+    /// off) starts in the client's buffer, in buffer pixels; (0, 0) without a geometry.
+    pub(super) crop: (u32, u32),
+    /// The same in surface coordinates: added to dom0's pointer positions.
+    pub(super) origin: (f64, f64),
     pub(super) format: PixelFormat,
     /// The window's current contents, `width * height * 4` bytes, kept for reconnects.
     pub(super) pixels: Vec<u8>,
@@ -209,6 +214,8 @@ impl Agent {
                 mapped: false,
                 width: 0,
                 height: 0,
+                crop: (0, 0),
+                origin: (0.0, 0.0),
                 format: PixelFormat::Argb8888,
                 pixels: Vec::new(),
                 pending: Vec::new(),

@@ -5,10 +5,8 @@ use smithay::delegate_xdg_shell;
 use smithay::reexports::wayland_protocols::xdg::decoration::zv1::server::zxdg_toplevel_decoration_v1::Mode as DecorationMode;
 use smithay::reexports::wayland_server::protocol::wl_seat::WlSeat;
 use smithay::utils::Serial;
-use smithay::wayland::compositor::with_states;
 use smithay::wayland::shell::xdg::{
-    PopupSurface, PositionerState, SurfaceCachedState, ToplevelSurface, XdgShellHandler,
-    XdgShellState,
+    PopupSurface, PositionerState, ToplevelSurface, XdgShellHandler, XdgShellState,
 };
 
 use crate::compositor::state::{surface_title, Agent, Role};
@@ -33,21 +31,9 @@ impl XdgShellHandler for Agent {
         let parent = parent_surface
             .as_ref()
             .and_then(|p| self.by_surface.get(p).copied());
-        // the position is relative to the parent's window geometry; dom0 wants it relative
-        // to the parent's buffer
-        let offset = parent_surface
-            .map(|p| {
-                with_states(&p, |s| {
-                    s.cached_state
-                        .get::<SurfaceCachedState>()
-                        .current()
-                        .geometry
-                        .map(|g| (g.loc.x, g.loc.y))
-                        .unwrap_or((0, 0))
-                })
-            })
-            .unwrap_or((0, 0));
-        let pos = (geometry.loc.x + offset.0, geometry.loc.y + offset.1);
+        // the position is relative to the parent's window geometry, and dom0's windows are
+        // the window geometries (capture crops to them), so it is dom0's position as it is
+        let pos = (geometry.loc.x, geometry.loc.y);
         let wl = surface.wl_surface().clone();
         self.add_window(wl, Role::Popup(surface), parent, pos);
     }
