@@ -57,8 +57,10 @@ pub enum ManagerMsg {
     Refresh,
     /// Select a domain (loads its settings and applications).
     Select(Option<String>),
-    /// Run a lifecycle action on a domain.
+    /// Run a lifecycle action on a domain (Remove asks first).
     Action(DomainAction, String),
+    /// The user confirmed removing this domain: remove it.
+    RemoveConfirmed(String),
     /// Show the create form with these values (validated as if typed).
     SetCreateForm(CreateForm),
     /// A create form field changed (validates).
@@ -177,6 +179,8 @@ pub enum ManagerOutput {
     Applications(String, Vec<String>),
     /// The settings form shows the domain's current settings.
     SettingsLoaded(String),
+    /// Asked whether to remove this domain; the text says what would be lost.
+    ConfirmRemove(String, String),
 }
 
 /// The start progress shown at the bottom.
@@ -418,7 +422,13 @@ impl Component for ManagerWindow {
                 self.sync_actions();
                 self.load_selected(&sender);
             }
+            ManagerMsg::Action(DomainAction::Remove, name) => {
+                self.confirm_remove(name, &sender, root)
+            }
             ManagerMsg::Action(action, name) => self.start_action(action, name, &sender),
+            ManagerMsg::RemoveConfirmed(name) => {
+                self.start_action(DomainAction::Remove, name, &sender)
+            }
             ManagerMsg::SetCreateForm(f) => {
                 self.tab = ManagerTab::Create;
                 self.create.emit(CreateMsg::Set(f));

@@ -343,8 +343,44 @@ fn main() {
         rt.block_on(proxy.get_properties("mail2")).expect("mail2")["label"],
         "red"
     );
+    // Remove asks first, saying what goes; nothing is removed until the user says so.
     out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::Select(Some("mail2".into())));
+    wait_output(
+        &out,
+        "mail2's settings",
+        |o| matches!(o, ManagerOutput::SettingsLoaded(n) if n == "mail2"),
+    );
+    // the red of a destructive button (the list's red labels are red too: counted before)
+    let red = |img: &RgbaImage| {
+        img.pixels()
+            .filter(|p| p[0] >= 0xb0 && p[1] <= 0x40 && p[2] <= 0x50)
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    pump_gtk_until(Duration::from_millis(800), || {
+        t0.elapsed() > Duration::from_millis(500)
+    });
+    let red_before = red(&dom0_manager::testing::screenshot(&display).expect("screenshot"));
     mgr.emit(ManagerMsg::Action(DomainAction::Remove, "mail2".into()));
+    let asked = wait_output(
+        &out,
+        "the remove question",
+        |o| matches!(o, ManagerOutput::ConfirmRemove(n, _) if n == "mail2"),
+    );
+    assert!(
+        format!("{asked:?}").contains("private volume (up to"),
+        "the question does not say what is lost: {asked:?}"
+    );
+    expect_screen(&display, "manager-remove-question", WAIT, |img| {
+        red(img) > red_before + 500
+    });
+    assert!(
+        rt.block_on(proxy.get_properties("mail2")).is_ok(),
+        "removed before the user answered"
+    );
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::RemoveConfirmed("mail2".into()));
     wait_output(
         &out,
         "remove done",

@@ -9,7 +9,7 @@ use relm4::ComponentSender;
 
 use bulkhead_api::DomainInfo;
 
-use super::{DomainAction, Event, ManagerOutput, ManagerWindow, Progress, Usage};
+use super::{DomainAction, Event, ManagerMsg, ManagerOutput, ManagerWindow, Progress, Usage};
 use crate::client::{describe, proxy};
 
 /// How often usage is polled.
@@ -153,6 +153,39 @@ impl ManagerWindow {
         });
     }
 
+    /// Asks before removing `name`, saying what goes with it; Remove sends
+    /// [`ManagerMsg::RemoveConfirmed`], anything else leaves the domain as it is.
+    pub(super) fn confirm_remove(
+        &mut self,
+        name: String,
+        sender: &ComponentSender<Self>,
+        root: &gtk4::Window,
+    ) {
+        use gtk4::prelude::*;
+        let props = (self.selected.as_deref() == Some(name.as_str())).then_some(&self.props);
+        let text = remove_warning(&name, props);
+        let _ = sender.output(ManagerOutput::ConfirmRemove(name.clone(), text.clone()));
+        let dialog = gtk4::MessageDialog::builder()
+            .transient_for(root)
+            .modal(true)
+            .message_type(gtk4::MessageType::Warning)
+            .text(format!("Remove the domain {name}?"))
+            .secondary_text(text)
+            .build();
+        dialog.add_button("Cancel", gtk4::ResponseType::Cancel);
+        let remove = dialog.add_button("Remove", gtk4::ResponseType::Accept);
+        remove.add_css_class("destructive-action");
+        dialog.set_default_response(gtk4::ResponseType::Cancel);
+        let input = sender.input_sender().clone();
+        dialog.connect_response(move |d, r| {
+            if r == gtk4::ResponseType::Accept {
+                input.emit(ManagerMsg::RemoveConfirmed(name.clone()));
+            }
+            d.close();
+        });
+        dialog.present();
+    }
+
     pub(super) fn launch(
         &self,
         domain: String,
@@ -289,5 +322,42 @@ impl ManagerWindow {
             visible: done < total || total == 0,
         };
         let _ = sender.output(ManagerOutput::Progress(name, step, done, total));
+    }
+}
+
+/// What removing `name` deletes, from its properties when known (the selected domain's).
+pub(crate) fn remove_warning(name: &str, props: Option<&HashMap<String, String>>) -> String {
+    let get = |k: &str| props.and_then(|p| p.get(k)).filter(|v| !v.is_empty());
+    let private = match get("private_size") {
+        Some(mib) => format!("its private volume (up to {mib} MiB: the files in its home)"),
+        None => "its private volume (the files in its home)".to_owned(),
+    };
+    let mut text = format!(
+        "This deletes {private}, its settings, its firewall rules and its application menu \
+         entries. It cannot be undone; back up what you want to keep first."
+    );
+    if get("class").map(String::as_str) == Some("template") {
+        text.push_str(&format!(
+            " {name} is a template: its installed software goes too, and domains based on it \
+             will not start until they get another template."
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remove_warning_says_what_goes() {
+        let t = remove_warning("mail", None);
+        assert!(t.contains("private volume") && t.contains("firewall") && t.contains("menu"));
+        let mut p = HashMap::new();
+        p.insert("private_size".to_owned(), "2048".to_owned());
+        p.insert("class".to_owned(), "template".to_owned());
+        let t = remove_warning("debian-12", Some(&p));
+        assert!(t.contains("up to 2048 MiB"), "{t}");
+        assert!(t.contains("debian-12 is a template"), "{t}");
     }
 }
