@@ -547,16 +547,23 @@ fn attach_frame_resize(window: &gtk4::Window, view: &GuestView) {
         let Some((vx, vy)) = window.translate_coordinates(&view, sx - tx, sy - ty) else {
             return glib::Propagation::Proceed;
         };
-        let edge = frame_edge(f64::from(view.width()), f64::from(view.height()), vx, vy);
+        let (vw, vh) = (f64::from(view.width()), f64::from(view.height()));
+        // Only a left press on the view's own frame (not one outside it, e.g. during a drag
+        // that started in the guest), and not while maximised: anything else is the guest's.
+        if b.button() != 1
+            || window.is_maximized()
+            || !(0.0..vw).contains(&vx)
+            || !(0.0..vh).contains(&vy)
+        {
+            return glib::Propagation::Proceed;
+        }
+        let edge = frame_edge(vw, vh, vx, vy);
         let (Some(edge), Some(surface)) = (edge, window.surface()) else {
             return glib::Propagation::Proceed;
         };
         let Ok(toplevel) = surface.downcast::<gdk::Toplevel>() else {
             return glib::Propagation::Proceed;
         };
-        if b.button() != 1 || window.is_maximized() {
-            return glib::Propagation::Stop;
-        }
         toplevel.begin_resize(edge, ev.device().as_ref(), 1, sx, sy, ev.time());
         glib::Propagation::Stop
     });

@@ -71,6 +71,8 @@ pub enum HostError {
     TooLarge { path: PathBuf, limit: usize },
     #[error("vhci-hcd has no free {hub} port (every virtual port is in use)")]
     NoFreePort { hub: &'static str },
+    #[error("usbip-host has not ended the connection of USB device {0} within {secs} s; it stays with usbip-host (detach it again later)", secs = STUB_IDLE_WAIT.as_secs())]
+    StillConnected(BusId),
 }
 
 /// What an exported device tells the importing side (for `vhci-hcd`'s `attach`).
@@ -296,17 +298,12 @@ impl Sysfs {
     /// or a `usbip_sockfd -1`, while that worker still has an event of the device queued or
     /// running queues a second one, and the kernel (seen on 6.1) can free the device with
     /// that second event still on its list: the worker then crashes on freed memory (an oops
-    /// in dom0's kernel, seen in L1). A connection still in use after [`STUB_IDLE_WAIT`] is
-    /// ended with `usbip_sockfd -1` and waited for the same way.
+    /// in dom0's kernel, seen in L1). So a connection still in use after [`STUB_IDLE_WAIT`]
+    /// is an error and the device stays with usbip-host, bound but connected to no one.
     pub fn unexport_unbound(&self, busid: &BusId) -> Result<(), HostError> {
         if self.driver_of(busid).as_deref() == Some(USBIP_HOST) {
             if !self.wait_stub_idle(busid, STUB_IDLE_WAIT) {
-                warn!(busid = %busid, "the USB/IP connection is still in use; ending it");
-                // Refused when the connection ended meanwhile.
-                let _ = write(&self.device(busid).join("usbip_sockfd"), "-1");
-                if !self.wait_stub_idle(busid, STUB_IDLE_WAIT) {
-                    warn!(busid = %busid, "usbip-host did not end the connection; unbinding anyway");
-                }
+                return Err(HostError::StillConnected(busid.clone()));
             }
             // The worker touches the device for a moment after setting its status.
             std::thread::sleep(STUB_SETTLE);
@@ -761,8 +758,7 @@ mod tests {
         s.unexport_unbound(&b).unwrap();
         assert_eq!(read(dev.join("usbip_sockfd")), "", "no second event");
         assert_eq!(read(stub.join("unbind")), "2-1");
-        // Still in use: waited for, then ended with `-1` (status 2 stays: the fake kernel
-        // never ends it), then unbound.
+        // Still in use: waited for (the fake kernel never ends it).
         reset(&stub);
         std::fs::write(dev.join("usbip_status"), "2\n").unwrap();
         assert!(!s.wait_stub_idle(&b, Duration::from_millis(120)));

@@ -246,7 +246,7 @@ impl Manager {
             .map_err(|e| Error::Io(format!("USB socket pair: {e}")))?;
         let sysfs = self.usb_sysfs();
         let b = busid.clone();
-        let (endpoints, exported) = blocking(move || {
+        let (endpoints, exported, exporter) = blocking(move || {
             // The kernel holds its own reference once it took the socket.
             let r = sysfs.export(&b, stub_end.as_raw_fd());
             drop(stub_end);
@@ -256,8 +256,11 @@ impl Manager {
             // before any URB can flow (the relay has not started). A device whose
             // descriptors cannot be read or parsed is not attached.
             match sysfs.endpoint_map(&b) {
-                Ok(endpoints) => Ok((endpoints, exported)),
+                Ok(endpoints) => Ok((endpoints, exported, exporter)),
                 Err(e) => {
+                    // Our end closed first: usbip-host ends the connection, then the
+                    // device is given back (see `Sysfs::unexport_unbound`).
+                    drop(exporter);
                     if let Err(undo) = sysfs.unexport(&b) {
                         warn!(busid = %b, error = %undo, "cannot give the device back");
                     }
@@ -295,6 +298,7 @@ impl Manager {
                 {
                     Ok(v) => v,
                     Err(e) => {
+                        drop(exporter);
                         self.usb_give_back(&busid).await;
                         return Err(e);
                     }
@@ -352,6 +356,9 @@ impl Manager {
         let (importer, receiver) = match plugged {
             Ok(v) => v,
             Err(e) => {
+                // The relay's socket closes first: usbip-host (dom0's, or the usb VM's) sees
+                // the end before the device is taken from it.
+                drop(exporter);
                 match upstream {
                     Some(u) => u.end().await,
                     None => self.usb_give_back(&busid).await,

@@ -357,11 +357,8 @@ fn capture(
             w.pixels = vec![0; crop.width as usize * crop.height as usize * 4];
             w.pending.clear();
         }
-        if moved {
-            w.crop = (crop.x, crop.y);
-            let s = f64::from(scale.max(1));
-            w.origin = (f64::from(crop.x) / s, f64::from(crop.y) / s);
-        }
+        w.crop = (crop.x, crop.y);
+        w.scale = scale.max(1);
         w.format = format;
         let dst_stride = crop.width as usize * 4;
         for r in &rects {

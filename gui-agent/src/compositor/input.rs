@@ -100,16 +100,24 @@ impl Agent {
                 let Some(surface) = self.window_surface(window).cloned() else {
                     return;
                 };
-                // dom0's positions are the window's; the surface has the client's margins
-                // (shadows) around it.
-                let origin = self.windows.get(&window).map_or((0.0, 0.0), |w| w.origin);
+                // dom0's positions are the window's pixels; the surface has the client's
+                // margins (shadows) around them, and may be scaled.
+                let ((cx, cy), scale) = self
+                    .windows
+                    .get(&window)
+                    .map_or(((0, 0), 1), |w| (w.crop, w.scale));
+                let s = f64::from(scale.max(1));
+                let location = (
+                    (f64::from(x) + f64::from(cx)) / s,
+                    (f64::from(y) + f64::from(cy)) / s,
+                );
                 self.pointer_window = window;
                 if let Some(ptr) = self.seat.get_pointer() {
                     ptr.motion(
                         self,
                         Some((surface, (0.0, 0.0).into())),
                         &MotionEvent {
-                            location: (f64::from(x) + origin.0, f64::from(y) + origin.1).into(),
+                            location: location.into(),
                             serial,
                             time,
                         },

@@ -61,8 +61,9 @@ pub(super) struct Window {
     /// Where the window (its xdg window geometry: the client's shadows and margins cropped
     /// off) starts in the client's buffer, in buffer pixels; (0, 0) without a geometry.
     pub(super) crop: (u32, u32),
-    /// The same in surface coordinates: added to dom0's pointer positions.
-    pub(super) origin: (f64, f64),
+    /// The buffer's scale: dom0's positions are buffer pixels of the window, the client's
+    /// are `(position + crop) / scale`.
+    pub(super) scale: i32,
     pub(super) format: PixelFormat,
     /// The window's current contents, `width * height * 4` bytes, kept for reconnects.
     pub(super) pixels: Vec<u8>,
@@ -215,7 +216,7 @@ impl Agent {
                 width: 0,
                 height: 0,
                 crop: (0, 0),
-                origin: (0.0, 0.0),
+                scale: 1,
                 format: PixelFormat::Argb8888,
                 pixels: Vec::new(),
                 pending: Vec::new(),
