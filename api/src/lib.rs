@@ -392,6 +392,11 @@ pub trait Domaind1 {
     /// line) when the text has errors, nothing written then.
     fn write_policy_file(&self, name: &str, text: &str) -> Result<(), Error>;
 
+    /// `DeletePolicyFile(name s)`: remove `NN-name.policy` from the policy directory (its
+    /// rules stop applying with the next call); `InvalidArgument` when the directory has no
+    /// such file (files elsewhere, e.g. runtime ones, are not deleted).
+    fn delete_policy_file(&self, name: &str) -> Result<(), Error>;
+
     /// `ListApplications(domain s) -> a(sss)`: (desktop id, display name, icon name; "" when
     /// none) of the domain's application menu, from its template's
     /// `/usr/share/applications` (`NoDisplay` entries skipped).

@@ -49,6 +49,10 @@ pub enum PolicyMsg {
     Save,
     /// Start a new file with this name (`NN-name.policy`).
     NewFile(String),
+    /// Delete the open file (asks first).
+    Delete,
+    /// The user confirmed deleting this file: delete it.
+    DeleteConfirmed(String),
     /// Simple view: add a rule first in the kind's file.
     SimpleAdd { kind: Kind, rule: SimpleRule },
     /// Simple view: remove the kind's `index`th rule.
@@ -70,6 +74,10 @@ pub enum PolicyOutput {
     Checked(Vec<String>),
     /// The file was written.
     Saved(String),
+    /// Asked whether to delete this file.
+    ConfirmDelete(String),
+    /// The file was deleted.
+    Deleted(String),
     /// An error is shown in the error bar.
     Error(String),
 }
@@ -201,6 +209,8 @@ impl Component for PolicyEditor {
             }
             PolicyMsg::TextChanged => self.files.emit(FilesMsg::TextChanged),
             PolicyMsg::Save => self.files.emit(FilesMsg::Save),
+            PolicyMsg::Delete => self.files.emit(FilesMsg::Delete),
+            PolicyMsg::DeleteConfirmed(name) => self.files.emit(FilesMsg::DeleteConfirmed(name)),
             PolicyMsg::NewFile(name) => {
                 self.page = PAGE_FILES;
                 self.files.emit(FilesMsg::NewFile(name));

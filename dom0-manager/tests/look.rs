@@ -504,6 +504,36 @@ fn main() {
         let _ = save_artifact("policy-simple", &img);
     }
 
+    // a file is deleted after a question, and leaves the list
+    assert!(user_file.exists());
+    pout.borrow_mut().clear();
+    pol.emit(PolicyMsg::Open("30-user.policy".into()));
+    wait_output(
+        &pout,
+        "Opened 30-user.policy",
+        |o| matches!(o, PolicyOutput::Opened(n) if n == "30-user.policy"),
+    );
+    pol.emit(PolicyMsg::Delete);
+    wait_output(
+        &pout,
+        "the delete question",
+        |o| matches!(o, PolicyOutput::ConfirmDelete(n) if n == "30-user.policy"),
+    );
+    pump_gtk_until(Duration::from_millis(300), || false);
+    assert!(user_file.exists(), "deleted before the user answered");
+    pol.emit(PolicyMsg::DeleteConfirmed("30-user.policy".into()));
+    wait_output(
+        &pout,
+        "Deleted",
+        |o| matches!(o, PolicyOutput::Deleted(n) if n == "30-user.policy"),
+    );
+    wait_output(
+        &pout,
+        "Files without 30-user.policy",
+        |o| matches!(o, PolicyOutput::Files(f) if !f.iter().any(|n| n == "30-user.policy")),
+    );
+    assert!(!user_file.exists());
+
     drop(pol);
     drop(mgr);
     drop(d);

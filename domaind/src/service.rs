@@ -485,6 +485,16 @@ impl Service {
         self.mgr.write_policy_file(&name, &text).await
     }
 
+    async fn delete_policy_file(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.delete_policy_file(&name).await
+    }
+
     async fn list_applications(
         &self,
         #[zbus(header)] hdr: Header<'_>,

@@ -115,6 +115,30 @@ async fn policy_files_in_order_read_and_written_atomically() {
         .filter(|n| n.starts_with(".policy-edit-"))
         .collect();
     assert!(strays.is_empty(), "{strays:?}");
+
+    // delete: the file leaves the list (and a second delete says there is none); names are
+    // checked; a runtime file is not the policy directory's; a symlink goes as a link
+    invalid_argument(p.delete_policy_file("../x.policy").await);
+    invalid_argument(p.delete_policy_file("user.policy").await);
+    invalid_argument(p.delete_policy_file("10-rt.policy").await);
+    assert!(rt_dir.join("10-rt.policy").exists());
+    p.delete_policy_file("30-user.policy").await.unwrap();
+    assert!(!path.exists());
+    let names: Vec<String> = p
+        .list_policy_files()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(!names.iter().any(|n| n == "30-user.policy"), "{names:?}");
+    invalid_argument(p.delete_policy_file("30-user.policy").await);
+    let target = dir.join("kept-target");
+    std::fs::write(&target, "not a policy\n").unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("40-link.policy")).unwrap();
+    p.delete_policy_file("40-link.policy").await.unwrap();
+    assert!(dir.join("40-link.policy").symlink_metadata().is_err());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a policy\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -86,6 +86,10 @@ pub enum FilesMsg {
     NewFile(String),
     /// "New file" was clicked: the name is in the entry.
     NewFileClicked,
+    /// Delete the open file: asks first.
+    Delete,
+    /// The user confirmed deleting this file.
+    DeleteConfirmed(String),
 }
 
 #[derive(Debug)]
@@ -95,6 +99,7 @@ pub enum FilesCmd {
     CheckDue(u64),
     Checked(u64, Result<Vec<(String, u32, String)>, String>),
     Saved(String, String, Result<(), String>),
+    Deleted(String, Result<(), String>),
 }
 
 impl FilesPanel {
@@ -173,6 +178,45 @@ impl FilesPanel {
         } else {
             self.error_lines().join("\n")
         }
+    }
+
+    /// The open file is one of the listed (saved) ones.
+    fn can_delete(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| self.saved.is_some() && self.files.iter().any(|f| &f.name == o))
+    }
+
+    /// Asks whether to delete `name`; Delete sends [`FilesMsg::DeleteConfirmed`].
+    fn confirm_delete(&self, sender: &ComponentSender<Self>, root: &gtk::Paned, name: String) {
+        Self::output(
+            sender,
+            Ev::Output(PolicyOutput::ConfirmDelete(name.clone())),
+        );
+        let dialog = gtk::MessageDialog::builder()
+            .modal(true)
+            .message_type(gtk::MessageType::Warning)
+            .text(format!("Delete the policy file {name}?"))
+            .secondary_text(
+                "Its rules stop applying with the next call between domains; calls they \
+                 allowed or denied are decided by the other files. It cannot be undone.",
+            )
+            .build();
+        if let Some(w) = root.root().and_downcast::<gtk::Window>() {
+            dialog.set_transient_for(Some(&w));
+        }
+        dialog.add_button("Cancel", gtk::ResponseType::Cancel);
+        let delete = dialog.add_button("Delete", gtk::ResponseType::Accept);
+        delete.add_css_class("destructive-action");
+        dialog.set_default_response(gtk::ResponseType::Cancel);
+        let input = sender.input_sender().clone();
+        dialog.connect_response(move |d, r| {
+            if r == gtk::ResponseType::Accept {
+                input.emit(FilesMsg::DeleteConfirmed(name.clone()));
+            }
+            d.close();
+        });
+        dialog.present();
     }
 
     fn can_save(&self) -> bool {
@@ -258,11 +302,23 @@ impl Component for FilesPanel {
                     #[watch]
                     set_class_active: ("validation-error", !model.errors.is_empty()),
                 },
-                gtk::Button {
-                    set_label: "Save",
-                    #[watch]
-                    set_sensitive: model.can_save(),
-                    connect_clicked => FilesMsg::Save,
+                gtk::Box {
+                    set_orientation: gtk::Orientation::Horizontal,
+                    set_spacing: 6,
+                    gtk::Button {
+                        set_label: "Save",
+                        set_hexpand: true,
+                        #[watch]
+                        set_sensitive: model.can_save(),
+                        connect_clicked => FilesMsg::Save,
+                    },
+                    gtk::Button {
+                        set_label: "Delete file",
+                        add_css_class: "destructive-action",
+                        #[watch]
+                        set_sensitive: model.can_delete(),
+                        connect_clicked => FilesMsg::Delete,
+                    },
                 },
             },
         }
@@ -299,8 +355,20 @@ impl Component for FilesPanel {
         ComponentParts { model, widgets }
     }
 
-    fn update(&mut self, msg: FilesMsg, sender: ComponentSender<Self>, _root: &Self::Root) {
+    fn update(&mut self, msg: FilesMsg, sender: ComponentSender<Self>, root: &Self::Root) {
         match msg {
+            FilesMsg::Delete => {
+                if let Some(name) = self.open.clone().filter(|_| self.can_delete()) {
+                    self.confirm_delete(&sender, root, name);
+                }
+            }
+            FilesMsg::DeleteConfirmed(name) => {
+                let conn = self.conn.clone();
+                sender.oneshot_command(async move {
+                    let r = async { proxy(&conn).await?.delete_policy_file(&name).await }.await;
+                    FilesCmd::Deleted(name, r.map_err(|e| describe(&e)))
+                });
+            }
             FilesMsg::Reload => self.reload(&sender),
             FilesMsg::Open(name) => self.open(&sender, name),
             FilesMsg::Reopen(name) => {
@@ -410,6 +478,20 @@ impl Component for FilesPanel {
             }
             FilesCmd::Saved(name, _, Err(e)) => {
                 Self::output(&sender, Ev::Error(format!("{name} not saved: {e}")))
+            }
+            FilesCmd::Deleted(name, Ok(())) => {
+                if self.open.as_deref() == Some(name.as_str()) {
+                    self.open = None;
+                    self.title = "Select a file".into();
+                    self.load("", None);
+                    self.errors.clear();
+                    self.mark_errors();
+                }
+                Self::output(&sender, Ev::Written(None));
+                Self::output(&sender, Ev::Output(PolicyOutput::Deleted(name)));
+            }
+            FilesCmd::Deleted(name, Err(e)) => {
+                Self::output(&sender, Ev::Error(format!("{name} not deleted: {e}")))
             }
         }
     }

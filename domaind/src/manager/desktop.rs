@@ -254,6 +254,39 @@ impl Manager {
         let _cl = self.config_lock.lock().await;
         blocking(move || write_atomically(&dir, &path, text.as_bytes())).await?
     }
+
+    /// `DeletePolicyFile`: remove `name` from the policy directory (a regular file there
+    /// only: a symlink is removed as a link, never followed), then sync the directory.
+    pub async fn delete_policy_file(&self, name: &str) -> Result<(), Error> {
+        if !writable_policy_file_name(name) {
+            return Err(policy_name_error(name));
+        }
+        let dir = self.policy_config().dir;
+        let path = dir.join(name);
+        let _cl = self.config_lock.lock().await;
+        let shown = path.display().to_string();
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::InvalidArgument(format!(
+                        "there is no policy file '{}' in {} (see ListPolicyFiles)",
+                        path.file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default(),
+                        dir.display()
+                    )))
+                }
+                Err(e) => return Err(io_err(&shown)(e)),
+            }
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&shown))?;
+            tracing::info!(file = %shown, "policy file deleted");
+            Ok(())
+        })
+        .await?
+    }
 }
 
 /// stdin, stdout and stderr on /dev/null for a detached command.
