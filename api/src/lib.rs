@@ -355,6 +355,17 @@ pub trait Domaind1 {
     /// counts as allow because the hotkey is the consent, `deny` is final).
     fn evaluate_paste(&self, source: &str, target: &str) -> Result<bool, Error>;
 
+    /// `LastDecision(source s, target s) -> (service s, outcome s, detail s, at t)`: the
+    /// newest call from `source` to `target` (as the caller named it) since domaind started:
+    /// `SERVICE[+ARG]`, "allowed" / "denied" / "allowed after asking" / "denied after asking",
+    /// the rule that decided (`file:line`) or the reason, seconds since the epoch.
+    /// `InvalidArgument` when there was none.
+    fn last_decision(
+        &self,
+        source: &str,
+        target: &str,
+    ) -> Result<(String, String, String, u64), Error>;
+
     /// Every error of the installed policy as (file, line, message); empty when valid.
     fn check_policy(&self) -> Result<Vec<(String, u32, String)>, Error>;
 

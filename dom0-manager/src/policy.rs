@@ -6,7 +6,8 @@
 //! keystroke; Save writes it atomically (`WritePolicyFile`, which refuses text with errors).
 //! "Common rules" (`simple`): the simple view ([`crate::simple_policy`]) writing the same
 //! files. Each tab is its own component; the editor holds them, the tab shown and the error
-//! bar.
+//! bar. Under them, "Last call from A to B" shows which rule decided the newest call between
+//! two domains (`LastDecision`).
 
 mod files;
 mod simple;
@@ -57,6 +58,10 @@ pub enum PolicyMsg {
     SimpleAdd { kind: Kind, rule: SimpleRule },
     /// Simple view: remove the kind's `index`th rule.
     SimpleRemove { kind: Kind, index: usize },
+    /// Show the decision of the newest call from the first domain to the second.
+    ShowLastDecision(String, String),
+    /// "Show" was clicked: the domains are in the entries.
+    ShowLastDecisionClicked,
     /// Hide the error bar.
     DismissError,
     /// What a tab reports to the editor (sent by the tabs only).
@@ -80,6 +85,8 @@ pub enum PolicyOutput {
     Deleted(String),
     /// An error is shown in the error bar.
     Error(String),
+    /// The last decision between two domains is shown (this text).
+    LastDecision(String),
 }
 
 /// What a tab reports to the editor: made by the tabs only (the field is private).
@@ -115,10 +122,38 @@ fn base_name(path: &str) -> &str {
 
 /// The policy editor.
 pub struct PolicyEditor {
+    conn: zbus::Connection,
     files: Controller<FilesPanel>,
     simple: Controller<SimplePanel>,
     errors: Controller<ErrorBar>,
     page: u32,
+    last_source: gtk::EntryBuffer,
+    last_target: gtk::EntryBuffer,
+    last_text: String,
+}
+
+/// Results of the editor's own calls.
+#[derive(Debug)]
+pub enum PolicyCmd {
+    /// (source, target, LastDecision's answer or why not).
+    LastDecision(
+        String,
+        String,
+        Result<(String, String, String, u64), String>,
+    ),
+}
+
+/// How the last decision reads: `SERVICE from A to B: OUTCOME, DETAIL, N s ago`.
+pub fn last_decision_text(
+    source: &str,
+    target: &str,
+    (service, outcome, detail, at): &(String, String, String, u64),
+    now: u64,
+) -> String {
+    format!(
+        "{service} from {source} to {target}: {outcome} ({detail}), {} s ago",
+        now.saturating_sub(*at)
+    )
 }
 
 impl PolicyEditor {
@@ -136,7 +171,7 @@ impl PolicyEditor {
 
 #[relm4::component(pub)]
 impl Component for PolicyEditor {
-    type CommandOutput = ();
+    type CommandOutput = PolicyCmd;
     type Input = PolicyMsg;
     type Output = PolicyOutput;
     type Init = PolicyInit;
@@ -167,6 +202,33 @@ impl Component for PolicyEditor {
                     } @page_switched,
                 },
 
+                gtk::Box {
+                    set_orientation: gtk::Orientation::Horizontal,
+                    set_spacing: 6,
+                    gtk::Label { set_label: "Last call from" },
+                    gtk::Entry {
+                        set_placeholder_text: Some("work"),
+                        set_buffer: &model.last_source,
+                    },
+                    gtk::Label { set_label: "to" },
+                    gtk::Entry {
+                        set_placeholder_text: Some("vault"),
+                        set_buffer: &model.last_target,
+                    },
+                    gtk::Button {
+                        set_label: "Show",
+                        connect_clicked => PolicyMsg::ShowLastDecisionClicked,
+                    },
+                    gtk::Label {
+                        set_xalign: 0.0,
+                        set_hexpand: true,
+                        set_wrap: true,
+                        set_selectable: true,
+                        #[watch]
+                        set_text: &model.last_text,
+                    },
+                },
+
                 append: model.errors.widget(),
             }
         }
@@ -180,6 +242,10 @@ impl Component for PolicyEditor {
         style::install();
         let input = sender.input_sender();
         let model = PolicyEditor {
+            conn: init.conn.clone(),
+            last_source: gtk::EntryBuffer::default(),
+            last_target: gtk::EntryBuffer::default(),
+            last_text: String::new(),
             files: FilesPanel::builder()
                 .launch(init.conn.clone())
                 .forward(input, |m| m),
@@ -223,6 +289,32 @@ impl Component for PolicyEditor {
                 self.page = PAGE_SIMPLE;
                 self.simple.emit(SimpleMsg::Remove { kind, index });
             }
+            PolicyMsg::ShowLastDecisionClicked => {
+                let (s, t) = (self.last_source.text(), self.last_target.text());
+                sender.input(PolicyMsg::ShowLastDecision(
+                    s.trim().to_owned(),
+                    t.trim().to_owned(),
+                ));
+            }
+            PolicyMsg::ShowLastDecision(source, target) => {
+                self.last_source.set_text(&source);
+                self.last_target.set_text(&target);
+                let conn = self.conn.clone();
+                sender.oneshot_command(async move {
+                    let r = async {
+                        crate::client::proxy(&conn)
+                            .await?
+                            .last_decision(&source, &target)
+                            .await
+                    }
+                    .await;
+                    PolicyCmd::LastDecision(
+                        source,
+                        target,
+                        r.map_err(|e| crate::client::describe(&e)),
+                    )
+                });
+            }
             PolicyMsg::DismissError => self.errors.emit(ErrorBarMsg::Hide),
             PolicyMsg::Panel(PolicyEvent(e)) => match e {
                 Ev::Error(m) => self.show_error(&sender, m),
@@ -237,6 +329,23 @@ impl Component for PolicyEditor {
                 }
                 Ev::Page(p) => self.page = p,
             },
+        }
+    }
+
+    fn update_cmd(&mut self, msg: PolicyCmd, sender: ComponentSender<Self>, _root: &Self::Root) {
+        match msg {
+            PolicyCmd::LastDecision(source, target, r) => {
+                self.last_text = match r {
+                    Ok(d) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        last_decision_text(&source, &target, &d, now)
+                    }
+                    Err(e) => e,
+                };
+                let _ = sender.output(PolicyOutput::LastDecision(self.last_text.clone()));
+            }
         }
     }
 }

@@ -199,6 +199,8 @@ pub struct ManagerWindow {
     usage: HashMap<String, Usage>,
     /// The selected domain's settings as domaind last said.
     props: HashMap<String, String>,
+    /// The open "Remove?" question (closed when the answer comes, whichever way).
+    question: Option<gtk::MessageDialog>,
     tab: ManagerTab,
     progress: Progress,
     rows: FactoryVecDeque<DomainRow>,
@@ -387,6 +389,7 @@ impl Component for ManagerWindow {
             selected: None,
             usage: HashMap::new(),
             props: HashMap::new(),
+            question: None,
             tab: ManagerTab::Settings,
             progress: Progress::default(),
             rows: FactoryVecDeque::builder()
@@ -427,6 +430,9 @@ impl Component for ManagerWindow {
             }
             ManagerMsg::Action(action, name) => self.start_action(action, name, &sender),
             ManagerMsg::RemoveConfirmed(name) => {
+                if let Some(q) = self.question.take() {
+                    q.close();
+                }
                 self.start_action(DomainAction::Remove, name, &sender)
             }
             ManagerMsg::SetCreateForm(f) => {

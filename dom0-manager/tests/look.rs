@@ -534,6 +534,52 @@ fn main() {
     );
     assert!(!user_file.exists());
 
+    // which rule decided the last call between two domains: a call from dom0 that a rule
+    // refuses, then shown in the editor with that rule
+    rt.block_on(proxy.write_policy_file(
+        "20-deny.policy",
+        "test.Nothing  *  @adminvm  personal  deny\n",
+    ))
+    .expect("write 20-deny.policy");
+    let null = || {
+        zbus::zvariant::OwnedFd::from(std::os::fd::OwnedFd::from(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .expect("/dev/null"),
+        ))
+    };
+    let (i, o, e) = (null(), null(), null());
+    let r = rt.block_on(proxy.call(
+        "personal",
+        "test.Nothing",
+        (&i).into(),
+        (&o).into(),
+        (&e).into(),
+    ));
+    assert!(r.is_err(), "test.Nothing was allowed: {r:?}");
+    pout.borrow_mut().clear();
+    pol.emit(PolicyMsg::ShowLastDecision(
+        "dom0".into(),
+        "personal".into(),
+    ));
+    let shown = wait_output(&pout, "LastDecision", |o| {
+        matches!(o, PolicyOutput::LastDecision(_))
+    });
+    let shown = format!("{shown:?}");
+    assert!(
+        shown.contains("test.Nothing from dom0 to personal: denied")
+            && shown.contains("20-deny.policy:1"),
+        "{shown}"
+    );
+    rt.block_on(proxy.delete_policy_file("20-deny.policy"))
+        .expect("delete 20-deny.policy");
+    pump_gtk_until(Duration::from_millis(300), || false);
+    if let Ok(img) = dom0_manager::testing::screenshot(&display) {
+        let _ = save_artifact("policy-last-decision", &img);
+    }
+
     drop(pol);
     drop(mgr);
     drop(d);

@@ -254,7 +254,26 @@ pub struct Calls {
     ask_agent: StdMutex<Option<String>>,
     /// One open question per source; throttling.
     pub(crate) ask_gate: AskGate,
+    /// The newest decision per (source, requested target), for the policy editor.
+    last: StdMutex<HashMap<(String, String), LastDecision>>,
 }
+
+/// What was decided for the newest call from one domain to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastDecision {
+    /// `SERVICE` or `SERVICE+ARG`.
+    pub service: String,
+    /// "allowed", "denied", "allowed after asking", "denied after asking".
+    pub outcome: &'static str,
+    /// The rule that decided (`file:line`), or the reason of a denial (which names the rule
+    /// when one decided).
+    pub detail: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// Pairs of domains whose last decision is kept (the oldest goes first).
+pub const MAX_DECISIONS: usize = 1024;
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -274,7 +293,32 @@ impl Calls {
             bus: OnceLock::new(),
             ask_agent: StdMutex::new(None),
             ask_gate: AskGate::default(),
+            last: StdMutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps `decision` as the last one from `source` to `target` (bounded: the oldest pair
+    /// is forgotten when [`MAX_DECISIONS`] are kept).
+    pub(crate) fn record_decision(&self, source: &str, target: &str, decision: LastDecision) {
+        let mut last = lock(&self.last);
+        let key = (source.to_owned(), target.to_owned());
+        if !last.contains_key(&key) && last.len() >= MAX_DECISIONS {
+            if let Some(oldest) = last
+                .iter()
+                .min_by_key(|(_, d)| d.at)
+                .map(|(k, _)| k.clone())
+            {
+                last.remove(&oldest);
+            }
+        }
+        last.insert(key, decision);
+    }
+
+    /// The last decision from `source` to `target` (the target as the caller named it).
+    pub fn last_decision(&self, source: &str, target: &str) -> Option<LastDecision> {
+        lock(&self.last)
+            .get(&(source.to_owned(), target.to_owned()))
+            .cloned()
     }
 
     /// The bus connection used to reach the ask agent (set once the daemon is on the bus).
@@ -428,6 +472,32 @@ impl Calls {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn last_decisions_are_bounded_and_the_oldest_goes() {
+        let c = Calls::new(
+            PolicyConfig::new("/nonexistent"),
+            Duration::from_secs(1),
+            None,
+        );
+        let d = |at: u64| LastDecision {
+            service: "s".into(),
+            outcome: "allowed",
+            detail: String::new(),
+            at,
+        };
+        for i in 0..MAX_DECISIONS {
+            c.record_decision(&format!("d{i}"), "t", d(100 + i as u64));
+        }
+        // an update of a known pair forgets nothing
+        c.record_decision("d5", "t", d(10_000));
+        assert!(c.last_decision("d0", "t").is_some());
+        c.record_decision("new", "t", d(20_000));
+        assert!(c.last_decision("d0", "t").is_none(), "the oldest went");
+        assert!(c.last_decision("d1", "t").is_some());
+        assert_eq!(c.last_decision("d5", "t").map(|x| x.at), Some(10_000));
+        assert_eq!(lock(&c.last).len(), MAX_DECISIONS);
+    }
     use super::*;
     use bulkhead_policy::{DomainInfo, Request, Resolution};
 

@@ -392,6 +392,22 @@ impl Service {
         Ok(self.mgr.evaluate_paste(&source, &target))
     }
 
+    async fn last_decision(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        source: String,
+        target: String,
+    ) -> Result<(String, String, String, u64), Error> {
+        self.enter(conn, &hdr).await?;
+        match self.mgr.calls().last_decision(&source, &target) {
+            Some(d) => Ok((d.service, d.outcome.to_owned(), d.detail, d.at)),
+            None => Err(Error::InvalidArgument(format!(
+                "no call from '{source}' to '{target}' since domaind started"
+            ))),
+        }
+    }
+
     async fn check_policy(
         &self,
         #[zbus(header)] hdr: Header<'_>,

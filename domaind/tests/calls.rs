@@ -321,6 +321,21 @@ async fn calls_between_domains_follow_the_policy_body() {
     let (code, _, err) = call_from(&e, &a, &b, "test.Echo", b"").await;
     assert_eq!(code, 0, "{err}");
 
+    // The last decision between two domains names the rule that made it (the policy
+    // editor shows it): a's call to b was allowed by the rule on line 2; dom0's last call to b
+    // was denied because of the broken file, which the reason names; c never called a.
+    let (svc, outcome, detail, at) = e.p.last_decision(&a, &b).await.unwrap();
+    assert_eq!((svc.as_str(), outcome.as_str()), ("test.Echo", "allowed"));
+    assert!(detail.contains("30-test.policy:2"), "{detail}");
+    assert!(at > 1_700_000_000, "{at}");
+    let (svc, outcome, detail, _) = e.p.last_decision("dom0", &b).await.unwrap();
+    assert_eq!((svc.as_str(), outcome.as_str()), ("test.Echo", "denied"));
+    assert!(detail.contains("10-broken.policy:1"), "{detail}");
+    assert!(matches!(
+        e.p.last_decision(&c, &a).await,
+        Err(Error::InvalidArgument(_))
+    ));
+
     for n in [&a, &b, &c] {
         let _ = e.p.kill(n).await;
     }

@@ -71,6 +71,8 @@ pub struct FilesPanel {
     checking: bool,
     errors: Vec<(String, u32, String)>,
     new_name: gtk::EntryBuffer,
+    /// The open "Delete?" question (closed when the answer comes, whichever way).
+    question: Option<gtk::MessageDialog>,
 }
 
 #[derive(Debug)]
@@ -188,7 +190,7 @@ impl FilesPanel {
     }
 
     /// Asks whether to delete `name`; Delete sends [`FilesMsg::DeleteConfirmed`].
-    fn confirm_delete(&self, sender: &ComponentSender<Self>, root: &gtk::Paned, name: String) {
+    fn confirm_delete(&mut self, sender: &ComponentSender<Self>, root: &gtk::Paned, name: String) {
         Self::output(
             sender,
             Ev::Output(PolicyOutput::ConfirmDelete(name.clone())),
@@ -217,6 +219,9 @@ impl FilesPanel {
             d.close();
         });
         dialog.present();
+        if let Some(old) = self.question.replace(dialog) {
+            old.close();
+        }
     }
 
     fn can_save(&self) -> bool {
@@ -349,6 +354,7 @@ impl Component for FilesPanel {
             checking: false,
             errors: Vec::new(),
             new_name: gtk::EntryBuffer::default(),
+            question: None,
         };
         let file_list = model.files.widget();
         let widgets = view_output!();
@@ -363,6 +369,9 @@ impl Component for FilesPanel {
                 }
             }
             FilesMsg::DeleteConfirmed(name) => {
+                if let Some(q) = self.question.take() {
+                    q.close();
+                }
                 let conn = self.conn.clone();
                 sender.oneshot_command(async move {
                     let r = async { proxy(&conn).await?.delete_policy_file(&name).await }.await;

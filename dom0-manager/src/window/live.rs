@@ -184,6 +184,9 @@ impl ManagerWindow {
             d.close();
         });
         dialog.present();
+        if let Some(old) = self.question.replace(dialog) {
+            old.close();
+        }
     }
 
     pub(super) fn launch(

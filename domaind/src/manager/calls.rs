@@ -12,7 +12,7 @@ use bulkhead_wire::{
 };
 use tracing::{debug, info, warn};
 
-use crate::calls::{narrow_ask, CallError, DOM0, PASTE_SERVICE};
+use crate::calls::{narrow_ask, CallError, LastDecision, DOM0, PASTE_SERVICE};
 use crate::state::DomainState;
 use crate::stdio;
 
@@ -90,7 +90,8 @@ impl Manager {
         sys
     }
 
-    /// Decide a call: allow (possibly after asking) or why not.
+    /// Decide a call: allow (possibly after asking) or why not. The decision is kept as the
+    /// last one between the two domains (`LastDecision`).
     pub(crate) async fn decide(
         &self,
         source: &str,
@@ -98,19 +99,44 @@ impl Manager {
         service: &str,
         arg: &str,
     ) -> Result<Allow, CallError> {
+        let (r, outcome, detail) = self.decide_inner(source, target, service, arg).await;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.calls().record_decision(
+            source,
+            target,
+            LastDecision {
+                service: policy_service(service, arg),
+                outcome,
+                detail,
+                at,
+            },
+        );
+        r
+    }
+
+    async fn decide_inner(
+        &self,
+        source: &str,
+        target: &str,
+        service: &str,
+        arg: &str,
+    ) -> (Result<Allow, CallError>, &'static str, String) {
         let request = Request::new(service, &policy_argument(arg), source, target);
         let sys = self.policy_system();
         let resolution = self.calls().with_policy(|p| p.evaluate(&request, &sys));
         match resolution {
             Resolution::Allow(a) => {
                 info!(source, target, service, arg, to = %a.target, rule = %a.rule, "call allowed");
-                Ok(a)
+                let detail = format!("rule {} (to {})", a.rule, a.target);
+                (Ok(a), "allowed", detail)
             }
             Resolution::Deny(d) => {
                 info!(source, target, service, arg, reason = %d.reason, "call denied");
                 let reason = d.reason.to_string();
                 self.call_denied(source, target, &policy_service(service, arg), &reason);
-                Err(CallError::Refused(reason))
+                (Err(CallError::Refused(reason.clone())), "denied", reason)
             }
             Resolution::Ask(mut ask) => {
                 narrow_ask(&mut ask, target, &sys);
@@ -121,7 +147,7 @@ impl Manager {
                     );
                     info!(source, target, service, arg, %reason, "call denied");
                     self.call_denied(source, target, &policy_service(service, arg), &reason);
-                    return Err(CallError::Refused(reason));
+                    return (Err(CallError::Refused(reason.clone())), "denied", reason);
                 }
                 // Only questions put to an ask agent count (without one, ask is deny).
                 let ticket = if self.calls().has_ask_agent() {
@@ -131,7 +157,8 @@ impl Manager {
                             // No dialog and no notice: a source that keeps asking must not
                             // be able to flood the desktop either way.
                             info!(source, target, service, arg, reason = %e, "call refused without asking");
-                            return Err(CallError::Refused(e.to_string()));
+                            let reason = e.to_string();
+                            return (Err(CallError::Refused(reason.clone())), "denied", reason);
                         }
                     }
                 } else {
@@ -143,14 +170,19 @@ impl Manager {
                         if let Some(t) = ticket {
                             t.allowed();
                         }
-                        Ok(a)
+                        let detail = format!("rule {} (to {})", a.rule, a.target);
+                        (Ok(a), "allowed after asking", detail)
                     }
                     Err(d) => {
                         drop(ticket);
                         info!(source, target, service, arg, reason = %d.reason, "call denied after ask");
                         let reason = d.reason.to_string();
                         self.call_denied(source, target, &policy_service(service, arg), &reason);
-                        Err(CallError::Refused(reason))
+                        (
+                            Err(CallError::Refused(reason.clone())),
+                            "denied after asking",
+                            reason,
+                        )
                     }
                 }
             }
