@@ -513,13 +513,17 @@ fn main() {
         "Opened 30-user.policy",
         |o| matches!(o, PolicyOutput::Opened(n) if n == "30-user.policy"),
     );
+    pump_gtk_until(Duration::from_millis(500), || false);
+    let red_before = red(&dom0_manager::testing::screenshot(&display).expect("screenshot"));
     pol.emit(PolicyMsg::Delete);
     wait_output(
         &pout,
         "the delete question",
         |o| matches!(o, PolicyOutput::ConfirmDelete(n) if n == "30-user.policy"),
     );
-    pump_gtk_until(Duration::from_millis(300), || false);
+    expect_screen(&display, "policy-delete-question", WAIT, |img| {
+        red(img) > red_before + 500
+    });
     assert!(user_file.exists(), "deleted before the user answered");
     pol.emit(PolicyMsg::DeleteConfirmed("30-user.policy".into()));
     wait_output(

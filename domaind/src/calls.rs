@@ -274,6 +274,9 @@ pub struct LastDecision {
 
 /// Pairs of domains whose last decision is kept (the oldest goes first).
 pub const MAX_DECISIONS: usize = 1024;
+/// Of those, at most this many per source: a domain calling made-up targets pushes out only
+/// its own records, never another domain's or dom0's.
+pub const MAX_DECISIONS_PER_SOURCE: usize = 32;
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -297,18 +300,29 @@ impl Calls {
         }
     }
 
-    /// Keeps `decision` as the last one from `source` to `target` (bounded: the oldest pair
-    /// is forgotten when [`MAX_DECISIONS`] are kept).
+    /// Keeps `decision` as the last one from `source` to `target`, bounded: a new pair first
+    /// pushes out the source's oldest when it has [`MAX_DECISIONS_PER_SOURCE`], else the
+    /// oldest of all when [`MAX_DECISIONS`] are kept.
     pub(crate) fn record_decision(&self, source: &str, target: &str, decision: LastDecision) {
         let mut last = lock(&self.last);
         let key = (source.to_owned(), target.to_owned());
-        if !last.contains_key(&key) && last.len() >= MAX_DECISIONS {
-            if let Some(oldest) = last
-                .iter()
-                .min_by_key(|(_, d)| d.at)
-                .map(|(k, _)| k.clone())
-            {
-                last.remove(&oldest);
+        if !last.contains_key(&key) {
+            let oldest_of = |from_source: bool| {
+                last.iter()
+                    .filter(|(k, _)| !from_source || k.0 == source)
+                    .min_by_key(|(_, d)| d.at)
+                    .map(|(k, _)| k.clone())
+            };
+            let own = last.keys().filter(|k| k.0 == source).count();
+            let evict = if own >= MAX_DECISIONS_PER_SOURCE {
+                oldest_of(true)
+            } else if last.len() >= MAX_DECISIONS {
+                oldest_of(false)
+            } else {
+                None
+            };
+            if let Some(k) = evict {
+                last.remove(&k);
             }
         }
         last.insert(key, decision);
@@ -497,6 +511,17 @@ mod tests {
         assert!(c.last_decision("d1", "t").is_some());
         assert_eq!(c.last_decision("d5", "t").map(|x| x.at), Some(10_000));
         assert_eq!(lock(&c.last).len(), MAX_DECISIONS);
+        // one source calling many targets pushes out only its own records
+        for i in 0..(MAX_DECISIONS_PER_SOURCE + 5) {
+            c.record_decision("flood", &format!("t{i}"), d(30_000 + i as u64));
+        }
+        assert!(
+            c.last_decision("d5", "t").is_some(),
+            "another source's record stays"
+        );
+        let own = lock(&c.last).keys().filter(|k| k.0 == "flood").count();
+        assert_eq!(own, MAX_DECISIONS_PER_SOURCE);
+        assert!(c.last_decision("flood", "t0").is_none());
     }
     use super::*;
     use bulkhead_policy::{DomainInfo, Request, Resolution};

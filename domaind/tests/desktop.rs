@@ -119,6 +119,12 @@ async fn policy_files_in_order_read_and_written_atomically() {
     // delete: the file leaves the list (and a second delete says there is none); names are
     // checked; a runtime file is not the policy directory's; a symlink goes as a link
     invalid_argument(p.delete_policy_file("../x.policy").await);
+    invalid_argument(p.delete_policy_file("30-../x.policy").await);
+    // 50-a.policy in effect is the runtime directory's: not deleted through the config one
+    std::fs::write(dir.join("50-a.policy"), "").unwrap();
+    invalid_argument(p.delete_policy_file("50-a.policy").await);
+    assert!(dir.join("50-a.policy").exists() && rt_dir.join("50-a.policy").exists());
+    std::fs::remove_file(dir.join("50-a.policy")).unwrap();
     invalid_argument(p.delete_policy_file("user.policy").await);
     invalid_argument(p.delete_policy_file("10-rt.policy").await);
     assert!(rt_dir.join("10-rt.policy").exists());

@@ -164,6 +164,7 @@ impl Manager {
                 } else {
                     None
                 };
+                let ticket_was_open = ticket.is_some();
                 let answer = self.calls().ask(source, service, arg, &ask).await;
                 match ask.answer(answer.as_deref()) {
                     Ok(a) => {
@@ -178,11 +179,12 @@ impl Manager {
                         info!(source, target, service, arg, reason = %d.reason, "call denied after ask");
                         let reason = d.reason.to_string();
                         self.call_denied(source, target, &policy_service(service, arg), &reason);
-                        (
-                            Err(CallError::Refused(reason.clone())),
-                            "denied after asking",
-                            reason,
-                        )
+                        let outcome = if ticket_was_open {
+                            "denied after asking"
+                        } else {
+                            "denied (nobody to ask)"
+                        };
+                        (Err(CallError::Refused(reason.clone())), outcome, reason)
                     }
                 }
             }

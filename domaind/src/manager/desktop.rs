@@ -263,6 +263,19 @@ impl Manager {
         }
         let dir = self.policy_config().dir;
         let path = dir.join(name);
+        // The file in effect under that name must be this one: a runtime file of the same
+        // name would keep applying after the config directory's copy went.
+        if let Some((_, effective)) = self
+            .list_policy_files()
+            .into_iter()
+            .find(|(n, _)| n == name)
+        {
+            if Path::new(&effective) != path {
+                return Err(Error::InvalidArgument(format!(
+                    "the policy file '{name}' in effect is {effective}, not the policy directory's; it cannot be deleted here"
+                )));
+            }
+        }
         let _cl = self.config_lock.lock().await;
         let shown = path.display().to_string();
         blocking(move || {
@@ -279,11 +292,14 @@ impl Manager {
                 }
                 Err(e) => return Err(io_err(&shown)(e)),
             }
+            tracing::info!(file = %shown, "policy file deleted");
             std::fs::File::open(&dir)
                 .and_then(|d| d.sync_all())
-                .map_err(io_err(&shown))?;
-            tracing::info!(file = %shown, "policy file deleted");
-            Ok(())
+                .map_err(|e| {
+                    Error::Io(format!(
+                        "{shown} was deleted, but its directory could not be synced: {e}"
+                    ))
+                })
         })
         .await?
     }
