@@ -8,7 +8,8 @@
 //! A disposable template's entries start a new disposable (`@dispvm:NAME`).
 //!
 //! [`plan`] computes the entries from what domaind says; [`apply`] writes them and removes the
-//! generated entries of domains and applications that are gone. Names from a template are
+//! generated entries of domains and applications that are gone; [`sync`] does both from a
+//! domaind connection (the CLI's `appmenus --sync`, and dom0-ui as domains change). Names from a template are
 //! cut to [`MAX_NAME`] characters without control characters.
 
 use std::collections::BTreeMap;
@@ -36,6 +37,10 @@ pub enum AppMenuError {
     },
     #[error("desktop id {0:?} is not a plain file name ending in .desktop")]
     BadId(String),
+    #[error("no menu directory: neither XDG_DATA_HOME nor HOME is set")]
+    NoMenuDir,
+    #[error("asking domaind: {0}")]
+    Domaind(#[from] bulkhead_api::Error),
 }
 
 /// dom0's menu directory: `$XDG_DATA_HOME/applications`, else `$HOME/.local/share/applications`.
@@ -207,6 +212,50 @@ pub fn apply(dir: &Path, entries: &[MenuEntry]) -> Result<Applied, AppMenuError>
         }
     }
     Ok(done)
+}
+
+/// `features.menu-items` of `name` as desktop ids.
+pub async fn menu_items(
+    proxy: &bulkhead_api::Domaind1Proxy<'_>,
+    name: &str,
+) -> Result<Vec<String>, AppMenuError> {
+    let props = proxy.get_properties(name).await?;
+    Ok(props
+        .get(&format!("features.{FEATURE}"))
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default())
+}
+
+/// Rewrites this user's menu entries of every domain from what domaind says now; entries
+/// run `bulkhead` (the CLI's path). Returns what changed and the chosen ids that could not
+/// be shown (reasons, one per id).
+pub async fn sync(
+    proxy: &bulkhead_api::Domaind1Proxy<'_>,
+    bulkhead: &str,
+) -> Result<(Applied, Vec<String>), AppMenuError> {
+    let dir = menu_dir().ok_or(AppMenuError::NoMenuDir)?;
+    let domains = proxy.list().await?;
+    let mut chosen = BTreeMap::new();
+    let mut apps = BTreeMap::new();
+    let mut missing = Vec::new();
+    for d in domains.iter().filter(|d| has_menu(&d.class)) {
+        let ids = menu_items(proxy, &d.name).await?;
+        if ids.is_empty() {
+            continue;
+        }
+        let provided = match proxy.list_applications(&d.name).await {
+            Ok(list) => list.into_iter().map(|(id, name, _)| (id, name)).collect(),
+            Err(e) => {
+                missing.push(format!("{}: no applications listed: {e}", d.name));
+                Vec::new()
+            }
+        };
+        chosen.insert(d.name.clone(), ids);
+        apps.insert(d.name.clone(), provided);
+    }
+    let (entries, more) = plan(&domains, &chosen, &apps, bulkhead);
+    missing.extend(more);
+    Ok((apply(&dir, &entries)?, missing))
 }
 
 #[cfg(test)]

@@ -434,51 +434,31 @@ fn policy_check(dir: &std::path::Path) -> Result<ExitCode, Failure> {
 /// Builds a template; domaind writes human progress lines into a pipe we hand it.
 /// `features.menu-items` of `name` as desktop ids.
 async fn menu_items(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<Vec<String>, Failure> {
-    let props = proxy.get_properties(name).await?;
-    Ok(props
-        .get(&format!("features.{}", bulkhead_appmenus::FEATURE))
-        .map(|v| v.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default())
+    bulkhead_appmenus::menu_items(proxy, name)
+        .await
+        .map_err(menu_failure)
+}
+
+fn menu_failure(e: bulkhead_appmenus::AppMenuError) -> Failure {
+    match e {
+        bulkhead_appmenus::AppMenuError::Domaind(e) => e.into(),
+        e => Failure::new(Code::Failure, e.to_string()),
+    }
 }
 
 /// Rewrites this user's menu entries of every domain; returns what changed.
 async fn sync_menus(proxy: &Domaind1Proxy<'_>) -> Result<bulkhead_appmenus::Applied, Failure> {
-    let Some(dir) = bulkhead_appmenus::menu_dir() else {
-        return Err(Failure::new(
-            Code::Failure,
-            "no menu directory: neither XDG_DATA_HOME nor HOME is set",
-        ));
-    };
-    let domains = proxy.list().await?;
-    let mut chosen = std::collections::BTreeMap::new();
-    let mut apps = std::collections::BTreeMap::new();
-    for d in domains
-        .iter()
-        .filter(|d| bulkhead_appmenus::has_menu(&d.class))
-    {
-        let ids = menu_items(proxy, &d.name).await?;
-        if ids.is_empty() {
-            continue;
-        }
-        let provided = match proxy.list_applications(&d.name).await {
-            Ok(list) => list.into_iter().map(|(id, name, _)| (id, name)).collect(),
-            Err(e) => {
-                eprintln!("bulkhead: {}: no applications listed: {e}", d.name);
-                Vec::new()
-            }
-        };
-        chosen.insert(d.name.clone(), ids);
-        apps.insert(d.name.clone(), provided);
-    }
     let me = std::env::current_exe()
         .ok()
         .and_then(|p| p.to_str().map(str::to_owned))
         .unwrap_or_else(|| "bulkhead".into());
-    let (entries, missing) = bulkhead_appmenus::plan(&domains, &chosen, &apps, &me);
+    let (applied, missing) = bulkhead_appmenus::sync(proxy, &me)
+        .await
+        .map_err(menu_failure)?;
     for m in missing {
         eprintln!("bulkhead: menu: {m}");
     }
-    bulkhead_appmenus::apply(&dir, &entries).map_err(|e| Failure::new(Code::Failure, e.to_string()))
+    Ok(applied)
 }
 
 async fn appmenus(proxy: &Domaind1Proxy<'_>, args: AppmenusArgs) -> Result<(), Failure> {

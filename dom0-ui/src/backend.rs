@@ -190,6 +190,10 @@ pub struct Backend {
     ui: async_channel::Sender<UiEvent>,
     rules: Rules,
     watchers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// How often the user's application menu is rewritten at the latest (None: never);
+    /// a domain starting or stopping does it sooner ([`Backend::keep_menus`]).
+    menu_sync: Option<Duration>,
+    menu_kick: tokio::sync::Notify,
 }
 
 /// The ask agent object.
@@ -294,6 +298,7 @@ impl Backend {
         conn: &zbus::Connection,
         ui: async_channel::Sender<UiEvent>,
         rules: Rules,
+        menu_sync: Option<Duration>,
     ) -> Result<Arc<Self>, BackendError> {
         let proxy = Domaind1Proxy::new(conn).await?;
         Ok(Arc::new(Self {
@@ -301,7 +306,43 @@ impl Backend {
             ui,
             rules,
             watchers: Mutex::new(HashMap::new()),
+            menu_sync,
+            menu_kick: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Keeps the user's application menu (`bulkhead_appmenus`) in step with the domains:
+    /// rewritten now, a second after a domain starts or stops (a template that stopped may
+    /// have new applications; a domain removed or created shows in the next one), and every
+    /// `every` at the latest. Entries run the `bulkhead` CLI next to this program (else the
+    /// one on PATH).
+    async fn keep_menus(self: Arc<Self>, every: Duration) {
+        let cli = std::env::current_exe()
+            .ok()
+            .map(|p| p.with_file_name("bulkhead"))
+            .filter(|p| p.exists())
+            .and_then(|p| p.to_str().map(str::to_owned))
+            .unwrap_or_else(|| "bulkhead".to_owned());
+        loop {
+            match bulkhead_appmenus::sync(&self.proxy, &cli).await {
+                Ok((applied, missing)) => {
+                    if !applied.written.is_empty() || !applied.removed.is_empty() {
+                        info!(written = ?applied.written, removed = ?applied.removed, "application menu updated");
+                    }
+                    for m in missing {
+                        debug!(reason = %m, "menu entry not shown");
+                    }
+                }
+                Err(e) => warn!(error = %e, "application menu not updated"),
+            }
+            tokio::select! {
+                () = self.menu_kick.notified() => {
+                    // one rewrite for a burst of changes
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                () = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     /// Serves the ask agent on `conn` and registers it with domaind.
@@ -346,6 +387,11 @@ impl Backend {
             .await?;
         self.serve_ask_agent(&conn, ask_timeout).await?;
         self.open_running().await?;
+        let menus = self.menu_sync.map(|every| {
+            let task = tokio::spawn(self.clone().keep_menus(every));
+            AbortOnDrop(task.abort_handle())
+        });
+        let _menus = menus;
         loop {
             tokio::select! {
                 Some(sig) = states.next() => {
@@ -404,6 +450,12 @@ impl Backend {
 
     fn state_changed(self: &Arc<Self>, name: &str, state: &str) {
         debug!(domain = name, state, "domain state");
+        if matches!(
+            state,
+            bulkhead_api::state::RUNNING | bulkhead_api::state::HALTED
+        ) {
+            self.menu_kick.notify_one();
+        }
         match state {
             bulkhead_api::state::RUNNING => self.watch(name),
             bulkhead_api::state::HALTED
@@ -560,6 +612,15 @@ enum Served {
     Stop,
     /// Open again after a pause.
     Retry { was_ready: bool },
+}
+
+/// Aborts a task when dropped (the menu keeper ends with the backend's run).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ struct Cli {
     /// DOMAIN:LABEL:SOCKET (repeatable).
     #[arg(long, value_name = "DOMAIN:LABEL:SOCKET")]
     attach: Vec<String>,
+    /// Rewrite the user's application menu of the domains at least every SECONDS (also
+    /// when a domain starts or stops); 0: never (then `bulkhead appmenus --sync` does it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    menu_sync: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -143,12 +147,13 @@ fn session(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     }
     let bus = cli.bus_address.clone();
     let ask_timeout = Duration::from_secs(cli.ask_timeout.max(1));
+    let menu_sync = (cli.menu_sync > 0).then(|| Duration::from_secs(cli.menu_sync));
     rt.spawn(async move {
         let mut cmd_rx = cmd_rx;
         loop {
             let res = async {
                 let conn = bulkhead_api::connect(bus.as_deref()).await?;
-                let backend = Backend::new(&conn, ui_tx.clone(), rules.clone()).await?;
+                let backend = Backend::new(&conn, ui_tx.clone(), rules.clone(), menu_sync).await?;
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 // Forward UI commands to this backend (replaced when it restarts).
                 let forward = async {

@@ -331,6 +331,9 @@ impl Ui {
                 .env("GTK_A11Y", "none")
                 .env("BULKHEAD_BUS_ADDRESS", d.bus_address())
                 .env("BULKHEAD_LOG", "info,dom0_ui=debug")
+                // the menu it keeps goes to the test's directory, never the user's
+                .env("XDG_DATA_HOME", Ui::data_home(d))
+                .args(["--menu-sync", "2"])
                 .stdout(out)
                 .stderr(err)
                 .spawn()
@@ -341,6 +344,11 @@ impl Ui {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// dom0-ui's XDG_DATA_HOME (its menu entries are in `applications/` below).
+    fn data_home(d: &TestDomaind) -> PathBuf {
+        d.root().expect("domaind root").join("xdg-data")
     }
 }
 
@@ -1273,4 +1281,88 @@ async fn keymap_body() {
         bulkhead_testkit::domain_log(&p, &kb).await
     );
     assert!(ui_log().contains("dom0's keymap changed"), "{}", ui_log());
+}
+
+/// dom0-ui keeps the application menu by itself: a domain's chosen application appears as an
+/// entry without `bulkhead appmenus --sync`, and goes when the domain is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn dom0_ui_keeps_the_application_menu() {
+    tokio::time::timeout(TEST_LIMIT, menu_body())
+        .await
+        .expect("test did not finish in time");
+}
+
+async fn menu_body() {
+    if !sandbox_available() {
+        return;
+    }
+    if !have("Xvfb") {
+        bulkhead_test_skip::skip(format_args!(
+            "Xvfb is not installed (scripts/install-deps.sh)"
+        ));
+        return;
+    }
+    let Some(cache) = template_cache() else {
+        return;
+    };
+    let x = Xvfb::start().expect("Xvfb");
+    let display = x.display().to_owned();
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let (_conn, p) = d.client().await.expect("client");
+    let mw = format!("mw{}", std::process::id() % 100_000);
+    p.create("debian-12", "template", "", "black", HashMap::new())
+        .await
+        .or_else(|e| match e {
+            Error::AlreadyExists(_) => Ok(()),
+            e => Err(e),
+        })
+        .expect("register the template");
+    let ui = Ui::start(&display, &d, "dom0-ui-menu.log");
+    let entry = Ui::data_home(&d)
+        .join("applications")
+        .join(format!("bulkhead-{mw}+foot.desktop"));
+    p.create(&mw, "app", "debian-12", "purple", HashMap::new())
+        .await
+        .unwrap();
+    p.set_property(&mw, "features.menu-items", "foot.desktop")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !entry.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no menu entry {} within 30 s\n{}",
+            entry.display(),
+            ui.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = std::fs::read_to_string(&entry).expect("entry");
+    assert!(text.contains(&format!("\nName=[{mw}] Foot\n")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("Exec=") && l.ends_with(&format!(" app {mw} foot.desktop"))),
+        "{text}"
+    );
+    p.remove(&mw).await.expect("remove");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while entry.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the entry of the removed domain is still there after 30 s\n{}",
+            ui.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(ui);
 }
