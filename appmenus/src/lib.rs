@@ -192,7 +192,8 @@ pub fn apply(dir: &Path, entries: &[MenuEntry]) -> Result<Applied, AppMenuError>
         if std::fs::read_to_string(&path).ok().as_deref() == Some(e.text.as_str()) {
             continue;
         }
-        let tmp = dir.join(format!(".{}.tmp", e.file));
+        // per process: dom0-ui and the CLI may rewrite the menu at the same moment
+        let tmp = dir.join(format!(".{}.{}.tmp", e.file, std::process::id()));
         std::fs::write(&tmp, &e.text).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         done.written.push(e.file.clone());
@@ -239,7 +240,12 @@ pub async fn sync(
     let mut apps = BTreeMap::new();
     let mut missing = Vec::new();
     for d in domains.iter().filter(|d| has_menu(&d.class)) {
-        let ids = menu_items(proxy, &d.name).await?;
+        // a domain removed since the list has no menu; anything else is a failure
+        let ids = match menu_items(proxy, &d.name).await {
+            Ok(ids) => ids,
+            Err(AppMenuError::Domaind(bulkhead_api::Error::NoSuchDomain(_))) => continue,
+            Err(e) => return Err(e),
+        };
         if ids.is_empty() {
             continue;
         }

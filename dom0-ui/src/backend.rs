@@ -323,9 +323,11 @@ impl Backend {
             .filter(|p| p.exists())
             .and_then(|p| p.to_str().map(str::to_owned))
             .unwrap_or_else(|| "bulkhead".to_owned());
+        let mut failing = false;
         loop {
             match bulkhead_appmenus::sync(&self.proxy, &cli).await {
                 Ok((applied, missing)) => {
+                    failing = false;
                     if !applied.written.is_empty() || !applied.removed.is_empty() {
                         info!(written = ?applied.written, removed = ?applied.removed, "application menu updated");
                     }
@@ -333,7 +335,12 @@ impl Backend {
                         debug!(reason = %m, "menu entry not shown");
                     }
                 }
-                Err(e) => warn!(error = %e, "application menu not updated"),
+                // once per failing stretch, not every period
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!(error = %e, "application menu not updated");
+                }
+                Err(e) => debug!(error = %e, "application menu still not updated"),
             }
             tokio::select! {
                 () = self.menu_kick.notified() => {
@@ -411,6 +418,7 @@ impl Backend {
                     // domaind restarted: register again and pick up its domains.
                     if sig.args().ok().and_then(|a| a.new_owner().as_ref().map(|_| ())).is_some() {
                         info!("domaind (re)appeared on the bus");
+                        self.menu_kick.notify_one();
                         if let Err(e) = self.proxy.register_ask_agent().await {
                             warn!(error = %e.message(), "registering the ask agent again");
                         }
