@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
                     &h,
                     Limits {
                         max_events_per_sec: 500,
+                        kind: None,
                     },
                 );
                 let caps = v.caps();
