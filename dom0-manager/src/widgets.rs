@@ -74,6 +74,39 @@ impl Choice {
     }
 }
 
+/// Asks a question that cannot be undone: `title`, `text`, Cancel (the default) and a
+/// destructive `action` button, modal over `parent` when given. `on_yes` runs when the action
+/// is chosen. The dialog closes itself on any answer; the caller keeps it to close it when
+/// the answer comes another way.
+pub fn confirm_destructive(
+    parent: Option<&gtk::Window>,
+    title: &str,
+    text: &str,
+    action: &str,
+    on_yes: impl Fn() + 'static,
+) -> gtk::MessageDialog {
+    let dialog = gtk::MessageDialog::builder()
+        .modal(true)
+        .message_type(gtk::MessageType::Warning)
+        .text(title)
+        .secondary_text(text)
+        .build();
+    dialog.set_transient_for(parent);
+    dialog.add_button("Cancel", gtk::ResponseType::Cancel);
+    dialog
+        .add_button(action, gtk::ResponseType::Accept)
+        .add_css_class("destructive-action");
+    dialog.set_default_response(gtk::ResponseType::Cancel);
+    dialog.connect_response(move |d, r| {
+        if r == gtk::ResponseType::Accept {
+            on_yes();
+        }
+        d.close();
+    });
+    dialog.present();
+    dialog
+}
+
 /// [`NONE_ENTRY`] followed by `names`.
 pub fn with_none(names: impl IntoIterator<Item = String>) -> Vec<String> {
     std::iter::once(NONE_ENTRY.to_owned())

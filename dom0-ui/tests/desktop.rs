@@ -1209,47 +1209,16 @@ async fn the_guest_follows_dom0s_keyboard_layout() {
 }
 
 async fn keymap_body() {
-    if !sandbox_available() {
-        return;
-    }
-    for prog in ["Xvfb", "xkbcomp"] {
-        if !have(prog) {
-            bulkhead_test_skip::skip(format_args!(
-                "{prog} is not installed (scripts/install-deps.sh)"
-            ));
-            return;
-        }
-    }
-    let Some(cache) = template_cache() else {
+    let Some(env) = desktop_env(&["Xvfb", "xkbcomp"]).await else {
         return;
     };
-    let x = Xvfb::start().expect("Xvfb");
-    let display = x.display().to_owned();
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache.clone()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("domaind");
-    let (_conn, p) = d.client().await.expect("client");
+    let (p, d, display) = (&env.p, &env.d, env.display.as_str());
     let kb = format!("kb{}", std::process::id() % 100_000);
-    p.create("debian-12", "template", "", "black", HashMap::new())
-        .await
-        .or_else(|e| match e {
-            Error::AlreadyExists(_) => Ok(()),
-            e => Err(e),
-        })
-        .expect("register the template");
     p.create(&kb, "app", "debian-12", "blue", HashMap::new())
         .await
         .unwrap();
     p.start(&kb).await.expect("start");
-    let ui = Ui::start(&display, &d, "dom0-ui-keymap.log");
+    let ui = Ui::start(display, d, "dom0-ui-keymap.log");
     let ui_log = || ui.log();
     let count = || {
         let (p, kb) = (p.clone(), kb.clone());
@@ -1273,19 +1242,75 @@ async fn keymap_body() {
         applied(1).await,
         "the guest got no keymap from dom0\n{}\n{}",
         ui_log(),
-        bulkhead_testkit::domain_log(&p, &kb).await
+        bulkhead_testkit::domain_log(p, &kb).await
     );
     // dom0-ui's first reading of the keymap may still be on its way: let it settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = count().await;
-    swap_y_and_z(&display);
+    swap_y_and_z(display);
     assert!(
         applied(before + 1).await,
         "the guest did not get dom0's new keymap\n{}\n{}",
         ui_log(),
-        bulkhead_testkit::domain_log(&p, &kb).await
+        bulkhead_testkit::domain_log(p, &kb).await
     );
     assert!(ui_log().contains("dom0's keymap changed"), "{}", ui_log());
+}
+
+/// What the keymap and menu tests run against: Xvfb, a private bus, domaind with the
+/// debian-12 template registered, and a client. Fields drop in order (the client first, Xvfb
+/// last). None (said as a skip) when a program or the template cache is missing.
+struct DesktopEnv {
+    p: Domaind1Proxy<'static>,
+    _conn: zbus::Connection,
+    d: TestDomaind,
+    _bus: TestBus,
+    display: String,
+    _x: Xvfb,
+}
+
+async fn desktop_env(programs: &[&str]) -> Option<DesktopEnv> {
+    if !sandbox_available() {
+        return None;
+    }
+    for prog in programs {
+        if !have(prog) {
+            bulkhead_test_skip::skip(format_args!(
+                "{prog} is not installed (scripts/install-deps.sh)"
+            ));
+            return None;
+        }
+    }
+    let cache = template_cache()?;
+    let x = Xvfb::start().expect("Xvfb");
+    let display = x.display().to_owned();
+    let bus = TestBus::start().expect("dbus-daemon");
+    let d = TestDomaind::start(
+        &bus,
+        DomaindOptions {
+            with_guest_tools: true,
+            template_cache: Some(cache),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("domaind");
+    let (conn, p) = d.client().await.expect("client");
+    p.create("debian-12", "template", "", "black", HashMap::new())
+        .await
+        .or_else(|e| match e {
+            Error::AlreadyExists(_) => Ok(()),
+            e => Err(e),
+        })
+        .expect("register the template");
+    Some(DesktopEnv {
+        p,
+        _conn: conn,
+        d,
+        _bus: bus,
+        display,
+        _x: x,
+    })
 }
 
 /// dom0-ui keeps the application menu by itself: a domain's chosen application appears as an
@@ -1300,42 +1325,13 @@ async fn dom0_ui_keeps_the_application_menu() {
 }
 
 async fn menu_body() {
-    if !sandbox_available() {
-        return;
-    }
-    if !have("Xvfb") {
-        bulkhead_test_skip::skip(format_args!(
-            "Xvfb is not installed (scripts/install-deps.sh)"
-        ));
-        return;
-    }
-    let Some(cache) = template_cache() else {
+    let Some(env) = desktop_env(&["Xvfb"]).await else {
         return;
     };
-    let x = Xvfb::start().expect("Xvfb");
-    let display = x.display().to_owned();
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache.clone()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("domaind");
-    let (_conn, p) = d.client().await.expect("client");
+    let (p, d, display) = (&env.p, &env.d, env.display.as_str());
     let mw = format!("mw{}", std::process::id() % 100_000);
-    p.create("debian-12", "template", "", "black", HashMap::new())
-        .await
-        .or_else(|e| match e {
-            Error::AlreadyExists(_) => Ok(()),
-            e => Err(e),
-        })
-        .expect("register the template");
-    let ui = Ui::start_with_menu_sync(&display, &d, "dom0-ui-menu.log", 3600);
-    let entry = Ui::data_home(&d)
+    let ui = Ui::start_with_menu_sync(display, d, "dom0-ui-menu.log", 3600);
+    let entry = Ui::data_home(d)
         .join("applications")
         .join(format!("bulkhead-{mw}+foot.desktop"));
     p.create(&mw, "app", "debian-12", "purple", HashMap::new())
@@ -1365,7 +1361,7 @@ async fn menu_body() {
     p.kill(&mw).await.expect("kill");
     p.remove(&mw).await.expect("remove");
     drop(ui);
-    let ui = Ui::start_with_menu_sync(&display, &d, "dom0-ui-menu-2.log", 3600);
+    let ui = Ui::start_with_menu_sync(display, d, "dom0-ui-menu-2.log", 3600);
     let deadline = Instant::now() + Duration::from_secs(30);
     while entry.exists() {
         assert!(

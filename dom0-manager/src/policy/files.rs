@@ -195,30 +195,16 @@ impl FilesPanel {
             sender,
             Ev::Output(PolicyOutput::ConfirmDelete(name.clone())),
         );
-        let dialog = gtk::MessageDialog::builder()
-            .modal(true)
-            .message_type(gtk::MessageType::Warning)
-            .text(format!("Delete the policy file {name}?"))
-            .secondary_text(
-                "Its rules stop applying with the next call between domains; calls they \
-                 allowed or denied are decided by the other files. It cannot be undone.",
-            )
-            .build();
-        if let Some(w) = root.root().and_downcast::<gtk::Window>() {
-            dialog.set_transient_for(Some(&w));
-        }
-        dialog.add_button("Cancel", gtk::ResponseType::Cancel);
-        let delete = dialog.add_button("Delete", gtk::ResponseType::Accept);
-        delete.add_css_class("destructive-action");
-        dialog.set_default_response(gtk::ResponseType::Cancel);
+        let parent = root.root().and_downcast::<gtk::Window>();
         let input = sender.input_sender().clone();
-        dialog.connect_response(move |d, r| {
-            if r == gtk::ResponseType::Accept {
-                input.emit(FilesMsg::DeleteConfirmed(name.clone()));
-            }
-            d.close();
-        });
-        dialog.present();
+        let dialog = crate::widgets::confirm_destructive(
+            parent.as_ref(),
+            &format!("Delete the policy file {name}?"),
+            "Its rules stop applying with the next call between domains; calls they allowed \
+             or denied are decided by the other files. It cannot be undone.",
+            "Delete",
+            move || input.emit(FilesMsg::DeleteConfirmed(name.clone())),
+        );
         if let Some(old) = self.question.replace(dialog) {
             old.close();
         }

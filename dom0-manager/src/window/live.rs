@@ -161,31 +161,19 @@ impl ManagerWindow {
         sender: &ComponentSender<Self>,
         root: &gtk4::Window,
     ) {
-        use gtk4::prelude::*;
         let props = (self.selected.as_deref() == Some(name.as_str())).then_some(&self.props);
         let text = remove_warning(&name, props);
         let _ = sender.output(ManagerOutput::ConfirmRemove(name.clone(), text.clone()));
-        let dialog = gtk4::MessageDialog::builder()
-            .transient_for(root)
-            .modal(true)
-            .message_type(gtk4::MessageType::Warning)
-            .text(format!("Remove the domain {name}?"))
-            .secondary_text(text)
-            .build();
-        dialog.add_button("Cancel", gtk4::ResponseType::Cancel);
-        let remove = dialog.add_button("Remove", gtk4::ResponseType::Accept);
-        remove.add_css_class("destructive-action");
-        dialog.set_default_response(gtk4::ResponseType::Cancel);
         let input = sender.input_sender().clone();
-        dialog.connect_response(move |d, r| {
-            if r == gtk4::ResponseType::Accept {
-                input.emit(ManagerMsg::RemoveConfirmed(name.clone()));
-            }
-            d.close();
-        });
-        dialog.present();
+        let dialog = crate::widgets::confirm_destructive(
+            Some(root),
+            &format!("Remove the domain {name}?"),
+            &text,
+            "Remove",
+            move || input.emit(ManagerMsg::RemoveConfirmed(name.clone())),
+        );
         if let Some(old) = self.question.replace(dialog) {
-            old.close();
+            gtk4::prelude::GtkWindowExt::close(&old);
         }
     }
 
