@@ -849,12 +849,14 @@ fn make_toplevel(
         window.maximize();
     }
     view.set_cursor_from_name(Some(w.cursor.name()));
-    // A guest window narrower than the strip (title and buttons) gets a wider window: the
-    // view shows the guest's pixels at its left and the frame at the window's edges.
-    let (min_width, _, _, _) = window.measure(gtk4::Orientation::Horizontal, -1);
-    let width = px(w.width + 2 * FRAME).max(min_width);
+    // The window opens at its natural size: a guest window narrower than the strip's natural
+    // width (the whole title and the buttons) gets a wider window, the view showing the
+    // guest's pixels at its left and the frame at the window's edges. Placement uses that
+    // width (with the guest's, the next window covered the strip's end).
+    let (_, natural_width, _, _) = window.measure(gtk4::Orientation::Horizontal, -1);
+    let width = px(w.width + 2 * FRAME).max(natural_width);
     let height = px(w.height + 2 * FRAME) + STRIP_HEIGHT;
-    tracing::debug!(window = id, width, min_width, "guest window size");
+    tracing::debug!(window = id, width, natural_width, "guest window size");
     // No window manager: place the window ourselves, beside the others.
     let placed =
         crate::x11::place_unmanaged(x11, &window, |screen| place(screen, taken, width, height))

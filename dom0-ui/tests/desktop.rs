@@ -532,6 +532,33 @@ async fn body() {
         n == format!("[{vault}] term-vault")
     })
     .await;
+    // Without a window manager dom0-ui places the windows side by side: none covers another
+    // (a window is as wide as its title strip needs, even over a narrow guest window).
+    let overlapping = || {
+        let now = x_windows(&display);
+        let wins: Vec<&XWin> = [&shm, &tw, &tv]
+            .iter()
+            .filter_map(|w| now.iter().find(|n| n.id == w.id))
+            .collect();
+        let mut bad = None;
+        for (i, a) in wins.iter().enumerate() {
+            for b in &wins[i + 1..] {
+                let apart = a.x + a.width <= b.x
+                    || b.x + b.width <= a.x
+                    || a.y + a.height <= b.y
+                    || b.y + b.height <= a.y;
+                if !apart {
+                    bad = Some(format!("{a:?} and {b:?} overlap"));
+                }
+            }
+        }
+        bad
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(e) = overlapping() {
+        assert!(Instant::now() < deadline, "{e}\n{}", ui_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Frames: every side in the label colour, guest pixels inside; retry while the guests
     // draw their first frames.
     let deadline = Instant::now() + Duration::from_secs(30);
