@@ -244,7 +244,16 @@ async fn scenario(cache: std::path::PathBuf) {
     // addresses and are linked again.
     let book = addr::AddressBook::load(&d.paths.state_dir.join("net/addresses.toml")).unwrap();
     let (ip_vm, ip_sb) = (book.entries[&cvm], book.entries[&csb]);
-    p.shutdown(&net, 30).await.expect("shut net down");
+    // A net VM that died during the figures (its VMM says why in domaind's log, e.g. an
+    // emulator's triple fault the nested harness then reruns) is shown, not just "not running".
+    if let Err(e) = p.shutdown(&net, 30).await {
+        panic!(
+            "shut net down: {e:?}\nnet console:\n{}\nclient console:\n{}\ndomaind:\n{}",
+            bulkhead_testkit::domain_log(&p, &net).await,
+            bulkhead_testkit::domain_log(&p, &cvm).await,
+            d.log()
+        );
+    }
     assert!(host_has_link(&inet.uplink), "the uplink did not come back");
     assert_eq!(tcp_vm(&p, &cvm, 80).await, None);
     p.start(&net).await.expect("start net again");
