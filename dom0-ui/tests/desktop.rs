@@ -415,52 +415,18 @@ async fn guest_windows_keys_and_clipboard_through_dom0_ui() {
 }
 
 async fn body() {
-    if !sandbox_available() {
-        return;
-    }
-    for prog in ["Xvfb", "xdotool"] {
-        if !have(prog) {
-            bulkhead_test_skip::skip(format_args!(
-                "{prog} is not installed (scripts/install-deps.sh)"
-            ));
-            return;
-        }
-    }
-    let Some(cache) = template_cache() else {
-        return;
-    };
-    let root = cache.join("debian-12/current");
-    if !root.join("usr/bin/foot").exists() || !root.join("usr/bin/weston-simple-shm").exists() {
-        bulkhead_test_skip::skip(format_args!(
-            "{} has no debian-12 template with the GUI group (foot, weston)",
-            cache.display()
-        ));
-        return;
-    }
-    let x = Xvfb::start().expect("Xvfb");
-    let display = x.display().to_owned();
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache.clone()),
-            ..Default::default()
-        },
+    let Some(env) = desktop_env(
+        &["Xvfb", "xdotool"],
+        &["usr/bin/foot", "usr/bin/weston-simple-shm"],
     )
     .await
-    .expect("domaind");
-    let (_conn, p) = d.client().await.expect("client");
+    else {
+        return;
+    };
+    let (p, d, display) = (&env.p, &env.d, env.display.clone());
     let pre = format!("ui{}-", std::process::id() % 100_000);
     let (work, vault) = (format!("{pre}work"), format!("{pre}vault"));
     let (work_label, vault_label) = (Label::Blue, Label::Green);
-    p.create("debian-12", "template", "", "black", HashMap::new())
-        .await
-        .or_else(|e| match e {
-            Error::AlreadyExists(_) => Ok(()),
-            e => Err(e),
-        })
-        .expect("register the template");
     p.create(
         &work,
         "app",
@@ -495,7 +461,7 @@ async fn body() {
     p.start(&vault).await.expect("start vault");
 
     let spawn_dir = d.root().unwrap().to_path_buf();
-    let ui = Ui::start(&display, &d, "dom0-ui.log");
+    let ui = Ui::start(&display, d, "dom0-ui.log");
     let ui_log = || ui.log();
     let diag = || {
         format!(
@@ -514,12 +480,12 @@ async fn body() {
         )
     };
 
-    spawn_in(&p, &work, "exec weston-simple-shm", &spawn_dir);
+    spawn_in(p, &work, "exec weston-simple-shm", &spawn_dir);
     let term = |title: &str| {
         format!("cd /home/user && LC_ALL=C.UTF-8 exec foot --window-size-pixels=560x300 --title={title} /bin/sh")
     };
-    spawn_in(&p, &work, &term("term-work"), &spawn_dir);
-    spawn_in(&p, &vault, &term("term-vault"), &spawn_dir);
+    spawn_in(p, &work, &term("term-work"), &spawn_dir);
+    spawn_in(p, &vault, &term("term-vault"), &spawn_dir);
     let shm = wait_window(&display, "[work] simple-shm", 90, &diag, |n| {
         n == format!("[{work}] simple-shm")
     })
@@ -589,7 +555,7 @@ async fn body() {
     for _ in 0..5 {
         type_into(&display, &tw, &format!("touch {marker}"));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if run(&p, &work, &format!("test -e {marker}")).await.0 == 0 {
+        if run(p, &work, &format!("test -e {marker}")).await.0 == 0 {
             typed = true;
             break;
         }
@@ -600,7 +566,7 @@ async fn body() {
         ui_log()
     );
     assert_eq!(
-        run(&p, &vault, &format!("test -e {marker}")).await.0,
+        run(p, &vault, &format!("test -e {marker}")).await.0,
         1,
         "the keys typed into work's window reached vault"
     );
@@ -609,7 +575,7 @@ async fn body() {
     // keyboard, and a new window may take it only from its own domain).
     xdotool(&display, &["windowfocus", "--sync", &tv.id.to_string()]);
     let (code, _, err) = run(
-        &p,
+        p,
         &vault,
         "wl-copy 'from vault, 1' </dev/null >/dev/null 2>&1",
     )
@@ -625,7 +591,7 @@ async fn body() {
         n.starts_with("Bulkhead: Pasted 13 bytes from") && n.contains(&work)
     })
     .await;
-    let (code, out, err) = run(&p, &work, "wl-paste --no-newline").await;
+    let (code, out, err) = run(p, &work, "wl-paste --no-newline").await;
     assert_eq!(
         (code, out.as_str()),
         (0, "from vault, 1"),
@@ -633,11 +599,11 @@ async fn body() {
     );
     // The chords never reached the terminals (foot would have pasted work's clipboard into
     // its command line, and the next command would not run).
-    assert_next_command_runs(&p, &display, &work, &tw, "after-paste").await;
+    assert_next_command_runs(p, &display, &work, &tw, "after-paste").await;
 
     // Clipboard, denied: work -> vault leaves vault's clipboard as it was.
     let (code, _, err) = run(
-        &p,
+        p,
         &work,
         "wl-copy 'from work, 2' </dev/null >/dev/null 2>&1",
     )
@@ -653,7 +619,7 @@ async fn body() {
         n.starts_with("Bulkhead: Paste refused") && n.contains(&work) && n.contains(&vault)
     })
     .await;
-    assert_next_command_runs(&p, &display, &vault, &tv, "after-refusal").await;
+    assert_next_command_runs(p, &display, &vault, &tv, "after-refusal").await;
     let img = screenshot(&display).expect("screenshot");
     eprintln!(
         "refusal screenshot: {}",
@@ -661,7 +627,7 @@ async fn body() {
             .unwrap()
             .display()
     );
-    let (code, out, err) = run(&p, &vault, "wl-paste --no-newline").await;
+    let (code, out, err) = run(p, &vault, "wl-paste --no-newline").await;
     assert_eq!(
         (code, out.as_str()),
         (0, "from vault, 1"),
@@ -957,50 +923,12 @@ async fn guest_windows_and_questions_do_not_take_the_keyboard() {
 }
 
 async fn focus_body() {
-    if !sandbox_available() {
-        return;
-    }
-    for prog in ["Xvfb", "xdotool", "openbox"] {
-        if !have(prog) {
-            bulkhead_test_skip::skip(format_args!(
-                "{prog} is not installed (scripts/install-deps.sh)"
-            ));
-            return;
-        }
-    }
-    let Some(cache) = template_cache() else {
+    let Some(env) = desktop_env(&["Xvfb", "xdotool", "openbox"], &["usr/bin/foot"]).await else {
         return;
     };
-    if !cache.join("debian-12/current/usr/bin/foot").exists() {
-        bulkhead_test_skip::skip(format_args!(
-            "{} has no debian-12 template with the GUI group (foot)",
-            cache.display()
-        ));
-        return;
-    }
-    let x = Xvfb::start().expect("Xvfb");
-    let display = x.display().to_owned();
-    let bus = TestBus::start().expect("dbus-daemon");
-    let d = TestDomaind::start(
-        &bus,
-        DomaindOptions {
-            with_guest_tools: true,
-            template_cache: Some(cache.clone()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("domaind");
-    let (_conn, p) = d.client().await.expect("client");
+    let (p, d, display) = (&env.p, &env.d, env.display.clone());
     let pre = format!("fo{}-", std::process::id() % 100_000);
     let (work, untrusted) = (format!("{pre}work"), format!("{pre}untrusted"));
-    p.create("debian-12", "template", "", "black", HashMap::new())
-        .await
-        .or_else(|e| match e {
-            Error::AlreadyExists(_) => Ok(()),
-            e => Err(e),
-        })
-        .expect("register the template");
     for (n, l) in [(&work, Label::Blue), (&untrusted, Label::Red)] {
         p.create(n, "app", "debian-12", l.as_str(), HashMap::new())
             .await
@@ -1017,7 +945,7 @@ async fn focus_body() {
     p.start(&untrusted).await.expect("start untrusted");
 
     let spawn_dir = d.root().unwrap().to_path_buf();
-    let ui = Ui::start(&display, &d, "dom0-ui-focus.log");
+    let ui = Ui::start(&display, d, "dom0-ui-focus.log");
     let ui_log = || ui.log();
     let diag = || {
         format!(
@@ -1029,14 +957,14 @@ async fn focus_body() {
     let term = |title: &str| {
         format!("cd /home/user && LC_ALL=C.UTF-8 exec foot --window-size-pixels=500x260 --title={title} /bin/sh")
     };
-    spawn_in(&p, &work, &term("term-work"), &spawn_dir);
+    spawn_in(p, &work, &term("term-work"), &spawn_dir);
     let tw_name = format!("[{work}] term-work");
     let tw = wait_client(&display, "[work] term-work", &diag, &tw_name).await;
     // The terminal takes keys once its shell runs.
     let mut ready = false;
     for _ in 0..5 {
         type_into(&display, &tw, "touch /home/user/ready");
-        if appears(&p, &work, "/home/user/ready", 2).await {
+        if appears(p, &work, "/home/user/ready", 2).await {
             ready = true;
             break;
         }
@@ -1057,7 +985,7 @@ async fn focus_body() {
 
         // untrusted maps a window while the user types into work.
         let pop = format!("pop{round}");
-        spawn_in(&p, &untrusted, &term(&pop), &spawn_dir);
+        spawn_in(p, &untrusted, &term(&pop), &spawn_dir);
         wait_client(
             &display,
             "untrusted's window",
@@ -1079,12 +1007,12 @@ async fn focus_body() {
         );
         xdotool(&display, &["key", "Return"]);
         assert!(
-            appears(&p, &work, &file, 10).await,
+            appears(p, &work, &file, 10).await,
             "{wm}: what was typed after untrusted's window came did not reach work\n{}",
             diag()
         );
         assert_eq!(
-            run(&p, &untrusted, &format!("test -e {file}")).await.0,
+            run(p, &untrusted, &format!("test -e {file}")).await.0,
             1,
             "{wm}: keys typed for work reached untrusted"
         );
@@ -1110,7 +1038,7 @@ async fn focus_body() {
         );
         xdotool(&display, &["key", "Return", "Return"]);
         assert!(
-            appears(&p, &work, &file, 10).await,
+            appears(p, &work, &file, 10).await,
             "{wm}: what was typed while the question came did not reach work\n{}",
             diag()
         );
@@ -1236,7 +1164,7 @@ async fn the_guest_follows_dom0s_keyboard_layout() {
 }
 
 async fn keymap_body() {
-    let Some(env) = desktop_env(&["Xvfb", "xkbcomp"]).await else {
+    let Some(env) = desktop_env(&["Xvfb", "xkbcomp"], &[]).await else {
         return;
     };
     let (p, d, display) = (&env.p, &env.d, env.display.as_str());
@@ -1296,7 +1224,8 @@ struct DesktopEnv {
     _x: Xvfb,
 }
 
-async fn desktop_env(programs: &[&str]) -> Option<DesktopEnv> {
+/// `template_files`: paths in the debian-12 template's root the test needs (else a skip).
+async fn desktop_env(programs: &[&str], template_files: &[&str]) -> Option<DesktopEnv> {
     if !sandbox_available() {
         return None;
     }
@@ -1309,6 +1238,15 @@ async fn desktop_env(programs: &[&str]) -> Option<DesktopEnv> {
         }
     }
     let cache = template_cache()?;
+    let root = cache.join("debian-12/current");
+    if !template_files.iter().all(|f| root.join(f).exists()) {
+        bulkhead_test_skip::skip(format_args!(
+            "{} has no debian-12 template with the GUI group ({})",
+            cache.display(),
+            template_files.join(", ")
+        ));
+        return None;
+    }
     let x = Xvfb::start().expect("Xvfb");
     let display = x.display().to_owned();
     let bus = TestBus::start().expect("dbus-daemon");
@@ -1352,7 +1290,7 @@ async fn dom0_ui_keeps_the_application_menu() {
 }
 
 async fn menu_body() {
-    let Some(env) = desktop_env(&["Xvfb"]).await else {
+    let Some(env) = desktop_env(&["Xvfb"], &[]).await else {
         return;
     };
     let (p, d, display) = (&env.p, &env.d, env.display.as_str());
