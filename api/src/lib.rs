@@ -413,6 +413,17 @@ pub trait Domaind1 {
     /// `/usr/share/applications` (`NoDisplay` entries skipped).
     fn list_applications(&self, domain: &str) -> Result<Vec<(String, String, String)>, Error>;
 
+    /// `GetApplicationIcon(domain s, desktop_id s) -> ay`: the PNG file of the icon of one
+    /// application of the domain's menu (as listed by `ListApplications`), read from its
+    /// template's root only: an `Icon=` name as `/usr/share/icons/hicolor/SIZE/apps/NAME.png`
+    /// (48x48, 64x64, 32x32, 128x128, 256x256, 24x24, 16x16, in that order), then
+    /// `/usr/share/pixmaps/NAME.png`; symbolic links are resolved inside that root, never out
+    /// of it. PNG only (SVG and XPM icons are not supported), at most 256 KiB (a larger file
+    /// counts as not found). Empty when the entry has no icon, names a path, or none is
+    /// found; the bytes are the template's, unchecked: decode them with limits.
+    /// `InvalidArgument` for a desktop id that is not in the menu.
+    fn get_application_icon(&self, domain: &str, desktop_id: &str) -> Result<Vec<u8>, Error>;
+
     /// `RunApplication(domain s, desktop_id s)`: start the application detached in `domain`
     /// (started first if halted), or in a new disposable: `@dispvm` (dom0's default
     /// disposable template) or `@dispvm:BASE`. Returns when the launch began.

@@ -1,5 +1,6 @@
 //! Host-side file helpers for volumes: copying a private volume (seeding a disposable,
-//! cloning a domain) and reading the tail of a domain log.
+//! cloning a domain), reading the tail of a domain log, and reading one small file inside a
+//! template root ([`read_in_root`]).
 //!
 //! Volume contents were written by a domain and are hostile: symlinks are copied as symlinks
 //! and never followed, device nodes, FIFOs and sockets are skipped, and ownership and modes are
@@ -236,6 +237,148 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
     lines[start..].join("\n")
 }
 
+/// How [`read_in_root`] treats symbolic links on the way to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// None anywhere on the path (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a link is an error.
+    Refused,
+    /// Resolved as if the root were `/` (`RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`), as the
+    /// domain itself sees them: an absolute target or `..` never leaves the root.
+    InRoot,
+}
+
+/// Why [`read_in_root`] returned no bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum RootReadError {
+    #[error("{path}: not found")]
+    NotFound { path: String },
+    #[error("{path}: {reason}; not read")]
+    Refused { path: String, reason: &'static str },
+    #[error("{path}: {size} bytes, more than the {max} that are read")]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Opens a root directory for [`read_in_root`] (not through a symbolic link).
+pub fn open_root(root: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The bytes of the regular file `rel` (relative, `/`-separated) below the directory `root`
+/// (from [`open_root`]), at most `max` of them; the tree may belong to a domain and is
+/// hostile. Nothing outside `root` is ever opened, whatever `links` says: the lookup is one
+/// `openat2` with `RESOLVE_BENEATH` or `RESOLVE_IN_ROOT`. The file is first opened as a
+/// path only (`O_PATH`) and read only when it is a regular file of at most `max` bytes, so
+/// a device node or FIFO is never opened for reading.
+pub fn read_in_root(
+    root: std::os::fd::BorrowedFd<'_>,
+    rel: &str,
+    links: Links,
+    max: u64,
+) -> Result<Vec<u8>, RootReadError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use rustix::io::Errno;
+    use std::os::fd::AsRawFd as _;
+    let path = rel.to_owned();
+    let (resolve, nofollow) = match links {
+        Links::Refused => (
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            OFlags::NOFOLLOW,
+        ),
+        Links::InRoot => (
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            OFlags::empty(),
+        ),
+    };
+    // EAGAIN: a rename elsewhere raced the lookup; the kernel asks for a retry.
+    let mut tries = 0;
+    let fd = loop {
+        tries += 1;
+        match rustix::fs::openat2(
+            root,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC | nofollow,
+            Mode::empty(),
+            resolve,
+        ) {
+            Ok(fd) => break fd,
+            Err(Errno::AGAIN) if tries < 4 => continue,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Err(RootReadError::NotFound { path }),
+            Err(Errno::LOOP) => {
+                return Err(RootReadError::Refused {
+                    path,
+                    reason: "a symbolic link (or too many) on the way",
+                })
+            }
+            Err(Errno::XDEV) => {
+                return Err(RootReadError::Refused {
+                    path,
+                    reason: "the path leads out of the root",
+                })
+            }
+            Err(e) => {
+                return Err(RootReadError::Io {
+                    path,
+                    source: e.into(),
+                })
+            }
+        }
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| RootReadError::Io {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(RootReadError::Refused {
+            path,
+            reason: "not a regular file",
+        });
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+    if size > max {
+        return Err(RootReadError::TooLarge { path, size, max });
+    }
+    // Reopening our own O_PATH descriptor reads exactly the file that was looked at.
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|source| RootReadError::Io {
+                path: path.clone(),
+                source,
+            })?
+    };
+    let mut bytes = Vec::new();
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|source| RootReadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if read > max {
+        // it grew since the fstat
+        return Err(RootReadError::TooLarge {
+            path,
+            size: read,
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Append one line of domaind's own to a domain's log (`bulkhead log` shows it next to the
 /// domain's output): why a domain stopped, for one. Never creates the log, never follows a
 /// symlink; a failure is only logged.
@@ -360,6 +503,69 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         swapper.join().unwrap();
+    }
+
+    #[test]
+    fn read_in_root_stays_in_the_root() {
+        use std::os::fd::AsFd as _;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("a/b/f"), "inside").unwrap();
+        fs::write(root.join("etc/secret"), "root's own").unwrap();
+        fs::write(t.path().join("outside"), "host").unwrap();
+        fs::write(root.join("big"), vec![0u8; 100]).unwrap();
+        std::os::unix::fs::symlink("b/f", root.join("a/rel")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), root.join("a/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../outside", root.join("a/up")).unwrap();
+        std::os::unix::fs::symlink("/etc/secret", root.join("a/rooted")).unwrap();
+        std::os::unix::fs::symlink(t.path(), root.join("dirlink")).unwrap();
+        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let fd = open_root(&root).unwrap();
+        let read = |rel: &str, links| read_in_root(fd.as_fd(), rel, links, 64);
+        for links in [Links::Refused, Links::InRoot] {
+            assert_eq!(read("a/b/f", links).unwrap(), b"inside");
+            assert!(matches!(
+                read("missing", links),
+                Err(RootReadError::NotFound { .. })
+            ));
+            assert!(matches!(
+                read("big", links),
+                Err(RootReadError::TooLarge { size: 100, .. })
+            ));
+            assert!(matches!(
+                read("a/b", links),
+                Err(RootReadError::Refused { .. })
+            ));
+            assert!(matches!(
+                read("fifo", links),
+                Err(RootReadError::Refused { .. })
+            ));
+            // never the host's file, however the link is written
+            for rel in ["a/abs", "a/up", "dirlink/outside", "../outside"] {
+                let got = read(rel, links);
+                assert!(
+                    !matches!(&got, Ok(b) if b == b"host"),
+                    "{rel} {links:?}: {got:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            read("a/rel", Links::Refused),
+            Err(RootReadError::Refused { .. })
+        ));
+        assert!(matches!(
+            read("../outside", Links::Refused),
+            Err(RootReadError::Refused { .. })
+        ));
+        assert_eq!(read("a/rel", Links::InRoot).unwrap(), b"inside");
+        // an absolute target is the root's own file, as the domain sees it
+        assert_eq!(read("a/rooted", Links::InRoot).unwrap(), b"root's own");
+        assert!(matches!(
+            read("a/abs", Links::InRoot),
+            Err(RootReadError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -527,6 +527,17 @@ impl Service {
             .collect())
     }
 
+    async fn get_application_icon(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+        desktop_id: String,
+    ) -> Result<Vec<u8>, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.application_icon(&domain, &desktop_id).await
+    }
+
     async fn run_application(
         &self,
         #[zbus(header)] hdr: Header<'_>,

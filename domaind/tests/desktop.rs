@@ -1,6 +1,6 @@
 //! The D-Bus methods the dom0 desktop uses (dom0-manager): policy files (ListPolicyFiles,
-//! ReadPolicyFile, WritePolicyFile), application menus (ListApplications, RunApplication)
-//! and usage (GetUsage). The real domaind binary on a private bus; the application and usage
+//! ReadPolicyFile, WritePolicyFile), application menus (ListApplications, RunApplication,
+//! GetApplicationIcon) and usage (GetUsage). The real domaind binary on a private bus; the application and usage
 //! tests run a real sandbox domain on the mini template (skipped with the reason where
 //! sandboxes cannot run).
 
@@ -272,6 +272,68 @@ async fn applications_listed_launched_and_usage_counted() {
 
         p.kill(&app).await.unwrap();
         assert_eq!(p.get_usage(&app).await.unwrap(), (0, 0));
+    };
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("test did not finish within {TEST_LIMIT:?}");
+    }
+}
+
+/// GetApplicationIcon: the PNG an entry's `Icon=` names, from the template root only (no
+/// domain runs for it).
+#[tokio::test(flavor = "multi_thread")]
+async fn application_icons_come_from_the_template_root() {
+    let body = async {
+        let (_bus, d, _c, p) = start(false).await;
+        let pre = format!("di{}-", std::process::id() % 100_000);
+        let tmpl = format!("{pre}tmpl");
+        let app = format!("{pre}app");
+        let root = d.mini_template(&tmpl).expect("mini template");
+        let apps = root.join("usr/share/applications");
+        let hicolor = root.join("usr/share/icons/hicolor/48x48/apps");
+        let pixmaps = root.join("usr/share/pixmaps");
+        for dir in [&apps, &hicolor, &pixmaps] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let entry = |id: &str, icon: &str| {
+            std::fs::write(
+                apps.join(id),
+                format!("[Desktop Entry]\nType=Application\nName={id}\nIcon={icon}\nExec=true\n"),
+            )
+            .unwrap();
+        };
+        entry("hicolor.desktop", "bh-hicolor");
+        std::fs::write(hicolor.join("bh-hicolor.png"), b"hicolor png").unwrap();
+        entry("pixmap.desktop", "bh-pixmap");
+        std::fs::write(pixmaps.join("bh-pixmap.png"), b"pixmap png").unwrap();
+        // a link to a file of the host: never read
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("secret.png");
+        std::fs::write(&secret, b"host file").unwrap();
+        entry("escape.desktop", "bh-escape");
+        std::os::unix::fs::symlink(&secret, hicolor.join("bh-escape.png")).unwrap();
+        entry("path.desktop", secret.to_str().unwrap());
+        entry("none.desktop", "");
+        p.create(&tmpl, "template", "", "black", HashMap::new())
+            .await
+            .unwrap();
+        p.create(&app, "app", &tmpl, "green", HashMap::new())
+            .await
+            .unwrap();
+
+        for domain in [&app, &tmpl] {
+            let icon = |id: &'static str| p.get_application_icon(domain, id);
+            assert_eq!(icon("hicolor.desktop").await.unwrap(), b"hicolor png");
+            assert_eq!(icon("pixmap.desktop").await.unwrap(), b"pixmap png");
+            for id in ["escape.desktop", "path.desktop", "none.desktop"] {
+                assert_eq!(icon(id).await.unwrap(), b"", "{domain} {id}");
+            }
+            invalid_argument(icon("gone.desktop").await);
+            invalid_argument(icon("../hicolor.desktop").await);
+        }
+        assert!(matches!(
+            p.get_application_icon("nope", "hicolor.desktop").await,
+            Err(Error::NoSuchDomain(_))
+        ));
     };
     if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
         panic!("test did not finish within {TEST_LIMIT:?}");

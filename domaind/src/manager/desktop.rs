@@ -11,6 +11,105 @@ use super::*;
 /// Where a domain's application menu comes from, inside its template root.
 pub const APPLICATIONS_DIR: &str = "usr/share/applications";
 
+/// Icon sizes `GetApplicationIcon` looks for an icon name in, in this order, as
+/// `usr/share/icons/hicolor/SIZE/apps/NAME.png` below the template root (then
+/// [`ICON_PIXMAPS_DIR`]).
+pub const ICON_SIZES: [&str; 7] = [
+    "48x48", "64x64", "32x32", "128x128", "256x256", "24x24", "16x16",
+];
+/// The last place `GetApplicationIcon` looks: `NAME.png` there.
+pub const ICON_PIXMAPS_DIR: &str = "usr/share/pixmaps";
+/// The largest icon file `GetApplicationIcon` returns; a larger one counts as not found.
+pub const MAX_ICON_BYTES: u64 = 256 * 1024;
+/// The largest desktop file read (as `ListApplications`: `xdg::list_applications`).
+const MAX_DESKTOP_FILE_BYTES: u64 = 1 << 20;
+/// The longest icon name looked up.
+const MAX_ICON_NAME: usize = 200;
+
+/// The files (relative to a template root) that may hold the PNG of an entry's `Icon=`
+/// value, in the order they are tried: an icon name (`foot`, or `foot.png`) in hicolor's
+/// sizes ([`ICON_SIZES`]), then in [`ICON_PIXMAPS_DIR`]. Empty, so no icon, for a path
+/// (absolute or with a `/`: never looked at), an SVG or XPM (not supported), or a name with
+/// control characters or a leading dot.
+pub fn icon_candidates(icon: &str) -> Vec<String> {
+    let name = icon.strip_suffix(".png").unwrap_or(icon);
+    let lower = name.to_ascii_lowercase();
+    let usable = !name.is_empty()
+        && name.len() <= MAX_ICON_NAME
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
+        && ![".svg", ".svgz", ".xpm"]
+            .iter()
+            .any(|ext| lower.ends_with(ext));
+    if !usable {
+        return Vec::new();
+    }
+    ICON_SIZES
+        .iter()
+        .map(|size| format!("usr/share/icons/hicolor/{size}/apps/{name}.png"))
+        .chain(std::iter::once(format!("{ICON_PIXMAPS_DIR}/{name}.png")))
+        .collect()
+}
+
+/// A desktop id `GetApplicationIcon` reads: a plain file name ending in `.desktop`, not
+/// hidden, at most 255 bytes.
+fn valid_desktop_id(id: &str) -> bool {
+    id.len() <= 255
+        && id.len() > ".desktop".len()
+        && id.ends_with(".desktop")
+        && !id.starts_with('.')
+        && !id.contains('/')
+        && !id.contains('\0')
+}
+
+fn no_application(domain: &str, id: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "'{domain}' has no application '{id}' in its menu (see ListApplications)"
+    ))
+}
+
+/// `GetApplicationIcon`'s work in the template root `root` (blocking): the entry `id` of
+/// its applications directory (a regular file, no symbolic link on the way, as
+/// `ListApplications` reads it), then the PNG its `Icon=` names ([`icon_candidates`], each
+/// read with [`fsutil::read_in_root`](crate::fsutil::read_in_root): symbolic links resolved
+/// inside the root only, regular files of at most [`MAX_ICON_BYTES`]). Empty when the entry
+/// has no icon or none of the candidates is usable; why a candidate was refused is logged.
+pub fn application_icon_in(root: &Path, domain: &str, id: &str) -> Result<Vec<u8>, Error> {
+    use crate::fsutil::{open_root, read_in_root, Links, RootReadError};
+    use std::os::fd::AsFd as _;
+    let shown = root.display().to_string();
+    let fd = open_root(root).map_err(io_err(&shown))?;
+    let rel = format!("{APPLICATIONS_DIR}/{id}");
+    let text = match read_in_root(fd.as_fd(), &rel, Links::Refused, MAX_DESKTOP_FILE_BYTES) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| no_application(domain, id))?,
+        Err(RootReadError::NotFound { .. }) => return Err(no_application(domain, id)),
+        Err(e) => {
+            debug!(domain, app = id, error = %e, "desktop entry not read");
+            return Err(no_application(domain, id));
+        }
+    };
+    let entry = xdg::parse_menu_entry(id, &root.join(&rel), &text)
+        .ok_or_else(|| no_application(domain, id))?;
+    let Some(icon) = entry.icon.filter(|i| !i.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let candidates = icon_candidates(&icon);
+    if candidates.is_empty() {
+        info!(domain, app = id, icon = %icon.escape_debug(), "icon not looked up: only PNG icon names are (no paths, no SVG)");
+        return Ok(Vec::new());
+    }
+    for rel in &candidates {
+        match read_in_root(fd.as_fd(), rel, Links::InRoot, MAX_ICON_BYTES) {
+            Ok(bytes) => return Ok(bytes),
+            Err(RootReadError::NotFound { .. }) => {}
+            Err(e) => info!(domain, app = id, error = %e, "icon file not used"),
+        }
+    }
+    debug!(domain, app = id, icon = %icon.escape_debug(), "no PNG icon found");
+    Ok(Vec::new())
+}
+
 /// `RunApplication` target for a new disposable of dom0's default disposable template;
 /// `@dispvm:BASE` names the disposable template.
 pub const DISPVM_TARGET: &str = "@dispvm";
@@ -68,6 +167,27 @@ fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// The applications directory below the template root `root` (of domain `name`, for
+/// messages); an error when a component on the way is not a directory (a symbolic link, say).
+fn applications_dir_in(root: &Path, name: &str) -> Result<PathBuf, Error> {
+    let mut dir = root.to_owned();
+    for part in APPLICATIONS_DIR.split('/') {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Io(format!(
+                    "{} in the template of '{name}' is not a directory; its application menu is not read",
+                    dir.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(dir),
+            Err(e) => return Err(Error::Io(format!("{}: {e}", dir.display()))),
+        }
+    }
+    Ok(dir)
+}
+
 impl Manager {
     /// `GetUsage`: (memory bytes, CPU ns) of a domain's cgroup; (0, 0) when it is not
     /// running or the cgroup does not say.
@@ -82,29 +202,19 @@ impl Manager {
         Ok((mem.unwrap_or(0), cpu.unwrap_or(0)))
     }
 
-    /// The applications directory of `name`'s template root. Symbolic links on the way are
-    /// refused: the tree belongs to a template domain and must not point dom0 elsewhere.
-    fn applications_dir(&self, name: &str) -> Result<PathBuf, Error> {
+    /// The root of `name`'s template, where its application menu comes from.
+    fn menu_root(&self, name: &str) -> Result<PathBuf, Error> {
         let dn = self.name(name)?;
         self.stored(&dn)?;
         let cfg = self.load(&dn)?;
-        let root = self.template_root_for(&cfg)?;
-        let mut dir = root.clone();
-        for part in APPLICATIONS_DIR.split('/') {
-            dir.push(part);
-            match std::fs::symlink_metadata(&dir) {
-                Ok(m) if m.file_type().is_dir() => {}
-                Ok(_) => {
-                    return Err(Error::Io(format!(
-                        "{} in the template of '{name}' is not a directory; its application menu is not read",
-                        dir.display()
-                    )))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(dir),
-                Err(e) => return Err(Error::Io(format!("{}: {e}", dir.display()))),
-            }
-        }
-        Ok(dir)
+        self.template_root_for(&cfg)
+    }
+
+    /// The applications directory of `name`'s template root. Symbolic links on the way are
+    /// refused: the tree belongs to a template domain and must not point dom0 elsewhere.
+    fn applications_dir(&self, name: &str) -> Result<PathBuf, Error> {
+        let root = self.menu_root(name)?;
+        applications_dir_in(&root, name)
     }
 
     /// `ListApplications`: the application menu of `name` (from its template's
@@ -112,6 +222,22 @@ impl Manager {
     pub async fn list_applications(&self, name: &str) -> Result<Vec<xdg::DesktopEntry>, Error> {
         let dir = self.applications_dir(name)?;
         blocking(move || xdg::list_applications(&dir)).await
+    }
+
+    /// `GetApplicationIcon`: the PNG icon of `desktop_id` in `name`'s application menu, from
+    /// its template root only ([`application_icon_in`]); empty when it has none.
+    pub async fn application_icon(&self, name: &str, desktop_id: &str) -> Result<Vec<u8>, Error> {
+        if !valid_desktop_id(desktop_id) {
+            return Err(Error::InvalidArgument(format!(
+                "'{}' is not a desktop id (NAME.desktop)",
+                desktop_id.escape_debug()
+            )));
+        }
+        let root = self.menu_root(name)?;
+        // the same checks as ListApplications
+        applications_dir_in(&root, name)?;
+        let (name, id) = (name.to_owned(), desktop_id.to_owned());
+        blocking(move || application_icon_in(&root, &name, &id)).await?
     }
 
     /// `RunApplication`: start `desktop_id` detached in `target` (a domain, started first if
@@ -361,6 +487,129 @@ mod tests {
         assert!(!writable_policy_file_name("30-.policy"));
         assert!(!writable_policy_file_name("3-user.policy"));
         assert!(!writable_policy_file_name("30_user.policy"));
+    }
+
+    #[test]
+    fn icon_names_and_where_they_are_looked_for() {
+        let c = icon_candidates("foot");
+        assert_eq!(c.len(), ICON_SIZES.len() + 1);
+        assert_eq!(c[0], "usr/share/icons/hicolor/48x48/apps/foot.png");
+        assert_eq!(c[ICON_SIZES.len()], "usr/share/pixmaps/foot.png");
+        assert_eq!(icon_candidates("foot.png"), c);
+        assert_eq!(
+            icon_candidates("org.gnome.Foo")[1],
+            "usr/share/icons/hicolor/64x64/apps/org.gnome.Foo.png"
+        );
+        for bad in [
+            "",
+            "/usr/share/pixmaps/foot.png",
+            "../foot",
+            "a/b",
+            "foot.svg",
+            "foot.SVG",
+            "foot.xpm",
+            ".hidden",
+            "..",
+            "a\nb",
+        ] {
+            assert!(icon_candidates(bad).is_empty(), "{bad:?}");
+        }
+        assert!(icon_candidates(&"x".repeat(201)).is_empty());
+        assert!(valid_desktop_id("foot.desktop"));
+        assert!(!valid_desktop_id("../foot.desktop"));
+        assert!(!valid_desktop_id(".desktop"));
+        assert!(!valid_desktop_id("foot"));
+    }
+
+    /// A fake template root: icons from hicolor and pixmaps, and what must not be returned.
+    #[test]
+    fn application_icons_come_from_the_template_root_only() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let apps = root.join(APPLICATIONS_DIR);
+        let hicolor = |size: &str| root.join(format!("usr/share/icons/hicolor/{size}/apps"));
+        let pixmaps = root.join(ICON_PIXMAPS_DIR);
+        for d in [&apps, &hicolor("48x48"), &hicolor("32x32"), &pixmaps] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let entry = |id: &str, icon: Option<&str>| {
+            let icon = icon.map(|i| format!("Icon={i}\n")).unwrap_or_default();
+            std::fs::write(
+                apps.join(id),
+                format!("[Desktop Entry]\nType=Application\nName=X\n{icon}Exec=x\n"),
+            )
+            .unwrap();
+        };
+        let outside = t.path().join("outside.png");
+        std::fs::write(&outside, b"host file").unwrap();
+
+        // 48x48 comes before 32x32
+        entry("both.desktop", Some("both"));
+        std::fs::write(hicolor("48x48").join("both.png"), b"png 48").unwrap();
+        std::fs::write(hicolor("32x32").join("both.png"), b"png 32").unwrap();
+        // only in pixmaps
+        entry("pix.desktop", Some("pix"));
+        std::fs::write(pixmaps.join("pix.png"), b"png pix").unwrap();
+        // a symlink out of the root: skipped, the pixmap is taken
+        entry("escape.desktop", Some("escape"));
+        std::os::unix::fs::symlink(&outside, hicolor("48x48").join("escape.png")).unwrap();
+        std::fs::write(pixmaps.join("escape.png"), b"png escape").unwrap();
+        // a symlink out of the root and nothing else
+        entry("escape-only.desktop", Some("escape-only"));
+        std::os::unix::fs::symlink(
+            "../../../../../../../../outside.png",
+            hicolor("48x48").join("escape-only.png"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&outside, pixmaps.join("escape-only.png")).unwrap();
+        // a symlink inside the root (Debian's firefox-esr icons are such links)
+        entry("linked.desktop", Some("linked"));
+        std::fs::write(pixmaps.join("real.png"), b"png real").unwrap();
+        std::os::unix::fs::symlink(
+            "/usr/share/pixmaps/real.png",
+            hicolor("48x48").join("linked.png"),
+        )
+        .unwrap();
+        // too large at 48x48: the 32x32 one
+        entry("big.desktop", Some("big"));
+        let big = vec![0u8; usize::try_from(MAX_ICON_BYTES).unwrap() + 1];
+        std::fs::write(hicolor("48x48").join("big.png"), &big).unwrap();
+        std::fs::write(hicolor("32x32").join("big.png"), b"png big 32").unwrap();
+        entry("big-only.desktop", Some("big-only"));
+        std::fs::write(pixmaps.join("big-only.png"), &big).unwrap();
+        // absolute paths and SVGs are not looked up; no icon at all
+        entry("abs.desktop", Some(outside.to_str().unwrap()));
+        entry("rootabs.desktop", Some("/usr/share/pixmaps/pix.png"));
+        entry("svg.desktop", Some("pix.svg"));
+        entry("none.desktop", None);
+        entry("missing.desktop", Some("missing"));
+        // a desktop file that is a symlink is not an application (as in ListApplications)
+        std::os::unix::fs::symlink(apps.join("pix.desktop"), apps.join("alias.desktop")).unwrap();
+
+        let icon = |id: &str| application_icon_in(&root, "work", id);
+        assert_eq!(icon("both.desktop").unwrap(), b"png 48");
+        assert_eq!(icon("pix.desktop").unwrap(), b"png pix");
+        assert_eq!(icon("escape.desktop").unwrap(), b"png escape");
+        assert_eq!(icon("escape-only.desktop").unwrap(), b"");
+        assert_eq!(icon("linked.desktop").unwrap(), b"png real");
+        assert_eq!(icon("big.desktop").unwrap(), b"png big 32");
+        assert_eq!(icon("big-only.desktop").unwrap(), b"");
+        for id in [
+            "abs.desktop",
+            "rootabs.desktop",
+            "svg.desktop",
+            "none.desktop",
+            "missing.desktop",
+        ] {
+            assert_eq!(icon(id).unwrap(), b"", "{id}");
+        }
+        for id in ["alias.desktop", "gone.desktop"] {
+            assert!(matches!(icon(id), Err(Error::InvalidArgument(_))), "{id}");
+        }
+        assert!(matches!(
+            application_icon_in(&t.path().join("no-root"), "work", "pix.desktop"),
+            Err(Error::Io(_))
+        ));
     }
 
     #[test]
