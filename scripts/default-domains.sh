@@ -2,7 +2,9 @@
 # The domains a new Bulkhead starts with, as Qubes' first boot makes them: the service domain
 # `net` (every other domain's netvm), `work` (blue), `personal` (yellow), `untrusted` (red;
 # its disposables come from debian-12-dvm) and `vault` (black, no network at all), each with
-# a terminal (foot) in its application menu. A domain that exists is left as it is.
+# a terminal (foot) in its application menu, and the service domain `usb` when the host has
+# USB controllers (`$BULKHEAD_SYSFS/bus/usb/devices/usbN`, /sys by default), as Qubes makes
+# sys-usb. A domain that exists is left as it is.
 # Needs domaind running with the debian-12 template and the disposable template
 # debian-12-dvm (scripts/setup.sh makes both first). Prints what it made.
 set -euo pipefail
@@ -24,6 +26,14 @@ make work --template debian-12 --label blue -P netvm=net
 make personal --template debian-12 --label yellow -P netvm=net
 make untrusted --template debian-12 --label red -P netvm=net -P default_dispvm=debian-12-dvm
 make vault --template debian-12 --label black
+sysfs=${BULKHEAD_SYSFS:-/sys}
+if compgen -G "$sysfs/bus/usb/devices/usb*" >/dev/null; then
+    # A sandbox: keyboards and mice reach dom0 only from a sandbox usb domain (README, USB).
+    make usb --class service --template debian-12 --label red
+    echo "  usb holds the host's USB devices: bulkhead usb list; bulkhead usb attach BUSID DOMAIN"
+else
+    echo "  usb: not made, this host has no USB controller"
+fi
 for d in work personal untrusted vault; do
     if ! bulkhead prefs "$d" features.menu-items >/dev/null 2>&1; then
         bulkhead prefs "$d" features.menu-items foot.desktop

@@ -116,8 +116,8 @@ step "Done"
 bulkhead ls
 cat <<TEXT
 
-Made: the template debian-12, the disposable template debian-12-dvm, the net domain and
-work, personal, untrusted, vault (see above). dom0-ui starts with your next desktop session
+Made: the template debian-12, the disposable template debian-12-dvm, the net domain, the
+usb domain (where the host has USB) and work, personal, untrusted, vault (see above). dom0-ui starts with your next desktop session
 (/etc/xdg/autostart) and frames every domain's windows in its colour; the domains' terminals
 are in your menu as "[work] Foot" and so on.
 
@@ -125,5 +125,6 @@ are in your menu as "[work] Foot" and so on.
   bulkhead run -u root debian-12 -- apt-get install -y mupdf
   bulkhead shutdown debian-12                        ... and work has mupdf at its next start
   bulkhead appmenus work --list                      choose its menu entries (--set ID...)
+  bulkhead usb list; bulkhead usb attach BUSID work  a USB device for work (policy decides)
   bulkhead-manager                                   the domain manager and policy editor
 TEXT

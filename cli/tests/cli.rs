@@ -593,7 +593,8 @@ async fn application_menus_follow_their_domains() {
 
 /// The default domains of a new installation (scripts/default-domains.sh, which
 /// scripts/setup.sh runs): net, work, personal, untrusted, vault with their labels, networks
-/// and menus; a second run leaves them alone; vault has no network, work reaches net.
+/// and menus; `usb` only on a host with a USB controller; a second run leaves them alone;
+/// vault has no network, work reaches net.
 #[tokio::test(flavor = "multi_thread")]
 async fn default_domains_as_qubes_first_boot_makes_them() {
     let Some(cache) = sandbox_template_cache() else {
@@ -626,10 +627,15 @@ async fn default_domains_as_qubes_first_boot_makes_them() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let run_script = || {
+    // a sysfs without USB, then one with a controller (its root hub)
+    let no_usb = tempfile::tempdir().expect("tempdir");
+    let with_usb = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(with_usb.path().join("bus/usb/devices/usb1")).expect("usb1");
+    let run_script = |sysfs: &std::path::Path| {
         let out = Command::new("bash")
             .arg(&script)
             .env("PATH", &path)
+            .env("BULKHEAD_SYSFS", sysfs)
             .env("BULKHEAD_BUS_ADDRESS", daemon.bus_address())
             .output()
             .expect("bash runs");
@@ -640,8 +646,9 @@ async fn default_domains_as_qubes_first_boot_makes_them() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let first = run_script();
+    let first = run_script(no_usb.path());
     assert!(first.contains("net has no uplink yet"), "{first}");
+    assert!(first.contains("usb: not made"), "{first}");
     let rows: serde_json::Value = serde_json::from_str(&cli.ok(&["ls", "--json"])).expect("JSON");
     let row = |name: &str| {
         rows.as_array()
@@ -675,8 +682,11 @@ async fn default_domains_as_qubes_first_boot_makes_them() {
     );
     // Run again: nothing changes.
     cli.ok(&["prefs", "work", "label", "green"]);
-    let second = run_script();
+    let second = run_script(with_usb.path());
     assert!(second.contains("work: exists, left as it is"), "{second}");
+    assert!(second.contains("usb: created"), "{second}");
+    assert_eq!(cli.ok(&["prefs", "usb", "class"]).trim(), "service");
+    assert_eq!(cli.ok(&["prefs", "usb", "netvm"]).trim(), "");
     assert_eq!(cli.ok(&["prefs", "work", "label"]).trim(), "green");
     // work starts with net as its netvm (net started for it) and has an address from it.
     let addr = cli.ok(&[

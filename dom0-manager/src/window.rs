@@ -3,18 +3,21 @@
 //! Left: every domain with its label colour, name, class, state (text and a coloured
 //! badge), memory and CPU (`list::DomainRow`, a factory). Toolbar: start, shutdown, kill,
 //! pause, unpause, remove (`list::ActionButton`, a factory), the policy editor. Right, for
-//! the selected domain, each tab its own component: settings (`settings`), applications
-//! (launch in the domain or in a new disposable, `apps`), create (`create`), clone
+//! the selected domain, each tab its own component: settings (every property of Qubes'
+//! settings window, `settings`), applications (which are in dom0's menu; launch in the
+//! domain or in a new disposable, `apps`), firewall (`firewall`), create (`create`), clone
 //! (`clone`). Bottom: start progress and an error bar that stays until dismissed.
 //!
 //! Live (`live`): `StateChanged` and `Progress` signals update rows and the progress bar;
 //! the list is reloaded after every action and every few seconds, usage (`GetUsage`) every
-//! 2 seconds. Every widget action is also a [`ManagerMsg`], so tests and dom0-ui drive the
+//! 2 seconds, and twice in quick succession for a running domain the list shows for the
+//! first time (so its memory and CPU share are there from the start). Every widget action is also a [`ManagerMsg`], so tests and dom0-ui drive the
 //! window the way a click does.
 
 mod apps;
 mod clone;
 mod create;
+mod firewall;
 mod list;
 mod live;
 mod settings;
@@ -38,9 +41,11 @@ use crate::widgets::{Dismissed, ErrorBar, ErrorBarMsg};
 use apps::{AppsMsg, AppsPanel};
 use clone::{CloneMsg, ClonePanel};
 use create::{CreateMsg, CreatePanel};
+use firewall::{FirewallMsg, FirewallPanel};
 pub use list::DomainAction;
 use list::{reconcile, ActionButton, DomainRow, Usage};
 pub use live::ManagerCmd;
+use live::{menu_items, FirewallEdit};
 use settings::{SettingsMsg, SettingsPanel};
 
 /// What [`ManagerWindow`] is started with.
@@ -73,8 +78,8 @@ pub enum ManagerMsg {
     CloneChanged,
     /// Clone the selected domain under the name in the clone form.
     Clone,
-    /// Show the settings form with these (property, value) pairs filled in (label, netvm,
-    /// memory, vcpus, isolation, default_dispvm; "" = none), not saved yet.
+    /// Show the settings form with these (property, value) pairs filled in (the fields of
+    /// `settings::FIELDS`; "" = none; `features` as `key=value` lines), not saved yet.
     SetSettings(Vec<(String, String)>),
     /// Save the settings form of the selected domain (changed values only).
     ApplySettings,
@@ -85,6 +90,21 @@ pub enum ManagerMsg {
         desktop_id: String,
         disposable: bool,
     },
+    /// Put `desktop_id` into the domain's menu (`features.menu-items`) or take it out.
+    SetMenuItem {
+        domain: String,
+        desktop_id: String,
+        in_menu: bool,
+    },
+    /// Add a firewall rule at the end of the domain's rules.
+    FirewallAdd { domain: String, rule: String },
+    /// Delete the domain's firewall rule `index` (0-based, as listed).
+    FirewallDelete { domain: String, index: usize },
+    /// Remove every firewall rule of the domain (back to the default: everything but other
+    /// domains allowed); asks first.
+    FirewallReset(String),
+    /// The user confirmed the firewall reset of this domain.
+    FirewallResetConfirmed(String),
     /// Hide the error bar.
     DismissError,
     /// Open (or raise) the policy editor.
@@ -100,14 +120,16 @@ pub enum ManagerMsg {
 pub enum ManagerTab {
     Settings,
     Applications,
+    Firewall,
     Create,
     Clone,
 }
 
 impl ManagerTab {
-    const ALL: [ManagerTab; 4] = [
+    const ALL: [ManagerTab; 5] = [
         ManagerTab::Settings,
         ManagerTab::Applications,
+        ManagerTab::Firewall,
         ManagerTab::Create,
         ManagerTab::Clone,
     ];
@@ -116,8 +138,9 @@ impl ManagerTab {
         match self {
             ManagerTab::Settings => 0,
             ManagerTab::Applications => 1,
-            ManagerTab::Create => 2,
-            ManagerTab::Clone => 3,
+            ManagerTab::Firewall => 2,
+            ManagerTab::Create => 3,
+            ManagerTab::Clone => 4,
         }
     }
 
@@ -149,6 +172,8 @@ pub(crate) enum Event {
         domain: String,
         changes: Vec<(String, String)>,
     },
+    /// The settings form now shows these (field, value) pairs of the domain.
+    SettingsShown(String, Vec<(String, String)>),
 }
 
 impl From<Event> for ManagerMsg {
@@ -177,10 +202,17 @@ pub enum ManagerOutput {
     Progress(String, String, u32, u32),
     /// The applications tab lists these desktop ids of the domain.
     Applications(String, Vec<String>),
-    /// The settings form shows the domain's current settings.
-    SettingsLoaded(String),
+    /// The settings form shows the domain's current settings: (field, value) as the form
+    /// shows them (`settings::FIELDS`).
+    SettingsLoaded(String, Vec<(String, String)>),
+    /// The firewall tab shows these rules of the domain.
+    Firewall(String, Vec<String>),
+    /// The list shows this domain's memory (bytes) and, when known, its CPU share (whole %).
+    Usage(String, u64, Option<u32>),
     /// Asked whether to remove this domain; the text says what would be lost.
     ConfirmRemove(String, String),
+    /// Asked whether to reset this domain's firewall.
+    ConfirmFirewallReset(String),
 }
 
 /// The start progress shown at the bottom.
@@ -207,6 +239,7 @@ pub struct ManagerWindow {
     actions: FactoryVecDeque<ActionButton>,
     settings: Controller<SettingsPanel>,
     apps: Controller<AppsPanel>,
+    firewall: Controller<FirewallPanel>,
     create: Controller<CreatePanel>,
     clone: Controller<ClonePanel>,
     errors: Controller<ErrorBar>,
@@ -270,7 +303,8 @@ impl ManagerWindow {
             usage.get(n).copied().unwrap_or_default()
         });
         let names = self.names();
-        self.settings.emit(SettingsMsg::Names(names.clone()));
+        self.settings
+            .emit(SettingsMsg::Domains(self.domains.clone()));
         self.clone.emit(CloneMsg::Existing(names));
         self.create.emit(CreateMsg::Domains(self.domains.clone()));
         self.sync_actions();
@@ -321,6 +355,10 @@ impl Component for ManagerWindow {
                 gtk::Paned {
                     set_orientation: gtk::Orientation::Horizontal,
                     set_vexpand: true,
+                    // the list keeps its width: the tabs get what is left
+                    set_shrink_start_child: false,
+                    set_resize_start_child: false,
+                    set_shrink_end_child: false,
 
                     #[wrap(Some)]
                     set_start_child = &gtk::ScrolledWindow {
@@ -344,6 +382,7 @@ impl Component for ManagerWindow {
                     set_end_child = &gtk::Notebook {
                         append_page: (&**model.settings.widget(), Some(&gtk::Label::new(Some("Settings")))),
                         append_page: (model.apps.widget(), Some(&gtk::Label::new(Some("Applications")))),
+                        append_page: (model.firewall.widget(), Some(&gtk::Label::new(Some("Firewall")))),
                         append_page: (&**model.create.widget(), Some(&gtk::Label::new(Some("Create")))),
                         append_page: (&**model.clone.widget(), Some(&gtk::Label::new(Some("Clone")))),
                         #[watch]
@@ -398,6 +437,7 @@ impl Component for ManagerWindow {
             actions,
             settings: SettingsPanel::builder().launch(()).forward(input, |m| m),
             apps: AppsPanel::builder().launch(()).forward(input, |m| m),
+            firewall: FirewallPanel::builder().launch(()).forward(input, |m| m),
             create: CreatePanel::builder().launch(()).forward(input, |m| m),
             clone: ClonePanel::builder().launch(()).forward(input, |m| m),
             errors: ErrorBar::builder()
@@ -419,8 +459,14 @@ impl Component for ManagerWindow {
             ManagerMsg::Select(name) => {
                 self.selected = name;
                 self.props.clear();
-                self.settings
-                    .emit(SettingsMsg::Domain(self.selected.clone()));
+                let info = self
+                    .selected
+                    .as_ref()
+                    .and_then(|n| self.domains.iter().find(|d| &d.name == n))
+                    .cloned();
+                self.settings.emit(SettingsMsg::Domain(info));
+                self.firewall
+                    .emit(FirewallMsg::Domain(self.selected.clone()));
                 self.clone.emit(CloneMsg::Source(self.selected.clone()));
                 self.sync_actions();
                 self.load_selected(&sender);
@@ -457,6 +503,24 @@ impl Component for ManagerWindow {
                 desktop_id,
                 disposable,
             } => self.launch(domain, desktop_id, disposable, &sender),
+            ManagerMsg::SetMenuItem {
+                domain,
+                desktop_id,
+                in_menu,
+            } => self.set_menu_item(domain, desktop_id, in_menu, &sender),
+            ManagerMsg::FirewallAdd { domain, rule } => {
+                self.firewall_edit(&sender, domain, FirewallEdit::Add(rule))
+            }
+            ManagerMsg::FirewallDelete { domain, index } => {
+                self.firewall_edit(&sender, domain, FirewallEdit::Delete(index))
+            }
+            ManagerMsg::FirewallReset(domain) => self.confirm_firewall_reset(domain, &sender, root),
+            ManagerMsg::FirewallResetConfirmed(domain) => {
+                if let Some(q) = self.question.take() {
+                    q.close();
+                }
+                self.firewall_edit(&sender, domain, FirewallEdit::Reset)
+            }
             ManagerMsg::DismissError => self.errors.emit(ErrorBarMsg::Hide),
             ManagerMsg::ShowTab(t) => self.tab = t,
             ManagerMsg::OpenPolicyEditor => match &self.policy {
@@ -501,16 +565,18 @@ impl Component for ManagerWindow {
                         if !self.domains.iter().any(|d| &d.name == s) {
                             self.selected = None;
                             self.settings.emit(SettingsMsg::Domain(None));
+                            self.firewall.emit(FirewallMsg::Domain(None));
                             self.clone.emit(CloneMsg::Source(None));
                         }
                     }
                     self.list_changed(&sender);
+                    self.poll_new_usage(&sender);
                 }
             }
             ManagerCmd::Domains(Err(e)) => self.show_error(&sender, e),
             ManagerCmd::ListTick => self.refresh(&sender),
             ManagerCmd::UsageTick => self.poll_usage(&sender),
-            ManagerCmd::Usage(v) => self.usage(v),
+            ManagerCmd::Usage(v) => self.usage(v, &sender),
             ManagerCmd::StateChanged(name, state) => self.state_changed(name, state, &sender),
             ManagerCmd::Progress(name, step, done, total) => {
                 self.progress(name, step, done, total, &sender)
@@ -522,11 +588,21 @@ impl Component for ManagerWindow {
                 match r {
                     Ok(p) => {
                         self.props = p.clone();
-                        self.settings.emit(SettingsMsg::Loaded(p));
-                        let _ = sender.output(ManagerOutput::SettingsLoaded(name));
+                        self.apps
+                            .emit(AppsMsg::Chosen(name.clone(), menu_items(&self.props)));
+                        self.settings.emit(SettingsMsg::Loaded(name, p));
                     }
                     Err(e) => self.show_error(&sender, e),
                 }
+            }
+            ManagerCmd::Firewall(name, r) => {
+                if self.selected.as_deref() != Some(name.as_str()) {
+                    return;
+                }
+                if let Ok(rules) = &r {
+                    let _ = sender.output(ManagerOutput::Firewall(name.clone(), rules.clone()));
+                }
+                self.firewall.emit(FirewallMsg::Rules(name, r));
             }
             ManagerCmd::Apps(name, r) => {
                 if self.selected.as_deref() != Some(name.as_str()) {

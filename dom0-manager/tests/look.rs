@@ -7,7 +7,8 @@
 //! their outputs. Screenshots go to the artefacts dir (`target/test-artifacts/` or
 //! `$BULKHEAD_TEST_ARTIFACTS`): manager-domains.png, manager-running.png,
 //! manager-running-usage.png, manager-applications.png,
-//! manager-settings.png, manager-create-invalid.png, manager-created.png, manager-error.png,
+//! manager-settings-loaded.png, manager-settings.png, manager-firewall.png,
+//! manager-create-invalid.png, manager-created.png, manager-error.png,
 //! policy-errors.png,
 //! policy-refused.png, policy-saved.png, policy-simple.png.
 //!
@@ -216,8 +217,17 @@ fn main() {
             .find(|d| d.name == "personal")
             .map(|d| d.state);
         assert_eq!(state.as_deref(), Some("running"));
-        // let the usage poll show memory once, for the screenshot
-        pump_gtk_until(Duration::from_secs(3), || false);
+        // its row shows memory and CPU share from the first usage it shows on
+        let first = wait_output(
+            &out,
+            "usage of personal",
+            |o| matches!(o, ManagerOutput::Usage(n, _, _) if n == "personal"),
+        );
+        assert!(
+            matches!(first, ManagerOutput::Usage(_, mem, Some(_)) if mem > 0),
+            "the first usage shown lacks memory or CPU: {first:?}"
+        );
+        pump_gtk_until(Duration::from_millis(300), || false);
         if let Ok(img) = dom0_manager::testing::screenshot(&display) {
             let _ = save_artifact("manager-running-usage", &img);
         }
@@ -259,18 +269,57 @@ fn main() {
         println!("not tested: starting a domain (no template cache)");
     }
 
-    // ---- settings: a new label and memory are saved and shown -------------------------------
+    // ---- settings: the form shows the domain's own values; changes are saved --------------
+    rt.block_on(async {
+        for (k, v) in [
+            ("memory", "700"),
+            ("vcpus", "3"),
+            ("private_size", "3072"),
+            ("autostart", "true"),
+            ("features.gui-scale", "2"),
+            ("features.menu-items", "foot.desktop"),
+        ] {
+            proxy.set_property("vault", k, v).await.expect(k);
+        }
+    });
     out.borrow_mut().clear();
+    // another domain first: its form must not be what vault shows
+    mgr.emit(ManagerMsg::Select(Some("personal".into())));
     mgr.emit(ManagerMsg::Select(Some("vault".into())));
-    // the form is filled from domaind's answer first; then our values go in
-    wait_output(
+    let shown = wait_output(
         &out,
         "settings of vault",
-        |o| matches!(o, ManagerOutput::SettingsLoaded(n) if n == "vault"),
+        |o| matches!(o, ManagerOutput::SettingsLoaded(n, _) if n == "vault"),
     );
+    let ManagerOutput::SettingsLoaded(_, fields) = shown else {
+        unreachable!()
+    };
+    let field = |k: &str| {
+        fields
+            .iter()
+            .find(|(f, _)| f == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no field {k} in {fields:?}"))
+    };
+    let vault = rt.block_on(proxy.get_properties("vault")).expect("vault");
+    for (k, v) in fields.iter().filter(|(k, _)| k != "features") {
+        assert_eq!(Some(v), vault.get(k), "the form's {k} is not vault's");
+    }
+    // features as lines; the menu's feature is the applications tab's
+    assert_eq!(field("features"), "gui-scale=2\n");
+    pump_gtk_until(Duration::from_millis(300), || false);
+    if let Ok(img) = dom0_manager::testing::screenshot(&display) {
+        let _ = save_artifact("manager-settings-loaded", &img);
+    }
     mgr.emit(ManagerMsg::SetSettings(vec![
         ("label".into(), "green".into()),
         ("memory".into(), "600".into()),
+        ("autostart".into(), "false".into()),
+        ("private_size".into(), "4096".into()),
+        (
+            "features".into(),
+            "gui-scale=3\nkeyboard-layout=de\n".into(),
+        ),
     ]));
     mgr.emit(ManagerMsg::ApplySettings);
     wait_output(
@@ -279,10 +328,158 @@ fn main() {
         |o| matches!(o, ManagerOutput::Done(w) if w.starts_with("set ") && w.ends_with("of vault")),
     );
     let vault = rt.block_on(proxy.get_properties("vault")).expect("vault");
+    let got: Vec<&str> = [
+        "label",
+        "memory",
+        "autostart",
+        "private_size",
+        "features.gui-scale",
+        "features.keyboard-layout",
+        "features.menu-items",
+    ]
+    .iter()
+    .map(|k| vault.get(*k).map(String::as_str).unwrap_or("(unset)"))
+    .collect();
     assert_eq!(
-        (vault["label"].as_str(), vault["memory"].as_str()),
-        ("green", "600")
+        got,
+        ["green", "600", "false", "4096", "3", "de", "foot.desktop"]
     );
+    // a feature line that is not key=value is refused, nothing saved
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::SetSettings(vec![(
+        "features".into(),
+        "gui-scale".into(),
+    )]));
+    mgr.emit(ManagerMsg::ApplySettings);
+    let e = wait_output(&out, "bad feature line", |o| {
+        matches!(o, ManagerOutput::Error(_))
+    });
+    assert!(format!("{e:?}").contains("not key=value"), "{e:?}");
+    mgr.emit(ManagerMsg::DismissError);
+    // selected again: the form shows what is saved
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::Select(Some("vault".into())));
+    wait_output(
+        &out,
+        "vault selected again",
+        |o| matches!(o, ManagerOutput::SettingsLoaded(n, _) if n == "vault"),
+    );
+
+    // ---- the menu: an application is taken out of vault's menu and put back -------------
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::SetMenuItem {
+        domain: "vault".into(),
+        desktop_id: "foot.desktop".into(),
+        in_menu: false,
+    });
+    wait_output(
+        &out,
+        "menu changed",
+        |o| matches!(o, ManagerOutput::Done(w) if w.contains("out of the menu of vault")),
+    );
+    let menu = |p: &std::collections::HashMap<String, String>| {
+        p.get("features.menu-items").cloned().unwrap_or_default()
+    };
+    assert_eq!(
+        menu(&rt.block_on(proxy.get_properties("vault")).expect("vault")),
+        ""
+    );
+    wait_output(
+        &out,
+        "vault reloaded",
+        |o| matches!(o, ManagerOutput::SettingsLoaded(n, _) if n == "vault"),
+    );
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::SetMenuItem {
+        domain: "vault".into(),
+        desktop_id: "org.gnome.Calculator.desktop".into(),
+        in_menu: true,
+    });
+    wait_output(
+        &out,
+        "menu changed",
+        |o| matches!(o, ManagerOutput::Done(w) if w.contains("into the menu of vault")),
+    );
+    assert_eq!(
+        menu(&rt.block_on(proxy.get_properties("vault")).expect("vault")),
+        "org.gnome.Calculator.desktop"
+    );
+
+    // ---- the firewall tab: a rule added, a bad one refused, deleted again ----------------
+    mgr.emit(ManagerMsg::ShowTab(ManagerTab::Firewall));
+    out.borrow_mut().clear();
+    let rule = "action=accept dsthost=deb.debian.org proto=tcp dstports=443";
+    mgr.emit(ManagerMsg::FirewallAdd {
+        domain: "vault".into(),
+        rule: rule.into(),
+    });
+    let shown = wait_output(
+        &out,
+        "vault's rule shown",
+        |o| matches!(o, ManagerOutput::Firewall(n, r) if n == "vault" && r.len() == 1),
+    );
+    assert!(
+        format!("{shown:?}").contains("dsthost=deb.debian.org"),
+        "{shown:?}"
+    );
+    assert_eq!(
+        rt.block_on(proxy.firewall_list("vault"))
+            .expect("rules")
+            .len(),
+        1
+    );
+    pump_gtk_until(Duration::from_millis(300), || false);
+    if let Ok(img) = dom0_manager::testing::screenshot(&display) {
+        let _ = save_artifact("manager-firewall", &img);
+    }
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::FirewallAdd {
+        domain: "vault".into(),
+        rule: "action=maybe".into(),
+    });
+    let e = wait_output(&out, "bad rule refused", |o| {
+        matches!(o, ManagerOutput::Error(_))
+    });
+    assert!(format!("{e:?}").contains("action=maybe"), "{e:?}");
+    mgr.emit(ManagerMsg::DismissError);
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::FirewallDelete {
+        domain: "vault".into(),
+        index: 0,
+    });
+    wait_output(
+        &out,
+        "vault's rules empty",
+        |o| matches!(o, ManagerOutput::Firewall(n, r) if n == "vault" && r.is_empty()),
+    );
+    // Reset asks first; the rules stay until the user says so
+    rt.block_on(proxy.firewall_add("vault", "action=drop", -1))
+        .expect("rule");
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::FirewallReset("vault".into()));
+    wait_output(
+        &out,
+        "the reset question",
+        |o| matches!(o, ManagerOutput::ConfirmFirewallReset(n) if n == "vault"),
+    );
+    assert_eq!(
+        rt.block_on(proxy.firewall_list("vault"))
+            .expect("rules")
+            .len(),
+        1,
+        "reset before the user answered"
+    );
+    mgr.emit(ManagerMsg::FirewallResetConfirmed("vault".into()));
+    wait_output(
+        &out,
+        "reset done",
+        |o| matches!(o, ManagerOutput::Done(w) if w == "reset the firewall of vault"),
+    );
+    assert!(rt
+        .block_on(proxy.firewall_list("vault"))
+        .expect("rules")
+        .is_empty());
+    mgr.emit(ManagerMsg::ShowTab(ManagerTab::Settings));
     expect_screen(&display, "manager-settings", WAIT, |img| {
         row_state(img, Label::Green, "halted")
             && find_block(img, Label::Purple.color_rgb(), SWATCH, SWATCH, 2).is_none()
@@ -349,7 +546,7 @@ fn main() {
     wait_output(
         &out,
         "mail2's settings",
-        |o| matches!(o, ManagerOutput::SettingsLoaded(n) if n == "mail2"),
+        |o| matches!(o, ManagerOutput::SettingsLoaded(n, _) if n == "mail2"),
     );
     // the red of a destructive button (the list's red labels are red too: counted before)
     let red = |img: &RgbaImage| {

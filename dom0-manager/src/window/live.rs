@@ -16,16 +16,41 @@ use crate::client::{describe, proxy};
 const USAGE_PERIOD: Duration = Duration::from_secs(2);
 /// How often the list is reloaded without a signal (create/remove by others).
 const LIST_PERIOD: Duration = Duration::from_secs(5);
+/// Between the two first samples of a domain the list shows for the first time (its CPU
+/// share is the difference).
+const FIRST_CPU_WINDOW: Duration = Duration::from_millis(250);
+
+/// The desktop ids in a domain's menu, from its properties (`features.menu-items`).
+pub(super) fn menu_items(props: &HashMap<String, String>) -> Vec<String> {
+    props
+        .get(&format!(
+            "{}{}",
+            bulkhead_domain::FEATURE_PREFIX,
+            super::settings::MENU_FEATURE
+        ))
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// A change of a domain's firewall rules.
+#[derive(Debug)]
+pub(super) enum FirewallEdit {
+    Add(String),
+    Delete(usize),
+    Reset,
+}
 
 /// Results of background D-Bus work.
 #[derive(Debug)]
 pub enum ManagerCmd {
     Domains(Result<Vec<DomainInfo>, String>),
-    Usage(Vec<(String, u64, u64)>),
+    /// (domain, memory, CPU time, when it was read)
+    Usage(Vec<(String, u64, u64, Instant)>),
     StateChanged(String, String),
     Progress(String, String, u32, u32),
     Props(String, Result<HashMap<String, String>, String>),
     Apps(String, Result<Vec<(String, String, String)>, String>),
+    Firewall(String, Result<Vec<String>, String>),
     Done(String, Result<(), String>),
     /// The signal subscription failed (shown as an error).
     SignalsLost(String),
@@ -109,9 +134,83 @@ impl ManagerWindow {
             ManagerCmd::Props(n, r.map_err(|e| describe(&e)))
         });
         let conn = self.conn.clone();
+        let n = name.clone();
         sender.oneshot_command(async move {
-            let r = async { proxy(&conn).await?.list_applications(&name).await }.await;
-            ManagerCmd::Apps(name, r.map_err(|e| describe(&e)))
+            let r = async { proxy(&conn).await?.list_applications(&n).await }.await;
+            ManagerCmd::Apps(n, r.map_err(|e| describe(&e)))
+        });
+        let conn = self.conn.clone();
+        sender.oneshot_command(async move {
+            let r = async { proxy(&conn).await?.firewall_list(&name).await }.await;
+            ManagerCmd::Firewall(name, r.map_err(|e| describe(&e)))
+        });
+    }
+
+    /// Put `desktop_id` into `domain`'s menu or take it out (its `features.menu-items`,
+    /// from the properties last loaded; dom0-ui's menu follows at its next sync).
+    pub(super) fn set_menu_item(
+        &mut self,
+        domain: String,
+        desktop_id: String,
+        in_menu: bool,
+        sender: &ComponentSender<Self>,
+    ) {
+        if self.selected.as_deref() != Some(domain.as_str()) || self.props.is_empty() {
+            self.show_error(
+                sender,
+                format!("the menu of {domain} is not loaded yet; nothing changed"),
+            );
+            return;
+        }
+        let mut ids = menu_items(&self.props);
+        ids.retain(|i| i != &desktop_id);
+        if in_menu {
+            ids.push(desktop_id.clone());
+        }
+        let key = format!(
+            "{}{}",
+            bulkhead_domain::FEATURE_PREFIX,
+            super::settings::MENU_FEATURE
+        );
+        // what the next toggle builds on, before domaind's answer reloads it
+        self.props.insert(key.clone(), ids.join(" "));
+        let conn = self.conn.clone();
+        let what = format!(
+            "{} {desktop_id} {} the menu of {domain}",
+            if in_menu { "put" } else { "take" },
+            if in_menu { "into" } else { "out of" }
+        );
+        self.run(sender, what, async move {
+            proxy(&conn)
+                .await?
+                .set_property(&domain, &key, &ids.join(" "))
+                .await
+        });
+    }
+
+    /// Change `domain`'s firewall rules (domaind checks the rule; its answer is shown).
+    pub(super) fn firewall_edit(
+        &self,
+        sender: &ComponentSender<Self>,
+        domain: String,
+        edit: FirewallEdit,
+    ) {
+        let conn = self.conn.clone();
+        let what = match &edit {
+            FirewallEdit::Add(r) => format!("add firewall rule '{r}' to {domain}"),
+            FirewallEdit::Delete(i) => format!("delete firewall rule {i} of {domain}"),
+            FirewallEdit::Reset => format!("reset the firewall of {domain}"),
+        };
+        self.run(sender, what, async move {
+            let p = proxy(&conn).await?;
+            match edit {
+                FirewallEdit::Add(rule) => p.firewall_add(&domain, &rule, -1).await,
+                FirewallEdit::Delete(i) => {
+                    let i = u32::try_from(i).unwrap_or(u32::MAX);
+                    p.firewall_del(&domain, i).await
+                }
+                FirewallEdit::Reset => p.firewall_reset(&domain).await,
+            }
         });
     }
 
@@ -177,6 +276,31 @@ impl ManagerWindow {
         }
     }
 
+    /// Asks before removing every firewall rule of `domain` (that opens its network to
+    /// everything but other domains); Reset sends [`ManagerMsg::FirewallResetConfirmed`].
+    pub(super) fn confirm_firewall_reset(
+        &mut self,
+        domain: String,
+        sender: &ComponentSender<Self>,
+        root: &gtk4::Window,
+    ) {
+        let _ = sender.output(ManagerOutput::ConfirmFirewallReset(domain.clone()));
+        let input = sender.input_sender().clone();
+        let dialog = crate::widgets::confirm_destructive(
+            Some(root),
+            &format!("Reset the firewall of {domain}?"),
+            &format!(
+                "Every rule of {domain} goes: it may then reach every address its net domain \
+                 reaches (other domains stay closed)."
+            ),
+            "Reset",
+            move || input.emit(ManagerMsg::FirewallResetConfirmed(domain.clone())),
+        );
+        if let Some(old) = self.question.replace(dialog) {
+            gtk4::prelude::GtkWindowExt::close(&old);
+        }
+    }
+
     pub(super) fn launch(
         &self,
         domain: String,
@@ -234,23 +358,63 @@ impl ManagerWindow {
                     Ok(())
                 });
             }
+            Event::SettingsShown(name, values) => {
+                if self.selected.as_deref() == Some(name.as_str()) {
+                    let _ = sender.output(ManagerOutput::SettingsLoaded(name, values));
+                }
+            }
         }
     }
 
-    pub(super) fn poll_usage(&self, sender: &ComponentSender<Self>) {
-        let conn = self.conn.clone();
-        let running: Vec<String> = self
-            .domains
+    /// Names of the domains that run (usage is polled for these).
+    fn running(&self) -> impl Iterator<Item = &str> {
+        self.domains
             .iter()
             .filter(|d| matches!(d.state.as_str(), "running" | "paused" | "starting"))
-            .map(|d| d.name.clone())
+            .map(|d| d.name.as_str())
+    }
+
+    /// One sample of each running domain with usage, two of those without
+    /// ([`ManagerWindow::poll_new_usage`]).
+    pub(super) fn poll_usage(&self, sender: &ComponentSender<Self>) {
+        let known: Vec<String> = self
+            .running()
+            .filter(|n| self.usage.contains_key(*n))
+            .map(str::to_owned)
             .collect();
+        if !known.is_empty() {
+            self.sample_usage(sender, known, 1);
+        }
+        self.poll_new_usage(sender);
+    }
+
+    /// Usage of the running domains that have none yet, sampled twice [`FIRST_CPU_WINDOW`]
+    /// apart: their rows show memory and CPU share without waiting for the next polls.
+    pub(super) fn poll_new_usage(&self, sender: &ComponentSender<Self>) {
+        let new: Vec<String> = self
+            .running()
+            .filter(|n| !self.usage.contains_key(*n))
+            .map(str::to_owned)
+            .collect();
+        if !new.is_empty() {
+            self.sample_usage(sender, new, 2);
+        }
+    }
+
+    /// `GetUsage` of `names`, `rounds` times [`FIRST_CPU_WINDOW`] apart, as one result.
+    fn sample_usage(&self, sender: &ComponentSender<Self>, names: Vec<String>, rounds: u32) {
+        let conn = self.conn.clone();
         sender.oneshot_command(async move {
             let mut out = Vec::new();
             if let Ok(p) = proxy(&conn).await {
-                for n in running {
-                    if let Ok((mem, cpu)) = p.get_usage(&n).await {
-                        out.push((n, mem, cpu));
+                for round in 0..rounds {
+                    if round > 0 {
+                        tokio::time::sleep(FIRST_CPU_WINDOW).await;
+                    }
+                    for n in &names {
+                        if let Ok((mem, cpu)) = p.get_usage(n).await {
+                            out.push((n.clone(), mem, cpu, Instant::now()));
+                        }
                     }
                 }
             }
@@ -258,13 +422,26 @@ impl ManagerWindow {
         });
     }
 
-    pub(super) fn usage(&mut self, v: Vec<(String, u64, u64)>) {
-        let now = Instant::now();
-        for (name, mem, cpu) in v {
+    pub(super) fn usage(
+        &mut self,
+        v: Vec<(String, u64, u64, Instant)>,
+        sender: &ComponentSender<Self>,
+    ) {
+        let mut shown = Vec::new();
+        for (name, mem, cpu, at) in v {
             let u = self.usage.entry(name.clone()).or_default();
-            u.sample(mem, cpu, now);
+            u.sample(mem, cpu, at);
             let u = *u;
             self.with_row(&name, |r| r.usage = u);
+            shown.retain(|(n, _): &(String, Usage)| n != &name);
+            shown.push((name, u));
+        }
+        for (name, u) in shown {
+            let _ = sender.output(ManagerOutput::Usage(
+                name,
+                u.mem,
+                u.cpu_percent.map(|p| p.round() as u32),
+            ));
         }
     }
 
@@ -285,6 +462,9 @@ impl ManagerWindow {
         if state == "halted" {
             self.usage.remove(&name);
             self.with_row(&name, |r| r.usage = Usage::default());
+        }
+        if state == "running" {
+            self.poll_new_usage(sender);
         }
         self.sync_actions();
         self.shown(sender);
