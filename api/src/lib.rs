@@ -389,6 +389,12 @@ pub trait Domaind1 {
     /// `FirewallDel(domain s, index u)`: remove rule `index` (0-based, as listed).
     fn firewall_del(&self, domain: &str, index: u32) -> Result<(), Error>;
 
+    /// `FirewallDelRule(domain s, rule s)`: remove the first rule whose text (as
+    /// `FirewallList` gives it) is `rule`: a client that shows the rules deletes the one the
+    /// user saw even when the list changed meanwhile (a rule expired, another client edited
+    /// it). `InvalidProperty` when no rule has that text (nothing removed).
+    fn firewall_del_rule(&self, domain: &str, rule: &str) -> Result<(), Error>;
+
     /// `FirewallReset(domain s)`: remove every rule (back to the default).
     fn firewall_reset(&self, domain: &str) -> Result<(), Error>;
     /// `ListPolicyFiles() -> a(ss)`: (file name, full path) of every policy file in

@@ -53,6 +53,16 @@ impl Choice {
         self.select(if text.is_empty() { NONE_ENTRY } else { text });
     }
 
+    /// Show `text` ([`NONE_ENTRY`] for ""), offering it first when it is not among the
+    /// items: a form shows what is saved, never what an earlier selection left.
+    pub fn show(&self, text: &str) {
+        let text = if text.is_empty() { NONE_ENTRY } else { text };
+        if self.position(text).is_none() {
+            self.items.append(text);
+        }
+        self.select(text);
+    }
+
     pub fn position(&self, text: &str) -> Option<u32> {
         (0..self.items.n_items()).find(|&i| self.items.string(i).is_some_and(|s| s == text))
     }
@@ -65,12 +75,17 @@ impl Choice {
         self.len() == 0
     }
 
-    /// Offer `items` instead, keeping the selected text where it is still offered.
+    /// Offer `items` instead; the selected text stays selected (offered as well when it is
+    /// not among `items`).
     pub fn set_items(&self, items: &[String]) {
         let keep = self.text();
         let refs: Vec<&str> = items.iter().map(String::as_str).collect();
         self.items.splice(0, self.items.n_items(), &refs);
-        self.select(&keep);
+        if keep.is_empty() {
+            self.selected.set(0);
+        } else {
+            self.show(&keep);
+        }
     }
 }
 

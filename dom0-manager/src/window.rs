@@ -98,8 +98,8 @@ pub enum ManagerMsg {
     },
     /// Add a firewall rule at the end of the domain's rules.
     FirewallAdd { domain: String, rule: String },
-    /// Delete the domain's firewall rule `index` (0-based, as listed).
-    FirewallDelete { domain: String, index: usize },
+    /// Delete the domain's firewall rule with this text (as listed).
+    FirewallDelete { domain: String, rule: String },
     /// Remove every firewall rule of the domain (back to the default: everything but other
     /// domains allowed); asks first.
     FirewallReset(String),
@@ -231,6 +231,11 @@ pub struct ManagerWindow {
     usage: HashMap<String, Usage>,
     /// The selected domain's settings as domaind last said.
     props: HashMap<String, String>,
+    /// Writes of the menu choice not answered yet: meanwhile a reload of the properties
+    /// keeps the menu choice shown (domaind may not have it yet).
+    menu_writes: u32,
+    /// Menu writes take their turn here.
+    menu_order: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The open "Remove?" question (closed when the answer comes, whichever way).
     question: Option<gtk::MessageDialog>,
     tab: ManagerTab,
@@ -428,6 +433,8 @@ impl Component for ManagerWindow {
             selected: None,
             usage: HashMap::new(),
             props: HashMap::new(),
+            menu_writes: 0,
+            menu_order: Default::default(),
             question: None,
             tab: ManagerTab::Settings,
             progress: Progress::default(),
@@ -511,8 +518,8 @@ impl Component for ManagerWindow {
             ManagerMsg::FirewallAdd { domain, rule } => {
                 self.firewall_edit(&sender, domain, FirewallEdit::Add(rule))
             }
-            ManagerMsg::FirewallDelete { domain, index } => {
-                self.firewall_edit(&sender, domain, FirewallEdit::Delete(index))
+            ManagerMsg::FirewallDelete { domain, rule } => {
+                self.firewall_edit(&sender, domain, FirewallEdit::Delete(rule))
             }
             ManagerMsg::FirewallReset(domain) => self.confirm_firewall_reset(domain, &sender, root),
             ManagerMsg::FirewallResetConfirmed(domain) => {
@@ -586,7 +593,14 @@ impl Component for ManagerWindow {
                     return;
                 }
                 match r {
-                    Ok(p) => {
+                    Ok(mut p) => {
+                        if self.menu_writes > 0 {
+                            let key = settings::menu_key();
+                            match self.props.get(&key) {
+                                Some(v) => p.insert(key, v.clone()),
+                                None => p.remove(&key),
+                            };
+                        }
                         self.props = p.clone();
                         self.apps
                             .emit(AppsMsg::Chosen(name.clone(), menu_items(&self.props)));
@@ -620,6 +634,19 @@ impl Component for ManagerWindow {
                     }
                 };
                 let _ = sender.output(ManagerOutput::Applications(name, ids));
+            }
+            ManagerCmd::MenuWritten(what, r) => {
+                self.menu_writes = self.menu_writes.saturating_sub(1);
+                match r {
+                    Ok(()) => {
+                        let _ = sender.output(ManagerOutput::Done(what));
+                    }
+                    Err(e) => self.show_error(&sender, format!("{what}: {e}")),
+                }
+                // the last answer: what domaind holds is shown again
+                if self.menu_writes == 0 {
+                    self.load_selected(&sender);
+                }
             }
             ManagerCmd::Done(what, r) => {
                 if what.starts_with("start ") {

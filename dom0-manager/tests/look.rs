@@ -278,6 +278,9 @@ fn main() {
             ("autostart", "true"),
             ("features.gui-scale", "2"),
             ("features.menu-items", "foot.desktop"),
+            // a template as the default disposable: domaind accepts it, the form's list of
+            // disposable templates does not offer it, and the form must still show it
+            ("default_dispvm", "debian-12"),
         ] {
             proxy.set_property("vault", k, v).await.expect(k);
         }
@@ -404,6 +407,33 @@ fn main() {
         menu(&rt.block_on(proxy.get_properties("vault")).expect("vault")),
         "org.gnome.Calculator.desktop"
     );
+    // toggles in quick succession: none is lost to another's write or to a reload
+    out.borrow_mut().clear();
+    for id in ["foot.desktop", "footclient.desktop", "foot-server.desktop"] {
+        mgr.emit(ManagerMsg::SetMenuItem {
+            domain: "vault".into(),
+            desktop_id: id.into(),
+            in_menu: true,
+        });
+    }
+    mgr.emit(ManagerMsg::SetMenuItem {
+        domain: "vault".into(),
+        desktop_id: "footclient.desktop".into(),
+        in_menu: false,
+    });
+    pump_gtk_until(WAIT, || {
+        out.borrow()
+            .iter()
+            .filter(|o| matches!(o, ManagerOutput::Done(w) if w.contains("menu of vault")))
+            .count()
+            == 4
+    });
+    assert_eq!(
+        menu(&rt.block_on(proxy.get_properties("vault")).expect("vault")),
+        "org.gnome.Calculator.desktop foot.desktop foot-server.desktop",
+        "{:?}",
+        out.borrow()
+    );
 
     // ---- the firewall tab: a rule added, a bad one refused, deleted again ----------------
     mgr.emit(ManagerMsg::ShowTab(ManagerTab::Firewall));
@@ -443,9 +473,23 @@ fn main() {
     assert!(format!("{e:?}").contains("action=maybe"), "{e:?}");
     mgr.emit(ManagerMsg::DismissError);
     out.borrow_mut().clear();
+    // a rule that is gone meanwhile (another client, an expiry) is not what goes
     mgr.emit(ManagerMsg::FirewallDelete {
         domain: "vault".into(),
-        index: 0,
+        rule: "action=accept dsthost=example.org".into(),
+    });
+    let e = wait_output(&out, "stale delete refused", |o| {
+        matches!(o, ManagerOutput::Error(_))
+    });
+    assert!(format!("{e:?}").contains("no firewall rule"), "{e:?}");
+    mgr.emit(ManagerMsg::DismissError);
+    let ManagerOutput::Firewall(_, listed) = shown else {
+        unreachable!()
+    };
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::FirewallDelete {
+        domain: "vault".into(),
+        rule: listed[0].clone(),
     });
     wait_output(
         &out,
@@ -479,6 +523,41 @@ fn main() {
         .block_on(proxy.firewall_list("vault"))
         .expect("rules")
         .is_empty());
+
+    // an edit not saved yet outlives the reload another action brings; others' changes show
+    mgr.emit(ManagerMsg::ShowTab(ManagerTab::Settings));
+    mgr.emit(ManagerMsg::SetSettings(vec![(
+        "memory".into(),
+        "900".into(),
+    )]));
+    rt.block_on(proxy.set_property("vault", "vcpus", "2"))
+        .expect("vcpus");
+    out.borrow_mut().clear();
+    mgr.emit(ManagerMsg::FirewallAdd {
+        domain: "vault".into(),
+        rule: "action=accept".into(),
+    });
+    // the reload that follows this answer (an earlier one may still be on its way before it)
+    wait_output(
+        &out,
+        "rule added",
+        |o| matches!(o, ManagerOutput::Done(w) if w.starts_with("add firewall rule")),
+    );
+    out.borrow_mut().clear();
+    let reloaded = wait_output(
+        &out,
+        "vault reloaded after the rule",
+        |o| matches!(o, ManagerOutput::SettingsLoaded(n, _) if n == "vault"),
+    );
+    let has = |k: &str, v: &str| matches!(&reloaded, ManagerOutput::SettingsLoaded(_, f) if f.iter().any(|(a, b)| a == k && b == v));
+    assert!(has("memory", "900") && has("vcpus", "2"), "{reloaded:?}");
+    mgr.emit(ManagerMsg::ApplySettings);
+    wait_output(
+        &out,
+        "memory saved",
+        |o| matches!(o, ManagerOutput::Done(w) if w == "set memory of vault"),
+    );
+    rt.block_on(proxy.firewall_reset("vault")).expect("reset");
     mgr.emit(ManagerMsg::ShowTab(ManagerTab::Settings));
     expect_screen(&display, "manager-settings", WAIT, |img| {
         row_state(img, Label::Green, "halted")

@@ -461,6 +461,19 @@ impl Service {
         self.mgr.firewall_del(&domain_name(&domain)?, index).await
     }
 
+    async fn firewall_del_rule(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        domain: String,
+        rule: String,
+    ) -> Result<(), Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr
+            .firewall_del_rule(&domain_name(&domain)?, &rule)
+            .await
+    }
+
     async fn firewall_reset(
         &self,
         #[zbus(header)] hdr: Header<'_>,

@@ -1,5 +1,7 @@
 //! The firewall tab: the selected domain's rules in order (Qubes' text form, as
-//! `FirewallList` gives them), each with Delete; a new rule typed in and added at the end;
+//! `FirewallList` gives them), each with Delete (by the rule's text, `FirewallDelRule`: a rule
+//! that expired meanwhile does not shift which one goes); a new rule typed in and added at
+//! the end;
 //! Reset back to the default. domaind checks every rule; its answer is shown as is.
 
 use relm4::binding::{Binding, StringBinding};
@@ -20,7 +22,8 @@ pub struct RuleRow {
 impl FactoryComponent for RuleRow {
     type Init = String;
     type Input = ();
-    type Output = usize;
+    /// The rule to delete, as shown.
+    type Output = String;
     type CommandOutput = ();
     type ParentWidget = gtk::ListBox;
 
@@ -40,8 +43,8 @@ impl FactoryComponent for RuleRow {
             },
             gtk::Button {
                 set_label: "Delete",
-                connect_clicked[sender, index] => move |_| {
-                    let _ = sender.output(index.current_index());
+                connect_clicked[sender, rule = self.rule.clone()] => move |_| {
+                    let _ = sender.output(rule.clone());
                 },
             },
         }
@@ -69,8 +72,8 @@ pub enum FirewallMsg {
     Rules(String, Result<Vec<String>, String>),
     /// Add the typed rule at the end.
     Add,
-    /// Delete rule N (0-based).
-    Delete(usize),
+    /// Delete this rule (by its text: the list may have changed since it was shown).
+    Delete(String),
     /// Remove every rule.
     Reset,
 }
@@ -184,9 +187,9 @@ impl SimpleComponent for FirewallPanel {
                     let _ = sender.output(ManagerMsg::FirewallAdd { domain, rule });
                 }
             }
-            FirewallMsg::Delete(index) => {
+            FirewallMsg::Delete(rule) => {
                 if let Some(domain) = self.domain.clone() {
-                    let _ = sender.output(ManagerMsg::FirewallDelete { domain, index });
+                    let _ = sender.output(ManagerMsg::FirewallDelete { domain, rule });
                 }
             }
             FirewallMsg::Reset => {

@@ -23,11 +23,7 @@ const FIRST_CPU_WINDOW: Duration = Duration::from_millis(250);
 /// The desktop ids in a domain's menu, from its properties (`features.menu-items`).
 pub(super) fn menu_items(props: &HashMap<String, String>) -> Vec<String> {
     props
-        .get(&format!(
-            "{}{}",
-            bulkhead_domain::FEATURE_PREFIX,
-            super::settings::MENU_FEATURE
-        ))
+        .get(&super::settings::menu_key())
         .map(|v| v.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
 }
@@ -36,7 +32,7 @@ pub(super) fn menu_items(props: &HashMap<String, String>) -> Vec<String> {
 #[derive(Debug)]
 pub(super) enum FirewallEdit {
     Add(String),
-    Delete(usize),
+    Delete(String),
     Reset,
 }
 
@@ -51,6 +47,8 @@ pub enum ManagerCmd {
     Props(String, Result<HashMap<String, String>, String>),
     Apps(String, Result<Vec<(String, String, String)>, String>),
     Firewall(String, Result<Vec<String>, String>),
+    /// A write of a domain's menu choice ended.
+    MenuWritten(String, Result<(), String>),
     Done(String, Result<(), String>),
     /// The signal subscription failed (shown as an error).
     SignalsLost(String),
@@ -167,11 +165,7 @@ impl ManagerWindow {
         if in_menu {
             ids.push(desktop_id.clone());
         }
-        let key = format!(
-            "{}{}",
-            bulkhead_domain::FEATURE_PREFIX,
-            super::settings::MENU_FEATURE
-        );
+        let key = super::settings::menu_key();
         // what the next toggle builds on, before domaind's answer reloads it
         self.props.insert(key.clone(), ids.join(" "));
         let conn = self.conn.clone();
@@ -180,11 +174,20 @@ impl ManagerWindow {
             if in_menu { "put" } else { "take" },
             if in_menu { "into" } else { "out of" }
         );
-        self.run(sender, what, async move {
-            proxy(&conn)
-                .await?
-                .set_property(&domain, &key, &ids.join(" "))
-                .await
+        // One write at a time, in the order of the toggles (each carries the whole list as
+        // it was then, so the last one holds every toggle).
+        self.menu_writes += 1;
+        let order = self.menu_order.clone();
+        sender.oneshot_command(async move {
+            let _turn = order.lock().await;
+            let r = async {
+                proxy(&conn)
+                    .await?
+                    .set_property(&domain, &key, &ids.join(" "))
+                    .await
+            }
+            .await;
+            ManagerCmd::MenuWritten(what, r.map_err(|e| describe(&e)))
         });
     }
 
@@ -198,17 +201,14 @@ impl ManagerWindow {
         let conn = self.conn.clone();
         let what = match &edit {
             FirewallEdit::Add(r) => format!("add firewall rule '{r}' to {domain}"),
-            FirewallEdit::Delete(i) => format!("delete firewall rule {i} of {domain}"),
+            FirewallEdit::Delete(r) => format!("delete firewall rule '{r}' of {domain}"),
             FirewallEdit::Reset => format!("reset the firewall of {domain}"),
         };
         self.run(sender, what, async move {
             let p = proxy(&conn).await?;
             match edit {
                 FirewallEdit::Add(rule) => p.firewall_add(&domain, &rule, -1).await,
-                FirewallEdit::Delete(i) => {
-                    let i = u32::try_from(i).unwrap_or(u32::MAX);
-                    p.firewall_del(&domain, i).await
-                }
+                FirewallEdit::Delete(rule) => p.firewall_del_rule(&domain, &rule).await,
                 FirewallEdit::Reset => p.firewall_reset(&domain).await,
             }
         });
@@ -428,7 +428,9 @@ impl ManagerWindow {
         sender: &ComponentSender<Self>,
     ) {
         let mut shown = Vec::new();
-        for (name, mem, cpu, at) in v {
+        // a sample taken before the domain stopped does not bring its usage back
+        let running: Vec<String> = self.running().map(str::to_owned).collect();
+        for (name, mem, cpu, at) in v.into_iter().filter(|(n, ..)| running.contains(n)) {
             let u = self.usage.entry(name.clone()).or_default();
             u.sample(mem, cpu, at);
             let u = *u;

@@ -28,6 +28,11 @@ use crate::widgets::{with_none, Choice, FormGrid, NONE_ENTRY};
 /// The feature the applications tab edits (not shown among the features).
 pub const MENU_FEATURE: &str = "menu-items";
 
+/// The property holding the menu choice: `features.menu-items`.
+pub fn menu_key() -> String {
+    format!("{FEATURE_PREFIX}{MENU_FEATURE}")
+}
+
 /// The form's plain fields, in the order [`SettingsPanel::form_values`] lists them.
 pub const FIELDS: [&str; 10] = [
     "label",
@@ -50,6 +55,9 @@ pub struct SettingsPanel {
     class: String,
     /// The domain's settings as domaind last said; `None` until they came for this domain.
     loaded: Option<HashMap<String, String>>,
+    /// What the form showed right after it was last filled from `loaded` (a field that
+    /// differs now is the user's edit).
+    filled: Vec<(String, String)>,
     label: Choice,
     template: Choice,
     netvm: Choice,
@@ -174,9 +182,9 @@ impl SettingsPanel {
         };
         match key {
             "label" => self.label.select(value),
-            "template" => self.template.select_or_none(value),
-            "netvm" => self.netvm.select_or_none(value),
-            "default_dispvm" => self.dispvm.select_or_none(value),
+            "template" => self.template.show(value),
+            "netvm" => self.netvm.show(value),
+            "default_dispvm" => self.dispvm.show(value),
             "isolation" => self.isolation.select(value),
             "memory" => self.memory.set(number()?),
             "vcpus" => self.vcpus.set(number()?),
@@ -221,12 +229,29 @@ impl SettingsPanel {
         Ok(out)
     }
 
+    /// Fill every field from domaind's properties.
+    fn fill(&mut self, props: &HashMap<String, String>) {
+        let get = |k: &str| props.get(k).map(String::as_str).unwrap_or_default();
+        self.class = get("class").to_owned();
+        self.label.select(get("label"));
+        self.template.show(get("template"));
+        self.netvm.show(get("netvm"));
+        self.dispvm.show(get("default_dispvm"));
+        self.isolation.select(get("isolation"));
+        self.autostart.set(get("autostart") == "true");
+        self.features.set_text(&features_text(props));
+        for k in ["memory", "vcpus", "private_size"] {
+            // a value that is no number leaves the field as it is
+            let _ = self.set_field(k, get(k));
+        }
+    }
+
     /// Show what the list knows of `d` (the rest comes with [`SettingsMsg::Loaded`]).
     fn show_info(&mut self, d: &DomainInfo) {
         self.class = d.class.clone();
         self.label.select(&d.label);
-        self.template.select_or_none(&d.template);
-        self.netvm.select_or_none(&d.netvm);
+        self.template.show(&d.template);
+        self.netvm.show(&d.netvm);
         self.isolation.select(&d.isolation);
         self.memory.set(f64::from(d.memory_mib));
         self.vcpus.set(f64::from(d.vcpus));
@@ -354,6 +379,7 @@ impl SimpleComponent for SettingsPanel {
             domain: None,
             class: String::new(),
             loaded: None,
+            filled: Vec::new(),
             label: Choice::new(&labels),
             template: Choice::new(&[NONE_ENTRY]),
             netvm: Choice::new(&[NONE_ENTRY]),
@@ -374,6 +400,7 @@ impl SimpleComponent for SettingsPanel {
         match msg {
             SettingsMsg::Domain(info) => {
                 self.loaded = None;
+                self.filled.clear();
                 self.domain = info.as_ref().map(|d| d.name.clone());
                 match info {
                     Some(d) => self.show_info(&d),
@@ -393,18 +420,22 @@ impl SimpleComponent for SettingsPanel {
                 if self.domain.as_deref() != Some(name.as_str()) {
                     return;
                 }
-                let get = |k: &str| props.get(k).map(String::as_str).unwrap_or_default();
-                self.class = get("class").to_owned();
-                self.label.select(get("label"));
-                self.template.select_or_none(get("template"));
-                self.netvm.select_or_none(get("netvm"));
-                self.dispvm.select_or_none(get("default_dispvm"));
-                self.isolation.select(get("isolation"));
-                self.autostart.set(get("autostart") == "true");
-                self.features.set_text(&features_text(&props));
-                for k in ["memory", "vcpus", "private_size"] {
-                    // a value that is no number leaves the field as it is
-                    let _ = self.set_field(k, get(k));
+                // Fields the user edited since the last fill keep the edit (a reload after
+                // some other action must not undo it); the others show domaind's values.
+                let edited: Vec<(String, String)> = match self.loaded {
+                    Some(_) => {
+                        let filled = &self.filled;
+                        self.form_values()
+                            .into_iter()
+                            .filter(|kv| !filled.contains(kv))
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
+                self.fill(&props);
+                self.filled = self.form_values();
+                for (k, v) in &edited {
+                    let _ = self.set_field(k, v);
                 }
                 self.loaded = Some(props);
                 let _ = sender.output(Event::SettingsShown(name, self.form_values()).into());

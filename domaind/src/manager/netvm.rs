@@ -900,6 +900,28 @@ impl Manager {
         Ok(())
     }
 
+    /// `FirewallDelRule`: remove the first rule whose canonical text is `rule`.
+    pub async fn firewall_del_rule(&self, dn: &DomainName, rule: &str) -> Result<(), Error> {
+        let name = dn.as_str();
+        let (n, wanted) = (name.to_owned(), rule.to_owned());
+        let now = now_secs();
+        self.firewall_edit(dn, move |lines| {
+            let at = lines
+                .iter()
+                .position(|l| Rule::parse(l, now).is_ok_and(|r| r.to_string() == wanted))
+                .ok_or_else(|| {
+                    Error::InvalidProperty(format!(
+                        "domain '{n}' has no firewall rule '{wanted}' (any more); nothing removed (see bulkhead firewall {n} list)"
+                    ))
+                })?;
+            lines.remove(at);
+            Ok(())
+        })
+        .await?;
+        info!(domain = name, rule, "firewall rule removed");
+        Ok(())
+    }
+
     /// `FirewallReset`: back to the default (accept everything but other domains).
     pub async fn firewall_reset(&self, dn: &DomainName) -> Result<(), Error> {
         let name = dn.as_str();
