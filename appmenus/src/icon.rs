@@ -1,7 +1,9 @@
 //! Menu icons in the domain's colour (as Qubes tints its menu icons): the PNG a template
 //! gives for an application (`GetApplicationIcon`, hostile bytes) decoded with limits, fitted
-//! into [`ICON_SIZE`] pixels inside a [`ICON_FRAME`]-pixel frame of the domain's label
-//! colour; without a usable icon, a plain square of that colour. Every icon written carries
+//! into [`ICON_SIZE`] pixels, tinted ([`tint`]: every pixel takes the label's hue and
+//! saturation and keeps its own lightness, so no part of the picture can show another
+//! domain's colour) inside a [`ICON_FRAME`]-pixel frame of the domain's label colour;
+//! without a usable icon, a plain square of that colour. Every icon written carries
 //! the tEXt marker `X-Bulkhead-Generated: true` ([`is_generated_icon`]): only such files
 //! are ever removed.
 
@@ -95,8 +97,59 @@ pub fn framed_icon(png: &[u8], rgb: [u8; 3]) -> Result<RgbaImage, IconError> {
     let x = ICON_FRAME + (inner - sw) / 2;
     let y = ICON_FRAME + (inner - sh) / 2;
     imageops::replace(&mut out, &scaled, i64::from(x), i64::from(y));
+    tint(&mut out, rgb);
     draw_frame(&mut out, rgb);
     Ok(out)
+}
+
+/// Gives every pixel the hue and saturation of `rgb`, keeping its lightness and alpha (HSL).
+pub fn tint(img: &mut RgbaImage, rgb: [u8; 3]) {
+    for p in img.pixels_mut() {
+        let [r, g, b] = tint_rgb([p[0], p[1], p[2]], rgb);
+        *p = Rgba([r, g, b, p[3]]);
+    }
+}
+
+/// `src` with the hue and saturation of `label`, its own lightness kept.
+pub fn tint_rgb(src: [u8; 3], label: [u8; 3]) -> [u8; 3] {
+    let (h, s, _) = hsl(label);
+    let (_, _, l) = hsl(src);
+    from_hsl(h, s, l)
+}
+
+/// Hue (0..6), saturation and lightness (0..1) of `rgb`.
+fn hsl([r, g, b]: [u8; 3]) -> (f32, f32, f32) {
+    let [r, g, b] = [r, g, b].map(|c| f32::from(c) / 255.0);
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let l = (max + min) / 2.0;
+    let d = max - min;
+    if d <= f32::EPSILON {
+        return (0.0, 0.0, l);
+    }
+    let s = d / (1.0 - (2.0 * l - 1.0).abs()).max(f32::EPSILON);
+    let h = if max == r {
+        ((g - b) / d).rem_euclid(6.0)
+    } else if max == g {
+        (b - r) / d + 2.0
+    } else {
+        (r - g) / d + 4.0
+    };
+    (h, s.min(1.0), l)
+}
+
+fn from_hsl(h: f32, s: f32, l: f32) -> [u8; 3] {
+    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
+    let x = c * (1.0 - (h.rem_euclid(2.0) - 1.0).abs());
+    let (r, g, b) = match h {
+        h if h < 1.0 => (c, x, 0.0),
+        h if h < 2.0 => (x, c, 0.0),
+        h if h < 3.0 => (0.0, c, x),
+        h if h < 4.0 => (0.0, x, c),
+        h if h < 5.0 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = l - c / 2.0;
+    [r, g, b].map(|v| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8)
 }
 
 /// `side * inner / longer`, rounded, at least 1 and at most `inner`.
@@ -163,4 +216,14 @@ pub fn is_generated_icon(path: &std::path::Path) -> bool {
     let marker = format!("tEXt{GENERATED_KEY}\0true");
     bytes.starts_with(b"\x89PNG\r\n\x1a\n")
         && bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+}
+
+/// For tests of the tint.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// The hue (0..6) of `rgb`; `None` for a gray (no hue).
+    pub fn hue(rgb: [u8; 3]) -> Option<f32> {
+        let (h, s, _) = super::hsl(rgb);
+        (s > 0.05).then_some(h)
+    }
 }

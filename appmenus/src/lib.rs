@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use bulkhead_api::DomainInfo;
 
 pub mod icon;
-pub use icon::{domain_icon, encode_icon, framed_icon, label_rgb, plain_icon, IconError};
+pub use icon::{
+    domain_icon, encode_icon, framed_icon, label_rgb, plain_icon, tint, tint_rgb, IconError,
+};
 
 /// The domain feature listing the chosen desktop ids.
 pub const FEATURE: &str = "menu-items";
@@ -506,6 +508,14 @@ mod tests {
         assert_eq!(label_rgb("no-such-label"), label_rgb("gray"));
     }
 
+    /// An opaque pixel `src` as the tint for label colour `label` makes it.
+    fn tinted(src: [u8; 3], label: [u8; 3]) -> Rgba<u8> {
+        let [r, g, b] = src;
+        let mut one = image::RgbaImage::from_pixel(1, 1, Rgba([r, g, b, 255]));
+        icon::tint(&mut one, label);
+        *one.get_pixel(0, 0)
+    }
+
     #[test]
     fn icons_are_framed_in_the_domains_colour() {
         let rgb = label_rgb("orange");
@@ -523,10 +533,26 @@ mod tests {
                 }
             }
         }
-        // the picture itself is inside: red on the left, green on the right
+        // the picture itself is inside, tinted: its red left half and green right half both
+        // come out in the label's colour (pure red and green have the same lightness)
         let img = framed_icon(&test_png(16, 16), rgb).unwrap();
-        assert_eq!(*img.get_pixel(f + 2, n / 2), Rgba([255, 0, 0, 255]));
-        assert_eq!(*img.get_pixel(n - f - 3, n / 2), Rgba([0, 255, 0, 255]));
+        let left = *img.get_pixel(f + 2, n / 2);
+        assert_eq!(left, *img.get_pixel(n - f - 3, n / 2));
+        assert_eq!(left, tinted([255, 0, 0], rgb));
+        // every pixel of the picture has the label's hue: no other domain's colour shows
+        for label in ["red", "green", "blue", "purple", "black"] {
+            let want = label_rgb(label);
+            let img = framed_icon(&test_png(16, 16), want).unwrap();
+            for p in img.pixels().filter(|p| p[3] > 0) {
+                let mut got = icon::test_support::hue([p[0], p[1], p[2]]);
+                let expect = icon::test_support::hue(want);
+                if let (Some(g), Some(e)) = (&mut got, expect) {
+                    assert!((*g - e).abs() < 0.05, "{label}: {p:?}");
+                } else {
+                    assert_eq!(got.is_none(), expect.is_none(), "{label}: {p:?}");
+                }
+            }
+        }
         // a wide one is centred between transparent bands
         let img = framed_icon(&test_png(64, 32), rgb).unwrap();
         assert_eq!(img.get_pixel(n / 2, f + 1)[3], 0);
@@ -575,7 +601,7 @@ mod tests {
         let mut png = std::io::Cursor::new(Vec::new());
         deep.write_to(&mut png, image::ImageFormat::Png).unwrap();
         let img = framed_icon(png.get_ref(), rgb).unwrap();
-        assert_eq!(*img.get_pixel(24, 24), Rgba([0, 255, 0, 255]));
+        assert_eq!(*img.get_pixel(24, 24), tinted([0, 255, 0], rgb));
     }
 
     #[test]
@@ -640,7 +666,7 @@ mod tests {
         assert_eq!(*img.get_pixel(0, 0), Rgba([0x34, 0x65, 0xa4, 255]));
         assert_eq!(
             *img.get_pixel(icon::ICON_FRAME + 1, 24),
-            Rgba([255, 0, 0, 255])
+            tinted([255, 0, 0], label_rgb("blue"))
         );
         assert!(icon::is_generated_icon(&icon_path));
 

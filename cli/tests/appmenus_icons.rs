@@ -105,10 +105,12 @@ async fn menu_icons_are_the_templates_framed_in_the_domains_colour() {
         }
         img
     };
+    // the template's red picture, tinted in orange (the label's hue, the picture's lightness)
     let img = icon_of("red");
+    let [tr, tg, tb] = bulkhead_appmenus::tint_rgb([255, 0, 0], [r, g, b]);
     assert_eq!(
         img.get_pixel(ICON_SIZE / 2, ICON_SIZE / 2).0,
-        [255, 0, 0, 255]
+        [tr, tg, tb, 255]
     );
     for id in ["plain", "broken"] {
         let img = icon_of(id);
