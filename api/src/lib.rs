@@ -314,6 +314,16 @@ pub trait Domaind1 {
     /// `qvm-clone` of a template); returns the new root path.
     fn clone_template(&self, source: &str, dest: &str) -> Result<String, Error>;
 
+    /// `RevertTemplate(name s) -> s`: Qubes' `qvm-volume revert` of a template's root. The
+    /// root template `name` had before its last switch (the changes made in it kept at a
+    /// stop, a rebuild, or a revert) becomes current again and the root it replaces becomes
+    /// the one to go back to, so a second revert undoes the first. Returns the new root path.
+    /// Domains that run keep the root they started on; their next start uses the new one.
+    /// `InvalidState` while the template is not halted (what it changes is kept on the root
+    /// it started on), when it has no earlier root (built and never changed since, or
+    /// cloned) or that root is unusable; `InvalidProperty` if `name` is not a template.
+    fn revert_template(&self, name: &str) -> Result<String, Error>;
+
     /// Path of the domain's log file.
     fn log_path(&self, name: &str) -> Result<String, Error>;
 

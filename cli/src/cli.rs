@@ -248,4 +248,9 @@ pub enum TemplateCommand {
     Remove { name: String },
     /// Copy a template under a new name, to change the copy only.
     Clone { source: String, dest: String },
+    /// Undo the template's last change (what was installed or changed in it, kept when it
+    /// stopped) or rebuild: its root before becomes current again. A second revert undoes
+    /// the first. Only while the template is halted; domains that run keep their root, their
+    /// next start uses this one.
+    Revert { name: String },
 }

@@ -124,6 +124,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let root = proxy.clone_template(&source, &dest).await?;
             println!("{dest}: {root}");
         }
+        Command::Template(TemplateCommand::Revert { name }) => {
+            template_revert(&proxy, &name).await?
+        }
         Command::Firewall(args) => firewall(&proxy, args).await?,
         Command::Usb(cmd) => usb::usb(&proxy, cmd).await?,
         Command::App { domain, desktop_id } => proxy.run_application(&domain, &desktop_id).await?,
@@ -552,6 +555,40 @@ fn ago(t: u64) -> String {
         7200..=172_799 => format!("{} h ago", s / 3600),
         _ => format!("{} days ago", s / 86_400),
     }
+}
+
+async fn template_revert(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {
+    let root = proxy.revert_template(name).await?;
+    // Which root that is, said as `template list` says it (the list is only for the words:
+    // the revert is done whatever it answers).
+    let row = proxy
+        .list_templates()
+        .await
+        .ok()
+        .and_then(|rows| rows.into_iter().find(|r| r.name == name && r.root == root));
+    println!("{}", revert_message(name, &root, row.as_ref()));
+    Ok(())
+}
+
+/// "NAME: back to the root changed 3 min ago (root-…); …" for `template revert`.
+fn revert_message(name: &str, root: &str, row: Option<&bulkhead_api::TemplateInfo>) -> String {
+    let id = std::path::Path::new(root)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| root.to_owned());
+    let when = match row {
+        Some(r) if r.changed_at > 0 => format!("changed {}", ago(r.changed_at)),
+        Some(r) if r.built_at > 0 => format!("built {}", ago(r.built_at)),
+        _ => String::new(),
+    };
+    let what = if when.is_empty() {
+        id
+    } else {
+        format!("{when} ({id})")
+    };
+    format!(
+        "{name}: back to the root {what}; domains started from now on use it (running ones keep theirs; `bulkhead template revert {name}` again undoes this)"
+    )
 }
 
 async fn template_remove(proxy: &Domaind1Proxy<'_>, name: &str) -> Result<(), Failure> {

@@ -485,6 +485,37 @@ async fn templates_listed_cloned_changed_and_removed() {
             .trim(),
         "cloned"
     );
+    // Undone (Qubes' qvm-volume revert), then redone; w, running, keeps its root meanwhile.
+    let out = cli.ok(&["template", "revert", "d12-work"]);
+    assert!(
+        out.starts_with("d12-work: back to the root built "),
+        "{out}"
+    );
+    assert_eq!(state_of("d12-work").map(|s| s.0).as_deref(), Some("ready"));
+    assert_eq!(
+        cli.ok(&["run", "w", "--", "cat", "/opt/clone-marker"])
+            .trim(),
+        "cloned"
+    );
+    let out = cli.ok(&["template", "revert", "d12-work"]);
+    assert!(
+        out.starts_with("d12-work: back to the root changed "),
+        "{out}"
+    );
+    assert_eq!(
+        state_of("d12-work").map(|s| s.0).as_deref(),
+        Some("changed")
+    );
+    let out = cli.run(&["template", "revert", "w"]);
+    assert_eq!(out.status.code(), Some(5), "not a template: invalid input");
+    // Never changed here (and a store linked in from the test cache): invalid state.
+    let out = cli.run(&["template", "revert", "debian-12"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cli.ok(&["create", "-t", "debian-12", "-l", "green", "v"]);
     let out = cli.run(&["run", "v", "--", "test", "-e", "/opt/clone-marker"]);
     assert_eq!(

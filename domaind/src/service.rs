@@ -299,6 +299,16 @@ impl Service {
             .await
     }
 
+    async fn revert_template(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        name: String,
+    ) -> Result<String, Error> {
+        self.enter(conn, &hdr).await?;
+        self.mgr.revert_template(&domain_name(&name)?).await
+    }
+
     async fn log_path(
         &self,
         #[zbus(header)] hdr: Header<'_>,

@@ -15,9 +15,10 @@ fn template_err(e: TemplateError) -> Error {
             Error::TemplateMissing(e.to_string())
         }
         TemplateError::Recipe(_) => Error::InvalidProperty(e.to_string()),
-        TemplateError::BuildInProgress { .. } | TemplateError::InUse { .. } => {
-            Error::InvalidState(e.to_string())
-        }
+        TemplateError::BuildInProgress { .. }
+        | TemplateError::InUse { .. }
+        | TemplateError::NothingToRevert { .. }
+        | TemplateError::PreviousBroken { .. } => Error::InvalidState(e.to_string()),
         TemplateError::Exists { .. } => Error::AlreadyExists(e.to_string()),
         TemplateError::Io { .. } => Error::Io(e.to_string()),
         other => Error::Backend(other.to_string()),
@@ -121,6 +122,25 @@ pub fn clone(
     TemplateStore::new(templates_dir)
         .clone_template(source, dest)
         .map_err(template_err)
+}
+
+/// Makes the template's earlier root current again
+/// ([`TemplateStore::revert`]). Returns (the root it replaced, if there was a usable one; the
+/// new current root). A linked-in template is refused: its trees are not this domaind's.
+pub fn revert(
+    templates_dir: &Path,
+    name: &DomainName,
+) -> Result<(Option<PathBuf>, PathBuf), Error> {
+    let store = TemplateStore::new(templates_dir);
+    if linked_in(&store, name) {
+        return Err(Error::InvalidState(format!(
+            "template '{name}' cannot be reverted: its store {} is linked in from elsewhere and not this domaind's to change",
+            store.template_dir(name).display()
+        )));
+    }
+    let from = store.root_path(name).ok();
+    let to = store.revert(name).map_err(template_err)?;
+    Ok((from, to))
 }
 
 /// Whether the template's directory is a symlink: a store shared from elsewhere (tests link a

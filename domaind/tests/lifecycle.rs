@@ -1080,7 +1080,8 @@ async fn template_trees_are_collected_and_removed_body() {
         .await
         .unwrap();
     p.start(&w).await.unwrap();
-    // Two rebuilds from changed recipes: root B, then root C is current.
+    // Three rebuilds from changed recipes: root B, C, then root D is current (C, the root
+    // before it, is kept for `RevertTemplate`).
     let rebuild = |tag: &str| {
         let rp = recipes.path().join(format!("{tmpl}.toml"));
         let mut text = std::fs::read_to_string(&rp).unwrap();
@@ -1100,8 +1101,10 @@ async fn template_trees_are_collected_and_removed_body() {
     };
     let root_b = rebuild("b");
     let root_c = rebuild("c");
-    assert!(root_a != root_b && root_b != root_c && root_a.exists() && root_b.exists());
-    // The recipe is up to date (root C): nothing is built, old trees are collected.
+    let root_d = rebuild("d");
+    assert!(root_a != root_b && root_b != root_c && root_c != root_d);
+    assert!(root_a.exists() && root_b.exists());
+    // The recipe is up to date (root D): nothing is built, old trees are collected.
     let (r, wfd) = pipe();
     let out = collect(r);
     let got = p
@@ -1113,11 +1116,12 @@ async fn template_trees_are_collected_and_removed_body() {
     assert!(progress.contains("up to date"), "{progress}");
     assert_eq!(
         std::fs::canonicalize(&got).unwrap(),
-        std::fs::canonicalize(&root_c).unwrap()
+        std::fs::canonicalize(&root_d).unwrap()
     );
     assert!(root_a.exists(), "the root of running {w} was collected");
     assert!(!root_b.exists(), "an unused old root was kept\n{}", d.log());
-    assert!(root_c.exists());
+    assert!(root_c.exists(), "the root to revert to was collected");
+    assert!(root_d.exists());
 
     match p.remove(&tmpl).await {
         Err(Error::InvalidState(m)) => assert!(m.contains(&w), "{m}"),

@@ -1,12 +1,14 @@
 //! Templates you can change (issue 16): what a template domain changes in its root becomes
 //! the template's root when it stops; domains that run keep the root they started on, every
-//! next start sees the change. Real domaind, real sandboxes, a mini template in this test's
+//! next start sees the change. A change can be undone (`RevertTemplate`, Qubes' `qvm-volume
+//! revert`) and the undo undone. Real domaind, real sandboxes, a mini template in this test's
 //! own store.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bulkhead_api::Error;
 use bulkhead_testkit::{bounded, run_sh, run_sh_as, DomaindOptions, MiniEnv};
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
@@ -100,11 +102,14 @@ async fn body() {
     p.start(&tmpl).await.expect("start template");
     p.shutdown(&tmpl, 0).await.expect("shutdown template");
     assert_eq!(current(&env, &tmpl), second, "no change, no new root");
-    assert!(
+    let has = |root: &PathBuf| {
         roots(&env, &tmpl)
             .iter()
-            .all(|r| r != first.to_str().unwrap_or("")),
-        "the first root, unused, was removed: {:?}",
+            .any(|r| r == root.to_str().unwrap_or(""))
+    };
+    assert!(
+        has(&first),
+        "the root before the change stays, to revert to: {:?}",
         roots(&env, &tmpl)
     );
 
@@ -115,6 +120,11 @@ async fn body() {
     p.kill(&tmpl).await.expect("kill template");
     let third = current(&env, &tmpl);
     assert_ne!(third, second);
+    assert!(
+        !has(&first) && has(&second),
+        "the first root, unused and no longer the one to revert to, was removed: {:?}",
+        roots(&env, &tmpl)
+    );
 
     // A layer left from a run whose end domaind did not see (host crash): dropped at the
     // next start, the root stays.
@@ -137,4 +147,125 @@ async fn body() {
         "nothing half-made: {:?}",
         roots(&env, &tmpl)
     );
+}
+
+/// The state `ListTemplates` shows for template `tmpl`.
+async fn listed_state(env: &MiniEnv, tmpl: &str) -> String {
+    env.p
+        .list_templates()
+        .await
+        .expect("list templates")
+        .into_iter()
+        .find(|t| t.name == tmpl)
+        .map(|t| t.state)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_change_is_reverted_and_the_revert_undone() {
+    bounded(TEST_LIMIT, revert_body()).await;
+}
+
+async fn revert_body() {
+    let Some(env) = MiniEnv::start(
+        "tr",
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let p = &env.p;
+    let (tmpl, a) = (env.name("tmpl"), env.name("a"));
+    p.create(&a, "app", &tmpl, "blue", HashMap::new())
+        .await
+        .expect("create");
+    let built = current(&env, &tmpl);
+
+    // Built and never changed: nothing to go back to.
+    let e = p
+        .revert_template(&tmpl)
+        .await
+        .expect_err("nothing to revert");
+    assert!(
+        matches!(&e, Error::InvalidState(m) if m.contains("nothing to revert")),
+        "{e:?}"
+    );
+    let e = p.revert_template(&a).await.expect_err("not a template");
+    assert!(matches!(&e, Error::InvalidProperty(_)), "{e:?}");
+
+    // A change made as root in the template; a revert is refused while it runs.
+    let file = "/usr/local/share/revert-test";
+    let (code, out) = run_sh_as(
+        p,
+        &tmpl,
+        "root",
+        &format!("mkdir -p /usr/local/share && echo installed > {file}"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let e = p
+        .revert_template(&tmpl)
+        .await
+        .expect_err("refused while the template runs");
+    assert!(
+        matches!(&e, Error::InvalidState(m) if m.contains("running") && m.contains("shut it down first")),
+        "{e:?}"
+    );
+    p.shutdown(&tmpl, 0).await.expect("shutdown template");
+    let changed = current(&env, &tmpl);
+    assert_ne!(changed, built, "the change made a new root");
+    assert_eq!(listed_state(&env, &tmpl).await, "changed");
+    let (code, out) = run_sh(p, &a, &format!("cat {file}")).await;
+    assert_eq!((code, out.trim()), (0, "installed"), "a sees the change");
+
+    // Reverted: the root before the change is current; a, running, keeps its root.
+    let root = p.revert_template(&tmpl).await.expect("revert");
+    assert_eq!(current(&env, &tmpl), built);
+    assert!(root.ends_with(built.to_str().unwrap_or("?")), "{root}");
+    assert_eq!(listed_state(&env, &tmpl).await, "ready");
+    let (code, out) = run_sh(p, &a, &format!("cat {file}")).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "installed"),
+        "a running domain keeps the root it started on"
+    );
+    // Its next start no longer sees the change; both roots stay (the changed one is the way
+    // back) although a stopped using it.
+    p.shutdown(&a, 0).await.expect("shutdown a");
+    let (code, out) = run_sh(p, &a, &format!("test ! -e {file} && echo gone")).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "gone"),
+        "the revert reached a's next start"
+    );
+    let kept = roots(&env, &tmpl);
+    for r in [&built, &changed] {
+        assert!(
+            kept.iter().any(|k| k == r.to_str().unwrap_or("")),
+            "{r:?} kept: {kept:?}"
+        );
+    }
+
+    // Reverted again: the change is back.
+    p.revert_template(&tmpl).await.expect("revert the revert");
+    assert_eq!(current(&env, &tmpl), changed);
+    assert_eq!(listed_state(&env, &tmpl).await, "changed");
+    p.shutdown(&a, 0).await.expect("shutdown a");
+    let (code, out) = run_sh(p, &a, &format!("cat {file}")).await;
+    assert_eq!((code, out.trim()), (0, "installed"), "the change is back");
+
+    // The template starts on the reverted-to root and keeps changing from there.
+    let (code, out) = run_sh(p, &tmpl, &format!("cat {file}")).await;
+    assert_eq!((code, out.trim()), (0, "installed"), "{out}");
+    let e = p
+        .revert_template(&tmpl)
+        .await
+        .expect_err("refused while the template runs");
+    assert!(matches!(&e, Error::InvalidState(_)), "{e:?}");
+    p.shutdown(&tmpl, 0).await.expect("shutdown template");
+    assert_eq!(current(&env, &tmpl), changed, "no change, no new root");
 }

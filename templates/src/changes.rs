@@ -8,7 +8,9 @@
 //! everything else is replaced by a new entry: a linked file is never written through, so
 //! the old root, which running domains may still use, never changes), owners shifted back
 //! from the domain's host id range, the marker rewritten, the tree synced, renamed to
-//! `root-<id>` and `current` switched. Any failure leaves `current` where it was.
+//! `root-<id>`, the root it replaces recorded as `previous` (the way back of
+//! [`TemplateStore::revert`]) and `current` switched. Any failure leaves `current` where it
+//! was.
 //!
 //! The upper layer is the domain's to write, so it is read as hostile: no entry is
 //! followed, ids outside the domain's range, device nodes and more than [`MAX_DEPTH`]
@@ -29,8 +31,8 @@ use tracing::{info, warn};
 
 use crate::error::TemplateError;
 use crate::store::{
-    fsync_dir, remove_tree, switch_current, TemplateStatus, TemplateStore, MARKER_PATH,
-    PARTIAL_PREFIX, PARTIAL_SUFFIX, ROOT_PREFIX,
+    fsync_dir, remove_tree, set_previous, switch_current, TemplateStatus, TemplateStore,
+    MARKER_PATH, PARTIAL_PREFIX, PARTIAL_SUFFIX, ROOT_PREFIX,
 };
 
 /// Deepest directory nesting accepted in a template's changes.
@@ -376,14 +378,16 @@ fn has_changes(
 }
 
 /// Turns a finished `partial` tree into `<tdir>/root-<id>` and makes it current: marker
-/// written anew (never through a link), os-release checked, synced, renamed, switched. On
-/// error the partial tree is removed and `current` stays.
+/// written anew (never through a link), os-release checked, synced, renamed, `replaces` (the
+/// root that was current) recorded as `previous`, switched. On error the partial tree is
+/// removed and `current` stays.
 fn finish_tree(
     store: &TemplateStore,
     name: &DomainName,
     partial: &Path,
     id: &str,
     marker: &mut crate::TemplateMarker,
+    replaces: Option<&Path>,
 ) -> Result<PathBuf, TemplateError> {
     let tdir = store.template_dir(name);
     let root = tdir.join(format!("{ROOT_PREFIX}{id}"));
@@ -415,6 +419,9 @@ fn finish_tree(
             warn!(path = %partial.display(), error = %r, "cannot remove an unfinished tree");
         }
         return Err(e);
+    }
+    if let Some(old) = replaces {
+        set_previous(&tdir, old)?;
     }
     switch_current(&tdir, &root)?;
     Ok(root)
@@ -453,7 +460,7 @@ impl TemplateStore {
         }
         marker.recipe = Some(marker.recipe.take().unwrap_or_else(|| source.to_string()));
         marker.name = dest.to_string();
-        let root = finish_tree(self, dest, &partial, &id, &mut marker)?;
+        let root = finish_tree(self, dest, &partial, &id, &mut marker, None)?;
         info!(template = %dest, from = %source, root = %root.display(), "template cloned");
         Ok(root)
     }
@@ -462,7 +469,8 @@ impl TemplateStore {
     /// by `ids`) into a new root of template `name` and makes it current. Domains that run
     /// keep the root they started on; the next start of any domain based on the template
     /// sees the change. The recipe hash in the marker stays (the root is still that recipe's
-    /// build, changed), so `template build` keeps it until the recipe changes.
+    /// build, changed), so `template build` keeps it until the recipe changes. The root it
+    /// replaces becomes `previous`: [`revert`](Self::revert) goes back to it.
     pub fn commit_changes(
         &self,
         name: &DomainName,
@@ -525,12 +533,14 @@ impl TemplateStore {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         );
-        let root = finish_tree(self, name, &partial, &id, &mut marker).map_err(|e| match e {
-            TemplateError::ChangesRefused { path, .. } if path == partial => {
-                refused(upper, "the changes removed etc/os-release")
-            }
-            other => other,
-        })?;
+        let root = finish_tree(self, name, &partial, &id, &mut marker, Some(&base)).map_err(
+            |e| match e {
+                TemplateError::ChangesRefused { path, .. } if path == partial => {
+                    refused(upper, "the changes removed etc/os-release")
+                }
+                other => other,
+            },
+        )?;
         info!(template = %name, root = %root.display(), entries, seconds = started.elapsed().as_secs_f64(), "template changes kept");
         Ok(CommitOutcome::Committed { root, entries })
     }
@@ -773,6 +783,146 @@ mod tests {
             assert_eq!(left.len(), 1, "{want}: nothing half-made left: {left:?}");
             drop(d);
         }
+    }
+
+    /// Keeps `upper/usr/bin/tool` with `content` as the template's new root.
+    fn change_tool(store: &TemplateStore, upper: &Path, content: &str) -> PathBuf {
+        fs::create_dir_all(upper.join("usr/bin")).unwrap();
+        owned(&upper.join("usr/bin"), 0);
+        owned(&upper.join("usr"), 0);
+        fs::write(upper.join("usr/bin/tool"), content).unwrap();
+        owned(&upper.join("usr/bin/tool"), 0);
+        let CommitOutcome::Committed { root, .. } = store.commit_changes(&n(), upper, IDS).unwrap()
+        else {
+            panic!("not committed");
+        };
+        fs::remove_dir_all(upper).unwrap();
+        fs::create_dir(upper).unwrap();
+        root
+    }
+
+    #[test]
+    fn revert_goes_back_to_the_root_before_the_change_and_back_again() {
+        if !root_user() {
+            bulkhead_test_skip::skip("needs root (ids are chowned)");
+            return;
+        }
+        let (_d, store, built, upper) = setup();
+        let tool = |r: &Path| fs::read_to_string(r.join("usr/bin/tool")).unwrap();
+        // Built and never changed: nothing to go back to.
+        assert_eq!(store.previous_root(&n()), None);
+        let e = store.revert(&n()).unwrap_err();
+        assert!(
+            matches!(e, TemplateError::NothingToRevert { .. })
+                && e.to_string()
+                    .starts_with("nothing to revert: tmpl has no earlier root"),
+            "{e}"
+        );
+        assert_eq!(store.root_path(&n()).unwrap(), built);
+
+        let changed = change_tool(&store, &upper, "v2");
+        assert_eq!(store.previous_root(&n()), Some(built.clone()));
+        // Revert: the built root is current again, the changed one is the way back.
+        assert_eq!(store.revert(&n()).unwrap(), built);
+        assert_eq!(store.root_path(&n()).unwrap(), built);
+        assert_eq!(tool(&store.root_path(&n()).unwrap()), "v1");
+        assert_eq!(store.previous_root(&n()), Some(changed.clone()));
+        // Revert again: back to the change.
+        assert_eq!(store.revert(&n()).unwrap(), changed);
+        assert_eq!(tool(&store.root_path(&n()).unwrap()), "v2");
+        assert_eq!(store.previous_root(&n()), Some(built.clone()));
+
+        // gc keeps current and previous; an older root goes once no one uses it.
+        assert!(store.gc(&n(), &|_: &Path| false).unwrap().is_empty());
+        assert!(built.exists() && changed.exists());
+        let third = change_tool(&store, &upper, "v3");
+        assert_eq!(store.previous_root(&n()), Some(changed.clone()));
+        assert!(
+            store.gc(&n(), &|p: &Path| p == built).unwrap().is_empty(),
+            "a root in use stays"
+        );
+        assert_eq!(
+            store.gc(&n(), &|_: &Path| false).unwrap(),
+            vec![built.clone()]
+        );
+        assert!(changed.exists() && third.exists());
+        // The change is undone on top of the changed root it was made on.
+        assert_eq!(store.revert(&n()).unwrap(), changed);
+        assert_eq!(tool(&store.root_path(&n()).unwrap()), "v2");
+        // A change after a revert is made on the reverted-to root and replaces it as
+        // previous: the undone change (third) is then old and goes.
+        let fourth = change_tool(&store, &upper, "v4");
+        assert_eq!(store.previous_root(&n()), Some(changed.clone()));
+        assert_eq!(
+            store.gc(&n(), &|_: &Path| false).unwrap(),
+            vec![third.clone()]
+        );
+        assert_eq!(tool(&fourth), "v4");
+    }
+
+    #[test]
+    fn revert_refuses_a_broken_earlier_root_and_a_crash_leftover() {
+        if !root_user() {
+            bulkhead_test_skip::skip("needs root (ids are chowned)");
+            return;
+        }
+        let (_d, store, built, upper) = setup();
+        let changed = change_tool(&store, &upper, "v2");
+        let tdir = store.template_dir(&n());
+        // The earlier root lost its marker: refused, current stays.
+        let marker = fs::read(built.join(MARKER_PATH)).unwrap();
+        fs::remove_file(built.join(MARKER_PATH)).unwrap();
+        let e = store.revert(&n()).unwrap_err();
+        assert!(
+            matches!(e, TemplateError::PreviousBroken { .. })
+                && e.to_string().contains("completion marker")
+                && e.to_string().contains("the current root stays"),
+            "{e}"
+        );
+        assert_eq!(store.root_path(&n()).unwrap(), changed);
+        fs::write(built.join(MARKER_PATH), marker).unwrap();
+        // The link names something else than a root.
+        fs::remove_file(tdir.join("previous")).unwrap();
+        symlink("/etc", tdir.join("previous")).unwrap();
+        assert!(matches!(
+            store.revert(&n()),
+            Err(TemplateError::PreviousBroken { .. })
+        ));
+        // A crash between `previous` and `current` of a switch: both name one root.
+        fs::remove_file(tdir.join("previous")).unwrap();
+        symlink(changed.file_name().unwrap(), tdir.join("previous")).unwrap();
+        assert!(matches!(
+            store.revert(&n()),
+            Err(TemplateError::NothingToRevert { .. })
+        ));
+        assert_eq!(store.root_path(&n()).unwrap(), changed);
+        // No template at all.
+        let other = DomainName::new("never-built").unwrap();
+        assert!(matches!(
+            store.revert(&other),
+            Err(TemplateError::NotBuilt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rebuild_can_be_reverted_to_the_changed_root() {
+        if !root_user() {
+            bulkhead_test_skip::skip("needs root (ids are chowned)");
+            return;
+        }
+        let (_d, store, _built, upper) = setup();
+        let changed = change_tool(&store, &upper, "v2");
+        let r2 = recipe("exclude_docs = true\n");
+        let rebuilt = store
+            .build_with(&r2, &FakeBuilder::new(), &mut |_| {})
+            .unwrap();
+        assert_eq!(store.previous_root(&n()), Some(changed.clone()));
+        assert_eq!(store.revert(&n()).unwrap(), changed);
+        assert!(
+            matches!(store.status_for(&r2), TemplateStatus::Stale { .. }),
+            "the root is the older recipe's again"
+        );
+        assert_eq!(store.previous_root(&n()), Some(rebuilt));
     }
 
     #[test]

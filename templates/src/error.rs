@@ -55,6 +55,16 @@ pub enum TemplateError {
     Exists { name: String },
     #[error("{} is used by a running domain; stop it first", root.display())]
     InUse { root: PathBuf },
+    /// [`crate::TemplateStore::revert`] with no earlier root to go back to.
+    #[error(
+        "nothing to revert: {name} has no earlier root; it was built and never changed since, or cloned and never changed, or last changed before Bulkhead kept earlier roots"
+    )]
+    NothingToRevert { name: String },
+    /// [`crate::TemplateStore::revert`]: the earlier root cannot be used.
+    #[error(
+        "cannot revert {name}: its earlier root is unusable ({reason}); the current root stays"
+    )]
+    PreviousBroken { name: String, reason: String },
     #[error("{what}: {source}")]
     Sys {
         what: String,

@@ -4,7 +4,8 @@
 //!   ([`Recipe::hash`]: sha256 over the builder format version and the recipe bytes).
 //! - [`TemplateStore`]: `<state>/templates`; [`TemplateStore::status`],
 //!   [`TemplateStore::root_path`], [`TemplateStore::build`] (mmdebstrap, cached, crash-safe:
-//!   build into a `.partial`, mark, rename, switch `current`), [`TemplateStore::gc`].
+//!   build into a `.partial`, mark, rename, switch `current`), [`TemplateStore::gc`],
+//!   [`TemplateStore::revert`] (back to the root before the last change or rebuild).
 //! - [`TemplateStore::commit_changes`]: what a stopped template domain changed in its root,
 //!   kept as a new root (see `changes`).
 //! - [`BuildProgress`] / [`Stage`]: progress parsed from mmdebstrap's output.

@@ -7,13 +7,20 @@
 //!   name, full hash, builder format, build time) is written before the rename that makes
 //!   it a root, so a root without a valid marker is never used
 //! - `current -> root-<hash16>` the tree in use, switched atomically (symlink + rename)
+//! - `previous -> root-<id>`    the tree `current` pointed to before its last switch by a
+//!   change, a rebuild or a revert (see [`TemplateStore::revert`]); absent for a template
+//!   built and never changed since
 //! - `build.log`                the last build's full output
 //! - `apt/<suite>.sources`      the host apt sources the last build used
 //! - `.lock`                    flock held while building or collecting garbage
 //!
 //! Old roots are never removed by [`TemplateStore::build`]: running domains may still use
 //! them as their overlay lower layer. [`TemplateStore::gc`] removes every root other than
-//! `current` for which the caller's `in_use` says no.
+//! `current` and `previous` for which the caller's `in_use` says no.
+//!
+//! `previous` is written before `current` is switched (both under the lock), so a crash in
+//! between leaves `previous` equal to `current`, which [`TemplateStore::revert`] reports as
+//! nothing to revert; the new root, never made current, is then removed by the next `gc`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -36,11 +43,16 @@ use crate::recipe::{Recipe, BUILDER_FORMAT_VERSION};
 pub const MARKER_PATH: &str = "etc/bulkhead-template";
 const CURRENT: &str = "current";
 const CURRENT_TMP: &str = ".current.new";
+const PREVIOUS: &str = "previous";
+const PREVIOUS_TMP: &str = ".previous.new";
 const LOCK: &str = ".lock";
 pub(crate) const ROOT_PREFIX: &str = "root-";
 pub(crate) const PARTIAL_PREFIX: &str = "build-";
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
 const VM_PREFIX: &str = "vm-";
+/// How long [`TemplateStore::revert`] waits for the template's lock (a collection, a
+/// commit of another domaind sharing the store).
+const REVERT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The marker written into a finished tree (and readable inside domains).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,11 +133,21 @@ fn detach_mounts_under(path: &Path) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// Remove a tree that we created (a partial build or an old root), after detaching any
-/// mount inside it.
 /// Points `<tdir>/current` at `root` atomically (a new symlink renamed over the old).
 pub(crate) fn switch_current(tdir: &Path, root: &Path) -> Result<(), TemplateError> {
-    let tmp = tdir.join(CURRENT_TMP);
+    switch_link(tdir, CURRENT, CURRENT_TMP, root)
+}
+
+/// Points `<tdir>/previous` at `root` atomically, as [`switch_current`] does `current`:
+/// called before `current` is switched away from `root`.
+pub(crate) fn set_previous(tdir: &Path, root: &Path) -> Result<(), TemplateError> {
+    switch_link(tdir, PREVIOUS, PREVIOUS_TMP, root)
+}
+
+/// Points `<tdir>/<link>` at `root` (relative, by its file name) through a new symlink `tmp`
+/// renamed over it; the directory is synced.
+fn switch_link(tdir: &Path, link: &str, tmp: &str, root: &Path) -> Result<(), TemplateError> {
+    let tmp = tdir.join(tmp);
     match fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -136,11 +158,37 @@ pub(crate) fn switch_current(tdir: &Path, root: &Path) -> Result<(), TemplateErr
         .map(PathBuf::from)
         .unwrap_or_else(|| root.to_owned());
     symlink(&rel, &tmp).map_err(TemplateError::io(&tmp, "cannot create symlink"))?;
-    let current = tdir.join(CURRENT);
-    fs::rename(&tmp, &current).map_err(TemplateError::io(&current, "cannot switch"))?;
+    let link = tdir.join(link);
+    fs::rename(&tmp, &link).map_err(TemplateError::io(&link, "cannot switch"))?;
     fsync_dir(tdir)
 }
 
+/// The root `<tdir>/<link>` names: Ok(None) when there is no such link, Err when it is not a
+/// symlink to a `root-<hex16>` name in `tdir`. The root itself is not checked.
+fn linked_root(tdir: &Path, link: &str) -> Result<Option<PathBuf>, String> {
+    let path = tdir.join(link);
+    let target = match fs::read_link(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "{} is not a readable symlink ({e})",
+                path.display()
+            ))
+        }
+    };
+    match target.to_str() {
+        Some(t) if t.strip_prefix(ROOT_PREFIX).is_some_and(is_hex16) => Ok(Some(tdir.join(t))),
+        _ => Err(format!(
+            "{} points to {:?}, not to a root-<hash> directory",
+            path.display(),
+            target
+        )),
+    }
+}
+
+/// Remove a tree that we created (a partial build or an old root), after detaching any
+/// mount inside it.
 pub(crate) fn remove_tree(path: &Path) -> Result<(), TemplateError> {
     detach_mounts_under(path)?;
     bulkhead_fsutil::remove_tree(path).map_err(TemplateError::io(path, "cannot remove"))
@@ -374,6 +422,11 @@ impl TemplateStore {
     /// interrupted builds are removed, `builder` builds into `build-<hash>.partial`, the tree
     /// is verified, the marker written, the tree synced and renamed to `root-<hash>`, and
     /// `current` switched to it. Old roots stay until [`gc`](Self::gc).
+    ///
+    /// A rebuild keeps the way back: the usable root it replaces (the recipe's older build,
+    /// or that build with the template's changes) becomes `previous`, so
+    /// [`revert`](Self::revert) undoes a rebuild as it undoes a change (the template is then
+    /// stale again: the recipe differs from its root's).
     pub fn build_with(
         &self,
         recipe: &Recipe,
@@ -468,6 +521,13 @@ impl TemplateStore {
                 .map_err(TemplateError::io(&partial, "cannot rename to root"))?;
             fsync_dir(&tdir)?;
         }
+        // The usable root this build replaces can be gone back to (`revert`); a broken one
+        // is not recorded, and `previous` then stays as it was.
+        if let TemplateStatus::Ready { root: old, .. } = self.status(name) {
+            if old != root {
+                set_previous(&tdir, &old)?;
+            }
+        }
         switch_current(&tdir, &root)?;
         let seconds = started.elapsed().as_secs_f64();
         info!(template = %name, root = %root.display(), seconds, "template ready");
@@ -478,8 +538,9 @@ impl TemplateStore {
         Ok(root)
     }
 
-    /// Remove what no one needs: interrupted builds, and every root except `current`'s for
-    /// which `in_use(root)` is false. Returns what was removed. Fails with
+    /// Remove what no one needs: interrupted builds, and every root except `current`'s and
+    /// `previous`'s (the way back of [`revert`](Self::revert)) for which `in_use(root)` is
+    /// false; VM files go with their root. Returns what was removed. Fails with
     /// `BuildInProgress` while a build runs.
     pub fn gc(
         &self,
@@ -492,6 +553,12 @@ impl TemplateStore {
         }
         let _lock = self.lock(name)?;
         let current = fs::read_link(tdir.join(CURRENT)).ok().map(|t| tdir.join(t));
+        let previous = fs::read_link(tdir.join(PREVIOUS))
+            .ok()
+            .map(|t| tdir.join(t));
+        let kept = |root: &PathBuf| {
+            current.as_ref() == Some(root) || previous.as_ref() == Some(root) || in_use(root)
+        };
         let mut removed = Vec::new();
         let entries = fs::read_dir(&tdir).map_err(TemplateError::io(&tdir, "cannot list"))?;
         for entry in entries {
@@ -502,21 +569,18 @@ impl TemplateStore {
             };
             let partial =
                 file_name.starts_with(PARTIAL_PREFIX) && file_name.ends_with(PARTIAL_SUFFIX);
-            let old_root = file_name.starts_with(ROOT_PREFIX)
-                && current.as_ref() != Some(&path)
-                && !in_use(&path);
+            let old_root = file_name.starts_with(ROOT_PREFIX) && !kept(&path);
             // VM files (`vm-<hash16>`) go with their root; interrupted ones always.
             let old_vm = file_name.strip_prefix(VM_PREFIX).is_some_and(|rest| {
                 if rest.ends_with(PARTIAL_SUFFIX) {
                     return true;
                 }
-                let root = tdir.join(format!("{ROOT_PREFIX}{rest}"));
-                current.as_ref() != Some(&root) && !in_use(&root)
+                !kept(&tdir.join(format!("{ROOT_PREFIX}{rest}")))
             });
             if partial || old_root || old_vm {
                 remove_tree(&path)?;
                 removed.push(path);
-            } else if file_name == CURRENT_TMP {
+            } else if file_name == CURRENT_TMP || file_name == PREVIOUS_TMP {
                 let _ = fs::remove_file(&path);
             }
         }
@@ -524,6 +588,90 @@ impl TemplateStore {
             fsync_dir(&tdir)?;
         }
         Ok(removed)
+    }
+
+    /// The root `previous` names (what [`revert`](Self::revert) would go back to), not
+    /// checked; None when there is none or the link is not a `root-<hash>` name.
+    pub fn previous_root(&self, name: &DomainName) -> Option<PathBuf> {
+        linked_root(&self.template_dir(name), PREVIOUS)
+            .ok()
+            .flatten()
+    }
+
+    /// Qubes' `qvm-volume revert` of a template's root: under the template's lock, the root
+    /// `current` pointed to before its last switch (by a change kept, a rebuild or a revert,
+    /// see `previous` in the module docs) becomes current again, checked as any root is, and
+    /// the root it replaces becomes `previous`, so a second revert undoes the first. Both
+    /// links change in one step (`renameat2` with `RENAME_EXCHANGE`; where the file system
+    /// cannot, `current` is switched first). Returns the new current root.
+    ///
+    /// The caller makes sure the template is not running (its changes would be folded onto
+    /// the root it started on); domains that run keep the root they started on, and neither
+    /// root is removed by [`gc`](Self::gc) while both are `current` and `previous`.
+    pub fn revert(&self, name: &DomainName) -> Result<PathBuf, TemplateError> {
+        let tdir = self.template_dir(name);
+        if !tdir.is_dir() {
+            return Err(TemplateError::NotBuilt {
+                name: name.to_string(),
+            });
+        }
+        let _lock = self.lock_wait(name, REVERT_LOCK_WAIT)?;
+        let broken = |reason: String| TemplateError::PreviousBroken {
+            name: name.to_string(),
+            reason,
+        };
+        let nothing = || TemplateError::NothingToRevert {
+            name: name.to_string(),
+        };
+        let to = linked_root(&tdir, PREVIOUS)
+            .map_err(broken)?
+            .ok_or_else(nothing)?;
+        let from = fs::read_link(tdir.join(CURRENT)).ok().map(|t| tdir.join(t));
+        if from.as_ref() == Some(&to) {
+            // A crash between the two links of a switch: there is no other root.
+            return Err(nothing());
+        }
+        self.check_root(name, &to).map_err(broken)?;
+        let (current, previous) = (tdir.join(CURRENT), tdir.join(PREVIOUS));
+        match &from {
+            Some(from) => {
+                let swapped = rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &current,
+                    rustix::fs::CWD,
+                    &previous,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                );
+                match swapped {
+                    Ok(()) => fsync_dir(&tdir)?,
+                    Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                        // No RENAME_EXCHANGE here: current first, so a crash in between
+                        // leaves the template on the root asked for.
+                        switch_current(&tdir, &to)?;
+                        set_previous(&tdir, from)?;
+                    }
+                    Err(e) => {
+                        return Err(
+                            TemplateError::io(&current, "cannot exchange with previous")(e.into()),
+                        )
+                    }
+                }
+            }
+            None => {
+                // No current link (lost, or removed by hand): the earlier root is all there
+                // is.
+                fs::rename(&previous, &current)
+                    .map_err(TemplateError::io(&current, "cannot switch"))?;
+                fsync_dir(&tdir)?;
+            }
+        }
+        info!(
+            template = %name,
+            from = %from.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            to = %to.display(),
+            "template reverted to its earlier root"
+        );
+        Ok(to)
     }
 
     /// Remove the whole template. Refused (`InUse`) if `in_use` says any of its roots is in use.
@@ -753,15 +901,26 @@ pub(crate) mod tests {
         for v in [&vm1, &vm2, &vm_partial] {
             fs::create_dir_all(v).unwrap();
         }
-        // gc keeps roots in use, then removes them once free.
-        let mut removed = store.gc(&n(), &|p: &Path| p == root1).unwrap();
+        // gc keeps the root the rebuild replaced (the way back of `revert`) with its VM
+        // files, and roots in use; it removes them once they are neither.
+        assert_eq!(store.previous_root(&n()), Some(root1.clone()));
+        let removed = store.gc(&n(), &|_: &Path| false).unwrap();
         assert_eq!(removed, vec![vm_partial.clone()]);
+        assert!(
+            root1.exists() && vm1.exists(),
+            "previous and its VM files stay"
+        );
+        let r3 = recipe("clean = false\n");
+        let root3 = store.build_with(&r3, &b, &mut |_| {}).unwrap();
+        assert_eq!(store.previous_root(&n()), Some(root2.clone()));
+        let mut removed = store.gc(&n(), &|p: &Path| p == root1).unwrap();
+        assert!(removed.is_empty(), "{removed:?}");
         assert!(vm1.exists(), "the VM files of a root in use stay");
         removed = store.gc(&n(), &|_: &Path| false).unwrap();
         removed.sort();
         assert_eq!(removed, vec![root1.clone(), vm1.clone()]);
-        assert!(!root1.exists() && root2.exists());
-        assert!(vm2.exists(), "the current root's VM files stay");
+        assert!(!root1.exists() && root2.exists() && root3.exists());
+        assert!(vm2.exists(), "the previous root's VM files stay");
 
         // remove refuses while in use.
         assert!(matches!(

@@ -8,9 +8,14 @@
 //! A layer left over from a run whose end this domaind did not see (the host or domaind went
 //! down with the template) is dropped at the next start: it may be half-written, and the
 //! template's previous root stays.
+//!
+//! A change can be undone (Qubes' `qvm-volume revert`, `RevertTemplate`): the root the change
+//! replaced is kept as the template's `previous` root and becomes current again
+//! ([`bulkhead_templates::TemplateStore::revert`]), only while the template is halted.
 
 use std::path::PathBuf;
 
+use bulkhead_api::Error;
 use bulkhead_domain::{DomainClass, DomainConfig, DomainName};
 use bulkhead_templates::{CommitOutcome, IdRange, TemplateStore};
 use tracing::{info, warn};
@@ -18,7 +23,8 @@ use tracing::{info, warn};
 use crate::fsutil;
 use crate::tmpl;
 
-use super::{blocking, Manager};
+use super::{blocking, store_err, Manager};
+use crate::state::DomainState;
 
 /// Name of the layer's directory in the domain's state directory.
 const ROOT_CHANGES: &str = "root-changes";
@@ -106,6 +112,55 @@ impl Manager {
         }
         self.progress(name.as_str(), 1, 1, "template stopped");
         committed
+    }
+
+    /// `RevertTemplate`: template `name` goes back to its root before its last change (or
+    /// rebuild, or revert). Refused unless the template is halted: a running template's
+    /// changes are folded, when it stops, into a new root made from the root it started on, so
+    /// a revert under it would be lost (or its changes land on another base). Domains based on
+    /// it that run keep their root (in use, so no collection removes it). Returns the new
+    /// root path.
+    pub async fn revert_template(&self, name: &DomainName) -> Result<String, Error> {
+        match self.store.load(name) {
+            Ok(c) if c.class == DomainClass::Template => {}
+            Ok(c) => {
+                return Err(Error::InvalidProperty(format!(
+                    "'{name}' is a domain of class {}, not a template",
+                    c.class
+                )))
+            }
+            Err(e) => return Err(store_err(name.as_str(), e)),
+        }
+        let not_halted = |state: DomainState| {
+            Error::InvalidState(format!(
+                "template '{name}' is {}; shut it down first (bulkhead shutdown {name}): what changes in it is kept, when it stops, on the root it started on",
+                state.as_str()
+            ))
+        };
+        let rt = self.runtime(name);
+        if rt.state() != DomainState::Halted {
+            return Err(not_halted(rt.state()));
+        }
+        // Held until the links are switched: the template cannot start meanwhile. Busy means
+        // a start, stop or other change of the template is under way.
+        let Ok(_op) = rt.op.try_lock() else {
+            return Err(Error::InvalidState(format!(
+                "template '{name}' is being started, stopped or changed; try again once it is halted"
+            )));
+        };
+        if rt.state() != DomainState::Halted {
+            return Err(not_halted(rt.state()));
+        }
+        let templates = self.cfg.paths.templates_dir();
+        let n = name.clone();
+        let (from, to) = blocking(move || tmpl::revert(&templates, &n)).await??;
+        info!(
+            domain = %name,
+            from = %from.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            to = %to.display(),
+            "template reverted: domains based on it use that root from their next start"
+        );
+        Ok(to.display().to_string())
     }
 
     /// After a domain that ran on `root` stopped: when `root` is no longer its template's
