@@ -117,12 +117,13 @@ bulkhead ls
 cat <<TEXT
 
 Made: the template debian-12, the disposable template debian-12-dvm, the net domain, the
-usb domain (where the host has USB) and work, personal, untrusted, vault (see above). dom0-ui starts with your next desktop session
-(/etc/xdg/autostart) and frames every domain's windows in its colour; the domains' terminals
-are in your menu as "[work] Foot" and so on.
+usb domain (where the host has USB) and work, personal, untrusted, vault (see above).
+dom0-ui starts with your next desktop session (/etc/xdg/autostart) and frames every domain's
+windows in its colour; the domains' terminals are in your menu as "[work] Foot" and so on.
+Software for the template comes through net: give net an uplink first (see above).
 
   bulkhead run work -- foot &                        a terminal in work
-  bulkhead run -u root debian-12 -- apt-get install -y mupdf
+  bulkhead run -u root debian-12 -- sh -c 'apt-get update && apt-get install -y mupdf'
   bulkhead shutdown debian-12                        ... and work has mupdf at its next start
   bulkhead appmenus work --list                      choose its menu entries (--set ID...)
   bulkhead usb list; bulkhead usb attach BUSID work  a USB device for work (policy decides)

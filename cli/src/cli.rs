@@ -241,7 +241,7 @@ pub enum TemplateCommand {
     },
     /// Install a template from its recipe (build it, or reuse the tree when the recipe is
     /// unchanged) and register its domain. To add software to an installed template, start
-    /// it and install into it: `bulkhead run -u root NAME -- apt-get install PACKAGE`.
+    /// it and install into it: `bulkhead run -u root NAME -- sh -c 'apt-get update && apt-get install -y PACKAGE'`.
     #[command(alias = "build")]
     Install { name: String },
     /// Remove a template with its trees (refused while a domain uses it).

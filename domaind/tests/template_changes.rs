@@ -215,6 +215,17 @@ async fn revert_body() {
         matches!(&e, Error::InvalidState(m) if m.contains("running") && m.contains("shut it down first")),
         "{e:?}"
     );
+    // so is a rebuild: the change would land on the new root, not the one it was made on
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let e = p
+        .build_template(&tmpl, zbus::zvariant::Fd::from(&null))
+        .await
+        .expect_err("no build while the template runs");
+    assert!(
+        matches!(&e, Error::InvalidState(m) if m.contains("shut it down first")),
+        "{e:?}"
+    );
+    assert_eq!(current(&env, &tmpl), built, "nothing built");
     p.shutdown(&tmpl, 0).await.expect("shutdown template");
     let changed = current(&env, &tmpl);
     assert_ne!(changed, built, "the change made a new root");

@@ -11,7 +11,7 @@ use bulkhead_domain::{DomainClass, DomainConfig, DomainName, Isolation, Label, S
 use tracing::{info, warn};
 
 use crate::backend::DomainRecord;
-use crate::state::Op;
+use crate::state::{DomainState, Op};
 use crate::volume::PrivateVolume;
 use crate::{fsutil, tmpl, vm};
 
@@ -449,6 +449,27 @@ impl Manager {
         progress: OwnedFd,
     ) -> Result<String, Error> {
         let name = dn.as_str();
+        // A template that runs keeps its changes, at its stop, on the root current then: a
+        // rebuild under it would get them instead of the root they were made on.
+        let rt = self.runtime(dn);
+        let busy = || {
+            Error::InvalidState(format!(
+                "template '{name}' is {}; shut it down first (bulkhead shutdown {name}), then build it",
+                rt.state().as_str()
+            ))
+        };
+        if rt.state() != DomainState::Halted {
+            return Err(busy());
+        }
+        // held through the build: the template cannot start meanwhile
+        let Ok(_op) = rt.op.try_lock() else {
+            return Err(Error::InvalidState(format!(
+                "template '{name}' is being started, stopped or changed; build it once it is halted"
+            )));
+        };
+        if rt.state() != DomainState::Halted {
+            return Err(busy());
+        }
         let recipes = self.cfg.recipes_dir.clone();
         let templates = self.cfg.paths.templates_dir();
         let n = name.to_owned();

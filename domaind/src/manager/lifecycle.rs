@@ -132,6 +132,8 @@ impl Manager {
         let root = lock(&self.roots).remove(&rt.name).flatten();
         // A root that is no longer its template's current one may now be used by no one.
         if changed {
+            // warm disposables made on the old root are replaced (the pool filler sees them)
+            self.pool.wake();
             self.collect_old_roots(&rt.name).await;
         } else if let Some(root) = root {
             self.collect_root_if_old(&root).await;

@@ -336,6 +336,15 @@ impl Manager {
         self.pool.wake();
     }
 
+    /// The root `member` runs on when it is no longer its template's current root.
+    fn stale_root(&self, member: &DomainName) -> Option<PathBuf> {
+        let root = lock(&self.roots).get(member).cloned().flatten()?;
+        let template = root.parent()?.file_name()?.to_str()?.to_owned();
+        let current = crate::tmpl::ready_root(&self.cfg.paths.templates_dir(), &template).ok()?;
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        (canon(&root) != canon(&current)).then_some(root)
+    }
+
     /// How many members `base` should have now: its size while it is a halted
     /// disposable-template, else 0.
     fn pool_want(&self, base: &DomainName) -> usize {
@@ -368,6 +377,19 @@ impl Manager {
         for b in notes {
             if !bases.contains(&b) {
                 self.pool.note(&b, None);
+            }
+        }
+        // A member made on a root its template has left (a kept change, a revert) would hand
+        // out the old software: it goes, and the pool refills on the current root.
+        for base in &bases {
+            for m in self.pool.members(base) {
+                if let Some(root) = self.stale_root(&m) {
+                    if self.pool.forget(&m) {
+                        info!(domain = %m, base = %base, root = %root.display(), "pool member runs on a template root that is no longer current; destroying it");
+                        self.destroy_disposable(&m).await;
+                        return Step::Again;
+                    }
+                }
             }
         }
         for base in &bases {

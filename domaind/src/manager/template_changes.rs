@@ -160,6 +160,8 @@ impl Manager {
             to = %to.display(),
             "template reverted: domains based on it use that root from their next start"
         );
+        // warm disposables on the root left behind are replaced
+        self.pool.wake();
         Ok(to.display().to_string())
     }
 
