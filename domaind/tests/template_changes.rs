@@ -1,8 +1,8 @@
 //! Templates you can change (issue 16): what a template domain changes in its root becomes
 //! the template's root when it stops; domains that run keep the root they started on, every
 //! next start sees the change. A change can be undone (`RevertTemplate`, Qubes' `qvm-volume
-//! revert`) and the undo undone. Real domaind, real sandboxes, a mini template in this test's
-//! own store.
+//! revert`) and the undo undone; warm disposables made before a change or a revert are
+//! replaced. Real domaind, real sandboxes, a mini template in this test's own store.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -279,4 +279,103 @@ async fn revert_body() {
     assert!(matches!(&e, Error::InvalidState(_)), "{e:?}");
     p.shutdown(&tmpl, 0).await.expect("shutdown template");
     assert_eq!(current(&env, &tmpl), changed, "no change, no new root");
+}
+
+/// RunDisposable of `sh -c SCRIPT` from `dvm`: (the disposable, exit code, output).
+async fn run_dvm(
+    p: &bulkhead_api::Domaind1Proxy<'_>,
+    dvm: &str,
+    script: &str,
+) -> (String, i32, String) {
+    let io = bulkhead_testkit::StdioPipes::new(b"").expect("pipes");
+    let (i, o, e) = io.fds();
+    let res = p
+        .run_disposable(dvm, &["/bin/sh", "-c", script], "", i, o, e)
+        .await;
+    let (out, err) = io.finish().await;
+    let (name, code) = res.expect("RunDisposable");
+    (name, code, format!("{out}{err}"))
+}
+
+/// Waits until the pool of `dvm` holds one member that is none of `not`; returns it.
+async fn wait_members(env: &MiniEnv, dvm: &str, not: &[String]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = pool_members(&env.p, dvm).await;
+        if m.len() == 1 && !not.contains(&m[0]) {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool of {dvm}: {m:?} (old: {not:?})\n{}",
+            env.d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Paused pool members of `dvm` (disposables made ahead of a request), by name.
+async fn pool_members(p: &bulkhead_api::Domaind1Proxy<'_>, dvm: &str) -> Vec<String> {
+    let props = p.get_properties(dvm).await.expect("properties");
+    let mut v: Vec<String> = props
+        .get("pool_members")
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_disposables_follow_a_template_change() {
+    bounded(TEST_LIMIT, pool_body()).await;
+}
+
+/// A warm disposable made before its template changed would hand out the old software: after
+/// the change (and after a revert) the pool holds only members made on the current root.
+async fn pool_body() {
+    let Some(env) = MiniEnv::start(
+        "tp",
+        DomaindOptions {
+            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let p = &env.p;
+    let (tmpl, dvm) = (env.name("tmpl"), env.name("dvm"));
+    let mut props = HashMap::new();
+    props.insert("dispvm_pool_size", "1");
+    p.create(&dvm, "disposable-template", &tmpl, "red", props)
+        .await
+        .expect("create the disposable template");
+    let before = wait_members(&env, &dvm, &[]).await;
+
+    // the template changes: the member made before goes, a new one is made on the new root
+    let file = "/usr/local/share/pool-test";
+    let (code, out) = run_sh_as(
+        p,
+        &tmpl,
+        "root",
+        &format!("mkdir -p /usr/local/share && echo new > {file}"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    p.shutdown(&tmpl, 0).await.expect("shutdown template");
+    let after = wait_members(&env, &dvm, &before).await;
+    // reverted: that member goes too, the next one is made on the old root again
+    p.revert_template(&tmpl).await.expect("revert");
+    let reverted = wait_members(&env, &dvm, &after).await;
+    let (used, code, out) = run_dvm(p, &dvm, &format!("test ! -e {file} && echo gone")).await;
+    assert_eq!(used, reverted[0], "the warm member was handed out");
+    assert_eq!((code, out.trim()), (0, "gone"), "{out}");
+    // reverted again: the change is back in the next warm member
+    let refilled = wait_members(&env, &dvm, &reverted).await;
+    p.revert_template(&tmpl).await.expect("revert the revert");
+    let redone = wait_members(&env, &dvm, &refilled).await;
+    let (used, code, out) = run_dvm(p, &dvm, &format!("cat {file}")).await;
+    assert_eq!(used, redone[0], "the warm member was handed out");
+    assert_eq!((code, out.trim()), (0, "new"), "the member has the change");
 }
