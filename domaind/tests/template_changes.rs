@@ -28,21 +28,25 @@ fn roots(env: &MiniEnv, tmpl: &str) -> Vec<String> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_template_change_reaches_the_next_start_of_its_domains() {
-    bounded(TEST_LIMIT, body()).await;
-}
-
-async fn body() {
-    let Some(env) = MiniEnv::start(
-        "tc",
+/// This test's domaind with a mini template of its own (None: skipped, and said so).
+async fn mini_env(tag: &str) -> Option<MiniEnv> {
+    MiniEnv::start(
+        tag,
         DomaindOptions {
             binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
             ..Default::default()
         },
     )
     .await
-    else {
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_change_reaches_the_next_start_of_its_domains() {
+    bounded(TEST_LIMIT, body()).await;
+}
+
+async fn body() {
+    let Some(env) = mini_env("tc").await else {
         return;
     };
     let p = &env.p;
@@ -167,15 +171,7 @@ async fn a_template_change_is_reverted_and_the_revert_undone() {
 }
 
 async fn revert_body() {
-    let Some(env) = MiniEnv::start(
-        "tr",
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            ..Default::default()
-        },
-    )
-    .await
-    else {
+    let Some(env) = mini_env("tr").await else {
         return;
     };
     let p = &env.p;
@@ -333,15 +329,7 @@ async fn warm_disposables_follow_a_template_change() {
 /// A warm disposable made before its template changed would hand out the old software: after
 /// the change (and after a revert) the pool holds only members made on the current root.
 async fn pool_body() {
-    let Some(env) = MiniEnv::start(
-        "tp",
-        DomaindOptions {
-            binary: Some(env!("CARGO_BIN_EXE_domaind").into()),
-            ..Default::default()
-        },
-    )
-    .await
-    else {
+    let Some(env) = mini_env("tp").await else {
         return;
     };
     let p = &env.p;
