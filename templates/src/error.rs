@@ -56,10 +56,8 @@ pub enum TemplateError {
     #[error("{} is used by a running domain; stop it first", root.display())]
     InUse { root: PathBuf },
     /// [`crate::TemplateStore::revert`] with no earlier root to go back to.
-    #[error(
-        "nothing to revert: {name} has no earlier root; it was built and never changed since, or cloned and never changed, or last changed before Bulkhead kept earlier roots"
-    )]
-    NothingToRevert { name: String },
+    #[error("nothing to revert: {name} has no earlier root; {why}")]
+    NothingToRevert { name: String, why: &'static str },
     /// [`crate::TemplateStore::revert`]: the earlier root cannot be used.
     #[error(
         "cannot revert {name}: its earlier root is unusable ({reason}); the current root stays"

@@ -620,16 +620,25 @@ impl TemplateStore {
             name: name.to_string(),
             reason,
         };
-        let nothing = || TemplateError::NothingToRevert {
+        let nothing = |why| TemplateError::NothingToRevert {
             name: name.to_string(),
+            why,
         };
         let to = linked_root(&tdir, PREVIOUS)
             .map_err(broken)?
-            .ok_or_else(nothing)?;
+            .ok_or_else(|| {
+                nothing(
+                    "it was built and never changed since, or cloned and never changed, or last \
+                 changed before Bulkhead kept earlier roots",
+                )
+            })?;
         let from = fs::read_link(tdir.join(CURRENT)).ok().map(|t| tdir.join(t));
         if from.as_ref() == Some(&to) {
             // A crash between the two links of a switch: there is no other root.
-            return Err(nothing());
+            return Err(nothing(
+                "the last switch of its root was interrupted (a crash or a power cut) before \
+                 the earlier root was recorded; the current root is whole",
+            ));
         }
         self.check_root(name, &to).map_err(broken)?;
         let (current, previous) = (tdir.join(CURRENT), tdir.join(PREVIOUS));
