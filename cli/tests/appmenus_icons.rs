@@ -54,18 +54,7 @@ async fn menu_icons_are_the_templates_framed_in_the_domains_colour() {
     cli.ok(&["create", "-C", "template", "-l", "black", &tmpl]);
     cli.ok(&["create", "-t", &tmpl, "-l", "orange", &work]);
     let home = tempfile::tempdir().expect("home");
-    let with_data = |args: &[&str]| {
-        let out = cli
-            .command(args)
-            .env("XDG_DATA_HOME", home.path())
-            .output()
-            .expect("bulkhead runs");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let with_data = |args: &[&str]| cli.ok_env(args, "XDG_DATA_HOME", home.path());
     with_data(&[
         "appmenus",
         &work,

@@ -557,19 +557,7 @@ async fn application_menus_follow_their_domains() {
     let home = tempfile::tempdir().expect("home");
     let menu = home.path().join("applications");
     let cli = TestCli::new(env!("CARGO_BIN_EXE_bulkhead"), &daemon);
-    let with_menu = |args: &[&str]| {
-        let out = cli
-            .command(args)
-            .env("XDG_DATA_HOME", home.path())
-            .output()
-            .expect("bulkhead runs");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let with_menu = |args: &[&str]| cli.ok_env(args, "XDG_DATA_HOME", home.path());
     cli.ok(&["template", "install", "debian-12"]);
     cli.ok(&["create", "-t", "debian-12", "-l", "orange", "work"]);
     let list = with_menu(&["appmenus", "work", "--list"]);

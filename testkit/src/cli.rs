@@ -53,6 +53,21 @@ impl<'a> TestCli<'a> {
         String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 
+    /// [`ok`](Self::ok) with `key=value` added to the environment; a failure shows stderr.
+    pub fn ok_env(&self, args: &[&str], key: &str, value: impl AsRef<std::ffi::OsStr>) -> String {
+        let out = self
+            .command(args)
+            .env(key, value)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+        assert!(
+            out.status.success(),
+            "bulkhead {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
     /// Runs and checks the documented exit code and that stderr says something useful.
     pub fn fails(&self, args: &[&str], code: i32, stderr_has: &str) {
         let out = self.run(args);
